@@ -1,0 +1,113 @@
+"""The decoder-only LM: embeddings, a stack of pre-norm blocks, the head (float64 golden).
+
+    h = embed.tokens[tokens] (+ embed.positions[p])
+    for each layer:                      (pre-norm residual, GPT-2 / LLaMA)
+        h = h + attn(attn_norm(h))
+        h = h + mlp(mlp_norm(h))
+    logits = final_norm(h) @ W_head (+ b)      W_head = embed.tokens^T when tied
+
+`capture`, when a dict is given, receives the named intermediates listed by
+`capture_names(config)`, in the order the computation produces them, so a mismatch can be
+traced to the first component that diverges.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from impl_numpy.attention import attention
+from impl_numpy.cache import KVCache
+from impl_numpy.mlp import mlp
+from impl_numpy.norms import apply_norm
+from spec.config import ModelConfig
+from spec.inputs import check_tokens
+from spec.params import check_params
+
+
+def capture_names(config: ModelConfig) -> list[str]:
+    """Names of the captured intermediates, in computation order."""
+    names = ["embed"]
+    for i in range(config.n_layers):
+        names += [f"layers.{i}.attn", f"layers.{i}.mlp", f"layers.{i}.out"]
+    return names + ["final_norm", "logits"]
+
+
+def embed(config: ModelConfig, params: dict, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """tokens [B, S] -> [B, S, d_model]."""
+    h = params["embed.tokens"][tokens]
+    if config.position == "learned":
+        h = h + params["embed.positions"][positions][None, :, :]
+    return h
+
+
+def block(config: ModelConfig, params: dict, i: int, h: np.ndarray, positions: np.ndarray,
+          cache: KVCache | None, capture: dict | None) -> np.ndarray:
+    """Layer i of the stack, pre-norm and sequential: [B, S, d_model] -> [B, S, d_model]."""
+    p = f"layers.{i}"
+    a = attention(config, params, f"{p}.attn", apply_norm(config, params, f"{p}.attn_norm", h),
+                  positions, cache, i)
+    h = h + a
+    m = mlp(config, params, f"{p}.mlp", apply_norm(config, params, f"{p}.mlp_norm", h))
+    h = h + m
+    if capture is not None:
+        capture |= {f"{p}.attn": a, f"{p}.mlp": m, f"{p}.out": h}
+    return h
+
+
+def head(config: ModelConfig, params: dict, h: np.ndarray) -> np.ndarray:
+    """[B, S, d_model] -> logits [B, S, vocab]."""
+    weight = params["embed.tokens"].T if config.tie_embeddings else params["lm_head.weight"]
+    logits = h @ weight  # [B, S, d_model] @ [d_model, vocab]
+    if config.lm_head_bias:
+        logits = logits + params["lm_head.bias"]
+    return logits
+
+
+def forward(config: ModelConfig, params: dict, tokens: np.ndarray, *, cache: KVCache | None = None,
+            capture: dict | None = None) -> np.ndarray:
+    """Logits [B, S, vocab] for tokens [B, S]; with a cache, the tokens follow its contents."""
+    past = cache.length if cache is not None else 0
+    tokens = check_tokens(config, tokens, past_len=past)
+    check_params(config, params)
+    positions = past + np.arange(tokens.shape[1])
+    h = embed(config, params, tokens, positions)
+    if capture is not None:
+        capture["embed"] = h
+    for i in range(config.n_layers):
+        h = block(config, params, i, h, positions, cache, capture)
+    h = apply_norm(config, params, "final_norm", h)
+    logits = head(config, params, h)
+    if cache is not None:
+        cache.length += tokens.shape[1]
+    if capture is not None:
+        capture |= {"final_norm": h, "logits": logits}
+    return logits
+
+
+def decode(config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int) -> np.ndarray:
+    """Logits [B, S, vocab]: one prefill of the first `prompt_len` tokens, then one token at a
+    time through the KV cache (teacher-forced).  Equal to `forward` on the whole sequence."""
+    tokens = check_tokens(config, tokens)
+    if not 1 <= prompt_len <= tokens.shape[1]:
+        raise ValueError(f"prompt_len must be in [1, {tokens.shape[1]}], got {prompt_len}")
+    cache = KVCache.empty(config)
+    steps = [forward(config, params, tokens[:, :prompt_len], cache=cache)]
+    for t in range(prompt_len, tokens.shape[1]):
+        steps.append(forward(config, params, tokens[:, t : t + 1], cache=cache))
+    return np.concatenate(steps, axis=1)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def loss(config: ModelConfig, params: dict, tokens: np.ndarray) -> float:
+    """Mean next-token cross-entropy: position t predicts token t + 1, over B * (S - 1) targets."""
+    tokens = check_tokens(config, tokens)
+    if tokens.shape[1] < 2:
+        raise ValueError(f"loss needs sequences of at least 2 tokens, got {tokens.shape[1]}")
+    logp = log_softmax(forward(config, params, tokens[:, :-1]))  # [B, S-1, V]
+    targets = tokens[:, 1:]  # [B, S-1]
+    picked = np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return float(-picked.mean())

@@ -1,0 +1,203 @@
+"""The canonical parameter layout and the deterministic init.
+
+Layout
+------
+Parameters are a flat ``dict[str, array]``; this dict is the interchange format between
+backends, the golden store, converters and third-party adapters.  Every projection is
+stored **input-major** and applied as ``y = x @ W (+ b)`` with ``W: [d_in, d_out]`` (the
+GPT-2 `Conv1D` / Flax `Dense` orientation; a PyTorch `nn.Linear` weight is the transpose).
+Heads are contiguous blocks of columns: query head ``h`` is ``wq[:, h*hd:(h+1)*hd]``.  RoPE
+pairs dims inside a head as ``config.rope_layout`` says; the weights are not permuted.
+
+======================================  ======================  =============================
+name                                    shape                   present when
+======================================  ======================  =============================
+embed.tokens                            [vocab, d_model]        always
+embed.positions                         [max_seq_len, d_model]  position == "learned"
+layers.{i}.attn_norm.weight | .bias     [d_model]               norm_weight | norm_bias
+layers.{i}.attn.wq                      [d_model, n_heads*hd]   always
+layers.{i}.attn.wk, attn.wv             [d_model, n_kv*hd]      always
+layers.{i}.attn.wo                      [n_heads*hd, d_model]   always
+layers.{i}.attn.bq | bk, bv             [n_heads*hd] | [n_kv*hd] qkv_bias
+layers.{i}.attn.bo                      [d_model]               attn_out_bias
+layers.{i}.mlp_norm.weight | .bias      [d_model]               not shared_attn_norm
+layers.{i}.mlp.w_gate                   [d_model, d_ff]         mlp == "gated"
+layers.{i}.mlp.w_up                     [d_model, d_ff]         always
+layers.{i}.mlp.w_down                   [d_ff, d_model]         always
+layers.{i}.mlp.b_gate | b_up | b_down   [d_ff] | [d_ff] | [d_model]  mlp_bias
+final_norm.weight | .bias               [d_model]               norm_weight | norm_bias
+lm_head.weight                          [d_model, vocab]        not tie_embeddings
+lm_head.bias                            [vocab]                 lm_head_bias
+======================================  ======================  =============================
+
+A tied head computes ``logits = h @ embed.tokens.T``.
+
+Init
+----
+``init_params(config, seed)`` is identical on every machine and NumPy version: it uses no
+NumPy random stream (NumPy may change those, NEP 19) and no transcendental function (libm
+and SIMD kernels differ in the last ulp).  Each tensor gets a 64-bit key, the first 8 bytes
+of ``sha256("lmref-init/{seed}/{name}")`` read little-endian; element ``j`` (C order) is
+``u_j = (splitmix64(key + j) >> 11) * 2**-53`` in [0, 1) (SplitMix64: Steele, Lea & Flood
+2014), and the value is ``(2 u_j - 1) * sqrt(3) * std``: uniform with standard deviation
+``std``.  All of that is exact integer arithmetic or single IEEE roundings.
+
+=================================  ==========================================================
+tensor                             value
+=================================  ==========================================================
+embed.tokens, embed.positions      std 0.02 (GPT-2's initializer_range: norm inputs small
+                                   enough that the norm eps matters)
+projection weights                 std 1 / sqrt(d_in): activations stay O(1), so GELU's
+                                   curvature, the softmax scale and the head all matter
+norm weights                       1 + uniform with std 0.1
+biases (projections, norms, head)  std 0.1
+=================================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+
+from spec.config import ModelConfig
+from spec.errors import ParamsError
+
+EMBEDDING_STD = 0.02
+NORM_WEIGHT_STD = 0.1
+BIAS_STD = 0.1
+
+
+def _norm_shapes(config: ModelConfig, prefix: str) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    if config.norm_weight:
+        shapes[f"{prefix}.weight"] = (config.d_model,)
+    if config.norm_bias:
+        shapes[f"{prefix}.bias"] = (config.d_model,)
+    return shapes
+
+
+def _attn_shapes(config: ModelConfig, p: str) -> dict[str, tuple[int, ...]]:
+    d, q, kv = config.d_model, config.q_dim, config.kv_dim
+    shapes = {f"{p}.wq": (d, q), f"{p}.wk": (d, kv), f"{p}.wv": (d, kv), f"{p}.wo": (q, d)}
+    if config.qkv_bias:
+        shapes |= {f"{p}.bq": (q,), f"{p}.bk": (kv,), f"{p}.bv": (kv,)}
+    if config.attn_out_bias:
+        shapes[f"{p}.bo"] = (d,)
+    return shapes
+
+
+def _mlp_shapes(config: ModelConfig, p: str) -> dict[str, tuple[int, ...]]:
+    d, f = config.d_model, config.d_ff
+    shapes = {}
+    if config.mlp == "gated":
+        shapes[f"{p}.w_gate"] = (d, f)
+    shapes |= {f"{p}.w_up": (d, f), f"{p}.w_down": (f, d)}
+    if config.mlp_bias:
+        if config.mlp == "gated":
+            shapes[f"{p}.b_gate"] = (f,)
+        shapes |= {f"{p}.b_up": (f,), f"{p}.b_down": (d,)}
+    return shapes
+
+
+def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every parameter, in a fixed order (see the module docstring)."""
+    shapes: dict[str, tuple[int, ...]] = {"embed.tokens": (config.vocab_size, config.d_model)}
+    if config.position == "learned":
+        shapes["embed.positions"] = (config.max_seq_len, config.d_model)
+    for i in range(config.n_layers):
+        shapes |= _norm_shapes(config, f"layers.{i}.attn_norm")
+        shapes |= _attn_shapes(config, f"layers.{i}.attn")
+        if not config.shared_attn_norm:
+            shapes |= _norm_shapes(config, f"layers.{i}.mlp_norm")
+        shapes |= _mlp_shapes(config, f"layers.{i}.mlp")
+    shapes |= _norm_shapes(config, "final_norm")
+    if not config.tie_embeddings:
+        shapes["lm_head.weight"] = (config.d_model, config.vocab_size)
+    if config.lm_head_bias:
+        shapes["lm_head.bias"] = (config.vocab_size,)
+    return shapes
+
+
+def param_count(config: ModelConfig) -> int:
+    """Number of parameters, computed from the shapes alone (nothing is allocated)."""
+    return sum(math.prod(shape) for shape in param_shapes(config).values())
+
+
+# --- deterministic init -------------------------------------------------------------------
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on uint64 arrays (arithmetic wraps modulo 2**64)."""
+    z = x + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def uniform01(seed: int, name: str, n: int) -> np.ndarray:
+    """n float64 values in [0, 1), a pure function of (seed, name, index)."""
+    digest = hashlib.sha256(f"lmref-init/{seed}/{name}".encode()).digest()
+    key = np.uint64(int.from_bytes(digest[:8], "little"))
+    with np.errstate(over="ignore"):
+        bits = _splitmix64(np.arange(n, dtype=np.uint64) + key)
+    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def _uniform(seed: int, name: str, shape: tuple[int, ...], std: float) -> np.ndarray:
+    u = uniform01(seed, name, math.prod(shape)).reshape(shape)
+    return (2.0 * u - 1.0) * (math.sqrt(3.0) * std)
+
+
+def _std_of(name: str, shape: tuple[int, ...]) -> tuple[float, float]:
+    """(offset, std) of a parameter, following the init table of the module docstring."""
+    leaf = name.rsplit(".", 1)[-1]
+    if name.startswith("embed."):
+        return 0.0, EMBEDDING_STD
+    if "norm" in name and leaf == "weight":
+        return 1.0, NORM_WEIGHT_STD
+    if leaf in ("bias", "bq", "bk", "bv", "bo", "b_gate", "b_up", "b_down"):
+        return 0.0, BIAS_STD
+    return 0.0, shape[0] ** -0.5  # a [d_in, d_out] projection
+
+
+def init_params(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
+    """Deterministic float64 parameters for `config` (see the module docstring)."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    params = {}
+    for name, shape in param_shapes(config).items():
+        offset, std = _std_of(name, shape)
+        params[name] = offset + _uniform(seed, name, shape, std)
+    return params
+
+
+# --- checking a params dict against a config ------------------------------------------------
+
+
+def check_params(config: ModelConfig, params: dict) -> None:
+    """Raise `ParamsError` listing missing, unexpected and misshaped parameters."""
+    if not isinstance(params, dict):
+        raise ParamsError(f"params must be a dict of arrays, got {type(params).__name__}")
+    expected = param_shapes(config)
+    missing = [k for k in expected if k not in params]
+    extra = sorted(k for k in params if k not in expected)
+    misshaped = [
+        f"{k}: expected {expected[k]}, got {tuple(np.shape(params[k]))}"
+        for k in expected
+        if k in params and tuple(np.shape(params[k])) != expected[k]
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)}: {', '.join(missing)}")
+    if extra:
+        problems.append(f"unexpected {len(extra)}: {', '.join(extra)}")
+    if misshaped:
+        problems.append(f"misshaped {len(misshaped)}: {'; '.join(misshaped)}")
+    if problems:
+        raise ParamsError(f"params do not match config {config.name!r}: " + " | ".join(problems))
+    for k in expected:
+        dtype = np.asarray(params[k]).dtype
+        if not np.issubdtype(dtype, np.floating):
+            raise ParamsError(f"{k}: expected a floating-point array, got dtype {dtype}")
