@@ -1,0 +1,204 @@
+"""The golden store: data, not code.
+
+    conformance/golden/
+      MANIFEST.json                    format_version, generator, sha256 of every file
+      <arch>/<case>/case.json          format_version, arch, case, kind, config, weight seed,
+                                       input shapes, expected names, tolerance overrides
+      <arch>/<case>/inputs.safetensors tokens int64 [batch, seq]
+      <arch>/<case>/expected.safetensors  float64: logits [batch, seq, vocab], loss [1],
+                                       capture.<name> [batch, seq, ...]
+
+Weights are not stored: `spec.init_params(config, seed)` rebuilds them exactly on any
+machine.  Every read checks the file's sha256 against the manifest; a tampered, missing or
+unlisted file, or an unknown format version, raises `GoldenStoreError`: the suite fails
+loudly, it never skips.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from spec.config import ModelConfig
+from spec.params import init_params
+
+FORMAT_VERSION = 1
+DEFAULT_GOLDEN_DIR = Path(__file__).parent / "golden"
+MANIFEST = "MANIFEST.json"
+CASE_FILES = ("case.json", "inputs.safetensors", "expected.safetensors")
+
+
+class GoldenStoreError(RuntimeError):
+    """The golden store is missing, corrupted, stale or of a format this lmref cannot read."""
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class GoldenCase:
+    """One stored case, verified against the manifest when loaded."""
+
+    arch: str
+    name: str
+    meta: dict
+    config: ModelConfig
+    tokens: np.ndarray
+    expected: dict[str, np.ndarray]
+
+    @property
+    def id(self) -> str:
+        return f"{self.arch}/{self.name}"
+
+    @property
+    def kind(self) -> str:
+        return self.meta["kind"]
+
+    @property
+    def prompt_len(self) -> int | None:
+        return self.meta["inputs"].get("prompt_len")
+
+    @property
+    def tolerances(self) -> dict:
+        return self.meta.get("tolerances", {})
+
+    @property
+    def captures(self) -> dict[str, np.ndarray]:
+        """Captured intermediates in computation order (the order case.json lists them)."""
+        return {n: self.expected[f"capture.{n}"] for n in self.meta["expected"].get("captures", [])}
+
+    def params(self) -> dict[str, np.ndarray]:
+        return init_params(self.config, self.meta["weights"]["seed"])
+
+
+def _check_version(what: str, data: dict) -> None:
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise GoldenStoreError(
+            f"{what}: unknown golden format version {version!r} (this lmref reads version {FORMAT_VERSION}); "
+            "regenerate the store with `lmref golden` or install the lmref that wrote it"
+        )
+
+
+class GoldenStore:
+    """Read access to a golden directory; every file is checked against the manifest."""
+
+    def __init__(self, root: Path | str = DEFAULT_GOLDEN_DIR):
+        self.root = Path(root)
+        manifest_path = self.root / MANIFEST
+        if not manifest_path.is_file():
+            raise GoldenStoreError(f"no golden manifest at {manifest_path}; generate it with `lmref golden`")
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as e:
+            raise GoldenStoreError(f"{manifest_path}: not valid JSON ({e})") from None
+        _check_version(str(manifest_path), self.manifest)
+        self.files: dict[str, str] = self.manifest["files"]
+
+    @property
+    def version(self) -> str:
+        """Format version and a short digest of the manifest: names this exact golden set."""
+        digest = hashlib.sha256(json.dumps(self.files, sort_keys=True).encode()).hexdigest()[:12]
+        return f"v{FORMAT_VERSION}-{digest}"
+
+    def archs(self) -> list[str]:
+        return sorted({path.split("/")[0] for path in self.files})
+
+    def case_names(self, arch: str) -> list[str]:
+        names = {path.split("/")[1] for path in self.files if path.startswith(f"{arch}/")}
+        return sorted(names, key=_case_order)
+
+    def unlisted_files(self) -> list[str]:
+        """Files on disk under the store that the manifest does not list."""
+        on_disk = {
+            p.relative_to(self.root).as_posix()
+            for p in self.root.rglob("*")
+            if p.is_file() and p.name != MANIFEST
+        }
+        return sorted(on_disk - set(self.files))
+
+    def verified_path(self, rel: str) -> Path:
+        path = self.root / rel
+        if rel not in self.files:
+            raise GoldenStoreError(f"{path}: not listed in {MANIFEST}")
+        if not path.is_file():
+            raise GoldenStoreError(f"{path}: listed in {MANIFEST} but missing")
+        actual = sha256_of(path)
+        if actual != self.files[rel]:
+            raise GoldenStoreError(
+                f"{path}: sha256 {actual[:16]}... does not match the manifest's {self.files[rel][:16]}...: "
+                "the file was modified or corrupted"
+            )
+        return path
+
+    def load(self, arch: str, name: str) -> GoldenCase:
+        base = f"{arch}/{name}"
+        meta = json.loads(self.verified_path(f"{base}/case.json").read_text())
+        _check_version(f"{self.root / base}/case.json", meta)
+        try:
+            inputs = load_file(self.verified_path(f"{base}/inputs.safetensors"))
+            expected = load_file(self.verified_path(f"{base}/expected.safetensors"))
+        except GoldenStoreError:
+            raise
+        except Exception as e:  # safetensors raises its own error types on a malformed file
+            raise GoldenStoreError(f"{self.root / base}: unreadable safetensors ({e})") from None
+        return GoldenCase(arch, name, meta, ModelConfig.from_dict(meta["config"]), inputs["tokens"], expected)
+
+
+def _case_order(name: str) -> tuple[int, str]:
+    order = ("prefill", "decode", "long")
+    head = name.split("-")[0]
+    return (order.index(head) if head in order else len(order), name)
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def case_meta(computed) -> dict:
+    """case.json content of a `cases.ComputedCase`."""
+    spec = computed.spec
+    return {
+        "format_version": FORMAT_VERSION,
+        "arch": computed.arch,
+        "case": spec.name,
+        "kind": spec.kind,
+        "description": spec.description,
+        "config": computed.config.to_dict(),
+        "weights": {"init": "spec.init_params", "seed": spec.seed},
+        "inputs": {"tokens": list(computed.tokens.shape), "prompt_len": spec.prompt_len},
+        "expected": {
+            "logits": list(computed.expected["logits"].shape),
+            "loss": True,
+            "captures": [k.removeprefix("capture.") for k in computed.expected if k.startswith("capture.")],
+        },
+        "tolerances": {},
+    }
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_case(root: Path, computed) -> dict[str, str]:
+    """Write one case's files; return {relative path: sha256}."""
+    rel = f"{computed.arch}/{computed.spec.name}"
+    directory = root / rel
+    directory.mkdir(parents=True, exist_ok=True)
+    _atomic_write(directory / "case.json", (json.dumps(case_meta(computed), indent=1, sort_keys=True) + "\n").encode())
+    save_file({"tokens": computed.tokens}, str(directory / "inputs.safetensors"))
+    save_file({k: np.ascontiguousarray(v) for k, v in computed.expected.items()}, str(directory / "expected.safetensors"))
+    return {f"{rel}/{f}": sha256_of(directory / f) for f in CASE_FILES}
+
+
+def write_manifest(root: Path, files: dict[str, str], generator: str) -> None:
+    manifest = {"format_version": FORMAT_VERSION, "generator": generator, "files": dict(sorted(files.items()))}
+    _atomic_write(root / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())

@@ -1,0 +1,73 @@
+"""The `lmref` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from spec.presets import PRESETS, resolve_archs
+
+
+def _archs(value: str | None) -> list[str]:
+    return list(PRESETS) if value is None else resolve_archs(value)
+
+
+def cmd_golden(args: argparse.Namespace) -> int:
+    from conformance.generate import check, generate
+    from conformance.store import DEFAULT_GOLDEN_DIR
+
+    root = Path(args.out) if args.out else DEFAULT_GOLDEN_DIR
+    archs = _archs(args.arch)
+    if args.check:
+        print(f"regenerating {len(archs)} arch(s) in memory and comparing with {root}")
+        problems = check(root, archs)
+        for problem in problems:
+            print(f"  MISMATCH {problem}")
+        print(f"golden store {'OK' if not problems else 'FAILED'}: {len(problems)} problem(s)")
+        return 1 if problems else 0
+    print(f"writing golden cases for {', '.join(archs)} to {root}")
+    files = generate(root, archs)
+    size = sum((root / f).stat().st_size for f in files)
+    print(f"done: {len(files)} files, {size / 1e6:.2f} MB in the store")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from spec.params import param_count
+
+    print(f"{'preset':<12} {'params':>16}  {'layers':>6} {'d_model':>7} {'heads':>5} {'kv':>3} {'vocab':>7} {'context':>7}  position")
+    for name in _archs(args.arch):
+        c = PRESETS[name]
+        print(f"{name:<12} {param_count(c):>16,}  {c.n_layers:>6} {c.d_model:>7} {c.n_heads:>5} {c.n_kv_heads:>3} "
+              f"{c.vocab_size:>7} {c.max_seq_len:>7}  {c.position}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmref", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    golden = sub.add_parser("golden", help="write the golden store, or check it against a regeneration")
+    golden.add_argument("--arch", help="preset ids, families or patterns, comma-separated (default: all)")
+    golden.add_argument("--check", action="store_true", help="regenerate in memory and compare; exit 1 on any mismatch")
+    golden.add_argument("--out", help="golden directory (default: the store inside the conformance package)")
+    golden.set_defaults(run=cmd_golden)
+
+    presets = sub.add_parser("presets", help="list presets with their parameter counts")
+    presets.add_argument("--arch", help="preset ids, families or patterns, comma-separated (default: all)")
+    presets.set_defaults(run=cmd_presets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except KeyError as e:  # unknown arch: the message lists the known ones
+        print(f"lmref: error: {e.args[0]}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
