@@ -1,0 +1,211 @@
+"""Negative and positive controls: implementations the conformance suite must judge right.
+
+Each negative control is the golden computed in float32 (as a real port would run) with one
+mistake that people really make when porting a model; each must FAIL the suite for the
+arch it breaks.  The positive control is the same float32 computation with no mistake; it
+must PASS everywhere.  Together they calibrate the float32 tolerance row
+(conformance/tolerances.py), and the margins are recorded in conformance/TOLERANCES.md.
+
+Usable from the command line as well, e.g.
+    pytest conformance/ --arch llama3 --impl tests.controls:rope_interleaved
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+import impl_numpy
+import impl_numpy.alibi
+import impl_numpy.attention
+import impl_numpy.model
+from spec.config import ModelConfig
+
+
+def _float32(params: dict) -> dict:
+    return {k: np.asarray(v, dtype=np.float32) for k, v in params.items()}
+
+
+class Float32Golden:
+    """The golden run in float32: a correct float32 implementation (the positive control).
+
+    Subclasses change one thing: `adjust` edits the config the math sees, `patches` swaps
+    functions of impl_numpy for the duration of a call.
+    """
+
+    name = "numpy-float32"
+    version = "control"
+    dtype = "float32"
+
+    def adjust(self, config: ModelConfig) -> ModelConfig:
+        return config
+
+    def patches(self) -> dict[tuple[object, str], Callable]:
+        return {}
+
+    @contextlib.contextmanager
+    def _patched(self) -> Iterator[None]:
+        saved = {target: getattr(*target) for target in self.patches()}
+        try:
+            for (module, attr), replacement in self.patches().items():
+                setattr(module, attr, replacement)
+            yield
+        finally:
+            for (module, attr), original in saved.items():
+                setattr(module, attr, original)
+
+    def forward(self, config, params, tokens):
+        with self._patched():
+            return impl_numpy.forward(self.adjust(config), _float32(params), tokens)
+
+    def decode(self, config, params, tokens, prompt_len):
+        with self._patched():
+            return impl_numpy.decode(self.adjust(config), _float32(params), tokens, prompt_len)
+
+    def loss(self, config, params, tokens):
+        with self._patched():
+            return impl_numpy.loss(self.adjust(config), _float32(params), tokens)
+
+    def capture(self, config, params, tokens):
+        captured: dict = {}
+        with self._patched():
+            impl_numpy.forward(self.adjust(config), _float32(params), tokens, capture=captured)
+        return captured
+
+
+class ConfigMistake(Float32Golden):
+    """A control whose mistake is a wrong config value (a misread hyperparameter).
+
+    dataclasses.replace re-validates, so a control can only make changes the schema accepts.
+    """
+
+    def __init__(self, name: str, **changes):
+        self.name = name
+        self.changes = changes
+
+    def adjust(self, config):
+        return dataclasses.replace(config, **self.changes)
+
+
+class PatchMistake(Float32Golden):
+    """A control whose mistake is a wrong function (a bug in the code)."""
+
+    def __init__(self, name: str, module: object, attr: str, replacement: Callable):
+        self.name = name
+        self.target = (module, attr)
+        self.replacement = replacement
+
+    def patches(self):
+        return {self.target: self.replacement}
+
+
+# --- the wrong functions ------------------------------------------------------------------------
+
+
+def _kv_heads_tiled(kv: np.ndarray, group_size: int) -> np.ndarray:
+    """GQA grouped wrong: query head h reads kv head h % n_kv (np.tile) instead of h // group."""
+    return np.tile(kv, (1, 1, group_size, 1))
+
+
+def _scores_unscaled(config, q, k, q_pos, k_pos):
+    """Missing the 1/sqrt(head_dim) factor on the scores."""
+    scores = np.einsum("bqhd,bkhd->bhqk", q, k)
+    return np.where(impl_numpy.attention.causal_mask(q_pos, k_pos), scores, -np.inf)
+
+
+def _mask_sees_next(q_positions, k_positions):
+    """Causal mask off by one: each query also sees the next key."""
+    return k_positions[None, :] <= q_positions[:, None] + 1
+
+
+def _naive_alibi_slopes(n_heads: int, max_bias: float = 8.0) -> np.ndarray:
+    """2^(-8h/n) for every n: right for powers of two only."""
+    return np.array([2.0 ** (-max_bias * h / n_heads) for h in range(1, n_heads + 1)])
+
+
+def _untied_head_as_tied(config, params, h):
+    """Uses the token embedding as the head although the model has its own head weight."""
+    return h @ params["embed.tokens"].T
+
+
+def _positions_off_by_one(config, params, tokens, positions):
+    """Learned positions read one row too far."""
+    h = params["embed.tokens"][tokens]
+    return h + params["embed.positions"][positions + 1][None, :, :]
+
+
+class DecodePositionsRestart(Float32Golden):
+    """A KV-cache bug: every decode step is given position 0 (prefill is right)."""
+
+    name = "decode_positions_restart"
+
+    def decode(self, config, params, tokens, prompt_len):
+        config, params = self.adjust(config), _float32(params)
+        cache = impl_numpy.KVCache.empty(config)
+        steps = [impl_numpy.forward(config, params, tokens[:, :prompt_len], cache=cache)]
+        for t in range(prompt_len, tokens.shape[1]):
+            length = cache.length
+            cache.length = 0  # the bug: positions restart; keys are still appended
+            step = impl_numpy.forward(config, params, tokens[:, t : t + 1], cache=cache)
+            cache.length = length + 1
+            steps.append(step)
+        return np.concatenate(steps, axis=1)
+
+
+@dataclass(frozen=True)
+class Control:
+    """A broken implementation and the arch whose suite it must fail."""
+
+    arch: str
+    adapter: Float32Golden
+    what: str
+
+
+NEGATIVE_CONTROLS: list[Control] = [
+    Control("llama3", ConfigMistake("rope_interleaved", rope_layout="interleaved"),
+            "RoPE pairs (2i, 2i+1) instead of the checkpoint's rotate-half (i, i + d/2)"),
+    Control("llama3", ConfigMistake("rope_theta_1e4", rope_theta=10_000.0),
+            "LLaMA 3 run with LLaMA 2's RoPE theta 1e4 instead of 5e5"),
+    Control("llama3.1", ConfigMistake("llama3_scaling_missing", rope_scaling=None),
+            "Llama 3.1 without its llama3 RoPE frequency scaling"),
+    Control("llama3", PatchMistake("gqa_grouped_wrong", impl_numpy.attention, "expand_kv_heads", _kv_heads_tiled),
+            "GQA: query head h reads kv head h % n_kv instead of h // group"),
+    Control("llama1", PatchMistake("missing_attn_scale", impl_numpy.attention, "attention_scores", _scores_unscaled),
+            "attention scores not multiplied by 1/sqrt(head_dim)"),
+    Control("olmo-alibi", PatchMistake("alibi_slopes_naive", impl_numpy.attention, "alibi_slopes", _naive_alibi_slopes),
+            "ALiBi slopes 2^(-8h/n) for 6 heads (right only for powers of two)"),
+    Control("gpt2", ConfigMistake("layernorm_eps_1e-6", norm_eps=1e-6),
+            "GPT-2 LayerNorm eps 1e-6 instead of 1e-5"),
+    Control("llama2", ConfigMistake("rmsnorm_eps_1e-6", norm_eps=1e-6),
+            "Llama 2 RMSNorm eps 1e-6 (the HF class default) instead of the checkpoint's 1e-5"),
+    Control("gpt2", ConfigMistake("gelu_exact_for_tanh", activation="gelu"),
+            "GPT-2 with exact erf GELU instead of its tanh approximation (gelu_new)"),
+    Control("llama2", PatchMistake("causal_mask_off_by_one", impl_numpy.attention, "causal_mask", _mask_sees_next),
+            "causal mask lets each query see the next key"),
+    Control("llama2", PatchMistake("tied_head_for_untied", impl_numpy.model, "head", _untied_head_as_tied),
+            "the token embedding used as the head of an untied model"),
+    Control("gpt2", PatchMistake("learned_positions_off_by_one", impl_numpy.model, "embed", _positions_off_by_one),
+            "learned position table indexed from 1"),
+    Control("olmo", ConfigMistake("olmo_rmsnorm", norm="rmsnorm"),
+            "OLMo's non-parametric LayerNorm replaced by RMSNorm (no mean subtraction)"),
+    Control("llama3", DecodePositionsRestart(),
+            "KV-cache decode that gives every new token position 0"),
+]
+
+POSITIVE_CONTROL = Float32Golden()
+
+BY_NAME: dict[str, Float32Golden] = {POSITIVE_CONTROL.name: POSITIVE_CONTROL} | {
+    c.adapter.name: c.adapter for c in NEGATIVE_CONTROLS
+}
+
+
+def __getattr__(name: str) -> Float32Golden:
+    """`--impl tests.controls:<name>` (PEP 562 module attribute), e.g. `rope_interleaved`."""
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise AttributeError(f"no control named {name!r}; controls: {', '.join(BY_NAME)}") from None

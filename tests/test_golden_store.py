@@ -1,0 +1,142 @@
+"""The golden store: regeneration, `lmref golden --check`, and loud failures on corruption."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conformance.cases import case_config, case_specs, long_seq_len
+from conformance.generate import check, generate
+from conformance.store import DEFAULT_GOLDEN_DIR, GoldenStore, GoldenStoreError, MANIFEST
+from lmref.cli import main
+from spec.presets import PRESETS
+
+MAX_STORE_BYTES = 20 * 1024 * 1024
+
+
+@pytest.fixture
+def store_copy(tmp_path):
+    """A private copy of the llama3 part of the stored golden, safe to damage."""
+    root = tmp_path / "golden"
+    generate(root, ["llama3"], progress=lambda _: None)
+    return root
+
+
+def test_stored_golden_matches_a_fresh_regeneration(capsys):
+    assert main(["golden", "--check"]) == 0
+    assert "golden store OK: 0 problem(s)" in capsys.readouterr().out
+
+
+def test_store_covers_every_preset_and_stays_small():
+    store = GoldenStore()
+    assert store.archs() == sorted(PRESETS)
+    for arch in PRESETS:
+        assert store.case_names(arch) == [s.name for s in case_specs(case_config(arch))]
+    size = sum(p.stat().st_size for p in DEFAULT_GOLDEN_DIR.rglob("*") if p.is_file())
+    assert size < MAX_STORE_BYTES
+
+
+def test_cases_cover_batches_odd_lengths_decode_and_long_sequences():
+    store = GoldenStore()
+    for arch in PRESETS:
+        cases = [store.load(arch, name) for name in store.case_names(arch)]
+        prefill = [c for c in cases if c.kind == "prefill"]
+        assert any(c.tokens.shape[0] >= 2 and c.tokens.shape[1] % 2 for c in prefill)
+        decode = [c for c in cases if c.kind == "decode"]
+        assert decode and all(1 <= c.prompt_len < c.tokens.shape[1] for c in decode)
+        assert max(c.tokens.shape[1] for c in cases) == long_seq_len(cases[0].config)
+        assert all(c.expected["loss"].shape == (1,) for c in cases)
+        assert any(c.captures for c in cases)
+
+
+def test_long_case_outruns_the_rope_scaling_original_context():
+    config = case_config("llama3.1")
+    assert long_seq_len(config) > 2 * config.rope_scaling.original_max_seq_len
+
+
+def test_alibi_cases_use_a_non_power_of_two_head_count():
+    n = case_config("olmo-alibi").n_heads
+    assert n & (n - 1) != 0
+
+
+def test_check_finds_a_tampered_expected_file(store_copy):
+    path = next(store_copy.glob("llama3/prefill-b2-s7/expected.safetensors"))
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # one flipped bit in the last float
+    path.write_bytes(bytes(data))
+    problems = check(store_copy, ["llama3"])
+    assert any("prefill-b2-s7/expected.safetensors" in p and "sha256" in p for p in problems)
+    with pytest.raises(GoldenStoreError, match="does not match the manifest"):
+        GoldenStore(store_copy).load("llama3", "prefill-b2-s7")
+
+
+def test_check_finds_a_changed_value_even_with_a_recomputed_manifest(store_copy):
+    """A stale store whose hashes were refreshed still fails: values are regenerated."""
+    from safetensors.numpy import load_file, save_file
+
+    from conformance.store import sha256_of
+
+    rel = "llama3/prefill-b3-s13/expected.safetensors"
+    arrays = load_file(str(store_copy / rel))
+    arrays["logits"] = arrays["logits"] + 1e-6
+    save_file(arrays, str(store_copy / rel))
+    manifest = json.loads((store_copy / MANIFEST).read_text())
+    manifest["files"][rel] = sha256_of(store_copy / rel)
+    (store_copy / MANIFEST).write_text(json.dumps(manifest))
+    problems = check(store_copy, ["llama3"])
+    assert len(problems) == 1
+    assert problems[0].startswith("llama3/prefill-b3-s13: logits differs from the regenerated value by 1e-06")
+
+
+def test_check_finds_missing_and_unlisted_files(store_copy):
+    (store_copy / "llama3/decode-b2-p5-n6/inputs.safetensors").unlink()
+    (store_copy / "llama3/decode-b2-p5-n6/notes.txt").write_text("scratch")
+    problems = check(store_copy, ["llama3"])
+    assert any("inputs.safetensors: listed in MANIFEST.json but missing" in p for p in problems)
+    assert any("notes.txt: not listed in MANIFEST.json" in p for p in problems)
+
+
+def test_unknown_format_version_is_refused(store_copy):
+    manifest = json.loads((store_copy / MANIFEST).read_text())
+    manifest["format_version"] = 99
+    (store_copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(GoldenStoreError, match="unknown golden format version 99"):
+        GoldenStore(store_copy)
+    assert main(["golden", "--check", "--arch", "llama3", "--out", str(store_copy)]) == 1
+
+
+def test_missing_manifest_is_refused(tmp_path):
+    with pytest.raises(GoldenStoreError, match="no golden manifest"):
+        GoldenStore(tmp_path)
+
+
+def test_golden_cli_writes_one_arch_and_keeps_the_others(tmp_path, capsys):
+    root = tmp_path / "g"
+    assert main(["golden", "--arch", "gpt2", "--out", str(root)]) == 0
+    assert main(["golden", "--arch", "olmo*", "--out", str(root)]) == 0
+    assert GoldenStore(root).archs() == ["gpt2", "olmo", "olmo-alibi"]
+    assert main(["golden", "--check", "--arch", "gpt2,olmo*", "--out", str(root)]) == 0
+
+
+def test_golden_cli_rejects_an_unknown_arch(capsys):
+    assert main(["golden", "--arch", "mixtral", "--check"]) == 2
+    assert "unknown arch 'mixtral'" in capsys.readouterr().err
+
+
+def test_regenerated_case_equals_stored_case_exactly_in_inputs(store_copy):
+    stored, fresh = GoldenStore(), GoldenStore(store_copy)
+    for name in stored.case_names("llama3"):
+        a, b = stored.load("llama3", name), fresh.load("llama3", name)
+        assert a.meta == b.meta
+        np.testing.assert_array_equal(a.tokens, b.tokens)
+
+
+def test_store_copy_without_the_damaged_arch_still_loads(store_copy):
+    shutil.rmtree(store_copy / "llama3" / "long-b2-s160")
+    store = GoldenStore(store_copy)
+    with pytest.raises(GoldenStoreError, match="missing"):
+        store.load("llama3", "long-b2-s160")
+    store.load("llama3", "prefill-b2-s7")
