@@ -51,7 +51,8 @@ def attention_scores(config: ModelConfig, q: np.ndarray, k: np.ndarray, q_pos: n
     """Masked, biased scores [B, heads, Sq, Sk] from q [B, Sq, H, hd], k [B, Sk, H, hd]."""
     scores = np.einsum("bqhd,bkhd->bhqk", q, k) * config.attn_scale
     if config.position == "alibi":
-        scores = scores + alibi_bias(alibi_slopes(config.n_heads, config.alibi_max_bias), q_pos, k_pos)
+        bias = alibi_bias(alibi_slopes(config.n_heads, config.alibi_max_bias), q_pos, k_pos)
+        scores = scores + bias.astype(scores.dtype)
     return np.where(causal_mask(q_pos, k_pos), scores, -np.inf)
 
 

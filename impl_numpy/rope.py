@@ -56,8 +56,8 @@ def apply_rope(config: ModelConfig, x: np.ndarray, positions: np.ndarray) -> np.
     """Rotate x: [B, S, heads, head_dim] at positions: [S] (RoPE on the first rope_dim dims)."""
     r = config.rope_dim
     angles = positions[:, None].astype(np.float64) * inv_freq(config)[None, :]  # [S, r/2]
-    cos = np.cos(angles)[None, :, None, :]  # [1, S, 1, r/2]
-    sin = np.sin(angles)[None, :, None, :]
+    cos = np.cos(angles).astype(x.dtype)[None, :, None, :]  # [1, S, 1, r/2]
+    sin = np.sin(angles).astype(x.dtype)[None, :, None, :]
     rot, rest = x[..., :r], x[..., r:]
     if config.rope_layout == "halves":
         x1, x2 = rot[..., : r // 2], rot[..., r // 2 :]  # pair i is (x_i, x_{i + r/2})

@@ -207,6 +207,11 @@ class ModelConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        required = {f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        missing = sorted(required - set(data))
+        if missing:
+            raise ConfigError(f"missing required config field(s): {', '.join(missing)}")
         values = dict(data)
         for key in ("attn_pattern", "mlp_pattern"):
             if key in values:
@@ -328,6 +333,30 @@ def _check_structure(c: ModelConfig) -> None:
         _fail("attn_pattern", f"has {len(c.attn_pattern)} entries for {c.n_layers} layers")
 
 
+# Knobs that only mean something together with another one: set alone, they would be
+# silently ignored, so they are refused.  field -> (the condition it needs, its wording).
+_DEPENDENT_KNOBS = {
+    "n_experts_per_token": (lambda c: "moe" in c.mlp_pattern, "MoE layers in mlp_pattern"),
+    "moe_d_ff": (lambda c: "moe" in c.mlp_pattern, "MoE layers in mlp_pattern"),
+    "router": (lambda c: "moe" in c.mlp_pattern, "MoE layers in mlp_pattern"),
+    "router_scales_input": (lambda c: "moe" in c.mlp_pattern, "MoE layers in mlp_pattern"),
+    "router_renormalize": (lambda c: "moe" in c.mlp_pattern, "MoE layers in mlp_pattern"),
+    "n_shared_experts": (lambda c: "moe" in c.mlp_pattern, "MoE layers in mlp_pattern"),
+    "shared_expert_gate": (lambda c: c.n_shared_experts > 0, "n_shared_experts > 0"),
+    "router_aux_loss_coef": (lambda c: "moe" in c.mlp_pattern, "MoE layers in mlp_pattern"),
+    "attn_temperature_scale": (lambda c: c.attn_temperature_floor is not None, "attn_temperature_floor"),
+    "rope_theta_local": (lambda c: c.position == "rope", "position='rope'"),
+    "alibi_max_bias": (lambda c: c.position == "alibi", "position='alibi'"),
+}
+
+
+def _check_dependent_knobs(c: ModelConfig) -> None:
+    defaults = {f.name: f.default for f in dataclasses.fields(c)}
+    for name, (applies, needs) in _DEPENDENT_KNOBS.items():
+        if getattr(c, name) != defaults[name] and not applies(c):
+            _fail(name, f"is set to {getattr(c, name)!r} but only applies with {needs}")
+
+
 def _check_implemented(c: ModelConfig) -> None:
     """Reject every knob whose math no backend computes yet (never ignore one silently)."""
     if c.norm_placement not in IMPLEMENTED["norm_placement"]:
@@ -366,4 +395,5 @@ def _check_implemented(c: ModelConfig) -> None:
             _not_implemented(name, getattr(c, name))
 
 
-_CHECKS = (_check_literals, _check_sizes, _check_positions, _check_structure, _check_implemented)
+_CHECKS = (_check_literals, _check_sizes, _check_positions, _check_structure, _check_dependent_knobs,
+           _check_implemented)

@@ -39,15 +39,16 @@ NumPy random stream (NumPy may change those, NEP 19) and no transcendental funct
 and SIMD kernels differ in the last ulp).  Each tensor gets a 64-bit key, the first 8 bytes
 of ``sha256("lmref-init/{seed}/{name}")`` read little-endian; element ``j`` (C order) is
 ``u_j = (splitmix64(key + j) >> 11) * 2**-53`` in [0, 1) (SplitMix64: Steele, Lea & Flood
-2014), and the value is ``(2 u_j - 1) * sqrt(3) * std``: uniform with standard deviation
-``std``.  All of that is exact integer arithmetic or single IEEE roundings.
+2014), and the value is ``(2 u_j - 1) * (sqrt(3) * std)``, the product in brackets rounded
+first: uniform with standard deviation ``std``.  All of that is exact integer arithmetic or
+IEEE operations that are correctly rounded everywhere (+, -, *, /, sqrt); no pow, exp or log.
 
 =================================  ==========================================================
 tensor                             value
 =================================  ==========================================================
 embed.tokens, embed.positions      std 0.02 (GPT-2's initializer_range: norm inputs small
                                    enough that the norm eps matters)
-projection weights                 std 1 / sqrt(d_in): activations stay O(1), so GELU's
+projection weights                 std 1.0 / sqrt(d_in) (sqrt, then /): activations stay O(1), so GELU's
                                    curvature, the softmax scale and the head all matter
 norm weights                       1 + uniform with std 0.1
 biases (projections, norms, head)  std 0.1
@@ -159,7 +160,7 @@ def _std_of(name: str, shape: tuple[int, ...]) -> tuple[float, float]:
         return 1.0, NORM_WEIGHT_STD
     if leaf in ("bias", "bq", "bk", "bv", "bo", "b_gate", "b_up", "b_down"):
         return 0.0, BIAS_STD
-    return 0.0, shape[0] ** -0.5  # a [d_in, d_out] projection
+    return 0.0, 1.0 / math.sqrt(shape[0])  # a [d_in, d_out] projection; sqrt is correctly rounded
 
 
 def init_params(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:

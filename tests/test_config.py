@@ -207,9 +207,6 @@ NOT_IMPLEMENTED = [
     ("attn_temperature_floor", dict(attn_temperature_floor=8192, attn_temperature_scale=0.1)),
     ("mlp_pattern", dict(mlp_pattern=("moe",), n_experts=4, n_experts_per_token=2)),
     ("mlp_pattern", dict(mlp_pattern=("dense", "moe"), n_experts=4, n_experts_per_token=2)),
-    ("n_experts", dict(n_experts=4, n_experts_per_token=2)),
-    ("n_shared_experts", dict(n_shared_experts=1)),
-    ("router_aux_loss_coef", dict(router_aux_loss_coef=0.01)),
     ("qk_norm", dict(qk_norm="per_head")),
     ("qk_norm", dict(qk_norm="per_projection")),
     ("qk_norm", dict(qk_norm="l2")),
@@ -357,3 +354,19 @@ def test_from_dict_does_not_mutate_its_input():
     c = ModelConfig.from_dict(data)
     assert c.attn_pattern == ("global",)
     assert json.dumps(data, sort_keys=True) == snapshot
+
+
+@pytest.mark.parametrize("field,changes,needs", [
+    ("n_experts_per_token", dict(n_experts=4, n_experts_per_token=2), "MoE layers in mlp_pattern"),
+    ("moe_d_ff", dict(moe_d_ff=32), "MoE layers in mlp_pattern"),
+    ("router", dict(router="sigmoid_topk"), "MoE layers in mlp_pattern"),
+    ("router_renormalize", dict(router_renormalize=False), "MoE layers in mlp_pattern"),
+    ("shared_expert_gate", dict(shared_expert_gate=True), "n_shared_experts > 0"),
+    ("attn_temperature_scale", dict(attn_temperature_scale=0.1), "attn_temperature_floor"),
+    ("alibi_max_bias", dict(alibi_max_bias=4.0), "position='alibi'"),
+])
+def test_knobs_that_need_another_knob_are_refused_alone(field, changes, needs):
+    """A knob that only acts together with another would be silently ignored: refused."""
+    message = config_error(**changes)
+    assert message.startswith(f"{field}: is set to ")
+    assert message.endswith(f"but only applies with {needs}")

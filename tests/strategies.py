@@ -1,0 +1,75 @@
+"""Hypothesis strategies over the implemented config space, shared by the twins' tests.
+
+`configs()` draws valid `ModelConfig`s with every flag that some preset uses (and their
+combinations), odd sizes such as 5, 7 and 13, and head counts that are not powers of two.
+A failing example prints as `ModelConfig(...)`, which can be pasted back into Python.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from spec.config import ModelConfig, RopeScaling
+
+ODD_SIZES = (5, 7, 13)
+
+
+@st.composite
+def rope_fields(draw) -> dict:
+    head_dim = draw(st.sampled_from((4, 6, 8, 16)))
+    fields = dict(
+        position="rope", head_dim=head_dim,
+        rope_layout=draw(st.sampled_from(("halves", "interleaved"))),
+        rope_fraction=draw(st.sampled_from((1.0, 0.5))),
+        rope_theta=draw(st.sampled_from((10_000.0, 500_000.0))),
+    )
+    scaling = draw(st.sampled_from((None, "linear", "llama3")))
+    if scaling == "linear":
+        fields["rope_scaling"] = RopeScaling(kind="linear", factor=draw(st.sampled_from((2.0, 4.0))))
+    elif scaling == "llama3":
+        fields["rope_scaling"] = RopeScaling(kind="llama3", factor=8.0, low_freq_factor=1.0,
+                                             high_freq_factor=4.0, original_max_seq_len=draw(st.sampled_from((8, 16, 64))))
+    return fields
+
+
+@st.composite
+def configs(draw, max_seq_len: int = 32) -> ModelConfig:
+    n_kv_heads = draw(st.sampled_from((1, 2, 3)))
+    n_heads = n_kv_heads * draw(st.sampled_from((1, 2, 3)))
+    position = draw(st.sampled_from(("learned", "rope", "alibi")))
+    fields = draw(rope_fields()) if position == "rope" else dict(position=position,
+                                                                 head_dim=draw(st.sampled_from((3, 4, 5, 8))))
+    norm = draw(st.sampled_from(("layernorm", "rmsnorm")))
+    norm_weight = draw(st.booleans())
+    mlp = draw(st.sampled_from(("plain", "gated")))
+    return ModelConfig(
+        name="drawn",
+        vocab_size=draw(st.sampled_from((*ODD_SIZES, 31, 64))),
+        d_model=draw(st.sampled_from((*ODD_SIZES, 8, 16))),
+        n_layers=draw(st.integers(1, 3)),
+        n_heads=n_heads, n_kv_heads=n_kv_heads,
+        d_ff=draw(st.sampled_from((*ODD_SIZES, 16))),
+        max_seq_len=max_seq_len,
+        norm=norm, norm_eps=draw(st.sampled_from((1e-5, 1e-6))),
+        norm_weight=norm_weight,
+        norm_bias=norm == "layernorm" and norm_weight and draw(st.booleans()),
+        qkv_bias=draw(st.booleans()), attn_out_bias=draw(st.booleans()),
+        qkv_clip=draw(st.sampled_from((None, 0.5))),
+        mlp=mlp,
+        activation=draw(st.sampled_from(("gelu", "gelu_tanh", "silu", "relu"))),
+        mlp_bias=draw(st.booleans()),
+        tie_embeddings=draw(st.booleans()), lm_head_bias=draw(st.booleans()),
+        **fields,
+    )
+
+
+@st.composite
+def token_batches(draw, config: ModelConfig, max_batch: int = 3, max_seq: int = 9) -> np.ndarray:
+    batch = draw(st.integers(1, max_batch))
+    seq = draw(st.integers(1, min(max_seq, config.max_seq_len)))
+    ids = draw(st.lists(st.integers(0, config.vocab_size - 1), min_size=batch * seq, max_size=batch * seq))
+    return np.array(ids, dtype=np.int64).reshape(batch, seq)
+
+
+seeds = st.integers(0, 2**31 - 1)
