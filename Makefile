@@ -18,21 +18,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
-# The main job: build the golden for one architecture from scratch, then run the
-# conformance suite on it (the float64 NumPy golden as the implementation under test).
+# The main job: build the golden for one architecture from scratch, check it against the
+# stored golden, then run the conformance suite on it (the float64 NumPy golden as the
+# implementation under test).
 demo: install
 	$(VENV)/bin/lmref golden --arch $(DEMO_ARCH) --out build/demo-golden
+	$(VENV)/bin/lmref golden --check --arch $(DEMO_ARCH)
 	$(PYTEST) conformance/ --arch $(DEMO_ARCH) --golden-dir build/demo-golden \
 		--report-json build/demo-report.json
-	@echo "JSON report: build/demo-report.json"
 
 # The whole suite: the project's own tests and the conformance suite over every arch.
 test: install
-	$(PYTEST) tests/ conformance/
+	$(PYTEST) --hypothesis-profile=ci tests/ conformance/
 
 # Everything, slow tests included.
 test-thorough: install
-	$(PYTEST) -m "" tests/ conformance/
+	$(PYTEST) -m "" --hypothesis-profile=thorough tests/ conformance/
 
 # Regenerate every golden case in memory and compare with the stored store.
 golden-check: install

@@ -138,10 +138,15 @@ class GoldenStore:
             )
         return path
 
+    def load_meta(self, arch: str, name: str) -> dict:
+        """A case's case.json (verified against the manifest, of a known format version)."""
+        meta = json.loads(self.verified_path(f"{arch}/{name}/case.json").read_text())
+        _check_version(f"{self.root / arch / name}/case.json", meta)
+        return meta
+
     def load(self, arch: str, name: str) -> GoldenCase:
         base = f"{arch}/{name}"
-        meta = json.loads(self.verified_path(f"{base}/case.json").read_text())
-        _check_version(f"{self.root / base}/case.json", meta)
+        meta = self.load_meta(arch, name)
         try:
             inputs = load_file(self.verified_path(f"{base}/inputs.safetensors"))
             expected = load_file(self.verified_path(f"{base}/expected.safetensors"))

@@ -387,8 +387,6 @@ def _check_implemented(c: ModelConfig) -> None:
         "query_scale_dim": (c.query_scale_dim is not None, True),
         "logit_scale": (c.logit_scale != 1.0, True),
         "n_experts": (c.n_experts > 0, True),
-        "n_shared_experts": (c.n_shared_experts > 0, True),
-        "router_aux_loss_coef": (c.router_aux_loss_coef != 0.0, True),
     }
     for name, (value, unimplemented) in unimplemented_values.items():
         if value == unimplemented:

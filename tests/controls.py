@@ -209,3 +209,53 @@ def __getattr__(name: str) -> Float32Golden:
         return BY_NAME[name]
     except KeyError:
         raise AttributeError(f"no control named {name!r}; controls: {', '.join(BY_NAME)}") from None
+
+
+# --- calibration -----------------------------------------------------------------------------
+
+
+def run_arch(adapter, arch: str, store=None) -> list:
+    """Every applicable (case, capability) check of `arch` for `adapter`: [(case id, capability, CheckResult)]."""
+    from conformance.adapters import CAPABILITIES
+    from conformance.runner import applies, run_check
+    from conformance.store import GoldenStore
+
+    store = store or GoldenStore()
+    results = []
+    for name in store.case_names(arch):
+        case = store.load(arch, name)
+        for capability in CAPABILITIES:
+            if applies(case.meta, capability):
+                results.append((case.id, capability, run_check(case, adapter, capability)))
+    return results
+
+
+def worst_ratio(results: list, row: str = "float32") -> float:
+    """The largest metric / threshold over logits checks (nmse and kl): above 1 fails the gate."""
+    from conformance.tolerances import DEFAULT_ROWS
+
+    tol = DEFAULT_ROWS[row]
+    ratios = [0.0]
+    for _, capability, result in results:
+        if capability in ("forward", "decode") and "nmse" in result.metrics:
+            ratios += [result.metrics["nmse"] / tol.nmse, result.metrics["kl_max"] / tol.kl]
+    return max(ratios)
+
+
+def calibration_table() -> str:
+    """The margins table of conformance/TOLERANCES.md: `python -m tests.controls`."""
+    from spec.presets import PRESETS
+
+    lines = ["| implementation | arch | checks failed | worst nmse or kl / threshold |", "|---|---|---|---|"]
+    positive = max(worst_ratio(run_arch(POSITIVE_CONTROL, arch)) for arch in PRESETS)
+    lines.append(f"| {POSITIVE_CONTROL.name} (correct) | all | 0 | {positive:.2g} |")
+    for control in NEGATIVE_CONTROLS:
+        results = run_arch(control.adapter, control.arch)
+        failed = sum(r.status == "FAIL" for _, _, r in results)
+        lines.append(f"| {control.adapter.name} | {control.arch} | {failed}/{len(results)} | "
+                     f"{worst_ratio(results):.2g} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(calibration_table())

@@ -1,0 +1,334 @@
+"""The adapter protocol: how an implementation plugs into the conformance suite.
+
+The minimum a third party writes is one function:
+
+    def forward(config: spec.ModelConfig, params: dict[str, np.ndarray], tokens: np.ndarray):
+        return logits  # [batch, seq, vocab], any float dtype, anything np.asarray takes
+
+`params` are float64 NumPy arrays in the canonical layout of spec/params.py (a fresh copy on
+every call: mutate them freely); `tokens` is int64 [batch, seq].
+
+An adapter object (or a class, instantiated with no arguments) has a `forward` method with
+that signature and may add optional capabilities; one it lacks is reported NOT SUPPORTED:
+
+    decode(config, params, tokens, prompt_len) -> logits [B, S, V]
+        the first prompt_len tokens in one prefill call, then one token at a time through
+        the implementation's KV cache (teacher-forced), logits of every position
+    loss(config, params, tokens) -> float       mean next-token cross-entropy
+    capture(config, params, tokens) -> {name: array}
+        named intermediates of a forward pass, names as `impl_numpy.capture_names(config)`
+        (`embed`, `layers.{i}.attn`, `layers.{i}.mlp`, `layers.{i}.out`, `final_norm`,
+        `logits`); any subset
+    name, version                               shown in the report header
+    dtype                                       float64 | float32 | bfloat16 | float16: the
+                                                tolerance row (see `Adapter.row`)
+
+A method that raises `NotImplementedError` (e.g. for an architecture it does not cover) is
+reported NOT SUPPORTED with that message; any other exception is an ERROR.
+
+`--impl` / `LMREF_IMPL` name the adapter: a built-in (`numpy`: the float64 golden, every
+capability) or `package.module:attr`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import inspect
+import os
+import sys
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+import impl_numpy
+import lmref
+from conformance.tolerances import DTYPES
+from spec.config import ModelConfig
+
+CAPABILITIES = ("forward", "decode", "loss", "capture")
+ENV_VAR = "LMREF_IMPL"
+DEFAULT_IMPL = "numpy"
+BUILTINS = {"numpy": "conformance.adapters:NumpyAdapter"}
+
+
+class AdapterLoadError(Exception):
+    """The implementation named by --impl / LMREF_IMPL cannot be loaded or is not an adapter."""
+
+
+class AdapterResultError(Exception):
+    """The adapter returned something that is not a valid result (a FAIL)."""
+
+
+class AdapterNotSupported(Exception):
+    """The adapter raised NotImplementedError for this call (NOT SUPPORTED)."""
+
+
+class AdapterCallError(Exception):
+    """The adapter raised an exception (an ERROR); the message has its type, text and frames."""
+
+
+@dataclass(frozen=True)
+class Output:
+    """A validated result: `value` is a float64 copy, `dtype` the name of the returned dtype
+    ("float32", "bfloat16", ...; "" when the returned object had no dtype, e.g. a Python float)."""
+
+    value: np.ndarray
+    dtype: str
+
+
+class NumpyAdapter:
+    """The built-in `numpy`: the float64 golden of impl_numpy, every capability."""
+
+    name = "numpy"
+    version = f"lmref {lmref.__version__} (numpy {np.__version__})"
+    dtype = "float64"
+
+    def forward(self, config, params, tokens):
+        return impl_numpy.forward(config, params, tokens)
+
+    def decode(self, config, params, tokens, prompt_len):
+        return impl_numpy.decode(config, params, tokens, prompt_len)
+
+    def loss(self, config, params, tokens):
+        return impl_numpy.loss(config, params, tokens)
+
+    def capture(self, config, params, tokens):
+        captured: dict = {}
+        impl_numpy.forward(config, params, tokens, capture=captured)
+        return captured
+
+
+# --- validating results -----------------------------------------------------------------------
+
+
+def _name_of_dtype(dtype: object) -> str:
+    """'float32' for np.float32, 'f4', torch.float32 or jnp.float32."""
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return str(dtype).removeprefix("torch.")
+
+
+def dtype_name(value: object) -> str:
+    """The dtype name of a NumPy / JAX / torch result; '' when `value` has no dtype."""
+    dtype = getattr(value, "dtype", None)
+    return "" if dtype is None else _name_of_dtype(dtype)
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    # ml_dtypes' bfloat16 / float8 types are not np.floating subtypes; their names say what they are.
+    return np.issubdtype(dtype, np.floating) or dtype.name.startswith(("bfloat", "float"))
+
+
+def _non_finite_message(what: str, values: np.ndarray) -> str | None:
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return None
+    n_nan = int(np.isnan(values).sum())
+    first = [int(i) for i in np.argwhere(bad)[0]]
+    return (f"{what} returned {int(bad.sum())} non-finite values of {values.size} "
+            f"({n_nan} NaN, {int(bad.sum()) - n_nan} inf); first at index {first}")
+
+
+def as_float_array(value: object, what: str) -> Output:
+    """Convert a result with np.asarray; raise AdapterResultError unless it is a float array."""
+    if value is None:
+        raise AdapterResultError(f"{what} returned None; expected a floating-point array")
+    try:
+        array = np.asarray(value)
+    except Exception as e:
+        raise AdapterResultError(
+            f"{what} returned a {type(value).__name__} that np.asarray cannot convert ({type(e).__name__}: {e}); "
+            "return a NumPy array (e.g. tensor.float().cpu().numpy()) and declare the adapter's dtype"
+        ) from None
+    if not _is_float(array.dtype):
+        described = f"dtype {array.dtype}, shape {array.shape}"
+        got = f"an array ({described})" if isinstance(value, np.ndarray) else \
+            f"a {type(value).__name__} ({described} as an array)"
+        raise AdapterResultError(f"{what} returned {got}; expected a floating-point array")
+    return Output(array.astype(np.float64), dtype_name(value))
+
+
+def validate_array(value: object, what: str, expected_shape: tuple[int, ...], shape_doc: str) -> Output:
+    """A float array of `expected_shape` with only finite values, or AdapterResultError saying why not."""
+    out = as_float_array(value, what)
+    if out.value.shape != tuple(expected_shape):
+        raise AdapterResultError(
+            f"{what} returned shape {out.value.shape}, expected {tuple(expected_shape)} {shape_doc}"
+        )
+    problem = _non_finite_message(what, out.value)
+    if problem:
+        raise AdapterResultError(problem)
+    return out
+
+
+def validate_scalar(value: object, what: str) -> Output:
+    """One finite float (a 0-d or one-element array counts), or AdapterResultError."""
+    out = as_float_array(value, what)
+    if out.value.size != 1:
+        raise AdapterResultError(f"{what} returned shape {out.value.shape}, expected a single number")
+    problem = _non_finite_message(what, out.value.reshape(-1))
+    if problem:
+        raise AdapterResultError(problem)
+    return Output(out.value.reshape(()), out.dtype)
+
+
+def validate_captures(value: object, what: str) -> dict[str, Output]:
+    """{name: float array}; shapes and values are judged later, against the golden."""
+    if not isinstance(value, Mapping):
+        raise AdapterResultError(f"{what} returned a {type(value).__name__}, expected a dict {{name: array}}")
+    captured = {}
+    for name, array in value.items():
+        if not isinstance(name, str):
+            raise AdapterResultError(f"{what} returned a key {name!r} of type {type(name).__name__}; names are str")
+        captured[name] = as_float_array(array, f"{what}[{name!r}]")
+    return captured
+
+
+# --- the wrapper --------------------------------------------------------------------------------
+
+
+def _version_of(impl: object) -> str:
+    declared = getattr(impl, "version", None)
+    if declared is not None:
+        return str(declared)
+    top = (getattr(impl, "__module__", None) or type(impl).__module__).split(".")[0]
+    try:
+        return f"{top} {importlib.metadata.version(top)}"
+    except importlib.metadata.PackageNotFoundError:
+        version = getattr(sys.modules.get(top), "__version__", None)
+        return f"{top} {version}" if version else "unknown"
+
+
+def _declared_dtype(impl: object) -> str | None:
+    declared = getattr(impl, "dtype", None)
+    if declared is None:
+        return None
+    name = _name_of_dtype(declared)
+    if name not in DTYPES:
+        raise AdapterLoadError(f"adapter dtype {declared!r} is not one of {', '.join(DTYPES)}")
+    return name
+
+
+def infer_row(returned_dtype: str) -> str:
+    """The tolerance row of an undeclared adapter: the returned dtype when it is float64,
+    bfloat16 or float16; float32 for everything else (float32, and results without a dtype)."""
+    return returned_dtype if returned_dtype in ("float64", "bfloat16", "float16") else "float32"
+
+
+class Adapter:
+    """An implementation wrapped for the suite: capability queries, copies in, validation out."""
+
+    def __init__(self, impl: object, spec: str):
+        if not (callable(getattr(impl, "forward", None)) or callable(impl)):
+            raise AdapterLoadError(
+                f"got a {type(impl).__name__}, not an adapter: expected a forward function, "
+                "an object with a forward method, or a class"
+            )
+        self.impl, self.spec = impl, spec
+        self.name = str(getattr(impl, "name", None) or spec)
+        self.version = _version_of(impl)
+        self.dtype = _declared_dtype(impl)
+
+    def supports(self, capability: str) -> bool:
+        if capability not in CAPABILITIES:
+            raise ValueError(f"unknown capability {capability!r}; capabilities: {', '.join(CAPABILITIES)}")
+        return self._method(capability) is not None
+
+    def row(self, returned_dtype: str) -> str:
+        """The tolerance row: the declared dtype, else `infer_row` of what was returned."""
+        return self.dtype or infer_row(returned_dtype)
+
+    def _method(self, capability: str):
+        method = getattr(self.impl, capability, None)
+        if callable(method):
+            return method
+        return self.impl if capability == "forward" and callable(self.impl) else None
+
+    def _call(self, capability: str, config: ModelConfig, params: dict, tokens: np.ndarray, *extra):
+        method = self._method(capability)
+        if method is None:
+            raise AdapterNotSupported(f"{self.name} has no {capability}")
+        params = {k: np.array(v, copy=True) for k, v in params.items()}
+        try:
+            return method(config, params, np.array(tokens, copy=True), *extra)
+        except NotImplementedError as e:
+            raise AdapterNotSupported(f"{self.name}.{capability} raised NotImplementedError: {e}") from e
+        except Exception as e:
+            frames = "".join(traceback.format_tb(e.__traceback__)[1:][-5:])
+            raise AdapterCallError(
+                f"{self.name}.{capability} raised {type(e).__name__}: {e}\n"
+                f"adapter traceback (most recent call last):\n{frames.rstrip()}"
+            ) from e
+
+    def forward(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> Output:
+        value = self._call("forward", config, params, tokens)
+        return validate_array(value, "forward", tokens.shape + (config.vocab_size,), "= [batch, seq, vocab]")
+
+    def decode(self, config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int) -> Output:
+        value = self._call("decode", config, params, tokens, prompt_len)
+        return validate_array(value, "decode", tokens.shape + (config.vocab_size,), "= [batch, seq, vocab]")
+
+    def loss(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> Output:
+        return validate_scalar(self._call("loss", config, params, tokens), "loss")
+
+    def capture(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> dict[str, Output]:
+        return validate_captures(self._call("capture", config, params, tokens), "capture")
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def _spec_of(impl: object) -> str:
+    target = impl if inspect.isfunction(impl) or inspect.isclass(impl) else type(impl)
+    return f"{target.__module__}:{target.__qualname__}"
+
+
+def as_adapter(impl: object, spec: str | None = None) -> Adapter:
+    """Wrap a forward function, an adapter object or class (instantiated), or return an Adapter as is."""
+    if isinstance(impl, Adapter):
+        return impl
+    spec = spec or _spec_of(impl)
+    if inspect.isclass(impl):
+        try:
+            impl = impl()
+        except Exception as e:
+            raise AdapterLoadError(f"class {impl.__qualname__} could not be instantiated with no arguments "
+                                   f"({type(e).__name__}: {e})") from None
+    return Adapter(impl, spec)
+
+
+def _import_target(target: str) -> object:
+    """The object named by 'package.module:attr' (attr may be dotted: 'module:Class.attr')."""
+    module_name, colon, attr_path = target.partition(":")
+    if not colon or not module_name or not attr_path:
+        raise AdapterLoadError(f"unknown implementation: built-ins are {', '.join(BUILTINS)}; "
+                               "a third-party adapter is named package.module:attr")
+    try:
+        obj = importlib.import_module(module_name)
+    except Exception as e:
+        raise AdapterLoadError(f"cannot import module {module_name!r} ({type(e).__name__}: {e})") from None
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            raise AdapterLoadError(f"module {module_name!r} has no attribute {attr_path!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def resolve_impl_spec(spec: str | None) -> str:
+    """The --impl value, else $LMREF_IMPL, else 'numpy'."""
+    return (spec or os.environ.get(ENV_VAR) or DEFAULT_IMPL).strip()
+
+
+def load_adapter(spec: str | None = None) -> Adapter:
+    """The adapter named by `spec`: a built-in name or 'package.module:attr' (None: $LMREF_IMPL,
+    else numpy).  AdapterLoadError messages start with where the name came from."""
+    where = "--impl" if spec else f"${ENV_VAR}" if os.environ.get(ENV_VAR) else "default --impl"
+    spec = resolve_impl_spec(spec)
+    try:
+        return as_adapter(_import_target(BUILTINS.get(spec, spec)), spec)
+    except AdapterLoadError as e:
+        raise AdapterLoadError(f"{where} {spec}: {e}") from None

@@ -1,0 +1,239 @@
+"""The pytest plugin of the conformance suite: options, their validation, header and reports.
+
+conformance/conftest.py imports `pytest_addoption` and `pytest_configure` from here, so from
+the repository root:
+
+    pytest conformance/ --arch llama3 --impl mypkg.lmref_adapter:Adapter --report-json out.json
+
+Options (all validated before collection; a bad value is a usage error, exit status 4):
+  --arch A[,B]        preset ids, families (`llama`) or patterns (`olmo*`); default: every
+                      arch in the golden store.  Each must have golden cases.
+  --impl SPEC         `numpy` or package.module:attr; default $LMREF_IMPL, else numpy
+  --golden-dir DIR    the golden store (default: conformance/golden inside the package)
+  --report-json PATH  write every result and the summary as JSON
+  --tolerance D.M=V   override one threshold for the run (repeatable)
+  --tolerances FILE   overrides from a JSON file {dtype: {metric: value}} (repeatable)
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from conformance.adapters import CAPABILITIES, ENV_VAR, Adapter, AdapterLoadError, load_adapter
+from conformance.report import Report, is_not_supported
+from conformance.runner import applies
+from conformance.store import DEFAULT_GOLDEN_DIR, GoldenCase, GoldenStore, GoldenStoreError
+from conformance.tolerances import ToleranceError, Tolerances, build_tolerances
+from spec.presets import resolve_archs
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("lmref", "lmref conformance suite")
+    group.addoption("--arch", dest="lmref_arch", metavar="ARCHS",
+                    help="preset ids, families or patterns, comma-separated (default: every arch in the store)")
+    group.addoption("--impl", dest="lmref_impl", metavar="SPEC",
+                    help=f"implementation: numpy or package.module:attr (default: ${ENV_VAR}, else numpy)")
+    group.addoption("--golden-dir", dest="lmref_golden_dir", metavar="DIR",
+                    help="golden store directory (default: conformance/golden of the installed package)")
+    group.addoption("--report-json", dest="lmref_report_json", metavar="PATH",
+                    help="write every result and the summary to PATH as JSON")
+    group.addoption("--tolerance", dest="lmref_tolerance", action="append", default=[], metavar="DTYPE.METRIC=VALUE",
+                    help="override one tolerance for this run, e.g. float32.nmse=1e-8 (repeatable)")
+    group.addoption("--tolerances", dest="lmref_tolerances", action="append", default=[], metavar="FILE",
+                    help='tolerance overrides from JSON {"float32": {"nmse": 1e-8}} (repeatable)')
+
+
+@dataclass
+class Suite:
+    """Everything a conformance session resolved from its options, and its results."""
+
+    store: GoldenStore
+    archs: list[str]
+    adapter: Adapter
+    tolerances: Tolerances
+    repro_options: list[str]  # options a re-run of one test must repeat (golden dir, tolerances)
+    report: Report = field(default_factory=Report)
+    _metas: dict = field(default_factory=dict)
+    _cases: dict = field(default_factory=dict)
+
+    def _meta(self, arch: str, name: str) -> dict | None:
+        """case.json, or None when it cannot be read (its tests then report the store's error)."""
+        if (arch, name) not in self._metas:
+            try:
+                self._metas[arch, name] = self.store.load_meta(arch, name)
+            except GoldenStoreError:
+                self._metas[arch, name] = None
+        return self._metas[arch, name]
+
+    def keys(self, capability: str) -> list[tuple[str, str]]:
+        """(arch, case) pairs with a `capability` check; every capability for an unreadable case."""
+        return [
+            (arch, name)
+            for arch in self.archs
+            for name in self.store.case_names(arch)
+            if (meta := self._meta(arch, name)) is None or applies(meta, capability)
+        ]
+
+    def case(self, arch: str, name: str) -> GoldenCase:
+        """The verified case, loaded once per session; raises GoldenStoreError every time it fails."""
+        if (arch, name) not in self._cases:
+            try:
+                self._cases[arch, name] = self.store.load(arch, name)
+            except GoldenStoreError as e:
+                self._cases[arch, name] = e
+        found = self._cases[arch, name]
+        if isinstance(found, GoldenStoreError):
+            raise found
+        return found
+
+    def repro(self, nodeid: str, arch: str) -> str:
+        """A command that re-runs one test alone, from the repository root."""
+        options = ["--arch", arch, "--impl", self.adapter.spec, *self.repro_options]
+        return f'pytest "{nodeid}" ' + " ".join(shlex.quote(o) for o in options)
+
+    def run_info(self) -> dict:
+        """The head of the JSON report."""
+        return {
+            "impl": self.adapter.name,
+            "impl_spec": self.adapter.spec,
+            "impl_version": self.adapter.version,
+            "dtype": self.adapter.dtype or "inferred",
+            "capabilities": [c for c in CAPABILITIES if self.adapter.supports(c)],
+            "golden_version": self.store.version,
+            "golden_dir": str(self.store.root),
+            "archs": self.archs,
+            "tolerance_overrides": self.tolerances.run_overrides,
+        }
+
+    def header_lines(self) -> list[str]:
+        a = self.adapter
+        supported = [c for c in CAPABILITIES if a.supports(c)]
+        missing = [c for c in CAPABILITIES if c not in supported]
+        dtype = f"{a.dtype} (declared by the adapter)" if a.dtype else \
+            "inferred per result (float64, bfloat16, float16 as returned; anything else float32)"
+        env = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("LMREF_"))
+        overrides = self.tolerances.run_overrides
+        return [
+            f"lmref impl: {a.name} (--impl {self.adapter.spec}), version {a.version}",
+            f"lmref capabilities: {', '.join(supported)}" + (f"; NOT SUPPORTED: {', '.join(missing)}" if missing else ""),
+            f"lmref tolerance row: {dtype}" + (f"; run overrides: {overrides}" if overrides else ""),
+            f"lmref golden set: {self.store.version} at {self.store.root}",
+            f"lmref archs: {', '.join(self.archs)}",
+            f"lmref env: {env or '(no LMREF_* variables)'}",
+        ]
+
+
+SUITE = pytest.StashKey[Suite]()
+
+
+def suite_of(config: pytest.Config) -> Suite:
+    if SUITE not in config.stash:
+        raise pytest.UsageError("the lmref conformance plugin is not configured: run pytest on conformance/ "
+                                "so that conformance/conftest.py is loaded")
+    return config.stash[SUITE]
+
+
+# --- resolving the options ----------------------------------------------------------------------
+
+
+def _path(config: pytest.Config, value: str) -> Path:
+    return Path(config.invocation_params.dir, value).resolve()
+
+
+def _open_store(config: pytest.Config) -> GoldenStore:
+    value = config.option.lmref_golden_dir
+    root = _path(config, value) if value else DEFAULT_GOLDEN_DIR
+    try:
+        return GoldenStore(root)
+    except GoldenStoreError as e:
+        raise pytest.UsageError(f"golden store: {e}") from None
+    except (OSError, KeyError) as e:
+        raise pytest.UsageError(f"golden store: cannot read {root / 'MANIFEST.json'} ({type(e).__name__}: {e})") from None
+
+
+def _resolve_archs(value: str | None, store: GoldenStore) -> list[str]:
+    if value is None:
+        archs = store.archs()
+        if not archs:
+            raise pytest.UsageError(f"golden store {store.root} lists no cases; generate them with `lmref golden`")
+        return archs
+    try:
+        archs = resolve_archs(value)
+    except KeyError as e:
+        raise pytest.UsageError(f"--arch {value}: {e.args[0]}") from None
+    empty = [a for a in archs if not store.case_names(a)]
+    if empty:
+        raise pytest.UsageError(
+            f"--arch {value}: no golden cases for {', '.join(empty)} in {store.root}; "
+            f"archs with cases: {', '.join(store.archs()) or 'none'} (generate with `lmref golden --arch ...`)"
+        )
+    return archs
+
+
+def build_suite(config: pytest.Config) -> Suite:
+    """Resolve and check every option; raise pytest.UsageError naming the bad one."""
+    option = config.option
+    store = _open_store(config)
+    archs = _resolve_archs(option.lmref_arch, store)
+    try:
+        adapter = load_adapter(option.lmref_impl)
+    except AdapterLoadError as e:
+        raise pytest.UsageError(str(e)) from None
+    files = [str(_path(config, f)) for f in option.lmref_tolerances]
+    try:
+        tolerances = build_tolerances(files, option.lmref_tolerance)
+    except ToleranceError as e:
+        raise pytest.UsageError(str(e)) from None
+    repro = (["--golden-dir", str(store.root)] if option.lmref_golden_dir else [])
+    repro += [o for f in files for o in ("--tolerances", f)]
+    repro += [o for t in option.lmref_tolerance for o in ("--tolerance", t)]
+    return Suite(store, archs, adapter, tolerances, repro)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.option.help:
+        return
+    suite = build_suite(config)
+    config.stash[SUITE] = suite
+    config.pluginmanager.register(SuiteReporter(suite), "lmref-conformance-reporter")
+
+
+# --- reporting ------------------------------------------------------------------------------------
+
+
+class SuiteReporter:
+    """Hooks that turn pytest's reports into the lmref summary table and JSON report."""
+
+    def __init__(self, suite: Suite):
+        self.suite = suite
+
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        return self.suite.header_lines()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_report_teststatus(self, report: pytest.TestReport, config: pytest.Config):
+        if is_not_supported(report):
+            return "not supported", "N", "NOT SUPPORTED"
+        return None
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.suite.report.add_phase(report)
+
+    def pytest_terminal_summary(self, terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+        if not self.suite.report.finished():
+            return
+        terminalreporter.write_sep("=", f"lmref conformance: {self.suite.adapter.name} vs golden {self.suite.store.version}")
+        for line in self.suite.report.table_lines():
+            terminalreporter.write_line(line)
+        if config.option.lmref_report_json:
+            terminalreporter.write_line(f"JSON report: {_path(config, config.option.lmref_report_json)}")
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        path = session.config.option.lmref_report_json
+        if path:
+            self.suite.report.write_json(_path(session.config, path), self.suite.run_info(), exitstatus)

@@ -1,0 +1,133 @@
+"""What a conformance run found: one record per test, the arch x capability table, the JSON.
+
+A record's status comes from what pytest reported (so the table never disagrees with the
+pass / fail counts): a passed call is PASS, a failed call FAIL, a failed setup or teardown
+ERROR (the adapter raised, or the golden case could not be loaded), a skip whose reason starts
+with "NOT SUPPORTED:" NOT SUPPORTED, any other skip SKIPPED.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conformance.adapters import CAPABILITIES
+from conformance.runner import ERROR, FAIL, NOT_SUPPORTED, PASS
+
+SKIPPED = "SKIPPED"
+ORDER = (PASS, SKIPPED, NOT_SUPPORTED, FAIL, ERROR)  # best to worst
+NOT_SUPPORTED_PREFIX = "NOT SUPPORTED:"
+# A golden test puts {"arch", "case", "capability"[, "metrics", "message"]} under this name in
+# its user_properties; pytest copies them into every report (pytest-xdist ships them too).
+PROPERTY = "lmref"
+
+
+@dataclass
+class Record:
+    """One test: (arch, case, capability) and what came of it."""
+
+    nodeid: str
+    arch: str
+    case: str
+    capability: str
+    status: str | None = None
+    metrics: dict = field(default_factory=dict)
+    message: str = ""
+
+    def to_dict(self) -> dict:
+        return {"nodeid": self.nodeid, "arch": self.arch, "case": self.case, "capability": self.capability,
+                "status": self.status, "metrics": self.metrics, "message": self.message}
+
+
+def skip_reason(report) -> str:
+    """The reason of a skipped pytest report ('' when there is none)."""
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return ""
+
+
+def is_not_supported(report) -> bool:
+    return bool(report.skipped) and skip_reason(report).startswith(NOT_SUPPORTED_PREFIX)
+
+
+def status_of(report) -> str | None:
+    """The status a pytest phase report gives its test; None for a passed setup / teardown."""
+    if report.skipped:
+        return NOT_SUPPORTED if is_not_supported(report) else SKIPPED
+    if report.failed:
+        return FAIL if report.when == "call" else ERROR
+    return PASS if report.when == "call" else None
+
+
+def worst(statuses) -> str:
+    return max(statuses, key=ORDER.index)
+
+
+def cell(statuses: list[str]) -> str:
+    """'PASS 4' when all four agree, else the worst with its count: 'FAIL 1/4'; '-' when none."""
+    if not statuses:
+        return "-"
+    status = worst(statuses)
+    count = statuses.count(status)
+    return f"{status} {count}" if count == len(statuses) else f"{status} {count}/{len(statuses)}"
+
+
+class Report:
+    """Records of a session, keyed by pytest node id, in the order the tests ran."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, Record] = {}
+
+    def add_phase(self, report) -> None:
+        """Fold one pytest phase report (setup / call / teardown) of a golden test into its record."""
+        info = dict(report.user_properties).get(PROPERTY)
+        status = status_of(report)
+        if info is None or status is None:
+            return
+        record = self.records.setdefault(
+            report.nodeid, Record(report.nodeid, info["arch"], info["case"], info["capability"])
+        )
+        record.status = status if record.status is None else worst([record.status, status])
+        record.metrics = info.get("metrics", record.metrics)
+        if status != PASS and not record.message:
+            record.message = info.get("message") or (skip_reason(report) if report.skipped else report.longreprtext)
+
+    def finished(self) -> list[Record]:
+        return [r for r in self.records.values() if r.status is not None]
+
+    def grid(self) -> dict[str, dict[str, list[str]]]:
+        """{arch: {capability: [status, ...]}} over the finished records."""
+        grid: dict[str, dict[str, list[str]]] = {}
+        for r in self.finished():
+            grid.setdefault(r.arch, {c: [] for c in CAPABILITIES})[r.capability].append(r.status)
+        return grid
+
+    def counts(self) -> dict[str, int]:
+        found = Counter(r.status for r in self.finished())
+        return {s: found[s] for s in ORDER if found[s] or s != SKIPPED}
+
+    def table_lines(self) -> list[str]:
+        """The arch x capability table, with a total row and a count line."""
+        grid = self.grid()
+        rows = [["arch", *CAPABILITIES]]
+        rows += [[arch, *(cell(caps[c]) for c in CAPABILITIES)] for arch, caps in grid.items()]
+        totals = [sum((caps[c] for caps in grid.values()), []) for c in CAPABILITIES]
+        rows.append(["total", *(cell(t) for t in totals)])
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(text.ljust(w) for text, w in zip(row, widths)).rstrip() for row in rows]
+        counts = ", ".join(f"{n} {s}" for s, n in self.counts().items())
+        return lines + [f"{len(self.finished())} checks: {counts}"]
+
+    def to_json(self, run: dict, exit_status: int) -> dict:
+        """The --report-json document: `run` (impl, versions, archs, ...), results, summary."""
+        table = {arch: {c: cell(s) for c, s in caps.items()} for arch, caps in self.grid().items()}
+        summary = {"total": len(self.finished()), "counts": self.counts(), "table": table,
+                   "exit_status": int(exit_status)}
+        return {**run, "results": [r.to_dict() for r in self.finished()], "summary": summary}
+
+    def write_json(self, path: Path, run: dict, exit_status: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(run, exit_status), indent=1) + "\n")
