@@ -279,3 +279,11 @@ def test_adapter_dtype_row_and_environment(monkeypatch):
     monkeypatch.setenv("LMREF_IMPL", f"{ADAPTERS}:missing")
     with pytest.raises(AdapterLoadError, match=r"\$LMREF_IMPL .*has no attribute 'missing'"):
         load_adapter()
+
+
+def test_installed_package_form_runs_the_same_suite(tmp_path):
+    """`pytest -p conformance.plugin --pyargs conformance`: what a user without a checkout runs;
+    the plugin is registered once even though conformance/conftest.py is loaded too."""
+    run = run_suite(tmp_path, "-p", "conformance.plugin", "--pyargs", "--arch", "gpt2", target="conformance")
+    assert run.returncode == 0, run.output
+    assert set(statuses(run, "forward")) == {"PASS"} and len(statuses(run, "forward")) == 4
