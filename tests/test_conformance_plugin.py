@@ -285,5 +285,5 @@ def test_installed_package_form_runs_the_same_suite(tmp_path):
     """`pytest -p conformance.plugin --pyargs conformance`: what a user without a checkout runs;
     the plugin is registered once even though conformance/conftest.py is loaded too."""
     run = run_suite(tmp_path, "-p", "conformance.plugin", "--pyargs", "--arch", "gpt2", target="conformance")
-    assert run.returncode == 0, run.output
+    assert run.rc == 0, run.out
     assert set(statuses(run, "forward")) == {"PASS"} and len(statuses(run, "forward")) == 4
