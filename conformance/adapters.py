@@ -51,7 +51,13 @@ from spec.config import ModelConfig
 CAPABILITIES = ("forward", "decode", "loss", "capture")
 ENV_VAR = "LMREF_IMPL"
 DEFAULT_IMPL = "numpy"
-BUILTINS = {"numpy": "conformance.adapters:NumpyAdapter"}
+# Built-in implementations, imported only when named (torch and JAX are optional extras).
+BUILTINS = {
+    "numpy": "conformance.adapters:NumpyAdapter",
+    "torch": "impl_torch.adapter:TorchAdapter",
+    "jax": "impl_jax.adapter:JaxAdapter",
+    "hf": "convert.hf_adapter:HFAdapter",
+}
 
 
 class AdapterLoadError(Exception):

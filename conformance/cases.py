@@ -9,7 +9,8 @@ Every arch gets the same four cases, built from `tiny(preset)` with arch-indepen
                    (N > 2x a RoPE scaling's original context, ALiBi's small slopes add up)
 
 Rules that pick the data (flags, never preset names): an ALiBi model gets 6 heads, a
-non-power-of-two count where the slope formula has its special branch.
+non-power-of-two count where the slope formula has its special branch, with d_model and d_ff
+widened to keep head_dim and the d_ff / d_model ratio (MPT's 4x MLP is fixed in transformers).
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def case_config(arch: str) -> ModelConfig:
     config = tiny(arch)
     if config.position == "alibi":
         # 6 heads: not a power of two, so the interleaved slopes of 2n' heads are used.
-        config = dataclasses.replace(config, n_heads=6, n_kv_heads=6, d_model=6 * config.head_dim)
+        d_model = 6 * config.head_dim
+        config = dataclasses.replace(config, n_heads=6, n_kv_heads=6, d_model=d_model,
+                                     d_ff=round(d_model * config.d_ff / config.d_model))
     return config
 
 

@@ -44,6 +44,41 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from convert.commands import check_options, run
+
+    problem = check_options(args)
+    if problem:
+        print(f"lmref convert: error: {problem}", file=sys.stderr)
+        return 2
+    return run(args)
+
+
+def _add_convert(sub) -> None:
+    """`lmref convert` (convert/commands.py; the lmref checkpoint format: convert/checkpoint.py)."""
+    from convert.commands import DTYPES
+
+    convert = sub.add_parser(
+        "convert", help="convert weights: Hugging Face <-> lmref checkpoint, or a preset's initial weights",
+        description="One source (--from-hf, --to-hf or --preset) and --out.  An lmref checkpoint is a "
+                    "directory with config.json (ModelConfig) and params.safetensors (canonical names).")
+    source = convert.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from-hf", metavar="DIR", help="a Hugging Face model directory (config.json + "
+                        "model.safetensors or shards): write an lmref checkpoint to --out")
+    source.add_argument("--to-hf", metavar="CKPT", help="an lmref checkpoint: write a Hugging Face model "
+                        "directory to --out (config.json + model.safetensors)")
+    source.add_argument("--preset", metavar="NAME", help="spec.init_params of tiny(NAME), or of the real "
+                        "size with --full")
+    convert.add_argument("--out", required=True, help="the directory to write")
+    convert.add_argument("--seed", type=int, help="with --preset: the init seed (default 0)")
+    convert.add_argument("--full", action="store_true", help="with --preset: the published size, not tiny "
+                         "(float64, 8 bytes per parameter)")
+    convert.add_argument("--format", choices=("lmref", "hf"), help="with --preset: write an lmref checkpoint "
+                         "(default) or a Hugging Face model directory")
+    convert.add_argument("--dtype", choices=DTYPES, help="cast the weights written (default: keep their dtype)")
+    convert.set_defaults(run=cmd_convert)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmref", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     presets = sub.add_parser("presets", help="list presets with their parameter counts")
     presets.add_argument("--arch", help="preset ids, families or patterns, comma-separated (default: all)")
     presets.set_defaults(run=cmd_presets)
+
+    _add_convert(sub)
     return parser
 
 

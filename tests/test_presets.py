@@ -38,6 +38,10 @@ from spec import FAMILIES, PRESETS, ModelConfig, RopeScaling, get_preset, param_
 #   = 67,108,864; 16 layers 1,073,741,824; total 1,176,764,416 (OLMo-1B's 1.18B).
 # olmo-alibi: olmo + affine LayerNorms: (2 per layer * 16 + final) = 33 norms * (weight + bias)
 #   * 2048 = 135,168; total 1,176,899,584.  RoPE and ALiBi add no parameters.
+# mpt (7B): V=50432, d=4096, L=32, d_ff 16384 (4d), tied, no biases, LayerNorm weights only.
+#   tokens 50432*4096 = 206,569,472
+#   per layer: 4*4096^2 = 67,108,864; 2*4096*16384 = 134,217,728; 2 norms 8,192 -> 201,334,784
+#   32 layers 6,442,713,088; final norm 4,096; total 6,649,286,656 (MosaicML's "6.7B").
 EXPECTED_COUNTS = {
     "gpt2": 124_439_808,
     "llama1": 6_738_415_616,
@@ -47,6 +51,7 @@ EXPECTED_COUNTS = {
     "llama3.1": 8_030_261_248,
     "olmo": 1_176_764_416,
     "olmo-alibi": 1_176_764_416 + 33 * 2 * 2048,
+    "mpt": 6_649_286_656,
 }
 
 
@@ -154,6 +159,16 @@ def test_olmo_alibi_facts():
     differ = {f.name for f in dataclasses.fields(ModelConfig)
               if getattr(c, f.name) != getattr(get_preset("olmo"), f.name)}
     assert differ == {"name", "position", "norm_weight", "norm_bias"}
+
+
+def test_mpt_facts():
+    c = get_preset("mpt")
+    assert c.position == "alibi" and c.alibi_max_bias == 8.0
+    assert c.norm == "layernorm" and c.norm_weight and not c.norm_bias
+    assert c.mlp == "plain" and c.activation == "gelu" and c.d_ff == 4 * c.d_model
+    assert not (c.qkv_bias or c.attn_out_bias or c.mlp_bias or c.lm_head_bias)
+    assert c.tie_embeddings
+    assert (c.vocab_size, c.d_model, c.n_layers, c.n_heads, c.n_kv_heads, c.max_seq_len) == (50432, 4096, 32, 32, 32, 2048)
 
 
 # --- tiny() ---------------------------------------------------------------------------------

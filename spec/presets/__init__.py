@@ -10,9 +10,9 @@ import dataclasses
 import fnmatch
 
 from spec.config import ModelConfig
-from spec.presets import gpt2, llama, olmo
+from spec.presets import gpt2, llama, mpt, olmo
 
-PRESETS: dict[str, ModelConfig] = gpt2.PRESETS | llama.PRESETS | olmo.PRESETS
+PRESETS: dict[str, ModelConfig] = gpt2.PRESETS | llama.PRESETS | olmo.PRESETS | mpt.PRESETS
 
 # Family names select several presets at once.  A name that is also a preset id would be
 # ambiguous, so such families are reached by pattern instead (`olmo*`).

@@ -1,0 +1,73 @@
+"""The lmref checkpoint: a directory with two files, nothing pickled.
+
+    config.json          `ModelConfig.to_json()`: every field, readable by `ModelConfig.from_json`
+    params.safetensors   the canonical parameters of spec/params.py, under their canonical
+                         names and in their own dtype (float64 from `init_params`, float32
+                         from a float32 HF model, ...); header metadata
+                         {"format": "lmref-checkpoint", "format_version": "1"}
+
+`save_checkpoint` and `load_checkpoint` are the only readers and writers; loading checks the
+format version, the config's validity and every parameter's presence and shape, and raises
+`CheckpointError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+
+from convert.errors import CheckpointError, ConversionError
+from convert.safetensors_io import read_file, write_file
+from spec.config import ConfigError, ModelConfig
+from spec.errors import ParamsError
+from spec.params import check_params, param_shapes
+
+CONFIG_FILE = "config.json"
+PARAMS_FILE = "params.safetensors"
+FORMAT = "lmref-checkpoint"
+FORMAT_VERSION = "1"
+
+
+def save_checkpoint(out: str | Path, config: ModelConfig, params: dict[str, np.ndarray]) -> Path:
+    """Write `out`/config.json and `out`/params.safetensors (after checking params against config)."""
+    check_params(config, params)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(config.to_json() + "\n")
+    write_file(out / PARAMS_FILE, params, metadata={"format": FORMAT, "format_version": FORMAT_VERSION})
+    return out
+
+
+def _check_format(path: Path) -> None:
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    if metadata.get("format") != FORMAT or metadata.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: not an lmref checkpoint of format version {FORMAT_VERSION} (metadata {metadata}); "
+            "for a Hugging Face model directory use `lmref convert --from-hf`"
+        )
+
+
+def load_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """(config, params) of an lmref checkpoint directory, checked."""
+    path = Path(path)
+    config_path, params_path = path / CONFIG_FILE, path / PARAMS_FILE
+    for required in (config_path, params_path):
+        if not required.is_file():
+            raise CheckpointError(f"{required}: no such file (an lmref checkpoint has {CONFIG_FILE} and {PARAMS_FILE})")
+    try:
+        config = ModelConfig.from_json(config_path.read_text())
+    except (ConfigError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{config_path}: not a valid lmref config ({e})") from None
+    _check_format(params_path)
+    try:
+        params = read_file(params_path)
+        check_params(config, params)
+    except (ConversionError, ParamsError) as e:
+        raise CheckpointError(f"{params_path}: {e}") from None
+    return config, {name: params[name] for name in param_shapes(config)}  # canonical order

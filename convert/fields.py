@@ -1,0 +1,109 @@
+"""Config mapping rules shared by the model types: strict reading of a Hugging Face config.json,
+and the check that a `ModelConfig` is something a transformers class can express.
+
+The rule in both directions: a value that changes the numbers is either mapped, or checked
+against the one value the other side can represent; anything else raises `ConversionError`
+naming the field.  Only fields that never change a forward pass are ignored, by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from convert.errors import ConversionError
+from spec.config import ModelConfig
+
+# Keys of any transformers config that never change a forward pass: bookkeeping, token ids
+# (they matter to generation and tokenizers, not to logits), dtype (the weights' dtype is the
+# safetensors file's), outputs requested, initialisation, and the label maps of task heads.
+GENERIC_IGNORED = frozenset({
+    "_name_or_path", "architectures", "model_type", "transformers_version", "auto_map",
+    "dtype", "torch_dtype", "use_cache", "initializer_range",
+    "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
+    "output_attentions", "output_hidden_states", "return_dict", "id2label", "label2id",
+    "problem_type", "chunk_size_feed_forward", "is_encoder_decoder", "tokenizer_class",
+    "task_specific_params", "lmref_name",
+})
+
+# transformers `activations.ACT2CLS`: gelu is the exact erf GELU; gelu_new and
+# gelu_pytorch_tanh are the same tanh approximation (Python ops vs the C kernel); swish is silu.
+ACTIVATION_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                      "silu": "silu", "swish": "silu", "relu": "relu"}
+ACTIVATION_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "silu": "silu", "relu": "relu"}
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.default is not dataclasses.MISSING}
+
+
+class HFConfig:
+    """A config.json dict read field by field; `finish()` refuses every field nobody read.
+
+    `where` prefixes every message (e.g. "path/config.json (llama)"); `prefix` names a nested
+    dict's fields ("attn_config.qk_ln").
+    """
+
+    def __init__(self, data: dict, where: str, ignored: frozenset = frozenset(), prefix: str = ""):
+        if not isinstance(data, dict):
+            raise ConversionError(f"{where}: {prefix.rstrip('.') or 'config'} must be a JSON object, got {data!r}")
+        self.data, self.where, self.prefix = data, where, prefix
+        self.read: set[str] = set(GENERIC_IGNORED | ignored)
+
+    def get(self, key: str, default=None):
+        """The value of `key` (`default` when absent; a JSON null stays None)."""
+        self.read.add(key)
+        return self.data.get(key, default)
+
+    def fail(self, key: str, value: object, why: str) -> None:
+        raise ConversionError(f"{self.where}: {self.prefix}{key}={value!r} is not supported: {why}")
+
+    def require(self, key: str, default: object, allowed: tuple, why: str) -> object:
+        """The value of `key`, which must be one of `allowed`; otherwise fail with `why`."""
+        value = self.get(key, default)
+        if value not in allowed:
+            self.fail(key, value, why)
+        return value
+
+    def sub(self, key: str, ignored: frozenset = frozenset()) -> HFConfig:
+        """A nested dict (MPT's attn_config), read with the same rules; {} when absent or null."""
+        return HFConfig(self.get(key) or {}, self.where, ignored, prefix=f"{self.prefix}{key}.")
+
+    def activation(self, key: str, default: str) -> str:
+        name = self.get(key, default)
+        if name not in ACTIVATION_FROM_HF:
+            self.fail(key, name, f"lmref maps only {', '.join(sorted(ACTIVATION_FROM_HF))}")
+        return ACTIVATION_FROM_HF[name]
+
+    def finish(self) -> None:
+        """Raise ConversionError naming every field that was neither read nor known to be harmless."""
+        unknown = sorted(set(self.data) - self.read)
+        if unknown:
+            raise ConversionError(
+                f"{self.where}: unknown field(s) {', '.join(self.prefix + k for k in unknown)}: lmref does not "
+                "know whether they change the numbers, so it does not convert this config"
+            )
+
+
+def check_expressible(config: ModelConfig, model_type: str, mapped: set[str], fixed: dict[str, object],
+                      rules: list[tuple[str, bool, str]]) -> None:
+    """Raise ConversionError unless transformers' `model_type` can express `config`.
+
+    `mapped`: fields written into the HF config.  `fixed`: fields whose value the HF class
+    hard-codes.  Every other field must keep its `ModelConfig` default (the knob is off).
+    `rules`: (field, holds, rule) for relations between fields.
+    """
+    problems = []
+    for f in dataclasses.fields(ModelConfig):
+        if f.name in mapped:
+            continue
+        want = fixed.get(f.name, _DEFAULTS.get(f.name))
+        if getattr(config, f.name) != want:
+            problems.append(f"{f.name}={getattr(config, f.name)!r} (transformers' {model_type} has {want!r})")
+    problems += [f"{name}: {rule}" for name, holds, rule in rules if not holds]
+    if problems:
+        raise ConversionError(
+            f"config {config.name!r} cannot be expressed as transformers' {model_type}: " + "; ".join(problems)
+        )
+
+
+def activation_rule(config: ModelConfig) -> tuple[str, bool, str]:
+    return ("activation", config.activation in ACTIVATION_TO_HF,
+            f"{config.activation!r} has no transformers name; known: {', '.join(ACTIVATION_TO_HF)}")

@@ -1,0 +1,177 @@
+"""Hugging Face checkpoints <-> (ModelConfig, canonical params), with NumPy and safetensors only.
+
+    config, params = from_hf("path/to/hf_model")          # config.json + *.safetensors
+    to_hf(config, params, "path/to/out")                   # transformers' from_pretrained loads it
+
+Model types: gpt2, llama (LLaMA 1/2/3/3.1), olmo (OLMo 1), mpt.  `to_hf` picks the type
+from the config's flags (`model_type_for`).  Tensors keep their dtype (BF16 files come back
+as float32, exactly); values are only moved, never computed, so a round trip either way
+gives the same bits.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from convert import gpt2, llama, mpt, olmo
+from convert.errors import ConversionError
+from convert.fields import HFConfig
+from convert.layout import check_state_dict, expected_shapes, from_hf_tensor, to_hf_tensor
+from convert.safetensors_io import SINGLE_FILE, read_hf_weights, write_file
+from spec.config import ConfigError, ModelConfig
+from spec.errors import ParamsError
+from spec.params import check_params, param_shapes
+
+MODEL_TYPES: dict[str, ModuleType] = {m.MODEL_TYPE: m for m in (gpt2, llama, olmo, mpt)}
+SUPPORTED_MODEL_TYPES = tuple(MODEL_TYPES)
+# Which lmref models each type receives (the rule of `model_type_for`), for error messages.
+_EXPORTED = {
+    "gpt2": "models with learned positions",
+    "mpt": "ALiBi models (transformers' OLMo and LLaMA have no ALiBi)",
+    "llama": "RoPE models with RMSNorm",
+    "olmo": "RoPE models with LayerNorm",
+}
+
+
+def model_type_for(config: ModelConfig) -> str:
+    """The transformers model type for `config`, from its flags: learned positions -> gpt2,
+    ALiBi -> mpt, RoPE with RMSNorm -> llama, RoPE with LayerNorm -> olmo.  Whether that
+    type can express every other field is checked by `hf_config`."""
+    if config.position == "learned":
+        return "gpt2"
+    if config.position == "alibi":
+        return "mpt"
+    if config.position == "rope":
+        return "llama" if config.norm == "rmsnorm" else "olmo"
+    raise ConversionError(f"config {config.name!r}: position={config.position!r} has no transformers "
+                          f"model type here; supported types: {', '.join(SUPPORTED_MODEL_TYPES)}")
+
+
+def _module(model_type: object, where: str) -> ModuleType:
+    if model_type is None:
+        raise ConversionError(f"{where}: no model_type field, so not a Hugging Face config (an lmref "
+                              "checkpoint is read with load_checkpoint / `lmref convert --to-hf`)")
+    if model_type not in MODEL_TYPES:
+        raise ConversionError(f"{where}: model_type {model_type!r} is not supported; "
+                              f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    return MODEL_TYPES[model_type]
+
+
+# --- lmref -> HF ------------------------------------------------------------------------------
+
+
+def hf_config(config: ModelConfig) -> dict:
+    """The config.json dict of `config`; ConversionError naming every field transformers
+    cannot express.  `lmref_name` keeps the config's name (transformers keeps unknown keys)."""
+    module = _module(model_type_for(config), f"config {config.name!r}")
+    try:
+        fields = module.config_to_hf(config)
+    except ConversionError as e:
+        raise ConversionError(f"{e}; lmref exports {_EXPORTED[module.MODEL_TYPE]} as transformers' "
+                              f"{module.MODEL_TYPE}") from None
+    return {"model_type": module.MODEL_TYPE, "architectures": [module.ARCHITECTURE], **fields,
+            "lmref_name": config.name}
+
+
+def hf_state_dict(config: ModelConfig, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The HF state dict (HF key -> array) of canonical `params`."""
+    check_params(config, params)
+    module = _module(model_type_for(config), f"config {config.name!r}")
+    return {e.hf: to_hf_tensor(e, params) for e in module.entries(config)}
+
+
+def to_hf(config: ModelConfig, params: dict[str, np.ndarray], out: str | Path, *, dtype: str | None = None) -> Path:
+    """Write `out`/config.json and `out`/model.safetensors; return `out`.
+
+    `dtype` ("float32", "float16", "float64") casts the weights; by default they keep theirs.
+    """
+    data = hf_config(config)  # refuse an inexpressible config before touching the disk
+    tensors = hf_state_dict(config, params)
+    if dtype is not None:
+        tensors = {k: v.astype(dtype) for k, v in tensors.items()}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = {v.dtype.name for v in tensors.values()}
+    data |= {"dtype": names.pop()} if len(names) == 1 else {}  # from_pretrained's dtype="auto" reads it
+    (out / "config.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_file(out / SINGLE_FILE, tensors, metadata={"format": "pt"})  # from_pretrained requires format "pt"
+    return out
+
+
+# --- HF -> lmref ------------------------------------------------------------------------------
+
+
+def read_hf_config(path: str | Path) -> dict:
+    """The config.json of an HF model directory, as a dict."""
+    config_path = Path(path) / "config.json"
+    if not config_path.is_file():
+        raise ConversionError(f"{config_path}: no such file (expected a Hugging Face model directory)")
+    try:
+        data = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"{config_path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"{config_path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def config_from_hf(data: dict, name: str, where: str = "config.json") -> ModelConfig:
+    """A config.json dict -> ModelConfig; ConversionError naming any field lmref cannot represent."""
+    module = _module(data.get("model_type"), where)
+    cfg = HFConfig(data, f"{where} ({module.MODEL_TYPE})", module.IGNORED)
+    try:
+        config = module.config_from_hf(cfg, data.get("lmref_name") or name)
+    except ConfigError as e:
+        raise ConversionError(f"{where} ({module.MODEL_TYPE}): gives an invalid lmref config: {e}") from None
+    cfg.finish()
+    return config
+
+
+def _normalise_keys(module: ModuleType, config: ModelConfig, tensors: dict, where: str) -> dict:
+    """Add the base-model prefix that some files omit (hub GPT-2: `h.0...` for
+    `transformer.h.0...`; transformers' loader does the same), drop known non-weight buffers,
+    and drop a stored copy of a tied head after checking it equals the embedding."""
+    expected = {e.hf for e in module.entries(config)}
+    out = {}
+    for key, value in tensors.items():
+        if key.endswith(module.IGNORED_SUFFIXES):
+            continue
+        out[module.PREFIX + key if key not in expected and module.PREFIX + key in expected else key] = value
+    if config.tie_embeddings and "lm_head.weight" in out:
+        embed = next(e.hf for e in module.entries(config) if e.sources == ("embed.tokens",))
+        if embed in out and not np.array_equal(out["lm_head.weight"], out[embed]):
+            raise ConversionError(f"{where}: tie_word_embeddings is true but lm_head.weight differs from {embed}")
+        del out["lm_head.weight"]
+    return out
+
+
+def params_from_hf(config: ModelConfig, model_type: str, tensors: dict[str, np.ndarray],
+                   where: str = "state dict") -> dict[str, np.ndarray]:
+    """An HF state dict -> canonical params; ConversionError listing missing, unexpected and
+    misshaped keys (each misshaped key with both shapes)."""
+    module = _module(model_type, where)
+    tensors = _normalise_keys(module, config, tensors, where)
+    table = module.entries(config)
+    shapes = param_shapes(config)
+    check_state_dict(expected_shapes(table, shapes), tensors, where)
+    params: dict[str, np.ndarray] = {}
+    for entry in table:
+        params |= from_hf_tensor(entry, tensors[entry.hf], shapes)
+    try:
+        check_params(config, params)
+    except ParamsError as e:  # a table that misses a canonical tensor: a converter bug
+        raise ConversionError(f"{where}: {e}") from None
+    return {name: params[name] for name in shapes}  # canonical order
+
+
+def from_hf(path: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """Read an HF model directory (config.json + model.safetensors or sharded safetensors)."""
+    path = Path(path)
+    data = read_hf_config(path)
+    config = config_from_hf(data, path.resolve().name, str(path / "config.json"))
+    params = params_from_hf(config, data["model_type"], read_hf_weights(path), str(path))
+    return config, params

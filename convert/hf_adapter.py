@@ -1,0 +1,114 @@
+"""`--impl hf`: Hugging Face transformers itself, checked against the golden.
+
+    pytest conformance/ --impl hf --arch gpt2,llama,olmo*,mpt
+
+For every call the adapter exports the case's config and weights in float32 with
+`convert.to_hf` and loads them with `AutoModelForCausalLM.from_pretrained(...,
+attn_implementation="eager", dtype=torch.float32)`, insisting that every weight was loaded
+(from_pretrained only warns about missing keys).  Eager attention is transformers' reference
+path: the sdpa path skips some of the math (Gemma 2's softcapping).  The model runs in eval
+mode under `torch.no_grad`; decode uses transformers' own KV cache (`past_key_values`).
+
+A config transformers cannot express raises NotImplementedError with the converter's
+reason, which the suite reports as NOT SUPPORTED: OLMo with ALiBi has no transformers class,
+and MPT, the ALiBi decoder it would map to, has a bias-free LayerNorm and a GELU MLP.
+Needs torch and transformers (`pip install lmref[torch,hf]`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+import torch
+import transformers
+from transformers import AutoModelForCausalLM
+
+from convert.errors import ConversionError
+from convert.hf import MODEL_TYPES, model_type_for, to_hf
+from impl_numpy import capture_names
+from spec.config import ModelConfig
+
+
+def _recorder(captured: dict, name: str):
+    """A forward hook storing a module's output (the first element of a tuple) as `name`."""
+    def hook(module, args, output):
+        captured[name] = output[0] if isinstance(output, tuple) else output
+    return hook
+
+
+class HFAdapter:
+    """transformers' eager float32 model for each golden case (forward, decode, loss, capture)."""
+
+    name = "hf"
+    version = f"transformers {transformers.__version__}"
+    dtype = "float32"
+
+    def build_model(self, config: ModelConfig, params: dict[str, np.ndarray]) -> torch.nn.Module:
+        """The transformers model of (config, params), float32, eval mode."""
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                to_hf(config, params, tmp, dtype="float32")
+                model, info = AutoModelForCausalLM.from_pretrained(
+                    tmp, attn_implementation="eager", dtype=torch.float32, output_loading_info=True)
+        except ConversionError as e:
+            raise NotImplementedError(f"transformers has no model for this config: {e}") from None
+        problems = {kind: sorted(keys) for kind, keys in info.items() if keys}
+        if problems:
+            raise RuntimeError(f"from_pretrained did not load the exported weights exactly: {problems}")
+        return model.eval()
+
+    def forward(self, config, params, tokens):
+        model = self.build_model(config, params)
+        with torch.no_grad():
+            return model(input_ids=torch.from_numpy(tokens)).logits.numpy()  # [B, S, V] float32
+
+    def decode(self, config, params, tokens, prompt_len):
+        """Prefill `prompt_len` tokens, then one token per call through `past_key_values`."""
+        model = self.build_model(config, params)
+        ids = torch.from_numpy(tokens)
+        with torch.no_grad():
+            out = model(input_ids=ids[:, :prompt_len], use_cache=True)
+            steps = [out.logits]
+            for t in range(prompt_len, ids.shape[1]):
+                out = model(input_ids=ids[:, t : t + 1], past_key_values=out.past_key_values, use_cache=True)
+                steps.append(out.logits)
+        return torch.cat(steps, dim=1).numpy()  # [B, S, V]
+
+    def loss(self, config, params, tokens):
+        """transformers' `labels=` loss (`ForCausalLMLoss`): logits of position t against
+        token t + 1, cross-entropy averaged over the B * (S - 1) targets: lmref's definition."""
+        model = self.build_model(config, params)
+        ids = torch.from_numpy(tokens)
+        with torch.no_grad():
+            return model(input_ids=ids, labels=ids).loss.numpy()  # 0-d float32
+
+    def capture(self, config, params, tokens):
+        """lmref's captured intermediates, from transformers' hidden states and forward hooks.
+
+        `output_hidden_states` gives L + 1 tensors in all four model types: [0] the embedding
+        output (GPT-2: tokens + positions), [i] the residual stream entering layer i, i.e.
+        `layers.{i-1}.out`, and [L] the output of the final norm (llama/olmo/gpt2:
+        `capture_outputs` swaps in `last_hidden_state`; mpt appends `norm_f`'s output), so the
+        last layer's own output is not among them.  Forward hooks supply it, and each layer's
+        attention and MLP outputs: the output projections (o_proj / c_proj / out_proj,
+        down_proj / c_proj) produce exactly what the sublayer adds to the residual stream
+        (the dropouts after them are off in eval).
+        """
+        model = self.build_model(config, params)
+        modules = MODEL_TYPES[model_type_for(config)].LAYER_MODULES
+        captured: dict = {}
+        last = config.n_layers - 1
+        targets = [(f"layers.{i}.{part}", modules[part].format(i=i)) for i in range(config.n_layers)
+                   for part in ("attn", "mlp")] + [(f"layers.{last}.out", modules["out"].format(i=last))]
+        hooks = [model.get_submodule(path).register_forward_hook(_recorder(captured, name)) for name, path in targets]
+        try:
+            with torch.no_grad():
+                out = model(input_ids=torch.from_numpy(tokens), output_hidden_states=True)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        states = out.hidden_states  # L + 1 tensors [B, S, d_model]
+        captured |= {"embed": states[0], "final_norm": states[-1], "logits": out.logits}
+        captured |= {f"layers.{i}.out": states[i + 1] for i in range(last)}
+        return {name: captured[name].numpy() for name in capture_names(config)}

@@ -1,0 +1,115 @@
+"""LLaMA 1/2/3/3.1 (`LlamaForCausalLM`, transformers models/llama, 5.23) <-> lmref.
+
+Checkpoint keys (../shared/reference/arch_dense.md §2.2): `model.embed_tokens`,
+`model.layers.{i}.{input_layernorm, self_attn.{q,k,v,o}_proj, post_attention_layernorm,
+mlp.{gate,up,down}_proj}`, `model.norm`, `lm_head` (absent when tied).  Every projection is an
+`nn.Linear`, stored [d_out, d_in]: the transpose of lmref's [d_in, d_out].
+"""
+
+from __future__ import annotations
+
+from convert.fields import ACTIVATION_TO_HF, HFConfig, activation_rule, check_expressible
+from convert.layout import Entry, linear, same
+from convert.rope import rope_columns_permutation, rope_from_hf, rope_to_hf
+from spec.config import ModelConfig
+
+MODEL_TYPE = "llama"
+ARCHITECTURE = "LlamaForCausalLM"
+PREFIX = "model."  # LlamaPreTrainedModel.base_model_prefix
+IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)  # a non-persistent buffer that old checkpoints stored
+LAYER_MODULES = {"attn": "model.layers.{i}.self_attn.o_proj", "mlp": "model.layers.{i}.mlp.down_proj",
+                 "out": "model.layers.{i}"}
+
+IGNORED = frozenset({
+    "attention_dropout",  # off in eval
+    # pretraining_tp: older transformers split the matmuls into slices (same math, other
+    # summation order); 5.x no longer reads it
+    "pretraining_tp",
+})
+
+
+def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
+    """LlamaConfig fields (defaults: the LlamaConfig class defaults) -> ModelConfig."""
+    d, n_heads = cfg.get("hidden_size", 4096), cfg.get("num_attention_heads", 32)
+    max_seq_len = cfg.get("max_position_embeddings", 2048)
+    theta, scaling = rope_from_hf(cfg, max_seq_len)
+    bias = bool(cfg.get("attention_bias", False))  # LlamaAttention: bias on q, k, v and o together
+    return ModelConfig(
+        name=name, vocab_size=cfg.get("vocab_size", 32000), d_model=d,
+        n_layers=cfg.get("num_hidden_layers", 32), n_heads=n_heads,
+        n_kv_heads=cfg.get("num_key_value_heads") or n_heads,  # LlamaConfig.__post_init__: None -> MHA
+        head_dim=cfg.get("head_dim") or d // n_heads,  # None -> hidden_size // num_attention_heads
+        d_ff=cfg.get("intermediate_size", 11008), max_seq_len=max_seq_len,
+        position="rope", rope_theta=theta, rope_scaling=scaling,
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        norm="rmsnorm", norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        qkv_bias=bias, attn_out_bias=bias,
+        mlp="gated", activation=cfg.activation("hidden_act", "silu"), mlp_bias=bool(cfg.get("mlp_bias", False)),
+    )
+
+
+def config_to_hf(c: ModelConfig) -> dict:
+    """ModelConfig -> LlamaConfig fields; ConversionError if LLaMA cannot express it."""
+    check_expressible(
+        c, MODEL_TYPE,
+        mapped={"name", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
+                "max_seq_len", "tie_embeddings", "norm_eps", "qkv_bias", "attn_out_bias", "rope_theta",
+                "rope_scaling", "rope_layout", "activation", "mlp_bias"},
+        fixed={"position": "rope", "norm": "rmsnorm", "mlp": "gated"},
+        rules=[attention_bias_rule(c), activation_rule(c),
+               ("n_heads", c.d_model % c.n_heads == 0,
+                f"LlamaConfig requires d_model ({c.d_model}) divisible by n_heads ({c.n_heads})")],
+    )
+    return {
+        "vocab_size": c.vocab_size, "hidden_size": c.d_model, "intermediate_size": c.d_ff,
+        "num_hidden_layers": c.n_layers, "num_attention_heads": c.n_heads, "num_key_value_heads": c.n_kv_heads,
+        "head_dim": c.head_dim, "max_position_embeddings": c.max_seq_len, "rms_norm_eps": c.norm_eps,
+        "hidden_act": ACTIVATION_TO_HF[c.activation], "tie_word_embeddings": c.tie_embeddings,
+        "attention_bias": c.qkv_bias, "mlp_bias": c.mlp_bias, "rope_parameters": rope_to_hf(c),
+        "bos_token_id": None, "eos_token_id": None,  # unknown to lmref
+    }
+
+
+def attention_bias_rule(c: ModelConfig) -> tuple[str, bool, str]:
+    return ("attn_out_bias", c.qkv_bias == c.attn_out_bias,
+            f"transformers' attention_bias puts biases on q, k, v and o together (qkv_bias={c.qkv_bias})")
+
+
+def attention_mlp_entries(c: ModelConfig, i: int) -> list[Entry]:
+    """Layer i's attention and MLP tensors, shared by llama and olmo (same module names)."""
+    h, p = f"model.layers.{i}", f"layers.{i}"
+    q_perm = rope_columns_permutation(c.n_heads, c.head_dim, c.rope_layout)
+    k_perm = rope_columns_permutation(c.n_kv_heads, c.head_dim, c.rope_layout)
+    # Every weight here is an nn.Linear [d_out, d_in]: `linear` stores the transpose of
+    # lmref's [d_in, d_out].  q and k also get the RoPE layout permutation (None for halves).
+    table = [
+        linear(f"{h}.self_attn.q_proj.weight", f"{p}.attn.wq", perm=q_perm),
+        linear(f"{h}.self_attn.k_proj.weight", f"{p}.attn.wk", perm=k_perm),
+        linear(f"{h}.self_attn.v_proj.weight", f"{p}.attn.wv"),
+        linear(f"{h}.self_attn.o_proj.weight", f"{p}.attn.wo"),
+        linear(f"{h}.mlp.gate_proj.weight", f"{p}.mlp.w_gate"),
+        linear(f"{h}.mlp.up_proj.weight", f"{p}.mlp.w_up"),
+        linear(f"{h}.mlp.down_proj.weight", f"{p}.mlp.w_down"),
+    ]
+    if c.qkv_bias:  # the q and k biases are rotated with their projections: same permutation
+        table += [Entry(f"{h}.self_attn.q_proj.bias", (f"{p}.attn.bq",), perm=q_perm),
+                  Entry(f"{h}.self_attn.k_proj.bias", (f"{p}.attn.bk",), perm=k_perm),
+                  same(f"{h}.self_attn.v_proj.bias", f"{p}.attn.bv"),
+                  same(f"{h}.self_attn.o_proj.bias", f"{p}.attn.bo")]
+    if c.mlp_bias:
+        table += [same(f"{h}.mlp.gate_proj.bias", f"{p}.mlp.b_gate"), same(f"{h}.mlp.up_proj.bias", f"{p}.mlp.b_up"),
+                  same(f"{h}.mlp.down_proj.bias", f"{p}.mlp.b_down")]
+    return table
+
+
+def head_entries(c: ModelConfig) -> list[Entry]:
+    return [] if c.tie_embeddings else [linear("lm_head.weight", "lm_head.weight")]  # nn.Linear(d, V): [V, d]
+
+
+def entries(c: ModelConfig) -> list[Entry]:
+    table = [same("model.embed_tokens.weight", "embed.tokens")]
+    for i in range(c.n_layers):
+        table += [same(f"model.layers.{i}.input_layernorm.weight", f"layers.{i}.attn_norm.weight"),
+                  same(f"model.layers.{i}.post_attention_layernorm.weight", f"layers.{i}.mlp_norm.weight")]
+        table += attention_mlp_entries(c, i)
+    return table + [same("model.norm.weight", "final_norm.weight")] + head_entries(c)

@@ -1,0 +1,85 @@
+"""RoPE settings of the llama-style configs (llama, olmo), both ways.
+
+transformers 5.x keeps them in `rope_parameters` {"rope_type", "rope_theta", ...}; older
+config.json files have a top-level `rope_theta` and `rope_scaling` {"type" or "rope_type",
+...}.  Precedence follows `RotaryEmbeddingConfigMixin.convert_rope_params_to_dict` and
+`standardize_rope_params` (modeling_rope_utils.py, 5.23): `rope_scaling` wins over
+`rope_parameters`; a theta inside the dict wins over the top-level one, default 10000; a
+"rope_type" key wins over a legacy "type"; for llama3 a top-level
+`original_max_position_embeddings` wins over the dict's, default max_position_embeddings.
+"""
+
+from __future__ import annotations
+
+from convert.fields import HFConfig
+from spec.config import ModelConfig, RopeScaling
+
+DEFAULT_THETA = 10_000.0  # RotaryEmbeddingConfigMixin.default_theta
+SUPPORTED = ("default", "linear", "llama3")  # the rope types lmref implements
+
+
+def rope_from_hf(cfg: HFConfig, max_seq_len: int) -> tuple[float, RopeScaling | None]:
+    """(rope_theta, rope_scaling) of a llama-style config.json."""
+    legacy, current = cfg.get("rope_scaling"), cfg.get("rope_parameters")
+    params = dict(legacy or current or {})
+    theta = float(params.pop("rope_theta", cfg.get("rope_theta", DEFAULT_THETA)))
+    legacy_type = params.pop("type", "default")
+    kind = params.pop("rope_type", legacy_type)
+    top_level_original = cfg.get("original_max_position_embeddings")
+    # Llama's default RoPE ignores partial_rotary_factor but its llama3 scaling reads it:
+    # only the full rotation is the same everywhere.
+    partial = params.pop("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+    if partial != 1.0:
+        cfg.fail("rope_parameters.partial_rotary_factor", partial, "only full-head RoPE (1.0) is supported")
+    scaling = None
+    if kind == "linear":
+        scaling = RopeScaling(kind="linear", factor=float(_pop(cfg, params, "factor")))
+    elif kind == "llama3":
+        original = params.pop("original_max_position_embeddings", max_seq_len)
+        scaling = RopeScaling(
+            kind="llama3", factor=float(_pop(cfg, params, "factor")),
+            low_freq_factor=float(_pop(cfg, params, "low_freq_factor")),
+            high_freq_factor=float(_pop(cfg, params, "high_freq_factor")),
+            original_max_seq_len=int(top_level_original if top_level_original is not None else original),
+        )
+    elif kind != "default":
+        cfg.fail("rope_parameters.rope_type (rope_scaling)", kind, f"lmref implements {', '.join(SUPPORTED)}")
+    if params:
+        cfg.fail(f"rope_parameters.{sorted(params)[0]}", params[sorted(params)[0]],
+                 f"not a parameter of rope_type {kind!r} that lmref maps")
+    return theta, scaling
+
+
+def _pop(cfg: HFConfig, params: dict, key: str):
+    if key not in params:
+        cfg.fail(f"rope_parameters.{key}", None, "required by this rope_type")
+    return params.pop(key)
+
+
+def rope_to_hf(config: ModelConfig) -> dict:
+    """`rope_parameters` in transformers 5.x form."""
+    s = config.rope_scaling
+    params: dict = {"rope_type": "default" if s is None else s.kind, "rope_theta": float(config.rope_theta)}
+    if s is not None:
+        params["factor"] = float(s.factor)
+    if s is not None and s.kind == "llama3":
+        params |= {"low_freq_factor": float(s.low_freq_factor), "high_freq_factor": float(s.high_freq_factor),
+                   "original_max_position_embeddings": int(s.original_max_seq_len)}
+    return params
+
+
+def rope_columns_permutation(n_heads: int, head_dim: int, layout: str) -> tuple[int, ...] | None:
+    """The column order that turns an interleaved-RoPE q or k projection into the halves layout
+    of transformers' `rotate_half`; None for the halves layout (nothing to do).
+
+    Interleaved RoPE rotates the pairs (2i, 2i+1) of a head, `rotate_half` the pairs
+    (i, i + hd/2), both with angle p * inv_freq_i.  Listing each head's columns as
+    [0, 2, 4, ..., 1, 3, 5, ...] puts dim 2i at i and dim 2i+1 at i + hd/2, so HF rotates
+    exactly the pairs the model was trained with; q.k is unchanged because q and k get the
+    same reordering.  (The same `permute` as transformers' convert_llama_weights_to_hf.py for
+    Meta checkpoints.)  v is not rotated and keeps its order.
+    """
+    if layout == "halves":
+        return None
+    within = [*range(0, head_dim, 2), *range(1, head_dim, 2)]
+    return tuple(h * head_dim + j for h in range(n_heads) for j in within)

@@ -1,0 +1,83 @@
+"""Reading and writing safetensors weights with NumPy only (no torch, nothing pickled).
+
+A Hugging Face model directory holds `model.safetensors`, or shards listed by
+`model.safetensors.index.json` ({"weight_map": {key: shard file}}), as `save_pretrained`
+writes them.  NumPy has no bfloat16, so BF16 tensors (most hub LLaMA checkpoints) are read
+from the raw bytes and widened to float32, which is exact: a bfloat16 is the top 16 bits of
+the float32 with the same value.  Every other dtype is returned as stored.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from convert.errors import ConversionError
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def _bf16_as_float32(path: Path, name: str) -> np.ndarray:
+    """A BF16 tensor of a safetensors file, widened exactly to float32.
+
+    File layout (safetensors format spec): an 8-byte little-endian header length N, N bytes
+    of JSON {name: {"dtype", "shape", "data_offsets": [begin, end]}}, then the data, with
+    offsets counted from the end of the header.
+    """
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        info = json.loads(f.read(n))[name]
+        begin, end = info["data_offsets"]
+        f.seek(8 + n + begin)
+        raw = np.frombuffer(f.read(end - begin), dtype="<u2")
+    return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info["shape"])
+
+
+def read_file(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of one safetensors file, as NumPy arrays (BF16 widened to float32)."""
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return {name: _bf16_as_float32(path, name) if f.get_slice(name).get_dtype() == "BF16"
+                    else f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+        raise ConversionError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+
+
+def _read_sharded(directory: Path) -> dict[str, np.ndarray]:
+    index_path = directory / INDEX_FILE
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConversionError(f"{index_path}: not a safetensors index with a weight_map ({e})") from None
+    tensors: dict[str, np.ndarray] = {}
+    for shard in sorted(set(weight_map.values())):
+        for name, array in read_file(directory / shard).items():
+            if weight_map.get(name) != shard:
+                raise ConversionError(f"{directory / shard}: holds {name}, which {INDEX_FILE} "
+                                      f"maps to {weight_map.get(name)!r}")
+            tensors[name] = array
+    absent = sorted(set(weight_map) - set(tensors))
+    if absent:
+        raise ConversionError(f"{index_path}: lists {len(absent)} key(s) that no shard holds: {', '.join(absent)}")
+    return tensors
+
+
+def read_hf_weights(directory: Path) -> dict[str, np.ndarray]:
+    """The state dict of an HF model directory: one file or shards with an index."""
+    if (directory / SINGLE_FILE).is_file():
+        return read_file(directory / SINGLE_FILE)
+    if (directory / INDEX_FILE).is_file():
+        return _read_sharded(directory)
+    pickled = [p.name for p in directory.glob("*.bin")]
+    hint = f"; {', '.join(pickled)} are pickled and never loaded (re-save with safe_serialization)" if pickled else ""
+    raise ConversionError(f"{directory}: no {SINGLE_FILE} or {INDEX_FILE}{hint}")
+
+
+def write_file(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=metadata)

@@ -1,0 +1,162 @@
+"""Checkpoint conversion without transformers: lmref -> HF -> lmref round trips are exact, the
+file layouts transformers reads and writes (hub-style keys, shards, BF16, legacy config
+fields) are understood, and the lmref checkpoint format round-trips.
+
+tests/test_hf_transformers.py checks the same conversions against transformers itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import impl_numpy
+from conformance.cases import case_config
+from convert import from_hf, load_checkpoint, save_checkpoint, to_hf
+from spec import RopeScaling, init_params, tiny
+
+SUPPORTED_ARCHS = ["gpt2", "llama1", "llama2", "llama2-70b", "llama3", "llama3.1", "olmo", "mpt"]
+
+VARIANTS = {
+    "llama3-tied-biases": tiny("llama3", tie_embeddings=True, qkv_bias=True, attn_out_bias=True, mlp_bias=True),
+    "llama2-linear-rope": tiny("llama2", rope_scaling=RopeScaling(kind="linear", factor=2.0)),
+    "olmo-untied-clip-bias": tiny("olmo", tie_embeddings=False, qkv_clip=0.5, qkv_bias=True, attn_out_bias=True),
+    "mpt-untied-clip": tiny("mpt", tie_embeddings=False, qkv_clip=0.3),
+    "gpt2-untied-exact-gelu": tiny("gpt2", tie_embeddings=False, activation="gelu"),
+}
+CONFIGS = {arch: case_config(arch) for arch in SUPPORTED_ARCHS} | VARIANTS
+
+
+def assert_same_params(got: dict, want: dict) -> None:
+    assert list(got) == list(want)
+    for name in want:
+        assert got[name].dtype == want[name].dtype, name
+        assert np.array_equal(got[name], want[name]), name
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("key", sorted(CONFIGS))
+def test_lmref_to_hf_to_lmref_is_exact(key, dtype, tmp_path):
+    config = CONFIGS[key]
+    params = {k: v.astype(dtype) for k, v in init_params(config, 7).items()}
+    to_hf(config, params, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == dtype
+    back_config, back_params = from_hf(tmp_path)
+    assert back_config == config
+    assert_same_params(back_params, params)
+
+
+def test_interleaved_rope_is_exported_permuted_and_computes_the_same(tmp_path):
+    """transformers rotates halves; an interleaved model is exported with q, k columns permuted."""
+    config = tiny("llama3", rope_layout="interleaved", qkv_bias=True, attn_out_bias=True)
+    params = init_params(config, 3)
+    to_hf(config, params, tmp_path)
+    back_config, back_params = from_hf(tmp_path)
+    assert back_config == dataclasses.replace(config, rope_layout="halves")
+    assert not np.array_equal(back_params["layers.0.attn.wq"], params["layers.0.attn.wq"])
+    assert np.array_equal(back_params["layers.0.attn.wv"], params["layers.0.attn.wv"])
+    tokens = np.arange(2 * 9).reshape(2, 9) * 13 % config.vocab_size
+    expected = impl_numpy.forward(config, params, tokens)
+    got = impl_numpy.forward(back_config, back_params, tokens)
+    assert np.max(np.abs(got - expected)) < 1e-10 * np.max(np.abs(expected))
+
+
+def _rewrite_weights(directory, edit) -> None:
+    tensors = load_file(directory / "model.safetensors")
+    save_file(edit(tensors), str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_hub_style_gpt2_keys_without_prefix_and_with_mask_buffers(tmp_path):
+    """openai-community/gpt2's file: keys `h.0.attn.c_attn.weight`, plus `h.{i}.attn.bias` buffers."""
+    config = case_config("gpt2")
+    params = init_params(config, 1)
+    to_hf(config, params, tmp_path)
+
+    def hub_style(tensors):
+        renamed = {k.removeprefix("transformer."): v for k, v in tensors.items()}
+        mask = np.tril(np.ones((1, 1, 8, 8), np.float32))
+        return renamed | {f"h.{i}.attn.bias": mask for i in range(config.n_layers)}
+
+    _rewrite_weights(tmp_path, hub_style)
+    assert_same_params(from_hf(tmp_path)[1], params)
+
+
+def test_a_stored_copy_of_a_tied_head_is_accepted_when_equal(tmp_path):
+    config = tiny("olmo")  # tied
+    params = init_params(config, 1)
+    to_hf(config, params, tmp_path)
+    _rewrite_weights(tmp_path, lambda t: t | {"lm_head.weight": t["model.embed_tokens.weight"].copy()})
+    assert_same_params(from_hf(tmp_path)[1], params)
+
+
+def test_sharded_checkpoint_with_an_index(tmp_path):
+    config = case_config("llama3")
+    params = init_params(config, 2)
+    to_hf(config, params, tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    (tmp_path / "model.safetensors").unlink()
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, str(tmp_path / shard), metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert_same_params(from_hf(tmp_path)[1], params)
+
+
+def _write_bf16_safetensors(path, tensors: dict[str, np.ndarray]) -> None:
+    """A safetensors file with BF16 tensors (the top 16 bits of float32 values that fit)."""
+    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
+    for name, value in tensors.items():
+        raw = (value.astype(np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(value.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    encoded = json.dumps(header).encode()
+    path.write_bytes(len(encoded).to_bytes(8, "little") + encoded + b"".join(blobs))
+
+
+def test_bf16_weights_are_widened_to_float32_exactly(tmp_path):
+    config = case_config("llama2")
+    params = init_params(config, 4)
+    # values representable in bfloat16: float32 with the low 16 bits cleared
+    params = {k: (v.astype(np.float32).view(np.uint32) & 0xFFFF0000).view(np.float32) for k, v in params.items()}
+    to_hf(config, params, tmp_path)
+    _write_bf16_safetensors(tmp_path / "model.safetensors", load_file(tmp_path / "model.safetensors"))
+    assert_same_params(from_hf(tmp_path)[1], params)
+
+
+def test_legacy_rope_fields_read_like_rope_parameters(tmp_path):
+    """Pre-5.x config.json: top-level rope_theta and rope_scaling {"type": ...} (Llama-3.1's hub file)."""
+    config = case_config("llama3.1")
+    to_hf(config, init_params(config, 1), tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    rope = data.pop("rope_parameters")
+    data["rope_theta"] = rope.pop("rope_theta")
+    data["rope_scaling"] = {"type": rope.pop("rope_type"), **rope}
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    assert from_hf(tmp_path)[0] == config
+
+
+def test_name_falls_back_to_the_directory_name(tmp_path):
+    config = case_config("mpt")
+    out = tmp_path / "my-mpt"
+    to_hf(config, init_params(config, 1), out)
+    data = json.loads((out / "config.json").read_text())
+    del data["lmref_name"]
+    (out / "config.json").write_text(json.dumps(data))
+    assert from_hf(out)[0] == dataclasses.replace(config, name="my-mpt")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_lmref_checkpoint_round_trip(dtype, tmp_path):
+    config = case_config("llama3.1")
+    params = {k: v.astype(dtype) for k, v in init_params(config, 5).items()}
+    save_checkpoint(tmp_path, config, params)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "params.safetensors"]
+    back_config, back_params = load_checkpoint(tmp_path)
+    assert back_config == config
+    assert_same_params(back_params, params)

@@ -1,0 +1,215 @@
+"""Bad input to the converters: every error names the field, key or file and what is wrong."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from conformance.cases import case_config
+from convert import (
+    SUPPORTED_MODEL_TYPES,
+    CheckpointError,
+    ConversionError,
+    from_hf,
+    load_checkpoint,
+    save_checkpoint,
+    to_hf,
+)
+from spec import init_params, tiny
+
+
+def _hf_dir(tmp_path, arch: str):
+    config = case_config(arch)
+    to_hf(config, init_params(config, 1), tmp_path)
+    return tmp_path
+
+
+def _edit_config(directory, edit) -> None:
+    data = json.loads((directory / "config.json").read_text())
+    edit(data)
+    (directory / "config.json").write_text(json.dumps(data))
+
+
+def _edit_weights(directory, edit) -> None:
+    tensors = load_file(directory / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_unsupported_model_type_names_it_and_lists_the_supported(tmp_path):
+    _edit_config(_hf_dir(tmp_path, "gpt2"), lambda d: d.update(model_type="bloom"))
+    with pytest.raises(ConversionError) as info:
+        from_hf(tmp_path)
+    message = str(info.value)
+    assert "'bloom'" in message and "config.json" in message
+    assert all(t in message for t in SUPPORTED_MODEL_TYPES)
+
+
+def test_a_config_without_model_type_is_not_a_hf_config(tmp_path):
+    config = case_config("llama3")
+    save_checkpoint(tmp_path, config, init_params(config, 1))
+    with pytest.raises(ConversionError, match="no model_type field.*--to-hf"):
+        from_hf(tmp_path)
+
+
+def test_missing_and_unexpected_keys_are_listed(tmp_path):
+    def edit(t):
+        del t["model.layers.0.self_attn.k_proj.weight"], t["model.norm.weight"]
+        t["model.layers.0.self_attn.extra.weight"] = np.zeros(3, np.float64)
+
+    _edit_weights(_hf_dir(tmp_path, "llama3"), edit)
+    with pytest.raises(ConversionError) as info:
+        from_hf(tmp_path)
+    message = str(info.value)
+    assert "missing 2 key(s): model.layers.0.self_attn.k_proj.weight, model.norm.weight" in message
+    assert "unexpected 1 key(s): model.layers.0.self_attn.extra.weight" in message
+
+
+def test_a_misshaped_tensor_names_the_key_and_both_shapes(tmp_path):
+    key = "transformer.blocks.1.attn.Wqkv.weight"  # mpt case: d_model 96, so [288, 96]
+    _edit_weights(_hf_dir(tmp_path, "mpt"), lambda t: t.update({key: np.zeros((96, 288))}))
+    with pytest.raises(ConversionError, match=rf"{key}: expected \(288, 96\), got \(96, 288\)"):
+        from_hf(tmp_path)
+
+
+def test_a_tied_head_that_differs_from_the_embedding_is_refused(tmp_path):
+    _edit_weights(_hf_dir(tmp_path, "gpt2"), lambda t: t.update({"lm_head.weight": t["transformer.wte.weight"] + 1}))
+    with pytest.raises(ConversionError, match="tie_word_embeddings is true but lm_head.weight differs"):
+        from_hf(tmp_path)
+
+
+def _set(path: str, value):
+    """An edit that sets config.json's field `path` ("attn_config.qk_ln" reaches into a dict)."""
+    def edit(data):
+        *parents, leaf = path.split(".")
+        for p in parents:
+            data = data.setdefault(p, {})
+        data[leaf] = value
+    return edit
+
+
+UNREPRESENTABLE = [
+    ("llama3", "rope_parameters", {"rope_type": "yarn", "factor": 4.0, "rope_theta": 5e5},
+     "rope_parameters.rope_type (rope_scaling)='yarn'"),
+    ("llama3", "rope_parameters", {"rope_type": "dynamic", "factor": 2.0}, "'dynamic'"),
+    ("llama3", "rope_parameters.partial_rotary_factor", 0.5, "partial_rotary_factor=0.5"),
+    ("llama3.1", "rope_parameters.truncate", False, "rope_parameters.truncate=False"),
+    ("llama3", "quantization_config", {"quant_method": "gptq"}, "unknown field(s) quantization_config"),
+    ("llama3", "hidden_act", "gelu_fast", "hidden_act='gelu_fast'"),
+    ("gpt2", "scale_attn_by_inverse_layer_idx", True, "scale_attn_by_inverse_layer_idx=True"),
+    ("gpt2", "scale_attn_weights", False, "scale_attn_weights=False"),
+    ("gpt2", "add_cross_attention", True, "add_cross_attention=True"),
+    ("olmo", "head_dim", 8, "head_dim=8"),
+    ("mpt", "attn_config.qk_ln", True, "attn_config.qk_ln=True"),
+    ("mpt", "attn_config.alibi", False, "attn_config.alibi=False"),
+    ("mpt", "attn_config.alibi_bias_max", 16, "attn_config.alibi_bias_max=16"),
+    ("mpt", "attn_config.attn_type", "multiquery_attention", "attn_config.attn_type='multiquery_attention'"),
+    ("mpt", "attn_config.softmax_scale", 0.1, "attn_config.softmax_scale=0.1"),
+    ("mpt", "attn_config.prefix_lm", True, "attn_config.prefix_lm=True"),
+    ("mpt", "attn_config.rope", True, "unknown field(s) attn_config.rope"),
+    ("mpt", "expansion_ratio", 2, "expansion_ratio=2"),
+    ("mpt", "no_bias", False, "no_bias=False"),
+    ("mpt", "logit_scale", 0.5, "logit_scale=0.5"),
+    ("mpt", "norm_type", "rmsnorm", "norm_type='rmsnorm'"),
+]
+
+
+@pytest.mark.parametrize("arch, field, value, named", UNREPRESENTABLE,
+                         ids=[f"{a}-{f}" for a, f, _, _ in UNREPRESENTABLE])
+def test_an_unrepresentable_config_field_is_named(arch, field, value, named, tmp_path):
+    _edit_config(_hf_dir(tmp_path, arch), _set(field, value))
+    with pytest.raises(ConversionError) as info:
+        from_hf(tmp_path)
+    assert named in str(info.value)
+
+
+INEXPRESSIBLE = {
+    "olmo-alibi": (case_config("olmo-alibi"), ["norm_bias=True", "mlp='gated'", "ALiBi models"]),
+    "gpt2-gqa": (tiny("gpt2", n_kv_heads=2), ["n_kv_heads: GPT-2 attention is multi-head"]),
+    "mpt-alibi-bias-4": (tiny("mpt", alibi_max_bias=4.0), ["alibi_max_bias=4.0 (transformers' mpt has 8.0)"]),
+    "mpt-narrow-mlp": (tiny("mpt", d_ff=100), ["d_ff: transformers' MptMLP is 4 * d_model"]),
+    "llama-qkv-bias-only": (tiny("llama3", qkv_bias=True), ["attn_out_bias: transformers' attention_bias"]),
+    "llama-partial-rope": (tiny("llama3", rope_fraction=0.5), ["rope_fraction=0.5"]),
+    "olmo-eps": (tiny("olmo", norm_eps=1e-6), ["norm_eps=1e-06 (transformers' olmo has 1e-05)"]),
+}
+
+
+@pytest.mark.parametrize("key", sorted(INEXPRESSIBLE))
+def test_a_config_transformers_cannot_express_is_refused_before_writing(key, tmp_path):
+    config, named = INEXPRESSIBLE[key]
+    out = tmp_path / "out"
+    with pytest.raises(ConversionError) as info:
+        to_hf(config, init_params(config, 1), out)
+    assert all(n in str(info.value) for n in named), str(info.value)
+    assert not out.exists()
+
+
+def test_params_that_do_not_fit_the_config_are_refused_on_export(tmp_path):
+    config = case_config("gpt2")
+    params = init_params(config, 1)
+    params["layers.0.attn.wq"] = params["layers.0.attn.wq"][:, :3]
+    with pytest.raises(ValueError, match=r"layers.0.attn.wq: expected \(64, 64\), got \(64, 3\)"):
+        to_hf(config, params, tmp_path)
+
+
+def test_pickled_weights_are_never_loaded(tmp_path):
+    _hf_dir(tmp_path, "gpt2")
+    (tmp_path / "model.safetensors").rename(tmp_path / "pytorch_model.bin")
+    with pytest.raises(ConversionError, match="pytorch_model.bin are pickled and never loaded"):
+        from_hf(tmp_path)
+
+
+def test_a_corrupted_safetensors_file_names_the_file(tmp_path):
+    _hf_dir(tmp_path, "gpt2")
+    (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+    with pytest.raises(ConversionError, match="model.safetensors: not a readable safetensors file"):
+        from_hf(tmp_path)
+
+
+def test_a_shard_holding_keys_its_index_does_not_map_is_refused(tmp_path):
+    _hf_dir(tmp_path, "gpt2")
+    (tmp_path / "model.safetensors").rename(tmp_path / "shard-1.safetensors")
+    index = {"weight_map": {"transformer.wte.weight": "shard-1.safetensors"}}  # the other keys unmapped
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ConversionError, match="shard-1.safetensors: holds transformer.h.0.attn.c_attn.bias, "
+                                              "which model.safetensors.index.json maps to None"):
+        from_hf(tmp_path)
+
+
+def test_missing_config_json(tmp_path):
+    with pytest.raises(ConversionError, match="config.json: no such file"):
+        from_hf(tmp_path)
+
+
+def test_a_hf_directory_is_not_an_lmref_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="params.safetensors: no such file"):
+        load_checkpoint(_hf_dir(tmp_path, "gpt2"))
+
+
+def test_a_checkpoint_with_foreign_metadata_is_refused(tmp_path):
+    config = case_config("gpt2")
+    save_checkpoint(tmp_path, config, init_params(config, 1))
+    save_file(load_file(tmp_path / "params.safetensors"), str(tmp_path / "params.safetensors"))
+    with pytest.raises(CheckpointError, match="not an lmref checkpoint of format version 1"):
+        load_checkpoint(tmp_path)
+
+
+def test_a_checkpoint_whose_params_do_not_fit_its_config(tmp_path):
+    config = case_config("gpt2")
+    save_checkpoint(tmp_path, config, init_params(config, 1))
+    bigger = dataclasses.replace(config, d_ff=2 * config.d_ff)
+    (tmp_path / "config.json").write_text(bigger.to_json())
+    with pytest.raises(CheckpointError, match=r"layers.0.mlp.w_up: expected \(64, 512\), got \(64, 256\)"):
+        load_checkpoint(tmp_path)
+
+
+def test_a_checkpoint_with_an_invalid_config(tmp_path):
+    config = case_config("gpt2")
+    save_checkpoint(tmp_path, config, init_params(config, 1))
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict() | {"n_kv_heads": 3}))
+    with pytest.raises(CheckpointError, match="not a valid lmref config.*n_kv_heads"):
+        load_checkpoint(tmp_path)
