@@ -1,0 +1,12 @@
+"""The PyTorch twin of the golden: a trainable nn.Module, a static KV cache, SDPA and eager
+attention kernels, each tested against impl_numpy (tests/torch/).
+
+`Transformer.from_canonical(config, params)` / `.to_canonical()` move the canonical params of
+spec/params.py in and out; `forward`, `decode`, `loss` mirror impl_numpy's functions;
+`TorchAdapter` (impl_torch.adapter) plugs the twin into the conformance suite.
+"""
+
+from impl_torch.cache import KVCache
+from impl_torch.model import Transformer, capture_names, decode, forward, loss
+
+__all__ = ["KVCache", "Transformer", "capture_names", "decode", "forward", "loss"]

@@ -1,0 +1,61 @@
+"""`TorchAdapter`: the torch twin behind the conformance suite's adapter protocol.
+
+    pytest conformance/ --arch llama3 --impl impl_torch.adapter:TorchAdapter
+
+Each call builds the model from the canonical params (`Transformer.from_canonical`), runs
+it without autograd and returns NumPy: logits as float32 (bf16 / fp16 results cast up,
+float64 kept), the loss as a float.  The device defaults to CUDA when torch sees one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from impl_torch.model import Transformer
+from spec.config import ModelConfig
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+           "float16": torch.float16}
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """float64 stays float64; float32, bf16 and fp16 come back as float32."""
+    return t.detach().to(torch.float64 if t.dtype == torch.float64 else torch.float32).cpu().numpy()
+
+
+class TorchAdapter:
+    """forward, decode (static KV cache), loss and capture in `dtype` on `device`."""
+
+    name = "torch"
+    version = f"impl_torch on torch {torch.__version__}"
+    dtype = "float32"
+
+    def __init__(self, dtype: str = "float32", *, attn_impl: str = "sdpa", device: str | None = None):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}")
+        self.dtype, self.attn_impl = dtype, attn_impl
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.version = f"impl_torch on torch {torch.__version__} ({self.device.type}, {dtype}, {attn_impl})"
+
+    def _model(self, config: ModelConfig, params: dict) -> Transformer:
+        return Transformer.from_canonical(config, params, dtype=_DTYPES[self.dtype], device=self.device,
+                                          attn_impl=self.attn_impl)
+
+    @torch.no_grad()
+    def forward(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
+        return _numpy(self._model(config, params)(tokens))
+
+    @torch.no_grad()
+    def decode(self, config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int) -> np.ndarray:
+        return _numpy(self._model(config, params).decode(tokens, prompt_len))
+
+    @torch.no_grad()
+    def loss(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> float:
+        return float(self._model(config, params).loss(tokens))
+
+    @torch.no_grad()
+    def capture(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> dict[str, np.ndarray]:
+        captured: dict = {}
+        self._model(config, params)(tokens, capture=captured)
+        return {name: _numpy(value) for name, value in captured.items()}

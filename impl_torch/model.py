@@ -1,0 +1,253 @@
+"""The decoder-only LM as an nn.Module, torch twin of impl_numpy/model.py.
+
+    h = embed.tokens[tokens] (+ embed.positions[p])
+    for each layer:                      (pre-norm residual, GPT-2 / LLaMA)
+        h = h + attn(attn_norm(h))
+        h = h + mlp(mlp_norm(h))
+    logits = final_norm(h) @ W_head (+ b)      W_head = embed.tokens^T when tied
+
+Module names follow the canonical parameter names (spec/params.py), so `layers.0.attn.wq`
+is an nn.Linear whose `.weight` is the transpose of the canonical `layers.0.attn.wq` and
+whose `.bias` is `layers.0.attn.bq`.  `forward` checks its inputs and keeps the cache's
+length; `logits` is the tensor-only computation under it (what torch.compile and an ONNX
+export trace).  `capture` receives the intermediates named by `capture_names(config)`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from impl_torch.attention import ATTN_IMPLS, Attention, attention_bias, bias_dtype
+from impl_torch.cache import KVCache
+from impl_torch.inputs import check_tokens
+from impl_torch.mlp import MLP
+from impl_torch.norms import Norm, upcast
+from impl_torch.rope import rope_cos_sin
+from spec.config import ModelConfig
+from spec.params import check_params, param_shapes
+
+DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_PROJECTIONS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+_BIASES = ("bq", "bk", "bv", "bo", "b_gate", "b_up", "b_down")
+
+
+def capture_names(config: ModelConfig) -> list[str]:
+    """Names of the captured intermediates, in computation order (as impl_numpy)."""
+    names = ["embed"]
+    for i in range(config.n_layers):
+        names += [f"layers.{i}.attn", f"layers.{i}.mlp", f"layers.{i}.out"]
+    return names + ["final_norm", "logits"]
+
+
+def torch_name(canonical: str) -> tuple[str, bool]:
+    """Canonical parameter name -> (name in the module, whether it is stored transposed).
+
+    nn.Linear keeps its weight as [d_out, d_in] and computes x @ W.T; the canonical layout is
+    [d_in, d_out] applied as x @ W (spec/params.py), hence the transpose of every projection.
+    """
+    prefix, _, leaf = canonical.rpartition(".")
+    if canonical.startswith("embed."):
+        return f"{canonical}.weight", False  # nn.Embedding weight [num, d_model], as canonical
+    if leaf in _PROJECTIONS:
+        return f"{canonical}.weight", True
+    if canonical == "lm_head.weight":
+        return canonical, True
+    if leaf in _BIASES:
+        return f"{prefix}.w{leaf[1:]}.bias", False  # bq -> wq.bias, b_up -> w_up.bias
+    return canonical, False  # norm weights and biases, lm_head.bias
+
+
+class Embedding(nn.Module):
+    """tokens [B, S] at positions [P, S] -> [B, S, d_model]."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device=None):
+        super().__init__()
+        kw = dict(dtype=dtype, device=device)
+        self.tokens = nn.Embedding(config.vocab_size, config.d_model, **kw)
+        learned = config.position == "learned"
+        self.positions = nn.Embedding(config.max_seq_len, config.d_model, **kw) if learned else None
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        h = self.tokens(tokens)  # [B, S, d_model]
+        return h if self.positions is None else h + self.positions(positions)  # + [P, S, d_model]
+
+
+class Block(nn.Module):
+    """One pre-norm, sequential layer: [B, S, d_model] -> [B, S, d_model]."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device=None):
+        super().__init__()
+        self.attn_norm = Norm(config, dtype, device)
+        self.attn = Attention(config, dtype, device)
+        self.mlp_norm = Norm(config, dtype, device)
+        self.mlp = MLP(config, dtype, device)
+
+    def forward(self, h: torch.Tensor, rope, bias, cache: KVCache | None, i: int, attn_impl: str,
+                capture: dict | None) -> torch.Tensor:
+        a = self.attn(self.attn_norm(h), rope, bias, cache, i, attn_impl)
+        h = h + a
+        m = self.mlp(self.mlp_norm(h))
+        h = h + m
+        if capture is not None:
+            capture |= {f"layers.{i}.attn": a, f"layers.{i}.mlp": m, f"layers.{i}.out": h}
+        return h
+
+
+class Transformer(nn.Module):
+    """A decoder-only LM for any config spec validation accepts.
+
+    `Transformer(config)` has torch's default init; `from_canonical(config, params)` loads
+    canonical params (e.g. spec.init_params).  The model holds no buffers (RoPE frequencies,
+    ALiBi slopes and masks are computed in forward), so `.to(dtype)` / `.to(device)` move
+    everything there is.
+    """
+
+    def __init__(self, config: ModelConfig, *, dtype: torch.dtype = torch.float32, device=None,
+                 attn_impl: str = "sdpa"):
+        super().__init__()
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {[str(d) for d in DTYPES]}, got {dtype}")
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {list(ATTN_IMPLS)}, got {attn_impl!r}")
+        self.config, self.attn_impl = config, attn_impl
+        self.embed = Embedding(config, dtype, device)
+        self.layers = nn.ModuleList(Block(config, dtype, device) for _ in range(config.n_layers))
+        self.final_norm = Norm(config, dtype, device)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.lm_head_bias,
+                                 dtype=dtype, device=device)
+        if config.tie_embeddings:
+            # nn.Linear's [vocab, d_model] weight is the embedding table itself: one Parameter.
+            self.lm_head.weight = self.embed.tokens.weight
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.tokens.weight.device
+
+    # --- canonical parameters ------------------------------------------------------------
+    @classmethod
+    def from_canonical(cls, config: ModelConfig, params: dict[str, np.ndarray], *,
+                       dtype: torch.dtype = torch.float32, device=None, attn_impl: str = "sdpa") -> Transformer:
+        """A model holding `params` (canonical layout, any float dtype) rounded to `dtype`."""
+        check_params(config, params)
+        model = cls(config, dtype=dtype, device=device, attn_impl=attn_impl)
+        with torch.no_grad():
+            for name, value in params.items():
+                target, transposed = torch_name(name)
+                array = np.asarray(value).T if transposed else np.asarray(value)
+                model.get_parameter(target).copy_(torch.from_numpy(np.ascontiguousarray(array)))
+        return model
+
+    def to_canonical(self) -> dict[str, np.ndarray]:
+        """The parameters in the canonical layout, as NumPy arrays of the model's dtype
+        (float32 for bfloat16, which NumPy lacks and float32 holds exactly)."""
+        params = {}
+        for name in param_shapes(self.config):
+            target, transposed = torch_name(name)
+            t = self.get_parameter(target).detach()
+            t = t.T if transposed else t  # back to [d_in, d_out]
+            t = t.float() if t.dtype == torch.bfloat16 else t
+            params[name] = t.cpu().numpy().copy()
+        return params
+
+    # --- running ---------------------------------------------------------------------------
+    def new_cache(self, batch: int, capacity: int | None = None) -> KVCache:
+        return KVCache.empty(self.config, batch, capacity=capacity, dtype=self.dtype, device=self.device)
+
+    def forward(self, tokens, cache: KVCache | None = None, capture: dict | None = None) -> torch.Tensor:
+        """Logits [B, S, vocab] for tokens [B, S] (tensor, array or list); with a cache, the
+        tokens follow its contents, and the cache takes them in."""
+        past = 0 if cache is None else cache.length
+        tokens = check_tokens(self.config, tokens, past_len=past, device=self.device)
+        if cache is not None:
+            cache.check_room(*tokens.shape)
+        positions = past + torch.arange(tokens.shape[1], device=self.device)[None]  # [1, S]
+        logits = self.logits(tokens, positions, cache, capture)
+        if cache is not None:
+            cache.advance(tokens.shape[1])
+        return logits
+
+    def logits(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
+               capture: dict | None = None) -> torch.Tensor:
+        """The computation without checks: int64 tokens [B, S] at positions [P, S] (P: 1 or B)
+        -> logits [B, S, vocab].  A cache receives the new keys; its length is not moved."""
+        c = self.config
+        if cache is None:
+            k_positions = positions  # the keys are the queries' own tokens
+        else:
+            k_positions = torch.arange(cache.capacity, device=positions.device)[None]  # [1, capacity]: slot j
+        rope = rope_cos_sin(c, positions, self.dtype) if c.position == "rope" else None
+        plain_causal = self.attn_impl == "sdpa" and cache is None and c.position != "alibi"
+        dtype = bias_dtype(self.attn_impl, self.dtype)
+        bias = None if plain_causal else attention_bias(c, positions, k_positions, dtype)
+        h = self.embed(tokens, positions)
+        if capture is not None:
+            capture["embed"] = h
+        for i, layer in enumerate(self.layers):
+            h = layer(h, rope, bias, cache, i, self.attn_impl, capture)
+        h = self.final_norm(h)
+        logits = self.lm_head(h)  # [B, S, d_model] @ [d_model, vocab]
+        if capture is not None:
+            capture |= {"final_norm": h, "logits": logits}
+        return logits
+
+    @torch.no_grad()
+    def decode(self, tokens, prompt_len: int) -> torch.Tensor:
+        """Logits [B, S, vocab]: one prefill of the first `prompt_len` tokens, then one token at
+        a time through a KV cache (teacher-forced).  Equal to `forward` on the whole sequence."""
+        tokens = check_tokens(self.config, tokens, device=self.device)
+        if not 1 <= prompt_len <= tokens.shape[1]:
+            raise ValueError(f"prompt_len must be in [1, {tokens.shape[1]}], got {prompt_len}")
+        cache = self.new_cache(tokens.shape[0], capacity=tokens.shape[1])
+        steps = [self(tokens[:, :prompt_len], cache=cache)]
+        for t in range(prompt_len, tokens.shape[1]):
+            steps.append(self(tokens[:, t : t + 1], cache=cache))
+        return torch.cat(steps, dim=1)
+
+    def loss(self, tokens) -> torch.Tensor:
+        """Mean next-token cross-entropy: position t predicts token t + 1, over B * (S - 1)
+        targets (as impl_numpy.loss), computed in float32 at least."""
+        tokens = check_tokens(self.config, tokens, device=self.device)
+        if tokens.shape[1] < 2:
+            raise ValueError(f"loss needs sequences of at least 2 tokens, got {tokens.shape[1]}")
+        logits = upcast(self(tokens[:, :-1]))  # [B, S-1, V]
+        return F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())  # mean over B * (S-1)
+
+
+# --- the golden's functional API -------------------------------------------------------------
+# Each call builds a model from the NumPy params, runs it without autograd and drops it; to
+# train, keep a Transformer and call it (or its `loss`).
+
+
+@torch.no_grad()
+def forward(config: ModelConfig, params: dict, tokens, *, cache: KVCache | None = None,
+            capture: dict | None = None, dtype: torch.dtype = torch.float32, device=None,
+            attn_impl: str = "sdpa") -> torch.Tensor:
+    """impl_numpy.forward in torch: logits [B, S, vocab] (tokens are checked before params)."""
+    check_tokens(config, tokens, past_len=0 if cache is None else cache.length)
+    model = Transformer.from_canonical(config, params, dtype=dtype, device=device, attn_impl=attn_impl)
+    return model(tokens, cache=cache, capture=capture)
+
+
+@torch.no_grad()
+def decode(config: ModelConfig, params: dict, tokens, prompt_len: int, *, dtype: torch.dtype = torch.float32,
+           device=None, attn_impl: str = "sdpa") -> torch.Tensor:
+    """impl_numpy.decode in torch: prefill `prompt_len` tokens, then one at a time."""
+    check_tokens(config, tokens)
+    model = Transformer.from_canonical(config, params, dtype=dtype, device=device, attn_impl=attn_impl)
+    return model.decode(tokens, prompt_len)
+
+
+@torch.no_grad()
+def loss(config: ModelConfig, params: dict, tokens, *, dtype: torch.dtype = torch.float32, device=None,
+         attn_impl: str = "sdpa") -> torch.Tensor:
+    """impl_numpy.loss in torch, as a 0-d tensor."""
+    check_tokens(config, tokens)
+    model = Transformer.from_canonical(config, params, dtype=dtype, device=device, attn_impl=attn_impl)
+    return model.loss(tokens)

@@ -1,0 +1,82 @@
+"""Rotary position embedding (Su et al. 2021, RoFormer), torch twin of impl_numpy/rope.py.
+
+inv_freq_i = theta^(-2i / r) for i < r/2, r = config.rope_dim (the first r dims of a head
+rotate, the rest pass through: GPT-NeoX / Phi partial rotary).  Position p rotates pair i
+by p * inv_freq_i.  Layouts:
+
+  halves      (x_i, x_{i + r/2})   HF `rotate_half`, GPT-NeoX, HF LLaMA checkpoints
+  interleaved (x_{2i}, x_{2i+1})   GPT-J `rotate_every_two`, Meta's original LLaMA code
+
+Everything is computed inside forward from the position ids (no cos/sin cache sized by the
+first input: such caches break ONNX export, ../shared/reference/onnx_export.md P7).  The
+angles are computed in float32 (float64 for a float64 model) whatever the model's dtype,
+as HF does (`LlamaRotaryEmbedding` disables autocast and uses float32): a bf16 angle would
+be off by more than a radian at position 1000.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from impl_torch.norms import compute_dtype
+from spec.config import ModelConfig, RopeScaling
+
+
+def default_inv_freq(theta: float, rope_dim: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """[rope_dim / 2] inverse frequencies theta^(-2i / rope_dim)."""
+    exponents = torch.arange(0, rope_dim, 2, dtype=dtype, device=device) / rope_dim
+    return 1.0 / theta**exponents
+
+
+def llama3_inv_freq(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
+    """Llama 3.1 scaling (HF `_compute_llama3_parameters`): wavelengths above
+    orig/low_freq_factor are divided by `factor`, those below orig/high_freq_factor are kept,
+    the band between is interpolated."""
+    wavelen = 2 * math.pi / inv_freq
+    low_freq_wavelen = s.original_max_seq_len / s.low_freq_factor
+    high_freq_wavelen = s.original_max_seq_len / s.high_freq_factor
+    smooth = (s.original_max_seq_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+    smoothed = (1 - smooth) * inv_freq / s.factor + smooth * inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
+    in_band = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return torch.where(in_band, smoothed, scaled)
+
+
+def inv_freq(config: ModelConfig, dtype: torch.dtype, device) -> torch.Tensor:
+    """The [rope_dim / 2] inverse frequencies of `config`, scaling included."""
+    freqs = default_inv_freq(config.rope_theta, config.rope_dim, dtype, device)
+    s = config.rope_scaling
+    if s is None:
+        return freqs
+    if s.kind == "linear":
+        return freqs / s.factor
+    if s.kind == "llama3":
+        return llama3_inv_freq(freqs, s)
+    raise NotImplementedError(f"rope_scaling.kind {s.kind!r}")  # validation rejects it first
+
+
+def rope_cos_sin(config: ModelConfig, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [P, 1, S, r/2] of the angles at `positions` [P, S] (P is 1 or the batch)."""
+    compute = compute_dtype(dtype)
+    freqs = inv_freq(config, compute, positions.device)  # [r/2]
+    angles = positions.to(compute)[:, None, :, None] * freqs  # [P, 1, S, r/2]
+    return torch.cos(angles), torch.sin(angles)
+
+
+def apply_rope(config: ModelConfig, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x: [B, heads, S, head_dim] by cos, sin [P, 1, S, r/2] (first rope_dim dims).
+
+    The rotation runs in the angles' dtype (float32 at least) and is cast back to x's dtype.
+    """
+    r = config.rope_dim
+    rot, rest = x[..., :r].to(cos.dtype), x[..., r:]
+    if config.rope_layout == "halves":
+        x1, x2 = rot[..., : r // 2], rot[..., r // 2 :]  # pair i is (x_i, x_{i + r/2})
+        rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # [B, H, S, r]
+    else:
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]  # pair i is (x_{2i}, x_{2i+1})
+        pairs = torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # [B, H, S, r/2, 2]
+        rotated = pairs.flatten(-2)  # [B, H, S, r]: re-interleave
+    return torch.cat([rotated.to(x.dtype), rest], dim=-1)

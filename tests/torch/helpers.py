@@ -1,0 +1,67 @@
+"""Shared pieces of the torch twin's tests: drawing an example, building models, metrics.
+
+Tolerances are the conformance suite's rows (conformance/tolerances.py): float32 gates on
+NMSE <= 1e-10 and |out - ref| <= 1e-4 + 1e-4 |ref|; float64 (a torch float64 model against
+the golden, where only summation order differs) on NMSE <= 1e-24 and 1e-9 + 1e-9 |ref|.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import note
+from hypothesis import strategies as st
+
+from conformance.tolerances import DEFAULT_ROWS, Tolerance
+from impl_torch import Transformer
+from spec.config import ModelConfig
+from spec.params import init_params
+from tests.strategies import configs, seeds, token_batches
+
+FLOAT64, FLOAT32 = DEFAULT_ROWS["float64"], DEFAULT_ROWS["float32"]
+BFLOAT16, FLOAT16 = DEFAULT_ROWS["bfloat16"], DEFAULT_ROWS["float16"]
+
+
+@st.composite
+def examples(draw, min_seq: int = 1) -> tuple[ModelConfig, int, np.ndarray]:
+    """(config, weight seed, tokens [B, S]) with S >= min_seq."""
+    config = draw(configs())
+    seed = draw(seeds)
+    tokens = draw(token_batches(config).filter(lambda t: t.shape[1] >= min_seq))
+    return config, seed, tokens
+
+
+def params_of(config: ModelConfig, seed: int, tokens: np.ndarray) -> dict[str, np.ndarray]:
+    """The example's weights; notes the lines that rebuild a failing example in Python."""
+    note(f"config = {config!r}")
+    note(f"params = spec.init_params(config, {seed})")
+    note(f"tokens = np.array({tokens.tolist()})")
+    return init_params(config, seed)
+
+
+def build(config: ModelConfig, params: dict, dtype: torch.dtype = torch.float32,
+          attn_impl: str = "sdpa") -> Transformer:
+    return Transformer.from_canonical(config, params, dtype=dtype, attn_impl=attn_impl)
+
+
+def numpy64(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(torch.float64).numpy()
+
+
+def nmse(out: np.ndarray, ref: np.ndarray) -> float:
+    return float(((out - ref) ** 2).sum() / (ref**2).sum())
+
+
+def assert_close(out, ref, row: Tolerance, what: str = "logits") -> None:
+    """NMSE and elementwise |out - ref| <= atol + rtol |ref| of `row`; the message names the
+    first offending element."""
+    out, ref = np.asarray(out, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    assert out.shape == ref.shape, f"{what}: shape {out.shape} != {ref.shape}"
+    err = np.abs(out - ref)
+    bad = np.argwhere(err > row.atol + row.rtol * np.abs(ref))
+    score = nmse(out, ref)
+    where = f"first bad element {tuple(bad[0])}: {out[tuple(bad[0])]!r} vs {ref[tuple(bad[0])]!r}" if len(bad) else ""
+    assert score <= row.nmse and not len(bad), (
+        f"{what}: nmse {score:.3e} (max {row.nmse:.0e}), max abs err {err.max():.3e}, "
+        f"{len(bad)} elements past {row.atol:.0e} + {row.rtol:.0e}|ref|; {where}"
+    )

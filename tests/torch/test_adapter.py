@@ -1,0 +1,54 @@
+"""TorchAdapter: the conformance suite's adapter protocol on top of the torch twin."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import impl_numpy
+from impl_torch.adapter import TorchAdapter
+from spec import init_params, tiny
+from tests.torch.helpers import BFLOAT16, FLOAT16, FLOAT32, assert_close
+
+CONFIG = tiny("olmo-alibi")
+PARAMS = init_params(CONFIG, 1)
+TOKENS = np.random.default_rng(1).integers(0, CONFIG.vocab_size, size=(2, 6))
+ROWS = {"float32": FLOAT32, "bfloat16": BFLOAT16, "float16": FLOAT16}
+
+
+def test_identity():
+    adapter = TorchAdapter()
+    assert TorchAdapter.name == "torch" and TorchAdapter.dtype == "float32" and adapter.dtype == "float32"
+    assert torch.__version__ in TorchAdapter.version and torch.__version__ in adapter.version
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        TorchAdapter("int8")
+
+
+@pytest.mark.parametrize("dtype", list(ROWS))
+def test_forward_decode_loss_match_the_golden(dtype):
+    adapter = TorchAdapter(dtype)
+    ref = impl_numpy.forward(CONFIG, PARAMS, TOKENS)
+    for what, out in [("forward", adapter.forward(CONFIG, PARAMS, TOKENS)),
+                      ("decode", adapter.decode(CONFIG, PARAMS, TOKENS, 2))]:
+        assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == ref.shape, what
+        assert_close(out, ref, ROWS[dtype], f"{dtype} {what}")
+    loss, ref_loss = adapter.loss(CONFIG, PARAMS, TOKENS), impl_numpy.loss(CONFIG, PARAMS, TOKENS)
+    row = ROWS[dtype]
+    assert isinstance(loss, float) and abs(loss - ref_loss) <= row.loss_atol + row.loss_rtol * abs(ref_loss)
+
+
+def test_capture_names_and_values_match_the_golden():
+    ref: dict = {}
+    impl_numpy.forward(CONFIG, PARAMS, TOKENS, capture=ref)
+    got = TorchAdapter().capture(CONFIG, PARAMS, TOKENS)
+    assert list(got) == impl_numpy.capture_names(CONFIG)
+    for name, value in got.items():
+        assert value.dtype == np.float32
+        assert_close(value, ref[name], FLOAT32, name)
+
+
+def test_float64_adapter_returns_float64():
+    out = TorchAdapter("float64").forward(CONFIG, PARAMS, TOKENS)
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, impl_numpy.forward(CONFIG, PARAMS, TOKENS), rtol=1e-9, atol=1e-9)

@@ -1,0 +1,45 @@
+"""Incremental decoding through the static KV cache equals one prefill of the whole batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import given, note
+from hypothesis import strategies as st
+
+import impl_numpy
+from impl_torch.attention import ATTN_IMPLS
+from tests.torch.helpers import FLOAT32, FLOAT64, assert_close, build, examples, numpy64, params_of
+
+
+@given(examples(), st.data())
+def test_decode_step_by_step_equals_prefill(example, data):
+    config, seed, tokens = example
+    params = params_of(config, seed, tokens)
+    prompt_len = data.draw(st.integers(1, tokens.shape[1]), label="prompt_len")
+    ref = impl_numpy.forward(config, params, tokens)
+    for attn_impl in ATTN_IMPLS:
+        model = build(config, params, torch.float32, attn_impl)
+        decoded = numpy64(model.decode(tokens, prompt_len))
+        assert_close(decoded, numpy64(model(tokens)), FLOAT32, f"float32 {attn_impl} decode vs prefill")
+        assert_close(decoded, ref, FLOAT32, f"float32 {attn_impl} decode vs golden")
+
+
+@given(examples(), st.data())
+def test_chunked_prefill_into_a_roomy_cache_equals_prefill(example, data):
+    """Chunks of any sizes through a cache with spare capacity (unwritten slots after the
+    queries) give the golden's logits to the float64 row, and the cache's length counts the
+    tokens."""
+    config, seed, tokens = example
+    params = params_of(config, seed, tokens)
+    seq = tokens.shape[1]
+    cuts = sorted(data.draw(st.sets(st.integers(1, seq - 1), max_size=3), label="cuts")) if seq > 1 else []
+    note(f"chunks: {np.split(np.arange(seq), cuts)}")
+    ref = impl_numpy.forward(config, params, tokens)
+    for attn_impl in ATTN_IMPLS:
+        model = build(config, params, torch.float64, attn_impl)
+        cache = model.new_cache(tokens.shape[0])
+        assert cache.capacity == config.max_seq_len
+        chunks = [model(chunk, cache=cache) for chunk in np.split(tokens, cuts, axis=1)]
+        assert cache.length == seq
+        assert_close(numpy64(torch.cat(chunks, dim=1)), ref, FLOAT64, f"float64 {attn_impl} chunked")
