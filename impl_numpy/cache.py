@@ -21,6 +21,11 @@ class KVCache:
     def empty(cls, config: ModelConfig) -> KVCache:
         return cls(keys=[None] * config.n_layers, values=[None] * config.n_layers)
 
+    @property
+    def batch(self) -> int | None:
+        """The batch size of the cached keys; None while the cache is empty."""
+        return None if self.keys[0] is None else self.keys[0].shape[0]
+
     def append(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Add this step's k, v [B, S, kv, hd] to `layer`; return all keys and values so far."""
         if self.keys[layer] is not None:

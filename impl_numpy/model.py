@@ -20,6 +20,7 @@ from impl_numpy.cache import KVCache
 from impl_numpy.mlp import mlp
 from impl_numpy.norms import apply_norm
 from spec.config import ModelConfig
+from spec.errors import InputError
 from spec.inputs import check_tokens
 from spec.params import check_params
 
@@ -68,6 +69,8 @@ def forward(config: ModelConfig, params: dict, tokens: np.ndarray, *, cache: KVC
     """Logits [B, S, vocab] for tokens [B, S]; with a cache, the tokens follow its contents."""
     past = cache.length if cache is not None else 0
     tokens = check_tokens(config, tokens, past_len=past)
+    if cache is not None and cache.batch not in (None, tokens.shape[0]):
+        raise InputError(f"tokens have batch {tokens.shape[0]} but the KV cache holds batch {cache.batch}")
     check_params(config, params)
     positions = past + np.arange(tokens.shape[1])
     h = embed(config, params, tokens, positions)

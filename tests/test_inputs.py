@@ -167,3 +167,13 @@ def test_integer_params_are_refused_by_forward():
     with pytest.raises(ParamsError, match="final_norm.weight: expected a floating-point array, got dtype int64"):
         forward(CONFIG, params, GOOD)
 
+
+
+def test_cache_of_another_batch_size_is_refused():
+    config = tiny("llama3")
+    params = init_params(config, 0)
+    cache = KVCache.empty(config)
+    forward(config, params, np.zeros((2, 3), dtype=np.int64), cache=cache)
+    with pytest.raises(InputError, match="tokens have batch 3 but the KV cache holds batch 2"):
+        forward(config, params, np.zeros((3, 1), dtype=np.int64), cache=cache)
+    assert cache.length == 3
