@@ -1,0 +1,18 @@
+"""The JAX twin: functional and jit-able, params a pytree that is the canonical dict.
+
+`forward(config, params, tokens, cache=None, *, capture=None)`, `decode`, `loss` check their
+inputs on the host like the golden and run jitted cores (`forward_jit`, `loss_jit`, with
+`config` static).  float32 by default, bfloat16 supported; float64 only inside
+`jax.enable_x64(True)` (never switched on here).  See impl_jax/model.py.
+"""
+
+from impl_jax.cache import KVCache
+from impl_jax.model import (
+    capture_names, check_params, decode, forward, forward_core, forward_jit, from_canonical, loss,
+    loss_core, loss_jit, to_canonical,
+)
+
+__all__ = [
+    "KVCache", "capture_names", "check_params", "decode", "forward", "forward_core", "forward_jit",
+    "from_canonical", "loss", "loss_core", "loss_jit", "to_canonical",
+]

@@ -1,0 +1,54 @@
+"""`JaxAdapter`: the JAX twin behind the conformance suite's adapter protocol
+(conformance/adapters.py): forward, decode, loss, capture, with name / version / dtype.
+
+    pytest conformance/ --arch llama3 --impl impl_jax.adapter:JaxAdapter      (float32)
+    pytest conformance/ --arch llama3 --impl impl_jax.adapter:bfloat16        (bfloat16)
+
+The suite passes float64 NumPy params; they are checked (spec.params.check_params: the same
+ParamsError as the golden) before being cast to the adapter's dtype.  Results come back as
+NumPy arrays in that dtype (bfloat16 as ml_dtypes' bfloat16, which np.asarray gives).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+import impl_jax
+from spec.config import ModelConfig
+
+DTYPES = ("float32", "bfloat16")
+
+
+class JaxAdapter:
+    """impl_jax in `dtype` (float32 by default): every capability of the protocol."""
+
+    name = "jax"
+    version = jax.__version__
+
+    def __init__(self, dtype: str = "float32"):
+        if dtype not in DTYPES:
+            raise ValueError(f"JaxAdapter dtype must be one of {DTYPES}, got {dtype!r}")
+        self.dtype = dtype
+
+    def _params(self, config: ModelConfig, params: dict) -> dict:
+        impl_jax.check_params(config, params)  # before the cast, which would hide an integer dtype
+        return impl_jax.from_canonical(params, self.dtype)
+
+    def forward(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
+        return np.asarray(impl_jax.forward(config, self._params(config, params), tokens))
+
+    def decode(self, config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int) -> np.ndarray:
+        """Prefill `prompt_len` tokens, then one token at a time through the KV cache."""
+        return np.asarray(impl_jax.decode(config, self._params(config, params), tokens, prompt_len))
+
+    def loss(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> float:
+        return float(impl_jax.loss(config, self._params(config, params), tokens))
+
+    def capture(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> dict[str, np.ndarray]:
+        captured: dict = {}
+        impl_jax.forward(config, self._params(config, params), tokens, capture=captured)
+        return {name: np.asarray(value) for name, value in captured.items()}
+
+
+bfloat16 = JaxAdapter("bfloat16")  # `--impl impl_jax.adapter:bfloat16`

@@ -1,0 +1,80 @@
+"""Causal self-attention (Vaswani et al. 2017) with MHA / GQA / MQA, RoPE or ALiBi (JAX twin).
+
+GQA (Ainslie et al. 2023): n_heads query heads share n_kv_heads key/value heads in
+contiguous groups, query head h reads KV head h // (n_heads / n_kv_heads) (HF `repeat_kv`).
+
+          q heads:  0 1 2 3 | 4 5 6 7
+          kv heads:    0    |    1        (n_heads 8, n_kv_heads 2)
+
+Unlike the golden, the KV heads are not repeated: the query heads are viewed as
+[n_kv_heads, group] (C order, so h = j * group + g reads KV head j) and contracted with the
+KV heads directly.
+
+scores = (q k^T) * head_dim^-0.5 (+ ALiBi bias); keys after the query are masked out with the
+dtype's lowest finite value.  Scores, bias and softmax are in at least float32, as fused
+attention kernels keep them (HF `eager_attention_forward` upcasts the softmax; a bfloat16
+ALiBi bias of -500 would be off by up to 1); the probabilities are cast to the value dtype.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from impl_jax.alibi import alibi_bias, alibi_slopes
+from impl_jax.cache import KVCache
+from impl_jax.rope import apply_rope
+from spec.config import ModelConfig
+
+
+def causal_mask(q_positions: jax.Array, k_positions: jax.Array) -> jax.Array:
+    """[Sq, Sk] True where query q may attend to key k, i.e. k <= q."""
+    return k_positions[None, :] <= q_positions[:, None]
+
+
+def _project(config: ModelConfig, params: dict, p: str, x: jax.Array, name: str, heads: int) -> jax.Array:
+    """x [B, S, d_model] -> [B, S, heads, head_dim] through w{name} (+ b{name})."""
+    y = x @ params[f"{p}.w{name}"]  # [B, S, heads * hd]
+    if config.qkv_bias:
+        y = y + params[f"{p}.b{name}"]
+    if config.qkv_clip is not None:
+        y = jnp.clip(y, -config.qkv_clip, config.qkv_clip)  # OLMo clip_qkv, after the bias
+    return y.reshape(*x.shape[:2], heads, config.head_dim)  # [B, S, heads, hd]
+
+
+def attention_scores(config: ModelConfig, q: jax.Array, k: jax.Array, q_pos: jax.Array,
+                     k_pos: jax.Array) -> jax.Array:
+    """Masked, biased scores [B, KV, G, Sq, Sk] from q [B, Sq, KV, G, hd], k [B, Sk, KV, hd],
+    in at least float32."""
+    wide = jnp.promote_types(q.dtype, jnp.float32)
+    scores = jnp.einsum("bqjgd,bkjd->bjgqk", q, k, preferred_element_type=wide) * config.attn_scale
+    if config.position == "alibi":
+        bias = alibi_bias(alibi_slopes(config.n_heads, config.alibi_max_bias), q_pos, k_pos, scores.dtype)
+        scores = scores + bias.reshape(q.shape[2], q.shape[3], *bias.shape[1:])  # [H, ..] -> [KV, G, Sq, Sk]
+    return jnp.where(causal_mask(q_pos, k_pos), scores, jnp.finfo(scores.dtype).min)
+
+
+def attention(config: ModelConfig, params: dict, prefix: str, x: jax.Array, positions: jax.Array,
+              cache: KVCache | None = None, layer: int = 0) -> tuple[jax.Array, KVCache | None]:
+    """One attention block: x [B, S, d_model] at `positions` [S] -> ([B, S, d_model], cache).
+
+    With a cache, this step's keys and values are written to it and the queries read every
+    slot of the buffer (the causal mask hides the slots not written yet)."""
+    batch, seq = x.shape[:2]
+    q = _project(config, params, prefix, x, "q", config.n_heads)  # [B, S, H, hd]
+    k = _project(config, params, prefix, x, "k", config.n_kv_heads)  # [B, S, KV, hd]
+    v = _project(config, params, prefix, x, "v", config.n_kv_heads)
+    if config.position == "rope":
+        q, k = apply_rope(config, q, positions), apply_rope(config, k, positions)
+    k_positions = positions
+    if cache is not None:
+        cache = cache.update(layer, k, v)
+        k, v = cache.keys[layer], cache.values[layer]  # [B, T, KV, hd], T = capacity
+        k_positions = jnp.arange(cache.capacity)  # slot t holds position t
+    q = q.reshape(batch, seq, config.n_kv_heads, config.kv_group_size, config.head_dim)  # [B, S, KV, G, hd]
+    probs = jax.nn.softmax(attention_scores(config, q, k, positions, k_positions))  # [B, KV, G, S, T]
+    out = jnp.einsum("bjgqk,bkjd->bqjgd", probs.astype(v.dtype), v)  # [B, S, KV, G, hd]
+    out = out.reshape(batch, seq, config.q_dim) @ params[f"{prefix}.wo"]  # [B, S, H*hd] -> [B, S, d_model]
+    if config.attn_out_bias:
+        out = out + params[f"{prefix}.bo"]
+    return out, cache

@@ -1,0 +1,197 @@
+"""The decoder-only LM: embeddings, a stack of pre-norm blocks, the head (JAX twin).
+
+    h = embed.tokens[tokens] (+ embed.positions[p])
+    for each layer:                      (pre-norm residual, GPT-2 / LLaMA)
+        h = h + attn(attn_norm(h))
+        h = h + mlp(mlp_norm(h))
+    logits = final_norm(h) @ W_head (+ b)      W_head = embed.tokens^T when tied
+
+Two layers of API:
+
+* traced cores, pure and unchecked, for use inside the caller's own jit / grad / vmap:
+  `forward_core(config, params, tokens, cache, capture) -> (logits, cache, captured)` and
+  `loss_core(config, params, tokens)`, jitted as `forward_jit` and `loss_jit` with `config`
+  (a frozen, hashable dataclass) and `capture` static.
+* host functions with the golden's checks and errors (spec.inputs.check_tokens, the params
+  check): `forward`, `decode`, `loss`.  They validate concrete inputs on the host, then call
+  the jitted cores (`jax.disable_jit()` runs them op by op).  `loss` stays differentiable
+  in `params`: the params check reads shapes and dtypes only, which tracers have.
+
+`forward` with `cache=None` returns the logits; with a cache it returns `(logits, cache)`,
+the new cache holding the new positions (JAX arrays are immutable, so the cache cannot be
+updated in place as the golden's is).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from impl_jax.attention import attention
+from impl_jax.cache import KVCache
+from impl_jax.mlp import mlp
+from impl_jax.norms import apply_norm, upcast
+from spec.config import ModelConfig
+from spec.errors import InputError, ParamsError
+from spec.inputs import check_tokens
+from spec.params import check_params as check_param_names_and_shapes, param_shapes
+
+
+def capture_names(config: ModelConfig) -> list[str]:
+    """Names of the captured intermediates, in computation order (as impl_numpy's)."""
+    names = ["embed"]
+    for i in range(config.n_layers):
+        names += [f"layers.{i}.attn", f"layers.{i}.mlp", f"layers.{i}.out"]
+    return names + ["final_norm", "logits"]
+
+
+# --- the traced model ---------------------------------------------------------------------------
+
+
+def embed(config: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Array) -> jax.Array:
+    """tokens [B, S] -> [B, S, d_model]."""
+    h = params["embed.tokens"][tokens]
+    if config.position == "learned":
+        h = h + params["embed.positions"][positions][None, :, :]
+    return h
+
+
+def block(config: ModelConfig, params: dict, i: int, h: jax.Array, positions: jax.Array,
+          cache: KVCache | None, captured: dict | None) -> tuple[jax.Array, KVCache | None]:
+    """Layer i of the stack, pre-norm and sequential: [B, S, d_model] -> [B, S, d_model]."""
+    p = f"layers.{i}"
+    a, cache = attention(config, params, f"{p}.attn", apply_norm(config, params, f"{p}.attn_norm", h),
+                         positions, cache, i)
+    h = h + a
+    m = mlp(config, params, f"{p}.mlp", apply_norm(config, params, f"{p}.mlp_norm", h))
+    h = h + m
+    if captured is not None:
+        captured |= {f"{p}.attn": a, f"{p}.mlp": m, f"{p}.out": h}
+    return h, cache
+
+
+def head(config: ModelConfig, params: dict, h: jax.Array) -> jax.Array:
+    """[B, S, d_model] -> logits [B, S, vocab]."""
+    weight = params["embed.tokens"].T if config.tie_embeddings else params["lm_head.weight"]
+    logits = h @ weight  # [B, S, d_model] @ [d_model, vocab]
+    if config.lm_head_bias:
+        logits = logits + params["lm_head.bias"]
+    return logits
+
+
+def forward_core(config: ModelConfig, params: dict, tokens: jax.Array, cache: KVCache | None = None,
+                 capture: bool = False) -> tuple[jax.Array, KVCache | None, dict | None]:
+    """(logits [B, S, vocab], cache advanced by S or None, intermediates by name or None).
+
+    Unchecked: tokens must be valid ids that fit the context after the cache's contents."""
+    positions = jnp.arange(tokens.shape[1])  # [S]
+    if cache is not None:
+        positions = cache.length + positions
+    captured: dict | None = {} if capture else None
+    h = embed(config, params, tokens, positions)
+    if captured is not None:
+        captured["embed"] = h
+    for i in range(config.n_layers):
+        h, cache = block(config, params, i, h, positions, cache, captured)
+    h = apply_norm(config, params, "final_norm", h)
+    logits = head(config, params, h)
+    if cache is not None:
+        cache = cache.advance(tokens.shape[1])
+    if captured is not None:
+        captured |= {"final_norm": h, "logits": logits}
+    return logits, cache, captured
+
+
+def loss_core(config: ModelConfig, params: dict, tokens: jax.Array) -> jax.Array:
+    """Mean next-token cross-entropy: position t predicts token t + 1, over B * (S - 1) targets."""
+    logits, _, _ = forward_core(config, params, tokens[:, :-1])
+    logp = jax.nn.log_softmax(upcast(logits), axis=-1)  # [B, S-1, V], at least float32
+    picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]  # [B, S-1]
+    return -picked.mean()
+
+
+forward_jit = jax.jit(forward_core, static_argnames=("config", "capture"))
+loss_jit = jax.jit(loss_core, static_argnames="config")
+
+
+# --- host functions: the golden's checks, then the jitted cores ----------------------------------
+
+
+def check_params(config: ModelConfig, params: dict) -> None:
+    """spec.params.check_params, knowing bfloat16 and tracers: names and shapes are checked by
+    the spec on zero-size stand-ins, the dtype here (NumPy does not count bfloat16 as floating)."""
+    if not isinstance(params, dict):
+        check_param_names_and_shapes(config, params)  # raises the spec's ParamsError
+    stand_ins = {k: np.broadcast_to(np.float32(0), np.shape(v)) for k, v in params.items()}
+    check_param_names_and_shapes(config, stand_ins)
+    for k in param_shapes(config):  # the spec's order, so the first bad one is the golden's
+        v = params[k]
+        dtype = v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ParamsError(f"{k}: expected a floating-point array, got dtype {dtype}")
+
+
+def _check_cache_batch(cache: KVCache | None, tokens: np.ndarray) -> None:
+    if cache is not None and cache.batch != tokens.shape[0]:
+        raise InputError(f"tokens have batch {tokens.shape[0]} but the KV cache holds batch {cache.batch}")
+
+
+def forward(config: ModelConfig, params: dict, tokens: object, cache: KVCache | None = None, *,
+            capture: dict | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
+    """Logits [B, S, vocab] for tokens [B, S]; with a cache, the tokens follow its contents and
+    `(logits, new_cache)` is returned.  `capture`, a dict, receives the intermediates."""
+    past = 0 if cache is None else int(cache.length)  # a host sync: the check needs the number
+    tokens = check_tokens(config, tokens, past_len=past)
+    _check_cache_batch(cache, tokens)
+    check_params(config, params)
+    logits, cache, captured = forward_jit(config, params, tokens, cache, capture is not None)
+    if capture is not None:
+        capture |= {name: captured[name] for name in capture_names(config)}  # jit returns keys sorted
+    return logits if cache is None else (logits, cache)
+
+
+def decode(config: ModelConfig, params: dict, tokens: object, prompt_len: int) -> jax.Array:
+    """Logits [B, S, vocab]: one prefill of the first `prompt_len` tokens, then one token at a
+    time through the KV cache (teacher-forced).  Equal to `forward` on the whole sequence."""
+    tokens = check_tokens(config, tokens)
+    if not 1 <= prompt_len <= tokens.shape[1]:
+        raise ValueError(f"prompt_len must be in [1, {tokens.shape[1]}], got {prompt_len}")
+    check_params(config, params)
+    cache = KVCache.empty(config, tokens.shape[0], jnp.asarray(params["embed.tokens"]).dtype)
+    logits, cache = forward(config, params, tokens[:, :prompt_len], cache)
+    steps = [logits]
+    for t in range(prompt_len, tokens.shape[1]):
+        logits, cache = forward(config, params, tokens[:, t : t + 1], cache)
+        steps.append(logits)
+    return jnp.concatenate(steps, axis=1)
+
+
+def loss(config: ModelConfig, params: dict, tokens: object) -> jax.Array:
+    """Mean next-token cross-entropy (a 0-d array, differentiable in `params`)."""
+    tokens = check_tokens(config, tokens)
+    if tokens.shape[1] < 2:
+        raise ValueError(f"loss needs sequences of at least 2 tokens, got {tokens.shape[1]}")
+    check_params(config, params)
+    return loss_jit(config, params, tokens)
+
+
+# --- conversions --------------------------------------------------------------------------------
+
+
+def from_canonical(params: dict, dtype: str = "float32") -> dict[str, jax.Array]:
+    """The canonical dict (spec/params.py, any float arrays) as JAX arrays of `dtype`.
+
+    float64 needs x64 enabled (`with jax.enable_x64(True):`); it is refused rather than
+    silently truncated to float32."""
+    if not isinstance(params, dict):
+        raise ParamsError(f"params must be a dict of arrays, got {type(params).__name__}")
+    target = jnp.dtype(dtype)
+    if jax.dtypes.canonicalize_dtype(target) != target:
+        raise ValueError(f"dtype {dtype} needs 64-bit JAX: run inside `with jax.enable_x64(True):`")
+    return {k: jnp.asarray(np.asarray(v).astype(target)) for k, v in params.items()}
+
+
+def to_canonical(params: dict) -> dict[str, np.ndarray]:
+    """JAX params as the canonical float64 NumPy dict (an exact widening of every float dtype)."""
+    return {k: np.asarray(v).astype(np.float64) for k, v in params.items()}

@@ -1,0 +1,87 @@
+"""Rotary position embedding (Su et al. 2021, RoFormer) and its frequency scalings (JAX twin).
+
+inv_freq_i = theta^(-2i / r) for i < r/2, where r = config.rope_dim (the first r dims of a
+head rotate, the rest pass through: GPT-NeoX / Phi partial rotary).  Position p rotates
+pair i by the angle p * inv_freq_i.  Which dims form pair i is the layout:
+
+  halves      (x_i, x_{i + r/2})   HF `rotate_half`, GPT-NeoX, HF LLaMA checkpoints
+  interleaved (x_{2i}, x_{2i+1})   GPT-J `rotate_every_two`, Meta's original LLaMA code
+
+Scalings (HF `modeling_rope_utils.py`): linear divides every frequency by `factor`;
+llama3 (Llama 3.1) keeps the high frequencies, divides the low ones by `factor` and
+interpolates between them (`_compute_llama3_parameters`).
+
+The frequencies depend on the (static) config only, so the cos / sin table of every
+position in the context is computed once on the host in float64 and gathered at the
+(possibly traced) positions: an angle such as 1000 * inv_freq rounded in float32 would be
+off by ~3e-5 (Meta's `precompute_freqs_cis` also tabulates the context).  The table is cast
+to the activation dtype at use (HF `cos.to(x.dtype)`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spec.config import ModelConfig, RopeScaling
+
+
+def default_inv_freq(theta: float, rope_dim: int) -> np.ndarray:
+    """[rope_dim / 2] inverse frequencies theta^(-2i / rope_dim), float64."""
+    return 1.0 / theta ** (np.arange(0, rope_dim, 2, dtype=np.float64) / rope_dim)  # HF's form
+
+
+def llama3_inv_freq(inv_freq: np.ndarray, s: RopeScaling) -> np.ndarray:
+    """Llama 3.1 scaling: wavelengths above orig/low_freq_factor are divided by `factor`,
+    those below orig/high_freq_factor are kept, the band between is interpolated."""
+    wavelen = 2 * math.pi / inv_freq
+    low_freq_wavelen = s.original_max_seq_len / s.low_freq_factor
+    high_freq_wavelen = s.original_max_seq_len / s.high_freq_factor
+    smooth = (s.original_max_seq_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+    interpolated = (1 - smooth) * inv_freq / s.factor + smooth * inv_freq
+    return np.select([wavelen < high_freq_wavelen, wavelen > low_freq_wavelen],
+                     [inv_freq, inv_freq / s.factor], interpolated)
+
+
+def inv_freq(config: ModelConfig) -> np.ndarray:
+    """The [rope_dim / 2] inverse frequencies of `config`, scaling included."""
+    freqs = default_inv_freq(config.rope_theta, config.rope_dim)
+    s = config.rope_scaling
+    if s is None:
+        return freqs
+    if s.kind == "linear":
+        return freqs / s.factor
+    if s.kind == "llama3":
+        return llama3_inv_freq(freqs, s)
+    raise NotImplementedError(f"rope_scaling.kind {s.kind!r}")  # validation rejects it first
+
+
+@functools.lru_cache(maxsize=32)
+def rope_table(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(cos, sin), each [max_seq_len, rope_dim / 2] float64, read-only: row p is position p."""
+    angles = np.arange(config.max_seq_len, dtype=np.float64)[:, None] * inv_freq(config)[None, :]
+    cos, sin = np.cos(angles), np.sin(angles)
+    cos.setflags(write=False)
+    sin.setflags(write=False)
+    return cos, sin
+
+
+def apply_rope(config: ModelConfig, x: jax.Array, positions: jax.Array) -> jax.Array:
+    """Rotate x: [B, S, heads, head_dim] at positions: [S] (RoPE on the first rope_dim dims)."""
+    r = config.rope_dim
+    cos_table, sin_table = rope_table(config)
+    cos = jnp.asarray(cos_table, x.dtype)[positions][None, :, None, :]  # [1, S, 1, r/2]
+    sin = jnp.asarray(sin_table, x.dtype)[positions][None, :, None, :]
+    rot, rest = x[..., :r], x[..., r:]
+    if config.rope_layout == "halves":
+        x1, x2 = rot[..., : r // 2], rot[..., r // 2 :]  # pair i is (x_i, x_{i + r/2})
+        rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    else:
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]  # pair i is (x_{2i}, x_{2i+1})
+        pairs = jnp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)  # [B, S, H, r/2, 2]
+        rotated = pairs.reshape(rot.shape)  # [B, S, H, r]: re-interleave
+    return jnp.concatenate([rotated, rest], axis=-1)
