@@ -1,0 +1,91 @@
+"""The core issue's negative controls applied to the twins: each broken twin FAILS the suite
+for the arch it breaks, while the unbroken twins pass (tests/torch, tests/jax, and
+`pytest conformance/ --impl torch|jax`).
+
+Config mistakes (a misread hyperparameter) wrap any backend.  Code mistakes patch the twin's
+function of the same name as the golden's (the backends mirror each other module for
+module), so the same bug is planted in each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import pytest
+
+import impl_torch.attention
+from impl_jax.adapter import JaxAdapter
+from impl_torch.adapter import TorchAdapter
+from tests.controls import NEGATIVE_CONTROLS, ConfigMistake, run_arch
+
+CONFIG_MISTAKES = [c for c in NEGATIVE_CONTROLS if isinstance(c.adapter, ConfigMistake)]
+TWINS = {"torch": TorchAdapter, "jax": JaxAdapter}
+
+
+class Broken:
+    """A twin's adapter run with a wrong config and/or with one function of it patched."""
+
+    dtype = "float32"
+
+    def __init__(self, twin, changes: dict | None = None, patch: tuple | None = None):
+        self.twin, self.changes, self.patch = twin, changes or {}, patch
+        self.name = f"broken-{twin.name}"
+
+    @contextlib.contextmanager
+    def _patched(self):
+        if self.patch is None:
+            yield
+            return
+        module, attr, replacement = self.patch
+        original = getattr(module, attr)
+        setattr(module, attr, replacement)
+        try:
+            yield
+        finally:
+            setattr(module, attr, original)
+
+    def forward(self, config, params, tokens):
+        with self._patched():
+            return self.twin.forward(dataclasses.replace(config, **self.changes), params, tokens)
+
+    def decode(self, config, params, tokens, prompt_len):
+        with self._patched():
+            return self.twin.decode(dataclasses.replace(config, **self.changes), params, tokens, prompt_len)
+
+
+def assert_fails(adapter, arch: str) -> None:
+    statuses = [r.status for _, _, r in run_arch(adapter, arch)]
+    assert "ERROR" not in statuses
+    assert "FAIL" in statuses, f"{adapter.name} passed the {arch} suite"
+
+
+@pytest.mark.parametrize("twin", list(TWINS))
+@pytest.mark.parametrize("control", CONFIG_MISTAKES, ids=[c.adapter.name for c in CONFIG_MISTAKES])
+def test_config_mistakes_fail_on_the_twins(twin, control):
+    assert_fails(Broken(TWINS[twin](), changes=control.adapter.changes), control.arch)
+
+
+def _kv_heads_tiled(kv, group_size):
+    """GQA grouped wrong: query head h reads kv head h % n_kv."""
+    return kv.repeat(1, group_size, 1, 1)
+
+
+def _mask_sees_next(q_positions, k_positions):
+    """Causal mask off by one: each query also sees the next key."""
+    return (k_positions[:, None, :] <= q_positions[:, :, None] + 1)[:, None]
+
+
+@pytest.mark.parametrize("patch,arch", [
+    ((impl_torch.attention, "expand_kv_heads", _kv_heads_tiled), "llama3"),
+    ((impl_torch.attention, "causal_mask", _mask_sees_next), "llama2"),
+], ids=["gqa_grouped_wrong", "causal_mask_off_by_one"])
+def test_code_mistakes_fail_on_the_torch_twin(patch, arch):
+    # The eager kernel is the one that calls expand_kv_heads (SDPA groups heads itself).
+    assert_fails(Broken(TorchAdapter(attn_impl="eager"), patch=patch), arch)
+
+
+def test_the_unbroken_wrapper_passes():
+    """The wrapper itself changes nothing: without a mistake the torch twin passes."""
+    statuses = {r.status for _, cap, r in run_arch(Broken(TorchAdapter()), "llama3") if cap == "forward"}
+    assert statuses == {"PASS"}
