@@ -15,17 +15,24 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,torch,jax,hf]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,torch,jax,hf,train,onnx]'
 	touch $(STAMP)
 
 # The main job: build the golden for one architecture from scratch, check it against the
-# stored golden, then run the conformance suite on it (the float64 NumPy golden as the
-# implementation under test).
+# stored golden, run the conformance suite on it (the float64 NumPy golden as the
+# implementation under test), then train a small LLaMA-3-style model on the embedded corpus
+# (a few minutes on 2 CPU cores), sample from it, export it to ONNX, validate the graph in
+# onnxruntime and sample from the graph.
 demo: install
 	$(VENV)/bin/lmref golden --arch $(DEMO_ARCH) --out build/demo-golden
 	$(VENV)/bin/lmref golden --check --arch $(DEMO_ARCH)
 	$(PYTEST) conformance/ --arch $(DEMO_ARCH) --golden-dir build/demo-golden \
 		--report-json build/demo-report.json
+	rm -rf build/demo-train
+	$(VENV)/bin/lmref train --arch llama3 --d-model 192 --n-heads 12 --n-layers 4 --steps 400 \
+		--out build/demo-train
+	$(VENV)/bin/lmref generate --checkpoint build/demo-train --prompt "The with statement" \
+		--max-new-tokens 300 --seed 0
 
 # The whole suite: the project's own tests and the conformance suite over every arch.
 test: install

@@ -57,6 +57,7 @@ BUILTINS = {
     "torch": "impl_torch.adapter:TorchAdapter",
     "jax": "impl_jax.adapter:JaxAdapter",
     "hf": "convert.hf_adapter:HFAdapter",
+    "onnx": "export.onnx_adapter:OnnxAdapter",
 }
 
 

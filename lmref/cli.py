@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from export.cli import add_commands as add_export_commands
 from spec.presets import PRESETS, resolve_archs
+from train.cli import add_commands as add_train_commands
 
 
 def _archs(value: str | None) -> list[str]:
@@ -94,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     presets.set_defaults(run=cmd_presets)
 
     _add_convert(sub)
+    add_train_commands(sub)  # `lmref train`, `lmref generate` (train/cli.py)
+    add_export_commands(sub)  # `lmref export`, `lmref validate-onnx`, `generate --onnx` (export/cli.py)
     return parser
 
 

@@ -42,6 +42,6 @@ def note_case(seed: int, tokens: np.ndarray) -> None:
 
 
 def fewer_examples(divisor: int) -> settings:
-    """The loaded profile's max_examples / divisor (at least 5), for a property whose every
+    """The loaded profile's max_examples / divisor (at least 1), for a property whose every
     example compiles costly programs (see tests/jax/conftest.py).  Lowers cost only."""
-    return settings(max_examples=max(5, settings.default.max_examples // divisor))
+    return settings(max_examples=max(1, settings.default.max_examples // divisor))

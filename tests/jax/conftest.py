@@ -4,9 +4,9 @@ Every hypothesis example draws a new config, a static jit argument, so every exa
 compiles; XLA's CPU backend spends most of that time optimising (~0.8 s per tiny model on
 2 cores, ~0.3 s with `jax_disable_most_optimizations`).  Running op by op instead
 (`jax.disable_jit()`) is slower still: each primitive compiles for each new shape (~4 s
-per first forward).  So the tests run jitted, with XLA's optimisations off;
-tests/jax/test_jit.py checks the default, optimised compilation against it and against
-op-by-op execution.
+per first forward).  So the tests run jitted, with XLA's optimisations off, and
+tests/jax/test_jit.py runs the entry points as shipped, optimised, against the golden and
+op by op.
 """
 
 import jax

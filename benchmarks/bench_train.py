@@ -1,0 +1,199 @@
+"""Training throughput of `lmref train`'s step against a plain Hugging Face transformers loop,
+side by side in one run, on the same config, weights, batches, AdamW settings and threads.
+
+    python benchmarks/bench_train.py                      # CPU: tiny and small LLaMA-3-style models
+    python benchmarks/bench_train.py --threads 1 --steps 10
+    python benchmarks/bench_train.py --gpu                # CUDA: GPT-2 124M, bf16, torch.compile, MFU
+
+Ours is `train.loop.train_step`, the very function `lmref train` calls (set the learning
+rate, forward, cross-entropy, backward, clip, AdamW, zero_grad, read the loss).  The peer is
+LlamaForCausalLM / GPT2LMHeadModel loaded with from_pretrained from `convert.to_hf`'s
+directory, trained by the same steps written as a user of transformers would
+(`model(input_ids=...).logits`, the same cross-entropy over the same targets).  Both use
+`train.loop.make_optimizer` (AdamW, decay on matrices only), so the optimizer work is
+identical; the first losses are checked to agree, so both compute the same thing.
+
+Timing: after warmup steps, blocks of steps alternate between the two (ours, peer, ours,
+...); each reports the median step time.  Shared machines are noisy: compare the ratio from
+one run.  MFU (GPU): PaLM's formula (Chowdhery et al. 2022, appendix B), 6 N + 12 L H Q T
+FLOPs per token (N: the parameters used in matmuls, i.e. all but the position table; L
+layers, H heads, Q head dim, T sequence length) times tokens/s, over the device's dense
+bf16 peak.  Results are recorded in benchmarks/README.md ("Training loop").
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spec.config import ModelConfig
+from spec.params import init_params, param_count, param_shapes
+from spec.presets import get_preset, tiny
+from train.data import BatchStream, Windows, default_corpus
+from train.distributed import Dist
+from train.loop import build_trainer, lr_at, make_optimizer, train_step
+from train.settings import RunSettings
+from train.tokenizer import ByteTokenizer
+
+# Dense bf16 peaks (no sparsity), FLOP/s, from the vendors' data sheets.
+PEAK_BF16 = {"H100 SXM": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12,
+             "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+CPU_SIZES = {
+    # `lmref train --arch llama3` as it runs by default: tiny(llama3), bytes, 16 x 128.
+    "tiny": (dict(), 16, 128),
+    # A LLaMA-3-style model of ~3.4M parameters: 4 layers, d 256, GQA 8 / 2.
+    "small": (dict(d_model=256, n_layers=4, n_heads=8, n_kv_heads=2, head_dim=32, d_ff=704), 8, 256),
+}
+
+
+@dataclasses.dataclass
+class Case:
+    config: ModelConfig
+    batch: int
+    seq: int
+    device: torch.device
+    bf16: bool
+    compile: bool
+
+
+def cpu_case(size: str) -> Case:
+    sizes, batch, seq = CPU_SIZES[size]
+    config = tiny("llama3", vocab_size=256, **sizes)
+    return Case(dataclasses.replace(config, name=f"llama3-{size}"), batch, seq, torch.device("cpu"), False, False)
+
+
+def gpu_case() -> Case:
+    """GPT-2 small (124M): the published config with its 50257-token vocabulary."""
+    return Case(get_preset("gpt2"), 16, 1024, torch.device("cuda"), True, True)
+
+
+def batches(case: Case, n: int) -> list[np.ndarray]:
+    """n global batches [batch, seq + 1] of the embedded corpus (ids folded into the vocab)."""
+    tokens = ByteTokenizer().encode(default_corpus()) % case.config.vocab_size
+    stream = BatchStream(Windows(tokens, case.seq, "training"), case.batch, seed=0)
+    return [stream.next_batch() for _ in range(n)]
+
+
+def ours(case: Case, params: dict, run: RunSettings):
+    trainer = build_trainer(case.config, params, run, Dist(device=case.device), bf16=case.bf16,
+                            compile=case.compile)
+    return lambda batch: train_step(trainer, [batch])["loss"]
+
+
+def peer(case: Case, params: dict, run: RunSettings):
+    """A plain transformers training step, the same work as `train_step`."""
+    from transformers import AutoModelForCausalLM
+
+    from convert import to_hf
+
+    with tempfile.TemporaryDirectory() as directory:
+        to_hf(case.config, params, directory)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, attn_implementation="sdpa")
+    model = model.to(case.device).train()
+    forward = torch.compile(model) if case.compile else model
+    optimizer = make_optimizer(model, run, case.device)
+    state = {"step": 0}
+
+    def step(batch: np.ndarray) -> float:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(state["step"], run)
+        tokens = torch.from_numpy(batch).to(case.device)
+        with torch.autocast(case.device.type, dtype=torch.bfloat16, enabled=case.bf16):
+            logits = forward(input_ids=tokens[:, :-1]).logits
+        loss = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), run.clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        return loss.item()
+
+    return step
+
+
+def flops_per_token(config: ModelConfig, seq: int) -> float:
+    """PaLM's 6 N + 12 L H Q T (N: parameters in matmuls: all but the position table)."""
+    n = param_count(config) - math.prod(param_shapes(config).get("embed.positions", (0,)))
+    return 6 * n + 12 * config.n_layers * config.n_heads * config.head_dim * seq
+
+
+def peak_flops(override: float | None) -> float | None:
+    if override:
+        return override
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def measure(case: Case, steps: int, rounds: int, warmup: int) -> dict:
+    """Median seconds per step of ours and the peer, in alternating blocks of `steps`."""
+    params = {k: v.astype(np.float32) for k, v in init_params(case.config, 0).items()}
+    run = RunSettings(arch="llama3", seq_len=case.seq, batch_size=case.batch, steps=10_000, warmup=10)
+    data = batches(case, warmup + steps * rounds)
+    contenders = {"ours": ours(case, params, run), "peer": peer(case, params, run)}
+    first = {name: step(data[0]) for name, step in contenders.items()}
+    if not math.isclose(first["ours"], first["peer"], rel_tol=1e-2 if case.bf16 else 1e-4):
+        raise AssertionError(f"the two loops compute different losses: {first}")
+    for step in contenders.values():
+        for batch in data[1:warmup]:
+            step(batch)
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for r in range(rounds):
+        for name, step in contenders.items():
+            for batch in data[warmup + r * steps : warmup + (r + 1) * steps]:
+                if case.device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                step(batch)  # returns loss.item(): the step has finished
+                times[name].append(time.perf_counter() - start)
+    tokens = case.batch * case.seq
+    return {name: tokens / statistics.median(t) for name, t in times.items()}
+
+
+def report(case: Case, tps: dict, peak: float | None) -> str:
+    line = (f"| {case.config.name} | {param_count(case.config) / 1e6:.2f}M | {case.batch}x{case.seq} | "
+            f"{case.device.type}{' bf16 compile' if case.bf16 else ' fp32'} | {torch.get_num_threads()} | "
+            f"{tps['ours']:,.0f} | {tps['peer']:,.0f} | {tps['ours'] / tps['peer']:.2f} |")
+    if peak:
+        fpt = flops_per_token(case.config, case.seq)
+        line += f" {tps['ours'] * fpt / peak:.1%} | {tps['peer'] * fpt / peak:.1%} |"
+    return line
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="tiny,small", help=f"CPU sizes: {', '.join(CPU_SIZES)}")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per block")
+    parser.add_argument("--rounds", type=int, default=3, help="blocks per contender")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--gpu", action="store_true", help="also GPT-2 124M on CUDA (bf16, compile), with MFU")
+    parser.add_argument("--peak-flops", type=float, help="the device's dense bf16 peak (default: by its name)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}; {torch.get_num_threads()} threads")
+    print("| model | params | batch x seq | device | threads | lmref train tok/s | HF tok/s | lmref / HF | "
+          "MFU lmref | MFU HF |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for size in args.sizes.split(","):
+        case = cpu_case(size)
+        print(report(case, measure(case, args.steps, args.rounds, args.warmup), None) + " - | - |", flush=True)
+    if args.gpu:
+        if not torch.cuda.is_available():
+            print("no CUDA device: the GPU part was not run")
+            return
+        torch.set_float32_matmul_precision("high")
+        case = gpu_case()
+        print(report(case, measure(case, args.steps, args.rounds, max(args.warmup, 5)), peak_flops(args.peak_flops)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Speed of the twins, side by side in one run: impl_torch vs Hugging Face transformers, and
+impl_jax (jit) vs impl_torch, on the same config, weights, dtype (float32) and thread count.
+
+    python benchmarks/bench_twins.py                    # small (~10M) and medium (~100M)
+    python benchmarks/bench_twins.py --sizes small --repeats 5
+
+For each family (GPT-2, LLaMA) and size it measures (a) a training step: forward, backward
+and AdamW, and (b) a forward pass, and prints tokens/s and the ratios ours / peer (> 1: ours
+is faster).  The machines are shared and noisy: compare ratios from one run, not absolute
+numbers across runs.  Results are recorded in benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from spec.config import ModelConfig
+from spec.params import init_params, param_count
+from spec.presets import get_preset
+
+SIZES = {
+    # ~10M parameters: a model that trains in minutes on a laptop.
+    "small": dict(d_model=256, n_layers=6, n_heads=8, head_dim=32, vocab_size=8192, batch=8, seq=256),
+    # ~100M parameters: GPT-2-small class.
+    "medium": dict(d_model=768, n_layers=12, n_heads=12, head_dim=64, vocab_size=16384, batch=4, seq=256),
+}
+
+
+def bench_config(family: str, size: str) -> tuple[ModelConfig, int, int]:
+    s = dict(SIZES[size])
+    batch, seq = s.pop("batch"), s.pop("seq")
+    base = get_preset("gpt2" if family == "gpt2" else "llama3")
+    n_kv = s["n_heads"] if family == "gpt2" else s["n_heads"] // 4  # LLaMA 3 keeps its GQA ratio
+    d_ff = 4 * s["d_model"] if family == "gpt2" else round(3.5 * s["d_model"] / 64) * 64
+    config = dataclasses.replace(base, name=f"{family}-{size}", n_kv_heads=n_kv, d_ff=d_ff,
+                                 max_seq_len=max(seq, 1024 if family == "gpt2" else seq), **s)
+    return config, batch, seq
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median seconds of `fn` over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# --- the contenders --------------------------------------------------------------------------
+
+
+def lmref_torch(config: ModelConfig, params: dict):
+    from impl_torch import Transformer
+
+    return Transformer.from_canonical(config, params)
+
+
+def hf_torch(config: ModelConfig, params: dict):
+    from transformers import AutoModelForCausalLM
+
+    from convert import to_hf
+
+    with tempfile.TemporaryDirectory() as directory:
+        to_hf(config, params, directory)
+        return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, attn_implementation="sdpa")
+
+
+def torch_steps(model, tokens: torch.Tensor, is_hf: bool) -> tuple[Callable, Callable]:
+    """(forward, train_step) closures for a torch model."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def loss_of():
+        if is_hf:
+            return model(input_ids=tokens, labels=tokens).loss
+        return model.loss(tokens)
+
+    def forward():
+        with torch.no_grad():
+            return model(input_ids=tokens).logits if is_hf else model(tokens)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_of()
+        loss.backward()
+        optimizer.step()
+
+    return forward, train_step
+
+
+def jax_steps(config: ModelConfig, params: dict, tokens: np.ndarray) -> tuple[Callable, Callable]:
+    """(forward, train_step) closures for impl_jax, jitted, with a hand-written AdamW
+    (torch.optim.AdamW's defaults: betas 0.9, 0.999, eps 1e-8, weight decay 0.01)."""
+    import jax
+    import jax.numpy as jnp
+
+    import impl_jax
+
+    p = impl_jax.from_canonical(params)
+    t = jnp.asarray(tokens)
+    grad_fn = jax.value_and_grad(lambda q: impl_jax.loss_core(config, q, t))
+
+    @jax.jit
+    def update(q, m, v, step):
+        loss, g = grad_fn(q)
+        b1, b2, lr, eps, wd = 0.9, 0.999, 1e-4, 1e-8, 0.01
+        m = jax.tree.map(lambda m_, g_: b1 * m_ + (1 - b1) * g_, m, g)
+        v = jax.tree.map(lambda v_, g_: b2 * v_ + (1 - b2) * g_ * g_, v, g)
+        c1, c2 = 1 - b1**step, 1 - b2**step
+        q = jax.tree.map(lambda q_, m_, v_: q_ * (1 - lr * wd) - lr * (m_ / c1) / (jnp.sqrt(v_ / c2) + eps), q, m, v)
+        return q, m, v, loss
+
+    state = {"q": p, "m": jax.tree.map(jnp.zeros_like, p), "v": jax.tree.map(jnp.zeros_like, p), "step": 1}
+
+    def forward():
+        logits, _, _ = impl_jax.forward_jit(config, p, t)
+        return logits.block_until_ready()
+
+    def train_step():
+        q, m, v, loss = update(state["q"], state["m"], state["v"], state["step"])
+        loss.block_until_ready()
+        state.update(q=q, m=m, v=v, step=state["step"] + 1)
+
+    return forward, train_step
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def run(family: str, size: str, repeats: int, with_jax: bool) -> list[str]:
+    config, batch, seq = bench_config(family, size)
+    params = {k: v.astype(np.float32) for k, v in init_params(config, 0).items()}
+    tokens_np = np.random.default_rng(0).integers(0, config.vocab_size, (batch, seq))
+    tokens = torch.from_numpy(tokens_np)
+    n_tokens = batch * seq
+    rows = {}
+    ours_fwd, ours_train = torch_steps(lmref_torch(config, params), tokens, is_hf=False)
+    peer_fwd, peer_train = torch_steps(hf_torch(config, params), tokens, is_hf=True)
+    rows["forward"] = [timed(ours_fwd, repeats), timed(peer_fwd, repeats)]
+    rows["train step"] = [timed(ours_train, repeats), timed(peer_train, repeats)]
+    if with_jax:
+        jax_fwd, jax_train = jax_steps(config, params, tokens_np)
+        rows["forward"].append(timed(jax_fwd, repeats))
+        rows["train step"].append(timed(jax_train, repeats))
+    lines = []
+    for what, times in rows.items():
+        tps = [n_tokens / t for t in times]
+        line = (f"| {config.name} | {param_count(config) / 1e6:.1f}M | {batch}x{seq} | {what} | "
+                f"{tps[0]:,.0f} | {tps[1]:,.0f} | {tps[0] / tps[1]:.2f} |")
+        line += f" {tps[2]:,.0f} | {tps[2] / tps[0]:.2f} |" if with_jax else " - | - |"
+        lines.append(line)
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="small,medium")
+    parser.add_argument("--families", default="gpt2,llama")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-jax", action="store_true")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32; "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    print("| model | params | batch x seq | what | lmref torch tok/s | HF tok/s | torch / HF | "
+          "lmref jax tok/s | jax / torch |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size in args.sizes.split(","):
+        for family in args.families.split(","):
+            for line in run(family, size, args.repeats, not args.no_jax):
+                print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""`lmref export`, `lmref validate-onnx` and the `--onnx` option of `lmref generate`: argparse
+wiring (lmref/cli.py registers them with `add_commands`).  torch, onnx and onnxruntime are
+imported only when a command runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+PROVIDERS = ("auto", "cpu", "cuda")
+
+
+def _fail(command: str, error: Exception, status: int = 2) -> int:
+    print(f"lmref {command}: error: {error}", file=sys.stderr)
+    return status
+
+
+def _known_errors() -> tuple[type[Exception], ...]:
+    from convert.errors import CheckpointError
+    from export.errors import BundleError, ExportError
+    from spec.config import ConfigError
+    from spec.errors import InputError
+    from train.errors import TrainError
+
+    return ExportError, BundleError, CheckpointError, ConfigError, InputError, TrainError
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from export.exporter import MODEL_FILE, export_checkpoint, export_preset
+
+    if args.seed is not None and args.preset is None:
+        return _fail("export", ValueError("--seed goes with --preset"))
+    try:
+        if args.preset is not None:
+            path = export_preset(args.preset, args.seed or 0, args.out, external_data=args.external_data or None)
+        else:
+            path = export_checkpoint(args.checkpoint, args.out, external_data=args.external_data or None)
+    except KeyError as e:  # unknown preset: the message lists the known ones
+        return _fail("export", ValueError(e.args[0]))
+    except _known_errors() as e:
+        return _fail("export", e)
+    files = sorted(p.name for p in path.parent.iterdir())
+    size = sum(p.stat().st_size for p in path.parent.glob(f"{MODEL_FILE}*"))
+    print(f"wrote {path} ({size / 1e6:.2f} MB with its weights); {path.parent}: {', '.join(files)}")
+    return 0
+
+
+def _providers(choice: str) -> list[str]:
+    from export.errors import ProviderError
+    from export.runtime import CPU, CUDA, available_providers
+
+    available = available_providers()
+    if choice == "auto":
+        return available
+    wanted = {"cpu": [CPU], "cuda": [CUDA]}[choice]
+    if not set(wanted) <= set(available):
+        raise ProviderError(f"--provider cuda: onnxruntime has no CUDAExecutionProvider here "
+                            f"(available: {', '.join(available)}; install onnxruntime-gpu)")
+    return wanted
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from export.bundle import open_bundle, reference_params
+    from export.errors import ProviderError
+    from export.validate import validate
+
+    try:
+        bundle = open_bundle(args.out)
+        params = reference_params(bundle, args.checkpoint)
+        checks = validate(bundle, params, _providers(args.provider), prompt_len=args.prompt_len, pad=args.pad,
+                          steps=args.steps, seed=args.seed)
+    except ProviderError as e:
+        return _fail("validate-onnx", e, status=1)
+    except (*_known_errors(), ValueError) as e:
+        return _fail("validate-onnx", e)
+    failed = [c for c in checks if c.failed]
+    print(f"validate-onnx: {'FAIL' if failed else 'PASS'} ({len(checks) - len(failed)} of {len(checks)} checks "
+          "passed, float32 tolerance row of conformance/tolerances.py)")
+    return 1 if failed else 0
+
+
+def cmd_generate_onnx(args: argparse.Namespace) -> int:
+    from export.generate import generate, load_onnx_generator
+
+    try:
+        session, tokenizer = load_onnx_generator(args.onnx, args.device)
+        ids = generate(session, [int(i) for i in tokenizer.encode(args.prompt)], args.max_new_tokens,
+                       temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, seed=args.seed)
+    except _known_errors() as e:
+        return _fail("generate", e)
+    print(args.prompt + tokenizer.decode(ids))
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="export a model to ONNX (one graph for prefill and KV-cache decode)",
+        description="torch.onnx.export(dynamo=True) at opset 18 of an lmref checkpoint or a preset's tiny "
+                    "model.  OUT gets model.onnx (+ model.onnx.data with external data), config.json, "
+                    "export.json and the checkpoint's tokenizer.json when it has one.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="DIR", help="an lmref checkpoint (config.json + params.safetensors), "
+                        "or a training checkpoint / run directory of `lmref train`")
+    source.add_argument("--preset", metavar="NAME", help="tiny(NAME) with spec.init_params")
+    p.add_argument("--seed", type=int, help="with --preset: the init seed (default 0)")
+    p.add_argument("--out", required=True, metavar="OUT", help="the directory to write")
+    p.add_argument("--external-data", action="store_true",
+                   help="store the weights in model.onnx.data (default: only from 1 GiB of weights on)")
+    p.set_defaults(run=cmd_export)
+
+
+def _add_validate(sub) -> None:
+    p = sub.add_parser(
+        "validate-onnx", help="run an exported graph in onnxruntime against the golden and the torch twin",
+        description="Prefill a left-padded batch of 2 from an empty past, then decode step by step through "
+                    "the graph's own KV cache; compare every real position with the float64 golden and the "
+                    "float32 torch twin (each row unpadded) on every available provider.  Exit 1 on a mismatch.")
+    p.add_argument("out", metavar="OUT", help="a directory written by `lmref export`")
+    p.add_argument("--checkpoint", metavar="DIR", help="reference weights (default: the source export.json records)")
+    p.add_argument("--provider", choices=PROVIDERS, default="auto",
+                   help="auto: the CPU, and CUDA too when onnxruntime has it (default)")
+    p.add_argument("--prompt-len", type=int, help="longest prompt (default 11; past a RoPE scaling's original context)")
+    p.add_argument("--pad", type=int, default=3, help="left padding of the second row (default 3)")
+    p.add_argument("--steps", type=int, default=8, help="decode steps after the prefill (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default 0)")
+    p.set_defaults(run=cmd_validate)
+
+
+def _extend_generate(sub) -> None:
+    """Add `--onnx OUT` to `lmref generate` (train/cli.py owns the subcommand; this package
+    does not edit train/, so the option is added to its parser here)."""
+    generate = sub.choices["generate"]
+    generate.add_argument("--onnx", metavar="OUT", help="generate with an exported graph in onnxruntime "
+                          "(a directory of `lmref export`) instead of --checkpoint")
+    # train/cli.py declares --checkpoint required; with --onnx it is not needed (argparse has no
+    # public API to relax an added option, hence the private table; `run` checks the pair).
+    checkpoint = generate._option_string_actions.get("--checkpoint")
+    if checkpoint is not None:
+        checkpoint.required = False
+    run_checkpoint = generate.get_default("run")
+
+    def run(args: argparse.Namespace) -> int:
+        if (args.onnx is None) == (args.checkpoint is None):
+            return _fail("generate", ValueError("give exactly one of --checkpoint DIR and --onnx OUT"))
+        return cmd_generate_onnx(args) if args.onnx is not None else run_checkpoint(args)
+
+    generate.set_defaults(run=run)
+
+
+def add_commands(sub) -> None:
+    """Register `export` and `validate-onnx`, and `--onnx` on `generate` (registered before)."""
+    _add_export(sub)
+    _add_validate(sub)
+    _extend_generate(sub)

@@ -1,0 +1,174 @@
+"""`export_onnx`: an lmref model to an ONNX directory that onnxruntime runs and validates.
+
+    OUT/
+        model.onnx        the decoder graph (prefill and decode, export/decoder.py)
+        model.onnx.data   its weights, when stored as external data (see below)
+        config.json       the ModelConfig (also embedded in the graph's metadata)
+        export.json       the manifest: format, opset, names, versions, the weights' source,
+                          the tokenizer
+        tokenizer.json    copied from a training checkpoint that has one
+
+The route is ../shared/reference/onnx_export.md §1.0: `torch.onnx.export(dynamo=True)` (the
+TorchScript exporter is deprecated and capped at opset 20, P1) with `dynamic_shapes`, at
+opset 18, the opset torchlib is written in (no version conversion, pytorch#161056) and one
+that every onnxruntime CPU and CUDA build of the last years runs.  Weights go to external
+data above EXTERNAL_DATA_BYTES or when asked (P16: protobuf stops at 2 GB; the data file
+keeps the name the exporter gives it, `model.onnx.data`, beside the graph).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+import lmref
+from export.decoder import OnnxDecoder, dynamic_shapes, example_inputs, input_names, output_names
+from export.errors import ExportError
+from export.support import check_exportable
+from spec.config import ModelConfig
+from spec.params import param_count
+
+OPSET = 18
+FORMAT, FORMAT_VERSION = "lmref-onnx", 1
+MODEL_FILE, CONFIG_FILE, MANIFEST_FILE, TOKENIZER_FILE = "model.onnx", "config.json", "export.json", "tokenizer.json"
+EXTERNAL_DATA_BYTES = 1 << 30  # 1 GiB of float32 weights and more: external data
+CONFIG_METADATA_KEY = "lmref.config"
+# Symbolic dim names of the graph's inputs and outputs; the exporter names the mask's length
+# itself (a derived dim), so it is renamed to match the presents (P15: distinct names per axis).
+TOTAL_DIM = "past_sequence + sequence"
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporter's chatter: its progress lines, the torchvision-op notes of its
+    registry, and the warning that the shared batch Dim is reused across inputs."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
+            warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*", category=FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _name_mask_axis(program) -> None:
+    """Rename the attention mask's derived length axis (e.g. 's53') to TOTAL_DIM."""
+    import onnx_ir as ir
+
+    mask = next(v for v in program.model.graph.inputs if v.name == "attention_mask")
+    mask.shape = ir.Shape([mask.shape[0], ir.SymbolicDim(TOTAL_DIM)])
+
+
+def trace(config: ModelConfig, params: dict[str, np.ndarray]):
+    """The torch.onnx ONNXProgram of (config, params): dynamo export at OPSET, optimized."""
+    import torch
+
+    decoder = OnnxDecoder.from_canonical(config, params)
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(
+            decoder, example_inputs(config), dynamo=True, dynamic_shapes=dynamic_shapes(config),
+            input_names=input_names(config.n_layers), output_names=output_names(config.n_layers),
+            opset_version=OPSET, optimize=True, verbose=False)
+    _name_mask_axis(program)
+    program.model.metadata_props[CONFIG_METADATA_KEY] = config.to_json()
+    program.model.metadata_props["lmref.format"] = f"{FORMAT}/{FORMAT_VERSION}"
+    return program
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxscript
+    import torch
+
+    return {"lmref": lmref.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxscript": onnxscript.__version__}
+
+
+def manifest(config: ModelConfig, *, external_data: bool, source: dict, tokenizer: dict | None) -> dict:
+    """The export.json of an export."""
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "model": MODEL_FILE,
+        "external_data": external_data, "opset": OPSET, "dtype": "float32",
+        "inputs": input_names(config.n_layers), "outputs": output_names(config.n_layers),
+        "axes": {"batch": "batch", "sequence": "sequence", "past": "past_sequence", "total": TOTAL_DIM},
+        "source": source, "tokenizer": tokenizer, "versions": _versions(),
+    }
+
+
+def export_onnx(config: ModelConfig, params: dict[str, np.ndarray], out: str | Path, *,
+                external_data: bool | None = None, source: dict | None = None,
+                tokenizer: dict | None = None, tokenizer_file: Path | None = None) -> Path:
+    """Export (config, params) to the directory `out` (see the module docstring); check it
+    with onnx.checker; return the .onnx path.
+
+    `external_data`: None decides by size (EXTERNAL_DATA_BYTES).  `source` ({"kind":
+    "preset", "preset", "seed"} or {"kind": "checkpoint", "path"}) tells `validate-onnx` where
+    the reference weights are; `tokenizer` (a train/tokenizer.py `info`) and `tokenizer_file`
+    are what `generate --onnx` decodes with.
+    """
+    import onnx
+
+    check_exportable(config)
+    if external_data is None:
+        external_data = 4 * param_count(config) >= EXTERNAL_DATA_BYTES
+    program = trace(config, params)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (out / MODEL_FILE, out / f"{MODEL_FILE}.data", out / TOKENIZER_FILE):
+        stale.unlink(missing_ok=True)
+    path = out / MODEL_FILE
+    program.save(path, external_data=external_data)
+    onnx.checker.check_model(str(path))  # the path form reads external data (and > 2 GB models)
+    (out / CONFIG_FILE).write_text(config.to_json() + "\n")
+    if tokenizer_file is not None:
+        shutil.copyfile(tokenizer_file, out / TOKENIZER_FILE)
+    info = manifest(config, external_data=external_data, source=source or {"kind": "params"}, tokenizer=tokenizer)
+    (out / MANIFEST_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return path
+
+
+def export_preset(name: str, seed: int, out: str | Path, *, external_data: bool | None = None) -> Path:
+    """Export tiny(name) with init_params(config, seed)."""
+    from spec.params import init_params
+    from spec.presets import tiny
+
+    config = tiny(name)
+    return export_onnx(config, init_params(config, seed), out, external_data=external_data,
+                       source={"kind": "preset", "preset": name, "seed": seed})
+
+
+def read_checkpoint(path: str | Path) -> tuple[Path, ModelConfig, dict[str, np.ndarray], dict | None]:
+    """(directory, config, params, tokenizer info) of an lmref checkpoint directory, or of a
+    training checkpoint or run directory (`lmref train`'s, whose trainer state names the
+    tokenizer)."""
+    from convert.checkpoint import load_checkpoint
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ExportError(f"{path}: no such checkpoint directory")
+    if (path / "trainer_state.json").is_file() or (path / "latest").is_file():
+        from train.checkpoint import load_model
+
+        directory, config, params, state = load_model(path)
+        return directory, config, params, state.get("tokenizer")
+    config, params = load_checkpoint(path)
+    return path, config, params, None
+
+
+def export_checkpoint(path: str | Path, out: str | Path, *, external_data: bool | None = None) -> Path:
+    """Export a checkpoint directory (see read_checkpoint), with its tokenizer when it has one."""
+    directory, config, params, tokenizer = read_checkpoint(path)
+    check_exportable(config)
+    tokenizer_file = directory / TOKENIZER_FILE
+    return export_onnx(config, params, out, external_data=external_data,
+                       source={"kind": "checkpoint", "path": str(directory.resolve())}, tokenizer=tokenizer,
+                       tokenizer_file=tokenizer_file if tokenizer_file.is_file() else None)

@@ -1,0 +1,74 @@
+"""Text generation with the exported graph: one prefill of the prompt from an empty past,
+then one token per step, each step fed the presents of the step before.
+
+Decoding is train/generate.py's (`next_token`: greedy at temperature 0, else top-k / top-p
+sampling from a seeded torch.Generator), so for a checkpoint and its export, the same
+settings and seed give the same tokens as `lmref generate --checkpoint` as long as the
+logits agree to float32 rounding (greedy decoding: tests/test_export_generate.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from export.bundle import Bundle, open_bundle
+from export.errors import BundleError
+from export.runtime import CPU, CUDA, DecoderSession, default_provider, open_session
+from spec.errors import InputError
+
+DEVICES = {"cpu": CPU, "cuda": CUDA}
+
+
+def generate(session: DecoderSession, prompt: list[int], max_new_tokens: int, *, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> list[int]:
+    """`max_new_tokens` token ids following `prompt`, decoded through the graph's KV cache."""
+    import torch
+
+    from train.generate import check_sampling, next_token
+
+    check_sampling(temperature, top_k, top_p)
+    if max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if not prompt:
+        raise InputError("the prompt is empty: the model has no start token, give it some text")
+    total = len(prompt) + max_new_tokens
+    if total > session.config.max_seq_len:
+        raise InputError(f"prompt ({len(prompt)} tokens) + --max-new-tokens ({max_new_tokens}) = {total} "
+                         f"exceeds the model's context max_seq_len {session.config.max_seq_len}")
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()  # a fresh, nondeterministic seed
+    else:
+        generator.manual_seed(seed)
+    mask = np.ones((1, total), np.int64)
+    logits, past = session.step(np.array([prompt], np.int64), mask[:, : len(prompt)], session.empty_past(1))
+    out: list[int] = []
+    for i in range(max_new_tokens):
+        token = int(next_token(torch.from_numpy(logits[:, -1]), temperature, top_k, top_p, generator)[0])
+        out.append(token)
+        if i + 1 < max_new_tokens:
+            logits, past = session.step(np.array([[token]], np.int64), mask[:, : len(prompt) + i + 1], past)
+    return out
+
+
+def load_tokenizer(bundle: Bundle):
+    """The tokenizer recorded at export time (a training checkpoint's), or BundleError."""
+    from train.tokenizer import load_tokenizer as load
+
+    info = bundle.manifest.get("tokenizer")
+    if not info:
+        raise BundleError(f"{bundle.root}: the export records no tokenizer (export a checkpoint written by "
+                          "`lmref train`, which names its tokenizer)")
+    return load(bundle.root, info)
+
+
+def load_onnx_generator(out: str | Path, device: str = "auto"):
+    """(DecoderSession, tokenizer) of an exported directory on `device` (auto, cpu, cuda)."""
+    bundle = open_bundle(out)
+    if device != "auto" and device not in DEVICES:
+        raise InputError(f"--device must be auto, cpu or cuda, got {device!r}")
+    provider = default_provider() if device == "auto" else DEVICES[device]
+    session = DecoderSession(open_session(bundle.model_path, provider), bundle.config)
+    return session, load_tokenizer(bundle)

@@ -1,0 +1,134 @@
+"""onnxruntime sessions on a chosen execution provider, checked to really run there, and the
+decoder's step function over the graph's own KV cache.
+
+Providers: the CPU everywhere, CUDA where `onnxruntime.get_available_providers()` lists it
+(the onnxruntime-gpu package).  onnxruntime falls back to the CPU silently when the CUDA
+libraries do not load (P13: microsoft/onnxruntime#23372, commaai/openpilot#31708), so a
+session is checked twice: `get_providers()` must start with the provider asked for, and
+with profiling on, the compute nodes (MatMul, Softmax, ...) must have run on it
+(`check_placement`; shape ops may legitimately stay on the CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from export.decoder import input_names, past_names
+from export.errors import ProviderError
+from spec.config import ModelConfig
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+# Nodes that must run on the requested provider; the rest (Shape, Gather of sizes, ...) may not.
+COMPUTE_OPS = frozenset({"MatMul", "Gemm", "Softmax", "LayerNormalization", "SimplifiedLayerNormalization",
+                         "FusedMatMul", "Einsum"})
+
+
+def available_providers() -> list[str]:
+    """The providers to run on here: CPU, and CUDA when onnxruntime offers it."""
+    import onnxruntime as ort
+
+    return [CPU] + ([CUDA] if CUDA in ort.get_available_providers() else [])
+
+
+def default_provider() -> str:
+    return available_providers()[-1]
+
+
+def open_session(path: str | Path, provider: str = CPU, *, profile_dir: str | Path | None = None,
+                 threads: int | None = None):
+    """An InferenceSession of `path` on `provider` (with the CPU behind CUDA for the nodes
+    CUDA has no kernel for); ProviderError unless `provider` is the one that took the graph.
+    `threads`: intra-op threads (default: onnxruntime's, one per core)."""
+    import onnxruntime as ort
+
+    if provider not in ort.get_available_providers():
+        raise ProviderError(f"{provider} is not available in this onnxruntime build "
+                            f"(available: {', '.join(ort.get_available_providers())})")
+    if provider == CUDA and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()  # CUDA / cuDNN from the nvidia-* wheels or torch (microsoft/onnxruntime#23744)
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    if profile_dir is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(profile_dir) / "ort_profile")
+    providers = [provider] if provider == CPU else [provider, CPU]
+    session = ort.InferenceSession(str(path), options, providers=providers)
+    ran = session.get_providers()
+    if not ran or ran[0] != provider:
+        raise ProviderError(f"asked for {provider} but the session runs on {', '.join(ran)}: onnxruntime fell back "
+                            "silently (P13; check the CUDA / cuDNN libraries onnxruntime-gpu needs, and that "
+                            "`onnxruntime` and `onnxruntime-gpu` are not both installed)")
+    return session
+
+
+def node_providers(profile_path: str | Path) -> Counter:
+    """Counter of (op type, provider) over the node events of an onnxruntime profile file."""
+    events = json.loads(Path(profile_path).read_text())
+    return Counter((e["args"]["op_name"], e["args"]["provider"]) for e in events
+                   if e.get("cat") == "Node" and "provider" in e.get("args", {}))
+
+
+def check_placement(placement: Counter, provider: str) -> None:
+    """ProviderError when a compute node (COMPUTE_OPS) ran elsewhere than on `provider`."""
+    elsewhere = sorted({f"{op} on {p}" for (op, p), n in placement.items() if op in COMPUTE_OPS and p != provider})
+    if elsewhere:
+        raise ProviderError(f"compute nodes did not run on {provider}: {', '.join(elsewhere)} (P13)")
+    if not any(op in COMPUTE_OPS for op, _ in placement):
+        raise ProviderError("the profile shows no compute node: cannot tell where the graph ran")
+
+
+def end_profile(session) -> Counter:
+    """Stop a profiling session; its node placement (the profile file is removed)."""
+    path = session.end_profiling()
+    try:
+        return node_providers(path)
+    finally:
+        os.remove(path)
+
+
+def positions_from_mask(attention_mask: np.ndarray) -> np.ndarray:
+    """[B, T] int64: cumsum - 1 clipped at 0, the position ids of left-padded rows (as
+    export/masks.py computes for the keys)."""
+    return np.clip(np.cumsum(attention_mask, axis=-1) - 1, 0, None).astype(np.int64)
+
+
+class DecoderSession:
+    """The exported decoder in onnxruntime: `step` runs the graph once, `past` is fed back."""
+
+    def __init__(self, session, config: ModelConfig):
+        self.session, self.config = session, config
+        self.past_names = past_names(config.n_layers)
+
+    def empty_past(self, batch: int) -> list[np.ndarray]:
+        """The first step's past: [B, n_kv_heads, 0, head_dim] per layer and kind."""
+        shape = (batch, self.config.n_kv_heads, 0, self.config.head_dim)
+        return [np.zeros(shape, np.float32) for _ in self.past_names]
+
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, past: list[np.ndarray],
+             position_ids: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(logits [B, S, V], presents) for input_ids [B, S] after `past`; attention_mask [B, P + S]
+        covers past and new tokens; position_ids default to positions_from_mask's last S."""
+        seq = input_ids.shape[1]
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask)[:, -seq:]  # [B, S]
+        values = [input_ids.astype(np.int64), attention_mask.astype(np.int64), position_ids.astype(np.int64), *past]
+        logits, *present = self.session.run(None, dict(zip(input_names(self.config.n_layers), values)))
+        return logits, present
+
+    def prefill_and_decode(self, tokens: np.ndarray, prompt_len: int) -> np.ndarray:
+        """Logits [B, S, V]: tokens[:, :prompt_len] in one step, then one token per step through
+        the graph's own cache (teacher-forced); no padding."""
+        batch, total = tokens.shape
+        mask = np.ones((batch, total), np.int64)
+        logits, past = self.step(tokens[:, :prompt_len], mask[:, :prompt_len], self.empty_past(batch))
+        steps = [logits]
+        for t in range(prompt_len, total):
+            logits, past = self.step(tokens[:, t : t + 1], mask[:, : t + 1], past)
+            steps.append(logits)
+        return np.concatenate(steps, axis=1)  # [B, S, V]

@@ -1,0 +1,174 @@
+"""`validate-onnx`: the exported graph in onnxruntime against the golden and the torch twin.
+
+The scenario is a batch of two rows with LEFT padding: row 0 has a prompt of `prompt_len`
+tokens, row 1 one of `prompt_len - pad` tokens behind `pad` padding slots (attention_mask 0,
+position ids cumsum(mask) - 1 clipped at 0).  The graph runs the prompt in one step from an
+empty past, then `steps` single-token steps, each fed the previous step's presents as its
+past (teacher-forced tokens).  The references compute each row UNPADDED on its own: the
+float64 golden (impl_numpy.forward on the whole row) and the float32 torch twin
+(Transformer.decode: its own static KV cache, the same prefill / step split).  Only real
+positions are compared, with conformance/metrics.py and the float32 tolerance row; the
+prefill and the decode steps are judged separately.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+import impl_numpy
+from conformance.metrics import Metrics, compare, describe, gate
+from conformance.tolerances import Tolerance, Tolerances
+from export.bundle import Bundle
+from export.runtime import DecoderSession, check_placement, end_profile, open_session
+from spec.config import ModelConfig
+
+DEFAULT_PAD, DEFAULT_STEPS = 3, 8
+
+
+def default_prompt_len(config: ModelConfig) -> int:
+    """11 tokens; past a RoPE scaling's original context, so that the scaling is active."""
+    scaling = config.rope_scaling
+    original = scaling.original_max_seq_len if scaling is not None else None
+    return 11 if original is None else original + 1
+
+
+@dataclass(frozen=True)
+class PaddedBatch:
+    """Row b: `pad[b]` padding slots, its prompt, then one teacher-forced token per step."""
+
+    prompts: list[np.ndarray]  # [len_b] real prompt tokens per row
+    decode: np.ndarray  # [B, steps]
+
+    @property
+    def width(self) -> int:
+        return max(len(p) for p in self.prompts)
+
+    def input_ids(self) -> np.ndarray:
+        """[B, width] prompts behind left padding (token 0: never attended to)."""
+        ids = np.zeros((len(self.prompts), self.width), np.int64)
+        for b, prompt in enumerate(self.prompts):
+            ids[b, self.width - len(prompt):] = prompt
+        return ids
+
+    def attention_mask(self) -> np.ndarray:
+        """[B, width]: 0 on the left padding, 1 on the prompt."""
+        return (np.arange(self.width)[None, :] >= self.width - np.array([len(p) for p in self.prompts])[:, None]).astype(np.int64)
+
+    def row(self, b: int) -> np.ndarray:
+        """[1, len_b + steps] row b unpadded: its prompt and decode tokens."""
+        return np.concatenate([self.prompts[b], self.decode[b]])[None]
+
+
+def left_padded_batch(config: ModelConfig, prompt_len: int, pad: int, steps: int, seed: int = 0) -> PaddedBatch:
+    """Random tokens: row 0 a prompt of prompt_len, row 1 of prompt_len - pad."""
+    if not 0 <= pad < prompt_len:
+        raise ValueError(f"--pad must be in [0, prompt length {prompt_len}), got {pad}")
+    if steps < 1 or prompt_len + steps > config.max_seq_len:
+        raise ValueError(f"prompt length {prompt_len} + {steps} decode steps must fit max_seq_len {config.max_seq_len}")
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(0, config.vocab_size, size=n) for n in (prompt_len, prompt_len - pad)]
+    return PaddedBatch(prompts, rng.integers(0, config.vocab_size, size=(2, steps)))
+
+
+def run_graph(session: DecoderSession, batch: PaddedBatch) -> list[np.ndarray]:
+    """Per row, logits [len_b + steps, V] of its real positions: the prefill from an empty
+    past, then each step on the presents of the step before."""
+    mask = batch.attention_mask()
+    logits, past = session.step(batch.input_ids(), mask, session.empty_past(len(batch.prompts)))
+    steps = []
+    for t in range(batch.decode.shape[1]):
+        mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int64)], axis=1)  # [B, T + 1]
+        step_logits, past = session.step(batch.decode[:, t : t + 1], mask, past)
+        steps.append(step_logits)
+    decoded = np.concatenate(steps, axis=1)  # [B, steps, V]
+    return [np.concatenate([logits[b, batch.width - len(p):], decoded[b]]) for b, p in enumerate(batch.prompts)]
+
+
+def golden_rows(config: ModelConfig, params: dict, batch: PaddedBatch) -> list[np.ndarray]:
+    """The float64 golden on each row alone: [len_b + steps, V] per row."""
+    return [impl_numpy.forward(config, params, batch.row(b))[0] for b in range(len(batch.prompts))]
+
+
+def torch_rows(config: ModelConfig, params: dict, batch: PaddedBatch) -> list[np.ndarray]:
+    """The float32 torch twin on each row alone, prefill then its own KV cache."""
+    from impl_torch import Transformer
+
+    model = Transformer.from_canonical(config, params).eval()
+    return [model.decode(batch.row(b), len(p))[0].numpy() for b, p in enumerate(batch.prompts)]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One comparison: `failed` lists the failed gates (empty: PASS)."""
+
+    provider: str
+    reference: str
+    phase: str
+    metrics: Metrics
+    failed: list[str]
+
+    def line(self) -> str:
+        verdict = "PASS" if not self.failed else "FAIL"
+        text = f"  {verdict} {self.phase} vs {self.reference}: {describe(self.metrics)}"
+        return text + "".join(f"\n       failed: {f}" for f in self.failed)
+
+
+def _stack(rows: list[np.ndarray], lengths: list[int], decode: bool) -> np.ndarray:
+    """The prompt positions (or the decode positions) of every row, as one [1, N, V] array."""
+    pieces = [r[n:] if decode else r[:n] for r, n in zip(rows, lengths)]
+    return np.concatenate(pieces)[None].astype(np.float64)  # [1, N, V]
+
+
+def _phases(out: list[np.ndarray], ref: list[np.ndarray], batch: PaddedBatch) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"prefill": (out, ref), "decode (N steps)": (out, ref)} over the real positions."""
+    lengths = [len(p) for p in batch.prompts]
+    return {phase: (_stack(out, lengths, decode), _stack(ref, lengths, decode))
+            for phase, decode in (("prefill", False), (f"decode ({batch.decode.shape[1]} steps)", True))}
+
+
+def compare_rows(provider: str, reference: str, out: list[np.ndarray], ref: list[np.ndarray],
+                 batch: PaddedBatch, tol: Tolerance) -> list[Check]:
+    """The prefill and the decode Check of the graph's rows `out` against a reference's."""
+    checks = []
+    for phase, (o, r) in _phases(out, ref, batch).items():
+        m = compare(o, r, tol)
+        checks.append(Check(provider, reference, phase, m, gate(m, tol)))
+    return checks
+
+
+def validate(bundle: Bundle, params: dict, providers: list[str], *, prompt_len: int | None = None,
+             pad: int = DEFAULT_PAD, steps: int = DEFAULT_STEPS, seed: int = 0,
+             log: Callable[[str], None] = print) -> list[Check]:
+    """Run the scenario on each provider; log and return every Check."""
+    import onnxruntime as ort
+
+    config = bundle.config
+    prompt_len = prompt_len or default_prompt_len(config)
+    batch = left_padded_batch(config, prompt_len, pad, steps, seed)
+    tol = Tolerances().row("float32")
+    log(f"validate-onnx {bundle.root}: {config.name}, opset {bundle.manifest['opset']}, batch 2 (row 1 left-padded "
+        f"by {pad}), prompt {prompt_len}, {steps} decode steps; onnxruntime {ort.__version__}")
+    log("metric indices [0, n, v]: n runs over the real positions of row 0, then of row 1")
+    references = {"golden (float64, rows unpadded)": golden_rows(config, params, batch),
+                  "torch (float32, rows unpadded)": torch_rows(config, params, batch)}
+    checks = []
+    for provider in providers:
+        with tempfile.TemporaryDirectory() as profile_dir:
+            session = open_session(bundle.model_path, provider, profile_dir=profile_dir)
+            out = run_graph(DecoderSession(session, config), batch)
+            placement = end_profile(session)
+        check_placement(placement, provider)
+        per_provider = Counter(provider for (_, provider) in placement.elements())
+        nodes = ", ".join(f"{p} {n}" for p, n in sorted(per_provider.items()))
+        log(f"{provider}: session providers {session.get_providers()}; node runs by provider: {nodes}")
+        for reference, ref in references.items():
+            for check in compare_rows(provider, reference, out, ref, batch, tol):
+                log(check.line())
+                checks.append(check)
+    return checks
+

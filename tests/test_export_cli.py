@@ -1,0 +1,119 @@
+"""`lmref export` and `lmref validate-onnx` end to end, and the bad input each refuses with a
+clear error: an unexportable config, a corrupted graph, a missing external-data file, a
+config.json that does not match the graph, weights the graph was not exported from."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxscript")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from convert.checkpoint import save_checkpoint  # noqa: E402
+from lmref.cli import main  # noqa: E402
+from spec import init_params, tiny  # noqa: E402
+from spec import config as spec_config  # noqa: E402
+
+ARCH = "llama2-70b"  # GQA with groups of 4; the other presets: tests/test_export_presets.py
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    """`lmref export --preset llama2-70b --seed 1 --external-data` (run once for the module)."""
+    out = tmp_path_factory.mktemp("export") / "llama2-70b-onnx"
+    assert main(["export", "--preset", ARCH, "--seed", "1", "--out", str(out), "--external-data"]) == 0
+    return out
+
+
+@pytest.fixture
+def copy(out, tmp_path):
+    """A copy of the export to damage."""
+    return shutil.copytree(out, tmp_path / "copy")
+
+
+def test_export_writes_the_graph_its_data_and_the_manifest(out):
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "export.json", "model.onnx", "model.onnx.data"]
+    manifest = json.loads((out / "export.json").read_text())
+    assert manifest["source"] == {"kind": "preset", "preset": ARCH, "seed": 1}
+    assert manifest["external_data"] is True and manifest["opset"] == 18 and manifest["tokenizer"] is None
+    assert manifest["versions"]["onnx"] == onnx.__version__
+    onnx.checker.check_model(str(out / "model.onnx"))  # the path form: reads the external data
+    assert (out / "model.onnx").stat().st_size < (out / "model.onnx.data").stat().st_size
+
+
+def test_validate_onnx_passes(out, capsys):
+    assert main(["validate-onnx", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "8 decode steps" in text and "left-padded by 3" in text
+    assert text.count("  PASS ") == 4 and "validate-onnx: PASS (4 of 4 checks passed" in text
+
+
+def test_validate_onnx_fails_on_other_weights(out, tmp_path, capsys):
+    config = tiny(ARCH)
+    save_checkpoint(tmp_path / "other", config, init_params(config, 2))
+    assert main(["validate-onnx", str(out), "--checkpoint", str(tmp_path / "other"), "--steps", "2"]) == 1
+    text = capsys.readouterr().out
+    assert "  FAIL prefill vs golden" in text and "failed: nmse" in text and "validate-onnx: FAIL" in text
+
+
+def _error(argv, capsys, status=2) -> str:
+    assert main(argv) == status
+    return capsys.readouterr().err
+
+
+def test_corrupted_graph(copy, capsys):
+    data = (copy / "model.onnx").read_bytes()
+    (copy / "model.onnx").write_bytes(data[: len(data) // 2])
+    err = _error(["validate-onnx", str(copy)], capsys)
+    assert "model.onnx: not a readable ONNX model, the file is corrupted or truncated" in err
+
+
+def test_missing_external_data(copy, capsys):
+    (copy / "model.onnx.data").unlink()
+    err = _error(["validate-onnx", str(copy)], capsys)
+    assert "model.onnx.data: missing external-data file named by model.onnx" in err
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("vocab_size", 300, "vocab_size: config.json 300, graph 251; logits have 251 entries per position, vocab_size is 300"),
+    ("n_heads", 4, "n_heads: config.json 4, graph 8"),
+    ("n_kv_heads", 4, "present keys are [batch, 2, seq, 16], config has n_kv_heads 4, head_dim 16"),
+])
+def test_config_that_does_not_match_the_graph(copy, capsys, field, value, message):
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps(config | {field: value}))
+    err = _error(["validate-onnx", str(copy)], capsys)
+    assert "config.json does not match the graph model.onnx" in err and message in err
+
+
+def test_not_an_export(tmp_path, capsys):
+    assert "no such directory" in _error(["validate-onnx", str(tmp_path / "nothing")], capsys)
+    assert "export.json: no such file" in _error(["validate-onnx", str(tmp_path)], capsys)
+
+
+def test_cuda_asked_for_where_onnxruntime_has_none(out, capsys):
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    err = _error(["validate-onnx", str(out), "--provider", "cuda"], capsys, status=1)
+    assert "onnxruntime has no CUDAExecutionProvider here" in err
+
+
+def test_unexportable_config_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(spec_config.IMPLEMENTED, "qk_norm", frozenset({"none", "per_head"}))
+    config = tiny("llama3", qk_norm="per_head")
+    save_checkpoint(tmp_path / "ckpt", config, init_params(config, 0))
+    err = _error(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "o")], capsys)
+    assert "the ONNX export does not implement llama3-tiny's qk_norm 'per_head'" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_usage_errors(tmp_path, capsys):
+    assert "unknown preset 'gpt5'" in _error(["export", "--preset", "gpt5", "--out", str(tmp_path / "o")], capsys)
+    assert "--seed goes with --preset" in _error(
+        ["export", "--checkpoint", str(tmp_path), "--seed", "1", "--out", str(tmp_path / "o")], capsys)
+    assert "no such file" in _error(["export", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o")], capsys)

@@ -1,0 +1,98 @@
+"""Every preset exports (dynamo, opset 18) and validates in onnxruntime against the golden and
+the torch twin: a left-padded prefill from an empty past, then 8 decode steps through the
+graph's own cache.  Each export takes seconds, so the default run keeps one preset per
+feature set and marks the rest slow:
+
+  gpt2        learned positions, LayerNorm with bias, tied head
+  llama3.1    RoPE halves with GQA, and the llama3 frequency scaling (validated past the
+              tiny config's original context, where the scaling is active)
+  olmo-alibi  ALiBi with 6 heads (not a power of two: the interleaved slopes; conformance
+              case_config)
+  olmo        the non-parametric LayerNorm
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxscript")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from conformance.cases import case_config  # noqa: E402
+from export.bundle import open_bundle  # noqa: E402
+from export.decoder import input_names, output_names  # noqa: E402
+from export.exporter import OPSET, TOTAL_DIM, export_onnx  # noqa: E402
+from export.runtime import CPU, DecoderSession, open_session  # noqa: E402
+from export.validate import DEFAULT_STEPS, default_prompt_len, validate  # noqa: E402
+from spec import PRESETS, init_params  # noqa: E402
+
+FAST = ["gpt2", "llama3.1", "olmo-alibi", "olmo"]
+SLOW = ["llama1", "llama2", "llama2-70b", "llama3", "mpt"]
+
+
+def test_every_preset_is_covered():
+    assert sorted(FAST + SLOW) == sorted(PRESETS)
+
+
+@pytest.fixture(scope="module", params=FAST + [pytest.param(n, marks=pytest.mark.slow) for n in SLOW])
+def exported(request, tmp_path_factory):
+    """(bundle, params) of case_config(arch) exported once for this module."""
+    config = case_config(request.param)
+    params = init_params(config, 7)
+    out = tmp_path_factory.mktemp(request.param)
+    export_onnx(config, params, out)
+    return open_bundle(out), params
+
+
+def _dims(value) -> list:
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+def test_graph_interface(exported):
+    bundle, _ = exported
+    c = bundle.config
+    model = onnx.load(str(bundle.model_path))
+    onnx.checker.check_model(str(bundle.model_path))
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [OPSET]
+    assert bundle.manifest["opset"] == OPSET and bundle.manifest["external_data"] is False
+    inputs = {v.name: _dims(v) for v in model.graph.input}
+    outputs = {v.name: _dims(v) for v in model.graph.output}
+    assert list(inputs) == input_names(c.n_layers) and list(outputs) == output_names(c.n_layers)
+    assert inputs["input_ids"] == inputs["position_ids"] == ["batch", "sequence"]
+    assert inputs["attention_mask"] == ["batch", TOTAL_DIM]
+    assert inputs["past_key_values.1.value"] == ["batch", c.n_kv_heads, "past_sequence", c.head_dim]
+    assert outputs["logits"] == ["batch", "sequence", c.vocab_size]
+    assert outputs["present.1.key"] == ["batch", c.n_kv_heads, TOTAL_DIM, c.head_dim]
+    assert json.loads(bundle.model_path.parent.joinpath("config.json").read_text()) == json.loads(c.to_json())
+
+
+def test_validates_against_the_golden_and_torch(exported):
+    bundle, params = exported
+    lines: list[str] = []
+    checks = validate(bundle, params, [CPU], log=lines.append)
+    assert [c.failed for c in checks] == [[]] * 4, "\n".join(lines)
+    assert [(c.reference.split()[0], c.phase) for c in checks] == [
+        ("golden", "prefill"), ("golden", f"decode ({DEFAULT_STEPS} steps)"),
+        ("torch", "prefill"), ("torch", f"decode ({DEFAULT_STEPS} steps)")]
+    scaling = bundle.config.rope_scaling
+    if scaling is not None:  # the sequence reaches past the original context: the scaling matters
+        assert default_prompt_len(bundle.config) + DEFAULT_STEPS > scaling.original_max_seq_len
+
+
+def test_one_graph_for_any_batch_and_past(exported):
+    """Batch 3 and 1, a 1-token prompt (sizes the trace never saw: P2), past 0 then 1 then 2."""
+    bundle, _ = exported
+    c = bundle.config
+    session = DecoderSession(open_session(bundle.model_path), c)
+    for batch in (3, 1):
+        tokens = np.arange(3 * batch).reshape(batch, 3) % c.vocab_size
+        full = session.prefill_and_decode(tokens, 3)
+        stepped = session.prefill_and_decode(tokens, 1)
+        np.testing.assert_allclose(stepped, full, atol=1e-4, rtol=1e-4)
+        _, present = session.step(tokens[:, :1], np.ones((batch, 1), np.int64), session.empty_past(batch))
+        assert present[0].shape == (batch, c.n_kv_heads, 1, c.head_dim)

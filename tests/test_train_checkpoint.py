@@ -1,0 +1,135 @@
+"""Training checkpoints: layout, exact resumption, damage reported by file name, and a process
+killed in the middle of a save leaving the previous checkpoint loadable."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+for _module in ("torch", "tokenizers", "matplotlib", "tqdm"):  # the `torch` and `train` extras
+    pytest.importorskip(_module)
+
+from convert import load_checkpoint
+from convert.errors import CheckpointError
+from train import checkpoint
+from train.checkpoint import PAUSE_ENV
+from tests.train_helpers import ROOT, TINY, copy_run, lmref, records, shared_run, subprocess_env
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return shared_run(tmp_path_factory)
+
+
+def test_layout(run_dir):
+    assert (run_dir / "latest").read_text().strip() == "step-000006"
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "latest", "loss.png", "metrics.jsonl", "step-000003", "step-000006"]
+    assert sorted(p.name for p in (run_dir / "step-000006").iterdir()) == [
+        "config.json", "optimizer.safetensors", "params.safetensors", "rng.safetensors", "trainer_state.json"]
+    state = json.loads((run_dir / "step-000006" / "trainer_state.json").read_text())
+    assert state["step"] == 6 and state["data"]["position"] == 6 * 8
+    assert state["run"]["arch"] == "gpt2" and state["tokenizer"] == {"kind": "byte", "vocab_size": 256}
+    config, params = load_checkpoint(run_dir / "step-000006")  # also a plain lmref checkpoint
+    assert config.vocab_size == 256 and params["embed.tokens"].dtype == np.float32
+
+
+def test_resume_reproduces_the_uninterrupted_losses_bit_for_bit(run_dir, tmp_path):
+    """The shared run went 6 steps in one go; this one stops after 2 and resumes twice."""
+    out = tmp_path / "run"
+    common = [*TINY, "--steps", "6", "--save-every", "3", "--eval-every", "3", "--out", out]
+    assert lmref("train", *common, "--stop-after", "2") == 0
+    assert lmref("train", "--resume", out, "--stop-after", "4", "--no-progress") == 0
+    assert lmref("train", "--resume", out / "step-000004", "--no-progress") == 0
+    for kind, key in (("train", "loss"), ("val", "val_loss")):
+        expected = [(r["step"], r[key]) for r in records(run_dir, kind)]
+        assert [(r["step"], r[key]) for r in records(out, kind)] == expected  # == on floats: bit for bit
+    _, a = load_checkpoint(run_dir / "step-000006")
+    _, b = load_checkpoint(out / "step-000006")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_keep_prunes_old_checkpoints(run_dir, tmp_path):
+    out = copy_run(run_dir, tmp_path / "run")
+    _, snap = checkpoint.load(out)
+    for step in (7, 8):
+        snap.state["step"] = step
+        checkpoint.save(out, snap, keep=2)
+    assert sorted(p.name for p in out.glob("step-*")) == ["step-000007", "step-000008"]
+    assert checkpoint.resolve(out).name == "step-000008"
+
+
+@pytest.mark.parametrize("victim, damage, message", [
+    ("params.safetensors", "truncate", "params.safetensors: corrupted or truncated"),
+    ("optimizer.safetensors", "flip", "optimizer.safetensors: corrupted or truncated"),
+    ("rng.safetensors", "delete", "rng.safetensors: missing"),
+    ("trainer_state.json", "truncate", "trainer_state.json: not readable JSON"),
+])
+def test_damaged_checkpoint_names_the_file(run_dir, tmp_path, capsys, victim, damage, message):
+    out = copy_run(run_dir, tmp_path / "run")
+    path = out / "step-000006" / victim
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        path.write_bytes(data[:-5] + bytes([data[-5] ^ 1]) + data[-4:])
+    else:
+        path.unlink()
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.load(out)
+    assert lmref("train", "--resume", out) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_and_foreign_directories(tmp_path, run_dir):
+    with pytest.raises(CheckpointError, match="no such checkpoint directory"):
+        checkpoint.load(tmp_path / "absent")
+    with pytest.raises(CheckpointError, match="not a training checkpoint or run directory"):
+        checkpoint.load(tmp_path)
+    out = copy_run(run_dir, tmp_path / "run")
+    (out / "latest").write_text("step-000099\n")
+    with pytest.raises(CheckpointError, match="names step-000099, which is not a complete checkpoint"):
+        checkpoint.load(out)
+
+
+def _wait_for(condition, timeout: float, what: str, process) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"training exited early ({process.returncode}) while waiting for {what}: "
+                                 f"{process.stderr.read()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    args = [*TINY, "--steps", "100", "--save-every", "2", "--eval-every", "100", "--out", out]
+    process = subprocess.Popen([sys.executable, "-m", "lmref.cli", "train", *map(str, args)], cwd=ROOT,
+                               env=subprocess_env(**{PAUSE_ENV: "0.4"}), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: (out / "latest").exists(), 90, "the first checkpoint", process)
+        # The second save has written some of its files to step-000004.tmp-PID, not all.
+        _wait_for(lambda: any(p.is_dir() and any(p.iterdir()) for p in out.glob("step-000004.tmp-*")), 30,
+                  "the second save to start", process)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGKILL
+    assert not (out / "step-000004" / "trainer_state.json").exists()
+    directory, snapshot = checkpoint.load(out)  # sha256-checked
+    assert directory.name == "step-000002" and snapshot.state["step"] == 2
+    assert lmref("train", "--resume", out, "--stop-after", "3", "--no-progress") == 0
+    assert checkpoint.resolve(out).name == "step-000003"
+    assert not list(out.glob("*.tmp-*"))  # the killed save's leftovers are gone
+    assert [r["step"] for r in records(out, "train")] == [1, 2, 3]

@@ -1,0 +1,100 @@
+"""`lmref train` on every preset, with a BPE tokenizer, and each kind of bad input refused
+with a clear message (exit code 2, nothing trained)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+for _module in ("torch", "tokenizers", "matplotlib", "tqdm"):  # the `torch` and `train` extras
+    pytest.importorskip(_module)
+
+from spec.presets import PRESETS
+from train.settings import model_config
+from tests.train_helpers import TINY, lmref, records, shared_run
+
+STEP = ["--steps", "1", "--seq-len", "16", "--batch-size", "2", "--eval-batches", "1", "--no-progress"]
+
+
+@pytest.mark.parametrize("arch", sorted(PRESETS))
+def test_every_preset_trains(arch, tmp_path):
+    assert lmref("train", "--arch", arch, *STEP, "--out", tmp_path / "run") == 0
+    (run,) = records(tmp_path / "run", "run")
+    assert run["config"]["vocab_size"] == 256 and run["arch"] == arch
+    assert records(tmp_path / "run", "train")[0]["loss"] > 0
+
+
+def test_size_flags(tmp_path):
+    assert lmref("train", "--arch", "llama3", "--d-model", "96", "--n-heads", "6", "--n-layers", "1",
+                 "--max-seq-len", "64", *STEP, "--out", tmp_path / "run") == 0
+    config = records(tmp_path / "run", "run")[0]["config"]
+    assert (config["d_model"], config["n_heads"], config["head_dim"], config["n_layers"]) == (96, 6, 16, 1)
+    assert config["n_kv_heads"] == 1 and config["max_seq_len"] == 64  # tiny llama3: 4 query heads per KV head
+    assert model_config("gpt2", {"d_model": 128}, 256).d_ff == 512  # GPT-2's d_ff = 4 d_model
+
+
+def test_bpe_tokenizer_is_saved_and_used(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert lmref("train", "--arch", "llama3", "--tokenizer", "bpe", "--vocab-size", "320", *STEP,
+                 "--out", out) == 0
+    assert records(out, "run")[0]["config"]["vocab_size"] == 320
+    assert json.loads((out / "step-000001" / "trainer_state.json").read_text())["tokenizer"]["kind"] == "bpe"
+    assert (out / "step-000001" / "tokenizer.json").is_file()
+    capsys.readouterr()
+    assert lmref("generate", "--checkpoint", out, "--prompt", "The ", "--max-new-tokens", "5", "--seed", "0") == 0
+    assert capsys.readouterr().out.startswith("The ")
+
+
+def _refused(capsys, *args) -> str:
+    assert lmref("train", *args) == 2
+    return capsys.readouterr().err
+
+
+def test_unknown_preset_lists_the_known_ones(capsys):
+    err = _refused(capsys, "--arch", "llama9", *STEP)
+    assert "--arch 'llama9': unknown preset; known presets: gpt2, llama1" in err and "olmo-alibi" in err
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "the file is empty"),
+    (b"short text, not nearly enough for a batch\n" * 3, "one batch needs 2"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary file (NUL byte at offset 8)"),
+    ("Größe".encode("latin-1") * 100, "not UTF-8 text (byte 0xf6 at offset 2"),
+])
+def test_bad_data_files(tmp_path, capsys, content, message):
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(content)
+    err = _refused(capsys, "--arch", "gpt2", "--data", path, *STEP, "--out", tmp_path / "run")
+    assert str(path) in err and message in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_file(tmp_path, capsys):
+    assert "no such file" in _refused(capsys, "--arch", "gpt2", "--data", tmp_path / "nope.txt", *STEP)
+
+
+def test_resume_of_another_architecture(tmp_path_factory, capsys):
+    run_dir = shared_run(tmp_path_factory)  # a gpt2 run
+    err = _refused(capsys, "--resume", run_dir, "--arch", "llama3")
+    assert "the checkpoint is a 'gpt2' run" in err and "another architecture" in err
+    err = _refused(capsys, "--resume", run_dir, "--d-model", "128")
+    assert "--d-model 128 differs from the checkpoint's d_model 64" in err
+    assert "--lr 0.5 differs from the checkpoint's 0.003" in _refused(capsys, "--resume", run_dir, "--lr", "0.5")
+
+
+def test_missing_checkpoint_dir(tmp_path, capsys):
+    err = _refused(capsys, "--resume", tmp_path / "no-such-run")
+    assert f"{tmp_path / 'no-such-run'}: no such checkpoint directory" in err
+
+
+def test_other_refusals(tmp_path_factory, tmp_path, capsys):
+    assert "--arch is required for a new run" in _refused(capsys, *STEP)
+    run_dir = shared_run(tmp_path_factory)
+    assert "already holds a run" in _refused(capsys, *TINY, "--out", run_dir)
+    assert "--seq-len 2048 exceeds the model's context" in _refused(
+        capsys, "--arch", "gpt2", "--steps", "1", "--seq-len", "2048", "--out", tmp_path / "a")
+    assert "n_kv_heads" in _refused(capsys, "--arch", "llama3", "--n-heads", "6", "--n-kv-heads", "4", *STEP,
+                                    "--out", tmp_path / "b")
+    assert "--eval-every must be an integer >= 1" in _refused(capsys, "--arch", "gpt2", "--eval-every", "0", *STEP,
+                                                              "--out", tmp_path / "c")

@@ -1,0 +1,71 @@
+"""Generation: KV-cache decoding equals the full forward, seeds reproduce, filters filter."""
+
+from __future__ import annotations
+
+import pytest
+
+for _module in ("torch", "tokenizers", "matplotlib", "tqdm"):  # the `torch` and `train` extras
+    pytest.importorskip(_module)
+
+import torch
+
+from train.errors import TrainError
+from train.generate import filter_logits, generate, load_generator
+from tests.train_helpers import lmref, one_thread, shared_run
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    model, tokenizer, _ = load_generator(shared_run(tmp_path_factory), "cpu")
+    return model, tokenizer
+
+
+def test_greedy_is_the_argmax_of_the_full_forward_at_every_step(loaded):
+    model, tokenizer = loaded
+    prompt = tokenizer.encode("The try statement").tolist()
+    with one_thread():
+        out = generate(model, prompt, 24, temperature=0)
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + out]))[0]  # [S, vocab], no cache
+    predicted = logits[len(prompt) - 1 : -1].argmax(dim=-1).tolist()  # position t predicts t + 1
+    assert predicted == out
+
+
+def test_same_seed_same_text(loaded):
+    model, tokenizer = loaded
+    prompt = tokenizer.encode("Assert statements").tolist()
+    with one_thread():
+        a, b, c = (generate(model, prompt, 40, temperature=1.0, top_k=50, top_p=0.95, seed=s) for s in (7, 7, 8))
+    assert a == b and a != c
+
+
+def test_top_k_and_top_p_filters():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isfinite(filter_logits(logits, top_k=2)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.79)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.81)).tolist() == [[True, True, True, False]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.1)).tolist() == [[True, False, False, False]]
+    shuffled = logits[:, [2, 0, 3, 1]]
+    assert torch.isfinite(filter_logits(shuffled, top_k=3, top_p=0.7)).tolist() == [[False, True, False, True]]
+
+
+def test_generation_errors(loaded):
+    model, tokenizer = loaded
+    with pytest.raises(TrainError, match="the prompt is empty"):
+        generate(model, [], 5)
+    with pytest.raises(TrainError, match="exceeds the model's context max_seq_len 1024"):
+        generate(model, [65] * 1000, 100)
+    with pytest.raises(TrainError, match="--top-p must be in"):
+        generate(model, [65], 5, top_p=1.5)
+
+
+def test_generate_command(tmp_path_factory, capsys):
+    run_dir = shared_run(tmp_path_factory)
+    capsys.readouterr()
+    args = ["generate", "--checkpoint", run_dir, "--prompt", "The ", "--max-new-tokens", "30", "--seed", "3"]
+    assert lmref(*args) == 0
+    first = capsys.readouterr().out
+    assert lmref(*args) == 0
+    assert capsys.readouterr().out == first and first.startswith("The ")
+    assert lmref("generate", "--checkpoint", run_dir / "absent", "--prompt", "x") == 2
+    assert "no such checkpoint directory" in capsys.readouterr().err

@@ -1,0 +1,234 @@
+"""Training checkpoints: everything a run needs to continue bit for bit, nothing pickled.
+
+A run directory (`--out`) holds numbered checkpoints and a pointer to the newest complete one:
+
+    RUN/latest                      "step-000300": the name of the newest complete checkpoint
+    RUN/step-000300/
+        config.json                 ModelConfig        } an lmref checkpoint (convert/checkpoint.py):
+        params.safetensors          canonical params   } `lmref convert --to-hf` reads this directory
+        optimizer.safetensors       AdamW state per parameter: "{name}/exp_avg", "/exp_avg_sq", "/step"
+        rng.safetensors             "torch_cpu" (and "torch_cuda" on a GPU): rank 0's generator states, uint8
+        tokenizer.json              the BPE tokenizer (BPE runs only)
+        trainer_state.json          format, step, data position and corpus sha256, run settings,
+                                    saved options, tokenizer, the optimizer's scalar state (param
+                                    groups), world size, torch version, the sha256 of every other file
+
+Writing is atomic: the files go to `step-N.tmp-<pid>/`, each is fsync'ed, trainer_state.json
+last; the directory is renamed to `step-N/`, then `latest` is replaced (write `latest.tmp`,
+fsync, os.replace).  A process killed at any point leaves `latest` naming the previous,
+complete checkpoint; leftover `*.tmp-*` directories are removed by the next save.  Loading
+checks every file's sha256, so a truncated or altered file is reported by name.
+
+The NumPy and Python RNGs are not used by training (the data order is a pure function of the
+seed and the data position), so only torch's generator states are saved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from convert.checkpoint import CONFIG_FILE, PARAMS_FILE, load_checkpoint, save_checkpoint
+from convert.errors import CheckpointError
+from spec.config import ModelConfig
+
+STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+RNG_FILE = "rng.safetensors"
+LATEST = "latest"
+FORMAT = "lmref-train-checkpoint"
+FORMAT_VERSION = 1
+# Test hook: seconds to sleep after each file written, so a test can kill a process mid-save.
+PAUSE_ENV = "LMREF_TRAIN_SAVE_PAUSE"
+
+
+@dataclass
+class Snapshot:
+    """What one checkpoint holds (the tensors already on the CPU)."""
+
+    config: ModelConfig
+    params: dict[str, np.ndarray]  # canonical layout
+    optimizer: dict[str, torch.Tensor]  # flattened "{name}/{key}"
+    rng: dict[str, torch.Tensor]
+    state: dict  # trainer_state.json without "files"
+    tokenizer_files: dict[str, str]  # file name -> text (tokenizer.json of a BPE run)
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _written(path: Path) -> None:
+    """Make a just-written file durable (and pause for the kill-during-save test)."""
+    _fsync(path)
+    pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
+    if pause:
+        time.sleep(pause)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    _fsync(tmp)
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def save(run_dir: str | Path, snapshot: Snapshot, keep: int = 2) -> Path:
+    """Write `snapshot` as RUN/step-{step:06d}/, point RUN/latest at it, keep the newest
+    `keep` checkpoints.  Returns the checkpoint directory."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    name = f"step-{snapshot.state['step']:06d}"
+    for stale in run_dir.glob("step-*.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = run_dir / f"{name}.tmp-{os.getpid()}"
+    tmp.mkdir()
+    save_checkpoint(tmp, snapshot.config, snapshot.params)
+    for written in (CONFIG_FILE, PARAMS_FILE):
+        _written(tmp / written)
+    save_file(snapshot.optimizer, str(tmp / OPTIMIZER_FILE), metadata={"format": FORMAT})
+    _written(tmp / OPTIMIZER_FILE)
+    save_file(snapshot.rng, str(tmp / RNG_FILE), metadata={"format": FORMAT})
+    _written(tmp / RNG_FILE)
+    for file_name, text in snapshot.tokenizer_files.items():
+        (tmp / file_name).write_text(text, encoding="utf-8")
+        _written(tmp / file_name)
+    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+    state = {"format": FORMAT, "format_version": FORMAT_VERSION} | snapshot.state | {"files": files}
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+    _written(tmp / STATE_FILE)
+    _fsync(tmp)
+    final = run_dir / name
+    if final.exists():  # left by a run killed after the rename and before `latest` moved on
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync(run_dir)
+    _write_text_atomic(run_dir / LATEST, name + "\n")
+    _prune(run_dir, keep)
+    return final
+
+
+def _prune(run_dir: Path, keep: int) -> None:
+    """Remove all but the newest `keep` complete checkpoints (never the one `latest` names)."""
+    latest = (run_dir / LATEST).read_text().strip()
+    done = sorted((p for p in run_dir.glob("step-*") if p.is_dir() and p.name[5:].isdigit()),
+                  key=lambda p: int(p.name[5:]))
+    for old in done[: max(0, len(done) - keep)]:
+        if old.name != latest:
+            shutil.rmtree(old)
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint directory: `path` itself, or the one a run directory's `latest` names."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    if (path / STATE_FILE).is_file():
+        return path
+    if (path / LATEST).is_file():
+        target = path / (path / LATEST).read_text().strip()
+        if not (target / STATE_FILE).is_file():
+            raise CheckpointError(f"{path / LATEST}: names {target.name}, which is not a complete checkpoint "
+                                  f"(no {target / STATE_FILE})")
+        return target
+    if (path / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{path}: an lmref model checkpoint without {STATE_FILE}; training and "
+                              "generation need a checkpoint written by `lmref train`")
+    raise CheckpointError(f"{path}: not a training checkpoint or run directory (no {STATE_FILE} or {LATEST})")
+
+
+def _read_state(directory: Path) -> dict:
+    path = directory / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not readable JSON ({e}); the checkpoint is damaged") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: not an {FORMAT} of format version {FORMAT_VERSION}")
+    return state
+
+
+# Entries of trainer_state.json that resuming reads.
+_REQUIRED = (("step",), ("run",), ("tokenizer",), ("options",), ("data", "position"), ("data", "sha256"),
+             ("optimizer", "param_groups"))
+
+
+def _check_entries(path: Path, state: dict) -> None:
+    for keys in _REQUIRED:
+        value = state
+        for key in keys:
+            if not isinstance(value, dict) or key not in value:
+                raise CheckpointError(f"{path}: no {'.'.join(keys)} entry; the checkpoint is damaged")
+            value = value[key]
+
+
+def _verify(directory: Path, files: dict[str, str]) -> None:
+    for file_name, expected in files.items():
+        path = directory / file_name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing (listed in {STATE_FILE})")
+        if _sha256(path) != expected:
+            raise CheckpointError(f"{path}: corrupted or truncated (sha256 differs from {STATE_FILE})")
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def load(path: str | Path) -> tuple[Path, Snapshot]:
+    """(checkpoint directory, its snapshot), every file checked against its sha256."""
+    directory = resolve(path)
+    state = _read_state(directory)
+    files = state.pop("files", None)
+    if not isinstance(files, dict) or not {CONFIG_FILE, PARAMS_FILE, OPTIMIZER_FILE, RNG_FILE} <= set(files):
+        raise CheckpointError(f"{directory / STATE_FILE}: no complete file list; the checkpoint is damaged")
+    _check_entries(directory / STATE_FILE, state)
+    _verify(directory, files)
+    config, params = load_checkpoint(directory)
+    optimizer = _load_tensors(directory / OPTIMIZER_FILE)
+    rng = _load_tensors(directory / RNG_FILE)
+    if "torch_cpu" not in rng:
+        raise CheckpointError(f"{directory / RNG_FILE}: no torch_cpu generator state")
+    return directory, Snapshot(config, params, optimizer, rng, state, tokenizer_files={})
+
+
+def load_model(path: str | Path) -> tuple[Path, ModelConfig, dict[str, np.ndarray], dict]:
+    """(directory, config, params, trainer state) for generation: no optimizer tensors read."""
+    directory = resolve(path)
+    state = _read_state(directory)
+    files = state.pop("files", {})
+    _verify(directory, {k: v for k, v in files.items() if k not in (OPTIMIZER_FILE, RNG_FILE)})
+    config, params = load_checkpoint(directory)
+    return directory, config, params, state

@@ -1,0 +1,137 @@
+"""`lmref train` and `lmref generate`: argparse wiring (lmref/cli.py registers them with
+`add_commands`).  Nothing heavy is imported until a command runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from train.settings import SIZE_FIELDS as SIZE_FLAGS
+
+RUN_FLAGS = {  # RunSettings fields: (type, help); None (not given) means default / the checkpoint's
+    "data": (str, "a UTF-8 text file (default: pydoc_data, CPython's embedded help texts)"),
+    "tokenizer": (str, "byte (default, 256 ids) or bpe (trained on the corpus, saved with the checkpoint)"),
+    "vocab_size": (int, "with --tokenizer bpe: the BPE vocabulary size (> 256)"),
+    "seq_len": (int, "tokens per training sequence (default 128)"),
+    "batch_size": (int, "sequences per optimizer step over all processes (default 16)"),
+    "steps": (int, "optimizer steps (default 300)"),
+    "lr": (float, "peak learning rate (default 3e-3)"),
+    "min_lr": (float, "learning rate at the end of the cosine decay (default lr / 10)"),
+    "warmup": (int, "linear warmup steps (default 30)"),
+    "weight_decay": (float, "AdamW weight decay of the matrices (default 0.1)"),
+    "beta1": (float, "AdamW beta1 (default 0.9)"),
+    "beta2": (float, "AdamW beta2 (default 0.95)"),
+    "adam_eps": (float, "AdamW epsilon (default 1e-8)"),
+    "clip": (float, "max gradient norm, 0: no clipping (default 1.0)"),
+    "seed": (int, "init and data-order seed (default 0)"),
+    "val_fraction": (float, "the corpus's last fraction held out for validation (default 0.1)"),
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a model of a preset's architecture on a text corpus",
+        description="Train tiny(ARCH) (every flag of the preset, small sizes; override them with the size "
+                    "flags) on the embedded corpus or --data.  Several processes: torchrun --nproc_per_node=N "
+                    "-m lmref.cli train ...  A run directory holds metrics.jsonl, loss.png and step-N "
+                    "checkpoints (see README, Training).")
+    p.add_argument("--arch", help="preset id (`lmref presets` lists them); required unless --resume")
+    for name, (kind, text) in RUN_FLAGS.items():
+        p.add_argument(_flag(name), type=kind, help=text)
+    sizes = p.add_argument_group("model size (default: tiny(ARCH); sizes not given follow the ones given)")
+    for name in SIZE_FLAGS:
+        sizes.add_argument(_flag(name), type=int)
+    how = p.add_argument_group("how to run (may change on --resume; unset: the resumed run's values)")
+    how.add_argument("--out", help="run directory (default: runs/ARCH for a new run, the checkpoint's run on --resume)")
+    how.add_argument("--resume", metavar="DIR", help="continue the run in DIR (a run directory or a step-N checkpoint)")
+    how.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    how.add_argument("--grad-accum", type=int, help="micro-batches per process per step (default 1)")
+    how.add_argument("--fsdp", action="store_true",
+                     help="shard params, grads and optimizer state (FSDP2; needs torchrun)")
+    how.add_argument("--bf16", action=argparse.BooleanOptionalAction,
+                     help="bfloat16 autocast (default: on for CUDA devices with bf16, off on the CPU)")
+    how.add_argument("--compile", action="store_true", help="torch.compile the model")
+    how.add_argument("--eval-every", type=int, help="validate every N steps and at the end (default 50)")
+    how.add_argument("--eval-batches", type=int, help="validation batches per evaluation (default 4)")
+    how.add_argument("--save-every", type=int, help="checkpoint every N steps and at the end (default 100)")
+    how.add_argument("--keep", type=int, help="checkpoints kept (default 2)")
+    how.add_argument("--stop-after", type=int, metavar="STEP",
+                     help="stop at step STEP with a checkpoint (resume later)")
+    how.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_train)
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate text from a training checkpoint (KV-cache decoding)",
+                       description="Prefill the prompt, then sample one token at a time through the KV cache.")
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="a run directory or one of its step-N checkpoints")
+    p.add_argument("--prompt", required=True, help="the text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default 200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0: greedy (default 0.8)")
+    p.add_argument("--greedy", action="store_true", help="argmax decoding (same as --temperature 0)")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, help="sample among the most likely tokens holding probability p")
+    p.add_argument("--seed", type=int, help="sampling seed: the same seed gives the same text")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(run=cmd_generate)
+
+
+def add_commands(sub) -> None:
+    """Register `train` and `generate` on lmref's subparsers."""
+    _add_train(sub)
+    _add_generate(sub)
+
+
+def _fail(command: str, error: Exception) -> int:
+    print(f"lmref {command}: error: {error}", file=sys.stderr)
+    return 2
+
+
+def _known_errors() -> tuple[type[Exception], ...]:
+    from convert.errors import CheckpointError
+    from spec.config import ConfigError
+    from spec.errors import InputError
+    from train.errors import TrainError
+
+    return TrainError, CheckpointError, ConfigError, InputError
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from train.session import Options, train
+
+    flags = {name: getattr(args, name) for name in ("arch", *RUN_FLAGS)}
+    sizes = {name: getattr(args, name) for name in SIZE_FLAGS}
+    options = Options(
+        out=args.out, resume=args.resume, device=args.device, fsdp=args.fsdp, bf16=args.bf16,
+        compile=args.compile, stop_after=args.stop_after, progress=not args.no_progress,
+        grad_accum=args.grad_accum, eval_every=args.eval_every, eval_batches=args.eval_batches,
+        save_every=args.save_every, keep=args.keep)
+    try:
+        summary = train(flags, sizes, options)
+    except _known_errors() as e:
+        return _fail("train", e)
+    if "checkpoint" in summary:  # rank 0
+        print(f"step {summary['step']}: train loss {summary.get('loss', float('nan')):.4f}, "
+              f"val loss {summary.get('val_loss', float('nan')):.4f} (unigram baseline "
+              f"{summary['unigram_baseline']:.4f}), {summary.get('tokens_per_s', 0):,.0f} tokens/s")
+        print(f"checkpoint {summary['checkpoint']}\nplot {summary['plot']}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from train.generate import generate, load_generator
+
+    try:
+        model, tokenizer, _ = load_generator(args.checkpoint, args.device)
+        ids = generate(model, [int(i) for i in tokenizer.encode(args.prompt)], args.max_new_tokens,
+                       temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, seed=args.seed)
+    except _known_errors() as e:
+        return _fail("generate", e)
+    print(args.prompt + tokenizer.decode(ids))
+    return 0

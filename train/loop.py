@@ -1,0 +1,174 @@
+"""The training step and loop: AdamW with linear warmup and cosine decay, gradient clipping,
+gradient accumulation, bfloat16 autocast, periodic validation and checkpoints.
+
+One optimizer step consumes one global batch of `batch_size` windows: each of the
+`world_size` processes takes its block of rows and cuts it into `accum` micro-batches.  Each
+micro-batch loss (the mean next-token cross-entropy, as `Transformer.loss`) is divided by
+`accum` before backward; DDP / FSDP average the gradients over processes; so the gradient is
+that of the global batch's mean loss whatever the split.  `train_step` is the function both
+`lmref train` and benchmarks/bench_train.py time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from impl_torch import Transformer
+from spec.config import ModelConfig
+from train.data import BatchStream, shard
+from train.distributed import Dist, as_local, gradient_sync, mean_over_ranks, wrap
+from train.errors import TrainError
+from train.settings import RunSettings
+
+
+@dataclass
+class Trainer:
+    """A model ready to train and its optimizer, on this process's device."""
+
+    core: Transformer  # the module (its parameters are sharded DTensors under FSDP)
+    model: nn.Module  # core wrapped for data parallelism (DDP, FSDP) or core itself
+    forward: Callable  # model, or torch.compile(model)
+    optimizer: torch.optim.AdamW
+    run: RunSettings
+    dist: Dist
+    accum: int  # micro-batches per process per step
+    autocast: bool  # bfloat16 autocast of the forward pass
+    fsdp: bool
+    step: int = 0  # optimizer steps done
+
+
+def bf16_default(device: torch.device) -> bool:
+    """Autocast to bfloat16 by default on CUDA devices that support it, never on the CPU."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def make_optimizer(model: nn.Module, run: RunSettings, device: torch.device) -> torch.optim.AdamW:
+    """AdamW decaying the matrices (embeddings, projections, head), not norms and biases."""
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": run.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=run.lr, betas=(run.beta1, run.beta2), eps=run.adam_eps,
+                             fused=device.type == "cuda")
+
+
+def build_trainer(config: ModelConfig, params: dict[str, np.ndarray], run: RunSettings, d: Dist, *,
+                  accum: int = 1, fsdp: bool = False, bf16: bool | None = None, compile: bool = False) -> Trainer:
+    """A `Trainer` for `params` (canonical layout), wrapped for `d`'s processes."""
+    if accum < 1 or run.batch_size % (d.world_size * accum):
+        raise TrainError(f"--batch-size {run.batch_size} must be a multiple of processes x --grad-accum "
+                         f"= {d.world_size} x {accum}: every micro-batch holds the same number of sequences")
+    if bf16 and d.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise TrainError("--bf16: this CUDA device does not support bfloat16")
+    core = Transformer.from_canonical(config, params)  # float32 master weights, on the CPU
+    model = wrap(core, d, fsdp)
+    forward = torch.compile(model) if compile else model
+    optimizer = make_optimizer(model, run, d.device)
+    autocast = bf16_default(d.device) if bf16 is None else bf16
+    return Trainer(core, model, forward, optimizer, run, d, accum, autocast, fsdp)
+
+
+def lr_at(step: int, run: RunSettings) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warmup to `lr` over `warmup`
+    steps, then cosine decay to `min_lr` at the last step."""
+    if step < run.warmup:
+        return run.lr * (step + 1) / run.warmup
+    progress = min(1.0, (step - run.warmup) / max(1, run.steps - 1 - run.warmup))
+    return run.min_lr + 0.5 * (run.lr - run.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def micro_loss(trainer: Trainer, tokens: np.ndarray) -> torch.Tensor:
+    """Mean next-token cross-entropy of windows [b, T + 1] (float32, a 0-d tensor)."""
+    tokens = torch.from_numpy(tokens).to(trainer.dist.device, non_blocking=True)
+    with torch.autocast(trainer.dist.device.type, dtype=torch.bfloat16, enabled=trainer.autocast):
+        logits = trainer.forward(tokens[:, :-1])  # [b, T, vocab]
+    return F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())  # over b * T targets
+
+
+def train_step(trainer: Trainer, micro_batches: list[np.ndarray]) -> dict[str, float]:
+    """One optimizer step on this process's micro-batches; {"loss", "grad_norm", "lr"} with
+    the loss averaged over the global batch (all processes)."""
+    lr = lr_at(trainer.step, trainer.run)
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = lr
+    total = torch.zeros((), device=trainer.dist.device)
+    for i, tokens in enumerate(micro_batches):
+        with gradient_sync(trainer.model, enabled=i == len(micro_batches) - 1):
+            loss = micro_loss(trainer, tokens)
+            (loss / len(micro_batches)).backward()
+        total += loss.detach()
+    max_norm = trainer.run.clip if trainer.run.clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), max_norm)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.step += 1
+    loss = mean_over_ranks(total / len(micro_batches), trainer.dist)
+    return {"loss": loss.item(), "grad_norm": as_local(grad_norm).item(), "lr": lr}
+
+
+@torch.no_grad()
+def evaluate(trainer: Trainer, batches: list[np.ndarray]) -> float:
+    """Mean loss over validation global batches (each process takes its share)."""
+    d = trainer.dist
+    total, count = torch.zeros((), device=d.device), 0
+    for batch in batches:
+        for tokens in shard(batch, d.rank, d.world_size, trainer.accum):
+            total += micro_loss(trainer, tokens)
+            count += 1
+    return mean_over_ranks(total / count, d).item()
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """How often the loop validates and saves, and where it stops."""
+
+    eval_every: int
+    save_every: int
+    stop_after: int | None = None  # stop (with a checkpoint) after this many steps in total
+    progress: bool = True
+
+
+def fit(trainer: Trainer, stream: BatchStream, val_batches: list[np.ndarray], options: LoopOptions,
+        log: Callable[[dict], None], save: Callable[[], None]) -> dict:
+    """Train until the last step (or `stop_after`), logging every metric through `log`,
+    validating every `eval_every` steps and at the end, saving every `save_every` steps and
+    at the stop.  Returns the last metrics."""
+    from tqdm.auto import tqdm
+
+    run, d = trainer.run, trainer.dist
+    last = run.steps if options.stop_after is None else min(run.steps, options.stop_after)
+    tokens_per_step = run.batch_size * run.seq_len
+    summary: dict = {"step": trainer.step}
+    if trainer.step >= last and d.is_main:
+        print(f"lmref train: nothing to train: the run is at step {trainer.step} (last step {last})", flush=True)
+    if trainer.step == 0:
+        summary["val_loss"] = evaluate(trainer, val_batches)
+        log({"kind": "val", "step": 0, "val_loss": summary["val_loss"]})
+    bar = tqdm(total=run.steps, initial=trainer.step, unit="step", dynamic_ncols=True,
+               disable=not (d.is_main and options.progress))
+    busy, done = 0.0, 0
+    while trainer.step < last:
+        start = time.perf_counter()
+        metrics = train_step(trainer, shard(stream.next_batch(), d.rank, d.world_size, trainer.accum))
+        seconds = time.perf_counter() - start
+        busy, done = busy + seconds, done + 1
+        summary |= {"step": trainer.step, **metrics, "tokens_per_s": done * tokens_per_step / busy}
+        log({"kind": "train", "step": trainer.step, **metrics, "tokens": trainer.step * tokens_per_step,
+             "tokens_per_s": tokens_per_step / seconds, "epoch": stream.epoch})
+        if trainer.step % options.eval_every == 0 or trainer.step == run.steps:
+            summary["val_loss"] = evaluate(trainer, val_batches)
+            log({"kind": "val", "step": trainer.step, "val_loss": summary["val_loss"]})
+        if trainer.step % options.save_every == 0 or trainer.step == last:
+            save()
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", val=f"{summary.get('val_loss', math.nan):.3f}",
+                        tok_s=f"{summary['tokens_per_s']:,.0f}", refresh=False)
+    bar.close()
+    return summary

@@ -1,0 +1,208 @@
+"""`lmref train` from start to end: settings, corpus, tokenizer, model, resumption, the loop,
+checkpoints, the log and the plot.  `train(...)` is what the command line calls."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from convert.errors import CheckpointError
+from spec.config import ModelConfig
+from spec.params import init_params, param_count
+from train import checkpoint
+from train.data import BatchStream, Windows, load_corpus, split, unigram_cross_entropy, validation_batches
+from train.distributed import Dist, barrier, broadcast_text, setup, teardown
+from train.errors import TrainError
+from train.loop import LoopOptions, Trainer, build_trainer, fit
+from train.metrics import METRICS_FILE, MetricsLog, read_metrics
+from train.plot import PLOT_FILE, plot_losses
+from train.settings import RunSettings, check_fits, check_sizes, model_config, new_settings, resumed_settings
+from train.state import canonical_params, load_optimizer, optimizer_tensors, rng_state, set_rng_state
+from train.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer
+
+
+# Options a resumed run takes from its checkpoint unless given again, and their defaults.
+SAVED_OPTIONS = {"grad_accum": 1, "eval_every": 50, "eval_batches": 4, "save_every": 100, "keep": 2}
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to run (not what): none of these change the loss trajectory beyond float rounding.
+    None: the default (SAVED_OPTIONS), or on --resume the value the checkpoint saved."""
+
+    out: str | None = None  # the run directory; default runs/<arch>, or the resumed run's
+    resume: str | None = None  # a run directory or one of its step-N checkpoints
+    device: str = "auto"
+    fsdp: bool = False
+    bf16: bool | None = None  # None: on CUDA with bf16 support, off on the CPU
+    compile: bool = False
+    stop_after: int | None = None  # stop (with a checkpoint) after this many steps in total
+    progress: bool = True
+    grad_accum: int | None = None  # micro-batches per process per step
+    eval_every: int | None = None  # validate every N steps (and at the last)
+    eval_batches: int | None = None  # global batches of validation windows per evaluation
+    save_every: int | None = None  # checkpoint every N steps (and at the stop)
+    keep: int | None = None  # checkpoints kept
+
+    def settled(self, saved: dict | None) -> Options:
+        """Options with every None replaced by the checkpoint's value or the default."""
+        values = {name: getattr(self, name) if getattr(self, name) is not None
+                  else (saved or {}).get(name, default) for name, default in SAVED_OPTIONS.items()}
+        for name, value in values.items():
+            if not isinstance(value, int) or value < 1:
+                raise TrainError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
+        return dataclasses.replace(self, **values)
+
+    def loop(self) -> LoopOptions:
+        return LoopOptions(eval_every=self.eval_every, save_every=self.save_every, stop_after=self.stop_after,
+                           progress=self.progress)
+
+
+@dataclass
+class Start:
+    """What a run starts (or resumes) from."""
+
+    run: RunSettings
+    config: ModelConfig
+    params: dict[str, np.ndarray]
+    tokenizer: ByteTokenizer | BPETokenizer
+    text: str
+    data_sha256: str
+    out: Path
+    snapshot: checkpoint.Snapshot | None = None  # when resuming
+    resumed_from: Path | None = None
+
+
+def _tokenizer(run: RunSettings, text: str, d: Dist):
+    if run.tokenizer == "byte":
+        return ByteTokenizer()
+    trained = BPETokenizer.train(text, run.vocab_size).to_json() if d.is_main else None
+    return BPETokenizer.from_json(broadcast_text(trained, d))  # every rank: rank 0's merges
+
+
+def _new_run(flags: dict, sizes: dict, options: Options, d: Dist) -> Start:
+    run = new_settings(flags)
+    out = Path(options.out or f"runs/{run.arch}")
+    if (out / checkpoint.LATEST).exists():
+        raise TrainError(f"--out {out} already holds a run (see {out / checkpoint.LATEST}); "
+                         f"--resume {out} to continue it, or choose another --out")
+    text, sha = load_corpus(run.data)
+    tokenizer = _tokenizer(run, text, d)
+    config = model_config(run.arch, sizes, tokenizer.vocab_size)
+    params = {k: v.astype(np.float32) for k, v in init_params(config, run.seed).items()}
+    return Start(run, config, params, tokenizer, text, sha, out)
+
+
+def _resumed_run(flags: dict, sizes: dict, options: Options) -> Start:
+    directory, snapshot = checkpoint.load(options.resume)
+    try:
+        saved = RunSettings.from_dict(snapshot.state["run"])
+    except (TypeError, TrainError) as e:
+        raise CheckpointError(f"{directory / checkpoint.STATE_FILE}: no valid run settings ({e})") from None
+    data_sha256 = snapshot.state["data"]["sha256"]
+    run = resumed_settings(saved, flags, options.resume)
+    check_sizes(snapshot.config, sizes, options.resume)
+    text, sha = load_corpus(flags.get("data") or run.data)
+    if sha != data_sha256:
+        raise TrainError(f"--resume {options.resume}: the corpus ({flags.get('data') or run.data}) differs from "
+                         f"the one the checkpoint was trained on (sha256 {sha[:12]}... != {data_sha256[:12]}...; "
+                         "the embedded corpus changes with the Python version)")
+    if flags.get("data"):
+        run = dataclasses.replace(run, data=flags["data"])
+    tokenizer = load_tokenizer(directory, snapshot.state["tokenizer"])
+    out = Path(options.out) if options.out else (directory.parent if directory.name.startswith("step-") else directory)
+    return Start(run, snapshot.config, snapshot.params, tokenizer, text, sha, out,
+                 snapshot, directory)
+
+
+def _restore(trainer: Trainer, stream: BatchStream, snapshot: checkpoint.Snapshot) -> None:
+    state = snapshot.state
+    load_optimizer(trainer.model, trainer.optimizer, snapshot.optimizer, state["optimizer"]["param_groups"])
+    set_rng_state(snapshot.rng, trainer.dist.device)
+    trainer.step = state["step"]
+    stream.position = state["data"]["position"]
+
+
+def _saver(trainer: Trainer, start: Start, stream: BatchStream, options: Options, summary: dict):
+    """The closure `fit` calls to write a checkpoint (collective: every rank calls it)."""
+    d = trainer.dist
+
+    def save() -> None:
+        params = canonical_params(trainer.model, trainer.core, trainer.fsdp, d)
+        tensors, groups = optimizer_tensors(trainer.model, trainer.optimizer)
+        if d.is_main:
+            state = {
+                "step": trainer.step,
+                "data": {"position": stream.position, "epoch": stream.epoch, "sha256": start.data_sha256},
+                "run": start.run.to_dict(),
+                "tokenizer": start.tokenizer.info,
+                "optimizer": {"param_groups": groups},
+                "options": {name: getattr(options, name) for name in SAVED_OPTIONS},
+                "world_size": d.world_size,
+                "torch_version": torch.__version__,
+            }
+            snap = checkpoint.Snapshot(start.config, params, tensors, rng_state(d.device), state,
+                                       start.tokenizer.files())
+            summary["checkpoint"] = str(checkpoint.save(start.out, snap, keep=options.keep))
+            title = f"{start.run.arch}, {param_count(start.config):,} parameters, {start.tokenizer.kind} tokens"
+            plot_losses(read_metrics(start.out / METRICS_FILE), start.out / PLOT_FILE, title=title)
+        barrier(d)
+
+    return save
+
+
+def train(flags: dict, sizes: dict, options: Options) -> dict:
+    """Run (or resume) a training run; returns a summary (final metrics, paths) on rank 0.
+
+    `flags`: RunSettings fields given on the command line (None: not given); `sizes`: the
+    model size flags (settings.SIZE_FIELDS)."""
+    d = setup(options.device)
+    try:
+        return _train(flags, sizes, options, d)
+    finally:
+        teardown(d)
+
+
+def _train(flags: dict, sizes: dict, options: Options, d: Dist) -> dict:
+    if options.resume:
+        start = _resumed_run(flags, sizes, options)
+        options = options.settled(start.snapshot.state.get("options"))
+    else:
+        options = options.settled(None)
+        start = _new_run(flags, sizes, options, d)
+    run = start.run
+    check_fits(start.config, run)
+    train_tokens, val_tokens = split(start.tokenizer.encode(start.text), run.val_fraction)
+    stream = BatchStream(Windows(train_tokens, run.seq_len, "training", run.data), run.batch_size, run.seed)
+    val_batches = validation_batches(Windows(val_tokens, run.seq_len, "validation", run.data), run.batch_size,
+                                     options.eval_batches)
+    trainer = build_trainer(start.config, start.params, run, d, accum=options.grad_accum, fsdp=options.fsdp,
+                            bf16=options.bf16, compile=options.compile)
+    if start.snapshot is not None:
+        _restore(trainer, stream, start.snapshot)
+    summary = {"out": str(start.out), "plot": str(start.out / PLOT_FILE),
+               "unigram_baseline": unigram_cross_entropy(train_tokens, val_tokens, start.config.vocab_size)}
+    log = MetricsLog(start.out / METRICS_FILE, trainer.step if start.snapshot else None) if d.is_main else None
+    try:
+        if log:
+            log({"kind": "run", "step": trainer.step, "arch": run.arch, "params": param_count(start.config),
+                 "config": start.config.to_dict(), "run": run.to_dict(), "world_size": d.world_size,
+                 "device": str(d.device), "bf16": trainer.autocast, "grad_accum": trainer.accum,
+                 "fsdp": trainer.fsdp, "train_tokens": len(train_tokens), "val_tokens": len(val_tokens),
+                 "unigram_baseline": summary["unigram_baseline"],
+                 "resumed_from": str(start.resumed_from) if start.resumed_from else None})
+            print(f"lmref train: {run.arch} ({start.config.name}, {param_count(start.config):,} params, "
+                  f"vocab {start.config.vocab_size}) on {d.world_size} process(es), {d.device}, "
+                  f"bf16 autocast {'on' if trainer.autocast else 'off'}; {len(train_tokens):,} training tokens; "
+                  f"run directory {start.out}" + (f"; resuming at step {trainer.step}" if start.snapshot else ""),
+                  flush=True)
+        save = _saver(trainer, start, stream, options, summary)
+        summary |= fit(trainer, stream, val_batches, options.loop(), log or (lambda record: None), save)
+    finally:
+        if log:
+            log.close()
+    return summary

@@ -1,0 +1,149 @@
+"""What a training run is: `RunSettings` (everything that shapes the loss trajectory, saved in
+every checkpoint) and the model config built from a preset and size flags.
+
+`--resume` continues a run exactly as it was started: its settings come from the checkpoint,
+and a flag given on the command line that disagrees with them is an error naming both
+values (start a new run in another --out to change one).  How the work is spread (processes,
+--grad-accum, --fsdp, the device, bf16) is not part of the settings: it may change between
+a run and its resumption, which is then exact up to float reduction order only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from spec.config import ModelConfig
+from spec.presets import PRESETS, tiny
+from train.errors import TrainError
+
+SIZE_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff", "max_seq_len")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """The settings that fix a run's trajectory (with the model config and the corpus)."""
+
+    arch: str
+    data: str = "pydoc_data"  # a file path, or "pydoc_data" for the embedded corpus
+    tokenizer: str = "byte"  # "byte" or "bpe"
+    vocab_size: int | None = None  # requested BPE size (the byte tokenizer has 256)
+    seq_len: int = 128
+    batch_size: int = 16  # sequences per optimizer step, over all processes and micro-batches
+    steps: int = 300
+    lr: float = 3e-3  # peak learning rate
+    min_lr: float = 3e-4  # the end of the cosine decay
+    warmup: int = 30  # linear warmup steps, from lr / warmup to lr
+    weight_decay: float = 0.1  # AdamW decoupled decay, matrices only (not norms, biases)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    seed: int = 0  # init_params seed and data order
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "batch_size", "steps"):
+            if getattr(self, name) < 1:
+                raise TrainError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0 or self.seed < 0:
+            raise TrainError(f"--warmup and --seed must be >= 0, got {self.warmup} and {self.seed}")
+        if not 0 < self.min_lr <= self.lr:
+            raise TrainError(f"need 0 < --min-lr ({self.min_lr}) <= --lr ({self.lr})")
+        if self.clip < 0 or self.weight_decay < 0:
+            raise TrainError(f"--clip and --weight-decay must be >= 0, got {self.clip} and {self.weight_decay}")
+        if self.tokenizer not in ("byte", "bpe"):
+            raise TrainError(f"--tokenizer must be 'byte' or 'bpe', got {self.tokenizer!r}")
+        if (self.tokenizer == "bpe") != (self.vocab_size is not None):
+            raise TrainError("--vocab-size goes with --tokenizer bpe (the byte tokenizer has 256 ids), "
+                             f"got tokenizer {self.tokenizer!r} and vocab size {self.vocab_size}")
+        if self.vocab_size is not None and self.vocab_size <= 256:
+            raise TrainError(f"--vocab-size must exceed 256 (the byte alphabet a byte-level BPE starts "
+                             f"from), got {self.vocab_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSettings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TrainError(f"unknown run setting(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def check_arch(arch: str) -> str:
+    if arch not in PRESETS:
+        raise TrainError(f"--arch {arch!r}: unknown preset; known presets: {', '.join(sorted(PRESETS))}")
+    return arch
+
+
+def new_settings(flags: dict[str, Any]) -> RunSettings:
+    """Settings of a new run: the flags given (not None) over the defaults."""
+    if flags.get("arch") is None:
+        raise TrainError(f"--arch is required for a new run (known presets: {', '.join(sorted(PRESETS))}); "
+                         "or --resume a checkpoint")
+    check_arch(flags["arch"])
+    given = {k: v for k, v in flags.items() if v is not None}
+    if "lr" in given and "min_lr" not in given:
+        given["min_lr"] = given["lr"] / 10
+    return RunSettings(**given)
+
+
+def resumed_settings(saved: RunSettings, flags: dict[str, Any], where: str) -> RunSettings:
+    """`saved`, after checking that every flag given agrees with it."""
+    arch = flags.get("arch")
+    if arch is not None and arch != saved.arch:
+        check_arch(arch)
+        raise TrainError(f"--resume {where}: the checkpoint is a {saved.arch!r} run, so it cannot continue "
+                         f"as --arch {arch!r} (another architecture); drop --arch or start a new run")
+    for name, value in flags.items():
+        if name not in ("arch", "data") and value is not None and value != getattr(saved, name):
+            raise TrainError(f"--resume {where}: --{_flag(name)} {value} differs from the checkpoint's "
+                             f"{getattr(saved, name)}; a resumed run keeps its settings (start a new run "
+                             "in another --out to change them)")
+    return saved
+
+
+def check_sizes(config: ModelConfig, sizes: dict[str, int | None], where: str) -> None:
+    """Raise unless every size flag given equals the checkpoint's config."""
+    for name, value in sizes.items():
+        if value is not None and value != getattr(config, name):
+            raise TrainError(f"--resume {where}: --{_flag(name)} {value} differs from the checkpoint's "
+                             f"{name} {getattr(config, name)} (another architecture)")
+
+
+def model_config(arch: str, sizes: dict[str, int | None], vocab_size: int) -> ModelConfig:
+    """tiny(arch) (every flag of the preset, small sizes) with the size flags given, and the
+    tokenizer's vocabulary.  Sizes not given follow the ones given: head_dim = d_model //
+    n_heads, d_model = n_heads * head_dim, d_ff keeps the preset's d_ff / d_model ratio and
+    n_kv_heads tiny's query heads per KV head."""
+    small = tiny(check_arch(arch))
+    base = PRESETS[arch]
+    given = {k: v for k, v in sizes.items() if v is not None}
+    n_heads = given.get("n_heads", small.n_heads)
+    if "d_model" in given and "head_dim" not in given and given["d_model"] % n_heads:
+        raise TrainError(f"--d-model {given['d_model']} is not divisible by the {n_heads} heads; "
+                         "give --n-heads or --head-dim")
+    head_dim = given.get("head_dim", given["d_model"] // n_heads if "d_model" in given else small.head_dim)
+    d_model = given.get("d_model", n_heads * head_dim)
+    changes = dict(
+        n_heads=n_heads, head_dim=head_dim, d_model=d_model,
+        n_kv_heads=given.get("n_kv_heads", max(1, n_heads * small.n_kv_heads // small.n_heads)),
+        d_ff=given.get("d_ff", round(d_model * base.d_ff / base.d_model)),
+        n_layers=given.get("n_layers", small.n_layers),
+        max_seq_len=given.get("max_seq_len", small.max_seq_len),
+    )
+    return tiny(arch, vocab_size=vocab_size, **changes)
+
+
+def check_fits(config: ModelConfig, run: RunSettings) -> None:
+    if run.seq_len > config.max_seq_len:
+        raise TrainError(f"--seq-len {run.seq_len} exceeds the model's context max_seq_len "
+                         f"{config.max_seq_len} (raise --max-seq-len)")
