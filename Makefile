@@ -33,6 +33,11 @@ demo: install
 		--out build/demo-train
 	$(VENV)/bin/lmref generate --checkpoint build/demo-train --prompt "The with statement" \
 		--max-new-tokens 300 --seed 0
+	rm -rf build/demo-onnx
+	$(VENV)/bin/lmref export --checkpoint build/demo-train --out build/demo-onnx
+	$(VENV)/bin/lmref validate-onnx build/demo-onnx
+	$(VENV)/bin/lmref generate --onnx build/demo-onnx --prompt "The with statement" \
+		--max-new-tokens 100 --greedy
 
 # The whole suite: the project's own tests and the conformance suite over every arch.
 test: install
