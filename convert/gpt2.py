@@ -1,6 +1,6 @@
 """GPT-2 (`GPT2LMHeadModel`, transformers models/gpt2, 5.23) <-> lmref.
 
-Checkpoint keys (../shared/reference/arch_dense.md §2.1): `transformer.wte`, `transformer.wpe`,
+Checkpoint keys (transformers `models/gpt2/modeling_gpt2.py`): `transformer.wte`, `transformer.wpe`,
 `transformer.h.{i}.{ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj}`,
 `transformer.ln_f`, `lm_head` (absent when tied).  Every projection is a `Conv1D`, whose
 weight is [d_in, d_out] like lmref's: no transposes, only the fused q|k|v split.

@@ -1,6 +1,6 @@
 """LLaMA 1/2/3/3.1 (`LlamaForCausalLM`, transformers models/llama, 5.23) <-> lmref.
 
-Checkpoint keys (../shared/reference/arch_dense.md §2.2): `model.embed_tokens`,
+Checkpoint keys (transformers `models/llama/modeling_llama.py`): `model.embed_tokens`,
 `model.layers.{i}.{input_layernorm, self_attn.{q,k,v,o}_proj, post_attention_layernorm,
 mlp.{gate,up,down}_proj}`, `model.norm`, `lm_head` (absent when tied).  Every projection is an
 `nn.Linear`, stored [d_out, d_in]: the transpose of lmref's [d_in, d_out].

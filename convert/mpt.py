@@ -1,6 +1,6 @@
 """MPT (`MptForCausalLM`, transformers models/mpt, 5.23; mosaicml/mpt-7b) <-> lmref.
 
-Checkpoint keys (../shared/reference/arch_dense.md §2.15): `transformer.wte`,
+Checkpoint keys (transformers `models/mpt/modeling_mpt.py`): `transformer.wte`,
 `transformer.blocks.{i}.{norm_1, attn.Wqkv, attn.out_proj, norm_2, ffn.up_proj,
 ffn.down_proj}`, `transformer.norm_f`; `lm_head` only when untied.  Projections are
 `nn.Linear` without bias ([d_out, d_in]), LayerNorms have a weight and no bias.

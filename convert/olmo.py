@@ -3,7 +3,7 @@
 LLaMA's module names and layout (convert/llama.py) with a non-parametric LayerNorm
 (`OlmoLayerNorm`: no weight, no bias, eps hard-coded 1e-5), so the checkpoint has no norm
 tensors at all, and an optional `clip_qkv` clamp after the q, k, v projections
-(../shared/reference/arch_dense.md §2.12).
+(transformers `models/olmo/modeling_olmo.py`).
 """
 
 from __future__ import annotations

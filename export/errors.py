@@ -14,4 +14,4 @@ class BundleError(ValueError):
 
 class ProviderError(RuntimeError):
     """onnxruntime did not run on the execution provider that was asked for (it falls back to
-    the CPU silently: ../shared/reference/onnx_export.md P13)."""
+    the CPU silently: onnxruntime falls back without an error)."""

@@ -8,7 +8,7 @@
                           the tokenizer
         tokenizer.json    copied from a training checkpoint that has one
 
-The route is ../shared/reference/onnx_export.md §1.0: `torch.onnx.export(dynamo=True)` (the
+The route: `torch.onnx.export(dynamo=True)` (the
 TorchScript exporter is deprecated and capped at opset 20, P1) with `dynamic_shapes`, at
 opset 18, the opset torchlib is written in (no version conversion, pytorch#161056) and one
 that every onnxruntime CPU and CUDA build of the last years runs.  Weights go to external

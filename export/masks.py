@@ -13,7 +13,7 @@ export/support.py refuses the kinds that have none yet.
 
 The additive bias uses the dtype's lowest finite value where a key is hidden, never -inf: a
 fully masked row (a padded query) then softmaxes to a uniform, finite row instead of NaN
-(../shared/reference/onnx_export.md P8; pytorch#159973, microsoft/onnxscript#2992).
+(pytorch#159973, microsoft/onnxscript#2992).
 
 Positions of keys come from the mask as cumsum - 1 (clipped at 0), the HF convention that
 `position_ids` follows too, so ALiBi sees the distance between real tokens.

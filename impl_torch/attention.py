@@ -15,7 +15,7 @@ contiguous groups of HF `repeat_kv` (SDPA's `enable_gqa` repeats the same way).
 Tensors are head-major inside attention: q [B, H, Sq, hd], k and v [B, KV, Sk, hd] (the
 layout of SDPA and of the KV cache).  The mask is additive and uses the dtype's lowest
 finite value, not -inf (a -inf row turns into NaN in exported graphs,
-../shared/reference/onnx_export.md P8); every query sees at least itself, so no row is
+pytorch#159973, microsoft/onnxscript#2992); every query sees at least itself, so no row is
 fully masked.
 """
 

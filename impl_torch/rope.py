@@ -8,7 +8,7 @@ by p * inv_freq_i.  Layouts:
   interleaved (x_{2i}, x_{2i+1})   GPT-J `rotate_every_two`, Meta's original LLaMA code
 
 Everything is computed inside forward from the position ids (no cos/sin cache sized by the
-first input: such caches break ONNX export, ../shared/reference/onnx_export.md P7).  The
+first input: such caches break ONNX export, see export/exporter.py).  The
 angles are computed in float32 (float64 for a float64 model) whatever the model's dtype,
 as HF does (`LlamaRotaryEmbedding` disables autocast and uses float32): a bf16 angle would
 be off by more than a radian at position 1000.

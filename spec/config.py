@@ -8,9 +8,9 @@ Fields whose math no backend implements yet are accepted by the schema (so prese
 later architectures can already be written down) but rejected by validation with
 "not implemented yet": a config is never silently run with a knob ignored.
 
-The facts behind each knob are in ../shared/reference/arch_dense.md and arch_moe.md
-(compiled from Hugging Face transformers 5.17); each field's comment names a model
-that uses it.
+The facts behind each knob come from the papers and Hugging Face transformers' modeling
+files (`src/transformers/models/<type>/modeling_<type>.py`); each field's comment names a
+model that uses it.
 """
 
 from __future__ import annotations

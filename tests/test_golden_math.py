@@ -1,8 +1,8 @@
 """Independent checks of the golden's math (impl_numpy/) against hand formulas, published
 constants, other codebases' formulas (HF, MPT, GPT-J) and a naive loop-by-loop model.
 
-Facts: ../shared/reference/arch_dense.md §1.2 (norms), §1.3 (activations), §1.4 (RoPE),
-§1.5 (llama3 scaling), §1.6 (attention, GQA), §1.7 (ALiBi).
+Facts: spec/MATH.md and the transformers code it cites (norms, activations, RoPE and its
+llama3 scaling, attention with GQA, ALiBi).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """GPT-2 (Radford et al. 2019).
 
 Numbers: the `openai-community/gpt2` config.json, which equals transformers' `GPT2Config`
-defaults (../shared/reference/arch_dense.md §2.1).
+defaults (transformers `models/gpt2/configuration_gpt2.py`).
 """
 
 from spec.config import ModelConfig

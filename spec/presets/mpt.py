@@ -3,7 +3,7 @@
 Numbers: the mosaicml/mpt-7b config.json (d_model 4096, n_heads 32, n_layers 32, vocab_size
 50432, max_seq_len 2048, expansion_ratio 4, no_bias true, attn_config.alibi true with
 alibi_bias_max 8, norm_type low_precision_layernorm with eps 1e-5) and transformers'
-`MptForCausalLM` (../shared/reference/arch_dense.md §2.15): LayerNorm weight without bias,
+`MptForCausalLM` (transformers `models/mpt/modeling_mpt.py`): LayerNorm weight without bias,
 exact (erf) GELU, no biases anywhere, head tied to the token embedding.
 """
 
