@@ -10,7 +10,8 @@ impl_torch.Transformer (SDPA, static KV cache), both with torch's thread count. 
 onnxruntime / torch: for latency below 1 means onnxruntime is faster, for throughput above 1
 does.  Where onnxruntime has
 the CUDA provider, the same runs on the GPU: onnxruntime with IOBinding (the inputs, and the
-presents fed back as the next step's past, stay on the device: P17) against torch on CUDA.
+presents fed back as the next step's past, stay on the device; without it, host copies make
+onnxruntime look slow: huggingface/optimum#1337) against torch on CUDA.
 Tests never time; results are recorded in benchmarks/README.md, section ONNX.
 """
 
@@ -132,8 +133,8 @@ def per_token(total: float, prefill: float, steps: int) -> float:
 
 
 def row(device: str, what: str, ours: float, peer: float, unit: str, better_low: bool) -> str:
-    ratio = ours / peer
-    return f"| {device} | {what} | {ours:,.2f} {unit} | {peer:,.2f} {unit} | {ratio:.2f} | {'lower' if better_low else 'higher'} is better |"
+    better = "lower" if better_low else "higher"
+    return f"| {device} | {what} | {ours:,.2f} {unit} | {peer:,.2f} {unit} | {ours / peer:.2f} | {better} is better |"
 
 
 def bench(device: str, session, model: Transformer, config: ModelConfig, args) -> list[str]:

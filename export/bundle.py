@@ -4,7 +4,7 @@
   export.json   readable, of this format
   config.json   a valid ModelConfig, equal to the config embedded in the graph
   model.onnx    a readable ONNX model that passes onnx.checker (path form: external data too)
-  .data files   every external-data file the graph names exists beside it (P16)
+  .data files   every external-data file the graph names exists beside it
   the graph     the inputs / outputs the config implies, with its vocab, KV heads, head_dim
 """
 

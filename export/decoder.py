@@ -6,12 +6,17 @@ concat-style KV cache, one graph for the prefill and every decode step.
         -> (logits [B, S, vocab], present.{i}.key, present.{i}.value [B, n_kv_heads, T, head_dim])
 
 with T = P + S.  The first step passes an empty past (P = 0); each later step passes the
-presents of the step before.  Everything depends on the inputs only through tensor ops: the
-RoPE angles are computed from `position_ids` inside the graph (P7: no cos/sin table sized by
-the example input), the masks from `attention_mask` (export/masks.py), the cache grows by
-`torch.cat` (no StaticCache object crosses the boundary, P3).  MoE layers, when the export
-gets them, go through impl_torch's blocks like dense ones, as a static loop over all experts
-(P5); export/support.py refuses them until then.
+presents of the step before.  Everything depends on the inputs only through tensor ops:
+
+- the RoPE angles are computed from `position_ids` inside the graph (no cos/sin table sized
+  by the example input: quic/efficient-transformers#1178);
+- the masks are built from `attention_mask` (export/masks.py);
+- the cache grows by `torch.cat` (no StaticCache object crosses the boundary:
+  pytorch#153998, pytorch#152465).
+
+MoE layers, when the export gets them, go through impl_torch's blocks like dense ones, as a
+static loop over all experts (huggingface/transformers#38518); export/support.py refuses
+them until then.
 """
 
 from __future__ import annotations
@@ -97,7 +102,8 @@ class OnnxDecoder(nn.Module):
 
 def example_inputs(config: ModelConfig) -> tuple:
     """Inputs to trace with: batch 2, sequence 3, past 5, all different and > 1, so that
-    torch.export keeps every axis symbolic (P2: sizes 0 and 1 get specialised).  The graph
+    torch.export keeps every axis symbolic (sizes 0 and 1 get specialised: huggingface/optimum#2219,
+    pytorch#153955).  The graph
     still runs with past 0 (tests check it)."""
     batch, seq, past = 2, 3, 5
     input_ids = torch.zeros(batch, seq, dtype=torch.int64)
@@ -110,7 +116,7 @@ def example_inputs(config: ModelConfig) -> tuple:
 
 def dynamic_shapes(config: ModelConfig) -> dict:
     """Dynamic axes for torch.export: batch, sequence and past are named dims; the mask's
-    length (past + sequence) is left to export to derive (P15: named relations between
+    length (past + sequence) is left to export to derive (named relations between
     dims fail, pytorch#172903; Dim.DYNAMIC is the advice of pytorch#172561)."""
     from torch.export import Dim
 

@@ -9,10 +9,10 @@
         tokenizer.json    copied from a training checkpoint that has one
 
 The route: `torch.onnx.export(dynamo=True)` (the
-TorchScript exporter is deprecated and capped at opset 20, P1) with `dynamic_shapes`, at
+TorchScript exporter is deprecated and capped at opset 20, pytorch#156023) with `dynamic_shapes`, at
 opset 18, the opset torchlib is written in (no version conversion, pytorch#161056) and one
 that every onnxruntime CPU and CUDA build of the last years runs.  Weights go to external
-data above EXTERNAL_DATA_BYTES or when asked (P16: protobuf stops at 2 GB; the data file
+data above EXTERNAL_DATA_BYTES or when asked (protobuf stops at 2 GB; the data file
 keeps the name the exporter gives it, `model.onnx.data`, beside the graph).
 """
 
@@ -40,7 +40,8 @@ MODEL_FILE, CONFIG_FILE, MANIFEST_FILE, TOKENIZER_FILE = "model.onnx", "config.j
 EXTERNAL_DATA_BYTES = 1 << 30  # 1 GiB of float32 weights and more: external data
 CONFIG_METADATA_KEY = "lmref.config"
 # Symbolic dim names of the graph's inputs and outputs; the exporter names the mask's length
-# itself (a derived dim), so it is renamed to match the presents (P15: distinct names per axis).
+# itself (a derived dim), so it is renamed to match the presents (distinct names per axis:
+# microsoft/onnxruntime#11438).
 TOTAL_DIM = "past_sequence + sequence"
 
 

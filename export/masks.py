@@ -7,9 +7,10 @@ not padding:
     visible[b, q, k] = (k <= T - S + q) and attention_mask[b, k] == 1
 
 (left padding gives padded slots position 0, so causality cannot be read off the position
-ids).  A sliding-window layer would `&` a band `k > T - S + q - window` into this (P6: build
-the band explicitly); `VISIBLE_KEYS` maps each attention kind to its rule, and
-export/support.py refuses the kinds that have none yet.
+ids).  A sliding-window layer would `&` a band `k > T - S + q - window` into this, built
+explicitly (decomposed exports have dropped the window silently: sonos/tract#2323);
+`VISIBLE_KEYS` maps each attention kind to its rule, and export/support.py refuses the
+kinds that have none yet.
 
 The additive bias uses the dtype's lowest finite value where a key is hidden, never -inf: a
 fully masked row (a padded query) then softmaxes to a uniform, finite row instead of NaN
@@ -36,7 +37,8 @@ def causal_slots(attention_mask: torch.Tensor, seq: int) -> torch.Tensor:
     """[B, 1, S, T] bool: key slot k visible to query i of this step (causal and not padding).
 
     `seq` is the step's symbolic length (input_ids.shape[1]); no Python branch reads a size,
-    so one graph serves the prefill (past 0) and every decode step (P4, P9).
+    so one graph serves the prefill (past 0) and every decode step (quic/efficient-transformers#1263: `int(shape)`
+    bakes a size into the graph; pytorch#143222: guards on data-dependent values).
     """
     total = attention_mask.shape[1]
     device = attention_mask.device

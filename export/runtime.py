@@ -3,7 +3,7 @@ decoder's step function over the graph's own KV cache.
 
 Providers: the CPU everywhere, CUDA where `onnxruntime.get_available_providers()` lists it
 (the onnxruntime-gpu package).  onnxruntime falls back to the CPU silently when the CUDA
-libraries do not load (P13: microsoft/onnxruntime#23372, commaai/openpilot#31708), so a
+libraries do not load (microsoft/onnxruntime#23372, commaai/openpilot#31708), so a
 session is checked twice: `get_providers()` must start with the provider asked for, and
 with profiling on, the compute nodes (MatMul, Softmax, ...) must have run on it
 (`check_placement`; shape ops may legitimately stay on the CPU).
@@ -61,9 +61,10 @@ def open_session(path: str | Path, provider: str = CPU, *, profile_dir: str | Pa
     session = ort.InferenceSession(str(path), options, providers=providers)
     ran = session.get_providers()
     if not ran or ran[0] != provider:
-        raise ProviderError(f"asked for {provider} but the session runs on {', '.join(ran)}: onnxruntime fell back "
-                            "silently (P13; check the CUDA / cuDNN libraries onnxruntime-gpu needs, and that "
-                            "`onnxruntime` and `onnxruntime-gpu` are not both installed)")
+        raise ProviderError(f"asked for {provider} but the session runs on {', '.join(ran)}: onnxruntime fell "
+                            "back silently (microsoft/onnxruntime#23372; check the CUDA / cuDNN libraries "
+                            "onnxruntime-gpu needs, and that `onnxruntime` and `onnxruntime-gpu` are not both "
+                            "installed)")
     return session
 
 
@@ -78,7 +79,7 @@ def check_placement(placement: Counter, provider: str) -> None:
     """ProviderError when a compute node (COMPUTE_OPS) ran elsewhere than on `provider`."""
     elsewhere = sorted({f"{op} on {p}" for (op, p), n in placement.items() if op in COMPUTE_OPS and p != provider})
     if elsewhere:
-        raise ProviderError(f"compute nodes did not run on {provider}: {', '.join(elsewhere)} (P13)")
+        raise ProviderError(f"compute nodes did not run on {provider}: {', '.join(elsewhere)}")
     if not any(op in COMPUTE_OPS for op, _ in placement):
         raise ProviderError("the profile shows no compute node: cannot tell where the graph ran")
 

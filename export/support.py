@@ -16,13 +16,14 @@ from export.errors import ExportError
 # Categorical knobs: the values the export handles, and why the others are not there yet.
 EXPORTABLE: dict[str, frozenset] = {
     "norm_placement": frozenset({"pre"}),
-    # "sliding" / "chunked" need their band masks built explicitly in export/masks.py (P6:
-    # decomposed exports that drop the window silently).
+    # "sliding" / "chunked" need their band masks built explicitly in export/masks.py
+    # (decomposed exports have dropped the window silently: sonos/tract#2323).
     "attn_kinds": frozenset({"global"}),
-    # "moe" needs a static loop over every expert, no data-dependent routing loop (P5).
+    # "moe" needs a static loop over every expert, no data-dependent routing loop
+    # (huggingface/transformers#38518).
     "mlp_kinds": frozenset({"dense"}),
     "qk_norm": frozenset({"none"}),
-    # "dynamic" rescales by the current sequence length: data-dependent (P4, P9).
+    # "dynamic" rescales by the current sequence length: data-dependent (pytorch#143222).
     "rope_scaling": frozenset({"linear", "llama3"}),
     "embedding_scale": frozenset({"none"}),
 }

@@ -57,7 +57,8 @@ class PaddedBatch:
 
     def attention_mask(self) -> np.ndarray:
         """[B, width]: 0 on the left padding, 1 on the prompt."""
-        return (np.arange(self.width)[None, :] >= self.width - np.array([len(p) for p in self.prompts])[:, None]).astype(np.int64)
+        first_real = self.width - np.array([len(p) for p in self.prompts])  # [B]
+        return (np.arange(self.width)[None, :] >= first_real[:, None]).astype(np.int64)  # [B, width]
 
     def row(self, b: int) -> np.ndarray:
         """[1, len_b + steps] row b unpadded: its prompt and decode tokens."""
@@ -124,7 +125,7 @@ def _stack(rows: list[np.ndarray], lengths: list[int], decode: bool) -> np.ndarr
     return np.concatenate(pieces)[None].astype(np.float64)  # [1, N, V]
 
 
-def _phases(out: list[np.ndarray], ref: list[np.ndarray], batch: PaddedBatch) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _phases(out: list[np.ndarray], ref: list[np.ndarray], batch: PaddedBatch) -> dict[str, tuple]:
     """{"prefill": (out, ref), "decode (N steps)": (out, ref)} over the real positions."""
     lengths = [len(p) for p in batch.prompts]
     return {phase: (_stack(out, lengths, decode), _stack(ref, lengths, decode))

@@ -80,7 +80,8 @@ def test_missing_external_data(copy, capsys):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("vocab_size", 300, "vocab_size: config.json 300, graph 251; logits have 251 entries per position, vocab_size is 300"),
+    ("vocab_size", 300,
+     "vocab_size: config.json 300, graph 251; logits have 251 entries per position, vocab_size is 300"),
     ("n_heads", 4, "n_heads: config.json 4, graph 8"),
     ("n_kv_heads", 4, "present keys are [batch, 2, seq, 16], config has n_kv_heads 4, head_dim 16"),
 ])

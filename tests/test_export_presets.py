@@ -85,7 +85,7 @@ def test_validates_against_the_golden_and_torch(exported):
 
 
 def test_one_graph_for_any_batch_and_past(exported):
-    """Batch 3 and 1, a 1-token prompt (sizes the trace never saw: P2), past 0 then 1 then 2."""
+    """Batch 3 and 1, a 1-token prompt (sizes the trace never saw), past 0 then 1 then 2."""
     bundle, _ = exported
     c = bundle.config
     session = DecoderSession(open_session(bundle.model_path), c)

@@ -93,7 +93,9 @@ def _profile(tmp_path, events):
 
 
 def test_placement_from_a_profile(tmp_path):
-    node = lambda op, provider: {"cat": "Node", "name": f"{op}_kernel_time", "args": {"op_name": op, "provider": provider}}
+    def node(op, provider):
+        return {"cat": "Node", "name": f"{op}_kernel_time", "args": {"op_name": op, "provider": provider}}
+
     cpu = _profile(tmp_path, [node("MatMul", CPU), node("Softmax", CPU), node("Shape", CPU), {"cat": "Session"}])
     assert cpu == {("MatMul", CPU): 1, ("Softmax", CPU): 1, ("Shape", CPU): 1}
     check_placement(cpu, CPU)
