@@ -127,29 +127,8 @@ def _add_validate(sub) -> None:
     p.set_defaults(run=cmd_validate)
 
 
-def _extend_generate(sub) -> None:
-    """Add `--onnx OUT` to `lmref generate` (train/cli.py owns the subcommand; this package
-    does not edit train/, so the option is added to its parser here)."""
-    generate = sub.choices["generate"]
-    generate.add_argument("--onnx", metavar="OUT", help="generate with an exported graph in onnxruntime "
-                          "(a directory of `lmref export`) instead of --checkpoint")
-    # train/cli.py declares --checkpoint required; with --onnx it is not needed (argparse has no
-    # public API to relax an added option, hence the private table; `run` checks the pair).
-    checkpoint = generate._option_string_actions.get("--checkpoint")
-    if checkpoint is not None:
-        checkpoint.required = False
-    run_checkpoint = generate.get_default("run")
-
-    def run(args: argparse.Namespace) -> int:
-        if (args.onnx is None) == (args.checkpoint is None):
-            return _fail("generate", ValueError("give exactly one of --checkpoint DIR and --onnx OUT"))
-        return cmd_generate_onnx(args) if args.onnx is not None else run_checkpoint(args)
-
-    generate.set_defaults(run=run)
-
-
 def add_commands(sub) -> None:
-    """Register `export` and `validate-onnx`, and `--onnx` on `generate` (registered before)."""
+    """Register `export` and `validate-onnx` (`generate --onnx` is train/cli.py's `generate`,
+    which calls `cmd_generate_onnx`)."""
     _add_export(sub)
     _add_validate(sub)
-    _extend_generate(sub)

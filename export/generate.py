@@ -26,22 +26,10 @@ def generate(session: DecoderSession, prompt: list[int], max_new_tokens: int, *,
     """`max_new_tokens` token ids following `prompt`, decoded through the graph's KV cache."""
     import torch
 
-    from train.generate import check_sampling, next_token
+    from train.generate import check_request, next_token, seeded_generator
 
-    check_sampling(temperature, top_k, top_p)
-    if max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    if not prompt:
-        raise InputError("the prompt is empty: the model has no start token, give it some text")
-    total = len(prompt) + max_new_tokens
-    if total > session.config.max_seq_len:
-        raise InputError(f"prompt ({len(prompt)} tokens) + --max-new-tokens ({max_new_tokens}) = {total} "
-                         f"exceeds the model's context max_seq_len {session.config.max_seq_len}")
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()  # a fresh, nondeterministic seed
-    else:
-        generator.manual_seed(seed)
+    total = check_request(prompt, max_new_tokens, session.config.max_seq_len, temperature, top_k, top_p)
+    generator = seeded_generator(seed)
     mask = np.ones((1, total), np.int64)
     logits, past = session.step(np.array([prompt], np.int64), mask[:, : len(prompt)], session.empty_past(1))
     out: list[int] = []

@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_convert(sub)
     add_train_commands(sub)  # `lmref train`, `lmref generate` (train/cli.py)
-    add_export_commands(sub)  # `lmref export`, `lmref validate-onnx`, `generate --onnx` (export/cli.py)
+    add_export_commands(sub)  # `lmref export`, `lmref validate-onnx` (export/cli.py)
     return parser
 
 

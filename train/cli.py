@@ -68,8 +68,9 @@ def _add_train(sub) -> None:
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate text from a training checkpoint (KV-cache decoding)",
                        description="Prefill the prompt, then sample one token at a time through the KV cache.")
-    p.add_argument("--checkpoint", required=True, metavar="DIR",
-                   help="a run directory or one of its step-N checkpoints")
+    p.add_argument("--checkpoint", metavar="DIR", help="a run directory or one of its step-N checkpoints")
+    p.add_argument("--onnx", metavar="OUT", help="generate with an exported graph in onnxruntime "
+                   "(a directory of `lmref export`) instead of --checkpoint")
     p.add_argument("--prompt", required=True, help="the text to continue")
     p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default 200)")
     p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0: greedy (default 0.8)")
@@ -124,8 +125,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from train.errors import TrainError
     from train.generate import generate, load_generator
 
+    if (args.onnx is None) == (args.checkpoint is None):
+        return _fail("generate", TrainError("give exactly one of --checkpoint DIR and --onnx OUT"))
+    if args.onnx is not None:
+        from export.cli import cmd_generate_onnx
+
+        return cmd_generate_onnx(args)
     try:
         model, tokenizer, _ = load_generator(args.checkpoint, args.device)
         ids = generate(model, [int(i) for i in tokenizer.encode(args.prompt)], args.max_new_tokens,

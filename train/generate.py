@@ -52,24 +52,38 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -
         raise TrainError(f"--top-p must be in (0, 1], got {top_p}")
 
 
-@torch.no_grad()
-def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> list[int]:
-    """`max_new_tokens` token ids following `prompt`, decoded incrementally with a KV cache."""
+def check_request(prompt: list[int], max_new_tokens: int, max_seq_len: int, temperature: float,
+                  top_k: int | None, top_p: float | None) -> int:
+    """Refuse a generation request that cannot run; return its total length, prompt + new tokens.
+    Shared by the torch loop here and the ONNX loop (export/generate.py)."""
     check_sampling(temperature, top_k, top_p)
     if max_new_tokens < 1:
         raise TrainError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if not prompt:
         raise TrainError("the prompt is empty: the model has no start token, give it some text")
     total = len(prompt) + max_new_tokens
-    if total > model.config.max_seq_len:
+    if total > max_seq_len:
         raise TrainError(f"prompt ({len(prompt)} tokens) + --max-new-tokens ({max_new_tokens}) = {total} "
-                         f"exceeds the model's context max_seq_len {model.config.max_seq_len}")
-    generator = torch.Generator(model.device)
+                         f"exceeds the model's context max_seq_len {max_seq_len}")
+    return total
+
+
+def seeded_generator(seed: int | None, device=None) -> torch.Generator:
+    """A torch.Generator seeded with `seed`, or freshly and nondeterministically when None."""
+    generator = torch.Generator(device) if device is not None else torch.Generator()
     if seed is None:
-        generator.seed()  # a fresh, nondeterministic seed
+        generator.seed()
     else:
         generator.manual_seed(seed)
+    return generator
+
+
+@torch.no_grad()
+def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> list[int]:
+    """`max_new_tokens` token ids following `prompt`, decoded incrementally with a KV cache."""
+    total = check_request(prompt, max_new_tokens, model.config.max_seq_len, temperature, top_k, top_p)
+    generator = seeded_generator(seed, model.device)
     cache = model.new_cache(1, capacity=total)
     logits = model(torch.tensor([prompt], device=model.device), cache=cache)[:, -1]  # [1, V]
     out: list[int] = []
