@@ -27,12 +27,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from export.exporter import export_onnx
-from export.runtime import CPU, CUDA, DecoderSession, available_providers, open_session
-from impl_torch import Transformer
-from spec.config import ModelConfig
-from spec.params import init_params, param_count
-from spec.presets import get_preset
+from lmref.export.exporter import export_onnx
+from lmref.export.runtime import CPU, CUDA, DecoderSession, available_providers, open_session
+from lmref.impl_torch import Transformer
+from lmref.spec.config import ModelConfig
+from lmref.spec.params import init_params, param_count
+from lmref.spec.presets import get_preset
 
 
 def bench_config() -> ModelConfig:
@@ -72,7 +72,7 @@ def ort_cuda_decode(session, config: ModelConfig, prompt: np.ndarray, steps: int
     the cache; the next token is the argmax of the logits copied back (1 x vocab floats)."""
     import onnxruntime as ort
 
-    from export.decoder import input_names, output_names
+    from lmref.export.decoder import input_names, output_names
 
     names_in, names_out = input_names(config.n_layers), output_names(config.n_layers)
 

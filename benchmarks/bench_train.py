@@ -34,14 +34,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spec.config import ModelConfig
-from spec.params import init_params, param_count, param_shapes
-from spec.presets import get_preset, tiny
-from train.data import BatchStream, Windows, default_corpus
-from train.distributed import Dist
-from train.loop import build_trainer, lr_at, make_optimizer, train_step
-from train.settings import RunSettings
-from train.tokenizer import ByteTokenizer
+from lmref.spec.config import ModelConfig
+from lmref.spec.params import init_params, param_count, param_shapes
+from lmref.spec.presets import get_preset, tiny
+from lmref.train.data import BatchStream, Windows, default_corpus
+from lmref.train.distributed import Dist
+from lmref.train.loop import build_trainer, lr_at, make_optimizer, train_step
+from lmref.train.settings import RunSettings
+from lmref.train.tokenizer import ByteTokenizer
 
 # Dense bf16 peaks (no sparsity), FLOP/s, from the vendors' data sheets.
 PEAK_BF16 = {"H100 SXM": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12,
@@ -92,7 +92,7 @@ def peer(case: Case, params: dict, run: RunSettings):
     """A plain transformers training step, the same work as `train_step`."""
     from transformers import AutoModelForCausalLM
 
-    from convert import to_hf
+    from lmref.convert import to_hf
 
     with tempfile.TemporaryDirectory() as directory:
         to_hf(case.config, params, directory)

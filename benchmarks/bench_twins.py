@@ -23,9 +23,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from spec.config import ModelConfig
-from spec.params import init_params, param_count
-from spec.presets import get_preset
+from lmref.spec.config import ModelConfig
+from lmref.spec.params import init_params, param_count
+from lmref.spec.presets import get_preset
 
 SIZES = {
     # ~10M parameters: a model that trains in minutes on a laptop.
@@ -62,7 +62,7 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
 
 
 def lmref_torch(config: ModelConfig, params: dict):
-    from impl_torch import Transformer
+    from lmref.impl_torch import Transformer
 
     return Transformer.from_canonical(config, params)
 
@@ -70,7 +70,7 @@ def lmref_torch(config: ModelConfig, params: dict):
 def hf_torch(config: ModelConfig, params: dict):
     from transformers import AutoModelForCausalLM
 
-    from convert import to_hf
+    from lmref.convert import to_hf
 
     with tempfile.TemporaryDirectory() as directory:
         to_hf(config, params, directory)
@@ -105,7 +105,7 @@ def jax_steps(config: ModelConfig, params: dict, tokens: np.ndarray) -> tuple[Ca
     import jax
     import jax.numpy as jnp
 
-    import impl_jax
+    from lmref import impl_jax
 
     p = impl_jax.from_canonical(params)
     t = jnp.asarray(tokens)

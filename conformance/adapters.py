@@ -16,7 +16,7 @@ that signature and may add optional capabilities; one it lacks is reported NOT S
         the implementation's KV cache (teacher-forced), logits of every position
     loss(config, params, tokens) -> float       mean next-token cross-entropy
     capture(config, params, tokens) -> {name: array}
-        named intermediates of a forward pass, names as `impl_numpy.capture_names(config)`
+        named intermediates of a forward pass, names as `lmref.spec.capture_names(config)`
         (`embed`, `layers.{i}.attn`, `layers.{i}.mlp`, `layers.{i}.out`, `final_norm`,
         `logits`); any subset
     name, version                               shown in the report header
@@ -43,21 +43,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import impl_numpy
+from lmref import impl_numpy
 import lmref
-from conformance.tolerances import DTYPES
-from spec.config import ModelConfig
+from lmref.conformance.tolerances import DTYPES
+from lmref.spec.config import ModelConfig
 
 CAPABILITIES = ("forward", "decode", "loss", "capture")
 ENV_VAR = "LMREF_IMPL"
 DEFAULT_IMPL = "numpy"
 # Built-in implementations, imported only when named (torch and JAX are optional extras).
 BUILTINS = {
-    "numpy": "conformance.adapters:NumpyAdapter",
-    "torch": "impl_torch.adapter:TorchAdapter",
-    "jax": "impl_jax.adapter:JaxAdapter",
-    "hf": "convert.hf_adapter:HFAdapter",
-    "onnx": "export.onnx_adapter:OnnxAdapter",
+    "numpy": "lmref.conformance.adapters:NumpyAdapter",
+    "torch": "lmref.impl_torch.adapter:TorchAdapter",
+    "jax": "lmref.impl_jax.adapter:JaxAdapter",
+    "hf": "lmref.convert.hf_adapter:HFAdapter",
+    "onnx": "lmref.export.onnx_adapter:OnnxAdapter",
 }
 
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import impl_numpy
-from spec.config import ModelConfig
-from spec.params import init_params, uniform01
-from spec.presets import get_preset, tiny
+from lmref import impl_numpy
+from lmref.spec.config import ModelConfig
+from lmref.spec.params import init_params, uniform01
+from lmref.spec.presets import get_preset, tiny
 
 LONG_SEQ_LEN = 160
 

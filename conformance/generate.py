@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 import lmref
-from conformance.cases import case_config, case_specs, compute_case
-from conformance.store import (
+from lmref.conformance.cases import case_config, case_specs, compute_case
+from lmref.conformance.store import (
     GoldenStore, GoldenStoreError, MANIFEST, FORMAT_VERSION, case_meta, write_case, write_manifest,
 )
-from spec.presets import PRESETS
+from lmref.spec.presets import PRESETS
 
 REGENERATION_RTOL = 1e-9
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from conformance.tolerances import Tolerance
+from lmref.conformance.tolerances import Tolerance
+from lmref.impl_numpy.model import log_softmax  # the golden's: [..., V] -> [..., V], stable in float64
 
 Position = tuple[int, int]  # (batch, seq)
 
@@ -71,12 +72,6 @@ def first_position(mask: np.ndarray) -> Position | None:
     """The earliest True of a [batch, seq] mask, by seq then batch; None when all False."""
     hits = np.argwhere(mask.T)  # rows (s, b), sorted by s then b
     return None if len(hits) == 0 else (int(hits[0][1]), int(hits[0][0]))
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """[..., V] -> [..., V], stable in float64."""
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def kl_per_position(out: np.ndarray, ref: np.ndarray) -> np.ndarray:

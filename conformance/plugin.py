@@ -24,12 +24,12 @@ from pathlib import Path
 
 import pytest
 
-from conformance.adapters import CAPABILITIES, ENV_VAR, Adapter, AdapterLoadError, load_adapter
-from conformance.report import Report, is_not_supported
-from conformance.runner import applies
-from conformance.store import DEFAULT_GOLDEN_DIR, GoldenCase, GoldenStore, GoldenStoreError
-from conformance.tolerances import ToleranceError, Tolerances, build_tolerances
-from spec.presets import resolve_archs
+from lmref.conformance.adapters import CAPABILITIES, ENV_VAR, Adapter, AdapterLoadError, load_adapter
+from lmref.conformance.report import Report, is_not_supported
+from lmref.conformance.runner import applies
+from lmref.conformance.store import DEFAULT_GOLDEN_DIR, GoldenCase, GoldenStore, GoldenStoreError
+from lmref.conformance.tolerances import ToleranceError, Tolerances, build_tolerances
+from lmref.spec.presets import resolve_archs
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -13,8 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conformance.adapters import CAPABILITIES
-from conformance.runner import ERROR, FAIL, NOT_SUPPORTED, PASS
+from lmref.conformance.adapters import CAPABILITIES
+from lmref.conformance.runner import ERROR, FAIL, NOT_SUPPORTED, PASS
 
 SKIPPED = "SKIPPED"
 ORDER = (PASS, SKIPPED, NOT_SUPPORTED, FAIL, ERROR)  # best to worst

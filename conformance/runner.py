@@ -4,8 +4,8 @@ This is the one code path behind every conformance verdict: the pytest suite
 (conformance/test_golden.py) calls it, and so do the project's negative-control tests, which
 pass deliberately broken implementations and expect FAIL.
 
-    from conformance.runner import run_check
-    from conformance.store import GoldenStore
+    from lmref.conformance.runner import run_check
+    from lmref.conformance.store import GoldenStore
     case = GoldenStore().load("llama3", "prefill-b2-s7")
     result = run_check(case, my_forward, "forward")   # a function, adapter object, class or Adapter
     result.status, result.metrics, result.message
@@ -22,16 +22,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from conformance.adapters import (
+from lmref.conformance.adapters import (
     CAPABILITIES, Adapter, AdapterCallError, AdapterNotSupported, AdapterResultError, Output, as_adapter,
 )
-from conformance.metrics import (
+from lmref.conformance.metrics import (
     Metrics, compare, compare_loss, describe, gate, gate_loss, locate_divergence, top_k,
 )
-from conformance.store import GoldenCase
-from conformance.tolerances import Tolerance, Tolerances
-from spec.config import ModelConfig
-from spec.params import init_params
+from lmref.conformance.store import GoldenCase
+from lmref.conformance.tolerances import Tolerance, Tolerances
+from lmref.spec.config import ModelConfig
+from lmref.spec.params import init_params
 
 PASS, NOT_SUPPORTED, FAIL, ERROR = "PASS", "NOT SUPPORTED", "FAIL", "ERROR"
 

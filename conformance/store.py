@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from spec.config import ModelConfig
-from spec.params import init_params
+from lmref.spec.config import ModelConfig
+from lmref.spec.params import init_params
 
 FORMAT_VERSION = 1
 DEFAULT_GOLDEN_DIR = Path(__file__).parent / "golden"

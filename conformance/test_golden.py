@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import pytest
 
-from conformance.plugin import suite_of
-from conformance.report import PROPERTY
-from conformance.runner import ERROR, NOT_SUPPORTED, PASS, CheckResult, run_check
-from conformance.store import GoldenStoreError
+from lmref.conformance.plugin import suite_of
+from lmref.conformance.report import PROPERTY
+from lmref.conformance.runner import ERROR, NOT_SUPPORTED, PASS, CheckResult, run_check
+from lmref.conformance.store import GoldenStoreError
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -1,26 +1,27 @@
 """Checkpoint conversion between Hugging Face transformers and lmref, with NumPy and safetensors.
 
-    from convert import from_hf, to_hf, save_checkpoint, load_checkpoint
+    from lmref.convert import from_hf, to_hf, save_checkpoint, load_checkpoint
     config, params = from_hf("hf_dir")             # HF config.json + safetensors -> lmref
     to_hf(config, params, "hf_out")                 # -> a directory from_pretrained loads
     save_checkpoint("ckpt", config, params)         # the lmref checkpoint (convert/checkpoint.py)
     config, params = load_checkpoint("ckpt")
 
-Supported transformers model types: gpt2, llama, olmo, mpt (`SUPPORTED_MODEL_TYPES`).  A
+Supported transformers model types: gpt2, llama, olmo, mpt (`SUPPORTED_MODEL_TYPES`); a
+ModelConfig names its own in `hf_model_type` (None: transformers has no class for it).  A
 config value that lmref cannot represent, or a ModelConfig that transformers cannot express,
 raises `ConversionError` naming the field.  `convert.hf_adapter.HFAdapter` (needs torch and
 transformers) runs transformers itself in the conformance suite: `--impl hf`.
 """
 
-from convert.checkpoint import load_checkpoint, save_checkpoint
-from convert.errors import CheckpointError, ConversionError
-from convert.hf import (
+from lmref.convert.checkpoint import load_checkpoint, save_checkpoint
+from lmref.convert.errors import CheckpointError, ConversionError
+from lmref.convert.hf import (
     SUPPORTED_MODEL_TYPES,
     config_from_hf,
     from_hf,
     hf_config,
     hf_state_dict,
-    model_type_for,
+    module_for,
     params_from_hf,
     read_hf_config,
     to_hf,
@@ -29,5 +30,5 @@ from convert.hf import (
 __all__ = [
     "CheckpointError", "ConversionError", "SUPPORTED_MODEL_TYPES",
     "config_from_hf", "from_hf", "hf_config", "hf_state_dict", "load_checkpoint",
-    "model_type_for", "params_from_hf", "read_hf_config", "save_checkpoint", "to_hf",
+    "module_for", "params_from_hf", "read_hf_config", "save_checkpoint", "to_hf",
 ]

@@ -16,13 +16,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from lmref.convert.errors import CheckpointError, ConversionError
+from lmref.convert.safetensors_io import read_file, write_file
+from lmref.spec.config import ConfigError, ModelConfig
+from lmref.spec.errors import ParamsError
+from lmref.spec.params import check_params, param_shapes
 from safetensors import SafetensorError, safe_open
-
-from convert.errors import CheckpointError, ConversionError
-from convert.safetensors_io import read_file, write_file
-from spec.config import ConfigError, ModelConfig
-from spec.errors import ParamsError
-from spec.params import check_params, param_shapes
 
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.safetensors"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from convert.errors import ConversionError
-from spec.config import ModelConfig
+from lmref.convert.errors import ConversionError
+from lmref.spec.config import ModelConfig
 
 # Keys of any transformers config that never change a forward pass: bookkeeping, token ids
 # (they matter to generation and tokenizers, not to logits), dtype (the weights' dtype is the
@@ -30,6 +30,8 @@ GENERIC_IGNORED = frozenset({
 ACTIVATION_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
                       "silu": "silu", "swish": "silu", "relu": "relu"}
 ACTIVATION_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "silu": "silu", "relu": "relu"}
+# The activation features (spec/features.py) of every type that reads `hidden_act` (ACT2FN).
+ACTIVATION_FEATURES = tuple(f"activation.{name}" for name in ACTIVATION_TO_HF)
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.default is not dataclasses.MISSING}
 
@@ -82,17 +84,23 @@ class HFConfig:
             )
 
 
+# Fields every model type maps (convert/hf.py `hf_config`): hf_model_type is config.json's
+# model_type, name its lmref_name.
+COMMON_MAPPED = frozenset({"hf_model_type", "name"})
+
+
 def check_expressible(config: ModelConfig, model_type: str, mapped: set[str], fixed: dict[str, object],
                       rules: list[tuple[str, bool, str]]) -> None:
     """Raise ConversionError unless transformers' `model_type` can express `config`.
 
-    `mapped`: fields written into the HF config.  `fixed`: fields whose value the HF class
-    hard-codes.  Every other field must keep its `ModelConfig` default (the knob is off).
-    `rules`: (field, holds, rule) for relations between fields.
+    `mapped`: fields written into the HF config (besides COMMON_MAPPED).  `fixed`: fields
+    whose value the HF class hard-codes.  Every other field must keep its `ModelConfig`
+    default (the knob is off); sub-configs too: `moe` must be None, since every type mapped
+    here is dense.  `rules`: (field, holds, rule) for relations between fields.
     """
     problems = []
     for f in dataclasses.fields(ModelConfig):
-        if f.name in mapped:
+        if f.name in mapped or f.name in COMMON_MAPPED:
             continue
         want = fixed.get(f.name, _DEFAULTS.get(f.name))
         if getattr(config, f.name) != want:

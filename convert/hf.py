@@ -3,10 +3,11 @@
     config, params = from_hf("path/to/hf_model")          # config.json + *.safetensors
     to_hf(config, params, "path/to/out")                   # transformers' from_pretrained loads it
 
-Model types: gpt2, llama (LLaMA 1/2/3/3.1), olmo (OLMo 1), mpt.  `to_hf` picks the type
-from the config's flags (`model_type_for`).  Tensors keep their dtype (BF16 files come back
-as float32, exactly); values are only moved, never computed, so a round trip either way
-gives the same bits.
+Model types: gpt2, llama (LLaMA 1/2/3/3.1), olmo (OLMo 1), mpt.  `to_hf` writes the type
+the config names in `hf_model_type` (`module_for`; None: transformers has no class for it, and
+the config is refused), and `from_hf` sets `hf_model_type` from config.json's `model_type`.
+Tensors keep their dtype (BF16 files come back as float32, exactly); values are only moved,
+never computed, so a round trip either way gives the same bits.
 """
 
 from __future__ import annotations
@@ -16,48 +17,47 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+from lmref.convert.errors import ConversionError
+from lmref.convert.fields import HFConfig
+from lmref.convert.layout import (
+    check_state_dict,
+    expected_shapes,
+    from_hf_tensor,
+    to_hf_tensor,
+)
+from lmref.convert.models import MODEL_TYPES
+from lmref.convert.safetensors_io import SINGLE_FILE, read_hf_weights, write_file
+from lmref.spec.config import ConfigError, ModelConfig
+from lmref.spec.errors import ParamsError
+from lmref.spec.params import check_params, param_shapes
 
-from convert import gpt2, llama, mpt, olmo
-from convert.errors import ConversionError
-from convert.fields import HFConfig
-from convert.layout import check_state_dict, expected_shapes, from_hf_tensor, to_hf_tensor
-from convert.safetensors_io import SINGLE_FILE, read_hf_weights, write_file
-from spec.config import ConfigError, ModelConfig
-from spec.errors import ParamsError
-from spec.params import check_params, param_shapes
-
-MODEL_TYPES: dict[str, ModuleType] = {m.MODEL_TYPE: m for m in (gpt2, llama, olmo, mpt)}
 SUPPORTED_MODEL_TYPES = tuple(MODEL_TYPES)
-# Which lmref models each type receives (the rule of `model_type_for`), for error messages.
-_EXPORTED = {
-    "gpt2": "models with learned positions",
-    "mpt": "ALiBi models (transformers' OLMo and LLaMA have no ALiBi)",
-    "llama": "RoPE models with RMSNorm",
-    "olmo": "RoPE models with LayerNorm",
-}
 
 
-def model_type_for(config: ModelConfig) -> str:
-    """The transformers model type for `config`, from its flags: learned positions -> gpt2,
-    ALiBi -> mpt, RoPE with RMSNorm -> llama, RoPE with LayerNorm -> olmo.  Whether that
-    type can express every other field is checked by `hf_config`."""
-    if config.position == "learned":
-        return "gpt2"
-    if config.position == "alibi":
-        return "mpt"
-    if config.position == "rope":
-        return "llama" if config.norm == "rmsnorm" else "olmo"
-    raise ConversionError(f"config {config.name!r}: position={config.position!r} has no transformers "
-                          f"model type here; supported types: {', '.join(SUPPORTED_MODEL_TYPES)}")
+def _supported() -> str:
+    return f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
+
+
+def module_for(config: ModelConfig) -> ModuleType:
+    """The converter module of `config.hf_model_type` (the preset states it; nothing is
+    guessed from the flags).  Whether that type can express every other field is checked by
+    `hf_config`."""
+    model_type = config.hf_model_type
+    if model_type is None:
+        raise ConversionError(f"config {config.name!r} has no transformers model type (hf_model_type is None); "
+                              f"{_supported()}")
+    if model_type not in MODEL_TYPES:
+        raise ConversionError(f"config {config.name!r}: hf_model_type {model_type!r} is not supported; {_supported()}")
+    return MODEL_TYPES[model_type]
 
 
 def _module(model_type: object, where: str) -> ModuleType:
+    """The converter module of a config.json's `model_type`."""
     if model_type is None:
         raise ConversionError(f"{where}: no model_type field, so not a Hugging Face config (an lmref "
                               "checkpoint is read with load_checkpoint / `lmref convert --to-hf`)")
     if model_type not in MODEL_TYPES:
-        raise ConversionError(f"{where}: model_type {model_type!r} is not supported; "
-                              f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        raise ConversionError(f"{where}: model_type {model_type!r} is not supported; {_supported()}")
     return MODEL_TYPES[model_type]
 
 
@@ -67,20 +67,15 @@ def _module(model_type: object, where: str) -> ModuleType:
 def hf_config(config: ModelConfig) -> dict:
     """The config.json dict of `config`; ConversionError naming every field transformers
     cannot express.  `lmref_name` keeps the config's name (transformers keeps unknown keys)."""
-    module = _module(model_type_for(config), f"config {config.name!r}")
-    try:
-        fields = module.config_to_hf(config)
-    except ConversionError as e:
-        raise ConversionError(f"{e}; lmref exports {_EXPORTED[module.MODEL_TYPE]} as transformers' "
-                              f"{module.MODEL_TYPE}") from None
-    return {"model_type": module.MODEL_TYPE, "architectures": [module.ARCHITECTURE], **fields,
+    module = module_for(config)
+    return {"model_type": module.MODEL_TYPE, "architectures": [module.ARCHITECTURE], **module.config_to_hf(config),
             "lmref_name": config.name}
 
 
 def hf_state_dict(config: ModelConfig, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The HF state dict (HF key -> array) of canonical `params`."""
     check_params(config, params)
-    module = _module(model_type_for(config), f"config {config.name!r}")
+    module = module_for(config)
     return {e.hf: to_hf_tensor(e, params) for e in module.entries(config)}
 
 
@@ -120,7 +115,8 @@ def read_hf_config(path: str | Path) -> dict:
 
 
 def config_from_hf(data: dict, name: str, where: str = "config.json") -> ModelConfig:
-    """A config.json dict -> ModelConfig; ConversionError naming any field lmref cannot represent."""
+    """A config.json dict -> ModelConfig (its `hf_model_type` is the dict's `model_type`);
+    ConversionError naming any field lmref cannot represent."""
     module = _module(data.get("model_type"), where)
     cfg = HFConfig(data, f"{where} ({module.MODEL_TYPE})", module.IGNORED)
     try:

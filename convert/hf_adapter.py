@@ -9,10 +9,12 @@ attn_implementation="eager", dtype=torch.float32)`, insisting that every weight 
 path: the sdpa path skips some of the math (Gemma 2's softcapping).  The model runs in eval
 mode under `torch.no_grad`; decode uses transformers' own KV cache (`past_key_values`).
 
-A config transformers cannot express raises NotImplementedError with the converter's
-reason, which the suite reports as NOT SUPPORTED: OLMo with ALiBi has no transformers class,
-and MPT, the ALiBi decoder it would map to, has a bias-free LayerNorm and a GELU MLP.
-Needs torch and transformers (`pip install lmref[torch,hf]`).
+The config runs as the transformers type its `hf_model_type` names.  A config that needs a
+feature that type lacks raises `UnsupportedFeature` naming it (the type's feature set:
+convert/features.py); one with no type (hf_model_type None: OLMo with ALiBi has no
+transformers class), or one the type cannot express field by field (convert/fields.py
+`check_expressible`), raises NotImplementedError with the converter's reason.  The suite
+reports both as NOT SUPPORTED.  Needs torch and transformers (`pip install lmref[torch,hf]`).
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import tempfile
 import numpy as np
 import torch
 import transformers
+from lmref.convert.errors import ConversionError
+from lmref.convert.features import FEATURES_BY_TYPE
+from lmref.convert.hf import module_for, to_hf
+from lmref.spec.captures import capture_names
+from lmref.spec.config import ModelConfig
+from lmref.spec.features import check_supported
 from transformers import AutoModelForCausalLM
-
-from convert.errors import ConversionError
-from convert.hf import MODEL_TYPES, model_type_for, to_hf
-from impl_numpy import capture_names
-from spec.config import ModelConfig
 
 
 def _recorder(captured: dict, name: str):
@@ -47,6 +50,8 @@ class HFAdapter:
     def build_model(self, config: ModelConfig, params: dict[str, np.ndarray]) -> torch.nn.Module:
         """The transformers model of (config, params), float32, eval mode."""
         try:
+            model_type = module_for(config).MODEL_TYPE
+            check_supported(config, f"hf ({model_type})", FEATURES_BY_TYPE[model_type])
             with tempfile.TemporaryDirectory() as tmp:
                 to_hf(config, params, tmp, dtype="float32")
                 model, info = AutoModelForCausalLM.from_pretrained(
@@ -96,7 +101,7 @@ class HFAdapter:
         (the dropouts after them are off in eval).
         """
         model = self.build_model(config, params)
-        modules = MODEL_TYPES[model_type_for(config)].LAYER_MODULES
+        modules = module_for(config).LAYER_MODULES
         captured: dict = {}
         last = config.n_layers - 1
         targets = [(f"layers.{i}.{part}", modules[part].format(i=i)) for i in range(config.n_layers)

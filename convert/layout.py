@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from convert.errors import ConversionError
+from lmref.convert.errors import ConversionError
+from lmref.spec.params import layout_mismatches
 
 
 @dataclass(frozen=True)
@@ -82,16 +82,6 @@ def from_hf_tensor(entry: Entry, tensor: np.ndarray, shapes: dict[str, tuple[int
 
 def check_state_dict(expected: dict[str, tuple[int, ...]], tensors: dict[str, np.ndarray], where: str) -> None:
     """Raise ConversionError listing every missing, unexpected and misshaped key."""
-    missing = [k for k in expected if k not in tensors]
-    unexpected = sorted(k for k in tensors if k not in expected)
-    misshaped = [f"{k}: expected {expected[k]}, got {tuple(tensors[k].shape)}"
-                 for k in expected if k in tensors and tuple(tensors[k].shape) != expected[k]]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} key(s): {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected)}")
-    if misshaped:
-        problems.append(f"wrong shape for {len(misshaped)} key(s): {'; '.join(misshaped)}")
+    problems = layout_mismatches(expected, {k: tuple(v.shape) for k, v in tensors.items()}, unit=" key(s)")
     if problems:
         raise ConversionError(f"{where}: the weights do not match the config: " + " | ".join(problems))

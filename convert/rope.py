@@ -11,11 +11,15 @@ config.json files have a top-level `rope_theta` and `rope_scaling` {"type" or "r
 
 from __future__ import annotations
 
-from convert.fields import HFConfig
-from spec.config import ModelConfig, RopeScaling
+from lmref.convert.fields import HFConfig
+from lmref.spec.config import ModelConfig, RopeScaling
 
 DEFAULT_THETA = 10_000.0  # RotaryEmbeddingConfigMixin.default_theta
 SUPPORTED = ("default", "linear", "llama3")  # the rope types lmref implements
+# What the llama-style types express (spec/features.py).  LlamaRotaryEmbedding and
+# OlmoRotaryEmbedding rotate halves; an interleaved model is exported with its q, k columns
+# permuted (`rope_columns_permutation`), the same computation.
+ROPE_FEATURES = ("positions.rope", "rope.interleaved", "rope.scaling.linear", "rope.scaling.llama3")
 
 
 def rope_from_hf(cfg: HFConfig, max_seq_len: int) -> tuple[float, RopeScaling | None]:
@@ -54,6 +58,14 @@ def _pop(cfg: HFConfig, params: dict, key: str):
     if key not in params:
         cfg.fail(f"rope_parameters.{key}", None, "required by this rope_type")
     return params.pop(key)
+
+
+def rope_scaling_rule(config: ModelConfig) -> tuple[str, bool, str]:
+    """transformers computes every rope_type its own way (modeling_rope_utils.py
+    `ROPE_INIT_FUNCTIONS`), with parameters lmref does not write: only the kinds lmref reads
+    back are exported."""
+    kind = "default" if config.rope_scaling is None else config.rope_scaling.kind
+    return ("rope_scaling", kind in SUPPORTED, f"kind {kind!r} is not converted; lmref converts {', '.join(SUPPORTED)}")
 
 
 def rope_to_hf(config: ModelConfig) -> dict:

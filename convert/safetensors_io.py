@@ -14,10 +14,9 @@ import struct
 from pathlib import Path
 
 import numpy as np
+from lmref.convert.errors import ConversionError
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
-
-from convert.errors import ConversionError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"

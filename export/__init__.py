@@ -4,15 +4,14 @@
                         OPSET (18), the directory layout (model.onnx, config.json, export.json)
     export.decoder      OnnxDecoder: impl_torch's Transformer behind the flat ONNX interface
                         (input_ids, attention_mask, position_ids, past_key_values.{i}.key|value
-                        -> logits, present.{i}.key|value), concat KV cache
-    export.masks        the causal + padding mask over past and current keys, ALiBi from positions
-    export.support      check_exportable(config): the knobs the export computes
+                        -> logits, present.{i}.key|value), concat KV cache, padding as positions
+    export.features     FEATURES (the torch twin's, minus what the export cannot express) and
+                        check_exportable(config), which refuses the rest by feature name
     export.bundle       open_bundle(out): an exported directory, checked; reference_params
     export.runtime      open_session (provider asserted), DecoderSession (step, prefill_and_decode)
     export.validate     validate(bundle, params, providers): the left-padded prefill + decode check
     export.generate     generate(session, prompt, n): sampling over the graph's KV cache
     export.onnx_adapter OnnxAdapter: `pytest conformance/ --impl onnx`
-    export.cli          `lmref export`, `lmref validate-onnx`, `lmref generate --onnx`
 
 Importing this package imports nothing heavy: torch, onnx and onnxruntime (the `torch` and
 `onnx` extras) are imported by the modules that need them.

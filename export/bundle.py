@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from export.decoder import input_names, output_names
-from export.errors import BundleError
-from export.exporter import CONFIG_FILE, CONFIG_METADATA_KEY, FORMAT, FORMAT_VERSION, MANIFEST_FILE
-from spec.config import ConfigError, ModelConfig
+from lmref.export.decoder import input_names, output_names
+from lmref.export.errors import BundleError
+from lmref.export.exporter import CONFIG_FILE, CONFIG_METADATA_KEY, FORMAT, FORMAT_VERSION, MANIFEST_FILE
+from lmref.spec.config import ConfigError, ModelConfig
 
 
 @dataclass(frozen=True)
@@ -142,11 +142,11 @@ def open_bundle(out: str | Path) -> Bundle:
 def reference_params(bundle: Bundle, checkpoint: str | Path | None = None) -> dict[str, np.ndarray]:
     """The weights the graph was exported from: `checkpoint` when given, else the manifest's
     source (a preset's init, or the checkpoint directory it names)."""
-    from export.exporter import read_checkpoint
+    from lmref.export.exporter import read_checkpoint
 
     source = bundle.manifest.get("source") or {}
     if checkpoint is None and source.get("kind") == "preset":
-        from spec.params import init_params
+        from lmref.spec.params import init_params
 
         return init_params(bundle.config, int(source["seed"]))
     if checkpoint is None and source.get("kind") != "checkpoint":

@@ -6,17 +6,30 @@ concat-style KV cache, one graph for the prefill and every decode step.
         -> (logits [B, S, vocab], present.{i}.key, present.{i}.value [B, n_kv_heads, T, head_dim])
 
 with T = P + S.  The first step passes an empty past (P = 0); each later step passes the
-presents of the step before.  Everything depends on the inputs only through tensor ops:
+presents of the step before.  The wrapper re-implements no step of the model: its forward
+is the Transformer's own tensor-only forward (`Transformer.logits`: embedding, the layers
+built from the plan, their masks and RoPE, the head) with a ConcatCache in place of the
+static cache.  So the export computes exactly the torch twin's math, and a config the
+export cannot express is refused by feature name (export/features.py), never traced with a
+knob dropped.
+
+Padding is expressed through positions, the Hugging Face convention (`attention_mask` 1 on
+real tokens, 0 on padding; `position_ids = attention_mask.cumsum(-1) - 1` in transformers'
+`prepare_inputs_for_generation`): key slot t of a row holds the position
+cumsum(attention_mask)[t] - 1 where attention_mask[t] is 1 and EMPTY_SLOT (-1,
+spec/plan.py) where it is 0, so the masks (impl_torch/masks.py) hide padding like any empty
+slot, and causality, sliding windows, chunks and ALiBi distances are measured between real
+tokens.  Everything depends on the inputs only through tensor ops:
 
 - the RoPE angles are computed from `position_ids` inside the graph (no cos/sin table sized
   by the example input: quic/efficient-transformers#1178);
-- the masks are built from `attention_mask` (export/masks.py);
+- the masks are built from the slots' positions, the sliding window as an explicit band
+  (decomposed exports have dropped the window silently: sonos/tract#2323);
 - the cache grows by `torch.cat` (no StaticCache object crosses the boundary:
   pytorch#153998, pytorch#152465).
 
-MoE layers, when the export gets them, go through impl_torch's blocks like dense ones, as a
-static loop over all experts (huggingface/transformers#38518); export/support.py refuses
-them until then.
+MoE layers, when the twin gets them, go through impl_torch's blocks like dense ones, as a
+static loop over all experts (huggingface/transformers#38518).
 """
 
 from __future__ import annotations
@@ -25,11 +38,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.masks import score_bias
-from export.support import check_exportable
-from impl_torch import Transformer
-from impl_torch.rope import rope_cos_sin
-from spec.config import ModelConfig
+from lmref.export.features import check_exportable
+from lmref.impl_torch import Transformer
+from lmref.spec.config import ModelConfig
+from lmref.spec.plan import EMPTY_SLOT
 
 DTYPE = torch.float32
 # impl_torch's eager attention: torchlib decomposes SDPA into MatMul / Softmax anyway
@@ -55,30 +67,43 @@ def output_names(n_layers: int) -> list[str]:
     return ["logits", *present_names(n_layers)]
 
 
-class ConcatCache:
-    """What impl_torch's Attention needs of a cache (`append`), for the export: each layer's
-    present is its past with the step's keys and values concatenated on the sequence axis."""
+def slot_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] int64 position of each key slot: cumsum(attention_mask) - 1 on real tokens,
+    EMPTY_SLOT on padding (the module docstring)."""
+    positions = attention_mask.cumsum(-1) - 1  # [B, T]
+    return torch.where(attention_mask.bool(), positions, EMPTY_SLOT)
 
-    def __init__(self, past: list[torch.Tensor]):
+
+class ConcatCache:
+    """impl_torch's KV cache protocol (`append`) for the export: each layer's present is its
+    past with the step's keys and values concatenated on the sequence axis, and every slot's
+    position comes from `attention_mask` (slot_positions), which covers past and new slots."""
+
+    def __init__(self, past: list[torch.Tensor], attention_mask: torch.Tensor):
         self.past = past
         self.present = list(past)
+        self.positions = slot_positions(attention_mask)  # [B, P + S]
 
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """k, v [B, KV, S, hd] -> all keys and values [B, KV, P + S, hd] of `layer`."""
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor,
+               positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """k, v [B, KV, S, hd] -> all keys and values [B, KV, P + S, hd] of `layer` and the
+        slots' positions [B, P + S].  The step's `positions` are the last S of those when
+        position_ids follow the mask; the mask, not position_ids, says which slots are padding."""
         k = torch.cat([self.past[2 * layer], k], dim=2)  # [B, KV, P + S, hd]
         v = torch.cat([self.past[2 * layer + 1], v], dim=2)
         self.present[2 * layer], self.present[2 * layer + 1] = k, v
-        return k, v
+        return k, v, self.positions
 
 
 class OnnxDecoder(nn.Module):
-    """A float32 Transformer (eager attention) with the ONNX interface above."""
+    """A float32 Transformer with eager attention behind the ONNX interface above (the model
+    is moved to float32 and set to eager attention in place, as nn.Module.to moves it)."""
 
     def __init__(self, model: Transformer):
         super().__init__()
         check_exportable(model.config)
         self.model = model.to(DTYPE)
-        self.config = model.config
+        self.model.attn_impl = ATTN_IMPL
         self.eval()
 
     @classmethod
@@ -88,15 +113,8 @@ class OnnxDecoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 past_key_values: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        c, m = self.config, self.model
-        kinds = c.layer_attn_kinds
-        biases = {kind: score_bias(c, kind, attention_mask, position_ids, DTYPE) for kind in dict.fromkeys(kinds)}
-        rope = rope_cos_sin(c, position_ids, DTYPE) if c.position == "rope" else None  # [B, 1, S, r/2] each
-        cache = ConcatCache(past_key_values)
-        h = m.embed(input_ids, position_ids)  # [B, S, d_model]
-        for i, (layer, kind) in enumerate(zip(m.layers, kinds)):
-            h = layer(h, rope, biases[kind], cache, i, ATTN_IMPL, None)
-        logits = m.lm_head(m.final_norm(h))  # [B, S, vocab]
+        cache = ConcatCache(past_key_values, attention_mask)
+        logits = self.model.logits(input_ids, position_ids, cache=cache)  # [B, S, vocab]
         return (logits, *cache.present)
 
 

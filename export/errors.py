@@ -3,8 +3,8 @@ and what is wrong with it."""
 
 
 class ExportError(ValueError):
-    """A model the exporter refuses: a config knob the export wrapper does not compute, or a
-    source (checkpoint, preset) that cannot be read."""
+    """A source the exporter cannot read (a checkpoint, a preset).  A config needing a feature
+    the export lacks raises spec.features.UnsupportedFeature (export/features.py)."""
 
 
 class BundleError(ValueError):

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 
 import lmref
-from export.decoder import OnnxDecoder, dynamic_shapes, example_inputs, input_names, output_names
-from export.errors import ExportError
-from export.support import check_exportable
-from spec.config import ModelConfig
-from spec.params import param_count
+from lmref.export.decoder import OnnxDecoder, dynamic_shapes, example_inputs, input_names, output_names
+from lmref.export.errors import ExportError
+from lmref.export.features import check_exportable
+from lmref.spec.config import ModelConfig
+from lmref.spec.params import param_count
 
 OPSET = 18
 FORMAT, FORMAT_VERSION = "lmref-onnx", 1
@@ -139,8 +139,8 @@ def export_onnx(config: ModelConfig, params: dict[str, np.ndarray], out: str | P
 
 def export_preset(name: str, seed: int, out: str | Path, *, external_data: bool | None = None) -> Path:
     """Export tiny(name) with init_params(config, seed)."""
-    from spec.params import init_params
-    from spec.presets import tiny
+    from lmref.spec.params import init_params
+    from lmref.spec.presets import tiny
 
     config = tiny(name)
     return export_onnx(config, init_params(config, seed), out, external_data=external_data,
@@ -151,13 +151,13 @@ def read_checkpoint(path: str | Path) -> tuple[Path, ModelConfig, dict[str, np.n
     """(directory, config, params, tokenizer info) of an lmref checkpoint directory, or of a
     training checkpoint or run directory (`lmref train`'s, whose trainer state names the
     tokenizer)."""
-    from convert.checkpoint import load_checkpoint
+    from lmref.convert.checkpoint import load_checkpoint
 
     path = Path(path)
     if not path.is_dir():
         raise ExportError(f"{path}: no such checkpoint directory")
     if (path / "trainer_state.json").is_file() or (path / "latest").is_file():
-        from train.checkpoint import load_model
+        from lmref.train.checkpoint import load_model
 
         directory, config, params, state = load_model(path)
         return directory, config, params, state.get("tokenizer")

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from export.bundle import Bundle, open_bundle
-from export.errors import BundleError
-from export.runtime import CPU, CUDA, DecoderSession, default_provider, open_session
-from spec.errors import InputError
+from lmref.export.bundle import Bundle, open_bundle
+from lmref.export.errors import BundleError
+from lmref.export.runtime import CPU, CUDA, DecoderSession, default_provider, open_session
+from lmref.spec.errors import InputError
 
 DEVICES = {"cpu": CPU, "cuda": CUDA}
 
@@ -26,7 +26,7 @@ def generate(session: DecoderSession, prompt: list[int], max_new_tokens: int, *,
     """`max_new_tokens` token ids following `prompt`, decoded through the graph's KV cache."""
     import torch
 
-    from train.generate import check_request, next_token, seeded_generator
+    from lmref.train.generate import check_request, next_token, seeded_generator
 
     total = check_request(prompt, max_new_tokens, session.config.max_seq_len, temperature, top_k, top_p)
     generator = seeded_generator(seed)
@@ -43,7 +43,7 @@ def generate(session: DecoderSession, prompt: list[int], max_new_tokens: int, *,
 
 def load_tokenizer(bundle: Bundle):
     """The tokenizer recorded at export time (a training checkpoint's), or BundleError."""
-    from train.tokenizer import load_tokenizer as load
+    from lmref.train.tokenizer import load_tokenizer as load
 
     info = bundle.manifest.get("tokenizer")
     if not info:

@@ -19,11 +19,11 @@ from collections import OrderedDict
 import numpy as np
 import onnxruntime as ort
 
-from conformance.metrics import log_softmax
-from export.bundle import open_bundle
-from export.exporter import OPSET, export_onnx
-from export.runtime import DecoderSession, default_provider, open_session
-from spec.config import ModelConfig
+from lmref.impl_numpy.model import log_softmax
+from lmref.export.bundle import open_bundle
+from lmref.export.exporter import OPSET, export_onnx
+from lmref.export.runtime import DecoderSession, default_provider, open_session
+from lmref.spec.config import ModelConfig
 
 CACHE_SIZE = 64  # sessions kept: the suite runs each capability over every case, so keep them all
 

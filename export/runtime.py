@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.decoder import input_names, past_names
-from export.errors import ProviderError
-from spec.config import ModelConfig
+from lmref.export.decoder import input_names, past_names
+from lmref.export.errors import ProviderError
+from lmref.spec.config import ModelConfig
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 # Nodes that must run on the requested provider; the rest (Shape, Gather of sizes, ...) may not.
@@ -94,8 +94,8 @@ def end_profile(session) -> Counter:
 
 
 def positions_from_mask(attention_mask: np.ndarray) -> np.ndarray:
-    """[B, T] int64: cumsum - 1 clipped at 0, the position ids of left-padded rows (as
-    export/masks.py computes for the keys)."""
+    """[B, T] int64: cumsum - 1 clipped at 0, the position ids of left-padded rows (the HF
+    convention; the graph gives the padding slots' keys EMPTY_SLOT, export/decoder.py)."""
     return np.clip(np.cumsum(attention_mask, axis=-1) - 1, 0, None).astype(np.int64)
 
 

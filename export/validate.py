@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import impl_numpy
-from conformance.metrics import Metrics, compare, describe, gate
-from conformance.tolerances import Tolerance, Tolerances
-from export.bundle import Bundle
-from export.runtime import DecoderSession, check_placement, end_profile, open_session
-from spec.config import ModelConfig
+from lmref import impl_numpy
+from lmref.conformance.metrics import Metrics, compare, describe, gate
+from lmref.conformance.tolerances import Tolerance, Tolerances
+from lmref.export.bundle import Bundle
+from lmref.export.runtime import DecoderSession, check_placement, end_profile, open_session
+from lmref.spec.config import ModelConfig
 
 DEFAULT_PAD, DEFAULT_STEPS = 3, 8
 
@@ -97,7 +97,7 @@ def golden_rows(config: ModelConfig, params: dict, batch: PaddedBatch) -> list[n
 
 def torch_rows(config: ModelConfig, params: dict, batch: PaddedBatch) -> list[np.ndarray]:
     """The float32 torch twin on each row alone, prefill then its own KV cache."""
-    from impl_torch import Transformer
+    from lmref.impl_torch import Transformer
 
     model = Transformer.from_canonical(config, params).eval()
     return [model.decode(batch.row(b), len(p))[0].numpy() for b, p in enumerate(batch.prompts)]

@@ -6,13 +6,14 @@ inputs on the host like the golden and run jitted cores (`forward_jit`, `loss_ji
 `jax.enable_x64(True)` (never switched on here).  See impl_jax/model.py.
 """
 
-from impl_jax.cache import KVCache
-from impl_jax.model import (
-    capture_names, check_params, decode, forward, forward_core, forward_jit, from_canonical, loss,
-    loss_core, loss_jit, to_canonical,
+from lmref.impl_jax.cache import KVCache
+from lmref.impl_jax.features import FEATURES
+from lmref.impl_jax.model import (
+    check_params, decode, forward, forward_core, forward_jit, from_canonical, loss, loss_core, loss_jit,
+    to_canonical,
 )
 
 __all__ = [
-    "KVCache", "capture_names", "check_params", "decode", "forward", "forward_core", "forward_jit",
+    "FEATURES", "KVCache", "check_params", "decode", "forward", "forward_core", "forward_jit",
     "from_canonical", "loss", "loss_core", "loss_jit", "to_canonical",
 ]

@@ -1,8 +1,8 @@
 """`JaxAdapter`: the JAX twin behind the conformance suite's adapter protocol
 (conformance/adapters.py): forward, decode, loss, capture, with name / version / dtype.
 
-    pytest conformance/ --arch llama3 --impl impl_jax.adapter:JaxAdapter      (float32)
-    pytest conformance/ --arch llama3 --impl impl_jax.adapter:bfloat16        (bfloat16)
+    pytest conformance/ --arch llama3 --impl lmref.impl_jax.adapter:JaxAdapter      (float32)
+    pytest conformance/ --arch llama3 --impl lmref.impl_jax.adapter:bfloat16        (bfloat16)
 
 The suite passes float64 NumPy params; they are checked (spec.params.check_params: the same
 ParamsError as the golden) before being cast to the adapter's dtype.  Results come back as
@@ -14,8 +14,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-import impl_jax
-from spec.config import ModelConfig
+from lmref import impl_jax
+from lmref.spec.config import ModelConfig
 
 DTYPES = ("float32", "bfloat16")
 
@@ -51,4 +51,4 @@ class JaxAdapter:
         return {name: np.asarray(value) for name, value in captured.items()}
 
 
-bfloat16 = JaxAdapter("bfloat16")  # `--impl impl_jax.adapter:bfloat16`
+bfloat16 = JaxAdapter("bfloat16")  # `--impl lmref.impl_jax.adapter:bfloat16`

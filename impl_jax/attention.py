@@ -10,10 +10,14 @@ Unlike the golden, the KV heads are not repeated: the query heads are viewed as
 [n_kv_heads, group] (C order, so h = j * group + g reads KV head j) and contracted with the
 KV heads directly.
 
-scores = (q k^T) * head_dim^-0.5 (+ ALiBi bias); keys after the query are masked out with the
-dtype's lowest finite value.  Scores, bias and softmax are in at least float32, as fused
-attention kernels keep them (HF `eager_attention_forward` upcasts the softmax; a bfloat16
-ALiBi bias of -500 would be off by up to 1); the probabilities are cast to the value dtype.
+scores = (q k^T) * head_dim^-0.5 (+ ALiBi bias); keys the layer's mask hides (impl_jax/
+masks.py: causal, sliding, chunked, empty cache slots) get the dtype's lowest finite value
+(spec/MATH.md, "Masks": a row with no visible key stays finite).  What each layer does (its
+mask, its RoPE, ALiBi) comes from its plan (spec/plan.py).
+
+Scores, bias and softmax are in at least float32, as fused attention kernels keep them (HF
+`eager_attention_forward` upcasts the softmax; a bfloat16 ALiBi bias of -500 would be off by
+up to 1); the probabilities are cast to the value dtype.
 """
 
 from __future__ import annotations
@@ -21,15 +25,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from impl_jax.alibi import alibi_bias, alibi_slopes
-from impl_jax.cache import KVCache
-from impl_jax.rope import apply_rope
-from spec.config import ModelConfig
-
-
-def causal_mask(q_positions: jax.Array, k_positions: jax.Array) -> jax.Array:
-    """[Sq, Sk] True where query q may attend to key k, i.e. k <= q."""
-    return k_positions[None, :] <= q_positions[:, None]
+from lmref.impl_jax.alibi import alibi_bias, alibi_slopes
+from lmref.impl_jax.cache import KVCache
+from lmref.impl_jax.masks import visible
+from lmref.impl_jax.rope import apply_rope
+from lmref.spec.config import ModelConfig
+from lmref.spec.plan import LayerPlan
 
 
 def _project(config: ModelConfig, params: dict, p: str, x: jax.Array, name: str, heads: int) -> jax.Array:
@@ -42,37 +43,37 @@ def _project(config: ModelConfig, params: dict, p: str, x: jax.Array, name: str,
     return y.reshape(*x.shape[:2], heads, config.head_dim)  # [B, S, heads, hd]
 
 
-def attention_scores(config: ModelConfig, q: jax.Array, k: jax.Array, q_pos: jax.Array,
+def attention_scores(config: ModelConfig, plan: LayerPlan, q: jax.Array, k: jax.Array, q_pos: jax.Array,
                      k_pos: jax.Array) -> jax.Array:
     """Masked, biased scores [B, KV, G, Sq, Sk] from q [B, Sq, KV, G, hd], k [B, Sk, KV, hd],
     in at least float32."""
     wide = jnp.promote_types(q.dtype, jnp.float32)
     scores = jnp.einsum("bqjgd,bkjd->bjgqk", q, k, preferred_element_type=wide) * config.attn_scale
-    if config.position == "alibi":
+    if plan.alibi:
         bias = alibi_bias(alibi_slopes(config.n_heads, config.alibi_max_bias), q_pos, k_pos, scores.dtype)
         scores = scores + bias.reshape(q.shape[2], q.shape[3], *bias.shape[1:])  # [H, ..] -> [KV, G, Sq, Sk]
-    return jnp.where(causal_mask(q_pos, k_pos), scores, jnp.finfo(scores.dtype).min)
+    return jnp.where(visible(plan.mask, q_pos, k_pos), scores, jnp.finfo(scores.dtype).min)
 
 
-def attention(config: ModelConfig, params: dict, prefix: str, x: jax.Array, positions: jax.Array,
-              cache: KVCache | None = None, layer: int = 0) -> tuple[jax.Array, KVCache | None]:
+def attention(config: ModelConfig, plan: LayerPlan, params: dict, prefix: str, x: jax.Array,
+              positions: jax.Array, cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
     """One attention block: x [B, S, d_model] at `positions` [S] -> ([B, S, d_model], cache).
 
-    With a cache, this step's keys and values are written to it and the queries read every
-    slot of the buffer (the causal mask hides the slots not written yet)."""
+    With a cache, this step's keys, values and positions are written to it and the queries
+    read every slot of the buffer at the positions it records (empty slots are never visible)."""
     batch, seq = x.shape[:2]
     q = _project(config, params, prefix, x, "q", config.n_heads)  # [B, S, H, hd]
     k = _project(config, params, prefix, x, "k", config.n_kv_heads)  # [B, S, KV, hd]
     v = _project(config, params, prefix, x, "v", config.n_kv_heads)
-    if config.position == "rope":
-        q, k = apply_rope(config, q, positions), apply_rope(config, k, positions)
+    if plan.rope is not None:
+        q, k = (apply_rope(plan.rope, t, positions, config.max_seq_len) for t in (q, k))
     k_positions = positions
     if cache is not None:
-        cache = cache.update(layer, k, v)
-        k, v = cache.keys[layer], cache.values[layer]  # [B, T, KV, hd], T = capacity
-        k_positions = jnp.arange(cache.capacity)  # slot t holds position t
+        cache = cache.update(plan.index, k, v, positions)
+        i = plan.index
+        k, v, k_positions = cache.keys[i], cache.values[i], cache.positions[i]  # [B, T, KV, hd] x 2, [T]
     q = q.reshape(batch, seq, config.n_kv_heads, config.kv_group_size, config.head_dim)  # [B, S, KV, G, hd]
-    probs = jax.nn.softmax(attention_scores(config, q, k, positions, k_positions))  # [B, KV, G, S, T]
+    probs = jax.nn.softmax(attention_scores(config, plan, q, k, positions, k_positions))  # [B, KV, G, S, T]
     out = jnp.einsum("bjgqk,bkjd->bqjgd", probs.astype(v.dtype), v)  # [B, S, KV, G, hd]
     out = out.reshape(batch, seq, config.q_dim) @ params[f"{prefix}.wo"]  # [B, S, H*hd] -> [B, S, d_model]
     if config.attn_out_bias:

@@ -1,10 +1,15 @@
-"""The KV cache: fixed-size key and value buffers per layer plus a length index.
+"""The KV cache: fixed-size key and value buffers per layer, the position each slot holds
+(spec/plan.py: the masks read positions, never slot numbers), and a length index.
 
 Jit-friendly by construction: the buffers have the static shape [B, max_seq_len, n_kv_heads,
-head_dim] for the whole decode, a step writes its keys at `length` with
-`jax.lax.dynamic_update_slice` (a traced offset, so every single-token step reuses one
-compilation), and the attention masks the unfilled slots through positions alone: slot t
-holds position t, and a query at position q only reads keys at positions <= q < length + S.
+head_dim] for the whole decode, and a step writes its keys, values and positions at slot
+`length` with `jax.lax.dynamic_update_slice` (a traced offset, so every single-token step
+reuses one compilation).  A slot not written yet records EMPTY_SLOT, which no mask shows
+(spec/MATH.md, "Masks"), so the attention reads the whole buffer without knowing `length`.
+
+Each layer records its own positions, as the golden's cache does (impl_numpy/cache.py):
+today every layer writes the same slots, but a layer with another buffer layout (a ring
+buffer for a sliding window) needs no other code in the attention.
 
 `dynamic_update_slice` clamps an offset that would run past the buffer instead of failing,
 so the host-side checks in `impl_jax.model.forward` refuse such a step before it is traced.
@@ -17,22 +22,26 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from spec.config import ModelConfig
+from lmref.spec.config import ModelConfig
+from lmref.spec.plan import EMPTY_SLOT
 
 
 class KVCache(NamedTuple):
-    """A pytree.  Per layer, keys and values [B, max_seq_len, n_kv_heads, head_dim]; `length`
-    (an int32 scalar array) counts the filled positions 0 .. length - 1."""
+    """A pytree.  Per layer, keys and values [B, max_seq_len, n_kv_heads, head_dim] and the
+    positions [max_seq_len] (int32, EMPTY_SLOT where nothing is written) they were computed
+    at; `length` (an int32 scalar array) counts the positions taken in (the next one's slot)."""
 
     keys: tuple[jax.Array, ...]
     values: tuple[jax.Array, ...]
+    positions: tuple[jax.Array, ...]
     length: jax.Array
 
     @classmethod
     def empty(cls, config: ModelConfig, batch: int, dtype=jnp.float32) -> KVCache:
         shape = (batch, config.max_seq_len, config.n_kv_heads, config.head_dim)
         buffers = tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layers))
-        return cls(keys=buffers, values=buffers, length=jnp.zeros((), jnp.int32))
+        slots = tuple(jnp.full(config.max_seq_len, EMPTY_SLOT, jnp.int32) for _ in range(config.n_layers))
+        return cls(keys=buffers, values=buffers, positions=slots, length=jnp.zeros((), jnp.int32))
 
     @property
     def batch(self) -> int:
@@ -42,15 +51,19 @@ class KVCache(NamedTuple):
     def capacity(self) -> int:
         return self.keys[0].shape[1]
 
-    def update(self, layer: int, k: jax.Array, v: jax.Array) -> KVCache:
-        """Write this step's k, v [B, S, kv, hd] of `layer` at positions length .. length + S - 1.
+    def update(self, layer: int, k: jax.Array, v: jax.Array, positions: jax.Array) -> KVCache:
+        """Write this step's k, v [B, S, kv, hd] of `layer`, computed at `positions` [S], into
+        slots length .. length + S - 1.
 
         `length` itself moves on once per forward, after every layer wrote (`advance`)."""
         start = (0, self.length, 0, 0)
         new_k = jax.lax.dynamic_update_slice(self.keys[layer], k.astype(self.keys[layer].dtype), start)
         new_v = jax.lax.dynamic_update_slice(self.values[layer], v.astype(self.values[layer].dtype), start)
+        new_positions = jax.lax.dynamic_update_slice(self.positions[layer], positions.astype(jnp.int32),
+                                                     (self.length,))
         return self._replace(keys=_replace_at(self.keys, layer, new_k),
-                             values=_replace_at(self.values, layer, new_v))
+                             values=_replace_at(self.values, layer, new_v),
+                             positions=_replace_at(self.positions, layer, new_positions))
 
     def advance(self, n: int) -> KVCache:
         """The cache after a forward of n new positions."""

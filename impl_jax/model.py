@@ -1,5 +1,8 @@
 """The decoder-only LM: embeddings, a stack of pre-norm blocks, the head (JAX twin).
 
+Each layer is built from its plan (spec/plan.py); a config that needs a feature the twin
+does not compute (impl_jax/features.py) is refused with UnsupportedFeature, by name.
+
     h = embed.tokens[tokens] (+ embed.positions[p])
     for each layer:                      (pre-norm residual, GPT-2 / LLaMA)
         h = h + attn(attn_norm(h))
@@ -11,11 +14,15 @@ Two layers of API:
 * traced cores, pure and unchecked, for use inside the caller's own jit / grad / vmap:
   `forward_core(config, params, tokens, cache, capture) -> (logits, cache, captured)` and
   `loss_core(config, params, tokens)`, jitted as `forward_jit` and `loss_jit` with `config`
-  (a frozen, hashable dataclass) and `capture` static.
-* host functions with the golden's checks and errors (spec.inputs.check_tokens, the params
-  check): `forward`, `decode`, `loss`.  They validate concrete inputs on the host, then call
-  the jitted cores (`jax.disable_jit()` runs them op by op).  `loss` stays differentiable
-  in `params`: the params check reads shapes and dtypes only, which tracers have.
+  (a frozen, hashable dataclass) and `capture` static.  Only the features are checked, on
+  the static config while tracing, so no core ever runs a knob it would ignore.
+* host functions with the golden's checks and errors, in the golden's order (the features,
+  spec.inputs.check_tokens, the params check): `forward`, `decode`, `loss`.  They validate
+  concrete inputs on the host, then call the jitted cores (`jax.disable_jit()` runs them op
+  by op).  `loss` stays differentiable in `params`: the params check reads shapes and dtypes
+  only, which tracers have.
+
+`capture` receives the intermediates named by spec/captures.py, in the golden's order.
 
 `forward` with `cache=None` returns the logits; with a cache it returns `(logits, cache)`,
 the new cache holding the new positions (JAX arrays are immutable, so the cache cannot be
@@ -28,22 +35,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from impl_jax.attention import attention
-from impl_jax.cache import KVCache
-from impl_jax.mlp import mlp
-from impl_jax.norms import apply_norm, upcast
-from spec.config import ModelConfig
-from spec.errors import InputError, ParamsError
-from spec.inputs import check_tokens
-from spec.params import check_params as check_param_names_and_shapes, param_shapes
+from lmref.impl_jax.attention import attention
+from lmref.impl_jax.cache import KVCache
+from lmref.impl_jax.features import FEATURES
+from lmref.impl_jax.mlp import mlp
+from lmref.impl_jax.norms import apply_norm, upcast
+from lmref.spec.captures import capture_names
+from lmref.spec.config import ModelConfig
+from lmref.spec.errors import InputError, ParamsError
+from lmref.spec.features import check_supported
+from lmref.spec.inputs import check_tokens
+from lmref.spec.params import check_params as check_param_names_and_shapes, param_shapes
+from lmref.spec.plan import LayerPlan, layer_plan
 
-
-def capture_names(config: ModelConfig) -> list[str]:
-    """Names of the captured intermediates, in computation order (as impl_numpy's)."""
-    names = ["embed"]
-    for i in range(config.n_layers):
-        names += [f"layers.{i}.attn", f"layers.{i}.mlp", f"layers.{i}.out"]
-    return names + ["final_norm", "logits"]
+BACKEND = "jax"
 
 
 # --- the traced model ---------------------------------------------------------------------------
@@ -57,12 +62,12 @@ def embed(config: ModelConfig, params: dict, tokens: jax.Array, positions: jax.A
     return h
 
 
-def block(config: ModelConfig, params: dict, i: int, h: jax.Array, positions: jax.Array,
+def block(config: ModelConfig, plan: LayerPlan, params: dict, h: jax.Array, positions: jax.Array,
           cache: KVCache | None, captured: dict | None) -> tuple[jax.Array, KVCache | None]:
-    """Layer i of the stack, pre-norm and sequential: [B, S, d_model] -> [B, S, d_model]."""
-    p = f"layers.{i}"
-    a, cache = attention(config, params, f"{p}.attn", apply_norm(config, params, f"{p}.attn_norm", h),
-                         positions, cache, i)
+    """One layer of the stack, pre-norm and sequential: [B, S, d_model] -> [B, S, d_model]."""
+    p = f"layers.{plan.index}"
+    a, cache = attention(config, plan, params, f"{p}.attn", apply_norm(config, params, f"{p}.attn_norm", h),
+                         positions, cache)
     h = h + a
     m = mlp(config, params, f"{p}.mlp", apply_norm(config, params, f"{p}.mlp_norm", h))
     h = h + m
@@ -84,7 +89,9 @@ def forward_core(config: ModelConfig, params: dict, tokens: jax.Array, cache: KV
                  capture: bool = False) -> tuple[jax.Array, KVCache | None, dict | None]:
     """(logits [B, S, vocab], cache advanced by S or None, intermediates by name or None).
 
-    Unchecked: tokens must be valid ids that fit the context after the cache's contents."""
+    Unchecked but for the features (at trace time): tokens must be valid ids that fit the
+    context after the cache's contents."""
+    check_supported(config, BACKEND, FEATURES)
     positions = jnp.arange(tokens.shape[1])  # [S]
     if cache is not None:
         positions = cache.length + positions
@@ -92,8 +99,8 @@ def forward_core(config: ModelConfig, params: dict, tokens: jax.Array, cache: KV
     h = embed(config, params, tokens, positions)
     if captured is not None:
         captured["embed"] = h
-    for i in range(config.n_layers):
-        h, cache = block(config, params, i, h, positions, cache, captured)
+    for plan in layer_plan(config):
+        h, cache = block(config, plan, params, h, positions, cache, captured)
     h = apply_norm(config, params, "final_norm", h)
     logits = head(config, params, h)
     if cache is not None:
@@ -141,6 +148,7 @@ def forward(config: ModelConfig, params: dict, tokens: object, cache: KVCache | 
             capture: dict | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
     """Logits [B, S, vocab] for tokens [B, S]; with a cache, the tokens follow its contents and
     `(logits, new_cache)` is returned.  `capture`, a dict, receives the intermediates."""
+    check_supported(config, BACKEND, FEATURES)
     past = 0 if cache is None else int(cache.length)  # a host sync: the check needs the number
     tokens = check_tokens(config, tokens, past_len=past)
     _check_cache_batch(cache, tokens)
@@ -154,6 +162,7 @@ def forward(config: ModelConfig, params: dict, tokens: object, cache: KVCache | 
 def decode(config: ModelConfig, params: dict, tokens: object, prompt_len: int) -> jax.Array:
     """Logits [B, S, vocab]: one prefill of the first `prompt_len` tokens, then one token at a
     time through the KV cache (teacher-forced).  Equal to `forward` on the whole sequence."""
+    check_supported(config, BACKEND, FEATURES)
     tokens = check_tokens(config, tokens)
     if not 1 <= prompt_len <= tokens.shape[1]:
         raise ValueError(f"prompt_len must be in [1, {tokens.shape[1]}], got {prompt_len}")
@@ -169,6 +178,7 @@ def decode(config: ModelConfig, params: dict, tokens: object, prompt_len: int) -
 
 def loss(config: ModelConfig, params: dict, tokens: object) -> jax.Array:
     """Mean next-token cross-entropy (a 0-d array, differentiable in `params`)."""
+    check_supported(config, BACKEND, FEATURES)
     tokens = check_tokens(config, tokens)
     if tokens.shape[1] < 2:
         raise ValueError(f"loss needs sequences of at least 2 tokens, got {tokens.shape[1]}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from spec.config import ModelConfig
+from lmref.spec.config import ModelConfig
 
 
 def upcast(x: jax.Array) -> jax.Array:

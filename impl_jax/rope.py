@@ -1,6 +1,9 @@
 """Rotary position embedding (Su et al. 2021, RoFormer) and its frequency scalings (JAX twin).
 
-inv_freq_i = theta^(-2i / r) for i < r/2, where r = config.rope_dim (the first r dims of a
+Each layer's RoPE comes from its plan (spec/plan.py, `Rope`: theta, scaling, rotated dims,
+layout), so layers with their own base (Gemma 3's local layers) need no second code path.
+
+inv_freq_i = theta^(-2i / r) for i < r/2, where r = rope.rotary_dim (the first r dims of a
 head rotate, the rest pass through: GPT-NeoX / Phi partial rotary).  Position p rotates
 pair i by the angle p * inv_freq_i.  Which dims form pair i is the layout:
 
@@ -11,11 +14,12 @@ Scalings (HF `modeling_rope_utils.py`): linear divides every frequency by `facto
 llama3 (Llama 3.1) keeps the high frequencies, divides the low ones by `factor` and
 interpolates between them (`_compute_llama3_parameters`).
 
-The frequencies depend on the (static) config only, so the cos / sin table of every
-position in the context is computed once on the host in float64 and gathered at the
-(possibly traced) positions: an angle such as 1000 * inv_freq rounded in float32 would be
-off by ~3e-5 (Meta's `precompute_freqs_cis` also tabulates the context).  The table is cast
-to the activation dtype at use (HF `cos.to(x.dtype)`).
+The frequencies depend on the (static) plan only, so the cos / sin table of every position
+in the context is computed once per (Rope, context length) on the host in float64 and
+gathered at the (possibly traced) positions: an angle such as 1000 * inv_freq rounded in
+float32 would be off by ~3e-5 (Meta's `precompute_freqs_cis` also tabulates the context).
+Layers sharing a Rope share its table.  The table is cast to the activation dtype at use
+(HF `cos.to(x.dtype)`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spec.config import ModelConfig, RopeScaling
+from lmref.spec.config import RopeScaling
+from lmref.spec.plan import Rope
 
 
 def default_inv_freq(theta: float, rope_dim: int) -> np.ndarray:
@@ -47,37 +52,38 @@ def llama3_inv_freq(inv_freq: np.ndarray, s: RopeScaling) -> np.ndarray:
                      [inv_freq, inv_freq / s.factor], interpolated)
 
 
-def inv_freq(config: ModelConfig) -> np.ndarray:
-    """The [rope_dim / 2] inverse frequencies of `config`, scaling included."""
-    freqs = default_inv_freq(config.rope_theta, config.rope_dim)
-    s = config.rope_scaling
+def inv_freq(rope: Rope) -> np.ndarray:
+    """The [rotary_dim / 2] inverse frequencies of `rope`, scaling included."""
+    freqs = default_inv_freq(rope.theta, rope.rotary_dim)
+    s = rope.scaling
     if s is None:
         return freqs
     if s.kind == "linear":
         return freqs / s.factor
     if s.kind == "llama3":
         return llama3_inv_freq(freqs, s)
-    raise NotImplementedError(f"rope_scaling.kind {s.kind!r}")  # validation rejects it first
+    raise NotImplementedError(f"rope_scaling.kind {s.kind!r}")  # the feature check refuses it first
 
 
 @functools.lru_cache(maxsize=32)
-def rope_table(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(cos, sin), each [max_seq_len, rope_dim / 2] float64, read-only: row p is position p."""
-    angles = np.arange(config.max_seq_len, dtype=np.float64)[:, None] * inv_freq(config)[None, :]
+def rope_table(rope: Rope, context: int) -> tuple[np.ndarray, np.ndarray]:
+    """(cos, sin), each [context, rotary_dim / 2] float64, read-only: row p is position p."""
+    angles = np.arange(context, dtype=np.float64)[:, None] * inv_freq(rope)[None, :]  # [context, r/2]
     cos, sin = np.cos(angles), np.sin(angles)
     cos.setflags(write=False)
     sin.setflags(write=False)
     return cos, sin
 
 
-def apply_rope(config: ModelConfig, x: jax.Array, positions: jax.Array) -> jax.Array:
-    """Rotate x: [B, S, heads, head_dim] at positions: [S] (RoPE on the first rope_dim dims)."""
-    r = config.rope_dim
-    cos_table, sin_table = rope_table(config)
+def apply_rope(rope: Rope, x: jax.Array, positions: jax.Array, context: int) -> jax.Array:
+    """Rotate x: [B, S, heads, head_dim] at positions: [S], each in [0, context) (RoPE on the
+    first rotary_dim dims)."""
+    r = rope.rotary_dim
+    cos_table, sin_table = rope_table(rope, context)
     cos = jnp.asarray(cos_table, x.dtype)[positions][None, :, None, :]  # [1, S, 1, r/2]
     sin = jnp.asarray(sin_table, x.dtype)[positions][None, :, None, :]
     rot, rest = x[..., :r], x[..., r:]
-    if config.rope_layout == "halves":
+    if rope.layout == "halves":
         x1, x2 = rot[..., : r // 2], rot[..., r // 2 :]  # pair i is (x_i, x_{i + r/2})
         rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     else:

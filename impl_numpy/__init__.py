@@ -6,7 +6,8 @@ functions keep whatever float dtype the params have (the tests use that to build
 positive control), but the golden store is always computed in float64.
 """
 
-from impl_numpy.cache import KVCache
-from impl_numpy.model import capture_names, decode, forward, loss
+from lmref.impl_numpy.cache import KVCache
+from lmref.impl_numpy.features import FEATURES
+from lmref.impl_numpy.model import decode, forward, loss
 
-__all__ = ["KVCache", "capture_names", "decode", "forward", "loss"]
+__all__ = ["FEATURES", "KVCache", "decode", "forward", "loss"]

@@ -6,22 +6,21 @@ contiguous groups, query head h reads KV head h // (n_heads / n_kv_heads) (HF `r
           q heads:  0 1 2 3 | 4 5 6 7
           kv heads:    0    |    1        (n_heads 8, n_kv_heads 2)
 
-scores = (q k^T) * head_dim^-0.5 (+ ALiBi bias); keys after the query are masked out.
+scores = (q k^T) * head_dim^-0.5 (+ ALiBi bias); keys the layer's mask hides (impl_numpy/
+masks.py: causal, sliding, chunked, empty cache slots) get -inf.  What each layer does
+(its mask, its RoPE) comes from its plan (spec/plan.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from impl_numpy.alibi import alibi_bias, alibi_slopes
-from impl_numpy.cache import KVCache
-from impl_numpy.rope import apply_rope
-from spec.config import ModelConfig
-
-
-def causal_mask(q_positions: np.ndarray, k_positions: np.ndarray) -> np.ndarray:
-    """[Sq, Sk] True where query q may attend to key k, i.e. k <= q."""
-    return k_positions[None, :] <= q_positions[:, None]
+from lmref.impl_numpy.alibi import alibi_bias, alibi_slopes
+from lmref.impl_numpy.cache import KVCache
+from lmref.impl_numpy.masks import visible
+from lmref.impl_numpy.rope import apply_rope
+from lmref.spec.config import ModelConfig
+from lmref.spec.plan import LayerPlan
 
 
 def expand_kv_heads(kv: np.ndarray, group_size: int) -> np.ndarray:
@@ -46,30 +45,30 @@ def _project(config: ModelConfig, params: dict, p: str, x: np.ndarray, name: str
     return y.reshape(*x.shape[:2], heads, config.head_dim)  # [B, S, heads, hd]
 
 
-def attention_scores(config: ModelConfig, q: np.ndarray, k: np.ndarray, q_pos: np.ndarray,
+def attention_scores(config: ModelConfig, plan: LayerPlan, q: np.ndarray, k: np.ndarray, q_pos: np.ndarray,
                      k_pos: np.ndarray) -> np.ndarray:
     """Masked, biased scores [B, heads, Sq, Sk] from q [B, Sq, H, hd], k [B, Sk, H, hd]."""
     scores = np.einsum("bqhd,bkhd->bhqk", q, k) * config.attn_scale
-    if config.position == "alibi":
+    if plan.alibi:
         bias = alibi_bias(alibi_slopes(config.n_heads, config.alibi_max_bias), q_pos, k_pos)
         scores = scores + bias.astype(scores.dtype)
-    return np.where(causal_mask(q_pos, k_pos), scores, -np.inf)
+    return np.where(visible(plan.mask, q_pos, k_pos), scores, -np.inf)
 
 
-def attention(config: ModelConfig, params: dict, prefix: str, x: np.ndarray, positions: np.ndarray,
-              cache: KVCache | None = None, layer: int = 0) -> np.ndarray:
+def attention(config: ModelConfig, plan: LayerPlan, params: dict, prefix: str, x: np.ndarray,
+              positions: np.ndarray, cache: KVCache | None = None) -> np.ndarray:
     """One attention block: x [B, S, d_model] at `positions` [S] -> [B, S, d_model]."""
     q = _project(config, params, prefix, x, "q", config.n_heads)  # [B, S, H, hd]
     k = _project(config, params, prefix, x, "k", config.n_kv_heads)  # [B, S, KV, hd]
     v = _project(config, params, prefix, x, "v", config.n_kv_heads)
-    if config.position == "rope":
-        q, k = apply_rope(config, q, positions), apply_rope(config, k, positions)
+    if plan.rope is not None:
+        q, k = apply_rope(plan.rope, q, positions), apply_rope(plan.rope, k, positions)
+    k_positions = positions
     if cache is not None:
-        k, v = cache.append(layer, k, v)  # [B, T, KV, hd], T = cached + S
-    k_positions = np.arange(k.shape[1])
+        k, v, k_positions = cache.append(plan.index, k, v, positions)  # [B, T, KV, hd] x 2, [T]
     k = expand_kv_heads(k, config.kv_group_size)  # [B, T, H, hd]
     v = expand_kv_heads(v, config.kv_group_size)
-    probs = softmax(attention_scores(config, q, k, positions, k_positions))  # [B, H, S, T]
+    probs = softmax(attention_scores(config, plan, q, k, positions, k_positions))  # [B, H, S, T]
     out = np.einsum("bhqk,bkhd->bqhd", probs, v)  # [B, S, H, hd]
     out = out.reshape(*x.shape[:2], config.q_dim) @ params[f"{prefix}.wo"]  # [B, S, d_model]
     if config.attn_out_bias:

@@ -12,7 +12,7 @@ import math
 import numpy as np
 from scipy.special import erf
 
-from spec.config import ModelConfig
+from lmref.spec.config import ModelConfig
 
 
 def gelu(x: np.ndarray) -> np.ndarray:

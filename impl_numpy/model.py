@@ -1,36 +1,36 @@
 """The decoder-only LM: embeddings, a stack of pre-norm blocks, the head (float64 golden).
 
+Each layer is built from its plan (spec/plan.py); a config that needs a feature the golden
+does not compute (impl_numpy/features.py) is refused with UnsupportedFeature, by name.
+
     h = embed.tokens[tokens] (+ embed.positions[p])
     for each layer:                      (pre-norm residual, GPT-2 / LLaMA)
         h = h + attn(attn_norm(h))
         h = h + mlp(mlp_norm(h))
     logits = final_norm(h) @ W_head (+ b)      W_head = embed.tokens^T when tied
 
-`capture`, when a dict is given, receives the named intermediates listed by
-`capture_names(config)`, in the order the computation produces them, so a mismatch can be
-traced to the first component that diverges.
+`capture`, when a dict is given, receives the named intermediates of spec/captures.py, in
+the order the computation produces them, so a mismatch can be traced to the first
+component that diverges.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from impl_numpy.attention import attention
-from impl_numpy.cache import KVCache
-from impl_numpy.mlp import mlp
-from impl_numpy.norms import apply_norm
-from spec.config import ModelConfig
-from spec.errors import InputError
-from spec.inputs import check_tokens
-from spec.params import check_params
+from lmref.impl_numpy.attention import attention
+from lmref.impl_numpy.cache import KVCache
+from lmref.impl_numpy.features import FEATURES
+from lmref.impl_numpy.mlp import mlp
+from lmref.impl_numpy.norms import apply_norm
+from lmref.spec.config import ModelConfig
+from lmref.spec.errors import InputError
+from lmref.spec.features import check_supported
+from lmref.spec.inputs import check_tokens
+from lmref.spec.params import check_params
+from lmref.spec.plan import LayerPlan, layer_plan
 
-
-def capture_names(config: ModelConfig) -> list[str]:
-    """Names of the captured intermediates, in computation order."""
-    names = ["embed"]
-    for i in range(config.n_layers):
-        names += [f"layers.{i}.attn", f"layers.{i}.mlp", f"layers.{i}.out"]
-    return names + ["final_norm", "logits"]
+BACKEND = "numpy"
 
 
 def embed(config: ModelConfig, params: dict, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -41,12 +41,12 @@ def embed(config: ModelConfig, params: dict, tokens: np.ndarray, positions: np.n
     return h
 
 
-def block(config: ModelConfig, params: dict, i: int, h: np.ndarray, positions: np.ndarray,
+def block(config: ModelConfig, plan: LayerPlan, params: dict, h: np.ndarray, positions: np.ndarray,
           cache: KVCache | None, capture: dict | None) -> np.ndarray:
-    """Layer i of the stack, pre-norm and sequential: [B, S, d_model] -> [B, S, d_model]."""
-    p = f"layers.{i}"
-    a = attention(config, params, f"{p}.attn", apply_norm(config, params, f"{p}.attn_norm", h),
-                  positions, cache, i)
+    """One layer of the stack, pre-norm and sequential: [B, S, d_model] -> [B, S, d_model]."""
+    p = f"layers.{plan.index}"
+    a = attention(config, plan, params, f"{p}.attn", apply_norm(config, params, f"{p}.attn_norm", h),
+                  positions, cache)
     h = h + a
     m = mlp(config, params, f"{p}.mlp", apply_norm(config, params, f"{p}.mlp_norm", h))
     h = h + m
@@ -67,6 +67,7 @@ def head(config: ModelConfig, params: dict, h: np.ndarray) -> np.ndarray:
 def forward(config: ModelConfig, params: dict, tokens: np.ndarray, *, cache: KVCache | None = None,
             capture: dict | None = None) -> np.ndarray:
     """Logits [B, S, vocab] for tokens [B, S]; with a cache, the tokens follow its contents."""
+    check_supported(config, BACKEND, FEATURES)
     past = cache.length if cache is not None else 0
     tokens = check_tokens(config, tokens, past_len=past)
     if cache is not None and cache.batch not in (None, tokens.shape[0]):
@@ -76,8 +77,8 @@ def forward(config: ModelConfig, params: dict, tokens: np.ndarray, *, cache: KVC
     h = embed(config, params, tokens, positions)
     if capture is not None:
         capture["embed"] = h
-    for i in range(config.n_layers):
-        h = block(config, params, i, h, positions, cache, capture)
+    for plan in layer_plan(config):
+        h = block(config, plan, params, h, positions, cache, capture)
     h = apply_norm(config, params, "final_norm", h)
     logits = head(config, params, h)
     if cache is not None:
@@ -90,6 +91,7 @@ def forward(config: ModelConfig, params: dict, tokens: np.ndarray, *, cache: KVC
 def decode(config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int) -> np.ndarray:
     """Logits [B, S, vocab]: one prefill of the first `prompt_len` tokens, then one token at a
     time through the KV cache (teacher-forced).  Equal to `forward` on the whole sequence."""
+    check_supported(config, BACKEND, FEATURES)
     tokens = check_tokens(config, tokens)
     if not 1 <= prompt_len <= tokens.shape[1]:
         raise ValueError(f"prompt_len must be in [1, {tokens.shape[1]}], got {prompt_len}")
@@ -101,12 +103,14 @@ def decode(config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: in
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """[..., V] -> [..., V], stable in float64."""
     shifted = logits - logits.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def loss(config: ModelConfig, params: dict, tokens: np.ndarray) -> float:
     """Mean next-token cross-entropy: position t predicts token t + 1, over B * (S - 1) targets."""
+    check_supported(config, BACKEND, FEATURES)
     tokens = check_tokens(config, tokens)
     if tokens.shape[1] < 2:
         raise ValueError(f"loss needs sequences of at least 2 tokens, got {tokens.shape[1]}")

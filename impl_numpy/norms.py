@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spec.config import ModelConfig
+from lmref.spec.config import ModelConfig
 
 
 def layer_norm(x: np.ndarray, eps: float) -> np.ndarray:

@@ -1,6 +1,9 @@
 """Rotary position embedding (Su et al. 2021, RoFormer) and its frequency scalings.
 
-inv_freq_i = theta^(-2i / r) for i < r/2, where r = config.rope_dim (the first r dims of a
+Each layer's RoPE comes from its plan (spec/plan.py, `Rope`: theta, scaling, rotated dims,
+layout), so layers with their own base (Gemma 3's local layers) need no second code path.
+
+inv_freq_i = theta^(-2i / r) for i < r/2, where r = rope.rotary_dim (the first r dims of a
 head rotate, the rest pass through: GPT-NeoX / Phi partial rotary).  Position p rotates
 pair i by the angle p * inv_freq_i.  Which dims form pair i is the layout:
 
@@ -18,7 +21,8 @@ import math
 
 import numpy as np
 
-from spec.config import ModelConfig, RopeScaling
+from lmref.spec.config import RopeScaling
+from lmref.spec.plan import Rope
 
 
 def default_inv_freq(theta: float, rope_dim: int) -> np.ndarray:
@@ -39,27 +43,27 @@ def llama3_inv_freq(inv_freq: np.ndarray, s: RopeScaling) -> np.ndarray:
     return np.where(in_band, smoothed, scaled)
 
 
-def inv_freq(config: ModelConfig) -> np.ndarray:
-    """The [rope_dim / 2] inverse frequencies of `config`, scaling included."""
-    freqs = default_inv_freq(config.rope_theta, config.rope_dim)
-    s = config.rope_scaling
+def inv_freq(rope: Rope) -> np.ndarray:
+    """The [rotary_dim / 2] inverse frequencies of `rope`, scaling included."""
+    freqs = default_inv_freq(rope.theta, rope.rotary_dim)
+    s = rope.scaling
     if s is None:
         return freqs
     if s.kind == "linear":
         return freqs / s.factor
     if s.kind == "llama3":
         return llama3_inv_freq(freqs, s)
-    raise NotImplementedError(f"rope_scaling.kind {s.kind!r}")  # validation rejects it first
+    raise NotImplementedError(f"rope_scaling.kind {s.kind!r}")  # the feature check refuses it first
 
 
-def apply_rope(config: ModelConfig, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Rotate x: [B, S, heads, head_dim] at positions: [S] (RoPE on the first rope_dim dims)."""
-    r = config.rope_dim
-    angles = positions[:, None].astype(np.float64) * inv_freq(config)[None, :]  # [S, r/2]
+def apply_rope(rope: Rope, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Rotate x: [B, S, heads, head_dim] at positions: [S] (RoPE on the first rotary_dim dims)."""
+    r = rope.rotary_dim
+    angles = positions[:, None].astype(np.float64) * inv_freq(rope)[None, :]  # [S, r/2]
     cos = np.cos(angles).astype(x.dtype)[None, :, None, :]  # [1, S, 1, r/2]
     sin = np.sin(angles).astype(x.dtype)[None, :, None, :]
     rot, rest = x[..., :r], x[..., r:]
-    if config.rope_layout == "halves":
+    if rope.layout == "halves":
         x1, x2 = rot[..., : r // 2], rot[..., r // 2 :]  # pair i is (x_i, x_{i + r/2})
         rotated = np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     else:

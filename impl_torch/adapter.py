@@ -1,6 +1,6 @@
 """`TorchAdapter`: the torch twin behind the conformance suite's adapter protocol.
 
-    pytest conformance/ --arch llama3 --impl impl_torch.adapter:TorchAdapter
+    pytest conformance/ --arch llama3 --impl lmref.impl_torch.adapter:TorchAdapter
 
 Each call builds the model from the canonical params (`Transformer.from_canonical`), runs
 it without autograd and returns NumPy: logits as float32 (bf16 / fp16 results cast up,
@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from impl_torch.model import Transformer
-from spec.config import ModelConfig
+from lmref.impl_torch.model import Transformer
+from lmref.spec.captures import capture_names
+from lmref.spec.config import ModelConfig
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
            "float16": torch.float16}
@@ -58,4 +59,4 @@ class TorchAdapter:
     def capture(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> dict[str, np.ndarray]:
         captured: dict = {}
         self._model(config, params)(tokens, capture=captured)
-        return {name: _numpy(value) for name, value in captured.items()}
+        return {name: _numpy(captured[name]) for name in capture_names(config)}

@@ -3,8 +3,9 @@ impl_numpy/attention.py, with two interchangeable kernels (`attn_impl`):
 
   "eager"  q k^T, additive bias, softmax (in float32 at least), @ v: the plain path
   "sdpa"   torch.nn.functional.scaled_dot_product_attention (fused kernels where torch has
-           them); causal without cache and without ALiBi is `is_causal=True`, every other
-           case passes the same additive float bias as the eager path
+           them); a plain causal layer without cache and without ALiBi is `is_causal=True`
+           (exact there: the keys are the queries, in order), every other case passes the
+           same additive float bias as the eager path
 
 GQA (Ainslie et al. 2023): query head h reads KV head h // (n_heads / n_kv_heads), the
 contiguous groups of HF `repeat_kv` (SDPA's `enable_gqa` repeats the same way).
@@ -12,44 +13,31 @@ contiguous groups of HF `repeat_kv` (SDPA's `enable_gqa` repeats the same way).
           q heads:  0 1 2 3 | 4 5 6 7
           kv heads:    0    |    1        (n_heads 8, n_kv_heads 2)
 
+What each layer does (its mask, its RoPE, ALiBi) comes from its plan (spec/plan.py).
 Tensors are head-major inside attention: q [B, H, Sq, hd], k and v [B, KV, Sk, hd] (the
-layout of SDPA and of the KV cache).  The mask is additive and uses the dtype's lowest
-finite value, not -inf (a -inf row turns into NaN in exported graphs,
-pytorch#159973, microsoft/onnxscript#2992); every query sees at least itself, so no row is
-fully masked.
+layout of SDPA and of the KV cache).  Which keys a query sees is impl_torch/masks.py's rule
+over token positions; the additive bias puts the dtype's lowest finite value, not -inf,
+on hidden keys (a -inf row turns into NaN in exported graphs, pytorch#159973,
+microsoft/onnxscript#2992): a row with no visible key (a padding query) softmaxes to a
+finite uniform row.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from impl_torch.alibi import alibi_bias, alibi_slopes
-from impl_torch.cache import KVCache
-from impl_torch.norms import compute_dtype, upcast
-from impl_torch.rope import apply_rope
-from spec.config import ModelConfig
+from lmref.impl_torch import masks
+from lmref.impl_torch.alibi import alibi_bias, alibi_slopes
+from lmref.impl_torch.norms import compute_dtype, upcast
+from lmref.impl_torch.rope import apply_rope
+from lmref.spec.config import ModelConfig
+from lmref.spec.plan import LayerPlan, Rope
 
 ATTN_IMPLS = ("sdpa", "eager")
-
-
-def causal_mask(q_positions: torch.Tensor, k_positions: torch.Tensor) -> torch.Tensor:
-    """[P, 1, Sq, Sk] True where query q may attend to key k, i.e. k <= q; positions [P, S]."""
-    return (k_positions[:, None, :] <= q_positions[:, :, None])[:, None]  # [P, 1, Sq, Sk]
-
-
-def attention_bias(config: ModelConfig, q_positions: torch.Tensor, k_positions: torch.Tensor,
-                   dtype: torch.dtype) -> torch.Tensor:
-    """Additive score bias [P, H or 1, Sq, Sk] in `dtype`: the ALiBi bias (or 0) where the key
-    is visible, the lowest finite value of `dtype` where it is masked."""
-    visible = causal_mask(q_positions, k_positions)
-    if config.position == "alibi":
-        slopes = alibi_slopes(config.n_heads, config.alibi_max_bias)
-        allowed = alibi_bias(slopes, q_positions, k_positions, compute_dtype(dtype)).to(dtype)
-    else:
-        allowed = torch.zeros((), dtype=dtype, device=q_positions.device)
-    return torch.where(visible, allowed, torch.finfo(dtype).min)
 
 
 def expand_kv_heads(kv: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -71,7 +59,8 @@ def eager_attention(config: ModelConfig, q: torch.Tensor, k: torch.Tensor, v: to
 
 def sdpa_attention(config: ModelConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    bias: torch.Tensor | None) -> torch.Tensor:
-    """The same attention through SDPA; `bias` None means plain causal (square, no cache)."""
+    """The same attention through SDPA; `bias` None means plain causal (no cache, no ALiBi:
+    ScoreBiases.plain_causal)."""
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=bias, is_causal=bias is None, scale=config.attn_scale,
         enable_gqa=config.n_kv_heads != config.n_heads,
@@ -83,12 +72,65 @@ def bias_dtype(attn_impl: str, dtype: torch.dtype) -> torch.dtype:
     return compute_dtype(dtype) if attn_impl == "eager" else dtype
 
 
-class Attention(nn.Module):
-    """One attention block: x [B, S, d_model] -> [B, S, d_model]."""
+def attention_bias(config: ModelConfig, plan: LayerPlan, q_positions: torch.Tensor, k_positions: torch.Tensor,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """Additive score bias [P, H or 1, Sq, Sk] in `dtype` for a layer of plan `plan`: the ALiBi
+    bias (or 0) where its mask shows the key, the lowest finite value of `dtype` where not."""
+    shown = masks.visible(plan.mask, q_positions, k_positions)  # [P, 1, Sq, Sk]
+    if plan.alibi:
+        slopes = alibi_slopes(config.n_heads, config.alibi_max_bias)
+        allowed = alibi_bias(slopes, q_positions, k_positions, compute_dtype(dtype)).to(dtype)
+    else:
+        allowed = torch.zeros((), dtype=dtype, device=q_positions.device)
+    return torch.where(shown, allowed, torch.finfo(dtype).min)
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, device=None):
+
+class ScoreBiases:
+    """The score biases of one forward pass at query positions [P, S]: each built once per
+    distinct (mask, ALiBi) of the plan and key-position tensor, and reused by every layer
+    that shares them.  None where SDPA's own causal mask is exact (`plain_causal`)."""
+
+    def __init__(self, config: ModelConfig, q_positions: torch.Tensor, dtype: torch.dtype, attn_impl: str,
+                 cached: bool):
+        self.config, self.q_positions = config, q_positions
+        self.dtype = bias_dtype(attn_impl, dtype)
+        self.sdpa_without_cache = attn_impl == "sdpa" and not cached
+        self._built: dict = {}
+
+    def plain_causal(self, plan: LayerPlan) -> bool:
+        """SDPA's `is_causal=True` equals the causal rule only without a cache (keys = the
+        queries, in position order) and without ALiBi."""
+        return self.sdpa_without_cache and plan.mask.kind == "causal" and not plan.alibi
+
+    def __call__(self, plan: LayerPlan, k_positions: torch.Tensor) -> torch.Tensor | None:
+        if self.plain_causal(plan):
+            return None
+        key = (plan.mask, plan.alibi)
+        built = self._built.get(key)
+        if built is not None and built[0] is k_positions:
+            return built[1]
+        bias = attention_bias(self.config, plan, self.q_positions, k_positions, self.dtype)
+        self._built[key] = (k_positions, bias)
+        return bias
+
+
+@dataclass
+class Step:
+    """What the layers of one forward pass share."""
+
+    positions: torch.Tensor  # [P, S] positions of the queries (P: 1 or the batch)
+    ropes: dict[Rope, tuple[torch.Tensor, torch.Tensor]]  # cos, sin [P, 1, S, r/2] per distinct Rope
+    biases: ScoreBiases
+    cache: object | None  # anything with KVCache's `append`; None: the keys are the queries' own
+    attn_impl: str
+
+
+class Attention(nn.Module):
+    """One attention block of the layer planned by `plan`: x [B, S, d_model] -> [B, S, d_model]."""
+
+    def __init__(self, config: ModelConfig, plan: LayerPlan, dtype: torch.dtype, device=None):
         super().__init__()
-        self.config = config
+        self.config, self.plan = config, plan
         d, q, kv = config.d_model, config.q_dim, config.kv_dim
         kw = dict(dtype=dtype, device=device)
         self.wq = nn.Linear(d, q, bias=config.qkv_bias, **kw)
@@ -104,19 +146,19 @@ class Attention(nn.Module):
             y = y.clamp(-c, c)  # OLMo clip_qkv, after the bias
         return y.view(*x.shape[:2], heads, self.config.head_dim).transpose(1, 2)  # [B, heads, S, hd]
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                bias: torch.Tensor | None, cache: KVCache | None, layer: int, attn_impl: str) -> torch.Tensor:
-        """`rope`: cos, sin of the query positions (RoPE models); `bias`: see attention_bias
-        (None: SDPA's own causal mask); `cache`: this layer's keys go to cache slot `layer`."""
-        c = self.config
+    def forward(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        """x at the step's query positions; this layer's keys go to the step's cache, if any."""
+        c, plan = self.config, self.plan
         q = self._project(self.wq, x, c.n_heads)  # [B, H, S, hd]
         k = self._project(self.wk, x, c.n_kv_heads)  # [B, KV, S, hd]
         v = self._project(self.wv, x, c.n_kv_heads)
-        if rope is not None:
-            q, k = apply_rope(c, q, *rope), apply_rope(c, k, *rope)
-        if cache is not None:
-            k, v = cache.append(layer, k, v)  # [B, KV, capacity, hd]
-        kernel = sdpa_attention if attn_impl == "sdpa" else eager_attention
-        out = kernel(c, q, k, v, bias)  # [B, H, S, hd]
+        if plan.rope is not None:
+            cos, sin = step.ropes[plan.rope]
+            q, k = apply_rope(plan.rope, q, cos, sin), apply_rope(plan.rope, k, cos, sin)
+        k_positions = step.positions
+        if step.cache is not None:
+            k, v, k_positions = step.cache.append(plan.index, k, v, step.positions)  # [B, KV, T, hd] x 2, [P, T]
+        kernel = sdpa_attention if step.attn_impl == "sdpa" else eager_attention
+        out = kernel(c, q, k, v, step.biases(plan, k_positions))  # [B, H, S, hd]
         out = out.transpose(1, 2).reshape(*x.shape[:2], c.q_dim)  # [B, S, H * hd]
         return self.wo(out)  # [B, S, d_model]

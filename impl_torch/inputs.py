@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from spec import inputs
-from spec.config import ModelConfig
-from spec.errors import InputError
+from lmref.spec import inputs
+from lmref.spec.config import ModelConfig
+from lmref.spec.errors import InputError
 
 
 def _first_index(condition: torch.Tensor) -> tuple[int, ...]:

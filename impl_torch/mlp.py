@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spec.config import ModelConfig
+from lmref.spec.config import ModelConfig
 
 gelu = F.gelu  # exact: 0.5 x (1 + erf(x / sqrt 2)) (Hendrycks & Gimpel 2016)
 gelu_tanh = functools.partial(F.gelu, approximate="tanh")  # GPT-2's `gelu_new`

@@ -6,11 +6,14 @@
         h = h + mlp(mlp_norm(h))
     logits = final_norm(h) @ W_head (+ b)      W_head = embed.tokens^T when tied
 
+Each layer is built from its plan (spec/plan.py); a config that needs a feature the twin
+does not compute (impl_torch/features.py) is refused with UnsupportedFeature, by name.
 Module names follow the canonical parameter names (spec/params.py), so `layers.0.attn.wq`
 is an nn.Linear whose `.weight` is the transpose of the canonical `layers.0.attn.wq` and
 whose `.bias` is `layers.0.attn.bq`.  `forward` checks its inputs and keeps the cache's
 length; `logits` is the tensor-only computation under it (what torch.compile and an ONNX
-export trace).  `capture` receives the intermediates named by `capture_names(config)`.
+export wraps, export/decoder.py).  `capture` receives the intermediates named by
+`lmref.spec.captures.capture_names(config)`.
 """
 
 from __future__ import annotations
@@ -20,26 +23,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from impl_torch.attention import ATTN_IMPLS, Attention, attention_bias, bias_dtype
-from impl_torch.cache import KVCache
-from impl_torch.inputs import check_tokens
-from impl_torch.mlp import MLP
-from impl_torch.norms import Norm, upcast
-from impl_torch.rope import rope_cos_sin
-from spec.config import ModelConfig
-from spec.params import check_params, param_shapes
+from lmref.impl_torch.attention import ATTN_IMPLS, Attention, ScoreBiases, Step
+from lmref.impl_torch.cache import KVCache
+from lmref.impl_torch.features import FEATURES
+from lmref.impl_torch.inputs import check_tokens
+from lmref.impl_torch.mlp import MLP
+from lmref.impl_torch.norms import Norm, upcast
+from lmref.impl_torch.rope import rope_cos_sin
+from lmref.spec.config import ModelConfig
+from lmref.spec.features import check_supported
+from lmref.spec.params import check_params, param_shapes
+from lmref.spec.plan import LayerPlan, distinct_ropes, layer_plan
+
+BACKEND = "torch"
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _PROJECTIONS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 _BIASES = ("bq", "bk", "bv", "bo", "b_gate", "b_up", "b_down")
-
-
-def capture_names(config: ModelConfig) -> list[str]:
-    """Names of the captured intermediates, in computation order (as impl_numpy)."""
-    names = ["embed"]
-    for i in range(config.n_layers):
-        names += [f"layers.{i}.attn", f"layers.{i}.mlp", f"layers.{i}.out"]
-    return names + ["final_norm", "logits"]
 
 
 def torch_name(canonical: str) -> tuple[str, bool]:
@@ -76,23 +76,24 @@ class Embedding(nn.Module):
 
 
 class Block(nn.Module):
-    """One pre-norm, sequential layer: [B, S, d_model] -> [B, S, d_model]."""
+    """The pre-norm, sequential layer planned by `plan`: [B, S, d_model] -> [B, S, d_model]."""
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, device=None):
+    def __init__(self, config: ModelConfig, plan: LayerPlan, dtype: torch.dtype, device=None):
         super().__init__()
+        self.index = plan.index
         self.attn_norm = Norm(config, dtype, device)
-        self.attn = Attention(config, dtype, device)
+        self.attn = Attention(config, plan, dtype, device)
         self.mlp_norm = Norm(config, dtype, device)
         self.mlp = MLP(config, dtype, device)
 
-    def forward(self, h: torch.Tensor, rope, bias, cache: KVCache | None, i: int, attn_impl: str,
-                capture: dict | None) -> torch.Tensor:
-        a = self.attn(self.attn_norm(h), rope, bias, cache, i, attn_impl)
+    def forward(self, h: torch.Tensor, step: Step, capture: dict | None) -> torch.Tensor:
+        a = self.attn(self.attn_norm(h), step)
         h = h + a
         m = self.mlp(self.mlp_norm(h))
         h = h + m
         if capture is not None:
-            capture |= {f"layers.{i}.attn": a, f"layers.{i}.mlp": m, f"layers.{i}.out": h}
+            p = f"layers.{self.index}"
+            capture |= {f"{p}.attn": a, f"{p}.mlp": m, f"{p}.out": h}
         return h
 
 
@@ -108,13 +109,15 @@ class Transformer(nn.Module):
     def __init__(self, config: ModelConfig, *, dtype: torch.dtype = torch.float32, device=None,
                  attn_impl: str = "sdpa"):
         super().__init__()
+        check_supported(config, BACKEND, FEATURES)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {[str(d) for d in DTYPES]}, got {dtype}")
         if attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {list(ATTN_IMPLS)}, got {attn_impl!r}")
         self.config, self.attn_impl = config, attn_impl
         self.embed = Embedding(config, dtype, device)
-        self.layers = nn.ModuleList(Block(config, dtype, device) for _ in range(config.n_layers))
+        self.layers = nn.ModuleList(Block(config, plan, dtype, device) for plan in layer_plan(config))
+        self.ropes = distinct_ropes(config)  # the plan's rotary embeddings, each once
         self.final_norm = Norm(config, dtype, device)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.lm_head_bias,
                                  dtype=dtype, device=device)
@@ -135,6 +138,7 @@ class Transformer(nn.Module):
     def from_canonical(cls, config: ModelConfig, params: dict[str, np.ndarray], *,
                        dtype: torch.dtype = torch.float32, device=None, attn_impl: str = "sdpa") -> Transformer:
         """A model holding `params` (canonical layout, any float dtype) rounded to `dtype`."""
+        check_supported(config, BACKEND, FEATURES)
         check_params(config, params)
         model = cls(config, dtype=dtype, device=device, attn_impl=attn_impl)
         with torch.no_grad():
@@ -173,29 +177,30 @@ class Transformer(nn.Module):
             cache.advance(tokens.shape[1])
         return logits
 
-    def logits(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
+    def logits(self, tokens: torch.Tensor, positions: torch.Tensor, cache=None,
                capture: dict | None = None) -> torch.Tensor:
         """The computation without checks: int64 tokens [B, S] at positions [P, S] (P: 1 or B)
-        -> logits [B, S, vocab].  A cache receives the new keys; its length is not moved."""
-        c = self.config
-        if cache is None:
-            k_positions = positions  # the keys are the queries' own tokens
-        else:
-            k_positions = torch.arange(cache.capacity, device=positions.device)[None]  # [1, capacity]: slot j
-        rope = rope_cos_sin(c, positions, self.dtype) if c.position == "rope" else None
-        plain_causal = self.attn_impl == "sdpa" and cache is None and c.position != "alibi"
-        dtype = bias_dtype(self.attn_impl, self.dtype)
-        bias = None if plain_causal else attention_bias(c, positions, k_positions, dtype)
+        -> logits [B, S, vocab].  `cache`: the static KVCache or anything with its `append`
+        (the export's concat cache); it receives the new keys, its length is not moved.
+        Without a cache the keys are the queries' own, in position order."""
+        step = self._step(positions, cache)
         h = self.embed(tokens, positions)
         if capture is not None:
             capture["embed"] = h
-        for i, layer in enumerate(self.layers):
-            h = layer(h, rope, bias, cache, i, self.attn_impl, capture)
+        for layer in self.layers:
+            h = layer(h, step, capture)
         h = self.final_norm(h)
         logits = self.lm_head(h)  # [B, S, d_model] @ [d_model, vocab]
         if capture is not None:
             capture |= {"final_norm": h, "logits": logits}
         return logits
+
+    def _step(self, positions: torch.Tensor, cache) -> Step:
+        """What the layers share: cos, sin once per distinct Rope of the plan, the score biases
+        (each built once per distinct mask and key positions, on first use)."""
+        ropes = {rope: rope_cos_sin(rope, positions, self.dtype) for rope in self.ropes}
+        biases = ScoreBiases(self.config, positions, self.dtype, self.attn_impl, cached=cache is not None)
+        return Step(positions, ropes, biases, cache, self.attn_impl)
 
     @torch.no_grad()
     def decode(self, tokens, prompt_len: int) -> torch.Tensor:
@@ -229,7 +234,9 @@ class Transformer(nn.Module):
 def forward(config: ModelConfig, params: dict, tokens, *, cache: KVCache | None = None,
             capture: dict | None = None, dtype: torch.dtype = torch.float32, device=None,
             attn_impl: str = "sdpa") -> torch.Tensor:
-    """impl_numpy.forward in torch: logits [B, S, vocab] (tokens are checked before params)."""
+    """impl_numpy.forward in torch: logits [B, S, vocab] (features, then tokens, then params
+    are checked, as the golden does)."""
+    check_supported(config, BACKEND, FEATURES)
     check_tokens(config, tokens, past_len=0 if cache is None else cache.length)
     model = Transformer.from_canonical(config, params, dtype=dtype, device=device, attn_impl=attn_impl)
     return model(tokens, cache=cache, capture=capture)
@@ -239,6 +246,7 @@ def forward(config: ModelConfig, params: dict, tokens, *, cache: KVCache | None 
 def decode(config: ModelConfig, params: dict, tokens, prompt_len: int, *, dtype: torch.dtype = torch.float32,
            device=None, attn_impl: str = "sdpa") -> torch.Tensor:
     """impl_numpy.decode in torch: prefill `prompt_len` tokens, then one at a time."""
+    check_supported(config, BACKEND, FEATURES)
     check_tokens(config, tokens)
     model = Transformer.from_canonical(config, params, dtype=dtype, device=device, attn_impl=attn_impl)
     return model.decode(tokens, prompt_len)
@@ -248,6 +256,7 @@ def decode(config: ModelConfig, params: dict, tokens, prompt_len: int, *, dtype:
 def loss(config: ModelConfig, params: dict, tokens, *, dtype: torch.dtype = torch.float32, device=None,
          attn_impl: str = "sdpa") -> torch.Tensor:
     """impl_numpy.loss in torch, as a 0-d tensor."""
+    check_supported(config, BACKEND, FEATURES)
     check_tokens(config, tokens)
     model = Transformer.from_canonical(config, params, dtype=dtype, device=device, attn_impl=attn_impl)
     return model.loss(tokens)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spec.config import ModelConfig
+from lmref.spec.config import ModelConfig
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

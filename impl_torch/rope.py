@@ -1,6 +1,9 @@
 """Rotary position embedding (Su et al. 2021, RoFormer), torch twin of impl_numpy/rope.py.
 
-inv_freq_i = theta^(-2i / r) for i < r/2, r = config.rope_dim (the first r dims of a head
+Each layer's RoPE comes from its plan (spec/plan.py, `Rope`: theta, scaling, rotated dims,
+layout); the model computes cos / sin once per distinct Rope per forward.
+
+inv_freq_i = theta^(-2i / r) for i < r/2, r = rope.rotary_dim (the first r dims of a head
 rotate, the rest pass through: GPT-NeoX / Phi partial rotary).  Position p rotates pair i
 by p * inv_freq_i.  Layouts:
 
@@ -20,8 +23,9 @@ import math
 
 import torch
 
-from impl_torch.norms import compute_dtype
-from spec.config import ModelConfig, RopeScaling
+from lmref.impl_torch.norms import compute_dtype
+from lmref.spec.config import RopeScaling
+from lmref.spec.plan import Rope
 
 
 def default_inv_freq(theta: float, rope_dim: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -44,35 +48,35 @@ def llama3_inv_freq(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
     return torch.where(in_band, smoothed, scaled)
 
 
-def inv_freq(config: ModelConfig, dtype: torch.dtype, device) -> torch.Tensor:
-    """The [rope_dim / 2] inverse frequencies of `config`, scaling included."""
-    freqs = default_inv_freq(config.rope_theta, config.rope_dim, dtype, device)
-    s = config.rope_scaling
+def inv_freq(rope: Rope, dtype: torch.dtype, device) -> torch.Tensor:
+    """The [rotary_dim / 2] inverse frequencies of `rope`, scaling included."""
+    freqs = default_inv_freq(rope.theta, rope.rotary_dim, dtype, device)
+    s = rope.scaling
     if s is None:
         return freqs
     if s.kind == "linear":
         return freqs / s.factor
     if s.kind == "llama3":
         return llama3_inv_freq(freqs, s)
-    raise NotImplementedError(f"rope_scaling.kind {s.kind!r}")  # validation rejects it first
+    raise NotImplementedError(f"rope_scaling.kind {s.kind!r}")  # the feature check refuses it first
 
 
-def rope_cos_sin(config: ModelConfig, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cos_sin(rope: Rope, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin [P, 1, S, r/2] of the angles at `positions` [P, S] (P is 1 or the batch)."""
     compute = compute_dtype(dtype)
-    freqs = inv_freq(config, compute, positions.device)  # [r/2]
+    freqs = inv_freq(rope, compute, positions.device)  # [r/2]
     angles = positions.to(compute)[:, None, :, None] * freqs  # [P, 1, S, r/2]
     return torch.cos(angles), torch.sin(angles)
 
 
-def apply_rope(config: ModelConfig, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x: [B, heads, S, head_dim] by cos, sin [P, 1, S, r/2] (first rope_dim dims).
+def apply_rope(rope: Rope, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x: [B, heads, S, head_dim] by cos, sin [P, 1, S, r/2] (first rotary_dim dims).
 
     The rotation runs in the angles' dtype (float32 at least) and is cast back to x's dtype.
     """
-    r = config.rope_dim
+    r = rope.rotary_dim
     rot, rest = x[..., :r].to(cos.dtype), x[..., r:]
-    if config.rope_layout == "halves":
+    if rope.layout == "halves":
         x1, x2 = rot[..., : r // 2], rot[..., r // 2 :]  # pair i is (x_i, x_{i + r/2})
         rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # [B, H, S, r]
     else:

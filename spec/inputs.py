@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from spec.config import ModelConfig
-from spec.errors import InputError
+from lmref.spec.config import ModelConfig
+from lmref.spec.errors import InputError
 
 
 def check_tokens(config: ModelConfig, tokens: object, *, past_len: int = 0) -> np.ndarray:

@@ -62,8 +62,8 @@ import math
 
 import numpy as np
 
-from spec.config import ModelConfig
-from spec.errors import ParamsError
+from lmref.spec.config import ModelConfig
+from lmref.spec.errors import ParamsError
 
 EMBEDDING_STD = 0.02
 NORM_WEIGHT_STD = 0.1
@@ -177,25 +177,26 @@ def init_params(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
 # --- checking a params dict against a config ------------------------------------------------
 
 
+def layout_mismatches(expected: dict[str, tuple[int, ...]], shapes: dict[str, tuple[int, ...]],
+                      unit: str = "") -> list[str]:
+    """What differs between the `expected` name -> shape table and the `shapes` found:
+    ["missing N{unit}: a, b", "unexpected N{unit}: c", "misshaped N{unit}: d: expected (..), got (..)"],
+    empty when they agree (names in the expected order, unexpected ones sorted)."""
+    missing = [k for k in expected if k not in shapes]
+    extra = sorted(k for k in shapes if k not in expected)
+    misshaped = [f"{k}: expected {expected[k]}, got {shapes[k]}" for k in expected
+                 if k in shapes and shapes[k] != expected[k]]
+    return [f"{label} {len(names)}{unit}: {sep.join(names)}"
+            for label, names, sep in (("missing", missing, ", "), ("unexpected", extra, ", "),
+                                      ("misshaped", misshaped, "; ")) if names]
+
+
 def check_params(config: ModelConfig, params: dict) -> None:
     """Raise `ParamsError` listing missing, unexpected and misshaped parameters."""
     if not isinstance(params, dict):
         raise ParamsError(f"params must be a dict of arrays, got {type(params).__name__}")
     expected = param_shapes(config)
-    missing = [k for k in expected if k not in params]
-    extra = sorted(k for k in params if k not in expected)
-    misshaped = [
-        f"{k}: expected {expected[k]}, got {tuple(np.shape(params[k]))}"
-        for k in expected
-        if k in params and tuple(np.shape(params[k])) != expected[k]
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)}: {', '.join(missing)}")
-    if extra:
-        problems.append(f"unexpected {len(extra)}: {', '.join(extra)}")
-    if misshaped:
-        problems.append(f"misshaped {len(misshaped)}: {'; '.join(misshaped)}")
+    problems = layout_mismatches(expected, {k: tuple(np.shape(v)) for k, v in params.items()})
     if problems:
         raise ParamsError(f"params do not match config {config.name!r}: " + " | ".join(problems))
     for k in expected:

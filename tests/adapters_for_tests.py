@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import impl_numpy
+from lmref import impl_numpy
 
 
 def _float32(params: dict) -> dict:

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import impl_numpy
-import impl_numpy.alibi
-import impl_numpy.attention
-import impl_numpy.model
-from spec.config import ModelConfig
+from lmref import impl_numpy
+import lmref.impl_numpy.alibi
+import lmref.impl_numpy.attention
+import lmref.impl_numpy.masks
+import lmref.impl_numpy.model  # noqa: F401  (impl_numpy.alibi, .attention, .masks, .model below)
+from lmref.spec.config import ModelConfig
 
 
 def _float32(params: dict) -> dict:
@@ -111,10 +112,10 @@ def _kv_heads_tiled(kv: np.ndarray, group_size: int) -> np.ndarray:
     return np.tile(kv, (1, 1, group_size, 1))
 
 
-def _scores_unscaled(config, q, k, q_pos, k_pos):
+def _scores_unscaled(config, plan, q, k, q_pos, k_pos):
     """Missing the 1/sqrt(head_dim) factor on the scores."""
     scores = np.einsum("bqhd,bkhd->bhqk", q, k)
-    return np.where(impl_numpy.attention.causal_mask(q_pos, k_pos), scores, -np.inf)
+    return np.where(impl_numpy.masks.visible(plan.mask, q_pos, k_pos), scores, -np.inf)
 
 
 def _mask_sees_next(q_positions, k_positions):
@@ -184,7 +185,7 @@ NEGATIVE_CONTROLS: list[Control] = [
             "Llama 2 RMSNorm eps 1e-6 (the HF class default) instead of the checkpoint's 1e-5"),
     Control("gpt2", ConfigMistake("gelu_exact_for_tanh", activation="gelu"),
             "GPT-2 with exact erf GELU instead of its tanh approximation (gelu_new)"),
-    Control("llama2", PatchMistake("causal_mask_off_by_one", impl_numpy.attention, "causal_mask", _mask_sees_next),
+    Control("llama2", PatchMistake("causal_mask_off_by_one", impl_numpy.masks, "causal", _mask_sees_next),
             "causal mask lets each query see the next key"),
     Control("llama2", PatchMistake("tied_head_for_untied", impl_numpy.model, "head", _untied_head_as_tied),
             "the token embedding used as the head of an untied model"),
@@ -216,9 +217,9 @@ def __getattr__(name: str) -> Float32Golden:
 
 def run_arch(adapter, arch: str, store=None) -> list:
     """Every applicable (case, capability) check of `arch` for `adapter`: [(case id, capability, CheckResult)]."""
-    from conformance.adapters import CAPABILITIES
-    from conformance.runner import applies, run_check
-    from conformance.store import GoldenStore
+    from lmref.conformance.adapters import CAPABILITIES
+    from lmref.conformance.runner import applies, run_check
+    from lmref.conformance.store import GoldenStore
 
     store = store or GoldenStore()
     results = []
@@ -232,7 +233,7 @@ def run_arch(adapter, arch: str, store=None) -> list:
 
 def worst_ratio(results: list, row: str = "float32") -> float:
     """The largest metric / threshold over logits checks (nmse and kl): above 1 fails the gate."""
-    from conformance.tolerances import DEFAULT_ROWS
+    from lmref.conformance.tolerances import DEFAULT_ROWS
 
     tol = DEFAULT_ROWS[row]
     ratios = [0.0]
@@ -244,7 +245,7 @@ def worst_ratio(results: list, row: str = "float32") -> float:
 
 def calibration_table() -> str:
     """The margins table of conformance/TOLERANCES.md: `python -m tests.controls`."""
-    from spec.presets import PRESETS
+    from lmref.spec.presets import PRESETS
 
     lines = ["| implementation | arch | checks failed | worst nmse or kl / threshold |", "|---|---|---|---|"]
     positive = max(worst_ratio(run_arch(POSITIVE_CONTROL, arch)) for arch in PRESETS)

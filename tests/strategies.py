@@ -1,7 +1,9 @@
 """Hypothesis strategies over the implemented config space, shared by the twins' tests.
 
 `configs()` draws valid `ModelConfig`s with every flag that some preset uses (and their
-combinations), odd sizes such as 5, 7 and 13, and head counts that are not powers of two.
+combinations), odd sizes such as 5, 7 and 13, head counts that are not powers of two, and
+per-layer attention patterns (global, sliding, chunked, RoPE-less global layers) whose windows
+and chunks are shorter than the drawn sequences, so that every mask rule cuts keys off.
 A failing example prints as `ModelConfig(...)`, which can be pasted back into Python.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from spec.config import ModelConfig, RopeScaling
+from lmref.spec.config import ModelConfig, RopeScaling
 
 ODD_SIZES = (5, 7, 13)
 
@@ -34,12 +36,32 @@ def rope_fields(draw) -> dict:
 
 
 @st.composite
+def attention_layers(draw, position: str) -> dict:
+    """attn_pattern (1 or 2 entries, cycled over the layers) with its window and chunk."""
+    kinds = ["global", "sliding", "chunked"] + (["global_nope"] if position == "rope" else [])
+    pattern = tuple(draw(st.lists(st.sampled_from(kinds), min_size=1, max_size=2)))
+    fields: dict = dict(attn_pattern=pattern)
+    if "sliding" in pattern:
+        fields["sliding_window"] = draw(st.sampled_from((1, 2, 3, 5)))
+    if "chunked" in pattern:
+        fields["attn_chunk_size"] = draw(st.sampled_from((2, 3, 4)))
+    return fields
+
+
+@st.composite
 def configs(draw, max_seq_len: int = 32) -> ModelConfig:
     n_kv_heads = draw(st.sampled_from((1, 2, 3)))
     n_heads = n_kv_heads * draw(st.sampled_from((1, 2, 3)))
-    position = draw(st.sampled_from(("learned", "rope", "alibi")))
+    position = draw(st.sampled_from(("learned", "rope", "alibi", "none")))
     fields = draw(rope_fields()) if position == "rope" else dict(position=position,
                                                                  head_dim=draw(st.sampled_from((3, 4, 5, 8))))
+    n_layers = draw(st.integers(1, 3))
+    layers = draw(attention_layers(position))
+    if len(layers["attn_pattern"]) > n_layers:
+        layers = dict(attn_pattern=layers["attn_pattern"][:n_layers]) | {
+            k: v for k, v in layers.items() if k != "attn_pattern"
+            and (k != "sliding_window" or "sliding" in layers["attn_pattern"][:n_layers])
+            and (k != "attn_chunk_size" or "chunked" in layers["attn_pattern"][:n_layers])}
     norm = draw(st.sampled_from(("layernorm", "rmsnorm")))
     norm_weight = draw(st.booleans())
     mlp = draw(st.sampled_from(("plain", "gated")))
@@ -47,7 +69,7 @@ def configs(draw, max_seq_len: int = 32) -> ModelConfig:
         name="drawn",
         vocab_size=draw(st.sampled_from((*ODD_SIZES, 31, 64))),
         d_model=draw(st.sampled_from((*ODD_SIZES, 8, 16))),
-        n_layers=draw(st.integers(1, 3)),
+        n_layers=n_layers,
         n_heads=n_heads, n_kv_heads=n_kv_heads,
         d_ff=draw(st.sampled_from((*ODD_SIZES, 16))),
         max_seq_len=max_seq_len,
@@ -60,7 +82,7 @@ def configs(draw, max_seq_len: int = 32) -> ModelConfig:
         activation=draw(st.sampled_from(("gelu", "gelu_tanh", "silu", "relu"))),
         mlp_bias=draw(st.booleans()),
         tie_embeddings=draw(st.booleans()), lm_head_bias=draw(st.booleans()),
-        **fields,
+        **fields, **layers,
     )
 
 

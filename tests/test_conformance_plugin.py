@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import impl_numpy
-from conformance.adapters import AdapterLoadError, as_adapter, load_adapter
-from conformance.metrics import compare, gate, locate_divergence
-from conformance.runner import FAIL, NOT_SUPPORTED, PASS, run_check
-from conformance.store import DEFAULT_GOLDEN_DIR, GoldenStore
-from conformance.tolerances import DEFAULT_ROWS, ToleranceError, Tolerances, build_tolerances
+from lmref import impl_numpy
+from lmref.conformance.adapters import AdapterLoadError, as_adapter, load_adapter
+from lmref.conformance.metrics import compare, gate, locate_divergence
+from lmref.conformance.runner import FAIL, NOT_SUPPORTED, PASS, run_check
+from lmref.conformance.store import DEFAULT_GOLDEN_DIR, GoldenStore
+from lmref.conformance.tolerances import DEFAULT_ROWS, ToleranceError, Tolerances, build_tolerances
 from tests import adapters_for_tests
 
 REPO = Path(__file__).resolve().parents[1]
@@ -282,8 +282,10 @@ def test_adapter_dtype_row_and_environment(monkeypatch):
 
 
 def test_installed_package_form_runs_the_same_suite(tmp_path):
-    """`pytest -p conformance.plugin --pyargs conformance`: what a user without a checkout runs;
-    the plugin is registered once even though conformance/conftest.py is loaded too."""
-    run = run_suite(tmp_path, "-p", "conformance.plugin", "--pyargs", "--arch", "gpt2", target="conformance")
+    """`pytest -p lmref.conformance.plugin --pyargs lmref.conformance`: the plugin named by hand
+    (entry points off) is registered once even though conformance/conftest.py is loaded too.
+    (Without -p, the pytest11 entry point loads it: tests/test_namespace.py.)"""
+    run = run_suite(tmp_path, "-p", "lmref.conformance.plugin", "--pyargs", "--arch", "gpt2",
+                    target="lmref.conformance")
     assert run.rc == 0, run.out
     assert set(statuses(run, "forward")) == {"PASS"} and len(statuses(run, "forward")) == 4

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conformance.store import GoldenStore
-from spec.presets import PRESETS
+from lmref.conformance.store import GoldenStore
+from lmref.spec.presets import PRESETS
 from tests.controls import NEGATIVE_CONTROLS, POSITIVE_CONTROL, run_arch, worst_ratio
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,9 +14,10 @@ import dataclasses
 
 import pytest
 
-import impl_torch.attention
-from impl_jax.adapter import JaxAdapter
-from impl_torch.adapter import TorchAdapter
+from lmref.impl_torch import attention as torch_attention
+from lmref.impl_torch import masks as torch_masks
+from lmref.impl_jax.adapter import JaxAdapter
+from lmref.impl_torch.adapter import TorchAdapter
 from tests.controls import NEGATIVE_CONTROLS, ConfigMistake, run_arch
 
 CONFIG_MISTAKES = [c for c in NEGATIVE_CONTROLS if isinstance(c.adapter, ConfigMistake)]
@@ -72,16 +73,17 @@ def _kv_heads_tiled(kv, group_size):
 
 
 def _mask_sees_next(q_positions, k_positions):
-    """Causal mask off by one: each query also sees the next key."""
-    return (k_positions[:, None, :] <= q_positions[:, :, None] + 1)[:, None]
+    """Causal mask off by one: each query also sees the next key ([P, Sq, Sk], as masks.causal)."""
+    return k_positions[:, None, :] <= q_positions[:, :, None] + 1
 
 
 @pytest.mark.parametrize("patch,arch", [
-    ((impl_torch.attention, "expand_kv_heads", _kv_heads_tiled), "llama3"),
-    ((impl_torch.attention, "causal_mask", _mask_sees_next), "llama2"),
+    ((torch_attention, "expand_kv_heads", _kv_heads_tiled), "llama3"),
+    ((torch_masks, "causal", _mask_sees_next), "llama2"),
 ], ids=["gqa_grouped_wrong", "causal_mask_off_by_one"])
 def test_code_mistakes_fail_on_the_torch_twin(patch, arch):
-    # The eager kernel is the one that calls expand_kv_heads (SDPA groups heads itself).
+    # The eager kernel is the one that calls expand_kv_heads (SDPA groups heads itself), and it
+    # builds the mask for every layer (SDPA's is_causal fast path skips masks.causal).
     assert_fails(Broken(TorchAdapter(attn_impl="eager"), patch=patch), arch)
 
 

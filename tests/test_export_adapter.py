@@ -9,10 +9,10 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
 
-from conformance.adapters import load_adapter  # noqa: E402
-from conformance.runner import NOT_SUPPORTED, PASS, run_check  # noqa: E402
-from conformance.store import GoldenStore  # noqa: E402
-from export.onnx_adapter import OnnxAdapter  # noqa: E402
+from lmref.conformance.adapters import load_adapter  # noqa: E402
+from lmref.conformance.runner import NOT_SUPPORTED, PASS, run_check  # noqa: E402
+from lmref.conformance.store import GoldenStore  # noqa: E402
+from lmref.export.onnx_adapter import OnnxAdapter  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,13 @@ pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("tokenizers")
 
-from export.generate import generate, load_onnx_generator  # noqa: E402
+from lmref.export.generate import generate, load_onnx_generator  # noqa: E402
 from lmref.cli import main  # noqa: E402
-from spec import init_params, tiny  # noqa: E402
-from train import checkpoint  # noqa: E402
-from train.generate import generate as generate_torch  # noqa: E402
-from train.generate import load_generator  # noqa: E402
-from train.tokenizer import BPETokenizer  # noqa: E402
+from lmref.spec import init_params, tiny  # noqa: E402
+from lmref.train import checkpoint  # noqa: E402
+from lmref.train.generate import generate as generate_torch  # noqa: E402
+from lmref.train.generate import load_generator  # noqa: E402
+from lmref.train.tokenizer import BPETokenizer  # noqa: E402
 
 TEXT = "the quick brown fox jumps over the lazy dog\n" * 20 + "a stitch in time saves nine\n" * 20
 

@@ -23,13 +23,13 @@ pytest.importorskip("onnxscript")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from conformance.cases import case_config  # noqa: E402
-from export.bundle import open_bundle  # noqa: E402
-from export.decoder import input_names, output_names  # noqa: E402
-from export.exporter import OPSET, TOTAL_DIM, export_onnx  # noqa: E402
-from export.runtime import CPU, DecoderSession, open_session  # noqa: E402
-from export.validate import DEFAULT_STEPS, default_prompt_len, validate  # noqa: E402
-from spec import PRESETS, init_params  # noqa: E402
+from lmref.conformance.cases import case_config  # noqa: E402
+from lmref.export.bundle import open_bundle  # noqa: E402
+from lmref.export.decoder import input_names, output_names  # noqa: E402
+from lmref.export.exporter import OPSET, TOTAL_DIM, export_onnx  # noqa: E402
+from lmref.export.runtime import CPU, DecoderSession, open_session  # noqa: E402
+from lmref.export.validate import DEFAULT_STEPS, default_prompt_len, validate  # noqa: E402
+from lmref.spec import PRESETS, init_params  # noqa: E402
 
 FAST = ["gpt2", "llama3.1", "olmo-alibi", "olmo"]
 SLOW = ["llama1", "llama2", "llama2-70b", "llama3", "mpt"]

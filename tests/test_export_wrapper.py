@@ -1,7 +1,8 @@
-"""The export wrapper's math, in torch, without exporting: every preset, a left-padded batch,
-a prefill from an empty past and decode steps through the concat cache, against the golden
-on each row unpadded.  Plus the refusal of configs the export does not compute, the masks,
-and the runtime helpers that need no graph (fast: no dynamo export in this file)."""
+"""The export wrapper's math, in torch, without exporting: every preset and configs with
+sliding, chunked and RoPE-less layers, a left-padded batch, a prefill from an empty past and
+decode steps through the concat cache, against the golden on each row unpadded.  Plus the
+refusal of configs the export does not compute, padding as positions, and the runtime
+helpers that need no graph (fast: no dynamo export in this file)."""
 
 from __future__ import annotations
 
@@ -12,18 +13,27 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conformance.cases import case_config  # noqa: E402
-from conformance.tolerances import DEFAULT_ROWS  # noqa: E402
-from export.decoder import OnnxDecoder  # noqa: E402
-from export.errors import ExportError, ProviderError  # noqa: E402
-from export.masks import causal_slots, positions_from_mask  # noqa: E402
-from export.runtime import CPU, CUDA, check_placement, node_providers  # noqa: E402
-from export.runtime import positions_from_mask as np_positions_from_mask  # noqa: E402
-from export.support import check_exportable, unsupported  # noqa: E402
-from export.validate import golden_rows, left_padded_batch, run_graph  # noqa: E402
-from spec import PRESETS, init_params, tiny  # noqa: E402
-from spec import config as spec_config  # noqa: E402
+from lmref.conformance.cases import case_config  # noqa: E402
+from lmref.conformance.tolerances import DEFAULT_ROWS  # noqa: E402
+from lmref.export.decoder import ConcatCache, OnnxDecoder, slot_positions  # noqa: E402
+from lmref.export.errors import ProviderError  # noqa: E402
+from lmref.export.features import FEATURES, check_exportable  # noqa: E402
+from lmref.export.runtime import CPU, CUDA, check_placement, node_providers, positions_from_mask  # noqa: E402
+from lmref.export.validate import golden_rows, left_padded_batch, run_graph  # noqa: E402
+from lmref.spec import PRESETS, init_params, tiny  # noqa: E402
+from lmref.spec.features import UnsupportedFeature, required_features  # noqa: E402
+from lmref.spec.plan import EMPTY_SLOT  # noqa: E402
 from tests.torch.helpers import assert_close  # noqa: E402
+
+# Windows and chunks shorter than the rows, so that the padded rows' masks cut keys off.
+WINDOWED = {
+    "llama3-sliding-chunked": tiny("llama3", attn_pattern=("sliding", "chunked"), sliding_window=3,
+                                   attn_chunk_size=4),
+    "llama3-nope-sliding": tiny("llama3", attn_pattern=("global_nope", "sliding"), sliding_window=5),
+    "olmo-alibi-sliding": tiny("olmo-alibi", attn_pattern=("sliding", "global"), sliding_window=2),
+    "gpt2-chunked": tiny("gpt2", attn_pattern=("chunked",), attn_chunk_size=3),
+}
+CONFIGS = {arch: case_config(arch) for arch in PRESETS} | WINDOWED
 
 
 class TorchStep:
@@ -38,15 +48,15 @@ class TorchStep:
 
     @torch.no_grad()
     def step(self, input_ids, attention_mask, past):
+        positions = torch.from_numpy(positions_from_mask(attention_mask)[:, -input_ids.shape[1]:])
         mask = torch.from_numpy(attention_mask)
-        positions = positions_from_mask(mask)[:, -input_ids.shape[1]:]
         logits, *present = self.decoder(torch.from_numpy(np.asarray(input_ids)), mask, positions, past)
         return logits.numpy(), present
 
 
-@pytest.mark.parametrize("arch", list(PRESETS))
-def test_wrapper_left_padded_prefill_and_decode_match_the_golden(arch):
-    config = case_config(arch)
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_wrapper_left_padded_prefill_and_decode_match_the_golden(name):
+    config = CONFIGS[name]
     params = init_params(config, 5)
     prompt_len = 11 if config.rope_scaling is None else config.rope_scaling.original_max_seq_len + 1
     batch = left_padded_batch(config, prompt_len, pad=4, steps=8, seed=1)
@@ -55,35 +65,41 @@ def test_wrapper_left_padded_prefill_and_decode_match_the_golden(arch):
         assert_close(out[None], ref[None], DEFAULT_ROWS["float32"])
 
 
-def test_masks_follow_slots_and_padding():
-    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])  # row 1: two padding slots
-    visible = causal_slots(mask, seq=2)  # the last 2 slots are this step's queries
-    assert visible.shape == (2, 1, 2, 5)
-    assert visible[0, 0].tolist() == [[True, True, True, True, False], [True] * 5]
-    assert visible[1, 0].tolist() == [[False, False, True, True, False], [False, False, True, True, True]]
+def test_padding_is_expressed_through_positions():
+    """Key slots hold cumsum(attention_mask) - 1 on real tokens and EMPTY_SLOT on padding; the
+    queries' position_ids (runtime) are the HF ones, clipped at 0 on padding."""
+    mask = np.array([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])  # row 1: two padding slots
+    assert slot_positions(torch.from_numpy(mask)).tolist() == [[0, 1, 2, 3, 4], [EMPTY_SLOT, EMPTY_SLOT, 0, 1, 2]]
     assert positions_from_mask(mask).tolist() == [[0, 1, 2, 3, 4], [0, 0, 0, 1, 2]]
-    assert np_positions_from_mask(mask.numpy()).tolist() == [[0, 1, 2, 3, 4], [0, 0, 0, 1, 2]]
+
+
+def test_the_concat_cache_appends_and_reads_positions_from_the_mask():
+    config = tiny("llama3")
+    past = [torch.randn(2, config.n_kv_heads, 3, config.head_dim) for _ in range(2 * config.n_layers)]
+    cache = ConcatCache(past, torch.tensor([[1, 1, 1, 1, 1], [0, 1, 1, 1, 1]]))
+    k, v = (torch.randn(2, config.n_kv_heads, 2, config.head_dim) for _ in range(2))
+    keys, values, positions = cache.append(1, k, v, torch.tensor([[3, 4], [2, 3]]))
+    assert torch.equal(keys, torch.cat([past[2], k], dim=2)) and torch.equal(values, torch.cat([past[3], v], dim=2))
+    assert cache.present[2] is keys and cache.present[3] is values and cache.present[0] is past[0]
+    assert positions.tolist() == [[0, 1, 2, 3, 4], [EMPTY_SLOT, 0, 1, 2, 3]]
 
 
 def test_every_preset_is_exportable():
     for name in PRESETS:
-        assert unsupported(tiny(name)) == []
+        check_exportable(tiny(name))
+        assert required_features(tiny(name)) <= FEATURES
 
 
-def test_a_knob_the_export_does_not_compute_is_refused(monkeypatch):
-    # The spec learns per-head q/k norms before the export does: the export refuses by name.
-    monkeypatch.setitem(spec_config.IMPLEMENTED, "qk_norm", frozenset({"none", "per_head"}))
+def test_a_feature_the_export_does_not_compute_is_refused():
+    # Per-head q/k norms are in the spec's vocabulary before the twin computes them: the
+    # export refuses them by name (UnsupportedFeature: the suite's NOT SUPPORTED).
     config = tiny("llama3", qk_norm="per_head")
-    with pytest.raises(ExportError, match=r"does not implement llama3-tiny's qk_norm 'per_head' \(exportable: none\)"):
+    message = r"the onnx backend does not implement feature\(s\) of config 'llama3-tiny': attn\.qk_norm\.per_head"
+    with pytest.raises(UnsupportedFeature, match=message) as refused:
         check_exportable(config)
-    with pytest.raises(ExportError, match="qk_norm 'per_head'"):
+    assert refused.value.missing == ("attn.qk_norm.per_head",)
+    with pytest.raises(UnsupportedFeature, match="attn.qk_norm.per_head"):
         OnnxDecoder.from_canonical(config, init_params(tiny("llama3"), 0))
-
-
-def test_a_mask_the_wrapper_does_not_build_is_refused():
-    config = tiny("llama3")
-    object.__setattr__(config, "sliding_window", 8)  # set past spec validation, which refuses it today
-    assert unsupported(config) == ["sliding_window=8 (must be unset)"]
 
 
 def _profile(tmp_path, events):
@@ -107,7 +123,7 @@ def test_placement_from_a_profile(tmp_path):
 
 def test_asking_for_a_provider_onnxruntime_lacks_is_an_error(tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from export.runtime import open_session
+    from lmref.export.runtime import open_session
 
     if CUDA in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA")

@@ -16,13 +16,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.special import logsumexp
 
-from impl_numpy import KVCache, capture_names, decode, forward, loss
-from impl_numpy.alibi import alibi_bias, alibi_slopes
-from impl_numpy.attention import attention_scores, softmax
-from impl_numpy.mlp import gelu, gelu_tanh, mlp, relu, silu
-from impl_numpy.norms import apply_norm, layer_norm, rms_norm
-from impl_numpy.rope import apply_rope, default_inv_freq, inv_freq, llama3_inv_freq
-from spec import PRESETS, ModelConfig, RopeScaling, get_preset, init_params, param_shapes, tiny
+from lmref.impl_numpy import KVCache, decode, forward, loss
+from lmref.spec.captures import capture_names
+from lmref.impl_numpy.alibi import alibi_bias, alibi_slopes
+from lmref.impl_numpy.attention import attention_scores, softmax
+from lmref.impl_numpy.mlp import gelu, gelu_tanh, mlp, relu, silu
+from lmref.impl_numpy.norms import apply_norm, layer_norm, rms_norm
+from lmref.impl_numpy.rope import apply_rope, default_inv_freq, inv_freq, llama3_inv_freq
+from lmref.spec import PRESETS, ModelConfig, RopeScaling, get_preset, init_params, param_shapes, tiny
+from lmref.spec.plan import Rope, layer_plan
+
+
+def rope_of(config: ModelConfig) -> Rope:
+    """The RoPE of a config's first layer (every layer's, in these tests)."""
+    return layer_plan(config)[0].rope
 
 TINY = sorted(PRESETS)
 
@@ -199,7 +206,7 @@ def test_alibi_scores_equal_blooms_key_bias_after_softmax():
     q = rng(4).normal(size=(1, 6, c.n_heads, c.head_dim))
     k = rng(5).normal(size=(1, 6, c.n_heads, c.head_dim))
     pos = np.arange(6)
-    ours = softmax(attention_scores(c, q, k, pos, pos))
+    ours = softmax(attention_scores(c, layer_plan(c)[0], q, k, pos, pos))
     raw = np.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(c.head_dim)
     bloom = raw + bloom_slopes(c.n_heads)[None, :, None, None] * pos[None, None, None, :]
     bloom = np.where(pos[None, :] <= pos[:, None], bloom, -np.inf)
@@ -244,7 +251,7 @@ def test_rope_halves_matches_hf(fraction):
     c = rope_config(rope_fraction=fraction)
     x = rng(6).normal(size=(2, 9, 3, c.head_dim))
     pos = np.arange(9) + 3
-    np.testing.assert_allclose(apply_rope(c, x, pos), hf_rotate_half(c, x, pos), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(apply_rope(rope_of(c), x, pos), hf_rotate_half(c, x, pos), rtol=1e-12, atol=1e-13)
 
 
 @pytest.mark.parametrize("fraction", [1.0, 0.5])
@@ -252,7 +259,7 @@ def test_rope_interleaved_matches_gptj(fraction):
     c = rope_config(rope_layout="interleaved", rope_fraction=fraction)
     x = rng(7).normal(size=(2, 9, 3, c.head_dim))
     pos = np.arange(9)
-    np.testing.assert_allclose(apply_rope(c, x, pos), gptj_rotate_every_two(c, x, pos), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(apply_rope(rope_of(c), x, pos), gptj_rotate_every_two(c, x, pos), rtol=1e-12, atol=1e-13)
 
 
 def test_default_inv_freq():
@@ -269,9 +276,9 @@ def test_rope_layouts_differ_but_relate_by_a_permutation(fraction):
     inverse = np.argsort(perm)
     x = rng(8).normal(size=(1, 7, 2, hd))
     pos = np.arange(7)
-    a, b = apply_rope(inter, x, pos), apply_rope(halves, x, pos)
+    a, b = apply_rope(rope_of(inter), x, pos), apply_rope(rope_of(halves), x, pos)
     assert not np.allclose(a, b, atol=1e-3)
-    np.testing.assert_allclose(a, apply_rope(halves, x[..., perm], pos)[..., inverse], rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(a, apply_rope(rope_of(halves), x[..., perm], pos)[..., inverse], rtol=1e-13, atol=1e-14)
 
 
 @pytest.mark.parametrize("layout", ["halves", "interleaved"])
@@ -279,7 +286,7 @@ def test_rope_preserves_each_pair_norm(layout):
     c = rope_config(rope_layout=layout)
     r = c.rope_dim
     x = rng(9).normal(size=(1, 11, 2, c.head_dim))
-    y = apply_rope(c, x, np.arange(11) * 37)
+    y = apply_rope(rope_of(c), x, np.arange(11) * 37)
     if layout == "halves":
         pairs = [(i, i + r // 2) for i in range(r // 2)]
     else:
@@ -292,13 +299,13 @@ def test_rope_preserves_each_pair_norm(layout):
 def test_rope_position_zero_is_the_identity():
     c = rope_config()
     x = rng(10).normal(size=(1, 1, 2, c.head_dim))
-    np.testing.assert_array_equal(apply_rope(c, x, np.array([0])), x)
+    np.testing.assert_array_equal(apply_rope(rope_of(c), x, np.array([0])), x)
 
 
 def _rotated_dot(config, q, k, m, n):
     """q . k after rotating q to position m and k to position n (one head)."""
-    qr = apply_rope(config, q[None, None, None, :], np.array([m]))[0, 0, 0]
-    kr = apply_rope(config, k[None, None, None, :], np.array([n]))[0, 0, 0]
+    qr = apply_rope(rope_of(config), q[None, None, None, :], np.array([m]))[0, 0, 0]
+    kr = apply_rope(rope_of(config), k[None, None, None, :], np.array([n]))[0, 0, 0]
     return float(qr @ kr)
 
 
@@ -324,7 +331,7 @@ def test_partial_rope_leaves_the_tail_untouched(layout):
     c = rope_config(rope_layout=layout, rope_fraction=0.25)
     assert c.rope_dim == 4
     x = rng(12).normal(size=(2, 5, 3, c.head_dim))
-    y = apply_rope(c, x, np.arange(5) + 1)
+    y = apply_rope(rope_of(c), x, np.arange(5) + 1)
     np.testing.assert_array_equal(y[..., 4:], x[..., 4:])
     assert not np.allclose(y[..., :4], x[..., :4], atol=1e-3)
 
@@ -332,10 +339,10 @@ def test_partial_rope_leaves_the_tail_untouched(layout):
 def test_linear_scaling_slows_positions_down():
     plain = rope_config()
     linear = rope_config(rope_scaling=RopeScaling(kind="linear", factor=4.0))
-    np.testing.assert_allclose(inv_freq(linear), inv_freq(plain) / 4.0, rtol=1e-15)
+    np.testing.assert_allclose(inv_freq(rope_of(linear)), inv_freq(rope_of(plain)) / 4.0, rtol=1e-15)
     x = rng(13).normal(size=(1, 5, 2, plain.head_dim))
     p = np.arange(5) * 3
-    np.testing.assert_allclose(apply_rope(linear, x, 4 * p), apply_rope(plain, x, p), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(apply_rope(rope_of(linear), x, 4 * p), apply_rope(rope_of(plain), x, p), rtol=1e-9, atol=1e-12)
 
 
 def hf_llama3(theta: float, dim: int, factor: float, low: float, high: float, orig: int) -> list[float]:
@@ -355,7 +362,7 @@ def hf_llama3(theta: float, dim: int, factor: float, low: float, high: float, or
 def test_llama3_scaling_at_real_size_has_29_6_29_bands():
     c = get_preset("llama3.1")  # theta 5e5, head_dim 128, factor 8, low 1, high 4, orig 8192
     plain = default_inv_freq(c.rope_theta, c.rope_dim)
-    scaled = inv_freq(c)
+    scaled = inv_freq(rope_of(c))
     assert scaled.shape == (64,)
     unchanged = scaled == plain
     divided = np.isclose(scaled, plain / 8.0, rtol=1e-14, atol=0)
@@ -370,7 +377,7 @@ def test_llama3_scaling_matches_hf_at_tiny_size():
     s = c.rope_scaling
     expected = hf_llama3(c.rope_theta, c.rope_dim, s.factor, s.low_freq_factor, s.high_freq_factor,
                          s.original_max_seq_len)
-    np.testing.assert_allclose(inv_freq(c), expected, rtol=1e-13)
+    np.testing.assert_allclose(inv_freq(rope_of(c)), expected, rtol=1e-13)
     np.testing.assert_allclose(llama3_inv_freq(default_inv_freq(c.rope_theta, c.rope_dim), s), expected, rtol=1e-13)
 
 
@@ -505,7 +512,7 @@ def test_forward_matches_a_naive_loop_implementation(name):
 
 def test_naive_model_detects_a_wrong_scale(monkeypatch):
     # the comparison above is sensitive: the golden with the 1/sqrt(head_dim) dropped disagrees
-    import impl_numpy.attention as attention_module
+    import lmref.impl_numpy.attention as attention_module
 
     c = tiny("llama3")
     p = init_params(c, 11)
@@ -513,7 +520,7 @@ def test_naive_model_detects_a_wrong_scale(monkeypatch):
     ok = naive_forward(c, p, tokens)
     orig = attention_module.attention_scores
     monkeypatch.setattr(attention_module, "attention_scores",
-                        lambda config, q, k, qp, kp: orig(config, q, k, qp, kp) / config.attn_scale)
+                        lambda config, plan, q, k, qp, kp: orig(config, plan, q, k, qp, kp) / config.attn_scale)
     assert not np.allclose(forward(c, p, tokens), ok, rtol=1e-6, atol=1e-6)
 
 

@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from conformance.cases import case_config, case_specs, long_seq_len
-from conformance.generate import check, generate
-from conformance.store import DEFAULT_GOLDEN_DIR, GoldenStore, GoldenStoreError, MANIFEST
+from lmref.conformance.cases import case_config, case_specs, long_seq_len
+from lmref.conformance.generate import check, generate
+from lmref.conformance.store import DEFAULT_GOLDEN_DIR, GoldenStore, GoldenStoreError, MANIFEST
 from lmref.cli import main
-from spec.presets import PRESETS
+from lmref.spec.presets import PRESETS
 
 MAX_STORE_BYTES = 20 * 1024 * 1024
 
@@ -77,7 +77,7 @@ def test_check_finds_a_changed_value_even_with_a_recomputed_manifest(store_copy)
     """A stale store whose hashes were refreshed still fails: values are regenerated."""
     from safetensors.numpy import load_file, save_file
 
-    from conformance.store import sha256_of
+    from lmref.conformance.store import sha256_of
 
     rel = "llama3/prefill-b3-s13/expected.safetensors"
     arrays = load_file(str(store_copy / rel))

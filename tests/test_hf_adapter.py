@@ -1,22 +1,26 @@
 """`--impl hf` (convert.hf_adapter.HFAdapter): transformers run on the golden cases.
 
 The full run is `pytest conformance/ --impl hf --arch gpt2,llama,olmo*,mpt`; here, one arch
-end to end, the NOT SUPPORTED path, and a deliberately broken transformers model whose
-failure names the layer that was broken.
+end to end, the NOT SUPPORTED paths (no transformers type; a feature the type lacks; a value
+the type hard-codes), and a deliberately broken transformers model whose failure names the
+layer that was broken.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from conformance.adapters import BUILTINS, load_adapter  # noqa: E402
-from conformance.runner import FAIL, run_check  # noqa: E402
-from conformance.store import GoldenStore  # noqa: E402
-from convert.hf_adapter import HFAdapter  # noqa: E402
-from impl_numpy import capture_names  # noqa: E402
+from lmref.conformance.adapters import BUILTINS, load_adapter  # noqa: E402
+from lmref.conformance.runner import FAIL, NOT_SUPPORTED, run_check  # noqa: E402
+from lmref.conformance.store import GoldenStore  # noqa: E402
+from lmref.convert import SUPPORTED_MODEL_TYPES  # noqa: E402
+from lmref.convert.hf_adapter import HFAdapter  # noqa: E402
+from lmref.spec.captures import capture_names  # noqa: E402
 from tests.controls import run_arch  # noqa: E402
 
 
@@ -39,7 +43,7 @@ def store():
 
 def test_hf_is_a_builtin_with_its_version():
     adapter = load_adapter("hf")
-    assert BUILTINS["hf"] == "convert.hf_adapter:HFAdapter"
+    assert BUILTINS["hf"] == "lmref.convert.hf_adapter:HFAdapter"
     assert adapter.name == "hf" and adapter.dtype == "float32"
     assert adapter.version.startswith("transformers 5.")
     assert all(adapter.supports(c) for c in ("forward", "decode", "loss", "capture"))
@@ -64,7 +68,51 @@ def test_olmo_with_alibi_is_not_supported_and_says_why(store):
     assert {r.status for _, _, r in results} == {"NOT SUPPORTED"}
     message = results[0][2].message
     assert "transformers has no model for this config" in message
-    assert "norm_bias=True" in message and "ALiBi" in message
+    assert "has no transformers model type (hf_model_type is None)" in message
+    assert all(t in message for t in SUPPORTED_MODEL_TYPES)
+
+
+def _as(case, **changes):
+    """`case` with its config changed: NOT SUPPORTED is decided before any number is compared."""
+    return dataclasses.replace(case, config=dataclasses.replace(case.config, **changes))
+
+
+@pytest.mark.parametrize("model_type, named", [
+    ("olmo", ["positions.alibi", "ALiBi", "norm.bias", "field norm_bias"]),
+    ("mpt", ["norm.bias", "field norm_bias", "mlp.gated", "activation.silu"]),
+])
+def test_olmo_alibi_as_an_existing_type_names_the_features_that_type_lacks(store, model_type, named):
+    case = _as(store.load("olmo-alibi", "prefill-b2-s7"), hf_model_type=model_type)
+    result = run_check(case, HFAdapter(), "forward")
+    assert result.status == NOT_SUPPORTED
+    assert f"the hf ({model_type}) backend does not implement feature(s)" in result.message
+    assert all(n in result.message for n in named), result.message
+
+
+@pytest.mark.parametrize("changes, named", [
+    (dict(attn_softcap=30.0), ["attn.softcap", "field attn_softcap"]),
+    (dict(rope_fraction=0.5), ["rope.partial", "field rope_fraction"]),
+    (dict(norm="layernorm"), ["norm.layernorm"]),
+])
+def test_a_feature_llama_lacks_is_not_supported_by_name(store, changes, named):
+    result = run_check(_as(store.load("llama3", "prefill-b2-s7"), **changes), HFAdapter(), "forward")
+    assert result.status == NOT_SUPPORTED
+    assert all(n in result.message for n in named), result.message
+
+
+def test_a_value_the_type_hard_codes_is_not_supported_with_the_converters_reason(store):
+    """Every feature is LLaMA's, but its attention_bias covers q, k, v and o together."""
+    result = run_check(_as(store.load("llama3", "prefill-b2-s7"), qkv_bias=True), HFAdapter(), "forward")
+    assert result.status == NOT_SUPPORTED
+    assert "transformers has no model for this config" in result.message
+    assert "attn_out_bias: transformers' attention_bias" in result.message
+
+
+def test_an_unknown_model_type_is_not_supported_and_lists_the_supported(store):
+    result = run_check(_as(store.load("gpt2", "prefill-b2-s7"), hf_model_type="gpt_neox"), HFAdapter(), "forward")
+    assert result.status == NOT_SUPPORTED
+    assert "hf_model_type 'gpt_neox' is not supported" in result.message
+    assert all(t in result.message for t in SUPPORTED_MODEL_TYPES)
 
 
 @pytest.mark.parametrize("capability", ["forward", "loss"])

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-import convert.commands
-from convert import from_hf, load_checkpoint
+from lmref.commands import convert as convert_commands
+from lmref.convert import from_hf, load_checkpoint
 from lmref.cli import main
-from spec import init_params, param_count, tiny
+from lmref.spec import init_params, param_count, tiny
 
 
 def _same(got: dict, want: dict) -> bool:
@@ -48,7 +48,7 @@ def test_preset_straight_to_hf_in_float32(tmp_path):
 def test_full_takes_the_published_preset_not_tiny(tmp_path, capsys, monkeypatch):
     """--full reads get_preset; a stand-in keeps the test small (gpt2 itself is 1 GB in float64)."""
     stand_in = tiny("gpt2", n_layers=3, name="gpt2")
-    monkeypatch.setattr(convert.commands, "get_preset", lambda name: stand_in if name == "gpt2" else None)
+    monkeypatch.setattr(convert_commands, "get_preset", lambda name: stand_in if name == "gpt2" else None)
     assert main(["convert", "--preset", "gpt2", "--full", "--out", str(tmp_path)]) == 0
     assert f"--full: allocating {param_count(stand_in):,} float64 parameters" in capsys.readouterr().out
     assert load_checkpoint(tmp_path)[0] == stand_in
@@ -69,6 +69,15 @@ def test_bad_input_is_an_error_message_not_a_traceback(tmp_path, capsys):
     assert main(["convert", "--from-hf", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("lmref convert: error:") and "'gpt_neox' is not supported" in err
+
+
+def test_a_config_without_a_transformers_type_is_refused_by_name(tmp_path, capsys):
+    ckpt, hf = tmp_path / "ckpt", tmp_path / "hf"
+    assert main(["convert", "--preset", "olmo-alibi", "--out", str(ckpt)]) == 0
+    assert main(["convert", "--to-hf", str(ckpt), "--out", str(hf)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lmref convert: error:") and "(hf_model_type is None)" in err
+    assert not hf.exists()
 
 
 def test_exactly_one_source_is_required(tmp_path):

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-import impl_numpy
-from conformance.cases import case_config
-from convert import from_hf, load_checkpoint, save_checkpoint, to_hf
-from spec import RopeScaling, init_params, tiny
+from lmref import impl_numpy
+from lmref.conformance.cases import case_config
+from lmref.convert import SUPPORTED_MODEL_TYPES, config_from_hf, from_hf, load_checkpoint, save_checkpoint, to_hf
+from lmref.convert.features import FEATURES, FEATURES_BY_TYPE
+from lmref.spec import PRESETS, RopeScaling, init_params, required_features, tiny
 
 SUPPORTED_ARCHS = ["gpt2", "llama1", "llama2", "llama2-70b", "llama3", "llama3.1", "olmo", "mpt"]
 
@@ -43,10 +44,33 @@ def test_lmref_to_hf_to_lmref_is_exact(key, dtype, tmp_path):
     config = CONFIGS[key]
     params = {k: v.astype(dtype) for k, v in init_params(config, 7).items()}
     to_hf(config, params, tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == dtype
+    data = json.loads((tmp_path / "config.json").read_text())
+    assert data["dtype"] == dtype and data["model_type"] == config.hf_model_type
     back_config, back_params = from_hf(tmp_path)
     assert back_config == config
     assert_same_params(back_params, params)
+
+
+def test_features_are_declared_for_every_supported_model_type():
+    assert list(FEATURES_BY_TYPE) == list(SUPPORTED_MODEL_TYPES)
+    assert frozenset().union(*FEATURES_BY_TYPE.values()) == FEATURES
+
+
+@pytest.mark.parametrize("key", sorted(CONFIGS))
+def test_each_convertible_config_needs_only_features_its_type_declares(key):
+    config = CONFIGS[key]
+    assert required_features(config) <= FEATURES_BY_TYPE[config.hf_model_type]
+
+
+def test_every_preset_with_a_supported_type_is_convertible():
+    """So SUPPORTED_ARCHS misses none (olmo-alibi has no transformers type)."""
+    assert sorted(n for n, c in PRESETS.items() if c.hf_model_type in FEATURES_BY_TYPE) == sorted(SUPPORTED_ARCHS)
+
+
+@pytest.mark.parametrize("model_type", SUPPORTED_MODEL_TYPES)
+def test_from_hf_sets_hf_model_type_from_model_type(model_type):
+    """A config.json of transformers' class defaults (only model_type given)."""
+    assert config_from_hf({"model_type": model_type}, "defaults").hf_model_type == model_type
 
 
 def test_interleaved_rope_is_exported_permuted_and_computes_the_same(tmp_path):

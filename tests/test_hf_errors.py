@@ -9,17 +9,19 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conformance.cases import case_config
-from convert import (
+from lmref.conformance.cases import case_config
+from lmref.convert import (
     SUPPORTED_MODEL_TYPES,
     CheckpointError,
     ConversionError,
     from_hf,
+    hf_config,
+    hf_state_dict,
     load_checkpoint,
     save_checkpoint,
     to_hf,
 )
-from spec import init_params, tiny
+from lmref.spec import MoEConfig, RopeScaling, init_params, tiny
 
 
 def _hf_dir(tmp_path, arch: str):
@@ -128,7 +130,22 @@ def test_an_unrepresentable_config_field_is_named(arch, field, value, named, tmp
 
 
 INEXPRESSIBLE = {
-    "olmo-alibi": (case_config("olmo-alibi"), ["norm_bias=True", "mlp='gated'", "ALiBi models"]),
+    "olmo-alibi": (case_config("olmo-alibi"), ["config 'olmo-alibi-tiny' has no transformers model type",
+                                               "(hf_model_type is None)", *SUPPORTED_MODEL_TYPES]),
+    # the type named is the one checked, whatever the flags say
+    "olmo-alibi-as-mpt": (dataclasses.replace(case_config("olmo-alibi"), hf_model_type="mpt"),
+                          ["transformers' mpt", "norm_bias=True", "mlp='gated'", "activation='silu'"]),
+    "olmo-alibi-as-olmo": (dataclasses.replace(case_config("olmo-alibi"), hf_model_type="olmo"),
+                           ["transformers' olmo", "position='alibi' (transformers' olmo has 'rope')",
+                            "norm_weight=True", "norm_bias=True"]),
+    "llama-as-gpt2": (tiny("llama3", hf_model_type="gpt2"),
+                      ["transformers' gpt2", "position='rope'", "norm='rmsnorm'", "mlp='gated'"]),
+    "unknown-type": (tiny("gpt2", hf_model_type="gpt_neox"),
+                     ["hf_model_type 'gpt_neox' is not supported", *SUPPORTED_MODEL_TYPES]),
+    "llama-moe": (tiny("llama3", mlp_pattern=("moe",), moe=MoEConfig(n_experts=4, n_experts_per_token=2)),
+                  ["moe=MoEConfig(n_experts=4", "(transformers' llama has None)", "mlp_pattern=('moe',)"]),
+    "llama-yarn": (tiny("llama3", rope_scaling=RopeScaling(kind="yarn", factor=2.0, original_max_seq_len=64)),
+                   ["rope_scaling: kind 'yarn' is not converted"]),
     "gpt2-gqa": (tiny("gpt2", n_kv_heads=2), ["n_kv_heads: GPT-2 attention is multi-head"]),
     "mpt-alibi-bias-4": (tiny("mpt", alibi_max_bias=4.0), ["alibi_max_bias=4.0 (transformers' mpt has 8.0)"]),
     "mpt-narrow-mlp": (tiny("mpt", d_ff=100), ["d_ff: transformers' MptMLP is 4 * d_model"]),
@@ -146,6 +163,16 @@ def test_a_config_transformers_cannot_express_is_refused_before_writing(key, tmp
         to_hf(config, init_params(config, 1), out)
     assert all(n in str(info.value) for n in named), str(info.value)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("convert", [hf_config, lambda c: hf_state_dict(c, init_params(c, 1))],
+                         ids=["hf_config", "hf_state_dict"])
+def test_the_model_type_is_never_guessed_from_the_flags(convert):
+    """LLaMA 3's flags are transformers' llama; without hf_model_type the config is still refused."""
+    with pytest.raises(ConversionError) as info:
+        convert(tiny("llama3", hf_model_type=None))
+    assert "config 'llama3-tiny' has no transformers model type (hf_model_type is None)" in str(info.value)
+    assert all(t in str(info.value) for t in SUPPORTED_MODEL_TYPES)
 
 
 def test_params_that_do_not_fit_the_config_are_refused_on_export(tmp_path):

@@ -18,11 +18,11 @@ transformers = pytest.importorskip("transformers")
 
 from safetensors.numpy import load_file  # noqa: E402
 
-import impl_numpy  # noqa: E402
-from conformance.metrics import compare, gate  # noqa: E402
-from conformance.tolerances import DEFAULT_ROWS  # noqa: E402
-from convert import from_hf, to_hf  # noqa: E402
-from impl_numpy.alibi import alibi_bias, alibi_slopes  # noqa: E402
+from lmref import impl_numpy  # noqa: E402
+from lmref.conformance.metrics import compare, gate  # noqa: E402
+from lmref.conformance.tolerances import DEFAULT_ROWS  # noqa: E402
+from lmref.convert import from_hf, to_hf  # noqa: E402
+from lmref.impl_numpy.alibi import alibi_bias, alibi_slopes  # noqa: E402
 
 F32 = DEFAULT_ROWS["float32"]
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,

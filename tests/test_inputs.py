@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from impl_numpy import KVCache, decode, forward, loss
-from spec import InputError, ParamsError, init_params, tiny
-from spec.inputs import check_tokens
+from lmref.impl_numpy import KVCache, decode, forward, loss
+from lmref.spec import InputError, ParamsError, init_params, tiny
+from lmref.spec.inputs import check_tokens
 
 CONFIG = tiny("llama3", max_seq_len=16)  # vocab 251
 PARAMS = init_params(CONFIG, 0)

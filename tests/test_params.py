@@ -9,8 +9,8 @@ from decimal import Decimal, localcontext
 import numpy as np
 import pytest
 
-from spec import ParamsError, get_preset, init_params, param_count, param_shapes, tiny
-from spec.params import _splitmix64, check_params, uniform01
+from lmref.spec import ParamsError, get_preset, init_params, param_count, param_shapes, tiny
+from lmref.spec.params import _splitmix64, check_params, uniform01
 
 TINY_NAMES = ["gpt2", "llama1", "llama3", "llama3.1", "olmo", "olmo-alibi"]
 

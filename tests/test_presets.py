@@ -1,15 +1,25 @@
 """Presets (spec/presets/): real sizes checked by parameter count and distinguishing facts only
-(never allocated, never run), `tiny()` keeping every flag, `resolve_archs` selection."""
+(never allocated, never run), each registered with its source, family and transformers
+model_type, `tiny()` keeping every flag, `resolve_archs` selection, the `lmref presets` table."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
+import re
 
 import numpy as np
 import pytest
 
-from impl_numpy.rope import default_inv_freq, inv_freq
-from spec import FAMILIES, PRESETS, ModelConfig, RopeScaling, get_preset, param_count, param_shapes, resolve_archs, tiny
+import lmref.spec.presets
+from lmref.cli import main
+from lmref.impl_numpy.rope import default_inv_freq, inv_freq
+from lmref.spec import (
+    FAMILIES, PRESETS, REGISTRY, ModelConfig, RopeScaling, get_preset, layer_plan, param_count, param_shapes,
+    preset_info, resolve_archs, tiny,
+)
+from lmref.spec.presets.preset import Preset
 
 # Parameter counts, checked by hand (no weights allocated; param_count sums the shapes):
 #
@@ -71,6 +81,62 @@ def test_olmo_alibi_figure():
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_name_matches_key(name):
     assert PRESETS[name].name == name
+
+
+# --- registration: source, family, transformers model_type ----------------------------------
+
+# The transformers model_type holding each preset (None: transformers has no class for it).
+EXPECTED_MODEL_TYPES = {
+    "gpt2": "gpt2", "llama1": "llama", "llama2": "llama", "llama2-70b": "llama", "llama3": "llama",
+    "llama3.1": "llama", "olmo": "olmo", "olmo-alibi": None, "mpt": "mpt",
+}
+# The family modules of spec/presets/ (every module but the Preset class's own).
+FAMILY_MODULES = {m.name: importlib.import_module(f"lmref.spec.presets.{m.name}")
+                  for m in pkgutil.iter_modules(lmref.spec.presets.__path__) if m.name != "preset"}
+
+
+def test_every_preset_has_an_expected_model_type():
+    assert set(EXPECTED_MODEL_TYPES) == set(PRESETS)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_MODEL_TYPES))
+def test_hf_model_type(name):
+    assert get_preset(name).hf_model_type == EXPECTED_MODEL_TYPES[name]
+    assert tiny(name).hf_model_type == EXPECTED_MODEL_TYPES[name]
+
+
+def test_the_registry_holds_every_family_modules_presets_and_nothing_else():
+    registered = {name: preset for module in FAMILY_MODULES.values() for name, preset in module.PRESETS.items()}
+    assert registered == REGISTRY
+    assert {name: preset.config for name, preset in REGISTRY.items()} == PRESETS
+
+
+def registration_problems(name: str, preset: Preset) -> list[str]:
+    """What is wrong with a registered preset: a family that no module of spec/presets/ is, or
+    one whose module does not register it; a source that cites no paper or report (by its
+    year) and no published config file."""
+    problems = []
+    if preset.family not in FAMILY_MODULES:
+        problems.append(f"unknown family {preset.family!r}")
+    elif name not in FAMILY_MODULES[preset.family].PRESETS:
+        problems.append(f"spec/presets/{preset.family}.py does not register {name!r}")
+    if not (re.search(r"\b(19|20)\d\d\b", preset.source) or "config.json" in preset.source):
+        problems.append(f"source {preset.source!r} cites no paper and no published config")
+    return problems
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_preset_cites_its_source_and_belongs_to_its_family(name):
+    assert registration_problems(name, preset_info(name)) == []
+
+
+def test_a_preset_without_a_source_or_with_an_unknown_family_is_caught():
+    config = get_preset("gpt2")
+    assert registration_problems("gpt2", Preset(config, "", "gpt2")) == [
+        "source '' cites no paper and no published config"]
+    assert registration_problems("gpt2", Preset(config, "Radford et al. 2019", "gpt3")) == ["unknown family 'gpt3'"]
+    assert registration_problems("gpt2", Preset(config, "Radford et al. 2019", "llama")) == [
+        "spec/presets/llama.py does not register 'gpt2'"]
 
 
 # --- distinguishing facts per preset --------------------------------------------------------
@@ -158,7 +224,8 @@ def test_olmo_alibi_facts():
     assert c.tie_embeddings
     differ = {f.name for f in dataclasses.fields(ModelConfig)
               if getattr(c, f.name) != getattr(get_preset("olmo"), f.name)}
-    assert differ == {"name", "position", "norm_weight", "norm_bias"}
+    assert differ == {"name", "hf_model_type", "position", "norm_weight", "norm_bias"}
+    assert c.hf_model_type is None  # transformers' OLMo has no ALiBi
 
 
 def test_mpt_facts():
@@ -234,7 +301,7 @@ def test_tiny_shrinks_llama3_original_context_by_the_same_factor():
 def test_tiny_llama31_scaling_still_has_all_three_bands():
     c = tiny("llama3.1")
     plain = default_inv_freq(c.rope_theta, c.rope_dim)
-    scaled = inv_freq(c)
+    scaled = inv_freq(layer_plan(c)[0].rope)  # every layer of llama3.1 is global, with the scaling
     unchanged = np.isclose(scaled, plain, rtol=1e-12, atol=0)
     divided = np.isclose(scaled, plain / c.rope_scaling.factor, rtol=1e-12, atol=0)
     smoothed = ~unchanged & ~divided
@@ -292,3 +359,30 @@ def test_get_preset_unknown_lists_known():
         get_preset("gpt3")
     assert "'gpt3'" in str(info.value)
     assert "llama3.1" in str(info.value) and "olmo-alibi" in str(info.value)
+
+
+# --- `lmref presets` --------------------------------------------------------------------------
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_the_presets_table_shows_family_model_type_and_source(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:4] == ["preset", "family", "model_type", "params"]
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if not line.startswith(" ")}
+    for name, preset in REGISTRY.items():
+        model_type = preset.config.hf_model_type or "-"
+        assert rows[name][1:4] == [preset.family, model_type, f"{param_count(preset.config):,}"], name
+        assert f"source: {_words(preset.source)}" in _words(out), name
+    assert rows["olmo-alibi"][2] == "-"
+
+
+def test_the_presets_table_of_a_selection(capsys):
+    assert main(["presets", "--arch", "olmo*"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split()[0] for line in out.splitlines() if not line.startswith(" ")]
+    assert rows == ["preset", "olmo", "olmo-alibi"]
+    assert _words(preset_info("olmo").source) in _words(out) and "Radford" not in out

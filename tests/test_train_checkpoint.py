@@ -15,10 +15,10 @@ import pytest
 for _module in ("torch", "tokenizers", "matplotlib", "tqdm"):  # the `torch` and `train` extras
     pytest.importorskip(_module)
 
-from convert import load_checkpoint
-from convert.errors import CheckpointError
-from train import checkpoint
-from train.checkpoint import PAUSE_ENV
+from lmref.convert import load_checkpoint
+from lmref.convert.errors import CheckpointError
+from lmref.train import checkpoint
+from lmref.train.checkpoint import PAUSE_ENV
 from tests.train_helpers import ROOT, TINY, copy_run, lmref, records, shared_run, subprocess_env
 
 

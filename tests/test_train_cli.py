@@ -10,8 +10,8 @@ import pytest
 for _module in ("torch", "tokenizers", "matplotlib", "tqdm"):  # the `torch` and `train` extras
     pytest.importorskip(_module)
 
-from spec.presets import PRESETS
-from train.settings import model_config
+from lmref.spec.presets import PRESETS
+from lmref.train.settings import model_config
 from tests.train_helpers import TINY, lmref, records, shared_run
 
 STEP = ["--steps", "1", "--seq-len", "16", "--batch-size", "2", "--eval-batches", "1", "--no-progress"]

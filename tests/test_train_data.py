@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from train.data import (
+from lmref.train.data import (
     BatchStream,
     Windows,
     default_corpus,
@@ -16,8 +16,8 @@ from train.data import (
     unigram_cross_entropy,
     validation_batches,
 )
-from train.errors import TrainError
-from train.tokenizer import BPETokenizer, ByteTokenizer
+from lmref.train.errors import TrainError
+from lmref.train.tokenizer import BPETokenizer, ByteTokenizer
 
 
 def test_default_corpus_is_deterministic_english_text():

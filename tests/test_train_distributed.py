@@ -22,7 +22,7 @@ import pytest
 for _module in ("torch", "tokenizers", "matplotlib", "tqdm"):  # the `torch` and `train` extras
     pytest.importorskip(_module)
 
-from convert import load_checkpoint
+from lmref.convert import load_checkpoint
 from tests.train_helpers import ROOT, TINY, lmref, records, subprocess_env
 
 ARGS = [*TINY[:1], "llama3", *TINY[2:], "--steps", "4", "--eval-every", "2"]  # GQA, RoPE, SwiGLU

@@ -9,8 +9,8 @@ for _module in ("torch", "tokenizers", "matplotlib", "tqdm"):  # the `torch` and
 
 import torch
 
-from train.errors import TrainError
-from train.generate import filter_logits, generate, load_generator
+from lmref.train.errors import TrainError
+from lmref.train.generate import filter_logits, generate, load_generator
 from tests.train_helpers import lmref, one_thread, shared_run
 
 

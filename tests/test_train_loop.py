@@ -10,11 +10,11 @@ import pytest
 for _module in ("torch", "tokenizers", "matplotlib", "tqdm"):  # the `torch` and `train` extras
     pytest.importorskip(_module)
 
-from spec.params import init_params
-from train.distributed import Dist
-from train.errors import TrainError
-from train.loop import build_trainer, evaluate, lr_at, train_step
-from train.settings import RunSettings, model_config
+from lmref.spec.params import init_params
+from lmref.train.distributed import Dist
+from lmref.train.errors import TrainError
+from lmref.train.loop import build_trainer, evaluate, lr_at, train_step
+from lmref.train.settings import RunSettings, model_config
 from tests.train_helpers import lmref, one_thread, records
 
 

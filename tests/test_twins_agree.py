@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from hypothesis import given, note, settings
 
-import impl_jax
-from impl_torch import Transformer
-from impl_torch.model import torch_name
-from spec.params import init_params
+from lmref import impl_jax
+from lmref.impl_torch import Transformer
+from lmref.impl_torch.model import torch_name
+from lmref.spec.params import init_params
 from tests.torch.helpers import examples
 
 # Two float64 autodiff implementations of one function: they differ by summation order only.

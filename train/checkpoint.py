@@ -38,9 +38,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from convert.checkpoint import CONFIG_FILE, PARAMS_FILE, load_checkpoint, save_checkpoint
-from convert.errors import CheckpointError
-from spec.config import ModelConfig
+from lmref.convert.checkpoint import CONFIG_FILE, PARAMS_FILE, load_checkpoint, save_checkpoint
+from lmref.convert.errors import CheckpointError
+from lmref.spec.config import ModelConfig
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"

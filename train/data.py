@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spec.params import uniform01
-from train.errors import TrainError
+from lmref.spec.params import uniform01
+from lmref.train.errors import TrainError
 
 DEFAULT_CORPUS = "pydoc_data"
 

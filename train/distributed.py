@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from train.errors import TrainError
+from lmref.train.errors import TrainError
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -77,7 +77,7 @@ def wrap(model: nn.Module, d: Dist, fsdp: bool) -> nn.Module:
     if fsdp:
         if not d.distributed:
             raise TrainError("--fsdp shards the model over several processes: launch with "
-                             "`torchrun --nproc_per_node=N -m lmref.cli train ... --fsdp`")
+                             "`torchrun --nproc_per_node=N -m lmref train ... --fsdp`")
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from impl_torch import Transformer
-from train import checkpoint
-from train.errors import TrainError
-from train.tokenizer import load_tokenizer
+from lmref.impl_torch import Transformer
+from lmref.train import checkpoint
+from lmref.train.errors import TrainError
+from lmref.train.tokenizer import load_tokenizer
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:

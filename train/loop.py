@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from impl_torch import Transformer
-from spec.config import ModelConfig
-from train.data import BatchStream, shard
-from train.distributed import Dist, as_local, gradient_sync, mean_over_ranks, wrap
-from train.errors import TrainError
-from train.settings import RunSettings
+from lmref.impl_torch import Transformer
+from lmref.spec.config import ModelConfig
+from lmref.train.data import BatchStream, shard
+from lmref.train.distributed import Dist, as_local, gradient_sync, mean_over_ranks, wrap
+from lmref.train.errors import TrainError
+from lmref.train.settings import RunSettings
 
 
 @dataclass

@@ -10,19 +10,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convert.errors import CheckpointError
-from spec.config import ModelConfig
-from spec.params import init_params, param_count
-from train import checkpoint
-from train.data import BatchStream, Windows, load_corpus, split, unigram_cross_entropy, validation_batches
-from train.distributed import Dist, barrier, broadcast_text, setup, teardown
-from train.errors import TrainError
-from train.loop import LoopOptions, Trainer, build_trainer, fit
-from train.metrics import METRICS_FILE, MetricsLog, read_metrics
-from train.plot import PLOT_FILE, plot_losses
-from train.settings import RunSettings, check_fits, check_sizes, model_config, new_settings, resumed_settings
-from train.state import canonical_params, load_optimizer, optimizer_tensors, rng_state, set_rng_state
-from train.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer
+from lmref.convert.errors import CheckpointError
+from lmref.spec.config import ModelConfig
+from lmref.spec.params import init_params, param_count
+from lmref.train import checkpoint
+from lmref.train.data import BatchStream, Windows, load_corpus, split, unigram_cross_entropy, validation_batches
+from lmref.train.distributed import Dist, barrier, broadcast_text, setup, teardown
+from lmref.train.errors import TrainError
+from lmref.train.loop import LoopOptions, Trainer, build_trainer, fit
+from lmref.train.metrics import METRICS_FILE, MetricsLog, read_metrics
+from lmref.train.plot import PLOT_FILE, plot_losses
+from lmref.train.settings import RunSettings, check_fits, check_sizes, model_config, new_settings, resumed_settings
+from lmref.train.state import canonical_params, load_optimizer, optimizer_tensors, rng_state, set_rng_state
+from lmref.train.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer
 
 
 # Options a resumed run takes from its checkpoint unless given again, and their defaults.

@@ -14,9 +14,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from spec.config import ModelConfig
-from spec.presets import PRESETS, tiny
-from train.errors import TrainError
+from lmref.spec.config import ModelConfig
+from lmref.spec.presets import PRESETS, tiny
+from lmref.train.errors import TrainError
 
 SIZE_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff", "max_seq_len")
 

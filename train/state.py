@@ -14,8 +14,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from impl_torch import Transformer
-from train.distributed import Dist
+from lmref.impl_torch import Transformer
+from lmref.train.distributed import Dist
 
 # Full (unsharded) state on rank 0's CPU; the other ranks take part in the gathering.
 _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.errors import TrainError
+from lmref.train.errors import TrainError
 
 BYTE_VOCAB = 256
 TOKENIZER_FILE = "tokenizer.json"
@@ -98,7 +98,7 @@ class BPETokenizer:
 
 def load_tokenizer(directory: Path, info: dict) -> ByteTokenizer | BPETokenizer:
     """The tokenizer a checkpoint in `directory` describes with `info` (a tokenizer's `.info`)."""
-    from convert.errors import CheckpointError
+    from lmref.convert.errors import CheckpointError
 
     kind = info.get("kind")
     if kind == "byte":

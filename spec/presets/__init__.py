@@ -1,35 +1,65 @@
 """Named presets (real sizes, as published) and `tiny()` to shrink one keeping every flag.
 
-Real-size presets are checked for parameter count and shapes only, never run.  The golden
-store and the tests run `tiny(preset)`: the same flags, small numbers.
+Each family module (gpt2.py, llama.py, ...) registers its presets with their sources; every
+module of this package but preset.py is a family module, found by name (adding a family is
+adding its module).  The family name selects all of its presets (`--arch llama`) unless it is
+a preset id itself.  Real-size
+presets are checked for parameter count and shapes only, never run.  The golden store and
+the tests run `tiny(preset)`: the same flags, small numbers, every knob still effective.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import importlib
+import pkgutil
 
-from spec.config import ModelConfig
-from spec.presets import gpt2, llama, mpt, olmo
+from lmref.spec.config import ModelConfig
+from lmref.spec.presets.preset import Preset
 
-PRESETS: dict[str, ModelConfig] = gpt2.PRESETS | llama.PRESETS | olmo.PRESETS | mpt.PRESETS
 
-# Family names select several presets at once.  A name that is also a preset id would be
-# ambiguous, so such families are reached by pattern instead (`olmo*`).
+def _registry() -> dict[str, Preset]:
+    """Every family module's presets, families in name order."""
+    registry: dict[str, Preset] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda info: info.name):
+        if info.name == "preset":
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        assert not set(module.PRESETS) & set(registry), f"{module.__name__} redefines a preset id"
+        registry |= module.PRESETS
+    return registry
+
+
+REGISTRY: dict[str, Preset] = _registry()
+
+PRESETS: dict[str, ModelConfig] = {name: preset.config for name, preset in REGISTRY.items()}
+
+# Family names select several presets at once.  A family named like one of its presets
+# (gpt2, olmo, mpt) would be ambiguous, so it is reached by pattern instead (`olmo*`).
 FAMILIES: dict[str, tuple[str, ...]] = {
-    "llama": tuple(llama.PRESETS),
+    family: names
+    for family in dict.fromkeys(p.family for p in REGISTRY.values())
+    if family not in PRESETS and (names := tuple(n for n, p in REGISTRY.items() if p.family == family))
 }
-assert not set(FAMILIES) & set(PRESETS), "a family name shadows a preset id"
 
 TINY_HEAD_DIM = 16
 TINY_LAYERS = 2
 TINY_VOCAB = 251  # odd on purpose: no power-of-two size hides a shape bug
 TINY_MAX_SEQ_LEN = 1024
+# Windows and chunks shorter than the golden cases' sequences (7, 11, 13 and 160 tokens), so
+# that a sliding or chunked layer's mask cuts keys off in every case.
+TINY_WINDOW = 5
+TINY_CHUNK = 4
 
 
 def get_preset(name: str) -> ModelConfig:
+    return preset_info(name).config
+
+
+def preset_info(name: str) -> Preset:
     try:
-        return PRESETS[name]
+        return REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
 
@@ -70,26 +100,44 @@ def _tiny_heads(config: ModelConfig) -> tuple[int, int]:
     return 2 * min(config.kv_group_size, 4), 2
 
 
+def _shrunk_knobs(base: ModelConfig, max_seq_len: int) -> dict:
+    """The knobs whose values are sizes, shrunk so that each still acts at the tiny size."""
+    changes: dict = {}
+    scaling = base.rope_scaling
+    if scaling is not None and scaling.original_max_seq_len is not None:
+        # the original context shrinks with the context: the scaling still bends the
+        # frequencies it bends at full size
+        shrink = max_seq_len / base.max_seq_len
+        changes["rope_scaling"] = dataclasses.replace(
+            scaling, original_max_seq_len=max(1, round(scaling.original_max_seq_len * shrink)))
+    if base.sliding_window is not None:
+        changes["sliding_window"] = min(base.sliding_window, TINY_WINDOW)
+    if base.attn_chunk_size is not None:
+        changes["attn_chunk_size"] = min(base.attn_chunk_size, TINY_CHUNK)
+    if base.query_scale_dim is not None:  # the ratio to head_dim is what the scale changes
+        changes["query_scale_dim"] = max(1, round(base.query_scale_dim * TINY_HEAD_DIM / base.head_dim))
+    return changes
+
+
 def tiny(config: ModelConfig | str, **overrides) -> ModelConfig:
-    """A small model with every flag of `config`: 2 layers, head_dim 16, vocab 251.
+    """A small model with every flag of `config`: 2 layers (or one period of its layer
+    patterns), head_dim 16, vocab 251.
 
     Sizes keep their ratios (d_ff / d_model; d_model == n_heads * head_dim where the preset
-    has it), the context is capped at 1024 and a RoPE scaling's original context shrinks by
-    the same factor, so the scaling still bends the frequencies it bends at full size.
+    has it; an expert's width to d_model), the context is capped at 1024, and the knobs
+    that are sizes shrink so that each still acts on the golden cases (`_shrunk_knobs`).
     """
     base = get_preset(config) if isinstance(config, str) else config
     n_heads, n_kv_heads = _tiny_heads(base)
     d_model = n_heads * TINY_HEAD_DIM if base.d_model == base.q_dim else 64
     max_seq_len = min(base.max_seq_len, TINY_MAX_SEQ_LEN)
+    # enough layers for one period of each layer pattern (Gemma 3's five sliding, one global)
+    n_layers = min(base.n_layers, max(TINY_LAYERS, len(base.attn_pattern), len(base.mlp_pattern)))
     changes = dict(
-        name=f"{base.name}-tiny", vocab_size=TINY_VOCAB, n_layers=TINY_LAYERS,
+        name=f"{base.name}-tiny", vocab_size=TINY_VOCAB, n_layers=n_layers,
         n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=TINY_HEAD_DIM, d_model=d_model,
         d_ff=round(d_model * base.d_ff / base.d_model), max_seq_len=max_seq_len,
     )
-    scaling = base.rope_scaling
-    if scaling is not None and scaling.original_max_seq_len is not None:
-        shrink = max_seq_len / base.max_seq_len
-        changes["rope_scaling"] = dataclasses.replace(
-            scaling, original_max_seq_len=max(1, round(scaling.original_max_seq_len * shrink))
-        )
-    return dataclasses.replace(base, **(changes | overrides))
+    if base.moe is not None and base.moe.d_ff is not None:
+        changes["moe"] = dataclasses.replace(base.moe, d_ff=round(d_model * base.moe.d_ff / base.d_model))
+    return dataclasses.replace(base, **(changes | _shrunk_knobs(base, max_seq_len) | overrides))

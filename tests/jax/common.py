@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import note, settings
 
-from conformance.tolerances import DEFAULT_ROWS
+from lmref.conformance.tolerances import DEFAULT_ROWS
 
 FLOAT32 = DEFAULT_ROWS["float32"]  # nmse 1e-10, |out - ref| <= 1e-4 + 1e-4 |ref|
 BFLOAT16 = DEFAULT_ROWS["bfloat16"]

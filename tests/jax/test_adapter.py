@@ -6,10 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-import impl_numpy
-from impl_jax.adapter import JaxAdapter, bfloat16
-from spec.params import init_params
-from spec.presets import tiny
+from lmref import impl_numpy
+from lmref.impl_jax.adapter import JaxAdapter, bfloat16
+from lmref.spec.params import init_params
+from lmref.spec.presets import tiny
 from tests.jax.common import BFLOAT16, FLOAT32, assert_float32_close, nmse
 
 CONFIG = tiny("olmo-alibi")  # ALiBi, non-parametric LayerNorm, qkv clip

@@ -1,7 +1,7 @@
 """The JAX twin in bfloat16 against the float64 golden.
 
 On the tiny presets the conformance suite's bfloat16 row (nmse 1e-3) holds with room to
-spare (`pytest conformance/ --impl impl_jax.adapter:bfloat16`: 2e-4 .. 3e-4 on the 160-token
+spare (`pytest conformance/ --impl lmref.impl_jax.adapter:bfloat16`: 2e-4 .. 3e-4 on the 160-token
 cases; test_adapter.py checks one preset).  On drawn configs it does not hold for correct code:
 over 1400 draws nmse had median 7e-5, p99 ~4e-3, max 4.8e-2, and rounding only the weights to
 bfloat16, then computing exactly in float64, already gives up to 5e-3.  So, as the torch
@@ -19,9 +19,9 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-import impl_jax
-import impl_numpy
-from spec.params import init_params
+from lmref import impl_jax
+from lmref import impl_numpy
+from lmref.spec.params import init_params
 from tests.jax.common import BFLOAT16, fewer_examples, nmse, note_case
 from tests.strategies import configs, seeds, token_batches
 

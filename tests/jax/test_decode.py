@@ -12,12 +12,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import impl_jax
-import impl_numpy
-from impl_jax import KVCache
-from spec.errors import InputError
-from spec.params import init_params
-from spec.presets import tiny
+from lmref import impl_jax
+from lmref import impl_numpy
+from lmref.impl_jax import KVCache
+from lmref.spec.errors import InputError
+from lmref.spec.params import init_params
+from lmref.spec.plan import EMPTY_SLOT
+from lmref.spec.presets import tiny
 from tests.jax.common import assert_close, assert_float32_close, fewer_examples, note_case
 from tests.strategies import configs, seeds, token_batches
 
@@ -48,14 +49,41 @@ def test_decode_equals_jax_prefill_closely():
 def test_cache_is_a_fixed_buffer_with_a_length():
     cache = KVCache.empty(CONFIG, batch=2)
     shape = (2, CONFIG.max_seq_len, CONFIG.n_kv_heads, CONFIG.head_dim)
-    assert len(cache.keys) == len(cache.values) == CONFIG.n_layers
+    assert len(cache.keys) == len(cache.values) == len(cache.positions) == CONFIG.n_layers
     assert all(k.shape == shape for k in cache.keys + cache.values)
+    assert all(p.dtype == jnp.int32 and np.all(np.asarray(p) == EMPTY_SLOT) for p in cache.positions)
     _, cache = impl_jax.forward(CONFIG, PARAMS, TOKENS[:, :5], cache)
     _, cache = impl_jax.forward(CONFIG, PARAMS, TOKENS[:, 5:6], cache)
     assert int(cache.length) == 6
     assert all(k.shape == shape for k in cache.keys + cache.values)
     written = jnp.any(cache.keys[0] != 0, axis=(2, 3))  # [B, max_seq_len]
     assert jnp.all(written[:, :6]) and not jnp.any(written[:, 6:])
+    expected = np.concatenate([np.arange(6), np.full(CONFIG.max_seq_len - 6, EMPTY_SLOT)])  # [max_seq_len]
+    for p in cache.positions:
+        assert p.shape == (CONFIG.max_seq_len,)
+        np.testing.assert_array_equal(np.asarray(p), expected)
+
+
+def reversed_slots(cache: KVCache, n: int) -> KVCache:
+    """The cache with its first n slots in reverse order: keys, values and positions move
+    together, so each slot still records the position its key was computed at."""
+    order = jnp.concatenate([jnp.arange(n)[::-1], jnp.arange(n, cache.capacity)])  # [capacity]
+    return cache._replace(keys=tuple(k[:, order] for k in cache.keys),
+                          values=tuple(v[:, order] for v in cache.values),
+                          positions=tuple(p[order] for p in cache.positions))
+
+
+def test_attention_reads_key_positions_from_the_cache():
+    """A slot's number means nothing: with the first slots shuffled, the next step's logits do
+    not move (a sliding window and ALiBi, where reading slot t as position t would show)."""
+    config = tiny("olmo-alibi", attn_pattern=("sliding", "global"), sliding_window=3, max_seq_len=16)
+    params = init_params(config, 1)
+    _, cache = impl_jax.forward(config, params, TOKENS[:, :5], KVCache.empty(config, batch=2))
+    step, _ = impl_jax.forward(config, params, TOKENS[:, 5:6], cache)
+    shuffled, _ = impl_jax.forward(config, params, TOKENS[:, 5:6], reversed_slots(cache, 5))
+    assert_close(shuffled, step, nmse_max=1e-12, atol=1e-5, rtol=1e-5,
+                 what="step after shuffled slots vs in order")
+    assert_float32_close(step, impl_numpy.forward(config, params, TOKENS[:, :6])[:, 5:], "step vs golden prefill")
 
 
 def test_cache_refuses_a_step_past_the_context_or_another_batch():

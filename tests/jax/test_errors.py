@@ -1,5 +1,6 @@
 """Bad input: the JAX twin raises the golden's error, with the golden's message, before any
-JAX code runs (so nothing is compiled for it)."""
+JAX code runs (so nothing is compiled for it).  A config that needs a feature the twin does
+not compute is refused by name (UnsupportedFeature: NOT SUPPORTED in the suite)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import impl_jax
-import impl_numpy
-from impl_jax.adapter import JaxAdapter
-from spec.errors import InputError, ParamsError
-from spec.params import init_params
-from spec.presets import tiny
+from lmref import impl_jax
+from lmref import impl_numpy
+from lmref.impl_jax.adapter import JaxAdapter
+from lmref.spec.errors import InputError, ParamsError
+from lmref.spec.features import UnsupportedFeature, missing_features
+from lmref.spec.params import init_params
+from lmref.spec.presets import tiny
 
 CONFIG = tiny("gpt2", max_seq_len=16)  # vocab 251, learned positions
 PARAMS = init_params(CONFIG, 0)
@@ -110,3 +112,34 @@ def test_a_cache_of_another_batch_raises_the_golden_error():
     got = raised(impl_jax.forward, CONFIG, PARAMS, GOOD[:1], jax_cache)
     assert type(expected) is InputError
     assert (type(got), str(got)) == (type(expected), str(expected))
+
+
+# Gemma 2's softcaps, which neither the golden nor the twin computes yet.
+SOFTCAPPED = tiny("gpt2", max_seq_len=16, attn_softcap=50.0, final_logit_softcap=30.0)
+
+
+def test_the_twin_declares_only_features_the_golden_computes():
+    """A feature the golden lacks could not be tested against it (tests/jax compares with the golden)."""
+    assert impl_jax.FEATURES <= impl_numpy.FEATURES
+
+
+@pytest.mark.parametrize("entry", ["forward", "decode", "loss"])
+def test_a_missing_feature_is_refused_by_name_before_the_inputs_are_read(entry):
+    _, twin = golden_and_jax(entry)
+    missing = missing_features(SOFTCAPPED, impl_jax.FEATURES)
+    assert missing == ["attn.softcap", "head.softcap"]
+    with pytest.raises(UnsupportedFeature) as info:
+        twin(SOFTCAPPED, BAD_PARAMS["missing"], BAD_TOKENS["too-big"])  # the golden's order: features first
+    assert isinstance(info.value, NotImplementedError)
+    assert info.value.missing == tuple(missing)
+    assert "the jax backend" in str(info.value) and all(name in str(info.value) for name in missing)
+
+
+def test_the_traced_core_refuses_a_missing_feature_too():
+    with pytest.raises(UnsupportedFeature, match="attn.softcap"):
+        impl_jax.forward_jit(SOFTCAPPED, impl_jax.from_canonical(PARAMS), GOOD)
+
+
+def test_the_adapter_reports_a_missing_feature_as_not_supported():
+    with pytest.raises(NotImplementedError, match="head.softcap"):
+        JaxAdapter().forward(SOFTCAPPED, PARAMS, GOOD)

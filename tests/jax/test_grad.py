@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, note
 from hypothesis import strategies as st
 
-import impl_jax
-import impl_numpy
-from spec.params import init_params
+from lmref import impl_jax
+from lmref import impl_numpy
+from lmref.spec.params import init_params
 from tests.jax.common import fewer_examples, note_case
 from tests.strategies import configs, seeds, token_batches
 

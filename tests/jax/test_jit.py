@@ -9,10 +9,10 @@ import contextlib
 import jax
 import numpy as np
 
-import impl_jax
-import impl_numpy
-from spec.params import init_params
-from spec.presets import tiny
+from lmref import impl_jax
+from lmref import impl_numpy
+from lmref.spec.params import init_params
+from lmref.spec.presets import tiny
 from tests.jax.common import assert_close, assert_float32_close
 
 

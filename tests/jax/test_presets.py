@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import impl_jax
-import impl_numpy
-from spec.params import init_params
-from spec.presets import PRESETS, tiny
+from lmref import impl_jax
+from lmref import impl_numpy
+from lmref.spec.params import init_params
+from lmref.spec.presets import PRESETS, tiny
 from tests.jax.common import assert_float32_close
 
 

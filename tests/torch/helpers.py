@@ -12,10 +12,10 @@ import torch
 from hypothesis import note
 from hypothesis import strategies as st
 
-from conformance.tolerances import DEFAULT_ROWS, Tolerance
-from impl_torch import Transformer
-from spec.config import ModelConfig
-from spec.params import init_params
+from lmref.conformance.tolerances import DEFAULT_ROWS, Tolerance
+from lmref.impl_torch import Transformer
+from lmref.spec.config import ModelConfig
+from lmref.spec.params import init_params
 from tests.strategies import configs, seeds, token_batches
 
 FLOAT64, FLOAT32 = DEFAULT_ROWS["float64"], DEFAULT_ROWS["float32"]

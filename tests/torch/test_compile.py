@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from impl_torch import Transformer
-from spec import init_params, tiny
+from lmref.impl_torch import Transformer
+from lmref.spec import init_params, tiny
 from tests.torch.helpers import FLOAT32, assert_close, numpy64
 
 ARCHS = ("gpt2", "llama3", "olmo-alibi")  # learned / RoPE + GQA / ALiBi + clip_qkv

@@ -7,8 +7,9 @@ import torch
 from hypothesis import given, note
 from hypothesis import strategies as st
 
-import impl_numpy
-from impl_torch.attention import ATTN_IMPLS
+from lmref import impl_numpy
+from lmref.impl_torch.attention import ATTN_IMPLS
+from lmref.spec.plan import EMPTY_SLOT
 from tests.torch.helpers import FLOAT32, FLOAT64, assert_close, build, examples, numpy64, params_of
 
 
@@ -27,9 +28,9 @@ def test_decode_step_by_step_equals_prefill(example, data):
 
 @given(examples(), st.data())
 def test_chunked_prefill_into_a_roomy_cache_equals_prefill(example, data):
-    """Chunks of any sizes through a cache with spare capacity (unwritten slots after the
-    queries) give the golden's logits to the float64 row, and the cache's length counts the
-    tokens."""
+    """Chunks of any sizes through a cache with spare capacity (unwritten slots, at EMPTY_SLOT)
+    give the golden's logits to the float64 row; the cache's length counts the tokens and
+    its slots record their positions."""
     config, seed, tokens = example
     params = params_of(config, seed, tokens)
     seq = tokens.shape[1]
@@ -42,4 +43,5 @@ def test_chunked_prefill_into_a_roomy_cache_equals_prefill(example, data):
         assert cache.capacity == config.max_seq_len
         chunks = [model(chunk, cache=cache) for chunk in np.split(tokens, cuts, axis=1)]
         assert cache.length == seq
+        assert cache.positions.tolist() == list(range(seq)) + [EMPTY_SLOT] * (cache.capacity - seq)
         assert_close(numpy64(torch.cat(chunks, dim=1)), ref, FLOAT64, f"float64 {attn_impl} chunked")

@@ -21,9 +21,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-import impl_numpy
-from impl_torch.attention import ATTN_IMPLS
-from spec import PRESETS, init_params, tiny
+from lmref import impl_numpy
+from lmref.impl_torch.attention import ATTN_IMPLS
+from lmref.spec import PRESETS, init_params, tiny
 from tests.torch.helpers import BFLOAT16, FLOAT16, assert_close, build, examples, nmse, numpy64, params_of
 
 ROWS = {torch.bfloat16: BFLOAT16, torch.float16: FLOAT16}

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import impl_numpy
-import impl_torch
-from impl_torch import KVCache, Transformer
-from spec import InputError, ParamsError, init_params, tiny
+from lmref import impl_numpy
+from lmref import impl_torch
+from lmref.impl_torch import KVCache, Transformer
+from lmref.spec import InputError, ParamsError, init_params, tiny
+from lmref.spec.features import UnsupportedFeature
 
 CONFIG = dataclasses.replace(tiny("llama3"), max_seq_len=8)
 PARAMS = init_params(CONFIG, 0)
@@ -78,6 +79,9 @@ def test_a_cache_refuses_another_batch_and_overflow():
         model(np.zeros((2, 2), dtype=np.int64), cache=cache)
     with pytest.raises(ValueError, match=r"capacity must be in \[1, max_seq_len=8\], got 9"):
         KVCache.empty(CONFIG, 1, capacity=9)
+    k = torch.zeros(2, CONFIG.n_kv_heads, 1, CONFIG.head_dim)
+    with pytest.raises(ValueError, match=r"one position per slot for the whole batch: positions must be \[1, S\]"):
+        cache.append(0, k, k, torch.tensor([[3], [4]]))
 
 
 def test_bad_params_get_the_golden_error():
@@ -114,3 +118,25 @@ def test_unknown_dtype_and_kernel_are_refused():
         Transformer(CONFIG, dtype=torch.int32)
     with pytest.raises(ValueError, match="attn_impl must be one of"):
         Transformer(CONFIG, attn_impl="flash")
+
+
+@pytest.mark.parametrize("changes, feature", [
+    (dict(attn_softcap=30.0), "attn.softcap"),
+    (dict(qk_norm="per_head"), "attn.qk_norm.per_head"),
+])
+def test_a_feature_the_twin_lacks_is_refused_by_name(changes, feature):
+    """The twin refuses what its FEATURES lack, before tokens and params, as the golden does."""
+    config = tiny("llama3", **changes)
+    params = init_params(config, 0)
+    with pytest.raises(UnsupportedFeature) as golden:
+        impl_numpy.forward(config, params, np.zeros((1, 2), dtype=np.int64))
+    for call in (lambda: Transformer(config), lambda: Transformer.from_canonical(config, params),
+                 lambda: impl_torch.forward(config, params, np.zeros((1, 2), dtype=np.int64)),
+                 lambda: impl_torch.forward(config, {}, np.array([[-1]])),
+                 lambda: impl_torch.decode(config, params, np.zeros((1, 2), dtype=np.int64), 1),
+                 lambda: impl_torch.loss(config, params, np.zeros((1, 2), dtype=np.int64))):
+        with pytest.raises(UnsupportedFeature, match=f"the torch backend does not implement .*{feature}") as err:
+            call()
+        assert err.value.missing == golden.value.missing == (feature,)
+    assert feature not in impl_torch.FEATURES
+    assert impl_torch.FEATURES == impl_numpy.FEATURES

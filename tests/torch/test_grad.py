@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from hypothesis import given
 
-import impl_numpy
-from impl_torch.model import torch_name
+from lmref import impl_numpy
+from lmref.impl_torch.model import torch_name
 from tests.torch.helpers import build, examples, params_of
 
 EPS = 1e-6  # truncation error ~ eps^2 |L'''| ~ 1e-12; rounding ~ 1e-16 |L| / eps ~ 1e-10

@@ -8,11 +8,12 @@ import pytest
 import torch
 from hypothesis import given
 
-import impl_numpy
-import impl_torch
-from impl_torch.attention import ATTN_IMPLS
-from impl_torch.model import torch_name
-from spec import PRESETS, init_params, param_shapes, tiny
+from lmref import impl_numpy
+from lmref import impl_torch
+from lmref.impl_torch.attention import ATTN_IMPLS
+from lmref.impl_torch.model import torch_name
+from lmref.spec import PRESETS, init_params, param_shapes, tiny
+from lmref.spec.captures import capture_names
 from tests.strategies import configs, seeds
 from tests.torch.helpers import FLOAT32, FLOAT64, assert_close, build, examples, numpy64, params_of
 
@@ -49,7 +50,7 @@ def test_captured_intermediates_match_the_golden(example):
     impl_numpy.forward(config, params, tokens, capture=ref)
     got: dict = {}
     impl_torch.forward(config, params, tokens, capture=got, dtype=torch.float64)
-    assert list(got) == list(ref) == impl_numpy.capture_names(config) == impl_torch.capture_names(config)
+    assert list(got) == list(ref) == capture_names(config)
     for name in ref:
         assert_close(numpy64(got[name]), ref[name], FLOAT64, name)
 

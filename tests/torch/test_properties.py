@@ -10,8 +10,8 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from impl_torch.attention import ATTN_IMPLS
-from spec.config import ModelConfig
+from lmref.impl_torch.attention import ATTN_IMPLS
+from lmref.spec.config import ModelConfig
 from tests.torch.helpers import FLOAT32, FLOAT64, assert_close, build, examples, numpy64, params_of
 
 

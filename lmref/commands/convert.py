@@ -1,4 +1,4 @@
-"""`lmref convert`: the command-line face of the converters (lmref/cli.py wires the options).
+"""`lmref convert`: the command-line face of the converters.
 
     lmref convert --from-hf DIR --out CKPT          HF model directory -> lmref checkpoint
     lmref convert --to-hf CKPT --out DIR            lmref checkpoint -> HF model directory
@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.checkpoint import load_checkpoint, save_checkpoint
-from convert.errors import CheckpointError, ConversionError
-from convert.hf import from_hf, model_type_for, to_hf
-from spec.config import ConfigError, ModelConfig
-from spec.errors import ParamsError
-from spec.params import init_params, param_count
-from spec.presets import get_preset, tiny
+from lmref.convert.checkpoint import load_checkpoint, save_checkpoint
+from lmref.convert.errors import CheckpointError, ConversionError
+from lmref.convert.hf import from_hf, to_hf
+from lmref.spec.config import ConfigError, ModelConfig
+from lmref.spec.errors import ParamsError
+from lmref.spec.params import init_params, param_count
+from lmref.spec.presets import get_preset, tiny
 
 DTYPES = ("float64", "float32", "float16")
 
@@ -72,7 +72,7 @@ def _write(config: ModelConfig, params: dict[str, np.ndarray], fmt: str, out: Pa
     """Write `out` in `fmt` ("lmref" or "hf"); return what was written, for the console."""
     if fmt == "hf":
         to_hf(config, params, out)
-        return f"wrote Hugging Face model ({model_type_for(config)}) {out}: {_describe(config, params)}"
+        return f"wrote Hugging Face model ({config.hf_model_type}) {out}: {_describe(config, params)}"
     save_checkpoint(out, config, params)
     return f"wrote lmref checkpoint {out}: {_describe(config, params)}"
 
@@ -86,3 +86,34 @@ def run(args: argparse.Namespace) -> int:
         print(f"lmref convert: error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    problem = check_options(args)
+    if problem:
+        print(f"lmref convert: error: {problem}", file=sys.stderr)
+        return 2
+    return run(args)
+
+
+def add_commands(sub) -> None:
+    """Register `convert` (the lmref checkpoint format: convert/checkpoint.py)."""
+    convert = sub.add_parser(
+        "convert", help="convert weights: Hugging Face <-> lmref checkpoint, or a preset's initial weights",
+        description="One source (--from-hf, --to-hf or --preset) and --out.  An lmref checkpoint is a "
+                    "directory with config.json (ModelConfig) and params.safetensors (canonical names).")
+    source = convert.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from-hf", metavar="DIR", help="a Hugging Face model directory (config.json + "
+                        "model.safetensors or shards): write an lmref checkpoint to --out")
+    source.add_argument("--to-hf", metavar="CKPT", help="an lmref checkpoint: write a Hugging Face model "
+                        "directory to --out (config.json + model.safetensors)")
+    source.add_argument("--preset", metavar="NAME", help="spec.init_params of tiny(NAME), or of the real "
+                        "size with --full")
+    convert.add_argument("--out", required=True, help="the directory to write")
+    convert.add_argument("--seed", type=int, help="with --preset: the init seed (default 0)")
+    convert.add_argument("--full", action="store_true", help="with --preset: the published size, not tiny "
+                         "(float64, 8 bytes per parameter)")
+    convert.add_argument("--format", choices=("lmref", "hf"), help="with --preset: write an lmref checkpoint "
+                         "(default) or a Hugging Face model directory")
+    convert.add_argument("--dtype", choices=DTYPES, help="cast the weights written (default: keep their dtype)")
+    convert.set_defaults(run=cmd_convert)

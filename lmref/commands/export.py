@@ -1,44 +1,30 @@
-"""`lmref export`, `lmref validate-onnx` and the `--onnx` option of `lmref generate`: argparse
-wiring (lmref/cli.py registers them with `add_commands`).  torch, onnx and onnxruntime are
+"""`lmref export` and `lmref validate-onnx`: argparse wiring (lmref/cli.py registers them with
+`add_commands`; `lmref generate --onnx` is lmref/commands/train.py's `generate`).  torch, onnx and onnxruntime are
 imported only when a command runs."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+
+from lmref.commands.errors import fail, known_errors
 
 PROVIDERS = ("auto", "cpu", "cuda")
 
 
-def _fail(command: str, error: Exception, status: int = 2) -> int:
-    print(f"lmref {command}: error: {error}", file=sys.stderr)
-    return status
-
-
-def _known_errors() -> tuple[type[Exception], ...]:
-    from convert.errors import CheckpointError
-    from export.errors import BundleError, ExportError
-    from spec.config import ConfigError
-    from spec.errors import InputError
-    from train.errors import TrainError
-
-    return ExportError, BundleError, CheckpointError, ConfigError, InputError, TrainError
-
-
 def cmd_export(args: argparse.Namespace) -> int:
-    from export.exporter import MODEL_FILE, export_checkpoint, export_preset
+    from lmref.export.exporter import MODEL_FILE, export_checkpoint, export_preset
 
     if args.seed is not None and args.preset is None:
-        return _fail("export", ValueError("--seed goes with --preset"))
+        return fail("export", ValueError("--seed goes with --preset"))
     try:
         if args.preset is not None:
             path = export_preset(args.preset, args.seed or 0, args.out, external_data=args.external_data or None)
         else:
             path = export_checkpoint(args.checkpoint, args.out, external_data=args.external_data or None)
     except KeyError as e:  # unknown preset: the message lists the known ones
-        return _fail("export", ValueError(e.args[0]))
-    except _known_errors() as e:
-        return _fail("export", e)
+        return fail("export", ValueError(e.args[0]))
+    except known_errors() as e:
+        return fail("export", e)
     files = sorted(p.name for p in path.parent.iterdir())
     size = sum(p.stat().st_size for p in path.parent.glob(f"{MODEL_FILE}*"))
     print(f"wrote {path} ({size / 1e6:.2f} MB with its weights); {path.parent}: {', '.join(files)}")
@@ -46,8 +32,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _providers(choice: str) -> list[str]:
-    from export.errors import ProviderError
-    from export.runtime import CPU, CUDA, available_providers
+    from lmref.export.errors import ProviderError
+    from lmref.export.runtime import CPU, CUDA, available_providers
 
     available = available_providers()
     if choice == "auto":
@@ -60,9 +46,9 @@ def _providers(choice: str) -> list[str]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from export.bundle import open_bundle, reference_params
-    from export.errors import ProviderError
-    from export.validate import validate
+    from lmref.export.bundle import open_bundle, reference_params
+    from lmref.export.errors import ProviderError
+    from lmref.export.validate import validate
 
     try:
         bundle = open_bundle(args.out)
@@ -70,27 +56,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         checks = validate(bundle, params, _providers(args.provider), prompt_len=args.prompt_len, pad=args.pad,
                           steps=args.steps, seed=args.seed)
     except ProviderError as e:
-        return _fail("validate-onnx", e, status=1)
-    except (*_known_errors(), ValueError) as e:
-        return _fail("validate-onnx", e)
+        return fail("validate-onnx", e, status=1)
+    except (*known_errors(), ValueError) as e:
+        return fail("validate-onnx", e)
     failed = [c for c in checks if c.failed]
     print(f"validate-onnx: {'FAIL' if failed else 'PASS'} ({len(checks) - len(failed)} of {len(checks)} checks "
           "passed, float32 tolerance row of conformance/tolerances.py)")
     return 1 if failed else 0
-
-
-def cmd_generate_onnx(args: argparse.Namespace) -> int:
-    from export.generate import generate, load_onnx_generator
-
-    try:
-        session, tokenizer = load_onnx_generator(args.onnx, args.device)
-        ids = generate(session, [int(i) for i in tokenizer.encode(args.prompt)], args.max_new_tokens,
-                       temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, seed=args.seed)
-    except _known_errors() as e:
-        return _fail("generate", e)
-    print(args.prompt + tokenizer.decode(ids))
-    return 0
 
 
 def _add_export(sub) -> None:
@@ -128,7 +100,6 @@ def _add_validate(sub) -> None:
 
 
 def add_commands(sub) -> None:
-    """Register `export` and `validate-onnx` (`generate --onnx` is train/cli.py's `generate`,
-    which calls `cmd_generate_onnx`)."""
+    """Register `export` and `validate-onnx`."""
     _add_export(sub)
     _add_validate(sub)

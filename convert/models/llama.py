@@ -8,14 +8,33 @@ mlp.{gate,up,down}_proj}`, `model.norm`, `lm_head` (absent when tied).  Every pr
 
 from __future__ import annotations
 
-from convert.fields import ACTIVATION_TO_HF, HFConfig, activation_rule, check_expressible
-from convert.layout import Entry, linear, same
-from convert.rope import rope_columns_permutation, rope_from_hf, rope_to_hf
-from spec.config import ModelConfig
+from lmref.convert.fields import (
+    ACTIVATION_FEATURES,
+    ACTIVATION_TO_HF,
+    HFConfig,
+    activation_rule,
+    check_expressible,
+)
+from lmref.convert.layout import Entry, linear, same
+from lmref.convert.rope import (
+    ROPE_FEATURES,
+    rope_columns_permutation,
+    rope_from_hf,
+    rope_scaling_rule,
+    rope_to_hf,
+)
+from lmref.spec.config import ModelConfig
+from lmref.spec.features import declare
 
 MODEL_TYPE = "llama"
 ARCHITECTURE = "LlamaForCausalLM"
 PREFIX = "model."  # LlamaPreTrainedModel.base_model_prefix
+
+# LlamaForCausalLM: LlamaRMSNorm, attention_bias (q, k, v, o), LlamaMLP gated with mlp_bias.
+FEATURES = declare(
+    *ROPE_FEATURES, "norm.rmsnorm", "block.pre_norm",
+    "attn.qkv_bias", "attn.out_bias", "mlp.gated", "mlp.bias", *ACTIVATION_FEATURES, "head.tied",
+)
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)  # a non-persistent buffer that old checkpoints stored
 LAYER_MODULES = {"attn": "model.layers.{i}.self_attn.o_proj", "mlp": "model.layers.{i}.mlp.down_proj",
                  "out": "model.layers.{i}"}
@@ -35,7 +54,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     theta, scaling = rope_from_hf(cfg, max_seq_len)
     bias = bool(cfg.get("attention_bias", False))  # LlamaAttention: bias on q, k, v and o together
     return ModelConfig(
-        name=name, vocab_size=cfg.get("vocab_size", 32000), d_model=d,
+        name=name, hf_model_type=MODEL_TYPE, vocab_size=cfg.get("vocab_size", 32000), d_model=d,
         n_layers=cfg.get("num_hidden_layers", 32), n_heads=n_heads,
         n_kv_heads=cfg.get("num_key_value_heads") or n_heads,  # LlamaConfig.__post_init__: None -> MHA
         head_dim=cfg.get("head_dim") or d // n_heads,  # None -> hidden_size // num_attention_heads
@@ -52,11 +71,11 @@ def config_to_hf(c: ModelConfig) -> dict:
     """ModelConfig -> LlamaConfig fields; ConversionError if LLaMA cannot express it."""
     check_expressible(
         c, MODEL_TYPE,
-        mapped={"name", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
+        mapped={"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
                 "max_seq_len", "tie_embeddings", "norm_eps", "qkv_bias", "attn_out_bias", "rope_theta",
                 "rope_scaling", "rope_layout", "activation", "mlp_bias"},
         fixed={"position": "rope", "norm": "rmsnorm", "mlp": "gated"},
-        rules=[attention_bias_rule(c), activation_rule(c),
+        rules=[attention_bias_rule(c), activation_rule(c), rope_scaling_rule(c),
                ("n_heads", c.d_model % c.n_heads == 0,
                 f"LlamaConfig requires d_model ({c.d_model}) divisible by n_heads ({c.n_heads})")],
     )

@@ -8,13 +8,27 @@ weight is [d_in, d_out] like lmref's: no transposes, only the fused q|k|v split.
 
 from __future__ import annotations
 
-from convert.fields import ACTIVATION_TO_HF, HFConfig, activation_rule, check_expressible
-from convert.layout import Entry, linear, same
-from spec.config import ModelConfig
+from lmref.convert.fields import (
+    ACTIVATION_FEATURES,
+    ACTIVATION_TO_HF,
+    HFConfig,
+    activation_rule,
+    check_expressible,
+)
+from lmref.convert.layout import Entry, linear, same
+from lmref.spec.config import ModelConfig
+from lmref.spec.features import declare
 
 MODEL_TYPE = "gpt2"
 ARCHITECTURE = "GPT2LMHeadModel"
 PREFIX = "transformer."  # GPT2PreTrainedModel.base_model_prefix; hub files omit it
+
+# GPT2LMHeadModel: learned positions (wpe), LayerNorm with bias, Conv1D biases on every
+# projection, GPT2MLP c_fc -> act -> c_proj; the head is tied unless tie_word_embeddings=False.
+FEATURES = declare(
+    "positions.learned", "norm.layernorm", "norm.bias", "block.pre_norm",
+    "attn.qkv_bias", "attn.out_bias", "mlp.plain", "mlp.bias", *ACTIVATION_FEATURES, "head.tied",
+)
 # Causal-mask buffers of old checkpoints (`_keys_to_ignore_on_load_unexpected`): not weights.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 # Submodules whose outputs are lmref's captured `layers.{i}.attn` / `.mlp` / `.out`.
@@ -42,8 +56,8 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
                 "the extra 1 / (layer_idx + 1) score scaling has no lmref equivalent")
     cfg.require("add_cross_attention", False, (False,), "lmref models are decoder-only, without cross-attention")
     return ModelConfig(
-        name=name, vocab_size=cfg.get("vocab_size", 50257), d_model=d, n_layers=cfg.get("n_layer", 12),
-        n_heads=n_head, n_kv_heads=n_head, head_dim=d // n_head,
+        name=name, hf_model_type=MODEL_TYPE, vocab_size=cfg.get("vocab_size", 50257), d_model=d,
+        n_layers=cfg.get("n_layer", 12), n_heads=n_head, n_kv_heads=n_head, head_dim=d // n_head,
         d_ff=n_inner if n_inner is not None else 4 * d,  # GPT2Block: n_inner or 4 * hidden
         max_seq_len=cfg.get("n_positions", 1024), position="learned",
         tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
@@ -57,7 +71,7 @@ def config_to_hf(c: ModelConfig) -> dict:
     """ModelConfig -> GPT2Config fields; ConversionError if GPT-2 cannot express it."""
     check_expressible(
         c, MODEL_TYPE,
-        mapped={"name", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
+        mapped={"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
                 "max_seq_len", "tie_embeddings", "norm_eps", "activation"},
         fixed={"position": "learned", "norm": "layernorm", "norm_bias": True, "qkv_bias": True,
                "attn_out_bias": True, "mlp": "plain", "mlp_bias": True},

@@ -8,15 +8,38 @@ tensors at all, and an optional `clip_qkv` clamp after the q, k, v projections
 
 from __future__ import annotations
 
-from convert.fields import ACTIVATION_TO_HF, HFConfig, activation_rule, check_expressible
-from convert.layout import Entry, same
-from convert.llama import attention_bias_rule, attention_mlp_entries, head_entries
-from convert.rope import rope_from_hf, rope_to_hf
-from spec.config import ModelConfig
+from lmref.convert.fields import (
+    ACTIVATION_FEATURES,
+    ACTIVATION_TO_HF,
+    HFConfig,
+    activation_rule,
+    check_expressible,
+)
+from lmref.convert.layout import Entry, same
+from lmref.convert.models.llama import (
+    attention_bias_rule,
+    attention_mlp_entries,
+    head_entries,
+)
+from lmref.convert.rope import (
+    ROPE_FEATURES,
+    rope_from_hf,
+    rope_scaling_rule,
+    rope_to_hf,
+)
+from lmref.spec.config import ModelConfig
+from lmref.spec.features import declare
 
 MODEL_TYPE = "olmo"
 ARCHITECTURE = "OlmoForCausalLM"
 PREFIX = "model."  # OlmoPreTrainedModel.base_model_prefix
+
+# OlmoForCausalLM: OlmoLayerNorm without weight or bias, attention_bias, clip_qkv, OlmoMLP
+# gated without biases.
+FEATURES = declare(
+    *ROPE_FEATURES, "norm.layernorm", "norm.without_weight", "block.pre_norm",
+    "attn.qkv_bias", "attn.out_bias", "attn.qkv_clip", "mlp.gated", *ACTIVATION_FEATURES, "head.tied",
+)
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)  # a non-persistent buffer that old checkpoints stored
 LAYER_MODULES = {"attn": "model.layers.{i}.self_attn.o_proj", "mlp": "model.layers.{i}.mlp.down_proj",
                  "out": "model.layers.{i}"}
@@ -34,7 +57,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     theta, scaling = rope_from_hf(cfg, max_seq_len)
     bias = bool(cfg.get("attention_bias", False))  # OlmoAttention: bias on q, k, v and o together
     return ModelConfig(
-        name=name, vocab_size=cfg.get("vocab_size", 50304), d_model=d,
+        name=name, hf_model_type=MODEL_TYPE, vocab_size=cfg.get("vocab_size", 50304), d_model=d,
         n_layers=cfg.get("num_hidden_layers", 32), n_heads=n_heads,
         n_kv_heads=cfg.get("num_key_value_heads") or n_heads, head_dim=d // n_heads,
         d_ff=cfg.get("intermediate_size", 11008), max_seq_len=max_seq_len,
@@ -50,12 +73,12 @@ def config_to_hf(c: ModelConfig) -> dict:
     """ModelConfig -> OlmoConfig fields; ConversionError if OLMo cannot express it."""
     check_expressible(
         c, MODEL_TYPE,
-        mapped={"name", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
+        mapped={"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
                 "max_seq_len", "tie_embeddings", "qkv_bias", "attn_out_bias", "qkv_clip", "rope_theta",
                 "rope_scaling", "rope_layout", "activation"},
         fixed={"position": "rope", "norm": "layernorm", "norm_weight": False, "norm_eps": OLMO_NORM_EPS,
                "mlp": "gated"},
-        rules=[attention_bias_rule(c), activation_rule(c),
+        rules=[attention_bias_rule(c), activation_rule(c), rope_scaling_rule(c),
                ("head_dim", c.head_dim * c.n_heads == c.d_model, "OLMo derives head_dim = d_model / n_heads")],
     )
     return {

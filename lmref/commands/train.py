@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from train.settings import SIZE_FIELDS as SIZE_FLAGS
+from lmref.commands.errors import fail, known_errors
+from lmref.train.settings import SIZE_FIELDS as SIZE_FLAGS
 
 RUN_FLAGS = {  # RunSettings fields: (type, help); None (not given) means default / the checkpoint's
     "data": (str, "a UTF-8 text file (default: pydoc_data, CPython's embedded help texts)"),
@@ -37,7 +37,7 @@ def _add_train(sub) -> None:
         "train", help="train a model of a preset's architecture on a text corpus",
         description="Train tiny(ARCH) (every flag of the preset, small sizes; override them with the size "
                     "flags) on the embedded corpus or --data.  Several processes: torchrun --nproc_per_node=N "
-                    "-m lmref.cli train ...  A run directory holds metrics.jsonl, loss.png and step-N "
+                    "-m lmref train ...  A run directory holds metrics.jsonl, loss.png and step-N "
                     "checkpoints (see README, Training).")
     p.add_argument("--arch", help="preset id (`lmref presets` lists them); required unless --resume")
     for name, (kind, text) in RUN_FLAGS.items():
@@ -88,22 +88,8 @@ def add_commands(sub) -> None:
     _add_generate(sub)
 
 
-def _fail(command: str, error: Exception) -> int:
-    print(f"lmref {command}: error: {error}", file=sys.stderr)
-    return 2
-
-
-def _known_errors() -> tuple[type[Exception], ...]:
-    from convert.errors import CheckpointError
-    from spec.config import ConfigError
-    from spec.errors import InputError
-    from train.errors import TrainError
-
-    return TrainError, CheckpointError, ConfigError, InputError
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from train.session import Options, train
+    from lmref.train.session import Options, train
 
     flags = {name: getattr(args, name) for name in ("arch", *RUN_FLAGS)}
     sizes = {name: getattr(args, name) for name in SIZE_FLAGS}
@@ -114,8 +100,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         save_every=args.save_every, keep=args.keep)
     try:
         summary = train(flags, sizes, options)
-    except _known_errors() as e:
-        return _fail("train", e)
+    except known_errors() as e:
+        return fail("train", e)
     if "checkpoint" in summary:  # rank 0
         print(f"step {summary['step']}: train loss {summary.get('loss', float('nan')):.4f}, "
               f"val loss {summary.get('val_loss', float('nan')):.4f} (unigram baseline "
@@ -124,22 +110,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decoder(args: argparse.Namespace):
+    """(decoder, tokenizer, generate function) of --checkpoint (the torch twin) or --onnx (the
+    exported graph in onnxruntime): both decode with train/generate.py's sampling."""
+    if args.onnx is not None:
+        from lmref.export.generate import generate, load_onnx_generator
+
+        return (*load_onnx_generator(args.onnx, args.device), generate)
+    from lmref.train.generate import generate, load_generator
+
+    model, tokenizer, _ = load_generator(args.checkpoint, args.device)
+    return model, tokenizer, generate
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    from train.errors import TrainError
-    from train.generate import generate, load_generator
+    from lmref.train.errors import TrainError
 
     if (args.onnx is None) == (args.checkpoint is None):
-        return _fail("generate", TrainError("give exactly one of --checkpoint DIR and --onnx OUT"))
-    if args.onnx is not None:
-        from export.cli import cmd_generate_onnx
-
-        return cmd_generate_onnx(args)
+        return fail("generate", TrainError("give exactly one of --checkpoint DIR and --onnx OUT"))
     try:
-        model, tokenizer, _ = load_generator(args.checkpoint, args.device)
-        ids = generate(model, [int(i) for i in tokenizer.encode(args.prompt)], args.max_new_tokens,
+        decoder, tokenizer, generate = _decoder(args)
+        ids = generate(decoder, [int(i) for i in tokenizer.encode(args.prompt)], args.max_new_tokens,
                        temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k,
                        top_p=args.top_p, seed=args.seed)
-    except _known_errors() as e:
-        return _fail("generate", e)
+    except known_errors() as e:
+        return fail("generate", e)
     print(args.prompt + tokenizer.decode(ids))
     return 0

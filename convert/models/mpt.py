@@ -15,13 +15,21 @@ express.
 
 from __future__ import annotations
 
-from convert.fields import HFConfig, check_expressible
-from convert.layout import Entry, linear, same
-from spec.config import ModelConfig
+from lmref.convert.fields import HFConfig, check_expressible
+from lmref.convert.layout import Entry, linear, same
+from lmref.spec.config import ModelConfig
+from lmref.spec.features import declare
 
 MODEL_TYPE = "mpt"
 ARCHITECTURE = "MptForCausalLM"
 PREFIX = "transformer."  # MptPreTrainedModel.base_model_prefix
+
+# MptForCausalLM: ALiBi (build_mpt_alibi_tensor), LayerNorm without bias, no biases,
+# attn_config.clip_qkv, MptMLP up -> exact GELU -> down.
+FEATURES = declare(
+    "positions.alibi", "norm.layernorm", "block.pre_norm", "attn.qkv_clip", "mlp.plain", "activation.gelu",
+    "head.tied",
+)
 IGNORED_SUFFIXES = ()
 LAYER_MODULES = {"attn": "transformer.blocks.{i}.attn.out_proj", "mlp": "transformer.blocks.{i}.ffn.down_proj",
                  "out": "transformer.blocks.{i}"}
@@ -65,8 +73,9 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     clip = attn.get("clip_qkv")
     attn.finish()
     return ModelConfig(
-        name=name, vocab_size=cfg.get("vocab_size", 50368), d_model=d, n_layers=cfg.get("n_layers", 24),
-        n_heads=n_heads, n_kv_heads=n_heads, head_dim=d // n_heads, d_ff=HF_EXPANSION * d,
+        name=name, hf_model_type=MODEL_TYPE, vocab_size=cfg.get("vocab_size", 50368), d_model=d,
+        n_layers=cfg.get("n_layers", 24), n_heads=n_heads, n_kv_heads=n_heads, head_dim=d // n_heads,
+        d_ff=HF_EXPANSION * d,
         max_seq_len=cfg.get("max_seq_len", 2048), position="alibi", alibi_max_bias=HF_ALIBI_MAX_BIAS,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
         norm="layernorm", norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)), norm_bias=False,
@@ -79,7 +88,7 @@ def config_to_hf(c: ModelConfig) -> dict:
     """ModelConfig -> MptConfig fields; ConversionError if MPT cannot express it."""
     check_expressible(
         c, MODEL_TYPE,
-        mapped={"name", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
+        mapped={"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
                 "max_seq_len", "tie_embeddings", "norm_eps", "qkv_clip"},
         fixed={"position": "alibi", "alibi_max_bias": HF_ALIBI_MAX_BIAS, "norm": "layernorm",
                "mlp": "plain", "activation": "gelu"},

@@ -1,0 +1,29 @@
+"""The features the ONNX export computes (names: spec/features.py), and the refusal of the rest.
+
+The export wraps impl_torch's Transformer and re-implements none of it (export/decoder.py),
+so it computes what the torch twin computes (impl_torch/features.py) as long as each op
+traces into the graph: masks from token positions (an explicit band for sliding layers,
+floor division for chunks), RoPE angles from `position_ids`, ALiBi distances, all inside
+the graph.  tests/test_export_features.py exports a config for every torch feature and
+checks the graph against the twin in onnxruntime (and fails when the twin gains a feature
+it has no config for); a feature the export cannot express is taken out of FEATURES here,
+with the reason, and that test then expects its refusal instead.
+"""
+
+from __future__ import annotations
+
+from lmref.impl_torch.features import FEATURES as TORCH_FEATURES
+from lmref.spec.config import ModelConfig
+from lmref.spec.features import check_supported
+
+BACKEND = "onnx"
+
+# Every torch feature traces into the graph and matches the twin in onnxruntime, so none is
+# left out today.
+FEATURES = TORCH_FEATURES
+
+
+def check_exportable(config: ModelConfig) -> None:
+    """Raise UnsupportedFeature naming every feature of `config` the ONNX export lacks (the
+    conformance suite's NOT SUPPORTED; `lmref export` reports it as a refused model)."""
+    check_supported(config, BACKEND, FEATURES)

@@ -1,0 +1,1 @@
+"""The commands of `lmref`, one module per subject; lmref/cli.py registers them."""

@@ -1,0 +1,109 @@
+"""The per-layer plan: what each layer computes, derived once from the config.
+
+Every backend builds its layers from `layer_plan(config)` and none re-derives it from the
+config's fields, so a rule such as "Gemma 3's sliding layers rotate with the local theta
+and no scaling" is written here once:
+
+    LayerPlan(index=3, mask=Mask("sliding", window=1024), rope=Rope(theta=1e4, scaling=None, ...),
+              alibi=False, temperature=None, qk_norm="per_head", mlp="dense", norms="sandwich")
+
+The mask rules themselves (which keys a query sees) are stated in spec/MATH.md, "Masks", and
+implemented by each backend's masks module over token positions.  A KV cache records the
+position held in each of its slots (EMPTY_SLOT for a slot that holds nothing), so the same
+rules serve a prefill, a growing cache, a static buffer and a ring buffer alike.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Literal
+
+from lmref.spec.config import MlpLayerKind, ModelConfig, NormPlacement, QkNorm, RopeLayout, RopeScaling
+
+# The position recorded for a cache slot that holds no key (or a padding token): never visible.
+EMPTY_SLOT = -1
+
+MaskKind = Literal["causal", "sliding", "chunked"]
+
+
+@dataclass(frozen=True)
+class Mask:
+    """Which keys a query at position q sees (spec/MATH.md, "Masks"); keys at EMPTY_SLOT never.
+
+    causal   k <= q
+    sliding  q - window < k <= q        (the query and the window - 1 keys before it)
+    chunked  k <= q and k // chunk == q // chunk   (chunks start at position 0)
+    """
+
+    kind: MaskKind
+    window: int | None = None
+    chunk: int | None = None
+
+
+@dataclass(frozen=True)
+class Rope:
+    """The rotary embedding of one layer: base, scaling, rotated dims per head and pair layout."""
+
+    theta: float
+    scaling: RopeScaling | None
+    rotary_dim: int
+    layout: RopeLayout
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    index: int
+    mask: Mask
+    rope: Rope | None  # None: no rotary embedding on this layer
+    alibi: bool  # ALiBi score biases
+    temperature: tuple[int, float] | None  # (floor, scale) of Llama 4's NoPE query temperature
+    qk_norm: QkNorm
+    mlp: MlpLayerKind
+    norms: NormPlacement
+
+
+def _mask(config: ModelConfig, kind: str) -> Mask:
+    if kind == "sliding":
+        return Mask("sliding", window=config.sliding_window)
+    if kind == "chunked":
+        return Mask("chunked", chunk=config.attn_chunk_size)
+    return Mask("causal")  # global and global_nope
+
+
+def _rope(config: ModelConfig, kind: str) -> Rope | None:
+    if config.position != "rope" or kind == "global_nope":
+        return None
+    if kind == "sliding" and config.rope_theta_local is not None:
+        # Gemma 3: the local (sliding) layers rotate with their own base and no scaling;
+        # the scaling belongs to the global layers (HF gemma3 `rotary_emb_local`).
+        return Rope(config.rope_theta_local, None, config.rope_dim, config.rope_layout)
+    return Rope(config.rope_theta, config.rope_scaling, config.rope_dim, config.rope_layout)
+
+
+def _layer(config: ModelConfig, index: int, kind: str, mlp: MlpLayerKind) -> LayerPlan:
+    rope = _rope(config, kind)
+    temperature = None
+    if kind == "global_nope" and config.attn_temperature_floor is not None:
+        temperature = (config.attn_temperature_floor, config.attn_temperature_scale or 0.0)
+    # Llama 4's weightless L2 QK norm sits on the RoPE layers only (HF llama4 `use_qk_norm`).
+    qk_norm = "none" if config.qk_norm == "l2" and rope is None else config.qk_norm
+    return LayerPlan(index=index, mask=_mask(config, kind), rope=rope, alibi=config.position == "alibi",
+                     temperature=temperature, qk_norm=qk_norm, mlp=mlp, norms=config.norm_placement)
+
+
+@functools.lru_cache(maxsize=256)
+def layer_plan(config: ModelConfig) -> tuple[LayerPlan, ...]:
+    """One LayerPlan per layer, in order."""
+    return tuple(_layer(config, i, kind, mlp)
+                 for i, (kind, mlp) in enumerate(zip(config.layer_attn_kinds, config.layer_mlp_kinds)))
+
+
+def distinct_masks(config: ModelConfig) -> tuple[Mask, ...]:
+    """The masks the layers use, each once, in layer order (build each once per forward)."""
+    return tuple(dict.fromkeys(layer.mask for layer in layer_plan(config)))
+
+
+def distinct_ropes(config: ModelConfig) -> tuple[Rope, ...]:
+    """The rotary embeddings the layers use, each once, in layer order."""
+    return tuple(dict.fromkeys(layer.rope for layer in layer_plan(config) if layer.rope is not None))

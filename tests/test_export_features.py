@@ -1,0 +1,116 @@
+"""The ONNX export follows the torch twin feature by feature, or refuses the feature by name.
+
+Each feature the torch twin declares (impl_torch/features.py) is switched on in one of a
+handful of configs (compatible features share a config: each export costs seconds).  A
+config whose features the export declares (export/features.py) is exported and run in
+onnxruntime on the CPU: a left-padded prefill from an empty past and decode steps through
+the graph's own cache, against the float32 torch twin and the float64 golden on each row
+unpadded, with the float32 row of conformance/tolerances.py (export/validate.py).  A config
+needing a feature the export leaves out must be refused with that feature's name.  The
+drift check makes a new torch feature without a config here fail this file.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxscript")
+pytest.importorskip("onnxruntime")
+
+from lmref.export import features as export_features  # noqa: E402
+from lmref.export.bundle import open_bundle  # noqa: E402
+from lmref.export.decoder import OnnxDecoder  # noqa: E402
+from lmref.export.exporter import export_onnx  # noqa: E402
+from lmref.export.runtime import CPU  # noqa: E402
+from lmref.export.validate import validate  # noqa: E402
+from lmref.impl_torch import FEATURES as TORCH_FEATURES  # noqa: E402
+from lmref.impl_torch import Transformer  # noqa: E402
+from lmref.spec import init_params, tiny  # noqa: E402
+from lmref.spec.config import ModelConfig, RopeScaling  # noqa: E402
+from lmref.spec.features import UnsupportedFeature, required_features  # noqa: E402
+
+SIZES = dict(vocab_size=61, d_model=24, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=40, max_seq_len=64,
+             norm_eps=1e-5)
+# Windows and chunks shorter than the validated rows (prompts of 9 or 11 tokens, 4 steps),
+# so that every mask rule cuts keys off, also across the left padding.
+CONFIGS = [
+    ModelConfig(name="rope-interleaved-partial-linear", **SIZES, position="rope", rope_layout="interleaved",
+                rope_fraction=0.5, rope_scaling=RopeScaling(kind="linear", factor=2.0),
+                attn_pattern=("sliding", "chunked", "global_nope"), sliding_window=3, attn_chunk_size=4,
+                norm="rmsnorm", mlp="gated", activation="silu", qkv_bias=True, attn_out_bias=True,
+                lm_head_bias=True),
+    ModelConfig(name="rope-llama3-scaling", **SIZES, position="rope", rope_theta=500_000.0,
+                rope_scaling=RopeScaling(kind="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                         original_max_seq_len=8),
+                attn_pattern=("global", "sliding"), sliding_window=5, qkv_clip=0.5, norm="layernorm",
+                norm_bias=True, mlp="plain", activation="relu", mlp_bias=True, tie_embeddings=True),
+    ModelConfig(name="learned-weightless-norm", **SIZES, position="learned", attn_pattern=("chunked", "sliding"),
+                attn_chunk_size=3, sliding_window=2, norm="layernorm", norm_weight=False, mlp="plain",
+                activation="gelu"),
+    ModelConfig(name="alibi-6-heads", **(SIZES | dict(n_heads=6, n_kv_heads=3)), position="alibi",
+                attn_pattern=("sliding", "global"), sliding_window=4, norm="rmsnorm", mlp="gated",
+                activation="gelu_tanh"),
+    ModelConfig(name="no-positions", **SIZES, position="none", attn_pattern=("chunked", "global"),
+                attn_chunk_size=5, norm="rmsnorm", mlp="gated", activation="gelu"),
+]
+
+
+def test_the_configs_cover_every_torch_feature():
+    """Drift: a feature the torch twin gains needs a config here (and an export check)."""
+    covered = frozenset().union(*(required_features(c) for c in CONFIGS))
+    assert sorted(TORCH_FEATURES - covered) == []
+
+
+def test_the_export_declares_torch_features_only():
+    assert export_features.FEATURES <= TORCH_FEATURES
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_the_export_follows_the_torch_twin_or_refuses_by_name(config, tmp_path):
+    params = init_params(config, 3)
+    missing = sorted(required_features(config) - export_features.FEATURES)
+    if missing:
+        with pytest.raises(UnsupportedFeature) as refused:
+            export_onnx(config, params, tmp_path)
+        assert list(refused.value.missing) == missing and all(name in str(refused.value) for name in missing)
+        return
+    export_onnx(config, params, tmp_path)
+    lines: list[str] = []
+    checks = validate(open_bundle(tmp_path), params, [CPU], pad=3, steps=4, log=lines.append)
+    assert [(c.reference.split()[0], c.phase) for c in checks] == [
+        ("golden", "prefill"), ("golden", "decode (4 steps)"), ("torch", "prefill"), ("torch", "decode (4 steps)")]
+    assert [c.failed for c in checks] == [[]] * 4, "\n".join(lines)
+
+
+def test_a_feature_the_export_leaves_out_is_refused_by_name(monkeypatch, tmp_path):
+    """A torch feature missing from the ONNX set: the export refuses it by name before it
+    traces anything, as an UnsupportedFeature (NOT SUPPORTED in the suite, a refused model
+    for `lmref export`)."""
+    config = CONFIGS[0]
+    monkeypatch.setattr(export_features, "FEATURES", export_features.FEATURES - {"attn.chunked"})
+    params = init_params(config, 0)
+    for export in (lambda: export_onnx(config, params, tmp_path / "out"),
+                   lambda: OnnxDecoder.from_canonical(config, params),
+                   lambda: OnnxDecoder(Transformer.from_canonical(config, params))):
+        with pytest.raises(UnsupportedFeature, match=r"the onnx backend does not implement .*attn\.chunked") as e:
+            export()
+        assert e.value.missing == ("attn.chunked",)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("changes, feature", [
+    (dict(qk_norm="per_head"), "attn.qk_norm.per_head"),
+    (dict(attn_softcap=30.0), "attn.softcap"),
+], ids=["qk_norm", "softcap"])
+def test_a_feature_torch_lacks_is_refused_by_the_twin_and_the_export(changes, feature, tmp_path):
+    config = tiny("llama3", **changes)
+    params = init_params(config, 0)
+    message = rf"the (torch|onnx) backend does not implement feature\(s\) of config 'llama3-tiny': {feature} "
+    for build in (lambda: Transformer(config), lambda: Transformer.from_canonical(config, params),
+                  lambda: export_onnx(config, params, tmp_path / "out"),
+                  lambda: OnnxDecoder.from_canonical(config, params)):
+        with pytest.raises(UnsupportedFeature, match=message) as e:
+            build()
+        assert e.value.missing == (feature,)
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,94 @@
+"""Every knob is alive in the golden store: for every knob a preset sets, switching it off
+changes at least one of that preset's stored golden outputs by more than the float32
+tolerance row.  A knob that no case can see (a window longer than every case, a RoPE scaling
+whose original context is never passed, a head count where two conventions agree) would let
+an implementation that ignores it pass; `tiny()` and the case generator keep each knob
+effective, and this test proves it.
+
+"Off" is the field's default; for the fields every config sets (position, norm, MLP kind,
+activation, norm eps) it is the neighbouring choice a port gets wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from lmref import impl_numpy
+from lmref.conformance.runner import FAIL, run_check
+from lmref.conformance.store import GoldenStore
+from lmref.spec.config import ModelConfig
+from lmref.spec.features import LABEL_FIELDS, SIZE_FIELDS
+
+STORE = GoldenStore()
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.default is not dataclasses.MISSING}
+OTHER_ACTIVATION = {"gelu": "gelu_tanh", "gelu_tanh": "gelu", "silu": "gelu", "relu": "silu"}
+
+
+def switched_off(config: ModelConfig, field: str) -> ModelConfig:
+    """`config` with the knob `field` off (and the knobs that only act with it)."""
+    value = getattr(config, field)
+    changes: dict = {field: DEFAULTS.get(field)}
+    if field == "position":  # positions off: no table, no rotation, no bias
+        changes = dict(position="none", rope_scaling=None, rope_theta_local=None, alibi_max_bias=DEFAULTS["alibi_max_bias"],
+                       rope_theta=DEFAULTS["rope_theta"])
+    elif field == "norm":
+        changes = dict(norm="rmsnorm" if value == "layernorm" else "layernorm", norm_bias=False)
+    elif field == "norm_eps":
+        changes = dict(norm_eps=value * 10)
+    elif field == "mlp":
+        changes = dict(mlp="plain" if value == "gated" else "gated")
+    elif field == "activation":
+        changes = dict(activation=OTHER_ACTIVATION[value])
+    elif field == "norm_weight":
+        changes = dict(norm_weight=True)
+    return dataclasses.replace(config, **changes)
+
+
+def knobs_set(config: ModelConfig) -> list[str]:
+    """The fields of `config` that are knobs (not sizes or labels) and are not at their default."""
+    return [f.name for f in dataclasses.fields(ModelConfig)
+            if f.name not in SIZE_FIELDS + LABEL_FIELDS
+            and (f.name not in DEFAULTS or getattr(config, f.name) != DEFAULTS[f.name])]
+
+
+class GoldenWithKnobOff:
+    """The float64 golden run with one knob switched off."""
+
+    dtype = "float32"  # judged by the float32 row: the knob must move outputs beyond it
+
+    def __init__(self, field: str):
+        self.field, self.name = field, f"golden-without-{field}"
+
+    def forward(self, config, params, tokens):
+        off = switched_off(config, self.field)
+        return impl_numpy.forward(off, _params_for(off, config, params), tokens)
+
+
+def _params_for(off: ModelConfig, config: ModelConfig, params: dict) -> dict:
+    """The case's weights, for the parameters both configs have; the knob's own parameters
+    (a head weight when untied, a position table) come from the same deterministic init."""
+    from lmref.spec.params import init_params
+
+    fresh = init_params(off, 0)
+    return {name: params[name] if name in params and params[name].shape == value.shape else value
+            for name, value in fresh.items()}
+
+
+KNOBS = [(arch, field) for arch in STORE.archs()
+         for field in knobs_set(STORE.load(arch, STORE.case_names(arch)[0]).config)]
+
+
+@pytest.mark.parametrize("arch,field", KNOBS, ids=[f"{a}-{f}" for a, f in KNOBS])
+def test_switching_the_knob_off_changes_a_golden_output(arch, field):
+    verdicts = {}
+    for name in STORE.case_names(arch):
+        case = STORE.load(arch, name)
+        verdicts[name] = run_check(case, GoldenWithKnobOff(field), "forward").status
+    assert FAIL in verdicts.values(), f"{arch}: no golden case sees {field} (all {verdicts})"
+
+
+def test_every_stored_arch_has_knobs_under_test():
+    assert {arch for arch, _ in KNOBS} == set(STORE.archs())
+    assert ("llama3.1", "rope_scaling") in KNOBS and ("olmo", "norm_weight") in KNOBS
