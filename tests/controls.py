@@ -123,6 +123,11 @@ def _mask_sees_next(q_positions, k_positions):
     return k_positions[None, :] <= q_positions[:, None] + 1
 
 
+def _window_one_too_wide(q_positions, k_positions, window):
+    """Sliding window off by one: q - W <= k <= q, W + 1 keys (the key exactly W back seen)."""
+    return impl_numpy.masks.causal(q_positions, k_positions) & (k_positions[None, :] >= q_positions[:, None] - window)
+
+
 def _naive_alibi_slopes(n_heads: int, max_bias: float = 8.0) -> np.ndarray:
     """2^(-8h/n) for every n: right for powers of two only."""
     return np.array([2.0 ** (-max_bias * h / n_heads) for h in range(1, n_heads + 1)])
@@ -193,6 +198,13 @@ NEGATIVE_CONTROLS: list[Control] = [
             "learned position table indexed from 1"),
     Control("olmo", ConfigMistake("olmo_rmsnorm", norm="rmsnorm"),
             "OLMo's non-parametric LayerNorm replaced by RMSNorm (no mean subtraction)"),
+    Control("mistral-7b", ConfigMistake("sliding_window_dropped", attn_pattern=("global",), sliding_window=None),
+            "Mistral 7B v0.1 run without its sliding window (every key visible)"),
+    Control("mistral-7b", PatchMistake("sliding_window_off_by_one", impl_numpy.masks, "sliding",
+                                       _window_one_too_wide),
+            "sliding window of W + 1 keys: q - W <= k <= q"),
+    Control("mistral-7b-v0.3", ConfigMistake("mistral_v03_theta_1e4", rope_theta=10_000.0),
+            "Mistral v0.3 run with v0.1's RoPE theta 1e4 instead of 1e6"),
     Control("llama3", DecodePositionsRestart(),
             "KV-cache decode that gives every new token position 0"),
 ]

@@ -77,10 +77,16 @@ def _mask_sees_next(q_positions, k_positions):
     return k_positions[:, None, :] <= q_positions[:, :, None] + 1
 
 
+def _window_one_too_wide(q_positions, k_positions, window):
+    """Sliding window off by one: q - W <= k <= q ([P, Sq, Sk], as masks.sliding)."""
+    return torch_masks.causal(q_positions, k_positions) & (k_positions[:, None, :] >= q_positions[:, :, None] - window)
+
+
 @pytest.mark.parametrize("patch,arch", [
     ((torch_attention, "expand_kv_heads", _kv_heads_tiled), "llama3"),
     ((torch_masks, "causal", _mask_sees_next), "llama2"),
-], ids=["gqa_grouped_wrong", "causal_mask_off_by_one"])
+    ((torch_masks, "sliding", _window_one_too_wide), "mistral-7b"),
+], ids=["gqa_grouped_wrong", "causal_mask_off_by_one", "sliding_window_off_by_one"])
 def test_code_mistakes_fail_on_the_torch_twin(patch, arch):
     # The eager kernel is the one that calls expand_kv_heads (SDPA groups heads itself), and it
     # builds the mask for every layer (SDPA's is_causal fast path skips masks.causal).

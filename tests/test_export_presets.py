@@ -31,8 +31,8 @@ from lmref.export.runtime import CPU, DecoderSession, open_session  # noqa: E402
 from lmref.export.validate import DEFAULT_STEPS, default_prompt_len, validate  # noqa: E402
 from lmref.spec import PRESETS, init_params  # noqa: E402
 
-FAST = ["gpt2", "llama3.1", "olmo-alibi", "olmo"]
-SLOW = ["llama1", "llama2", "llama2-70b", "llama3", "mpt"]
+FAST = ["gpt2", "llama3.1", "olmo-alibi", "olmo", "mistral-7b"]
+SLOW = ["llama1", "llama2", "llama2-70b", "llama3", "mpt", "mistral-7b-v0.3"]
 
 
 def test_every_preset_is_covered():

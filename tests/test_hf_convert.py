@@ -16,10 +16,13 @@ from safetensors.numpy import load_file, save_file
 from lmref import impl_numpy
 from lmref.conformance.cases import case_config
 from lmref.convert import SUPPORTED_MODEL_TYPES, config_from_hf, from_hf, load_checkpoint, save_checkpoint, to_hf
+from lmref.convert.errors import ConversionError
+from lmref.convert.hf import hf_config
 from lmref.convert.features import FEATURES, FEATURES_BY_TYPE
 from lmref.spec import PRESETS, RopeScaling, init_params, required_features, tiny
 
-SUPPORTED_ARCHS = ["gpt2", "llama1", "llama2", "llama2-70b", "llama3", "llama3.1", "olmo", "mpt"]
+SUPPORTED_ARCHS = ["gpt2", "llama1", "llama2", "llama2-70b", "llama3", "llama3.1", "olmo", "mpt", "mistral-7b",
+                   "mistral-7b-v0.3"]
 
 VARIANTS = {
     "llama3-tied-biases": tiny("llama3", tie_embeddings=True, qkv_bias=True, attn_out_bias=True, mlp_bias=True),
@@ -27,6 +30,8 @@ VARIANTS = {
     "olmo-untied-clip-bias": tiny("olmo", tie_embeddings=False, qkv_clip=0.5, qkv_bias=True, attn_out_bias=True),
     "mpt-untied-clip": tiny("mpt", tie_embeddings=False, qkv_clip=0.3),
     "gpt2-untied-exact-gelu": tiny("gpt2", tie_embeddings=False, activation="gelu"),
+    "mistral-tied-linear-rope": tiny("mistral-7b", tie_embeddings=True, rope_scaling=RopeScaling(kind="linear",
+                                                                                                 factor=2.0)),
 }
 CONFIGS = {arch: case_config(arch) for arch in SUPPORTED_ARCHS} | VARIANTS
 
@@ -184,3 +189,20 @@ def test_lmref_checkpoint_round_trip(dtype, tmp_path):
     back_config, back_params = load_checkpoint(tmp_path)
     assert back_config == config
     assert_same_params(back_params, params)
+
+
+def test_mistral_without_a_window_writes_null_not_the_class_default(tmp_path):
+    """MistralConfig.sliding_window defaults to 4096: a windowless model must say null, or
+    transformers would slide where lmref does not (and no case shorter than 4096 would see it)."""
+    config = case_config("mistral-7b-v0.3")
+    to_hf(config, init_params(config, 0), tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["sliding_window"] is None
+    assert from_hf(tmp_path)[0].attn_pattern == ("global",)
+    defaults = config_from_hf({"model_type": "mistral"}, "defaults")
+    assert (defaults.attn_pattern, defaults.sliding_window) == (("sliding",), 4096)
+
+
+def test_mistral_refuses_a_window_on_some_layers_only():
+    config = tiny("mistral-7b", attn_pattern=("sliding", "global"))
+    with pytest.raises(ConversionError, match=r"Mistral's window is on every layer or on none"):
+        hf_config(config)

@@ -49,6 +49,11 @@ MODELS = {
     "mpt-6-heads": ("MptConfig", "MptForCausalLM", dict(n_heads=6, **MPT)),
     "mpt-12-heads-untied-clip": ("MptConfig", "MptForCausalLM",
                                  dict(n_heads=12, tie_word_embeddings=False, attn_config={"clip_qkv": 1.0}, **MPT)),
+    # a window of 7 keys over 40 tokens; without a window (v0.3)
+    "mistral-window-7": ("MistralConfig", "MistralForCausalLM", dict(num_key_value_heads=2, sliding_window=7, **LLAMA)),
+    "mistral-no-window": ("MistralConfig", "MistralForCausalLM",
+                          dict(num_key_value_heads=2, sliding_window=None, rope_parameters={"rope_type": "default",
+                                                                                          "rope_theta": 1e6}, **LLAMA)),
 }
 
 

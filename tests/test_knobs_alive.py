@@ -6,7 +6,8 @@ an implementation that ignores it pass; `tiny()` and the case generator keep eac
 effective, and this test proves it.
 
 "Off" is the field's default; for the fields every config sets (position, norm, MLP kind,
-activation, norm eps) it is the neighbouring choice a port gets wrong.
+activation, norm eps) it is the neighbouring choice a port gets wrong; a layer pattern off is
+every layer global.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def switched_off(config: ModelConfig, field: str) -> ModelConfig:
         changes = dict(activation=OTHER_ACTIVATION[value])
     elif field == "norm_weight":
         changes = dict(norm_weight=True)
+    elif field in ("attn_pattern", "sliding_window", "attn_chunk_size"):  # every layer global
+        changes = dict(attn_pattern=DEFAULTS["attn_pattern"], sliding_window=None, attn_chunk_size=None)
     return dataclasses.replace(config, **changes)
 
 

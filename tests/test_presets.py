@@ -52,6 +52,11 @@ from lmref.spec.presets.preset import Preset
 #   tokens 50432*4096 = 206,569,472
 #   per layer: 4*4096^2 = 67,108,864; 2*4096*16384 = 134,217,728; 2 norms 8,192 -> 201,334,784
 #   32 layers 6,442,713,088; final norm 4,096; total 6,649,286,656 (MosaicML's "6.7B").
+# mistral-7b (v0.1): V=32000, d=4096, L=32, 8 KV heads (kv dim 1024), d_ff 14336, untied; the
+#   sliding window adds no parameters.  tokens + lm_head 2*32000*4096 = 262,144,000; per layer
+#   as llama3's 218,112,000; 32 layers 6,979,584,000; final norm 4,096; total 7,241,732,096
+#   (Jiang et al. 2023: "7.3B"; the model card's 7.24B).
+# mistral-7b-v0.3: V=32768: + 2*768*4096 = 6,291,456 -> 7,248,023,552.
 EXPECTED_COUNTS = {
     "gpt2": 124_439_808,
     "llama1": 6_738_415_616,
@@ -62,6 +67,8 @@ EXPECTED_COUNTS = {
     "olmo": 1_176_764_416,
     "olmo-alibi": 1_176_764_416 + 33 * 2 * 2048,
     "mpt": 6_649_286_656,
+    "mistral-7b": 7_241_732_096,
+    "mistral-7b-v0.3": 7_248_023_552,
 }
 
 
@@ -89,6 +96,7 @@ def test_preset_name_matches_key(name):
 EXPECTED_MODEL_TYPES = {
     "gpt2": "gpt2", "llama1": "llama", "llama2": "llama", "llama2-70b": "llama", "llama3": "llama",
     "llama3.1": "llama", "olmo": "olmo", "olmo-alibi": None, "mpt": "mpt",
+    "mistral-7b": "mistral", "mistral-7b-v0.3": "mistral",
 }
 # The family modules of spec/presets/ (every module but the Preset class's own).
 FAMILY_MODULES = {m.name: importlib.import_module(f"lmref.spec.presets.{m.name}")
@@ -238,10 +246,36 @@ def test_mpt_facts():
     assert (c.vocab_size, c.d_model, c.n_layers, c.n_heads, c.n_kv_heads, c.max_seq_len) == (50432, 4096, 32, 32, 32, 2048)
 
 
+def test_mistral_v01_facts():
+    c = get_preset("mistral-7b")
+    assert [layer.mask.window for layer in layer_plan(c)] == [4096] * 32  # the window on every layer
+    assert (c.rope_theta, c.vocab_size, c.max_seq_len, c.norm_eps) == (10_000.0, 32000, 32768, 1e-5)
+    assert (c.n_heads, c.n_kv_heads, c.head_dim, c.d_ff) == (32, 8, 128, 14336)
+
+
+def test_mistral_versions_differ_in_window_theta_and_vocab():
+    """Told apart as LLaMA 1/2/3 are: by the numbers that matter."""
+    v1, v3 = get_preset("mistral-7b"), get_preset("mistral-7b-v0.3")
+    differ = {f.name for f in dataclasses.fields(ModelConfig) if getattr(v1, f.name) != getattr(v3, f.name)}
+    assert differ == {"name", "vocab_size", "rope_theta", "attn_pattern", "sliding_window"}
+    assert (v3.rope_theta, v3.vocab_size, v3.sliding_window, v3.attn_pattern) == (1e6, 32768, None, ("global",))
+
+
+@pytest.mark.parametrize("name", ["mistral-7b", "mistral-7b-v0.3"])
+def test_mistral_has_no_bias_and_llamas_block(name):
+    c = get_preset(name)
+    assert c.norm == "rmsnorm" and c.mlp == "gated" and c.activation == "silu" and c.rope_layout == "halves"
+    assert not (c.qkv_bias or c.attn_out_bias or c.mlp_bias or c.lm_head_bias or c.tie_embeddings)
+
+
+def test_tiny_mistral_window_is_shorter_than_every_case():
+    assert tiny("mistral-7b").sliding_window == 5 and tiny("mistral-7b").attn_pattern == ("sliding",)
+
+
 # --- tiny() ---------------------------------------------------------------------------------
 
 SIZE_FIELDS = {"name", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
-               "max_seq_len", "rope_scaling"}
+               "max_seq_len", "rope_scaling", "sliding_window", "attn_chunk_size", "query_scale_dim"}
 
 
 def _attention_kind(c: ModelConfig) -> str:
@@ -262,6 +296,8 @@ def test_tiny_keeps_every_flag(name):
         for f in dataclasses.fields(RopeScaling):
             if f.name != "original_max_seq_len":
                 assert getattr(small.rope_scaling, f.name) == getattr(base.rope_scaling, f.name), f.name
+    for knob in ("sliding_window", "attn_chunk_size", "query_scale_dim"):  # shrunk, never dropped
+        assert (getattr(small, knob) is None) == (getattr(base, knob) is None), knob
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

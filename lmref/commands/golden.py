@@ -34,7 +34,7 @@ def cmd_golden(args: argparse.Namespace) -> int:
 
 
 _SOURCE_WIDTH = 100
-_PRESET_ROW = "{:<12} {:<8} {:<10} {:>16}  {:>6} {:>7} {:>5} {:>3} {:>7} {:>7}  {}"
+_PRESET_ROW = "{:<16} {:<8} {:<10} {:>16}  {:>6} {:>7} {:>5} {:>3} {:>7} {:>7}  {}"
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
