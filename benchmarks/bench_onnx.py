@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from timing import timed  # benchmarks/timing.py, beside this script
 from lmref.export.exporter import export_onnx
 from lmref.export.runtime import CPU, CUDA, DecoderSession, available_providers, open_session
 from lmref.impl_torch import Transformer
@@ -39,17 +38,6 @@ def bench_config() -> ModelConfig:
     """A ~9M-parameter LLaMA 3-style model (bench_twins.py's "small" LLaMA, vocab 8192)."""
     return dataclasses.replace(get_preset("llama3"), name="llama-9m", vocab_size=8192, d_model=256, n_layers=6,
                                n_heads=8, n_kv_heads=2, head_dim=32, d_ff=896, max_seq_len=1024)
-
-
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    """Median seconds of `fn` over `repeats` runs after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 # --- onnxruntime --------------------------------------------------------------------------------

@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from timing import timed  # benchmarks/timing.py, beside this script
 from lmref.spec.config import ModelConfig
 from lmref.spec.params import init_params, param_count
 from lmref.spec.presets import get_preset
@@ -44,18 +43,6 @@ def bench_config(family: str, size: str) -> tuple[ModelConfig, int, int]:
     config = dataclasses.replace(base, name=f"{family}-{size}", n_kv_heads=n_kv, d_ff=d_ff,
                                  max_seq_len=max(seq, 1024 if family == "gpt2" else seq), **s)
     return config, batch, seq
-
-
-def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median seconds of `fn` over `repeats` runs after `warmup` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 # --- the contenders --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Token checks for torch tensors, twin of spec/inputs.py with the very same messages.
+"""Token checks for torch tensors: spec/inputs.py's rules and messages (`check_token_array`).
 
 NumPy arrays and lists go through spec.inputs.check_tokens itself; tensors are checked
 natively so that tokens already on a GPU need no round trip through NumPy.  The checks read
@@ -12,34 +12,15 @@ import torch
 
 from lmref.spec import inputs
 from lmref.spec.config import ModelConfig
-from lmref.spec.errors import InputError
-
-
-def _first_index(condition: torch.Tensor) -> tuple[int, ...]:
-    """Row-major index of the first True entry (as np.argwhere(...)[0])."""
-    return tuple(int(i) for i in torch.nonzero(condition)[0])
 
 
 def _check_tensor(config: ModelConfig, tokens: torch.Tensor, past_len: int) -> None:
-    dtype = str(tokens.dtype).removeprefix("torch.")  # torch.float32 -> float32, NumPy's spelling
-    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
-        raise InputError(f"tokens must be an integer array, got dtype {dtype}")
-    if tokens.ndim != 2:
-        raise InputError(f"tokens must have shape [batch, seq], got shape {tuple(tokens.shape)}")
-    batch, seq = tokens.shape
-    if batch == 0 or seq == 0:
-        raise InputError(f"tokens must be non-empty, got shape {tuple(tokens.shape)}")
-    low, high = int(tokens.min()), int(tokens.max())
-    if low < 0:
-        raise InputError(f"token id {low} at {_first_index(tokens < 0)} is negative")
-    if high >= config.vocab_size:
-        where = _first_index(tokens >= config.vocab_size)
-        raise InputError(f"token id {high} at {where} is out of range for vocab_size {config.vocab_size}")
-    if past_len + seq > config.max_seq_len:
-        raise InputError(
-            f"sequence of {seq} tokens after {past_len} cached positions exceeds the context "
-            f"max_seq_len={config.max_seq_len}"
-        )
+    """spec.inputs' rules, read off the tensor where it lies (no copy to the host but min, max)."""
+    inputs.check_token_array(
+        config, dtype=str(tokens.dtype).removeprefix("torch."),  # torch.float32 -> float32, NumPy's spelling
+        integer=not (tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool),
+        shape=tuple(tokens.shape), bounds=lambda: (int(tokens.min()), int(tokens.max())),
+        first_where=lambda condition: tuple(int(i) for i in torch.nonzero(condition(tokens))[0]), past_len=past_len)
 
 
 @torch.compiler.disable

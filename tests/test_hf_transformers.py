@@ -181,3 +181,13 @@ def test_transformers_loss_is_the_goldens_mean_next_token_cross_entropy(tmp_path
     assert float(out.loss) == pytest.approx(float(by_hand), rel=1e-6)  # mean over B * (S - 1) targets
     golden = impl_numpy.loss(config, {k: v.astype(np.float64) for k, v in params.items()}, tokens)
     assert abs(float(out.loss) - golden) <= F32.loss_atol + F32.loss_rtol * abs(golden)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama", "olmo", "mpt", "mistral"])
+def test_a_config_json_without_fields_means_the_class_defaults(model_type):
+    """lmref reads a field a config.json leaves out as transformers' class default: the config of
+    `{"model_type": T}` equals the config of transformers' full default config of that type."""
+    from lmref.convert import config_from_hf
+
+    full = transformers.AutoConfig.for_model(model_type).to_dict()
+    assert config_from_hf({"model_type": model_type}, "x") == config_from_hf(full, "x")

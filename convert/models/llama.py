@@ -47,20 +47,52 @@ IGNORED = frozenset({
 })
 
 
-def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
-    """LlamaConfig fields (defaults: the LlamaConfig class defaults) -> ModelConfig."""
+# The class defaults of LlamaConfig (transformers models/llama/configuration_llama.py) for the
+# fields the llama-style configs share; MistralConfig and OlmoConfig differ in some.
+DEFAULTS = dict(vocab_size=32000, intermediate_size=11008, max_position_embeddings=2048, num_key_value_heads=None)
+
+
+def llama_style_fields(cfg: HFConfig, name: str, model_type: str, defaults: dict) -> dict:
+    """The ModelConfig fields every llama-style config.json (llama, mistral, olmo) spells the
+    same way: sizes, RoPE (convert/rope.py), the tied head.  `defaults`: the class's own
+    defaults of vocab_size, intermediate_size, max_position_embeddings, num_key_value_heads."""
     d, n_heads = cfg.get("hidden_size", 4096), cfg.get("num_attention_heads", 32)
-    max_seq_len = cfg.get("max_position_embeddings", 2048)
+    max_seq_len = cfg.get("max_position_embeddings", defaults["max_position_embeddings"])
     theta, scaling = rope_from_hf(cfg, max_seq_len)
-    bias = bool(cfg.get("attention_bias", False))  # LlamaAttention: bias on q, k, v and o together
-    return ModelConfig(
-        name=name, hf_model_type=MODEL_TYPE, vocab_size=cfg.get("vocab_size", 32000), d_model=d,
+    return dict(
+        name=name, hf_model_type=model_type, vocab_size=cfg.get("vocab_size", defaults["vocab_size"]), d_model=d,
         n_layers=cfg.get("num_hidden_layers", 32), n_heads=n_heads,
-        n_kv_heads=cfg.get("num_key_value_heads") or n_heads,  # LlamaConfig.__post_init__: None -> MHA
-        head_dim=cfg.get("head_dim") or d // n_heads,  # None -> hidden_size // num_attention_heads
-        d_ff=cfg.get("intermediate_size", 11008), max_seq_len=max_seq_len,
+        # `__post_init__` of each class: a null num_key_value_heads means MHA
+        n_kv_heads=cfg.get("num_key_value_heads", defaults["num_key_value_heads"]) or n_heads,
+        d_ff=cfg.get("intermediate_size", defaults["intermediate_size"]), max_seq_len=max_seq_len,
         position="rope", rope_theta=theta, rope_scaling=scaling,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+    )
+
+
+def llama_style_hf_fields(c: ModelConfig) -> dict:
+    """The config.json fields every llama-style class reads the same way (`llama_style_fields`'s inverse)."""
+    return {
+        "vocab_size": c.vocab_size, "hidden_size": c.d_model, "intermediate_size": c.d_ff,
+        "num_hidden_layers": c.n_layers, "num_attention_heads": c.n_heads, "num_key_value_heads": c.n_kv_heads,
+        "max_position_embeddings": c.max_seq_len, "hidden_act": ACTIVATION_TO_HF[c.activation],
+        "tie_word_embeddings": c.tie_embeddings, "rope_parameters": rope_to_hf(c),
+        "bos_token_id": None, "eos_token_id": None,  # unknown to lmref
+    }
+
+
+# The ModelConfig fields llama_style_fields and llama_style_hf_fields carry.
+LLAMA_STYLE_MAPPED = {"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len",
+                      "tie_embeddings", "rope_theta", "rope_scaling", "rope_layout", "activation"}
+
+
+def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
+    """LlamaConfig fields (defaults: the LlamaConfig class defaults) -> ModelConfig."""
+    fields = llama_style_fields(cfg, name, MODEL_TYPE, DEFAULTS)
+    bias = bool(cfg.get("attention_bias", False))  # LlamaAttention: bias on q, k, v and o together
+    return ModelConfig(
+        **fields,
+        head_dim=cfg.get("head_dim") or fields["d_model"] // fields["n_heads"],  # None -> hidden_size // heads
         norm="rmsnorm", norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
         qkv_bias=bias, attn_out_bias=bias,
         mlp="gated", activation=cfg.activation("hidden_act", "silu"), mlp_bias=bool(cfg.get("mlp_bias", False)),
@@ -71,21 +103,14 @@ def config_to_hf(c: ModelConfig) -> dict:
     """ModelConfig -> LlamaConfig fields; ConversionError if LLaMA cannot express it."""
     check_expressible(
         c, MODEL_TYPE,
-        mapped={"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
-                "max_seq_len", "tie_embeddings", "norm_eps", "qkv_bias", "attn_out_bias", "rope_theta",
-                "rope_scaling", "rope_layout", "activation", "mlp_bias"},
+        mapped=LLAMA_STYLE_MAPPED | {"head_dim", "norm_eps", "qkv_bias", "attn_out_bias", "mlp_bias"},
         fixed={"position": "rope", "norm": "rmsnorm", "mlp": "gated"},
         rules=[attention_bias_rule(c), activation_rule(c), rope_scaling_rule(c),
                ("n_heads", c.d_model % c.n_heads == 0,
                 f"LlamaConfig requires d_model ({c.d_model}) divisible by n_heads ({c.n_heads})")],
     )
-    return {
-        "vocab_size": c.vocab_size, "hidden_size": c.d_model, "intermediate_size": c.d_ff,
-        "num_hidden_layers": c.n_layers, "num_attention_heads": c.n_heads, "num_key_value_heads": c.n_kv_heads,
-        "head_dim": c.head_dim, "max_position_embeddings": c.max_seq_len, "rms_norm_eps": c.norm_eps,
-        "hidden_act": ACTIVATION_TO_HF[c.activation], "tie_word_embeddings": c.tie_embeddings,
-        "attention_bias": c.qkv_bias, "mlp_bias": c.mlp_bias, "rope_parameters": rope_to_hf(c),
-        "bos_token_id": None, "eos_token_id": None,  # unknown to lmref
+    return llama_style_hf_fields(c) | {
+        "head_dim": c.head_dim, "rms_norm_eps": c.norm_eps, "attention_bias": c.qkv_bias, "mlp_bias": c.mlp_bias,
     }
 
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from lmref.convert.fields import (
     ACTIVATION_FEATURES,
-    ACTIVATION_TO_HF,
     HFConfig,
     activation_rule,
     check_expressible,
 )
 from lmref.convert.layout import Entry
 from lmref.convert.models import llama
-from lmref.convert.rope import ROPE_FEATURES, rope_from_hf, rope_scaling_rule, rope_to_hf
+from lmref.convert.rope import ROPE_FEATURES, rope_scaling_rule
 from lmref.spec.config import ModelConfig
 from lmref.spec.features import declare
 
@@ -37,21 +36,18 @@ IGNORED = frozenset({"attention_dropout"})  # off in eval
 DEFAULT_WINDOW = 4096  # MistralConfig.sliding_window
 
 
+# MistralConfig's class defaults where they differ from LlamaConfig's (configuration_mistral.py).
+DEFAULTS = llama.DEFAULTS | dict(intermediate_size=14336, max_position_embeddings=4096 * 32, num_key_value_heads=8)
+
+
 def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     """MistralConfig fields (defaults: the MistralConfig class defaults) -> ModelConfig."""
-    d, n_heads = cfg.get("hidden_size", 4096), cfg.get("num_attention_heads", 32)
-    max_seq_len = cfg.get("max_position_embeddings", 4096 * 32)
-    theta, scaling = rope_from_hf(cfg, max_seq_len)
+    fields = llama.llama_style_fields(cfg, name, MODEL_TYPE, DEFAULTS)
     window = cfg.get("sliding_window", DEFAULT_WINDOW)
     return ModelConfig(
-        name=name, hf_model_type=MODEL_TYPE, vocab_size=cfg.get("vocab_size", 32000), d_model=d,
-        n_layers=cfg.get("num_hidden_layers", 32), n_heads=n_heads,
-        n_kv_heads=cfg.get("num_key_value_heads") or n_heads,  # MistralConfig.__post_init__: None -> MHA
-        head_dim=cfg.get("head_dim") or d // n_heads,  # None -> hidden_size // num_attention_heads
-        d_ff=cfg.get("intermediate_size", 14336), max_seq_len=max_seq_len,
-        position="rope", rope_theta=theta, rope_scaling=scaling,
+        **fields,
+        head_dim=cfg.get("head_dim") or fields["d_model"] // fields["n_heads"],  # None -> hidden_size // heads
         attn_pattern=("global",) if window is None else ("sliding",), sliding_window=window,
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         norm="rmsnorm", norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
         mlp="gated", activation=cfg.activation("hidden_act", "silu"),
     )
@@ -61,22 +57,15 @@ def config_to_hf(c: ModelConfig) -> dict:
     """ModelConfig -> MistralConfig fields; ConversionError if Mistral cannot express it."""
     check_expressible(
         c, MODEL_TYPE,
-        mapped={"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff", "max_seq_len",
-                "tie_embeddings", "norm_eps", "rope_theta", "rope_scaling", "rope_layout", "activation",
-                "attn_pattern", "sliding_window"},
+        mapped=llama.LLAMA_STYLE_MAPPED | {"head_dim", "norm_eps", "attn_pattern", "sliding_window"},
         fixed={"position": "rope", "norm": "rmsnorm", "mlp": "gated"},
         rules=[activation_rule(c), rope_scaling_rule(c),
                ("attn_pattern", set(c.attn_pattern) <= {"global"} or set(c.attn_pattern) == {"sliding"},
                 f"Mistral's window is on every layer or on none, got attn_pattern={c.attn_pattern}")],
     )
-    return {
-        "vocab_size": c.vocab_size, "hidden_size": c.d_model, "intermediate_size": c.d_ff,
-        "num_hidden_layers": c.n_layers, "num_attention_heads": c.n_heads, "num_key_value_heads": c.n_kv_heads,
-        "head_dim": c.head_dim, "max_position_embeddings": c.max_seq_len, "rms_norm_eps": c.norm_eps,
-        "hidden_act": ACTIVATION_TO_HF[c.activation], "tie_word_embeddings": c.tie_embeddings,
+    return llama.llama_style_hf_fields(c) | {
+        "head_dim": c.head_dim, "rms_norm_eps": c.norm_eps,
         "sliding_window": c.sliding_window,  # null: no window (the class default is 4096)
-        "rope_parameters": rope_to_hf(c),
-        "bos_token_id": None, "eos_token_id": None,  # unknown to lmref
     }
 
 
