@@ -108,3 +108,16 @@ def test_a_feature_only_the_golden_declares_is_not_supported_elsewhere(throwaway
         result = run_check(case, load_adapter(impl), capability)
         assert result.status == NOT_SUPPORTED, result.message
         assert "test.throwaway" in result.message
+
+
+@pytest.mark.parametrize("impl", ["numpy", "torch", "jax", "hf"])
+def test_every_backend_captures_the_names_of_spec_captures(impl):
+    """The capture names are spec/captures.py's, in its order, for every backend that captures."""
+    from lmref.conformance.adapters import load_adapter
+    from lmref.conformance.runner import case_params
+    from lmref.spec.captures import capture_names
+
+    case = GoldenStore().load("mistral-7b", "prefill-b2-s7")
+    captured = load_adapter(impl).capture(case.config, case_params(case.config, case.meta["weights"]["seed"]),
+                                          case.tokens)
+    assert list(captured) == capture_names(case.config) == list(case.captures)
