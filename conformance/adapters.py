@@ -27,7 +27,8 @@ A method that raises `NotImplementedError` (e.g. for an architecture it does not
 reported NOT SUPPORTED with that message; any other exception is an ERROR.
 
 `--impl` / `LMREF_IMPL` name the adapter: a built-in (`numpy`: the float64 golden, every
-capability) or `package.module:attr`.
+capability; `torch`, `jax`: the twins; `hf`: transformers; `onnx`: the export in onnxruntime;
+see BUILTINS) or `package.module:attr`.
 """
 
 from __future__ import annotations

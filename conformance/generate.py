@@ -73,6 +73,10 @@ def check(root: Path, archs: list[str]) -> list[str]:
     problems = [f"{root / f}: not listed in {MANIFEST}" for f in store.unlisted_files()]
     problems += [f"{a}: in the store but not a known preset" for a in store.archs() if a not in PRESETS]
     for arch in archs:
+        if not store.case_names(arch):
+            problems.append(f"{arch}: the store holds no case of this arch (write them with "
+                            f"`lmref golden --arch {arch}`)")
+            continue
         specs = case_specs(case_config(arch))
         stale = sorted(set(store.case_names(arch)) - {s.name for s in specs})
         problems += [f"{arch}/{name}: stored case the generator no longer makes" for name in stale]

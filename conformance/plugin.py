@@ -8,7 +8,8 @@ the repository root:
 Options (all validated before collection; a bad value is a usage error, exit status 4):
   --arch A[,B]        preset ids, families (`llama`) or patterns (`olmo*`); default: every
                       arch in the golden store.  Each must have golden cases.
-  --impl SPEC         `numpy` or package.module:attr; default $LMREF_IMPL, else numpy
+  --impl SPEC         a built-in (numpy, torch, jax, hf, onnx) or package.module:attr; default
+                      $LMREF_IMPL, else numpy
   --golden-dir DIR    the golden store (default: conformance/golden inside the package)
   --report-json PATH  write every result and the summary as JSON
   --tolerance D.M=V   override one threshold for the run (repeatable)
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from lmref.conformance.adapters import CAPABILITIES, ENV_VAR, Adapter, AdapterLoadError, load_adapter
+from lmref.conformance.adapters import BUILTINS, CAPABILITIES, ENV_VAR, Adapter, AdapterLoadError, load_adapter
 from lmref.conformance.report import Report, is_not_supported
 from lmref.conformance.runner import applies
 from lmref.conformance.store import DEFAULT_GOLDEN_DIR, GoldenCase, GoldenStore, GoldenStoreError
@@ -37,7 +38,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--arch", dest="lmref_arch", metavar="ARCHS",
                     help="preset ids, families or patterns, comma-separated (default: every arch in the store)")
     group.addoption("--impl", dest="lmref_impl", metavar="SPEC",
-                    help=f"implementation: numpy or package.module:attr (default: ${ENV_VAR}, else numpy)")
+                    help=f"implementation: a built-in ({', '.join(BUILTINS)}) or package.module:attr "
+                         f"(default: ${ENV_VAR}, else numpy)")
     group.addoption("--golden-dir", dest="lmref_golden_dir", metavar="DIR",
                     help="golden store directory (default: conformance/golden of the installed package)")
     group.addoption("--report-json", dest="lmref_report_json", metavar="PATH",

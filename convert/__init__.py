@@ -6,7 +6,7 @@
     save_checkpoint("ckpt", config, params)         # the lmref checkpoint (convert/checkpoint.py)
     config, params = load_checkpoint("ckpt")
 
-Supported transformers model types: gpt2, llama, olmo, mpt (`SUPPORTED_MODEL_TYPES`); a
+Supported transformers model types: one module each in convert/models/ (`SUPPORTED_MODEL_TYPES`); a
 ModelConfig names its own in `hf_model_type` (None: transformers has no class for it).  A
 config value that lmref cannot represent, or a ModelConfig that transformers cannot express,
 raises `ConversionError` naming the field.  `convert.hf_adapter.HFAdapter` (needs torch and

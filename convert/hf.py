@@ -3,7 +3,7 @@
     config, params = from_hf("path/to/hf_model")          # config.json + *.safetensors
     to_hf(config, params, "path/to/out")                   # transformers' from_pretrained loads it
 
-Model types: gpt2, llama (LLaMA 1/2/3/3.1), olmo (OLMo 1), mpt.  `to_hf` writes the type
+Model types: one module each in convert/models/ (gpt2, llama, mistral, olmo, mpt).  `to_hf` writes the type
 the config names in `hf_model_type` (`module_for`; None: transformers has no class for it, and
 the config is refused), and `from_hf` sets `hf_model_type` from config.json's `model_type`.
 Tensors keep their dtype (BF16 files come back as float32, exactly); values are only moved,

@@ -91,10 +91,10 @@ class HFAdapter:
     def capture(self, config, params, tokens):
         """lmref's captured intermediates, from transformers' hidden states and forward hooks.
 
-        `output_hidden_states` gives L + 1 tensors in all four model types: [0] the embedding
+        `output_hidden_states` gives L + 1 tensors in every supported model type: [0] the embedding
         output (GPT-2: tokens + positions), [i] the residual stream entering layer i, i.e.
         `layers.{i-1}.out`, and [L] the output of the final norm (llama/olmo/gpt2:
-        `capture_outputs` swaps in `last_hidden_state`; mpt appends `norm_f`'s output), so the
+        `capture_outputs` swaps in `last_hidden_state`, as mistral's does; mpt appends `norm_f`'s output), so the
         last layer's own output is not among them.  Forward hooks supply it, and each layer's
         attention and MLP outputs: the output projections (o_proj / c_proj / out_proj,
         down_proj / c_proj) produce exactly what the sublayer adds to the residual stream

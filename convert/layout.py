@@ -12,7 +12,7 @@ An entry says how one HF tensor is built from canonical tensors (spec/params.py)
            and GPT-2's `Conv1D` weights, which are [d_in, d_out] like ours
            (transformers `pytorch_utils.Conv1D`: `y = addmm(b, x, W)`).
   perm     an optional reordering of the concatenated canonical columns (a RoPE layout
-           change, see convert/llama.py).
+           change, see convert/models/llama.py).
 
 The inverse undoes the steps in reverse: transpose, undo the permutation, split at the
 sources' widths.  Nothing is computed, values only move, so both directions are exact.

@@ -31,12 +31,21 @@ from lmref.export.runtime import CPU, DecoderSession, open_session  # noqa: E402
 from lmref.export.validate import DEFAULT_STEPS, default_prompt_len, validate  # noqa: E402
 from lmref.spec import PRESETS, init_params  # noqa: E402
 
-FAST = ["gpt2", "llama3.1", "olmo-alibi", "olmo", "mistral-7b"]
-SLOW = ["llama1", "llama2", "llama2-70b", "llama3", "mpt", "mistral-7b-v0.3"]
+# A representative few in the default run (learned positions, RoPE scaling, ALiBi with 6 heads,
+# a weightless norm, a sliding window); every other preset under `make test-thorough`.
+FAST = ["gpt2", "llama3.1", "olmo", "mpt", "mistral-7b"]
+SLOW = [name for name in PRESETS if name not in FAST]
 
 
-def test_every_preset_is_covered():
-    assert sorted(FAST + SLOW) == sorted(PRESETS)
+def test_the_default_run_covers_the_features_of_every_preset():
+    """What the slow presets need, some fast one exercises (each feature is exported in the
+    default run; the slow presets differ only in sizes and numbers)."""
+    from lmref.spec.features import required_features
+    from lmref.spec.presets import tiny
+
+    fast = frozenset().union(*(required_features(tiny(name)) for name in FAST))
+    for name in SLOW:
+        assert required_features(tiny(name)) <= fast, name
 
 
 @pytest.fixture(scope="module", params=FAST + [pytest.param(n, marks=pytest.mark.slow) for n in SLOW])

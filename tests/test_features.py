@@ -121,3 +121,23 @@ def test_every_backend_captures_the_names_of_spec_captures(impl):
     captured = load_adapter(impl).capture(case.config, case_params(case.config, case.meta["weights"]["seed"]),
                                           case.tokens)
     assert list(captured) == capture_names(case.config) == list(case.captures)
+
+
+def test_the_property_tests_draw_every_feature_the_twins_declare():
+    """tests/strategies.py's configs() reaches every CORE feature, so the twins' property tests
+    compare each one with the golden (a feature added to CORE without a draw fails here)."""
+    from hypothesis import HealthCheck, given, settings
+
+    from lmref.spec.features import CORE
+    from tests.strategies import configs
+
+    seen: set[str] = set()
+
+    @settings(max_examples=400, derandomize=True, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(configs())
+    def draw(config):
+        seen.update(required_features(config))
+
+    draw()
+    assert set(CORE) - seen == set()

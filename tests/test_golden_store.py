@@ -99,6 +99,12 @@ def test_check_finds_missing_and_unlisted_files(store_copy):
     assert any("notes.txt: not listed in MANIFEST.json" in p for p in problems)
 
 
+def test_check_names_an_arch_the_store_lacks(tmp_path):
+    generate(tmp_path, ["gpt2"], progress=lambda line: None)
+    assert check(tmp_path, ["gpt2", "llama3"]) == [
+        "llama3: the store holds no case of this arch (write them with `lmref golden --arch llama3`)"]
+
+
 def test_unknown_format_version_is_refused(store_copy):
     manifest = json.loads((store_copy / MANIFEST).read_text())
     manifest["format_version"] = 99

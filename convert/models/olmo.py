@@ -1,6 +1,6 @@
 """OLMo 1 (`OlmoForCausalLM`, transformers models/olmo, 5.23; allenai/OLMo-*-hf) <-> lmref.
 
-LLaMA's module names and layout (convert/llama.py) with a non-parametric LayerNorm
+LLaMA's module names and layout (convert/models/llama.py) with a non-parametric LayerNorm
 (`OlmoLayerNorm`: no weight, no bias, eps hard-coded 1e-5), so the checkpoint has no norm
 tensors at all, and an optional `clip_qkv` clamp after the q, k, v projections
 (transformers `models/olmo/modeling_olmo.py`).

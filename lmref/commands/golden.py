@@ -34,7 +34,7 @@ def cmd_golden(args: argparse.Namespace) -> int:
 
 
 _SOURCE_WIDTH = 100
-_PRESET_ROW = "{:<16} {:<8} {:<10} {:>16}  {:>6} {:>7} {:>5} {:>3} {:>7} {:>7}  {}"
+_PRESET_ROW = "{:<{name}} {:<{family}} {:<10} {:>16}  {:>6} {:>7} {:>5} {:>3} {:>7} {:>7}  {}"
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -42,13 +42,17 @@ def cmd_presets(args: argparse.Namespace) -> int:
     no class for it, its sizes), then its source (the paper or published config) indented below."""
     from lmref.spec.params import param_count
 
+    names = _archs(args.arch)
+    width = dict(name=max(map(len, ["preset", *names])),
+                 family=max(map(len, ["family", *(preset_info(n).family for n in names)])))
     print(_PRESET_ROW.format("preset", "family", "model_type", "params", "layers", "d_model", "heads", "kv", "vocab",
-                             "context", "position"))
-    for name in _archs(args.arch):
+                             "context", "position", **width))
+    for name in names:
         preset = preset_info(name)
         c = preset.config
         print(_PRESET_ROW.format(name, preset.family, c.hf_model_type or "-", f"{param_count(c):,}", c.n_layers,
-                                 c.d_model, c.n_heads, c.n_kv_heads, c.vocab_size, c.max_seq_len, c.position))
+                                 c.d_model, c.n_heads, c.n_kv_heads, c.vocab_size, c.max_seq_len, c.position,
+                                 **width))
         print(textwrap.fill(preset.source, _SOURCE_WIDTH, initial_indent="    source: ", subsequent_indent=" " * 12))
     return 0
 

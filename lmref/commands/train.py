@@ -38,7 +38,7 @@ def _add_train(sub) -> None:
         description="Train tiny(ARCH) (every flag of the preset, small sizes; override them with the size "
                     "flags) on the embedded corpus or --data.  Several processes: torchrun --nproc_per_node=N "
                     "-m lmref train ...  A run directory holds metrics.jsonl, loss.png and step-N "
-                    "checkpoints (see README, Training).")
+                    "checkpoints (see docs/training.md).")
     p.add_argument("--arch", help="preset id (`lmref presets` lists them); required unless --resume")
     for name, (kind, text) in RUN_FLAGS.items():
         p.add_argument(_flag(name), type=kind, help=text)
