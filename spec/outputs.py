@@ -1,0 +1,75 @@
+"""Where a command may write: a directory that is new, empty, or recognisably its own.
+
+Every lmref command that writes a directory (`lmref train --out`, `lmref golden --out`,
+`lmref convert --out`, `lmref export --out`) claims it first:
+
+- a path that does not exist is created;
+- an existing directory is taken only when it is empty, or when it holds the marker file
+  MARKER that this kind of command wrote there before (so a command can rewrite its own
+  output, and never anybody else's);
+- an existing file, or a directory holding other things, is refused with OutputError naming
+  it and what is in it;
+- a command's own inputs are never its output: `inputs` lists the paths it reads, and the
+  output may be none of them, lie inside none of them and hold none of them.
+
+The marker is a small JSON file ({"kind": ..., "written_by": "lmref X.Y.Z"}).  What a command
+deletes is its own business, but the rule is the same everywhere: only files it wrote (the
+ones its manifest or marker lists), never a whole directory it did not create.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from lmref import __version__
+from lmref.spec.errors import OutputError
+
+MARKER = ".lmref-output.json"
+
+
+def marker_kind(path: Path) -> str | None:
+    """The kind recorded by the marker in directory `path`; None without a readable marker."""
+    try:
+        data = json.loads((Path(path) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("kind") if isinstance(data, dict) else None
+
+
+def check_not_an_input(out: Path, inputs: Iterable[str | Path], option: str = "--out") -> None:
+    """OutputError when `out` is one of `inputs`, lies inside one, or holds one."""
+    target = Path(out).resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        if target == source:
+            raise OutputError(f"{option} {out}: is the command's own input; write somewhere else")
+        if source in target.parents:
+            raise OutputError(f"{option} {out}: lies inside the input {given}; write somewhere else")
+        if target in source.parents:
+            raise OutputError(f"{option} {out}: holds the input {given}; write somewhere else")
+
+
+def _describe(entries: list[Path]) -> str:
+    names = sorted(e.name + ("/" if e.is_dir() else "") for e in entries)
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def claim(out: str | Path, kind: str, *, inputs: Iterable[str | Path] = (), option: str = "--out") -> Path:
+    """Make `out` the output directory of a command of `kind` (see the module docstring):
+    create it or check that it is empty or already this kind's, and mark it.  Returns the path."""
+    out = Path(out)
+    check_not_an_input(out, inputs, option)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{option} {out}: is a file, not a directory")
+    if out.is_dir():
+        entries = list(out.iterdir())
+        found = marker_kind(out)
+        if entries and found != kind:
+            whose = f"written by `{found}`" if found else "not written by this command"
+            raise OutputError(f"{option} {out}: the directory is not empty and {whose} "
+                              f"(it holds {_describe(entries)}); give a new or empty directory")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text(json.dumps({"kind": kind, "written_by": f"lmref {__version__}"}) + "\n")
+    return out
