@@ -13,9 +13,11 @@ PYTEST := $(PY) -m pytest -p no:cacheprovider
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/transformers4.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,torch,jax,hf,train,onnx]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --upgrade --target $(VENV)/transformers4 \
+		-r tests/transformers4.txt
 	touch $(STAMP)
 
 # The main job: build the golden for one architecture from scratch, check it against the

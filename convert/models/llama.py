@@ -72,13 +72,24 @@ def llama_style_fields(cfg: HFConfig, name: str, model_type: str, defaults: dict
 
 def llama_style_hf_fields(c: ModelConfig) -> dict:
     """The config.json fields every llama-style class reads the same way (`llama_style_fields`'s inverse)."""
+    rope = rope_to_hf(c)
     return {
         "vocab_size": c.vocab_size, "hidden_size": c.d_model, "intermediate_size": c.d_ff,
         "num_hidden_layers": c.n_layers, "num_attention_heads": c.n_heads, "num_key_value_heads": c.n_kv_heads,
         "max_position_embeddings": c.max_seq_len, "hidden_act": ACTIVATION_TO_HF[c.activation],
-        "tie_word_embeddings": c.tie_embeddings, "rope_parameters": rope_to_hf(c),
+        "tie_word_embeddings": c.tie_embeddings, "rope_parameters": rope, **legacy_rope_fields(rope),
         "bos_token_id": None, "eos_token_id": None,  # unknown to lmref
     }
+
+
+def legacy_rope_fields(rope_parameters: dict) -> dict:
+    """The same RoPE in the keys transformers 4.x reads, `rope_theta` and `rope_scaling`: 4.57
+    ignores `rope_parameters` (5.x) and would run theta 10000 without a word.  transformers 5.x
+    reads these keys too (`convert_rope_params_to_dict`: `rope_scaling` wins over
+    `rope_parameters`), and they say the same thing."""
+    scaling = {k: v for k, v in rope_parameters.items() if k != "rope_theta"}
+    return {"rope_theta": rope_parameters["rope_theta"],
+            "rope_scaling": None if scaling["rope_type"] == "default" else scaling}
 
 
 # The ModelConfig fields llama_style_fields and llama_style_hf_fields carry.

@@ -1,0 +1,78 @@
+"""issue 10, item 16: a Hugging Face directory written by `lmref convert --to-hf` loads with the
+same numbers in transformers 4.x as in the pinned 5.x.
+
+transformers 4.57 (the last 4.x) reads a llama-style RoPE from `rope_theta` and `rope_scaling`
+and ignores 5.x's `rope_parameters`: a directory carrying only the latter ran there with
+theta 10000, logits off by up to 2.9.  Every convertible preset's golden case config is
+exported and run by transformers 4.57.1 in a child process (tests/transformers4.txt, installed
+by `make install` into .venv/transformers4, first on the child's PYTHONPATH), on the long
+case's tokens (past a RoPE scaling's original context), and must agree with the golden within
+the float32 row.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from lmref.conformance.metrics import compare, gate  # noqa: E402
+from lmref.conformance.store import GoldenStore  # noqa: E402
+from lmref.conformance.tolerances import DEFAULT_ROWS  # noqa: E402
+from lmref.convert import to_hf  # noqa: E402
+from lmref.spec import PRESETS, init_params  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TRANSFORMERS4 = ROOT / ".venv" / "transformers4"
+ARCHS = [name for name, config in PRESETS.items() if config.hf_model_type is not None]
+F32 = DEFAULT_ROWS["float32"]
+
+CHILD = """
+import sys
+from pathlib import Path
+import numpy as np
+import torch
+import transformers
+assert transformers.__version__.startswith("4."), transformers.__version__
+for directory in map(Path, sys.argv[1:]):
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        directory, attn_implementation="eager", torch_dtype=torch.float32).eval()
+    tokens = torch.from_numpy(np.load(directory / "tokens.npy", allow_pickle=False))
+    with torch.no_grad():
+        np.save(directory / "logits4.npy", model(input_ids=tokens).logits.numpy(), allow_pickle=False)
+print(transformers.__version__)
+"""
+
+
+@pytest.fixture(scope="module")
+def run_in_transformers4(tmp_path_factory):
+    """{arch: (logits from transformers 4.x, golden logits)} for every convertible preset."""
+    if not (TRANSFORMERS4 / "transformers").is_dir():
+        pytest.skip(f"transformers 4.x is not installed in {TRANSFORMERS4} (`make install` puts it there)")
+    store, golden, directories = GoldenStore(), {}, []
+    for arch in ARCHS:
+        case = store.load(arch, store.case_names(arch)[-1])  # the long case
+        directory = tmp_path_factory.mktemp(arch)
+        params = {k: v.astype(np.float32) for k, v in init_params(case.config, case.meta["weights"]["seed"]).items()}
+        to_hf(case.config, params, directory / "hf")
+        np.save(directory / "hf" / "tokens.npy", case.tokens, allow_pickle=False)
+        golden[arch] = case.expected["logits"]
+        directories.append(directory / "hf")
+    env = dict(os.environ, PYTHONPATH=str(TRANSFORMERS4), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", CHILD, *map(str, directories)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().startswith("4.57"), proc.stdout
+    return {arch: (np.load(d / "logits4.npy", allow_pickle=False), golden[arch]) for arch, d in zip(ARCHS, directories)}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_transformers4_loads_the_export_with_the_golden_numbers(run_in_transformers4, arch):
+    logits, golden = run_in_transformers4[arch]
+    assert gate(compare(logits, golden, F32), F32) == [], arch
