@@ -4,7 +4,7 @@ transformers 5.x keeps them in `rope_parameters` {"rope_type", "rope_theta", ...
 config.json files have a top-level `rope_theta` and `rope_scaling` {"type" or "rope_type",
 ...}.  Precedence follows `RotaryEmbeddingConfigMixin.convert_rope_params_to_dict` and
 `standardize_rope_params` (modeling_rope_utils.py, 5.23): `rope_scaling` wins over
-`rope_parameters`; a theta inside the dict wins over the top-level one, default 10000; a
+`rope_parameters` (lmref refuses a file where the two disagree); a theta inside the dict wins over the top-level one, default 10000; a
 "rope_type" key wins over a legacy "type"; for llama3 a top-level
 `original_max_position_embeddings` wins over the dict's, default max_position_embeddings.
 """
@@ -23,9 +23,26 @@ ROPE_FEATURES = ("positions.rope", "rope.interleaved", "rope.scaling.linear", "r
 
 
 def rope_from_hf(cfg: HFConfig, max_seq_len: int) -> tuple[float, RopeScaling | None]:
-    """(rope_theta, rope_scaling) of a llama-style config.json."""
+    """(rope_theta, rope_scaling) of a llama-style config.json.
+
+    A config may hold both dicts (`lmref convert --to-hf` writes both, for transformers 4.x
+    and 5.x).  Each is read on its own; when they say different things, transformers 4.x and
+    5.x may run different models from one file, so the conversion is refused.
+    """
     legacy, current = cfg.get("rope_scaling"), cfg.get("rope_parameters")
-    params = dict(legacy or current or {})
+    read = [(key, _rope_of(cfg, key, params, max_seq_len))
+            for key, params in (("rope_parameters", current), ("rope_scaling", legacy)) if params]
+    if not read:
+        return _rope_of(cfg, "rope_parameters", {}, max_seq_len)
+    if len(read) == 2 and read[0][1] != read[1][1]:
+        cfg.fail("rope_scaling", legacy, f"disagrees with rope_parameters={current!r}: "
+                 f"{read[1][1]} vs {read[0][1]} (theta, scaling); transformers 4.x reads only rope_scaling")
+    return read[-1][1]
+
+
+def _rope_of(cfg: HFConfig, key: str, given: dict, max_seq_len: int) -> tuple[float, RopeScaling | None]:
+    """(rope_theta, rope_scaling) that one dict, `rope_parameters` or `rope_scaling`, describes."""
+    params = dict(given)
     theta = float(params.pop("rope_theta", cfg.get("rope_theta", DEFAULT_THETA)))
     legacy_type = params.pop("type", "default")
     kind = params.pop("rope_type", legacy_type)
@@ -34,29 +51,29 @@ def rope_from_hf(cfg: HFConfig, max_seq_len: int) -> tuple[float, RopeScaling | 
     # only the full rotation is the same everywhere.
     partial = params.pop("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
     if partial != 1.0:
-        cfg.fail("rope_parameters.partial_rotary_factor", partial, "only full-head RoPE (1.0) is supported")
+        cfg.fail(f"{key}.partial_rotary_factor", partial, "only full-head RoPE (1.0) is supported")
     scaling = None
     if kind == "linear":
-        scaling = RopeScaling(kind="linear", factor=float(_pop(cfg, params, "factor")))
+        scaling = RopeScaling(kind="linear", factor=float(_pop(cfg, key, params, "factor")))
     elif kind == "llama3":
         original = params.pop("original_max_position_embeddings", max_seq_len)
         scaling = RopeScaling(
-            kind="llama3", factor=float(_pop(cfg, params, "factor")),
-            low_freq_factor=float(_pop(cfg, params, "low_freq_factor")),
-            high_freq_factor=float(_pop(cfg, params, "high_freq_factor")),
+            kind="llama3", factor=float(_pop(cfg, key, params, "factor")),
+            low_freq_factor=float(_pop(cfg, key, params, "low_freq_factor")),
+            high_freq_factor=float(_pop(cfg, key, params, "high_freq_factor")),
             original_max_seq_len=int(top_level_original if top_level_original is not None else original),
         )
     elif kind != "default":
-        cfg.fail("rope_parameters.rope_type (rope_scaling)", kind, f"lmref implements {', '.join(SUPPORTED)}")
+        cfg.fail(f"{key}.rope_type", kind, f"lmref implements {', '.join(SUPPORTED)}")
     if params:
-        cfg.fail(f"rope_parameters.{sorted(params)[0]}", params[sorted(params)[0]],
+        cfg.fail(f"{key}.{sorted(params)[0]}", params[sorted(params)[0]],
                  f"not a parameter of rope_type {kind!r} that lmref maps")
     return theta, scaling
 
 
-def _pop(cfg: HFConfig, params: dict, key: str):
+def _pop(cfg: HFConfig, where: str, params: dict, key: str):
     if key not in params:
-        cfg.fail(f"rope_parameters.{key}", None, "required by this rope_type")
+        cfg.fail(f"{where}.{key}", None, "required by this rope_type")
     return params.pop(key)
 
 

@@ -96,10 +96,13 @@ def _set(path: str, value):
 
 UNREPRESENTABLE = [
     ("llama3", "rope_parameters", {"rope_type": "yarn", "factor": 4.0, "rope_theta": 5e5},
-     "rope_parameters.rope_type (rope_scaling)='yarn'"),
+     "rope_parameters.rope_type='yarn'"),
     ("llama3", "rope_parameters", {"rope_type": "dynamic", "factor": 2.0}, "'dynamic'"),
     ("llama3", "rope_parameters.partial_rotary_factor", 0.5, "partial_rotary_factor=0.5"),
     ("llama3.1", "rope_parameters.truncate", False, "rope_parameters.truncate=False"),
+    ("llama3", "rope_scaling", {"type": "dynamic", "factor": 2.0}, "rope_scaling.rope_type='dynamic'"),
+    # both keys read, each its own model: transformers 4.x would run theta 1e4, 5.x theta 5e5
+    ("llama3.1", "rope_scaling.rope_theta", 10_000.0, "rope_scaling={"),
     ("llama3", "quantization_config", {"quant_method": "gptq"}, "unknown field(s) quantization_config"),
     ("llama3", "hidden_act", "gelu_fast", "hidden_act='gelu_fast'"),
     ("gpt2", "scale_attn_by_inverse_layer_idx", True, "scale_attn_by_inverse_layer_idx=True"),

@@ -34,11 +34,12 @@ def package_of(path: Path) -> str:
 
 
 def imported_package(module: str) -> str | None:
-    """`lmref.spec.config` -> spec; `lmref.cli` / `lmref.commands.x` -> cli; `lmref` -> version."""
+    """`lmref.spec.config` -> spec; `lmref.cli` / `lmref.commands.x` -> cli; `lmref` and
+    `lmref.__version__` -> version."""
     parts = module.split(".")
     if parts[0] != "lmref":
         return None
-    if len(parts) == 1:
+    if len(parts) == 1 or parts[1] == "__version__":
         return VERSION
     return parts[1] if parts[1] in PACKAGES else CLI
 
