@@ -207,9 +207,11 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """The config a JSON object describes (what `to_dict` wrote); ConfigError, naming the
+        field and the rule, for anything else."""
         values = _checked_fields(cls, data, "config")
         for key in ("attn_pattern", "mlp_pattern"):
-            if key in values:
+            if isinstance(values.get(key), list):  # JSON arrays back to tuples; anything else is refused
                 values[key] = tuple(values[key])
         for key, sub in SUBCONFIGS.items():
             if values.get(key) is not None:
@@ -217,12 +219,21 @@ class ModelConfig:
         return cls(**values)
 
     @classmethod
-    def from_json(cls, text: str) -> ModelConfig:
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str | bytes) -> ModelConfig:
+        """`from_dict` of JSON text; text that is not JSON is a ConfigError too."""
+        if not isinstance(text, str | bytes | bytearray):
+            raise ConfigError(f"config: expected JSON text, got {type(text).__name__}")
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as error:  # JSONDecodeError, an int past Python's
+            raise ConfigError(f"config: not valid JSON: {error}") from None  # digit limit, deep nesting
+        return cls.from_dict(data)
 
 
 def expand_pattern(pattern: tuple, n_layers: int) -> tuple:
-    """A per-layer pattern repeated cyclically over `n_layers` and truncated."""
+    """A per-layer pattern repeated cyclically over `n_layers` and truncated: a tuple of
+    `n_layers` entries (validation never expands a pattern, so that a config of any depth is
+    built and checked in constant time and memory)."""
     return tuple(pattern[i % len(pattern)] for i in range(n_layers))
 
 
@@ -231,7 +242,7 @@ def _checked_fields(cls: type, data: dict[str, Any], what: str) -> dict[str, Any
     if not isinstance(data, dict):
         raise ConfigError(f"{what}: expected a JSON object, got {type(data).__name__}")
     fields = dataclasses.fields(cls)
-    unknown = sorted(set(data) - {f.name for f in fields})
+    unknown = sorted((key if isinstance(key, str) else repr(key)) for key in set(data) - {f.name for f in fields})
     if unknown:
         raise ConfigError(f"unknown {what} field(s): {', '.join(unknown)}")
     required = {f.name for f in fields

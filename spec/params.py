@@ -102,28 +102,55 @@ def _mlp_shapes(config: ModelConfig, p: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every parameter, in a fixed order (see the module docstring)."""
-    shapes: dict[str, tuple[int, ...]] = {"embed.tokens": (config.vocab_size, config.d_model)}
-    if config.position == "learned":
-        shapes["embed.positions"] = (config.max_seq_len, config.d_model)
-    for i in range(config.n_layers):
-        shapes |= _norm_shapes(config, f"layers.{i}.attn_norm")
-        shapes |= _attn_shapes(config, f"layers.{i}.attn")
-        if not config.shared_attn_norm:
-            shapes |= _norm_shapes(config, f"layers.{i}.mlp_norm")
-        shapes |= _mlp_shapes(config, f"layers.{i}.mlp")
-    shapes |= _norm_shapes(config, "final_norm")
-    if not config.tie_embeddings:
-        shapes["lm_head.weight"] = (config.d_model, config.vocab_size)
-    if config.lm_head_bias:
-        shapes["lm_head.bias"] = (config.vocab_size,)
+def _layer_shapes(config: ModelConfig, i: int) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of layer i's parameters.  They depend on i only through the per-layer
+    patterns (`attn_pattern`, `mlp_pattern`), which `param_count` relies on."""
+    shapes = _norm_shapes(config, f"layers.{i}.attn_norm")
+    shapes |= _attn_shapes(config, f"layers.{i}.attn")
+    if not config.shared_attn_norm:
+        shapes |= _norm_shapes(config, f"layers.{i}.mlp_norm")
+    shapes |= _mlp_shapes(config, f"layers.{i}.mlp")
     return shapes
 
 
+def _outside_shapes(config: ModelConfig) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """(the parameters before the layers, the parameters after them)."""
+    before: dict[str, tuple[int, ...]] = {"embed.tokens": (config.vocab_size, config.d_model)}
+    if config.position == "learned":
+        before["embed.positions"] = (config.max_seq_len, config.d_model)
+    after = _norm_shapes(config, "final_norm")
+    if not config.tie_embeddings:
+        after["lm_head.weight"] = (config.d_model, config.vocab_size)
+    if config.lm_head_bias:
+        after["lm_head.bias"] = (config.vocab_size,)
+    return before, after
+
+
+def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every parameter, in a fixed order (see the module docstring)."""
+    before, after = _outside_shapes(config)
+    shapes = dict(before)
+    for i in range(config.n_layers):
+        shapes |= _layer_shapes(config, i)
+    return shapes | after
+
+
+def _size(shapes: dict[str, tuple[int, ...]]) -> int:
+    return sum(math.prod(shape) for shape in shapes.values())
+
+
 def param_count(config: ModelConfig) -> int:
-    """Number of parameters, computed from the shapes alone (nothing is allocated)."""
-    return sum(math.prod(shape) for shape in param_shapes(config).values())
+    """Number of parameters, computed from the shapes alone (nothing is allocated).
+
+    A layer's shapes repeat with the period of the per-layer patterns, so the layers count as
+    whole periods plus a remainder: a config of 10**13 layers is counted as fast as one of 2
+    (tests/test_params.py checks the count against the sum over `param_shapes`).
+    """
+    before, after = _outside_shapes(config)
+    period = min(config.n_layers, math.lcm(len(config.attn_pattern), len(config.mlp_pattern)))
+    per_layer = [_size(_layer_shapes(config, i)) for i in range(period)]
+    whole, rest = divmod(config.n_layers, period) if period else (0, 0)
+    return _size(before) + whole * sum(per_layer) + sum(per_layer[:rest]) + _size(after)
 
 
 # --- deterministic init -------------------------------------------------------------------

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from decimal import Decimal, localcontext
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from lmref.spec import ParamsError, get_preset, init_params, param_count, param_shapes, tiny
+from lmref.spec import PRESETS, MoEConfig, ParamsError, get_preset, init_params, param_count, param_shapes, tiny
 from lmref.spec.params import _splitmix64, check_params, uniform01
+from tests.strategies import configs
+from tests.work import SLACK, work
 
 TINY_NAMES = ["gpt2", "llama1", "llama3", "llama3.1", "olmo", "olmo-alibi"]
 
@@ -311,3 +316,57 @@ def test_real_size_shapes_are_not_allocated():
     shapes = param_shapes(get_preset("llama2-70b"))
     assert shapes["layers.79.attn.wk"] == (8192, 1024)
     assert len(shapes) == 1 + 80 * 9 + 2
+
+
+# --- param_count (issue 10, item 12) -------------------------------------------------------------
+
+
+def _summed(config) -> int:
+    return sum(math.prod(shape) for shape in param_shapes(config).values())
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_param_count_is_the_sum_over_param_shapes_for_every_preset(name):
+    """issue 10, item 12: param_count counts one period of the layer patterns; it equals the sum over
+    the canonical layout, at real size and tiny."""
+    for config in (get_preset(name), tiny(name)):
+        assert param_count(config) == _summed(config)
+
+
+@st.composite
+def _layouts(draw):
+    """strategies.configs() with the layout flags it leaves out and deeper stacks."""
+    c = draw(configs())
+    changes = dict(n_layers=draw(st.integers(c.n_layers, 40)))
+    if draw(st.booleans()):
+        changes |= dict(parallel_residual=True, shared_attn_norm=draw(st.booleans()))
+    if c.position != "learned" and draw(st.booleans()):
+        changes["position"] = "learned"
+        changes |= dict(rope_scaling=None) if c.position == "rope" else {}
+        changes |= dict(attn_pattern=tuple("global" if k == "global_nope" else k for k in c.attn_pattern))
+    if draw(st.booleans()) and changes["n_layers"] >= 2:
+        changes |= dict(mlp_pattern=("dense", "moe"), moe=MoEConfig(n_experts=4, n_experts_per_token=2))
+    return dataclasses.replace(c, **changes)
+
+
+@given(_layouts())
+def test_param_count_is_the_sum_over_param_shapes_for_drawn_configs(config):
+    """issue 10, item 12."""
+    assert param_count(config) == _summed(config)
+
+
+def test_param_count_of_a_huge_config_takes_no_time_or_memory():
+    """issue 10, item 12: param_count enumerated a dict entry per parameter of every layer.
+    A stack of 10**13 layers is counted with the same work (lines executed, bytes allocated)
+    as one of 4.  Depths grow, so that work per layer fails at the first one, before a deeper
+    one could exhaust memory."""
+    base = tiny("llama3")
+    one, two = (_summed(dataclasses.replace(base, n_layers=n)) for n in (1, 2))
+    param_count(base)  # imports done
+    shallow = dataclasses.replace(base, n_layers=4)
+    shallow_lines, _ = work(lambda: param_count(shallow))
+    for n_layers in (10**5, 10**13, 2**63 - 1):
+        config = dataclasses.replace(base, n_layers=n_layers)
+        lines, peak = work(lambda: param_count(config))
+        assert param_count(config) == one + (n_layers - 1) * (two - one)
+        assert lines < shallow_lines + SLACK and peak < 2**20, (n_layers, lines, shallow_lines, peak)
