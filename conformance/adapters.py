@@ -21,14 +21,21 @@ that signature and may add optional capabilities; one it lacks is reported NOT S
         `logits`); any subset
     name, version                               shown in the report header
     dtype                                       float64 | float32 | bfloat16 | float16: the
-                                                tolerance row (see `Adapter.row`)
+                                                tolerance row; float32 when not declared,
+                                                whatever dtype the results come back in
+                                                (see `Adapter.row`)
 
 A method that raises `NotImplementedError` (e.g. for an architecture it does not cover) is
-reported NOT SUPPORTED with that message; any other exception is an ERROR.
+reported NOT SUPPORTED with that message; any other exception (SystemExit included) is an
+ERROR.
 
 `--impl` / `LMREF_IMPL` name the adapter: a built-in (`numpy`: the float64 golden, every
 capability; `torch`, `jax`: the twins; `hf`: transformers; `onnx`: the export in onnxruntime;
-see BUILTINS) or `package.module:attr`.
+see BUILTINS) or `package.module:attr`.  An empty value is refused: it is what an unset shell
+variable gives (`--impl "$IMPL"`), and it must not quietly test the golden against itself.
+
+The pytest suite runs the adapter in a worker process (conformance/worker.py); `run_check`
+called with an adapter object runs it in the calling process.
 """
 
 from __future__ import annotations
@@ -44,7 +51,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lmref import impl_numpy
 import lmref
 from lmref.conformance.tolerances import DTYPES
 from lmref.spec.config import ModelConfig
@@ -88,22 +94,31 @@ class Output:
 
 
 class NumpyAdapter:
-    """The built-in `numpy`: the float64 golden of impl_numpy, every capability."""
+    """The built-in `numpy`: the float64 golden of impl_numpy, every capability.  (impl_numpy is
+    imported on first use: the suite's own process never needs it, only the adapter's worker.)"""
 
     name = "numpy"
     version = f"lmref {lmref.__version__} (numpy {np.__version__})"
     dtype = "float64"
 
     def forward(self, config, params, tokens):
+        from lmref import impl_numpy
+
         return impl_numpy.forward(config, params, tokens)
 
     def decode(self, config, params, tokens, prompt_len):
+        from lmref import impl_numpy
+
         return impl_numpy.decode(config, params, tokens, prompt_len)
 
     def loss(self, config, params, tokens):
+        from lmref import impl_numpy
+
         return impl_numpy.loss(config, params, tokens)
 
     def capture(self, config, params, tokens):
+        from lmref import impl_numpy
+
         captured: dict = {}
         impl_numpy.forward(config, params, tokens, capture=captured)
         return captured
@@ -221,10 +236,12 @@ def _declared_dtype(impl: object) -> str | None:
     return name
 
 
-def infer_row(returned_dtype: str) -> str:
-    """The tolerance row of an undeclared adapter: the returned dtype when it is float64,
-    bfloat16 or float16; float32 for everything else (float32, and results without a dtype)."""
-    return returned_dtype if returned_dtype in ("float64", "bfloat16", "float16") else "float32"
+DEFAULT_ROW = "float32"
+
+
+def row_phrase(declared: str | None) -> str:
+    """How the row was chosen, for the header and FAIL messages."""
+    return "declared by the adapter" if declared else "the default: the adapter declares no dtype"
 
 
 class Adapter:
@@ -246,9 +263,20 @@ class Adapter:
             raise ValueError(f"unknown capability {capability!r}; capabilities: {', '.join(CAPABILITIES)}")
         return self._method(capability) is not None
 
-    def row(self, returned_dtype: str) -> str:
-        """The tolerance row: the declared dtype, else `infer_row` of what was returned."""
-        return self.dtype or infer_row(returned_dtype)
+    def row(self, returned_dtype: str = "") -> str:
+        """The tolerance row: the declared dtype, else float32.  Never the dtype the results
+        come back in (`returned_dtype`, ignored): a float32 port with a 1% error must not pass
+        by returning bfloat16 (issue 10, item 5)."""
+        return self.dtype or DEFAULT_ROW
+
+    def call_case(self, capability: str, case) -> Output | dict[str, Output]:
+        """Run `capability` on a golden case's config, weights and tokens (the weights built
+        once per (config, seed)); worker_adapter.WorkerAdapter runs it in its worker."""
+        from lmref.conformance.store import case_params
+
+        params = case_params(case.config, case.meta["weights"]["seed"])
+        extra = (case.prompt_len,) if capability == "decode" else ()
+        return getattr(self, capability)(case.config, params, case.tokens, *extra)
 
     def _method(self, capability: str):
         method = getattr(self.impl, capability, None)
@@ -265,7 +293,7 @@ class Adapter:
             return method(config, params, np.array(tokens, copy=True), *extra)
         except NotImplementedError as e:
             raise AdapterNotSupported(f"{self.name}.{capability} raised NotImplementedError: {e}") from e
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # sys.exit() in an adapter ends its check, not the run
             frames = "".join(traceback.format_tb(e.__traceback__)[1:][-5:])
             raise AdapterCallError(
                 f"{self.name}.{capability} raised {type(e).__name__}: {e}\n"
@@ -326,17 +354,37 @@ def _import_target(target: str) -> object:
     return obj
 
 
-def resolve_impl_spec(spec: str | None) -> str:
-    """The --impl value, else $LMREF_IMPL, else 'numpy'."""
-    return (spec or os.environ.get(ENV_VAR) or DEFAULT_IMPL).strip()
+_NAME_ONE = f"name a built-in ({', '.join(BUILTINS)}) or package.module:attr"
+
+
+def resolve_impl_spec(spec: str | None) -> tuple[str, str]:
+    """(the implementation's spec, where it came from): the --impl value, else $LMREF_IMPL, else
+    'numpy'.  An empty or blank --impl or $LMREF_IMPL is an AdapterLoadError: it is what an
+    unset shell variable gives, never a request for the default (issue 10, item 6)."""
+    if spec is not None:
+        if not spec.strip():
+            raise AdapterLoadError(f"--impl is empty (an unset shell variable?): {_NAME_ONE}, "
+                                   f"or leave --impl out for ${ENV_VAR}, else {DEFAULT_IMPL}")
+        return spec.strip(), "--impl"
+    value = os.environ.get(ENV_VAR)
+    if value is not None:
+        if not value.strip():
+            raise AdapterLoadError(f"${ENV_VAR} is set but empty: {_NAME_ONE}, or unset it for the default "
+                                   f"({DEFAULT_IMPL})")
+        return value.strip(), f"${ENV_VAR}"
+    return DEFAULT_IMPL, "default --impl"
+
+
+def load_resolved(spec: str) -> Adapter:
+    """The adapter named by a resolved spec (a built-in name or 'package.module:attr')."""
+    return as_adapter(_import_target(BUILTINS.get(spec, spec)), spec)
 
 
 def load_adapter(spec: str | None = None) -> Adapter:
     """The adapter named by `spec`: a built-in name or 'package.module:attr' (None: $LMREF_IMPL,
     else numpy).  AdapterLoadError messages start with where the name came from."""
-    where = "--impl" if spec else f"${ENV_VAR}" if os.environ.get(ENV_VAR) else "default --impl"
-    spec = resolve_impl_spec(spec)
+    spec, where = resolve_impl_spec(spec)
     try:
-        return as_adapter(_import_target(BUILTINS.get(spec, spec)), spec)
+        return load_resolved(spec)
     except AdapterLoadError as e:
         raise AdapterLoadError(f"{where} {spec}: {e}") from None

@@ -1,5 +1,11 @@
 """`lmref golden`: write the golden store, or regenerate it in memory and compare (`--check`).
 
+Writing follows spec/outputs.py's rule: the directory is claimed as a "golden-store" (taken
+only when it is new, empty or already marked as one), and rewriting an arch deletes only the
+files the store's MANIFEST lists for it, never the folder with whatever else is in it.  When
+the store written is the package's own (conformance/golden), the release pin
+(conformance/golden_pin.py) is rewritten to its new MANIFEST.json.
+
 Regeneration is compared with a tolerance of 1e-9 relative to each array's scale, not
 bit for bit: BLAS kernels sum in different orders on different CPUs, which moves float64
 results by ~1e-16.  Inputs, configs and metadata must match exactly.
@@ -8,7 +14,6 @@ results by ~1e-16.  Inputs, configs and metadata must match exactly.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +21,11 @@ import numpy as np
 import lmref
 from lmref.conformance.cases import case_config, case_specs, compute_case
 from lmref.conformance.store import (
-    GoldenStore, GoldenStoreError, MANIFEST, FORMAT_VERSION, case_meta, write_case, write_manifest,
+    CASE_FILES, DEFAULT_GOLDEN_DIR, FORMAT_VERSION, KIND, MANIFEST, GoldenStore, GoldenStoreError, case_meta,
+    release_problem, sha256_of, write_case, write_manifest,
 )
+from lmref.spec.errors import OutputError
+from lmref.spec.outputs import claim
 from lmref.spec.presets import PRESETS
 
 REGENERATION_RTOL = 1e-9
@@ -27,24 +35,96 @@ def generator_id() -> str:
     return f"lmref {lmref.__version__} (numpy {np.__version__})"
 
 
+PIN_FILE = Path(__file__).parent / "golden_pin.py"
+
+
 def _existing_files(root: Path) -> dict[str, str]:
+    """The files the store's manifest lists ({} for a new store); GoldenStoreError when the
+    manifest cannot be read (then nothing is known to be the store's, and nothing is written)."""
     path = root / MANIFEST
     if not path.is_file():
         return {}
-    manifest = json.loads(path.read_text())
-    return manifest["files"] if manifest.get("format_version") == FORMAT_VERSION else {}
+    try:
+        manifest = json.loads(path.read_text())
+        files = manifest["files"] if manifest.get("format_version") == FORMAT_VERSION else {}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise GoldenStoreError(f"{path}: unreadable ({type(e).__name__}: {e}); it says which files the store "
+                               "wrote, so nothing is deleted: fix or remove it") from None
+    if not isinstance(files, dict):
+        raise GoldenStoreError(f"{path}: 'files' is not an object; fix or remove it")
+    return files
+
+
+def _own_path(root: Path, rel: str) -> Path | None:
+    """root/rel when `rel` is a case file the store writes (`<arch>/<case>/<file>`) that lies
+    inside the store; None for anything else a manifest may name (never deleted)."""
+    parts = rel.split("/")
+    if len(parts) != 3 or parts[2] not in CASE_FILES or any(p in ("", ".", "..") for p in parts):
+        return None
+    path = root / rel
+    if Path(root).resolve() not in path.parent.resolve().parents:
+        return None
+    return path
+
+
+def _remove_listed(root: Path, arch: str, listed: dict[str, str]) -> None:
+    """Delete the files `listed` (the old manifest) holds for `arch`, then the folders left empty."""
+    folders = set()
+    for rel in listed:
+        path = _own_path(root, rel)
+        if path is not None and rel.split("/")[0] == arch:
+            path.unlink(missing_ok=True)
+            folders.add(path.parent)
+    for folder in sorted(folders, reverse=True) + [root / arch]:
+        if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def _refuse_foreign_files(root: Path, archs: list[str], listed: dict[str, str]) -> None:
+    """OutputError when a file the store is about to write exists but its manifest does not
+    list it: somebody else's file, never overwritten."""
+    for arch in archs:
+        for spec in case_specs(case_config(arch)):
+            for name in CASE_FILES:
+                rel = f"{arch}/{spec.name}/{name}"
+                if rel not in listed and ((root / rel).exists() or (root / rel).is_symlink()):
+                    raise OutputError(f"--out {root}: holds {rel}, which its {MANIFEST} does not list; "
+                                      "lmref golden overwrites only files it wrote: move it away")
+
+
+def is_package_store(root: Path) -> bool:
+    return Path(root).resolve() == DEFAULT_GOLDEN_DIR.resolve()
+
+
+def write_pin(root: Path) -> str:
+    """Record the sha256 of `root`'s MANIFEST.json as the release pin (conformance/golden_pin.py)."""
+    digest = sha256_of(root / MANIFEST)
+    text = PIN_FILE.read_text()
+    start = text.index('MANIFEST_SHA256 = "')
+    end = text.index('"', start + len('MANIFEST_SHA256 = "'))
+    PIN_FILE.write_text(f'{text[:start]}MANIFEST_SHA256 = "{digest}{text[end:]}')
+    return digest
 
 
 def generate(root: Path, archs: list[str], progress=print) -> dict[str, str]:
-    """(Re)write the cases of `archs` under `root`, keep the other archs, rewrite the manifest."""
-    root.mkdir(parents=True, exist_ok=True)
-    files = {k: v for k, v in _existing_files(root).items() if k.split("/")[0] not in archs}
+    """(Re)write the cases of `archs` under `root`, keep the other archs, rewrite the manifest.
+
+    `root` is claimed first (spec.outputs.claim: new, empty or marked as a golden store, else
+    OutputError); an arch's old files are deleted only as its manifest lists them.  Writing the
+    package's own store also rewrites the release pin."""
+    root = Path(root)
+    claim(root, KIND)
+    listed = _existing_files(root)
+    _refuse_foreign_files(root, archs, listed)
+    files = {k: v for k, v in listed.items() if k.split("/")[0] not in archs}
     for arch in archs:
-        shutil.rmtree(root / arch, ignore_errors=True)
+        _remove_listed(root, arch, listed)
         for spec in case_specs(case_config(arch)):
             files |= write_case(root, compute_case(arch, spec))
             progress(f"  wrote {arch}/{spec.name}")
     write_manifest(root, files, generator_id())
+    if is_package_store(root):
+        progress(f"  pinned the release golden set: {MANIFEST} sha256 {write_pin(root)}")
     return files
 
 
@@ -70,7 +150,9 @@ def check(root: Path, archs: list[str]) -> list[str]:
         store = GoldenStore(root)
     except GoldenStoreError as e:
         return [str(e)]
-    problems = [f"{root / f}: not listed in {MANIFEST}" for f in store.unlisted_files()]
+    problems = [f"{root / f}: not listed in {MANIFEST}" for f in store.unlisted_entries()]
+    if is_package_store(root) and (problem := release_problem(store)):
+        problems.append(f"{problem}; `lmref golden` rewrites the pin when it writes this store")
     problems += [f"{a}: in the store but not a known preset" for a in store.archs() if a not in PRESETS]
     for arch in archs:
         if not store.case_names(arch):

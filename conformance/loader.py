@@ -27,6 +27,9 @@ def names_the_suite(args: list[str]) -> bool:
 def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
     manager = early_config.pluginmanager
     if names_the_suite(args) and manager.get_plugin(PLUGIN) is None:
+        from lmref.conformance import worker
+
+        worker.prestart()  # the adapter's worker process imports NumPy while this one does
         import lmref.conformance.plugin as plugin
 
         manager.register(plugin, PLUGIN)

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmref.conformance.tolerances import Tolerance
-from lmref.impl_numpy.model import log_softmax  # the golden's: [..., V] -> [..., V], stable in float64
 
 Position = tuple[int, int]  # (batch, seq)
 
@@ -72,6 +71,14 @@ def first_position(mask: np.ndarray) -> Position | None:
     """The earliest True of a [batch, seq] mask, by seq then batch; None when all False."""
     hits = np.argwhere(mask.T)  # rows (s, b), sorted by s then b
     return None if len(hits) == 0 else (int(hits[0][1]), int(hits[0][0]))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """[..., V] -> [..., V], stable in float64 (the golden's formula, impl_numpy/model.py; not
+    imported from there, so that the suite's process need not load the golden and SciPy: the
+    adapter, the golden included, runs in a worker process)."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def kl_per_position(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -138,6 +145,32 @@ def compare(out: np.ndarray, ref: np.ndarray, tol: Tolerance) -> Metrics:
         top1_out_token=None if mismatch_at is None else int(out[mismatch_at].argmax()),
         first_bad=first_position(violating.any(axis=-1) | (kl > tol.kl) | mismatch),
     )
+
+
+def rows_met(out: np.ndarray, ref: np.ndarray, rows: dict[str, Tolerance], m: Metrics | None = None) -> list[str]:
+    """The names of the `rows` whose every logits gate `out` passes (the same gates as `gate`
+    over `compare`, with the row-independent parts computed once, or taken from `m`, the
+    `compare` of the same arrays)."""
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    diff, scale = np.abs(out - ref), np.abs(ref)
+    error = nmse(out, ref) if m is None else m.nmse
+    kl = float(kl_per_position(out, ref).max()) if m is None else m.kl_max
+    if ref.shape[-1] > 1:
+        top2 = np.partition(ref, -2, axis=-1)[..., -2:]
+        gap = top2[..., 1] - top2[..., 0]
+    else:
+        gap = np.full(ref.shape[:-1], np.inf)
+    differs = out.argmax(axis=-1) != ref.argmax(axis=-1)
+    met = []
+    for name, tol in rows.items():
+        if not (error <= tol.nmse and kl <= tol.kl and bool(np.all(diff <= tol.atol + tol.rtol * scale))):
+            continue
+        decisive = gap > tol.top1_margin
+        n = int(decisive.sum())
+        top1 = 1.0 - float((decisive & differs).sum()) / n if n else 1.0
+        if top1 >= tol.top1:
+            met.append(name)
+    return met
 
 
 def gate(m: Metrics, tol: Tolerance) -> list[str]:

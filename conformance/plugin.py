@@ -9,15 +9,26 @@ Options (all validated before collection; a bad value is a usage error, exit sta
   --arch A[,B]        preset ids, families (`llama`) or patterns (`olmo*`); default: every
                       arch in the golden store.  Each must have golden cases.
   --impl SPEC         a built-in (numpy, torch, jax, hf, onnx) or package.module:attr; default
-                      $LMREF_IMPL, else numpy
-  --golden-dir DIR    the golden store (default: conformance/golden inside the package)
-  --report-json PATH  write every result and the summary as JSON
+                      $LMREF_IMPL, else numpy.  An empty value (an unset shell variable) is
+                      refused, so is an empty $LMREF_IMPL.
+  --golden-dir DIR    a custom golden store (default: conformance/golden inside the package,
+                      which must be the release golden set that conformance/golden_pin.py pins)
+  --report-json PATH  write every result and the summary as JSON (checked writable up front)
   --tolerance D.M=V   override one threshold for the run (repeatable)
   --tolerances FILE   overrides from a JSON file {dtype: {metric: value}} (repeatable)
+  --timeout SECONDS   the longest one check may take (default 600); also --lmref-timeout, the
+                      only name when another plugin (pytest-timeout) owns --timeout
+
+The adapter runs in a worker process (conformance/worker.py; worker_adapter.WorkerAdapter), started
+as the plugin loads and stopped at the session's end: an adapter that exits or hangs is an
+ERROR for that check.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -25,11 +36,18 @@ from pathlib import Path
 
 import pytest
 
-from lmref.conformance.adapters import BUILTINS, CAPABILITIES, ENV_VAR, Adapter, AdapterLoadError, load_adapter
+from lmref.conformance import worker as workers
+from lmref.conformance.adapters import (
+    BUILTINS, CAPABILITIES, ENV_VAR, Adapter, AdapterLoadError, resolve_impl_spec, row_phrase,
+)
 from lmref.conformance.report import Report, is_not_supported
 from lmref.conformance.runner import applies
-from lmref.conformance.store import DEFAULT_GOLDEN_DIR, GoldenCase, GoldenStore, GoldenStoreError
+from lmref.conformance.worker_adapter import WorkerAdapter
+from lmref.conformance.store import (
+    DEFAULT_GOLDEN_DIR, MANIFEST, GoldenCase, GoldenStore, GoldenStoreError, release_problem,
+)
 from lmref.conformance.tolerances import ToleranceError, Tolerances, build_tolerances
+from lmref.conformance.worker import DEFAULT_TIMEOUT
 from lmref.spec.presets import resolve_archs
 
 
@@ -48,6 +66,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="override one tolerance for this run, e.g. float32.nmse=1e-8 (repeatable)")
     group.addoption("--tolerances", dest="lmref_tolerances", action="append", default=[], metavar="FILE",
                     help='tolerance overrides from JSON {"float32": {"nmse": 1e-8}} (repeatable)')
+    timeout = dict(dest="lmref_timeout", metavar="SECONDS", default=None,
+                   help=f"the longest one check may take, in seconds (default {DEFAULT_TIMEOUT:g}); past it the "
+                        "check is an ERROR and the adapter's worker process is replaced")
+    try:
+        group.addoption("--timeout", "--lmref-timeout", **timeout)
+    except ValueError:  # pytest-timeout owns --timeout: ours is --lmref-timeout alone
+        group.addoption("--lmref-timeout", **timeout)
 
 
 @dataclass
@@ -59,6 +84,7 @@ class Suite:
     adapter: Adapter
     tolerances: Tolerances
     repro_options: list[str]  # options a re-run of one test must repeat (golden dir, tolerances)
+    custom_store: bool = False  # named with --golden-dir, not the release golden set
     report: Report = field(default_factory=Report)
     _metas: dict = field(default_factory=dict)
     _cases: dict = field(default_factory=dict)
@@ -93,6 +119,26 @@ class Suite:
             raise found
         return found
 
+    def time_limit(self):
+        """The per-check deadline of a worker-run adapter (a no-op for an in-process one)."""
+        deadline = getattr(self.adapter, "check_deadline", None)
+        return deadline() if deadline else contextlib.nullcontext()
+
+    def case_overrides(self) -> dict[str, dict]:
+        """{"arch/case": tolerances} of the selected cases whose case.json overrides tolerance rows."""
+        found = {}
+        for arch in self.archs:
+            for name in self.store.case_names(arch):
+                meta = self._meta(arch, name)
+                if meta and meta.get("tolerances"):
+                    found[f"{arch}/{name}"] = meta["tolerances"]
+        return found
+
+    @property
+    def golden_label(self) -> str:
+        """How the report names the golden set: its version, or "custom golden store"."""
+        return f"custom golden store {self.store.version}" if self.custom_store else f"golden {self.store.version}"
+
     def repro(self, nodeid: str, arch: str) -> str:
         """A command that re-runs one test alone, from the repository root."""
         options = ["--arch", arch, "--impl", self.adapter.spec, *self.repro_options]
@@ -104,28 +150,39 @@ class Suite:
             "impl": self.adapter.name,
             "impl_spec": self.adapter.spec,
             "impl_version": self.adapter.version,
-            "dtype": self.adapter.dtype or "inferred",
+            "dtype": self.adapter.row(),
+            "dtype_declared": bool(self.adapter.dtype),
             "capabilities": [c for c in CAPABILITIES if self.adapter.supports(c)],
             "golden_version": self.store.version,
+            "golden_store": "custom" if self.custom_store else "release",
             "golden_dir": str(self.store.root),
             "archs": self.archs,
             "tolerance_overrides": self.tolerances.run_overrides,
+            "case_tolerance_overrides": self.case_overrides(),
+            "timeout_s": getattr(self.adapter, "timeout", None),
         }
 
     def header_lines(self) -> list[str]:
         a = self.adapter
         supported = [c for c in CAPABILITIES if a.supports(c)]
         missing = [c for c in CAPABILITIES if c not in supported]
-        dtype = f"{a.dtype} (declared by the adapter)" if a.dtype else \
-            "inferred per result (float64, bfloat16, float16 as returned; anything else float32)"
         env = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("LMREF_"))
         overrides = self.tolerances.run_overrides
+        cases = self.case_overrides()
+        golden = (f"custom golden store (manifest {self.store.version})" if self.custom_store
+                  else f"{self.store.version} (release)")
+        timeout = getattr(a, "timeout", None)
         return [
             f"lmref impl: {a.name} (--impl {self.adapter.spec}), version {a.version}",
             f"lmref capabilities: {', '.join(supported)}" + (f"; NOT SUPPORTED: {', '.join(missing)}" if missing else ""),
-            f"lmref tolerance row: {dtype}" + (f"; run overrides: {overrides}" if overrides else ""),
-            f"lmref golden set: {self.store.version} at {self.store.root}",
+            f"lmref tolerance row: {a.row()} ({row_phrase(a.dtype)})"
+            + (f"; run overrides: {json.dumps(overrides)}" if overrides else ""),
+            "lmref case tolerance overrides: "
+            + ("; ".join(f"{case} {json.dumps(t)}" for case, t in cases.items()) or "none"),
+            f"lmref golden set: {golden} at {self.store.root}",
             f"lmref archs: {', '.join(self.archs)}",
+            *([f"lmref worker: the adapter runs in a worker process, --timeout {timeout:g} s per check"]
+              if timeout is not None else []),
             f"lmref env: {env or '(no LMREF_* variables)'}",
         ]
 
@@ -147,15 +204,64 @@ def _path(config: pytest.Config, value: str) -> Path:
     return Path(config.invocation_params.dir, value).resolve()
 
 
-def _open_store(config: pytest.Config) -> GoldenStore:
+def _open_store(config: pytest.Config) -> tuple[GoldenStore, bool]:
+    """The store, and whether it is a custom one (named with --golden-dir).  The package's store
+    must be the release golden set; no store may hold an unlisted case directory or file."""
     value = config.option.lmref_golden_dir
     root = _path(config, value) if value else DEFAULT_GOLDEN_DIR
+    custom = bool(value) and root.resolve() != Path(DEFAULT_GOLDEN_DIR).resolve()
     try:
-        return GoldenStore(root)
+        store = GoldenStore(root)
     except GoldenStoreError as e:
         raise pytest.UsageError(f"golden store: {e}") from None
-    except (OSError, KeyError) as e:
-        raise pytest.UsageError(f"golden store: cannot read {root / 'MANIFEST.json'} ({type(e).__name__}: {e})") from None
+    except (OSError, KeyError, TypeError, AttributeError) as e:
+        raise pytest.UsageError(f"golden store: cannot read {root / MANIFEST} ({type(e).__name__}: {e})") from None
+    if not custom and (problem := release_problem(store)):
+        raise pytest.UsageError(
+            f"golden store: {problem}.  Restore the package's store (reinstall lmref, or `git checkout "
+            f"conformance/golden` in a checkout), or run it as a custom golden store: --golden-dir {root}")
+    strays = store.strays()
+    if strays:
+        shown = ", ".join(strays[:5]) + (f" and {len(strays) - 5} more" if len(strays) > 5 else "")
+        raise pytest.UsageError(
+            f"golden store {root}: holds {shown}, not listed in {MANIFEST} (an unlisted case directory or "
+            "file): remove it, or regenerate the store with `lmref golden`")
+    return store, custom
+
+
+def _timeout(config: pytest.Config) -> float:
+    value = config.option.lmref_timeout
+    if value is None:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise pytest.UsageError(f"--timeout {value}: give the longest a check may take, a positive number of "
+                                f"seconds (default {DEFAULT_TIMEOUT:g})")
+    return seconds
+
+
+def _check_report_path(config: pytest.Config) -> None:
+    """A --report-json that cannot be written is a usage error now, not a traceback after the run."""
+    value = config.option.lmref_report_json
+    if value is None:
+        return
+    if not value.strip():
+        raise pytest.UsageError("--report-json is empty: give the path of a file to write")
+    path = _path(config, value)
+    if path.is_dir():
+        raise pytest.UsageError(f"--report-json {value}: is a directory; give the path of a file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existed = path.exists()
+        with open(path, "a"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as e:
+        raise pytest.UsageError(f"--report-json {value}: cannot be written ({e.strerror or e})") from None
 
 
 def _resolve_archs(value: str | None, store: GoldenStore) -> list[str]:
@@ -178,23 +284,31 @@ def _resolve_archs(value: str | None, store: GoldenStore) -> list[str]:
 
 
 def build_suite(config: pytest.Config) -> Suite:
-    """Resolve and check every option; raise pytest.UsageError naming the bad one."""
+    """Resolve and check every option; raise pytest.UsageError naming the bad one.  The
+    adapter's worker process starts last, once every cheaper check has passed."""
     option = config.option
-    store = _open_store(config)
-    archs = _resolve_archs(option.lmref_arch, store)
     try:
-        adapter = load_adapter(option.lmref_impl)
+        spec, where = resolve_impl_spec(option.lmref_impl)
     except AdapterLoadError as e:
         raise pytest.UsageError(str(e)) from None
+    timeout = _timeout(config)
+    _check_report_path(config)
+    store, custom = _open_store(config)
+    archs = _resolve_archs(option.lmref_arch, store)
     files = [str(_path(config, f)) for f in option.lmref_tolerances]
     try:
         tolerances = build_tolerances(files, option.lmref_tolerance)
     except ToleranceError as e:
         raise pytest.UsageError(str(e)) from None
+    try:
+        adapter = WorkerAdapter(spec, timeout, workers.take_prestarted())
+    except AdapterLoadError as e:
+        raise pytest.UsageError(f"{where} {spec}: {e}") from None
     repro = (["--golden-dir", str(store.root)] if option.lmref_golden_dir else [])
     repro += [o for f in files for o in ("--tolerances", f)]
     repro += [o for t in option.lmref_tolerance for o in ("--tolerance", t)]
-    return Suite(store, archs, adapter, tolerances, repro)
+    repro += ["--lmref-timeout", f"{timeout:g}"] if option.lmref_timeout is not None else []
+    return Suite(store, archs, adapter, tolerances, repro, custom_store=custom)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -203,6 +317,14 @@ def pytest_configure(config: pytest.Config) -> None:
     suite = build_suite(config)
     config.stash[SUITE] = suite
     config.pluginmanager.register(SuiteReporter(suite), "lmref-conformance-reporter")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    workers.discard_prestarted()  # a usage error or --help: the worker was never taken
+    suite = config.stash.get(SUITE, None)
+    close = getattr(suite.adapter, "close", None) if suite else None
+    if close:
+        close()
 
 
 # --- reporting ------------------------------------------------------------------------------------
@@ -229,7 +351,7 @@ class SuiteReporter:
     def pytest_terminal_summary(self, terminalreporter, exitstatus: int, config: pytest.Config) -> None:
         if not self.suite.report.finished():
             return
-        terminalreporter.write_sep("=", f"lmref conformance: {self.suite.adapter.name} vs golden {self.suite.store.version}")
+        terminalreporter.write_sep("=", f"lmref conformance: {self.suite.adapter.name} vs {self.suite.golden_label}")
         for line in self.suite.report.table_lines():
             terminalreporter.write_line(line)
         if config.option.lmref_report_json:
@@ -238,4 +360,11 @@ class SuiteReporter:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         path = session.config.option.lmref_report_json
         if path:
-            self.suite.report.write_json(_path(session.config, path), self.suite.run_info(), exitstatus)
+            try:
+                self.suite.report.write_json(_path(session.config, path), self.suite.run_info(), exitstatus)
+            except OSError as e:  # checked writable before the run; it may still vanish or fill up
+                reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+                message = f"lmref: error: --report-json {path}: could not be written ({e.strerror or e})"
+                if reporter:
+                    reporter.write_line(message, red=True)
+                session.exitstatus = pytest.ExitCode.INTERNAL_ERROR

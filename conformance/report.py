@@ -4,6 +4,11 @@ A record's status comes from what pytest reported (so the table never disagrees 
 pass / fail counts): a passed call is PASS, a failed call FAIL, a failed setup or teardown
 ERROR (the adapter raised, or the golden case could not be loaded), a skip whose reason starts
 with "NOT SUPPORTED:" NOT SUPPORTED, any other skip SKIPPED.
+
+Besides the statuses, the table shows for each arch the tightest tolerance row (float64,
+float32, float16, bfloat16) that every one of its checks meets ("none" when a check meets no
+row, or could not be compared), so a bfloat16 pass never reads as a float32 pass; and a
+capture cell says how many of the golden components were compared when not all were.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pathlib import Path
 
 from lmref.conformance.adapters import CAPABILITIES
 from lmref.conformance.runner import ERROR, FAIL, NOT_SUPPORTED, PASS
+from lmref.conformance.tolerances import TIGHTEST_FIRST
 
 SKIPPED = "SKIPPED"
 ORDER = (PASS, SKIPPED, NOT_SUPPORTED, FAIL, ERROR)  # best to worst
@@ -92,8 +98,9 @@ class Report:
         )
         record.status = status if record.status is None else worst([record.status, status])
         record.metrics = info.get("metrics", record.metrics)
-        if status != PASS and not record.message:
-            record.message = info.get("message") or (skip_reason(report) if report.skipped else report.longreprtext)
+        if not record.message:  # a PASS may have one too: "PASS (5 of 9 components)"
+            fallback = "" if status == PASS else skip_reason(report) if report.skipped else report.longreprtext
+            record.message = info.get("message") or fallback
 
     def finished(self) -> list[Record]:
         return [r for r in self.records.values() if r.status is not None]
@@ -105,17 +112,54 @@ class Report:
             grid.setdefault(r.arch, {c: [] for c in CAPABILITIES})[r.capability].append(r.status)
         return grid
 
+    def tightest_rows(self) -> dict[str, str]:
+        """{arch: the tightest row every compared check of the arch meets}: "none" when one meets
+        no row or could not be compared (an ERROR, an invalid result), "-" when nothing was
+        compared (every check NOT SUPPORTED or skipped)."""
+        found: dict[str, list] = {}
+        for r in self.finished():
+            rows = found.setdefault(r.arch, [])
+            if r.status in (PASS, FAIL, ERROR):
+                rows.append(r.metrics.get("tightest_row"))
+        table = {}
+        for arch, rows in found.items():
+            if not rows:
+                table[arch] = "-"
+            elif None in rows or any(row not in TIGHTEST_FIRST for row in rows):
+                table[arch] = "none"
+            else:
+                table[arch] = max(rows, key=TIGHTEST_FIRST.index)
+        return table
+
+    def components_note(self, arch: str) -> str:
+        """' (5 of 9 components)' when an arch's capture checks compared fewer than all the golden
+        components (the fewest over its checks), else ''."""
+        counts = [(r.metrics["components_compared"], r.metrics["components_expected"]) for r in self.finished()
+                  if r.arch == arch and r.capability == "capture" and "components_compared" in r.metrics]
+        if not counts:
+            return ""
+        compared, expected = min(counts)
+        return "" if compared == expected else f" ({compared} of {expected} components)"
+
     def counts(self) -> dict[str, int]:
         found = Counter(r.status for r in self.finished())
         return {s: found[s] for s in ORDER if found[s] or s != SKIPPED}
 
+    def _cell(self, arch: str, capability: str, statuses: list[str]) -> str:
+        note = self.components_note(arch) if capability == "capture" and statuses else ""
+        return cell(statuses) + note
+
     def table_lines(self) -> list[str]:
-        """The arch x capability table, with a total row and a count line."""
+        """The arch x capability table with each arch's tightest row met, a total row and a count line."""
         grid = self.grid()
-        rows = [["arch", *CAPABILITIES]]
-        rows += [[arch, *(cell(caps[c]) for c in CAPABILITIES)] for arch, caps in grid.items()]
+        tightest = self.tightest_rows()
+        rows = [["arch", *CAPABILITIES, "tightest row"]]
+        rows += [[arch, *(self._cell(arch, c, caps[c]) for c in CAPABILITIES), tightest[arch]]
+                 for arch, caps in grid.items()]
         totals = [sum((caps[c] for caps in grid.values()), []) for c in CAPABILITIES]
-        rows.append(["total", *(cell(t) for t in totals)])
+        overall = "-" if not tightest else "none" if "none" in tightest.values() else max(
+            (t for t in tightest.values() if t != "-"), key=TIGHTEST_FIRST.index, default="-")
+        rows.append(["total", *(cell(t) for t in totals), overall])
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(text.ljust(w) for text, w in zip(row, widths)).rstrip() for row in rows]
         counts = ", ".join(f"{n} {s}" for s, n in self.counts().items())
@@ -123,9 +167,9 @@ class Report:
 
     def to_json(self, run: dict, exit_status: int) -> dict:
         """The --report-json document: `run` (impl, versions, archs, ...), results, summary."""
-        table = {arch: {c: cell(s) for c, s in caps.items()} for arch, caps in self.grid().items()}
+        table = {arch: {c: self._cell(arch, c, s) for c, s in caps.items()} for arch, caps in self.grid().items()}
         summary = {"total": len(self.finished()), "counts": self.counts(), "table": table,
-                   "exit_status": int(exit_status)}
+                   "tightest_row": self.tightest_rows(), "exit_status": int(exit_status)}
         return {**run, "results": [r.to_dict() for r in self.finished()], "summary": summary}
 
     def write_json(self, path: Path, run: dict, exit_status: int) -> None:

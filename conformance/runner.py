@@ -12,26 +12,34 @@ pass deliberately broken implementations and expect FAIL.
 
 Statuses, best to worst: PASS, NOT SUPPORTED (the adapter lacks the capability, or raised
 NotImplementedError), FAIL (a gate failed, or the result was invalid: wrong shape, dtype,
-NaN / inf, not an array), ERROR (the adapter raised).
+NaN / inf, not an array; or a capture compared nothing but the logits), ERROR (the adapter
+raised; under pytest also: its worker process exited, or it ran past --timeout).
+
+The verdict uses one tolerance row: the dtype the adapter declares, float32 when it declares
+none (never the dtype its results come back in).  `metrics["tightest_row"]` names the
+tightest row (float64, float32, float16, bfloat16) the result meets, so that a bfloat16 pass
+never reads as a float32 pass; `metrics["case_tolerances"]` shows a case's own overrides.
+
+`run_check` calls the adapter in this process (the project's tests and controls pass adapter
+objects); the pytest suite hands it a WorkerAdapter (conformance/worker_adapter.py) that runs each
+call in a worker process.
 """
 
 from __future__ import annotations
 
-import functools
+import json
 from dataclasses import dataclass
 
 import numpy as np
 
 from lmref.conformance.adapters import (
-    CAPABILITIES, Adapter, AdapterCallError, AdapterNotSupported, AdapterResultError, Output, as_adapter,
+    CAPABILITIES, Adapter, AdapterCallError, AdapterNotSupported, AdapterResultError, as_adapter, row_phrase,
 )
 from lmref.conformance.metrics import (
-    Metrics, compare, compare_loss, describe, gate, gate_loss, locate_divergence, top_k,
+    Metrics, compare, compare_loss, describe, gate, gate_loss, locate_divergence, rows_met, top_k,
 )
-from lmref.conformance.store import GoldenCase
+from lmref.conformance.store import GoldenCase, case_params  # noqa: F401  (case_params: re-exported)
 from lmref.conformance.tolerances import Tolerance, Tolerances
-from lmref.spec.config import ModelConfig
-from lmref.spec.params import init_params
 
 PASS, NOT_SUPPORTED, FAIL, ERROR = "PASS", "NOT SUPPORTED", "FAIL", "ERROR"
 
@@ -58,13 +66,6 @@ def applies(meta: dict, capability: str) -> bool:
         "loss": bool(expected.get("loss")),
         "capture": bool(expected.get("captures")),
     }[capability]
-
-
-@functools.lru_cache(maxsize=16)
-def case_params(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
-    """The case's float64 weights, built once per (config, seed); shared, so never mutate them
-    (the Adapter wrapper hands adapters copies)."""
-    return init_params(config, seed)
 
 
 def run_check(case: GoldenCase, adapter, capability: str, tolerances: Tolerances | None = None,
@@ -99,76 +100,103 @@ def _run(case: GoldenCase, adapter: Adapter, capability: str, tolerances: Tolera
         return CheckResult(ERROR, {}, f"ERROR {title}: {e}")
 
 
-def _row(case: GoldenCase, adapter: Adapter, out: Output, tolerances: Tolerances) -> tuple[str, Tolerance, str]:
-    """(row name, thresholds, a phrase saying how the row was chosen)."""
-    name = adapter.row(out.dtype)
-    if adapter.dtype:
-        how = "declared by the adapter"
-    else:
-        how = f"inferred from the returned dtype {out.dtype}" if out.dtype else "inferred: the result has no dtype"
-    return name, tolerances.row(name, case.tolerances, where=f"{case.id}/case.json"), how
+@dataclass(frozen=True)
+class _Row:
+    """The row a check is judged by, every row (for the tightest one met), and how it was chosen."""
+
+    name: str
+    tol: Tolerance
+    rows: dict[str, Tolerance]
+    how: str
+
+    def tightest(self, met: list[str]) -> str | None:
+        return next((name for name in self.rows if name in met), None)
 
 
-def _params(case: GoldenCase) -> dict[str, np.ndarray]:
-    return case_params(case.config, case.meta["weights"]["seed"])
+def _row(case: GoldenCase, adapter: Adapter, tolerances: Tolerances) -> _Row:
+    """The declared row (float32 when the adapter declares none), with the case's overrides and the run's."""
+    name = adapter.row()
+    rows = tolerances.all_rows(case.tolerances, where=f"{case.id}/case.json")
+    return _Row(name, rows[name], rows, row_phrase(adapter.dtype))
+
+
+def _metrics(case: GoldenCase, row: _Row, tightest: str | None, values: dict) -> dict:
+    """The JSON-ready metrics of a compared check: its row, the tightest row met, the case's
+    own tolerance overrides (when it has any), then the values."""
+    head = {"dtype": row.name, "tightest_row": tightest}
+    if case.tolerances:
+        head["case_tolerances"] = case.tolerances
+    return {**head, **values}
 
 
 # --- the four checks ------------------------------------------------------------------------------
 
 
 def _check_logits(case: GoldenCase, adapter: Adapter, tolerances: Tolerances, capability: str) -> CheckResult:
-    params = _params(case)
-    if capability == "decode":
-        out = adapter.decode(case.config, params, case.tokens, case.prompt_len)
-    else:
-        out = adapter.forward(case.config, params, case.tokens)
-    row, tol, how = _row(case, adapter, out, tolerances)
+    out = adapter.call_case(capability, case)
+    row = _row(case, adapter, tolerances)
     ref = case.expected["logits"]
-    m = compare(out.value, ref, tol)
-    failed = gate(m, tol)
-    metrics = {"dtype": row, **m.to_dict()}
+    m = compare(out.value, ref, row.tol)
+    failed = gate(m, row.tol)
+    metrics = _metrics(case, row, row.tightest(rows_met(out.value, ref, row.rows, m)), m.to_dict())
     if not failed:
         return CheckResult(PASS, metrics, "")
     lines = [f"metrics: {describe(m)}", *_position_lines(case, m, out.value, ref)]
     if capability == "decode":
-        lines.append(_forward_on_decode_tokens(case, adapter, tol))
-    lines += _divergence_lines(case, adapter, tol)
-    return CheckResult(FAIL, metrics, _failure(case, capability, row, how, failed, lines))
+        lines.append(_forward_on_decode_tokens(case, adapter, row.tol))
+    lines += _divergence_lines(case, adapter, row.tol)
+    return CheckResult(FAIL, metrics, _failure(case, capability, row, failed, lines))
 
 
 def _check_loss(case: GoldenCase, adapter: Adapter, tolerances: Tolerances) -> CheckResult:
-    out = adapter.loss(case.config, _params(case), case.tokens)
-    row, tol, how = _row(case, adapter, out, tolerances)
+    out = adapter.call_case("loss", case)
+    row = _row(case, adapter, tolerances)
     m = compare_loss(float(out.value), float(case.expected["loss"].reshape(-1)[0]))
-    failed = gate_loss(m, tol)
-    metrics = {"dtype": row, **m.to_dict()}
+    failed = gate_loss(m, row.tol)
+    tightest = row.tightest([name for name, tol in row.rows.items() if not gate_loss(m, tol)])
+    metrics = _metrics(case, row, tightest, m.to_dict())
     if not failed:
         return CheckResult(PASS, metrics, "")
     lines = [f"metrics: loss out {m.out:.10g}, ref {m.ref:.10g}, abs_err {m.abs_err:.3g}, rel_err {m.rel_err:.3g}"]
-    lines += _divergence_lines(case, adapter, tol)
-    return CheckResult(FAIL, metrics, _failure(case, "loss", row, how, failed, lines))
+    lines += _divergence_lines(case, adapter, row.tol)
+    return CheckResult(FAIL, metrics, _failure(case, "loss", row, failed, lines))
+
+
+ONLY_LOGITS = frozenset({"logits"})
 
 
 def _check_capture(case: GoldenCase, adapter: Adapter, tolerances: Tolerances) -> CheckResult:
-    captured = adapter.capture(case.config, _params(case), case.tokens)
+    captured = adapter.call_case("capture", case)
     golden = case.captures
+    counts = {"components_compared": 0, "components_expected": len(golden)}
     known = [n for n in golden if n in captured]
     if not known:
-        return CheckResult(FAIL, {}, (
-            f"FAIL {case.id} capture: none of the golden components was captured\n"
+        return CheckResult(FAIL, counts, (
+            f"FAIL {case.id} capture: none of the golden components was captured (0 of {len(golden)} components)\n"
             f"expected any of: {', '.join(golden)}\ngot: {', '.join(captured) or 'nothing'}"
         ))
-    row, tol, how = _row(case, adapter, captured[known[0]], tolerances)
-    d = locate_divergence(golden, {n: o.value for n, o in captured.items()}, tol.nmse)
-    metrics = {"dtype": row, **d.to_dict()}
-    failed = [f"first diverging component: {d.first} (nmse {d.first_nmse:.3g} > {tol.nmse:.3g})"] if d.first else []
+    row = _row(case, adapter, tolerances)
+    d = locate_divergence(golden, {n: o.value for n, o in captured.items()}, row.tol.nmse)
+    counts["components_compared"] = compared = len(d.nmse)
+    of = f"{compared} of {len(golden)} components"
+    only_logits = bool(d.nmse) and not set(d.nmse) - ONLY_LOGITS
+    # The check passes a row when every compared component is within its nmse, none is misshaped,
+    # and something besides the logits (which forward already checks) was compared.
+    worst = max(d.nmse.values(), default=0.0)
+    met = [] if only_logits or d.misshaped or not d.nmse else [name for name, tol in row.rows.items() if worst <= tol.nmse]
+    metrics = _metrics(case, row, row.tightest(met), {**counts, **d.to_dict()})
+    failed = [f"first diverging component: {d.first} (nmse {d.first_nmse:.3g} > {row.tol.nmse:.3g})"] if d.first else []
     failed += [f"wrong shape: {m}" for m in d.misshaped]
+    if only_logits:
+        intermediates = [n for n in golden if n not in ONLY_LOGITS]
+        failed.append(f"compared nothing but logits ({of}): capture must return intermediates, "
+                      f"any of {', '.join(intermediates)}")
     if not failed:
-        return CheckResult(PASS, metrics, "")
+        return CheckResult(PASS, metrics, f"PASS ({of})")
     per_component = ", ".join(f"{n} {v:.3g}" for n, v in d.nmse.items())
-    lines = [f"nmse per component: {per_component or 'none compared'}"]
+    lines = [f"nmse per component ({of}): {per_component or 'none compared'}"]
     lines += [f"not captured (skipped): {', '.join(d.missing)}"] if d.missing else []
-    return CheckResult(FAIL, metrics, _failure(case, "capture", row, how, failed, lines))
+    return CheckResult(FAIL, metrics, _failure(case, "capture", row, failed, lines))
 
 
 _CHECKS = {
@@ -182,8 +210,10 @@ _CHECKS = {
 # --- failure diagnostics ----------------------------------------------------------------------
 
 
-def _failure(case: GoldenCase, capability: str, row: str, how: str, failed: list[str], lines: list[str]) -> str:
-    head = f"FAIL {case.id} {capability} (tolerance row {row}, {how})"
+def _failure(case: GoldenCase, capability: str, row: _Row, failed: list[str], lines: list[str]) -> str:
+    head = f"FAIL {case.id} {capability} (tolerance row {row.name}, {row.how})"
+    if case.tolerances:
+        head += f"\ncase tolerance overrides (case.json): {json.dumps(case.tolerances)}"
     return "\n".join([head, "failed:", *(f"  {f}" for f in failed), *lines])
 
 
@@ -208,7 +238,7 @@ def _position_lines(case: GoldenCase, m: Metrics, out: np.ndarray, ref: np.ndarr
 def _forward_on_decode_tokens(case: GoldenCase, adapter: Adapter, tol: Tolerance) -> str:
     """Whether forward (no cache) passes on the same tokens: tells a cache bug from a model bug."""
     try:
-        out = adapter.forward(case.config, _params(case), case.tokens)
+        out = adapter.call_case("forward", case)
     except (AdapterCallError, AdapterResultError, AdapterNotSupported) as e:
         return f"forward on the same tokens could not be compared: {str(e).splitlines()[0]}"
     failed = gate(compare(out.value, case.expected["logits"], tol), tol)
@@ -223,7 +253,7 @@ def _divergence_lines(case: GoldenCase, adapter: Adapter, tol: Tolerance) -> lis
     if not adapter.supports("capture"):
         return ["first diverging component: unknown (the adapter has no capture)"]
     try:
-        captured = adapter.capture(case.config, _params(case), case.tokens)
+        captured = adapter.call_case("capture", case)
     except (AdapterCallError, AdapterResultError, AdapterNotSupported) as e:
         return [f"first diverging component: unknown (capture failed: {str(e).splitlines()[0]})"]
     d = locate_divergence(case.captures, {n: o.value for n, o in captured.items()}, tol.nmse)

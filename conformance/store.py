@@ -10,12 +10,20 @@
 
 Weights are not stored: `spec.init_params(config, seed)` rebuilds them exactly on any
 machine.  Every read checks the file's sha256 against the manifest; a tampered, missing or
-unlisted file, or an unknown format version, raises `GoldenStoreError`: the suite fails
-loudly, it never skips.
+unlisted file in a case, or an unknown format version, raises `GoldenStoreError`: the suite
+fails loudly, it never skips.  The store holds nothing but what its manifest lists, the
+manifest itself and `lmref golden`'s marker file (spec/outputs.py's MARKER):
+`unlisted_entries` names anything else, and the suite refuses a store holding an unlisted
+case directory or file.
+
+The release golden set is pinned: conformance/golden_pin.py records the sha256 of the
+package store's MANIFEST.json (written by `lmref golden` when it writes that store), and
+`release_problem` says when a store's manifest differs from it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -23,15 +31,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
 from lmref.spec.config import ModelConfig
+from lmref.spec.outputs import MARKER
 from lmref.spec.params import init_params
 
 FORMAT_VERSION = 1
 DEFAULT_GOLDEN_DIR = Path(__file__).parent / "golden"
 MANIFEST = "MANIFEST.json"
 CASE_FILES = ("case.json", "inputs.safetensors", "expected.safetensors")
+KIND = "golden-store"  # the kind `lmref golden` claims its output directory as (spec/outputs.py)
 
 
 class GoldenStoreError(RuntimeError):
@@ -40,6 +50,13 @@ class GoldenStoreError(RuntimeError):
 
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@functools.lru_cache(maxsize=16)
+def case_params(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
+    """A case's float64 weights, built once per (config, seed); shared, so never mutate them
+    (the Adapter wrapper hands adapters copies)."""
+    return init_params(config, seed)
 
 
 @dataclass
@@ -95,12 +112,14 @@ class GoldenStore:
         manifest_path = self.root / MANIFEST
         if not manifest_path.is_file():
             raise GoldenStoreError(f"no golden manifest at {manifest_path}; generate it with `lmref golden`")
+        raw = manifest_path.read_bytes()
         try:
-            self.manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as e:
+            self.manifest = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise GoldenStoreError(f"{manifest_path}: not valid JSON ({e})") from None
         _check_version(str(manifest_path), self.manifest)
         self.files: dict[str, str] = self.manifest["files"]
+        self.manifest_sha256 = hashlib.sha256(raw).hexdigest()
 
     @property
     def version(self) -> str:
@@ -115,14 +134,53 @@ class GoldenStore:
         names = {path.split("/")[1] for path in self.files if path.startswith(f"{arch}/")}
         return sorted(names, key=_case_order)
 
+    def case_dirs(self) -> set[str]:
+        """'<arch>/<case>' of every case the manifest lists."""
+        return {"/".join(path.split("/")[:2]) for path in self.files}
+
+    def unlisted_entries(self, under: str = "") -> list[str]:
+        """What is on disk under the store (or under its folder `under`) that the manifest does
+        not list: files, and folders holding no listed file (named once, with a trailing '/',
+        their contents not repeated).  The manifest and the marker at the root are the store's."""
+        listed = set(self.files)
+        holding = {"/".join(p.split("/")[:i]) for p in listed for i in range(1, p.count("/") + 1)}
+        start = self.root / under if under else self.root
+        found = []
+        for directory, dirs, names in os.walk(start):
+            rel_dir = Path(directory).relative_to(self.root).as_posix()
+            prefix = "" if rel_dir == "." else f"{rel_dir}/"
+            for d in sorted(dirs):
+                if f"{prefix}{d}" not in holding:
+                    found.append(f"{prefix}{d}/")
+            dirs[:] = sorted(d for d in dirs if f"{prefix}{d}" in holding)  # walk only into the store's folders
+            for name in sorted(names):
+                rel = f"{prefix}{name}"
+                if rel not in listed and rel not in (MANIFEST, MARKER):
+                    found.append(rel)
+        return sorted(found)
+
     def unlisted_files(self) -> list[str]:
-        """Files on disk under the store that the manifest does not list."""
-        on_disk = {
-            p.relative_to(self.root).as_posix()
-            for p in self.root.rglob("*")
-            if p.is_file() and p.name != MANIFEST
-        }
-        return sorted(on_disk - set(self.files))
+        """Files on disk under the store that the manifest does not list (the manifest and
+        `lmref golden`'s marker at the root are not counted)."""
+        found = []
+        for directory, _, names in os.walk(self.root):
+            rel_dir = Path(directory).relative_to(self.root).as_posix()
+            prefix = "" if rel_dir == "." else f"{rel_dir}/"
+            found += [f"{prefix}{n}" for n in names if f"{prefix}{n}" not in self.files
+                      and f"{prefix}{n}" not in (MANIFEST, MARKER)]
+        return sorted(found)
+
+    def strays(self) -> list[str]:
+        """Unlisted entries outside the listed case folders: an unlisted case directory, a stray
+        file at the root or in an arch folder.  (An unlisted file inside a listed case makes
+        that case unusable instead: `load` raises.)"""
+        cases = self.case_dirs()
+
+        def inside_a_case(entry: str) -> bool:
+            parts = entry.rstrip("/").split("/")
+            return len(parts) > 2 and "/".join(parts[:2]) in cases
+
+        return [e for e in self.unlisted_entries() if not inside_a_case(e)]
 
     def verified_path(self, rel: str) -> Path:
         path = self.root / rel
@@ -154,7 +212,29 @@ class GoldenStore:
             raise
         except Exception as e:  # safetensors raises its own error types on a malformed file
             raise GoldenStoreError(f"{self.root / base}: unreadable safetensors ({e})") from None
+        unlisted = self.unlisted_entries(base)
+        if unlisted:
+            shown = ", ".join(str(self.root / u) for u in unlisted[:3]) + (" ..." if len(unlisted) > 3 else "")
+            raise GoldenStoreError(f"{shown}: not listed in {MANIFEST}: the case holds files its manifest does "
+                                   "not list (remove them, or regenerate the store with `lmref golden`)")
         return GoldenCase(arch, name, meta, ModelConfig.from_dict(meta["config"]), inputs["tokens"], expected)
+
+
+def pinned_manifest_sha256() -> str:
+    """The sha256 of the release golden set's MANIFEST.json, as the package records it."""
+    from lmref.conformance.golden_pin import MANIFEST_SHA256
+
+    return MANIFEST_SHA256
+
+
+def release_problem(store: GoldenStore) -> str | None:
+    """Why `store` is not the release golden set (its manifest differs from the pin); None when it is."""
+    pinned = pinned_manifest_sha256()
+    if store.manifest_sha256 == pinned:
+        return None
+    return (f"{store.root / MANIFEST} has sha256 {store.manifest_sha256[:16]}..., but the release golden set of "
+            f"this lmref has {pinned[:16]}... (conformance/golden_pin.py): the store differs from the release "
+            "golden set (a case added, removed or changed)")
 
 
 def _case_order(name: str) -> tuple[int, str]:
@@ -188,7 +268,9 @@ def case_meta(computed) -> dict:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Write through a temporary file and a rename: a link at `path` is replaced, never written through."""
     tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
@@ -199,8 +281,9 @@ def write_case(root: Path, computed) -> dict[str, str]:
     directory = root / rel
     directory.mkdir(parents=True, exist_ok=True)
     _atomic_write(directory / "case.json", (json.dumps(case_meta(computed), indent=1, sort_keys=True) + "\n").encode())
-    save_file({"tokens": computed.tokens}, str(directory / "inputs.safetensors"))
-    save_file({k: np.ascontiguousarray(v) for k, v in computed.expected.items()}, str(directory / "expected.safetensors"))
+    _atomic_write(directory / "inputs.safetensors", save({"tokens": computed.tokens}))
+    _atomic_write(directory / "expected.safetensors",
+                  save({k: np.ascontiguousarray(v) for k, v in computed.expected.items()}))
     return {f"{rel}/{f}": sha256_of(directory / f) for f in CASE_FILES}
 
 

@@ -6,8 +6,9 @@ alone.  Verdicts come from `conformance.runner.run_check`; here they become pyte
   PASS           passed
   FAIL           failed in the test body, with the metrics and a repro command
   NOT SUPPORTED  skipped, reason "NOT SUPPORTED: ..." (shown as NOT SUPPORTED)
-  ERROR          failed in the fixture, so pytest reports an ERROR: the adapter raised, or the
-                 golden case could not be loaded (tampered or missing file): loud, never a skip
+  ERROR          failed in the fixture, so pytest reports an ERROR: the adapter raised, its
+                 worker process exited or ran past --timeout, or the golden case could not be
+                 loaded (tampered, missing or unlisted file): loud, never a skip
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ def check(request: pytest.FixtureRequest, golden_key: tuple[str, str]) -> CheckR
     if problem:  # failed outside the except block: pytest shows the message alone, no chained traceback
         info["message"] = problem
         pytest.fail(problem, pytrace=False)
-    result = run_check(case, suite.adapter, capability, suite.tolerances,
-                       repro=suite.repro(request.node.nodeid, arch))
+    with suite.time_limit():  # --timeout: the adapter's calls for this check, in its worker process
+        result = run_check(case, suite.adapter, capability, suite.tolerances,
+                           repro=suite.repro(request.node.nodeid, arch))
     info |= {"metrics": result.metrics, "message": result.message}
     if result.status == ERROR:
         pytest.fail(result.message, pytrace=False)

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DTYPES = ("float64", "float32", "bfloat16", "float16")
+# The rows from the tightest to the loosest: the report names the first one a check meets.
+TIGHTEST_FIRST = ("float64", "float32", "float16", "bfloat16")
 
 
 class ToleranceError(ValueError):
@@ -144,8 +146,13 @@ class Tolerances:
         """The thresholds for `dtype`: table, then the case's overrides, then the run's."""
         if dtype not in self.rows:
             raise ToleranceError(f"no tolerance row for dtype {dtype!r}; dtypes: {', '.join(DTYPES)}")
+        return self.all_rows(case_overrides, where)[dtype]
+
+    def all_rows(self, case_overrides: dict | None = None, where: str = "case.json") -> dict[str, Tolerance]:
+        """Every row with a case's overrides, then the run's, applied (tightest first)."""
         rows = _apply(self.rows, check_overrides(case_overrides or {}, where))
-        return _apply(rows, self.run_overrides)[dtype]
+        rows = _apply(rows, self.run_overrides)
+        return {d: rows[d] for d in TIGHTEST_FIRST if d in rows}
 
 
 def build_tolerances(files: Sequence[str] = (), assignments: Sequence[str] = ()) -> Tolerances:

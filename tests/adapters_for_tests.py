@@ -114,3 +114,104 @@ class MutatesParams:
         for value in params.values():
             value *= 2.0
         return logits
+
+
+# --- issue 10: verdict loopholes -------------------------------------------------------------
+
+
+def _one_percent_off(config, params, tokens):
+    """A port with a 1% error in every logit (far outside the float32 row, inside bfloat16's)."""
+    return impl_numpy.forward(config, params, tokens) * 1.01
+
+
+def bf16_one_percent_off(config, params, tokens):
+    """Issue 10, item 5: a 1% error returned as bfloat16, no dtype declared.  The row must be
+    float32 (the default), not bfloat16 (what it returns)."""
+    import ml_dtypes
+
+    return _one_percent_off(config, params, tokens).astype(ml_dtypes.bfloat16)
+
+
+class DeclaredBf16OnePercentOff:
+    """The same 1% error, declared bfloat16: passes the bfloat16 row, and the report must say
+    bfloat16 is the tightest row it meets."""
+
+    name = "declared-bf16"
+    dtype = "bfloat16"
+
+    def forward(self, config, params, tokens):
+        return _one_percent_off(config, params, tokens)
+
+
+class ExitsOnBatch3:
+    """Issue 10, item 7: forward ends its process with os._exit(0) on batch-3 inputs."""
+
+    name = "exits-on-batch-3"
+    dtype = "float64"
+
+    def forward(self, config, params, tokens):
+        if tokens.shape[0] == 3:
+            import os
+
+            os._exit(0)
+        return impl_numpy.forward(config, params, tokens)
+
+    def loss(self, config, params, tokens):
+        return impl_numpy.loss(config, params, tokens)
+
+
+class HangsOnBatch3:
+    """Issue 10, item 7: forward never returns on batch-3 inputs."""
+
+    name = "hangs-on-batch-3"
+    dtype = "float64"
+
+    def forward(self, config, params, tokens):
+        if tokens.shape[0] == 3:
+            import time
+
+            time.sleep(3600)
+        return impl_numpy.forward(config, params, tokens)
+
+    def loss(self, config, params, tokens):
+        return impl_numpy.loss(config, params, tokens)
+
+
+class SysExitOnBatch3(ExitsOnBatch3):
+    """forward raises SystemExit(0) on batch-3 inputs: an ERROR, not the end of the run."""
+
+    name = "sys-exit-on-batch-3"
+
+    def forward(self, config, params, tokens):
+        if tokens.shape[0] == 3:
+            raise SystemExit(0)
+        return impl_numpy.forward(config, params, tokens)
+
+
+class CapturesLogitsOnly:
+    """Issue 10, item 9: a capture that returns nothing but the logits."""
+
+    name = "captures-logits-only"
+    dtype = "float64"
+
+    def forward(self, config, params, tokens):
+        return impl_numpy.forward(config, params, tokens)
+
+    def capture(self, config, params, tokens):
+        return {"logits": impl_numpy.forward(config, params, tokens)}
+
+
+class CapturesSome:
+    """Issue 10, item 9: a correct capture of five of llama3's nine components."""
+
+    name = "captures-some"
+    dtype = "float64"
+
+    def forward(self, config, params, tokens):
+        return impl_numpy.forward(config, params, tokens)
+
+    def capture(self, config, params, tokens):
+        captured: dict = {}
+        impl_numpy.forward(config, params, tokens, capture=captured)
+        keep = ("embed", "layers.0.attn", "layers.0.out", "final_norm", "logits")
+        return {name: captured[name] for name in keep}

@@ -45,11 +45,14 @@ class Run:
         return re.split(r"\s{2,}", line.strip())
 
 
-def run_suite(tmp_path: Path, *args: str, target: str = "conformance/") -> Run:
-    """`python -m pytest TARGET ARGS --report-json ...` from the repository root."""
+def run_suite(tmp_path: Path, *args: str, target: str = "conformance/", env: dict | None = None,
+              pythonpath: tuple[str, ...] = ()) -> Run:
+    """`python -m pytest TARGET ARGS --report-json ...` from the repository root; `env` adds
+    variables, `pythonpath` folders ahead of the repository's."""
     report = tmp_path / "report.json"
-    env = {k: v for k, v in os.environ.items() if k not in ("LMREF_IMPL", "PYTEST_ADDOPTS")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    base = {k: v for k, v in os.environ.items() if k not in ("LMREF_IMPL", "PYTEST_ADDOPTS")}
+    env = base | (env or {})
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*pythonpath, str(REPO), base.get("PYTHONPATH")]))
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # hermetic, and a second faster per run
     command = [sys.executable, "-m", "pytest", target, "-p", "no:cacheprovider", "--report-json", str(report), *args]
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -67,7 +70,7 @@ def test_golden_numpy_passes_llama3(tmp_path):
     run = run_suite(tmp_path, "--arch", "llama3")
     assert run.rc == 0, run.out
     assert "lmref impl: numpy" in run.out and f"lmref golden set: {GoldenStore().version}" in run.out
-    assert run.table_row("llama3") == ["llama3", "PASS 4", "PASS 1", "PASS 4", "PASS 2"]
+    assert run.table_row("llama3") == ["llama3", "PASS 4", "PASS 1", "PASS 4", "PASS 2", "float64"]
     assert "11 checks: 11 PASS" in run.out
     report = run.report
     assert (report["impl"], report["dtype"], report["archs"]) == ("numpy", "float64", ["llama3"])
@@ -99,7 +102,7 @@ def test_crashing_adapter_is_an_error_and_the_run_goes_on(tmp_path):
     assert statuses(run, "loss") == [PASS] * 4
     [decode] = run.results(capability="decode")
     assert decode["status"] == NOT_SUPPORTED and "no KV cache yet" in decode["message"]
-    assert run.table_row("llama3") == ["llama3", "ERROR 1/4", "NOT SUPPORTED 1", "PASS 4", "NOT SUPPORTED 2"]
+    assert run.table_row("llama3") == ["llama3", "ERROR 1/4", "NOT SUPPORTED 1", "PASS 4", "NOT SUPPORTED 2", "none"]
     assert "ERROR at setup of test_forward[llama3-prefill-b3-s13]" in run.out
 
 
@@ -110,9 +113,12 @@ def test_forward_only_function_is_not_supported_elsewhere(tmp_path):
     for capability in ("decode", "loss", "capture"):
         assert set(statuses(run, capability)) == {NOT_SUPPORTED}, capability
     assert all(r["message"].startswith("NOT SUPPORTED:") for r in run.results(status=NOT_SUPPORTED))
-    assert run.table_row("llama3") == ["llama3", "PASS 4", "NOT SUPPORTED 1", "NOT SUPPORTED 4", "NOT SUPPORTED 2"]
+    assert run.table_row("llama3") == ["llama3", "PASS 4", "NOT SUPPORTED 1", "NOT SUPPORTED 4", "NOT SUPPORTED 2",
+                                       "float64"]
     assert "4 passed, 7 not supported" in run.out
-    assert run.report["dtype"] == "inferred" and run.report["capabilities"] == ["forward"]
+    # issue 10, item 5: no declared dtype means the float32 row, whatever the results come back in
+    assert (run.report["dtype"], run.report["dtype_declared"]) == ("float32", False)
+    assert run.report["capabilities"] == ["forward"]
 
 
 @pytest.mark.parametrize("adapter, expected", [
@@ -216,7 +222,8 @@ def test_run_check_golden_passes_every_capability(prefill_case):
     adapter = load_adapter("numpy")
     for capability in ("forward", "loss", "capture"):
         result = run_check(prefill_case, adapter, capability)
-        assert (result.status, result.message) == (PASS, ""), capability
+        message = "PASS (9 of 9 components)" if capability == "capture" else ""  # issue 10, item 9
+        assert (result.status, result.message) == (PASS, message), capability
     with pytest.raises(ValueError, match="has no decode check"):
         run_check(prefill_case, adapter, "decode")
 
@@ -227,7 +234,8 @@ def test_run_check_fails_a_plain_broken_function(prefill_case):
 
     result = run_check(prefill_case, scaled, "forward", Tolerances(), repro="pytest X")
     assert result.status == FAIL and "nmse" in result.message and result.message.endswith("repro: pytest X")
-    assert result.metrics["dtype"] == "float64" and result.metrics["nmse"] > 1e-10
+    # issue 10, item 5: a plain function declares no dtype, so the float32 row judges it
+    assert result.metrics["dtype"] == "float32" and result.metrics["nmse"] > 1e-10
     assert run_check(prefill_case, scaled, "loss").status == NOT_SUPPORTED
 
 
@@ -271,8 +279,8 @@ def test_locate_divergence_skips_missing_and_reports_misshaped(prefill_case):
 
 def test_adapter_dtype_row_and_environment(monkeypatch):
     undeclared = as_adapter(adapters_for_tests.forward_only)
-    assert [undeclared.row(d) for d in ("float64", "float32", "bfloat16", "float16", "")] == \
-        ["float64", "float32", "bfloat16", "float16", "float32"]
+    # issue 10, item 5: the declared row, else float32; never the dtype a result comes back in
+    assert [undeclared.row(d) for d in ("float64", "float32", "bfloat16", "float16", "")] == ["float32"] * 5
     assert as_adapter(adapters_for_tests.Float32Numpy).row("float64") == "float32"
     monkeypatch.setenv("LMREF_IMPL", f"{ADAPTERS}:forward_only")
     assert load_adapter().spec == f"{ADAPTERS}:forward_only"

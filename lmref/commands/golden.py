@@ -14,8 +14,10 @@ def _archs(value: str | None) -> list[str]:
 
 
 def cmd_golden(args: argparse.Namespace) -> int:
+    from lmref.commands.errors import fail
     from lmref.conformance.generate import check, generate
-    from lmref.conformance.store import DEFAULT_GOLDEN_DIR
+    from lmref.conformance.store import DEFAULT_GOLDEN_DIR, GoldenStoreError
+    from lmref.spec.errors import OutputError
 
     root = Path(args.out) if args.out else DEFAULT_GOLDEN_DIR
     archs = _archs(args.arch)
@@ -27,7 +29,10 @@ def cmd_golden(args: argparse.Namespace) -> int:
         print(f"golden store {'OK' if not problems else 'FAILED'}: {len(problems)} problem(s)")
         return 1 if problems else 0
     print(f"writing golden cases for {', '.join(archs)} to {root}")
-    files = generate(root, archs)
+    try:
+        files = generate(root, archs)
+    except (OutputError, GoldenStoreError, OSError) as e:  # not its directory, an unreadable manifest, no permission
+        return fail("golden", e)
     size = sum((root / f).stat().st_size for f in files)
     print(f"done: {len(files)} files, {size / 1e6:.2f} MB in the store")
     return 0
@@ -62,7 +67,9 @@ def add_commands(sub) -> None:
     golden = sub.add_parser("golden", help="write the golden store, or check it against a regeneration")
     golden.add_argument("--arch", help="preset ids, families or patterns, comma-separated (default: all)")
     golden.add_argument("--check", action="store_true", help="regenerate in memory and compare; exit 1 on any mismatch")
-    golden.add_argument("--out", help="golden directory (default: the store inside the conformance package)")
+    golden.add_argument("--out", help="golden directory (default: the store inside the conformance package); "
+                        "taken only when new, empty or a golden store lmref wrote; rewriting an arch deletes only "
+                        "the files its MANIFEST.json lists")
     golden.set_defaults(run=cmd_golden)
 
     presets = sub.add_parser("presets", help="list presets: family, transformers model_type, parameter count, "

@@ -1,0 +1,102 @@
+"""Issue 10, item 7: the adapter runs in a worker process, so an adapter that ends its process
+or hangs is an ERROR for that check, and the run goes on with a fresh worker."""
+
+from __future__ import annotations
+
+import time
+
+from lmref.conformance.runner import ERROR, PASS
+from tests.test_conformance_plugin import ADAPTERS, run_suite, statuses
+
+
+def test_an_adapter_that_calls_os_exit_is_an_error_and_the_run_goes_on(tmp_path):
+    """issue 10, item 7: os._exit(0) inside forward must not end pytest with exit 0 and no
+    report: that check is an ERROR saying the process exited, the rest still run."""
+    run = run_suite(tmp_path, "--arch", "llama3", "--impl", f"{ADAPTERS}:ExitsOnBatch3")
+    assert run.rc == 1, run.out
+    assert run.report is not None, run.out
+    [exited] = run.results(capability="forward", case="prefill-b3-s13")
+    assert exited["status"] == ERROR
+    assert "exited with status 0" in exited["message"] and "forward" in exited["message"]
+    assert sorted(statuses(run, "forward")) == [ERROR, PASS, PASS, PASS]
+    assert statuses(run, "loss") == [PASS] * 4
+    assert "11 checks: 7 PASS, 3 NOT SUPPORTED, 0 FAIL, 1 ERROR" in run.out
+
+
+def test_an_adapter_that_hangs_times_out_as_an_error(tmp_path):
+    """issue 10, item 7: a forward that never returns is stopped after --timeout seconds; that
+    check is an ERROR saying so, the worker is restarted and the other checks pass."""
+    run = run_suite(tmp_path, "--arch", "llama3", "--impl", f"{ADAPTERS}:HangsOnBatch3", "--timeout", "3")
+    assert run.rc == 1, run.out
+    [hung] = run.results(capability="forward", case="prefill-b3-s13")
+    assert hung["status"] == ERROR
+    assert "did not return within 3 s (--timeout)" in hung["message"]
+    assert sorted(statuses(run, "forward")) == [ERROR, PASS, PASS, PASS]
+    assert statuses(run, "loss") == [PASS] * 4
+
+
+def test_an_adapter_that_raises_system_exit_is_an_error(tmp_path):
+    """issue 10, item 7: SystemExit from an adapter is that check's ERROR, not the end of the run."""
+    run = run_suite(tmp_path, "--arch", "llama3", "--impl", f"{ADAPTERS}:SysExitOnBatch3")
+    assert run.rc == 1, run.out
+    [exited] = run.results(capability="forward", case="prefill-b3-s13")
+    assert exited["status"] == ERROR and "SystemExit" in exited["message"]
+    assert statuses(run, "loss") == [PASS] * 4
+
+
+def test_the_timeout_option_is_checked_and_documented(tmp_path):
+    """issue 10, item 7: --timeout takes a positive number of seconds; the help gives the default."""
+    run = run_suite(tmp_path, "--arch", "llama3", "--timeout", "0")
+    assert run.rc == 4 and "--timeout 0: " in run.out, run.out
+    run = run_suite(tmp_path, "--help")
+    text = " ".join(run.out.split())  # argparse wraps the help
+    assert "--timeout=SECONDS, --lmref-timeout=SECONDS" in text and "(default 600)" in text
+
+
+ORPHAN_SCRIPT = """
+import sys, threading
+from lmref.conformance.worker_adapter import WorkerAdapter
+from lmref.conformance.store import GoldenStore
+
+if __name__ == "__main__":
+    adapter = WorkerAdapter("tests.adapters_for_tests:HangsOnBatch3", 600)
+    print(adapter._worker.process.pid, flush=True)
+    case = GoldenStore().load("llama3", "prefill-b3-s13")
+    adapter.call_case("forward", case)  # hangs until the test kills this process
+"""
+
+
+def test_a_hung_worker_ends_when_the_suite_process_is_killed(tmp_path):
+    """issue 10, item 7: a worker stuck in an adapter call does not outlive its suite process
+    (killed with SIGKILL, so no clean-up of its own runs)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "suite.py"
+    script.write_text(ORPHAN_SCRIPT)
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(proc.stdout.readline())
+        time.sleep(1.0)  # the call is under way
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and _running(worker):
+            time.sleep(0.2)
+        assert not _running(worker), "the worker outlived the suite's process"
+    finally:
+        proc.kill()
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie, already exited, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
