@@ -7,9 +7,12 @@
                         -> logits, present.{i}.key|value), concat KV cache, padding as positions
     export.features     FEATURES (the torch twin's, minus what the export cannot express) and
                         check_exportable(config), which refuses the rest by feature name
-    export.bundle       open_bundle(out): an exported directory, checked; reference_params
-    export.runtime      open_session (provider asserted), DecoderSession (step, prefill_and_decode)
-    export.validate     validate(bundle, params, providers): the left-padded prefill + decode check
+    export.bundle       open_bundle(out): an exported directory, checked (paths inside it, every
+                        file's sha256 as export.json records it); reference_params
+    export.runtime      open_session (provider asserted), DecoderSession (step, prefill_and_decode;
+                        every input checked first, with spec.inputs' messages)
+    export.validate     validate(bundle, params, providers): the left-padded prefill + decode check;
+                        check_weights(bundle, params): every initializer against a fresh export
     export.generate     generate(session, prompt, n): sampling over the graph's KV cache
     export.onnx_adapter OnnxAdapter: `pytest conformance/ --impl onnx`
 

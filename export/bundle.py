@@ -1,11 +1,20 @@
 """Reading an exported directory back (`open_bundle`), with every check `validate-onnx`,
-`generate --onnx` and the conformance adapter rely on:
+`generate --onnx` and the conformance adapter rely on, in this order:
 
-  export.json   readable, of this format
+  export.json   readable, of this format (version 2: it lists every file with its sha256)
+  paths         the model, every listed file and the tokenizer file resolve inside the
+                directory (links followed), and each of them is listed
   config.json   a valid ModelConfig, equal to the config embedded in the graph
-  model.onnx    a readable ONNX model that passes onnx.checker (path form: external data too)
-  .data files   every external-data file the graph names exists beside it
+  model.onnx    a readable ONNX model
+  .data files   every external-data file the graph names lies inside the directory, is
+                listed, exists beside it, and is long enough for what the graph reads from it
   the graph     the inputs / outputs the config implies, with its vocab, KV heads, head_dim
+  sha256        every listed file has the size and sha256 export.json records (so a changed
+                byte anywhere is named by its file)
+  onnx.checker  the model passes it (path form: external data too)
+
+The hashes say the files are the ones the export wrote; that the weights are the reference's
+is validate-onnx's weights check (export/validate.py, check_weights).
 """
 
 from __future__ import annotations
@@ -18,7 +27,8 @@ import numpy as np
 
 from lmref.export.decoder import input_names, output_names
 from lmref.export.errors import BundleError
-from lmref.export.exporter import CONFIG_FILE, CONFIG_METADATA_KEY, FORMAT, FORMAT_VERSION, MANIFEST_FILE
+from lmref.export.exporter import (CONFIG_FILE, CONFIG_METADATA_KEY, FORMAT, FORMAT_VERSION, MANIFEST_FILE,
+                                   TOKENIZER_FILE, file_digest)
 from lmref.spec.config import ConfigError, ModelConfig
 
 
@@ -50,8 +60,63 @@ def _read_json(path: Path, what: str) -> dict:
 def _read_manifest(root: Path) -> dict:
     data = _read_json(root / MANIFEST_FILE, "the export manifest")
     if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{root / MANIFEST_FILE}: not an {FORMAT} manifest of format version {FORMAT_VERSION}")
+        older = (" (format version 1 recorded no sha256 of the files: export it again)"
+                 if data.get("format") == FORMAT and data.get("format_version") == 1 else "")
+        raise BundleError(f"{root / MANIFEST_FILE}: not an {FORMAT} manifest of format version {FORMAT_VERSION}{older}")
+    files = data.get("files")
+    if not isinstance(files, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("sha256"), str) and isinstance(v.get("bytes"), int)
+            for v in files.values()):
+        raise BundleError(f"{root / MANIFEST_FILE}: `files` must map each file to its sha256 and bytes, got {files!r}")
     return data
+
+
+def inside(root: Path, name: object, what: str) -> Path:
+    """root / name when it resolves (links followed) to a path inside `root`; else BundleError
+    naming the path: export.json may not send lmref to a file outside the bundle."""
+    where = root / MANIFEST_FILE
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise BundleError(f"{where}: the {what} {name!r} is not a file name")
+    path = root / name
+    real, real_root = path.resolve(), root.resolve()
+    if real_root not in real.parents:
+        raise BundleError(f"{where}: the {what} {name!r} resolves outside the bundle directory {root} "
+                          f"(to {real}); every file of a bundle lies inside it")
+    return path
+
+
+def _check_paths(root: Path, manifest: dict) -> None:
+    """The model, each listed file and the tokenizer file resolve inside `root`, and each of
+    them is listed (with its sha256)."""
+    files = manifest["files"]
+    for name in files:
+        inside(root, name, "listed file")
+    named = [(manifest.get("model"), "model path"), (CONFIG_FILE, "config")]
+    tokenizer = manifest.get("tokenizer")
+    if tokenizer is not None and not isinstance(tokenizer, dict):
+        raise BundleError(f"{root / MANIFEST_FILE}: the tokenizer entry must be a JSON object or null, got {tokenizer!r}")
+    if tokenizer and tokenizer.get("kind") != "byte":  # a byte tokenizer has no file
+        named.append((tokenizer.get("file", TOKENIZER_FILE), "tokenizer file"))
+    for name, what in named:
+        inside(root, name, what)
+        if name not in files:
+            raise BundleError(f"{root / MANIFEST_FILE}: the {what} {name!r} is not among the files it lists "
+                              "with their sha256")
+
+
+def _check_digests(root: Path, files: dict) -> None:
+    """Every listed file has the size and sha256 export.json records."""
+    for name, recorded in files.items():
+        path = root / name
+        if not path.is_file():
+            raise BundleError(f"{path}: no such file (export.json lists it)")
+        size = path.stat().st_size
+        found = file_digest(path) if size == recorded["bytes"] else {"sha256": "(not computed)", "bytes": size}
+        if found != recorded:
+            raise BundleError(f"{path}: sha256 differs from the one export.json records (the file has {size} bytes, "
+                              f"sha256 {found['sha256'][:16]}; export.json: {recorded['bytes']} bytes, sha256 "
+                              f"{recorded['sha256'][:16]}): it changed after the export (corrupted, truncated or "
+                              "edited); export it again")
 
 
 def _read_config(path: Path) -> ModelConfig:
@@ -74,15 +139,31 @@ def _load_graph(path: Path):
         raise BundleError(f"{path}: not a readable ONNX model, the file is corrupted or truncated ({e})") from None
 
 
-def _check_external_data(path: Path, model) -> None:
-    """Every external-data location named by an initializer exists beside the graph."""
+def _check_external_data(root: Path, path: Path, model, files: dict) -> None:
+    """Every external-data location named by an initializer lies inside the bundle, is listed,
+    exists beside the graph, and holds the bytes the graph reads from it."""
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-    locations = {ExternalDataInfo(t).location for t in model.graph.initializer if uses_external_data(t)}
-    for location in sorted(locations):
-        if not (path.parent / location).is_file():
-            raise BundleError(f"{path.parent / location}: missing external-data file named by {path.name} "
+    reads: dict[str, tuple[int, str]] = {}  # location -> (end of the furthest read, its initializer)
+    for tensor in model.graph.initializer:
+        if uses_external_data(tensor):
+            info = ExternalDataInfo(tensor)
+            end = (info.offset or 0) + (info.length or 0)
+            if end >= reads.get(info.location, (-1, ""))[0]:
+                reads[info.location] = (end, tensor.name)
+    for location in sorted(reads):
+        name = str(path.parent.relative_to(root) / location)  # locations are relative to the graph's directory
+        data = inside(root, name, f"external-data file named by {path.name}")
+        if not data.is_file():
+            raise BundleError(f"{data}: missing external-data file named by {path.name} "
                               f"(keep the .onnx and its data file together, under their exported names)")
+        if name not in files:
+            raise BundleError(f"{data}: external-data file named by {path.name} that export.json does not list")
+        end, initializer = reads[location]
+        size = data.stat().st_size
+        if size < end:
+            raise BundleError(f"{data}: truncated: {size} bytes, but {path.name} reads {end} bytes from it "
+                              f"(initializer {initializer}); copy or export it again")
 
 
 def _check_model(path: Path) -> None:
@@ -128,14 +209,16 @@ def open_bundle(out: str | Path) -> Bundle:
     if not root.is_dir():
         raise BundleError(f"{root}: no such directory (give the --out of `lmref export`)")
     manifest = _read_manifest(root)
+    _check_paths(root, manifest)
     config = _read_config(root / CONFIG_FILE)
-    path = root / manifest.get("model", "")
+    path = root / manifest["model"]
     model = _load_graph(path)
-    _check_external_data(path, model)
-    _check_model(path)
+    _check_external_data(root, path, model, manifest["files"])
     problems = graph_mismatches(config, model)
     if problems:
         raise BundleError(f"{root / CONFIG_FILE} does not match the graph {path.name}: " + "; ".join(problems))
+    _check_digests(root, manifest["files"])
+    _check_model(path)
     return Bundle(root, config, manifest)
 
 

@@ -5,8 +5,17 @@
         model.onnx.data   its weights, when stored as external data (see below)
         config.json       the ModelConfig (also embedded in the graph's metadata)
         export.json       the manifest: format, opset, names, versions, the weights' source,
-                          the tokenizer
+                          the tokenizer, and `files`: the sha256 and size of every file above
+                          (export/bundle.py verifies them when the directory is opened)
         tokenizer.json    copied from a training checkpoint that has one
+        .lmref-output.json  the marker of spec/outputs.py (kind "onnx-export")
+
+OUT is claimed first (spec/outputs.py): a new or empty directory, or one an earlier export
+marked as its own, and never the checkpoint it reads.  The files are written into a
+temporary directory inside OUT and moved into place once all of them exist; only then are
+the files of the previous export that the new one does not write removed, and only those
+its export.json lists.  A file in OUT under a name the export writes that the previous
+export.json does not list is the user's: the export is refused before anything is moved.
 
 The route: `torch.onnx.export(dynamo=True)` (the
 TorchScript exporter is deprecated and capped at opset 20, pytorch#156023) with `dynamic_shapes`, at
@@ -19,9 +28,11 @@ keeps the name the exporter gives it, `model.onnx.data`, beside the graph).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -32,10 +43,14 @@ from lmref.export.decoder import OnnxDecoder, dynamic_shapes, example_inputs, in
 from lmref.export.errors import ExportError
 from lmref.export.features import check_exportable
 from lmref.spec.config import ModelConfig
+from lmref.spec.errors import OutputError
+from lmref.spec.outputs import claim
 from lmref.spec.params import param_count
 
 OPSET = 18
-FORMAT, FORMAT_VERSION = "lmref-onnx", 1
+# Version 2: export.json lists every file with its sha256 and size ("files").
+FORMAT, FORMAT_VERSION = "lmref-onnx", 2
+OUTPUT_KIND = "onnx-export"  # the kind in spec/outputs.py's marker
 MODEL_FILE, CONFIG_FILE, MANIFEST_FILE, TOKENIZER_FILE = "model.onnx", "config.json", "export.json", "tokenizer.json"
 EXTERNAL_DATA_BYTES = 1 << 30  # 1 GiB of float32 weights and more: external data
 CONFIG_METADATA_KEY = "lmref.config"
@@ -85,7 +100,8 @@ def trace(config: ModelConfig, params: dict[str, np.ndarray]):
     return program
 
 
-def _versions() -> dict[str, str]:
+def tool_versions() -> dict[str, str]:
+    """The versions of the tools that make the graph (export.json `versions`)."""
     import onnx
     import onnxscript
     import torch
@@ -94,47 +110,100 @@ def _versions() -> dict[str, str]:
             "onnxscript": onnxscript.__version__}
 
 
-def manifest(config: ModelConfig, *, external_data: bool, source: dict, tokenizer: dict | None) -> dict:
-    """The export.json of an export."""
+def file_digest(path: Path) -> dict:
+    """{"sha256", "bytes"} of a file (read in 1 MiB chunks: any size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"sha256": h.hexdigest(), "bytes": path.stat().st_size}
+
+
+def manifest(config: ModelConfig, *, external_data: bool, source: dict, tokenizer: dict | None,
+             files: dict[str, dict] | None = None) -> dict:
+    """The export.json of an export; `files`: {name: file_digest} of every file it wrote."""
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "model": MODEL_FILE,
         "external_data": external_data, "opset": OPSET, "dtype": "float32",
         "inputs": input_names(config.n_layers), "outputs": output_names(config.n_layers),
         "axes": {"batch": "batch", "sequence": "sequence", "past": "past_sequence", "total": TOTAL_DIM},
-        "source": source, "tokenizer": tokenizer, "versions": _versions(),
+        "source": source, "tokenizer": tokenizer, "versions": tool_versions(), "files": files or {},
     }
+
+
+def _own_files(out: Path) -> set[str]:
+    """The names the export.json in `out` lists as written by an earlier export (plain names
+    only: a listed path that is not a file directly in `out` is never touched)."""
+    try:
+        data = json.loads((out / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("files"), dict):
+        return set()
+    return {name for name in data["files"] if isinstance(name, str) and name and Path(name).name == name
+            and name not in (".", "..")} | {MANIFEST_FILE}
+
+
+def _install(staging: Path, out: Path, written: list[str], info: dict) -> None:
+    """Move the `written` files from `staging` into `out` with their export.json `info`,
+    replacing the previous export (only the files its export.json lists).
+
+    OutputError, before anything is touched, when a name to write is taken by a file the
+    previous export.json does not list.  The order keeps every state a crash can leave
+    re-exportable and never a bundle that opens: the previous export's files the new one does
+    not write go first, then the new export.json (atomically), then the new files (until
+    they are all in place, their sha256 differ from what export.json records)."""
+    own = _own_files(out)
+    for name in [*written, MANIFEST_FILE]:
+        if (out / name).exists() and name not in own:
+            raise OutputError(f"--out {out}: {out / name} is in the way and export.json does not list it as "
+                              "written by `lmref export`; move it, or give a new or empty directory")
+    for name in sorted(own - {*written, MANIFEST_FILE}):
+        if (out / name).is_file() and not (out / name).is_symlink():
+            (out / name).unlink()
+    (staging / MANIFEST_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    (staging / MANIFEST_FILE).replace(out / MANIFEST_FILE)
+    for name in written:
+        (staging / name).replace(out / name)
 
 
 def export_onnx(config: ModelConfig, params: dict[str, np.ndarray], out: str | Path, *,
                 external_data: bool | None = None, source: dict | None = None,
-                tokenizer: dict | None = None, tokenizer_file: Path | None = None) -> Path:
+                tokenizer: dict | None = None, tokenizer_file: Path | None = None,
+                inputs: tuple[str | Path, ...] = ()) -> Path:
     """Export (config, params) to the directory `out` (see the module docstring); check it
     with onnx.checker; return the .onnx path.
 
     `external_data`: None decides by size (EXTERNAL_DATA_BYTES).  `source` ({"kind":
     "preset", "preset", "seed"} or {"kind": "checkpoint", "path"}) tells `validate-onnx` where
     the reference weights are; `tokenizer` (a train/tokenizer.py `info`) and `tokenizer_file`
-    are what `generate --onnx` decodes with.
+    are what `generate --onnx` decodes with.  `inputs`: the paths the export reads, which
+    `out` may not be, lie in or hold (OutputError, spec/outputs.py).
     """
     import onnx
 
     check_exportable(config)
     if external_data is None:
         external_data = 4 * param_count(config) >= EXTERNAL_DATA_BYTES
+    out = claim(out, OUTPUT_KIND, inputs=inputs)
     program = trace(config, params)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in (out / MODEL_FILE, out / f"{MODEL_FILE}.data", out / TOKENIZER_FILE):
-        stale.unlink(missing_ok=True)
-    path = out / MODEL_FILE
-    program.save(path, external_data=external_data)
-    onnx.checker.check_model(str(path))  # the path form reads external data (and > 2 GB models)
-    (out / CONFIG_FILE).write_text(config.to_json() + "\n")
-    if tokenizer_file is not None:
-        shutil.copyfile(tokenizer_file, out / TOKENIZER_FILE)
-    info = manifest(config, external_data=external_data, source=source or {"kind": "params"}, tokenizer=tokenizer)
-    (out / MANIFEST_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    return path
+    staging = Path(tempfile.mkdtemp(prefix=".lmref-export-", dir=out))
+    try:
+        program.save(staging / MODEL_FILE, external_data=external_data)
+        onnx.checker.check_model(str(staging / MODEL_FILE))  # the path form reads external data (> 2 GB too)
+        (staging / CONFIG_FILE).write_text(config.to_json() + "\n")
+        if tokenizer_file is not None:
+            shutil.copyfile(tokenizer_file, staging / TOKENIZER_FILE)
+            if tokenizer:
+                tokenizer = tokenizer | {"file": TOKENIZER_FILE}  # the name it has here
+        written = sorted(p.name for p in staging.iterdir())
+        files = {name: file_digest(staging / name) for name in written}
+        info = manifest(config, external_data=external_data, source=source or {"kind": "params"},
+                        tokenizer=tokenizer, files=files)
+        _install(staging, out, written, info)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out / MODEL_FILE
 
 
 def export_preset(name: str, seed: int, out: str | Path, *, external_data: bool | None = None) -> Path:
@@ -172,4 +241,5 @@ def export_checkpoint(path: str | Path, out: str | Path, *, external_data: bool 
     tokenizer_file = directory / TOKENIZER_FILE
     return export_onnx(config, params, out, external_data=external_data,
                        source={"kind": "checkpoint", "path": str(directory.resolve())}, tokenizer=tokenizer,
-                       tokenizer_file=tokenizer_file if tokenizer_file.is_file() else None)
+                       tokenizer_file=tokenizer_file if tokenizer_file.is_file() else None,
+                       inputs=(path, directory))

@@ -8,6 +8,9 @@ from an empty past; decode prefills `prompt_len` tokens, then feeds one token pe
 with the graph's own presents as the past; loss is the mean next-token cross-entropy of
 forward's float32 logits, computed in float64.  capture is not offered (the graph has no
 outputs for intermediates): NOT SUPPORTED.
+
+As the golden does, each call checks the config's features first, then the tokens
+(spec.inputs: the very messages of the other backends), before anything is exported or run.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import onnxruntime as ort
 from lmref.impl_numpy.model import log_softmax
 from lmref.export.bundle import open_bundle
 from lmref.export.exporter import OPSET, export_onnx
+from lmref.export.features import check_exportable
 from lmref.export.runtime import DecoderSession, default_provider, open_session
 from lmref.spec.config import ModelConfig
+from lmref.spec.inputs import check_tokens
 
 CACHE_SIZE = 64  # sessions kept: the suite runs each capability over every case, so keep them all
 
@@ -68,14 +73,20 @@ class OnnxAdapter:
         return self._sessions[key]
 
     def forward(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
+        check_exportable(config)
+        tokens = check_tokens(config, tokens)
         return self.session(config, params).prefill_and_decode(tokens, tokens.shape[1])
 
     def decode(self, config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int) -> np.ndarray:
+        check_exportable(config)
+        tokens = check_tokens(config, tokens)
         if not 1 <= prompt_len <= tokens.shape[1]:
             raise ValueError(f"prompt_len must be in [1, {tokens.shape[1]}], got {prompt_len}")
         return self.session(config, params).prefill_and_decode(tokens, prompt_len)
 
     def loss(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> float:
+        check_exportable(config)
+        tokens = check_tokens(config, tokens)
         if tokens.shape[1] < 2:
             raise ValueError(f"loss needs sequences of at least 2 tokens, got {tokens.shape[1]}")
         logp = log_softmax(self.forward(config, params, tokens[:, :-1]).astype(np.float64))  # [B, S-1, V]

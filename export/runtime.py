@@ -7,6 +7,13 @@ libraries do not load (microsoft/onnxruntime#23372, commaai/openpilot#31708), so
 session is checked twice: `get_providers()` must start with the provider asked for, and
 with profiling on, the compute nodes (MatMul, Softmax, ...) must have run on it
 (`check_placement`; shape ops may legitimately stay on the CPU).
+
+`DecoderSession.step` checks every input before onnxruntime sees it (the graph itself
+checks nothing: a token id of -1 wraps to the last embedding row, a float id is truncated,
+batch 0 kills the process with SIGFPE, a sequence past the context just runs): the tokens
+with spec.inputs' rules and messages, the ones every backend gives, counting the past's
+length against the context; the past (count, shapes, batch), the attention mask
+([batch, past + seq] of 0 and 1) and explicit position ids (inside the context).
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import numpy as np
 from lmref.export.decoder import input_names, past_names
 from lmref.export.errors import ProviderError
 from lmref.spec.config import ModelConfig
+from lmref.spec.errors import InputError
+from lmref.spec.inputs import check_tokens
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 # Nodes that must run on the requested provider; the rest (Shape, Gather of sizes, ...) may not.
@@ -111,21 +120,81 @@ class DecoderSession:
         shape = (batch, self.config.n_kv_heads, 0, self.config.head_dim)
         return [np.zeros(shape, np.float32) for _ in self.past_names]
 
+    def check_past(self, past: list[np.ndarray]) -> tuple[list[np.ndarray], int, int]:
+        """(past as float32 arrays, its length, its batch), or InputError: 2 * n_layers arrays
+        [batch, n_kv_heads, past, head_dim] of one batch and one length."""
+        if len(past) != len(self.past_names):
+            raise InputError(f"past_key_values: expected {len(self.past_names)} arrays (key and value of "
+                             f"{self.config.n_layers} layers), got {len(past)}")
+        arrays, want = [], (self.config.n_kv_heads, self.config.head_dim)
+        for name, value in zip(self.past_names, past):
+            a = np.asarray(value)
+            if a.dtype == object or not np.issubdtype(a.dtype, np.floating):
+                raise InputError(f"{name}: must be a floating-point array, got dtype {a.dtype}")
+            if a.ndim != 4 or (a.shape[1], a.shape[3]) != want:
+                raise InputError(f"{name}: must have shape [batch, {want[0]}, past, {want[1]}], got shape {a.shape}")
+            if arrays and a.shape[::2] != arrays[0].shape[::2]:
+                raise InputError(f"{name}: shape {a.shape} differs in batch or past length from "
+                                 f"{self.past_names[0]}'s {arrays[0].shape}")
+            arrays.append(a.astype(np.float32, copy=False))
+        batch, length = arrays[0].shape[0], arrays[0].shape[2]
+        return arrays, length, batch
+
+    def check_inputs(self, input_ids, attention_mask, past: list[np.ndarray], position_ids=None) -> list[np.ndarray]:
+        """The graph's input arrays in input_names' order, or InputError naming the problem:
+        the tokens by spec.inputs' rules after the past's length, then the past's batch, the
+        mask and the position ids (see the module docstring)."""
+        past, past_len, past_batch = self.check_past(past)
+        tokens = check_tokens(self.config, input_ids, past_len=past_len)  # [B, S] int64
+        batch, seq = tokens.shape
+        if past_batch != batch:
+            raise InputError(f"tokens have batch {batch} but the KV cache holds batch {past_batch}")
+        mask = np.asarray(attention_mask)
+        if mask.dtype != bool and (mask.dtype == object or not np.issubdtype(mask.dtype, np.integer)):
+            raise InputError(f"attention_mask must be an integer or bool array, got dtype {mask.dtype}")
+        if mask.shape != (batch, past_len + seq):
+            raise InputError(f"attention_mask must have shape [batch, past + seq] = [{batch}, {past_len + seq}], "
+                             f"got {mask.shape}")
+        mask = mask.astype(np.int64)
+        bad = (mask != 0) & (mask != 1)
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise InputError(f"attention_mask must hold only 0 and 1, got {mask[where]} at {where}")
+        if position_ids is None:
+            positions = positions_from_mask(mask)[:, -seq:]  # [B, S]
+        else:
+            positions = np.asarray(position_ids)
+            if positions.dtype == object or not np.issubdtype(positions.dtype, np.integer):
+                raise InputError(f"position_ids must be an integer array, got dtype {positions.dtype}")
+            if positions.shape != tokens.shape:
+                raise InputError(f"position_ids must have the shape of the tokens {tokens.shape}, "
+                                 f"got {positions.shape}")
+            if positions.min() < 0:
+                where = tuple(int(i) for i in np.argwhere(positions < 0)[0])
+                raise InputError(f"position id {positions[where]} at {where} is negative")
+            if positions.max() >= self.config.max_seq_len:
+                where = tuple(int(i) for i in np.argwhere(positions >= self.config.max_seq_len)[0])
+                raise InputError(f"position id {positions[where]} at {where} is out of range for "
+                                 f"max_seq_len={self.config.max_seq_len}")
+        return [tokens, mask, positions.astype(np.int64), *past]
+
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, past: list[np.ndarray],
              position_ids: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         """(logits [B, S, V], presents) for input_ids [B, S] after `past`; attention_mask [B, P + S]
-        covers past and new tokens; position_ids default to positions_from_mask's last S."""
-        seq = input_ids.shape[1]
-        if position_ids is None:
-            position_ids = positions_from_mask(attention_mask)[:, -seq:]  # [B, S]
-        values = [input_ids.astype(np.int64), attention_mask.astype(np.int64), position_ids.astype(np.int64), *past]
+        covers past and new tokens; position_ids default to positions_from_mask's last S.
+        Every input is checked first (check_inputs): InputError, and onnxruntime never runs."""
+        values = self.check_inputs(input_ids, attention_mask, past, position_ids)
         logits, *present = self.session.run(None, dict(zip(input_names(self.config.n_layers), values)))
         return logits, present
 
     def prefill_and_decode(self, tokens: np.ndarray, prompt_len: int) -> np.ndarray:
         """Logits [B, S, V]: tokens[:, :prompt_len] in one step, then one token per step through
-        the graph's own cache (teacher-forced); no padding."""
+        the graph's own cache (teacher-forced); no padding.  The tokens are checked first, as
+        every backend's decode checks them (spec.inputs)."""
+        tokens = check_tokens(self.config, tokens)
         batch, total = tokens.shape
+        if not 1 <= prompt_len <= total:
+            raise ValueError(f"prompt_len must be in [1, {total}], got {prompt_len}")
         mask = np.ones((batch, total), np.int64)
         logits, past = self.step(tokens[:, :prompt_len], mask[:, :prompt_len], self.empty_past(batch))
         steps = [logits]

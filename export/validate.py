@@ -9,6 +9,17 @@ float64 golden (impl_numpy.forward on the whole row) and the float32 torch twin
 (Transformer.decode: its own static KV cache, the same prefill / step split).  Only real
 positions are compared, with conformance/metrics.py and the float32 tolerance row; the
 prefill and the decode steps are judged separately.
+
+The weights are checked directly as well (`check_weights`): every initializer of the graph
+must equal, bit for bit, the same initializer of a fresh export of the reference weights
+(exporter.trace: the very conversion and constant folding the export did).  The scenario
+above cannot do that alone: its random prompts visit a few embedding rows of the vocabulary
+(a changed row 138 moved no logit it looked at), an MoE router may skip an expert, learned
+positions past the scenario's length are never read, and a change below the tolerance
+passes it.  Prompts that visit every embedding row would cost a vocabulary's worth of
+golden positions (128k for Llama 3) and still miss the rest; the direct comparison costs one
+trace, is exact, and covers every weight, the folded ones (transposed matrices, RoPE
+frequencies) included.
 """
 
 from __future__ import annotations
@@ -173,3 +184,106 @@ def validate(bundle: Bundle, params: dict, providers: list[str], *, prompt_len: 
                 checks.append(check)
     return checks
 
+
+
+@dataclass(frozen=True)
+class WeightsCheck:
+    """The graph's initializers against a fresh export of the reference weights: `compared`
+    initializers, `differences` one line each (empty: PASS)."""
+
+    compared: int
+    differences: list[str]
+    note: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.differences)
+
+    def line(self) -> str:
+        if not self.failed:
+            return (f"  PASS weights: the graph's {self.compared} initializers equal those of a fresh export of the "
+                    f"reference weights, bit for bit{self.note}")
+        shown = self.differences[:MAX_SHOWN]
+        more = len(self.differences) - len(shown)
+        return (f"  FAIL weights: the graph's initializers are not those of a fresh export of the reference weights"
+                f"{self.note}: " + "; ".join(shown) + (f"; and {more} more" if more else ""))
+
+
+MAX_SHOWN = 4  # differing initializers named on the FAIL line
+
+
+def _canonical_names(params: dict) -> dict[tuple, str]:
+    """(shape, bytes) of each canonical param as exported (float32), and of its transpose,
+    -> its canonical name: to say which weight a folded initializer (val_55) holds."""
+    names = {}
+    for name, value in params.items():
+        a = np.asarray(value, np.float32)
+        for v in (a, a.T):
+            names.setdefault((v.shape, np.ascontiguousarray(v).tobytes()), name)
+    return names
+
+
+def _fmt(x) -> str:
+    return f"{x:.6g}" if isinstance(x, (float, np.floating)) else str(x)
+
+
+def _difference(name: str, graph: np.ndarray, reference: np.ndarray, canonical: dict) -> str:
+    """One line: how the graph's initializer `name` differs from the reference's."""
+    label = name
+    key = (reference.shape, np.ascontiguousarray(reference).tobytes())
+    if key in canonical:
+        label = f"{name} ({canonical[key]})"
+    if graph.shape != reference.shape or graph.dtype != reference.dtype:
+        return f"{label}: {graph.dtype}{list(graph.shape)} in the graph, {reference.dtype}{list(reference.shape)} in the reference"
+    differ = graph != reference
+    if np.issubdtype(graph.dtype, np.floating):
+        differ &= ~(np.isnan(graph) & np.isnan(reference))
+    if not differ.any():
+        return f"{label}: the bytes differ (signs of zero or NaN payloads), the values do not"
+    first = tuple(int(i) for i in np.argwhere(differ)[0]) if differ.ndim else ()
+    return (f"{label}: {int(differ.sum())} of {differ.size} entries differ, first at {list(first)}: "
+            f"{_fmt(graph[first])} in the graph, {_fmt(reference[first])} in the reference")
+
+
+def check_weights(bundle: Bundle, params: dict) -> WeightsCheck:
+    """Every initializer of the bundle's graph against a fresh export of `params`
+    (see the module docstring), by name; by content when the names differ (another torch or
+    onnxscript names the folded initializers otherwise)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from lmref.export.exporter import tool_versions, trace
+
+    model = onnx.load(str(bundle.model_path))  # with its external data
+    graph = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    program = trace(bundle.config, params)
+    reference = {name: v.const_value.numpy() for name, v in program.model.graph.initializers.items()}
+    canonical = _canonical_names(params)
+    if set(graph) == set(reference):
+        differences = [_difference(name, graph[name], reference[name], canonical) for name in graph
+                       if graph[name].dtype != reference[name].dtype or graph[name].shape != reference[name].shape
+                       or graph[name].tobytes() != reference[name].tobytes()]
+        return WeightsCheck(len(graph), differences)
+    # Other names: compare the multisets of (dtype, shape, bytes).
+    recorded, running = bundle.manifest.get("versions", {}), tool_versions()
+    changed = [f"{k} {recorded.get(k)} (now {v})" for k, v in running.items() if recorded.get(k) != v]
+    note = (" (matched by content: the initializer names differ from this export's"
+            + (f"; exported with {', '.join(changed)}" if changed else "") + ")")
+
+    def key(a: np.ndarray) -> tuple:
+        return (str(a.dtype), a.shape, np.ascontiguousarray(a).tobytes())
+
+    unmatched = {}
+    for name, a in reference.items():
+        unmatched.setdefault(key(a), []).append(name)
+    differences = []
+    for name, a in graph.items():
+        names = unmatched.get(key(a))
+        if names:
+            names.pop()
+        else:
+            differences.append(f"{name}: no initializer of the reference export holds its {a.dtype}"
+                               f"{list(a.shape)} values")
+    differences += [f"{name}: the reference export's initializer is missing from the graph"
+                    for names in unmatched.values() for name in names]
+    return WeightsCheck(len(graph), differences, note)

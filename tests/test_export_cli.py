@@ -17,6 +17,7 @@ ort = pytest.importorskip("onnxruntime")
 from lmref.convert.checkpoint import save_checkpoint  # noqa: E402
 from lmref.cli import main  # noqa: E402
 from lmref.spec import init_params, tiny  # noqa: E402
+from lmref.spec.outputs import MARKER  # noqa: E402
 
 ARCH = "llama2-70b"  # GQA with groups of 4; the other presets: tests/test_export_presets.py
 
@@ -36,7 +37,8 @@ def copy(out, tmp_path):
 
 
 def test_export_writes_the_graph_its_data_and_the_manifest(out):
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "export.json", "model.onnx", "model.onnx.data"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        MARKER, "config.json", "export.json", "model.onnx", "model.onnx.data"]  # MARKER: spec/outputs.py
     manifest = json.loads((out / "export.json").read_text())
     assert manifest["source"] == {"kind": "preset", "preset": ARCH, "seed": 1}
     assert manifest["external_data"] is True and manifest["opset"] == 18 and manifest["tokenizer"] is None
@@ -49,7 +51,9 @@ def test_validate_onnx_passes(out, capsys):
     assert main(["validate-onnx", str(out)]) == 0
     text = capsys.readouterr().out
     assert "8 decode steps" in text and "left-padded by 3" in text
-    assert text.count("  PASS ") == 4 and "validate-onnx: PASS (4 of 4 checks passed" in text
+    # 4 checks of the numbers, and the weights check (issue 10, item 10)
+    assert text.count("  PASS ") == 5 and "validate-onnx: PASS (4 of 4 checks passed" in text
+    assert "  PASS weights: " in text
 
 
 def test_validate_onnx_fails_on_other_weights(out, tmp_path, capsys):

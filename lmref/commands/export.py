@@ -48,21 +48,27 @@ def _providers(choice: str) -> list[str]:
 def cmd_validate(args: argparse.Namespace) -> int:
     from lmref.export.bundle import open_bundle, reference_params
     from lmref.export.errors import ProviderError
-    from lmref.export.validate import validate
+    from lmref.export.validate import check_weights, validate
 
     try:
         bundle = open_bundle(args.out)
         params = reference_params(bundle, args.checkpoint)
         checks = validate(bundle, params, _providers(args.provider), prompt_len=args.prompt_len, pad=args.pad,
                           steps=args.steps, seed=args.seed)
+        weights = check_weights(bundle, params)
     except ProviderError as e:
         return fail("validate-onnx", e, status=1)
     except (*known_errors(), ValueError) as e:
         return fail("validate-onnx", e)
+    print(weights.line())
     failed = [c for c in checks if c.failed]
-    print(f"validate-onnx: {'FAIL' if failed else 'PASS'} ({len(checks) - len(failed)} of {len(checks)} checks "
-          "passed, float32 tolerance row of conformance/tolerances.py)")
-    return 1 if failed else 0
+    passed = (f"{len(checks) - len(failed)} of {len(checks)} checks passed, float32 tolerance row of "
+              "conformance/tolerances.py")
+    if weights.failed:
+        print(f"validate-onnx: FAIL (the graph's weights differ from the reference's; {passed})")
+    else:
+        print(f"validate-onnx: {'FAIL' if failed else 'PASS'} ({passed}; weights equal the reference bit for bit)")
+    return 1 if failed or weights.failed else 0
 
 
 def _add_export(sub) -> None:
@@ -70,13 +76,15 @@ def _add_export(sub) -> None:
         "export", help="export a model to ONNX (one graph for prefill and KV-cache decode)",
         description="torch.onnx.export(dynamo=True) at opset 18 of an lmref checkpoint or a preset's tiny "
                     "model.  OUT gets model.onnx (+ model.onnx.data with external data), config.json, "
-                    "export.json and the checkpoint's tokenizer.json when it has one.")
+                    "export.json (with the sha256 of every file) and the checkpoint's tokenizer.json when it "
+                    "has one.  OUT must be new, empty, or an earlier export's (marked); never the checkpoint.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="DIR", help="an lmref checkpoint (config.json + params.safetensors), "
                         "or a training checkpoint / run directory of `lmref train`")
     source.add_argument("--preset", metavar="NAME", help="tiny(NAME) with spec.init_params")
     p.add_argument("--seed", type=int, help="with --preset: the init seed (default 0)")
-    p.add_argument("--out", required=True, metavar="OUT", help="the directory to write")
+    p.add_argument("--out", required=True, metavar="OUT",
+                   help="the directory to write: new, empty, or written by an earlier `lmref export`")
     p.add_argument("--external-data", action="store_true",
                    help="store the weights in model.onnx.data (default: only from 1 GiB of weights on)")
     p.set_defaults(run=cmd_export)
@@ -87,7 +95,10 @@ def _add_validate(sub) -> None:
         "validate-onnx", help="run an exported graph in onnxruntime against the golden and the torch twin",
         description="Prefill a left-padded batch of 2 from an empty past, then decode step by step through "
                     "the graph's own KV cache; compare every real position with the float64 golden and the "
-                    "float32 torch twin (each row unpadded) on every available provider.  Exit 1 on a mismatch.")
+                    "float32 torch twin (each row unpadded) on every available provider, and every weight of "
+                    "the graph with a fresh export of the reference weights, bit for bit.  Exit 1 on a "
+                    "mismatch; exit 2 when the directory fails its checks (a file whose sha256 differs from "
+                    "export.json's, a path outside the directory, a truncated file).")
     p.add_argument("out", metavar="OUT", help="a directory written by `lmref export`")
     p.add_argument("--checkpoint", metavar="DIR", help="reference weights (default: the source export.json records)")
     p.add_argument("--provider", choices=PROVIDERS, default="auto",

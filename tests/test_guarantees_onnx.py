@@ -1,0 +1,458 @@
+"""What `lmref export`, `lmref validate-onnx` and the ONNX runtime path promise (issue 10; the
+"Guarantees" section of docs/onnx.md points here):
+
+- `export --out` writes only into a new, empty or its own (marked) directory, never into its
+  --checkpoint input, and deletes only files its own export.json lists;
+- export.json records the sha256 of every exported file; opening a bundle verifies them and
+  names the file that differs;
+- validate-onnx compares the graph's weights with a fresh export of the reference weights,
+  bit for bit, so a changed weight fails even when export.json was re-hashed to match;
+- the ONNX path (DecoderSession, OnnxAdapter, generate --onnx) refuses bad tokens before
+  onnxruntime runs, with spec.inputs' messages; a truncated external-data file is named;
+- every path export.json names resolves inside the bundle directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxscript")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from lmref.cli import main  # noqa: E402
+from lmref.convert.checkpoint import save_checkpoint  # noqa: E402
+from lmref.export.bundle import open_bundle  # noqa: E402
+from lmref.export.errors import BundleError  # noqa: E402
+from lmref.export.exporter import export_onnx  # noqa: E402
+from lmref.export.generate import generate  # noqa: E402
+from lmref.export.onnx_adapter import OnnxAdapter  # noqa: E402
+from lmref.export.runtime import DecoderSession, open_session  # noqa: E402
+from lmref.spec import InputError, init_params, tiny  # noqa: E402
+from lmref.spec.errors import OutputError  # noqa: E402
+from lmref.spec.inputs import check_tokens  # noqa: E402
+from lmref.spec.outputs import MARKER  # noqa: E402
+
+ARCH = "llama3"
+SHORT = tiny("llama3", max_seq_len=16)  # vocab 251, a context short enough to run past
+
+
+def _error(argv, capsys, status=2) -> str:
+    assert main(argv) == status
+    return capsys.readouterr().err
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    """`lmref export --preset llama3 --seed 0 --external-data` (once for the module)."""
+    out = tmp_path_factory.mktemp("guarantees") / "llama3-onnx"
+    assert main(["export", "--preset", ARCH, "--out", str(out), "--external-data"]) == 0
+    return out
+
+
+@pytest.fixture
+def copy(out, tmp_path):
+    return shutil.copytree(out, tmp_path / "copy")
+
+
+@pytest.fixture(scope="module")
+def short(tmp_path_factory):
+    """(bundle, DecoderSession) of tiny llama3 with max_seq_len 16."""
+    out = tmp_path_factory.mktemp("short")
+    export_onnx(SHORT, init_params(SHORT, 0), out)
+    bundle = open_bundle(out)
+    return bundle, DecoderSession(open_session(bundle.model_path), bundle.config)
+
+
+# --- `lmref export --out`: new, empty or its own directory; never its input ------------------
+
+
+def test_export_refuses_a_directory_of_someone_else(tmp_path, capsys):
+    """issue 10, export --out (the rule of items 1-4): a non-empty directory that lmref export
+    did not write is refused, and the user's files (even ones named like the export's) stay."""
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "model.onnx").write_text("my own model")
+    (target / "tokenizer.json").write_text("my own tokenizer")
+    (target / "notes.txt").write_text("notes")
+    err = _error(["export", "--preset", ARCH, "--out", str(target)], capsys)
+    assert f"--out {target}: the directory is not empty and not written by this command" in err
+    assert sorted(p.name for p in target.iterdir()) == ["model.onnx", "notes.txt", "tokenizer.json"]
+    assert (target / "model.onnx").read_text() == "my own model"
+    assert (target / "tokenizer.json").read_text() == "my own tokenizer"
+
+
+def test_export_refuses_an_existing_file(tmp_path, capsys):
+    """issue 10, export --out: a file given as --out is refused, not replaced."""
+    (tmp_path / "f").write_text("x")
+    assert f"--out {tmp_path / 'f'}: is a file, not a directory" in _error(
+        ["export", "--preset", ARCH, "--out", str(tmp_path / "f")], capsys)
+    assert (tmp_path / "f").read_text() == "x"
+
+
+def test_export_never_writes_into_its_checkpoint(tmp_path, capsys):
+    """issue 10, export --out: the --checkpoint input is never the output, nor holds it, nor
+    lies inside it."""
+    config = tiny(ARCH)
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(ckpt, config, init_params(config, 0))
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    assert "is the command's own input" in _error(
+        ["export", "--checkpoint", str(ckpt), "--out", str(ckpt)], capsys)
+    assert "lies inside the input" in _error(
+        ["export", "--checkpoint", str(ckpt), "--out", str(ckpt / "onnx")], capsys)
+    assert "holds the input" in _error(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path)], capsys)
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+
+
+def test_export_rewrites_its_own_directory_and_deletes_only_its_files(tmp_path, capsys):
+    """issue 10, export --out: a directory marked as an onnx-export is rewritten; the files its
+    export.json lists are replaced (model.onnx.data goes when the new export has none), files
+    the user added stay, and a user's file under a name the export writes is refused."""
+    target = tmp_path / "o"
+    assert main(["export", "--preset", ARCH, "--out", str(target), "--external-data"]) == 0
+    assert json.loads((target / MARKER).read_text())["kind"] == "onnx-export"
+    (target / "notes.txt").write_text("mine")
+    (target / "tokenizer.json").write_text("the user's, not the export's")
+    assert main(["export", "--preset", ARCH, "--seed", "3", "--out", str(target)]) == 0
+    assert sorted(p.name for p in target.iterdir()) == sorted(
+        [MARKER, "config.json", "export.json", "model.onnx", "notes.txt", "tokenizer.json"])
+    assert (target / "notes.txt").read_text() == "mine"
+    assert (target / "tokenizer.json").read_text() == "the user's, not the export's"
+    assert json.loads((target / "export.json").read_text())["source"]["seed"] == 3
+    capsys.readouterr()
+    (target / "model.onnx.data").write_text("the user's")
+    err = _error(["export", "--preset", ARCH, "--out", str(target), "--external-data"], capsys)
+    assert f"{target / 'model.onnx.data'} is in the way and export.json does not list it" in err
+    assert (target / "model.onnx.data").read_text() == "the user's"
+    assert open_bundle(target).manifest["source"]["seed"] == 3  # the refused export left the last one whole
+
+
+def test_export_onnx_claims_its_directory(tmp_path):
+    """issue 10, export --out: the library call (what OnnxAdapter and the benchmarks use)
+    claims its directory too."""
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(OutputError, match="not written by this command"):
+        export_onnx(SHORT, init_params(SHORT, 0), tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+# --- item 10: sha256 of every file; the weights against the reference, bit for bit ----------
+
+
+def _embed_offset(bundle_dir, row: int) -> int:
+    """Byte offset in model.onnx.data of embed.tokens[row, 0] (float32)."""
+    from onnx.external_data_helper import ExternalDataInfo
+
+    model = onnx.load(str(bundle_dir / "model.onnx"), load_external_data=False)
+    tensor = next(t for t in model.graph.initializer if t.name == "model.embed.tokens.weight")
+    return ExternalDataInfo(tensor).offset + 4 * row * tensor.dims[1]
+
+
+def _flip(bundle_dir, row: int = 138) -> tuple[float, float]:
+    """Invert every bit of the most significant byte of embed.tokens[row, 0] in
+    model.onnx.data (the byte that holds the sign and the exponent); (before, after)."""
+    path = bundle_dir / "model.onnx.data"
+    data = bytearray(path.read_bytes())
+    at = _embed_offset(bundle_dir, row)
+    before = float(np.frombuffer(bytes(data[at : at + 4]), np.float32)[0])
+    data[at + 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return before, float(np.frombuffer(bytes(data[at : at + 4]), np.float32)[0])
+
+
+def _rehash(bundle_dir) -> None:
+    """Make export.json agree with the files as they are now."""
+    manifest = json.loads((bundle_dir / "export.json").read_text())
+    for name, entry in manifest.get("files", {}).items():
+        entry.update(sha256=_sha256(bundle_dir / name), bytes=(bundle_dir / name).stat().st_size)
+    (bundle_dir / "export.json").write_text(json.dumps(manifest))
+
+
+def test_manifest_records_the_sha256_of_every_file(out):
+    """issue 10, item 10: export.json records the sha256 and size of every exported file."""
+    manifest = json.loads((out / "export.json").read_text())
+    assert sorted(manifest["files"]) == ["config.json", "model.onnx", "model.onnx.data"]
+    for name, entry in manifest.get("files", {}).items():
+        assert entry == {"sha256": _sha256(out / name), "bytes": (out / name).stat().st_size}
+
+
+def test_a_flipped_weight_byte_is_named_when_the_bundle_opens(copy, capsys):
+    """issue 10, item 10: one byte flipped in the weights (embed.tokens[138, 0] from about -0.03
+    to about 476, as the issue found) fails open_bundle, naming the file: validate-onnx and
+    generate --onnx refuse it."""
+    before, after = _flip(copy)
+    assert abs(before) < 0.2 and abs(after) > 100
+    message = f"{copy / 'model.onnx.data'}: sha256 differs from the one export.json records"
+    assert message in _error(["validate-onnx", str(copy)], capsys)
+    assert message in _error(["generate", "--onnx", str(copy), "--prompt", "x"], capsys)
+    with pytest.raises(BundleError, match="model.onnx.data: sha256 differs"):
+        open_bundle(copy)
+
+
+def test_a_changed_config_json_with_the_same_graph_is_named(copy, capsys):
+    """issue 10, item 10: config.json is hashed too (a field the graph check cannot see)."""
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps(config, indent=4))
+    assert f"{copy / 'config.json'}: sha256 differs" in _error(["validate-onnx", str(copy)], capsys)
+
+
+def test_validate_onnx_passes_the_weights_check(out, capsys):
+    """issue 10, item 10: validate-onnx reports the weights check, bit for bit."""
+    assert main(["validate-onnx", str(out), "--steps", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "  PASS weights: the graph's " in text and "equal those of a fresh export of the reference" in text
+    assert "validate-onnx: PASS (4 of 4 checks passed" in text and "weights equal the reference" in text
+
+
+def test_a_flipped_weight_byte_fails_validate_onnx_even_when_rehashed(copy, capsys):
+    """issue 10, item 10: with export.json re-hashed to match the altered file, validate-onnx
+    still fails: it compares each initializer with a fresh export of the reference weights
+    and names the one that differs, with the first entry that differs."""
+    before, after = _flip(copy)
+    _rehash(copy)
+    open_bundle(copy)  # the hashes agree now
+    assert main(["validate-onnx", str(copy), "--steps", "2"]) == 1
+    text = capsys.readouterr().out
+    assert "  FAIL weights: " in text
+    assert "model.embed.tokens.weight (embed.tokens): 1 of 32128 entries differ, first at [138, 0]" in text
+    assert f"{after:.6g} in the graph, {before:.6g} in the reference" in text
+    assert "validate-onnx: FAIL" in text
+
+
+def test_weights_swapped_between_layers_fail_validate_onnx(copy, capsys):
+    """issue 10, item 10: two initializers of one shape swapped (a graph whose multiset of
+    weights is right) fail too: the comparison is per initializer."""
+    from onnx.external_data_helper import ExternalDataInfo
+
+    model = onnx.load(str(copy / "model.onnx"), load_external_data=False)
+    norms = [t for t in model.graph.initializer if t.name.endswith("attn_norm.weight")]
+    a, b = (ExternalDataInfo(t) for t in norms[:2])
+    data = bytearray((copy / "model.onnx.data").read_bytes())
+    chunk_a, chunk_b = bytes(data[a.offset : a.offset + a.length]), bytes(data[b.offset : b.offset + b.length])
+    assert chunk_a != chunk_b
+    data[a.offset : a.offset + a.length], data[b.offset : b.offset + b.length] = chunk_b, chunk_a
+    (copy / "model.onnx.data").write_bytes(bytes(data))
+    _rehash(copy)
+    assert main(["validate-onnx", str(copy), "--steps", "2"]) == 1
+    text = capsys.readouterr().out
+    assert "  FAIL weights: " in text and "model.layers.0.attn_norm.weight (layers.0.attn_norm.weight)" in text
+
+
+def _rename_initializer(bundle_dir, old: str, new: str) -> None:
+    """Rename an initializer of model.onnx (and its uses), as another torch would name it."""
+    model = onnx.load(str(bundle_dir / "model.onnx"), load_external_data=False)
+    next(t for t in model.graph.initializer if t.name == old).name = new
+    for node in model.graph.node:
+        node.input[:] = [new if i == old else i for i in node.input]
+    onnx.save(model, str(bundle_dir / "model.onnx"))
+
+
+def test_weights_are_matched_by_content_when_the_names_differ(copy):
+    """issue 10, item 10: a graph whose folded initializers another exporter version named
+    otherwise is compared by content: the same values pass, a changed byte still fails."""
+    from lmref.export.validate import check_weights
+
+    params = init_params(tiny(ARCH), 0)
+    _rename_initializer(copy, "model.final_norm.weight", "renamed_by_another_torch")
+    _rehash(copy)
+    check = check_weights(open_bundle(copy), params)
+    assert not check.failed and "matched by content" in check.line(), check.line()
+    _flip(copy)
+    _rehash(copy)
+    check = check_weights(open_bundle(copy), params)
+    assert check.failed and "matched by content" in check.line()
+    assert "model.embed.tokens.weight: no initializer of the reference export holds its float32[251, 128] values" \
+        in check.line()
+
+
+# --- item 13: the ONNX path checks its inputs as the other backends do ----------------------
+
+BAD_TOKENS = [
+    ("float", np.array([[1.7, 2.2]])),
+    ("bool", np.array([[True, False]])),
+    ("1-D", np.array([1, 2, 3])),
+    ("3-D", np.ones((1, 2, 3), dtype=np.int64)),
+    ("empty-seq", np.zeros((2, 0), dtype=np.int64)),
+    ("negative", np.array([[1, 2], [3, -1]])),
+    ("too-big", np.array([[1, 251], [3, 4]])),
+    ("way-too-big", np.array([[10**12]])),
+    ("too-long", np.ones((1, 17), dtype=np.int64)),
+]
+
+
+def _message(tokens, past_len: int = 0) -> str:
+    """spec.inputs' message for `tokens`: what every backend says."""
+    with pytest.raises(InputError) as info:
+        check_tokens(SHORT, tokens, past_len=past_len)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("label,tokens", BAD_TOKENS, ids=[b[0] for b in BAD_TOKENS])
+def test_decoder_session_refuses_bad_tokens_with_the_backends_message(short, label, tokens):
+    """issue 10, item 13: DecoderSession.step and prefill_and_decode refuse bad tokens before
+    onnxruntime runs (no wrap of -1 to the last row, no truncated float, no raw onnxruntime
+    error), with spec.inputs' very message."""
+    _, session = short
+    expected = _message(tokens)
+    with pytest.raises(InputError) as info:
+        session.prefill_and_decode(tokens, 1)
+    assert str(info.value) == expected
+    batch = tokens.shape[0] if tokens.ndim == 2 else 1
+    seq = tokens.shape[1] if tokens.ndim == 2 else 3
+    with pytest.raises(InputError) as info:
+        session.step(tokens, np.ones((batch, seq), np.int64), session.empty_past(batch))
+    assert str(info.value) == expected
+
+
+@pytest.mark.parametrize("label,tokens", BAD_TOKENS, ids=[b[0] for b in BAD_TOKENS])
+def test_onnx_adapter_refuses_bad_tokens_with_the_backends_message(label, tokens):
+    """issue 10, item 13: OnnxAdapter's forward, decode and loss refuse bad tokens with
+    spec.inputs' message, before exporting anything."""
+    adapter, params = OnnxAdapter(), init_params(SHORT, 0)
+    expected = _message(tokens)
+    for call in (lambda: adapter.forward(SHORT, params, tokens), lambda: adapter.decode(SHORT, params, tokens, 1),
+                 lambda: adapter.loss(SHORT, params, tokens)):
+        with pytest.raises(InputError) as info:
+            call()
+        assert str(info.value) == expected
+    assert adapter.exports == 0
+
+
+def test_batch_zero_is_refused_not_a_crash(short):
+    """issue 10, item 13: batch 0 used to kill the Python process (SIGFPE in onnxruntime); run
+    in a child process so that the crash shows as a failure."""
+    bundle, _ = short
+    script = (
+        "import numpy as np\n"
+        "from lmref.export.bundle import open_bundle\n"
+        "from lmref.export.runtime import DecoderSession, open_session\n"
+        "from lmref.spec import InputError\n"
+        f"b = open_bundle({str(bundle.root)!r})\n"
+        "s = DecoderSession(open_session(b.model_path), b.config)\n"
+        "for call in (lambda: s.prefill_and_decode(np.zeros((0, 3), np.int64), 3),\n"
+        "             lambda: s.step(np.zeros((0, 3), np.int64), np.ones((0, 3), np.int64), s.empty_past(0))):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except InputError as e:\n"
+        "        print(e)\n")
+    run = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, f"exit {run.returncode}: {run.stderr[-2000:]}"
+    expected = _message(np.zeros((0, 3), np.int64))
+    assert run.stdout.splitlines() == [expected, expected]
+
+
+def test_the_context_counts_the_graphs_past(short):
+    """issue 10, item 13: a step past the context is refused, counting the past it is given,
+    with spec.inputs' message; a past of another batch is refused as the KV caches refuse it."""
+    _, session = short
+    tokens = np.ones((1, 14), np.int64)
+    _, past = session.step(tokens, np.ones((1, 14), np.int64), session.empty_past(1))
+    session.step(np.ones((1, 2), np.int64), np.ones((1, 16), np.int64), past)  # fills 16: fine
+    with pytest.raises(InputError) as info:
+        session.step(np.ones((1, 3), np.int64), np.ones((1, 17), np.int64), past)
+    assert str(info.value) == _message(np.ones((1, 3), np.int64), past_len=14)
+    with pytest.raises(InputError, match="tokens have batch 2 but the KV cache holds batch 1"):
+        session.step(np.ones((2, 1), np.int64), np.ones((2, 15), np.int64), past)
+
+
+@pytest.mark.parametrize("mask, message", [
+    (np.ones((1, 14), np.int64), r"attention_mask must have shape \[batch, past \+ seq\] = \[1, 15\], got \(1, 14\)"),
+    (np.full((1, 15), 2, np.int64), r"attention_mask must hold only 0 and 1, got 2 at \(0, 0\)"),
+    (np.ones((1, 15), np.float32), r"attention_mask must be an integer or bool array, got dtype float32"),
+])
+def test_a_bad_attention_mask_is_refused(short, mask, message):
+    """issue 10, item 13: the graph's other inputs are checked as well (the mask, its length
+    against past + new tokens)."""
+    _, session = short
+    _, past = session.step(np.ones((1, 14), np.int64), np.ones((1, 14), np.int64), session.empty_past(1))
+    with pytest.raises(InputError, match=message):
+        session.step(np.ones((1, 1), np.int64), mask, past)
+
+
+@pytest.mark.parametrize("positions, message", [
+    (np.array([[16]]), r"position id 16 at \(0, 0\) is out of range for max_seq_len=16"),
+    (np.array([[-1]]), r"position id -1 at \(0, 0\) is negative"),
+    (np.array([[1, 2]]), r"position_ids must have the shape of the tokens \(1, 1\), got \(1, 2\)"),
+])
+def test_bad_position_ids_are_refused(short, positions, message):
+    """issue 10, item 13: explicit position_ids stay inside the context (a learned-position
+    model has no row past it)."""
+    _, session = short
+    with pytest.raises(InputError, match=message):
+        session.step(np.ones((1, 1), np.int64), np.ones((1, 1), np.int64), session.empty_past(1), positions)
+
+
+def test_generate_with_the_graph_refuses_bad_ids_as_the_torch_generate_does(short):
+    """issue 10, item 13: export.generate (generate --onnx) refuses a prompt id out of range
+    with the message train/generate.py's torch loop gives."""
+    from lmref.impl_torch import Transformer
+    from lmref.train.generate import generate as generate_torch
+
+    _, session = short
+    model = Transformer.from_canonical(SHORT, init_params(SHORT, 0)).eval()
+    for prompt in ([3, -1], [3, 251]):
+        with pytest.raises(InputError) as torch_error:
+            generate_torch(model, prompt, 2, temperature=0)
+        with pytest.raises(InputError) as onnx_error:
+            generate(session, prompt, 2, temperature=0)
+        assert str(onnx_error.value) == str(torch_error.value)
+
+
+def test_a_truncated_external_data_file_is_named(copy, capsys):
+    """issue 10, item 13: a truncated model.onnx.data is a clear error naming the file (it was
+    an onnxruntime traceback), even with export.json re-hashed to match."""
+    path = copy / "model.onnx.data"
+    path.write_bytes(path.read_bytes()[:100_000])
+    _rehash(copy)
+    err = _error(["validate-onnx", str(copy)], capsys)
+    assert f"{path}: truncated: 100000 bytes, but model.onnx reads" in err
+    assert "Traceback" not in err
+
+
+# --- item 15: every path export.json names stays inside the bundle --------------------------
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda m, root: m | {"model": "../outside/model.onnx"}, "../outside/model.onnx"),
+    (lambda m, root: m | {"model": str(root.parent / "outside" / "model.onnx")}, "outside/model.onnx"),
+    (lambda m, root: m | {"files": m["files"] | {"../outside/model.onnx": m["files"]["model.onnx"]}},
+     "../outside/model.onnx"),
+    (lambda m, root: m | {"tokenizer": {"kind": "bpe", "vocab_size": 251, "file": "../outside/tokenizer.json"}},
+     "../outside/tokenizer.json"),
+])
+def test_paths_in_export_json_stay_inside_the_bundle(copy, capsys, edit, named):
+    """issue 10, item 15: the model path, any file export.json lists and the tokenizer file
+    must resolve inside the bundle directory, or the bundle is refused naming the path."""
+    outside = copy.parent / "outside"
+    outside.mkdir()
+    shutil.copy(copy / "model.onnx", outside / "model.onnx")
+    shutil.copy(copy / "model.onnx.data", outside / "model.onnx.data")
+    (outside / "tokenizer.json").write_text("{}")
+    manifest = json.loads((copy / "export.json").read_text())
+    (copy / "export.json").write_text(json.dumps(edit(manifest, copy)))
+    for argv in (["validate-onnx", str(copy)], ["generate", "--onnx", str(copy), "--prompt", "x"]):
+        err = _error(argv, capsys)
+        assert named in err and "resolves outside the bundle directory" in err
+
+
+def test_a_symlink_out_of_the_bundle_is_refused(copy, capsys):
+    """issue 10, item 15: a listed file that is a link to somewhere else resolves outside."""
+    outside = copy.parent / "outside"
+    outside.mkdir()
+    shutil.move(copy / "model.onnx.data", outside / "model.onnx.data")
+    (copy / "model.onnx.data").symlink_to(outside / "model.onnx.data")
+    err = _error(["validate-onnx", str(copy)], capsys)
+    assert "model.onnx.data" in err and "resolves outside the bundle directory" in err
