@@ -9,6 +9,13 @@
 `save_checkpoint` and `load_checkpoint` are the only readers and writers; loading checks the
 format version, the config's validity and every parameter's presence and shape, and raises
 `CheckpointError` naming the file and the problem.
+
+`save_checkpoint` claims its directory (convert/outputs.py, kind "lmref-checkpoint"): it writes
+into a new or empty directory, or one it wrote before (marked with spec.outputs.MARKER), and
+raises `OutputError` for an existing file or a directory holding anything else, so a call from
+Python can no more overwrite somebody's config.json than the command can.  `write_checkpoint`
+writes the two files into a directory the caller has already made its own (a training save
+writes into the temporary directory it has just created).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from lmref.convert.errors import CheckpointError, ConversionError
+from lmref.convert.outputs import CHECKPOINT_KIND, claim
 from lmref.convert.safetensors_io import read_file, write_file
 from lmref.spec.config import ConfigError, ModelConfig
 from lmref.spec.errors import ParamsError
@@ -29,11 +37,20 @@ FORMAT = "lmref-checkpoint"
 FORMAT_VERSION = "1"
 
 
-def save_checkpoint(out: str | Path, config: ModelConfig, params: dict[str, np.ndarray]) -> Path:
-    """Write `out`/config.json and `out`/params.safetensors (after checking params against config)."""
+def save_checkpoint(out: str | Path, config: ModelConfig, params: dict[str, np.ndarray], *,
+                    option: str = "out") -> Path:
+    """Write `out`/config.json and `out`/params.safetensors (after checking params against config)
+    into a new, empty or earlier lmref-checkpoint directory; `OutputError` (naming `option` and
+    `out`) for anything else."""
+    check_params(config, params)
+    return write_checkpoint(claim(out, CHECKPOINT_KIND, option=option), config, params)
+
+
+def write_checkpoint(out: str | Path, config: ModelConfig, params: dict[str, np.ndarray]) -> Path:
+    """The two files of an lmref checkpoint, written into the existing directory `out`, which
+    the caller owns (no claim, no marker)."""
     check_params(config, params)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).write_text(config.to_json() + "\n")
     write_file(out / PARAMS_FILE, params, metadata={"format": FORMAT, "format_version": FORMAT_VERSION})
     return out

@@ -26,6 +26,7 @@ from lmref.convert.layout import (
     to_hf_tensor,
 )
 from lmref.convert.models import MODEL_TYPES
+from lmref.convert.outputs import HF_KIND, claim
 from lmref.convert.safetensors_io import SINGLE_FILE, read_hf_weights, write_file
 from lmref.spec.config import ConfigError, ModelConfig
 from lmref.spec.errors import ParamsError
@@ -79,17 +80,19 @@ def hf_state_dict(config: ModelConfig, params: dict[str, np.ndarray]) -> dict[st
     return {e.hf: to_hf_tensor(e, params) for e in module.entries(config)}
 
 
-def to_hf(config: ModelConfig, params: dict[str, np.ndarray], out: str | Path, *, dtype: str | None = None) -> Path:
+def to_hf(config: ModelConfig, params: dict[str, np.ndarray], out: str | Path, *, dtype: str | None = None,
+          option: str = "out") -> Path:
     """Write `out`/config.json and `out`/model.safetensors; return `out`.
 
     `dtype` ("float32", "float16", "float64") casts the weights; by default they keep theirs.
+    `out` must be new, empty or a directory `to_hf` wrote before (convert/outputs.py, kind
+    "hf-model"); anything else raises `OutputError` naming `option` and `out`, untouched.
     """
     data = hf_config(config)  # refuse an inexpressible config before touching the disk
     tensors = hf_state_dict(config, params)
     if dtype is not None:
         tensors = {k: v.astype(dtype) for k, v in tensors.items()}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim(out, HF_KIND, option=option)
     names = {v.dtype.name for v in tensors.values()}
     data |= {"dtype": names.pop()} if len(names) == 1 else {}  # from_pretrained's dtype="auto" reads it
     (out / "config.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

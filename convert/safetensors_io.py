@@ -2,7 +2,8 @@
 
 A Hugging Face model directory holds `model.safetensors`, or shards listed by
 `model.safetensors.index.json` ({"weight_map": {key: shard file}}), as `save_pretrained`
-writes them.  NumPy has no bfloat16, so BF16 tensors (most hub LLaMA checkpoints) are read
+writes them.  A shard's name must be a relative path inside the model directory (no absolute
+path, no `..`: convert/paths.py); an index naming any other file is refused.  NumPy has no bfloat16, so BF16 tensors (most hub LLaMA checkpoints) are read
 from the raw bytes and widened to float32, which is exact: a bfloat16 is the top 16 bits of
 the float32 with the same value.  Every other dtype is returned as stored.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from lmref.convert.errors import ConversionError
+from lmref.convert.paths import inside
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
@@ -54,9 +56,14 @@ def _read_sharded(directory: Path) -> dict[str, np.ndarray]:
         weight_map = json.loads(index_path.read_text())["weight_map"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ConversionError(f"{index_path}: not a safetensors index with a weight_map ({e})") from None
+    if not isinstance(weight_map, dict):
+        raise ConversionError(f"{index_path}: weight_map is not a JSON object")
+    shards = {}
+    for shard in weight_map.values():  # every name checked before any file is opened
+        shards[shard] = inside(directory, shard, "shard", str(index_path), ConversionError, "model directory")
     tensors: dict[str, np.ndarray] = {}
-    for shard in sorted(set(weight_map.values())):
-        for name, array in read_file(directory / shard).items():
+    for shard in sorted(shards):
+        for name, array in read_file(shards[shard]).items():
             if weight_map.get(name) != shard:
                 raise ConversionError(f"{directory / shard}: holds {name}, which {INDEX_FILE} "
                                       f"maps to {weight_map.get(name)!r}")

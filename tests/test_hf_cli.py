@@ -65,8 +65,10 @@ def test_options_that_do_not_fit_together(argv, message, tmp_path, capsys):
 
 
 def test_bad_input_is_an_error_message_not_a_traceback(tmp_path, capsys):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
-    assert main(["convert", "--from-hf", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+    hf = tmp_path / "hf"  # the output beside the source: never inside it (issue 10, item 4)
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
+    assert main(["convert", "--from-hf", str(hf), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("lmref convert: error:") and "'gpt_neox' is not supported" in err
 

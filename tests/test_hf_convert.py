@@ -185,7 +185,8 @@ def test_lmref_checkpoint_round_trip(dtype, tmp_path):
     config = case_config("llama3.1")
     params = {k: v.astype(dtype) for k, v in init_params(config, 5).items()}
     save_checkpoint(tmp_path, config, params)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "params.safetensors"]
+    # the marker claims the directory as an lmref checkpoint (issue 10, item 4; spec/outputs.py)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lmref-output.json", "config.json", "params.safetensors"]
     back_config, back_params = load_checkpoint(tmp_path)
     assert back_config == config
     assert_same_params(back_params, params)

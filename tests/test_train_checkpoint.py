@@ -29,13 +29,14 @@ def run_dir(tmp_path_factory):
 
 def test_layout(run_dir):
     assert (run_dir / "latest").read_text().strip() == "step-000006"
-    assert sorted(p.name for p in run_dir.iterdir()) == [
-        "latest", "loss.png", "metrics.jsonl", "step-000003", "step-000006"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [  # the marker: the run claimed it (issue 10, item 1)
+        ".lmref-output.json", "latest", "loss.png", "metrics.jsonl", "step-000003", "step-000006"]
     assert sorted(p.name for p in (run_dir / "step-000006").iterdir()) == [
         "config.json", "optimizer.safetensors", "params.safetensors", "rng.safetensors", "trainer_state.json"]
     state = json.loads((run_dir / "step-000006" / "trainer_state.json").read_text())
     assert state["step"] == 6 and state["data"]["position"] == 6 * 8
     assert state["run"]["arch"] == "gpt2" and state["tokenizer"] == {"kind": "byte", "vocab_size": 256}
+    assert len(state["run_id"]) == 32  # what rotation deletes: this run's checkpoints only
     config, params = load_checkpoint(run_dir / "step-000006")  # also a plain lmref checkpoint
     assert config.vocab_size == 256 and params["embed.tokens"].dtype == np.float32
 

@@ -16,8 +16,16 @@ A run directory (`--out`) holds numbered checkpoints and a pointer to the newest
 Writing is atomic: the files go to `step-N.tmp-<pid>/`, each is fsync'ed, trainer_state.json
 last; the directory is renamed to `step-N/`, then `latest` is replaced (write `latest.tmp`,
 fsync, os.replace).  A process killed at any point leaves `latest` naming the previous,
-complete checkpoint; leftover `*.tmp-*` directories are removed by the next save.  Loading
-checks every file's sha256, so a truncated or altered file is reported by name.
+complete checkpoint; leftover `step-N.tmp-<pid>` directories are removed by the next save.
+Loading checks every file's sha256, so a truncated or altered file is reported by name.
+
+Deleting: a save deletes only what a save wrote.  Every checkpoint records its run's `run_id`
+(a random id drawn when the run starts, kept on --resume); keeping the newest `keep`
+checkpoints deletes only `step-N` directories whose trainer_state.json carries this run's id,
+a leftover temporary directory only when it holds nothing but checkpoint files, and a save
+never replaces a `step-N` directory of anybody else's (TrainError).  `latest`, the file list
+of trainer_state.json and its tokenizer file name paths inside their directory
+(convert/paths.py); anything else is refused.
 
 The NumPy and Python RNGs are not used by training (the data order is a pure function of the
 seed and the data position), so only torch's generator states are saved.
@@ -28,8 +36,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,9 +48,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lmref.convert.checkpoint import CONFIG_FILE, PARAMS_FILE, load_checkpoint, save_checkpoint
+from lmref.convert.checkpoint import CONFIG_FILE, PARAMS_FILE, load_checkpoint, write_checkpoint
 from lmref.convert.errors import CheckpointError
+from lmref.convert.paths import inside
 from lmref.spec.config import ModelConfig
+from lmref.train.errors import TrainError
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -50,6 +62,19 @@ FORMAT = "lmref-train-checkpoint"
 FORMAT_VERSION = 1
 # Test hook: seconds to sleep after each file written, so a test can kill a process mid-save.
 PAUSE_ENV = "LMREF_TRAIN_SAVE_PAUSE"
+STEP_NAME = re.compile(r"step-(\d+)")  # a checkpoint directory's name
+TMP_NAME = re.compile(r"step-\d+\.tmp-\d+")  # a save in progress (or killed)
+TOKENIZER_FILES = ("tokenizer.json",)  # train/tokenizer.py's TOKENIZER_FILE (a BPE run's)
+
+
+def new_run_id() -> str:
+    """The id of a new run, recorded in each of its checkpoints (what rotation may delete)."""
+    return uuid.uuid4().hex
+
+
+def run_directory(checkpoint_dir: Path) -> Path:
+    """The run directory a checkpoint belongs to: RUN for RUN/step-N, else the directory itself."""
+    return checkpoint_dir.parent if STEP_NAME.fullmatch(checkpoint_dir.name) else checkpoint_dir
 
 
 @dataclass
@@ -99,17 +124,48 @@ def _write_text_atomic(path: Path, text: str) -> None:
     _fsync(path.parent)
 
 
+def _state_of(directory: Path) -> dict | None:
+    """trainer_state.json of `directory` as a dict, None when it has none that reads."""
+    try:
+        state = json.loads((directory / STATE_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def written_by(directory: Path, run_id: str | None) -> bool:
+    """Whether `directory` is a checkpoint of the run `run_id` (so that run may delete it)."""
+    state = _state_of(directory)
+    return run_id is not None and state is not None and state.get("format") == FORMAT and state.get("run_id") == run_id
+
+
+def _leftover(directory: Path) -> bool:
+    """Whether `directory` (named like a save in progress) holds only what a save writes."""
+    names = {CONFIG_FILE, PARAMS_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE, *TOKENIZER_FILES}
+    return all(p.is_file() and p.name in names for p in directory.iterdir())
+
+
 def save(run_dir: str | Path, snapshot: Snapshot, keep: int = 2) -> Path:
     """Write `snapshot` as RUN/step-{step:06d}/, point RUN/latest at it, keep the newest
-    `keep` checkpoints.  Returns the checkpoint directory."""
+    `keep` checkpoints of this run (`snapshot.state["run_id"]`).  Returns the checkpoint
+    directory.  The caller has claimed RUN (session.py)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    run_id = snapshot.state.get("run_id")
     name = f"step-{snapshot.state['step']:06d}"
+    final = run_dir / name
+    if final.exists() and not written_by(final, run_id):
+        raise TrainError(f"{final}: exists and is not a checkpoint of this run; it is left as it is and the "
+                         "run stops here (move it away and --resume to go on)")
     for stale in run_dir.glob("step-*.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        if TMP_NAME.fullmatch(stale.name) and stale.is_dir() and _leftover(stale):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = run_dir / f"{name}.tmp-{os.getpid()}"
-    tmp.mkdir()
-    save_checkpoint(tmp, snapshot.config, snapshot.params)
+    try:
+        tmp.mkdir()
+    except FileExistsError:
+        raise TrainError(f"{tmp}: exists and holds files a save does not write; move it away") from None
+    write_checkpoint(tmp, snapshot.config, snapshot.params)
     for written in (CONFIG_FILE, PARAMS_FILE):
         _written(tmp / written)
     save_file(snapshot.optimizer, str(tmp / OPTIMIZER_FILE), metadata={"format": FORMAT})
@@ -124,21 +180,21 @@ def save(run_dir: str | Path, snapshot: Snapshot, keep: int = 2) -> Path:
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
     _written(tmp / STATE_FILE)
     _fsync(tmp)
-    final = run_dir / name
-    if final.exists():  # left by a run killed after the rename and before `latest` moved on
+    if final.exists():  # this run's, left by a run killed after the rename and before `latest` moved on
         shutil.rmtree(final)
     os.rename(tmp, final)
     _fsync(run_dir)
     _write_text_atomic(run_dir / LATEST, name + "\n")
-    _prune(run_dir, keep)
+    _prune(run_dir, keep, run_id)
     return final
 
 
-def _prune(run_dir: Path, keep: int) -> None:
-    """Remove all but the newest `keep` complete checkpoints (never the one `latest` names)."""
+def _prune(run_dir: Path, keep: int, run_id: str | None) -> None:
+    """Remove all but the newest `keep` complete checkpoints of the run `run_id` (never the
+    one `latest` names, never a directory of anybody else's)."""
     latest = (run_dir / LATEST).read_text().strip()
-    done = sorted((p for p in run_dir.glob("step-*") if p.is_dir() and p.name[5:].isdigit()),
-                  key=lambda p: int(p.name[5:]))
+    done = sorted((p for p in run_dir.glob("step-*") if p.is_dir() and STEP_NAME.fullmatch(p.name)
+                   and written_by(p, run_id)), key=lambda p: int(p.name[5:]))
     for old in done[: max(0, len(done) - keep)]:
         if old.name != latest:
             shutil.rmtree(old)
@@ -155,7 +211,11 @@ def resolve(path: str | Path) -> Path:
     if (path / STATE_FILE).is_file():
         return path
     if (path / LATEST).is_file():
-        target = path / (path / LATEST).read_text().strip()
+        try:
+            name = (path / LATEST).read_text().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path / LATEST}: not readable ({e})") from None
+        target = inside(path, name, "checkpoint", str(path / LATEST), CheckpointError, "run directory")
         if not (target / STATE_FILE).is_file():
             raise CheckpointError(f"{path / LATEST}: names {target.name}, which is not a complete checkpoint "
                                   f"(no {target / STATE_FILE})")
@@ -166,7 +226,7 @@ def resolve(path: str | Path) -> Path:
     raise CheckpointError(f"{path}: not a training checkpoint or run directory (no {STATE_FILE} or {LATEST})")
 
 
-def _read_state(directory: Path) -> dict:
+def read_state(directory: Path) -> dict:
     path = directory / STATE_FILE
     try:
         state = json.loads(path.read_text())
@@ -182,6 +242,11 @@ _REQUIRED = (("step",), ("run",), ("tokenizer",), ("options",), ("data", "positi
              ("optimizer", "param_groups"))
 
 
+def _count(value: object) -> bool:
+    """A non-negative integer (not a bool, not a float)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _check_entries(path: Path, state: dict) -> None:
     for keys in _REQUIRED:
         value = state
@@ -189,9 +254,21 @@ def _check_entries(path: Path, state: dict) -> None:
             if not isinstance(value, dict) or key not in value:
                 raise CheckpointError(f"{path}: no {'.'.join(keys)} entry; the checkpoint is damaged")
             value = value[key]
+    for name, value in (("step", state["step"]), ("data.position", state["data"]["position"])):
+        if not _count(value):
+            raise CheckpointError(f"{path}: {name} must be a non-negative integer, got {value!r}; "
+                                  "the checkpoint is damaged")
+    for name in ("run", "tokenizer", "options"):
+        if not isinstance(state[name], dict):
+            raise CheckpointError(f"{path}: {name} must be a JSON object, got {state[name]!r}")
+    if not isinstance(state["optimizer"]["param_groups"], list):
+        raise CheckpointError(f"{path}: optimizer.param_groups must be a list")
 
 
 def _verify(directory: Path, files: dict[str, str]) -> None:
+    where = str(directory / STATE_FILE)
+    for file_name in files:  # every name checked before any file is read
+        inside(directory, file_name, "file", where, CheckpointError, "checkpoint directory")
     for file_name, expected in files.items():
         path = directory / file_name
         if not path.is_file():
@@ -210,7 +287,7 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 def load(path: str | Path) -> tuple[Path, Snapshot]:
     """(checkpoint directory, its snapshot), every file checked against its sha256."""
     directory = resolve(path)
-    state = _read_state(directory)
+    state = read_state(directory)
     files = state.pop("files", None)
     if not isinstance(files, dict) or not {CONFIG_FILE, PARAMS_FILE, OPTIMIZER_FILE, RNG_FILE} <= set(files):
         raise CheckpointError(f"{directory / STATE_FILE}: no complete file list; the checkpoint is damaged")
@@ -227,8 +304,10 @@ def load(path: str | Path) -> tuple[Path, Snapshot]:
 def load_model(path: str | Path) -> tuple[Path, ModelConfig, dict[str, np.ndarray], dict]:
     """(directory, config, params, trainer state) for generation: no optimizer tensors read."""
     directory = resolve(path)
-    state = _read_state(directory)
+    state = read_state(directory)
     files = state.pop("files", {})
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{directory / STATE_FILE}: no complete file list; the checkpoint is damaged")
     _verify(directory, {k: v for k, v in files.items() if k not in (OPTIMIZER_FILE, RNG_FILE)})
     config, params = load_checkpoint(directory)
     return directory, config, params, state

@@ -9,6 +9,7 @@ seeded with `seed`, so a seed gives the same text on the same machine and torch 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -44,8 +45,8 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature < 0:
-        raise TrainError(f"--temperature must be >= 0 (0: greedy), got {temperature}")
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise TrainError(f"--temperature must be a finite number >= 0 (0: greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise TrainError(f"--top-k must be >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:

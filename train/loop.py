@@ -7,6 +7,10 @@ micro-batch loss (the mean next-token cross-entropy, as `Transformer.loss`) is d
 `accum` before backward; DDP / FSDP average the gradients over processes; so the gradient is
 that of the global batch's mean loss whatever the split.  `train_step` is the function both
 `lmref train` and benchmarks/bench_train.py time.
+
+A loss, gradient norm or validation loss that is NaN or infinite stops the loop with
+`DivergedError` before that step is logged or saved (`check_finite`): a run never ends with a
+NaN checkpoint, and never exits 0 after diverging.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from lmref.impl_torch import Transformer
 from lmref.spec.config import ModelConfig
 from lmref.train.data import BatchStream, shard
 from lmref.train.distributed import Dist, as_local, gradient_sync, mean_over_ranks, wrap
-from lmref.train.errors import TrainError
+from lmref.train.errors import DivergedError, TrainError
 from lmref.train.settings import RunSettings
 
 
@@ -125,6 +129,20 @@ def evaluate(trainer: Trainer, batches: list[np.ndarray]) -> float:
     return mean_over_ranks(total / count, d).item()
 
 
+def check_finite(step: int, metrics: dict[str, float]) -> None:
+    """DivergedError unless the loss, the gradient norm and the validation loss of `step` (those
+    measured) are finite.  Every process sees the same values (the loss is averaged over
+    processes, the norm is global), so every process stops together."""
+    shown = {k: metrics[k] for k in ("loss", "grad_norm", "val_loss") if k in metrics}
+    bad = [k for k, v in shown.items() if not math.isfinite(v)]
+    if bad:
+        name = {"loss": "the loss", "grad_norm": "the gradient norm", "val_loss": "the validation loss"}[bad[0]]
+        raise DivergedError(f"step {step}: training diverged: {name} is {shown[bad[0]]} "
+                            f"({', '.join(f'{k} {v}' for k, v in shown.items())}); no checkpoint was written for "
+                            "it, the earlier ones are kept; lower --lr (or lengthen --warmup, tighten --clip) "
+                            "and start again")
+
+
 @dataclass(frozen=True)
 class LoopOptions:
     """How often the loop validates and saves, and where it stops."""
@@ -150,6 +168,7 @@ def fit(trainer: Trainer, stream: BatchStream, val_batches: list[np.ndarray], op
         print(f"lmref train: nothing to train: the run is at step {trainer.step} (last step {last})", flush=True)
     if trainer.step == 0:
         summary["val_loss"] = evaluate(trainer, val_batches)
+        check_finite(0, {"val_loss": summary["val_loss"]})
         log({"kind": "val", "step": 0, "val_loss": summary["val_loss"]})
     bar = tqdm(total=run.steps, initial=trainer.step, unit="step", dynamic_ncols=True,
                disable=not (d.is_main and options.progress))
@@ -157,6 +176,7 @@ def fit(trainer: Trainer, stream: BatchStream, val_batches: list[np.ndarray], op
     while trainer.step < last:
         start = time.perf_counter()
         metrics = train_step(trainer, shard(stream.next_batch(), d.rank, d.world_size, trainer.accum))
+        check_finite(trainer.step, metrics)  # before anything is logged or saved for this step
         seconds = time.perf_counter() - start
         busy, done = busy + seconds, done + 1
         summary |= {"step": trainer.step, **metrics, "tokens_per_s": done * tokens_per_step / busy}
@@ -164,6 +184,7 @@ def fit(trainer: Trainer, stream: BatchStream, val_batches: list[np.ndarray], op
              "tokens_per_s": tokens_per_step / seconds, "epoch": stream.epoch})
         if trainer.step % options.eval_every == 0 or trainer.step == run.steps:
             summary["val_loss"] = evaluate(trainer, val_batches)
+            check_finite(trainer.step, {"val_loss": summary["val_loss"]})
             log({"kind": "val", "step": trainer.step, "val_loss": summary["val_loss"]})
         if trainer.step % options.save_every == 0 or trainer.step == last:
             save()

@@ -1,5 +1,13 @@
 """`lmref train` from start to end: settings, corpus, tokenizer, model, resumption, the loop,
-checkpoints, the log and the plot.  `train(...)` is what the command line calls."""
+checkpoints, the log and the plot.  `train(...)` is what the command line calls.
+
+Where a run writes (convert/outputs.py, kind "train-run"): a new run takes `--out` only when it
+is new, empty, or marked as a train run's without holding one (a run stopped before its first
+checkpoint); a resumed run writes into its own run directory (the one holding the checkpoint
+it resumes), or into a new or empty one, or one holding the same run (its latest checkpoint
+has the same run_id).  Nothing is written before those checks and the memory estimate pass
+(`training_bytes`, refused with the estimate unless --force-memory), so a refused command
+leaves every file as it was.  Under torchrun every process checks; rank 0 writes."""
 
 from __future__ import annotations
 
@@ -11,16 +19,36 @@ import numpy as np
 import torch
 
 from lmref.convert.errors import CheckpointError
+from lmref.convert.outputs import TRAIN_RUN_KIND, check_output, claim
 from lmref.spec.config import ModelConfig
+from lmref.spec.errors import OutputError
+from lmref.spec.outputs import check_not_an_input, marker_kind
 from lmref.spec.params import init_params, param_count
+from lmref.spec.resources import check_allocation
 from lmref.train import checkpoint
-from lmref.train.data import BatchStream, Windows, load_corpus, split, unigram_cross_entropy, validation_batches
+from lmref.train.data import (
+    DEFAULT_CORPUS,
+    BatchStream,
+    Windows,
+    load_corpus,
+    split,
+    unigram_cross_entropy,
+    validation_batches,
+)
 from lmref.train.distributed import Dist, barrier, broadcast_text, setup, teardown
 from lmref.train.errors import TrainError
 from lmref.train.loop import LoopOptions, Trainer, build_trainer, fit
 from lmref.train.metrics import METRICS_FILE, MetricsLog, read_metrics
 from lmref.train.plot import PLOT_FILE, plot_losses
-from lmref.train.settings import RunSettings, check_fits, check_sizes, model_config, new_settings, resumed_settings
+from lmref.train.settings import (
+    RunSettings,
+    check_fits,
+    check_sizes,
+    model_config,
+    new_settings,
+    resumed_settings,
+    training_bytes,
+)
 from lmref.train.state import canonical_params, load_optimizer, optimizer_tensors, rng_state, set_rng_state
 from lmref.train.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer
 
@@ -47,6 +75,7 @@ class Options:
     eval_batches: int | None = None  # global batches of validation windows per evaluation
     save_every: int | None = None  # checkpoint every N steps (and at the stop)
     keep: int | None = None  # checkpoints kept
+    force_memory: bool = False  # train even when the memory estimate exceeds the memory available
 
     def settled(self, saved: dict | None) -> Options:
         """Options with every None replaced by the checkpoint's value or the default."""
@@ -73,6 +102,9 @@ class Start:
     text: str
     data_sha256: str
     out: Path
+    run_id: str  # recorded in every checkpoint: rotation deletes only this run's
+    inputs: tuple[str | Path, ...] = ()  # what the run reads: --out may not be, hold or lie in any
+    claim: bool = True  # claim `out` before writing (False: the resumed run's own directory)
     snapshot: checkpoint.Snapshot | None = None  # when resuming
     resumed_from: Path | None = None
 
@@ -84,17 +116,66 @@ def _tokenizer(run: RunSettings, text: str, d: Dist):
     return BPETokenizer.from_json(broadcast_text(trained, d))  # every rank: rank 0's merges
 
 
+def _data_inputs(data: str | None) -> tuple[str, ...]:
+    return () if data in (None, DEFAULT_CORPUS) else (data,)
+
+
+MEMORY_HINT = "pass --force-memory to allocate anyway"
+
+
+def _check_memory(config: ModelConfig, run: RunSettings, options: Options, d: Dist, *, fresh: bool) -> None:
+    """Refuse (ResourceError, with the estimate) a run whose allocations cannot fit."""
+    need = training_bytes(config, run, processes=d.world_size, accum=options.grad_accum, fresh=fresh)
+    check_allocation(need, f"training {config.name} ({param_count(config):,} parameters, batches of "
+                     f"{run.batch_size} x {run.seq_len} tokens)", force=options.force_memory, hint=MEMORY_HINT)
+
+
 def _new_run(flags: dict, sizes: dict, options: Options, d: Dist) -> Start:
     run = new_settings(flags)
     out = Path(options.out or f"runs/{run.arch}")
     if (out / checkpoint.LATEST).exists():
         raise TrainError(f"--out {out} already holds a run (see {out / checkpoint.LATEST}); "
                          f"--resume {out} to continue it, or choose another --out")
+    inputs = _data_inputs(run.data)
+    check_output(out, TRAIN_RUN_KIND, inputs=inputs)  # nothing written yet: claimed just before the first write
     text, sha = load_corpus(run.data)
     tokenizer = _tokenizer(run, text, d)
     config = model_config(run.arch, sizes, tokenizer.vocab_size)
+    check_fits(config, run)
+    _check_memory(config, run, options, d, fresh=True)  # before init_params allocates
     params = {k: v.astype(np.float32) for k, v in init_params(config, run.seed).items()}
-    return Start(run, config, params, tokenizer, text, sha, out)
+    return Start(run, config, params, tokenizer, text, sha, out, checkpoint.new_run_id(), inputs)
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+def _run_id_in(directory: Path) -> str | None:
+    """The run_id of the run directory's latest checkpoint (None: no readable one)."""
+    try:
+        state = checkpoint.read_state(checkpoint.resolve(directory))
+    except CheckpointError:
+        return None
+    return state.get("run_id")
+
+
+def _resume_output(out: Path, own: Path, run_id: str, inputs: tuple) -> bool:
+    """Check where a resumed run may write; True when `out` is to be claimed (a new or empty
+    directory), False when it is the run's own (its checkpoint's run directory, or one holding
+    the same run)."""
+    if _same_path(out, own):
+        return False
+    check_not_an_input(out, inputs)
+    if out.is_dir() and any(out.iterdir()):
+        other = _run_id_in(out)
+        if other is not None and other == run_id:
+            return False
+        if other is not None or (out / checkpoint.LATEST).exists() or marker_kind(out) == TRAIN_RUN_KIND:
+            raise OutputError(f"--out {out}: holds another run; a resumed run writes into its own run directory "
+                              f"({own}) or a new or empty one, never into another run's")
+    check_output(out, TRAIN_RUN_KIND, inputs=inputs)  # a file, or a directory of somebody else's
+    return True
 
 
 def _resumed_run(flags: dict, sizes: dict, options: Options) -> Start:
@@ -106,6 +187,12 @@ def _resumed_run(flags: dict, sizes: dict, options: Options) -> Start:
     data_sha256 = snapshot.state["data"]["sha256"]
     run = resumed_settings(saved, flags, options.resume)
     check_sizes(snapshot.config, sizes, options.resume)
+    run_id = snapshot.state.get("run_id")
+    run_id = run_id if isinstance(run_id, str) and run_id else checkpoint.new_run_id()  # older checkpoints: none
+    own = checkpoint.run_directory(directory)
+    out = Path(options.out) if options.out else own
+    inputs = (directory, *_data_inputs(flags.get("data") or run.data))
+    to_claim = _resume_output(out, own, run_id, inputs)
     text, sha = load_corpus(flags.get("data") or run.data)
     if sha != data_sha256:
         raise TrainError(f"--resume {options.resume}: the corpus ({flags.get('data') or run.data}) differs from "
@@ -114,8 +201,7 @@ def _resumed_run(flags: dict, sizes: dict, options: Options) -> Start:
     if flags.get("data"):
         run = dataclasses.replace(run, data=flags["data"])
     tokenizer = load_tokenizer(directory, snapshot.state["tokenizer"])
-    out = Path(options.out) if options.out else (directory.parent if directory.name.startswith("step-") else directory)
-    return Start(run, snapshot.config, snapshot.params, tokenizer, text, sha, out,
+    return Start(run, snapshot.config, snapshot.params, tokenizer, text, sha, out, run_id, inputs, to_claim,
                  snapshot, directory)
 
 
@@ -144,6 +230,7 @@ def _saver(trainer: Trainer, start: Start, stream: BatchStream, options: Options
                 "options": {name: getattr(options, name) for name in SAVED_OPTIONS},
                 "world_size": d.world_size,
                 "torch_version": torch.__version__,
+                "run_id": start.run_id,
             }
             snap = checkpoint.Snapshot(start.config, params, tensors, rng_state(d.device), state,
                                        start.tokenizer.files())
@@ -171,6 +258,7 @@ def _train(flags: dict, sizes: dict, options: Options, d: Dist) -> dict:
     if options.resume:
         start = _resumed_run(flags, sizes, options)
         options = options.settled(start.snapshot.state.get("options"))
+        _check_memory(start.config, start.run, options, d, fresh=False)
     else:
         options = options.settled(None)
         start = _new_run(flags, sizes, options, d)
@@ -186,6 +274,8 @@ def _train(flags: dict, sizes: dict, options: Options, d: Dist) -> dict:
         _restore(trainer, stream, start.snapshot)
     summary = {"out": str(start.out), "plot": str(start.out / PLOT_FILE),
                "unigram_baseline": unigram_cross_entropy(train_tokens, val_tokens, start.config.vocab_size)}
+    if start.claim and d.is_main:  # the first write of the run; every check has passed on every rank
+        claim(start.out, TRAIN_RUN_KIND, inputs=start.inputs)
     log = MetricsLog(start.out / METRICS_FILE, trainer.step if start.snapshot else None) if d.is_main else None
     try:
         if log:

@@ -11,10 +11,12 @@ a run and its resumption, which is then exact up to float reduction order only.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from lmref.spec.config import ModelConfig
+from lmref.spec.params import param_count
 from lmref.spec.presets import PRESETS, tiny
 from lmref.train.errors import TrainError
 
@@ -49,10 +51,9 @@ class RunSettings:
                 raise TrainError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0 or self.seed < 0:
             raise TrainError(f"--warmup and --seed must be >= 0, got {self.warmup} and {self.seed}")
-        if not 0 < self.min_lr <= self.lr:
-            raise TrainError(f"need 0 < --min-lr ({self.min_lr}) <= --lr ({self.lr})")
-        if self.clip < 0 or self.weight_decay < 0:
-            raise TrainError(f"--clip and --weight-decay must be >= 0, got {self.clip} and {self.weight_decay}")
+        self._check_optimizer()
+        if not 0 < self.val_fraction < 1:  # also NaN
+            raise TrainError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
         if self.tokenizer not in ("byte", "bpe"):
             raise TrainError(f"--tokenizer must be 'byte' or 'bpe', got {self.tokenizer!r}")
         if (self.tokenizer == "bpe") != (self.vocab_size is not None):
@@ -61,6 +62,24 @@ class RunSettings:
         if self.vocab_size is not None and self.vocab_size <= 256:
             raise TrainError(f"--vocab-size must exceed 256 (the byte alphabet a byte-level BPE starts "
                              f"from), got {self.vocab_size}")
+
+    def _check_optimizer(self) -> None:
+        """Every AdamW and schedule number, with the rule it breaks: a NaN or infinite one would
+        train NaN weights without a word, and torch's own checks are tracebacks."""
+        if not _finite(self.lr) or self.lr <= 0:
+            raise TrainError(f"--lr must be a finite number > 0, got {self.lr}")
+        if not _finite(self.min_lr) or not 0 < self.min_lr <= self.lr:
+            raise TrainError(f"need 0 < --min-lr ({self.min_lr}) <= --lr ({self.lr}), both finite")
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if not _finite(value) or not 0 <= value < 1:
+                raise TrainError(f"--{name} must be in [0, 1) (AdamW's moment decay), got {value}")
+        if not _finite(self.adam_eps) or self.adam_eps <= 0:
+            raise TrainError(f"--adam-eps must be a finite number > 0, got {self.adam_eps}")
+        if not _finite(self.weight_decay) or self.weight_decay < 0:
+            raise TrainError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
+        if not _finite(self.clip) or self.clip < 0:
+            raise TrainError(f"--clip must be a finite number >= 0 (0: no clipping), got {self.clip}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -76,6 +95,11 @@ class RunSettings:
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+def _finite(value: object) -> bool:
+    """A real number (int or float, not bool) that is neither NaN nor infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_arch(arch: str) -> str:
@@ -147,3 +171,24 @@ def check_fits(config: ModelConfig, run: RunSettings) -> None:
     if run.seq_len > config.max_seq_len:
         raise TrainError(f"--seq-len {run.seq_len} exceeds the model's context max_seq_len "
                          f"{config.max_seq_len} (raise --max-seq-len)")
+
+
+# Bytes per parameter while training: the canonical float32 copy the run starts from, the
+# module's float32 weights, their gradients and AdamW's two moments (4 + 4 + 4 + 8).  A new run
+# also holds init_params' float64 draw while it casts it.
+TRAIN_BYTES_PER_PARAM = 20
+INIT_BYTES_PER_PARAM = 8
+
+
+def training_bytes(config: ModelConfig, run: RunSettings, *, processes: int = 1, accum: int = 1,
+                   fresh: bool = True) -> int:
+    """About the most memory one process of this run allocates (an estimate that errs large):
+    the parameters and optimizer state (TRAIN_BYTES_PER_PARAM each, and the float64 init of a
+    new run), and the float32 activations backward keeps for one micro-batch: per layer and
+    token ~16 d_model + 4 d_ff values and two attention rows per head, and three vocabulary-wide
+    rows (logits, their float32 copy, the softmax gradient) per token."""
+    per_param = TRAIN_BYTES_PER_PARAM + (INIT_BYTES_PER_PARAM if fresh else 0)
+    tokens = max(1, run.batch_size // max(1, processes * accum)) * run.seq_len
+    per_token = (config.n_layers * (16 * config.d_model + 4 * config.d_ff + 2 * config.n_heads * run.seq_len)
+                 + 3 * config.vocab_size)
+    return param_count(config) * per_param + 4 * tokens * per_token

@@ -96,16 +96,22 @@ class BPETokenizer:
         return cls(Tokenizer.from_str(text))
 
 
-def load_tokenizer(directory: Path, info: dict) -> ByteTokenizer | BPETokenizer:
-    """The tokenizer a checkpoint in `directory` describes with `info` (a tokenizer's `.info`)."""
+def load_tokenizer(directory: Path, info: dict, source: str = "trainer_state.json") -> ByteTokenizer | BPETokenizer:
+    """The tokenizer a checkpoint in `directory` describes with `info` (a tokenizer's `.info`,
+    read from `directory`/`source`).  Its file must lie inside `directory` (convert/paths.py)."""
     from lmref.convert.errors import CheckpointError
+    from lmref.convert.paths import inside
 
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{Path(directory) / source}: the tokenizer entry is not a JSON object: {info!r}")
     kind = info.get("kind")
     if kind == "byte":
         return ByteTokenizer()
     if kind != "bpe":
         raise CheckpointError(f"{directory}: unknown tokenizer kind {kind!r} (known: {', '.join(KINDS)})")
-    path = directory / info.get("file", TOKENIZER_FILE)
+    # the file must lie inside the checkpoint: trainer_state.json may not send lmref elsewhere
+    path = inside(directory, info.get("file", TOKENIZER_FILE), "tokenizer file",
+                  str(Path(directory) / source), CheckpointError, "checkpoint directory")
     try:
         tokenizer = BPETokenizer.from_json(path.read_text(encoding="utf-8"))
     except Exception as e:  # OSError, UnicodeDecodeError, or the plain Exception tokenizers raises on bad JSON

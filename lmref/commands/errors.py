@@ -18,9 +18,9 @@ def known_errors() -> tuple[type[Exception], ...]:
     from lmref.convert.errors import CheckpointError, ConversionError
     from lmref.export.errors import BundleError, ExportError
     from lmref.spec.config import ConfigError
-    from lmref.spec.errors import InputError, ParamsError
+    from lmref.spec.errors import InputError, OutputError, ParamsError, ResourceError
     from lmref.spec.features import UnsupportedFeature
     from lmref.train.errors import TrainError
 
     return (TrainError, CheckpointError, ConversionError, ConfigError, InputError, ParamsError, UnsupportedFeature,
-            ExportError, BundleError)
+            ExportError, BundleError, OutputError, ResourceError)

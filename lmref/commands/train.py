@@ -4,9 +4,28 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from lmref.commands.errors import fail, known_errors
 from lmref.train.settings import SIZE_FIELDS as SIZE_FLAGS
+
+FORCE_MEMORY = "--force-memory"  # the same flag on `lmref convert`
+
+
+def integer(text: str) -> int:
+    """An integer flag: "1000", or an integral number written as "1e9" (sizes are often given so)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not math.isfinite(value) or not value.is_integer():
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}")
+    return int(value)
+
 
 RUN_FLAGS = {  # RunSettings fields: (type, help); None (not given) means default / the checkpoint's
     "data": (str, "a UTF-8 text file (default: pydoc_data, CPython's embedded help texts)"),
@@ -41,27 +60,31 @@ def _add_train(sub) -> None:
                     "checkpoints (see docs/training.md).")
     p.add_argument("--arch", help="preset id (`lmref presets` lists them); required unless --resume")
     for name, (kind, text) in RUN_FLAGS.items():
-        p.add_argument(_flag(name), type=kind, help=text)
+        p.add_argument(_flag(name), type=integer if kind is int else kind, help=text)
     sizes = p.add_argument_group("model size (default: tiny(ARCH); sizes not given follow the ones given)")
     for name in SIZE_FLAGS:
-        sizes.add_argument(_flag(name), type=int)
+        sizes.add_argument(_flag(name), type=integer)
     how = p.add_argument_group("how to run (may change on --resume; unset: the resumed run's values)")
-    how.add_argument("--out", help="run directory (default: runs/ARCH for a new run, the checkpoint's run on --resume)")
+    how.add_argument("--out", help="run directory (default: runs/ARCH for a new run, the checkpoint's run on "
+                     "--resume): new or empty for a new run; on --resume the run's own, or a new or empty one")
     how.add_argument("--resume", metavar="DIR", help="continue the run in DIR (a run directory or a step-N checkpoint)")
     how.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
-    how.add_argument("--grad-accum", type=int, help="micro-batches per process per step (default 1)")
+    how.add_argument("--grad-accum", type=integer, help="micro-batches per process per step (default 1)")
     how.add_argument("--fsdp", action="store_true",
                      help="shard params, grads and optimizer state (FSDP2; needs torchrun)")
     how.add_argument("--bf16", action=argparse.BooleanOptionalAction,
                      help="bfloat16 autocast (default: on for CUDA devices with bf16, off on the CPU)")
     how.add_argument("--compile", action="store_true", help="torch.compile the model")
-    how.add_argument("--eval-every", type=int, help="validate every N steps and at the end (default 50)")
-    how.add_argument("--eval-batches", type=int, help="validation batches per evaluation (default 4)")
-    how.add_argument("--save-every", type=int, help="checkpoint every N steps and at the end (default 100)")
-    how.add_argument("--keep", type=int, help="checkpoints kept (default 2)")
-    how.add_argument("--stop-after", type=int, metavar="STEP",
+    how.add_argument("--eval-every", type=integer, help="validate every N steps and at the end (default 50)")
+    how.add_argument("--eval-batches", type=integer, help="validation batches per evaluation (default 4)")
+    how.add_argument("--save-every", type=integer, help="checkpoint every N steps and at the end (default 100)")
+    how.add_argument("--keep", type=integer, help="checkpoints kept (default 2)")
+    how.add_argument("--stop-after", type=integer, metavar="STEP",
                      help="stop at step STEP with a checkpoint (resume later)")
     how.add_argument("--no-progress", action="store_true", help="no progress bar")
+    how.add_argument(FORCE_MEMORY, action="store_true", help="train even when the estimated memory (parameters, "
+                     "optimizer state, activations) exceeds the memory available (refused by default, with the "
+                     "estimate)")
     p.set_defaults(run=cmd_train)
 
 
@@ -72,12 +95,12 @@ def _add_generate(sub) -> None:
     p.add_argument("--onnx", metavar="OUT", help="generate with an exported graph in onnxruntime "
                    "(a directory of `lmref export`) instead of --checkpoint")
     p.add_argument("--prompt", required=True, help="the text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default 200)")
+    p.add_argument("--max-new-tokens", type=integer, default=200, help="tokens to generate (default 200)")
     p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0: greedy (default 0.8)")
     p.add_argument("--greedy", action="store_true", help="argmax decoding (same as --temperature 0)")
-    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    p.add_argument("--top-k", type=integer, help="sample among the k most likely tokens")
     p.add_argument("--top-p", type=float, help="sample among the most likely tokens holding probability p")
-    p.add_argument("--seed", type=int, help="sampling seed: the same seed gives the same text")
+    p.add_argument("--seed", type=integer, help="sampling seed: the same seed gives the same text")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(run=cmd_generate)
 
@@ -89,6 +112,7 @@ def add_commands(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from lmref.train.errors import DivergedError
     from lmref.train.session import Options, train
 
     flags = {name: getattr(args, name) for name in ("arch", *RUN_FLAGS)}
@@ -97,11 +121,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         out=args.out, resume=args.resume, device=args.device, fsdp=args.fsdp, bf16=args.bf16,
         compile=args.compile, stop_after=args.stop_after, progress=not args.no_progress,
         grad_accum=args.grad_accum, eval_every=args.eval_every, eval_batches=args.eval_batches,
-        save_every=args.save_every, keep=args.keep)
+        save_every=args.save_every, keep=args.keep, force_memory=args.force_memory)
     try:
         summary = train(flags, sizes, options)
+    except DivergedError as e:  # the run failed (1), the input was fine
+        return fail("train", e, status=1)
     except known_errors() as e:
         return fail("train", e)
+    except MemoryError:
+        return fail("train", MemoryError(f"out of memory (more than lmref's estimate, or {FORCE_MEMORY} was "
+                                         "given); make the model or the batch smaller"), status=1)
     if "checkpoint" in summary:  # rank 0
         print(f"step {summary['step']}: train loss {summary.get('loss', float('nan')):.4f}, "
               f"val loss {summary.get('val_loss', float('nan')):.4f} (unigram baseline "
@@ -123,11 +152,29 @@ def _decoder(args: argparse.Namespace):
     return model, tokenizer, generate
 
 
+def check_prompt(prompt: str) -> None:
+    """TrainError unless `prompt` is text that UTF-8 can encode.  Python hands a command line's
+    undecodable bytes over as lone surrogates (U+DC80..U+DCFF, PEP 383), which no tokenizer takes."""
+    from lmref.train.errors import TrainError
+
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(prompt[e.start])
+        what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"the lone surrogate U+{code:04X}"
+        raise TrainError(f"--prompt is not UTF-8 text: {what} at character {e.start} is not part of a UTF-8 "
+                         "character; give the prompt in UTF-8") from None
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from lmref.train.errors import TrainError
 
     if (args.onnx is None) == (args.checkpoint is None):
         return fail("generate", TrainError("give exactly one of --checkpoint DIR and --onnx OUT"))
+    try:
+        check_prompt(args.prompt)
+    except TrainError as e:
+        return fail("generate", e)
     try:
         decoder, tokenizer, generate = _decoder(args)
         ids = generate(decoder, [int(i) for i in tokenizer.encode(args.prompt)], args.max_new_tokens,

@@ -1,0 +1,196 @@
+"""What `lmref convert` and the converters promise about the user's files (issue 10;
+docs/huggingface.md, "Where conversion writes", and docs/training.md, "Guarantees"): a command
+never writes into its own input nor into a directory it did not write; the library functions
+that write directories (`save_checkpoint`, `to_hf`) follow the same rule; a preset too large for
+the memory available is refused before it is allocated; a shard index names files inside its
+model directory only."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from lmref.cli import main
+from lmref.commands import convert as convert_commands
+from lmref.convert import from_hf, load_checkpoint, save_checkpoint, to_hf
+from lmref.convert.errors import ConversionError
+from lmref.spec import init_params, tiny
+from lmref.spec.errors import OutputError
+from lmref.spec.outputs import MARKER, marker_kind
+from tests.train_helpers import ROOT, subprocess_env
+
+
+def _files(directory) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _convert(capsys, *argv) -> tuple[int, str]:
+    status = main(["convert", *map(str, argv)])
+    return status, capsys.readouterr().err
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    out = tmp_path / "ckpt"
+    assert main(["convert", "--preset", "gpt2", "--out", str(out)]) == 0
+    return out
+
+
+# --- item 4: never into its own input, never into a directory it did not write -----------------
+
+
+def test_to_hf_into_its_own_input_is_refused(ckpt, capsys):
+    """issue 10, item 4: `lmref convert --to-hf CKPT --out CKPT` replaced the checkpoint's
+    config.json, so the checkpoint no longer loaded."""
+    before = _files(ckpt)
+    status, err = _convert(capsys, "--to-hf", ckpt, "--out", ckpt)
+    assert status == 1 and f"--out {ckpt}: is the command's own input; write somewhere else" in err
+    status, err = _convert(capsys, "--to-hf", ckpt, "--out", ckpt / "hf")
+    assert status == 1 and f"lies inside the input {ckpt}" in err
+    status, err = _convert(capsys, "--from-hf", ckpt.parent / "hf", "--out", ckpt.parent)
+    assert status == 1 and "holds the input" in err
+    assert _files(ckpt) == before and load_checkpoint(ckpt)[0] == tiny("gpt2")
+
+
+def test_from_hf_into_a_directory_holding_the_users_config_is_refused(ckpt, tmp_path, capsys):
+    """issue 10, item 4: `--from-hf DIR --out X` overwrote the user's own X/config.json."""
+    hf = tmp_path / "hf"
+    assert main(["convert", "--to-hf", str(ckpt), "--out", str(hf)]) == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"my": "settings"}\n')
+    status, err = _convert(capsys, "--from-hf", hf, "--out", mine)
+    assert status == 1
+    assert f"--out {mine}: the directory is not empty and not written by this command (it holds config.json)" in err
+    assert _files(mine) == {"config.json": b'{"my": "settings"}\n'}
+
+
+def test_every_output_is_claimed_and_may_be_rewritten_by_its_own_kind(ckpt, tmp_path, capsys):
+    """issue 10, item 4: each output is marked with its kind; a command rewrites its own kind's
+    output, never another kind's (an HF directory over an lmref checkpoint mixes two formats)."""
+    assert marker_kind(ckpt) == "lmref-checkpoint"
+    assert main(["convert", "--preset", "gpt2", "--seed", "1", "--out", str(ckpt)]) == 0  # its own: rewritten
+    hf = tmp_path / "hf"
+    assert main(["convert", "--preset", "gpt2", "--format", "hf", "--out", str(hf)]) == 0
+    assert marker_kind(hf) == "hf-model"
+    assert main(["convert", "--to-hf", str(ckpt), "--out", str(hf)]) == 0
+    capsys.readouterr()
+    status, err = _convert(capsys, "--preset", "gpt2", "--format", "hf", "--out", ckpt)
+    assert status == 1 and "not empty and written by `lmref-checkpoint`" in err
+
+
+def test_the_library_writers_claim_their_directory(tmp_path):
+    """issue 10, item 4: `save_checkpoint` and `to_hf` called from Python are as safe as the
+    command: a directory of somebody else's is refused, untouched."""
+    config = tiny("gpt2")
+    params = init_params(config, 0)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("mine\n")
+    for write in (lambda out: save_checkpoint(out, config, params), lambda out: to_hf(config, params, out)):
+        with pytest.raises(OutputError, match="the directory is not empty and not written by this command"):
+            write(mine)
+        assert _files(mine) == {"config.json": b"mine\n"}
+    (tmp_path / "file").write_text("mine\n")
+    with pytest.raises(OutputError, match="is a file, not a directory"):
+        save_checkpoint(tmp_path / "file", config, params)
+    save_checkpoint(tmp_path / "ckpt", config, params)
+    with pytest.raises(OutputError, match="written by `lmref-checkpoint`"):
+        to_hf(config, params, tmp_path / "ckpt")
+    assert save_checkpoint(tmp_path / "ckpt", config, params) == tmp_path / "ckpt"  # its own, rewritten
+    assert (tmp_path / "ckpt" / MARKER).is_file()
+
+
+# --- item 12: a preset that cannot fit is refused before it is allocated ------------------------
+
+
+def test_full_preset_too_large_for_memory_is_refused_with_the_estimate(tmp_path):
+    """issue 10, item 12: `lmref convert --preset X --full` allocated until the machine died.
+    The child runs under a 4 GiB address-space limit, so a missing guard fails this test only."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "lmref.cli", "convert", "--preset", "llama2-70b", "--full",
+                             "--out", str(out)], capture_output=True, text=True, env=subprocess_env(), cwd=ROOT,
+                            timeout=120, preexec_fn=limit, check=False)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "lmref convert: error: --preset llama2-70b --full (68,976,648,192 float64 parameters) needs about" in \
+        result.stderr
+    assert "more than the" in result.stderr and "pass --force-memory" in result.stderr
+    assert not out.exists()
+
+
+def test_force_memory_converts_what_the_estimate_refuses(tmp_path, capsys, monkeypatch):
+    """issue 10, item 12: --force-memory (the same flag as `lmref train`'s) overrides the guard."""
+    stand_in = tiny("gpt2", n_layers=3, name="gpt2")
+    monkeypatch.setattr(convert_commands, "get_preset", lambda name: stand_in)
+    monkeypatch.setattr("lmref.spec.resources.available_bytes", lambda: 1 << 10)
+    status, err = _convert(capsys, "--preset", "gpt2", "--full", "--out", tmp_path / "a")
+    assert status == 1 and "needs about" in err and not (tmp_path / "a").exists()
+    assert main(["convert", "--preset", "gpt2", "--full", "--force-memory", "--out", str(tmp_path / "a")]) == 0
+    assert load_checkpoint(tmp_path / "a")[0] == stand_in
+
+
+# --- item 15: a shard index names files inside its model directory ------------------------------
+
+
+def _sharded_outside(tmp_path, name_for) -> tuple:
+    """An HF directory whose index maps every key to one shard file outside it."""
+    config = tiny("gpt2")
+    model = tmp_path / "model"
+    to_hf(config, init_params(config, 0), model)
+    tensors = load_file(model / "model.safetensors")
+    (model / "model.safetensors").unlink()
+    outside = tmp_path / "x.safetensors"
+    save_file(tensors, str(outside), metadata={"format": "pt"})
+    name = name_for(outside)
+    (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: name for k in tensors}}))
+    return model, name
+
+
+@pytest.mark.parametrize("how", ["parent", "absolute", "nested-parent"])
+def test_a_shard_index_naming_a_file_outside_the_model_is_refused(tmp_path, capsys, how):
+    """issue 10, item 15: model.safetensors.index.json naming `../x.safetensors` or an absolute
+    path read a file outside the model directory."""
+    name_for = {"parent": lambda p: "../x.safetensors", "absolute": str,
+                "nested-parent": lambda p: "sub/../../x.safetensors"}[how]
+    model, name = _sharded_outside(tmp_path, name_for)
+    with pytest.raises(ConversionError, match="which is not inside the model directory"):
+        from_hf(model)
+    status, err = _convert(capsys, "--from-hf", model, "--out", tmp_path / "out")
+    assert status == 1 and f"model.safetensors.index.json: names the shard {name!r}" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_shard_in_a_subdirectory_of_the_model_is_read(tmp_path):
+    """issue 10, item 15: the rule is 'inside', not 'next to': a shard in a subfolder is fine."""
+    config = tiny("gpt2")
+    model = tmp_path / "model"
+    to_hf(config, init_params(config, 0), model)
+    (model / "shards").mkdir()
+    (model / "model.safetensors").rename(model / "shards" / "all.safetensors")
+    keys = load_file(model / "shards" / "all.safetensors")
+    (model / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {k: "shards/all.safetensors" for k in keys}}))
+    _, params = from_hf(model)
+    assert all(np.array_equal(params[k], v) for k, v in init_params(config, 0).items())
+
+
+# --- item 17: --out naming an existing file ---------------------------------------------------
+
+
+@pytest.mark.parametrize("source", [["--preset", "gpt2"], ["--preset", "gpt2", "--format", "hf"]])
+def test_out_naming_an_existing_file_is_refused(tmp_path, capsys, source):
+    """issue 10, item 17: `lmref convert --out FILE` was a FileExistsError traceback."""
+    path = tmp_path / "notes.txt"
+    path.write_text("mine\n")
+    status, err = _convert(capsys, *source, "--out", path)
+    assert status == 1 and f"--out {path}: is a file, not a directory" in err
+    assert path.read_text() == "mine\n"
