@@ -6,9 +6,12 @@ contiguous groups, query head h reads KV head h // (n_heads / n_kv_heads) (HF `r
           q heads:  0 1 2 3 | 4 5 6 7
           kv heads:    0    |    1        (n_heads 8, n_kv_heads 2)
 
-scores = (q k^T) * head_dim^-0.5 (+ ALiBi bias); keys the layer's mask hides (impl_numpy/
-masks.py: causal, sliding, chunked, empty cache slots) get -inf.  What each layer does
-(its mask, its RoPE) comes from its plan (spec/plan.py).
+q, k are normalised (the plan's QK norm, spec/MATH.md "QK norm") after the projection and
+the clip, before the RoPE.  scores = (q k^T) * attn_scale (head_dim^-0.5, or
+query_scale_dim^-0.5), softcapped (Gemma 2: c tanh(scores / c)), plus the ALiBi bias; keys
+the layer's mask hides (impl_numpy/masks.py: causal, sliding, chunked, empty cache slots) get
+-inf.  What each layer does (its mask, its RoPE, its QK norm) comes from its plan
+(spec/plan.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 from lmref.impl_numpy.alibi import alibi_bias, alibi_slopes
 from lmref.impl_numpy.cache import KVCache
 from lmref.impl_numpy.masks import visible
+from lmref.impl_numpy.norms import qk_norm
 from lmref.impl_numpy.rope import apply_rope
 from lmref.spec.config import ModelConfig
 from lmref.spec.plan import LayerPlan
@@ -35,20 +39,30 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def _project(config: ModelConfig, params: dict, p: str, x: np.ndarray, name: str, heads: int) -> np.ndarray:
-    """x [B, S, d_model] -> [B, S, heads, head_dim] through w{name} (+ b{name})."""
+def _project(config: ModelConfig, plan: LayerPlan, params: dict, p: str, x: np.ndarray, name: str,
+             heads: int) -> np.ndarray:
+    """x [B, S, d_model] -> [B, S, heads, head_dim] through w{name} (+ b{name}), clipped, and
+    for q and k normalised as the plan says."""
     y = x @ params[f"{p}.w{name}"]  # [B, S, heads * hd]
     if config.qkv_bias:
         y = y + params[f"{p}.b{name}"]
     if config.qkv_clip is not None:
         y = np.clip(y, -config.qkv_clip, config.qkv_clip)  # OLMo clip_qkv, after the bias
-    return y.reshape(*x.shape[:2], heads, config.head_dim)  # [B, S, heads, hd]
+    normed = name in ("q", "k")
+    if normed and plan.qk_norm == "per_projection":  # OLMo 2: the whole projection
+        y = qk_norm(config, params, f"{p}.{name}_norm", y)
+    y = y.reshape(*x.shape[:2], heads, config.head_dim)  # [B, S, heads, hd]
+    if normed and plan.qk_norm == "per_head":  # Qwen 3, Gemma 3: each head's hd dims
+        y = qk_norm(config, params, f"{p}.{name}_norm", y)
+    return y
 
 
 def attention_scores(config: ModelConfig, plan: LayerPlan, q: np.ndarray, k: np.ndarray, q_pos: np.ndarray,
                      k_pos: np.ndarray) -> np.ndarray:
     """Masked, biased scores [B, heads, Sq, Sk] from q [B, Sq, H, hd], k [B, Sk, H, hd]."""
     scores = np.einsum("bqhd,bkhd->bhqk", q, k) * config.attn_scale
+    if config.attn_softcap is not None:  # Gemma 2: before the mask
+        scores = config.attn_softcap * np.tanh(scores / config.attn_softcap)
     if plan.alibi:
         bias = alibi_bias(alibi_slopes(config.n_heads, config.alibi_max_bias), q_pos, k_pos)
         scores = scores + bias.astype(scores.dtype)
@@ -58,9 +72,9 @@ def attention_scores(config: ModelConfig, plan: LayerPlan, q: np.ndarray, k: np.
 def attention(config: ModelConfig, plan: LayerPlan, params: dict, prefix: str, x: np.ndarray,
               positions: np.ndarray, cache: KVCache | None = None) -> np.ndarray:
     """One attention block: x [B, S, d_model] at `positions` [S] -> [B, S, d_model]."""
-    q = _project(config, params, prefix, x, "q", config.n_heads)  # [B, S, H, hd]
-    k = _project(config, params, prefix, x, "k", config.n_kv_heads)  # [B, S, KV, hd]
-    v = _project(config, params, prefix, x, "v", config.n_kv_heads)
+    q = _project(config, plan, params, prefix, x, "q", config.n_heads)  # [B, S, H, hd]
+    k = _project(config, plan, params, prefix, x, "k", config.n_kv_heads)  # [B, S, KV, hd]
+    v = _project(config, plan, params, prefix, x, "v", config.n_kv_heads)
     if plan.rope is not None:
         q, k = apply_rope(plan.rope, q, positions), apply_rope(plan.rope, k, positions)
     k_positions = positions

@@ -3,11 +3,13 @@
 Each layer is built from its plan (spec/plan.py); a config that needs a feature the golden
 does not compute (impl_numpy/features.py) is refused with UnsupportedFeature, by name.
 
-    h = embed.tokens[tokens] (+ embed.positions[p])
-    for each layer:                      (pre-norm residual, GPT-2 / LLaMA)
-        h = h + attn(attn_norm(h))
-        h = h + mlp(mlp_norm(h))
+    h = embed.tokens[tokens] (* sqrt(d_model), Gemma) (+ embed.positions[p])
+    for each layer, by the plan's norm placement (spec/MATH.md, "Block"):
+        pre            h = h + attn(attn_norm(h));                 h = h + mlp(mlp_norm(h))
+        sandwich       h = h + attn_post_norm(attn(attn_norm(h))); same for the MLP
+        post_sublayer  h = h + attn_post_norm(attn(h));            same for the MLP
     logits = final_norm(h) @ W_head (+ b)      W_head = embed.tokens^T when tied
+    logits = c tanh(logits / c)                (final_logit_softcap c, Gemma 2)
 
 `capture`, when a dict is given, receives the named intermediates of spec/captures.py, in
 the order the computation produces them, so a mismatch can be traced to the first
@@ -15,6 +17,8 @@ component that diverges.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -36,19 +40,32 @@ BACKEND = "numpy"
 def embed(config: ModelConfig, params: dict, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """tokens [B, S] -> [B, S, d_model]."""
     h = params["embed.tokens"][tokens]
+    if config.embedding_scale == "sqrt_d_model":  # Gemma: the table itself stays unscaled for the head
+        h = h * math.sqrt(config.d_model)  # a Python float: float32 params stay float32
     if config.position == "learned":
         h = h + params["embed.positions"][positions][None, :, :]
     return h
 
 
+def sublayer(config: ModelConfig, plan: LayerPlan, params: dict, name: str, h: np.ndarray, compute) -> np.ndarray:
+    """What sublayer `name` ("attn" or "mlp") of the layer adds to the residual stream, with
+    its norms where the plan puts them: `compute` maps the sublayer's input to its output."""
+    p = f"layers.{plan.index}"
+    x = h if plan.norms == "post_sublayer" else apply_norm(config, params, f"{p}.{name}_norm", h)
+    out = compute(x)
+    if plan.norms in ("sandwich", "post_sublayer"):
+        out = apply_norm(config, params, f"{p}.{name}_post_norm", out)
+    return out
+
+
 def block(config: ModelConfig, plan: LayerPlan, params: dict, h: np.ndarray, positions: np.ndarray,
           cache: KVCache | None, capture: dict | None) -> np.ndarray:
-    """One layer of the stack, pre-norm and sequential: [B, S, d_model] -> [B, S, d_model]."""
+    """One layer of the stack, sequential: [B, S, d_model] -> [B, S, d_model]."""
     p = f"layers.{plan.index}"
-    a = attention(config, plan, params, f"{p}.attn", apply_norm(config, params, f"{p}.attn_norm", h),
-                  positions, cache)
+    a = sublayer(config, plan, params, "attn", h,
+                 lambda x: attention(config, plan, params, f"{p}.attn", x, positions, cache))
     h = h + a
-    m = mlp(config, params, f"{p}.mlp", apply_norm(config, params, f"{p}.mlp_norm", h))
+    m = sublayer(config, plan, params, "mlp", h, lambda x: mlp(config, params, f"{p}.mlp", x))
     h = h + m
     if capture is not None:
         capture |= {f"{p}.attn": a, f"{p}.mlp": m, f"{p}.out": h}
@@ -61,6 +78,8 @@ def head(config: ModelConfig, params: dict, h: np.ndarray) -> np.ndarray:
     logits = h @ weight  # [B, S, d_model] @ [d_model, vocab]
     if config.lm_head_bias:
         logits = logits + params["lm_head.bias"]
+    if config.final_logit_softcap is not None:  # Gemma 2
+        logits = config.final_logit_softcap * np.tanh(logits / config.final_logit_softcap)
     return logits
 
 

@@ -146,6 +146,10 @@ CORE = (
     "mlp.plain", "mlp.gated", "mlp.bias",
     "activation.gelu", "activation.gelu_tanh", "activation.silu", "activation.relu",
     "head.tied", "head.bias",
+    # Gemma 1/2/3, Qwen 3, OLMo 2 (issue 11)
+    "embedding.scale", "norm.unit_offset", "block.sandwich_norm", "block.post_sublayer_norm",
+    "attn.qk_norm.per_head", "attn.qk_norm.per_projection", "attn.query_scale", "attn.softcap",
+    "rope.local_theta", "head.softcap",
 )
 assert set(CORE) <= set(FEATURES), f"CORE names unknown features {set(CORE) - set(FEATURES)}"
 

@@ -20,17 +20,25 @@ layers.{i}.attn.wk, attn.wv             [d_model, n_kv*hd]      always
 layers.{i}.attn.wo                      [n_heads*hd, d_model]   always
 layers.{i}.attn.bq | bk, bv             [n_heads*hd] | [n_kv*hd] qkv_bias
 layers.{i}.attn.bo                      [d_model]               attn_out_bias
+layers.{i}.attn.q_norm.weight           [hd] | [n_heads*hd]     qk_norm "per_head" | "per_projection"
+layers.{i}.attn.k_norm.weight           [hd] | [n_kv*hd]        qk_norm "per_head" | "per_projection"
+layers.{i}.attn_post_norm.weight | .bias [d_model]              norm_placement "sandwich" | "post_sublayer"
 layers.{i}.mlp_norm.weight | .bias      [d_model]               not shared_attn_norm
 layers.{i}.mlp.w_gate                   [d_model, d_ff]         mlp == "gated"
 layers.{i}.mlp.w_up                     [d_model, d_ff]         always
 layers.{i}.mlp.w_down                   [d_ff, d_model]         always
 layers.{i}.mlp.b_gate | b_up | b_down   [d_ff] | [d_ff] | [d_model]  mlp_bias
+layers.{i}.mlp_post_norm.weight | .bias [d_model]               norm_placement "sandwich" | "post_sublayer"
 final_norm.weight | .bias               [d_model]               norm_weight | norm_bias
 lm_head.weight                          [d_model, vocab]        not tie_embeddings
 lm_head.bias                            [vocab]                 lm_head_bias
 ======================================  ======================  =============================
 
-A tied head computes ``logits = h @ embed.tokens.T``.
+A tied head computes ``logits = h @ embed.tokens.T``.  Where the norms of a layer sit
+(``norm_placement``): "pre" has ``attn_norm`` and ``mlp_norm``; "sandwich" (Gemma 2/3) adds
+``attn_post_norm`` and ``mlp_post_norm``; "post_sublayer" (OLMo 2) has only the two post norms.
+The q/k norms are RMSNorms with a weight (spec/MATH.md, "QK norm"); a weightless norm config
+(``norm_weight=False``) has no norm weights at all, the q/k norms' included.
 
 Init
 ----
@@ -50,7 +58,8 @@ embed.tokens, embed.positions      std 0.02 (GPT-2's initializer_range: norm inp
                                    enough that the norm eps matters)
 projection weights                 std 1.0 / sqrt(d_in) (sqrt, then /): activations stay O(1), so GELU's
                                    curvature, the softmax scale and the head all matter
-norm weights                       1 + uniform with std 0.1
+norm weights                       1 + uniform with std 0.1; uniform with std 0.1 when
+                                   ``norm_unit_offset`` (the stored w of a (1 + w) norm)
 biases (projections, norms, head)  std 0.1
 =================================  ==========================================================
 """
@@ -86,6 +95,10 @@ def _attn_shapes(config: ModelConfig, p: str) -> dict[str, tuple[int, ...]]:
         shapes |= {f"{p}.bq": (q,), f"{p}.bk": (kv,), f"{p}.bv": (kv,)}
     if config.attn_out_bias:
         shapes[f"{p}.bo"] = (d,)
+    if config.qk_norm in ("per_head", "per_projection") and config.norm_weight:
+        per_head = config.qk_norm == "per_head"
+        shapes[f"{p}.q_norm.weight"] = (config.head_dim,) if per_head else (q,)
+        shapes[f"{p}.k_norm.weight"] = (config.head_dim,) if per_head else (kv,)
     return shapes
 
 
@@ -105,11 +118,17 @@ def _mlp_shapes(config: ModelConfig, p: str) -> dict[str, tuple[int, ...]]:
 def _layer_shapes(config: ModelConfig, i: int) -> dict[str, tuple[int, ...]]:
     """Name -> shape of layer i's parameters.  They depend on i only through the per-layer
     patterns (`attn_pattern`, `mlp_pattern`), which `param_count` relies on."""
-    shapes = _norm_shapes(config, f"layers.{i}.attn_norm")
+    pre = config.norm_placement in ("pre", "sandwich")
+    post = config.norm_placement in ("sandwich", "post_sublayer")
+    shapes = _norm_shapes(config, f"layers.{i}.attn_norm") if pre else {}
     shapes |= _attn_shapes(config, f"layers.{i}.attn")
-    if not config.shared_attn_norm:
+    if post:
+        shapes |= _norm_shapes(config, f"layers.{i}.attn_post_norm")
+    if pre and not config.shared_attn_norm:
         shapes |= _norm_shapes(config, f"layers.{i}.mlp_norm")
     shapes |= _mlp_shapes(config, f"layers.{i}.mlp")
+    if post:
+        shapes |= _norm_shapes(config, f"layers.{i}.mlp_post_norm")
     return shapes
 
 
@@ -178,13 +197,13 @@ def _uniform(seed: int, name: str, shape: tuple[int, ...], std: float) -> np.nda
     return (2.0 * u - 1.0) * (math.sqrt(3.0) * std)
 
 
-def _std_of(name: str, shape: tuple[int, ...]) -> tuple[float, float]:
+def _std_of(config: ModelConfig, name: str, shape: tuple[int, ...]) -> tuple[float, float]:
     """(offset, std) of a parameter, following the init table of the module docstring."""
     leaf = name.rsplit(".", 1)[-1]
     if name.startswith("embed."):
         return 0.0, EMBEDDING_STD
     if "norm" in name and leaf == "weight":
-        return 1.0, NORM_WEIGHT_STD
+        return (0.0 if config.norm_unit_offset else 1.0), NORM_WEIGHT_STD
     if leaf in ("bias", "bq", "bk", "bv", "bo", "b_gate", "b_up", "b_down"):
         return 0.0, BIAS_STD
     return 0.0, 1.0 / math.sqrt(shape[0])  # a [d_in, d_out] projection; sqrt is correctly rounded
@@ -196,7 +215,7 @@ def init_params(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     params = {}
     for name, shape in param_shapes(config).items():
-        offset, std = _std_of(name, shape)
+        offset, std = _std_of(config, name, shape)
         params[name] = offset + _uniform(seed, name, shape, std)
     return params
 

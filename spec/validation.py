@@ -292,6 +292,9 @@ def _check_norms(c: ModelConfig) -> None:
         _fail("norm_unit_offset", "needs norm_weight=True")
     if c.norm_bias and not c.norm_weight:
         _fail("norm_bias", "a LayerNorm bias without a weight is not a layer any model uses")
+    if c.parallel_residual and c.norm_placement != "pre":
+        _fail("norm_placement", f"{c.norm_placement!r} is defined for sequential blocks only "
+              "(parallel_residual=True takes 'pre')")
 
 
 def _check_attention(c: ModelConfig) -> None:
@@ -321,7 +324,8 @@ def _check_moe(c: ModelConfig) -> None:
 # silently ignored, so they are refused.  field -> (the condition it needs, its wording).
 _DEPENDENT_KNOBS = {
     "attn_temperature_scale": (lambda c: c.attn_temperature_floor is not None, "attn_temperature_floor"),
-    "rope_theta_local": (lambda c: c.position == "rope", "position='rope'"),
+    "rope_theta_local": (lambda c: c.position == "rope" and "sliding" in c.attn_pattern,
+                         "position='rope' and 'sliding' layers in attn_pattern"),
     "alibi_max_bias": (lambda c: c.position == "alibi", "position='alibi'"),
     "sliding_window": (lambda c: "sliding" in c.attn_pattern, "'sliding' layers in attn_pattern"),
     "attn_chunk_size": (lambda c: "chunked" in c.attn_pattern, "'chunked' layers in attn_pattern"),

@@ -357,6 +357,7 @@ def test_from_dict_does_not_mutate_its_input():
     ("attn_temperature_scale", dict(attn_temperature_scale=0.1), "attn_temperature_floor"),
     ("alibi_max_bias", dict(alibi_max_bias=4.0), "position='alibi'"),
     ("sliding_window", dict(sliding_window=8), "'sliding' layers in attn_pattern"),
+    ("rope_theta_local", dict(rope_theta_local=1e4), "position='rope' and 'sliding' layers in attn_pattern"),
     ("attn_chunk_size", dict(attn_chunk_size=8), "'chunked' layers in attn_pattern"),
 ])
 def test_knobs_that_need_another_knob_are_refused_alone(field, changes, needs):
@@ -364,3 +365,11 @@ def test_knobs_that_need_another_knob_are_refused_alone(field, changes, needs):
     message = config_error(**changes)
     assert message.startswith(f"{field}: is set to ")
     assert message.endswith(f"but only applies with {needs}")
+
+
+def test_post_norms_are_for_sequential_blocks_only():
+    """Gemma's sandwich and OLMo 2's post-sublayer norms wrap one sublayer each: a parallel
+    block (one residual sum of both branches) has no place for them."""
+    for placement in ("sandwich", "post_sublayer"):
+        assert config_error(parallel_residual=True, norm_placement=placement) == (
+            f"norm_placement: {placement!r} is defined for sequential blocks only (parallel_residual=True takes 'pre')")

@@ -112,7 +112,7 @@ def test_sizes_beyond_int64_are_refused(field):
 FLOAT_KNOBS = {
     "norm_eps": lambda v: dict(norm_eps=v),
     "rope_theta": lambda v: dict(rope_theta=v),
-    "rope_theta_local": lambda v: dict(rope_theta_local=v),
+    "rope_theta_local": lambda v: dict(rope_theta_local=v, attn_pattern=("sliding", "global"), sliding_window=4),
     "rope_fraction": lambda v: dict(rope_fraction=v),
     "alibi_max_bias": lambda v: dict(position="alibi", alibi_max_bias=v),
     "qkv_clip": lambda v: dict(qkv_clip=v),

@@ -25,6 +25,7 @@ from lmref.impl_numpy.norms import apply_norm, layer_norm, rms_norm
 from lmref.impl_numpy.rope import apply_rope, default_inv_freq, inv_freq, llama3_inv_freq
 from lmref.spec import PRESETS, ModelConfig, RopeScaling, get_preset, init_params, param_shapes, tiny
 from lmref.spec.plan import Rope, layer_plan
+from tests.naive_model import hf_llama3, mpt_slopes, naive_forward
 
 
 def rope_of(config: ModelConfig) -> Rope:
@@ -145,15 +146,6 @@ def test_mlp_formula(name):
 
 
 # --- ALiBi slopes (§1.7) -----------------------------------------------------------------------
-
-
-def mpt_slopes(n: int, max_bias: float = 8.0) -> np.ndarray:
-    """MPT `build_mpt_alibi_tensor`'s slopes, written as in HF."""
-    p = 2 ** math.ceil(math.log2(n))
-    slopes = 1.0 / np.power(2.0, np.arange(1, p + 1, dtype=np.float64) * (max_bias / p))
-    if p != n:
-        slopes = np.concatenate([slopes[1::2], slopes[::2]])[:n]
-    return slopes
 
 
 def bloom_slopes(n: int) -> np.ndarray:
@@ -345,20 +337,6 @@ def test_linear_scaling_slows_positions_down():
     np.testing.assert_allclose(apply_rope(rope_of(linear), x, 4 * p), apply_rope(rope_of(plain), x, p), rtol=1e-9, atol=1e-12)
 
 
-def hf_llama3(theta: float, dim: int, factor: float, low: float, high: float, orig: int) -> list[float]:
-    """HF `_compute_llama3_parameters`, scalar by scalar (§1.5)."""
-    out = []
-    for i in range(0, dim, 2):
-        inv = 1.0 / theta ** (i / dim)
-        wavelen = 2 * math.pi / inv
-        inv_l = inv / factor if wavelen > orig / low else inv
-        smooth = (orig / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * inv_l / factor + smooth * inv_l
-        in_band = not wavelen < orig / high and not wavelen > orig / low
-        out.append(smoothed if in_band else inv_l)
-    return out
-
-
 def test_llama3_scaling_at_real_size_has_29_6_29_bands():
     c = get_preset("llama3.1")  # theta 5e5, head_dim 128, factor 8, low 1, high 4, orig 8192
     plain = default_inv_freq(c.rope_theta, c.rope_dim)
@@ -381,113 +359,6 @@ def test_llama3_scaling_matches_hf_at_tiny_size():
     np.testing.assert_allclose(llama3_inv_freq(default_inv_freq(c.rope_theta, c.rope_dim), s), expected, rtol=1e-13)
 
 
-# --- a naive, loop-by-loop model to compare the golden with ----------------------------------
-
-
-def _naive_norm(c: ModelConfig, p: dict, prefix: str, x: np.ndarray) -> np.ndarray:
-    n = len(x)
-    if c.norm == "layernorm":
-        mean = math.fsum(x) / n
-        var = math.fsum((v - mean) ** 2 for v in x) / n
-        y = (x - mean) / math.sqrt(var + c.norm_eps)
-    else:
-        y = x / math.sqrt(math.fsum(v * v for v in x) / n + c.norm_eps)
-    if c.norm_weight:
-        y = y * p[f"{prefix}.weight"]
-    if c.norm_bias:
-        y = y + p[f"{prefix}.bias"]
-    return y
-
-
-def _naive_act(name: str, x: np.ndarray) -> np.ndarray:
-    f = {
-        "gelu": lambda v: 0.5 * v * (1 + math.erf(v / math.sqrt(2))),
-        "gelu_tanh": lambda v: 0.5 * v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3))),
-        "silu": lambda v: v / (1 + math.exp(-v)),
-        "relu": lambda v: max(v, 0.0),
-    }[name]
-    return np.array([f(float(v)) for v in x])
-
-
-def _naive_freqs(c: ModelConfig) -> list[float]:
-    s = c.rope_scaling
-    if s is not None and s.kind == "llama3":
-        return hf_llama3(c.rope_theta, c.rope_dim, s.factor, s.low_freq_factor, s.high_freq_factor,
-                         s.original_max_seq_len)
-    factor = s.factor if s is not None else 1.0
-    return [c.rope_theta ** (-(2 * i) / c.rope_dim) / factor for i in range(c.rope_dim // 2)]
-
-
-def _naive_rope(c: ModelConfig, v: np.ndarray, pos: int) -> np.ndarray:
-    out = v.copy()
-    r = c.rope_dim
-    for i, f in enumerate(_naive_freqs(c)):
-        a, b = (i, i + r // 2) if c.rope_layout == "halves" else (2 * i, 2 * i + 1)
-        cos, sin = math.cos(pos * f), math.sin(pos * f)
-        out[a], out[b] = v[a] * cos - v[b] * sin, v[b] * cos + v[a] * sin
-    return out
-
-
-def naive_forward(c: ModelConfig, p: dict, tokens: np.ndarray) -> np.ndarray:
-    """One sequence, one position, one head at a time; slopes from MPT's formula."""
-    hd, group = c.head_dim, c.n_heads // c.n_kv_heads
-    slopes = mpt_slopes(c.n_heads, c.alibi_max_bias)
-    out = []
-    for seq in tokens:
-        h = [p["embed.tokens"][t] + (p["embed.positions"][i] if c.position == "learned" else 0.0)
-             for i, t in enumerate(seq)]
-        for layer in range(c.n_layers):
-            P = f"layers.{layer}"
-            x = [_naive_norm(c, p, f"{P}.attn_norm", v) for v in h]
-
-            def proj(name, v, P=P):
-                y = v @ p[f"{P}.attn.w{name}"] + (p[f"{P}.attn.b{name}"] if c.qkv_bias else 0.0)
-                return y if c.qkv_clip is None else np.clip(y, -c.qkv_clip, c.qkv_clip)
-
-            qs, ks, vs = [proj("q", v) for v in x], [proj("k", v) for v in x], [proj("v", v) for v in x]
-            new_h = []
-            for t in range(len(seq)):
-                heads = []
-                for head in range(c.n_heads):
-                    kv = head // group  # query head h reads kv head h // group
-                    q = qs[t][head * hd:(head + 1) * hd]
-                    if c.position == "rope":
-                        q = _naive_rope(c, q, t)
-                    scores, values = [], []
-                    for s in range(t + 1):  # causal: keys s <= t
-                        k = ks[s][kv * hd:(kv + 1) * hd]
-                        if c.position == "rope":
-                            k = _naive_rope(c, k, s)
-                        score = float(q @ k) / math.sqrt(hd)
-                        if c.position == "alibi":
-                            score -= slopes[head] * (t - s)
-                        scores.append(score)
-                        values.append(vs[s][kv * hd:(kv + 1) * hd])
-                    top = max(scores)
-                    weights = [math.exp(sc - top) for sc in scores]
-                    total = math.fsum(weights)
-                    heads.append(sum(w / total * v for w, v in zip(weights, values)))
-                a = np.concatenate(heads) @ p[f"{P}.attn.wo"] + (p[f"{P}.attn.bo"] if c.attn_out_bias else 0.0)
-                new_h.append(h[t] + a)
-            h = new_h
-            new_h = []
-            for v in h:
-                y = _naive_norm(c, p, f"{P}.mlp_norm", v)
-                b = c.mlp_bias
-                up = y @ p[f"{P}.mlp.w_up"] + (p[f"{P}.mlp.b_up"] if b else 0.0)
-                if c.mlp == "gated":
-                    gate = y @ p[f"{P}.mlp.w_gate"] + (p[f"{P}.mlp.b_gate"] if b else 0.0)
-                    hidden = _naive_act(c.activation, gate) * up
-                else:
-                    hidden = _naive_act(c.activation, up)
-                new_h.append(v + hidden @ p[f"{P}.mlp.w_down"] + (p[f"{P}.mlp.b_down"] if b else 0.0))
-            h = new_h
-        w = p["embed.tokens"].T if c.tie_embeddings else p["lm_head.weight"]
-        out.append([_naive_norm(c, p, "final_norm", v) @ w + (p["lm_head.bias"] if c.lm_head_bias else 0.0)
-                    for v in h])
-    return np.array(out)
-
-
 VARIANTS = {f"tiny-{n}": tiny(n) for n in TINY} | {
     "interleaved-partial": tiny("llama1", rope_layout="interleaved", rope_fraction=0.5),
     "neox-partial-biases": tiny("gpt2", position="rope", rope_fraction=0.25, lm_head_bias=True,
@@ -503,10 +374,10 @@ VARIANTS = {f"tiny-{n}": tiny(n) for n in TINY} | {
 def test_forward_matches_a_naive_loop_implementation(name):
     c = VARIANTS[name]
     p = init_params(c, 11)
-    tokens = tokens_for(c, 2, 5, seed=1)
+    tokens = tokens_for(c, 2, 8, seed=1)  # longer than tiny()'s windows (5) and chunks (4)
     got = forward(c, p, tokens)
     expected = naive_forward(c, p, tokens)
-    assert got.shape == (2, 5, c.vocab_size)
+    assert got.shape == (2, 8, c.vocab_size)
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-10)
 
 
@@ -661,8 +532,8 @@ def test_capture_names_order_and_shapes(name):
     captured: dict = {}
     logits = forward(c, p, tokens, capture=captured)
     names = capture_names(c)
-    assert names == ["embed", "layers.0.attn", "layers.0.mlp", "layers.0.out",
-                     "layers.1.attn", "layers.1.mlp", "layers.1.out", "final_norm", "logits"]
+    assert names == ["embed", *(f"layers.{i}.{part}" for i in range(c.n_layers) for part in ("attn", "mlp", "out")),
+                     "final_norm", "logits"]
     assert list(captured) == names
     for n in names[:-1]:
         assert captured[n].shape == (2, 5, c.d_model), n
@@ -677,6 +548,8 @@ def test_capture_names_order_and_shapes(name):
         prev = captured[f"layers.{i}.out"]
     np.testing.assert_allclose(captured["final_norm"], apply_norm(c, p, "final_norm", prev), rtol=1e-14)
     expected_embed = p["embed.tokens"][tokens]
+    if c.embedding_scale == "sqrt_d_model":  # Gemma
+        expected_embed = expected_embed * math.sqrt(c.d_model)
     if c.position == "learned":
         expected_embed = expected_embed + p["embed.positions"][:5]
     np.testing.assert_array_equal(captured["embed"], expected_embed)

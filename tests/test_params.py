@@ -339,7 +339,7 @@ def _layouts(draw):
     c = draw(configs())
     changes = dict(n_layers=draw(st.integers(c.n_layers, 40)))
     if draw(st.booleans()):
-        changes |= dict(parallel_residual=True, shared_attn_norm=draw(st.booleans()))
+        changes |= dict(parallel_residual=True, shared_attn_norm=draw(st.booleans()), norm_placement="pre")
     if c.position != "learned" and draw(st.booleans()):
         changes["position"] = "learned"
         changes |= dict(rope_scaling=None) if c.position == "rope" else {}
