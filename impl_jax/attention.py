@@ -10,10 +10,18 @@ Unlike the golden, the KV heads are not repeated: the query heads are viewed as
 [n_kv_heads, group] (C order, so h = j * group + g reads KV head j) and contracted with the
 KV heads directly.
 
-scores = (q k^T) * head_dim^-0.5 (+ ALiBi bias); keys the layer's mask hides (impl_jax/
-masks.py: causal, sliding, chunked, empty cache slots) get the dtype's lowest finite value
-(spec/MATH.md, "Masks": a row with no visible key stays finite).  What each layer does (its
-mask, its RoPE, ALiBi) comes from its plan (spec/plan.py).
+q, k, v are the projections (+ bias), clipped (OLMo `clip_qkv`), then q and k normalised
+(the plan's `qk_norm`, spec/MATH.md "QK norm": `per_projection` over the whole [H*hd] / [K*hd]
+projection before the split into heads, transformers `Olmo2Attention`; `per_head` over each
+head's hd, transformers `Qwen3Attention` / `Gemma3Attention`), then rotated (RoPE).
+
+scores = (q k^T) * s, s = config.attn_scale (head_dim^-0.5, or query_scale_dim^-0.5: Gemma 2's
+`query_pre_attn_scalar`), softcapped to c tanh(scores / c) when `attn_softcap` is set
+(transformers gemma2 `eager_attention_forward`: after the scale, before the mask), (+ ALiBi
+bias); keys the layer's mask hides (impl_jax/masks.py: causal, sliding, chunked, empty cache
+slots) get the dtype's lowest finite value (spec/MATH.md, "Masks": a row with no visible key
+stays finite).  What each layer does (its mask, its RoPE, ALiBi, its QK norm) comes from its
+plan (spec/plan.py).
 
 Scores, bias and softmax are in at least float32, as fused attention kernels keep them (HF
 `eager_attention_forward` upcasts the softmax; a bfloat16 ALiBi bias of -500 would be off by
@@ -28,19 +36,37 @@ import jax.numpy as jnp
 from lmref.impl_jax.alibi import alibi_bias, alibi_slopes
 from lmref.impl_jax.cache import KVCache
 from lmref.impl_jax.masks import visible
+from lmref.impl_jax.norms import qk_norm
 from lmref.impl_jax.rope import apply_rope
 from lmref.spec.config import ModelConfig
 from lmref.spec.plan import LayerPlan
 
 
-def _project(config: ModelConfig, params: dict, p: str, x: jax.Array, name: str, heads: int) -> jax.Array:
-    """x [B, S, d_model] -> [B, S, heads, head_dim] through w{name} (+ b{name})."""
-    y = x @ params[f"{p}.w{name}"]  # [B, S, heads * hd]
+def _project(config: ModelConfig, params: dict, p: str, x: jax.Array, name: str) -> jax.Array:
+    """x [B, S, d_model] -> [B, S, heads * head_dim] through w{name} (+ b{name}), clipped."""
+    y = x @ params[f"{p}.w{name}"]  # [B, S, d_model] @ [d_model, heads * hd]
     if config.qkv_bias:
         y = y + params[f"{p}.b{name}"]
     if config.qkv_clip is not None:
         y = jnp.clip(y, -config.qkv_clip, config.qkv_clip)  # OLMo clip_qkv, after the bias
-    return y.reshape(*x.shape[:2], heads, config.head_dim)  # [B, S, heads, hd]
+    return y
+
+
+def _split_heads(config: ModelConfig, y: jax.Array) -> jax.Array:
+    return y.reshape(*y.shape[:2], -1, config.head_dim)  # [B, S, heads * hd] -> [B, S, heads, hd]
+
+
+def queries_keys_values(config: ModelConfig, plan: LayerPlan, params: dict, p: str,
+                        x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """x [B, S, d_model] -> q [B, S, H, hd], k and v [B, S, KV, hd], q and k normalised as the
+    plan says (not yet rotated)."""
+    q, k, v = (_project(config, params, p, x, name) for name in "qkv")  # [B, S, H*hd], [B, S, KV*hd] x 2
+    if plan.qk_norm == "per_projection":
+        q, k = qk_norm(config, params, f"{p}.q_norm", q), qk_norm(config, params, f"{p}.k_norm", k)
+    q, k, v = (_split_heads(config, t) for t in (q, k, v))
+    if plan.qk_norm == "per_head":
+        q, k = qk_norm(config, params, f"{p}.q_norm", q), qk_norm(config, params, f"{p}.k_norm", k)
+    return q, k, v
 
 
 def attention_scores(config: ModelConfig, plan: LayerPlan, q: jax.Array, k: jax.Array, q_pos: jax.Array,
@@ -49,6 +75,8 @@ def attention_scores(config: ModelConfig, plan: LayerPlan, q: jax.Array, k: jax.
     in at least float32."""
     wide = jnp.promote_types(q.dtype, jnp.float32)
     scores = jnp.einsum("bqjgd,bkjd->bjgqk", q, k, preferred_element_type=wide) * config.attn_scale
+    if config.attn_softcap is not None:
+        scores = config.attn_softcap * jnp.tanh(scores / config.attn_softcap)
     if plan.alibi:
         bias = alibi_bias(alibi_slopes(config.n_heads, config.alibi_max_bias), q_pos, k_pos, scores.dtype)
         scores = scores + bias.reshape(q.shape[2], q.shape[3], *bias.shape[1:])  # [H, ..] -> [KV, G, Sq, Sk]
@@ -62,9 +90,7 @@ def attention(config: ModelConfig, plan: LayerPlan, params: dict, prefix: str, x
     With a cache, this step's keys, values and positions are written to it and the queries
     read every slot of the buffer at the positions it records (empty slots are never visible)."""
     batch, seq = x.shape[:2]
-    q = _project(config, params, prefix, x, "q", config.n_heads)  # [B, S, H, hd]
-    k = _project(config, params, prefix, x, "k", config.n_kv_heads)  # [B, S, KV, hd]
-    v = _project(config, params, prefix, x, "v", config.n_kv_heads)
+    q, k, v = queries_keys_values(config, plan, params, prefix, x)  # [B, S, H, hd], [B, S, KV, hd] x 2
     if plan.rope is not None:
         q, k = (apply_rope(plan.rope, t, positions, config.max_seq_len) for t in (q, k))
     k_positions = positions

@@ -56,7 +56,8 @@ class KVCache(NamedTuple):
         slots length .. length + S - 1.
 
         `length` itself moves on once per forward, after every layer wrote (`advance`)."""
-        start = (0, self.length, 0, 0)
+        zero = jnp.zeros((), self.length.dtype)  # the offsets share one integer type (int64 under x64)
+        start = (zero, self.length, zero, zero)
         new_k = jax.lax.dynamic_update_slice(self.keys[layer], k.astype(self.keys[layer].dtype), start)
         new_v = jax.lax.dynamic_update_slice(self.values[layer], v.astype(self.values[layer].dtype), start)
         new_positions = jax.lax.dynamic_update_slice(self.positions[layer], positions.astype(jnp.int32),

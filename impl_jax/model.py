@@ -1,13 +1,20 @@
-"""The decoder-only LM: embeddings, a stack of pre-norm blocks, the head (JAX twin).
+"""The decoder-only LM: embeddings, a stack of sequential blocks, the head (JAX twin).
 
 Each layer is built from its plan (spec/plan.py); a config that needs a feature the twin
 does not compute (impl_jax/features.py) is refused with UnsupportedFeature, by name.
 
-    h = embed.tokens[tokens] (+ embed.positions[p])
-    for each layer:                      (pre-norm residual, GPT-2 / LLaMA)
-        h = h + attn(attn_norm(h))
-        h = h + mlp(mlp_norm(h))
-    logits = final_norm(h) @ W_head (+ b)      W_head = embed.tokens^T when tied
+    h = embed.tokens[tokens] (* sqrt(d_model)) (+ embed.positions[p])
+    for each layer, by where its norms sit (the plan's `norms`, spec/MATH.md "Block"):
+        pre            h = h + attn(attn_norm(h));                  h = h + mlp(mlp_norm(h))
+        sandwich       h = h + attn_post_norm(attn(attn_norm(h)));  h = h + mlp_post_norm(mlp(mlp_norm(h)))
+        post_sublayer  h = h + attn_post_norm(attn(h));             h = h + mlp_post_norm(mlp(h))
+    logits = final_norm(h) @ W_head (+ b)      W_head = embed.tokens^T (unscaled) when tied
+    (logits = c * tanh(logits / c) with final_logit_softcap c)
+
+Pre: GPT-2, LLaMA.  Sandwich: Gemma 2/3 (transformers `Gemma2DecoderLayer`).  Post-sublayer:
+OLMo 2 (transformers `Olmo2DecoderLayer`).  The embedding scale is Gemma's (transformers
+`GemmaModel`: `hidden_states * normalizer`, the normalizer rounded to the activation dtype),
+the logit softcap Gemma 2's (transformers `Gemma2ForCausalLM`).
 
 Two layers of API:
 
@@ -22,7 +29,8 @@ Two layers of API:
   by op).  `loss` stays differentiable in `params`: the params check reads shapes and dtypes
   only, which tracers have.
 
-`capture` receives the intermediates named by spec/captures.py, in the golden's order.
+`capture` receives the intermediates named by spec/captures.py, in the golden's order;
+`layers.{i}.attn` / `.mlp` are what is added to the residual stream (after a post norm).
 
 `forward` with `cache=None` returns the logits; with a cache it returns `(logits, cache)`,
 the new cache holding the new positions (JAX arrays are immutable, so the cache cannot be
@@ -30,6 +38,8 @@ updated in place as the golden's is).
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -56,20 +66,34 @@ BACKEND = "jax"
 
 def embed(config: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Array) -> jax.Array:
     """tokens [B, S] -> [B, S, d_model]."""
-    h = params["embed.tokens"][tokens]
+    h = params["embed.tokens"][tokens]  # [B, S, d_model]
+    if config.embedding_scale == "sqrt_d_model":
+        h = h * jnp.asarray(math.sqrt(config.d_model), h.dtype)
     if config.position == "learned":
         h = h + params["embed.positions"][positions][None, :, :]
     return h
 
 
+def sublayer_input(config: ModelConfig, plan: LayerPlan, params: dict, norm: str, h: jax.Array) -> jax.Array:
+    """What a sublayer reads: the residual stream, normalised by `norm` unless post_sublayer."""
+    return h if plan.norms == "post_sublayer" else apply_norm(config, params, norm, h)
+
+
+def sublayer_output(config: ModelConfig, plan: LayerPlan, params: dict, norm: str, y: jax.Array) -> jax.Array:
+    """What a sublayer adds to the residual stream: its output, normalised by `norm` unless pre."""
+    return y if plan.norms == "pre" else apply_norm(config, params, norm, y)
+
+
 def block(config: ModelConfig, plan: LayerPlan, params: dict, h: jax.Array, positions: jax.Array,
           cache: KVCache | None, captured: dict | None) -> tuple[jax.Array, KVCache | None]:
-    """One layer of the stack, pre-norm and sequential: [B, S, d_model] -> [B, S, d_model]."""
+    """One sequential layer of the stack: [B, S, d_model] -> [B, S, d_model]."""
     p = f"layers.{plan.index}"
-    a, cache = attention(config, plan, params, f"{p}.attn", apply_norm(config, params, f"{p}.attn_norm", h),
+    a, cache = attention(config, plan, params, f"{p}.attn", sublayer_input(config, plan, params, f"{p}.attn_norm", h),
                          positions, cache)
+    a = sublayer_output(config, plan, params, f"{p}.attn_post_norm", a)
     h = h + a
-    m = mlp(config, params, f"{p}.mlp", apply_norm(config, params, f"{p}.mlp_norm", h))
+    m = mlp(config, params, f"{p}.mlp", sublayer_input(config, plan, params, f"{p}.mlp_norm", h))
+    m = sublayer_output(config, plan, params, f"{p}.mlp_post_norm", m)
     h = h + m
     if captured is not None:
         captured |= {f"{p}.attn": a, f"{p}.mlp": m, f"{p}.out": h}
@@ -82,6 +106,9 @@ def head(config: ModelConfig, params: dict, h: jax.Array) -> jax.Array:
     logits = h @ weight  # [B, S, d_model] @ [d_model, vocab]
     if config.lm_head_bias:
         logits = logits + params["lm_head.bias"]
+    if config.final_logit_softcap is not None:
+        c = config.final_logit_softcap  # tanh in at least float32, like the attention softcap
+        logits = (c * jnp.tanh(upcast(logits) / c)).astype(logits.dtype)
     return logits
 
 

@@ -1,11 +1,23 @@
 """Causal self-attention with MHA / GQA / MQA, RoPE or ALiBi: torch twin of
 impl_numpy/attention.py, with two interchangeable kernels (`attn_impl`):
 
-  "eager"  q k^T, additive bias, softmax (in float32 at least), @ v: the plain path
+  "eager"  q k^T, softcap, additive bias, softmax (in float32 at least), @ v: the plain path
   "sdpa"   torch.nn.functional.scaled_dot_product_attention (fused kernels where torch has
            them); a plain causal layer without cache and without ALiBi is `is_causal=True`
            (exact there: the keys are the queries, in order), every other case passes the
-           same additive float bias as the eager path
+           same additive float bias as the eager path.  SDPA has no hook between the scores
+           and the mask, so a config with a score softcap runs eager (`kernel_of`); so
+           does transformers' Gemma 2 (its sdpa path refuses a softcap, hf_measured.md;
+           `eager_attention_forward` of gemma2 applies it)
+
+Per layer (spec/MATH.md, "Attention" and "QK norm"):
+
+    q, k, v = x Wq (+ bq), x Wk (+ bk), x Wv (+ bv)     clipped to [-c, c] (OLMo clip_qkv)
+    q, k = q_norm(q), k_norm(k)      RMSNorm per head (Qwen 3, Gemma 3) or of the whole
+                                     projection (OLMo 2), before the RoPE
+    q, k = rope(q), rope(k)
+    scores = q k^T * scale           scale = (query_scale_dim or head_dim)^-0.5 (Gemma 2)
+    scores = c tanh(scores / c)      attn_softcap c (Gemma 2), before ALiBi and the mask
 
 GQA (Ainslie et al. 2023): query head h reads KV head h // (n_heads / n_kv_heads), the
 contiguous groups of HF `repeat_kv` (SDPA's `enable_gqa` repeats the same way).
@@ -32,7 +44,7 @@ from torch import nn
 
 from lmref.impl_torch import masks
 from lmref.impl_torch.alibi import alibi_bias, alibi_slopes
-from lmref.impl_torch.norms import compute_dtype, upcast
+from lmref.impl_torch.norms import Norm, compute_dtype, upcast
 from lmref.impl_torch.rope import apply_rope
 from lmref.spec.config import ModelConfig
 from lmref.spec.plan import LayerPlan, Rope
@@ -47,12 +59,27 @@ def expand_kv_heads(kv: torch.Tensor, group_size: int) -> torch.Tensor:
     return kv[:, :, None].expand(b, n_kv, group_size, t, hd).reshape(b, n_kv * group_size, t, hd)
 
 
+def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap * tanh(x / cap): x squashed into (-cap, cap) (Gemma 2's attention and final-logit
+    softcaps, HF `Gemma2Attention` / `Gemma2ForCausalLM`)."""
+    return cap * torch.tanh(x / cap)
+
+
+def kernel_of(config: ModelConfig, attn_impl: str) -> str:
+    """The kernel a config runs on: the requested one, but eager where the scores are
+    softcapped (SDPA has no hook for it)."""
+    return "eager" if config.attn_softcap is not None else attn_impl
+
+
 def eager_attention(config: ModelConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     bias: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T * scale + bias) v: [B, H, Sq, hd]; scores and softmax in float32 at least."""
+    """softmax(softcap(q k^T * scale) + bias) v: [B, H, Sq, hd]; scores and softmax in float32
+    at least."""
     k = expand_kv_heads(k, config.kv_group_size)  # [B, H, Sk, hd]
     v = expand_kv_heads(v, config.kv_group_size)
     scores = upcast(torch.einsum("bhqd,bhkd->bhqk", q, k)) * config.attn_scale  # [B, H, Sq, Sk]
+    if config.attn_softcap is not None:
+        scores = softcap(scores, config.attn_softcap)  # Gemma 2: on the scaled scores, before the bias
     probs = torch.softmax(scores + bias, dim=-1).to(v.dtype)
     return torch.einsum("bhqk,bhkd->bhqd", probs, v)  # [B, H, Sq, hd]
 
@@ -122,7 +149,18 @@ class Step:
     ropes: dict[Rope, tuple[torch.Tensor, torch.Tensor]]  # cos, sin [P, 1, S, r/2] per distinct Rope
     biases: ScoreBiases
     cache: object | None  # anything with KVCache's `append`; None: the keys are the queries' own
-    attn_impl: str
+    attn_impl: str  # the kernel (kernel_of: eager when the scores are softcapped)
+
+
+def qk_norm(config: ModelConfig, plan: LayerPlan, heads: int, dtype: torch.dtype, device) -> Norm | None:
+    """The RMSNorm of q (heads = n_heads) or k (heads = n_kv_heads) the plan asks for: over
+    head_dim, one weight shared by the heads ("per_head"), or over the whole projection
+    ("per_projection"); (1 + w) with norm_unit_offset, no weight without norm_weight."""
+    if plan.qk_norm not in ("per_head", "per_projection"):
+        return None  # "none"; "l2" is refused by the feature check before any layer is built
+    size = config.head_dim if plan.qk_norm == "per_head" else heads * config.head_dim
+    return Norm("rmsnorm", size, config.norm_eps, weight=config.norm_weight, bias=False,
+                unit_offset=config.norm_unit_offset, dtype=dtype, device=device)
 
 
 class Attention(nn.Module):
@@ -137,20 +175,27 @@ class Attention(nn.Module):
         self.wk = nn.Linear(d, kv, bias=config.qkv_bias, **kw)
         self.wv = nn.Linear(d, kv, bias=config.qkv_bias, **kw)
         self.wo = nn.Linear(q, d, bias=config.attn_out_bias, **kw)
+        self.q_norm = qk_norm(config, plan, config.n_heads, dtype, device)
+        self.k_norm = qk_norm(config, plan, config.n_kv_heads, dtype, device)
 
-    def _project(self, linear: nn.Linear, x: torch.Tensor, heads: int) -> torch.Tensor:
-        """x [B, S, d_model] -> [B, heads, S, head_dim]."""
+    def _project(self, linear: nn.Linear, x: torch.Tensor, heads: int, norm: Norm | None = None) -> torch.Tensor:
+        """x [B, S, d_model] -> [B, heads, S, head_dim], through `norm` (the q/k norm) if given."""
         y = linear(x)  # [B, S, heads * hd]
         if self.config.qkv_clip is not None:
             c = self.config.qkv_clip
-            y = y.clamp(-c, c)  # OLMo clip_qkv, after the bias
-        return y.view(*x.shape[:2], heads, self.config.head_dim).transpose(1, 2)  # [B, heads, S, hd]
+            y = y.clamp(-c, c)  # OLMo clip_qkv, after the bias, before the norm (OLMo-core's order)
+        if norm is not None and self.plan.qk_norm == "per_projection":
+            y = norm(y)  # OLMo 2 (HF `Olmo2Attention`): over all heads * hd, before the split
+        y = y.view(*x.shape[:2], heads, self.config.head_dim)  # [B, S, heads, hd]
+        if norm is not None and self.plan.qk_norm == "per_head":
+            y = norm(y)  # Qwen 3, Gemma 3 (HF `Qwen3Attention`): over each head's hd
+        return y.transpose(1, 2)  # [B, heads, S, hd]
 
     def forward(self, x: torch.Tensor, step: Step) -> torch.Tensor:
         """x at the step's query positions; this layer's keys go to the step's cache, if any."""
         c, plan = self.config, self.plan
-        q = self._project(self.wq, x, c.n_heads)  # [B, H, S, hd]
-        k = self._project(self.wk, x, c.n_kv_heads)  # [B, KV, S, hd]
+        q = self._project(self.wq, x, c.n_heads, self.q_norm)  # [B, H, S, hd]
+        k = self._project(self.wk, x, c.n_kv_heads, self.k_norm)  # [B, KV, S, hd]
         v = self._project(self.wv, x, c.n_kv_heads)
         if plan.rope is not None:
             cos, sin = step.ropes[plan.rope]

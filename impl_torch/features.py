@@ -1,5 +1,7 @@
 """The features the torch twin computes (names: spec/features.py): each is tested against the
-golden by the property tests of tests/torch/ (tests/strategies.py draws every one of them)."""
+golden by the property tests of tests/torch/ (tests/strategies.py draws them), Gemma's,
+Qwen 3's and OLMo 2's knobs also by tests/torch/test_issue11_features.py on fixed tiny
+configs."""
 
 from lmref.spec.features import CORE, declare
 

@@ -1,10 +1,13 @@
 """The decoder-only LM as an nn.Module, torch twin of impl_numpy/model.py.
 
-    h = embed.tokens[tokens] (+ embed.positions[p])
-    for each layer:                      (pre-norm residual, GPT-2 / LLaMA)
-        h = h + attn(attn_norm(h))
-        h = h + mlp(mlp_norm(h))
-    logits = final_norm(h) @ W_head (+ b)      W_head = embed.tokens^T when tied
+    h = embed.tokens[tokens] (* sqrt(d_model)) (+ embed.positions[p])
+    for each layer:                      (the plan's `norms`, spec/MATH.md "Block")
+        h = h + attn(attn_norm(h))           pre (GPT-2, LLaMA)
+        h = h + attn_post_norm(attn(attn_norm(h)))   sandwich (Gemma 2/3)
+        h = h + attn_post_norm(attn(h))      post_sublayer (OLMo 2)
+        (the MLP likewise, with mlp_norm and mlp_post_norm)
+    logits = final_norm(h) @ W_head (+ b)      W_head = embed.tokens^T when tied (unscaled)
+    logits = c tanh(logits / c)                final_logit_softcap c (Gemma 2)
 
 Each layer is built from its plan (spec/plan.py); a config that needs a feature the twin
 does not compute (impl_torch/features.py) is refused with UnsupportedFeature, by name.
@@ -23,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmref.impl_torch.attention import ATTN_IMPLS, Attention, ScoreBiases, Step
+from lmref.impl_torch.attention import ATTN_IMPLS, Attention, ScoreBiases, Step, kernel_of, softcap
 from lmref.impl_torch.cache import KVCache
 from lmref.impl_torch.features import FEATURES
 from lmref.impl_torch.inputs import check_tokens
@@ -61,7 +64,13 @@ def torch_name(canonical: str) -> tuple[str, bool]:
 
 
 class Embedding(nn.Module):
-    """tokens [B, S] at positions [P, S] -> [B, S, d_model]."""
+    """tokens [B, S] at positions [P, S] -> [B, S, d_model].
+
+    With embedding_scale "sqrt_d_model" (Gemma) the token embeddings are multiplied by
+    sqrt(d_model) rounded to the model's dtype (HF `GemmaModel`: `normalizer =
+    torch.tensor(hidden_size**0.5, dtype=hidden_states.dtype)`; Google's `gemma`:
+    `x * jnp.sqrt(embed_dim).astype(x.dtype)`).
+    """
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype, device=None):
         super().__init__()
@@ -69,27 +78,40 @@ class Embedding(nn.Module):
         self.tokens = nn.Embedding(config.vocab_size, config.d_model, **kw)
         learned = config.position == "learned"
         self.positions = nn.Embedding(config.max_seq_len, config.d_model, **kw) if learned else None
+        self.scale = config.d_model**0.5 if config.embedding_scale == "sqrt_d_model" else None
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         h = self.tokens(tokens)  # [B, S, d_model]
+        if self.scale is not None:
+            h = h * h.new_tensor(self.scale)  # a 0-d tensor: the scale rounded to h's dtype
         return h if self.positions is None else h + self.positions(positions)  # + [P, S, d_model]
 
 
+def placed_norm(config: ModelConfig, present: bool, dtype: torch.dtype, device) -> nn.Module:
+    """The config's norm where the plan puts one, the identity where it puts none."""
+    return Norm.of(config, dtype, device) if present else nn.Identity()
+
+
 class Block(nn.Module):
-    """The pre-norm, sequential layer planned by `plan`: [B, S, d_model] -> [B, S, d_model]."""
+    """The sequential layer planned by `plan`: [B, S, d_model] -> [B, S, d_model].  Its norms
+    sit where `plan.norms` says: before each sublayer ("pre", "sandwich"), after it
+    ("sandwich", "post_sublayer"), the identity elsewhere."""
 
     def __init__(self, config: ModelConfig, plan: LayerPlan, dtype: torch.dtype, device=None):
         super().__init__()
         self.index = plan.index
-        self.attn_norm = Norm(config, dtype, device)
+        pre, post = plan.norms in ("pre", "sandwich"), plan.norms in ("sandwich", "post_sublayer")
+        self.attn_norm = placed_norm(config, pre, dtype, device)
         self.attn = Attention(config, plan, dtype, device)
-        self.mlp_norm = Norm(config, dtype, device)
+        self.attn_post_norm = placed_norm(config, post, dtype, device)
+        self.mlp_norm = placed_norm(config, pre, dtype, device)
         self.mlp = MLP(config, dtype, device)
+        self.mlp_post_norm = placed_norm(config, post, dtype, device)
 
     def forward(self, h: torch.Tensor, step: Step, capture: dict | None) -> torch.Tensor:
-        a = self.attn(self.attn_norm(h), step)
+        a = self.attn_post_norm(self.attn(self.attn_norm(h), step))  # what the attention adds
         h = h + a
-        m = self.mlp(self.mlp_norm(h))
+        m = self.mlp_post_norm(self.mlp(self.mlp_norm(h)))
         h = h + m
         if capture is not None:
             p = f"layers.{self.index}"
@@ -118,7 +140,7 @@ class Transformer(nn.Module):
         self.embed = Embedding(config, dtype, device)
         self.layers = nn.ModuleList(Block(config, plan, dtype, device) for plan in layer_plan(config))
         self.ropes = distinct_ropes(config)  # the plan's rotary embeddings, each once
-        self.final_norm = Norm(config, dtype, device)
+        self.final_norm = Norm.of(config, dtype, device)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.lm_head_bias,
                                  dtype=dtype, device=device)
         if config.tie_embeddings:
@@ -190,17 +212,26 @@ class Transformer(nn.Module):
         for layer in self.layers:
             h = layer(h, step, capture)
         h = self.final_norm(h)
-        logits = self.lm_head(h)  # [B, S, d_model] @ [d_model, vocab]
+        logits = self.head(h)
         if capture is not None:
             capture |= {"final_norm": h, "logits": logits}
         return logits
 
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """final-normed h [B, S, d_model] -> logits [B, S, vocab]; the final softcap (Gemma 2,
+        HF `Gemma2ForCausalLM`) in float32 at least, as the norms."""
+        logits = self.lm_head(h)  # [B, S, d_model] @ [d_model, vocab]
+        cap = self.config.final_logit_softcap
+        return logits if cap is None else softcap(upcast(logits), cap).to(logits.dtype)
+
     def _step(self, positions: torch.Tensor, cache) -> Step:
-        """What the layers share: cos, sin once per distinct Rope of the plan, the score biases
-        (each built once per distinct mask and key positions, on first use)."""
+        """What the layers share: cos, sin once per distinct Rope of the plan (Gemma 3's local
+        and global RoPE: two), the score biases (each built once per distinct mask and key
+        positions, on first use) for the kernel the config runs on."""
         ropes = {rope: rope_cos_sin(rope, positions, self.dtype) for rope in self.ropes}
-        biases = ScoreBiases(self.config, positions, self.dtype, self.attn_impl, cached=cache is not None)
-        return Step(positions, ropes, biases, cache, self.attn_impl)
+        kernel = kernel_of(self.config, self.attn_impl)
+        biases = ScoreBiases(self.config, positions, self.dtype, kernel, cached=cache is not None)
+        return Step(positions, ropes, biases, cache, kernel)
 
     @torch.no_grad()
     def decode(self, tokens, prompt_len: int) -> torch.Tensor:

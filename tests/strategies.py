@@ -4,6 +4,8 @@
 combinations), odd sizes such as 5, 7 and 13, head counts that are not powers of two, and
 per-layer attention patterns (global, sliding, chunked, RoPE-less global layers) whose windows
 and chunks are shorter than the drawn sequences, so that every mask rule cuts keys off.
+Gemma's, Qwen 3's and OLMo 2's knobs too: norm placements, (1 + w) norms, QK norms, softcaps
+small enough to bend the scores and logits, a query scale of its own, a local RoPE base.
 A failing example prints as `ModelConfig(...)`, which can be pasted back into Python.
 """
 
@@ -65,6 +67,8 @@ def configs(draw, max_seq_len: int = 32) -> ModelConfig:
     norm = draw(st.sampled_from(("layernorm", "rmsnorm")))
     norm_weight = draw(st.booleans())
     mlp = draw(st.sampled_from(("plain", "gated")))
+    if position == "rope" and "sliding" in layers["attn_pattern"] and draw(st.booleans()):
+        fields["rope_theta_local"] = draw(st.sampled_from((100.0, 10_000.0)))
     return ModelConfig(
         name="drawn",
         vocab_size=draw(st.sampled_from((*ODD_SIZES, 31, 64))),
@@ -82,6 +86,13 @@ def configs(draw, max_seq_len: int = 32) -> ModelConfig:
         activation=draw(st.sampled_from(("gelu", "gelu_tanh", "silu", "relu"))),
         mlp_bias=draw(st.booleans()),
         tie_embeddings=draw(st.booleans()), lm_head_bias=draw(st.booleans()),
+        norm_unit_offset=norm_weight and draw(st.booleans()),
+        norm_placement=draw(st.sampled_from(("pre", "sandwich", "post_sublayer"))),
+        qk_norm=draw(st.sampled_from(("none", "per_head", "per_projection"))),
+        embedding_scale=draw(st.sampled_from(("none", "sqrt_d_model"))),
+        query_scale_dim=draw(st.sampled_from((None, 3, 16))),
+        attn_softcap=draw(st.sampled_from((None, 0.5, 5.0))),
+        final_logit_softcap=draw(st.sampled_from((None, 0.5, 5.0))),
         **fields, **layers,
     )
 

@@ -114,8 +114,8 @@ def test_a_cache_of_another_batch_raises_the_golden_error():
     assert (type(got), str(got)) == (type(expected), str(expected))
 
 
-# Gemma 2's softcaps, which neither the golden nor the twin computes yet.
-SOFTCAPPED = tiny("gpt2", max_seq_len=16, attn_softcap=50.0, final_logit_softcap=30.0)
+# BLOOM's embedding norm and Cohere's logit scale, which neither the golden nor the twin computes yet.
+UNSUPPORTED = tiny("gpt2", max_seq_len=16, embedding_norm=True, logit_scale=0.0625)
 
 
 def test_the_twin_declares_only_features_the_golden_computes():
@@ -126,20 +126,20 @@ def test_the_twin_declares_only_features_the_golden_computes():
 @pytest.mark.parametrize("entry", ["forward", "decode", "loss"])
 def test_a_missing_feature_is_refused_by_name_before_the_inputs_are_read(entry):
     _, twin = golden_and_jax(entry)
-    missing = missing_features(SOFTCAPPED, impl_jax.FEATURES)
-    assert missing == ["attn.softcap", "head.softcap"]
+    missing = missing_features(UNSUPPORTED, impl_jax.FEATURES)
+    assert missing == ["embedding.norm", "head.logit_scale"]
     with pytest.raises(UnsupportedFeature) as info:
-        twin(SOFTCAPPED, BAD_PARAMS["missing"], BAD_TOKENS["too-big"])  # the golden's order: features first
+        twin(UNSUPPORTED, BAD_PARAMS["missing"], BAD_TOKENS["too-big"])  # the golden's order: features first
     assert isinstance(info.value, NotImplementedError)
     assert info.value.missing == tuple(missing)
     assert "the jax backend" in str(info.value) and all(name in str(info.value) for name in missing)
 
 
 def test_the_traced_core_refuses_a_missing_feature_too():
-    with pytest.raises(UnsupportedFeature, match="attn.softcap"):
-        impl_jax.forward_jit(SOFTCAPPED, impl_jax.from_canonical(PARAMS), GOOD)
+    with pytest.raises(UnsupportedFeature, match="embedding.norm"):
+        impl_jax.forward_jit(UNSUPPORTED, impl_jax.from_canonical(PARAMS), GOOD)
 
 
 def test_the_adapter_reports_a_missing_feature_as_not_supported():
-    with pytest.raises(NotImplementedError, match="head.softcap"):
-        JaxAdapter().forward(SOFTCAPPED, PARAMS, GOOD)
+    with pytest.raises(NotImplementedError, match="head.logit_scale"):
+        JaxAdapter().forward(UNSUPPORTED, PARAMS, GOOD)

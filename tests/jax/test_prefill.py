@@ -69,7 +69,8 @@ def as_multi_head(config: ModelConfig, params: dict) -> tuple[ModelConfig, dict]
     g, hd = config.kv_group_size, config.head_dim
     repeated = dict(params)
     for name, value in params.items():
-        if name.endswith(("attn.wk", "attn.wv", "attn.bk", "attn.bv")):
+        per_projection_norm = config.qk_norm == "per_projection" and name.endswith("attn.k_norm.weight")
+        if name.endswith(("attn.wk", "attn.wv", "attn.bk", "attn.bv")) or per_projection_norm:  # k norm [KV*hd]
             heads = value.reshape(*value.shape[:-1], config.n_kv_heads, hd)  # [..., KV, hd]
             repeated[name] = np.repeat(heads, g, axis=-2).reshape(*value.shape[:-1], -1)  # [..., H*hd]
     return mha, repeated

@@ -3,9 +3,19 @@
 Tolerances are the conformance suite's rows (conformance/tolerances.py): float32 gates on
 NMSE <= 1e-10 and |out - ref| <= 1e-4 + 1e-4 |ref|; float64 (a torch float64 model against
 the golden, where only summation order differs) on NMSE <= 1e-24 and 1e-9 + 1e-9 |ref|.
+
+The float32 row is calibrated on the presets.  A drawn config can be worse conditioned (a
+post-sublayer LayerNorm over 7 dims of a clipped, QK-normed head of 4 amplifies rounding by
+orders of magnitude), so that no float32 computation meets it, the golden's own float32
+run included.  `float32_row` widens the NMSE gate for such a config to FLOAT32_PEER_FACTOR
+times the error of that float32 golden run: the twin must then be as accurate as a float32
+run of the golden's math, which a real mistake (errors of 1e-4 and up) never is.  The
+float64 checks, which pin the math, are never widened.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import torch
@@ -19,6 +29,7 @@ from lmref.spec.params import init_params
 from tests.strategies import configs, seeds, token_batches
 
 FLOAT64, FLOAT32 = DEFAULT_ROWS["float64"], DEFAULT_ROWS["float32"]
+FLOAT32_PEER_FACTOR = 10.0
 BFLOAT16, FLOAT16 = DEFAULT_ROWS["bfloat16"], DEFAULT_ROWS["float16"]
 
 
@@ -50,6 +61,16 @@ def numpy64(t: torch.Tensor) -> np.ndarray:
 
 def nmse(out: np.ndarray, ref: np.ndarray) -> float:
     return float(((out - ref) ** 2).sum() / (ref**2).sum())
+
+
+def float32_row(config: ModelConfig, params: dict, tokens: np.ndarray, ref: np.ndarray) -> Tolerance:
+    """FLOAT32, its NMSE gate widened to FLOAT32_PEER_FACTOR x the NMSE of the golden run in
+    float32 against `ref` (the float64 golden's logits) when that is larger."""
+    from lmref import impl_numpy
+
+    low = impl_numpy.forward(config, {k: np.asarray(v, dtype=np.float32) for k, v in params.items()}, tokens)
+    peer = FLOAT32_PEER_FACTOR * nmse(np.asarray(low, dtype=np.float64), ref)
+    return FLOAT32 if peer <= FLOAT32.nmse else dataclasses.replace(FLOAT32, nmse=peer)
 
 
 def assert_close(out, ref, row: Tolerance, what: str = "logits") -> None:

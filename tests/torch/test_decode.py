@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from lmref import impl_numpy
 from lmref.impl_torch.attention import ATTN_IMPLS
 from lmref.spec.plan import EMPTY_SLOT
-from tests.torch.helpers import FLOAT32, FLOAT64, assert_close, build, examples, numpy64, params_of
+from tests.torch.helpers import FLOAT64, assert_close, build, examples, float32_row, numpy64, params_of
 
 
 @given(examples(), st.data())
@@ -19,11 +19,12 @@ def test_decode_step_by_step_equals_prefill(example, data):
     params = params_of(config, seed, tokens)
     prompt_len = data.draw(st.integers(1, tokens.shape[1]), label="prompt_len")
     ref = impl_numpy.forward(config, params, tokens)
+    row = float32_row(config, params, tokens, ref)
     for attn_impl in ATTN_IMPLS:
         model = build(config, params, torch.float32, attn_impl)
         decoded = numpy64(model.decode(tokens, prompt_len))
-        assert_close(decoded, numpy64(model(tokens)), FLOAT32, f"float32 {attn_impl} decode vs prefill")
-        assert_close(decoded, ref, FLOAT32, f"float32 {attn_impl} decode vs golden")
+        assert_close(decoded, numpy64(model(tokens)), row, f"float32 {attn_impl} decode vs prefill")
+        assert_close(decoded, ref, row, f"float32 {attn_impl} decode vs golden")
 
 
 @given(examples(), st.data())

@@ -48,7 +48,8 @@ def as_multi_head(config: ModelConfig, params: dict) -> tuple[ModelConfig, dict]
     mha = dataclasses.replace(config, n_kv_heads=config.n_heads)
     repeat = {}
     for name, value in params.items():
-        if name.rsplit(".", 1)[-1] in ("wk", "wv", "bk", "bv"):
+        per_projection_norm = config.qk_norm == "per_projection" and name.endswith("k_norm.weight")
+        if name.rsplit(".", 1)[-1] in ("wk", "wv", "bk", "bv") or per_projection_norm:  # OLMo 2's k norm: [KV*hd]
             heads = value.reshape(*value.shape[:-1], config.n_kv_heads, config.head_dim)  # [..., KV, hd]
             repeated = np.repeat(heads, config.kv_group_size, axis=-2)  # [..., H, hd]
             repeat[name] = repeated.reshape(*value.shape[:-1], config.q_dim)  # [..., H * hd]
