@@ -1,14 +1,17 @@
 """Reading an exported directory back (`open_bundle`), with every check `validate-onnx`,
 `generate --onnx` and the conformance adapter rely on, in this order:
 
-  export.json   readable, of this format (version 2: it lists every file with its sha256)
+  export.json   readable, of this format (version 3: it lists every file with its sha256, and
+                each layer's past length)
   paths         the model, every listed file and the tokenizer file resolve inside the
                 directory (links followed), and each of them is listed
   config.json   a valid ModelConfig, equal to the config embedded in the graph
   model.onnx    a readable ONNX model
   .data files   every external-data file the graph names lies inside the directory, is
                 listed, exists beside it, and is long enough for what the graph reads from it
+  past_length   export.json's per-layer past lengths are the config's
   the graph     the inputs / outputs the config implies, with its vocab, KV heads, head_dim
+                and each past's length axis (a sliding layer's: window_past_sequence)
   sha256        every listed file has the size and sha256 export.json records (so a changed
                 byte anywhere is named by its file)
   onnx.checker  the model passes it (path form: external data too)
@@ -25,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lmref.export.decoder import input_names, output_names
+from lmref.export.decoder import KV, PAST_DIM, WINDOW_PAST_DIM, input_names, output_names, window_pasts
 from lmref.export.errors import BundleError
 from lmref.export.exporter import (CONFIG_FILE, CONFIG_METADATA_KEY, FORMAT, FORMAT_VERSION, MANIFEST_FILE,
-                                   TOKENIZER_FILE, file_digest)
+                                   TOKENIZER_FILE, file_digest, past_lengths)
 from lmref.spec.config import ConfigError, ModelConfig
 
 
@@ -60,8 +63,9 @@ def _read_json(path: Path, what: str) -> dict:
 def _read_manifest(root: Path) -> dict:
     data = _read_json(root / MANIFEST_FILE, "the export manifest")
     if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
-        older = (" (format version 1 recorded no sha256 of the files: export it again)"
-                 if data.get("format") == FORMAT and data.get("format_version") == 1 else "")
+        older = {1: " (format version 1 recorded no sha256 of the files: export it again)",
+                 2: " (format version 2 kept every past entry of a sliding layer: export it again)"}
+        older = older.get(data.get("format_version"), "") if data.get("format") == FORMAT else ""
         raise BundleError(f"{root / MANIFEST_FILE}: not an {FORMAT} manifest of format version {FORMAT_VERSION}{older}")
     files = data.get("files")
     if not isinstance(files, dict) or not all(
@@ -196,6 +200,10 @@ def graph_mismatches(config: ModelConfig, model) -> list[str]:
     outputs = {v.name: _dims(v) for v in model.graph.output}
     if outputs["logits"][2] != config.vocab_size:
         problems.append(f"logits have {outputs['logits'][2]} entries per position, vocab_size is {config.vocab_size}")
+    pasts = {v.name: _dims(v)[2] for v in model.graph.input[3:]}
+    wanted = [PAST_DIM if keep is None else WINDOW_PAST_DIM for keep in window_pasts(config) for _ in KV]
+    problems += [f"{name} has length {got}, the config's layer keeps {want}"
+                 for (name, got), want in zip(pasts.items(), wanted) if got != want]
     kv = outputs["present.0.key"]
     if (kv[1], kv[3]) != (config.n_kv_heads, config.head_dim):
         problems.append(f"present keys are [batch, {kv[1]}, seq, {kv[3]}], config has n_kv_heads "
@@ -214,6 +222,9 @@ def open_bundle(out: str | Path) -> Bundle:
     path = root / manifest["model"]
     model = _load_graph(path)
     _check_external_data(root, path, model, manifest["files"])
+    if manifest.get("past_length") != past_lengths(config):
+        raise BundleError(f"{root / MANIFEST_FILE}: past_length {manifest.get('past_length')!r} is not the "
+                          f"config's {past_lengths(config)!r}")
     problems = graph_mismatches(config, model)
     if problems:
         raise BundleError(f"{root / CONFIG_FILE} does not match the graph {path.name}: " + "; ".join(problems))

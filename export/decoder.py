@@ -6,12 +6,16 @@ concat-style KV cache, one graph for the prefill and every decode step.
         -> (logits [B, S, vocab], present.{i}.key, present.{i}.value [B, n_kv_heads, T, head_dim])
 
 with T = P + S.  The first step passes an empty past (P = 0); each later step passes the
-presents of the step before.  The wrapper re-implements no step of the model: its forward
-is the Transformer's own tensor-only forward (`Transformer.logits`: embedding, the layers
-built from the plan, their masks and RoPE, the head) with a ConcatCache in place of the
-static cache.  So the export computes exactly the torch twin's math, and a config the
-export cannot express is refused by feature name (export/features.py), never traced with a
-knob dropped.
+presents of the step before.  A sliding layer of window W keeps only its last W - 1 entries:
+its past is [B, n_kv_heads, min(P, W - 1), head_dim] and its present
+[B, n_kv_heads, min(min(P, W - 1) + S, W - 1), head_dim] (ConcatCache), so the memory it
+feeds back stops growing at the window.
+
+The wrapper re-implements no step of the model: its forward is the Transformer's own
+tensor-only forward (`Transformer.logits`: embedding, the layers built from the plan, their
+masks and RoPE, the head) with a ConcatCache in place of the static cache.  So the export
+computes exactly the torch twin's math, and a config the export cannot express is refused
+by feature name (export/features.py), never traced with a knob dropped.
 
 Padding is expressed through positions, the Hugging Face convention (`attention_mask` 1 on
 real tokens, 0 on padding; `position_ids = attention_mask.cumsum(-1) - 1` in transformers'
@@ -41,7 +45,7 @@ from torch import nn
 from lmref.export.features import check_exportable
 from lmref.impl_torch import Transformer
 from lmref.spec.config import ModelConfig
-from lmref.spec.plan import EMPTY_SLOT
+from lmref.spec.plan import EMPTY_SLOT, layer_plan
 
 DTYPE = torch.float32
 # impl_torch's eager attention: torchlib decomposes SDPA into MatMul / Softmax anyway
@@ -49,6 +53,9 @@ DTYPE = torch.float32
 # (microsoft/onnxscript#2558).
 ATTN_IMPL = "eager"
 KV = ("key", "value")
+# The symbolic names of the past's length: every layer's that keeps all its past, and the
+# sliding layers' (min(past_sequence, W - 1), window_pasts).
+PAST_DIM, WINDOW_PAST_DIM = "past_sequence", "window_past_sequence"
 
 
 def past_names(n_layers: int) -> list[str]:
@@ -74,25 +81,50 @@ def slot_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return torch.where(attention_mask.bool(), positions, EMPTY_SLOT)
 
 
-class ConcatCache:
-    """impl_torch's KV cache protocol (`append`) for the export: each layer's present is its
-    past with the step's keys and values concatenated on the sequence axis, and every slot's
-    position comes from `attention_mask` (slot_positions), which covers past and new slots."""
+def window_pasts(config: ModelConfig) -> list[int | None]:
+    """Per layer, the most past entries it keeps: W - 1 for a sliding layer of window W (the
+    query sees its own key and the W - 1 before it: impl_torch/cache.py), None for a layer
+    that keeps every past entry."""
+    return [plan.mask.window - 1 if plan.mask.kind == "sliding" else None for plan in layer_plan(config)]
 
-    def __init__(self, past: list[torch.Tensor], attention_mask: torch.Tensor):
+
+def last(x: torch.Tensor, n: int) -> torch.Tensor:
+    """The last min(n, T) entries of x [B, KV, T, hd] on the sequence axis (x[..., -0:, :]
+    would be all of them, hence the explicit empty slice for n = 0)."""
+    return x[:, :, -n:] if n else x[:, :, x.shape[2]:]
+
+
+class ConcatCache:
+    """impl_torch's KV cache protocol (`append`) for the export.  Each layer reads its past
+    with the step's keys and values concatenated on the sequence axis.  A layer that keeps
+    everything presents all of them, at the positions of every slot of `attention_mask`
+    (slot_positions); a sliding layer of window W presents only the last W - 1
+    (window_pasts), and its past, its concat and their positions are the LAST entries of
+    `attention_mask`: past [B, KV, Pw, hd] holds the Pw slots before the step's S."""
+
+    def __init__(self, past: list[torch.Tensor], attention_mask: torch.Tensor, config: ModelConfig):
         self.past = past
         self.present = list(past)
         self.positions = slot_positions(attention_mask)  # [B, P + S]
+        self.keep = window_pasts(config)
+        self.window_positions: torch.Tensor | None = None  # [B, Pw + S], built by the first sliding layer
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor,
                positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """k, v [B, KV, S, hd] -> all keys and values [B, KV, P + S, hd] of `layer` and the
-        slots' positions [B, P + S].  The step's `positions` are the last S of those when
-        position_ids follow the mask; the mask, not position_ids, says which slots are padding."""
+        """k, v [B, KV, S, hd] -> the keys and values `layer` reads [B, KV, P + S, hd] (Pw + S
+        for a sliding layer) and their slots' positions [B, P + S] (Pw + S).  The step's
+        `positions` are the last S of those when position_ids follow the mask; the mask, not
+        position_ids, says which slots are padding."""
         k = torch.cat([self.past[2 * layer], k], dim=2)  # [B, KV, P + S, hd]
         v = torch.cat([self.past[2 * layer + 1], v], dim=2)
-        self.present[2 * layer], self.present[2 * layer + 1] = k, v
-        return k, v, self.positions
+        keep = self.keep[layer]
+        if keep is None:
+            self.present[2 * layer], self.present[2 * layer + 1] = k, v
+            return k, v, self.positions
+        if self.window_positions is None:  # every sliding layer has the past of the same Pw slots
+            self.window_positions = self.positions[:, -k.shape[2]:]  # [B, Pw + S]
+        self.present[2 * layer], self.present[2 * layer + 1] = last(k, keep), last(v, keep)  # [B, KV, <= W - 1, hd]
+        return k, v, self.window_positions
 
 
 class OnnxDecoder(nn.Module):
@@ -113,35 +145,36 @@ class OnnxDecoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 past_key_values: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        cache = ConcatCache(past_key_values, attention_mask)
+        cache = ConcatCache(past_key_values, attention_mask, self.model.config)
         logits = self.model.logits(input_ids, position_ids, cache=cache)  # [B, S, vocab]
         return (logits, *cache.present)
 
 
 def example_inputs(config: ModelConfig) -> tuple:
-    """Inputs to trace with: batch 2, sequence 3, past 5, all different and > 1, so that
-    torch.export keeps every axis symbolic (sizes 0 and 1 get specialised: huggingface/optimum#2219,
-    pytorch#153955).  The graph
-    still runs with past 0 (tests check it)."""
-    batch, seq, past = 2, 3, 5
+    """Inputs to trace with: batch 2, sequence 3, past 5 (4 for the sliding layers' pasts),
+    all different and > 1, so that torch.export keeps every axis symbolic (sizes 0 and 1 get
+    specialised: huggingface/optimum#2219, pytorch#153955).  The graph still runs with past 0
+    and with sliding pasts of any window (tests check it)."""
+    batch, seq, past, window_past = 2, 3, 5, 4
     input_ids = torch.zeros(batch, seq, dtype=torch.int64)
     attention_mask = torch.ones(batch, past + seq, dtype=torch.int64)
     position_ids = torch.arange(past, past + seq)[None].expand(batch, seq).contiguous()  # [B, S]
-    shape = (batch, config.n_kv_heads, past, config.head_dim)
-    past_kv = [torch.zeros(shape, dtype=DTYPE) for _ in range(2 * config.n_layers)]
+    lengths = [past if keep is None else window_past for keep in window_pasts(config) for _ in KV]
+    past_kv = [torch.zeros((batch, config.n_kv_heads, n, config.head_dim), dtype=DTYPE) for n in lengths]
     return input_ids, attention_mask, position_ids, past_kv
 
 
 def dynamic_shapes(config: ModelConfig) -> dict:
-    """Dynamic axes for torch.export: batch, sequence and past are named dims; the mask's
-    length (past + sequence) is left to export to derive (named relations between
-    dims fail, pytorch#172903; Dim.DYNAMIC is the advice of pytorch#172561)."""
+    """Dynamic axes for torch.export: batch, sequence, past and the sliding layers' past are
+    named dims; the mask's length (past + sequence) is left to export to derive (named
+    relations between dims fail, pytorch#172903; Dim.DYNAMIC is the advice of pytorch#172561)."""
     from torch.export import Dim
 
-    batch, seq, past = Dim("batch"), Dim("sequence"), Dim("past_sequence")
+    batch, seq, past, window_past = Dim("batch"), Dim("sequence"), Dim(PAST_DIM), Dim(WINDOW_PAST_DIM)
     return {
         "input_ids": {0: batch, 1: seq},
         "attention_mask": {0: batch, 1: Dim.DYNAMIC},
         "position_ids": {0: batch, 1: seq},
-        "past_key_values": [{0: batch, 2: past}] * (2 * config.n_layers),
+        "past_key_values": [{0: batch, 2: past if keep is None else window_past}
+                            for keep in window_pasts(config) for _ in KV],
     }

@@ -4,7 +4,8 @@
         model.onnx        the decoder graph (prefill and decode, export/decoder.py)
         model.onnx.data   its weights, when stored as external data (see below)
         config.json       the ModelConfig (also embedded in the graph's metadata)
-        export.json       the manifest: format, opset, names, versions, the weights' source,
+        export.json       the manifest: format, opset, names, per-layer past lengths
+                          (`past_length`), versions, the weights' source,
                           the tokenizer, and `files`: the sha256 and size of every file above
                           (export/bundle.py verifies them when the directory is opened)
         tokenizer.json    copied from a training checkpoint that has one
@@ -39,7 +40,8 @@ from pathlib import Path
 import numpy as np
 
 import lmref
-from lmref.export.decoder import OnnxDecoder, dynamic_shapes, example_inputs, input_names, output_names
+from lmref.export.decoder import (KV, PAST_DIM, WINDOW_PAST_DIM, OnnxDecoder, dynamic_shapes, example_inputs,
+                                  input_names, output_names, window_pasts)
 from lmref.export.errors import ExportError
 from lmref.export.features import check_exportable
 from lmref.spec.config import ModelConfig
@@ -48,8 +50,9 @@ from lmref.spec.outputs import claim
 from lmref.spec.params import param_count
 
 OPSET = 18
-# Version 2: export.json lists every file with its sha256 and size ("files").
-FORMAT, FORMAT_VERSION = "lmref-onnx", 2
+# Version 2: export.json lists every file with its sha256 and size ("files").  Version 3: a
+# sliding layer's past and present hold its last W - 1 entries only ("past_length").
+FORMAT, FORMAT_VERSION = "lmref-onnx", 3
 OUTPUT_KIND = "onnx-export"  # the kind in spec/outputs.py's marker
 MODEL_FILE, CONFIG_FILE, MANIFEST_FILE, TOKENIZER_FILE = "model.onnx", "config.json", "export.json", "tokenizer.json"
 EXTERNAL_DATA_BYTES = 1 << 30  # 1 GiB of float32 weights and more: external data
@@ -57,7 +60,7 @@ CONFIG_METADATA_KEY = "lmref.config"
 # Symbolic dim names of the graph's inputs and outputs; the exporter names the mask's length
 # itself (a derived dim), so it is renamed to match the presents (distinct names per axis:
 # microsoft/onnxruntime#11438).
-TOTAL_DIM = "past_sequence + sequence"
+TOTAL_DIM = f"{PAST_DIM} + sequence"
 
 
 @contextlib.contextmanager
@@ -76,12 +79,30 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
-def _name_mask_axis(program) -> None:
-    """Rename the attention mask's derived length axis (e.g. 's53') to TOTAL_DIM."""
+def window_present_dim(keep: int) -> str:
+    """The name of a sliding layer's present length (window_pasts: keep = W - 1)."""
+    return f"min({WINDOW_PAST_DIM} + sequence, {keep})"
+
+
+def past_lengths(config: ModelConfig) -> list[str]:
+    """export.json `past_length`: per layer, the length of its past in terms of the
+    positions before the step (`past_sequence`): all of them, or a sliding layer's last W - 1."""
+    return [PAST_DIM if keep is None else f"min({PAST_DIM}, {keep})" for keep in window_pasts(config)]
+
+
+def _name_axes(program, config: ModelConfig) -> None:
+    """Rename the attention mask's derived length axis (e.g. 's53') to TOTAL_DIM, and a
+    sliding layer's derived present length (Max(0, ...)) to window_present_dim."""
     import onnx_ir as ir
 
-    mask = next(v for v in program.model.graph.inputs if v.name == "attention_mask")
+    graph = program.model.graph
+    mask = next(v for v in graph.inputs if v.name == "attention_mask")
     mask.shape = ir.Shape([mask.shape[0], ir.SymbolicDim(TOTAL_DIM)])
+    keeps = [keep for keep in window_pasts(config) for _ in KV]
+    for value, keep in zip(graph.outputs[1:], keeps):  # the presents, in present_names' order
+        if keep is not None and not isinstance(value.shape[2], int):  # W = 1: a static 0
+            dims = list(value.shape)
+            value.shape = ir.Shape([*dims[:2], ir.SymbolicDim(window_present_dim(keep)), dims[3]])
 
 
 def trace(config: ModelConfig, params: dict[str, np.ndarray]):
@@ -94,7 +115,7 @@ def trace(config: ModelConfig, params: dict[str, np.ndarray]):
             decoder, example_inputs(config), dynamo=True, dynamic_shapes=dynamic_shapes(config),
             input_names=input_names(config.n_layers), output_names=output_names(config.n_layers),
             opset_version=OPSET, optimize=True, verbose=False)
-    _name_mask_axis(program)
+    _name_axes(program, config)
     program.model.metadata_props[CONFIG_METADATA_KEY] = config.to_json()
     program.model.metadata_props["lmref.format"] = f"{FORMAT}/{FORMAT_VERSION}"
     return program
@@ -126,7 +147,9 @@ def manifest(config: ModelConfig, *, external_data: bool, source: dict, tokenize
         "format": FORMAT, "format_version": FORMAT_VERSION, "model": MODEL_FILE,
         "external_data": external_data, "opset": OPSET, "dtype": "float32",
         "inputs": input_names(config.n_layers), "outputs": output_names(config.n_layers),
-        "axes": {"batch": "batch", "sequence": "sequence", "past": "past_sequence", "total": TOTAL_DIM},
+        "axes": {"batch": "batch", "sequence": "sequence", "past": PAST_DIM, "window_past": WINDOW_PAST_DIM,
+                 "total": TOTAL_DIM},
+        "past_length": past_lengths(config),
         "source": source, "tokenizer": tokenizer, "versions": tool_versions(), "files": files or {},
     }
 

@@ -12,8 +12,11 @@ with profiling on, the compute nodes (MatMul, Softmax, ...) must have run on it
 checks nothing: a token id of -1 wraps to the last embedding row, a float id is truncated,
 batch 0 kills the process with SIGFPE, a sequence past the context just runs): the tokens
 with spec.inputs' rules and messages, the ones every backend gives, counting the past's
-length against the context; the past (count, shapes, batch), the attention mask
-([batch, past + seq] of 0 and 1) and explicit position ids (inside the context).
+length against the context; the past (count, shapes, batch; a sliding layer of window W
+holds the last min(past, W - 1) entries, export/decoder.py), the attention mask
+([batch, past + seq] of 0 and 1) and explicit position ids (inside the context).  The
+context's `past` is the layers' that keep every entry, or, when every layer is sliding,
+the mask's length less the new tokens'.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmref.export.decoder import input_names, past_names
+from lmref.export.decoder import KV, input_names, past_names, window_pasts
 from lmref.export.errors import ProviderError
 from lmref.spec.config import ModelConfig
 from lmref.spec.errors import InputError
@@ -114,69 +117,105 @@ class DecoderSession:
     def __init__(self, session, config: ModelConfig):
         self.session, self.config = session, config
         self.past_names = past_names(config.n_layers)
+        self.keeps = [keep for keep in window_pasts(config) for _ in KV]  # per past array: W - 1 or None
 
     def empty_past(self, batch: int) -> list[np.ndarray]:
         """The first step's past: [B, n_kv_heads, 0, head_dim] per layer and kind."""
         shape = (batch, self.config.n_kv_heads, 0, self.config.head_dim)
         return [np.zeros(shape, np.float32) for _ in self.past_names]
 
-    def check_past(self, past: list[np.ndarray]) -> tuple[list[np.ndarray], int, int]:
-        """(past as float32 arrays, its length, its batch), or InputError: 2 * n_layers arrays
-        [batch, n_kv_heads, past, head_dim] of one batch and one length."""
+    def check_past(self, past: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
+        """(past as float32 arrays, its batch), or InputError: 2 * n_layers arrays
+        [batch, n_kv_heads, length, head_dim] of one batch, the layers that keep all their
+        past (window_pasts None) of one length."""
         if len(past) != len(self.past_names):
             raise InputError(f"past_key_values: expected {len(self.past_names)} arrays (key and value of "
                              f"{self.config.n_layers} layers), got {len(past)}")
         arrays, want = [], (self.config.n_kv_heads, self.config.head_dim)
-        for name, value in zip(self.past_names, past):
+        full = None  # (name, shape) of the first past of a layer that keeps all of it
+        for name, value, keep in zip(self.past_names, past, self.keeps):
             a = np.asarray(value)
             if a.dtype == object or not np.issubdtype(a.dtype, np.floating):
                 raise InputError(f"{name}: must be a floating-point array, got dtype {a.dtype}")
             if a.ndim != 4 or (a.shape[1], a.shape[3]) != want:
                 raise InputError(f"{name}: must have shape [batch, {want[0]}, past, {want[1]}], got shape {a.shape}")
-            if arrays and a.shape[::2] != arrays[0].shape[::2]:
-                raise InputError(f"{name}: shape {a.shape} differs in batch or past length from "
+            if arrays and a.shape[0] != arrays[0].shape[0]:
+                raise InputError(f"{name}: shape {a.shape} differs in batch from "
                                  f"{self.past_names[0]}'s {arrays[0].shape}")
+            if keep is None and full is not None and a.shape[2] != full[1][2]:
+                raise InputError(f"{name}: shape {a.shape} differs in past length from {full[0]}'s {full[1]}")
+            full = (name, a.shape) if keep is None and full is None else full
             arrays.append(a.astype(np.float32, copy=False))
-        batch, length = arrays[0].shape[0], arrays[0].shape[2]
-        return arrays, length, batch
+        return arrays, arrays[0].shape[0]
+
+    def past_length(self, past: list[np.ndarray], attention_mask, input_ids) -> int:
+        """P, the positions before this step: the length of the pasts that keep everything;
+        without such a layer (every layer sliding) the mask's length less the new tokens'
+        (0 when their shapes say nothing; the checks that follow name the problem)."""
+        full = [a.shape[2] for a, keep in zip(past, self.keeps) if keep is None]
+        if full:
+            return full[0]
+        mask, ids = np.shape(attention_mask), np.shape(input_ids)
+        return max(mask[-1] - ids[-1], 0) if len(mask) and len(ids) else 0
+
+    def check_window_pasts(self, past: list[np.ndarray], past_len: int) -> None:
+        """InputError unless each sliding layer's past holds the last min(P, W - 1) entries
+        (the graph's presents for it: export/decoder.py)."""
+        for name, a, keep in zip(self.past_names, past, self.keeps):
+            if keep is not None and a.shape[2] != min(past_len, keep):
+                raise InputError(f"{name}: a sliding layer of window {keep + 1} keeps the last min(past, {keep}) = "
+                                 f"{min(past_len, keep)} entries after {past_len} positions, got {a.shape[2]}")
 
     def check_inputs(self, input_ids, attention_mask, past: list[np.ndarray], position_ids=None) -> list[np.ndarray]:
         """The graph's input arrays in input_names' order, or InputError naming the problem:
-        the tokens by spec.inputs' rules after the past's length, then the past's batch, the
-        mask and the position ids (see the module docstring)."""
-        past, past_len, past_batch = self.check_past(past)
+        the past's arrays, then the tokens by spec.inputs' rules after the past's length,
+        then the past's batch and the sliding layers' past lengths, the mask and the
+        position ids (see the module docstring)."""
+        past, past_batch = self.check_past(past)
+        past_len = self.past_length(past, attention_mask, input_ids)
         tokens = check_tokens(self.config, input_ids, past_len=past_len)  # [B, S] int64
         batch, seq = tokens.shape
         if past_batch != batch:
             raise InputError(f"tokens have batch {batch} but the KV cache holds batch {past_batch}")
+        self.check_window_pasts(past, past_len)
+        mask = self.check_mask(attention_mask, batch, past_len + seq)
+        if position_ids is None:
+            positions = positions_from_mask(mask)[:, -seq:]  # [B, S]
+        else:
+            positions = self.check_positions(position_ids, tokens.shape)
+        return [tokens, mask, positions.astype(np.int64), *past]
+
+    @staticmethod
+    def check_mask(attention_mask, batch: int, total: int) -> np.ndarray:
+        """attention_mask as int64 [batch, total] of 0 and 1, or InputError."""
         mask = np.asarray(attention_mask)
         if mask.dtype != bool and (mask.dtype == object or not np.issubdtype(mask.dtype, np.integer)):
             raise InputError(f"attention_mask must be an integer or bool array, got dtype {mask.dtype}")
-        if mask.shape != (batch, past_len + seq):
-            raise InputError(f"attention_mask must have shape [batch, past + seq] = [{batch}, {past_len + seq}], "
+        if mask.shape != (batch, total):
+            raise InputError(f"attention_mask must have shape [batch, past + seq] = [{batch}, {total}], "
                              f"got {mask.shape}")
         mask = mask.astype(np.int64)
         bad = (mask != 0) & (mask != 1)
         if bad.any():
             where = tuple(int(i) for i in np.argwhere(bad)[0])
             raise InputError(f"attention_mask must hold only 0 and 1, got {mask[where]} at {where}")
-        if position_ids is None:
-            positions = positions_from_mask(mask)[:, -seq:]  # [B, S]
-        else:
-            positions = np.asarray(position_ids)
-            if positions.dtype == object or not np.issubdtype(positions.dtype, np.integer):
-                raise InputError(f"position_ids must be an integer array, got dtype {positions.dtype}")
-            if positions.shape != tokens.shape:
-                raise InputError(f"position_ids must have the shape of the tokens {tokens.shape}, "
-                                 f"got {positions.shape}")
-            if positions.min() < 0:
-                where = tuple(int(i) for i in np.argwhere(positions < 0)[0])
-                raise InputError(f"position id {positions[where]} at {where} is negative")
-            if positions.max() >= self.config.max_seq_len:
-                where = tuple(int(i) for i in np.argwhere(positions >= self.config.max_seq_len)[0])
-                raise InputError(f"position id {positions[where]} at {where} is out of range for "
-                                 f"max_seq_len={self.config.max_seq_len}")
-        return [tokens, mask, positions.astype(np.int64), *past]
+        return mask
+
+    def check_positions(self, position_ids, shape: tuple[int, int]) -> np.ndarray:
+        """Explicit position_ids of the tokens' `shape`, inside the context, or InputError."""
+        positions = np.asarray(position_ids)
+        if positions.dtype == object or not np.issubdtype(positions.dtype, np.integer):
+            raise InputError(f"position_ids must be an integer array, got dtype {positions.dtype}")
+        if positions.shape != shape:
+            raise InputError(f"position_ids must have the shape of the tokens {shape}, got {positions.shape}")
+        if positions.min() < 0:
+            where = tuple(int(i) for i in np.argwhere(positions < 0)[0])
+            raise InputError(f"position id {positions[where]} at {where} is negative")
+        if positions.max() >= self.config.max_seq_len:
+            where = tuple(int(i) for i in np.argwhere(positions >= self.config.max_seq_len)[0])
+            raise InputError(f"position id {positions[where]} at {where} is out of range for "
+                             f"max_seq_len={self.config.max_seq_len}")
+        return positions
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, past: list[np.ndarray],
              position_ids: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -8,7 +8,10 @@ past (teacher-forced tokens).  The references compute each row UNPADDED on its o
 float64 golden (impl_numpy.forward on the whole row) and the float32 torch twin
 (Transformer.decode: its own static KV cache, the same prefill / step split).  Only real
 positions are compared, with conformance/metrics.py and the float32 tolerance row; the
-prefill and the decode steps are judged separately.
+prefill and the decode steps are judged separately.  With sliding layers, the default
+prompts run past the window in both rows (default_prompt_len), so the prefill's band mask
+cuts keys off and every decode step runs on pasts the graph capped at W - 1 entries
+(export/decoder.py); the DecoderSession refuses a past of any other length.
 
 The weights are checked directly as well (`check_weights`): every initializer of the graph
 must equal, bit for bit, the same initializer of a fresh export of the reference weights
@@ -35,17 +38,24 @@ from lmref import impl_numpy
 from lmref.conformance.metrics import Metrics, compare, describe, gate
 from lmref.conformance.tolerances import Tolerance, Tolerances
 from lmref.export.bundle import Bundle
+from lmref.export.decoder import window_pasts
 from lmref.export.runtime import DecoderSession, check_placement, end_profile, open_session
 from lmref.spec.config import ModelConfig
 
 DEFAULT_PAD, DEFAULT_STEPS = 3, 8
+WINDOW_MARGIN = 2  # the padded row's prompt runs this many tokens past a sliding window
 
 
-def default_prompt_len(config: ModelConfig) -> int:
-    """11 tokens; past a RoPE scaling's original context, so that the scaling is active."""
+def default_prompt_len(config: ModelConfig, pad: int = DEFAULT_PAD) -> int:
+    """11 tokens; past a RoPE scaling's original context, so that the scaling is active; and
+    with sliding layers of window W, W + pad + WINDOW_MARGIN, so that both rows' prompts run
+    past the window: the prefill's queries lose their earliest keys, and the sliding layers'
+    presents, capped at W - 1, already drop keys before the first decode step."""
     scaling = config.rope_scaling
     original = scaling.original_max_seq_len if scaling is not None else None
-    return 11 if original is None else original + 1
+    needs = [11] if original is None else [original + 1]
+    needs += [keep + 1 + pad + WINDOW_MARGIN for keep in set(window_pasts(config)) - {None}]
+    return max(needs)
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,18 @@ def left_padded_batch(config: ModelConfig, prompt_len: int, pad: int, steps: int
     rng = np.random.default_rng(seed)
     prompts = [rng.integers(0, config.vocab_size, size=n) for n in (prompt_len, prompt_len - pad)]
     return PaddedBatch(prompts, rng.integers(0, config.vocab_size, size=(2, steps)))
+
+
+def window_line(config: ModelConfig, prompt_len: int, pad: int) -> str:
+    """What the scenario does to the sliding layers: the prompts against the window, the
+    pasts the graph keeps for them (export/decoder.py window_pasts)."""
+    keeps = sorted({keep for keep in window_pasts(config) if keep is not None})
+    if not keeps:
+        return "no sliding layer: every layer's past keeps every position"
+    layers = [i for i, keep in enumerate(window_pasts(config)) if keep is not None]
+    return (f"sliding layers {layers}, window {keeps[0] + 1}: prompts of {prompt_len} and {prompt_len - pad} tokens "
+            f"({'past' if prompt_len - pad > keeps[0] + 1 else 'NOT past'} the window); their pasts keep the last "
+            f"{keeps[0]} positions")
 
 
 def run_graph(session: DecoderSession, batch: PaddedBatch) -> list[np.ndarray]:
@@ -160,12 +182,13 @@ def validate(bundle: Bundle, params: dict, providers: list[str], *, prompt_len: 
     import onnxruntime as ort
 
     config = bundle.config
-    prompt_len = prompt_len or default_prompt_len(config)
+    prompt_len = prompt_len or default_prompt_len(config, pad)
     batch = left_padded_batch(config, prompt_len, pad, steps, seed)
     tol = Tolerances().row("float32")
     log(f"validate-onnx {bundle.root}: {config.name}, opset {bundle.manifest['opset']}, batch 2 (row 1 left-padded "
         f"by {pad}), prompt {prompt_len}, {steps} decode steps; onnxruntime {ort.__version__}")
     log("metric indices [0, n, v]: n runs over the real positions of row 0, then of row 1")
+    log(window_line(config, prompt_len, pad))
     references = {"golden (float64, rows unpadded)": golden_rows(config, params, batch),
                   "torch (float32, rows unpadded)": torch_rows(config, params, batch)}
     checks = []

@@ -53,6 +53,18 @@ CONFIGS = [
                 activation="gelu_tanh"),
     ModelConfig(name="no-positions", **SIZES, position="none", attn_pattern=("chunked", "global"),
                 attn_chunk_size=5, norm="rmsnorm", mlp="gated", activation="gelu"),
+    # Gemma 2, Gemma 3 and OLMo 2's knobs (issue 11)
+    ModelConfig(name="sandwich-softcaps", **SIZES, position="rope", attn_pattern=("sliding", "global"),
+                sliding_window=3, norm="rmsnorm", norm_unit_offset=True, norm_placement="sandwich",
+                embedding_scale="sqrt_d_model", attn_softcap=2.0, final_logit_softcap=3.0, query_scale_dim=5,
+                mlp="gated", activation="gelu_tanh", tie_embeddings=True),
+    ModelConfig(name="qk-per-head-local-theta", **SIZES, position="rope", rope_theta=1e6, rope_theta_local=100.0,
+                rope_scaling=RopeScaling(kind="linear", factor=4.0), attn_pattern=("sliding", "sliding", "global"),
+                sliding_window=4, qk_norm="per_head", norm="rmsnorm", norm_unit_offset=True,
+                norm_placement="sandwich", mlp="gated", activation="gelu_tanh"),
+    ModelConfig(name="post-sublayer-qk-per-projection", **SIZES, position="rope", rope_theta=500_000.0,
+                norm="rmsnorm", norm_placement="post_sublayer", qk_norm="per_projection", mlp="gated",
+                activation="silu"),
 ]
 
 
@@ -100,9 +112,9 @@ def test_a_feature_the_export_leaves_out_is_refused_by_name(monkeypatch, tmp_pat
 
 
 @pytest.mark.parametrize("changes, feature", [
-    (dict(qk_norm="per_head"), "attn.qk_norm.per_head"),
-    (dict(attn_softcap=30.0), "attn.softcap"),
-], ids=["qk_norm", "softcap"])
+    (dict(qk_norm="l2"), "attn.qk_norm.l2"),
+    (dict(logit_scale=0.0625), "head.logit_scale"),
+], ids=["qk_norm_l2", "logit_scale"])
 def test_a_feature_torch_lacks_is_refused_by_the_twin_and_the_export(changes, feature, tmp_path):
     config = tiny("llama3", **changes)
     params = init_params(config, 0)

@@ -92,3 +92,24 @@ def test_validate_onnx_reads_the_source_checkpoint(out, tmp_path, capsys):
     (copy / "export.json").write_text(json.dumps(manifest | {"source": {"kind": "checkpoint", "path": "/gone"}}))
     assert main(["validate-onnx", str(copy)]) == 2
     assert "the checkpoint it was exported from, /gone, is gone; pass --checkpoint DIR" in capsys.readouterr().err
+
+
+# Issue 11: one preset per family of new knobs generates from its checkpoint and from its
+# export, past its (tiny) sliding window, so the ring-buffer pasts of the graph are exercised.
+NEW_KNOBS = ["mistral-7b", "qwen3-8b", "gemma-7b", "gemma2-9b", "gemma3-4b", "olmo2-7b"]
+
+
+@pytest.mark.parametrize("arch", NEW_KNOBS)
+def test_every_family_generates_the_same_greedy_text_from_the_graph(arch, tmp_path, capsys):
+    tokenizer = BPETokenizer.train(TEXT, 300)
+    config = tiny(arch, vocab_size=tokenizer.vocab_size)
+    snapshot = checkpoint.Snapshot(config=config, params=init_params(config, 4), optimizer={}, rng={},
+                                   state={"step": 1, "tokenizer": tokenizer.info}, tokenizer_files=tokenizer.files())
+    checkpoint.save(tmp_path / "run", snapshot)
+    assert main(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "onnx")]) == 0
+    capsys.readouterr()
+    argv = ["generate", "--prompt", "the quick", "--greedy", "--max-new-tokens", "16"]  # > the window of 5
+    assert main([*argv, "--checkpoint", str(tmp_path / "run")]) == 0
+    from_torch = capsys.readouterr().out
+    assert main([*argv, "--onnx", str(tmp_path / "onnx")]) == 0
+    assert capsys.readouterr().out == from_torch and from_torch.startswith("the quick")

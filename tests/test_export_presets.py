@@ -25,15 +25,17 @@ pytest.importorskip("onnxruntime")
 
 from lmref.conformance.cases import case_config  # noqa: E402
 from lmref.export.bundle import open_bundle  # noqa: E402
-from lmref.export.decoder import input_names, output_names  # noqa: E402
-from lmref.export.exporter import OPSET, TOTAL_DIM, export_onnx  # noqa: E402
+from lmref.export.decoder import WINDOW_PAST_DIM, input_names, output_names, window_pasts  # noqa: E402
+from lmref.export.exporter import OPSET, TOTAL_DIM, export_onnx, past_lengths, window_present_dim  # noqa: E402
 from lmref.export.runtime import CPU, DecoderSession, open_session  # noqa: E402
 from lmref.export.validate import DEFAULT_STEPS, default_prompt_len, validate  # noqa: E402
 from lmref.spec import PRESETS, init_params  # noqa: E402
 
 # A representative few in the default run (learned positions, RoPE scaling, ALiBi with 6 heads,
-# a weightless norm, a sliding window); every other preset under `make test-thorough`.
-FAST = ["gpt2", "llama3.1", "olmo", "mpt", "mistral-7b"]
+# a weightless norm, a sliding window; Gemma 2's softcaps and sandwich norms, Gemma 3's local
+# RoPE and per-head QK norm, OLMo 2's post-sublayer norms); every other preset under
+# `make test-thorough`.
+FAST = ["gpt2", "llama3.1", "olmo", "mpt", "mistral-7b", "gemma2-27b", "gemma3-4b", "olmo2-7b"]
 SLOW = [name for name in PRESETS if name not in FAST]
 
 
@@ -74,9 +76,12 @@ def test_graph_interface(exported):
     assert list(inputs) == input_names(c.n_layers) and list(outputs) == output_names(c.n_layers)
     assert inputs["input_ids"] == inputs["position_ids"] == ["batch", "sequence"]
     assert inputs["attention_mask"] == ["batch", TOTAL_DIM]
-    assert inputs["past_key_values.1.value"] == ["batch", c.n_kv_heads, "past_sequence", c.head_dim]
     assert outputs["logits"] == ["batch", "sequence", c.vocab_size]
-    assert outputs["present.1.key"] == ["batch", c.n_kv_heads, TOTAL_DIM, c.head_dim]
+    for i, keep in enumerate(window_pasts(c)):  # a sliding layer's past: its last W - 1 entries
+        past, present = ("past_sequence", TOTAL_DIM) if keep is None else (WINDOW_PAST_DIM, window_present_dim(keep))
+        assert inputs[f"past_key_values.{i}.value"] == ["batch", c.n_kv_heads, past, c.head_dim]
+        assert outputs[f"present.{i}.key"] == ["batch", c.n_kv_heads, present, c.head_dim]
+    assert bundle.manifest["past_length"] == past_lengths(c)
     assert json.loads(bundle.model_path.parent.joinpath("config.json").read_text()) == json.loads(c.to_json())
 
 
@@ -89,7 +94,7 @@ def test_validates_against_the_golden_and_torch(exported):
         ("golden", "prefill"), ("golden", f"decode ({DEFAULT_STEPS} steps)"),
         ("torch", "prefill"), ("torch", f"decode ({DEFAULT_STEPS} steps)")]
     scaling = bundle.config.rope_scaling
-    if scaling is not None:  # the sequence reaches past the original context: the scaling matters
+    if scaling is not None and scaling.original_max_seq_len is not None:  # past the original context
         assert default_prompt_len(bundle.config) + DEFAULT_STEPS > scaling.original_max_seq_len
 
 

@@ -19,7 +19,7 @@ from lmref.export.decoder import ConcatCache, OnnxDecoder, slot_positions  # noq
 from lmref.export.errors import ProviderError  # noqa: E402
 from lmref.export.features import FEATURES, check_exportable  # noqa: E402
 from lmref.export.runtime import CPU, CUDA, check_placement, node_providers, positions_from_mask  # noqa: E402
-from lmref.export.validate import golden_rows, left_padded_batch, run_graph  # noqa: E402
+from lmref.export.validate import default_prompt_len, golden_rows, left_padded_batch, run_graph  # noqa: E402
 from lmref.spec import PRESETS, init_params, tiny  # noqa: E402
 from lmref.spec.features import UnsupportedFeature, required_features  # noqa: E402
 from lmref.spec.plan import EMPTY_SLOT  # noqa: E402
@@ -58,7 +58,7 @@ class TorchStep:
 def test_wrapper_left_padded_prefill_and_decode_match_the_golden(name):
     config = CONFIGS[name]
     params = init_params(config, 5)
-    prompt_len = 11 if config.rope_scaling is None else config.rope_scaling.original_max_seq_len + 1
+    prompt_len = default_prompt_len(config, pad=4)  # past RoPE scaling's context and the sliding window
     batch = left_padded_batch(config, prompt_len, pad=4, steps=8, seed=1)
     got = run_graph(TorchStep(config, params), batch)
     for out, ref in zip(got, golden_rows(config, params, batch)):
@@ -76,7 +76,7 @@ def test_padding_is_expressed_through_positions():
 def test_the_concat_cache_appends_and_reads_positions_from_the_mask():
     config = tiny("llama3")
     past = [torch.randn(2, config.n_kv_heads, 3, config.head_dim) for _ in range(2 * config.n_layers)]
-    cache = ConcatCache(past, torch.tensor([[1, 1, 1, 1, 1], [0, 1, 1, 1, 1]]))
+    cache = ConcatCache(past, torch.tensor([[1, 1, 1, 1, 1], [0, 1, 1, 1, 1]]), config)
     k, v = (torch.randn(2, config.n_kv_heads, 2, config.head_dim) for _ in range(2))
     keys, values, positions = cache.append(1, k, v, torch.tensor([[3, 4], [2, 3]]))
     assert torch.equal(keys, torch.cat([past[2], k], dim=2)) and torch.equal(values, torch.cat([past[3], v], dim=2))
@@ -91,14 +91,14 @@ def test_every_preset_is_exportable():
 
 
 def test_a_feature_the_export_does_not_compute_is_refused():
-    # Per-head q/k norms are in the spec's vocabulary before the twin computes them: the
-    # export refuses them by name (UnsupportedFeature: the suite's NOT SUPPORTED).
-    config = tiny("llama3", qk_norm="per_head")
-    message = r"the onnx backend does not implement feature\(s\) of config 'llama3-tiny': attn\.qk_norm\.per_head"
+    # Llama 4's L2 q/k norm is in the spec's vocabulary before the twin computes it: the
+    # export refuses it by name (UnsupportedFeature: the suite's NOT SUPPORTED).
+    config = tiny("llama3", qk_norm="l2")
+    message = r"the onnx backend does not implement feature\(s\) of config 'llama3-tiny': attn\.qk_norm\.l2"
     with pytest.raises(UnsupportedFeature, match=message) as refused:
         check_exportable(config)
-    assert refused.value.missing == ("attn.qk_norm.per_head",)
-    with pytest.raises(UnsupportedFeature, match="attn.qk_norm.per_head"):
+    assert refused.value.missing == ("attn.qk_norm.l2",)
+    with pytest.raises(UnsupportedFeature, match="attn.qk_norm.l2"):
         OnnxDecoder.from_canonical(config, init_params(tiny("llama3"), 0))
 
 

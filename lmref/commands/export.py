@@ -103,7 +103,8 @@ def _add_validate(sub) -> None:
     p.add_argument("--checkpoint", metavar="DIR", help="reference weights (default: the source export.json records)")
     p.add_argument("--provider", choices=PROVIDERS, default="auto",
                    help="auto: the CPU, and CUDA too when onnxruntime has it (default)")
-    p.add_argument("--prompt-len", type=int, help="longest prompt (default 11; past a RoPE scaling's original context)")
+    p.add_argument("--prompt-len", type=int, help="longest prompt (default 11; past a RoPE scaling's original context "
+                   "and, in both rows, past a sliding window)")
     p.add_argument("--pad", type=int, default=3, help="left padding of the second row (default 3)")
     p.add_argument("--steps", type=int, default=8, help="decode steps after the prefill (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default 0)")
