@@ -3,9 +3,10 @@
     config, params = from_hf("path/to/hf_model")          # config.json + *.safetensors
     to_hf(config, params, "path/to/out")                   # transformers' from_pretrained loads it
 
-Model types: one module each in convert/models/ (gpt2, llama, mistral, olmo, mpt).  `to_hf` writes the type
-the config names in `hf_model_type` (`module_for`; None: transformers has no class for it, and
-the config is refused), and `from_hf` sets `hf_model_type` from config.json's `model_type`.
+Model types: one module each in convert/models/ (gemma, gemma2, gemma3_text, gpt2, llama,
+mistral, mpt, olmo, olmo2, qwen2, qwen3).  `to_hf` writes the type the config names in
+`hf_model_type` (`module_for`; None: transformers has no class for it, and the config is
+refused), and `from_hf` sets `hf_model_type` from config.json's `model_type`.
 Tensors keep their dtype (BF16 files come back as float32, exactly); values are only moved,
 never computed, so a round trip either way gives the same bits.
 """

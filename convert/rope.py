@@ -30,20 +30,26 @@ def rope_from_hf(cfg: HFConfig, max_seq_len: int) -> tuple[float, RopeScaling | 
     5.x may run different models from one file, so the conversion is refused.
     """
     legacy, current = cfg.get("rope_scaling"), cfg.get("rope_parameters")
-    read = [(key, _rope_of(cfg, key, params, max_seq_len))
+    theta = cfg.get("rope_theta", DEFAULT_THETA)
+    read = [(key, rope_of_dict(cfg, key, params, max_seq_len, theta))
             for key, params in (("rope_parameters", current), ("rope_scaling", legacy)) if params]
     if not read:
-        return _rope_of(cfg, "rope_parameters", {}, max_seq_len)
+        return rope_of_dict(cfg, "rope_parameters", {}, max_seq_len, theta)
     if len(read) == 2 and read[0][1] != read[1][1]:
         cfg.fail("rope_scaling", legacy, f"disagrees with rope_parameters={current!r}: "
                  f"{read[1][1]} vs {read[0][1]} (theta, scaling); transformers 4.x reads only rope_scaling")
     return read[-1][1]
 
 
-def _rope_of(cfg: HFConfig, key: str, given: dict, max_seq_len: int) -> tuple[float, RopeScaling | None]:
-    """(rope_theta, rope_scaling) that one dict, `rope_parameters` or `rope_scaling`, describes."""
+def rope_of_dict(cfg: HFConfig, key: str, given: dict, max_seq_len: int,
+                 default_theta: float) -> tuple[float, RopeScaling | None]:
+    """(rope_theta, rope_scaling) that one dict (`rope_parameters`, `rope_scaling`, or one
+    layer type's entry of a nested `rope_parameters`) describes; `default_theta` when it
+    holds none."""
+    if not isinstance(given, dict):
+        cfg.fail(key, given, "expected a JSON object of RoPE parameters")
     params = dict(given)
-    theta = float(params.pop("rope_theta", cfg.get("rope_theta", DEFAULT_THETA)))
+    theta = float(params.pop("rope_theta", default_theta))
     legacy_type = params.pop("type", "default")
     kind = params.pop("rope_type", legacy_type)
     top_level_original = cfg.get("original_max_position_embeddings")

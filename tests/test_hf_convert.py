@@ -19,20 +19,9 @@ from lmref.convert import SUPPORTED_MODEL_TYPES, config_from_hf, from_hf, load_c
 from lmref.convert.errors import ConversionError
 from lmref.convert.hf import hf_config
 from lmref.convert.features import FEATURES, FEATURES_BY_TYPE
-from lmref.spec import PRESETS, RopeScaling, init_params, required_features, tiny
+from lmref.spec import PRESETS, init_params, required_features, tiny
 
-SUPPORTED_ARCHS = [name for name, config in PRESETS.items() if config.hf_model_type is not None]
-
-VARIANTS = {
-    "llama3-tied-biases": tiny("llama3", tie_embeddings=True, qkv_bias=True, attn_out_bias=True, mlp_bias=True),
-    "llama2-linear-rope": tiny("llama2", rope_scaling=RopeScaling(kind="linear", factor=2.0)),
-    "olmo-untied-clip-bias": tiny("olmo", tie_embeddings=False, qkv_clip=0.5, qkv_bias=True, attn_out_bias=True),
-    "mpt-untied-clip": tiny("mpt", tie_embeddings=False, qkv_clip=0.3),
-    "gpt2-untied-exact-gelu": tiny("gpt2", tie_embeddings=False, activation="gelu"),
-    "mistral-tied-linear-rope": tiny("mistral-7b", tie_embeddings=True, rope_scaling=RopeScaling(kind="linear",
-                                                                                                 factor=2.0)),
-}
-CONFIGS = {arch: case_config(arch) for arch in SUPPORTED_ARCHS} | VARIANTS
+from tests.hf_configs import CONFIGS, INTERLEAVED, SUPPORTED_ARCHS
 
 
 def assert_same_params(got: dict, want: dict) -> None:
@@ -78,9 +67,11 @@ def test_from_hf_sets_hf_model_type_from_model_type(model_type):
     assert config_from_hf({"model_type": model_type}, "defaults").hf_model_type == model_type
 
 
-def test_interleaved_rope_is_exported_permuted_and_computes_the_same(tmp_path):
-    """transformers rotates halves; an interleaved model is exported with q, k columns permuted."""
-    config = tiny("llama3", rope_layout="interleaved", qkv_bias=True, attn_out_bias=True)
+@pytest.mark.parametrize("key", sorted(INTERLEAVED))
+def test_interleaved_rope_is_exported_permuted_and_computes_the_same(key, tmp_path):
+    """transformers rotates halves; an interleaved model is exported with q, k columns (and the
+    q/k norm weights) permuted."""
+    config = INTERLEAVED[key]
     params = init_params(config, 3)
     to_hf(config, params, tmp_path)
     back_config, back_params = from_hf(tmp_path)

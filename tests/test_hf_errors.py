@@ -120,6 +120,22 @@ UNREPRESENTABLE = [
     ("mpt", "no_bias", False, "no_bias=False"),
     ("mpt", "logit_scale", 0.5, "logit_scale=0.5"),
     ("mpt", "norm_type", "rmsnorm", "norm_type='rmsnorm'"),
+    # a file whose sliding layers have no window: use_sliding_window false drops it (Qwen2Config)
+    ("qwen2-7b", "layer_types", ["sliding_attention", "full_attention"], "names sliding_attention layers but"),
+    ("qwen3-8b", "layer_types", ["full_attention"], "layer_types=['full_attention'] is not supported: expected a list"),
+    ("gemma2-9b", "layer_types", ["sliding_attention", "chunked_attention"],
+     "each full_attention or sliding_attention"),
+    ("olmo2-7b", "clip_qkv", 1.0, "unknown field(s) clip_qkv"),
+    ("gemma-7b", "use_bidirectional_attention", True, "use_bidirectional_attention=True"),
+    # transformers 5.x runs hidden_act (tanh here), some 4.x releases ran hidden_activation (exact here)
+    ("gemma-7b", "hidden_activation", "gelu", "hidden_activation='gelu' is not supported: differs from hidden_act"),
+    # transformers' gemma3_text ignores it, Google's gemma applies it
+    ("gemma3-4b", "attn_logit_softcapping", 50.0, "attn_logit_softcapping=50.0"),
+    ("gemma3-4b", "rope_parameters.sliding_attention", {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4},
+     "rope_parameters.sliding_attention.rope_type='linear'"),
+    # 4.x reads rope_local_base_freq, 5.x rope_parameters: two models
+    ("gemma3-4b", "rope_local_base_freq", 50_000.0, "disagrees with rope_theta, rope_scaling and rope_local_base_freq"),
+    ("gemma3-4b", "rope_parameters", {"rope_type": "default", "rope_theta": 1e6}, "expected one entry per layer type"),
 ]
 
 
@@ -155,6 +171,25 @@ INEXPRESSIBLE = {
     "llama-qkv-bias-only": (tiny("llama3", qkv_bias=True), ["attn_out_bias: transformers' attention_bias"]),
     "llama-partial-rope": (tiny("llama3", rope_fraction=0.5), ["rope_fraction=0.5"]),
     "olmo-eps": (tiny("olmo", norm_eps=1e-6), ["norm_eps=1e-06 (transformers' olmo has 1e-05)"]),
+    "qwen2-without-qkv-bias": (tiny("qwen2-7b", qkv_bias=False), ["qkv_bias=False (transformers' qwen2 has True)"]),
+    "qwen2-o-bias": (tiny("qwen2-7b", attn_out_bias=True), ["attn_out_bias=True (transformers' qwen2 has False)"]),
+    "qwen3-qkv-bias-only": (tiny("qwen3-8b", qkv_bias=True), ["attn_out_bias: transformers' attention_bias"]),
+    "qwen2-chunked": (tiny("qwen2-7b", attn_pattern=("chunked",), attn_chunk_size=4),
+                      ["attn_pattern: transformers' layer_types name full_attention and sliding_attention"]),
+    "olmo2-pre-norm": (tiny("olmo2-7b", norm_placement="pre"),
+                       ["norm_placement='pre' (transformers' olmo2 has 'post_sublayer')"]),
+    # a Gemma checkpoint stores the w of (1 + w): a plain RMSNorm weight cannot be written as one
+    "gemma-plain-norm-weights": (tiny("gemma-2b", norm_unit_offset=False),
+                                 ["norm_unit_offset: a Gemma checkpoint stores the w of its (1 + w) norms"]),
+    "gemma-exact-gelu": (tiny("gemma-7b", activation="gelu"), ["GemmaConfig rewrites hidden_act 'gelu'"]),
+    "gemma2-heads-not-dividing-d_model": (tiny("gemma2-9b", d_model=58),
+                                          ["transformers requires d_model (58) divisible by n_heads (4)"]),
+    "llama-as-gemma2": (tiny("llama3", hf_model_type="gemma2"),
+                        ["norm_unit_offset: a Gemma checkpoint", "embedding_scale='none'", "norm_placement='pre'"]),
+    "gemma3-attn-softcap": (tiny("gemma3-4b", attn_softcap=50.0),
+                            ["attn_softcap: transformers' gemma3_text ignores attn_logit_softcapping"]),
+    "gemma3-scaled-sliding-layers": (tiny("gemma3-4b", rope_theta_local=None),
+                                     ["rope_theta_local: without it lmref's sliding layers take rope_scaling too"]),
 }
 
 

@@ -33,6 +33,12 @@ LLAMA = dict(hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_att
 OLMO = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=128, **SMALL)
 MPT = dict(d_model=96, n_layers=2, max_seq_len=128, **SMALL)
+GEMMA = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, head_dim=24, max_position_embeddings=128,
+             **SMALL)
+# Gemma 3: three sliding layers (window 7) then a global one; local theta 1e4, global 1e6 scaled by 8
+GEMMA3_ROPE = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+               "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
+GEMMA3_LAYERS = ["sliding_attention"] * 3 + ["full_attention"]
 
 # name -> (config class, model class, config kwargs)
 MODELS = {
@@ -54,6 +60,23 @@ MODELS = {
     "mistral-no-window": ("MistralConfig", "MistralForCausalLM",
                           dict(num_key_value_heads=2, sliding_window=None, rope_parameters={"rope_type": "default",
                                                                                           "rope_theta": 1e6}, **LLAMA)),
+    # Qwen's rule: layers from max_window_layers = 1 on slide; Qwen2.5's released form: none
+    "qwen2-window-from-layer-1": ("Qwen2Config", "Qwen2ForCausalLM", dict(
+        num_key_value_heads=2, use_sliding_window=True, sliding_window=7, max_window_layers=1, **LLAMA)),
+    "qwen2-no-window-tied": ("Qwen2Config", "Qwen2ForCausalLM", dict(
+        num_key_value_heads=2, sliding_window=7, tie_word_embeddings=True, **LLAMA)),
+    "qwen3-biases-head_dim-24": ("Qwen3Config", "Qwen3ForCausalLM", dict(
+        num_key_value_heads=2, head_dim=24, attention_bias=True, **LLAMA)),
+    "olmo2-gqa": ("Olmo2Config", "Olmo2ForCausalLM", dict(num_key_value_heads=2, rms_norm_eps=1e-6, **OLMO)),
+    # the released configs' hidden_act "gelu", read as the tanh GELU
+    "gemma-mqa-gelu": ("GemmaConfig", "GemmaForCausalLM", dict(
+        num_hidden_layers=2, num_key_value_heads=1, hidden_act="gelu", **GEMMA)),
+    "gemma2-softcaps-query-scale-18": ("Gemma2Config", "Gemma2ForCausalLM", dict(
+        num_hidden_layers=2, num_key_value_heads=2, sliding_window=7, query_pre_attn_scalar=18,
+        attn_logit_softcapping=5.0, final_logit_softcapping=3.0, **GEMMA)),
+    "gemma3-local-global": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
+        num_hidden_layers=4, num_key_value_heads=2, sliding_window=7, layer_types=GEMMA3_LAYERS,
+        rope_parameters=GEMMA3_ROPE, query_pre_attn_scalar=18, final_logit_softcapping=3.0, **GEMMA)),
 }
 
 
@@ -67,7 +90,7 @@ def _randomise(model, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(min(p.shape)))
             elif p.ndim == 2:
                 p.copy_(torch.randn(p.shape, generator=gen))
-            elif "norm" in name or ".ln_" in name:
+            elif "norm" in name or ".ln_" in name:  # Gemma's (1 + w) norms then scale by about 2
                 p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
             else:
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
@@ -114,7 +137,9 @@ def test_hf_to_lmref_to_hf_is_exact(hf_model, tmp_path):
 def _numeric_fields(directory) -> dict:
     """The config as transformers reads it, minus what never changes the numbers."""
     skip = {"_name_or_path", "transformers_version", "architectures", "lmref_name", "bos_token_id",
-            "eos_token_id", "pad_token_id", "dtype", "output_attentions", "output_hidden_states"}
+            "eos_token_id", "pad_token_id", "dtype", "output_attentions", "output_hidden_states",
+            # qwen: layer_types, which transformers follows, is compared; max_window_layers only derives it
+            "max_window_layers"}
     data = transformers.AutoConfig.from_pretrained(directory).to_dict()
     if "attn_config" in data:
         data["attn_config"] = {k: v for k, v in data["attn_config"].items() if k not in skip}
@@ -183,7 +208,8 @@ def test_transformers_loss_is_the_goldens_mean_next_token_cross_entropy(tmp_path
     assert abs(float(out.loss) - golden) <= F32.loss_atol + F32.loss_rtol * abs(golden)
 
 
-@pytest.mark.parametrize("model_type", ["gpt2", "llama", "olmo", "mpt", "mistral"])
+@pytest.mark.parametrize("model_type", ["gpt2", "llama", "olmo", "mpt", "mistral", "qwen2", "qwen3", "olmo2",
+                                        "gemma", "gemma2", "gemma3_text"])
 def test_a_config_json_without_fields_means_the_class_defaults(model_type):
     """lmref reads a field a config.json leaves out as transformers' class default: the config of
     `{"model_type": T}` equals the config of transformers' full default config of that type."""

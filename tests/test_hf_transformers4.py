@@ -7,7 +7,9 @@ theta 10000, logits off by up to 2.9.  Every convertible preset's golden case co
 exported and run by transformers 4.57.1 in a child process (tests/transformers4.txt, installed
 by `make install` into .venv/transformers4, first on the child's PYTHONPATH), on the long
 case's tokens (past a RoPE scaling's original context), and must agree with the golden within
-the float32 row.
+the float32 row.  So must the converter variants of tests/hf_configs.py (their golden computed
+here), which switch on what the presets leave off: Qwen's sliding layers, Gemma 3's layers
+without a window, interleaved RoPE with q/k norms, ...
 """
 
 from __future__ import annotations
@@ -22,15 +24,19 @@ import pytest
 
 pytest.importorskip("torch")
 
+from lmref import impl_numpy  # noqa: E402
 from lmref.conformance.metrics import compare, gate  # noqa: E402
 from lmref.conformance.store import GoldenStore  # noqa: E402
 from lmref.conformance.tolerances import DEFAULT_ROWS  # noqa: E402
 from lmref.convert import to_hf  # noqa: E402
 from lmref.spec import PRESETS, init_params  # noqa: E402
 
+from tests.hf_configs import INTERLEAVED, VARIANTS  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 TRANSFORMERS4 = ROOT / ".venv" / "transformers4"
 ARCHS = [name for name, config in PRESETS.items() if config.hf_model_type is not None]
+OTHERS = VARIANTS | INTERLEAVED
 F32 = DEFAULT_ROWS["float32"]
 
 CHILD = """
@@ -52,7 +58,7 @@ print(transformers.__version__)
 
 @pytest.fixture(scope="module")
 def run_in_transformers4(tmp_path_factory):
-    """{arch: (logits from transformers 4.x, golden logits)} for every convertible preset."""
+    """{preset or variant: (logits from transformers 4.x, golden logits)}."""
     if not (TRANSFORMERS4 / "transformers").is_dir():
         pytest.skip(f"transformers 4.x is not installed in {TRANSFORMERS4} (`make install` puts it there)")
     store, golden, directories = GoldenStore(), {}, []
@@ -64,15 +70,24 @@ def run_in_transformers4(tmp_path_factory):
         np.save(directory / "hf" / "tokens.npy", case.tokens, allow_pickle=False)
         golden[arch] = case.expected["logits"]
         directories.append(directory / "hf")
+    for key, config in OTHERS.items():
+        directory = tmp_path_factory.mktemp(key) / "hf"
+        params = init_params(config, 4)
+        to_hf(config, {k: v.astype(np.float32) for k, v in params.items()}, directory)
+        tokens = np.random.default_rng(0).integers(0, config.vocab_size, size=(2, 160))
+        np.save(directory / "tokens.npy", tokens, allow_pickle=False)
+        golden[key] = impl_numpy.forward(config, params, tokens)
+        directories.append(directory)
     env = dict(os.environ, PYTHONPATH=str(TRANSFORMERS4), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", CHILD, *map(str, directories)], env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().startswith("4.57"), proc.stdout
-    return {arch: (np.load(d / "logits4.npy", allow_pickle=False), golden[arch]) for arch, d in zip(ARCHS, directories)}
+    return {arch: (np.load(d / "logits4.npy", allow_pickle=False), golden[arch])
+            for arch, d in zip(golden, directories, strict=True)}
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCHS + sorted(OTHERS))
 def test_transformers4_loads_the_export_with_the_golden_numbers(run_in_transformers4, arch):
     logits, golden = run_in_transformers4[arch]
     assert gate(compare(logits, golden, F32), F32) == [], arch

@@ -16,7 +16,7 @@ import lmref.spec.presets
 from lmref.cli import main
 from lmref.impl_numpy.rope import default_inv_freq, inv_freq
 from lmref.spec import (
-    FAMILIES, PRESETS, REGISTRY, ModelConfig, RopeScaling, get_preset, layer_plan, param_count, param_shapes,
+    FAMILIES, PRESETS, REGISTRY, ModelConfig, RopeScaling, get_preset, layer_plan, param_count,
     preset_info, resolve_archs, tiny,
 )
 from lmref.spec.presets.preset import Preset
@@ -57,6 +57,50 @@ from lmref.spec.presets.preset import Preset
 #   as llama3's 218,112,000; 32 layers 6,979,584,000; final norm 4,096; total 7,241,732,096
 #   (Jiang et al. 2023: "7.3B"; the model card's 7.24B).
 # mistral-7b-v0.3: V=32768: + 2*768*4096 = 6,291,456 -> 7,248,023,552.
+# qwen2-7b / qwen2.5-7b: V=152064, d=3584, L=28, 28 heads x 128, 4 KV heads (kv dim 512), d_ff 18944,
+#   q, k, v biases, untied.  tokens + lm_head 2*152064*3584 = 1,089,994,752
+#   per layer: wq, wo 2*3584^2 = 25,690,112; wk, wv 2*3584*512 = 3,670,016; bq 3584 + bk, bv 2*512 = 4,608;
+#              3*3584*18944 = 203,685,888; norms 7,168 -> 233,057,792
+#   28 layers 6,525,618,176; final norm 3,584; total 7,615,616,512 (the checkpoints' 7.62B; Qwen2.5's
+#   report: 7.61B).
+# qwen3-8b: V=151936, d=4096, L=36, 32 heads x 128, 8 KV heads (kv dim 1024), d_ff 12288, untied, no biases.
+#   tokens + lm_head 2*151936*4096 = 1,244,659,712
+#   per layer: wq, wo 2*4096^2 = 33,554,432; wk, wv 2*4096*1024 = 8,388,608; 3*4096*12288 = 150,994,944;
+#              norms 8,192; q_norm, k_norm 2*128 = 256 -> 192,946,432
+#   36 layers 6,946,071,552; final norm 4,096; total 8,190,735,360 (the model card's 8.2B).
+# Gemma: the head is tied, so the 256000-token (262208 for Gemma 3) embedding counts once; norms
+#   store the w of (1 + w), one vector each like any RMSNorm.
+# gemma-2b: d=2048, L=18, 8 heads x 256 (q dim 2048), 1 KV head (kv dim 256), d_ff 16384.
+#   tokens 256000*2048 = 524,288,000
+#   per layer: wq, wo 2*2048^2 = 8,388,608; wk, wv 2*2048*256 = 1,048,576; 3*2048*16384 = 100,663,296;
+#              norms 4,096 -> 110,104,576
+#   18 layers 1,981,882,368; final norm 2,048; total 2,506,172,416 (the checkpoint's 2.51B).
+# gemma-7b: d=3072, L=28, 16 heads x 256 (q dim 4096, not d), MHA, d_ff 24576.
+#   tokens 256000*3072 = 786,432,000
+#   per layer: wq, wk, wv, wo 4*3072*4096 = 50,331,648; 3*3072*24576 = 226,492,416; norms 6,144
+#              -> 276,830,208
+#   28 layers 7,751,245,824; final norm 3,072; total 8,537,680,896 (the checkpoint's 8.54B).
+# gemma2-9b: d=3584, L=42, 16 heads x 256 (q dim 4096), 8 KV heads (kv dim 2048), d_ff 14336, 4 norms.
+#   tokens 256000*3584 = 917,504,000
+#   per layer: wq, wo 2*3584*4096 = 29,360,128; wk, wv 2*3584*2048 = 14,680,064;
+#              3*3584*14336 = 154,140,672; norms 4*3584 = 14,336 -> 198,195,200
+#   42 layers 8,324,198,400; final norm 3,584; total 9,241,705,984 (the checkpoint's 9.24B).
+# gemma2-27b: d=4608, L=46, 32 heads x 128 (q dim 4096), 16 KV heads (kv dim 2048), d_ff 36864, 4 norms.
+#   tokens 256000*4608 = 1,179,648,000
+#   per layer: wq, wo 2*4608*4096 = 37,748,736; wk, wv 2*4608*2048 = 18,874,368;
+#              3*4608*36864 = 509,607,936; norms 4*4608 = 18,432 -> 566,249,472
+#   46 layers 26,047,475,712; final norm 4,608; total 27,227,128,320 (the checkpoint's 27.2B).
+# gemma3-4b (text model): V=262208, d=2560, L=34, 8 heads x 256 (q dim 2048), 4 KV heads (kv dim 1024),
+#   d_ff 10240, 4 norms, q_norm and k_norm [256].  tokens 262208*2560 = 671,252,480
+#   per layer: wq, wo 2*2560*2048 = 10,485,760; wk, wv 2*2560*1024 = 5,242,880; 3*2560*10240 = 78,643,200;
+#              norms 4*2560 = 10,240; q_norm, k_norm 512 -> 94,382,592
+#   34 layers 3,209,008,128; final norm 2,560; total 3,880,263,168 (Gemma 3 report, Table 1: 3,209M
+#   non-embedding parameters; the 417M vision encoder is not part of the text model).
+# olmo2-7b: V=100352, d=4096, L=32, MHA, d_ff 11008, untied, 2 post norms, q_norm, k_norm [4096] each.
+#   tokens + lm_head 2*100352*4096 = 822,083,584
+#   per layer: 4*4096^2 = 67,108,864; 3*4096*11008 = 135,266,304; post norms 8,192; q_norm, k_norm 8,192
+#              -> 202,391,552
+#   32 layers 6,476,529,664; final norm 4,096; total 7,298,617,344 (the checkpoint's 7.3B).
 EXPECTED_COUNTS = {
     "gpt2": 124_439_808,
     "llama1": 6_738_415_616,
@@ -69,6 +113,15 @@ EXPECTED_COUNTS = {
     "mpt": 6_649_286_656,
     "mistral-7b": 7_241_732_096,
     "mistral-7b-v0.3": 7_248_023_552,
+    "qwen2-7b": 7_615_616_512,
+    "qwen2.5-7b": 7_615_616_512,
+    "qwen3-8b": 8_190_735_360,
+    "gemma-2b": 2_506_172_416,
+    "gemma-7b": 8_537_680_896,
+    "gemma2-9b": 9_241_705_984,
+    "gemma2-27b": 27_227_128_320,
+    "gemma3-4b": 3_880_263_168,
+    "olmo2-7b": 7_298_617_344,
 }
 
 
@@ -97,6 +150,9 @@ EXPECTED_MODEL_TYPES = {
     "gpt2": "gpt2", "llama1": "llama", "llama2": "llama", "llama2-70b": "llama", "llama3": "llama",
     "llama3.1": "llama", "olmo": "olmo", "olmo-alibi": None, "mpt": "mpt",
     "mistral-7b": "mistral", "mistral-7b-v0.3": "mistral",
+    "qwen2-7b": "qwen2", "qwen2.5-7b": "qwen2", "qwen3-8b": "qwen3", "olmo2-7b": "olmo2",
+    "gemma-2b": "gemma", "gemma-7b": "gemma", "gemma2-9b": "gemma2", "gemma2-27b": "gemma2",
+    "gemma3-4b": "gemma3_text",
 }
 # The family modules of spec/presets/ (every module but the Preset class's own).
 FAMILY_MODULES = {m.name: importlib.import_module(f"lmref.spec.presets.{m.name}")
@@ -147,131 +203,6 @@ def test_a_preset_without_a_source_or_with_an_unknown_family_is_caught():
         "spec/presets/llama.py does not register 'gpt2'"]
 
 
-# --- distinguishing facts per preset --------------------------------------------------------
-
-
-def test_gpt2_facts():
-    c = get_preset("gpt2")
-    assert c.position == "learned"
-    assert c.activation == "gelu_tanh" and c.mlp == "plain"
-    assert c.tie_embeddings
-    assert c.qkv_bias and c.attn_out_bias and c.mlp_bias and c.norm_bias
-    assert c.norm == "layernorm" and c.norm_eps == 1e-5
-    assert (c.vocab_size, c.d_model, c.n_layers, c.n_heads, c.max_seq_len) == (50257, 768, 12, 12, 1024)
-    shapes = param_shapes(c)
-    assert shapes["embed.positions"] == (1024, 768)
-    assert "lm_head.weight" not in shapes
-
-
-def test_llama1_facts():
-    c = get_preset("llama1")
-    assert c.max_seq_len == 2048
-    assert c.norm_eps == 1e-6
-    assert c.rope_theta == 10_000.0 and c.rope_scaling is None
-    assert c.n_kv_heads == c.n_heads == 32
-    assert c.vocab_size == 32000
-
-
-def test_llama2_facts():
-    c = get_preset("llama2")
-    assert c.max_seq_len == 4096
-    assert c.norm_eps == 1e-5
-    # llama1 and llama2 differ only in the context and the eps
-    differ = {f.name for f in dataclasses.fields(ModelConfig)
-              if getattr(c, f.name) != getattr(get_preset("llama1"), f.name)}
-    assert differ == {"name", "max_seq_len", "norm_eps"}
-
-
-def test_llama2_70b_is_gqa():
-    c = get_preset("llama2-70b")
-    assert (c.n_heads, c.n_kv_heads, c.d_model, c.n_layers, c.d_ff) == (64, 8, 8192, 80, 28672)
-
-
-def test_llama3_facts():
-    c = get_preset("llama3")
-    assert c.rope_theta == 500_000.0
-    assert c.n_kv_heads == 8 and c.n_heads == 32
-    assert c.vocab_size == 128256
-    assert c.max_seq_len == 8192
-    assert c.rope_scaling is None
-
-
-def test_llama31_facts():
-    c = get_preset("llama3.1")
-    assert c.max_seq_len == 131072
-    s = c.rope_scaling
-    assert s is not None and s.kind == "llama3"
-    assert (s.factor, s.low_freq_factor, s.high_freq_factor, s.original_max_seq_len) == (8.0, 1.0, 4.0, 8192)
-    # everything else is llama3
-    differ = {f.name for f in dataclasses.fields(ModelConfig)
-              if getattr(c, f.name) != getattr(get_preset("llama3"), f.name)}
-    assert differ == {"name", "max_seq_len", "rope_scaling"}
-
-
-@pytest.mark.parametrize("name", ["llama1", "llama2", "llama2-70b", "llama3", "llama3.1"])
-def test_llama_family_common_facts(name):
-    c = get_preset(name)
-    assert c.norm == "rmsnorm" and c.norm_weight and not c.norm_bias
-    assert c.mlp == "gated" and c.activation == "silu"
-    assert c.position == "rope" and c.rope_layout == "halves" and c.rope_fraction == 1.0
-    assert not (c.qkv_bias or c.attn_out_bias or c.mlp_bias or c.lm_head_bias or c.tie_embeddings)
-
-
-def test_olmo_facts():
-    c = get_preset("olmo")
-    assert c.norm == "layernorm" and not c.norm_weight and not c.norm_bias
-    assert c.tie_embeddings
-    assert c.position == "rope" and c.rope_theta == 10_000.0
-    assert not any("norm" in name for name in param_shapes(c))
-
-
-def test_olmo_alibi_facts():
-    c = get_preset("olmo-alibi")
-    assert c.position == "alibi"
-    assert c.norm_weight and c.norm_bias
-    assert c.tie_embeddings
-    differ = {f.name for f in dataclasses.fields(ModelConfig)
-              if getattr(c, f.name) != getattr(get_preset("olmo"), f.name)}
-    assert differ == {"name", "hf_model_type", "position", "norm_weight", "norm_bias"}
-    assert c.hf_model_type is None  # transformers' OLMo has no ALiBi
-
-
-def test_mpt_facts():
-    c = get_preset("mpt")
-    assert c.position == "alibi" and c.alibi_max_bias == 8.0
-    assert c.norm == "layernorm" and c.norm_weight and not c.norm_bias
-    assert c.mlp == "plain" and c.activation == "gelu" and c.d_ff == 4 * c.d_model
-    assert not (c.qkv_bias or c.attn_out_bias or c.mlp_bias or c.lm_head_bias)
-    assert c.tie_embeddings
-    assert (c.vocab_size, c.d_model, c.n_layers, c.n_heads, c.n_kv_heads, c.max_seq_len) == (50432, 4096, 32, 32, 32, 2048)
-
-
-def test_mistral_v01_facts():
-    c = get_preset("mistral-7b")
-    assert [layer.mask.window for layer in layer_plan(c)] == [4096] * 32  # the window on every layer
-    assert (c.rope_theta, c.vocab_size, c.max_seq_len, c.norm_eps) == (10_000.0, 32000, 32768, 1e-5)
-    assert (c.n_heads, c.n_kv_heads, c.head_dim, c.d_ff) == (32, 8, 128, 14336)
-
-
-def test_mistral_versions_differ_in_window_theta_and_vocab():
-    """Told apart as LLaMA 1/2/3 are: by the numbers that matter."""
-    v1, v3 = get_preset("mistral-7b"), get_preset("mistral-7b-v0.3")
-    differ = {f.name for f in dataclasses.fields(ModelConfig) if getattr(v1, f.name) != getattr(v3, f.name)}
-    assert differ == {"name", "vocab_size", "rope_theta", "attn_pattern", "sliding_window"}
-    assert (v3.rope_theta, v3.vocab_size, v3.sliding_window, v3.attn_pattern) == (1e6, 32768, None, ("global",))
-
-
-@pytest.mark.parametrize("name", ["mistral-7b", "mistral-7b-v0.3"])
-def test_mistral_has_no_bias_and_llamas_block(name):
-    c = get_preset(name)
-    assert c.norm == "rmsnorm" and c.mlp == "gated" and c.activation == "silu" and c.rope_layout == "halves"
-    assert not (c.qkv_bias or c.attn_out_bias or c.mlp_bias or c.lm_head_bias or c.tie_embeddings)
-
-
-def test_tiny_mistral_window_is_shorter_than_every_case():
-    assert tiny("mistral-7b").sliding_window == 5 and tiny("mistral-7b").attn_pattern == ("sliding",)
-
-
 # --- tiny() ---------------------------------------------------------------------------------
 
 SIZE_FIELDS = {"name", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
@@ -303,9 +234,10 @@ def test_tiny_keeps_every_flag(name):
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_tiny_is_small(name):
     base, small = get_preset(name), tiny(name)
-    assert small.n_layers == 2 and small.head_dim == 16 and small.vocab_size == 251
+    # two layers, or one period of the layer pattern (Gemma 3: five sliding, one global)
+    assert small.n_layers == max(2, len(base.attn_pattern)) and small.head_dim == 16 and small.vocab_size == 251
     assert small.max_seq_len == min(base.max_seq_len, 1024)
-    assert small.d_model == small.n_heads * small.head_dim  # every preset has d_model == q_dim
+    assert small.d_model / small.q_dim == pytest.approx(base.d_model / base.q_dim, rel=0.02)
     assert small.d_ff / small.d_model == pytest.approx(base.d_ff / base.d_model, rel=0.02)
     assert param_count(small) < 1_000_000
     assert small.name == f"{name}-tiny"
@@ -365,12 +297,12 @@ def test_resolve_the_llama_family():
 
 
 def test_resolve_patterns():
-    assert resolve_archs("olmo*") == ["olmo", "olmo-alibi"]
+    assert resolve_archs("olmo*") == ["olmo", "olmo-alibi", "olmo2-7b"]
     assert resolve_archs("llama3*") == ["llama3", "llama3.1"]
 
 
 def test_resolve_lists_keep_order_and_drop_repeats():
-    assert resolve_archs("gpt2, olmo*,olmo,gpt2") == ["gpt2", "olmo", "olmo-alibi"]
+    assert resolve_archs("gpt2, olmo*,olmo,gpt2") == ["gpt2", "olmo", "olmo-alibi", "olmo2-7b"]
     assert resolve_archs("llama3.1,llama") == ["llama3.1", "llama1", "llama2", "llama2-70b", "llama3"]
 
 
@@ -420,5 +352,5 @@ def test_the_presets_table_of_a_selection(capsys):
     assert main(["presets", "--arch", "olmo*"]) == 0
     out = capsys.readouterr().out
     rows = [line.split()[0] for line in out.splitlines() if not line.startswith(" ")]
-    assert rows == ["preset", "olmo", "olmo-alibi"]
+    assert rows == ["preset", "olmo", "olmo-alibi", "olmo2-7b"]
     assert _words(preset_info("olmo").source) in _words(out) and "Radford" not in out

@@ -48,38 +48,55 @@ IGNORED = frozenset({
 
 
 # The class defaults of LlamaConfig (transformers models/llama/configuration_llama.py) for the
-# fields the llama-style configs share; MistralConfig and OlmoConfig differ in some.
-DEFAULTS = dict(vocab_size=32000, intermediate_size=11008, max_position_embeddings=2048, num_key_value_heads=None)
+# fields the llama-style configs share; each other class states where its own differ.
+DEFAULTS = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                num_attention_heads=32, max_position_embeddings=2048, num_key_value_heads=None,
+                tie_word_embeddings=False)
 
 
-def llama_style_fields(cfg: HFConfig, name: str, model_type: str, defaults: dict) -> dict:
-    """The ModelConfig fields every llama-style config.json (llama, mistral, olmo) spells the
-    same way: sizes, RoPE (convert/rope.py), the tied head.  `defaults`: the class's own
-    defaults of vocab_size, intermediate_size, max_position_embeddings, num_key_value_heads."""
-    d, n_heads = cfg.get("hidden_size", 4096), cfg.get("num_attention_heads", 32)
-    max_seq_len = cfg.get("max_position_embeddings", defaults["max_position_embeddings"])
-    theta, scaling = rope_from_hf(cfg, max_seq_len)
+def shape_fields(cfg: HFConfig, name: str, model_type: str, defaults: dict) -> dict:
+    """The ModelConfig sizes and tied head that every llama-style config.json (llama, mistral,
+    olmo, olmo2, qwen2, qwen3, gemma, gemma2, gemma3_text) spells the same way.  `defaults`:
+    the class's own defaults of the keys of `DEFAULTS`."""
+    d = cfg.get("hidden_size", defaults["hidden_size"])
+    n_heads = cfg.get("num_attention_heads", defaults["num_attention_heads"])
     return dict(
         name=name, hf_model_type=model_type, vocab_size=cfg.get("vocab_size", defaults["vocab_size"]), d_model=d,
-        n_layers=cfg.get("num_hidden_layers", 32), n_heads=n_heads,
+        n_layers=cfg.get("num_hidden_layers", defaults["num_hidden_layers"]), n_heads=n_heads,
         # `__post_init__` of each class: a null num_key_value_heads means MHA
         n_kv_heads=cfg.get("num_key_value_heads", defaults["num_key_value_heads"]) or n_heads,
-        d_ff=cfg.get("intermediate_size", defaults["intermediate_size"]), max_seq_len=max_seq_len,
-        position="rope", rope_theta=theta, rope_scaling=scaling,
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        d_ff=cfg.get("intermediate_size", defaults["intermediate_size"]),
+        max_seq_len=cfg.get("max_position_embeddings", defaults["max_position_embeddings"]),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", defaults["tie_word_embeddings"])),
     )
 
 
-def llama_style_hf_fields(c: ModelConfig) -> dict:
-    """The config.json fields every llama-style class reads the same way (`llama_style_fields`'s inverse)."""
-    rope = rope_to_hf(c)
+def llama_style_fields(cfg: HFConfig, name: str, model_type: str, defaults: dict) -> dict:
+    """`shape_fields` and the one RoPE of every layer (convert/rope.py)."""
+    fields = shape_fields(cfg, name, model_type, defaults)
+    theta, scaling = rope_from_hf(cfg, fields["max_seq_len"])
+    return fields | dict(position="rope", rope_theta=theta, rope_scaling=scaling)
+
+
+def shape_hf_fields(c: ModelConfig) -> dict:
+    """`shape_fields`'s inverse."""
     return {
         "vocab_size": c.vocab_size, "hidden_size": c.d_model, "intermediate_size": c.d_ff,
         "num_hidden_layers": c.n_layers, "num_attention_heads": c.n_heads, "num_key_value_heads": c.n_kv_heads,
-        "max_position_embeddings": c.max_seq_len, "hidden_act": ACTIVATION_TO_HF[c.activation],
-        "tie_word_embeddings": c.tie_embeddings, "rope_parameters": rope, **legacy_rope_fields(rope),
+        "max_position_embeddings": c.max_seq_len, "tie_word_embeddings": c.tie_embeddings,
         "bos_token_id": None, "eos_token_id": None,  # unknown to lmref
     }
+
+
+def rope_hf_fields(c: ModelConfig) -> dict:
+    """The one RoPE of every layer in the 5.x key and the 4.x keys."""
+    rope = rope_to_hf(c)
+    return {"rope_parameters": rope, **legacy_rope_fields(rope)}
+
+
+def llama_style_hf_fields(c: ModelConfig) -> dict:
+    """`llama_style_fields`'s inverse, with the activation under `hidden_act`."""
+    return shape_hf_fields(c) | rope_hf_fields(c) | {"hidden_act": ACTIVATION_TO_HF[c.activation]}
 
 
 def legacy_rope_fields(rope_parameters: dict) -> dict:
@@ -149,12 +166,26 @@ def attention_mlp_entries(c: ModelConfig, i: int) -> list[Entry]:
     if c.qkv_bias:  # the q and k biases are rotated with their projections: same permutation
         table += [Entry(f"{h}.self_attn.q_proj.bias", (f"{p}.attn.bq",), perm=q_perm),
                   Entry(f"{h}.self_attn.k_proj.bias", (f"{p}.attn.bk",), perm=k_perm),
-                  same(f"{h}.self_attn.v_proj.bias", f"{p}.attn.bv"),
-                  same(f"{h}.self_attn.o_proj.bias", f"{p}.attn.bo")]
+                  same(f"{h}.self_attn.v_proj.bias", f"{p}.attn.bv")]
+    if c.attn_out_bias:  # with qkv_bias in llama and olmo (attention_bias); never in qwen2
+        table.append(same(f"{h}.self_attn.o_proj.bias", f"{p}.attn.bo"))
     if c.mlp_bias:
         table += [same(f"{h}.mlp.gate_proj.bias", f"{p}.mlp.b_gate"), same(f"{h}.mlp.up_proj.bias", f"{p}.mlp.b_up"),
                   same(f"{h}.mlp.down_proj.bias", f"{p}.mlp.b_down")]
     return table
+
+
+def qk_norm_entries(c: ModelConfig, i: int) -> list[Entry]:
+    """Layer i's q and k norm weights (`self_attn.q_norm`, `self_attn.k_norm`: qwen3, gemma3_text
+    per head, [hd]; olmo2 over the whole projection, [H*hd] and [K*hd]).  Each weight scales the
+    dims of q or k before the RoPE, so it takes the columns' RoPE layout permutation: one
+    head's for a per-head weight, the projection's for a whole one."""
+    h, p = f"model.layers.{i}.self_attn", f"layers.{i}.attn"
+    q_heads, k_heads = (1, 1) if c.qk_norm == "per_head" else (c.n_heads, c.n_kv_heads)
+    return [Entry(f"{h}.q_norm.weight", (f"{p}.q_norm.weight",),
+                  perm=rope_columns_permutation(q_heads, c.head_dim, c.rope_layout)),
+            Entry(f"{h}.k_norm.weight", (f"{p}.k_norm.weight",),
+                  perm=rope_columns_permutation(k_heads, c.head_dim, c.rope_layout))]
 
 
 def head_entries(c: ModelConfig) -> list[Entry]:

@@ -123,13 +123,15 @@ def tiny(config: ModelConfig | str, **overrides) -> ModelConfig:
     """A small model with every flag of `config`: 2 layers (or one period of its layer
     patterns), head_dim 16, vocab 251.
 
-    Sizes keep their ratios (d_ff / d_model; d_model == n_heads * head_dim where the preset
-    has it; an expert's width to d_model), the context is capped at 1024, and the knobs
+    Sizes keep their ratios (d_ff / d_model; d_model / (n_heads * head_dim); an expert's
+    width to d_model), the context is capped at 1024, and the knobs
     that are sizes shrink so that each still acts on the golden cases (`_shrunk_knobs`).
     """
     base = get_preset(config) if isinstance(config, str) else config
     n_heads, n_kv_heads = _tiny_heads(base)
-    d_model = n_heads * TINY_HEAD_DIM if base.d_model == base.q_dim else 64
+    # d_model / (n_heads * head_dim) keeps its ratio, so a model whose head_dim is set apart
+    # from d_model / n_heads (Gemma 7B: 3072 against 16 x 256) keeps them apart
+    d_model = round(n_heads * TINY_HEAD_DIM * base.d_model / base.q_dim)
     max_seq_len = min(base.max_seq_len, TINY_MAX_SEQ_LEN)
     # enough layers for one period of each layer pattern (Gemma 3's five sliding, one global)
     n_layers = min(base.n_layers, max(TINY_LAYERS, len(base.attn_pattern), len(base.mlp_pattern)))

@@ -1,0 +1,50 @@
+"""The configs the Hugging Face converter tests run: every convertible preset's golden-case
+config, variants that switch on what the presets leave off, and interleaved-RoPE configs
+(exported with their q, k columns permuted, so they come back in the halves layout: the same
+model, compared by its logits rather than by equality).
+
+tests/test_hf_convert.py round-trips them without transformers; tests/test_hf_float64.py runs
+their exports in transformers.
+"""
+
+from __future__ import annotations
+
+from lmref.conformance.cases import case_config
+from lmref.spec import PRESETS, RopeScaling, tiny
+
+SUPPORTED_ARCHS = [name for name, config in PRESETS.items() if config.hf_model_type is not None]
+LINEAR_2 = RopeScaling(kind="linear", factor=2.0)
+
+VARIANTS = {
+    "llama3-tied-biases": tiny("llama3", tie_embeddings=True, qkv_bias=True, attn_out_bias=True, mlp_bias=True),
+    "llama2-linear-rope": tiny("llama2", rope_scaling=LINEAR_2),
+    "olmo-untied-clip-bias": tiny("olmo", tie_embeddings=False, qkv_clip=0.5, qkv_bias=True, attn_out_bias=True),
+    "mpt-untied-clip": tiny("mpt", tie_embeddings=False, qkv_clip=0.3),
+    "gpt2-untied-exact-gelu": tiny("gpt2", tie_embeddings=False, activation="gelu"),
+    "mistral-tied-linear-rope": tiny("mistral-7b", tie_embeddings=True, rope_scaling=LINEAR_2),
+    # Qwen's own rule: layers from max_window_layers on slide
+    "qwen2-window-from-layer-1": tiny("qwen2-7b", attn_pattern=("global", "sliding"), sliding_window=4),
+    "qwen2.5-tied-linear-rope": tiny("qwen2.5-7b", tie_embeddings=True, rope_scaling=LINEAR_2),
+    # attention_bias: q, k, v and o; head_dim apart from d_model / n_heads
+    "qwen3-biases-sliding-head_dim-24": tiny("qwen3-8b", qkv_bias=True, attn_out_bias=True, attn_pattern=("sliding",),
+                                             sliding_window=4, head_dim=24),
+    "olmo2-gqa-biases-tied": tiny("olmo2-7b", n_kv_heads=2, qkv_bias=True, attn_out_bias=True, tie_embeddings=True),
+    "olmo2-head_dim-24": tiny("olmo2-7b", head_dim=24),
+    "gemma-silu-biases-untied-linear-rope": tiny("gemma-2b", activation="silu", qkv_bias=True, attn_out_bias=True,
+                                                 tie_embeddings=False, rope_scaling=LINEAR_2),
+    "gemma2-exact-gelu-global-first-no-caps": tiny("gemma2-9b", activation="gelu", attn_pattern=("global", "sliding"),
+                                                   attn_softcap=None, final_logit_softcap=None),
+    "gemma2-no-sliding-layer": tiny("gemma2-27b", attn_pattern=("global",), sliding_window=None),
+    "gemma3-final-softcap-llama3-rope": tiny("gemma3-4b", final_logit_softcap=3.0, rope_scaling=RopeScaling(
+        kind="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=32)),
+    "gemma3-no-sliding-layer": tiny("gemma3-4b", attn_pattern=("global",), sliding_window=None, rope_theta_local=None),
+}
+CONFIGS = {arch: case_config(arch) for arch in SUPPORTED_ARCHS} | VARIANTS
+
+INTERLEAVED = {
+    "llama3-interleaved-biases": tiny("llama3", rope_layout="interleaved", qkv_bias=True, attn_out_bias=True),
+    # the q/k norm weights are permuted with the columns: one head's order, or the projection's
+    "qwen3-interleaved": tiny("qwen3-8b", rope_layout="interleaved"),
+    "olmo2-interleaved-gqa": tiny("olmo2-7b", rope_layout="interleaved", n_kv_heads=2),
+    "gemma3-interleaved": tiny("gemma3-4b", rope_layout="interleaved"),
+}

@@ -1,0 +1,97 @@
+"""Published config.json files against the converters (needs torch and transformers; nothing
+is downloaded or allocated).
+
+tests/hf_real_configs/ holds the config.json of released checkpoints, written from the
+files on the Hugging Face Hub with their own keys and values (legacy ones included: Gemma's
+hidden_act "gelu", Gemma 2's sliding_window_size, Qwen2.5's use_mrope); a file is named after
+its repository, "/" as "--", and gemma-3-4b-pt's is its text_config, which holds the text
+model.  lmref reads each as the preset it is the source of; transformers builds each (on the
+meta device) with exactly the tensors, shapes and parameter count lmref's converter maps;
+and the config.json lmref writes for a preset reads in transformers as the published one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from lmref.convert import config_from_hf  # noqa: E402
+from lmref.convert.hf import hf_config, module_for  # noqa: E402
+from lmref.convert.layout import expected_shapes  # noqa: E402
+from lmref.spec import get_preset, layer_plan, param_count, param_shapes  # noqa: E402
+
+DIRECTORY = Path(__file__).parent / "hf_real_configs"
+# file -> the preset whose source it is (None: a checkpoint no preset holds)
+REAL = {
+    "Qwen--Qwen2-7B": "qwen2-7b", "Qwen--Qwen2.5-7B": "qwen2.5-7b", "Qwen--Qwen3-8B": "qwen3-8b",
+    "google--gemma-2b": "gemma-2b", "google--gemma-7b": "gemma-7b",
+    "google--gemma-2-9b": "gemma2-9b", "google--gemma-2-27b": "gemma2-27b",
+    "google--gemma-3-4b-pt.text_config": "gemma3-4b", "google--gemma-3-1b-pt": None,
+    "allenai--OLMo-2-1124-7B": "olmo2-7b",
+}
+WITH_PRESET = sorted(name for name, preset in REAL.items() if preset)
+# Keys that never change the numbers, or that only one of two equivalent files spells out.
+NOT_NUMERIC = {
+    "_name_or_path", "transformers_version", "architectures", "lmref_name", "dtype", "torch_dtype", "use_cache",
+    "bos_token_id", "eos_token_id", "pad_token_id", "output_attentions", "output_hidden_states",
+    # kept by transformers as attributes it never reads (see each type's IGNORED in convert/models/)
+    "use_mrope", "hidden_act", "sliding_window_size", "cache_implementation",
+}
+
+
+def published(name: str) -> dict:
+    return json.loads((DIRECTORY / f"{name}.json").read_text())
+
+
+def test_every_file_is_listed():
+    assert sorted(path.stem for path in DIRECTORY.glob("*.json")) == sorted(REAL)
+
+
+@pytest.mark.parametrize("name", WITH_PRESET)
+def test_the_published_config_is_the_preset(name):
+    assert config_from_hf(published(name), "read") == dataclasses.replace(get_preset(REAL[name]), name="read")
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_transformers_builds_the_tensors_lmref_maps(name):
+    data = published(name)
+    config = config_from_hf(data, name)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**data))
+    built = {key: tuple(p.shape) for key, p in model.named_parameters()}  # a tied head is listed once
+    assert built == expected_shapes(module_for(config).entries(config), param_shapes(config))
+    assert sum(math.prod(shape) for shape in built.values()) == param_count(config)
+
+
+def _numeric(data: dict) -> dict:
+    """The config as transformers reads it, minus NOT_NUMERIC."""
+    read = transformers.AutoConfig.for_model(**data).to_dict()
+    return {key: value for key, value in read.items() if key not in NOT_NUMERIC}
+
+
+@pytest.mark.parametrize("name", WITH_PRESET)
+def test_lmrefs_config_json_reads_in_transformers_as_the_published_one(name):
+    assert _numeric(hf_config(get_preset(REAL[name]))) == _numeric(published(name))
+
+
+def test_gemma3_1b_is_read_with_its_window_pattern_and_two_thetas():
+    c = config_from_hf(published("google--gemma-3-1b-pt"), "gemma-3-1b")
+    assert c.attn_pattern == ("sliding",) * 5 + ("global",) and c.sliding_window == 512  # sliding_window_pattern 6
+    assert (c.rope_theta, c.rope_theta_local, c.rope_scaling) == (1e6, 1e4, None)
+    assert (c.n_heads, c.n_kv_heads, c.head_dim, c.d_model, c.vocab_size) == (4, 1, 256, 1152, 262144)
+    assert (c.attn_softcap, c.final_logit_softcap, c.query_scale_dim) == (None, None, None)  # 256 = head_dim
+    assert [layer.rope.theta for layer in layer_plan(c)[4:7]] == [1e4, 1e6, 1e4]
+
+
+def test_gemmas_legacy_gelu_is_the_tanh_gelu():
+    """google/gemma-7b says hidden_act "gelu"; GemmaConfig (5.23) runs gelu_pytorch_tanh."""
+    assert published("google--gemma-7b")["hidden_act"] == "gelu"
+    assert config_from_hf(published("google--gemma-7b"), "g").activation == "gelu_tanh"
+    assert transformers.AutoConfig.for_model(**published("google--gemma-7b")).hidden_act == "gelu_pytorch_tanh"
