@@ -8,4 +8,4 @@ runs as a "custom golden store".  tests/test_verdicts_store.py checks that this 
 store.
 """
 
-MANIFEST_SHA256 = "5b24b470a490bb540d486c51bd84333b695d201429443d45fa41e658600d25e0"
+MANIFEST_SHA256 = "c976b238ade81dc030c045fc7bf62892247ff5a09352d238e3c7e57c3b6d0cae"

@@ -23,7 +23,8 @@ from lmref import impl_numpy
 import lmref.impl_numpy.alibi
 import lmref.impl_numpy.attention
 import lmref.impl_numpy.masks
-import lmref.impl_numpy.model  # noqa: F401  (impl_numpy.alibi, .attention, .masks, .model below)
+import lmref.impl_numpy.model
+import lmref.impl_numpy.norms  # noqa: F401  (impl_numpy.alibi, .attention, .masks, .model, .norms below)
 from lmref.spec.config import ModelConfig
 
 
@@ -128,6 +129,34 @@ def _window_one_too_wide(q_positions, k_positions, window):
     return impl_numpy.masks.causal(q_positions, k_positions) & (k_positions[None, :] >= q_positions[:, None] - window)
 
 
+def _window_one_too_narrow(q_positions, k_positions, window):
+    """Sliding window off by one the other way: q - W + 1 < k <= q, W - 1 keys."""
+    return impl_numpy.masks.causal(q_positions, k_positions) & (k_positions[None, :] > q_positions[:, None] - window + 1)
+
+
+def _qk_norm_skipped(config, params, prefix, x):
+    """The q/k norm left out (a port that loads q_norm / k_norm and never applies them)."""
+    return x
+
+
+def _qk_norm_per_head_for_projection(config, params, prefix, x):
+    """OLMo 2's whole-projection QK norm computed per head, the weight split by head."""
+    hd = config.head_dim
+    heads = x.reshape(*x.shape[:-1], x.shape[-1] // hd, hd)  # [B, S, heads * hd] -> [B, S, heads, hd]
+    normed = impl_numpy.norms.rms_norm(heads, config.norm_eps).reshape(x.shape)  # back to [B, S, heads * hd]
+    return normed * params[f"{prefix}.weight"]
+
+
+def _post_norm_before_sublayer(config, plan, params, name, h, compute):
+    """OLMo 2's post-sublayer norm applied to the sublayer's input (the pre-norm habit)."""
+    return compute(impl_numpy.norms.apply_norm(config, params, f"layers.{plan.index}.{name}_post_norm", h))
+
+
+def _sandwich_without_post_norms(config, plan, params, name, h, compute):
+    """Gemma 2's sandwich read as plain pre-norm: the post norms loaded and never applied."""
+    return compute(impl_numpy.norms.apply_norm(config, params, f"layers.{plan.index}.{name}_norm", h))
+
+
 def _naive_alibi_slopes(n_heads: int, max_bias: float = 8.0) -> np.ndarray:
     """2^(-8h/n) for every n: right for powers of two only."""
     return np.array([2.0 ** (-max_bias * h / n_heads) for h in range(1, n_heads + 1)])
@@ -171,6 +200,34 @@ class Control:
     what: str
 
 
+# Qwen 3, Gemma 1/2/3, OLMo 2: one control per knob they bring (issue 11).
+ISSUE_11_CONTROLS: list[Control] = [
+    Control("gemma-7b", ConfigMistake("gemma_norm_w_for_1_plus_w", norm_unit_offset=False),
+            "Gemma's RMSNorm scaled by the stored w instead of (1 + w)"),
+    Control("gemma-7b", ConfigMistake("gemma_embedding_unscaled", embedding_scale="none"),
+            "Gemma's embeddings not multiplied by sqrt(d_model)"),
+    Control("gemma2-9b", ConfigMistake("gemma2_attn_softcap_dropped", attn_softcap=None),
+            "Gemma 2 without its attention softcap (50)"),
+    Control("gemma2-9b", ConfigMistake("gemma2_final_softcap_dropped", final_logit_softcap=None),
+            "Gemma 2 without its final logit softcap (30)"),
+    Control("gemma2-27b", ConfigMistake("gemma2_query_scale_head_dim", query_scale_dim=None),
+            "Gemma 2 27B scores scaled by head_dim^-0.5 instead of query_pre_attn_scalar^-0.5"),
+    Control("gemma2-9b", PatchMistake("gemma2_post_norms_dropped", impl_numpy.model, "sublayer",
+                                      _sandwich_without_post_norms),
+            "Gemma 2's sandwich norms read as pre-norm: the post norms never applied"),
+    Control("gemma3-4b", ConfigMistake("gemma3_local_global_theta_swapped", rope_theta=10_000.0,
+                                       rope_theta_local=1_000_000.0),
+            "Gemma 3's local (1e4) and global (1e6) RoPE bases swapped"),
+    Control("qwen3-8b", PatchMistake("qwen3_qk_norm_dropped", impl_numpy.attention, "qk_norm", _qk_norm_skipped),
+            "Qwen 3 without its per-head q/k RMSNorm"),
+    Control("olmo2-7b", PatchMistake("olmo2_qk_norm_per_head", impl_numpy.attention, "qk_norm",
+                                     _qk_norm_per_head_for_projection),
+            "OLMo 2's whole-projection q/k norm computed per head"),
+    Control("olmo2-7b", PatchMistake("olmo2_post_norm_moved_before", impl_numpy.model, "sublayer",
+                                     _post_norm_before_sublayer),
+            "OLMo 2's post-sublayer norms applied before the sublayer"),
+]
+
 NEGATIVE_CONTROLS: list[Control] = [
     Control("llama3", ConfigMistake("rope_interleaved", rope_layout="interleaved"),
             "RoPE pairs (2i, 2i+1) instead of the checkpoint's rotate-half (i, i + d/2)"),
@@ -203,10 +260,14 @@ NEGATIVE_CONTROLS: list[Control] = [
     Control("mistral-7b", PatchMistake("sliding_window_off_by_one", impl_numpy.masks, "sliding",
                                        _window_one_too_wide),
             "sliding window of W + 1 keys: q - W <= k <= q"),
+    Control("mistral-7b", PatchMistake("sliding_window_too_narrow", impl_numpy.masks, "sliding",
+                                       _window_one_too_narrow),
+            "sliding window of W - 1 keys: q - W + 1 < k <= q"),
     Control("mistral-7b-v0.3", ConfigMistake("mistral_v03_theta_1e4", rope_theta=10_000.0),
             "Mistral v0.3 run with v0.1's RoPE theta 1e4 instead of 1e6"),
     Control("llama3", DecodePositionsRestart(),
             "KV-cache decode that gives every new token position 0"),
+    *ISSUE_11_CONTROLS,
 ]
 
 POSITIVE_CONTROL = Float32Golden()

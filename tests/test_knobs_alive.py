@@ -45,7 +45,8 @@ def switched_off(config: ModelConfig, field: str) -> ModelConfig:
     elif field == "norm_weight":
         changes = dict(norm_weight=True)
     elif field in ("attn_pattern", "sliding_window", "attn_chunk_size"):  # every layer global
-        changes = dict(attn_pattern=DEFAULTS["attn_pattern"], sliding_window=None, attn_chunk_size=None)
+        changes = dict(attn_pattern=DEFAULTS["attn_pattern"], sliding_window=None, attn_chunk_size=None,
+                       rope_theta_local=None)  # the local theta acts on sliding layers only
     return dataclasses.replace(config, **changes)
 
 
