@@ -141,7 +141,8 @@ def written_by(directory: Path, run_id: str | None) -> bool:
 
 def _leftover(directory: Path) -> bool:
     """Whether `directory` (named like a save in progress) holds only what a save writes."""
-    names = {CONFIG_FILE, PARAMS_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE, *TOKENIZER_FILES}
+    names = {CONFIG_FILE, PARAMS_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE, *TOKENIZER_FILES,
+             f"{STATE_FILE}.tmp"}  # _write_text_atomic's own temporary, when the kill lands inside it
     return all(p.is_file() and p.name in names for p in directory.iterdir())
 
 
