@@ -137,6 +137,12 @@ assert len(FEATURES) == len(_FEATURES), "a feature name is defined twice"
 # type, convert/features.py).  A backend declares CORE plus what it computes ahead of the
 # others: a feature lands in the golden first, then in the twins, and moves into CORE once
 # every backend has it.
+# What Gemma 1/2/3, Qwen 3 and OLMo 2 brought (issue 11); the twins' tests check each by name.
+GEMMA_QWEN3_OLMO2 = (
+    "embedding.scale", "norm.unit_offset", "block.sandwich_norm", "block.post_sublayer_norm",
+    "attn.qk_norm.per_head", "attn.qk_norm.per_projection", "attn.query_scale", "attn.softcap",
+    "rope.local_theta", "head.softcap",
+)
 CORE = (
     "positions.learned", "positions.rope", "positions.alibi", "positions.none",
     "rope.interleaved", "rope.partial", "rope.scaling.linear", "rope.scaling.llama3",
@@ -146,10 +152,7 @@ CORE = (
     "mlp.plain", "mlp.gated", "mlp.bias",
     "activation.gelu", "activation.gelu_tanh", "activation.silu", "activation.relu",
     "head.tied", "head.bias",
-    # Gemma 1/2/3, Qwen 3, OLMo 2 (issue 11)
-    "embedding.scale", "norm.unit_offset", "block.sandwich_norm", "block.post_sublayer_norm",
-    "attn.qk_norm.per_head", "attn.qk_norm.per_projection", "attn.query_scale", "attn.softcap",
-    "rope.local_theta", "head.softcap",
+    *GEMMA_QWEN3_OLMO2,
 )
 assert set(CORE) <= set(FEATURES), f"CORE names unknown features {set(CORE) - set(FEATURES)}"
 

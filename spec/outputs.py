@@ -51,16 +51,17 @@ def check_not_an_input(out: Path, inputs: Iterable[str | Path], option: str = "-
             raise OutputError(f"{option} {out}: holds the input {given}; write somewhere else")
 
 
-def _describe(entries: list[Path]) -> str:
+def describe(entries: list[Path]) -> str:
+    """The first few names of a directory's entries, as the refusals list them."""
     names = sorted(e.name + ("/" if e.is_dir() else "") for e in entries)
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
-def claim(out: str | Path, kind: str, *, inputs: Iterable[str | Path] = (), option: str = "--out") -> Path:
-    """Make `out` the output directory of a command of `kind` (see the module docstring):
-    create it or check that it is empty or already this kind's, and mark it.  Returns the path."""
+def check_output(out: str | Path, kind: str, *, inputs: Iterable[str | Path] = (), option: str = "--out") -> Path:
+    """OutputError when `claim(out, kind, inputs=inputs)` would refuse `out`; nothing is written
+    (a command checks first, does its work, and claims just before its first write)."""
     out = Path(out)
-    check_not_an_input(out, inputs, option)
+    check_not_an_input(out, [i for i in inputs if i is not None], option)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{option} {out}: is a file, not a directory")
     if out.is_dir():
@@ -69,7 +70,14 @@ def claim(out: str | Path, kind: str, *, inputs: Iterable[str | Path] = (), opti
         if entries and found != kind:
             whose = f"written by `{found}`" if found else "not written by this command"
             raise OutputError(f"{option} {out}: the directory is not empty and {whose} "
-                              f"(it holds {_describe(entries)}); give a new or empty directory")
+                              f"(it holds {describe(entries)}); give a new or empty directory")
+    return out
+
+
+def claim(out: str | Path, kind: str, *, inputs: Iterable[str | Path] = (), option: str = "--out") -> Path:
+    """Make `out` the output directory of a command of `kind` (see the module docstring):
+    create it or check that it is empty or already this kind's, and mark it.  Returns the path."""
+    out = check_output(out, kind, inputs=inputs, option=option)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text(json.dumps({"kind": kind, "written_by": f"lmref {__version__}"}) + "\n")
     return out

@@ -143,49 +143,52 @@ class DeclaredBf16OnePercentOff:
         return _one_percent_off(config, params, tokens)
 
 
-class ExitsOnBatch3:
-    """Issue 10, item 7: forward ends its process with os._exit(0) on batch-3 inputs."""
+class _MisbehavesOnBatch3:
+    """Issue 10, item 7: the golden, except that forward calls `misbehave()` on batch-3 inputs."""
+
+    dtype = "float64"
+
+    def misbehave(self) -> None:
+        raise NotImplementedError
+
+    def forward(self, config, params, tokens):
+        if tokens.shape[0] == 3:
+            self.misbehave()
+        return impl_numpy.forward(config, params, tokens)
+
+    def loss(self, config, params, tokens):
+        return impl_numpy.loss(config, params, tokens)
+
+
+class ExitsOnBatch3(_MisbehavesOnBatch3):
+    """forward ends its process with os._exit(0) on batch-3 inputs."""
 
     name = "exits-on-batch-3"
-    dtype = "float64"
 
-    def forward(self, config, params, tokens):
-        if tokens.shape[0] == 3:
-            import os
+    def misbehave(self) -> None:
+        import os
 
-            os._exit(0)
-        return impl_numpy.forward(config, params, tokens)
-
-    def loss(self, config, params, tokens):
-        return impl_numpy.loss(config, params, tokens)
+        os._exit(0)
 
 
-class HangsOnBatch3:
-    """Issue 10, item 7: forward never returns on batch-3 inputs."""
+class HangsOnBatch3(_MisbehavesOnBatch3):
+    """forward never returns on batch-3 inputs."""
 
     name = "hangs-on-batch-3"
-    dtype = "float64"
 
-    def forward(self, config, params, tokens):
-        if tokens.shape[0] == 3:
-            import time
+    def misbehave(self) -> None:
+        import time
 
-            time.sleep(3600)
-        return impl_numpy.forward(config, params, tokens)
-
-    def loss(self, config, params, tokens):
-        return impl_numpy.loss(config, params, tokens)
+        time.sleep(3600)
 
 
-class SysExitOnBatch3(ExitsOnBatch3):
+class SysExitOnBatch3(_MisbehavesOnBatch3):
     """forward raises SystemExit(0) on batch-3 inputs: an ERROR, not the end of the run."""
 
     name = "sys-exit-on-batch-3"
 
-    def forward(self, config, params, tokens):
-        if tokens.shape[0] == 3:
-            raise SystemExit(0)
-        return impl_numpy.forward(config, params, tokens)
+    def misbehave(self) -> None:
+        raise SystemExit(0)
 
 
 class CapturesLogitsOnly:

@@ -22,7 +22,7 @@ from lmref import impl_jax
 from lmref import impl_numpy
 from lmref.conformance.tolerances import DEFAULT_ROWS
 from lmref.spec.config import ModelConfig, RopeScaling
-from lmref.spec.features import required_features
+from lmref.spec.features import GEMMA_QWEN3_OLMO2, required_features
 from lmref.spec.params import init_params, param_shapes
 from lmref.spec.presets import PRESETS, tiny
 from tests.jax.common import BFLOAT16, assert_close, assert_float32_close, nmse
@@ -31,11 +31,7 @@ from tests.jax.test_grad import ATOL, RTOL, golden_slope, unit_direction
 from tests.jax.test_jit import default_xla_optimizations
 
 FLOAT64 = DEFAULT_ROWS["float64"]  # nmse 1e-24, |out - ref| <= 1e-9 + 1e-9 |ref|
-ISSUE_11 = frozenset({
-    "embedding.scale", "norm.unit_offset", "block.sandwich_norm", "block.post_sublayer_norm",
-    "attn.qk_norm.per_head", "attn.qk_norm.per_projection", "attn.query_scale", "attn.softcap",
-    "rope.local_theta", "head.softcap",
-})
+ISSUE_11 = frozenset(GEMMA_QWEN3_OLMO2)  # spec/features.py
 SEQ, PROMPT, WINDOW = 11, 3, 4  # the windows are shorter than the sequence and than the decoded part
 SLIDING = dict(attn_pattern=("sliding", "global"), sliding_window=WINDOW)
 GLOBAL_SCALING = dict(rope_scaling=RopeScaling(kind="linear", factor=4.0))

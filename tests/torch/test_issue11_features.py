@@ -29,7 +29,7 @@ from lmref.impl_torch.model import torch_name
 from lmref.spec import init_params, param_shapes, tiny
 from lmref.spec.captures import capture_names
 from lmref.spec.config import ModelConfig, RopeScaling
-from lmref.spec.features import required_features
+from lmref.spec.features import GEMMA_QWEN3_OLMO2, required_features
 from tests.torch.helpers import BFLOAT16, FLOAT16, FLOAT32, FLOAT64, assert_close, build, numpy64
 from tests.torch.test_grad import canonical_grads, directional_fd
 
@@ -108,12 +108,7 @@ def example(case: Case) -> tuple[ModelConfig, dict, np.ndarray]:
     return config, init_params(config, SEED), tokens
 
 
-# Gemma's, Qwen 3's and OLMo 2's features (issue 11; in CORE since every backend has them)
-ISSUE_11 = {
-    "embedding.scale", "norm.unit_offset", "block.sandwich_norm", "block.post_sublayer_norm",
-    "attn.qk_norm.per_head", "attn.qk_norm.per_projection", "attn.query_scale", "attn.softcap",
-    "rope.local_theta", "head.softcap",
-}
+ISSUE_11 = frozenset(GEMMA_QWEN3_OLMO2)  # spec/features.py
 
 
 def test_every_issue_11_feature_has_a_case():
