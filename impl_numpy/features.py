@@ -1,5 +1,5 @@
 """The features the float64 golden computes (names: spec/features.py)."""
 
-from lmref.spec.features import CORE, declare
+from lmref.spec.features import CORE, MOE, declare
 
-FEATURES = declare(*CORE)
+FEATURES = declare(*CORE, *MOE)

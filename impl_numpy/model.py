@@ -4,7 +4,8 @@ Each layer is built from its plan (spec/plan.py); a config that needs a feature 
 does not compute (impl_numpy/features.py) is refused with UnsupportedFeature, by name.
 
     h = embed.tokens[tokens] (* sqrt(d_model), Gemma) (+ embed.positions[p])
-    for each layer, by the plan's norm placement (spec/MATH.md, "Block"):
+    for each layer, by the plan's norm placement (spec/MATH.md, "Block"); a "moe" layer's
+    mlp is the mixture of experts (impl_numpy/moe.py):
         pre            h = h + attn(attn_norm(h));                 h = h + mlp(mlp_norm(h))
         sandwich       h = h + attn_post_norm(attn(attn_norm(h))); same for the MLP
         post_sublayer  h = h + attn_post_norm(attn(h));            same for the MLP
@@ -26,6 +27,7 @@ from lmref.impl_numpy.attention import attention
 from lmref.impl_numpy.cache import KVCache
 from lmref.impl_numpy.features import FEATURES
 from lmref.impl_numpy.mlp import mlp
+from lmref.impl_numpy.moe import load_balancing_loss, moe
 from lmref.impl_numpy.norms import apply_norm
 from lmref.spec.config import ModelConfig
 from lmref.spec.errors import InputError
@@ -65,10 +67,15 @@ def block(config: ModelConfig, plan: LayerPlan, params: dict, h: np.ndarray, pos
     a = sublayer(config, plan, params, "attn", h,
                  lambda x: attention(config, plan, params, f"{p}.attn", x, positions, cache))
     h = h + a
-    m = sublayer(config, plan, params, "mlp", h, lambda x: mlp(config, params, f"{p}.mlp", x))
+    if capture is not None:
+        capture[f"{p}.attn"] = a
+    if plan.mlp == "moe":
+        m = sublayer(config, plan, params, "mlp", h, lambda x: moe(config, params, f"{p}.mlp", x, capture, p))
+    else:
+        m = sublayer(config, plan, params, "mlp", h, lambda x: mlp(config, params, f"{p}.mlp", x))
     h = h + m
     if capture is not None:
-        capture |= {f"{p}.attn": a, f"{p}.mlp": m, f"{p}.out": h}
+        capture |= {f"{p}.mlp": m, f"{p}.out": h}
     return h
 
 
@@ -128,12 +135,19 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def loss(config: ModelConfig, params: dict, tokens: np.ndarray) -> float:
-    """Mean next-token cross-entropy: position t predicts token t + 1, over B * (S - 1) targets."""
+    """Mean next-token cross-entropy: position t predicts token t + 1, over B * (S - 1)
+    targets; plus `moe.aux_loss_coef` times the load-balancing loss over the router logits of
+    all S positions (impl_numpy/moe.py; transformers' `labels=` loss with router logits)."""
     check_supported(config, BACKEND, FEATURES)
     tokens = check_tokens(config, tokens)
     if tokens.shape[1] < 2:
         raise ValueError(f"loss needs sequences of at least 2 tokens, got {tokens.shape[1]}")
-    logp = log_softmax(forward(config, params, tokens[:, :-1]))  # [B, S-1, V]
+    captured: dict = {}
+    logp = log_softmax(forward(config, params, tokens, capture=captured)[:, :-1])  # [B, S-1, V]
     targets = tokens[:, 1:]  # [B, S-1]
     picked = np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    return float(-picked.mean())
+    total = float(-picked.mean())
+    if config.moe is not None and config.moe.aux_loss_coef > 0:
+        routers = [v for k, v in captured.items() if k.endswith(".router")]
+        total += config.moe.aux_loss_coef * load_balancing_loss(config, routers)
+    return total

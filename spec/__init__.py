@@ -9,7 +9,7 @@ from lmref.spec.captures import capture_names
 from lmref.spec.config import ConfigError, ModelConfig, MoEConfig, RopeScaling
 from lmref.spec.errors import InputError, ParamsError
 from lmref.spec.features import FEATURES, UnsupportedFeature, check_supported, required_features
-from lmref.spec.params import init_params, param_count, param_shapes
+from lmref.spec.params import active_param_count, init_params, param_count, param_shapes
 from lmref.spec.plan import LayerPlan, Mask, Rope, layer_plan
 from lmref.spec.presets import FAMILIES, PRESETS, REGISTRY, get_preset, preset_info, resolve_archs, tiny
 
@@ -17,6 +17,6 @@ __all__ = [
     "ConfigError", "InputError", "ParamsError", "UnsupportedFeature", "ModelConfig", "MoEConfig", "RopeScaling",
     "FEATURES", "check_supported", "required_features", "capture_names",
     "LayerPlan", "Mask", "Rope", "layer_plan",
-    "init_params", "param_count", "param_shapes",
+    "active_param_count", "init_params", "param_count", "param_shapes",
     "PRESETS", "REGISTRY", "FAMILIES", "get_preset", "preset_info", "resolve_archs", "tiny",
 ]

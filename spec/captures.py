@@ -5,6 +5,7 @@ order, so that a mismatch can be traced to the first component that diverges:
 
     embed              [B, S, d_model]  the embedding output (positions added where learned)
     layers.{i}.attn    [B, S, d_model]  what layer i's attention adds to the residual stream
+    layers.{i}.router  [B, S, E]        a "moe" layer's router logits, before softmax or sigmoid
     layers.{i}.mlp     [B, S, d_model]  what layer i's MLP adds
     layers.{i}.out     [B, S, d_model]  the residual stream after layer i
     final_norm         [B, S, d_model]  the final norm's output
@@ -16,11 +17,17 @@ from __future__ import annotations
 from lmref.spec.config import ModelConfig
 
 LAYER_COMPONENTS = ("attn", "mlp", "out")
+MOE_LAYER_COMPONENTS = ("attn", "router", "mlp", "out")
 
 
 def capture_names(config: ModelConfig) -> list[str]:
     """Names of the captured intermediates of `config`, in computation order."""
     names = ["embed"]
-    for i in range(config.n_layers):
-        names += [f"layers.{i}.{part}" for part in LAYER_COMPONENTS]
+    for i, kind in enumerate(config.layer_mlp_kinds):
+        names += [f"layers.{i}.{part}" for part in (MOE_LAYER_COMPONENTS if kind == "moe" else LAYER_COMPONENTS)]
     return names + ["final_norm", "logits"]
+
+
+def moe_layers(config: ModelConfig) -> list[int]:
+    """The indices of the "moe" layers, in order."""
+    return [i for i, kind in enumerate(config.layer_mlp_kinds) if kind == "moe"]

@@ -77,11 +77,15 @@ class MoEConfig:
     n_experts: int
     n_experts_per_token: int  # k of the top-k routing
     router: RouterKind = "softmax_topk"
-    d_ff: int | None = None  # expert width when it differs from the dense d_ff (Llama 4)
+    d_ff: int | None = None  # expert width when it differs from the dense d_ff (Qwen-MoE, Llama 4)
     router_scales_input: bool = False  # Llama 4: the router weight scales the expert input
     renormalize: bool = True  # Mixtral renormalises the top-k weights; Qwen1.5-MoE not
+    # Shared experts: one always-on MLP beside the routed ones, of width shared_d_ff (Qwen2-MoE's
+    # shared_expert_intermediate_size) or, when None, n_shared_experts x the expert width.
     n_shared_experts: int = 0
+    shared_d_ff: int | None = None
     shared_expert_gate: bool = False  # Qwen2-MoE: sigmoid gate on the shared expert
+    # Weight of the load-balancing loss added to the training loss (spec/MATH.md, "MoE").
     aux_loss_coef: float = 0.0
 
 
@@ -197,6 +201,18 @@ class ModelConfig:
     @property
     def layer_mlp_kinds(self) -> tuple[MlpLayerKind, ...]:
         return expand_pattern(self.mlp_pattern, self.n_layers)
+
+    @property
+    def expert_d_ff(self) -> int:
+        """A routed expert's hidden width (the dense d_ff unless `moe.d_ff` sets its own)."""
+        return self.moe.d_ff if self.moe is not None and self.moe.d_ff is not None else self.d_ff
+
+    @property
+    def shared_expert_d_ff(self) -> int:
+        """The shared expert's hidden width; 0 without one."""
+        if self.moe is None or self.moe.n_shared_experts == 0:
+            return 0
+        return self.moe.shared_d_ff or self.moe.n_shared_experts * self.expert_d_ff
 
     # --- serialisation ----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -143,6 +143,11 @@ GEMMA_QWEN3_OLMO2 = (
     "attn.qk_norm.per_head", "attn.qk_norm.per_projection", "attn.query_scale", "attn.softcap",
     "rope.local_theta", "head.softcap",
 )
+# Mixtures of experts (issue 12): routing kinds, weights, shared experts, the auxiliary loss.
+MOE = (
+    "moe.softmax_topk", "moe.sigmoid_topk", "moe.no_renormalize", "moe.scales_input", "moe.shared_expert",
+    "moe.shared_expert_gate", "moe.aux_loss",
+)
 CORE = (
     "positions.learned", "positions.rope", "positions.alibi", "positions.none",
     "rope.interleaved", "rope.partial", "rope.scaling.linear", "rope.scaling.llama3",

@@ -28,11 +28,22 @@ layers.{i}.mlp.w_gate                   [d_model, d_ff]         mlp == "gated"
 layers.{i}.mlp.w_up                     [d_model, d_ff]         always
 layers.{i}.mlp.w_down                   [d_ff, d_model]         always
 layers.{i}.mlp.b_gate | b_up | b_down   [d_ff] | [d_ff] | [d_model]  mlp_bias
+layers.{i}.mlp.router                   [d_model, E]            a "moe" layer (replaces the above)
+layers.{i}.mlp.experts.w_gate           [E, d_model, f]         a "moe" layer, mlp == "gated"
+layers.{i}.mlp.experts.w_up             [E, d_model, f]         a "moe" layer
+layers.{i}.mlp.experts.w_down           [E, f, d_model]         a "moe" layer
+layers.{i}.mlp.shared.w_gate | w_up     [d_model, f_s]          moe.n_shared_experts > 0 (w_gate: gated)
+layers.{i}.mlp.shared.w_down            [f_s, d_model]          moe.n_shared_experts > 0
+layers.{i}.mlp.shared_gate              [d_model, 1]            moe.shared_expert_gate
 layers.{i}.mlp_post_norm.weight | .bias [d_model]               norm_placement "sandwich" | "post_sublayer"
 final_norm.weight | .bias               [d_model]               norm_weight | norm_bias
 lm_head.weight                          [d_model, vocab]        not tie_embeddings
 lm_head.bias                            [vocab]                 lm_head_bias
 ======================================  ======================  =============================
+
+A "moe" layer (``mlp_pattern``) holds E = ``moe.n_experts`` routed experts of width
+f = ``config.expert_d_ff``, stacked on a leading expert axis (expert e is ``w_up[e]``), and a
+shared expert of width f_s = ``config.shared_expert_d_ff``; a "dense" layer holds the MLP above.
 
 A tied head computes ``logits = h @ embed.tokens.T``.  Where the norms of a layer sit
 (``norm_placement``): "pre" has ``attn_norm`` and ``mlp_norm``; "sandwich" (Gemma 2/3) adds
@@ -58,6 +69,7 @@ embed.tokens, embed.positions      std 0.02 (GPT-2's initializer_range: norm inp
                                    enough that the norm eps matters)
 projection weights                 std 1.0 / sqrt(d_in) (sqrt, then /): activations stay O(1), so GELU's
                                    curvature, the softmax scale and the head all matter
+                                   (experts: d_in of each expert; the router's logits are O(1))
 norm weights                       1 + uniform with std 0.1; uniform with std 0.1 when
                                    ``norm_unit_offset`` (the stored w of a (1 + w) norm)
 biases (projections, norms, head)  std 0.1
@@ -102,16 +114,31 @@ def _attn_shapes(config: ModelConfig, p: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _mlp_shapes(config: ModelConfig, p: str) -> dict[str, tuple[int, ...]]:
-    d, f = config.d_model, config.d_ff
+def _mlp_shapes(config: ModelConfig, p: str, d_ff: int | None = None, experts: tuple[int, ...] = ()
+                ) -> dict[str, tuple[int, ...]]:
+    """A feed-forward block of width `d_ff` (the dense d_ff by default); `experts` = (E,)
+    stacks E of them on a leading axis."""
+    d, f, e = config.d_model, d_ff or config.d_ff, experts
     shapes = {}
     if config.mlp == "gated":
-        shapes[f"{p}.w_gate"] = (d, f)
-    shapes |= {f"{p}.w_up": (d, f), f"{p}.w_down": (f, d)}
+        shapes[f"{p}.w_gate"] = (*e, d, f)
+    shapes |= {f"{p}.w_up": (*e, d, f), f"{p}.w_down": (*e, f, d)}
     if config.mlp_bias:
         if config.mlp == "gated":
             shapes[f"{p}.b_gate"] = (f,)
         shapes |= {f"{p}.b_up": (f,), f"{p}.b_down": (d,)}
+    return shapes
+
+
+def _moe_shapes(config: ModelConfig, p: str) -> dict[str, tuple[int, ...]]:
+    """A "moe" layer: the router, the stacked routed experts, the shared expert and its gate."""
+    m = config.moe
+    shapes = {f"{p}.router": (config.d_model, m.n_experts)}
+    shapes |= _mlp_shapes(config, f"{p}.experts", config.expert_d_ff, (m.n_experts,))
+    if m.n_shared_experts:
+        shapes |= _mlp_shapes(config, f"{p}.shared", config.shared_expert_d_ff)
+    if m.shared_expert_gate:
+        shapes[f"{p}.shared_gate"] = (config.d_model, 1)
     return shapes
 
 
@@ -126,7 +153,8 @@ def _layer_shapes(config: ModelConfig, i: int) -> dict[str, tuple[int, ...]]:
         shapes |= _norm_shapes(config, f"layers.{i}.attn_post_norm")
     if pre and not config.shared_attn_norm:
         shapes |= _norm_shapes(config, f"layers.{i}.mlp_norm")
-    shapes |= _mlp_shapes(config, f"layers.{i}.mlp")
+    moe = config.mlp_pattern[i % len(config.mlp_pattern)] == "moe"
+    shapes |= (_moe_shapes if moe else _mlp_shapes)(config, f"layers.{i}.mlp")
     if post:
         shapes |= _norm_shapes(config, f"layers.{i}.mlp_post_norm")
     return shapes
@@ -172,6 +200,18 @@ def param_count(config: ModelConfig) -> int:
     return _size(before) + whole * sum(per_layer) + sum(per_layer[:rest]) + _size(after)
 
 
+def active_param_count(config: ModelConfig) -> int:
+    """Parameters one token runs through: `param_count` less the routed experts a "moe" layer
+    does not choose for it (n_experts - n_experts_per_token of them per layer)."""
+    count = param_count(config)
+    if config.moe is None:
+        return count
+    m = config.moe
+    one_expert = _size(_mlp_shapes(config, "e", config.expert_d_ff))
+    n_moe = sum(1 for kind in config.layer_mlp_kinds if kind == "moe")
+    return count - n_moe * (m.n_experts - m.n_experts_per_token) * one_expert
+
+
 # --- deterministic init -------------------------------------------------------------------
 
 
@@ -206,7 +246,8 @@ def _std_of(config: ModelConfig, name: str, shape: tuple[int, ...]) -> tuple[flo
         return (0.0 if config.norm_unit_offset else 1.0), NORM_WEIGHT_STD
     if leaf in ("bias", "bq", "bk", "bv", "bo", "b_gate", "b_up", "b_down"):
         return 0.0, BIAS_STD
-    return 0.0, 1.0 / math.sqrt(shape[0])  # a [d_in, d_out] projection; sqrt is correctly rounded
+    # a [d_in, d_out] projection, or E of them stacked [E, d_in, d_out]; sqrt is correctly rounded
+    return 0.0, 1.0 / math.sqrt(shape[-2])
 
 
 def init_params(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:

@@ -189,6 +189,7 @@ MOE_RULES: dict[str, Rule] = {
     "router_scales_input": _bool,
     "renormalize": _bool,
     "n_shared_experts": _non_negative_int,
+    "shared_d_ff": _optional(_positive_int),
     "shared_expert_gate": _bool,
     "aux_loss_coef": _NON_NEGATIVE,
 }
@@ -318,6 +319,10 @@ def _check_moe(c: ModelConfig) -> None:
         _fail("moe.n_experts_per_token", f"needs 0 < k <= n_experts ({m.n_experts}), got {m.n_experts_per_token!r}")
     if m.shared_expert_gate and m.n_shared_experts == 0:
         _fail("moe.shared_expert_gate", "is set but only applies with n_shared_experts > 0")
+    if m.shared_d_ff is not None and m.n_shared_experts == 0:
+        _fail("moe.shared_d_ff", "is set but only applies with n_shared_experts > 0")
+    if c.mlp_bias:  # no MoE of the zoo has expert biases; a bias would be silently dropped
+        _fail("mlp_bias", "is not supported with 'moe' layers (the experts have no biases)")
 
 
 # Knobs that only mean something together with another one: set alone, they would be

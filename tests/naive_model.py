@@ -166,6 +166,40 @@ def _naive_mlp(c: ModelConfig, p: dict, P: str, y: np.ndarray) -> np.ndarray:
     return hidden @ p[f"{P}.mlp.w_down"] + (p[f"{P}.mlp.b_down"] if b else 0.0)
 
 
+def _naive_ffn(c: ModelConfig, weights: dict, y: np.ndarray) -> np.ndarray:
+    """An expert (no biases): weights holds w_up, w_down and, gated, w_gate."""
+    up = y @ weights["w_up"]
+    hidden = _naive_act(c.activation, y @ weights["w_gate"]) * up if c.mlp == "gated" else _naive_act(c.activation, up)
+    return hidden @ weights["w_down"]
+
+
+def _naive_moe(c: ModelConfig, p: dict, P: str, y: np.ndarray) -> np.ndarray:
+    """One token through a mixture of experts, written from the model cards: Mixtral's
+    softmax-then-top-k (renormalised), Qwen1.5-MoE's unrenormalised weights, Llama 4's sigmoid
+    of the top logit scaling the expert's input, a shared expert with or without its gate."""
+    m, names = c.moe, (("w_gate", "w_up", "w_down") if c.mlp == "gated" else ("w_up", "w_down"))
+    logits = [float(v) for v in y @ p[f"{P}.mlp.router"]]
+    order = sorted(range(m.n_experts), key=lambda e: (-logits[e], e))[: m.n_experts_per_token]
+    if m.router == "softmax_topk":
+        top = max(logits)
+        total = math.fsum(math.exp(z - top) for z in logits)
+        weights = [math.exp(logits[e] - top) / total for e in order]
+    else:
+        weights = [1.0 / (1.0 + math.exp(-logits[e])) for e in order]
+    if m.renormalize:
+        weights = [w / math.fsum(weights) for w in weights]
+    out = np.zeros_like(y)
+    for e, w in zip(order, weights):
+        expert = {n: p[f"{P}.mlp.experts.{n}"][e] for n in names}
+        out = out + (_naive_ffn(c, expert, w * y) if m.router_scales_input else w * _naive_ffn(c, expert, y))
+    if m.n_shared_experts:
+        shared = _naive_ffn(c, {n: p[f"{P}.mlp.shared.{n}"] for n in names}, y)
+        if m.shared_expert_gate:
+            shared = shared / (1.0 + math.exp(-float(y @ p[f"{P}.mlp.shared_gate"][:, 0])))
+        out = out + shared
+    return out
+
+
 def _wrapped(c: ModelConfig, p: dict, P: str, name: str, h: list, sublayer) -> list:
     """What sublayer `name` adds, its norms placed as c.norm_placement says."""
     x = h if c.norm_placement == "post_sublayer" else [_naive_norm(c, p, f"{P}.{name}_norm", v) for v in h]
@@ -188,7 +222,8 @@ def naive_forward(c: ModelConfig, p: dict, tokens: np.ndarray) -> np.ndarray:
             kind = c.attn_pattern[layer % len(c.attn_pattern)]
             a = _wrapped(c, p, P, "attn", h, lambda x, P=P, kind=kind: _naive_attention(c, p, P, kind, x, slopes))
             h = [v + d for v, d in zip(h, a)]
-            m = _wrapped(c, p, P, "mlp", h, lambda x, P=P: [_naive_mlp(c, p, P, v) for v in x])
+            ffn = _naive_moe if c.mlp_pattern[layer % len(c.mlp_pattern)] == "moe" else _naive_mlp
+            m = _wrapped(c, p, P, "mlp", h, lambda x, P=P, ffn=ffn: [ffn(c, p, P, v) for v in x])
             h = [v + d for v, d in zip(h, m)]
         w = p["embed.tokens"].T if c.tie_embeddings else p["lm_head.weight"]
         logits = [_naive_norm(c, p, "final_norm", v) @ w + (p["lm_head.bias"] if c.lm_head_bias else 0.0)

@@ -7,7 +7,9 @@ effective, and this test proves it.
 
 "Off" is the field's default; for the fields every config sets (position, norm, MLP kind,
 activation, norm eps) it is the neighbouring choice a port gets wrong; a layer pattern off is
-every layer global.
+every layer global, and MoE off is every layer dense.  The knobs inside the `moe` sub-config
+are tested one by one (`moe.renormalize`, `moe.shared_expert_gate`, ...); its sizes are not
+knobs, and the auxiliary loss's weight acts on the loss only: `test_the_aux_loss_is_alive`.
 """
 
 from __future__ import annotations
@@ -19,19 +21,33 @@ import pytest
 from lmref import impl_numpy
 from lmref.conformance.runner import FAIL, run_check
 from lmref.conformance.store import GoldenStore
-from lmref.spec.config import ModelConfig
+from lmref.spec.config import ModelConfig, MoEConfig
 from lmref.spec.features import LABEL_FIELDS, SIZE_FIELDS
 
 STORE = GoldenStore()
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.default is not dataclasses.MISSING}
+MOE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MoEConfig) if f.default is not dataclasses.MISSING}
+# The moe sub-config's sizes (not knobs) and its loss-only weight (tested on the loss).
+MOE_NOT_FORWARD_KNOBS = ("n_experts", "n_experts_per_token", "d_ff", "shared_d_ff", "aux_loss_coef")
 OTHER_ACTIVATION = {"gelu": "gelu_tanh", "gelu_tanh": "gelu", "silu": "gelu", "relu": "silu"}
+
+
+def _moe_knob_off(moe: MoEConfig, knob: str) -> MoEConfig:
+    changes = {knob: MOE_DEFAULTS[knob]}
+    if knob == "n_shared_experts":  # no shared expert: no width, no gate
+        changes |= dict(shared_d_ff=None, shared_expert_gate=False)
+    return dataclasses.replace(moe, **changes)
 
 
 def switched_off(config: ModelConfig, field: str) -> ModelConfig:
     """`config` with the knob `field` off (and the knobs that only act with it)."""
+    if field.startswith("moe."):
+        return dataclasses.replace(config, moe=_moe_knob_off(config.moe, field.removeprefix("moe.")))
     value = getattr(config, field)
     changes: dict = {field: DEFAULTS.get(field)}
-    if field == "position":  # positions off: no table, no rotation, no bias
+    if field in ("mlp_pattern", "moe"):  # every layer dense
+        changes = dict(mlp_pattern=DEFAULTS["mlp_pattern"], moe=None)
+    elif field == "position":  # positions off: no table, no rotation, no bias
         changes = dict(position="none", rope_scaling=None, rope_theta_local=None, alibi_max_bias=DEFAULTS["alibi_max_bias"],
                        rope_theta=DEFAULTS["rope_theta"])
     elif field == "norm":
@@ -52,9 +68,13 @@ def switched_off(config: ModelConfig, field: str) -> ModelConfig:
 
 def knobs_set(config: ModelConfig) -> list[str]:
     """The fields of `config` that are knobs (not sizes or labels) and are not at their default."""
-    return [f.name for f in dataclasses.fields(ModelConfig)
-            if f.name not in SIZE_FIELDS + LABEL_FIELDS
-            and (f.name not in DEFAULTS or getattr(config, f.name) != DEFAULTS[f.name])]
+    knobs = [f.name for f in dataclasses.fields(ModelConfig)
+             if f.name not in SIZE_FIELDS + LABEL_FIELDS
+             and (f.name not in DEFAULTS or getattr(config, f.name) != DEFAULTS[f.name])]
+    if config.moe is not None:
+        knobs += [f"moe.{name}" for name, default in MOE_DEFAULTS.items()
+                  if name not in MOE_NOT_FORWARD_KNOBS and getattr(config.moe, name) != default]
+    return knobs
 
 
 class GoldenWithKnobOff:
@@ -96,3 +116,28 @@ def test_switching_the_knob_off_changes_a_golden_output(arch, field):
 def test_every_stored_arch_has_knobs_under_test():
     assert {arch for arch, _ in KNOBS} == set(STORE.archs())
     assert ("llama3.1", "rope_scaling") in KNOBS and ("olmo", "norm_weight") in KNOBS
+    assert ("qwen1.5-moe-a2.7b", "moe.renormalize") in KNOBS and ("mixtral-8x7b", "moe") in KNOBS
+
+
+MOE_ARCHS = [arch for arch in STORE.archs() if STORE.load(arch, STORE.case_names(arch)[0]).config.moe is not None]
+
+
+class GoldenWithoutAuxLoss:
+    """The float64 golden's loss without the load-balancing term."""
+
+    dtype = "float32"
+
+    def forward(self, config, params, tokens):
+        return impl_numpy.forward(config, params, tokens)
+
+    def loss(self, config, params, tokens):
+        return impl_numpy.loss(dataclasses.replace(config, moe=_moe_knob_off(config.moe, "aux_loss_coef")), params, tokens)
+
+
+@pytest.mark.parametrize("arch", [a for a in MOE_ARCHS
+                                  if STORE.load(a, STORE.case_names(a)[0]).config.moe.aux_loss_coef > 0])
+def test_the_aux_loss_is_alive(arch):
+    """The load-balancing term moves every MoE arch's golden loss beyond the float32 loss row."""
+    verdicts = {name: run_check(STORE.load(arch, name), GoldenWithoutAuxLoss(), "loss").status
+                for name in STORE.case_names(arch)}
+    assert set(verdicts.values()) == {FAIL}, f"{arch}: the aux loss is invisible in {verdicts}"

@@ -345,7 +345,8 @@ def _layouts(draw):
         changes |= dict(rope_scaling=None) if c.position == "rope" else {}
         changes |= dict(attn_pattern=tuple("global" if k == "global_nope" else k for k in c.attn_pattern))
     if draw(st.booleans()) and changes["n_layers"] >= 2:
-        changes |= dict(mlp_pattern=("dense", "moe"), moe=MoEConfig(n_experts=4, n_experts_per_token=2))
+        changes |= dict(mlp_pattern=("dense", "moe"), moe=MoEConfig(n_experts=4, n_experts_per_token=2),
+                       mlp_bias=False)  # no MoE of the zoo has expert biases
     return dataclasses.replace(c, **changes)
 
 

@@ -16,10 +16,11 @@ import lmref.spec.presets
 from lmref.cli import main
 from lmref.impl_numpy.rope import default_inv_freq, inv_freq
 from lmref.spec import (
-    FAMILIES, PRESETS, REGISTRY, ModelConfig, RopeScaling, get_preset, layer_plan, param_count,
+    FAMILIES, PRESETS, REGISTRY, ModelConfig, MoEConfig, RopeScaling, get_preset, layer_plan, param_count,
     preset_info, resolve_archs, tiny,
 )
 from lmref.spec.presets.preset import Preset
+from lmref.spec.params import active_param_count
 
 # Parameter counts, checked by hand (no weights allocated; param_count sums the shapes):
 #
@@ -122,7 +123,45 @@ EXPECTED_COUNTS = {
     "gemma2-27b": 27_227_128_320,
     "gemma3-4b": 3_880_263_168,
     "olmo2-7b": 7_298_617_344,
+    # Mixtures of experts: the published totals (Mixtral 46.7B / 141B, DBRX 132B, Qwen1.5-MoE
+    # 14.3B, Qwen2-57B-A14B 57B, Qwen3-30B-A3B 30.5B, OLMoE 6.9B), e.g. Mixtral 8x7B:
+    #   tokens + lm_head 2*32000*4096 = 262,144,000
+    #   per layer: q, o 2*4096^2; k, v 2*4096*1024 -> 41,943,040; router 4096*8 = 32,768;
+    #              8 experts 8*3*4096*14336 = 1,409,286,144; norms 8,192 -> 1,451,270,144
+    #   32 layers 46,440,644,608; final norm 4,096; total 46,702,792,704
+    "mixtral-8x7b": 46_702_792_704,
+    "mixtral-8x22b": 140_620_634_112,
+    "dbrx": 131_596_523_520,
+    "qwen1.5-moe-a2.7b": 14_315_784_192,
+    "qwen2-57b-a14b": 57_408_658_944,
+    "qwen3-30b-a3b": 30_532_122_624,
+    "olmoe-1b-7b": 6_919_161_856,
 }
+
+# Parameters one token runs through (the published "active" figures: Mixtral 12.9B / 39B,
+# DBRX 36B, Qwen1.5-MoE 2.7B, Qwen2-57B-A14B 14B, Qwen3-30B-A3B 3.3B, OLMoE 1.3B): the total
+# less the routed experts not chosen, e.g. Mixtral 8x7B: 46,702,792,704 - 32 * 6 * 176,160,768.
+EXPECTED_ACTIVE_COUNTS = {
+    "mixtral-8x7b": 12_879_925_248,
+    "mixtral-8x22b": 39_152_031_744,
+    "dbrx": 36_469_708_800,
+    "qwen1.5-moe-a2.7b": 2_689_173_504,
+    "qwen2-57b-a14b": 14_249_270_784,
+    "qwen3-30b-a3b": 3_353_032_704,
+    "olmoe-1b-7b": 1_282_017_280,
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_ACTIVE_COUNTS))
+def test_real_size_active_parameter_count(name):
+    assert active_param_count(get_preset(name)) == EXPECTED_ACTIVE_COUNTS[name]
+    assert EXPECTED_COUNTS[name] - active_param_count(get_preset(name)) == (
+        get_preset(name).n_layers * (get_preset(name).moe.n_experts - get_preset(name).moe.n_experts_per_token)
+        * 3 * get_preset(name).d_model * get_preset(name).expert_d_ff)
+
+
+def test_a_dense_model_runs_through_every_parameter():
+    assert active_param_count(get_preset("llama3")) == EXPECTED_COUNTS["llama3"]
 
 
 def test_every_preset_has_an_expected_count():
@@ -153,6 +192,9 @@ EXPECTED_MODEL_TYPES = {
     "qwen2-7b": "qwen2", "qwen2.5-7b": "qwen2", "qwen3-8b": "qwen3", "olmo2-7b": "olmo2",
     "gemma-2b": "gemma", "gemma-7b": "gemma", "gemma2-9b": "gemma2", "gemma2-27b": "gemma2",
     "gemma3-4b": "gemma3_text",
+    "mixtral-8x7b": "mixtral", "mixtral-8x22b": "mixtral", "dbrx": "dbrx",
+    "qwen1.5-moe-a2.7b": "qwen2_moe", "qwen2-57b-a14b": "qwen2_moe", "qwen3-30b-a3b": "qwen3_moe",
+    "olmoe-1b-7b": "olmoe",
 }
 # The family modules of spec/presets/ (every module but the Preset class's own).
 FAMILY_MODULES = {m.name: importlib.import_module(f"lmref.spec.presets.{m.name}")
@@ -206,7 +248,8 @@ def test_a_preset_without_a_source_or_with_an_unknown_family_is_caught():
 # --- tiny() ---------------------------------------------------------------------------------
 
 SIZE_FIELDS = {"name", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
-               "max_seq_len", "rope_scaling", "sliding_window", "attn_chunk_size", "query_scale_dim"}
+               "max_seq_len", "rope_scaling", "sliding_window", "attn_chunk_size", "query_scale_dim", "qkv_clip",
+               "moe"}
 
 
 def _attention_kind(c: ModelConfig) -> str:
@@ -227,8 +270,12 @@ def test_tiny_keeps_every_flag(name):
         for f in dataclasses.fields(RopeScaling):
             if f.name != "original_max_seq_len":
                 assert getattr(small.rope_scaling, f.name) == getattr(base.rope_scaling, f.name), f.name
-    for knob in ("sliding_window", "attn_chunk_size", "query_scale_dim"):  # shrunk, never dropped
+    for knob in ("sliding_window", "attn_chunk_size", "query_scale_dim", "qkv_clip"):  # shrunk, never dropped
         assert (getattr(small, knob) is None) == (getattr(base, knob) is None), knob
+    if base.moe is not None:  # the experts' widths shrink; every other MoE field is kept
+        for f in dataclasses.fields(MoEConfig):
+            if f.name not in ("d_ff", "shared_d_ff"):
+                assert getattr(small.moe, f.name) == getattr(base.moe, f.name), f.name
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -239,7 +286,10 @@ def test_tiny_is_small(name):
     assert small.max_seq_len == min(base.max_seq_len, 1024)
     assert small.d_model / small.q_dim == pytest.approx(base.d_model / base.q_dim, rel=0.02)
     assert small.d_ff / small.d_model == pytest.approx(base.d_ff / base.d_model, rel=0.02)
-    assert param_count(small) < 1_000_000
+    assert small.expert_d_ff / small.d_model == pytest.approx(base.expert_d_ff / base.d_model, rel=0.05)
+    assert small.shared_expert_d_ff / small.d_model == pytest.approx(base.shared_expert_d_ff / base.d_model, rel=0.05)
+    # a MoE keeps its published expert count: up to 128 experts of the tiny width
+    assert param_count(small) < (6_000_000 if base.moe else 1_000_000)
     assert small.name == f"{name}-tiny"
 
 
@@ -297,16 +347,17 @@ def test_resolve_the_llama_family():
 
 
 def test_resolve_patterns():
-    assert resolve_archs("olmo*") == ["olmo", "olmo-alibi", "olmo2-7b"]
+    assert resolve_archs("olmo*") == ["olmo", "olmo-alibi", "olmo2-7b", "olmoe-1b-7b"]
+    assert resolve_archs("mixtral") == ["mixtral-8x7b", "mixtral-8x22b"]
     assert resolve_archs("llama3*") == ["llama3", "llama3.1"]
 
 
 def test_resolve_lists_keep_order_and_drop_repeats():
-    assert resolve_archs("gpt2, olmo*,olmo,gpt2") == ["gpt2", "olmo", "olmo-alibi", "olmo2-7b"]
+    assert resolve_archs("gpt2, olmo*,olmo,gpt2") == ["gpt2", "olmo", "olmo-alibi", "olmo2-7b", "olmoe-1b-7b"]
     assert resolve_archs("llama3.1,llama") == ["llama3.1", "llama1", "llama2", "llama2-70b", "llama3"]
 
 
-@pytest.mark.parametrize("bad", ["mixtral", "llama4*", "gpt2,nope"])
+@pytest.mark.parametrize("bad", ["mixtral-8x9b", "llama4*", "gpt2,nope"])
 def test_resolve_unknown_names_list_known_ones(bad):
     with pytest.raises(KeyError) as info:
         resolve_archs(bad)
@@ -352,5 +403,5 @@ def test_the_presets_table_of_a_selection(capsys):
     assert main(["presets", "--arch", "olmo*"]) == 0
     out = capsys.readouterr().out
     rows = [line.split()[0] for line in out.splitlines() if not line.startswith(" ")]
-    assert rows == ["preset", "olmo", "olmo-alibi", "olmo2-7b"]
+    assert rows == ["preset", "olmo", "olmo-alibi", "olmo2-7b", "olmoe-1b-7b"]
     assert _words(preset_info("olmo").source) in _words(out) and "Radford" not in out

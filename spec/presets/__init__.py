@@ -51,6 +51,9 @@ TINY_MAX_SEQ_LEN = 1024
 # that a sliding or chunked layer's mask cuts keys off in every case.
 TINY_WINDOW = 5
 TINY_CHUNK = 4
+# q, k and v have a standard deviation near 1 at the tiny size (spec/params.py's init), so a
+# clip of 8 (DBRX) would never act; 1.5 clips about one value in eight.
+TINY_QKV_CLIP = 1.5
 
 
 def get_preset(name: str) -> ModelConfig:
@@ -114,6 +117,8 @@ def _shrunk_knobs(base: ModelConfig, max_seq_len: int) -> dict:
         changes["sliding_window"] = min(base.sliding_window, TINY_WINDOW)
     if base.attn_chunk_size is not None:
         changes["attn_chunk_size"] = min(base.attn_chunk_size, TINY_CHUNK)
+    if base.qkv_clip is not None:
+        changes["qkv_clip"] = min(base.qkv_clip, TINY_QKV_CLIP)
     if base.query_scale_dim is not None:  # the ratio to head_dim is what the scale changes
         changes["query_scale_dim"] = max(1, round(base.query_scale_dim * TINY_HEAD_DIM / base.head_dim))
     return changes
@@ -140,6 +145,8 @@ def tiny(config: ModelConfig | str, **overrides) -> ModelConfig:
         n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=TINY_HEAD_DIM, d_model=d_model,
         d_ff=round(d_model * base.d_ff / base.d_model), max_seq_len=max_seq_len,
     )
-    if base.moe is not None and base.moe.d_ff is not None:
-        changes["moe"] = dataclasses.replace(base.moe, d_ff=round(d_model * base.moe.d_ff / base.d_model))
+    if base.moe is not None:  # the experts' widths keep their ratio to d_model too
+        widths = {k: round(d_model * getattr(base.moe, k) / base.d_model)
+                  for k in ("d_ff", "shared_d_ff") if getattr(base.moe, k) is not None}
+        changes["moe"] = dataclasses.replace(base.moe, **widths)
     return dataclasses.replace(base, **(changes | _shrunk_knobs(base, max_seq_len) | overrides))
