@@ -17,8 +17,11 @@ that signature and may add optional capabilities; one it lacks is reported NOT S
     loss(config, params, tokens) -> float       mean next-token cross-entropy
     capture(config, params, tokens) -> {name: array}
         named intermediates of a forward pass, names as `lmref.spec.capture_names(config)`
-        (`embed`, `layers.{i}.attn`, `layers.{i}.mlp`, `layers.{i}.out`, `final_norm`,
-        `logits`); any subset
+        (`embed`, `layers.{i}.attn`, `layers.{i}.router`, `layers.{i}.mlp`, `layers.{i}.out`,
+        `final_norm`, `logits`); any subset
+    routing(config, params, tokens) -> {"layers.{i}": int array [B, S, k]}
+        mixtures of experts: the experts each MoE layer chose for each token (any order;
+        conformance/routing.py)
     name, version                               shown in the report header
     dtype                                       float64 | float32 | bfloat16 | float16: the
                                                 tolerance row; float32 when not declared,
@@ -51,16 +54,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import lmref
 from lmref.conformance.tolerances import DTYPES
 from lmref.spec.config import ModelConfig
 
-CAPABILITIES = ("forward", "decode", "loss", "capture")
+CAPABILITIES = ("forward", "decode", "loss", "capture", "routing")
 ENV_VAR = "LMREF_IMPL"
 DEFAULT_IMPL = "numpy"
 # Built-in implementations, imported only when named (torch and JAX are optional extras).
 BUILTINS = {
-    "numpy": "lmref.conformance.adapters:NumpyAdapter",
+    "numpy": "lmref.conformance.numpy_adapter:NumpyAdapter",
     "torch": "lmref.impl_torch.adapter:TorchAdapter",
     "jax": "lmref.impl_jax.adapter:JaxAdapter",
     "hf": "lmref.convert.hf_adapter:HFAdapter",
@@ -91,37 +93,6 @@ class Output:
 
     value: np.ndarray
     dtype: str
-
-
-class NumpyAdapter:
-    """The built-in `numpy`: the float64 golden of impl_numpy, every capability.  (impl_numpy is
-    imported on first use: the suite's own process never needs it, only the adapter's worker.)"""
-
-    name = "numpy"
-    version = f"lmref {lmref.__version__} (numpy {np.__version__})"
-    dtype = "float64"
-
-    def forward(self, config, params, tokens):
-        from lmref import impl_numpy
-
-        return impl_numpy.forward(config, params, tokens)
-
-    def decode(self, config, params, tokens, prompt_len):
-        from lmref import impl_numpy
-
-        return impl_numpy.decode(config, params, tokens, prompt_len)
-
-    def loss(self, config, params, tokens):
-        from lmref import impl_numpy
-
-        return impl_numpy.loss(config, params, tokens)
-
-    def capture(self, config, params, tokens):
-        from lmref import impl_numpy
-
-        captured: dict = {}
-        impl_numpy.forward(config, params, tokens, capture=captured)
-        return captured
 
 
 # --- validating results -----------------------------------------------------------------------
@@ -313,6 +284,18 @@ class Adapter:
 
     def capture(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> dict[str, Output]:
         return validate_captures(self._call("capture", config, params, tokens), "capture")
+
+    def routing(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> dict[str, np.ndarray]:
+        """{"layers.{i}": int64 [B, S, k]} for every MoE layer (conformance/routing.py)."""
+        from lmref.conformance.routing import RoutingResultError, validate_routing
+        from lmref.spec.captures import moe_layers
+
+        value = self._call("routing", config, params, tokens)
+        try:
+            return validate_routing(value, [f"layers.{i}" for i in moe_layers(config)],
+                                    (*tokens.shape, config.moe.n_experts_per_token), config.moe.n_experts)
+        except RoutingResultError as e:
+            raise AdapterResultError(str(e)) from None
 
 
 # --- loading ------------------------------------------------------------------------------------

@@ -11,6 +11,9 @@ Every arch gets the same four cases, built from `tiny(preset)` with arch-indepen
 Rules that pick the data (flags, never preset names): an ALiBi model gets 6 heads, a
 non-power-of-two count where the slope formula has its special branch, with d_model and d_ff
 widened to keep head_dim and the d_ff / d_model ratio (MPT's 4x MLP is fixed in transformers).
+A mixture of experts gets tokens that routing cannot flip: `routed_tokens` picks each token
+so that at every MoE layer its k-th and (k+1)-th router logits are at least ROUTING_MARGIN
+apart (conformance/routing.py), and the case stores the experts chosen and the smallest gap.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmref import impl_numpy
+from lmref.conformance.routing import ROUTING_MARGIN, routing_gaps
+from lmref.impl_numpy.cache import KVCache
+from lmref.impl_numpy.moe import top_k
+from lmref.spec.captures import moe_layers
 from lmref.spec.config import ModelConfig
 from lmref.spec.params import init_params, uniform01
 from lmref.spec.presets import get_preset, tiny
@@ -78,6 +85,73 @@ def case_tokens(arch: str, spec: CaseSpec, vocab_size: int) -> np.ndarray:
     return np.floor(u * vocab_size).astype(np.int64).reshape(spec.batch, spec.seq)
 
 
+# Candidates per position, tried in blocks: the first block holding a token that clears the
+# margin gives its best token (the largest smallest-gap).  At ROUTING_MARGIN 0.1 between 4% (128
+# experts, top-8) and 60% (8 experts, top-2) of tokens qualify, so a block of 32 nearly always
+# holds one; when all of them fail, the generator says so instead of lowering the margin.
+CANDIDATES, BLOCK = 256, 32
+
+
+def _min_gap(config: ModelConfig, captured: dict) -> np.ndarray:
+    """The smallest routing gap over the MoE layers, per token: [B, S]."""
+    k = config.moe.n_experts_per_token
+    return np.min([routing_gaps(captured[f"layers.{i}.router"], k) for i in moe_layers(config)], axis=0)
+
+
+def _row_cache(cache: KVCache, row: int, copies: int) -> KVCache:
+    """A cache holding `copies` copies of batch row `row` of `cache`."""
+    take = (lambda a: None if a is None else np.repeat(a[row : row + 1], copies, axis=0))  # [copies, T, kv, hd]
+    return KVCache(keys=[take(k) for k in cache.keys], values=[take(v) for v in cache.values],
+                   positions=list(cache.positions), length=cache.length)
+
+
+def routed_tokens(arch: str, spec: CaseSpec, config: ModelConfig, params: dict) -> np.ndarray:
+    """Token ids [batch, seq] whose every token has a routing gap >= ROUTING_MARGIN at every MoE
+    layer.  The model is causal, so the tokens are chosen left to right: at each position a
+    block of candidates (a deterministic stream) runs as one batch through copies of the row's
+    KV cache, and the best candidate of the first block with one that clears the margin is kept."""
+    rows = []
+    for b in range(spec.batch):
+        cache, row = KVCache.empty(config), []
+        for t in range(spec.seq):
+            u = uniform01(spec.seed, f"tokens/{arch}/{spec.name}/{b}/{t}", CANDIDATES)
+            token, cache = _best_candidate(config, params, cache, np.floor(u * config.vocab_size).astype(np.int64))
+            if token is None:
+                raise RuntimeError(f"{arch}/{spec.name}: none of {CANDIDATES} candidate tokens at batch {b}, "
+                                   f"position {t} keeps every routing gap >= {ROUTING_MARGIN}")
+            row.append(token)
+        rows.append(row)
+    return np.array(rows, dtype=np.int64)
+
+
+def _best_candidate(config: ModelConfig, params: dict, cache: KVCache, candidates: np.ndarray
+                    ) -> tuple[int | None, KVCache]:
+    """(the chosen next token, the cache with it appended), or (None, cache) when no candidate qualifies."""
+    for start in range(0, len(candidates), BLOCK):
+        block = candidates[start : start + BLOCK, None]  # [N, 1]
+        trial = _row_cache(cache, 0, len(block)) if cache.length else KVCache.empty(config)
+        captured: dict = {}
+        impl_numpy.forward(config, params, block, cache=trial, capture=captured)
+        gaps = _min_gap(config, captured)[:, 0]  # [N]
+        if gaps.max() >= ROUTING_MARGIN:
+            best = int(np.argmax(gaps))
+            return int(block[best, 0]), _row_cache(trial, best, 1)
+    return None, cache
+
+
+def expected_routing(config: ModelConfig, captured: dict) -> dict[str, np.ndarray]:
+    """"routing.layers.{i}": the golden's k + 1 best experts per token [B, S, k + 1] (int64, best
+    first; the first k are chosen) and "routing_logits.layers.{i}": their router logits."""
+    k = min(config.moe.n_experts_per_token + 1, config.moe.n_experts)
+    out = {}
+    for i in moe_layers(config):
+        z = captured[f"layers.{i}.router"]  # [B, S, E]
+        ranked = top_k(z, k)  # [B, S, k + 1]: softmax and sigmoid keep the logits' order
+        out[f"routing.layers.{i}"] = ranked.astype(np.int64)
+        out[f"routing_logits.layers.{i}"] = np.take_along_axis(z, ranked, axis=-1)
+    return out
+
+
 @dataclass
 class ComputedCase:
     arch: str
@@ -92,14 +166,16 @@ def compute_case(arch: str, spec: CaseSpec) -> ComputedCase:
     get_preset(arch)  # a clear error for an unknown arch
     config = case_config(arch)
     params = init_params(config, spec.seed)
-    tokens = case_tokens(arch, spec, config.vocab_size)
-    capture: dict | None = {} if spec.capture else None
-    if spec.kind == "decode":
-        logits = impl_numpy.decode(config, params, tokens, spec.prompt_len)
-    else:
-        logits = impl_numpy.forward(config, params, tokens, capture=capture)
+    routed = config.moe is not None
+    tokens = routed_tokens(arch, spec, config, params) if routed else case_tokens(arch, spec, config.vocab_size)
+    captured: dict = {}
+    forward_logits = impl_numpy.forward(config, params, tokens, capture=captured)
+    logits = impl_numpy.decode(config, params, tokens, spec.prompt_len) if spec.kind == "decode" else forward_logits
     expected = {"logits": logits, "loss": np.array([impl_numpy.loss(config, params, tokens)])}  # [1]: safetensors has no 0-d
-    for name, value in (capture or {}).items():
-        expected[f"capture.{name}"] = value
+    if spec.capture:
+        expected |= {f"capture.{name}": value for name, value in captured.items()}
+    if routed:
+        expected |= expected_routing(config, captured)
+        expected["routing_min_gap"] = np.array([float(_min_gap(config, captured).min())])
     assert all(np.all(np.isfinite(v)) for v in expected.values()), f"{arch}/{spec.name}: non-finite golden"
     return ComputedCase(arch, spec, config, tokens, expected)

@@ -8,4 +8,4 @@ runs as a "custom golden store".  tests/test_verdicts_store.py checks that this 
 store.
 """
 
-MANIFEST_SHA256 = "c976b238ade81dc030c045fc7bf62892247ff5a09352d238e3c7e57c3b6d0cae"
+MANIFEST_SHA256 = "c7ad8fcfb82add5e1795ebe2eb6b6b15d8491382611d96f5ab7e3f50d5d8f865"

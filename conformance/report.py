@@ -115,10 +115,13 @@ class Report:
     def tightest_rows(self) -> dict[str, str]:
         """{arch: the tightest row every compared check of the arch meets}: "none" when one meets
         no row or could not be compared (an ERROR, an invalid result), "-" when nothing was
-        compared (every check NOT SUPPORTED or skipped)."""
+        compared (every check NOT SUPPORTED or skipped).  A passed routing check has no row: it
+        is exact (the same experts or not), so it neither lowers nor raises the arch's row."""
         found: dict[str, list] = {}
         for r in self.finished():
             rows = found.setdefault(r.arch, [])
+            if r.capability == "routing" and r.status == PASS:
+                continue
             if r.status in (PASS, FAIL, ERROR):
                 rows.append(r.metrics.get("tightest_row"))
         table = {}
@@ -149,14 +152,21 @@ class Report:
         note = self.components_note(arch) if capability == "capture" and statuses else ""
         return cell(statuses) + note
 
+    def columns(self) -> list[str]:
+        """The capabilities of the table: all, but routing only when a selected arch has a
+        mixture of experts (a dense model has nothing to route)."""
+        return [c for c in CAPABILITIES
+                if c != "routing" or any(r.capability == "routing" for r in self.finished())]
+
     def table_lines(self) -> list[str]:
         """The arch x capability table with each arch's tightest row met, a total row and a count line."""
         grid = self.grid()
         tightest = self.tightest_rows()
-        rows = [["arch", *CAPABILITIES, "tightest row"]]
-        rows += [[arch, *(self._cell(arch, c, caps[c]) for c in CAPABILITIES), tightest[arch]]
+        shown = self.columns()
+        rows = [["arch", *shown, "tightest row"]]
+        rows += [[arch, *(self._cell(arch, c, caps[c]) for c in shown), tightest[arch]]
                  for arch, caps in grid.items()]
-        totals = [sum((caps[c] for caps in grid.values()), []) for c in CAPABILITIES]
+        totals = [sum((caps[c] for caps in grid.values()), []) for c in shown]
         overall = "-" if not tightest else "none" if "none" in tightest.values() else max(
             (t for t in tightest.values() if t != "-"), key=TIGHTEST_FIRST.index, default="-")
         rows.append(["total", *(cell(t) for t in totals), overall])

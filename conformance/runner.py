@@ -38,6 +38,7 @@ from lmref.conformance.adapters import (
 from lmref.conformance.metrics import (
     Metrics, compare, compare_loss, describe, gate, gate_loss, locate_divergence, rows_met, top_k,
 )
+from lmref.conformance.routing import first_flip
 from lmref.conformance.store import GoldenCase, case_params  # noqa: F401  (case_params: re-exported)
 from lmref.conformance.tolerances import Tolerance, Tolerances
 
@@ -56,7 +57,8 @@ class CheckResult:
 
 def applies(meta: dict, capability: str) -> bool:
     """Whether a case (its case.json) has a `capability` check: forward and loss on every
-    case, decode on decode cases, capture on cases with captured intermediates."""
+    case, decode on decode cases, capture on cases with captured intermediates, routing on
+    every case of a mixture of experts."""
     if capability not in CAPABILITIES:
         raise ValueError(f"unknown capability {capability!r}; capabilities: {', '.join(CAPABILITIES)}")
     expected = meta["expected"]
@@ -65,6 +67,7 @@ def applies(meta: dict, capability: str) -> bool:
         "decode": meta["kind"] == "decode",
         "loss": bool(expected.get("loss")),
         "capture": bool(expected.get("captures")),
+        "routing": "routing" in meta,
     }[capability]
 
 
@@ -129,7 +132,7 @@ def _metrics(case: GoldenCase, row: _Row, tightest: str | None, values: dict) ->
     return {**head, **values}
 
 
-# --- the four checks ------------------------------------------------------------------------------
+# --- the checks ------------------------------------------------------------------------------
 
 
 def _check_logits(case: GoldenCase, adapter: Adapter, tolerances: Tolerances, capability: str) -> CheckResult:
@@ -199,11 +202,31 @@ def _check_capture(case: GoldenCase, adapter: Adapter, tolerances: Tolerances) -
     return CheckResult(FAIL, metrics, _failure(case, "capture", row, failed, lines))
 
 
+def _check_routing(case: GoldenCase, adapter: Adapter, tolerances: Tolerances) -> CheckResult:
+    """Every token of every MoE layer must choose the golden's experts: no tolerance applies
+    (the case keeps every routing gap >= its required margin, conformance/routing.py)."""
+    got = adapter.call_case("routing", case)
+    layers, k = case.meta["routing"]["layers"], case.meta["routing"]["k"]
+    top = {name: case.expected[f"routing.{name}"] for name in layers}
+    scores = {name: case.expected[f"routing_logits.{name}"] for name in layers}
+    tokens = len(layers) * case.tokens.size
+    found = first_flip(top, scores, got, k)
+    metrics = {"tokens_routed": tokens, "flipped": found[0] if found else 0,
+               "smallest_gap": case.meta["routing"]["smallest_gap"]}
+    if found is None:
+        return CheckResult(PASS, metrics, "")
+    flips, first = found
+    return CheckResult(FAIL, metrics, (
+        f"FAIL {case.id} routing: {flips} of {tokens} (layer, token) pairs chose other experts than the golden\n"
+        f"first: {first}"))
+
+
 _CHECKS = {
     "forward": lambda case, adapter, tol: _check_logits(case, adapter, tol, "forward"),
     "decode": lambda case, adapter, tol: _check_logits(case, adapter, tol, "decode"),
     "loss": _check_loss,
     "capture": _check_capture,
+    "routing": _check_routing,
 }
 
 

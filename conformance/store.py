@@ -264,7 +264,23 @@ def case_meta(computed) -> dict:
             "captures": [k.removeprefix("capture.") for k in computed.expected if k.startswith("capture.")],
         },
         "tolerances": {},
-    }
+    } | _routing_meta(computed)
+
+
+def _routing_meta(computed) -> dict:
+    """A MoE case's "routing" entry: its MoE layers, k, the margin the generator keeps between
+    the k-th and (k+1)-th router logits and the smallest gap in the case (conformance/routing.py)."""
+    from lmref.conformance.routing import ROUTING_MARGIN
+
+    expected = computed.expected
+    if "routing_min_gap" not in expected:
+        return {}
+    return {"routing": {
+        "layers": [k.removeprefix("routing.") for k in expected if k.startswith("routing.")],
+        "k": computed.config.moe.n_experts_per_token,
+        "required_margin": ROUTING_MARGIN,
+        "smallest_gap": float(expected["routing_min_gap"][0]),
+    }}
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -14,7 +14,6 @@ alone.  Verdicts come from `conformance.runner.run_check`; here they become pyte
 from __future__ import annotations
 
 import pytest
-
 from lmref.conformance.plugin import suite_of
 from lmref.conformance.report import PROPERTY
 from lmref.conformance.runner import ERROR, NOT_SUPPORTED, PASS, CheckResult, run_check
@@ -77,4 +76,9 @@ def test_loss(check: CheckResult) -> None:
 
 def test_capture(check: CheckResult) -> None:
     """Captured intermediates of the cases that store them; a FAIL names the first diverging one."""
+    _verdict(check)
+
+
+def test_routing(check: CheckResult) -> None:
+    """Mixtures of experts: every token of every MoE layer chooses the golden's experts."""
     _verdict(check)

@@ -127,13 +127,13 @@ def test_golden_cli_writes_one_arch_and_keeps_the_others(tmp_path, capsys):
     root = tmp_path / "g"
     assert main(["golden", "--arch", "gpt2", "--out", str(root)]) == 0
     assert main(["golden", "--arch", "olmo*", "--out", str(root)]) == 0
-    assert GoldenStore(root).archs() == ["gpt2", "olmo", "olmo-alibi", "olmo2-7b"]
+    assert GoldenStore(root).archs() == ["gpt2", "olmo", "olmo-alibi", "olmo2-7b", "olmoe-1b-7b"]
     assert main(["golden", "--check", "--arch", "gpt2,olmo*", "--out", str(root)]) == 0
 
 
 def test_golden_cli_rejects_an_unknown_arch(capsys):
-    assert main(["golden", "--arch", "mixtral", "--check"]) == 2
-    assert "unknown arch 'mixtral'" in capsys.readouterr().err
+    assert main(["golden", "--arch", "mixtral-8x9b", "--check"]) == 2
+    assert "unknown arch 'mixtral-8x9b'" in capsys.readouterr().err
 
 
 def test_regenerated_case_equals_stored_case_exactly_in_inputs(store_copy):
