@@ -64,6 +64,16 @@ class HFConfig:
             self.fail(key, value, why)
         return value
 
+    def either(self, keys: tuple[str, ...], default=None):
+        """The value of a field transformers spells several ways (a config class's
+        `attribute_map`: Qwen3-MoE's `num_experts` is saved as `num_local_experts`); the file
+        may hold any of them, and must not hold two that disagree."""
+        given = {key: self.get(key) for key in keys if key in self.data}
+        if len(set(map(repr, given.values()))) > 1:
+            key, *others = given
+            self.fail(key, given[key], "the same field as " + ", ".join(f"{k}={given[k]!r}" for k in others))
+        return next(iter(given.values()), default)
+
     def sub(self, key: str, ignored: frozenset = frozenset()) -> HFConfig:
         """A nested dict (MPT's attn_config), read with the same rules; {} when absent or null."""
         return HFConfig(self.get(key) or {}, self.where, ignored, prefix=f"{self.prefix}{key}.")
@@ -95,8 +105,9 @@ def check_expressible(config: ModelConfig, model_type: str, mapped: set[str], fi
 
     `mapped`: fields written into the HF config (besides COMMON_MAPPED).  `fixed`: fields
     whose value the HF class hard-codes.  Every other field must keep its `ModelConfig`
-    default (the knob is off); sub-configs too: `moe` must be None, since every type mapped
-    here is dense.  `rules`: (field, holds, rule) for relations between fields.
+    default (the knob is off); sub-configs too: `moe` must be None unless the type maps it
+    (a mixture of experts checks its fields with convert/moe.py `moe_rules`).  `rules`:
+    (field, holds, rule) for relations between fields.
     """
     problems = []
     for f in dataclasses.fields(ModelConfig):

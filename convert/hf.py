@@ -3,10 +3,11 @@
     config, params = from_hf("path/to/hf_model")          # config.json + *.safetensors
     to_hf(config, params, "path/to/out")                   # transformers' from_pretrained loads it
 
-Model types: one module each in convert/models/ (gemma, gemma2, gemma3_text, gpt2, llama,
-mistral, mpt, olmo, olmo2, qwen2, qwen3).  `to_hf` writes the type the config names in
-`hf_model_type` (`module_for`; None: transformers has no class for it, and the config is
-refused), and `from_hf` sets `hf_model_type` from config.json's `model_type`.
+Model types: one module each in convert/models/ (dbrx, gemma, gemma2, gemma3_text, gpt2,
+llama, mistral, mixtral, mpt, olmo, olmo2, olmoe, qwen2, qwen2_moe, qwen3, qwen3_moe).
+`to_hf` writes the type the config names in `hf_model_type` (`module_for`; None:
+transformers has no class for it, and the config is refused), and `from_hf` sets
+`hf_model_type` from config.json's `model_type`.
 Tensors keep their dtype (BF16 files come back as float32, exactly); values are only moved,
 never computed, so a round trip either way gives the same bits.
 """
@@ -21,9 +22,9 @@ import numpy as np
 from lmref.convert.errors import ConversionError
 from lmref.convert.fields import HFConfig
 from lmref.convert.layout import (
+    canonical_params,
     check_state_dict,
     expected_shapes,
-    from_hf_tensor,
     to_hf_tensor,
 )
 from lmref.convert.models import MODEL_TYPES
@@ -158,9 +159,7 @@ def params_from_hf(config: ModelConfig, model_type: str, tensors: dict[str, np.n
     table = module.entries(config)
     shapes = param_shapes(config)
     check_state_dict(expected_shapes(table, shapes), tensors, where)
-    params: dict[str, np.ndarray] = {}
-    for entry in table:
-        params |= from_hf_tensor(entry, tensors[entry.hf], shapes)
+    params = canonical_params(table, tensors, shapes)
     try:
         check_params(config, params)
     except ParamsError as e:  # a table that misses a canonical tensor: a converter bug

@@ -6,8 +6,10 @@ For every call the adapter exports the case's config and weights in float32 with
 `convert.to_hf` and loads them with `AutoModelForCausalLM.from_pretrained(...,
 attn_implementation="eager", dtype=torch.float32)`, insisting that every weight was loaded
 (from_pretrained only warns about missing keys).  Eager attention is transformers' reference
-path: the sdpa path skips some of the math (Gemma 2's softcapping).  The model runs in eval
-mode under `torch.no_grad`; decode uses transformers' own KV cache (`past_key_values`).
+path: the sdpa path skips some of the math (Gemma 2's softcapping).  A mixture of experts also
+runs its experts eagerly (`experts_implementation="eager"`: one expert at a time, a plain
+loop; the default "grouped_mm" kernel refuses float64, integrations/moe.py).  The model runs
+in eval mode under `torch.no_grad`; decode uses transformers' own KV cache (`past_key_values`).
 
 The config runs as the transformers type its `hf_model_type` names.  A config that needs a
 feature that type lacks raises `UnsupportedFeature` naming it (the type's feature set:
@@ -27,7 +29,7 @@ import transformers
 from lmref.convert.errors import ConversionError
 from lmref.convert.features import FEATURES_BY_TYPE
 from lmref.convert.hf import module_for, to_hf
-from lmref.spec.captures import capture_names
+from lmref.spec.captures import capture_names, moe_layers
 from lmref.spec.config import ModelConfig
 from lmref.spec.features import check_supported
 from transformers import AutoModelForCausalLM
@@ -40,8 +42,28 @@ def _recorder(captured: dict, name: str):
     return hook
 
 
+def _choice_recorder(chosen: dict, name: str):
+    """A forward pre-hook storing the experts a layer dispatches to as `name`: every type's
+    experts module is called as experts(hidden [T, d], top_k_index [T, k], top_k_weights)
+    (`MixtralSparseMoeBlock.forward`, `Qwen2MoeSparseMoeBlock.forward`, ..., `DbrxFFN.forward`)."""
+    def hook(module, args):
+        chosen[name] = args[1]
+    return hook
+
+
+def _hooked_run(model, hooks: list, **inputs):
+    """`model(**inputs)` under `torch.no_grad` with forward `hooks` registered, removed after."""
+    try:
+        with torch.no_grad():
+            return model(**inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 class HFAdapter:
-    """transformers' eager float32 model for each golden case (forward, decode, loss, capture)."""
+    """transformers' eager float32 model for each golden case (forward, decode, loss, capture,
+    routing)."""
 
     name = "hf"
     version = f"transformers {transformers.__version__}"
@@ -55,7 +77,8 @@ class HFAdapter:
             with tempfile.TemporaryDirectory() as tmp:
                 to_hf(config, params, tmp, dtype="float32")
                 model, info = AutoModelForCausalLM.from_pretrained(
-                    tmp, attn_implementation="eager", dtype=torch.float32, output_loading_info=True)
+                    tmp, attn_implementation="eager", dtype=torch.float32, output_loading_info=True,
+                    **({"experts_implementation": "eager"} if config.moe is not None else {}))
         except ConversionError as e:
             raise NotImplementedError(f"transformers has no model for this config: {e}") from None
         problems = {kind: sorted(keys) for kind, keys in info.items() if keys}
@@ -82,11 +105,15 @@ class HFAdapter:
 
     def loss(self, config, params, tokens):
         """transformers' `labels=` loss (`ForCausalLMLoss`): logits of position t against
-        token t + 1, cross-entropy averaged over the B * (S - 1) targets: lmref's definition."""
+        token t + 1, cross-entropy averaged over the B * (S - 1) targets: lmref's definition.
+        A mixture of experts adds `router_aux_loss_coef` times `load_balancing_loss_func` of
+        the router logits of every token, as lmref does, only when asked for the router
+        logits (`MixtralForCausalLM.forward` and its kin: `if output_router_logits:`)."""
         model = self.build_model(config, params)
         ids = torch.from_numpy(tokens)
+        routers = {"output_router_logits": True} if config.moe is not None else {}
         with torch.no_grad():
-            return model(input_ids=ids, labels=ids).loss.numpy()  # 0-d float32
+            return model(input_ids=ids, labels=ids, **routers).loss.numpy()  # 0-d float32
 
     def capture(self, config, params, tokens):
         """lmref's captured intermediates, from transformers' hidden states and forward hooks.
@@ -98,7 +125,8 @@ class HFAdapter:
         last layer's own output is not among them.  Forward hooks supply it, and each layer's
         attention and MLP outputs: the output projections (o_proj / c_proj / out_proj,
         down_proj / c_proj) produce exactly what the sublayer adds to the residual stream
-        (the dropouts after them are off in eval).
+        (the dropouts after them are off in eval); a mixture's whole block does (its routed
+        and shared experts together), and its router's first output is the logits [B*S, E].
         """
         model = self.build_model(config, params)
         modules = module_for(config).LAYER_MODULES
@@ -106,14 +134,23 @@ class HFAdapter:
         last = config.n_layers - 1
         targets = [(f"layers.{i}.{part}", modules[part].format(i=i)) for i in range(config.n_layers)
                    for part in ("attn", "mlp")] + [(f"layers.{last}.out", modules["out"].format(i=last))]
+        targets += [(f"layers.{i}.router", modules["router"].format(i=i)) for i in moe_layers(config)]
         hooks = [model.get_submodule(path).register_forward_hook(_recorder(captured, name)) for name, path in targets]
-        try:
-            with torch.no_grad():
-                out = model(input_ids=torch.from_numpy(tokens), output_hidden_states=True)
-        finally:
-            for hook in hooks:
-                hook.remove()
+        out = _hooked_run(model, hooks, input_ids=torch.from_numpy(tokens), output_hidden_states=True)
         states = out.hidden_states  # L + 1 tensors [B, S, d_model]
         captured |= {"embed": states[0], "final_norm": states[-1], "logits": out.logits}
         captured |= {f"layers.{i}.out": states[i + 1] for i in range(last)}
+        captured |= {f"layers.{i}.router": captured[f"layers.{i}.router"].reshape(*tokens.shape, -1)
+                     for i in moe_layers(config)}  # [B * S, E] -> [B, S, E]
         return {name: captured[name].numpy() for name in capture_names(config)}
+
+    def routing(self, config, params, tokens):
+        """{"layers.{i}": the experts [B, S, k] each token of every mixture layer is sent to},
+        as transformers dispatches them (the `top_k_index` its experts module is called with)."""
+        model = self.build_model(config, params)
+        modules = module_for(config).LAYER_MODULES
+        chosen: dict = {}
+        hooks = [model.get_submodule(modules["experts"].format(i=i)).register_forward_pre_hook(
+            _choice_recorder(chosen, f"layers.{i}")) for i in moe_layers(config)]
+        _hooked_run(model, hooks, input_ids=torch.from_numpy(tokens))
+        return {name: index.reshape(*tokens.shape, -1).numpy() for name, index in chosen.items()}  # [B, S, k]

@@ -14,8 +14,17 @@ An entry says how one HF tensor is built from canonical tensors (spec/params.py)
   perm     an optional reordering of the concatenated canonical columns (a RoPE layout
            change, see convert/models/llama.py).
 
-The inverse undoes the steps in reverse: transpose, undo the permutation, split at the
-sources' widths.  Nothing is computed, values only move, so both directions are exact.
+Mixtures of experts hold E experts stacked on a leading axis (`layers.{i}.mlp.experts.w_up`
+[E, d, f]); checkpoints store them one tensor per expert or all in one:
+
+  expert   the HF tensor is expert `expert` of the stacked sources (Mixtral's
+           `experts.{e}.w1`, Qwen-MoE's `experts.{e}.gate_proj`): index it first.
+  flatten  the HF tensor is every expert at once, [E, r, c] (after the transpose, which
+           swaps the last two axes) stored as [E * r, c] (DBRX's `experts.mlp.w1`).
+
+The inverse undoes the steps in reverse: unflatten, transpose, undo the permutation, split at
+the sources' widths, and stack the experts (`canonical_params`).  Nothing is computed, values
+only move, so both directions are exact.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ class Entry:
     sources: tuple[str, ...]
     linear: bool = False
     perm: tuple[int, ...] | None = None
+    expert: int | None = None
+    flatten: bool = False
 
 
 def same(hf: str, source: str) -> Entry:
@@ -47,12 +58,19 @@ def linear(hf: str, source: str, perm: tuple[int, ...] | None = None) -> Entry:
     return Entry(hf, (source,), linear=True, perm=perm)
 
 
+def expert_linear(hf: str, source: str, expert: int) -> Entry:
+    """An `nn.Linear` weight of one expert: the transpose of `source[expert]`."""
+    return Entry(hf, (source,), linear=True, expert=expert)
+
+
 def hf_shape(entry: Entry, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
     """The HF tensor's shape, from the canonical shapes (nothing is allocated)."""
-    first = shapes[entry.sources[0]]
+    first = shapes[entry.sources[0]][0 if entry.expert is None else 1 :]
     width = sum(shapes[s][-1] for s in entry.sources)
     shape = (*first[:-1], width)
-    return shape[::-1] if entry.linear and len(shape) == 2 else shape
+    if entry.linear:
+        shape = (*shape[:-2], shape[-1], shape[-2])
+    return (shape[0] * shape[1], shape[2]) if entry.flatten else shape
 
 
 def expected_shapes(entries: list[Entry], shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
@@ -62,22 +80,45 @@ def expected_shapes(entries: list[Entry], shapes: dict[str, tuple[int, ...]]) ->
 
 def to_hf_tensor(entry: Entry, params: dict[str, np.ndarray]) -> np.ndarray:
     """Build one HF tensor from the canonical params (a fresh C-contiguous array)."""
-    x = np.concatenate([params[s] for s in entry.sources], axis=-1)  # [..., sum of widths]
+    parts = [params[s] if entry.expert is None else params[s][entry.expert] for s in entry.sources]
+    x = np.concatenate(parts, axis=-1)  # [..., sum of widths]
     if entry.perm is not None:
         x = x[..., list(entry.perm)]
-    if entry.linear and x.ndim == 2:
-        x = x.T  # canonical [d_in, d_out] -> nn.Linear [d_out, d_in]
+    if entry.linear:
+        x = np.swapaxes(x, -1, -2)  # canonical [..., d_in, d_out] -> nn.Linear [..., d_out, d_in]
+    if entry.flatten:
+        x = x.reshape(-1, x.shape[-1])  # [E, r, c] -> [E * r, c]
     return np.ascontiguousarray(x)
 
 
 def from_hf_tensor(entry: Entry, tensor: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    """Split one HF tensor back into its canonical tensors (fresh C-contiguous arrays)."""
-    x = tensor.T if entry.linear and tensor.ndim == 2 else tensor  # nn.Linear [d_out, d_in] -> [d_in, d_out]
+    """Split one HF tensor back into its canonical tensors (fresh C-contiguous arrays; one
+    expert's slice of them for an `expert` entry)."""
+    x = tensor
+    if entry.flatten:
+        x = x.reshape(shapes[entry.sources[0]][0], -1, x.shape[-1])  # [E * r, c] -> [E, r, c]
+    if entry.linear:
+        x = np.swapaxes(x, -1, -2)  # nn.Linear [..., d_out, d_in] -> [..., d_in, d_out]
     if entry.perm is not None:
         x = x[..., np.argsort(entry.perm)]  # the inverse permutation
     widths = [shapes[s][-1] for s in entry.sources]
     pieces = np.split(x, np.cumsum(widths)[:-1], axis=-1)  # [..., w_0], [..., w_1], ...
     return {s: np.ascontiguousarray(p) for s, p in zip(entry.sources, pieces, strict=True)}
+
+
+def canonical_params(table: list[Entry], tensors: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]
+                     ) -> dict[str, np.ndarray]:
+    """The canonical tensors of a whole table: each entry split back, experts stacked in order."""
+    params: dict[str, np.ndarray] = {}
+    experts: dict[str, dict[int, np.ndarray]] = {}
+    for entry in table:
+        pieces = from_hf_tensor(entry, tensors[entry.hf], shapes)
+        if entry.expert is None:
+            params |= pieces
+        else:
+            for name, piece in pieces.items():
+                experts.setdefault(name, {})[entry.expert] = piece
+    return params | {name: np.stack([by[e] for e in sorted(by)]) for name, by in experts.items()}
 
 
 def check_state_dict(expected: dict[str, tuple[int, ...]], tensors: dict[str, np.ndarray], where: str) -> None:

@@ -22,15 +22,17 @@ SUPPORTED = ("default", "linear", "llama3")  # the rope types lmref implements
 ROPE_FEATURES = ("positions.rope", "rope.interleaved", "rope.scaling.linear", "rope.scaling.llama3")
 
 
-def rope_from_hf(cfg: HFConfig, max_seq_len: int) -> tuple[float, RopeScaling | None]:
-    """(rope_theta, rope_scaling) of a llama-style config.json.
+def rope_from_hf(cfg: HFConfig, max_seq_len: int, default_theta: float = DEFAULT_THETA
+                 ) -> tuple[float, RopeScaling | None]:
+    """(rope_theta, rope_scaling) of a llama-style config.json; `default_theta` when it gives
+    none (the class's `default_theta`: 1e6 for MixtralConfig).
 
     A config may hold both dicts (`lmref convert --to-hf` writes both, for transformers 4.x
     and 5.x).  Each is read on its own; when they say different things, transformers 4.x and
     5.x may run different models from one file, so the conversion is refused.
     """
     legacy, current = cfg.get("rope_scaling"), cfg.get("rope_parameters")
-    theta = cfg.get("rope_theta", DEFAULT_THETA)
+    theta = cfg.get("rope_theta", default_theta)
     read = [(key, rope_of_dict(cfg, key, params, max_seq_len, theta))
             for key, params in (("rope_parameters", current), ("rope_scaling", legacy)) if params]
     if not read:

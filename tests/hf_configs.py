@@ -4,12 +4,16 @@ config, variants that switch on what the presets leave off, and interleaved-RoPE
 model, compared by its logits rather than by equality).
 
 tests/test_hf_convert.py round-trips them without transformers; tests/test_hf_float64.py runs
-their exports in transformers.
+their exports in transformers.  `tokens_for` gives the tokens a float32 run of one of them
+takes: a mixture of experts needs tokens whose expert choices float32 cannot flip.
 """
 
 from __future__ import annotations
 
-from lmref.conformance.cases import case_config
+import dataclasses
+
+import numpy as np
+from lmref.conformance.cases import CaseSpec, case_config, routed_tokens
 from lmref.spec import PRESETS, RopeScaling, tiny
 
 SUPPORTED_ARCHS = [name for name, config in PRESETS.items() if config.hf_model_type is not None]
@@ -39,6 +43,36 @@ VARIANTS = {
         kind="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=32)),
     "gemma3-no-sliding-layer": tiny("gemma3-4b", attn_pattern=("global",), sliding_window=None, rope_theta_local=None),
 }
+
+
+def moe_variant(preset: str, moe: dict, **changes):
+    """tiny(preset) with `changes` and its MoEConfig's fields replaced by `moe`."""
+    base = tiny(preset)
+    return tiny(preset, moe=dataclasses.replace(base.moe, **moe), **changes)
+
+
+# Mixtures of experts: what their presets leave off (windows, dense layers, top-1, biases,
+# renormalising or not, an active clip, an expert width equal to the dense one).
+MOE_VARIANTS = {
+    "mixtral-window-tied-top1-linear-rope": moe_variant(
+        "mixtral-8x7b", dict(n_experts=4, n_experts_per_token=1), attn_pattern=("sliding",), sliding_window=4,
+        tie_embeddings=True, rope_scaling=LINEAR_2),
+    # Qwen2-MoE's own rules: even layers below max_window_layers slide; layer 0 dense (mlp_only_layers)
+    "qwen2-moe-dense-first-sliding-even-renormalized": moe_variant(
+        "qwen1.5-moe-a2.7b", dict(renormalize=True, shared_d_ff=None), mlp_pattern=("dense", "moe"),
+        attn_pattern=("sliding", "global"), sliding_window=4),
+    "qwen2-moe-all-sliding-no-qkv-bias": moe_variant(
+        "qwen2-57b-a14b", dict(n_experts=8, n_experts_per_token=3, aux_loss_coef=0.5), attn_pattern=("sliding",),
+        sliding_window=4, qkv_bias=False),
+    "qwen3-moe-sliding-biases-dense-first": moe_variant(
+        "qwen3-30b-a3b", dict(renormalize=False, d_ff=None), mlp_pattern=("dense", "moe"), attn_pattern=("sliding",),
+        sliding_window=4, qkv_bias=True, attn_out_bias=True),
+    "olmoe-gqa-biases-renormalized-tied": moe_variant(
+        "olmoe-1b-7b", dict(renormalize=True), n_kv_heads=2, qkv_bias=True, attn_out_bias=True, tie_embeddings=True),
+    "dbrx-clip-0.5-no-renormalize-gelu": moe_variant(
+        "dbrx", dict(renormalize=False), qkv_clip=0.5, activation="gelu_tanh"),
+}
+VARIANTS |= MOE_VARIANTS
 CONFIGS = {arch: case_config(arch) for arch in SUPPORTED_ARCHS} | VARIANTS
 
 INTERLEAVED = {
@@ -47,4 +81,17 @@ INTERLEAVED = {
     "qwen3-interleaved": tiny("qwen3-8b", rope_layout="interleaved"),
     "olmo2-interleaved-gqa": tiny("olmo2-7b", rope_layout="interleaved", n_kv_heads=2),
     "gemma3-interleaved": tiny("gemma3-4b", rope_layout="interleaved"),
+    # the fused q | k | v: q's and k's columns permuted in place, v's unmoved
+    "dbrx-interleaved": tiny("dbrx", rope_layout="interleaved"),
+    "olmoe-interleaved-gqa": tiny("olmoe-1b-7b", rope_layout="interleaved", n_kv_heads=2),
+    "qwen3-moe-interleaved": tiny("qwen3-30b-a3b", rope_layout="interleaved"),
 }
+
+
+def tokens_for(key: str, config, params: dict, seq: int) -> np.ndarray:
+    """Token ids [2, seq]: random, or for a mixture of experts the golden's `routed_tokens`,
+    whose k-th and (k+1)-th router logits are ROUTING_MARGIN apart at every layer, so that a
+    float32 model chooses the golden's experts (one flip moves a token's output by O(1))."""
+    if config.moe is None:
+        return np.random.default_rng(0).integers(0, config.vocab_size, size=(2, seq))
+    return routed_tokens(key, CaseSpec(f"tokens-{seq}", "prefill", 2, seq, seed=0), config, params)

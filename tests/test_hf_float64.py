@@ -48,18 +48,19 @@ class Float64Mode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def transformers_float64_logits(directory, tokens: np.ndarray) -> np.ndarray:
-    """The logits of transformers' eager model of `directory`, built and run in float64
-    (the default dtype too, so that buffers made from Python floats, such as Gemma's
-    sqrt(d_model) embedding scale, are float64)."""
+def transformers_float64(directory, tokens: np.ndarray, **inputs):
+    """The output of transformers' eager model of `directory` on `tokens`, built and run in
+    float64 (the default dtype too, so that buffers made from Python floats, such as Gemma's
+    sqrt(d_model) embedding scale, are float64).  Experts run eagerly too: the default
+    "grouped_mm" kernel refuses float64 (dense types ignore the option)."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
         with Float64Mode():
             model = transformers.AutoModelForCausalLM.from_pretrained(
-                directory, attn_implementation="eager", dtype=torch.float64).eval()
+                directory, attn_implementation="eager", experts_implementation="eager", dtype=torch.float64).eval()
             with torch.no_grad():
-                return model(input_ids=torch.from_numpy(tokens)).logits.numpy()
+                return model(input_ids=torch.from_numpy(tokens), **inputs)
     finally:
         torch.set_default_dtype(previous)
 
@@ -71,7 +72,7 @@ def test_transformers_runs_the_export_with_the_goldens_float64_logits(key, tmp_p
     to_hf(config, params, tmp_path)
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, size=(2, 160))  # > 2x llama3 scalings' contexts
     golden = impl_numpy.forward(config, params, tokens)
-    assert gate(compare(transformers_float64_logits(tmp_path, tokens), golden, F64), F64) == [], key
+    assert gate(compare(transformers_float64(tmp_path, tokens).logits.numpy(), golden, F64), F64) == [], key
 
 
 def test_without_the_mode_transformers_float64_is_float32_precise(tmp_path):

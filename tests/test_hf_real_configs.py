@@ -3,11 +3,15 @@ is downloaded or allocated).
 
 tests/hf_real_configs/ holds the config.json of released checkpoints, written from the
 files on the Hugging Face Hub with their own keys and values (legacy ones included: Gemma's
-hidden_act "gelu", Gemma 2's sliding_window_size, Qwen2.5's use_mrope); a file is named after
+hidden_act "gelu", Gemma 2's sliding_window_size, Qwen2.5's use_mrope; the mixtures' files,
+Mixtral to OLMoE, were written from memory of the Hub's, not fetched); a file is named after
 its repository, "/" as "--", and gemma-3-4b-pt's is its text_config, which holds the text
 model.  lmref reads each as the preset it is the source of; transformers builds each (on the
-meta device) with exactly the tensors, shapes and parameter count lmref's converter maps;
-and the config.json lmref writes for a preset reads in transformers as the published one.
+meta device) with exactly the tensors, shapes and parameter count lmref's converter maps
+(under the names `save_pretrained` writes: the Hub's, one tensor per expert for the mixtures
+that 5.x fuses in memory); and the config.json lmref writes for a preset reads in transformers
+as the published one (DBRX's excepted: transformers 5.23 reads the Hub's file with RoPE theta
+10000, test_dbrx_hub_config_runs_theta_10000_in_transformers_5).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from lmref.convert import config_from_hf  # noqa: E402
 from lmref.convert.hf import hf_config, module_for  # noqa: E402
 from lmref.convert.layout import expected_shapes  # noqa: E402
 from lmref.spec import get_preset, layer_plan, param_count, param_shapes  # noqa: E402
+from transformers.core_model_loading import revert_weight_conversion  # noqa: E402
 
 DIRECTORY = Path(__file__).parent / "hf_real_configs"
 # file -> the preset whose source it is (None: a checkpoint no preset holds)
@@ -35,6 +40,10 @@ REAL = {
     "google--gemma-2-9b": "gemma2-9b", "google--gemma-2-27b": "gemma2-27b",
     "google--gemma-3-4b-pt.text_config": "gemma3-4b", "google--gemma-3-1b-pt": None,
     "allenai--OLMo-2-1124-7B": "olmo2-7b",
+    "mistralai--Mixtral-8x7B-v0.1": "mixtral-8x7b", "mistralai--Mixtral-8x22B-v0.1": "mixtral-8x22b",
+    "databricks--dbrx-base": "dbrx", "Qwen--Qwen1.5-MoE-A2.7B": "qwen1.5-moe-a2.7b",
+    "Qwen--Qwen2-57B-A14B": "qwen2-57b-a14b", "Qwen--Qwen3-30B-A3B": "qwen3-30b-a3b",
+    "allenai--OLMoE-1B-7B-0924": "olmoe-1b-7b",
 }
 WITH_PRESET = sorted(name for name, preset in REAL.items() if preset)
 # Keys that never change the numbers, or that only one of two equivalent files spells out.
@@ -43,6 +52,11 @@ NOT_NUMERIC = {
     "bos_token_id", "eos_token_id", "pad_token_id", "output_attentions", "output_hidden_states",
     # kept by transformers as attributes it never reads (see each type's IGNORED in convert/models/)
     "use_mrope", "hidden_act", "sliding_window_size", "cache_implementation",
+    # Qwen's max_window_layers only derives layer_types (compared) in 5.x, and Qwen3-MoE never reads it
+    "max_window_layers",
+    "model_type",  # DBRX's sub-configs say "" (their class's base_config_key names them)
+    "auto_map",  # DBRX's pointers to Databricks' remote code, which transformers' own class replaces
+    "moe_jitter_eps",  # DBRX's router jitter, applied in training only
 }
 
 
@@ -65,20 +79,40 @@ def test_transformers_builds_the_tensors_lmref_maps(name):
     config = config_from_hf(data, name)
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**data))
-    built = {key: tuple(p.shape) for key, p in model.named_parameters()}  # a tied head is listed once
+    # a tied head is listed once; 5.x's fused experts are split back as save_pretrained does
+    built = {key: tuple(p.shape) for key, p in revert_weight_conversion(model, dict(model.named_parameters())).items()}
     assert built == expected_shapes(module_for(config).entries(config), param_shapes(config))
     assert sum(math.prod(shape) for shape in built.values()) == param_count(config)
 
 
 def _numeric(data: dict) -> dict:
-    """The config as transformers reads it, minus NOT_NUMERIC."""
+    """The config as transformers reads it, minus NOT_NUMERIC (in DBRX's sub-configs too)."""
     read = transformers.AutoConfig.for_model(**data).to_dict()
-    return {key: value for key, value in read.items() if key not in NOT_NUMERIC}
+    return _without_not_numeric(read)
 
 
-@pytest.mark.parametrize("name", WITH_PRESET)
+def _without_not_numeric(data: dict) -> dict:
+    return {key: _without_not_numeric(value) if isinstance(value, dict) else value
+            for key, value in data.items() if key not in NOT_NUMERIC}
+
+
+@pytest.mark.parametrize("name", sorted(set(WITH_PRESET) - {"databricks--dbrx-base"}))
 def test_lmrefs_config_json_reads_in_transformers_as_the_published_one(name):
     assert _numeric(hf_config(get_preset(REAL[name]))) == _numeric(published(name))
+
+
+def test_dbrx_hub_config_runs_theta_10000_in_transformers_5():
+    """databricks/dbrx-base gives its theta as attn_config.rope_theta (5e5), which Databricks'
+    code and transformers 4.x rotate with; 5.23's DbrxRotaryEmbedding reads rope_parameters,
+    absent there, so 10000.  lmref reads 5e5 and writes both: transformers 5.23 reads lmref's
+    file as the Hub's but for that theta (and the Hub's copy of moe_loss_weight in
+    router_aux_loss_coef, which DbrxForCausalLM never reads)."""
+    ours, hub = _numeric(hf_config(get_preset("dbrx"))), _numeric(published("databricks--dbrx-base"))
+    assert hub.pop("router_aux_loss_coef") == ours["ffn_config"]["moe_loss_weight"] == 0.05
+    assert hub["attn_config"]["rope_theta"] == ours["attn_config"]["rope_theta"] == 500_000
+    assert (hub.pop("rope_parameters"), ours.pop("rope_parameters")) == (
+        {"rope_theta": 10_000.0, "rope_type": "default"}, {"rope_theta": 500_000.0, "rope_type": "default"})
+    assert ours == hub
 
 
 def test_gemma3_1b_is_read_with_its_window_pattern_and_two_thetas():

@@ -2,7 +2,8 @@
 adding its module.  Each module says how its config.json maps to a ModelConfig
 (`config_from_hf`, `config_to_hf`), which tensors its state dict holds (`entries`, see
 convert/layout.py), which features its class expresses (`FEATURES`) and where its layers'
-outputs are (`LAYER_MODULES`, for `--impl hf` capture).
+outputs are (`LAYER_MODULES`, for `--impl hf` capture; a mixture of experts' router and
+experts too, for its routing).
 """
 
 from __future__ import annotations

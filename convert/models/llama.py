@@ -17,6 +17,7 @@ from lmref.convert.fields import (
 )
 from lmref.convert.layout import Entry, linear, same
 from lmref.convert.rope import (
+    DEFAULT_THETA,
     ROPE_FEATURES,
     rope_columns_permutation,
     rope_from_hf,
@@ -72,9 +73,10 @@ def shape_fields(cfg: HFConfig, name: str, model_type: str, defaults: dict) -> d
 
 
 def llama_style_fields(cfg: HFConfig, name: str, model_type: str, defaults: dict) -> dict:
-    """`shape_fields` and the one RoPE of every layer (convert/rope.py)."""
+    """`shape_fields` and the one RoPE of every layer (convert/rope.py; `defaults` may give
+    the class's own default theta as "rope_theta")."""
     fields = shape_fields(cfg, name, model_type, defaults)
-    theta, scaling = rope_from_hf(cfg, fields["max_seq_len"])
+    theta, scaling = rope_from_hf(cfg, fields["max_seq_len"], defaults.get("rope_theta", DEFAULT_THETA))
     return fields | dict(position="rope", rope_theta=theta, rope_scaling=scaling)
 
 
@@ -149,29 +151,39 @@ def attention_bias_rule(c: ModelConfig) -> tuple[str, bool, str]:
 
 def attention_mlp_entries(c: ModelConfig, i: int) -> list[Entry]:
     """Layer i's attention and MLP tensors, shared by llama and olmo (same module names)."""
-    h, p = f"model.layers.{i}", f"layers.{i}"
+    return attention_entries(c, i) + mlp_entries(c, i)
+
+
+def attention_entries(c: ModelConfig, i: int) -> list[Entry]:
+    """Layer i's `self_attn` tensors (the llama-style types and their mixtures of experts)."""
+    h, p = f"model.layers.{i}.self_attn", f"layers.{i}.attn"
     q_perm = rope_columns_permutation(c.n_heads, c.head_dim, c.rope_layout)
     k_perm = rope_columns_permutation(c.n_kv_heads, c.head_dim, c.rope_layout)
     # Every weight here is an nn.Linear [d_out, d_in]: `linear` stores the transpose of
     # lmref's [d_in, d_out].  q and k also get the RoPE layout permutation (None for halves).
     table = [
-        linear(f"{h}.self_attn.q_proj.weight", f"{p}.attn.wq", perm=q_perm),
-        linear(f"{h}.self_attn.k_proj.weight", f"{p}.attn.wk", perm=k_perm),
-        linear(f"{h}.self_attn.v_proj.weight", f"{p}.attn.wv"),
-        linear(f"{h}.self_attn.o_proj.weight", f"{p}.attn.wo"),
-        linear(f"{h}.mlp.gate_proj.weight", f"{p}.mlp.w_gate"),
-        linear(f"{h}.mlp.up_proj.weight", f"{p}.mlp.w_up"),
-        linear(f"{h}.mlp.down_proj.weight", f"{p}.mlp.w_down"),
+        linear(f"{h}.q_proj.weight", f"{p}.wq", perm=q_perm),
+        linear(f"{h}.k_proj.weight", f"{p}.wk", perm=k_perm),
+        linear(f"{h}.v_proj.weight", f"{p}.wv"),
+        linear(f"{h}.o_proj.weight", f"{p}.wo"),
     ]
     if c.qkv_bias:  # the q and k biases are rotated with their projections: same permutation
-        table += [Entry(f"{h}.self_attn.q_proj.bias", (f"{p}.attn.bq",), perm=q_perm),
-                  Entry(f"{h}.self_attn.k_proj.bias", (f"{p}.attn.bk",), perm=k_perm),
-                  same(f"{h}.self_attn.v_proj.bias", f"{p}.attn.bv")]
+        table += [Entry(f"{h}.q_proj.bias", (f"{p}.bq",), perm=q_perm),
+                  Entry(f"{h}.k_proj.bias", (f"{p}.bk",), perm=k_perm),
+                  same(f"{h}.v_proj.bias", f"{p}.bv")]
     if c.attn_out_bias:  # with qkv_bias in llama and olmo (attention_bias); never in qwen2
-        table.append(same(f"{h}.self_attn.o_proj.bias", f"{p}.attn.bo"))
+        table.append(same(f"{h}.o_proj.bias", f"{p}.bo"))
+    return table
+
+
+def mlp_entries(c: ModelConfig, i: int) -> list[Entry]:
+    """Layer i's dense `mlp` tensors (nn.Linear weights, transposed)."""
+    h, p = f"model.layers.{i}.mlp", f"layers.{i}.mlp"
+    table = [linear(f"{h}.gate_proj.weight", f"{p}.w_gate"), linear(f"{h}.up_proj.weight", f"{p}.w_up"),
+             linear(f"{h}.down_proj.weight", f"{p}.w_down")]
     if c.mlp_bias:
-        table += [same(f"{h}.mlp.gate_proj.bias", f"{p}.mlp.b_gate"), same(f"{h}.mlp.up_proj.bias", f"{p}.mlp.b_up"),
-                  same(f"{h}.mlp.down_proj.bias", f"{p}.mlp.b_down")]
+        table += [same(f"{h}.gate_proj.bias", f"{p}.b_gate"), same(f"{h}.up_proj.bias", f"{p}.b_up"),
+                  same(f"{h}.down_proj.bias", f"{p}.b_down")]
     return table
 
 
