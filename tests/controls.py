@@ -12,11 +12,6 @@ Usable from the command line as well, e.g.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-
 import numpy as np
 
 from lmref import impl_numpy
@@ -25,84 +20,8 @@ import lmref.impl_numpy.attention
 import lmref.impl_numpy.masks
 import lmref.impl_numpy.model
 import lmref.impl_numpy.norms  # noqa: F401  (impl_numpy.alibi, .attention, .masks, .model, .norms below)
-from lmref.spec.config import ModelConfig
-
-
-def _float32(params: dict) -> dict:
-    return {k: np.asarray(v, dtype=np.float32) for k, v in params.items()}
-
-
-class Float32Golden:
-    """The golden run in float32: a correct float32 implementation (the positive control).
-
-    Subclasses change one thing: `adjust` edits the config the math sees, `patches` swaps
-    functions of impl_numpy for the duration of a call.
-    """
-
-    name = "numpy-float32"
-    version = "control"
-    dtype = "float32"
-
-    def adjust(self, config: ModelConfig) -> ModelConfig:
-        return config
-
-    def patches(self) -> dict[tuple[object, str], Callable]:
-        return {}
-
-    @contextlib.contextmanager
-    def _patched(self) -> Iterator[None]:
-        saved = {target: getattr(*target) for target in self.patches()}
-        try:
-            for (module, attr), replacement in self.patches().items():
-                setattr(module, attr, replacement)
-            yield
-        finally:
-            for (module, attr), original in saved.items():
-                setattr(module, attr, original)
-
-    def forward(self, config, params, tokens):
-        with self._patched():
-            return impl_numpy.forward(self.adjust(config), _float32(params), tokens)
-
-    def decode(self, config, params, tokens, prompt_len):
-        with self._patched():
-            return impl_numpy.decode(self.adjust(config), _float32(params), tokens, prompt_len)
-
-    def loss(self, config, params, tokens):
-        with self._patched():
-            return impl_numpy.loss(self.adjust(config), _float32(params), tokens)
-
-    def capture(self, config, params, tokens):
-        captured: dict = {}
-        with self._patched():
-            impl_numpy.forward(self.adjust(config), _float32(params), tokens, capture=captured)
-        return captured
-
-
-class ConfigMistake(Float32Golden):
-    """A control whose mistake is a wrong config value (a misread hyperparameter).
-
-    dataclasses.replace re-validates, so a control can only make changes the schema accepts.
-    """
-
-    def __init__(self, name: str, **changes):
-        self.name = name
-        self.changes = changes
-
-    def adjust(self, config):
-        return dataclasses.replace(config, **self.changes)
-
-
-class PatchMistake(Float32Golden):
-    """A control whose mistake is a wrong function (a bug in the code)."""
-
-    def __init__(self, name: str, module: object, attr: str, replacement: Callable):
-        self.name = name
-        self.target = (module, attr)
-        self.replacement = replacement
-
-    def patches(self):
-        return {self.target: self.replacement}
+from tests.control_kinds import ConfigMistake, Control, Float32Golden, PatchMistake, _float32
+from tests.controls_moe import MOE_CONTROLS
 
 
 # --- the wrong functions ------------------------------------------------------------------------
@@ -191,15 +110,6 @@ class DecodePositionsRestart(Float32Golden):
         return np.concatenate(steps, axis=1)
 
 
-@dataclass(frozen=True)
-class Control:
-    """A broken implementation and the arch whose suite it must fail."""
-
-    arch: str
-    adapter: Float32Golden
-    what: str
-
-
 # Qwen 3, Gemma 1/2/3, OLMo 2: one control per knob they bring (issue 11).
 ISSUE_11_CONTROLS: list[Control] = [
     Control("gemma-7b", ConfigMistake("gemma_norm_w_for_1_plus_w", norm_unit_offset=False),
@@ -268,6 +178,7 @@ NEGATIVE_CONTROLS: list[Control] = [
     Control("llama3", DecodePositionsRestart(),
             "KV-cache decode that gives every new token position 0"),
     *ISSUE_11_CONTROLS,
+    *MOE_CONTROLS,
 ]
 
 POSITIVE_CONTROL = Float32Golden()
@@ -305,7 +216,8 @@ def run_arch(adapter, arch: str, store=None) -> list:
 
 
 def worst_ratio(results: list, row: str = "float32") -> float:
-    """The largest metric / threshold over logits checks (nmse and kl): above 1 fails the gate."""
+    """The largest metric / threshold over the logits checks (nmse and kl) and the loss checks
+    (|out - ref| over the allowed error): above 1 fails the gate."""
     from lmref.conformance.tolerances import DEFAULT_ROWS
 
     tol = DEFAULT_ROWS[row]
@@ -313,6 +225,8 @@ def worst_ratio(results: list, row: str = "float32") -> float:
     for _, capability, result in results:
         if capability in ("forward", "decode") and "nmse" in result.metrics:
             ratios += [result.metrics["nmse"] / tol.nmse, result.metrics["kl_max"] / tol.kl]
+        if capability == "loss" and "abs_err" in result.metrics:
+            ratios.append(result.metrics["abs_err"] / (tol.loss_atol + tol.loss_rtol * abs(result.metrics["ref"])))
     return max(ratios)
 
 
