@@ -1,5 +1,6 @@
 """`JaxAdapter`: the JAX twin behind the conformance suite's adapter protocol
-(conformance/adapters.py): forward, decode, loss, capture, with name / version / dtype.
+(conformance/adapters.py): forward, decode, loss, capture, routing (the experts each "moe"
+layer chose, conformance/routing.py), with name / version / dtype.
 
     pytest conformance/ --arch llama3 --impl lmref.impl_jax.adapter:JaxAdapter      (float32)
     pytest conformance/ --arch llama3 --impl lmref.impl_jax.adapter:bfloat16        (bfloat16)
@@ -15,6 +16,8 @@ import jax
 import numpy as np
 
 from lmref import impl_jax
+from lmref.impl_jax.moe import route
+from lmref.spec.captures import moe_layers
 from lmref.spec.config import ModelConfig
 
 DTYPES = ("float32", "bfloat16")
@@ -49,6 +52,13 @@ class JaxAdapter:
         captured: dict = {}
         impl_jax.forward(config, self._params(config, params), tokens, capture=captured)
         return {name: np.asarray(value) for name, value in captured.items()}
+
+    def routing(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> dict[str, np.ndarray]:
+        """{"layers.{i}": int [B, S, k]}: the experts each "moe" layer chose for each token, ranked
+        from the captured router logits as the layer ranks them (impl_jax/moe.py, `route`)."""
+        captured: dict = {}
+        impl_jax.forward(config, self._params(config, params), tokens, capture=captured)
+        return {f"layers.{i}": np.asarray(route(config, captured[f"layers.{i}.router"])[0]) for i in moe_layers(config)}
 
 
 bfloat16 = JaxAdapter("bfloat16")  # `--impl lmref.impl_jax.adapter:bfloat16`

@@ -1,7 +1,8 @@
 """The features the JAX twin computes (names: spec/features.py): each is checked against the
-golden by tests/jax (tests/strategies.py draws every one of them; Gemma's, Qwen 3's and
-OLMo 2's knobs also by tests/jax/test_issue11_features.py, in float64)."""
+golden by tests/jax: tests/strategies.py draws the CORE ones (Gemma's, Qwen 3's and OLMo 2's
+knobs also by tests/jax/test_issue11_features.py, in float64), tests/jax/test_moe.py the
+mixtures of experts (MOE)."""
 
-from lmref.spec.features import CORE, declare
+from lmref.spec.features import CORE, MOE, declare
 
-FEATURES = declare(*CORE)
+FEATURES = declare(*CORE, *MOE)

@@ -4,7 +4,8 @@ Each layer is built from its plan (spec/plan.py); a config that needs a feature 
 does not compute (impl_jax/features.py) is refused with UnsupportedFeature, by name.
 
     h = embed.tokens[tokens] (* sqrt(d_model)) (+ embed.positions[p])
-    for each layer, by where its norms sit (the plan's `norms`, spec/MATH.md "Block"):
+    for each layer, by where its norms sit (the plan's `norms`, spec/MATH.md "Block"); a "moe"
+    layer's mlp is the mixture of experts (impl_jax/moe.py):
         pre            h = h + attn(attn_norm(h));                  h = h + mlp(mlp_norm(h))
         sandwich       h = h + attn_post_norm(attn(attn_norm(h)));  h = h + mlp_post_norm(mlp(mlp_norm(h)))
         post_sublayer  h = h + attn_post_norm(attn(h));             h = h + mlp_post_norm(mlp(h))
@@ -20,9 +21,10 @@ Two layers of API:
 
 * traced cores, pure and unchecked, for use inside the caller's own jit / grad / vmap:
   `forward_core(config, params, tokens, cache, capture) -> (logits, cache, captured)` and
-  `loss_core(config, params, tokens)`, jitted as `forward_jit` and `loss_jit` with `config`
-  (a frozen, hashable dataclass) and `capture` static.  Only the features are checked, on
-  the static config while tracing, so no core ever runs a knob it would ignore.
+  `loss_core(config, params, tokens)` (with the MoE load-balancing loss), jitted as
+  `forward_jit` and `loss_jit` with `config` (a frozen, hashable dataclass) and `capture`
+  static.  Only the features are checked, on the static config while tracing, so no core
+  ever runs a knob it would ignore.
 * host functions with the golden's checks and errors, in the golden's order (the features,
   spec.inputs.check_tokens, the params check): `forward`, `decode`, `loss`.  They validate
   concrete inputs on the host, then call the jitted cores (`jax.disable_jit()` runs them op
@@ -49,8 +51,9 @@ from lmref.impl_jax.attention import attention
 from lmref.impl_jax.cache import KVCache
 from lmref.impl_jax.features import FEATURES
 from lmref.impl_jax.mlp import mlp
+from lmref.impl_jax.moe import load_balancing_loss, moe
 from lmref.impl_jax.norms import apply_norm, upcast
-from lmref.spec.captures import capture_names
+from lmref.spec.captures import capture_names, moe_layers
 from lmref.spec.config import ModelConfig
 from lmref.spec.errors import InputError, ParamsError
 from lmref.spec.features import check_supported
@@ -92,11 +95,19 @@ def block(config: ModelConfig, plan: LayerPlan, params: dict, h: jax.Array, posi
                          positions, cache)
     a = sublayer_output(config, plan, params, f"{p}.attn_post_norm", a)
     h = h + a
-    m = mlp(config, params, f"{p}.mlp", sublayer_input(config, plan, params, f"{p}.mlp_norm", h))
+    if captured is not None:
+        captured[f"{p}.attn"] = a
+    x = sublayer_input(config, plan, params, f"{p}.mlp_norm", h)
+    if plan.mlp == "moe":
+        m, router = moe(config, params, f"{p}.mlp", x)
+        if captured is not None:
+            captured[f"{p}.router"] = router
+    else:
+        m = mlp(config, params, f"{p}.mlp", x)
     m = sublayer_output(config, plan, params, f"{p}.mlp_post_norm", m)
     h = h + m
     if captured is not None:
-        captured |= {f"{p}.attn": a, f"{p}.mlp": m, f"{p}.out": h}
+        captured |= {f"{p}.mlp": m, f"{p}.out": h}
     return h, cache
 
 
@@ -138,11 +149,18 @@ def forward_core(config: ModelConfig, params: dict, tokens: jax.Array, cache: KV
 
 
 def loss_core(config: ModelConfig, params: dict, tokens: jax.Array) -> jax.Array:
-    """Mean next-token cross-entropy: position t predicts token t + 1, over B * (S - 1) targets."""
-    logits, _, _ = forward_core(config, params, tokens[:, :-1])
-    logp = jax.nn.log_softmax(upcast(logits), axis=-1)  # [B, S-1, V], at least float32
+    """Mean next-token cross-entropy: position t predicts token t + 1, over B * (S - 1) targets;
+    plus `moe.aux_loss_coef` times the load-balancing loss over the router logits of all S
+    positions of every "moe" layer (impl_jax/moe.py), as the golden's `loss`: one forward over
+    all S tokens, whose last position's logits have no target."""
+    logits, _, captured = forward_core(config, params, tokens, capture=True)  # jit drops what is unused
+    logp = jax.nn.log_softmax(upcast(logits[:, :-1]), axis=-1)  # [B, S-1, V], at least float32
     picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]  # [B, S-1]
-    return -picked.mean()
+    total = -picked.mean()
+    if config.moe is not None and config.moe.aux_loss_coef > 0:
+        routers = [captured[f"layers.{i}.router"] for i in moe_layers(config)]
+        total = total + config.moe.aux_loss_coef * load_balancing_loss(config, routers)
+    return total
 
 
 forward_jit = jax.jit(forward_core, static_argnames=("config", "capture"))
@@ -204,7 +222,8 @@ def decode(config: ModelConfig, params: dict, tokens: object, prompt_len: int) -
 
 
 def loss(config: ModelConfig, params: dict, tokens: object) -> jax.Array:
-    """Mean next-token cross-entropy (a 0-d array, differentiable in `params`)."""
+    """Mean next-token cross-entropy, plus the MoE auxiliary loss where the config has one
+    (a 0-d array, differentiable in `params`)."""
     check_supported(config, BACKEND, FEATURES)
     tokens = check_tokens(config, tokens)
     if tokens.shape[1] < 2:

@@ -4,7 +4,9 @@
 
 Each call builds the model from the canonical params (`Transformer.from_canonical`), runs
 it without autograd and returns NumPy: logits as float32 (bf16 / fp16 results cast up,
-float64 kept), the loss as a float.  The device defaults to CUDA when torch sees one.
+float64 kept), the loss as a float, captures with each "moe" layer's router logits
+(`layers.{i}.router`), and the experts each "moe" layer chose (`routing`).  The device
+defaults to CUDA when torch sees one.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 import torch
 
 from lmref.impl_torch.model import Transformer
-from lmref.spec.captures import capture_names
+from lmref.spec.captures import capture_names, moe_layers
 from lmref.spec.config import ModelConfig
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
@@ -26,7 +28,7 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 
 class TorchAdapter:
-    """forward, decode (static KV cache), loss and capture in `dtype` on `device`."""
+    """forward, decode (static KV cache), loss, capture and routing in `dtype` on `device`."""
 
     name = "torch"
     version = f"impl_torch on torch {torch.__version__}"
@@ -60,3 +62,12 @@ class TorchAdapter:
         captured: dict = {}
         self._model(config, params)(tokens, capture=captured)
         return {name: _numpy(captured[name]) for name in capture_names(config)}
+
+    @torch.no_grad()
+    def routing(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> dict[str, np.ndarray]:
+        """{"layers.{i}": int64 [B, S, k]}: the experts each "moe" layer chose for each token."""
+        model = self._model(config, params)
+        captured: dict = {}
+        model(tokens, capture=captured)
+        return {f"layers.{i}": model.layers[i].mlp.route(captured[f"layers.{i}.router"])[0].cpu().numpy()
+                for i in moe_layers(config)}

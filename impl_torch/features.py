@@ -1,8 +1,9 @@
 """The features the torch twin computes (names: spec/features.py): each is tested against the
 golden by the property tests of tests/torch/ (tests/strategies.py draws them), Gemma's,
 Qwen 3's and OLMo 2's knobs also by tests/torch/test_issue11_features.py on fixed tiny
-configs."""
+configs, the mixtures of experts (MOE) by tests/torch/test_moe.py (`moe_configs()` and the
+tiny MoE presets)."""
 
-from lmref.spec.features import CORE, declare
+from lmref.spec.features import CORE, MOE, declare
 
-FEATURES = declare(*CORE)
+FEATURES = declare(*CORE, *MOE)

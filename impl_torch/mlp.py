@@ -27,11 +27,12 @@ ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "silu": silu, "relu": relu}
 
 
 class MLP(nn.Module):
-    """The feed-forward block of one layer: [B, S, d_model] -> [B, S, d_model]."""
+    """The feed-forward block of one layer: [B, S, d_model] -> [B, S, d_model], of width `d_ff`
+    (the config's by default; a MoE layer's shared expert has its own, impl_torch/moe.py)."""
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, device=None):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device=None, d_ff: int | None = None):
         super().__init__()
-        d, f, b = config.d_model, config.d_ff, config.mlp_bias
+        d, f, b = config.d_model, d_ff or config.d_ff, config.mlp_bias
         kw = dict(bias=b, dtype=dtype, device=device)
         self.act = ACTIVATIONS[config.activation]
         self.w_gate = nn.Linear(d, f, **kw) if config.mlp == "gated" else None

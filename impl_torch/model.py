@@ -9,14 +9,19 @@
     logits = final_norm(h) @ W_head (+ b)      W_head = embed.tokens^T when tied (unscaled)
     logits = c tanh(logits / c)                final_logit_softcap c (Gemma 2)
 
+A "moe" layer's MLP is the mixture of experts of impl_torch/moe.py; `moe_dispatch` picks how
+its tokens reach their experts ("sorted", "loop", or "dense" for torch.export / ONNX), the
+same math each way.
+
 Each layer is built from its plan (spec/plan.py); a config that needs a feature the twin
 does not compute (impl_torch/features.py) is refused with UnsupportedFeature, by name.
 Module names follow the canonical parameter names (spec/params.py), so `layers.0.attn.wq`
 is an nn.Linear whose `.weight` is the transpose of the canonical `layers.0.attn.wq` and
-whose `.bias` is `layers.0.attn.bq`.  `forward` checks its inputs and keeps the cache's
-length; `logits` is the tensor-only computation under it (what torch.compile and an ONNX
-export wraps, export/decoder.py).  `capture` receives the intermediates named by
-`lmref.spec.captures.capture_names(config)`.
+whose `.bias` is `layers.0.attn.bq`; the stacked experts `layers.{i}.mlp.experts.w_*`
+[E, d_in, d_out] are Parameters in the canonical layout itself.  `forward` checks its inputs
+and keeps the cache's length; `logits` is the tensor-only computation under it (what
+torch.compile and an ONNX export wraps, export/decoder.py).  `capture` receives the
+intermediates named by `lmref.spec.captures.capture_names(config)`.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from lmref.impl_torch.cache import KVCache
 from lmref.impl_torch.features import FEATURES
 from lmref.impl_torch.inputs import check_tokens
 from lmref.impl_torch.mlp import MLP
+from lmref.impl_torch.moe import MoE, check_dispatch, expert_load, load_balancing_loss
 from lmref.impl_torch.norms import Norm, upcast
 from lmref.impl_torch.rope import rope_cos_sin
 from lmref.spec.config import ModelConfig
@@ -41,7 +47,7 @@ from lmref.spec.plan import LayerPlan, distinct_ropes, layer_plan
 BACKEND = "torch"
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_PROJECTIONS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+_PROJECTIONS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down", "router", "shared_gate")
 _BIASES = ("bq", "bk", "bv", "bo", "b_gate", "b_up", "b_down")
 
 
@@ -54,6 +60,8 @@ def torch_name(canonical: str) -> tuple[str, bool]:
     prefix, _, leaf = canonical.rpartition(".")
     if canonical.startswith("embed."):
         return f"{canonical}.weight", False  # nn.Embedding weight [num, d_model], as canonical
+    if ".mlp.experts." in canonical:
+        return canonical, False  # a stacked Parameter [E, d_in, d_out], as canonical
     if leaf in _PROJECTIONS:
         return f"{canonical}.weight", True
     if canonical == "lm_head.weight":
@@ -95,7 +103,8 @@ def placed_norm(config: ModelConfig, present: bool, dtype: torch.dtype, device) 
 class Block(nn.Module):
     """The sequential layer planned by `plan`: [B, S, d_model] -> [B, S, d_model].  Its norms
     sit where `plan.norms` says: before each sublayer ("pre", "sandwich"), after it
-    ("sandwich", "post_sublayer"), the identity elsewhere."""
+    ("sandwich", "post_sublayer"), the identity elsewhere.  Its MLP is a mixture of experts
+    when `plan.mlp` is "moe"."""
 
     def __init__(self, config: ModelConfig, plan: LayerPlan, dtype: torch.dtype, device=None):
         super().__init__()
@@ -105,18 +114,25 @@ class Block(nn.Module):
         self.attn = Attention(config, plan, dtype, device)
         self.attn_post_norm = placed_norm(config, post, dtype, device)
         self.mlp_norm = placed_norm(config, pre, dtype, device)
-        self.mlp = MLP(config, dtype, device)
+        self.mlp = MoE(config, dtype, device) if plan.mlp == "moe" else MLP(config, dtype, device)
         self.mlp_post_norm = placed_norm(config, post, dtype, device)
 
-    def forward(self, h: torch.Tensor, step: Step, capture: dict | None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, step: Step, capture: bool = False) -> tuple[torch.Tensor, dict]:
+        """(h after the layer, its intermediates by component): with `capture`, "attn",
+        "router" (a "moe" layer's logits [B, S, E]), "mlp", "out" in computation order;
+        without, a "moe" layer's "router" only (the loss needs it).  Returned rather than
+        written into a dict argument: FSDP hands a wrapped block copies of its arguments."""
         a = self.attn_post_norm(self.attn(self.attn_norm(h), step))  # what the attention adds
         h = h + a
-        m = self.mlp_post_norm(self.mlp(self.mlp_norm(h)))
+        parts = {"attn": a} if capture else {}
+        m = self.mlp(self.mlp_norm(h))
+        if isinstance(self.mlp, MoE):
+            m, parts["router"] = m  # [B, S, d_model], [B, S, E]
+        m = self.mlp_post_norm(m)
         h = h + m
-        if capture is not None:
-            p = f"layers.{self.index}"
-            capture |= {f"{p}.attn": a, f"{p}.mlp": m, f"{p}.out": h}
-        return h
+        if capture:
+            parts |= {"mlp": m, "out": h}
+        return h, parts
 
 
 class Transformer(nn.Module):
@@ -129,7 +145,7 @@ class Transformer(nn.Module):
     """
 
     def __init__(self, config: ModelConfig, *, dtype: torch.dtype = torch.float32, device=None,
-                 attn_impl: str = "sdpa"):
+                 attn_impl: str = "sdpa", moe_dispatch: str = "sorted"):
         super().__init__()
         check_supported(config, BACKEND, FEATURES)
         if dtype not in DTYPES:
@@ -139,6 +155,7 @@ class Transformer(nn.Module):
         self.config, self.attn_impl = config, attn_impl
         self.embed = Embedding(config, dtype, device)
         self.layers = nn.ModuleList(Block(config, plan, dtype, device) for plan in layer_plan(config))
+        self.moe_dispatch = moe_dispatch
         self.ropes = distinct_ropes(config)  # the plan's rotary embeddings, each once
         self.final_norm = Norm.of(config, dtype, device)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.lm_head_bias,
@@ -155,14 +172,28 @@ class Transformer(nn.Module):
     def device(self) -> torch.device:
         return self.embed.tokens.weight.device
 
+    @property
+    def moe_dispatch(self) -> str:
+        """How the "moe" layers dispatch tokens to experts (impl_torch/moe.py); settable, e.g.
+        "dense" on a trained model before torch.export."""
+        return self._moe_dispatch
+
+    @moe_dispatch.setter
+    def moe_dispatch(self, dispatch: str) -> None:
+        self._moe_dispatch = check_dispatch(dispatch)
+        for layer in self.layers:
+            if isinstance(layer.mlp, MoE):
+                layer.mlp.dispatch = dispatch
+
     # --- canonical parameters ------------------------------------------------------------
     @classmethod
     def from_canonical(cls, config: ModelConfig, params: dict[str, np.ndarray], *,
-                       dtype: torch.dtype = torch.float32, device=None, attn_impl: str = "sdpa") -> Transformer:
+                       dtype: torch.dtype = torch.float32, device=None, attn_impl: str = "sdpa",
+                       moe_dispatch: str = "sorted") -> Transformer:
         """A model holding `params` (canonical layout, any float dtype) rounded to `dtype`."""
         check_supported(config, BACKEND, FEATURES)
         check_params(config, params)
-        model = cls(config, dtype=dtype, device=device, attn_impl=attn_impl)
+        model = cls(config, dtype=dtype, device=device, attn_impl=attn_impl, moe_dispatch=moe_dispatch)
         with torch.no_grad():
             for name, value in params.items():
                 target, transposed = torch_name(name)
@@ -186,18 +217,23 @@ class Transformer(nn.Module):
     def new_cache(self, batch: int, capacity: int | None = None) -> KVCache:
         return KVCache.empty(self.config, batch, capacity=capacity, dtype=self.dtype, device=self.device)
 
-    def forward(self, tokens, cache: KVCache | None = None, capture: dict | None = None) -> torch.Tensor:
+    def forward(self, tokens, cache: KVCache | None = None, capture: dict | None = None, *,
+                output_router_logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits [B, S, vocab] for tokens [B, S] (tensor, array or list); with a cache, the
-        tokens follow its contents, and the cache takes them in."""
+        tokens follow its contents, and the cache takes them in.
+
+        `output_router_logits`: return (logits, [router logits [B, S, E] of each "moe" layer,
+        in order]), what the loss needs, as outputs: DDP and FSDP pass them back (FSDP hands
+        the module a copy of a `capture` dict given to the wrapper, so it stays empty)."""
         past = 0 if cache is None else cache.length
         tokens = check_tokens(self.config, tokens, past_len=past, device=self.device)
         if cache is not None:
             cache.check_room(*tokens.shape)
         positions = past + torch.arange(tokens.shape[1], device=self.device)[None]  # [1, S]
-        logits = self.logits(tokens, positions, cache, capture)
+        logits, routers = self.logits_and_routers(tokens, positions, cache, capture)
         if cache is not None:
             cache.advance(tokens.shape[1])
-        return logits
+        return (logits, routers) if output_router_logits else logits
 
     def logits(self, tokens: torch.Tensor, positions: torch.Tensor, cache=None,
                capture: dict | None = None) -> torch.Tensor:
@@ -205,17 +241,27 @@ class Transformer(nn.Module):
         -> logits [B, S, vocab].  `cache`: the static KVCache or anything with its `append`
         (the export's concat cache); it receives the new keys, its length is not moved.
         Without a cache the keys are the queries' own, in position order."""
+        return self.logits_and_routers(tokens, positions, cache, capture)[0]
+
+    def logits_and_routers(self, tokens: torch.Tensor, positions: torch.Tensor, cache=None,
+                           capture: dict | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`logits`, and the router logits [B, S, E] of each "moe" layer, in order."""
         step = self._step(positions, cache)
         h = self.embed(tokens, positions)
         if capture is not None:
             capture["embed"] = h
+        routers = []
         for layer in self.layers:
-            h = layer(h, step, capture)
+            h, parts = layer(h, step, capture is not None)
+            if "router" in parts:
+                routers.append(parts["router"])
+            if capture is not None:
+                capture |= {f"layers.{layer.index}.{name}": value for name, value in parts.items()}
         h = self.final_norm(h)
         logits = self.head(h)
         if capture is not None:
             capture |= {"final_norm": h, "logits": logits}
-        return logits
+        return logits, routers
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """final-normed h [B, S, d_model] -> logits [B, S, vocab]; the final softcap (Gemma 2,
@@ -247,13 +293,38 @@ class Transformer(nn.Module):
         return torch.cat(steps, dim=1)
 
     def loss(self, tokens) -> torch.Tensor:
-        """Mean next-token cross-entropy: position t predicts token t + 1, over B * (S - 1)
-        targets (as impl_numpy.loss), computed in float32 at least."""
+        """impl_numpy.loss: the mean next-token cross-entropy over B * (S - 1) targets, plus
+        `moe.aux_loss_coef` x the load-balancing loss over all S positions; float32 at least."""
+        return self.loss_parts(tokens)["loss"]
+
+    def loss_parts(self, tokens) -> dict[str, torch.Tensor]:
+        """The loss and its parts for tokens [B, S] (`objective`), from one forward over all S
+        tokens: position t predicts token t + 1, and the routers see every position, as the
+        golden's `loss` (and transformers' `labels=` loss with `output_router_logits`)."""
         tokens = check_tokens(self.config, tokens, device=self.device)
         if tokens.shape[1] < 2:
             raise ValueError(f"loss needs sequences of at least 2 tokens, got {tokens.shape[1]}")
-        logits = upcast(self(tokens[:, :-1]))  # [B, S-1, V]
-        return F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())  # mean over B * (S-1)
+        logits, routers = self(tokens, output_router_logits=True)  # [B, S, V], [B, S, E] each
+        return self.objective(logits[:, :-1], tokens[:, 1:], routers)
+
+    def objective(self, logits: torch.Tensor, targets: torch.Tensor, routers: list[torch.Tensor]
+                  ) -> dict[str, torch.Tensor]:
+        """{"loss", "ce"} and, with "moe" layers, {"aux", "expert_load"}, from logits [B, T, V],
+        their targets [B, T] and the router logits of the forward that made them (its
+        `output_router_logits`; none without "moe" layers):
+
+            ce           mean cross-entropy over B * T targets (float32 at least)
+            aux          the load-balancing loss over the router logits (impl_torch/moe.py)
+            loss         ce + moe.aux_loss_coef * aux: what training minimises
+            expert_load  [n_moe_layers, E] fraction of each layer's assignments per expert (no grad)
+
+        The trainer (train/loop.py) calls it on its own forward through DDP / FSDP."""
+        ce = F.cross_entropy(upcast(logits).flatten(0, 1), targets.flatten())  # mean over B * T
+        if not routers:
+            return {"loss": ce, "ce": ce}
+        aux = load_balancing_loss(self.config, routers)
+        return {"loss": ce + self.config.moe.aux_loss_coef * aux, "ce": ce, "aux": aux,
+                "expert_load": expert_load(self.config, routers)}
 
 
 # --- the golden's functional API -------------------------------------------------------------

@@ -7,14 +7,21 @@ and chunks are shorter than the drawn sequences, so that every mask rule cuts ke
 Gemma's, Qwen 3's and OLMo 2's knobs too: norm placements, (1 + w) norms, QK norms, softcaps
 small enough to bend the scores and logits, a query scale of its own, a local RoPE base.
 A failing example prints as `ModelConfig(...)`, which can be pasted back into Python.
+
+`moe_configs()` draws the same configs with mixtures of experts (`moe_fields`): every routing
+knob of spec's MoEConfig, on every layer or on every other one.  It is separate from
+`configs()` so that a twin opts in once it computes MoE (tests/torch does; a backend that
+does not would be refused by name, UnsupportedFeature).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from hypothesis import strategies as st
 
-from lmref.spec.config import ModelConfig, RopeScaling
+from lmref.spec.config import ModelConfig, MoEConfig, RopeScaling
 
 ODD_SIZES = (5, 7, 13)
 
@@ -95,6 +102,37 @@ def configs(draw, max_seq_len: int = 32) -> ModelConfig:
         final_logit_softcap=draw(st.sampled_from((None, 0.5, 5.0))),
         **fields, **layers,
     )
+
+
+@st.composite
+def moe_fields(draw, n_layers: int) -> dict:
+    """moe and mlp_pattern: 1 to 9 experts, any k <= E, both router kinds, with or without
+    renormalisation, the weight on the input (Llama 4) or the output, a shared expert (one
+    or two, of its own width or not, gated or not), an auxiliary loss weight; every layer a
+    mixture, or dense and mixture alternating (n_layers >= 2)."""
+    n_experts = draw(st.integers(1, 9))
+    n_shared = draw(st.sampled_from((0, 1, 2)))
+    moe = MoEConfig(
+        n_experts=n_experts,
+        n_experts_per_token=draw(st.integers(1, n_experts)),
+        router=draw(st.sampled_from(("softmax_topk", "sigmoid_topk"))),
+        d_ff=draw(st.sampled_from((None, *ODD_SIZES))),
+        router_scales_input=draw(st.booleans()),
+        renormalize=draw(st.booleans()),
+        n_shared_experts=n_shared,
+        shared_d_ff=draw(st.sampled_from((None, 5, 16))) if n_shared else None,
+        shared_expert_gate=n_shared > 0 and draw(st.booleans()),
+        aux_loss_coef=draw(st.sampled_from((0.0, 0.01, 0.5))),
+    )
+    patterns = [("moe",)] + ([("dense", "moe")] if n_layers >= 2 else [])
+    return dict(moe=moe, mlp_pattern=draw(st.sampled_from(patterns)))
+
+
+@st.composite
+def moe_configs(draw, max_seq_len: int = 32) -> ModelConfig:
+    """`configs()` with mixtures of experts (`moe_fields`); no MLP biases (the experts have none)."""
+    config = draw(configs(max_seq_len))
+    return dataclasses.replace(config, mlp_bias=False, **draw(moe_fields(config.n_layers)))
 
 
 @st.composite

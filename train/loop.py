@@ -3,10 +3,17 @@ gradient accumulation, bfloat16 autocast, periodic validation and checkpoints.
 
 One optimizer step consumes one global batch of `batch_size` windows: each of the
 `world_size` processes takes its block of rows and cuts it into `accum` micro-batches.  Each
-micro-batch loss (the mean next-token cross-entropy, as `Transformer.loss`) is divided by
-`accum` before backward; DDP / FSDP average the gradients over processes; so the gradient is
-that of the global batch's mean loss whatever the split.  `train_step` is the function both
-`lmref train` and benchmarks/bench_train.py time.
+micro-batch objective (`Transformer.objective`: the mean next-token cross-entropy, plus
+`moe.aux_loss_coef` x the load-balancing loss for a mixture of experts) is divided by `accum`
+before backward; DDP / FSDP average the gradients over processes.  So the gradient is that of
+the mean of the micro-batch objectives.  The cross-entropy part is that of the global batch
+whatever the split (every micro-batch holds as many targets); the load-balancing loss is not
+linear in the rows it sees (E sum_e f_e P_e, a product of two means), so a mixture's objective
+is the mean of per-micro-batch aux losses, and changes slightly with processes x --grad-accum
+(transformers too computes it per forward call, i.e. per micro-batch).  Each
+window [T + 1] forwards its first T tokens: the routers see those T positions (the golden's
+`loss` of the window would route all T + 1; the last token is only a target here).
+`train_step` is the function both `lmref train` and benchmarks/bench_train.py time.
 
 A loss, gradient norm or validation loss that is NaN or infinite stops the loop with
 `DivergedError` before that step is logged or saved (`check_finite`): a run never ends with a
@@ -22,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmref.impl_torch import Transformer
@@ -88,55 +94,67 @@ def lr_at(step: int, run: RunSettings) -> float:
     return run.min_lr + 0.5 * (run.lr - run.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def micro_loss(trainer: Trainer, tokens: np.ndarray) -> torch.Tensor:
-    """Mean next-token cross-entropy of windows [b, T + 1] (float32, a 0-d tensor)."""
+def micro_parts(trainer: Trainer, tokens: np.ndarray) -> dict[str, torch.Tensor]:
+    """`Transformer.objective` of windows [b, T + 1] (float32): "loss" (what backward takes),
+    "ce" over b * T targets and, for a mixture of experts, "aux" and "expert_load" over the T
+    forwarded positions.  The forward goes through the wrapped model (DDP, FSDP, compile)."""
     tokens = torch.from_numpy(tokens).to(trainer.dist.device, non_blocking=True)
     with torch.autocast(trainer.dist.device.type, dtype=torch.bfloat16, enabled=trainer.autocast):
-        logits = trainer.forward(tokens[:, :-1])  # [b, T, vocab]
-    return F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())  # over b * T targets
+        logits, routers = trainer.forward(tokens[:, :-1], output_router_logits=True)  # [b, T, vocab], [b, T, E]
+    return trainer.core.objective(logits, tokens[:, 1:], routers)
 
 
-def train_step(trainer: Trainer, micro_batches: list[np.ndarray]) -> dict[str, float]:
+def train_step(trainer: Trainer, micro_batches: list[np.ndarray]) -> dict:
     """One optimizer step on this process's micro-batches; {"loss", "grad_norm", "lr"} with
-    the loss averaged over the global batch (all processes)."""
+    "loss" the cross-entropy averaged over the global batch (all processes), and for a
+    mixture of experts "aux" (the load-balancing loss, of which the objective adds
+    aux_loss_coef x) and "expert_load" ([moe layer][expert] fractions of the assignments),
+    both averaged over the micro-batches of every process."""
     lr = lr_at(trainer.step, trainer.run)
     for group in trainer.optimizer.param_groups:
         group["lr"] = lr
-    total = torch.zeros((), device=trainer.dist.device)
+    totals: dict[str, torch.Tensor] = {}
     for i, tokens in enumerate(micro_batches):
         with gradient_sync(trainer.model, enabled=i == len(micro_batches) - 1):
-            loss = micro_loss(trainer, tokens)
-            (loss / len(micro_batches)).backward()
-        total += loss.detach()
+            parts = micro_parts(trainer, tokens)
+            (parts["loss"] / len(micro_batches)).backward()
+        for name in ("ce", "aux", "expert_load"):
+            if name in parts:
+                totals[name] = totals.get(name, 0) + parts[name].detach()
     max_norm = trainer.run.clip if trainer.run.clip > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), max_norm)
     trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)
     trainer.step += 1
-    loss = mean_over_ranks(total / len(micro_batches), trainer.dist)
-    return {"loss": loss.item(), "grad_norm": as_local(grad_norm).item(), "lr": lr}
+    mean = {name: mean_over_ranks(total / len(micro_batches), trainer.dist) for name, total in totals.items()}
+    metrics = {"loss": mean["ce"].item(), "grad_norm": as_local(grad_norm).item(), "lr": lr}
+    if "aux" in mean:
+        metrics |= {"aux": mean["aux"].item(), "expert_load": mean["expert_load"].tolist()}
+    return metrics
 
 
 @torch.no_grad()
 def evaluate(trainer: Trainer, batches: list[np.ndarray]) -> float:
-    """Mean loss over validation global batches (each process takes its share)."""
+    """Mean cross-entropy over validation global batches (each process takes its share)."""
     d = trainer.dist
     total, count = torch.zeros((), device=d.device), 0
     for batch in batches:
         for tokens in shard(batch, d.rank, d.world_size, trainer.accum):
-            total += micro_loss(trainer, tokens)
+            total += micro_parts(trainer, tokens)["ce"]
             count += 1
     return mean_over_ranks(total / count, d).item()
 
 
 def check_finite(step: int, metrics: dict[str, float]) -> None:
-    """DivergedError unless the loss, the gradient norm and the validation loss of `step` (those
-    measured) are finite.  Every process sees the same values (the loss is averaged over
-    processes, the norm is global), so every process stops together."""
-    shown = {k: metrics[k] for k in ("loss", "grad_norm", "val_loss") if k in metrics}
+    """DivergedError unless the loss, the load-balancing loss, the gradient norm and the
+    validation loss of `step` (those measured) are finite.  Every process sees the same values
+    (the losses are averaged over processes, the norm is global), so every process stops
+    together."""
+    shown = {k: metrics[k] for k in ("loss", "aux", "grad_norm", "val_loss") if k in metrics}
     bad = [k for k, v in shown.items() if not math.isfinite(v)]
     if bad:
-        name = {"loss": "the loss", "grad_norm": "the gradient norm", "val_loss": "the validation loss"}[bad[0]]
+        name = {"loss": "the loss", "aux": "the load-balancing loss", "grad_norm": "the gradient norm",
+                "val_loss": "the validation loss"}[bad[0]]
         raise DivergedError(f"step {step}: training diverged: {name} is {shown[bad[0]]} "
                             f"({', '.join(f'{k} {v}' for k, v in shown.items())}); no checkpoint was written for "
                             "it, the earlier ones are kept; lower --lr (or lengthen --warmup, tighten --clip) "
@@ -189,7 +207,8 @@ def fit(trainer: Trainer, stream: BatchStream, val_batches: list[np.ndarray], op
         if trainer.step % options.save_every == 0 or trainer.step == last:
             save()
         bar.update(1)
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}", val=f"{summary.get('val_loss', math.nan):.3f}",
+        shown = {"aux": f"{metrics['aux']:.3f}"} if "aux" in metrics else {}
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", **shown, val=f"{summary.get('val_loss', math.nan):.3f}",
                         tok_s=f"{summary['tokens_per_s']:,.0f}", refresh=False)
     bar.close()
     return summary

@@ -4,6 +4,14 @@
     {"kind": "val", "step": 0, "val_loss": 5.6}   validation loss
     {"kind": "train", "step": 1, "loss": 5.5, "lr": ..., "grad_norm": ..., "tokens": ...,
      "tokens_per_s": ..., "epoch": ...}
+    a mixture of experts adds to each "train" record
+     "aux": 2.01,                                 the load-balancing loss (the objective adds
+                                                  aux_loss_coef x aux to the loss, train/loop.py)
+     "expert_load": [[0.13, ...], ...]            per MoE layer, the fraction of the step's
+                                                  (token, slot) assignments each expert took
+
+"loss" and "val_loss" are the next-token cross-entropy alone, comparable across architectures
+and with the unigram baseline.
 
 Floats are written with Python's repr, which reads back to the same bits.  A resumed run first
 drops the records past its checkpoint's step (written by the interrupted process after its

@@ -185,10 +185,19 @@ def training_bytes(config: ModelConfig, run: RunSettings, *, processes: int = 1,
     """About the most memory one process of this run allocates (an estimate that errs large):
     the parameters and optimizer state (TRAIN_BYTES_PER_PARAM each, and the float64 init of a
     new run), and the float32 activations backward keeps for one micro-batch: per layer and
-    token ~16 d_model + 4 d_ff values and two attention rows per head, and three vocabulary-wide
-    rows (logits, their float32 copy, the softmax gradient) per token."""
+    token ~16 d_model + 4 f values (f: the widest MLP a token runs through, `_ffn_width`) and
+    two attention rows per head, and three vocabulary-wide rows (logits, their float32 copy,
+    the softmax gradient) per token."""
     per_param = TRAIN_BYTES_PER_PARAM + (INIT_BYTES_PER_PARAM if fresh else 0)
     tokens = max(1, run.batch_size // max(1, processes * accum)) * run.seq_len
-    per_token = (config.n_layers * (16 * config.d_model + 4 * config.d_ff + 2 * config.n_heads * run.seq_len)
+    per_token = (config.n_layers * (16 * config.d_model + 4 * _ffn_width(config) + 2 * config.n_heads * run.seq_len)
                  + 3 * config.vocab_size)
     return param_count(config) * per_param + 4 * tokens * per_token
+
+
+def _ffn_width(config: ModelConfig) -> int:
+    """The hidden width one token's MLP computes in the widest layer: d_ff for a dense layer;
+    its k experts, its shared expert and its E router logits for a "moe" layer."""
+    widths = [config.d_ff if kind == "dense" else config.moe.n_experts_per_token * config.expert_d_ff
+              + config.shared_expert_d_ff + config.moe.n_experts for kind in set(config.layer_mlp_kinds)]
+    return max(widths)

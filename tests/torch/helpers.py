@@ -22,8 +22,10 @@ import torch
 from hypothesis import note
 from hypothesis import strategies as st
 
+from lmref.conformance.routing import routing_gaps
 from lmref.conformance.tolerances import DEFAULT_ROWS, Tolerance
 from lmref.impl_torch import Transformer
+from lmref.spec.captures import moe_layers
 from lmref.spec.config import ModelConfig
 from lmref.spec.params import init_params
 from tests.strategies import configs, seeds, token_batches
@@ -34,9 +36,10 @@ BFLOAT16, FLOAT16 = DEFAULT_ROWS["bfloat16"], DEFAULT_ROWS["float16"]
 
 
 @st.composite
-def examples(draw, min_seq: int = 1) -> tuple[ModelConfig, int, np.ndarray]:
-    """(config, weight seed, tokens [B, S]) with S >= min_seq."""
-    config = draw(configs())
+def examples(draw, min_seq: int = 1, drawn=configs) -> tuple[ModelConfig, int, np.ndarray]:
+    """(config, weight seed, tokens [B, S]) with S >= min_seq; the config from the strategy
+    `drawn` makes (tests.strategies.configs, or moe_configs)."""
+    config = draw(drawn())
     seed = draw(seeds)
     tokens = draw(token_batches(config).filter(lambda t: t.shape[1] >= min_seq))
     return config, seed, tokens
@@ -51,8 +54,8 @@ def params_of(config: ModelConfig, seed: int, tokens: np.ndarray) -> dict[str, n
 
 
 def build(config: ModelConfig, params: dict, dtype: torch.dtype = torch.float32,
-          attn_impl: str = "sdpa") -> Transformer:
-    return Transformer.from_canonical(config, params, dtype=dtype, attn_impl=attn_impl)
+          attn_impl: str = "sdpa", moe_dispatch: str = "sorted") -> Transformer:
+    return Transformer.from_canonical(config, params, dtype=dtype, attn_impl=attn_impl, moe_dispatch=moe_dispatch)
 
 
 def numpy64(t: torch.Tensor) -> np.ndarray:
@@ -86,3 +89,33 @@ def assert_close(out, ref, row: Tolerance, what: str = "logits") -> None:
         f"{what}: nmse {score:.3e} (max {row.nmse:.0e}), max abs err {err.max():.3e}, "
         f"{len(bad)} elements past {row.atol:.0e} + {row.rtol:.0e}|ref|; {where}"
     )
+
+
+def routing_margin(config: ModelConfig, params: dict, tokens: np.ndarray) -> float:
+    """The smallest gap between the k-th and (k+1)-th router logit of the golden, over the
+    tokens and "moe" layers (inf without any, or when k = E): how far the tokens are from a
+    routing flip, which moves a token's output by O(1) (conformance/routing.py)."""
+    from lmref import impl_numpy
+
+    captured: dict = {}
+    impl_numpy.forward(config, params, tokens, capture=captured)
+    k = config.moe.n_experts_per_token if config.moe else 0
+    return float(min((routing_gaps(captured[f"layers.{i}.router"], k).min() for i in moe_layers(config)),
+                     default=np.inf))
+
+
+def routed_tokens(config: ModelConfig, params: dict, shape: tuple[int, int], margin: float,
+                  seed: int = 0) -> np.ndarray:
+    """Random tokens [B, S] whose routing margin is at least `margin`: left to right (the model
+    is causal), each position takes the first of a seeded shuffle of the vocabulary that keeps it."""
+    rng = np.random.default_rng(seed)
+    tokens = np.zeros(shape, dtype=np.int64)
+    for t in range(shape[1]):
+        for b in range(shape[0]):
+            for candidate in rng.permutation(config.vocab_size):
+                tokens[b, t] = candidate
+                if routing_margin(config, params, tokens[b : b + 1, : t + 1]) >= margin:
+                    break
+            else:
+                raise AssertionError(f"no token at ({b}, {t}) keeps the routing margin {margin}")
+    return tokens
