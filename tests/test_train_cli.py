@@ -56,6 +56,11 @@ def test_unknown_preset_lists_the_known_ones(capsys):
     assert "--arch 'llama9': unknown preset; known presets: dbrx, gemma-2b, gemma-7b" in err and "olmo-alibi" in err
 
 
+def test_a_family_names_its_presets(capsys):
+    err = _refused(capsys, "--arch", "mixtral", *STEP)
+    assert "--arch 'mixtral' is a family of 2 presets; train one of them: mixtral-8x7b, mixtral-8x22b" in err
+
+
 @pytest.mark.parametrize("content, message", [
     (b"", "the file is empty"),
     (b"short text, not nearly enough for a batch\n" * 3, "one batch needs 2"),

@@ -17,7 +17,7 @@ from typing import Any
 
 from lmref.spec.config import ModelConfig
 from lmref.spec.params import param_count
-from lmref.spec.presets import PRESETS, tiny
+from lmref.spec.presets import FAMILIES, PRESETS, tiny
 from lmref.train.errors import TrainError
 
 SIZE_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff", "max_seq_len")
@@ -103,6 +103,10 @@ def _finite(value: object) -> bool:
 
 
 def check_arch(arch: str) -> str:
+    """`arch` when it is a preset id; a family (`mixtral`) names the presets to choose from."""
+    if arch in FAMILIES:
+        raise TrainError(f"--arch {arch!r} is a family of {len(FAMILIES[arch])} presets; train one of them: "
+                         f"{', '.join(FAMILIES[arch])}")
     if arch not in PRESETS:
         raise TrainError(f"--arch {arch!r}: unknown preset; known presets: {', '.join(sorted(PRESETS))}")
     return arch

@@ -134,7 +134,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "checkpoint" in summary:  # rank 0
         print(f"step {summary['step']}: train loss {summary.get('loss', float('nan')):.4f}, "
               f"val loss {summary.get('val_loss', float('nan')):.4f} (unigram baseline "
-              f"{summary['unigram_baseline']:.4f}), {summary.get('tokens_per_s', 0):,.0f} tokens/s")
+              f"{summary['unigram_baseline']:.4f}), {summary.get('tokens_per_s', 0):,.0f} tokens/s"
+              + (f", load-balancing loss {summary['aux']:.4f} (k when balanced)" if "aux" in summary else ""))
         print(f"checkpoint {summary['checkpoint']}\nplot {summary['plot']}")
     return 0
 
