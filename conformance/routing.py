@@ -102,4 +102,5 @@ def _describe(layer: str, b: int, s: int, ranked: np.ndarray, scores: np.ndarray
     gap = scores[k - 1] - scores[k] if len(scores) > k else float("inf")
     return (f"{layer}, batch {b}, position {s}: golden experts {sorted(want)}, got {sorted(got.tolist())}: "
             f"{'; '.join(parts)}; the golden's k-th and (k+1)-th logits are {gap:.3g} apart "
-            f"(every case keeps >= {ROUTING_MARGIN}), so this is a routing flip, not drift")
+            f"(every case keeps >= {ROUTING_MARGIN}), more than rounding moves them: the routing is wrong, "
+            "or this layer's input already differs (the capture check names the first diverging component)")

@@ -71,7 +71,7 @@ def test_a_flipped_expert_fails_naming_the_layer_the_token_and_both_logits():
     assert "layers.1, batch 2, position 9" in result.message
     assert f"expert {ranked[1]} (golden logit {logits[1]:.6g}) not chosen" in result.message
     assert f"expert {ranked[2]} (golden logit {logits[2]:.6g}) chosen instead" in result.message
-    assert "routing flip, not drift" in result.message
+    assert "more than rounding moves them: the routing is wrong" in result.message
 
 
 def test_the_golden_passes_its_own_routing():
