@@ -19,7 +19,12 @@ Three dispatches compute the same math (tests/torch/test_moe.py holds them to th
     "loop"    for each expert, the (token, slot) pairs that chose it (nonzero), its MLP on
               those tokens, index_add_ into the output: the plain reference;
     "sorted"  (default) the T * k assignments sorted by expert, one gather of their tokens,
-              one matmul per expert over its contiguous run, one index_add_: no loop over tokens;
+              one matmul per expert over its contiguous run, one index_add_: no loop over tokens.
+              The experts' weights are taken apart by one unbind per Parameter (its backward
+              one stack), not w[e] per expert (each select_backward zero-fills a whole
+              [E, d_in, d_out] gradient); measured on the CPU (benchmarks/bench_moe.py), padding
+              the runs to [E, max count, d] for one bmm per projection, and a hand-written
+              backward writing into preallocated gradients, were both slower;
     "dense"   static shapes for torch.export / ONNX: the weights scattered into a dense
               [T, E] matrix (0 where not chosen), every expert on every token, a weighted sum.
               Unchosen experts add 0 (weight 0, or input 0 with router_scales_input: the
@@ -77,9 +82,22 @@ class Experts(nn.Module):
 
     def one(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert e on x [n, d_model] -> [n, d_model] (n may be 0)."""
-        up = x @ self.w_up[e]  # [n, d] @ [d, f] -> [n, f]
-        hidden = self.act(up) if self.w_gate is None else self.act(x @ self.w_gate[e]) * up
-        return hidden @ self.w_down[e]  # [n, f] @ [f, d] -> [n, d]
+        return self.mlp(x, None if self.w_gate is None else self.w_gate[e], self.w_up[e], self.w_down[e])
+
+    def mlp(self, x: torch.Tensor, w_gate: torch.Tensor | None, w_up: torch.Tensor,
+            w_down: torch.Tensor) -> torch.Tensor:
+        """One expert's weights (w_gate, w_up [d_model, f], w_down [f, d_model]) on x [n, d_model]."""
+        up = x @ w_up  # [n, d] @ [d, f] -> [n, f]
+        hidden = self.act(up) if w_gate is None else self.act(x @ w_gate) * up
+        return hidden @ w_down  # [n, f] @ [f, d] -> [n, d]
+
+    def each(self) -> list[tuple]:
+        """[(w_gate, w_up, w_down) of expert e] for every e, by one unbind per Parameter: its
+        backward stacks the E gradients once, where indexing w[e] E times would zero-fill a
+        whole [E, d_in, d_out] gradient per expert (select_backward) and sum them."""
+        n = self.w_up.shape[0]
+        gates = [None] * n if self.w_gate is None else self.w_gate.unbind(0)  # E x [d, f]
+        return list(zip(gates, self.w_up.unbind(0), self.w_down.unbind(0)))  # E x ([d, f], [d, f], [f, d])
 
     def every(self, x: torch.Tensor) -> torch.Tensor:
         """Expert e on row e of x [E, T, d_model] -> [E, T, d_model]."""
@@ -104,17 +122,18 @@ def dispatch_loop(experts: Experts, x: torch.Tensor, chosen: torch.Tensor, weigh
 def dispatch_sorted(experts: Experts, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor,
                     scales_input: bool) -> torch.Tensor:
     """As `dispatch_loop`, with the T * k assignments sorted by expert: one gather, one matmul
-    per expert over its contiguous run of assignments, one index_add_."""
+    per expert (on its `Experts.each` weights) over its contiguous run of assignments, one
+    index_add_."""
     k, n_experts = chosen.shape[1], experts.w_up.shape[0]
     flat = chosen.reshape(-1)  # [T * k] the expert of each (token, slot), token-major
     order = torch.argsort(flat, stable=True)  # [T * k] the assignments grouped by expert
     token = order // k  # [T * k] the token of each sorted assignment
     w = weights.reshape(-1)[order, None]  # [T * k, 1]
-    xs = x[token]  # [T * k, d] one gather
+    xs = x.index_select(0, token)  # [T * k, d] one gather (its backward an index_add_)
     if scales_input:
         xs = w * xs
     counts = torch.bincount(flat, minlength=n_experts).tolist()  # assignments per expert (a host sync)
-    ys = torch.cat([experts.one(e, run) for e, run in enumerate(xs.split(counts))])  # [T * k, d]
+    ys = torch.cat([experts.mlp(run, *ew) for ew, run in zip(experts.each(), xs.split(counts))])  # [T * k, d]
     if not scales_input:
         ys = w * ys
     return torch.zeros_like(x).index_add_(0, token, ys.to(x.dtype))
