@@ -8,4 +8,4 @@ runs as a "custom golden store".  tests/test_verdicts_store.py checks that this 
 store.
 """
 
-MANIFEST_SHA256 = "c7ad8fcfb82add5e1795ebe2eb6b6b15d8491382611d96f5ab7e3f50d5d8f865"
+MANIFEST_SHA256 = "9963ea642a9644ecb486ea887a71322d6d0a04efc26258e1092b541ad318a812"

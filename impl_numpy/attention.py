@@ -7,7 +7,8 @@ contiguous groups, query head h reads KV head h // (n_heads / n_kv_heads) (HF `r
           kv heads:    0    |    1        (n_heads 8, n_kv_heads 2)
 
 q, k are normalised (the plan's QK norm, spec/MATH.md "QK norm") after the projection and
-the clip, before the RoPE.  scores = (q k^T) * attn_scale (head_dim^-0.5, or
+the clip, before the RoPE; Llama 4's weightless "l2" norm comes after the RoPE, and its NoPE
+layers scale q by a temperature that grows with the position.  scores = (q k^T) * attn_scale (head_dim^-0.5, or
 query_scale_dim^-0.5), softcapped (Gemma 2: c tanh(scores / c)), plus the ALiBi bias; keys
 the layer's mask hides (impl_numpy/masks.py: causal, sliding, chunked, empty cache slots) get
 -inf.  What each layer does (its mask, its RoPE, its QK norm) comes from its plan
@@ -21,7 +22,7 @@ import numpy as np
 from lmref.impl_numpy.alibi import alibi_bias, alibi_slopes
 from lmref.impl_numpy.cache import KVCache
 from lmref.impl_numpy.masks import visible
-from lmref.impl_numpy.norms import qk_norm
+from lmref.impl_numpy.norms import qk_norm, rms_norm
 from lmref.impl_numpy.rope import apply_rope
 from lmref.spec.config import ModelConfig
 from lmref.spec.plan import LayerPlan
@@ -57,6 +58,14 @@ def _project(config: ModelConfig, plan: LayerPlan, params: dict, p: str, x: np.n
     return y
 
 
+def query_temperature(temperature: tuple[int, float], positions: np.ndarray) -> np.ndarray:
+    """Llama 4's attention temperature tuning [S]: log(floor((p + 1) / floor) + 1) * scale + 1 at
+    absolute position p (transformers `Llama4TextAttention`, Meta's llama-models; 1 for
+    p + 1 < floor, so the tiny configs shrink the floor)."""
+    floor, temperature_scale = temperature
+    return np.log1p(np.floor((positions + 1) / floor)) * temperature_scale + 1.0
+
+
 def attention_scores(config: ModelConfig, plan: LayerPlan, q: np.ndarray, k: np.ndarray, q_pos: np.ndarray,
                      k_pos: np.ndarray) -> np.ndarray:
     """Masked, biased scores [B, heads, Sq, Sk] from q [B, Sq, H, hd], k [B, Sk, H, hd]."""
@@ -77,6 +86,10 @@ def attention(config: ModelConfig, plan: LayerPlan, params: dict, prefix: str, x
     v = _project(config, plan, params, prefix, x, "v", config.n_kv_heads)
     if plan.rope is not None:
         q, k = apply_rope(plan.rope, q, positions), apply_rope(plan.rope, k, positions)
+    if plan.qk_norm == "l2":  # Llama 4: weightless, per head, after the RoPE, on RoPE layers only
+        q, k = rms_norm(q, config.norm_eps), rms_norm(k, config.norm_eps)
+    if plan.temperature is not None:  # Llama 4's NoPE layers
+        q = q * query_temperature(plan.temperature, positions).astype(q.dtype)[None, :, None, None]  # float32 stays
     k_positions = positions
     if cache is not None:
         k, v, k_positions = cache.append(plan.index, k, v, positions)  # [B, T, KV, hd] x 2, [T]

@@ -1,5 +1,5 @@
 """The features the float64 golden computes (names: spec/features.py)."""
 
-from lmref.spec.features import CORE, MOE, declare
+from lmref.spec.features import CORE, LLAMA4, MOE, declare
 
-FEATURES = declare(*CORE, *MOE)
+FEATURES = declare(*CORE, *MOE, *LLAMA4)

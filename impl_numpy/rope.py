@@ -36,9 +36,11 @@ def llama3_inv_freq(inv_freq: np.ndarray, s: RopeScaling) -> np.ndarray:
     wavelen = 2 * math.pi / inv_freq
     low_freq_wavelen = s.original_max_seq_len / s.low_freq_factor
     high_freq_wavelen = s.original_max_seq_len / s.high_freq_factor
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
+    if s.high_freq_factor == s.low_freq_factor:  # Llama 4 Scout: no band between the two (llama-models'
+        return scaled                            # apply_scaling asserts a wavelength never lands in it)
     smooth = (s.original_max_seq_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
     smoothed = (1 - smooth) * inv_freq / s.factor + smooth * inv_freq
-    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
     in_band = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
     return np.where(in_band, smoothed, scaled)
 

@@ -148,6 +148,8 @@ MOE = (
     "moe.softmax_topk", "moe.sigmoid_topk", "moe.no_renormalize", "moe.scales_input", "moe.shared_expert",
     "moe.shared_expert_gate", "moe.aux_loss",
 )
+# Llama 4's attention (issue 12): the weightless QK norm after the RoPE, the NoPE layers' temperature.
+LLAMA4 = ("attn.qk_norm.l2", "attn.temperature")
 CORE = (
     "positions.learned", "positions.rope", "positions.alibi", "positions.none",
     "rope.interleaved", "rope.partial", "rope.scaling.linear", "rope.scaling.llama3",

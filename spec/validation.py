@@ -272,8 +272,8 @@ def _check_positions(c: ModelConfig) -> None:
         for name in ("original_max_seq_len", "low_freq_factor", "high_freq_factor"):
             if getattr(s, name) is None:
                 _fail(f"rope_scaling.{name}", "is required for kind 'llama3'")
-        if not s.high_freq_factor > s.low_freq_factor:
-            _fail("rope_scaling.high_freq_factor", f"must exceed low_freq_factor ({s.low_freq_factor})")
+        if not s.high_freq_factor >= s.low_freq_factor:  # equal: no band between the two (Llama 4 Scout)
+            _fail("rope_scaling.high_freq_factor", f"must be at least low_freq_factor ({s.low_freq_factor})")
     if s.kind == "longrope":  # one factor per rotated pair (HF _compute_longrope_parameters)
         for name in ("short_factor", "long_factor"):
             factors = getattr(s, name)

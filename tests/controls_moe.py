@@ -58,6 +58,8 @@ MOE_CONTROLS: list[Control] = [
     Control("dbrx", ExpertsPermuted(), "DBRX's experts stacked in the wrong order (expert e reads e + 1)"),
     Control("qwen1.5-moe-a2.7b", MoEMistake("moe_shared_gate_dropped", shared_expert_gate=False),
             "Qwen1.5-MoE's shared expert added without its sigmoid gate"),
+    Control("llama4-scout", MoEMistake("llama4_router_scales_output", router_scales_input=False),
+            "Llama 4's router weight applied to the expert's output, as in Mixtral, not to its input"),
     Control("mixtral-8x7b", MoEMistake("moe_aux_coef_class_default", aux_loss_coef=0.001),
             "Mixtral's load-balancing loss weighted by the class default 0.001 instead of the checkpoint's 0.02"),
 ]

@@ -25,16 +25,20 @@ def mpt_slopes(n: int, max_bias: float = 8.0) -> np.ndarray:
 
 
 def hf_llama3(theta: float, dim: int, factor: float, low: float, high: float, orig: int) -> list[float]:
-    """HF `_compute_llama3_parameters`, scalar by scalar (§1.5)."""
+    """Meta's `apply_scaling` (llama-models models/llama4/model.py; HF `_compute_llama3_parameters`
+    agrees), scalar by scalar: the smoothing is computed only inside the band, which is empty
+    when low == high (Llama 4 Scout)."""
     out = []
     for i in range(0, dim, 2):
         inv = 1.0 / theta ** (i / dim)
         wavelen = 2 * math.pi / inv
-        inv_l = inv / factor if wavelen > orig / low else inv
-        smooth = (orig / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * inv_l / factor + smooth * inv_l
-        in_band = not wavelen < orig / high and not wavelen > orig / low
-        out.append(smoothed if in_band else inv_l)
+        if wavelen < orig / high:
+            out.append(inv)
+        elif wavelen > orig / low:
+            out.append(inv / factor)
+        else:
+            smooth = (orig / wavelen - low) / (high - low)
+            out.append((1 - smooth) * inv / factor + smooth * inv)
     return out
 
 
@@ -131,7 +135,12 @@ def _naive_attention(c: ModelConfig, p: dict, P: str, kind: str, x: list, slopes
         v = y[j * hd:(j + 1) * hd]
         if name != "v" and c.qk_norm == "per_head":
             v = _naive_qk_norm(c, p, f"{P}.attn.{name}_norm", v)
-        return _naive_rope(c, v, pos, local) if name != "v" and rotate else v
+        v = _naive_rope(c, v, pos, local) if name != "v" and rotate else v
+        if name != "v" and rotate and c.qk_norm == "l2":  # Llama 4: after the RoPE, RoPE layers only
+            v = v / math.sqrt(float(np.mean(v * v)) + c.norm_eps)
+        if name == "q" and not rotate and c.attn_temperature_floor is not None:  # llama-models' NoPE layers
+            v = v * (math.log(math.floor((pos + 1.0) / c.attn_temperature_floor) + 1.0) * c.attn_temperature_scale + 1.0)
+        return v
 
     qs, ks, vs = [proj("q", v) for v in x], [proj("k", v) for v in x], [proj("v", v) for v in x]
     out = []

@@ -60,6 +60,8 @@ def switched_off(config: ModelConfig, field: str) -> ModelConfig:
         changes = dict(activation=OTHER_ACTIVATION[value])
     elif field == "norm_weight":
         changes = dict(norm_weight=True)
+    elif field == "attn_temperature_floor":  # no temperature: its scale goes with it
+        changes = dict(attn_temperature_floor=None, attn_temperature_scale=None)
     elif field in ("attn_pattern", "sliding_window", "attn_chunk_size"):  # every layer global
         changes = dict(attn_pattern=DEFAULTS["attn_pattern"], sliding_window=None, attn_chunk_size=None,
                        rope_theta_local=None)  # the local theta acts on sliding layers only

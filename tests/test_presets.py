@@ -136,6 +136,14 @@ EXPECTED_COUNTS = {
     "qwen2-57b-a14b": 57_408_658_944,
     "qwen3-30b-a3b": 30_532_122_624,
     "olmoe-1b-7b": 6_919_161_856,
+    # Llama 4, the text model (Meta's 109B for Scout counts its vision encoder too):
+    #   tokens + lm_head 2*202048*5120 = 2,068,971,520
+    #   per layer: q, o 2*5120^2; k, v 2*5120*1024 -> 62,914,560; router 5120*16 = 81,920;
+    #              16 experts 16*3*5120*8192 = 2,013,265,920; shared 3*5120*8192 = 125,829,120;
+    #              norms 10,240 -> 2,202,101,760
+    #   48 layers 105,700,884,480; final norm 5,120; total 107,769,861,120
+    "llama4-scout": 107_769_861_120,
+    "llama4-maverick": 400_711_848_960,
 }
 
 # Parameters one token runs through (the published "active" figures: Mixtral 12.9B / 39B,
@@ -149,15 +157,18 @@ EXPECTED_ACTIVE_COUNTS = {
     "qwen2-57b-a14b": 14_249_270_784,
     "qwen3-30b-a3b": 3_353_032_704,
     "olmoe-1b-7b": 1_282_017_280,
+    "llama4-scout": 17_172_894_720,  # Meta: 17B active
+    "llama4-maverick": 17_184_691_200,
 }
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_ACTIVE_COUNTS))
 def test_real_size_active_parameter_count(name):
     assert active_param_count(get_preset(name)) == EXPECTED_ACTIVE_COUNTS[name]
-    assert EXPECTED_COUNTS[name] - active_param_count(get_preset(name)) == (
-        get_preset(name).n_layers * (get_preset(name).moe.n_experts - get_preset(name).moe.n_experts_per_token)
-        * 3 * get_preset(name).d_model * get_preset(name).expert_d_ff)
+    c = get_preset(name)
+    moe_layers = sum(kind == "moe" for kind in c.layer_mlp_kinds)
+    assert EXPECTED_COUNTS[name] - active_param_count(c) == (
+        moe_layers * (c.moe.n_experts - c.moe.n_experts_per_token) * 3 * c.d_model * c.expert_d_ff)
 
 
 def test_a_dense_model_runs_through_every_parameter():
@@ -194,7 +205,7 @@ EXPECTED_MODEL_TYPES = {
     "gemma3-4b": "gemma3_text",
     "mixtral-8x7b": "mixtral", "mixtral-8x22b": "mixtral", "dbrx": "dbrx",
     "qwen1.5-moe-a2.7b": "qwen2_moe", "qwen2-57b-a14b": "qwen2_moe", "qwen3-30b-a3b": "qwen3_moe",
-    "olmoe-1b-7b": "olmoe",
+    "olmoe-1b-7b": "olmoe", "llama4-scout": "llama4_text", "llama4-maverick": "llama4_text",
 }
 # The family modules of spec/presets/ (every module but the Preset class's own).
 FAMILY_MODULES = {m.name: importlib.import_module(f"lmref.spec.presets.{m.name}")
@@ -249,7 +260,7 @@ def test_a_preset_without_a_source_or_with_an_unknown_family_is_caught():
 
 SIZE_FIELDS = {"name", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
                "max_seq_len", "rope_scaling", "sliding_window", "attn_chunk_size", "query_scale_dim", "qkv_clip",
-               "moe"}
+               "moe", "attn_temperature_floor"}
 
 
 def _attention_kind(c: ModelConfig) -> str:
@@ -270,7 +281,8 @@ def test_tiny_keeps_every_flag(name):
         for f in dataclasses.fields(RopeScaling):
             if f.name != "original_max_seq_len":
                 assert getattr(small.rope_scaling, f.name) == getattr(base.rope_scaling, f.name), f.name
-    for knob in ("sliding_window", "attn_chunk_size", "query_scale_dim", "qkv_clip"):  # shrunk, never dropped
+    for knob in ("sliding_window", "attn_chunk_size", "query_scale_dim", "qkv_clip",
+                 "attn_temperature_floor"):  # shrunk, never dropped
         assert (getattr(small, knob) is None) == (getattr(base, knob) is None), knob
     if base.moe is not None:  # the experts' widths shrink; every other MoE field is kept
         for f in dataclasses.fields(MoEConfig):
@@ -288,8 +300,9 @@ def test_tiny_is_small(name):
     assert small.d_ff / small.d_model == pytest.approx(base.d_ff / base.d_model, rel=0.02)
     assert small.expert_d_ff / small.d_model == pytest.approx(base.expert_d_ff / base.d_model, rel=0.05)
     assert small.shared_expert_d_ff / small.d_model == pytest.approx(base.shared_expert_d_ff / base.d_model, rel=0.05)
-    # a MoE keeps its published expert count: up to 128 experts of the tiny width
-    assert param_count(small) < (6_000_000 if base.moe else 1_000_000)
+    # a MoE keeps its published expert count: up to 128 experts of the tiny width (Maverick:
+    # 128 experts of width 205 in each of its two MoE layers, 21M)
+    assert param_count(small) < (25_000_000 if base.moe else 1_000_000)
     assert small.name == f"{name}-tiny"
 
 
@@ -343,7 +356,7 @@ def test_resolve_a_preset():
 
 def test_resolve_the_llama_family():
     assert resolve_archs("llama") == ["llama1", "llama2", "llama2-70b", "llama3", "llama3.1"]
-    assert set(FAMILIES["llama"]) == {n for n in PRESETS if n.startswith("llama")}
+    assert set(FAMILIES["llama"]) == {n for n in PRESETS if n.startswith("llama") and not n.startswith("llama4")}
 
 
 def test_resolve_patterns():
@@ -357,7 +370,7 @@ def test_resolve_lists_keep_order_and_drop_repeats():
     assert resolve_archs("llama3.1,llama") == ["llama3.1", "llama1", "llama2", "llama2-70b", "llama3"]
 
 
-@pytest.mark.parametrize("bad", ["mixtral-8x9b", "llama4*", "gpt2,nope"])
+@pytest.mark.parametrize("bad", ["mixtral-8x9b", "llama9*", "gpt2,nope"])
 def test_resolve_unknown_names_list_known_ones(bad):
     with pytest.raises(KeyError) as info:
         resolve_archs(bad)

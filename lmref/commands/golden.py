@@ -58,7 +58,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
         print(_PRESET_ROW.format(name, preset.family, c.hf_model_type or "-", f"{param_count(c):,}", c.n_layers,
                                  c.d_model, c.n_heads, c.n_kv_heads, c.vocab_size, c.max_seq_len, c.position,
                                  **width))
-        print(textwrap.fill(preset.source, _SOURCE_WIDTH, initial_indent="    source: ", subsequent_indent=" " * 12))
+        print(textwrap.fill(preset.source, _SOURCE_WIDTH, initial_indent="    source: ", subsequent_indent=" " * 12,
+                            break_on_hyphens=False))  # a name such as llama-models stays whole
     return 0
 
 

@@ -54,6 +54,9 @@ TINY_CHUNK = 4
 # q, k and v have a standard deviation near 1 at the tiny size (spec/params.py's init), so a
 # clip of 8 (DBRX) would never act; 1.5 clips about one value in eight.
 TINY_QKV_CLIP = 1.5
+# Llama 4's NoPE temperature is 1 until position floor - 1 (8192 at full size): a floor of 4
+# scales the queries from position 3 on, by 1.37 at position 159.
+TINY_TEMPERATURE_FLOOR = 4
 
 
 def get_preset(name: str) -> ModelConfig:
@@ -117,6 +120,8 @@ def _shrunk_knobs(base: ModelConfig, max_seq_len: int) -> dict:
         changes["sliding_window"] = min(base.sliding_window, TINY_WINDOW)
     if base.attn_chunk_size is not None:
         changes["attn_chunk_size"] = min(base.attn_chunk_size, TINY_CHUNK)
+    if base.attn_temperature_floor is not None:
+        changes["attn_temperature_floor"] = min(base.attn_temperature_floor, TINY_TEMPERATURE_FLOOR)
     if base.qkv_clip is not None:
         changes["qkv_clip"] = min(base.qkv_clip, TINY_QKV_CLIP)
     if base.query_scale_dim is not None:  # the ratio to head_dim is what the scale changes
