@@ -13,7 +13,12 @@ KV heads directly.
 q, k, v are the projections (+ bias), clipped (OLMo `clip_qkv`), then q and k normalised
 (the plan's `qk_norm`, spec/MATH.md "QK norm": `per_projection` over the whole [H*hd] / [K*hd]
 projection before the split into heads, transformers `Olmo2Attention`; `per_head` over each
-head's hd, transformers `Qwen3Attention` / `Gemma3Attention`), then rotated (RoPE).
+head's hd, transformers `Qwen3Attention` / `Gemma3Attention`), then rotated (RoPE).  Llama 4
+normalises q and k after the RoPE instead, on its RoPE layers only, with a weightless RMSNorm
+per head (`qk_norm` "l2", transformers `Llama4TextL2Norm`), and scales the queries of its NoPE
+layers by a temperature log1p(floor((p + 1) / floor)) * scale + 1 at absolute position p
+(`query_temperature`; transformers `Llama4TextAttention`, Meta's llama-models
+models/llama4/model.py `attn_temperature_tuning`), before the scores.
 
 scores = (q k^T) * s, s = config.attn_scale (head_dim^-0.5, or query_scale_dim^-0.5: Gemma 2's
 `query_pre_attn_scalar`), softcapped to c tanh(scores / c) when `attn_softcap` is set
@@ -36,7 +41,7 @@ import jax.numpy as jnp
 from lmref.impl_jax.alibi import alibi_bias, alibi_slopes
 from lmref.impl_jax.cache import KVCache
 from lmref.impl_jax.masks import visible
-from lmref.impl_jax.norms import qk_norm
+from lmref.impl_jax.norms import l2_norm, qk_norm, upcast
 from lmref.impl_jax.rope import apply_rope
 from lmref.spec.config import ModelConfig
 from lmref.spec.plan import LayerPlan
@@ -69,6 +74,14 @@ def queries_keys_values(config: ModelConfig, plan: LayerPlan, params: dict, p: s
     return q, k, v
 
 
+def query_temperature(temperature: tuple[int, float], positions: jax.Array, dtype) -> jax.Array:
+    """Llama 4's query temperature [S] in `dtype` at the absolute positions [S] (traced under
+    jit: no branch on their values): log1p(floor((p + 1) / floor)) * scale + 1, 1 while
+    p + 1 < floor.  The floor is an integer division, exact at any context length."""
+    floor, scale = temperature
+    return jnp.log1p(((positions + 1) // floor).astype(dtype)) * scale + 1
+
+
 def attention_scores(config: ModelConfig, plan: LayerPlan, q: jax.Array, k: jax.Array, q_pos: jax.Array,
                      k_pos: jax.Array) -> jax.Array:
     """Masked, biased scores [B, KV, G, Sq, Sk] from q [B, Sq, KV, G, hd], k [B, Sk, KV, hd],
@@ -93,6 +106,11 @@ def attention(config: ModelConfig, plan: LayerPlan, params: dict, prefix: str, x
     q, k, v = queries_keys_values(config, plan, params, prefix, x)  # [B, S, H, hd], [B, S, KV, hd] x 2
     if plan.rope is not None:
         q, k = (apply_rope(plan.rope, t, positions, config.max_seq_len) for t in (q, k))
+    if plan.qk_norm == "l2":  # Llama 4: weightless, per head, after the RoPE (RoPE layers only)
+        q, k = l2_norm(q, config.norm_eps), l2_norm(k, config.norm_eps)  # [B, S, H, hd], [B, S, KV, hd]
+    if plan.temperature is not None:  # Llama 4's NoPE layers, at the queries' absolute positions
+        wide = upcast(q)
+        q = (wide * query_temperature(plan.temperature, positions, wide.dtype)[None, :, None, None]).astype(q.dtype)
     k_positions = positions
     if cache is not None:
         cache = cache.update(plan.index, k, v, positions)

@@ -6,7 +6,10 @@ RMSNorm: x / sqrt(mean(x^2) + eps) * w (Zhang & Sennrich 2019; HF `LlamaRMSNorm`
 Unit offset (`norm_unit_offset`, Gemma): the stored w scales as (1 + w) (transformers
 `GemmaRMSNorm`: `output * (1.0 + self.weight.float())`; Google's `gemma` `RMSNorm`).
 QK norm (spec/MATH.md, "QK norm"): always an RMSNorm, with a weight and no bias, of the last
-axis it is given (a head's head_dim, or a whole projection).
+axis it is given (a head's head_dim, or a whole projection).  Llama 4's "l2" QK norm
+(`l2_norm`) is the RMSNorm without a weight of each q / k head, after the RoPE (transformers
+`Llama4TextL2Norm`: `x.float() * rsqrt(mean(x^2) + eps)`, then `type_as`; Meta's llama-models
+models/llama4/model.py `rmsnorm`).
 
 Low precision: the statistics and the affine run in at least float32 and the result is cast
 back to the input dtype (HF `LlamaRMSNorm` upcasts to float32; torch's LayerNorm kernels
@@ -56,6 +59,12 @@ def apply_norm(config: ModelConfig, params: dict, prefix: str, x: jax.Array) -> 
     """The config's norm, with the affine parameters stored under `prefix` (if it has them)."""
     normalise = layer_norm if config.norm == "layernorm" else rms_norm
     return _normalised(config, params, prefix, x, normalise, config.norm_bias)
+
+
+def l2_norm(x: jax.Array, eps: float) -> jax.Array:
+    """x [..., head_dim] / sqrt(mean(x^2) + eps) over the last axis, no weight (Llama 4), in at
+    least float32, cast back to x's dtype."""
+    return rms_norm(upcast(x), eps).astype(x.dtype)
 
 
 def qk_norm(config: ModelConfig, params: dict, prefix: str, x: jax.Array) -> jax.Array:

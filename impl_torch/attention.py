@@ -16,6 +16,13 @@ Per layer (spec/MATH.md, "Attention" and "QK norm"):
     q, k = q_norm(q), k_norm(k)      RMSNorm per head (Qwen 3, Gemma 3) or of the whole
                                      projection (OLMo 2), before the RoPE
     q, k = rope(q), rope(k)
+    q, k = l2_norm(q), l2_norm(k)    Llama 4's "l2": weightless RMSNorm per head, after the
+                                     RoPE, on the RoPE layers only (transformers
+                                     `Llama4TextL2Norm`)
+    q = q * temperature(p)           Llama 4's NoPE layers: log1p(floor((p + 1) / floor)) *
+                                     scale + 1 at the absolute position p of each query
+                                     (transformers `Llama4TextAttention`, Meta's llama-models
+                                     models/llama4/model.py `attn_temperature_tuning`)
     scores = q k^T * scale           scale = (query_scale_dim or head_dim)^-0.5 (Gemma 2)
     scores = c tanh(scores / c)      attn_softcap c (Gemma 2), before ALiBi and the mask
 
@@ -44,7 +51,7 @@ from torch import nn
 
 from lmref.impl_torch import masks
 from lmref.impl_torch.alibi import alibi_bias, alibi_slopes
-from lmref.impl_torch.norms import Norm, compute_dtype, upcast
+from lmref.impl_torch.norms import Norm, compute_dtype, l2_norm, upcast
 from lmref.impl_torch.rope import apply_rope
 from lmref.spec.config import ModelConfig
 from lmref.spec.plan import LayerPlan, Rope
@@ -97,6 +104,18 @@ def sdpa_attention(config: ModelConfig, q: torch.Tensor, k: torch.Tensor, v: tor
 def bias_dtype(attn_impl: str, dtype: torch.dtype) -> torch.dtype:
     """The eager path adds the bias to float32 (or float64) scores; SDPA wants q's dtype."""
     return compute_dtype(dtype) if attn_impl == "eager" else dtype
+
+
+def query_temperature(temperature: tuple[int, float], positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Llama 4's query temperature [P, 1, S, 1] in `dtype` at the absolute positions [P, S]:
+    log1p(floor((p + 1) / floor)) * scale + 1 (transformers `Llama4TextAttention`:
+    `torch.log1p(torch.floor((cache_position.float() + 1.0) / self.floor_scale)) * self.attn_scale
+    + 1.0`; Meta's llama-models models/llama4/model.py), 1 while p + 1 < floor.  The floor is an
+    integer division of the int64 positions (exact at any context length; no branch on the
+    values, so torch.export traces it)."""
+    floor, scale = temperature
+    steps = torch.div(positions + 1, floor, rounding_mode="floor").to(dtype)  # [P, S]
+    return (torch.log1p(steps) * scale + 1.0)[:, None, :, None]  # [P, 1, S, 1]
 
 
 def attention_bias(config: ModelConfig, plan: LayerPlan, q_positions: torch.Tensor, k_positions: torch.Tensor,
@@ -157,7 +176,7 @@ def qk_norm(config: ModelConfig, plan: LayerPlan, heads: int, dtype: torch.dtype
     head_dim, one weight shared by the heads ("per_head"), or over the whole projection
     ("per_projection"); (1 + w) with norm_unit_offset, no weight without norm_weight."""
     if plan.qk_norm not in ("per_head", "per_projection"):
-        return None  # "none"; "l2" is refused by the feature check before any layer is built
+        return None  # "none"; "l2" has no weight: Attention.forward applies l2_norm after the RoPE
     size = config.head_dim if plan.qk_norm == "per_head" else heads * config.head_dim
     return Norm("rmsnorm", size, config.norm_eps, weight=config.norm_weight, bias=False,
                 unit_offset=config.norm_unit_offset, dtype=dtype, device=device)
@@ -200,6 +219,11 @@ class Attention(nn.Module):
         if plan.rope is not None:
             cos, sin = step.ropes[plan.rope]
             q, k = apply_rope(plan.rope, q, cos, sin), apply_rope(plan.rope, k, cos, sin)
+        if plan.qk_norm == "l2":  # Llama 4: weightless, per head, after the RoPE (RoPE layers only)
+            q, k = l2_norm(q, c.norm_eps), l2_norm(k, c.norm_eps)  # [B, H, S, hd], [B, KV, S, hd]
+        if plan.temperature is not None:  # Llama 4's NoPE layers, at the queries' absolute positions
+            wide = upcast(q)
+            q = (wide * query_temperature(plan.temperature, step.positions, wide.dtype)).to(q.dtype)
         k_positions = step.positions
         if step.cache is not None:
             k, v, k_positions = step.cache.append(plan.index, k, v, step.positions)  # [B, KV, T, hd] x 2, [P, T]

@@ -2,8 +2,9 @@
 golden by the property tests of tests/torch/ (tests/strategies.py draws them), Gemma's,
 Qwen 3's and OLMo 2's knobs also by tests/torch/test_issue11_features.py on fixed tiny
 configs, the mixtures of experts (MOE) by tests/torch/test_moe.py (`moe_configs()` and the
-tiny MoE presets)."""
+tiny MoE presets), Llama 4's attention (LLAMA4: the weightless "l2" QK norm after the RoPE,
+the NoPE layers' query temperature) by tests/torch/test_llama4.py on the tiny Llama 4 presets."""
 
-from lmref.spec.features import CORE, MOE, declare
+from lmref.spec.features import CORE, LLAMA4, MOE, declare
 
-FEATURES = declare(*CORE, *MOE)
+FEATURES = declare(*CORE, *MOE, *LLAMA4)

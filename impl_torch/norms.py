@@ -10,6 +10,11 @@ built module holds w = 0.
 bf16 / fp16 inputs are normalised in float32 and cast back, as HF `LlamaRMSNorm` does
 (`hidden_states.to(torch.float32)`): a mean of squares accumulated in half precision loses
 digits, and fp16 squares overflow above |x| = 256.
+
+Llama 4's "l2" QK norm (`l2_norm`) is an RMSNorm without weight of each q / k head, after the
+RoPE (transformers `Llama4TextL2Norm`: `self._norm(x.float()).type_as(x)`, `x *
+torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)`; Meta's llama-models
+models/llama4/model.py `rmsnorm(x, eps)`), likewise in float32 at least.
 """
 
 from __future__ import annotations
@@ -40,6 +45,12 @@ def layer_norm(x: torch.Tensor, eps: float, weight: torch.Tensor | None = None,
 def rms_norm(x: torch.Tensor, eps: float, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Divide the last axis by its root mean square, then w."""
     return F.rms_norm(x, x.shape[-1:], weight, eps)
+
+
+def l2_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x [..., head_dim] / sqrt(mean(x^2) + eps) over the last axis, no weight (Llama 4's
+    weightless QK norm), computed in float32 at least and cast back to x's dtype."""
+    return rms_norm(upcast(x), eps).to(x.dtype)
 
 
 class Norm(nn.Module):

@@ -37,13 +37,17 @@ def default_inv_freq(theta: float, rope_dim: int, dtype: torch.dtype, device) ->
 def llama3_inv_freq(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
     """Llama 3.1 scaling (HF `_compute_llama3_parameters`): wavelengths above
     orig/low_freq_factor are divided by `factor`, those below orig/high_freq_factor are kept,
-    the band between is interpolated."""
+    the band between is interpolated.  With high_freq_factor == low_freq_factor (Llama 4
+    Scout: both 1) there is no band, and no smoothing is computed (it would divide by zero;
+    Meta's llama-models models/llama4 `apply_scaling` asserts no wavelength lands in it)."""
     wavelen = 2 * math.pi / inv_freq
     low_freq_wavelen = s.original_max_seq_len / s.low_freq_factor
     high_freq_wavelen = s.original_max_seq_len / s.high_freq_factor
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
+    if s.high_freq_factor == s.low_freq_factor:  # no band between the two: nothing is smoothed
+        return scaled
     smooth = (s.original_max_seq_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
     smoothed = (1 - smooth) * inv_freq / s.factor + smooth * inv_freq
-    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
     in_band = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
     return torch.where(in_band, smoothed, scaled)
 

@@ -122,7 +122,7 @@ def test_unknown_dtype_and_kernel_are_refused():
 
 @pytest.mark.parametrize("changes, feature", [
     (dict(logit_scale=0.0625), "head.logit_scale"),
-    (dict(qk_norm="l2"), "attn.qk_norm.l2"),
+    (dict(embedding_norm=True), "embedding.norm"),
 ])
 def test_a_feature_the_twin_lacks_is_refused_by_name(changes, feature):
     """The twin refuses what its FEATURES lack, before tokens and params, as the golden does."""
