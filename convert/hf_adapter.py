@@ -35,10 +35,10 @@ from lmref.spec.features import check_supported
 from transformers import AutoModelForCausalLM
 
 
-def _recorder(captured: dict, name: str):
-    """A forward hook storing a module's output (the first element of a tuple) as `name`."""
+def _recorder(captured: dict, name: str, index: int = 0):
+    """A forward hook storing a module's output (element `index` of a tuple) as `name`."""
     def hook(module, args, output):
-        captured[name] = output[0] if isinstance(output, tuple) else output
+        captured[name] = output[index] if isinstance(output, tuple) else output
     return hook
 
 
@@ -48,6 +48,15 @@ def _choice_recorder(chosen: dict, name: str):
     (`MixtralSparseMoeBlock.forward`, `Qwen2MoeSparseMoeBlock.forward`, ..., `DbrxFFN.forward`)."""
     def hook(module, args):
         chosen[name] = args[1]
+    return hook
+
+
+def _router_choice_recorder(chosen: dict, name: str, choose, k: int):
+    """A forward hook storing the experts a layer dispatches to as `name`, read from its
+    router's output by the type's `chosen_experts` (Llama 4: its experts module takes every
+    token, scaled by the router's scores, so the choice is in the scores)."""
+    def hook(module, args, output):
+        chosen[name] = choose(output, k)
     return hook
 
 
@@ -126,31 +135,42 @@ class HFAdapter:
         attention and MLP outputs: the output projections (o_proj / c_proj / out_proj,
         down_proj / c_proj) produce exactly what the sublayer adds to the residual stream
         (the dropouts after them are off in eval); a mixture's whole block does (its routed
-        and shared experts together), and its router's first output is the logits [B*S, E].
+        and shared experts together; Llama 4's returns them [B*S, d]), and its router's
+        output `ROUTER_LOGITS` (the first unless the type's module says otherwise) is the
+        logits [B*S, E].
         """
         model = self.build_model(config, params)
-        modules = module_for(config).LAYER_MODULES
+        module = module_for(config)
+        modules, logits_index = module.LAYER_MODULES, getattr(module, "ROUTER_LOGITS", 0)
         captured: dict = {}
         last = config.n_layers - 1
-        targets = [(f"layers.{i}.{part}", modules[part].format(i=i)) for i in range(config.n_layers)
-                   for part in ("attn", "mlp")] + [(f"layers.{last}.out", modules["out"].format(i=last))]
-        targets += [(f"layers.{i}.router", modules["router"].format(i=i)) for i in moe_layers(config)]
-        hooks = [model.get_submodule(path).register_forward_hook(_recorder(captured, name)) for name, path in targets]
+        targets = [(f"layers.{i}.{part}", modules[part].format(i=i), 0) for i in range(config.n_layers)
+                   for part in ("attn", "mlp")] + [(f"layers.{last}.out", modules["out"].format(i=last), 0)]
+        targets += [(f"layers.{i}.router", modules["router"].format(i=i), logits_index) for i in moe_layers(config)]
+        hooks = [model.get_submodule(path).register_forward_hook(_recorder(captured, name, index))
+                 for name, path, index in targets]
         out = _hooked_run(model, hooks, input_ids=torch.from_numpy(tokens), output_hidden_states=True)
         states = out.hidden_states  # L + 1 tensors [B, S, d_model]
         captured |= {"embed": states[0], "final_norm": states[-1], "logits": out.logits}
         captured |= {f"layers.{i}.out": states[i + 1] for i in range(last)}
-        captured |= {f"layers.{i}.router": captured[f"layers.{i}.router"].reshape(*tokens.shape, -1)
-                     for i in moe_layers(config)}  # [B * S, E] -> [B, S, E]
+        captured |= {f"layers.{i}.{part}": captured[f"layers.{i}.{part}"].reshape(*tokens.shape, -1)
+                     for i in moe_layers(config) for part in ("router", "mlp")}  # [B * S, ...] -> [B, S, ...]
         return {name: captured[name].numpy() for name in capture_names(config)}
 
     def routing(self, config, params, tokens):
         """{"layers.{i}": the experts [B, S, k] each token of every mixture layer is sent to},
-        as transformers dispatches them (the `top_k_index` its experts module is called with)."""
+        as transformers dispatches them (the `top_k_index` its experts module is called with;
+        Llama 4: the experts its router's scores send a nonzero input, `chosen_experts`)."""
         model = self.build_model(config, params)
-        modules = module_for(config).LAYER_MODULES
+        module = module_for(config)
+        modules = module.LAYER_MODULES
         chosen: dict = {}
-        hooks = [model.get_submodule(modules["experts"].format(i=i)).register_forward_pre_hook(
-            _choice_recorder(chosen, f"layers.{i}")) for i in moe_layers(config)]
+        if "experts" in modules:
+            hooks = [model.get_submodule(modules["experts"].format(i=i)).register_forward_pre_hook(
+                _choice_recorder(chosen, f"layers.{i}")) for i in moe_layers(config)]
+        else:  # an experts module that is not told the choice (Llama 4): the type reads it from the router
+            hooks = [model.get_submodule(modules["router"].format(i=i)).register_forward_hook(_router_choice_recorder(
+                chosen, f"layers.{i}", module.chosen_experts, config.moe.n_experts_per_token))
+                for i in moe_layers(config)]
         _hooked_run(model, hooks, input_ids=torch.from_numpy(tokens))
         return {name: index.reshape(*tokens.shape, -1).numpy() for name, index in chosen.items()}  # [B, S, k]

@@ -6,6 +6,9 @@ softmax over every expert, top-k, renormalised or not) and adds
 `router_aux_loss_coef` (DBRX: `ffn_config.moe_loss_weight`) times `load_balancing_loss_func`
 to a `labels=` loss when asked for the router logits, the golden's loss (impl_numpy/moe.py).
 
+Llama 4 (convert/models/llama4_text.py) routes otherwise (sigmoid top-k scaling the experts'
+input, no auxiliary loss) and shares only `moe_rules`, `own_width` and the ignored keys.
+
 A `ModelConfig`'s `moe` fields a type does not map must keep the value its class hard-codes
 (`moe_rules`).  Qwen's types choose their mixture layers by index (`mlp_only_layers`,
 `decoder_sparse_step`: `sparse_pattern`); the others make every layer one.

@@ -1,7 +1,7 @@
 """The configs the Hugging Face converter tests run: every convertible preset's golden-case
-config, variants that switch on what the presets leave off, and interleaved-RoPE configs
-(exported with their q, k columns permuted, so they come back in the halves layout: the same
-model, compared by its logits rather than by equality).
+config, variants that switch on what the presets leave off, and configs in the RoPE layout
+their type does not rotate (exported with their q, k columns permuted, so they come back in
+the other layout: the same model, compared by its logits rather than by equality).
 
 tests/test_hf_convert.py round-trips them without transformers; tests/test_hf_float64.py runs
 their exports in transformers.  `tokens_for` gives the tokens a float32 run of one of them
@@ -71,11 +71,25 @@ MOE_VARIANTS = {
         "olmoe-1b-7b", dict(renormalize=True), n_kv_heads=2, qkv_bias=True, attn_out_bias=True, tie_embeddings=True),
     "dbrx-clip-0.5-no-renormalize-gelu": moe_variant(
         "dbrx", dict(renormalize=False), qkv_clip=0.5, activation="gelu_tanh"),
+    # Llama 4: a RoPE layer with a causal mask ("global"), top-2 of 8 experts as wide as the dense
+    # MLP, a tied head, llama3 scaling with a smoothed band, a stronger temperature
+    "llama4-scout-global-rope-layer-top2-tied-llama3-band": moe_variant(
+        "llama4-scout", dict(n_experts=8, n_experts_per_token=2, d_ff=None), attn_pattern=(
+            "chunked", "global", "global_nope"), tie_embeddings=True, rope_scaling=RopeScaling(
+            kind="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=32),
+        attn_temperature_scale=0.5),
+    # moe_layers no interleave step gives (0 and 3), NoPE first, QK norm, no temperature, tanh GELU
+    "llama4-maverick-moe-layers-0-3-nope-first-qk-norm-no-temperature": moe_variant(
+        "llama4-maverick", dict(n_experts=4), mlp_pattern=("moe", "dense", "dense"),
+        attn_pattern=("global_nope", "chunked"), qk_norm="l2", attn_temperature_floor=None,
+        attn_temperature_scale=None, activation="gelu_tanh"),
 }
 VARIANTS |= MOE_VARIANTS
 CONFIGS = {arch: case_config(arch) for arch in SUPPORTED_ARCHS} | VARIANTS
 
-INTERLEAVED = {
+# Configs in the RoPE layout their type does not rotate (transformers rotates halves, but
+# Llama 4 interleaved pairs): exported with q's and k's columns permuted, read back in the other.
+OTHER_LAYOUT = {
     "llama3-interleaved-biases": tiny("llama3", rope_layout="interleaved", qkv_bias=True, attn_out_bias=True),
     # the q/k norm weights are permuted with the columns: one head's order, or the projection's
     "qwen3-interleaved": tiny("qwen3-8b", rope_layout="interleaved"),
@@ -85,6 +99,7 @@ INTERLEAVED = {
     "dbrx-interleaved": tiny("dbrx", rope_layout="interleaved"),
     "olmoe-interleaved-gqa": tiny("olmoe-1b-7b", rope_layout="interleaved", n_kv_heads=2),
     "qwen3-moe-interleaved": tiny("qwen3-30b-a3b", rope_layout="interleaved"),
+    "llama4-scout-halves": tiny("llama4-scout", rope_layout="halves"),
 }
 
 

@@ -21,7 +21,7 @@ from lmref.convert.hf import hf_config
 from lmref.convert.features import FEATURES, FEATURES_BY_TYPE
 from lmref.spec import PRESETS, init_params, required_features, tiny
 
-from tests.hf_configs import CONFIGS, INTERLEAVED, SUPPORTED_ARCHS
+from tests.hf_configs import CONFIGS, OTHER_LAYOUT, SUPPORTED_ARCHS
 
 
 def assert_same_params(got: dict, want: dict) -> None:
@@ -67,15 +67,16 @@ def test_from_hf_sets_hf_model_type_from_model_type(model_type):
     assert config_from_hf({"model_type": model_type}, "defaults").hf_model_type == model_type
 
 
-@pytest.mark.parametrize("key", sorted(INTERLEAVED))
-def test_interleaved_rope_is_exported_permuted_and_computes_the_same(key, tmp_path):
-    """transformers rotates halves; an interleaved model is exported with q, k columns (and the
-    q/k norm weights) permuted."""
-    config = INTERLEAVED[key]
+@pytest.mark.parametrize("key", sorted(OTHER_LAYOUT))
+def test_the_other_rope_layout_is_exported_permuted_and_computes_the_same(key, tmp_path):
+    """transformers rotates halves (Llama 4: interleaved pairs); a model in the other layout is
+    exported with q, k columns (and the q/k norm weights) permuted."""
+    config = OTHER_LAYOUT[key]
     params = init_params(config, 3)
     to_hf(config, params, tmp_path)
     back_config, back_params = from_hf(tmp_path)
-    assert back_config == dataclasses.replace(config, rope_layout="halves")
+    other = {"interleaved": "halves", "halves": "interleaved"}[config.rope_layout]
+    assert back_config == dataclasses.replace(config, rope_layout=other)
     assert not np.array_equal(back_params["layers.0.attn.wq"], params["layers.0.attn.wq"])
     assert np.array_equal(back_params["layers.0.attn.wv"], params["layers.0.attn.wv"])
     tokens = np.arange(2 * 9).reshape(2, 9) * 13 % config.vocab_size

@@ -28,10 +28,10 @@ from lmref.conformance.tolerances import DEFAULT_ROWS  # noqa: E402
 from lmref.convert import to_hf  # noqa: E402
 from lmref.spec import init_params  # noqa: E402
 
-from tests.hf_configs import CONFIGS, INTERLEAVED  # noqa: E402
+from tests.hf_configs import CONFIGS, OTHER_LAYOUT  # noqa: E402
 
 F64 = DEFAULT_ROWS["float64"]
-ALL = CONFIGS | INTERLEAVED
+ALL = CONFIGS | OTHER_LAYOUT
 
 
 class Float64Mode(TorchFunctionMode):

@@ -12,6 +12,13 @@ meta device) with exactly the tensors, shapes and parameter count lmref's conver
 that 5.x fuses in memory); and the config.json lmref writes for a preset reads in transformers
 as the published one (DBRX's excepted: transformers 5.23 reads the Hub's file with RoPE theta
 10000, test_dbrx_hub_config_runs_theta_10000_in_transformers_5).
+
+Llama 4's files are the `text_config` of meta-llama/Llama-4-Scout-17B-16E and
+Llama-4-Maverick-17B-128E (Llama4ForConditionalGeneration; the text model is
+Llama4ForCausalLM), written from memory of the Hub's (no Hub access), with its 4.51-era keys:
+`no_rope_layers: []` (4.x and 5.x then derive every fourth layer NoPE), `for_llm_compressor`,
+`cache_implementation`, and `attn_temperature_tuning: 4`, which transformers 5.23 refuses
+(its config takes a bool), so it is given True there (`for_transformers5`).
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ REAL = {
     "databricks--dbrx-base": "dbrx", "Qwen--Qwen1.5-MoE-A2.7B": "qwen1.5-moe-a2.7b",
     "Qwen--Qwen2-57B-A14B": "qwen2-57b-a14b", "Qwen--Qwen3-30B-A3B": "qwen3-30b-a3b",
     "allenai--OLMoE-1B-7B-0924": "olmoe-1b-7b",
+    "meta-llama--Llama-4-Scout-17B-16E.text_config": "llama4-scout",
+    "meta-llama--Llama-4-Maverick-17B-128E.text_config": "llama4-maverick",
 }
 WITH_PRESET = sorted(name for name, preset in REAL.items() if preset)
 # Keys that never change the numbers, or that only one of two equivalent files spells out.
@@ -57,11 +66,19 @@ NOT_NUMERIC = {
     "model_type",  # DBRX's sub-configs say "" (their class's base_config_key names them)
     "auto_map",  # DBRX's pointers to Databricks' remote code, which transformers' own class replaces
     "moe_jitter_eps",  # DBRX's router jitter, applied in training only
+    "for_llm_compressor",  # Llama 4's 4.51-era flag, read by neither 4.57 nor 5.23 (false on the Hub)
 }
 
 
 def published(name: str) -> dict:
     return json.loads((DIRECTORY / f"{name}.json").read_text())
+
+
+def for_transformers5(data: dict) -> dict:
+    """`data` as transformers 5.23 takes it: Llama 4's integer attn_temperature_tuning (the
+    Hub's 4, which 4.x ran as true) as a bool."""
+    tuning = data.get("attn_temperature_tuning")
+    return data | ({"attn_temperature_tuning": bool(tuning)} if isinstance(tuning, int) else {})
 
 
 def test_every_file_is_listed():
@@ -78,7 +95,8 @@ def test_transformers_builds_the_tensors_lmref_maps(name):
     data = published(name)
     config = config_from_hf(data, name)
     with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**data))
+        hf = transformers.AutoConfig.for_model(**for_transformers5(data))
+        model = transformers.AutoModelForCausalLM.from_config(hf)
     # a tied head is listed once; 5.x's fused experts are split back as save_pretrained does
     built = {key: tuple(p.shape) for key, p in revert_weight_conversion(model, dict(model.named_parameters())).items()}
     assert built == expected_shapes(module_for(config).entries(config), param_shapes(config))
@@ -87,7 +105,7 @@ def test_transformers_builds_the_tensors_lmref_maps(name):
 
 def _numeric(data: dict) -> dict:
     """The config as transformers reads it, minus NOT_NUMERIC (in DBRX's sub-configs too)."""
-    read = transformers.AutoConfig.for_model(**data).to_dict()
+    read = transformers.AutoConfig.for_model(**for_transformers5(data)).to_dict()
     return _without_not_numeric(read)
 
 
@@ -129,3 +147,15 @@ def test_gemmas_legacy_gelu_is_the_tanh_gelu():
     assert published("google--gemma-7b")["hidden_act"] == "gelu"
     assert config_from_hf(published("google--gemma-7b"), "g").activation == "gelu_tanh"
     assert transformers.AutoConfig.for_model(**published("google--gemma-7b")).hidden_act == "gelu_pytorch_tanh"
+
+
+@pytest.mark.parametrize("name", ["meta-llama--Llama-4-Scout-17B-16E.text_config",
+                                  "meta-llama--Llama-4-Maverick-17B-128E.text_config"])
+def test_llama4s_hub_temperature_flag_is_refused_by_transformers_5_and_read_as_true(name):
+    data = published(name)
+    assert data["attn_temperature_tuning"] == 4
+    with pytest.raises(Exception, match="attn_temperature_tuning"):  # StrictDataclassFieldValidationError
+        transformers.AutoConfig.for_model(**data)
+    config = config_from_hf(data, name)
+    assert (config.attn_temperature_floor, config.attn_temperature_scale) == (8192, 0.1)
+    assert config.layer_attn_kinds[:4] == ("chunked", "chunked", "chunked", "global_nope")

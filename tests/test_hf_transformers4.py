@@ -33,7 +33,7 @@ from lmref.conformance.tolerances import DEFAULT_ROWS  # noqa: E402
 from lmref.convert import to_hf  # noqa: E402
 from lmref.spec import PRESETS, init_params  # noqa: E402
 
-from tests.hf_configs import INTERLEAVED, VARIANTS, tokens_for  # noqa: E402
+from tests.hf_configs import OTHER_LAYOUT, VARIANTS, tokens_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TRANSFORMERS4 = ROOT / ".venv" / "transformers4"
@@ -43,7 +43,7 @@ DIFFERENT_IN_4 = {
     # 4.57's eager Qwen2-MoE slides every layer once use_sliding_window is on; 5.x follows layer_types
     "qwen2-moe-dense-first-sliding-even-renormalized",
 }
-OTHERS = {key: config for key, config in (VARIANTS | INTERLEAVED).items() if key not in DIFFERENT_IN_4}
+OTHERS = {key: config for key, config in (VARIANTS | OTHER_LAYOUT).items() if key not in DIFFERENT_IN_4}
 F32 = DEFAULT_ROWS["float32"]
 
 CHILD = """
