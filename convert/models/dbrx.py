@@ -27,27 +27,10 @@ and v1 are nn.Linear-like [f, d], w2 is used untransposed, `inter @ w2_e`), `tra
 
 from __future__ import annotations
 
-from lmref.convert.fields import (
-    ACTIVATION_FEATURES,
-    ACTIVATION_TO_HF,
-    HFConfig,
-    activation_rule,
-    check_expressible,
-)
+from lmref.convert.fields import ACTIVATION_FEATURES, ACTIVATION_TO_HF, HFConfig, activation_rule, check_expressible
 from lmref.convert.layout import Entry, linear, same
-from lmref.convert.moe import (
-    MOE_FEATURES,
-    MOE_IGNORED,
-    MOE_MAPPED,
-    every_layer_rule,
-    moe_rules,
-)
-from lmref.convert.rope import (
-    DEFAULT_THETA,
-    rope_columns_permutation,
-    rope_from_hf,
-    rope_to_hf,
-)
+from lmref.convert.moe import MOE_FEATURES, MOE_IGNORED, MOE_MAPPED, every_layer_rule, moe_rules
+from lmref.convert.rope import DEFAULT_THETA, rope_columns_permutation, rope_from_hf, rope_to_hf
 from lmref.spec.config import ModelConfig, MoEConfig
 from lmref.spec.features import declare
 

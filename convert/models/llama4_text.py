@@ -38,12 +38,7 @@ and `...experts.down_proj` [E, f, d], `...feed_forward.shared_expert.{gate,up,do
 from __future__ import annotations
 
 import numpy as np
-from lmref.convert.fields import (
-    ACTIVATION_FEATURES,
-    HFConfig,
-    activation_rule,
-    check_expressible,
-)
+from lmref.convert.fields import ACTIVATION_FEATURES, HFConfig, activation_rule, check_expressible
 from lmref.convert.layer_types import shortest_period
 from lmref.convert.layout import Entry, linear, same
 from lmref.convert.models import llama

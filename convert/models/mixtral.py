@@ -16,22 +16,11 @@ down [d, f]).
 
 from __future__ import annotations
 
-from lmref.convert.fields import (
-    ACTIVATION_FEATURES,
-    HFConfig,
-    activation_rule,
-    check_expressible,
-)
+from lmref.convert.fields import ACTIVATION_FEATURES, HFConfig, activation_rule, check_expressible
 from lmref.convert.layout import Entry, same
 from lmref.convert.models import llama, qwen2
 from lmref.convert.moe import (
-    MOE_FEATURES,
-    MOE_IGNORED,
-    MOE_LAYER_MODULES,
-    MOE_MAPPED,
-    every_layer_rule,
-    expert_entries,
-    moe_rules,
+    MOE_FEATURES, MOE_IGNORED, MOE_LAYER_MODULES, MOE_MAPPED, every_layer_rule, expert_entries, moe_rules,
 )
 from lmref.convert.rope import ROPE_FEATURES, rope_scaling_rule
 from lmref.spec.config import ModelConfig, MoEConfig

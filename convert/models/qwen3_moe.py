@@ -16,24 +16,12 @@ layer's `mlp.{gate,up,down}_proj.weight`.
 
 from __future__ import annotations
 
-from lmref.convert.fields import (
-    ACTIVATION_FEATURES,
-    HFConfig,
-    activation_rule,
-    check_expressible,
-)
+from lmref.convert.fields import ACTIVATION_FEATURES, HFConfig, activation_rule, check_expressible
 from lmref.convert.layout import Entry, same
 from lmref.convert.models import llama, qwen2
 from lmref.convert.moe import (
-    MOE_FEATURES,
-    MOE_IGNORED,
-    MOE_LAYER_MODULES,
-    MOE_MAPPED,
-    expert_entries,
-    moe_rules,
-    own_width,
-    sparse_hf_fields,
-    sparse_pattern,
+    MOE_FEATURES, MOE_IGNORED, MOE_LAYER_MODULES, MOE_MAPPED, expert_entries, moe_rules, own_width,
+    sparse_hf_fields, sparse_pattern,
 )
 from lmref.convert.rope import ROPE_FEATURES, rope_scaling_rule
 from lmref.spec.config import ModelConfig, MoEConfig
