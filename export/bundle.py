@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lmref.export.decoder import KV, PAST_DIM, WINDOW_PAST_DIM, input_names, output_names, window_pasts
+from lmref.export.decoder import KV, PAST_DIM, WINDOW_PAST_DIM, graph_output_names, input_names, window_pasts
 from lmref.export.errors import BundleError
 from lmref.export.exporter import (CONFIG_FILE, CONFIG_METADATA_KEY, FORMAT, FORMAT_VERSION, MANIFEST_FILE,
                                    TOKENIZER_FILE, file_digest, past_lengths)
+from lmref.spec.captures import moe_layers
 from lmref.spec.config import ConfigError, ModelConfig
 
 
@@ -194,8 +195,9 @@ def graph_mismatches(config: ModelConfig, model) -> list[str]:
         problems += [f"{k}: config.json {v!r}, graph {graph_config.get(k)!r}"
                      for k, v in ours.items() if graph_config.get(k) != v]
     names = ([v.name for v in model.graph.input], [v.name for v in model.graph.output])
-    if names != (input_names(config.n_layers), output_names(config.n_layers)):
-        problems.append(f"inputs/outputs {names} are not those of {config.n_layers} layers")
+    if names != (input_names(config.n_layers), graph_output_names(config)):
+        problems.append(f"inputs/outputs {names} are not those of {config.n_layers} layers"
+                        + (f" and MoE layers {moe_layers(config)}" if config.moe is not None else ""))
         return problems
     outputs = {v.name: _dims(v) for v in model.graph.output}
     if outputs["logits"][2] != config.vocab_size:

@@ -32,11 +32,26 @@ tokens.  Everything depends on the inputs only through tensor ops:
 - the cache grows by `torch.cat` (no StaticCache object crosses the boundary:
   pytorch#153998, pytorch#152465).
 
-MoE layers, when the twin gets them, go through impl_torch's blocks like dense ones, as a
-static loop over all experts (huggingface/transformers#38518).
+A mixture-of-experts layer routes inside the graph, on the tokens it is given: the twin's
+"dense" dispatch (impl_torch/moe.py, set on the wrapped model) takes TopK of the router's
+scores, scatters the chosen weights into a dense [tokens, experts] matrix and runs every
+expert on every token (static shapes: the data-dependent `nonzero` / per-expert slices of
+the other dispatches stop torch.export, huggingface/transformers#38518, and a trace of them
+would bake the example's routing in: Tencent/YOLO-Master#74).  Each "moe" layer i adds two
+outputs after the presents (moe_output_names):
+
+    router_logits.{i}     [B, S, n_experts] float32  the router's logits (capture `layers.{i}.router`)
+    selected_experts.{i}  [B, S, k] int64            the very TopK indices the layer scattered
+
+so a consumer sees what the graph chose (the conformance `routing` capability reports it),
+and the load-balancing loss, a function of the router logits, is computed from the graph's
+outputs (export/onnx_adapter.py).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -44,6 +59,8 @@ from torch import nn
 
 from lmref.export.features import check_exportable
 from lmref.impl_torch import Transformer
+from lmref.impl_torch.moe import MoE
+from lmref.spec.captures import moe_layers
 from lmref.spec.config import ModelConfig
 from lmref.spec.plan import EMPTY_SLOT, layer_plan
 
@@ -52,6 +69,8 @@ DTYPE = torch.float32
 # (pytorch#149662), and the eager path's explicit GQA expand needs no `enable_gqa` support
 # (microsoft/onnxscript#2558).
 ATTN_IMPL = "eager"
+# impl_torch's static-shape MoE dispatch: TopK, scatter, every expert on every token.
+MOE_DISPATCH = "dense"
 KV = ("key", "value")
 # The symbolic names of the past's length: every layer's that keeps all its past, and the
 # sliding layers' (min(past_sequence, W - 1), window_pasts).
@@ -71,7 +90,26 @@ def input_names(n_layers: int) -> list[str]:
 
 
 def output_names(n_layers: int) -> list[str]:
+    """The decoder's outputs: what Optimum and onnxruntime-genai read."""
     return ["logits", *present_names(n_layers)]
+
+
+def router_names(config: ModelConfig) -> list[str]:
+    return [f"router_logits.{i}" for i in moe_layers(config)]
+
+
+def expert_names(config: ModelConfig) -> list[str]:
+    return [f"selected_experts.{i}" for i in moe_layers(config)]
+
+
+def moe_output_names(config: ModelConfig) -> list[str]:
+    """The "moe" layers' outputs after the presents (module docstring); none for a dense model."""
+    return [*router_names(config), *expert_names(config)]
+
+
+def graph_output_names(config: ModelConfig) -> list[str]:
+    """Every output of the graph of `config`, in order."""
+    return [*output_names(config.n_layers), *moe_output_names(config)]
 
 
 def slot_positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -127,15 +165,41 @@ class ConcatCache:
         return k, v, self.window_positions
 
 
+@contextlib.contextmanager
+def recorded_choices(model: Transformer) -> Iterator[list[torch.Tensor]]:
+    """A list that receives, in layer order, the chosen experts [B, S, k] each "moe" layer's
+    own `route` (impl_torch/moe.py) returns during the block, for the dispatch to scatter:
+    the graph outputs that very TopK.  Each layer's `route` is wrapped for the block only."""
+    chosen: list[torch.Tensor] = []
+    layers = [layer.mlp for layer in model.layers if isinstance(layer.mlp, MoE)]
+
+    def recording(route):
+        def wrapped(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            experts, weights = route(z)  # [..., k] each
+            chosen.append(experts)
+            return experts, weights
+        return wrapped
+
+    for moe in layers:
+        moe.route = recording(moe.route)  # an instance attribute shadows the method
+    try:
+        yield chosen
+    finally:
+        for moe in layers:
+            del moe.route
+
+
 class OnnxDecoder(nn.Module):
-    """A float32 Transformer with eager attention behind the ONNX interface above (the model
-    is moved to float32 and set to eager attention in place, as nn.Module.to moves it)."""
+    """A float32 Transformer with eager attention and the "dense" MoE dispatch behind the
+    ONNX interface above (the model is moved to float32 and set to eager attention and dense
+    dispatch in place, as nn.Module.to moves it)."""
 
     def __init__(self, model: Transformer):
         super().__init__()
         check_exportable(model.config)
         self.model = model.to(DTYPE)
         self.model.attn_impl = ATTN_IMPL
+        self.model.moe_dispatch = MOE_DISPATCH
         self.eval()
 
     @classmethod
@@ -145,9 +209,14 @@ class OnnxDecoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 past_key_values: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """(logits, *presents, *router logits, *selected experts): graph_output_names' order."""
         cache = ConcatCache(past_key_values, attention_mask, self.model.config)
-        logits = self.model.logits(input_ids, position_ids, cache=cache)  # [B, S, vocab]
-        return (logits, *cache.present)
+        with recorded_choices(self.model) as chosen:
+            logits, routers = self.model.logits_and_routers(input_ids, position_ids, cache=cache)  # [B, S, vocab]
+        if len(chosen) != len(routers):  # each "moe" layer routes once, through its `route`
+            raise RuntimeError(f"recorded {len(chosen)} expert choices for {len(routers)} MoE layers: "
+                               "impl_torch's MoE no longer routes through `route`")
+        return (logits, *cache.present, *routers, *chosen)
 
 
 def example_inputs(config: ModelConfig) -> tuple:

@@ -41,7 +41,7 @@ import numpy as np
 
 import lmref
 from lmref.export.decoder import (KV, PAST_DIM, WINDOW_PAST_DIM, OnnxDecoder, dynamic_shapes, example_inputs,
-                                  input_names, output_names, window_pasts)
+                                  graph_output_names, input_names, window_pasts)
 from lmref.export.errors import ExportError
 from lmref.export.features import check_exportable
 from lmref.spec.config import ModelConfig
@@ -113,7 +113,7 @@ def trace(config: ModelConfig, params: dict[str, np.ndarray]):
     with _quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
             decoder, example_inputs(config), dynamo=True, dynamic_shapes=dynamic_shapes(config),
-            input_names=input_names(config.n_layers), output_names=output_names(config.n_layers),
+            input_names=input_names(config.n_layers), output_names=graph_output_names(config),
             opset_version=OPSET, optimize=True, verbose=False)
     _name_axes(program, config)
     program.model.metadata_props[CONFIG_METADATA_KEY] = config.to_json()
@@ -146,7 +146,7 @@ def manifest(config: ModelConfig, *, external_data: bool, source: dict, tokenize
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "model": MODEL_FILE,
         "external_data": external_data, "opset": OPSET, "dtype": "float32",
-        "inputs": input_names(config.n_layers), "outputs": output_names(config.n_layers),
+        "inputs": input_names(config.n_layers), "outputs": graph_output_names(config),
         "axes": {"batch": "batch", "sequence": "sequence", "past": PAST_DIM, "window_past": WINDOW_PAST_DIM,
                  "total": TOTAL_DIM},
         "past_length": past_lengths(config),

@@ -3,8 +3,12 @@
 The export wraps impl_torch's Transformer and re-implements none of it (export/decoder.py),
 so it computes what the torch twin computes (impl_torch/features.py) as long as each op
 traces into the graph: masks from token positions (an explicit band for sliding layers,
-floor division for chunks), RoPE angles from `position_ids`, ALiBi distances, all inside
-the graph.  tests/test_export_features.py exports a config for every torch feature and
+floor division for chunks), RoPE angles from `position_ids`, ALiBi distances, and a mixture
+of experts' routing (the twin's "dense" dispatch: TopK of the router's scores, a scatter,
+every expert on every token), all inside the graph.  `moe.aux_loss` changes the training
+loss only, never the logits: the graph outputs each MoE layer's router logits, and the
+load-balancing loss is computed from them outside the graph, as the cross-entropy is from
+the logits (export/onnx_adapter.py's loss).  tests/test_export_features.py exports a config for every torch feature and
 checks the graph against the twin in onnxruntime (and fails when the twin gains a feature
 it has no config for); a feature the export cannot express is taken out of FEATURES here,
 with the reason, and that test then expects its refusal instead.
@@ -18,8 +22,8 @@ from lmref.spec.features import check_supported
 
 BACKEND = "onnx"
 
-# Every torch feature traces into the graph and matches the twin in onnxruntime, so none is
-# left out today.
+# Every torch feature (the MoE ones included) traces into the graph and matches the twin in
+# onnxruntime, so none is left out today.
 FEATURES = TORCH_FEATURES
 
 

@@ -6,8 +6,15 @@ temporary directory, checked (export/bundle.py) and opened on the CPU provider, 
 when onnxruntime has it (the provider is asserted, export/runtime.py).  forward is one step
 from an empty past; decode prefills `prompt_len` tokens, then feeds one token per step
 with the graph's own presents as the past; loss is the mean next-token cross-entropy of
-forward's float32 logits, computed in float64.  capture is not offered (the graph has no
-outputs for intermediates): NOT SUPPORTED.
+forward's float32 logits over all S tokens, computed in float64, plus, for a mixture of
+experts, `moe.aux_loss_coef` x the load-balancing loss (impl_numpy.moe) of the graph's own
+router logits (the `router_logits.{i}` outputs, export/decoder.py): the loss is a function
+of the graph's outputs, as in training, and is not itself in the graph.
+
+A MoE graph also offers `routing` (the experts the graph chose: its `selected_experts.{i}`
+outputs, the TopK indices its layers scattered) and `capture` of `layers.{i}.router` (its
+router logits) with the logits.  A dense graph has no outputs for intermediates: capture is
+NOT SUPPORTED there.
 
 As the golden does, each call checks the config's features first, then the tokens
 (spec.inputs: the very messages of the other backends), before anything is exported or run.
@@ -22,11 +29,14 @@ from collections import OrderedDict
 import numpy as np
 import onnxruntime as ort
 
-from lmref.impl_numpy.model import log_softmax
 from lmref.export.bundle import open_bundle
+from lmref.export.decoder import router_names
 from lmref.export.exporter import OPSET, export_onnx
 from lmref.export.features import check_exportable
 from lmref.export.runtime import DecoderSession, default_provider, open_session
+from lmref.impl_numpy.model import log_softmax
+from lmref.impl_numpy.moe import load_balancing_loss
+from lmref.spec.captures import moe_layers
 from lmref.spec.config import ModelConfig
 from lmref.spec.inputs import check_tokens
 
@@ -44,7 +54,8 @@ def params_digest(params: dict[str, np.ndarray]) -> str:
 
 
 class OnnxAdapter:
-    """forward, decode and loss of the exported graph in onnxruntime (float32)."""
+    """forward, decode and loss of the exported graph in onnxruntime (float32); capture and
+    routing of a MoE graph (module docstring)."""
 
     name = "onnx"
     version = f"onnxruntime {ort.__version__}"
@@ -72,23 +83,54 @@ class OnnxAdapter:
         self._sessions.move_to_end(key)
         return self._sessions[key]
 
-    def forward(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
+    def outputs(self, config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int | None = None
+                ) -> dict[str, np.ndarray]:
+        """The graph's outputs over every position (DecoderSession.prefill_and_decode_outputs):
+        one step from an empty past, or `prompt_len` tokens then one per step.  The features,
+        then the tokens, are checked first."""
         check_exportable(config)
         tokens = check_tokens(config, tokens)
-        return self.session(config, params).prefill_and_decode(tokens, tokens.shape[1])
-
-    def decode(self, config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int) -> np.ndarray:
-        check_exportable(config)
-        tokens = check_tokens(config, tokens)
+        prompt_len = tokens.shape[1] if prompt_len is None else prompt_len
         if not 1 <= prompt_len <= tokens.shape[1]:
             raise ValueError(f"prompt_len must be in [1, {tokens.shape[1]}], got {prompt_len}")
-        return self.session(config, params).prefill_and_decode(tokens, prompt_len)
+        return self.session(config, params).prefill_and_decode_outputs(tokens, prompt_len)
+
+    def forward(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
+        return self.outputs(config, params, tokens)["logits"]
+
+    def decode(self, config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int) -> np.ndarray:
+        return self.outputs(config, params, tokens, prompt_len)["logits"]
 
     def loss(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> float:
+        """impl_numpy.loss from the graph's outputs (module docstring)."""
         check_exportable(config)
         tokens = check_tokens(config, tokens)
         if tokens.shape[1] < 2:
             raise ValueError(f"loss needs sequences of at least 2 tokens, got {tokens.shape[1]}")
-        logp = log_softmax(self.forward(config, params, tokens[:, :-1]).astype(np.float64))  # [B, S-1, V]
+        out = self.outputs(config, params, tokens)
+        logp = log_softmax(out["logits"][:, :-1].astype(np.float64))  # [B, S-1, V]
         picked = np.take_along_axis(logp, tokens[:, 1:, None], axis=-1)  # [B, S-1, 1]
-        return float(-picked.mean())
+        total = float(-picked.mean())
+        if config.moe is not None and config.moe.aux_loss_coef > 0:
+            routers = [out[name].astype(np.float64) for name in router_names(config)]  # [B, S, E] each
+            total += config.moe.aux_loss_coef * load_balancing_loss(config, routers)
+        return total
+
+    def moe_outputs(self, config: ModelConfig, params: dict, tokens: np.ndarray, capability: str
+                    ) -> dict[str, np.ndarray]:
+        """`outputs` of a MoE graph; NotImplementedError (NOT SUPPORTED) for a dense one."""
+        if config.moe is None:
+            raise NotImplementedError(f"{capability}: the graph of a dense model has no outputs for intermediates "
+                                      "(a MoE graph's router_logits.{i} and selected_experts.{i} are its only ones)")
+        return self.outputs(config, params, tokens)
+
+    def capture(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> dict[str, np.ndarray]:
+        """A MoE graph's router logits as `layers.{i}.router` [B, S, E], and the logits."""
+        out = self.moe_outputs(config, params, tokens, "capture")
+        return {f"layers.{i}.router": out[f"router_logits.{i}"] for i in moe_layers(config)} | {"logits": out["logits"]}
+
+    def routing(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> dict[str, np.ndarray]:
+        """{"layers.{i}": int64 [B, S, k]}: the graph's selected_experts.{i}, the TopK indices its
+        "moe" layers scattered (export/decoder.py)."""
+        out = self.moe_outputs(config, params, tokens, "routing")
+        return {f"layers.{i}": out[f"selected_experts.{i}"] for i in moe_layers(config)}

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmref.export.decoder import KV, input_names, past_names, window_pasts
+from lmref.export.decoder import KV, graph_output_names, input_names, past_names, present_names, window_pasts
 from lmref.export.errors import ProviderError
 from lmref.spec.config import ModelConfig
 from lmref.spec.errors import InputError
@@ -217,27 +217,41 @@ class DecoderSession:
                              f"max_seq_len={self.config.max_seq_len}")
         return positions
 
+    def outputs(self, input_ids: np.ndarray, attention_mask: np.ndarray, past: list[np.ndarray],
+                position_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Every output of the graph by name (export/decoder.py graph_output_names: logits,
+        presents, and a MoE graph's router logits and selected experts) for input_ids [B, S]
+        after `past`; attention_mask [B, P + S] covers past and new tokens; position_ids
+        default to positions_from_mask's last S.  Every input is checked first
+        (check_inputs): InputError, and onnxruntime never runs."""
+        values = self.check_inputs(input_ids, attention_mask, past, position_ids)
+        names = graph_output_names(self.config)
+        return dict(zip(names, self.session.run(names, dict(zip(input_names(self.config.n_layers), values)))))
+
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, past: list[np.ndarray],
              position_ids: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(logits [B, S, V], presents) for input_ids [B, S] after `past`; attention_mask [B, P + S]
-        covers past and new tokens; position_ids default to positions_from_mask's last S.
-        Every input is checked first (check_inputs): InputError, and onnxruntime never runs."""
-        values = self.check_inputs(input_ids, attention_mask, past, position_ids)
-        logits, *present = self.session.run(None, dict(zip(input_names(self.config.n_layers), values)))
-        return logits, present
+        """(logits [B, S, V], presents) of `outputs`: the next step's past."""
+        out = self.outputs(input_ids, attention_mask, past, position_ids)
+        return out["logits"], [out[name] for name in present_names(self.config.n_layers)]
 
     def prefill_and_decode(self, tokens: np.ndarray, prompt_len: int) -> np.ndarray:
-        """Logits [B, S, V]: tokens[:, :prompt_len] in one step, then one token per step through
-        the graph's own cache (teacher-forced); no padding.  The tokens are checked first, as
-        every backend's decode checks them (spec.inputs)."""
+        """Logits [B, S, V] of `prefill_and_decode_outputs`."""
+        return self.prefill_and_decode_outputs(tokens, prompt_len)["logits"]
+
+    def prefill_and_decode_outputs(self, tokens: np.ndarray, prompt_len: int) -> dict[str, np.ndarray]:
+        """tokens[:, :prompt_len] in one step, then one token per step through the graph's own
+        cache (teacher-forced), no padding: the logits [B, S, V] of every position, and a MoE
+        graph's router_logits.{i} [B, S, E] and selected_experts.{i} [B, S, k].  The tokens
+        are checked first, as every backend's decode checks them (spec.inputs)."""
         tokens = check_tokens(self.config, tokens)
         batch, total = tokens.shape
         if not 1 <= prompt_len <= total:
             raise ValueError(f"prompt_len must be in [1, {total}], got {prompt_len}")
-        mask = np.ones((batch, total), np.int64)
-        logits, past = self.step(tokens[:, :prompt_len], mask[:, :prompt_len], self.empty_past(batch))
-        steps = [logits]
+        mask, presents = np.ones((batch, total), np.int64), present_names(self.config.n_layers)
+        out = self.outputs(tokens[:, :prompt_len], mask[:, :prompt_len], self.empty_past(batch))
+        steps = [out]
         for t in range(prompt_len, total):
-            logits, past = self.step(tokens[:, t : t + 1], mask[:, : t + 1], past)
-            steps.append(logits)
-        return np.concatenate(steps, axis=1)  # [B, S, V]
+            out = self.outputs(tokens[:, t : t + 1], mask[:, : t + 1], [out[name] for name in presents])
+            steps.append(out)
+        return {name: np.concatenate([s[name] for s in steps], axis=1)  # [B, S, ...]
+                for name in steps[0] if name not in presents}

@@ -11,12 +11,16 @@ positions are compared, with conformance/metrics.py and the float32 tolerance ro
 prefill and the decode steps are judged separately.  With sliding layers, the default
 prompts run past the window in both rows (default_prompt_len), so the prefill's band mask
 cuts keys off and every decode step runs on pasts the graph capped at W - 1 entries
-(export/decoder.py); the DecoderSession refuses a past of any other length.
+(export/decoder.py); the DecoderSession refuses a past of any other length.  A mixture of
+experts gets tokens whose routing cannot flip (every golden gap between the k-th and the
+(k+1)-th router logit >= 0.1), and a routing check: the graph's chosen experts (its
+`selected_experts.{i}` outputs) at every real position must be the golden's
+(export/routing.py).
 
 The weights are checked directly as well (`check_weights`): every initializer of the graph
 must equal, bit for bit, the same initializer of a fresh export of the reference weights
 (exporter.trace: the very conversion and constant folding the export did).  The scenario
-above cannot do that alone: its random prompts visit a few embedding rows of the vocabulary
+above cannot do that alone: its prompts visit a few embedding rows of the vocabulary
 (a changed row 138 moved no logit it looked at), an MoE router may skip an expert, learned
 positions past the scenario's length are never read, and a change below the tolerance
 passes it.  Prompts that visit every embedding row would cost a vocabulary's worth of
@@ -38,7 +42,8 @@ from lmref import impl_numpy
 from lmref.conformance.metrics import Metrics, compare, describe, gate
 from lmref.conformance.tolerances import Tolerance, Tolerances
 from lmref.export.bundle import Bundle
-from lmref.export.decoder import window_pasts
+from lmref.export.decoder import present_names, window_pasts
+from lmref.export.routing import RoutingCheck, check_routing, routed_rows
 from lmref.export.runtime import DecoderSession, check_placement, end_profile, open_session
 from lmref.spec.config import ModelConfig
 
@@ -86,14 +91,25 @@ class PaddedBatch:
         return np.concatenate([self.prompts[b], self.decode[b]])[None]
 
 
-def left_padded_batch(config: ModelConfig, prompt_len: int, pad: int, steps: int, seed: int = 0) -> PaddedBatch:
-    """Random tokens: row 0 a prompt of prompt_len, row 1 of prompt_len - pad."""
+def left_padded_batch(config: ModelConfig, prompt_len: int, pad: int, steps: int, seed: int = 0,
+                      params: dict | None = None) -> PaddedBatch:
+    """Row 0 a prompt of prompt_len, row 1 of prompt_len - pad, each followed by `steps`
+    tokens: random, or for a mixture of experts (which needs `params`) tokens whose routing
+    has a margin in the golden (export/routing.py)."""
     if not 0 <= pad < prompt_len:
         raise ValueError(f"--pad must be in [0, prompt length {prompt_len}), got {pad}")
     if steps < 1 or prompt_len + steps > config.max_seq_len:
         raise ValueError(f"prompt length {prompt_len} + {steps} decode steps must fit max_seq_len {config.max_seq_len}")
+    lengths = [prompt_len, prompt_len - pad]
+    if config.moe is not None:
+        if params is None:
+            raise ValueError(f"{config.name}: a mixture of experts needs the params to choose tokens whose routing "
+                             "has a margin")
+        rows = routed_rows(config, params, [n + steps for n in lengths], seed)  # prompt, then decode tokens
+        return PaddedBatch([row[:n] for row, n in zip(rows, lengths)],
+                           np.stack([row[n:] for row, n in zip(rows, lengths)]))
     rng = np.random.default_rng(seed)
-    prompts = [rng.integers(0, config.vocab_size, size=n) for n in (prompt_len, prompt_len - pad)]
+    prompts = [rng.integers(0, config.vocab_size, size=n) for n in lengths]
     return PaddedBatch(prompts, rng.integers(0, config.vocab_size, size=(2, steps)))
 
 
@@ -109,23 +125,39 @@ def window_line(config: ModelConfig, prompt_len: int, pad: int) -> str:
             f"{keeps[0]} positions")
 
 
-def run_graph(session: DecoderSession, batch: PaddedBatch) -> list[np.ndarray]:
-    """Per row, logits [len_b + steps, V] of its real positions: the prefill from an empty
-    past, then each step on the presents of the step before."""
+def graph_rows(session: DecoderSession, batch: PaddedBatch) -> dict[str, list[np.ndarray]]:
+    """Per output of the graph but the presents (the logits, and a MoE graph's router logits and
+    selected experts), per row, [len_b + steps, ...] of its real positions: the prefill from
+    an empty past, then each step on the presents of the step before (`session.outputs`)."""
+    presents = present_names(session.config.n_layers)
     mask = batch.attention_mask()
-    logits, past = session.step(batch.input_ids(), mask, session.empty_past(len(batch.prompts)))
-    steps = []
+    prefill = session.outputs(batch.input_ids(), mask, session.empty_past(len(batch.prompts)))
+    steps, out = [], prefill
     for t in range(batch.decode.shape[1]):
         mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int64)], axis=1)  # [B, T + 1]
-        step_logits, past = session.step(batch.decode[:, t : t + 1], mask, past)
-        steps.append(step_logits)
-    decoded = np.concatenate(steps, axis=1)  # [B, steps, V]
-    return [np.concatenate([logits[b, batch.width - len(p):], decoded[b]]) for b, p in enumerate(batch.prompts)]
+        out = session.outputs(batch.decode[:, t : t + 1], mask, [out[name] for name in presents])
+        steps.append(out)
+    return {name: [np.concatenate([prefill[name][b, batch.width - len(p):], *(step[name][b] for step in steps)])
+                   for b, p in enumerate(batch.prompts)]
+            for name in prefill if name not in presents}
 
 
-def golden_rows(config: ModelConfig, params: dict, batch: PaddedBatch) -> list[np.ndarray]:
-    """The float64 golden on each row alone: [len_b + steps, V] per row."""
-    return [impl_numpy.forward(config, params, batch.row(b))[0] for b in range(len(batch.prompts))]
+def run_graph(session: DecoderSession, batch: PaddedBatch) -> list[np.ndarray]:
+    """Per row, logits [len_b + steps, V] of its real positions (graph_rows)."""
+    return graph_rows(session, batch)["logits"]
+
+
+def golden_rows(config: ModelConfig, params: dict, batch: PaddedBatch, captures: list[dict] | None = None
+                ) -> list[np.ndarray]:
+    """The float64 golden on each row alone: [len_b + steps, V] per row; `captures`, when
+    given, receives each row's captured intermediates (impl_numpy's capture)."""
+    rows = []
+    for b in range(len(batch.prompts)):
+        captured: dict = {}
+        rows.append(impl_numpy.forward(config, params, batch.row(b), capture=captured)[0])
+        if captures is not None:
+            captures.append(captured)
+    return rows
 
 
 def torch_rows(config: ModelConfig, params: dict, batch: PaddedBatch) -> list[np.ndarray]:
@@ -177,36 +209,41 @@ def compare_rows(provider: str, reference: str, out: list[np.ndarray], ref: list
 
 def validate(bundle: Bundle, params: dict, providers: list[str], *, prompt_len: int | None = None,
              pad: int = DEFAULT_PAD, steps: int = DEFAULT_STEPS, seed: int = 0,
-             log: Callable[[str], None] = print) -> list[Check]:
-    """Run the scenario on each provider; log and return every Check."""
+             log: Callable[[str], None] = print) -> list[Check | RoutingCheck]:
+    """Run the scenario on each provider; log and return every Check (per provider: prefill and
+    decode against the golden, then against torch; and a MoE graph's RoutingCheck)."""
     import onnxruntime as ort
 
     config = bundle.config
     prompt_len = prompt_len or default_prompt_len(config, pad)
-    batch = left_padded_batch(config, prompt_len, pad, steps, seed)
+    batch = left_padded_batch(config, prompt_len, pad, steps, seed, params)
     tol = Tolerances().row("float32")
     log(f"validate-onnx {bundle.root}: {config.name}, opset {bundle.manifest['opset']}, batch 2 (row 1 left-padded "
         f"by {pad}), prompt {prompt_len}, {steps} decode steps; onnxruntime {ort.__version__}")
     log("metric indices [0, n, v]: n runs over the real positions of row 0, then of row 1")
     log(window_line(config, prompt_len, pad))
-    references = {"golden (float64, rows unpadded)": golden_rows(config, params, batch),
+    captures: list[dict] = []
+    golden = "golden (float64, rows unpadded)"
+    references = {golden: golden_rows(config, params, batch, captures),
                   "torch (float32, rows unpadded)": torch_rows(config, params, batch)}
     checks = []
     for provider in providers:
         with tempfile.TemporaryDirectory() as profile_dir:
             session = open_session(bundle.model_path, provider, profile_dir=profile_dir)
-            out = run_graph(DecoderSession(session, config), batch)
+            rows = graph_rows(DecoderSession(session, config), batch)
             placement = end_profile(session)
         check_placement(placement, provider)
         per_provider = Counter(provider for (_, provider) in placement.elements())
         nodes = ", ".join(f"{p} {n}" for p, n in sorted(per_provider.items()))
         log(f"{provider}: session providers {session.get_providers()}; node runs by provider: {nodes}")
-        for reference, ref in references.items():
-            for check in compare_rows(provider, reference, out, ref, batch, tol):
-                log(check.line())
-                checks.append(check)
+        provider_checks = [check for reference, ref in references.items()
+                           for check in compare_rows(provider, reference, rows["logits"], ref, batch, tol)]
+        if config.moe is not None:
+            provider_checks.append(check_routing(provider, golden, config, rows, captures))
+        for check in provider_checks:
+            log(check.line())
+        checks += provider_checks
     return checks
-
 
 
 @dataclass(frozen=True)

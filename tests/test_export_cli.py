@@ -108,10 +108,10 @@ def test_cuda_asked_for_where_onnxruntime_has_none(out, capsys):
 
 
 def test_unexportable_config_is_refused(tmp_path, capsys):
-    config = tiny("llama3", qk_norm="l2")  # a feature the export (and the torch twin) lacks
+    config = tiny("llama3", embedding_norm=True)  # a feature the export (and the torch twin) lacks
     save_checkpoint(tmp_path / "ckpt", config, init_params(config, 0))
     err = _error(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "o")], capsys)
-    assert "the onnx backend does not implement feature(s) of config 'llama3-tiny': attn.qk_norm.l2" in err
+    assert "the onnx backend does not implement feature(s) of config 'llama3-tiny': embedding.norm" in err
     assert not (tmp_path / "o").exists()
 
 

@@ -27,7 +27,7 @@ from lmref.export.validate import validate  # noqa: E402
 from lmref.impl_torch import FEATURES as TORCH_FEATURES  # noqa: E402
 from lmref.impl_torch import Transformer  # noqa: E402
 from lmref.spec import init_params, tiny  # noqa: E402
-from lmref.spec.config import ModelConfig, RopeScaling  # noqa: E402
+from lmref.spec.config import ModelConfig, MoEConfig, RopeScaling  # noqa: E402
 from lmref.spec.features import UnsupportedFeature, required_features  # noqa: E402
 
 SIZES = dict(vocab_size=61, d_model=24, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=40, max_seq_len=64,
@@ -65,6 +65,21 @@ CONFIGS = [
     ModelConfig(name="post-sublayer-qk-per-projection", **SIZES, position="rope", rope_theta=500_000.0,
                 norm="rmsnorm", norm_placement="post_sublayer", qk_norm="per_projection", mlp="gated",
                 activation="silu"),
+    # Mixtures of experts (issue 12): Qwen2-MoE's softmax top-k without renormalisation and a
+    # gated shared expert; Llama 4's sigmoid top-1 scaling the expert input, a shared expert,
+    # every other layer dense, with its attention (the weightless L2 QK norm, the NoPE layers'
+    # query temperature, active from position 2 on with floor 3).  moe.aux_loss only adds to the
+    # loss: the graph exposes the router logits it is computed from (export/onnx_adapter.py; its
+    # test in tests/test_export_moe.py).
+    ModelConfig(name="moe-softmax-shared-gate", **SIZES, position="rope", norm="rmsnorm", mlp="gated",
+                activation="silu", mlp_pattern=("moe", "dense"),
+                moe=MoEConfig(n_experts=6, n_experts_per_token=2, d_ff=16, renormalize=False, n_shared_experts=1,
+                              shared_d_ff=20, shared_expert_gate=True, aux_loss_coef=0.01)),
+    ModelConfig(name="llama4-moe-sigmoid-scales-input", **SIZES, position="rope",
+                attn_pattern=("chunked", "global_nope"), attn_chunk_size=4, qk_norm="l2", attn_temperature_floor=3,
+                attn_temperature_scale=0.5, norm="rmsnorm", mlp="gated", activation="silu", mlp_pattern=("dense", "moe"),
+                moe=MoEConfig(n_experts=5, n_experts_per_token=1, router="sigmoid_topk", router_scales_input=True,
+                              renormalize=False, n_shared_experts=1)),
 ]
 
 
@@ -90,9 +105,11 @@ def test_the_export_follows_the_torch_twin_or_refuses_by_name(config, tmp_path):
     export_onnx(config, params, tmp_path)
     lines: list[str] = []
     checks = validate(open_bundle(tmp_path), params, [CPU], pad=3, steps=4, log=lines.append)
+    routing = [("golden", "routing")] if config.moe is not None else []  # the graph's experts, export/routing.py
     assert [(c.reference.split()[0], c.phase) for c in checks] == [
-        ("golden", "prefill"), ("golden", "decode (4 steps)"), ("torch", "prefill"), ("torch", "decode (4 steps)")]
-    assert [c.failed for c in checks] == [[]] * 4, "\n".join(lines)
+        ("golden", "prefill"), ("golden", "decode (4 steps)"), ("torch", "prefill"), ("torch", "decode (4 steps)"),
+        *routing]
+    assert [c.failed for c in checks] == [[]] * len(checks), "\n".join(lines)
 
 
 def test_a_feature_the_export_leaves_out_is_refused_by_name(monkeypatch, tmp_path):
@@ -112,9 +129,9 @@ def test_a_feature_the_export_leaves_out_is_refused_by_name(monkeypatch, tmp_pat
 
 
 @pytest.mark.parametrize("changes, feature", [
-    (dict(qk_norm="l2"), "attn.qk_norm.l2"),
+    (dict(embedding_norm=True), "embedding.norm"),
     (dict(logit_scale=0.0625), "head.logit_scale"),
-], ids=["qk_norm_l2", "logit_scale"])
+], ids=["embedding_norm", "logit_scale"])
 def test_a_feature_torch_lacks_is_refused_by_the_twin_and_the_export(changes, feature, tmp_path):
     config = tiny("llama3", **changes)
     params = init_params(config, 0)

@@ -9,6 +9,9 @@ feature set and marks the rest slow:
   olmo-alibi  ALiBi with 6 heads (not a power of two: the interleaved slopes; conformance
               case_config)
   olmo        the non-parametric LayerNorm
+  dbrx,       mixtures of experts (routed in the graph: TopK, then scatter; their router logits
+  qwen1.5-moe, and chosen experts are outputs, and validate-onnx compares the choice)
+  llama4-scout
 """
 
 from __future__ import annotations
@@ -25,17 +28,22 @@ pytest.importorskip("onnxruntime")
 
 from lmref.conformance.cases import case_config  # noqa: E402
 from lmref.export.bundle import open_bundle  # noqa: E402
-from lmref.export.decoder import WINDOW_PAST_DIM, input_names, output_names, window_pasts  # noqa: E402
+from lmref.export.decoder import WINDOW_PAST_DIM, graph_output_names, input_names, window_pasts  # noqa: E402
 from lmref.export.exporter import OPSET, TOTAL_DIM, export_onnx, past_lengths, window_present_dim  # noqa: E402
 from lmref.export.runtime import CPU, DecoderSession, open_session  # noqa: E402
 from lmref.export.validate import DEFAULT_STEPS, default_prompt_len, validate  # noqa: E402
 from lmref.spec import PRESETS, init_params  # noqa: E402
+from lmref.spec.captures import moe_layers  # noqa: E402
 
 # A representative few in the default run (learned positions, RoPE scaling, ALiBi with 6 heads,
 # a weightless norm, a sliding window; Gemma 2's softcaps and sandwich norms, Gemma 3's local
-# RoPE and per-head QK norm, OLMo 2's post-sublayer norms); every other preset under
+# RoPE and per-head QK norm, OLMo 2's post-sublayer norms; DBRX's q/k/v clipping and softmax
+# top-4 of 16 experts, Qwen1.5-MoE's top-k without renormalisation and its gated shared
+# expert, Llama 4's sigmoid top-1 scaling the expert input, L2 QK norm and NoPE temperature);
+# every other preset under
 # `make test-thorough`.
-FAST = ["gpt2", "llama3.1", "olmo", "mpt", "mistral-7b", "gemma2-27b", "gemma3-4b", "olmo2-7b"]
+FAST = ["gpt2", "llama3.1", "olmo", "mpt", "mistral-7b", "gemma2-27b", "gemma3-4b", "olmo2-7b", "dbrx",
+        "qwen1.5-moe-a2.7b", "llama4-scout"]
 SLOW = [name for name in PRESETS if name not in FAST]
 
 
@@ -73,7 +81,7 @@ def test_graph_interface(exported):
     assert bundle.manifest["opset"] == OPSET and bundle.manifest["external_data"] is False
     inputs = {v.name: _dims(v) for v in model.graph.input}
     outputs = {v.name: _dims(v) for v in model.graph.output}
-    assert list(inputs) == input_names(c.n_layers) and list(outputs) == output_names(c.n_layers)
+    assert list(inputs) == input_names(c.n_layers) and list(outputs) == graph_output_names(c)
     assert inputs["input_ids"] == inputs["position_ids"] == ["batch", "sequence"]
     assert inputs["attention_mask"] == ["batch", TOTAL_DIM]
     assert outputs["logits"] == ["batch", "sequence", c.vocab_size]
@@ -81,6 +89,9 @@ def test_graph_interface(exported):
         past, present = ("past_sequence", TOTAL_DIM) if keep is None else (WINDOW_PAST_DIM, window_present_dim(keep))
         assert inputs[f"past_key_values.{i}.value"] == ["batch", c.n_kv_heads, past, c.head_dim]
         assert outputs[f"present.{i}.key"] == ["batch", c.n_kv_heads, present, c.head_dim]
+    for i in moe_layers(c):  # a mixture of experts: its router logits and chosen experts (export/decoder.py)
+        assert outputs[f"router_logits.{i}"] == ["batch", "sequence", c.moe.n_experts]
+        assert outputs[f"selected_experts.{i}"] == ["batch", "sequence", c.moe.n_experts_per_token]
     assert bundle.manifest["past_length"] == past_lengths(c)
     assert json.loads(bundle.model_path.parent.joinpath("config.json").read_text()) == json.loads(c.to_json())
 
@@ -89,10 +100,11 @@ def test_validates_against_the_golden_and_torch(exported):
     bundle, params = exported
     lines: list[str] = []
     checks = validate(bundle, params, [CPU], log=lines.append)
-    assert [c.failed for c in checks] == [[]] * 4, "\n".join(lines)
+    assert [c.failed for c in checks] == [[]] * len(checks), "\n".join(lines)
+    routing = [("golden", "routing")] if bundle.config.moe is not None else []  # export/routing.py
     assert [(c.reference.split()[0], c.phase) for c in checks] == [
         ("golden", "prefill"), ("golden", f"decode ({DEFAULT_STEPS} steps)"),
-        ("torch", "prefill"), ("torch", f"decode ({DEFAULT_STEPS} steps)")]
+        ("torch", "prefill"), ("torch", f"decode ({DEFAULT_STEPS} steps)"), *routing]
     scaling = bundle.config.rope_scaling
     if scaling is not None and scaling.original_max_seq_len is not None:  # past the original context
         assert default_prompt_len(bundle.config) + DEFAULT_STEPS > scaling.original_max_seq_len

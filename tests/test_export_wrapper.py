@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from lmref.conformance.cases import case_config  # noqa: E402
 from lmref.conformance.tolerances import DEFAULT_ROWS  # noqa: E402
-from lmref.export.decoder import ConcatCache, OnnxDecoder, slot_positions  # noqa: E402
+from lmref.export.decoder import ConcatCache, OnnxDecoder, graph_output_names, slot_positions  # noqa: E402
 from lmref.export.errors import ProviderError  # noqa: E402
 from lmref.export.features import FEATURES, check_exportable  # noqa: E402
 from lmref.export.runtime import CPU, CUDA, check_placement, node_providers, positions_from_mask  # noqa: E402
@@ -47,11 +47,14 @@ class TorchStep:
         return [torch.zeros(shape) for _ in range(2 * self.config.n_layers)]
 
     @torch.no_grad()
-    def step(self, input_ids, attention_mask, past):
+    def outputs(self, input_ids, attention_mask, past):
+        """{name: output} in graph_output_names' order (presents as tensors, fed back as the past)."""
         positions = torch.from_numpy(positions_from_mask(attention_mask)[:, -input_ids.shape[1]:])
         mask = torch.from_numpy(attention_mask)
-        logits, *present = self.decoder(torch.from_numpy(np.asarray(input_ids)), mask, positions, past)
-        return logits.numpy(), present
+        out = self.decoder(torch.from_numpy(np.asarray(input_ids)), mask, positions, past)
+        names = graph_output_names(self.config)
+        assert len(out) == len(names)
+        return {name: value if name.startswith("present.") else value.numpy() for name, value in zip(names, out)}
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -59,7 +62,7 @@ def test_wrapper_left_padded_prefill_and_decode_match_the_golden(name):
     config = CONFIGS[name]
     params = init_params(config, 5)
     prompt_len = default_prompt_len(config, pad=4)  # past RoPE scaling's context and the sliding window
-    batch = left_padded_batch(config, prompt_len, pad=4, steps=8, seed=1)
+    batch = left_padded_batch(config, prompt_len, pad=4, steps=8, seed=1, params=params)  # MoE: routed tokens
     got = run_graph(TorchStep(config, params), batch)
     for out, ref in zip(got, golden_rows(config, params, batch)):
         assert_close(out[None], ref[None], DEFAULT_ROWS["float32"])
@@ -91,14 +94,14 @@ def test_every_preset_is_exportable():
 
 
 def test_a_feature_the_export_does_not_compute_is_refused():
-    # Llama 4's L2 q/k norm is in the spec's vocabulary before the twin computes it: the
+    # BLOOM's embedding norm is in the spec's vocabulary before the twin computes it: the
     # export refuses it by name (UnsupportedFeature: the suite's NOT SUPPORTED).
-    config = tiny("llama3", qk_norm="l2")
-    message = r"the onnx backend does not implement feature\(s\) of config 'llama3-tiny': attn\.qk_norm\.l2"
+    config = tiny("llama3", embedding_norm=True)
+    message = r"the onnx backend does not implement feature\(s\) of config 'llama3-tiny': embedding\.norm"
     with pytest.raises(UnsupportedFeature, match=message) as refused:
         check_exportable(config)
-    assert refused.value.missing == ("attn.qk_norm.l2",)
-    with pytest.raises(UnsupportedFeature, match="attn.qk_norm.l2"):
+    assert refused.value.missing == ("embedding.norm",)
+    with pytest.raises(UnsupportedFeature, match="embedding.norm"):
         OnnxDecoder.from_canonical(config, init_params(tiny("llama3"), 0))
 
 
