@@ -162,10 +162,15 @@ def test_llama3_scaling_requires_its_fields(missing):
     assert message == f"rope_scaling.{missing}: is required for kind 'llama3'"
 
 
-def test_llama3_scaling_high_factor_must_exceed_low():
-    scaling = RopeScaling(**(LLAMA3_SCALING | dict(low_freq_factor=4.0, high_freq_factor=4.0)))
+def test_llama3_scaling_high_factor_must_not_be_below_low():
+    scaling = RopeScaling(**(LLAMA3_SCALING | dict(low_freq_factor=4.0, high_freq_factor=2.0)))
     message = config_error(rope_scaling=scaling)
-    assert message == "rope_scaling.high_freq_factor: must exceed low_freq_factor (4.0)"
+    assert message == "rope_scaling.high_freq_factor: must be at least low_freq_factor (4.0)"
+
+
+def test_llama3_scaling_with_equal_factors_is_llama4_scouts():
+    scaling = RopeScaling(**(LLAMA3_SCALING | dict(low_freq_factor=1.0, high_freq_factor=1.0)))
+    assert tiny("llama3.1", rope_scaling=scaling).rope_scaling.high_freq_factor == 1.0
 
 
 def test_rope_scaling_factor_at_least_one():
