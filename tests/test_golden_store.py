@@ -150,3 +150,14 @@ def test_store_copy_without_the_damaged_arch_still_loads(store_copy):
     with pytest.raises(GoldenStoreError, match="missing"):
         store.load("llama3", "long-b2-s160")
     store.load("llama3", "prefill-b2-s7")
+
+
+def test_case_json_compares_the_smallest_routing_gap_within_the_regeneration_tolerance():
+    from lmref.conformance.generate import _same_meta
+
+    meta = {"arch": "mixtral-8x7b", "routing": {"k": 2, "required_margin": 0.1, "smallest_gap": 0.25}}
+    moved = {"arch": "mixtral-8x7b", "routing": {"k": 2, "required_margin": 0.1, "smallest_gap": 0.25 * (1 + 1e-13)}}
+    assert _same_meta(moved, meta) and _same_meta(meta, meta)
+    assert not _same_meta({**moved, "routing": {**moved["routing"], "smallest_gap": 0.2501}}, meta)
+    assert not _same_meta({**meta, "routing": {**meta["routing"], "k": 3}}, meta)
+    assert not _same_meta({"arch": "mixtral-8x7b"}, meta)
