@@ -4,6 +4,6 @@ knobs also by tests/jax/test_issue11_features.py, in float64), tests/jax/test_mo
 mixtures of experts (MOE), tests/jax/test_llama4.py Llama 4's attention (LLAMA4: the
 weightless "l2" QK norm after the RoPE, the NoPE layers' query temperature)."""
 
-from lmref.spec.features import CORE, LLAMA4, MOE, declare
+from lmref.spec.features import CORE, LLAMA4, declare
 
-FEATURES = declare(*CORE, *MOE, *LLAMA4)
+FEATURES = declare(*CORE, *LLAMA4)

@@ -5,6 +5,6 @@ configs, the mixtures of experts (MOE) by tests/torch/test_moe.py (`moe_configs(
 tiny MoE presets), Llama 4's attention (LLAMA4: the weightless "l2" QK norm after the RoPE,
 the NoPE layers' query temperature) by tests/torch/test_llama4.py on the tiny Llama 4 presets."""
 
-from lmref.spec.features import CORE, LLAMA4, MOE, declare
+from lmref.spec.features import CORE, LLAMA4, declare
 
-FEATURES = declare(*CORE, *MOE, *LLAMA4)
+FEATURES = declare(*CORE, *LLAMA4)

@@ -124,18 +124,20 @@ def test_every_backend_captures_the_names_of_spec_captures(impl):
 
 
 def test_the_property_tests_draw_every_feature_the_twins_declare():
-    """tests/strategies.py's configs() reaches every CORE feature, so the twins' property tests
-    compare each one with the golden (a feature added to CORE without a draw fails here)."""
+    """tests/strategies.py's configs() and moe_configs() reach every CORE feature, so the twins'
+    property tests compare each one with the golden (a feature added to CORE without a draw
+    fails here)."""
     from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
 
     from lmref.spec.features import CORE
-    from tests.strategies import configs
+    from tests.strategies import configs, moe_configs
 
     seen: set[str] = set()
 
-    @settings(max_examples=400, derandomize=True, database=None, deadline=None,
+    @settings(max_examples=600, derandomize=True, database=None, deadline=None,
               suppress_health_check=list(HealthCheck))
-    @given(configs())
+    @given(st.one_of(configs(), moe_configs()))
     def draw(config):
         seen.update(required_features(config))
 

@@ -159,7 +159,14 @@ def test_a_batch_equals_its_rows_alone(name):
             assert_float64_close(batched[b : b + 1], alone, f"{name}: row {b} in the batch vs alone")
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+# Gradients on one config per routing family by default (softmax renormalised, not renormalised
+# with a gated shared expert, sigmoid scaling the input, and the hand-made ones); every preset
+# under `make test-thorough` (the torch twin's gradient tests cover every preset by default).
+GRADIENT_DEFAULT = ("mixtral-8x7b", "qwen1.5-moe-a2.7b", "llama4-scout", *HAND_MADE)
+
+
+@pytest.mark.parametrize("name", [n if n in GRADIENT_DEFAULT else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in CONFIGS])
 def test_float64_loss_and_gradient_match_the_golden(name):
     """The loss (cross-entropy + aux_loss_coef * load-balancing loss) equals the golden's; its
     gradient along a random direction equals central differences of the golden loss, on
@@ -245,6 +252,7 @@ def test_the_adapter_reports_the_golden_routing():
         np.testing.assert_array_equal(routing[f"layers.{i}"], expected)
 
 
+@pytest.mark.slow  # ~30 s; tests/torch/test_moe.py draws the same configs against the golden by default
 @fewer_examples(2)  # four compilations per example: prefill, decode (two), loss
 @given(config=moe_configs(), seed=seeds, data=st.data())
 def test_drawn_moe_configs_match_the_golden_in_float64(config, seed, data):
