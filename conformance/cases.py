@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmref import impl_numpy
-from lmref.conformance.routing import ROUTING_MARGIN, routing_gaps
+from lmref.conformance.routing import ROUTING_MARGIN, smallest_gaps
 from lmref.impl_numpy.cache import KVCache
 from lmref.impl_numpy.moe import top_k
 from lmref.spec.captures import moe_layers
@@ -92,12 +92,6 @@ def case_tokens(arch: str, spec: CaseSpec, vocab_size: int) -> np.ndarray:
 CANDIDATES, BLOCK = 256, 32
 
 
-def _min_gap(config: ModelConfig, captured: dict) -> np.ndarray:
-    """The smallest routing gap over the MoE layers, per token: [B, S]."""
-    k = config.moe.n_experts_per_token
-    return np.min([routing_gaps(captured[f"layers.{i}.router"], k) for i in moe_layers(config)], axis=0)
-
-
 def _row_cache(cache: KVCache, row: int, copies: int) -> KVCache:
     """A cache holding `copies` copies of batch row `row` of `cache`."""
     take = (lambda a: None if a is None else np.repeat(a[row : row + 1], copies, axis=0))  # [copies, T, kv, hd]
@@ -105,26 +99,29 @@ def _row_cache(cache: KVCache, row: int, copies: int) -> KVCache:
                    positions=list(cache.positions), length=cache.length)
 
 
-def routed_tokens(arch: str, spec: CaseSpec, config: ModelConfig, params: dict) -> np.ndarray:
-    """Token ids [batch, seq] whose every token has a routing gap >= ROUTING_MARGIN at every MoE
-    layer.  The model is causal, so the tokens are chosen left to right: at each position a
+def routed_tokens(arch: str, spec: CaseSpec, config: ModelConfig, params: dict,
+                  margin: float | None = None) -> np.ndarray:
+    """Token ids [batch, seq] whose every token has a routing gap >= `margin` (ROUTING_MARGIN by
+    default) at every MoE layer.  The model is causal, so the tokens are chosen left to right: at each position a
     block of candidates (a deterministic stream) runs as one batch through copies of the row's
     KV cache, and the best candidate of the first block with one that clears the margin is kept."""
+    margin = ROUTING_MARGIN if margin is None else margin
     rows = []
     for b in range(spec.batch):
         cache, row = KVCache.empty(config), []
         for t in range(spec.seq):
             u = uniform01(spec.seed, f"tokens/{arch}/{spec.name}/{b}/{t}", CANDIDATES)
-            token, cache = _best_candidate(config, params, cache, np.floor(u * config.vocab_size).astype(np.int64))
+            candidates = np.floor(u * config.vocab_size).astype(np.int64)
+            token, cache = _best_candidate(config, params, cache, candidates, margin)
             if token is None:
                 raise RuntimeError(f"{arch}/{spec.name}: none of {CANDIDATES} candidate tokens at batch {b}, "
-                                   f"position {t} keeps every routing gap >= {ROUTING_MARGIN}")
+                                   f"position {t} keeps every routing gap >= {margin}")
             row.append(token)
         rows.append(row)
     return np.array(rows, dtype=np.int64)
 
 
-def _best_candidate(config: ModelConfig, params: dict, cache: KVCache, candidates: np.ndarray
+def _best_candidate(config: ModelConfig, params: dict, cache: KVCache, candidates: np.ndarray, margin: float
                     ) -> tuple[int | None, KVCache]:
     """(the chosen next token, the cache with it appended), or (None, cache) when no candidate qualifies."""
     for start in range(0, len(candidates), BLOCK):
@@ -132,8 +129,8 @@ def _best_candidate(config: ModelConfig, params: dict, cache: KVCache, candidate
         trial = _row_cache(cache, 0, len(block)) if cache.length else KVCache.empty(config)
         captured: dict = {}
         impl_numpy.forward(config, params, block, cache=trial, capture=captured)
-        gaps = _min_gap(config, captured)[:, 0]  # [N]
-        if gaps.max() >= ROUTING_MARGIN:
+        gaps = smallest_gaps(config, captured)[:, 0]  # [N]
+        if gaps.max() >= margin:
             best = int(np.argmax(gaps))
             return int(block[best, 0]), _row_cache(trial, best, 1)
     return None, cache
@@ -176,6 +173,6 @@ def compute_case(arch: str, spec: CaseSpec) -> ComputedCase:
         expected |= {f"capture.{name}": value for name, value in captured.items()}
     if routed:
         expected |= expected_routing(config, captured)
-        expected["routing_min_gap"] = np.array([float(_min_gap(config, captured).min())])
+        expected["routing_min_gap"] = np.array([float(smallest_gaps(config, captured).min())])
     assert all(np.all(np.isfinite(v)) for v in expected.values()), f"{arch}/{spec.name}: non-finite golden"
     return ComputedCase(arch, spec, config, tokens, expected)

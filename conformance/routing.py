@@ -34,6 +34,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from lmref.spec.captures import moe_layers
+from lmref.spec.config import ModelConfig
+
 ROUTING_MARGIN = 0.1
 
 
@@ -44,6 +47,13 @@ def routing_gaps(router_logits: np.ndarray, k: int) -> np.ndarray:
         return np.full(router_logits.shape[:-1], np.inf)
     top = -np.sort(-router_logits, axis=-1)  # descending
     return top[..., k - 1] - top[..., k]
+
+
+def smallest_gaps(config: ModelConfig, captured: dict) -> np.ndarray:
+    """The smallest routing gap over the MoE layers, per token [...], from captured router
+    logits (`layers.{i}.router` [..., E])."""
+    k = config.moe.n_experts_per_token
+    return np.min([routing_gaps(np.asarray(captured[f"layers.{i}.router"]), k) for i in moe_layers(config)], axis=0)
 
 
 class RoutingResultError(ValueError):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmref.conformance.cases import CaseSpec, expected_routing, routed_tokens
-from lmref.conformance.routing import ROUTING_MARGIN, first_flip, routing_gaps
+from lmref.conformance.routing import ROUTING_MARGIN, first_flip, smallest_gaps
 from lmref.export.decoder import expert_names
 from lmref.spec.captures import moe_layers
 from lmref.spec.config import ModelConfig
@@ -79,7 +79,7 @@ def check_routing(provider: str, reference: str, config: ModelConfig, graph: dic
     top = {f"layers.{i}": golden[f"routing.layers.{i}"] for i in layers}
     scores = {f"layers.{i}": golden[f"routing_logits.layers.{i}"] for i in layers}
     got = {f"layers.{i}": _concat(graph[name]) for i, name in zip(layers, expert_names(config))}
-    gap = float(min(routing_gaps(z, k).min() for z in router.values()))
+    gap = float(smallest_gaps(config, router).min())
     compared = sum(z.shape[1] for z in router.values())
     found = first_flip(top, scores, got, k)
     failed = [] if found is None else [f"{found[0]} of {compared} pairs chose other experts than the golden; "

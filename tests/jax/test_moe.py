@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from lmref import impl_jax
 from lmref import impl_numpy
-from lmref.conformance.routing import routing_gaps
+from lmref.conformance.routing import smallest_gaps
 from lmref.impl_jax import moe as jax_moe
 from lmref.impl_jax.adapter import JaxAdapter
 from lmref.impl_numpy import moe as numpy_moe
@@ -74,8 +74,7 @@ def tokens_for(config: ModelConfig, seed: int, shape: tuple[int, int] = SHAPE) -
 
 def smallest_gap(config: ModelConfig, captured: dict) -> float:
     """The smallest gap z_(k) - z_(k+1) over every token of every "moe" layer."""
-    k = config.moe.n_experts_per_token
-    return min(float(routing_gaps(np.asarray(captured[f"layers.{i}.router"]), k).min()) for i in moe_layers(config))
+    return float(smallest_gaps(config, captured).min())
 
 
 def routed_case(config: ModelConfig, min_gap: float, shape: tuple[int, int] = SHAPE) -> tuple[int, dict, np.ndarray]:

@@ -22,10 +22,11 @@ import torch
 from hypothesis import note
 from hypothesis import strategies as st
 
-from lmref.conformance.routing import routing_gaps
+from lmref.conformance import cases
+from lmref.conformance.cases import CaseSpec
+from lmref.conformance.routing import smallest_gaps
 from lmref.conformance.tolerances import DEFAULT_ROWS, Tolerance
 from lmref.impl_torch import Transformer
-from lmref.spec.captures import moe_layers
 from lmref.spec.config import ModelConfig
 from lmref.spec.params import init_params
 from tests.strategies import configs, seeds, token_batches
@@ -93,29 +94,20 @@ def assert_close(out, ref, row: Tolerance, what: str = "logits") -> None:
 
 def routing_margin(config: ModelConfig, params: dict, tokens: np.ndarray) -> float:
     """The smallest gap between the k-th and (k+1)-th router logit of the golden, over the
-    tokens and "moe" layers (inf without any, or when k = E): how far the tokens are from a
-    routing flip, which moves a token's output by O(1) (conformance/routing.py)."""
+    tokens and "moe" layers (inf without any): how far the tokens are from a routing flip,
+    which moves a token's output by O(1) (conformance/routing.py)."""
     from lmref import impl_numpy
 
+    if config.moe is None:
+        return float(np.inf)
     captured: dict = {}
     impl_numpy.forward(config, params, tokens, capture=captured)
-    k = config.moe.n_experts_per_token if config.moe else 0
-    return float(min((routing_gaps(captured[f"layers.{i}.router"], k).min() for i in moe_layers(config)),
-                     default=np.inf))
+    return float(smallest_gaps(config, captured).min())
 
 
 def routed_tokens(config: ModelConfig, params: dict, shape: tuple[int, int], margin: float,
                   seed: int = 0) -> np.ndarray:
-    """Random tokens [B, S] whose routing margin is at least `margin`: left to right (the model
-    is causal), each position takes the first of a seeded shuffle of the vocabulary that keeps it."""
-    rng = np.random.default_rng(seed)
-    tokens = np.zeros(shape, dtype=np.int64)
-    for t in range(shape[1]):
-        for b in range(shape[0]):
-            for candidate in rng.permutation(config.vocab_size):
-                tokens[b, t] = candidate
-                if routing_margin(config, params, tokens[b : b + 1, : t + 1]) >= margin:
-                    break
-            else:
-                raise AssertionError(f"no token at ({b}, {t}) keeps the routing margin {margin}")
-    return tokens
+    """Tokens [B, S] whose routing margin is at least `margin`: the golden cases' own search
+    (conformance/cases.py `routed_tokens`), on a candidate stream of its own."""
+    spec = CaseSpec(f"torch-tests-{seed}", "prefill", shape[0], shape[1], seed=seed)
+    return cases.routed_tokens(config.name, spec, config, params, margin=margin)
