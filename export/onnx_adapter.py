@@ -7,7 +7,7 @@ when onnxruntime has it (the provider is asserted, export/runtime.py).  forward 
 from an empty past; decode prefills `prompt_len` tokens, then feeds one token per step
 with the graph's own presents as the past; loss is the mean next-token cross-entropy of
 forward's float32 logits over all S tokens, computed in float64, plus, for a mixture of
-experts, `moe.aux_loss_coef` x the load-balancing loss (impl_numpy.moe) of the graph's own
+experts, its auxiliary losses (impl_numpy.moe `auxiliary_loss`) of the graph's own
 router logits (the `router_logits.{i}` outputs, export/decoder.py): the loss is a function
 of the graph's outputs, as in training, and is not itself in the graph.
 
@@ -35,7 +35,7 @@ from lmref.export.exporter import OPSET, export_onnx
 from lmref.export.features import check_exportable
 from lmref.export.runtime import DecoderSession, default_provider, open_session
 from lmref.impl_numpy.model import log_softmax
-from lmref.impl_numpy.moe import load_balancing_loss
+from lmref.impl_numpy.moe import auxiliary_loss
 from lmref.spec.captures import moe_layers
 from lmref.spec.config import ModelConfig
 from lmref.spec.inputs import check_tokens
@@ -111,9 +111,8 @@ class OnnxAdapter:
         logp = log_softmax(out["logits"][:, :-1].astype(np.float64))  # [B, S-1, V]
         picked = np.take_along_axis(logp, tokens[:, 1:, None], axis=-1)  # [B, S-1, 1]
         total = float(-picked.mean())
-        if config.moe is not None and config.moe.aux_loss_coef > 0:
-            routers = [out[name].astype(np.float64) for name in router_names(config)]  # [B, S, E] each
-            total += config.moe.aux_loss_coef * load_balancing_loss(config, routers)
+        if config.moe is not None:
+            total += auxiliary_loss(config, [out[name].astype(np.float64) for name in router_names(config)])
         return total
 
     def moe_outputs(self, config: ModelConfig, params: dict, tokens: np.ndarray, capability: str

@@ -51,7 +51,7 @@ from lmref.impl_jax.attention import attention
 from lmref.impl_jax.cache import KVCache
 from lmref.impl_jax.features import FEATURES
 from lmref.impl_jax.mlp import mlp
-from lmref.impl_jax.moe import load_balancing_loss, moe
+from lmref.impl_jax.moe import load_balancing_loss, moe, router_z_loss
 from lmref.impl_jax.norms import apply_norm, upcast
 from lmref.spec.captures import capture_names, moe_layers
 from lmref.spec.config import ModelConfig
@@ -150,16 +150,21 @@ def forward_core(config: ModelConfig, params: dict, tokens: jax.Array, cache: KV
 
 def loss_core(config: ModelConfig, params: dict, tokens: jax.Array) -> jax.Array:
     """Mean next-token cross-entropy: position t predicts token t + 1, over B * (S - 1) targets;
-    plus `moe.aux_loss_coef` times the load-balancing loss over the router logits of all S
-    positions of every "moe" layer (impl_jax/moe.py), as the golden's `loss`: one forward over
+    plus `moe.aux_loss_coef` times the load-balancing loss and `moe.router_z_loss_coef` times
+    the router z-loss over the router logits of all S positions of every "moe" layer
+    (impl_jax/moe.py), as the golden's `loss`: one forward over
     all S tokens, whose last position's logits have no target."""
     logits, _, captured = forward_core(config, params, tokens, capture=True)  # jit drops what is unused
     logp = jax.nn.log_softmax(upcast(logits[:, :-1]), axis=-1)  # [B, S-1, V], at least float32
     picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]  # [B, S-1]
     total = -picked.mean()
-    if config.moe is not None and config.moe.aux_loss_coef > 0:
+    m = config.moe
+    if m is not None and (m.aux_loss_coef > 0 or m.router_z_loss_coef > 0):
         routers = [captured[f"layers.{i}.router"] for i in moe_layers(config)]
-        total = total + config.moe.aux_loss_coef * load_balancing_loss(config, routers)
+        if m.aux_loss_coef > 0:
+            total = total + m.aux_loss_coef * load_balancing_loss(config, routers)
+        if m.router_z_loss_coef > 0:
+            total = total + m.router_z_loss_coef * router_z_loss(config, routers)
     return total
 
 

@@ -110,17 +110,33 @@ def moe(config: ModelConfig, params: dict, prefix: str, x: jax.Array) -> tuple[j
 
 
 def load_balancing_loss(config: ModelConfig, router_logits: list[jax.Array]) -> jax.Array:
-    """The Switch Transformers load-balancing loss (Fedus et al. 2022, eq. 4) as transformers'
-    `load_balancing_loss_func` computes it, over the rows of every "moe" layer together
-    (T = layers x B x S), in at least float32:
+    """The Switch Transformers load-balancing loss (Fedus et al. 2022, eq. 4) of the kind
+    `moe.aux_loss` names, in at least float32.  Per layer l over its rows: p = softmax(z);
+    f_le = the fraction of rows whose top k holds e (sums to k); P_le = the mean of p_e.
 
-        p = softmax(z) per row;  chosen = the top-k of p
-        f_e = (rows that chose e) / T;  P_e = mean over rows of p_e;  aux = E * sum_e f_e P_e
+        "pooled" (transformers' `load_balancing_loss_func`): E * sum_e f_e P_e over the rows
+                 of every "moe" layer together
+        "per_layer" (MegaBlocks' `batched_load_balancing_loss`): mean_l (E / k) sum_e f_le P_le
 
-    f is a count, so the gradient flows through P only (as in transformers)."""
+    f is a count, so the gradient flows through P only (as in both)."""
     m = config.moe
-    z = jnp.concatenate([upcast(r).reshape(-1, m.n_experts) for r in router_logits])  # [T, E]
-    p = jax.nn.softmax(z, axis=-1)  # [T, E]
-    _, chosen = jax.lax.top_k(z, m.n_experts_per_token)  # [T, k]: the top-k of p, as in `route`
-    f = jax.nn.one_hot(chosen, m.n_experts, dtype=p.dtype).sum(axis=1).mean(axis=0)  # [T, k, E] -> [E]
-    return m.n_experts * jnp.sum(f * p.mean(axis=0))  # [E] . [E]
+    E, k = m.n_experts, m.n_experts_per_token
+    layers = [upcast(r).reshape(-1, E) for r in router_logits]  # [T, E] each
+    if m.aux_loss == "pooled":
+        layers = [jnp.concatenate(layers)]  # [L * T, E]
+    balance = []
+    for z in layers:
+        p = jax.nn.softmax(z, axis=-1)  # [rows, E]
+        _, chosen = jax.lax.top_k(z, k)  # [rows, k]: the top-k of p, as in `route`
+        f = jax.nn.one_hot(chosen, E, dtype=p.dtype).sum(axis=1).mean(axis=0)  # [rows, k, E] -> [E]
+        balance.append(E * jnp.sum(f * p.mean(axis=0)))  # [E] . [E]
+    scale = 1.0 if m.aux_loss == "pooled" else 1.0 / k
+    return scale * jnp.mean(jnp.stack(balance))
+
+
+def router_z_loss(config: ModelConfig, router_logits: list[jax.Array]) -> jax.Array:
+    """OLMoE's router z-loss (the `olmoe` branch of Muennighoff/megablocks): logsumexp(z)^2
+    summed over the rows of every "moe" layer, divided by L * T * k; at least float32."""
+    m = config.moe
+    z = jnp.concatenate([upcast(r).reshape(-1, m.n_experts) for r in router_logits])  # [L * T, E]
+    return jnp.sum(jax.nn.logsumexp(z, axis=-1) ** 2) / (z.shape[0] * m.n_experts_per_token)

@@ -27,7 +27,7 @@ from lmref.impl_numpy.attention import attention
 from lmref.impl_numpy.cache import KVCache
 from lmref.impl_numpy.features import FEATURES
 from lmref.impl_numpy.mlp import mlp
-from lmref.impl_numpy.moe import load_balancing_loss, moe
+from lmref.impl_numpy.moe import auxiliary_loss, moe
 from lmref.impl_numpy.norms import apply_norm
 from lmref.spec.config import ModelConfig
 from lmref.spec.errors import InputError
@@ -136,8 +136,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def loss(config: ModelConfig, params: dict, tokens: np.ndarray) -> float:
     """Mean next-token cross-entropy: position t predicts token t + 1, over B * (S - 1)
-    targets; plus `moe.aux_loss_coef` times the load-balancing loss over the router logits of
-    all S positions (impl_numpy/moe.py; transformers' `labels=` loss with router logits)."""
+    targets; plus a mixture's auxiliary losses over the router logits of all S positions
+    (impl_numpy/moe.py `auxiliary_loss`; transformers' `labels=` loss with router logits)."""
     check_supported(config, BACKEND, FEATURES)
     tokens = check_tokens(config, tokens)
     if tokens.shape[1] < 2:
@@ -147,7 +147,6 @@ def loss(config: ModelConfig, params: dict, tokens: np.ndarray) -> float:
     targets = tokens[:, 1:]  # [B, S-1]
     picked = np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     total = float(-picked.mean())
-    if config.moe is not None and config.moe.aux_loss_coef > 0:
-        routers = [v for k, v in captured.items() if k.endswith(".router")]
-        total += config.moe.aux_loss_coef * load_balancing_loss(config, routers)
+    if config.moe is not None:
+        total += auxiliary_loss(config, [v for k, v in captured.items() if k.endswith(".router")])
     return total

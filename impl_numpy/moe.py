@@ -92,20 +92,61 @@ def moe(config: ModelConfig, params: dict, prefix: str, x: np.ndarray,
     return out
 
 
+def auxiliary_loss(config: ModelConfig, router_logits: list[np.ndarray]) -> float:
+    """What a mixture adds to the training loss, from the router logits [B, S, E] of each "moe"
+    layer: aux_loss_coef x `load_balancing_loss` + router_z_loss_coef x `router_z_loss`."""
+    m = config.moe
+    total = 0.0
+    if m.aux_loss_coef > 0:
+        total += m.aux_loss_coef * load_balancing_loss(config, router_logits)
+    if m.router_z_loss_coef > 0:
+        total += m.router_z_loss_coef * router_z_loss(config, router_logits)
+    return total
+
+
 def load_balancing_loss(config: ModelConfig, router_logits: list[np.ndarray]) -> float:
-    """The auxiliary load-balancing loss of Switch Transformers (Fedus et al. 2022, eq. 4) as
-    transformers computes it for Mixtral, Qwen-MoE and OLMoE (`load_balancing_loss_func`):
-    over the tokens of every "moe" layer together (T = layers x B x S rows),
+    """The auxiliary load-balancing loss of Switch Transformers (Fedus et al. 2022, eq. 4), of
+    the kind `moe.aux_loss` names.  Per layer l, over its T = B x S rows:
 
         p = softmax(z) per row;  chosen = the top-k of p
-        f_e = (rows that chose e) / T     (sums to k)
-        P_e = mean over rows of p_e
-        aux = E * sum_e f_e P_e
+        f_le = (rows of l that chose e) / T     (sums to k)
+        P_le = mean over the rows of l of p_e
 
-    1 * k when the load is uniform; `loss` adds aux_loss_coef * aux to the cross-entropy."""
+    "pooled", as transformers computes it for Mixtral, Qwen-MoE, OLMoE and DBRX
+    (`load_balancing_loss_func`): f and P over the rows of all L layers together,
+
+        aux = E * sum_e f_e P_e                          (k when the load is uniform)
+
+    "per_layer", as MegaBlocks computes it for DBRX and OLMoE (`batched_load_balancing_loss`,
+    databricks/megablocks and the `olmoe` branch of Muennighoff/megablocks, layers/moe.py:
+    loss_weight * E / (L * T * k) * dot(tokens_per_expert, mean scores), both concatenated
+    over the layers):
+
+        aux = (1 / L) sum_l (E / k) sum_e f_le P_le      (1 when the load is uniform)"""
     m = config.moe
-    z = np.concatenate([r.reshape(-1, m.n_experts) for r in router_logits])  # [T, E]
-    p = softmax(z)
-    chosen = top_k(p, m.n_experts_per_token)  # [T, k]
-    f = np.bincount(chosen.ravel(), minlength=m.n_experts) / z.shape[0]  # [E]
-    return float(m.n_experts * np.sum(f * p.mean(axis=0)))
+    E, k = m.n_experts, m.n_experts_per_token
+    layers = [r.reshape(-1, E) for r in router_logits]  # [T, E] each
+    if m.aux_loss == "pooled":
+        layers = [np.concatenate(layers)]  # [L * T, E]: one pool of rows
+    per_layer = []
+    for z in layers:
+        p = softmax(z)
+        chosen = top_k(p, k)  # [rows, k]
+        f = np.bincount(chosen.ravel(), minlength=E) / z.shape[0]  # [E]
+        per_layer.append(E * np.sum(f * p.mean(axis=0)))
+    scale = 1.0 if m.aux_loss == "pooled" else 1.0 / k
+    return float(scale * np.mean(per_layer))
+
+
+def router_z_loss(config: ModelConfig, router_logits: list[np.ndarray]) -> float:
+    """The router z-loss (ST-MoE, Zoph et al. 2022, eq. 5) as OLMoE's authors compute it (the
+    `olmoe` branch of Muennighoff/megablocks, layers/moe.py, `batched_load_balancing_loss`):
+    the squared logsumexp of each row's logits, summed over the rows of all L layers and
+    divided by L * T * k, the load-balancing loss's denominator, so k divides it too:
+
+        z_loss = sum_{l, t} logsumexp(z_lt)^2 / (L * T * k)"""
+    m = config.moe
+    z = np.concatenate([r.reshape(-1, m.n_experts) for r in router_logits])  # [L * T, E]
+    peak = z.max(axis=-1)
+    lse = peak + np.log(np.exp(z - peak[:, None]).sum(axis=-1))  # [L * T]
+    return float(np.sum(lse**2) / (z.shape[0] * m.n_experts_per_token))

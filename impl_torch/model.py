@@ -36,7 +36,7 @@ from lmref.impl_torch.cache import KVCache
 from lmref.impl_torch.features import FEATURES
 from lmref.impl_torch.inputs import check_tokens
 from lmref.impl_torch.mlp import MLP
-from lmref.impl_torch.moe import MoE, check_dispatch, expert_load, load_balancing_loss
+from lmref.impl_torch.moe import MoE, check_dispatch, expert_load, load_balancing_loss, router_z_loss
 from lmref.impl_torch.norms import Norm, upcast
 from lmref.impl_torch.rope import rope_cos_sin
 from lmref.spec.config import ModelConfig
@@ -294,7 +294,7 @@ class Transformer(nn.Module):
 
     def loss(self, tokens) -> torch.Tensor:
         """impl_numpy.loss: the mean next-token cross-entropy over B * (S - 1) targets, plus
-        `moe.aux_loss_coef` x the load-balancing loss over all S positions; float32 at least."""
+        a mixture's auxiliary losses over all S positions; float32 at least."""
         return self.loss_parts(tokens)["loss"]
 
     def loss_parts(self, tokens) -> dict[str, torch.Tensor]:
@@ -309,22 +309,28 @@ class Transformer(nn.Module):
 
     def objective(self, logits: torch.Tensor, targets: torch.Tensor, routers: list[torch.Tensor]
                   ) -> dict[str, torch.Tensor]:
-        """{"loss", "ce"} and, with "moe" layers, {"aux", "expert_load"}, from logits [B, T, V],
+        """{"loss", "ce"} and, with "moe" layers, {"aux", "expert_load"} (and "z_loss"), from logits [B, T, V],
         their targets [B, T] and the router logits of the forward that made them (its
         `output_router_logits`; none without "moe" layers):
 
             ce           mean cross-entropy over B * T targets (float32 at least)
             aux          the load-balancing loss over the router logits (impl_torch/moe.py)
-            loss         ce + moe.aux_loss_coef * aux: what training minimises
+            z_loss       the router z-loss, where moe.router_z_loss_coef > 0
+            loss         ce + moe.aux_loss_coef * aux + moe.router_z_loss_coef * z_loss:
+                         what training minimises
             expert_load  [n_moe_layers, E] fraction of each layer's assignments per expert (no grad)
 
         The trainer (train/loop.py) calls it on its own forward through DDP / FSDP."""
         ce = F.cross_entropy(upcast(logits).flatten(0, 1), targets.flatten())  # mean over B * T
         if not routers:
             return {"loss": ce, "ce": ce}
-        aux = load_balancing_loss(self.config, routers)
-        return {"loss": ce + self.config.moe.aux_loss_coef * aux, "ce": ce, "aux": aux,
-                "expert_load": expert_load(self.config, routers)}
+        m = self.config.moe
+        parts = {"ce": ce, "aux": load_balancing_loss(self.config, routers)}
+        loss = ce + m.aux_loss_coef * parts["aux"]
+        if m.router_z_loss_coef > 0:
+            parts["z_loss"] = router_z_loss(self.config, routers)
+            loss = loss + m.router_z_loss_coef * parts["z_loss"]
+        return {"loss": loss, **parts, "expert_load": expert_load(self.config, routers)}
 
 
 # --- the golden's functional API -------------------------------------------------------------

@@ -12,7 +12,8 @@ For each token x [d_model] of a "moe" layer:
 Sources: transformers 5.23 `MixtralSparseMoeBlock` (the per-expert loop of `dispatch="loop"`,
 index_add_ combine), `Qwen2MoeSparseMoeBlock` (no renormalisation, the gated shared expert),
 `Llama4TextMoe` (sigmoid of the top-k logits scaling the expert input) and
-`load_balancing_loss_func` (the auxiliary loss).
+`load_balancing_loss_func` (the pooled auxiliary loss); MegaBlocks' `batched_load_balancing_loss`
+(the per-layer one, and OLMoE's router z-loss).
 
 Three dispatches compute the same math (tests/torch/test_moe.py holds them to the float64 row):
 
@@ -209,16 +210,36 @@ class MoE(nn.Module):
 
 
 def load_balancing_loss(config: ModelConfig, router_logits: list[torch.Tensor]) -> torch.Tensor:
-    """impl_numpy.moe.load_balancing_loss (HF `load_balancing_loss_func`) as a 0-d tensor in
-    float32 at least: over the rows of every "moe" layer together (T = layers x B x S),
-    E * sum_e f_e P_e with f_e the fraction of rows whose top k holds e (sums to k) and P_e
-    the mean softmax probability of e.  The gradient flows through P only."""
+    """impl_numpy.moe.load_balancing_loss as a 0-d tensor in float32 at least: per layer,
+    f_le the fraction of its rows whose top k holds e (sums to k) and P_le the mean softmax
+    probability of e;
+
+        "pooled" (transformers' load_balancing_loss_func): E sum_e f_e P_e over the rows of
+                   every "moe" layer together
+        "per_layer" (MegaBlocks): the mean over layers of (E / k) sum_e f_le P_le
+
+    The gradient flows through P only."""
     m = config.moe
-    z = torch.cat([upcast(r).reshape(-1, m.n_experts) for r in router_logits])  # [T, E]
-    p = torch.softmax(z, dim=-1)  # [T, E]
-    chosen = torch.topk(p, m.n_experts_per_token, dim=-1).indices  # [T, k]
-    f = torch.bincount(chosen.flatten(), minlength=m.n_experts).to(p.dtype) / z.shape[0]  # [E]
-    return m.n_experts * (f * p.mean(dim=0)).sum()
+    E, k = m.n_experts, m.n_experts_per_token
+    layers = [upcast(r).reshape(-1, E) for r in router_logits]  # [T, E] each
+    if m.aux_loss == "pooled":
+        layers = [torch.cat(layers)]  # [L * T, E]
+    balance = []
+    for z in layers:
+        p = torch.softmax(z, dim=-1)  # [rows, E]
+        chosen = torch.topk(p, k, dim=-1).indices  # [rows, k]
+        f = torch.bincount(chosen.flatten(), minlength=E).to(p.dtype) / z.shape[0]  # [E]
+        balance.append(E * (f * p.mean(dim=0)).sum())
+    scale = 1.0 if m.aux_loss == "pooled" else 1.0 / k
+    return scale * torch.stack(balance).mean()
+
+
+def router_z_loss(config: ModelConfig, router_logits: list[torch.Tensor]) -> torch.Tensor:
+    """impl_numpy.moe.router_z_loss (OLMoE's): sum over the rows of every layer of
+    logsumexp(z)^2, divided by L * T * k; a 0-d tensor in float32 at least."""
+    m = config.moe
+    z = torch.cat([upcast(r).reshape(-1, m.n_experts) for r in router_logits])  # [L * T, E]
+    return torch.logsumexp(z, dim=-1).square().sum() / (z.shape[0] * m.n_experts_per_token)
 
 
 @torch.no_grad()

@@ -45,6 +45,10 @@ EmbeddingScale = Literal["none", "sqrt_d_model"]
 # softmax_topk: softmax over all experts, then top-k (Mixtral, Qwen-MoE).  sigmoid_topk:
 # top-k on raw logits, sigmoid of the chosen ones (Llama 4).
 RouterKind = Literal["softmax_topk", "sigmoid_topk"]
+# How the load-balancing loss gathers the MoE layers (spec/MATH.md, "MoE"): "pooled" over the
+# rows of every layer together (transformers' load_balancing_loss_func), "per_layer" averaged
+# over the layers (MegaBlocks' batched_load_balancing_loss: DBRX, OLMoE).
+AuxLossKind = Literal["pooled", "per_layer"]
 
 
 class ConfigError(ValueError):
@@ -85,8 +89,11 @@ class MoEConfig:
     n_shared_experts: int = 0
     shared_d_ff: int | None = None
     shared_expert_gate: bool = False  # Qwen2-MoE: sigmoid gate on the shared expert
-    # Weight of the load-balancing loss added to the training loss (spec/MATH.md, "MoE").
+    # Weight of the load-balancing loss added to the training loss, and its kind (spec/MATH.md, "MoE").
     aux_loss_coef: float = 0.0
+    aux_loss: AuxLossKind = "pooled"
+    # Weight of the router z-loss (OLMoE's MegaBlocks fork: mean of logsumexp(z)^2, divided by k).
+    router_z_loss_coef: float = 0.0
 
 
 # Optional sub-configs: field -> class (from_dict rebuilds them; a later `vision` joins here).

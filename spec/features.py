@@ -121,7 +121,12 @@ _FEATURES = [
     Feature("moe.shared_expert", ("moe",), _moe(lambda m: m.n_shared_experts > 0), "shared experts"),
     Feature("moe.shared_expert_gate", ("moe",), _moe(lambda m: m.shared_expert_gate),
             "a sigmoid gate on the shared expert (Qwen2-MoE)"),
-    Feature("moe.aux_loss", ("moe",), _moe(lambda m: m.aux_loss_coef > 0), "the router's load-balancing loss"),
+    Feature("moe.aux_loss", ("moe",), _moe(lambda m: m.aux_loss_coef > 0 and m.aux_loss == "pooled"),
+            "the load-balancing loss over every MoE layer's rows together (transformers)"),
+    Feature("moe.aux_loss_per_layer", ("moe",), _moe(lambda m: m.aux_loss_coef > 0 and m.aux_loss == "per_layer"),
+            "the load-balancing loss averaged over the MoE layers (MegaBlocks: DBRX, OLMoE)"),
+    Feature("moe.router_z_loss", ("moe",), _moe(lambda m: m.router_z_loss_coef > 0),
+            "the router z-loss (OLMoE)"),
     # --- head -----------------------------------------------------------------------------
     Feature("head.tied", ("tie_embeddings",), lambda c: c.tie_embeddings, "head weight = token embedding"),
     Feature("head.bias", ("lm_head_bias",), lambda c: c.lm_head_bias, "a bias on the head"),
@@ -143,10 +148,13 @@ GEMMA_QWEN3_OLMO2 = (
     "attn.qk_norm.per_head", "attn.qk_norm.per_projection", "attn.query_scale", "attn.softcap",
     "rope.local_theta", "head.softcap",
 )
-# Mixtures of experts (issue 12): routing kinds, weights, shared experts, the auxiliary loss.
+# What only the training loss computes (the auxiliary losses of a mixture): a forward, a
+# decode or a capture never needs them, so a backend without them runs those and refuses `loss`.
+OBJECTIVE = ("moe.aux_loss", "moe.aux_loss_per_layer", "moe.router_z_loss")
+# Mixtures of experts (issue 12): routing kinds, weights, shared experts, the auxiliary losses.
 MOE = (
     "moe.softmax_topk", "moe.sigmoid_topk", "moe.no_renormalize", "moe.scales_input", "moe.shared_expert",
-    "moe.shared_expert_gate", "moe.aux_loss",
+    "moe.shared_expert_gate", *OBJECTIVE,
 )
 # Llama 4's attention (issue 12): the weightless QK norm after the RoPE, the NoPE layers' temperature.
 # numpy, torch and jax compute both (the ONNX export through torch), tested on the tiny Llama 4

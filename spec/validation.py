@@ -26,8 +26,8 @@ from collections.abc import Callable
 from typing import get_args
 
 from lmref.spec.config import (
-    Activation, AttnKind, ConfigError, EmbeddingScale, MlpKind, MlpLayerKind, ModelConfig, MoEConfig, Norm,
-    NormPlacement, Position, QkNorm, RopeLayout, RopeScaling, RopeScalingKind, RouterKind,
+    Activation, AttnKind, AuxLossKind, ConfigError, EmbeddingScale, MlpKind, MlpLayerKind, ModelConfig, MoEConfig,
+    Norm, NormPlacement, Position, QkNorm, RopeLayout, RopeScaling, RopeScalingKind, RouterKind,
 )
 
 MAX_SIZE = 2**63 - 1  # sizes, counts and positions are int64 in every backend
@@ -192,6 +192,8 @@ MOE_RULES: dict[str, Rule] = {
     "shared_d_ff": _optional(_positive_int),
     "shared_expert_gate": _bool,
     "aux_loss_coef": _NON_NEGATIVE,
+    "aux_loss": _choice(AuxLossKind),
+    "router_z_loss_coef": _NON_NEGATIVE,
 }
 
 MODEL_RULES: dict[str, Rule] = {

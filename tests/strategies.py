@@ -108,7 +108,8 @@ def configs(draw, max_seq_len: int = 32) -> ModelConfig:
 def moe_fields(draw, n_layers: int) -> dict:
     """moe and mlp_pattern: 1 to 9 experts, any k <= E, both router kinds, with or without
     renormalisation, the weight on the input (Llama 4) or the output, a shared expert (one
-    or two, of its own width or not, gated or not), an auxiliary loss weight; every layer a
+    or two, of its own width or not, gated or not), the auxiliary losses (either kind of
+    load-balancing loss, a router z-loss, each weighted or off); every layer a
     mixture, or dense and mixture alternating (n_layers >= 2)."""
     n_experts = draw(st.integers(1, 9))
     n_shared = draw(st.sampled_from((0, 1, 2)))
@@ -123,6 +124,8 @@ def moe_fields(draw, n_layers: int) -> dict:
         shared_d_ff=draw(st.sampled_from((None, 5, 16))) if n_shared else None,
         shared_expert_gate=n_shared > 0 and draw(st.booleans()),
         aux_loss_coef=draw(st.sampled_from((0.0, 0.01, 0.5))),
+        aux_loss=draw(st.sampled_from(("pooled", "per_layer"))),
+        router_z_loss_coef=draw(st.sampled_from((0.0, 0.001, 0.5))),
     )
     patterns = [("moe",)] + ([("dense", "moe")] if n_layers >= 2 else [])
     return dict(moe=moe, mlp_pattern=draw(st.sampled_from(patterns)))

@@ -127,9 +127,10 @@ FLOAT_KNOBS = {
     "rope_scaling.beta_slow": lambda v: with_scaling(**(YARN | dict(beta_slow=v))),
     "rope_scaling.attention_factor": lambda v: with_scaling(**(YARN | dict(attention_factor=v))),
     "moe.aux_loss_coef": lambda v: with_moe(aux_loss_coef=v),
+    "moe.router_z_loss_coef": lambda v: with_moe(router_z_loss_coef=v),
 }
 REQUIRED_FLOATS = ("norm_eps", "rope_theta", "rope_fraction", "alibi_max_bias", "logit_scale", "rope_scaling.factor",
-                   "moe.aux_loss_coef")
+                   "moe.aux_loss_coef", "moe.router_z_loss_coef")
 
 
 @pytest.mark.parametrize("bad", [NAN, INF, -INF, "1.0", True, [1.0], np.float32(1.0), HUGE, -HUGE],
@@ -154,7 +155,7 @@ def test_required_float_knobs_refuse_none(field):
 @pytest.mark.parametrize("field", sorted(FLOAT_KNOBS))
 def test_float_knobs_accept_ints_and_floats_in_range(field):
     """issue 10, item 11: JSON writes 10000.0 as 10000 at times; an int in range is a number."""
-    value = {"rope_fraction": 1, "moe.aux_loss_coef": 0, "rope_scaling.low_freq_factor": 1,
+    value = {"rope_fraction": 1, "moe.aux_loss_coef": 0, "moe.router_z_loss_coef": 0, "rope_scaling.low_freq_factor": 1,
              "rope_scaling.high_freq_factor": 4, "rope_scaling.factor": 8}.get(field, 2)
     for v in (value, float(value), np.float64(value)):
         c = make(**FLOAT_KNOBS[field](v))
@@ -174,6 +175,7 @@ RANGE_ERRORS = [
     ("rope_scaling.beta_slow", -1.0, "must be > 0"),
     ("rope_scaling.attention_factor", 0.0, "must be > 0"),
     ("moe.aux_loss_coef", -0.01, "must be >= 0"),
+    ("moe.router_z_loss_coef", -0.001, "must be >= 0"),
     ("final_logit_softcap", 0.0, "must be > 0"),
     ("rope_fraction", 1.0000001, "must be in (0, 1]"),
 ]

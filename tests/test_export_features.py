@@ -68,8 +68,9 @@ CONFIGS = [
     # Mixtures of experts (issue 12): Qwen2-MoE's softmax top-k without renormalisation and a
     # gated shared expert; Llama 4's sigmoid top-1 scaling the expert input, a shared expert,
     # every other layer dense, with its attention (the weightless L2 QK norm, the NoPE layers'
-    # query temperature, active from position 2 on with floor 3).  moe.aux_loss only adds to the
-    # loss: the graph exposes the router logits it is computed from (export/onnx_adapter.py; its
+    # query temperature, active from position 2 on with floor 3).  The auxiliary losses (pooled,
+    # per layer, the z-loss) only add to the loss: the graph exposes the router logits they are
+    # computed from (export/onnx_adapter.py; its
     # test in tests/test_export_moe.py).
     ModelConfig(name="moe-softmax-shared-gate", **SIZES, position="rope", norm="rmsnorm", mlp="gated",
                 activation="silu", mlp_pattern=("moe", "dense"),
@@ -79,7 +80,8 @@ CONFIGS = [
                 attn_pattern=("chunked", "global_nope"), attn_chunk_size=4, qk_norm="l2", attn_temperature_floor=3,
                 attn_temperature_scale=0.5, norm="rmsnorm", mlp="gated", activation="silu", mlp_pattern=("dense", "moe"),
                 moe=MoEConfig(n_experts=5, n_experts_per_token=1, router="sigmoid_topk", router_scales_input=True,
-                              renormalize=False, n_shared_experts=1)),
+                              renormalize=False, n_shared_experts=1, aux_loss_coef=0.01, aux_loss="per_layer",
+                              router_z_loss_coef=0.001)),
 ]
 
 

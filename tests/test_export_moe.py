@@ -150,20 +150,22 @@ def test_the_routing_check_fails_a_graph_that_chose_another_expert():
     assert "FAIL routing" in check.line()
 
 
-def test_the_adapter_passes_a_golden_case_with_one_export():
+@pytest.mark.parametrize("arch", ["mixtral-8x7b", "olmoe-1b-7b"])
+def test_the_adapter_passes_a_golden_case_with_one_export(arch):
     """forward, loss, capture and routing of `--impl onnx` on a golden case; the loss counts
-    the load-balancing term (without it the loss would fail its tolerance)."""
-    adapter, case = OnnxAdapter(), GoldenStore().load("mixtral-8x7b", "prefill-b2-s7")
+    the auxiliary terms, Mixtral's pooled load-balancing loss, OLMoE's per-layer one and its
+    router z-loss (without them the loss would fail its tolerance)."""
+    adapter, case = OnnxAdapter(), GoldenStore().load(arch, "prefill-b2-s7")
     results = {cap: run_check(case, adapter, cap) for cap in ("forward", "loss", "capture", "routing")}
     assert {cap: r.status for cap, r in results.items()} == dict.fromkeys(results, PASS), \
         "\n".join(r.message for r in results.values())
     assert adapter.exports == 1
     assert results["capture"].metrics["components_compared"] == len(moe_layers(case.config)) + 1  # routers, logits
     config, params = case.config, case.params()
-    coef, golden = config.moe.aux_loss_coef, float(case.expected["loss"].reshape(-1)[0])
+    golden = float(case.expected["loss"].reshape(-1)[0])
     routers = [adapter.capture(config, params, case.tokens)[f"layers.{i}.router"].astype(np.float64)
                for i in moe_layers(config)]
-    aux = coef * impl_numpy.moe.load_balancing_loss(config, routers)
+    aux = impl_numpy.moe.auxiliary_loss(config, routers)
     tol = Tolerances().row("float32")
     ce_only = adapter.loss(config, params, case.tokens) - aux
     assert abs(ce_only - golden) > 100 * (tol.loss_atol + tol.loss_rtol * abs(golden))

@@ -49,13 +49,14 @@ SLOW = [name for name in PRESETS if name not in FAST]
 
 def test_the_default_run_covers_the_features_of_every_preset():
     """What the slow presets need, some fast one exercises (each feature is exported in the
-    default run; the slow presets differ only in sizes and numbers)."""
-    from lmref.spec.features import required_features
+    default run; the slow presets differ only in sizes and numbers).  The training objective's
+    features are not in the graph (OLMoE's z-loss: tests/test_export_moe.py)."""
+    from lmref.spec.features import OBJECTIVE, required_features
     from lmref.spec.presets import tiny
 
     fast = frozenset().union(*(required_features(tiny(name)) for name in FAST))
     for name in SLOW:
-        assert required_features(tiny(name)) <= fast, name
+        assert required_features(tiny(name)) - set(OBJECTIVE) <= fast, name
 
 
 @pytest.fixture(scope="module", params=FAST + [pytest.param(n, marks=pytest.mark.slow) for n in SLOW])

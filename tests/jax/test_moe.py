@@ -105,17 +105,19 @@ def test_the_configs_cover_every_moe_feature_and_the_twin_declares_them():
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_route_and_load_balancing_loss_match_the_golden(name):
     """On random router logits [B, S, E] of two layers (no ties), in float64: the same experts
-    in the same order (largest first), the same weights, the same auxiliary loss."""
+    in the same order (largest first), the same weights, the same auxiliary losses."""
     config = CONFIGS[name]
     rng = np.random.default_rng(0)
     logits = [rng.standard_normal((2, 5, config.moe.n_experts)) for _ in range(2)]  # [B, S, E] per layer
     with jax.enable_x64(True):
         experts, weights = jax.jit(jax_moe.route, static_argnums=0)(config, logits[0])
         aux = jax.jit(jax_moe.load_balancing_loss, static_argnums=0)(config, logits)
+        z_loss = jax.jit(jax_moe.router_z_loss, static_argnums=0)(config, logits)
     ref_experts, ref_weights = numpy_moe.route(config, logits[0])
     np.testing.assert_array_equal(np.asarray(experts), ref_experts)
     np.testing.assert_allclose(np.asarray(weights), ref_weights, rtol=1e-12, atol=1e-15)
     assert float(aux) == pytest.approx(numpy_moe.load_balancing_loss(config, logits), rel=1e-12)
+    assert float(z_loss) == pytest.approx(numpy_moe.router_z_loss(config, logits), rel=1e-12)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

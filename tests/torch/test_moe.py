@@ -21,7 +21,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from lmref import impl_numpy
-from lmref.impl_numpy.moe import load_balancing_loss
+from lmref.impl_numpy.moe import load_balancing_loss, router_z_loss
 from lmref.impl_torch.adapter import TorchAdapter
 from lmref.impl_torch.attention import ATTN_IMPLS
 from lmref.impl_torch.model import Transformer, torch_name
@@ -146,8 +146,12 @@ def test_loss_with_the_auxiliary_loss_matches_the_golden(example):
     assert float(parts["loss"].detach()) == pytest.approx(ref, rel=1e-12)
     routers: dict = {}
     impl_numpy.forward(config, params, tokens, capture=routers)
-    aux = load_balancing_loss(config, [routers[f"layers.{i}.router"] for i in moe_layers(config)])
-    assert float(parts["aux"].detach()) == pytest.approx(aux, rel=1e-12)
+    logits = [routers[f"layers.{i}.router"] for i in moe_layers(config)]
+    assert float(parts["aux"].detach()) == pytest.approx(load_balancing_loss(config, logits), rel=1e-12)
+    if config.moe.router_z_loss_coef > 0:
+        assert float(parts["z_loss"].detach()) == pytest.approx(router_z_loss(config, logits), rel=1e-12)
+    else:
+        assert "z_loss" not in parts
     load = parts["expert_load"]
     assert load.shape == (len(moe_layers(config)), config.moe.n_experts)
     np.testing.assert_allclose(load.sum(dim=1).numpy(), 1.0, rtol=1e-6)
