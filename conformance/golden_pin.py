@@ -8,4 +8,4 @@ runs as a "custom golden store".  tests/test_verdicts_store.py checks that this 
 store.
 """
 
-MANIFEST_SHA256 = "9963ea642a9644ecb486ea887a71322d6d0a04efc26258e1092b541ad318a812"
+MANIFEST_SHA256 = "d5ebe5cdf9b5426bd7da8254ebd7a91093527cb510c8995be74102755db3f871"

@@ -16,7 +16,10 @@ feature that type lacks raises `UnsupportedFeature` naming it (the type's featur
 convert/features.py); one with no type (hf_model_type None: OLMo with ALiBi has no
 transformers class), or one the type cannot express field by field (convert/fields.py
 `check_expressible`), raises NotImplementedError with the converter's reason.  The suite
-reports both as NOT SUPPORTED.  Needs torch and transformers (`pip install lmref[torch,hf]`).
+reports both as NOT SUPPORTED.  A training objective transformers' `labels=` loss is not (a
+per-layer load-balancing loss, a router z-loss: spec/features.py OBJECTIVE) makes only `loss`
+NOT SUPPORTED; the forward is the same model, and the other checks run.  Needs torch and
+transformers (`pip install lmref[torch,hf]`).
 """
 
 from __future__ import annotations
@@ -31,8 +34,13 @@ from lmref.convert.features import FEATURES_BY_TYPE
 from lmref.convert.hf import module_for, to_hf
 from lmref.spec.captures import capture_names, moe_layers
 from lmref.spec.config import ModelConfig
-from lmref.spec.features import check_supported
+from lmref.spec.features import OBJECTIVE, check_supported
 from transformers import AutoModelForCausalLM
+
+
+def check_features(config: ModelConfig, implemented: frozenset[str]) -> None:
+    """UnsupportedFeature naming what `config` needs beyond `implemented`, of its hf type."""
+    check_supported(config, f"hf ({config.hf_model_type})", implemented)
 
 
 def _recorder(captured: dict, name: str, index: int = 0):
@@ -81,8 +89,7 @@ class HFAdapter:
     def build_model(self, config: ModelConfig, params: dict[str, np.ndarray]) -> torch.nn.Module:
         """The transformers model of (config, params), float32, eval mode."""
         try:
-            model_type = module_for(config).MODEL_TYPE
-            check_supported(config, f"hf ({model_type})", FEATURES_BY_TYPE[model_type])
+            check_features(config, FEATURES_BY_TYPE[module_for(config).MODEL_TYPE] | frozenset(OBJECTIVE))
             with tempfile.TemporaryDirectory() as tmp:
                 to_hf(config, params, tmp, dtype="float32")
                 model, info = AutoModelForCausalLM.from_pretrained(
@@ -116,8 +123,13 @@ class HFAdapter:
         """transformers' `labels=` loss (`ForCausalLMLoss`): logits of position t against
         token t + 1, cross-entropy averaged over the B * (S - 1) targets: lmref's definition.
         A mixture of experts adds `router_aux_loss_coef` times `load_balancing_loss_func` of
-        the router logits of every token, as lmref does, only when asked for the router
-        logits (`MixtralForCausalLM.forward` and its kin: `if output_router_logits:`)."""
+        the router logits of every token, lmref's "pooled" kind, only when asked for the router
+        logits (`MixtralForCausalLM.forward` and its kin: `if output_router_logits:`); another
+        objective (DBRX's and OLMoE's authors') is NOT SUPPORTED, naming its feature."""
+        try:
+            check_features(config, FEATURES_BY_TYPE[module_for(config).MODEL_TYPE])
+        except ConversionError as e:
+            raise NotImplementedError(f"transformers has no model for this config: {e}") from None
         model = self.build_model(config, params)
         ids = torch.from_numpy(tokens)
         routers = {"output_router_logits": True} if config.moe is not None else {}

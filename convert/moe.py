@@ -18,11 +18,12 @@ Checkpoints hold the experts one `nn.Linear` each (`expert_entries`), except DBR
 from __future__ import annotations
 
 import dataclasses
+from typing import get_args
 
 from lmref.convert.fields import HFConfig
 from lmref.convert.layer_types import shortest_period
 from lmref.convert.layout import Entry, expert_linear, linear
-from lmref.spec.config import MlpLayerKind, ModelConfig, MoEConfig
+from lmref.spec.config import AuxLossKind, MlpLayerKind, ModelConfig, MoEConfig
 
 # What every one of these types computes (spec/features.py).
 MOE_FEATURES = ("moe.softmax_topk", "moe.aux_loss")
@@ -39,6 +40,12 @@ MOE_IGNORED = frozenset({"output_router_logits", "router_jitter_noise"})
 MOE_LAYER_MODULES = {"attn": "model.layers.{i}.self_attn.o_proj", "mlp": "model.layers.{i}.mlp",
                      "router": "model.layers.{i}.mlp.gate", "experts": "model.layers.{i}.mlp.experts",
                      "out": "model.layers.{i}"}
+# The training objective's fields.  transformers' `labels=` loss pools the load-balancing loss
+# and has no router z-loss; lmref writes any other objective (DBRX's and OLMoE's authors' own,
+# spec/MATH.md "MoE") under its own keys, which transformers keeps and never reads, and reads them
+# back, so a round trip loses nothing.  A file without them (the Hub's) holds transformers' loss.
+OBJECTIVE_FIELDS = frozenset({"aux_loss_coef", "aux_loss", "router_z_loss_coef"})
+OBJECTIVE_KEYS = {"aux_loss": "lmref_moe_aux_loss", "router_z_loss_coef": "lmref_moe_router_z_loss_coef"}
 _MOE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MoEConfig) if f.default is not dataclasses.MISSING}
 
 
@@ -51,6 +58,29 @@ def moe_rules(c: ModelConfig, model_type: str, mapped: set[str],
     wants = {name: (fixed or {}).get(name, default) for name, default in _MOE_DEFAULTS.items() if name not in mapped}
     return [(f"moe.{name}", getattr(c.moe, name) == want,
              f"{getattr(c.moe, name)!r} (transformers' {model_type} has {want!r})") for name, want in wants.items()]
+
+
+def objective_from_hf(cfg: HFConfig, coef: float) -> dict:
+    """MoEConfig's objective fields: the load-balancing weight `coef` (the type's own key), and
+    lmref's keys (OBJECTIVE_KEYS) where the file has them, else transformers' loss."""
+    kind = cfg.require(OBJECTIVE_KEYS["aux_loss"], "pooled", get_args(AuxLossKind),
+                       f"lmref's load-balancing loss kinds are {', '.join(get_args(AuxLossKind))}")
+    z = cfg.get(OBJECTIVE_KEYS["router_z_loss_coef"], 0.0)
+    if isinstance(z, bool) or not isinstance(z, (int, float)):
+        cfg.fail(OBJECTIVE_KEYS["router_z_loss_coef"], z, "expected a number")
+    return dict(aux_loss_coef=coef, aux_loss=kind, router_z_loss_coef=float(z))
+
+
+def objective_to_hf(m: MoEConfig) -> dict:
+    """lmref's keys for an objective transformers' loss is not (empty for transformers' own)."""
+    kept = {"aux_loss": m.aux_loss != "pooled", "router_z_loss_coef": m.router_z_loss_coef != 0}
+    return {OBJECTIVE_KEYS[field]: getattr(m, field) for field, differs in kept.items() if differs}
+
+
+def transformers_objective(config: ModelConfig) -> ModelConfig:
+    """`config` with the objective transformers' `labels=` loss computes (pooled, no z-loss):
+    what a file without lmref's keys reads as (the Hub's DBRX and OLMoE files among them)."""
+    return dataclasses.replace(config, moe=dataclasses.replace(config.moe, aux_loss="pooled", router_z_loss_coef=0.0))
 
 
 def every_layer_rule(c: ModelConfig, model_type: str) -> tuple[str, bool, str]:

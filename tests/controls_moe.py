@@ -62,4 +62,8 @@ MOE_CONTROLS: list[Control] = [
             "Llama 4's router weight applied to the expert's output, as in Mixtral, not to its input"),
     Control("mixtral-8x7b", MoEMistake("moe_aux_coef_class_default", aux_loss_coef=0.001),
             "Mixtral's load-balancing loss weighted by the class default 0.001 instead of the checkpoint's 0.02"),
+    Control("dbrx", MoEMistake("moe_aux_loss_pooled", aux_loss="pooled"),
+            "DBRX's load-balancing loss pooled over the layers (transformers') instead of MegaBlocks' per-layer mean"),
+    Control("olmoe-1b-7b", MoEMistake("moe_router_z_loss_dropped", router_z_loss_coef=0.0),
+            "OLMoE trained without its router z-loss (transformers' OlmoeForCausalLM has none)"),
 ]

@@ -71,6 +71,12 @@ MOE_VARIANTS = {
         "olmoe-1b-7b", dict(renormalize=True), n_kv_heads=2, qkv_bias=True, attn_out_bias=True, tie_embeddings=True),
     "dbrx-clip-0.5-no-renormalize-gelu": moe_variant(
         "dbrx", dict(renormalize=False), qkv_clip=0.5, activation="gelu_tanh"),
+    # the objectives: Mixtral with OLMoE's (per layer, a z-loss), lmref's keys in config.json; OLMoE with
+    # transformers' (pooled, no z-loss), none of them
+    "mixtral-per-layer-aux-z-loss": moe_variant(
+        "mixtral-8x7b", dict(aux_loss="per_layer", router_z_loss_coef=0.01)),
+    "olmoe-pooled-aux-no-z-loss": moe_variant(
+        "olmoe-1b-7b", dict(aux_loss="pooled", router_z_loss_coef=0.0)),
     # Llama 4: a RoPE layer with a causal mask ("global"), top-2 of 8 experts as wide as the dense
     # MLP, a tied head, llama3 scaling with a smoothed band, a stronger temperature
     "llama4-scout-global-rope-layer-top2-tied-llama3-band": moe_variant(

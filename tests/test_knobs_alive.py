@@ -9,7 +9,8 @@ effective, and this test proves it.
 activation, norm eps) it is the neighbouring choice a port gets wrong; a layer pattern off is
 every layer global, and MoE off is every layer dense.  The knobs inside the `moe` sub-config
 are tested one by one (`moe.renormalize`, `moe.shared_expert_gate`, ...); its sizes are not
-knobs, and the auxiliary loss's weight acts on the loss only: `test_the_aux_loss_is_alive`.
+knobs, and the auxiliary losses' knobs (weights, kind) act on the loss only:
+`test_the_aux_loss_knobs_are_alive`.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from lmref.spec.features import LABEL_FIELDS, SIZE_FIELDS
 STORE = GoldenStore()
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.default is not dataclasses.MISSING}
 MOE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MoEConfig) if f.default is not dataclasses.MISSING}
-# The moe sub-config's sizes (not knobs) and its loss-only weight (tested on the loss).
-MOE_NOT_FORWARD_KNOBS = ("n_experts", "n_experts_per_token", "d_ff", "shared_d_ff", "aux_loss_coef")
+# The moe sub-config's loss-only knobs (tested on the loss), and its sizes (not knobs).
+MOE_LOSS_KNOBS = ("aux_loss_coef", "aux_loss", "router_z_loss_coef")
+MOE_NOT_FORWARD_KNOBS = ("n_experts", "n_experts_per_token", "d_ff", "shared_d_ff", *MOE_LOSS_KNOBS)
 OTHER_ACTIVATION = {"gelu": "gelu_tanh", "gelu_tanh": "gelu", "silu": "gelu", "relu": "silu"}
 
 
@@ -124,22 +126,35 @@ def test_every_stored_arch_has_knobs_under_test():
 MOE_ARCHS = [arch for arch in STORE.archs() if STORE.load(arch, STORE.case_names(arch)[0]).config.moe is not None]
 
 
-class GoldenWithoutAuxLoss:
-    """The float64 golden's loss without the load-balancing term."""
+@dataclasses.dataclass
+class GoldenWithLossKnobOff:
+    """The float64 golden whose loss has one of the auxiliary losses' knobs off."""
 
+    knob: str
     dtype = "float32"
 
     def forward(self, config, params, tokens):
         return impl_numpy.forward(config, params, tokens)
 
     def loss(self, config, params, tokens):
-        return impl_numpy.loss(dataclasses.replace(config, moe=_moe_knob_off(config.moe, "aux_loss_coef")), params, tokens)
+        return impl_numpy.loss(dataclasses.replace(config, moe=_moe_knob_off(config.moe, self.knob)), params, tokens)
 
 
-@pytest.mark.parametrize("arch", [a for a in MOE_ARCHS
-                                  if STORE.load(a, STORE.case_names(a)[0]).config.moe.aux_loss_coef > 0])
-def test_the_aux_loss_is_alive(arch):
-    """The load-balancing term moves every MoE arch's golden loss beyond the float32 loss row."""
-    verdicts = {name: run_check(STORE.load(arch, name), GoldenWithoutAuxLoss(), "loss").status
+def _loss_knobs_set() -> list[tuple[str, str]]:
+    """(arch, knob) for every loss-only knob an MoE arch's cases set away from its default."""
+    moes = {arch: STORE.load(arch, STORE.case_names(arch)[0]).config.moe for arch in MOE_ARCHS}
+    return [(arch, knob) for arch, moe in moes.items() for knob in MOE_LOSS_KNOBS
+            if getattr(moe, knob) != MOE_DEFAULTS[knob]]
+
+
+@pytest.mark.parametrize("arch, knob", _loss_knobs_set())
+def test_the_aux_loss_knobs_are_alive(arch, knob):
+    """Each auxiliary-loss knob (the load-balancing weight, its per-layer kind, the router
+    z-loss weight) moves its arch's golden loss beyond the float32 loss row."""
+    verdicts = {name: run_check(STORE.load(arch, name), GoldenWithLossKnobOff(knob), "loss").status
                 for name in STORE.case_names(arch)}
-    assert set(verdicts.values()) == {FAIL}, f"{arch}: the aux loss is invisible in {verdicts}"
+    assert set(verdicts.values()) == {FAIL}, f"{arch}: moe.{knob} is invisible in {verdicts}"
+
+
+def test_every_loss_knob_is_set_somewhere():
+    assert {knob for _, knob in _loss_knobs_set()} == set(MOE_LOSS_KNOBS)

@@ -29,7 +29,10 @@ from __future__ import annotations
 
 from lmref.convert.fields import ACTIVATION_FEATURES, ACTIVATION_TO_HF, HFConfig, activation_rule, check_expressible
 from lmref.convert.layout import Entry, linear, same
-from lmref.convert.moe import MOE_FEATURES, MOE_IGNORED, MOE_MAPPED, every_layer_rule, moe_rules
+from lmref.convert.moe import (
+    MOE_FEATURES, MOE_IGNORED, MOE_MAPPED, OBJECTIVE_FIELDS, every_layer_rule, moe_rules, objective_from_hf,
+    objective_to_hf,
+)
 from lmref.convert.rope import DEFAULT_THETA, rope_columns_permutation, rope_from_hf, rope_to_hf
 from lmref.spec.config import ModelConfig, MoEConfig
 from lmref.spec.features import declare
@@ -120,7 +123,7 @@ def moe_config(cfg: HFConfig, ffn: HFConfig) -> MoEConfig:
     ffn.require("uniform_expert_assignment", False, (False,), "lmref routes every token by its router")
     return MoEConfig(n_experts=ffn.get("moe_num_experts", DEFAULTS["moe_num_experts"]),
                      n_experts_per_token=ffn.get("moe_top_k", DEFAULTS["moe_top_k"]),
-                     renormalize=norm is not None, aux_loss_coef=weight)
+                     renormalize=norm is not None, **objective_from_hf(cfg, weight))
 
 
 def config_to_hf(c: ModelConfig) -> dict:
@@ -134,7 +137,7 @@ def config_to_hf(c: ModelConfig) -> dict:
                ("head_dim", c.head_dim * c.n_heads == c.d_model, "DBRX derives head_dim = d_model / n_heads"),
                ("qkv_clip", c.qkv_clip is not None,
                 "transformers 5.23's DbrxAttention raises without clip_qkv (clamp(min=None, max=None))"),
-               *moe_rules(c, MODEL_TYPE, {"n_experts", "n_experts_per_token", "renormalize", "aux_loss_coef"})],
+               *moe_rules(c, MODEL_TYPE, {"n_experts", "n_experts_per_token", "renormalize", *OBJECTIVE_FIELDS})],
     )
     m = c.moe
     return {
@@ -144,6 +147,7 @@ def config_to_hf(c: ModelConfig) -> dict:
         "ffn_config": {"ffn_hidden_size": c.d_ff, "moe_num_experts": m.n_experts, "moe_top_k": m.n_experts_per_token,
                        "moe_normalize_expert_weights": 1.0 if m.renormalize else None,
                        "moe_loss_weight": m.aux_loss_coef, "ffn_act_fn": {"name": ACTIVATION_TO_HF[c.activation]}},
+        **objective_to_hf(m),
     }
 
 

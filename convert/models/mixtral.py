@@ -20,7 +20,8 @@ from lmref.convert.fields import ACTIVATION_FEATURES, HFConfig, activation_rule,
 from lmref.convert.layout import Entry, same
 from lmref.convert.models import llama, qwen2
 from lmref.convert.moe import (
-    MOE_FEATURES, MOE_IGNORED, MOE_LAYER_MODULES, MOE_MAPPED, every_layer_rule, expert_entries, moe_rules,
+    MOE_FEATURES, MOE_IGNORED, MOE_LAYER_MODULES, MOE_MAPPED, OBJECTIVE_FIELDS, every_layer_rule, expert_entries,
+    moe_rules, objective_from_hf, objective_to_hf,
 )
 from lmref.convert.rope import ROPE_FEATURES, rope_scaling_rule
 from lmref.spec.config import ModelConfig, MoEConfig
@@ -51,7 +52,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     window = cfg.get("sliding_window")
     moe = MoEConfig(n_experts=cfg.either(("num_local_experts", "num_experts"), DEFAULT_EXPERTS),
                     n_experts_per_token=cfg.get("num_experts_per_tok", DEFAULT_K),
-                    aux_loss_coef=float(cfg.get("router_aux_loss_coef", DEFAULT_AUX)))
+                    **objective_from_hf(cfg, float(cfg.get("router_aux_loss_coef", DEFAULT_AUX))))
     return ModelConfig(
         **fields,
         head_dim=qwen2.head_dim(cfg, fields),  # None -> hidden_size // heads
@@ -70,12 +71,12 @@ def config_to_hf(c: ModelConfig) -> dict:
         rules=[activation_rule(c), rope_scaling_rule(c), every_layer_rule(c, MODEL_TYPE),
                ("attn_pattern", set(c.attn_pattern) <= {"global"} or set(c.attn_pattern) == {"sliding"},
                 f"Mixtral's window is on every layer or on none, got attn_pattern={c.attn_pattern}"),
-               *moe_rules(c, MODEL_TYPE, {"n_experts", "n_experts_per_token", "aux_loss_coef"})],
+               *moe_rules(c, MODEL_TYPE, {"n_experts", "n_experts_per_token", *OBJECTIVE_FIELDS})],
     )
     return llama.llama_style_hf_fields(c) | qwen2.head_dim_hf_fields(c) | {
         "rms_norm_eps": c.norm_eps, "sliding_window": c.sliding_window,
         "num_local_experts": c.moe.n_experts, "num_experts_per_tok": c.moe.n_experts_per_token,
-        "router_aux_loss_coef": c.moe.aux_loss_coef,
+        "router_aux_loss_coef": c.moe.aux_loss_coef, **objective_to_hf(c.moe),
     }
 
 

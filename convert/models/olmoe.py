@@ -24,7 +24,8 @@ from lmref.convert.fields import ACTIVATION_FEATURES, HFConfig, activation_rule,
 from lmref.convert.layout import Entry, same
 from lmref.convert.models import llama
 from lmref.convert.moe import (
-    MOE_FEATURES, MOE_IGNORED, MOE_LAYER_MODULES, MOE_MAPPED, every_layer_rule, expert_entries, moe_rules,
+    MOE_FEATURES, MOE_IGNORED, MOE_LAYER_MODULES, MOE_MAPPED, OBJECTIVE_FIELDS, every_layer_rule, expert_entries,
+    moe_rules, objective_from_hf, objective_to_hf,
 )
 from lmref.convert.rope import ROPE_FEATURES, rope_scaling_rule
 from lmref.spec.config import ModelConfig, MoEConfig
@@ -63,7 +64,8 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     moe = MoEConfig(n_experts=cfg.either(("num_experts", "num_local_experts"), MOE_DEFAULTS["num_experts"]),
                     n_experts_per_token=cfg.get("num_experts_per_tok", MOE_DEFAULTS["num_experts_per_tok"]),
                     renormalize=bool(cfg.get("norm_topk_prob", False)),
-                    aux_loss_coef=float(cfg.get("router_aux_loss_coef", MOE_DEFAULTS["router_aux_loss_coef"])))
+                    **objective_from_hf(cfg, float(cfg.get("router_aux_loss_coef",
+                                                            MOE_DEFAULTS["router_aux_loss_coef"]))))
     return ModelConfig(
         **fields, head_dim=head_dim, norm="rmsnorm", norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
         qk_norm="per_projection", qkv_bias=bias, attn_out_bias=bias,
@@ -81,13 +83,13 @@ def config_to_hf(c: ModelConfig) -> dict:
         rules=[llama.attention_bias_rule(c), activation_rule(c), rope_scaling_rule(c), every_layer_rule(c, MODEL_TYPE),
                ("head_dim", c.head_dim * c.n_heads == c.d_model, "OLMoE derives head_dim = d_model / n_heads"),
                ("qkv_clip", c.qkv_clip is None, CLIP_ORDER),
-               *moe_rules(c, MODEL_TYPE, {"n_experts", "n_experts_per_token", "renormalize", "aux_loss_coef"})],
+               *moe_rules(c, MODEL_TYPE, {"n_experts", "n_experts_per_token", "renormalize", *OBJECTIVE_FIELDS})],
     )
     m = c.moe
     return llama.llama_style_hf_fields(c) | {
         "rms_norm_eps": c.norm_eps, "attention_bias": c.qkv_bias, "clip_qkv": None, "pad_token_id": None,
         "num_experts": m.n_experts, "num_experts_per_tok": m.n_experts_per_token, "norm_topk_prob": m.renormalize,
-        "router_aux_loss_coef": m.aux_loss_coef,
+        "router_aux_loss_coef": m.aux_loss_coef, **objective_to_hf(m),
     }
 
 

@@ -28,8 +28,8 @@ from lmref.convert.layer_types import attention_fields, layer_types, layer_types
 from lmref.convert.layout import Entry, linear, same
 from lmref.convert.models import llama, qwen2
 from lmref.convert.moe import (
-    MOE_FEATURES, MOE_IGNORED, MOE_LAYER_MODULES, MOE_MAPPED, expert_entries, moe_rules, own_width,
-    sparse_hf_fields, sparse_pattern,
+    MOE_FEATURES, MOE_IGNORED, MOE_LAYER_MODULES, MOE_MAPPED, OBJECTIVE_FIELDS, expert_entries, moe_rules,
+    objective_from_hf, objective_to_hf, own_width, sparse_hf_fields, sparse_pattern,
 )
 from lmref.convert.rope import ROPE_FEATURES, rope_scaling_rule
 from lmref.spec.config import ModelConfig, MoEConfig
@@ -55,8 +55,8 @@ DEFAULTS = llama.DEFAULTS | dict(vocab_size=151936, hidden_size=2048, intermedia
                                  num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=32768)
 MOE_DEFAULTS = dict(num_experts=60, num_experts_per_tok=4, moe_intermediate_size=1408,
                     shared_expert_intermediate_size=5632, router_aux_loss_coef=0.001)
-MOE_FIELDS = {"n_experts", "n_experts_per_token", "renormalize", "aux_loss_coef", "d_ff", "n_shared_experts",
-              "shared_d_ff"}
+MOE_FIELDS = {"n_experts", "n_experts_per_token", "renormalize", "d_ff", "n_shared_experts", "shared_d_ff",
+              *OBJECTIVE_FIELDS}
 
 
 def sliding_fields(cfg: HFConfig, n_layers: int) -> dict:
@@ -82,7 +82,8 @@ def moe_config(cfg: HFConfig, d_ff: int) -> MoEConfig:
     return MoEConfig(n_experts=n_experts, n_experts_per_token=cfg.get("num_experts_per_tok", 4),
                      d_ff=own_width(width, d_ff), renormalize=bool(cfg.get("norm_topk_prob", False)),
                      n_shared_experts=1, shared_d_ff=own_width(shared, width), shared_expert_gate=True,
-                     aux_loss_coef=float(cfg.get("router_aux_loss_coef", MOE_DEFAULTS["router_aux_loss_coef"])))
+                     **objective_from_hf(cfg, float(cfg.get("router_aux_loss_coef",
+                                                             MOE_DEFAULTS["router_aux_loss_coef"]))))
 
 
 def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
@@ -102,7 +103,7 @@ def moe_hf_fields(c: ModelConfig) -> dict:
     m = c.moe
     return {"num_experts": m.n_experts, "num_experts_per_tok": m.n_experts_per_token, "norm_topk_prob": m.renormalize,
             "moe_intermediate_size": c.expert_d_ff, "shared_expert_intermediate_size": c.shared_expert_d_ff,
-            "router_aux_loss_coef": m.aux_loss_coef, **sparse_hf_fields(c)}
+            "router_aux_loss_coef": m.aux_loss_coef, **objective_to_hf(m), **sparse_hf_fields(c)}
 
 
 def config_to_hf(c: ModelConfig) -> dict:

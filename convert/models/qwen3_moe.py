@@ -20,8 +20,8 @@ from lmref.convert.fields import ACTIVATION_FEATURES, HFConfig, activation_rule,
 from lmref.convert.layout import Entry, same
 from lmref.convert.models import llama, qwen2
 from lmref.convert.moe import (
-    MOE_FEATURES, MOE_IGNORED, MOE_LAYER_MODULES, MOE_MAPPED, expert_entries, moe_rules, own_width,
-    sparse_hf_fields, sparse_pattern,
+    MOE_FEATURES, MOE_IGNORED, MOE_LAYER_MODULES, MOE_MAPPED, OBJECTIVE_FIELDS, expert_entries, moe_rules,
+    objective_from_hf, objective_to_hf, own_width, sparse_hf_fields, sparse_pattern,
 )
 from lmref.convert.rope import ROPE_FEATURES, rope_scaling_rule
 from lmref.spec.config import ModelConfig, MoEConfig
@@ -56,7 +56,8 @@ def moe_config(cfg: HFConfig, d_ff: int) -> MoEConfig:
     return MoEConfig(n_experts=cfg.either(("num_experts", "num_local_experts"), MOE_DEFAULTS["num_experts"]),
                      n_experts_per_token=cfg.get("num_experts_per_tok", MOE_DEFAULTS["num_experts_per_tok"]),
                      d_ff=own_width(width, d_ff), renormalize=bool(cfg.get("norm_topk_prob", False)),
-                     aux_loss_coef=float(cfg.get("router_aux_loss_coef", MOE_DEFAULTS["router_aux_loss_coef"])))
+                     **objective_from_hf(cfg, float(cfg.get("router_aux_loss_coef",
+                                                             MOE_DEFAULTS["router_aux_loss_coef"]))))
 
 
 def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
@@ -85,14 +86,15 @@ def config_to_hf(c: ModelConfig) -> dict:
         rules=[llama.attention_bias_rule(c), activation_rule(c), rope_scaling_rule(c),
                ("attn_pattern", set(c.attn_pattern) <= {"global"} or set(c.attn_pattern) == {"sliding"},
                 f"Qwen3-MoE's window is on every layer or on none, got attn_pattern={c.attn_pattern}"),
-               *moe_rules(c, MODEL_TYPE, {"n_experts", "n_experts_per_token", "renormalize", "aux_loss_coef", "d_ff"})],
+               *moe_rules(c, MODEL_TYPE, {"n_experts", "n_experts_per_token", "renormalize", "d_ff",
+                                          *OBJECTIVE_FIELDS})],
     )
     m = c.moe
     return llama.llama_style_hf_fields(c) | qwen2.head_dim_hf_fields(c) | sparse_hf_fields(c) | {
         "rms_norm_eps": c.norm_eps, "attention_bias": c.qkv_bias,
         "use_sliding_window": c.sliding_window is not None, "sliding_window": c.sliding_window,
         "num_experts": m.n_experts, "num_experts_per_tok": m.n_experts_per_token, "norm_topk_prob": m.renormalize,
-        "moe_intermediate_size": c.expert_d_ff, "router_aux_loss_coef": m.aux_loss_coef,
+        "moe_intermediate_size": c.expert_d_ff, "router_aux_loss_coef": m.aux_loss_coef, **objective_to_hf(m),
     }
 
 
