@@ -24,7 +24,7 @@ for _module in ("torch", "tokenizers", "matplotlib", "tqdm"):  # the `torch` and
 
 from lmref import impl_numpy  # noqa: E402
 from lmref.convert import load_checkpoint  # noqa: E402
-from lmref.impl_numpy.moe import load_balancing_loss  # noqa: E402
+from lmref.impl_numpy.moe import load_balancing_loss, router_z_loss  # noqa: E402
 from lmref.spec.captures import moe_layers  # noqa: E402
 from lmref.spec.params import init_params  # noqa: E402
 from lmref.train.distributed import Dist  # noqa: E402
@@ -37,34 +37,39 @@ ARGS = ["--arch", ARCH, "--seq-len", "32", "--batch-size", "8", "--warmup", "2",
         "--no-progress", "--d-model", "32", "--n-heads", "2", "--steps", "4", "--eval-every", "2"]
 
 
-def _trainer(accum: int = 1, aux_loss_coef: float | None = None):
-    run = RunSettings(arch=ARCH, batch_size=4, seq_len=16)
-    config = model_config(ARCH, {"d_model": 32, "n_heads": 2}, vocab_size=256)
+def _trainer(accum: int = 1, aux_loss_coef: float | None = None, arch: str = ARCH):
+    run = RunSettings(arch=arch, batch_size=4, seq_len=16)
+    config = model_config(arch, {"d_model": 32, "n_heads": 2}, vocab_size=256)
     if aux_loss_coef is not None:
         config = dataclasses.replace(config, moe=dataclasses.replace(config.moe, aux_loss_coef=aux_loss_coef))
     params = {k: v.astype(np.float32) for k, v in init_params(config, 0).items()}
     return build_trainer(config, params, run, Dist(), accum=accum), params
 
 
-def test_the_objective_is_the_golden_cross_entropy_plus_the_weighted_aux_loss():
+@pytest.mark.parametrize("arch", [ARCH, "olmoe-1b-7b"])
+def test_the_objective_is_the_golden_cross_entropy_plus_the_weighted_aux_losses(arch):
     """On windows [b, T + 1] the trainer forwards T tokens: the golden's cross-entropy of the
-    window plus aux_loss_coef x its load-balancing loss over those T positions."""
-    trainer, params = _trainer()
+    window plus aux_loss_coef x its load-balancing loss over those T positions (Mixtral's
+    pooled, OLMoE's per layer) and router_z_loss_coef x its router z-loss (OLMoE)."""
+    trainer, params = _trainer(arch=arch)
     config = trainer.core.config
+    m = config.moe
     windows = np.random.default_rng(0).integers(0, 256, (4, 17))
     with one_thread():
         parts = {name: value.detach() for name, value in micro_parts(trainer, windows).items()}
     captured: dict = {}
     impl_numpy.forward(config, params, windows[:, :-1], capture=captured)
-    aux = load_balancing_loss(config, [captured[f"layers.{i}.router"] for i in moe_layers(config)])
-    coef = config.moe.aux_loss_coef
-    assert coef > 0
-    ce = impl_numpy.loss(dataclasses.replace(config, moe=dataclasses.replace(config.moe, aux_loss_coef=0.0)),
-                         params, windows)
+    routers = [captured[f"layers.{i}.router"] for i in moe_layers(config)]
+    aux = load_balancing_loss(config, routers)
+    z_loss = router_z_loss(config, routers) if m.router_z_loss_coef > 0 else 0.0
+    assert m.aux_loss_coef > 0 and (m.router_z_loss_coef > 0) == (arch != ARCH)
+    without_aux = dataclasses.replace(m, aux_loss_coef=0.0, router_z_loss_coef=0.0)
+    ce = impl_numpy.loss(dataclasses.replace(config, moe=without_aux), params, windows)
     assert float(parts["aux"]) == pytest.approx(aux, rel=1e-5)
+    assert float(parts.get("z_loss", 0.0)) == pytest.approx(z_loss, rel=1e-5)
     assert float(parts["ce"]) == pytest.approx(ce, rel=1e-5)
-    assert float(parts["loss"]) == pytest.approx(ce + coef * aux, rel=1e-5)
-    assert parts["expert_load"].shape == (config.n_layers, config.moe.n_experts)
+    assert float(parts["loss"]) == pytest.approx(ce + m.aux_loss_coef * aux + m.router_z_loss_coef * z_loss, rel=1e-5)
+    assert parts["expert_load"].shape == (config.n_layers, m.n_experts)
 
 
 def test_accumulation_without_aux_matches_one_big_batch():
@@ -90,6 +95,15 @@ def test_the_aux_loss_is_per_micro_batch():
         assert train_step(split, np.split(batch, 2))["aux"] == pytest.approx(np.mean(halves), rel=1e-6)
         assert train_step(whole, [batch])["aux"] == pytest.approx(together, rel=1e-6)
     assert abs(together - np.mean(halves)) > 1e-4
+
+
+def test_a_step_logs_the_router_z_loss_where_it_is_weighted():
+    """OLMoE's step records "z_loss" (what its objective weights by 0.001); Mixtral's has none."""
+    batch = np.random.default_rng(2).integers(0, 256, (4, 17))
+    with one_thread():
+        olmoe, mixtral = train_step(_trainer(arch="olmoe-1b-7b")[0], [batch]), train_step(_trainer()[0], [batch])
+    assert np.isfinite(olmoe["z_loss"]) and olmoe["z_loss"] > 0 and olmoe["aux"] > 0
+    assert "z_loss" not in mixtral
 
 
 def test_a_mixture_trains_and_logs_its_aux_loss_and_expert_load(tmp_path):

@@ -7,6 +7,8 @@
     a mixture of experts adds to each "train" record
      "aux": 2.01,                                 the load-balancing loss (the objective adds
                                                   aux_loss_coef x aux to the loss, train/loop.py)
+     "z_loss": 0.93,                              the router z-loss, where router_z_loss_coef
+                                                  weights it (OLMoE; the objective adds coef x)
      "expert_load": [[0.13, ...], ...]            per MoE layer, the fraction of the step's
                                                   (token, slot) assignments each expert took
 

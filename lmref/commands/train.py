@@ -135,7 +135,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"step {summary['step']}: train loss {summary.get('loss', float('nan')):.4f}, "
               f"val loss {summary.get('val_loss', float('nan')):.4f} (unigram baseline "
               f"{summary['unigram_baseline']:.4f}), {summary.get('tokens_per_s', 0):,.0f} tokens/s"
-              + (f", load-balancing loss {summary['aux']:.4f} (k when balanced)" if "aux" in summary else ""))
+              + (f", load-balancing loss {summary['aux']:.4f} (when balanced: k pooled, 1 per layer)"
+                 if "aux" in summary else "")
+              + (f", router z-loss {summary['z_loss']:.4f}" if "z_loss" in summary else ""))
         print(f"checkpoint {summary['checkpoint']}\nplot {summary['plot']}")
     return 0
 
