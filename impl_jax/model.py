@@ -87,9 +87,23 @@ def sublayer_output(config: ModelConfig, plan: LayerPlan, params: dict, norm: st
     return y if plan.norms == "pre" else apply_norm(config, params, norm, y)
 
 
+def feed_forward(config: ModelConfig, plan: LayerPlan, params: dict, x: jax.Array, captured: dict | None
+                 ) -> jax.Array:
+    """The layer's MLP (dense or a mixture, whose router logits are captured) of x [B, S, d]."""
+    p = f"layers.{plan.index}"
+    if plan.mlp != "moe":
+        return mlp(config, params, f"{p}.mlp", x)
+    m, router = moe(config, params, f"{p}.mlp", x)
+    if captured is not None:
+        captured[f"{p}.router"] = router
+    return m
+
+
 def block(config: ModelConfig, plan: LayerPlan, params: dict, h: jax.Array, positions: jax.Array,
           cache: KVCache | None, captured: dict | None) -> tuple[jax.Array, KVCache | None]:
-    """One sequential layer of the stack: [B, S, d_model] -> [B, S, d_model]."""
+    """One layer of the stack: [B, S, d_model] -> [B, S, d_model]."""
+    if config.parallel_residual:
+        return parallel_block(config, plan, params, h, positions, cache, captured)
     p = f"layers.{plan.index}"
     a, cache = attention(config, plan, params, f"{p}.attn", sublayer_input(config, plan, params, f"{p}.attn_norm", h),
                          positions, cache)
@@ -97,15 +111,26 @@ def block(config: ModelConfig, plan: LayerPlan, params: dict, h: jax.Array, posi
     h = h + a
     if captured is not None:
         captured[f"{p}.attn"] = a
-    x = sublayer_input(config, plan, params, f"{p}.mlp_norm", h)
-    if plan.mlp == "moe":
-        m, router = moe(config, params, f"{p}.mlp", x)
-        if captured is not None:
-            captured[f"{p}.router"] = router
-    else:
-        m = mlp(config, params, f"{p}.mlp", x)
+    m = feed_forward(config, plan, params, sublayer_input(config, plan, params, f"{p}.mlp_norm", h), captured)
     m = sublayer_output(config, plan, params, f"{p}.mlp_post_norm", m)
     h = h + m
+    if captured is not None:
+        captured |= {f"{p}.mlp": m, f"{p}.out": h}
+    return h, cache
+
+
+def parallel_block(config: ModelConfig, plan: LayerPlan, params: dict, h: jax.Array, positions: jax.Array,
+                   cache: KVCache | None, captured: dict | None) -> tuple[jax.Array, KVCache | None]:
+    """A parallel layer (spec/MATH.md, "Block"): h + attn(attn_norm(h)) + mlp(mlp_norm(h)), the
+    MLP reading attn_norm(h) with `shared_attn_norm` (GPT-J); "pre" norms only."""
+    p = f"layers.{plan.index}"
+    x = apply_norm(config, params, f"{p}.attn_norm", h)
+    a, cache = attention(config, plan, params, f"{p}.attn", x, positions, cache)
+    if captured is not None:  # in the order of capture_names: attn, a mixture's router, mlp, out
+        captured[f"{p}.attn"] = a
+    x_mlp = x if config.shared_attn_norm else apply_norm(config, params, f"{p}.mlp_norm", h)
+    m = feed_forward(config, plan, params, x_mlp, captured)
+    h = h + a + m
     if captured is not None:
         captured |= {f"{p}.mlp": m, f"{p}.out": h}
     return h, cache

@@ -60,20 +60,50 @@ def sublayer(config: ModelConfig, plan: LayerPlan, params: dict, name: str, h: n
     return out
 
 
+def feed_forward(config: ModelConfig, plan: LayerPlan, params: dict, x: np.ndarray, capture: dict | None
+                 ) -> np.ndarray:
+    """The layer's MLP, dense or a mixture of experts, on its (normed) input x [B, S, d_model]."""
+    p = f"layers.{plan.index}"
+    return moe(config, params, f"{p}.mlp", x, capture, p) if plan.mlp == "moe" else mlp(config, params, f"{p}.mlp", x)
+
+
 def block(config: ModelConfig, plan: LayerPlan, params: dict, h: np.ndarray, positions: np.ndarray,
           cache: KVCache | None, capture: dict | None) -> np.ndarray:
-    """One layer of the stack, sequential: [B, S, d_model] -> [B, S, d_model]."""
+    """One layer of the stack: [B, S, d_model] -> [B, S, d_model]."""
+    if config.parallel_residual:
+        return parallel_block(config, plan, params, h, positions, cache, capture)
     p = f"layers.{plan.index}"
     a = sublayer(config, plan, params, "attn", h,
                  lambda x: attention(config, plan, params, f"{p}.attn", x, positions, cache))
     h = h + a
     if capture is not None:
         capture[f"{p}.attn"] = a
-    if plan.mlp == "moe":
-        m = sublayer(config, plan, params, "mlp", h, lambda x: moe(config, params, f"{p}.mlp", x, capture, p))
-    else:
-        m = sublayer(config, plan, params, "mlp", h, lambda x: mlp(config, params, f"{p}.mlp", x))
+    m = sublayer(config, plan, params, "mlp", h, lambda x: feed_forward(config, plan, params, x, capture))
     h = h + m
+    if capture is not None:
+        capture |= {f"{p}.mlp": m, f"{p}.out": h}
+    return h
+
+
+def parallel_block(config: ModelConfig, plan: LayerPlan, params: dict, h: np.ndarray, positions: np.ndarray,
+                   cache: KVCache | None, capture: dict | None) -> np.ndarray:
+    """A parallel layer: attention and MLP both read the layer's input, and both add to it,
+
+        h + attn(attn_norm(h)) + mlp(mlp_norm(h))       two norms (GPT-NeoX / Pythia, Falcon-40B)
+        h + attn(attn_norm(h)) + mlp(attn_norm(h))      shared_attn_norm (GPT-J, Phi-1.5/2, PaLM,
+                                                        Falcon-7B)
+
+    (Wang & Komatsuzaki 2021, GPT-J; Black et al. 2022, GPT-NeoX-20B section 2.1; Chowdhery et
+    al. 2022, PaLM section 2; transformers `GPTNeoXLayer` with use_parallel_residual,
+    `GPTJBlock`).  Only "pre" norms (spec/validation.py)."""
+    p = f"layers.{plan.index}"
+    x_attn = apply_norm(config, params, f"{p}.attn_norm", h)
+    x_mlp = x_attn if config.shared_attn_norm else apply_norm(config, params, f"{p}.mlp_norm", h)
+    a = attention(config, plan, params, f"{p}.attn", x_attn, positions, cache)
+    if capture is not None:  # in the order of capture_names: attn, a mixture's router, mlp, out
+        capture[f"{p}.attn"] = a
+    m = feed_forward(config, plan, params, x_mlp, capture)
+    h = h + a + m
     if capture is not None:
         capture |= {f"{p}.mlp": m, f"{p}.out": h}
     return h

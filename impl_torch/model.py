@@ -101,10 +101,11 @@ def placed_norm(config: ModelConfig, present: bool, dtype: torch.dtype, device) 
 
 
 class Block(nn.Module):
-    """The sequential layer planned by `plan`: [B, S, d_model] -> [B, S, d_model].  Its norms
-    sit where `plan.norms` says: before each sublayer ("pre", "sandwich"), after it
-    ("sandwich", "post_sublayer"), the identity elsewhere.  Its MLP is a mixture of experts
-    when `plan.mlp` is "moe"."""
+    """The layer planned by `plan`: [B, S, d_model] -> [B, S, d_model].  Its norms sit where
+    `plan.norms` says: before each sublayer ("pre", "sandwich"), after it ("sandwich",
+    "post_sublayer"), the identity elsewhere.  Its MLP is a mixture of experts when `plan.mlp`
+    is "moe".  A parallel layer (`parallel_residual`, spec/MATH.md "Block") adds both
+    sublayers to its input, the MLP reading `attn_norm`'s output with `shared_attn_norm`."""
 
     def __init__(self, config: ModelConfig, plan: LayerPlan, dtype: torch.dtype, device=None):
         super().__init__()
@@ -113,7 +114,8 @@ class Block(nn.Module):
         self.attn_norm = placed_norm(config, pre, dtype, device)
         self.attn = Attention(config, plan, dtype, device)
         self.attn_post_norm = placed_norm(config, post, dtype, device)
-        self.mlp_norm = placed_norm(config, pre, dtype, device)
+        self.parallel, self.shared_norm = config.parallel_residual, config.shared_attn_norm
+        self.mlp_norm = placed_norm(config, pre and not self.shared_norm, dtype, device)
         self.mlp = MoE(config, dtype, device) if plan.mlp == "moe" else MLP(config, dtype, device)
         self.mlp_post_norm = placed_norm(config, post, dtype, device)
 
@@ -122,17 +124,35 @@ class Block(nn.Module):
         "router" (a "moe" layer's logits [B, S, E]), "mlp", "out" in computation order;
         without, a "moe" layer's "router" only (the loss needs it).  Returned rather than
         written into a dict argument: FSDP hands a wrapped block copies of its arguments."""
+        if self.parallel:
+            return self.parallel_forward(h, step, capture)
         a = self.attn_post_norm(self.attn(self.attn_norm(h), step))  # what the attention adds
         h = h + a
         parts = {"attn": a} if capture else {}
-        m = self.mlp(self.mlp_norm(h))
-        if isinstance(self.mlp, MoE):
-            m, parts["router"] = m  # [B, S, d_model], [B, S, E]
+        m = self.feed_forward(self.mlp_norm(h), parts)
         m = self.mlp_post_norm(m)
         h = h + m
         if capture:
             parts |= {"mlp": m, "out": h}
         return h, parts
+
+    def parallel_forward(self, h: torch.Tensor, step: Step, capture: bool) -> tuple[torch.Tensor, dict]:
+        """h + attn(attn_norm(h)) + mlp(mlp_norm(h)), or mlp(attn_norm(h)) with a shared norm."""
+        x = self.attn_norm(h)
+        a = self.attn(x, step)
+        parts = {"attn": a} if capture else {}
+        m = self.feed_forward(x if self.shared_norm else self.mlp_norm(h), parts)
+        h = h + a + m
+        if capture:
+            parts |= {"mlp": m, "out": h}
+        return h, parts
+
+    def feed_forward(self, x: torch.Tensor, parts: dict) -> torch.Tensor:
+        """The MLP of x [B, S, d_model]; a mixture's router logits [B, S, E] go into `parts`."""
+        m = self.mlp(x)
+        if isinstance(self.mlp, MoE):
+            m, parts["router"] = m  # [B, S, d_model], [B, S, E]
+        return m
 
 
 class Transformer(nn.Module):

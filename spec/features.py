@@ -164,7 +164,7 @@ CORE = (
     "positions.learned", "positions.rope", "positions.alibi", "positions.none",
     "rope.interleaved", "rope.partial", "rope.scaling.linear", "rope.scaling.llama3",
     "norm.layernorm", "norm.rmsnorm", "norm.without_weight", "norm.bias",
-    "block.pre_norm",
+    "block.pre_norm", "block.parallel", "block.shared_norm",
     "attn.qkv_bias", "attn.out_bias", "attn.qkv_clip", "attn.sliding", "attn.chunked", "attn.nope_layers",
     "mlp.plain", "mlp.gated", "mlp.bias",
     "activation.gelu", "activation.gelu_tanh", "activation.silu", "activation.relu",

@@ -229,9 +229,15 @@ def naive_forward(c: ModelConfig, p: dict, tokens: np.ndarray) -> np.ndarray:
         for layer in range(c.n_layers):
             P = f"layers.{layer}"
             kind = c.attn_pattern[layer % len(c.attn_pattern)]
-            a = _wrapped(c, p, P, "attn", h, lambda x, P=P, kind=kind: _naive_attention(c, p, P, kind, x, slopes))
-            h = [v + d for v, d in zip(h, a)]
             ffn = _naive_moe if c.mlp_pattern[layer % len(c.mlp_pattern)] == "moe" else _naive_mlp
+            attend = lambda x, P=P, kind=kind: _naive_attention(c, p, P, kind, x, slopes)  # noqa: E731
+            if c.parallel_residual:  # both branches read the layer's input (spec/MATH.md, "Block")
+                x_attn = [_naive_norm(c, p, f"{P}.attn_norm", v) for v in h]
+                x_mlp = x_attn if c.shared_attn_norm else [_naive_norm(c, p, f"{P}.mlp_norm", v) for v in h]
+                h = [v + a + ffn(c, p, P, y) for v, a, y in zip(h, attend(x_attn), x_mlp)]
+                continue
+            a = _wrapped(c, p, P, "attn", h, attend)
+            h = [v + d for v, d in zip(h, a)]
             m = _wrapped(c, p, P, "mlp", h, lambda x, P=P, ffn=ffn: [ffn(c, p, P, v) for v in x])
             h = [v + d for v, d in zip(h, m)]
         w = p["embed.tokens"].T if c.tie_embeddings else p["lm_head.weight"]

@@ -28,11 +28,14 @@ ODD_SIZES = (5, 7, 13)
 
 @st.composite
 def rope_fields(draw) -> dict:
-    head_dim = draw(st.sampled_from((4, 6, 8, 16)))
+    head_dim = draw(st.sampled_from((4, 6, 7, 8, 16)))
+    # every fraction that rotates at least one pair; odd heads never rotate whole, so a pass-through
+    # of odd width (head 7: 5 of 0.5, 0.25 and 0.4) or of width 2 (head 6: 0.5) is drawn too
+    fractions = [f for f in (1.0, 0.5, 0.4, 0.25) if int(head_dim * f) >= 2 and not (head_dim % 2 and f == 1.0)]
     fields = dict(
         position="rope", head_dim=head_dim,
         rope_layout=draw(st.sampled_from(("halves", "interleaved"))),
-        rope_fraction=draw(st.sampled_from((1.0, 0.5))),
+        rope_fraction=draw(st.sampled_from(fractions)),
         rope_theta=draw(st.sampled_from((10_000.0, 500_000.0))),
     )
     scaling = draw(st.sampled_from((None, "linear", "llama3")))
@@ -74,6 +77,8 @@ def configs(draw, max_seq_len: int = 32) -> ModelConfig:
     norm = draw(st.sampled_from(("layernorm", "rmsnorm")))
     norm_weight = draw(st.booleans())
     mlp = draw(st.sampled_from(("plain", "gated")))
+    placement = draw(st.sampled_from(("pre", "sandwich", "post_sublayer")))
+    parallel = placement == "pre" and draw(st.booleans())  # GPT-NeoX (two norms), GPT-J (one)
     if position == "rope" and "sliding" in layers["attn_pattern"] and draw(st.booleans()):
         fields["rope_theta_local"] = draw(st.sampled_from((100.0, 10_000.0)))
     return ModelConfig(
@@ -94,7 +99,8 @@ def configs(draw, max_seq_len: int = 32) -> ModelConfig:
         mlp_bias=draw(st.booleans()),
         tie_embeddings=draw(st.booleans()), lm_head_bias=draw(st.booleans()),
         norm_unit_offset=norm_weight and draw(st.booleans()),
-        norm_placement=draw(st.sampled_from(("pre", "sandwich", "post_sublayer"))),
+        norm_placement=placement,
+        parallel_residual=parallel, shared_attn_norm=parallel and draw(st.booleans()),
         qk_norm=draw(st.sampled_from(("none", "per_head", "per_projection"))),
         embedding_scale=draw(st.sampled_from(("none", "sqrt_d_model"))),
         query_scale_dim=draw(st.sampled_from((None, 3, 16))),

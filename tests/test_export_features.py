@@ -65,6 +65,14 @@ CONFIGS = [
     ModelConfig(name="post-sublayer-qk-per-projection", **SIZES, position="rope", rope_theta=500_000.0,
                 norm="rmsnorm", norm_placement="post_sublayer", qk_norm="per_projection", mlp="gated",
                 activation="silu"),
+    # Parallel blocks (issue 13): GPT-NeoX's two norms with a quarter of the head rotating in halves
+    # (a pass-through of odd width), GPT-J's one shared norm with interleaved pairs.
+    ModelConfig(name="parallel-two-norms-partial-halves", **(SIZES | dict(head_dim=7)), position="rope",
+                rope_fraction=0.5, norm="layernorm", norm_bias=True, mlp="plain", activation="gelu", mlp_bias=True,
+                parallel_residual=True),
+    ModelConfig(name="parallel-shared-norm-partial-interleaved", **SIZES, position="rope", rope_layout="interleaved",
+                rope_fraction=0.25, norm="layernorm", mlp="plain", activation="gelu_tanh", lm_head_bias=True,
+                parallel_residual=True, shared_attn_norm=True),
     # Mixtures of experts (issue 12): Qwen2-MoE's softmax top-k without renormalisation and a
     # gated shared expert; Llama 4's sigmoid top-1 scaling the expert input, a shared expert,
     # every other layer dense, with its attention (the weightless L2 QK norm, the NoPE layers'
