@@ -8,4 +8,4 @@ runs as a "custom golden store".  tests/test_verdicts_store.py checks that this 
 store.
 """
 
-MANIFEST_SHA256 = "d5ebe5cdf9b5426bd7da8254ebd7a91093527cb510c8995be74102755db3f871"
+MANIFEST_SHA256 = "30e15685f52db5bb47584e8220f68da06359fbf94b1c1b0463dfbd246a4898c2"

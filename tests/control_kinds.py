@@ -13,6 +13,7 @@ import numpy as np
 from lmref import impl_numpy
 import lmref.impl_numpy.moe
 from lmref.spec.config import ModelConfig
+from lmref.spec.params import param_shapes
 
 
 def _float32(params: dict) -> dict:
@@ -89,6 +90,11 @@ class ConfigMistake(Float32Golden):
 
     def adjust(self, config):
         return dataclasses.replace(config, **self.changes)
+
+    def params_for(self, config, params):
+        """The case's weights the misread config has a place for (a norm it shares drops the other)."""
+        kept = param_shapes(self.adjust(config))
+        return {k: v for k, v in super().params_for(config, params).items() if k in kept}
 
 
 class PatchMistake(Float32Golden):

@@ -22,6 +22,7 @@ import lmref.impl_numpy.model
 import lmref.impl_numpy.norms  # noqa: F401  (impl_numpy.alibi, .attention, .masks, .model, .norms below)
 from tests.control_kinds import ConfigMistake, Control, Float32Golden, PatchMistake, _float32
 from tests.controls_moe import MOE_CONTROLS
+from tests.controls_parallel import PARALLEL_CONTROLS
 
 
 # --- the wrong functions ------------------------------------------------------------------------
@@ -179,6 +180,7 @@ NEGATIVE_CONTROLS: list[Control] = [
             "KV-cache decode that gives every new token position 0"),
     *ISSUE_11_CONTROLS,
     *MOE_CONTROLS,
+    *PARALLEL_CONTROLS,
 ]
 
 POSITIVE_CONTROL = Float32Golden()

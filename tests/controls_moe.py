@@ -9,23 +9,15 @@ import dataclasses
 import numpy as np
 
 import lmref.impl_numpy.moe
-from lmref.spec.params import param_shapes
-from tests.control_kinds import Control, Float32Golden, PatchMistake
+from tests.control_kinds import ConfigMistake, Control, Float32Golden, PatchMistake
 
 
-class MoEMistake(Float32Golden):
-    """A misread `moe` hyperparameter (e.g. the class default where the checkpoint sets its own)."""
-
-    def __init__(self, name: str, **changes):
-        self.name, self.changes = name, changes
+class MoEMistake(ConfigMistake):
+    """A misread `moe` hyperparameter (e.g. the class default where the checkpoint sets its own);
+    a dropped gate drops its weight (ConfigMistake.params_for)."""
 
     def adjust(self, config):
         return dataclasses.replace(config, moe=dataclasses.replace(config.moe, **self.changes))
-
-    def params_for(self, config, params):
-        """The case's weights the misread config has a place for (a dropped gate drops its weight)."""
-        kept = param_shapes(self.adjust(config))
-        return {k: v for k, v in super().params_for(config, params).items() if k in kept}
 
 
 class ExpertsPermuted(Float32Golden):

@@ -62,6 +62,8 @@ def switched_off(config: ModelConfig, field: str) -> ModelConfig:
         changes = dict(activation=OTHER_ACTIVATION[value])
     elif field == "norm_weight":
         changes = dict(norm_weight=True)
+    elif field == "parallel_residual":  # sequential: a shared norm only exists in a parallel block
+        changes = dict(parallel_residual=False, shared_attn_norm=False)
     elif field == "attn_temperature_floor":  # no temperature: its scale goes with it
         changes = dict(attn_temperature_floor=None, attn_temperature_scale=None)
     elif field in ("attn_pattern", "sliding_window", "attn_chunk_size"):  # every layer global

@@ -144,6 +144,27 @@ EXPECTED_COUNTS = {
     #   48 layers 105,700,884,480; final norm 5,120; total 107,769,861,120
     "llama4-scout": 107_769_861_120,
     "llama4-maverick": 400_711_848_960,
+    # Pythia and GPT-NeoX-20B: exactly the published totals (Biderman et al. 2023, Table 1;
+    # Black et al. 2022).  pythia-160m: tokens + head 2*50304*768 = 77,266,944; per layer
+    #   qkv 768*2304 + 2304, dense 768^2 + 768, MLP 2*768*3072 + 3072 + 768, 2 LNs 4*768 -> 7,087,872;
+    #   12 layers 85,054,464 (the table's 85,056,000 non-embedding adds the final LN 1,536).
+    "pythia-160m": 162_322_944,
+    "pythia-1.4b": 1_414_647_808,
+    "pythia-6.9b": 6_857_302_016,
+    "gpt-neox-20b": 20_554_567_680,
+    # GPT-J-6B: the checkpoint's tensors, which transformers' GPTJForCausalLM counts too.  The
+    # model card's 6,053,381,344 is 2,498,560 (610 x 4096) more, which no tensor of the
+    # checkpoint accounts for: tokens 50400*4096, head 4096*50400 + 50400; per layer q, k, v, o
+    # 4*4096^2, MLP 2*4096*16384 + 16384 + 4096, ln_1 2*4096 -> 201,379,840; ln_f 8,192.
+    "gptj-6b": 6_050_882_784,
+    # Phi and Falcon: the checkpoints' tensors, which transformers' PhiForCausalLM and
+    # FalconForCausalLM count too (the published 1.3B, 2.7B, 7B, 40B).  phi-1.5: tokens 51200*2048,
+    # head 2048*51200 + 51200; per layer q, k, v, dense 4*(2048^2 + 2048), fc1, fc2
+    # 2*2048*8192 + 8192 + 2048, one LN 4096 -> 50,354,176; final LN 4096.
+    "phi-1.5": 1_418_270_720,
+    "phi-2": 2_779_683_840,
+    "falcon-7b": 6_921_720_704,
+    "falcon-40b": 41_303_293_952,
 }
 
 # Parameters one token runs through (the published "active" figures: Mixtral 12.9B / 39B,
@@ -206,6 +227,8 @@ EXPECTED_MODEL_TYPES = {
     "mixtral-8x7b": "mixtral", "mixtral-8x22b": "mixtral", "dbrx": "dbrx",
     "qwen1.5-moe-a2.7b": "qwen2_moe", "qwen2-57b-a14b": "qwen2_moe", "qwen3-30b-a3b": "qwen3_moe",
     "olmoe-1b-7b": "olmoe", "llama4-scout": "llama4_text", "llama4-maverick": "llama4_text",
+    "pythia-160m": "gpt_neox", "pythia-1.4b": "gpt_neox", "pythia-6.9b": "gpt_neox", "gpt-neox-20b": "gpt_neox",
+    "gptj-6b": "gptj", "phi-1.5": "phi", "phi-2": "phi", "falcon-7b": "falcon", "falcon-40b": "falcon",
 }
 # The family modules of spec/presets/ (every module but the Preset class's own).
 FAMILY_MODULES = {m.name: importlib.import_module(f"lmref.spec.presets.{m.name}")

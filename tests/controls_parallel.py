@@ -1,0 +1,22 @@
+"""The negative controls of issue 13's knobs (tests/controls.py runs them with the others):
+porting mistakes in parallel blocks and partial, interleaved rotary embeddings, each made
+through the config of the case it must fail.
+
+The case configs (conformance/cases.py) have head_dim 16, so Pythia's and GPT-J's quarter of a
+head rotates 4 dims (2 pairs); one pair short is a fraction of 0.125.
+"""
+
+from __future__ import annotations
+
+from tests.control_kinds import ConfigMistake, Control
+
+PARALLEL_CONTROLS: list[Control] = [
+    Control("gptj-6b", ConfigMistake("gptj_rotary_halves", rope_layout="halves"),
+            "GPT-J's rotary pairs taken as halves (rotate_half) instead of interleaved (rotate_every_two)"),
+    Control("pythia-160m", ConfigMistake("neox_rotary_one_pair_short", rope_fraction=0.125),
+            "Pythia's rotary width one pair short (2 of the case's 4 rotated dims)"),
+    Control("pythia-160m", ConfigMistake("neox_parallel_as_sequential", parallel_residual=False),
+            "GPT-NeoX's attention and MLP run one after the other instead of side by side"),
+    Control("pythia-160m", ConfigMistake("neox_attn_norm_reused", shared_attn_norm=True),
+            "GPT-NeoX's MLP reading the attention's LayerNorm (GPT-J's block) instead of its own second one"),
+]
