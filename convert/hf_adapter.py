@@ -44,9 +44,11 @@ def check_features(config: ModelConfig, implemented: frozenset[str]) -> None:
 
 
 def _recorder(captured: dict, name: str, index: int = 0):
-    """A forward hook storing a module's output (element `index` of a tuple) as `name`."""
+    """A forward hook storing a copy of a module's output (element `index` of a tuple) as
+    `name`: a copy, because a layer may add to that tensor in place afterwards (Falcon's
+    parallel `FalconDecoderLayer`: `mlp_output += attention_output`)."""
     def hook(module, args, output):
-        captured[name] = output[index] if isinstance(output, tuple) else output
+        captured[name] = (output[index] if isinstance(output, tuple) else output).clone()
     return hook
 
 

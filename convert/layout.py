@@ -12,7 +12,8 @@ An entry says how one HF tensor is built from canonical tensors (spec/params.py)
            and GPT-2's `Conv1D` weights, which are [d_in, d_out] like ours
            (transformers `pytorch_utils.Conv1D`: `y = addmm(b, x, W)`).
   perm     an optional reordering of the concatenated canonical columns (a RoPE layout
-           change, see convert/models/llama.py).
+           change, see convert/models/llama.py; a projection fused per head,
+           `per_head_order`: GPT-NeoX's query_key_value).
 
 Mixtures of experts hold E experts stacked on a leading axis (`layers.{i}.mlp.experts.w_up`
 [E, d, f]); checkpoints store them one tensor per expert or all in one:
@@ -61,6 +62,23 @@ def linear(hf: str, source: str, perm: tuple[int, ...] | None = None) -> Entry:
 def expert_linear(hf: str, source: str, expert: int) -> Entry:
     """An `nn.Linear` weight of one expert: the transpose of `source[expert]`."""
     return Entry(hf, (source,), linear=True, expert=expert)
+
+
+def per_head_order(widths: tuple[int, ...], n_heads: int) -> tuple[int, ...]:
+    """The `perm` of a projection fused per head: for each head, its slice of every source in
+    turn.  GPT-NeoX's `query_key_value` (and BLOOM's) is `.view(..., n_heads, 3 * head_dim)`
+    then `.chunk(3)` (transformers `GPTNeoXAttention.forward`): head h's q columns, then its k,
+    then its v, where the concatenated canonical columns are all of q, then k, then v.
+    `n_heads` may count groups rather than heads: Falcon's query_key_value is, per KV group,
+    its q heads, then its k head, then its v head (`per_head_order((q, kv, kv), n_kv_heads)`).
+    Every width must split into `n_heads` equal slices."""
+    if any(width % n_heads for width in widths):
+        raise ConversionError(f"fused widths {widths} do not split into {n_heads} heads")
+    starts = np.cumsum((0, *widths[:-1]))  # where each source's columns begin
+    sizes = [width // n_heads for width in widths]  # one head's slice of each source
+    order = [np.arange(start + h * size, start + (h + 1) * size)
+             for h in range(n_heads) for start, size in zip(starts, sizes, strict=True)]
+    return tuple(np.concatenate(order).tolist())
 
 
 def hf_shape(entry: Entry, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:

@@ -42,6 +42,33 @@ VARIANTS = {
     "gemma3-final-softcap-llama3-rope": tiny("gemma3-4b", final_logit_softcap=3.0, rope_scaling=RopeScaling(
         kind="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=32)),
     "gemma3-no-sliding-layer": tiny("gemma3-4b", attn_pattern=("global",), sliding_window=None, rope_theta_local=None),
+    # GPT-NeoX: use_parallel_residual false, a tied head, theta 5e4 scaled; head_dim 15 rotating 6 dims
+    # (an odd 9 passing through), no attention_bias, tanh GELU, llama3 scaling of the rotated dims
+    "pythia-sequential-tied-linear-rope": tiny("pythia-160m", parallel_residual=False, tie_embeddings=True,
+                                               rope_theta=50_000.0, rope_scaling=LINEAR_2),
+    "pythia-head_dim-15-rotating-6-no-attn-bias-llama3-rope": tiny(
+        "pythia-160m", d_model=60, head_dim=15, rope_fraction=0.4, qkv_bias=False, attn_out_bias=False,
+        activation="gelu_tanh", rope_scaling=RopeScaling(kind="llama3", factor=8.0, low_freq_factor=1.0,
+                                                         high_freq_factor=4.0, original_max_seq_len=32)),
+    # GPT-J: the whole head rotating (rotary_dim = head_dim), exact GELU, the tied head (its bias stays)
+    "gptj-whole-head-rope-exact-gelu-tied": tiny("gptj-6b", rope_fraction=1.0, activation="gelu", tie_embeddings=True),
+    "gptj-half-head-rope-narrow-mlp": tiny("gptj-6b", rope_fraction=0.5, d_ff=100),
+    # Phi: GQA, a tied head (its bias stays), theta 5e4 scaled; head_dim 9 rotating int(9 * 0.5) = 4
+    # dims (an odd 5 passing through), exact GELU, llama3 scaling of the rotated dims
+    "phi-gqa-tied-linear-rope": tiny("phi-2", n_kv_heads=2, tie_embeddings=True, rope_theta=50_000.0,
+                                     rope_scaling=LINEAR_2),
+    "phi-head_dim-9-rotating-4-exact-gelu-llama3-rope": tiny(
+        "phi-1.5", d_model=36, head_dim=9, activation="gelu", rope_scaling=RopeScaling(
+            kind="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=32)),
+    # Falcon: the sequential layer (parallel_attn false) with multi-query, biases (bias: q|k|v, dense,
+    # MLP), an untied head, scaled RoPE; the old architecture without multi_query (per head q, k, v),
+    # tanh GELU, a narrow MLP; the new one with one norm (num_ln_in_parallel_attn 1), theta 5e4
+    "falcon-sequential-multi-query-biases-untied-linear-rope": tiny(
+        "falcon-7b", parallel_residual=False, shared_attn_norm=False, qkv_bias=True, attn_out_bias=True,
+        mlp_bias=True, tie_embeddings=False, rope_scaling=LINEAR_2),
+    "falcon-multi-head-tanh-gelu-narrow-mlp": tiny("falcon-7b", n_kv_heads=4, activation="gelu_tanh", d_ff=100),
+    "falcon-new-architecture-one-norm-4-kv-heads": tiny("falcon-40b", shared_attn_norm=True, n_kv_heads=4,
+                                                        rope_theta=50_000.0),
 }
 
 
@@ -106,6 +133,9 @@ OTHER_LAYOUT = {
     "olmoe-interleaved-gqa": tiny("olmoe-1b-7b", rope_layout="interleaved", n_kv_heads=2),
     "qwen3-moe-interleaved": tiny("qwen3-30b-a3b", rope_layout="interleaved"),
     "llama4-scout-halves": tiny("llama4-scout", rope_layout="halves"),
+    # Falcon's fused q | k | v: the RoPE permutation of q and k, then the grouping per KV head
+    "falcon-40b-interleaved-biases": tiny("falcon-40b", rope_layout="interleaved", qkv_bias=True, attn_out_bias=True,
+                                          mlp_bias=True),
 }
 
 

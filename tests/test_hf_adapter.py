@@ -109,9 +109,9 @@ def test_a_value_the_type_hard_codes_is_not_supported_with_the_converters_reason
 
 
 def test_an_unknown_model_type_is_not_supported_and_lists_the_supported(store):
-    result = run_check(_as(store.load("gpt2", "prefill-b2-s7"), hf_model_type="gpt_neox"), HFAdapter(), "forward")
+    result = run_check(_as(store.load("gpt2", "prefill-b2-s7"), hf_model_type="rwkv"), HFAdapter(), "forward")
     assert result.status == NOT_SUPPORTED
-    assert "hf_model_type 'gpt_neox' is not supported" in result.message
+    assert "hf_model_type 'rwkv' is not supported" in result.message
     assert all(t in result.message for t in SUPPORTED_MODEL_TYPES)
 
 

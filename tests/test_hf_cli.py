@@ -67,10 +67,10 @@ def test_options_that_do_not_fit_together(argv, message, tmp_path, capsys):
 def test_bad_input_is_an_error_message_not_a_traceback(tmp_path, capsys):
     hf = tmp_path / "hf"  # the output beside the source: never inside it (issue 10, item 4)
     hf.mkdir()
-    (hf / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
+    (hf / "config.json").write_text(json.dumps({"model_type": "rwkv"}))
     assert main(["convert", "--from-hf", str(hf), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("lmref convert: error:") and "'gpt_neox' is not supported" in err
+    assert err.startswith("lmref convert: error:") and "'rwkv' is not supported" in err
 
 
 def test_a_config_without_a_transformers_type_is_refused_by_name(tmp_path, capsys):

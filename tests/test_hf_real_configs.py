@@ -54,10 +54,29 @@ REAL = {
     "allenai--OLMoE-1B-7B-0924": "olmoe-1b-7b",
     "meta-llama--Llama-4-Scout-17B-16E.text_config": "llama4-scout",
     "meta-llama--Llama-4-Maverick-17B-128E.text_config": "llama4-maverick",
+    # GPT-NeoX's files, written from memory of the Hub's (no Hub access).  gpt-neox-20b's
+    # hidden_act is gelu_fast, the tanh GELU (read as gelu_tanh), as in its preset
+    # (tests/test_hf_gpt_neox.py): no preset until they agree
+    "EleutherAI--pythia-160m": "pythia-160m", "EleutherAI--gpt-neox-20b": "gpt-neox-20b",
+    "EleutherAI--gpt-j-6b": "gptj-6b",
+    # Phi's files, written from memory of the Hub's (no Hub access), as 4.37 converted them
+    "microsoft--phi-1_5": "phi-1.5", "microsoft--phi-2": "phi-2",
+    # Falcon's files, written from memory of the Hub's (no Hub access): model_type "falcon",
+    # as tiiuae re-saved them for transformers' class (the RW keys n_head, n_layer, n_head_kv gone)
+    "tiiuae--falcon-7b": "falcon-7b", "tiiuae--falcon-40b": "falcon-40b",
 }
 WITH_PRESET = sorted(name for name, preset in REAL.items() if preset)
 # Keys that never change the numbers, or that only one of two equivalent files spells out.
 NOT_NUMERIC = {
+    # Falcon's RW-era flag, never read by transformers (false on the Hub; convert/models/falcon.py)
+    "apply_residual_connection_post_layernorm",
+    "resid_pdrop",  # phi-2's training dropout (0.1), off in eval (convert/models/phi.py IGNORED)
+    # gpt-neox-20b's dropouts under names GPTNeoXConfig never reads (convert/models/gpt_neox.py IGNORED)
+    "attention_probs_dropout_prob", "hidden_dropout_prob",
+    # gpt-j-6b's legacy keys, kept by GPTJConfig as attributes GPTJForCausalLM never reads
+    # (convert/models/gptj.py: rotary and scale_attn_weights must be true, the rest is ignored)
+    "rotary", "scale_attn_weights", "gradient_checkpointing", "summary_type", "summary_use_proj",
+    "summary_activation", "summary_proj_to_labels", "summary_first_dropout", "task_specific_params", "tokenizer_class",
     "_name_or_path", "transformers_version", "architectures", "lmref_name", "dtype", "torch_dtype", "use_cache",
     "bos_token_id", "eos_token_id", "pad_token_id", "output_attentions", "output_hidden_states",
     # kept by transformers as attributes it never reads (see each type's IGNORED in convert/models/)
