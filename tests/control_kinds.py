@@ -78,6 +78,12 @@ class Float32Golden:
                     for name, z in captured.items() if name.endswith(".router")}
 
 
+def kept_params(config: ModelConfig, params: dict) -> dict:
+    """The weights a misread `config` has a place for (a norm it shares, a gate it drops: gone)."""
+    shapes = param_shapes(config)
+    return {k: v for k, v in params.items() if k in shapes}
+
+
 class ConfigMistake(Float32Golden):
     """A control whose mistake is a wrong config value (a misread hyperparameter).
 
@@ -92,9 +98,7 @@ class ConfigMistake(Float32Golden):
         return dataclasses.replace(config, **self.changes)
 
     def params_for(self, config, params):
-        """The case's weights the misread config has a place for (a norm it shares drops the other)."""
-        kept = param_shapes(self.adjust(config))
-        return {k: v for k, v in super().params_for(config, params).items() if k in kept}
+        return kept_params(self.adjust(config), super().params_for(config, params))
 
 
 class PatchMistake(Float32Golden):

@@ -9,15 +9,20 @@ import dataclasses
 import numpy as np
 
 import lmref.impl_numpy.moe
-from tests.control_kinds import ConfigMistake, Control, Float32Golden, PatchMistake
+from tests.control_kinds import Control, Float32Golden, PatchMistake, kept_params
 
 
-class MoEMistake(ConfigMistake):
-    """A misread `moe` hyperparameter (e.g. the class default where the checkpoint sets its own);
-    a dropped gate drops its weight (ConfigMistake.params_for)."""
+class MoEMistake(Float32Golden):
+    """A misread `moe` hyperparameter (e.g. the class default where the checkpoint sets its own)."""
+
+    def __init__(self, name: str, **changes):
+        self.name, self.changes = name, changes
 
     def adjust(self, config):
         return dataclasses.replace(config, moe=dataclasses.replace(config.moe, **self.changes))
+
+    def params_for(self, config, params):
+        return kept_params(self.adjust(config), super().params_for(config, params))
 
 
 class ExpertsPermuted(Float32Golden):

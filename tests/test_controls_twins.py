@@ -18,6 +18,7 @@ from lmref.impl_torch import attention as torch_attention
 from lmref.impl_torch import masks as torch_masks
 from lmref.impl_jax.adapter import JaxAdapter
 from lmref.impl_torch.adapter import TorchAdapter
+from tests.control_kinds import kept_params
 from tests.controls import NEGATIVE_CONTROLS, ConfigMistake, run_arch
 
 CONFIG_MISTAKES = [c for c in NEGATIVE_CONTROLS if isinstance(c.adapter, ConfigMistake)]
@@ -47,12 +48,14 @@ class Broken:
             setattr(module, attr, original)
 
     def forward(self, config, params, tokens):
+        wrong = dataclasses.replace(config, **self.changes)
         with self._patched():
-            return self.twin.forward(dataclasses.replace(config, **self.changes), params, tokens)
+            return self.twin.forward(wrong, kept_params(wrong, params), tokens)
 
     def decode(self, config, params, tokens, prompt_len):
+        wrong = dataclasses.replace(config, **self.changes)
         with self._patched():
-            return self.twin.decode(dataclasses.replace(config, **self.changes), params, tokens, prompt_len)
+            return self.twin.decode(wrong, kept_params(wrong, params), tokens, prompt_len)
 
 
 def assert_fails(adapter, arch: str) -> None:

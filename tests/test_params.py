@@ -342,7 +342,7 @@ def _layouts(draw):
         changes |= dict(parallel_residual=True, shared_attn_norm=draw(st.booleans()), norm_placement="pre")
     if c.position != "learned" and draw(st.booleans()):
         changes["position"] = "learned"
-        changes |= dict(rope_scaling=None) if c.position == "rope" else {}
+        changes |= dict(rope_scaling=None, rope_theta_local=None) if c.position == "rope" else {}
         changes |= dict(attn_pattern=tuple("global" if k == "global_nope" else k for k in c.attn_pattern))
     if draw(st.booleans()) and changes["n_layers"] >= 2:
         changes |= dict(mlp_pattern=("dense", "moe"), moe=MoEConfig(n_experts=4, n_experts_per_token=2),
