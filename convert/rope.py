@@ -85,6 +85,58 @@ def _pop(cfg: HFConfig, where: str, params: dict, key: str):
     return params.pop(key)
 
 
+# --- partial RoPE stated in several places (gpt_neox, phi): read each, refuse disagreement ---
+
+
+def stated(cfg: HFConfig, dicts: list[tuple[str, dict]], top: str, inner: str) -> list[tuple[str, object]]:
+    """(field, value) of each field stating one RoPE number: `top` in config.json, `inner` in
+    each RoPE dict."""
+    return ([(top, cfg.get(top))] if top in cfg.data else []) + [(f"{k}.{inner}", p[inner]) for k, p in dicts
+                                                                   if inner in p]
+
+
+def agreed(cfg: HFConfig, given: list[tuple[str, object]], default: tuple[str, float], why: str
+           ) -> tuple[str, float]:
+    """(field, value): the one value the fields `given` state, and the first of them;
+    `default` when none does.  ConversionError naming two that disagree, and `why` that matters."""
+    for name, value in given:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            cfg.fail(name, value, "expected a number")
+    if len({value for _, value in given}) > 1:
+        (first, value), *others = given
+        cfg.fail(first, value, "disagrees with " + ", ".join(f"{k}={v!r}" for k, v in others)
+                 + f": {why}")
+    name, value = given[0] if given else default
+    return name, float(value)
+
+
+def check_rotary_width(cfg: HFConfig, key: str, head_dim: int, fraction: float) -> None:
+    """transformers rotates int(head_dim * fraction) dims (GPTNeoXAttention and PhiAttention
+    `rotary_ndims`, their rotary embeddings' `dim`): an odd width makes it rotate one more dim than that, with
+    frequencies over the odd width (`arange(0, dim, 2) / dim`), which lmref cannot express."""
+    width = int(head_dim * fraction)
+    if not 0 < fraction <= 1 or width == 0 or width % 2:
+        cfg.fail(key, fraction, f"rotates int({head_dim} * {fraction}) = {width} of each head's {head_dim} "
+                 "dims; lmref needs an even width of at least 2 (and a fraction in (0, 1])")
+
+
+def agreed_scaling(cfg: HFConfig, dicts: list[tuple[str, dict]], max_seq_len: int, theta: float
+                   ) -> RopeScaling | None:
+    """The scaling `rope_parameters` and `rope_scaling` state (convert/rope.py reads each: linear,
+    llama3, or refused by name), which must agree: 5.23 runs `rope_scaling` over
+    `rope_parameters`, 4.57 only `rope_scaling`."""
+    read = []
+    for key, params in dicts:
+        # theta and the fraction are read above; rope_of_dict, which refuses a partial
+        # rotation (LLaMA's RoPE ignores the factor), is handed the full one
+        rest = {k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}
+        read.append((key, rope_of_dict(cfg, key, rest | {"partial_rotary_factor": 1.0}, max_seq_len, theta)[1]))
+    if len(read) == 2 and read[0][1] != read[1][1]:
+        cfg.fail("rope_scaling", cfg.get("rope_scaling"), f"disagrees with rope_parameters={cfg.get('rope_parameters')!r}"
+                 f": {read[1][1]} vs {read[0][1]}; transformers 4.x reads only rope_scaling")
+    return read[0][1] if read else None
+
+
 def rope_scaling_rule(config: ModelConfig) -> tuple[str, bool, str]:
     """transformers computes every rope_type its own way (modeling_rope_utils.py
     `ROPE_INIT_FUNCTIONS`), with parameters lmref does not write: only the kinds lmref reads

@@ -27,7 +27,9 @@ from lmref.convert.fields import (
     check_expressible,
 )
 from lmref.convert.layout import Entry, linear, per_head_order, same
-from lmref.convert.rope import DEFAULT_THETA, rope_of_dict, rope_scaling_rule, rope_to_hf
+from lmref.convert.rope import (
+    DEFAULT_THETA, agreed, agreed_scaling, check_rotary_width, rope_scaling_rule, rope_to_hf, stated,
+)
 from lmref.spec.config import ModelConfig, RopeScaling
 from lmref.spec.features import declare
 
@@ -51,6 +53,8 @@ IGNORED_SUFFIXES = (".attention.bias", ".attention.masked_bias", ".rotary_emb.in
 LAYER_MODULES = {"attn": "gpt_neox.layers.{i}.attention.dense", "mlp": "gpt_neox.layers.{i}.mlp.dense_4h_to_h",
                  "out": "gpt_neox.layers.{i}"}
 
+# Why two RoPE spellings must agree (convert/rope.py `agreed`).
+SPELLINGS = "transformers 4.x reads rotary_pct and rotary_emb_base, 5.x the RoPE dicts"
 IGNORED = frozenset({
     "attention_dropout", "hidden_dropout",  # dropout: off in eval
     # the same dropouts under names no GPTNeoXConfig reads (EleutherAI/gpt-neox-20b's file)
@@ -100,63 +104,16 @@ def rope_fields(cfg: HFConfig, head_dim: int, max_seq_len: int) -> tuple[float, 
     for key, params in dicts:
         if not isinstance(params, dict):
             cfg.fail(key, params, "expected a JSON object of RoPE parameters")
-    _, theta = agreed(cfg, stated(cfg, dicts, "rotary_emb_base", "rope_theta"), ("rotary_emb_base", DEFAULT_THETA))
+    _, theta = agreed(cfg, stated(cfg, dicts, "rotary_emb_base", "rope_theta"), ("rotary_emb_base", DEFAULT_THETA),
+                      SPELLINGS)
     fraction_key, fraction = agreed(cfg, stated(cfg, dicts, "rotary_pct", "partial_rotary_factor"),
-                                    ("rotary_pct", HF_ROTARY_PCT))
+                                    ("rotary_pct", HF_ROTARY_PCT), SPELLINGS)
     # what 4.57 writes beside rotary_emb_base and rotary_pct (its own copies); neither version runs them
     for key, value in (("rope_theta", theta), ("partial_rotary_factor", fraction)):
         if cfg.get(key, value) != value:
             cfg.fail(key, cfg.get(key), f"transformers ignores it for gpt_neox, which runs {value!r}")
     check_rotary_width(cfg, fraction_key, head_dim, fraction)
     return theta, fraction, agreed_scaling(cfg, dicts, max_seq_len, theta)
-
-
-def stated(cfg: HFConfig, dicts: list[tuple[str, dict]], top: str, inner: str) -> list[tuple[str, object]]:
-    """(field, value) of each field stating one RoPE number: `top` in config.json, `inner` in
-    each RoPE dict."""
-    return ([(top, cfg.get(top))] if top in cfg.data else []) + [(f"{k}.{inner}", p[inner]) for k, p in dicts
-                                                                   if inner in p]
-
-
-def agreed(cfg: HFConfig, given: list[tuple[str, object]], default: tuple[str, float]) -> tuple[str, float]:
-    """(field, value): the one value the fields `given` state, and the first of them;
-    `default` when none does.  ConversionError naming two that disagree."""
-    for name, value in given:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            cfg.fail(name, value, "expected a number")
-    if len({value for _, value in given}) > 1:
-        (first, value), *others = given
-        cfg.fail(first, value, "disagrees with " + ", ".join(f"{k}={v!r}" for k, v in others)
-                 + ": transformers 4.x reads rotary_pct and rotary_emb_base, 5.x the RoPE dicts")
-    name, value = given[0] if given else default
-    return name, float(value)
-
-
-def check_rotary_width(cfg: HFConfig, key: str, head_dim: int, fraction: float) -> None:
-    """transformers rotates int(head_dim * fraction) dims (GPTNeoXAttention.rotary_ndims,
-    GPTNeoXRotaryEmbedding's `dim`): an odd width makes it rotate one more dim than that, with
-    frequencies over the odd width (`arange(0, dim, 2) / dim`), which lmref cannot express."""
-    width = int(head_dim * fraction)
-    if not 0 < fraction <= 1 or width == 0 or width % 2:
-        cfg.fail(key, fraction, f"rotates int({head_dim} * {fraction}) = {width} of each head's {head_dim} "
-                 "dims; lmref needs an even width of at least 2 (and a fraction in (0, 1])")
-
-
-def agreed_scaling(cfg: HFConfig, dicts: list[tuple[str, dict]], max_seq_len: int, theta: float
-                   ) -> RopeScaling | None:
-    """The scaling `rope_parameters` and `rope_scaling` state (convert/rope.py reads each: linear,
-    llama3, or refused by name), which must agree: 5.23 runs `rope_scaling` over
-    `rope_parameters`, 4.57 only `rope_scaling`."""
-    read = []
-    for key, params in dicts:
-        # theta and the fraction are read above; rope_of_dict, which refuses a partial
-        # rotation (LLaMA's RoPE ignores the factor), is handed the full one
-        rest = {k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}
-        read.append((key, rope_of_dict(cfg, key, rest | {"partial_rotary_factor": 1.0}, max_seq_len, theta)[1]))
-    if len(read) == 2 and read[0][1] != read[1][1]:
-        cfg.fail("rope_scaling", cfg.get("rope_scaling"), f"disagrees with rope_parameters={cfg.get('rope_parameters')!r}"
-                 f": {read[1][1]} vs {read[0][1]}; transformers 4.x reads only rope_scaling")
-    return read[0][1] if read else None
 
 
 def config_to_hf(c: ModelConfig) -> dict:

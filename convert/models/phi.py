@@ -36,8 +36,9 @@ from lmref.convert.fields import (
     check_expressible,
 )
 from lmref.convert.layout import Entry, linear, same
-from lmref.convert.models.gpt_neox import agreed_scaling, check_rotary_width, stated
-from lmref.convert.rope import DEFAULT_THETA, rope_scaling_rule, rope_to_hf
+from lmref.convert.rope import (
+    DEFAULT_THETA, agreed, agreed_scaling, check_rotary_width, rope_scaling_rule, rope_to_hf, stated,
+)
 from lmref.spec.config import ModelConfig, RopeScaling
 from lmref.spec.features import declare
 
@@ -120,26 +121,13 @@ def rope_number(cfg: HFConfig, dicts: list[tuple[str, dict]], key: str, default:
     `convert_rope_params_to_dict`: a `rope_scaling` dict replaces `rope_parameters` whole, so
     then the latter's copy is never read (nor by 4.x); it must say the same or be absent."""
     run = [(k, params) for k, params in dicts if k == "rope_scaling"] or dicts
-    field, value = agreed(cfg, stated(cfg, run, key, key), (key, default))
+    field, value = agreed(cfg, stated(cfg, run, key, key), (key, default),
+                          "transformers 4.x reads the top-level field, 5.x the RoPE dicts first")
     for name, ignored in stated(cfg, dicts, key, key):
         if ignored != value:
             cfg.fail(name, ignored, f"transformers ignores it (5.x reads rope_scaling over rope_parameters, 4.x "
                      f"neither) and runs {value!r}")
     return field, value
-
-
-def agreed(cfg: HFConfig, given: list[tuple[str, object]], default: tuple[str, float]) -> tuple[str, float]:
-    """(field, value): the one value the fields `given` state, and the first of them;
-    `default` when none does.  ConversionError naming two that disagree."""
-    for name, value in given:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            cfg.fail(name, value, "expected a number")
-    if len({value for _, value in given}) > 1:
-        (first, value), *others = given
-        cfg.fail(first, value, "disagrees with " + ", ".join(f"{k}={v!r}" for k, v in others)
-                 + ": transformers 4.x reads the top-level field, 5.x the RoPE dicts first")
-    name, value = given[0] if given else default
-    return name, float(value)
 
 
 def config_to_hf(c: ModelConfig) -> dict:
