@@ -107,7 +107,9 @@ def _add_validate(sub) -> None:
                    "and, in both rows, past a sliding window)")
     p.add_argument("--pad", type=int, default=3, help="left padding of the second row (default 3)")
     p.add_argument("--steps", type=int, default=8, help="decode steps after the prefill (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the tokens: random ones, or for a mixture of experts the seed of the "
+                   "search for tokens whose routing has a margin (export/routing.py) (default 0)")
     p.set_defaults(run=cmd_validate)
 
 
