@@ -41,13 +41,17 @@ demo: install
 	$(VENV)/bin/lmref generate --onnx build/demo-onnx --prompt "The with statement" \
 		--max-new-tokens 100 --greedy
 
-# The whole suite: the project's own tests and the conformance suite over every arch.
+# The whole suite: the project's own tests and the conformance suite over every arch, on
+# TEST_JOBS pytest-xdist processes of one thread each (the CI machine has 2 cores; each
+# process needs about 4 GiB).  --dist loadscope keeps a module's tests, and so its
+# module-scoped fixtures (exported graphs, trained models), on one process.
+TEST_JOBS ?= 2
 test: install
-	$(PYTEST) --hypothesis-profile=ci tests/ conformance/
+	OMP_NUM_THREADS=1 $(PYTEST) -n $(TEST_JOBS) --dist loadscope --hypothesis-profile=ci tests/ conformance/
 
 # Everything, slow tests included.
 test-thorough: install
-	$(PYTEST) -m "" --hypothesis-profile=thorough tests/ conformance/
+	OMP_NUM_THREADS=1 $(PYTEST) -n $(TEST_JOBS) --dist loadscope -m "" --hypothesis-profile=thorough tests/ conformance/
 
 # Regenerate every golden case in memory and compare with the stored store.
 golden-check: install

@@ -92,6 +92,22 @@ def test_float32_positive_control_passes(tmp_path):
     assert {r["metrics"]["dtype"] for r in run.report["results"]} == {"float32"}
 
 
+def test_parallel_run_merges_the_same_report_as_a_serial_one(tmp_path):
+    """`-n 2` (pytest-xdist): the workers' results come back to one table and one JSON report,
+    the same checks with the same metrics as a serial run, failures included."""
+    args = ("--arch", "llama3,gpt2", "--impl", f"{ADAPTERS}:WrongSecondMlp")
+    serial = run_suite(tmp_path / "serial", *args)
+    parallel = run_suite(tmp_path / "parallel", *args, "-p", "xdist.plugin", "-n", "2")
+    assert "2 workers" in parallel.out, parallel.out
+    assert parallel.rc == serial.rc == 1, parallel.out
+    def by_nodeid(run: Run) -> dict:
+        return {r["nodeid"]: r for r in run.report["results"]}
+    assert by_nodeid(parallel) == by_nodeid(serial) and len(by_nodeid(serial)) == 22
+    assert parallel.report["summary"] == serial.report["summary"]
+    assert FAIL in {r["status"] for r in serial.report["results"]}
+    assert parallel.table_row("gpt2") == serial.table_row("gpt2")
+
+
 def test_crashing_adapter_is_an_error_and_the_run_goes_on(tmp_path):
     run = run_suite(tmp_path, "--arch", "llama3", "--impl", f"{ADAPTERS}:CrashOnBatch3")
     assert run.rc == 1
