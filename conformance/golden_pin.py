@@ -8,4 +8,4 @@ runs as a "custom golden store".  tests/test_verdicts_store.py checks that this 
 store.
 """
 
-MANIFEST_SHA256 = "30e15685f52db5bb47584e8220f68da06359fbf94b1c1b0463dfbd246a4898c2"
+MANIFEST_SHA256 = "eb9fe149f13d704c657f7fad61735611d148f5695a4fd3b465e8106f4a3055e7"

@@ -91,7 +91,7 @@ def attention_scores(config: ModelConfig, plan: LayerPlan, q: jax.Array, k: jax.
     if config.attn_softcap is not None:
         scores = config.attn_softcap * jnp.tanh(scores / config.attn_softcap)
     if plan.alibi:
-        bias = alibi_bias(alibi_slopes(config.n_heads, config.alibi_max_bias), q_pos, k_pos, scores.dtype)
+        bias = alibi_bias(alibi_slopes(config.n_heads, config.alibi_max_bias, config.alibi_slopes), q_pos, k_pos, scores.dtype)
         scores = scores + bias.reshape(q.shape[2], q.shape[3], *bias.shape[1:])  # [H, ..] -> [KV, G, Sq, Sk]
     return jnp.where(visible(plan.mask, q_pos, k_pos), scores, jnp.finfo(scores.dtype).min)
 

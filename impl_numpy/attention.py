@@ -73,7 +73,7 @@ def attention_scores(config: ModelConfig, plan: LayerPlan, q: np.ndarray, k: np.
     if config.attn_softcap is not None:  # Gemma 2: before the mask
         scores = config.attn_softcap * np.tanh(scores / config.attn_softcap)
     if plan.alibi:
-        bias = alibi_bias(alibi_slopes(config.n_heads, config.alibi_max_bias), q_pos, k_pos)
+        bias = alibi_bias(alibi_slopes(config.n_heads, config.alibi_max_bias, config.alibi_slopes), q_pos, k_pos)
         scores = scores + bias.astype(scores.dtype)
     return np.where(visible(plan.mask, q_pos, k_pos), scores, -np.inf)
 

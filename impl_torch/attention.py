@@ -124,7 +124,7 @@ def attention_bias(config: ModelConfig, plan: LayerPlan, q_positions: torch.Tens
     bias (or 0) where its mask shows the key, the lowest finite value of `dtype` where not."""
     shown = masks.visible(plan.mask, q_positions, k_positions)  # [P, 1, Sq, Sk]
     if plan.alibi:
-        slopes = alibi_slopes(config.n_heads, config.alibi_max_bias)
+        slopes = alibi_slopes(config.n_heads, config.alibi_max_bias, config.alibi_slopes)
         allowed = alibi_bias(slopes, q_positions, k_positions, compute_dtype(dtype)).to(dtype)
     else:
         allowed = torch.zeros((), dtype=dtype, device=q_positions.device)

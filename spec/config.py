@@ -29,6 +29,9 @@ Activation = Literal["gelu", "gelu_tanh", "silu", "relu"]
 # plain: down(act(up(x))) (GPT-2).  gated: down(act(gate(x)) * up(x)) (SwiGLU, GeGLU).
 MlpKind = Literal["plain", "gated"]
 Position = Literal["learned", "rope", "alibi", "none"]
+# How n ALiBi heads get their slopes (spec/MATH.md "ALiBi"): "press", the paper's reference
+# code (MPT, BLOOM); "geometric", 2^(-max_bias * h / n) for every n (AI2's OLMo code).
+AlibiSlopes = Literal["press", "geometric"]
 # halves: rotate_half pairs (i, i + d/2) (GPT-NeoX, HF LLaMA).  interleaved: pairs (2i, 2i+1)
 # (GPT-J, Meta's original LLaMA code, Llama 4).
 RopeLayout = Literal["halves", "interleaved"]
@@ -159,6 +162,7 @@ class ModelConfig:
     rope_fraction: float = 1.0  # the first rope_fraction * head_dim dims rotate (NeoX 0.25, Phi-2 0.4)
     rope_scaling: RopeScaling | None = None
     alibi_max_bias: float = 8.0  # slopes 2^(-max_bias * i / n) (Press et al. 2022; MPT alibi_bias_max)
+    alibi_slopes: AlibiSlopes = "press"  # the rule for head counts that are not a power of two
 
     # --- MLP --------------------------------------------------------------------------
     mlp: MlpKind

@@ -46,6 +46,9 @@ _FEATURES = [
     Feature("positions.rope", ("position", "rope_theta"), _rope, "rotary position embedding (Su et al. 2021)"),
     Feature("positions.alibi", ("position", "alibi_max_bias"), lambda c: c.position == "alibi",
             "ALiBi score biases (Press et al. 2022)"),
+    Feature("positions.alibi.geometric", ("alibi_slopes",),
+            lambda c: c.position == "alibi" and c.alibi_slopes == "geometric",
+            "ALiBi slopes 2^(-max_bias * h / n) for every head count (AI2's OLMo)"),
     Feature("positions.none", ("position",), lambda c: c.position == "none", "no position information at all"),
     Feature("rope.interleaved", ("rope_layout",), lambda c: _rope(c) and c.rope_layout == "interleaved",
             "RoPE on pairs (2i, 2i+1) (GPT-J, Meta's original LLaMA)"),
@@ -161,7 +164,7 @@ MOE = (
 # presets; they join CORE once tests/strategies.py draws them for the property tests.
 LLAMA4 = ("attn.qk_norm.l2", "attn.temperature")
 CORE = (
-    "positions.learned", "positions.rope", "positions.alibi", "positions.none",
+    "positions.learned", "positions.rope", "positions.alibi", "positions.alibi.geometric", "positions.none",
     "rope.interleaved", "rope.partial", "rope.scaling.linear", "rope.scaling.llama3",
     "norm.layernorm", "norm.rmsnorm", "norm.without_weight", "norm.bias",
     "block.pre_norm", "block.parallel", "block.shared_norm",

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import get_args
 
 from lmref.spec.config import (
-    Activation, AttnKind, AuxLossKind, ConfigError, EmbeddingScale, MlpKind, MlpLayerKind, ModelConfig, MoEConfig,
+    Activation, AlibiSlopes, AttnKind, AuxLossKind, ConfigError, EmbeddingScale, MlpKind, MlpLayerKind, ModelConfig, MoEConfig,
     Norm, NormPlacement, Position, QkNorm, RopeLayout, RopeScaling, RopeScalingKind, RouterKind,
 )
 
@@ -231,6 +231,7 @@ MODEL_RULES: dict[str, Rule] = {
     "rope_fraction": _FRACTION,
     "rope_scaling": _sub_config(RopeScaling, ROPE_SCALING_RULES),
     "alibi_max_bias": _POSITIVE,  # slopes 2^(-max_bias * h / n)
+    "alibi_slopes": _choice(AlibiSlopes),
     "mlp": _choice(MlpKind),
     "activation": _choice(Activation),
     "mlp_bias": _bool,
@@ -334,6 +335,7 @@ _DEPENDENT_KNOBS = {
     "rope_theta_local": (lambda c: c.position == "rope" and "sliding" in c.attn_pattern,
                          "position='rope' and 'sliding' layers in attn_pattern"),
     "alibi_max_bias": (lambda c: c.position == "alibi", "position='alibi'"),
+    "alibi_slopes": (lambda c: c.position == "alibi", "position='alibi'"),
     "sliding_window": (lambda c: "sliding" in c.attn_pattern, "'sliding' layers in attn_pattern"),
     "attn_chunk_size": (lambda c: "chunked" in c.attn_pattern, "'chunked' layers in attn_pattern"),
 }

@@ -77,8 +77,8 @@ def _sandwich_without_post_norms(config, plan, params, name, h, compute):
     return compute(impl_numpy.norms.apply_norm(config, params, f"layers.{plan.index}.{name}_norm", h))
 
 
-def _naive_alibi_slopes(n_heads: int, max_bias: float = 8.0) -> np.ndarray:
-    """2^(-8h/n) for every n: right for powers of two only."""
+def _naive_alibi_slopes(n_heads: int, max_bias: float = 8.0, rule: str = "press") -> np.ndarray:
+    """2^(-8h/n) for every n whatever the rule: Press's slopes only for powers of two."""
     return np.array([2.0 ** (-max_bias * h / n_heads) for h in range(1, n_heads + 1)])
 
 
@@ -150,8 +150,10 @@ NEGATIVE_CONTROLS: list[Control] = [
             "GQA: query head h reads kv head h % n_kv instead of h // group"),
     Control("llama1", PatchMistake("missing_attn_scale", impl_numpy.attention, "attention_scores", _scores_unscaled),
             "attention scores not multiplied by 1/sqrt(head_dim)"),
-    Control("olmo-alibi", PatchMistake("alibi_slopes_naive", impl_numpy.attention, "alibi_slopes", _naive_alibi_slopes),
-            "ALiBi slopes 2^(-8h/n) for 6 heads (right only for powers of two)"),
+    Control("mpt", PatchMistake("alibi_slopes_naive", impl_numpy.attention, "alibi_slopes", _naive_alibi_slopes),
+            "MPT's ALiBi slopes as 2^(-8h/n) for 6 heads (OLMo's rule; Press's differs but at powers of two)"),
+    Control("olmo-alibi", ConfigMistake("alibi_slopes_press", alibi_slopes="press"),
+            "OLMo's ALiBi run with Press et al.'s slopes for 6 heads instead of 2^(-8h/n)"),
     Control("gpt2", ConfigMistake("layernorm_eps_1e-6", norm_eps=1e-6),
             "GPT-2 LayerNorm eps 1e-6 instead of 1e-5"),
     Control("llama2", ConfigMistake("rmsnorm_eps_1e-6", norm_eps=1e-6),

@@ -24,6 +24,13 @@ def mpt_slopes(n: int, max_bias: float = 8.0) -> np.ndarray:
     return slopes
 
 
+def olmo_slopes(n: int, max_bias: float = 8.0) -> np.ndarray:
+    """AI2's OLMo `alibi_attention_bias` (olmo/model.py), written as there:
+    m = arange(1, n + 1) * (alibi_bias_max / n); slopes 1 / 2^m."""
+    m = np.arange(1, n + 1, dtype=np.float64) * (max_bias / n)
+    return 1.0 / (2 ** m)
+
+
 def hf_llama3(theta: float, dim: int, factor: float, low: float, high: float, orig: int) -> list[float]:
     """Meta's `apply_scaling` (llama-models models/llama4/model.py; HF `_compute_llama3_parameters`
     agrees), scalar by scalar: the smoothing is computed only inside the band, which is empty
@@ -219,8 +226,8 @@ def _wrapped(c: ModelConfig, p: dict, P: str, name: str, h: list, sublayer) -> l
 
 
 def naive_forward(c: ModelConfig, p: dict, tokens: np.ndarray) -> np.ndarray:
-    """Logits [B, S, vocab]; ALiBi slopes from MPT's formula."""
-    slopes = mpt_slopes(c.n_heads, c.alibi_max_bias)
+    """Logits [B, S, vocab]; ALiBi slopes from MPT's formula, or OLMo's for "geometric"."""
+    slopes = (olmo_slopes if c.alibi_slopes == "geometric" else mpt_slopes)(c.n_heads, c.alibi_max_bias)
     embed_scale = math.sqrt(c.d_model) if c.embedding_scale == "sqrt_d_model" else 1.0
     out = []
     for seq in tokens:

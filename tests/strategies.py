@@ -67,6 +67,8 @@ def configs(draw, max_seq_len: int = 32) -> ModelConfig:
     position = draw(st.sampled_from(("learned", "rope", "alibi", "none")))
     fields = draw(rope_fields()) if position == "rope" else dict(position=position,
                                                                  head_dim=draw(st.sampled_from((3, 4, 5, 8))))
+    if position == "alibi":  # head counts 1..9 drawn above: 3, 6 and 9 tell the two rules apart
+        fields["alibi_slopes"] = draw(st.sampled_from(("press", "geometric")))
     n_layers = draw(st.integers(1, 3))
     layers = draw(attention_layers(position))
     if len(layers["attn_pattern"]) > n_layers:

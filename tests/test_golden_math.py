@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from scipy.special import logsumexp
 
 from lmref.impl_numpy import KVCache, decode, forward, loss
+from lmref.conformance.cases import case_config
 from lmref.spec.captures import capture_names
 from lmref.impl_numpy.alibi import alibi_bias, alibi_slopes
 from lmref.impl_numpy.attention import attention_scores, softmax
@@ -25,7 +26,7 @@ from lmref.impl_numpy.norms import apply_norm, layer_norm, rms_norm
 from lmref.impl_numpy.rope import apply_rope, default_inv_freq, inv_freq, llama3_inv_freq
 from lmref.spec import PRESETS, ModelConfig, RopeScaling, get_preset, init_params, param_shapes, tiny
 from lmref.spec.plan import Rope, layer_plan
-from tests.naive_model import hf_llama3, mpt_slopes, naive_forward
+from tests.naive_model import hf_llama3, mpt_slopes, naive_forward, olmo_slopes
 
 
 def rope_of(config: ModelConfig) -> Rope:
@@ -175,6 +176,27 @@ def test_alibi_slopes_match_mpt_and_bloom(n):
     assert got.shape == (n,)
     np.testing.assert_allclose(got, mpt_slopes(n), rtol=1e-14)
     np.testing.assert_allclose(got, bloom_slopes(n), rtol=1e-14)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 6, 8, 12, 16, 40])
+def test_geometric_alibi_slopes_are_olmos_for_every_head_count(n):
+    np.testing.assert_allclose(alibi_slopes(n, 8.0, "geometric"), olmo_slopes(n), rtol=1e-15)
+    np.testing.assert_allclose(alibi_slopes(n, 4.0, "geometric"), olmo_slopes(n, 4.0), rtol=1e-15)
+
+
+def test_the_two_slope_rules_agree_on_powers_of_two_only():
+    for n in range(1, 41):
+        same = np.allclose(alibi_slopes(n, rule="geometric"), alibi_slopes(n, rule="press"), rtol=1e-14, atol=0)
+        assert same == (n & (n - 1) == 0), n
+
+
+def test_olmo_alibi_golden_uses_olmos_slopes_at_six_heads():
+    """The golden cases of olmo-alibi run 6 heads (conformance/cases.py), where the rules differ."""
+    config = case_config("olmo-alibi")
+    assert config.n_heads == 6 and config.alibi_slopes == "geometric"
+    slopes = alibi_slopes(config.n_heads, config.alibi_max_bias, config.alibi_slopes)
+    np.testing.assert_allclose(slopes, olmo_slopes(6), rtol=1e-15)
+    assert np.abs(olmo_slopes(6) - mpt_slopes(6)).max() > 0.1
 
 
 def test_alibi_max_bias():

@@ -88,12 +88,12 @@ def test_olmo_facts():
 
 def test_olmo_alibi_facts():
     c = get_preset("olmo-alibi")
-    assert c.position == "alibi"
+    assert c.position == "alibi" and c.alibi_slopes == "geometric"  # olmo/model.py alibi_attention_bias
     assert c.norm_weight and c.norm_bias
     assert c.tie_embeddings
     differ = {f.name for f in dataclasses.fields(ModelConfig)
               if getattr(c, f.name) != getattr(get_preset("olmo"), f.name)}
-    assert differ == {"name", "hf_model_type", "position", "norm_weight", "norm_bias"}
+    assert differ == {"name", "hf_model_type", "position", "alibi_slopes", "norm_weight", "norm_bias"}
     assert c.hf_model_type is None  # transformers' OLMo has no ALiBi
 
 

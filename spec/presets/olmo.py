@@ -27,8 +27,12 @@ PRESETS = family(
      "Groeneveld et al. 2024; allenai/OLMo-1B-hf config.json; transformers OlmoLayerNorm (eps 1e-5, no affine)"),
     # There is no published checkpoint and no transformers class (hf_model_type None); its
     # size is OLMo-1B's plus the LayerNorm affines.
-    (ModelConfig(name="olmo-alibi", **_OLMO_1B, norm_weight=True, norm_bias=True, position="alibi"),
-     "OLMo-1B geometry with the OLMo codebase's alibi=True option (Press et al. 2022) and an affine LayerNorm"),
+    # The OLMo code's ALiBi (olmo/model.py `alibi_attention_bias`) gives head h of n the slope
+    # 2^(-alibi_bias_max * h / n) for every n: not Press et al.'s rule for other head counts.
+    (ModelConfig(name="olmo-alibi", **_OLMO_1B, norm_weight=True, norm_bias=True, position="alibi",
+                 alibi_slopes="geometric"),
+     "Groeneveld et al. 2024 (OLMo-1B geometry) with the OLMo codebase's alibi=True option (olmo/model.py "
+     "alibi_attention_bias: slopes 2^(-8h/n) for every head count) and an affine LayerNorm"),
     (ModelConfig(
         name="olmo2-7b", hf_model_type="olmo2",
         vocab_size=100352, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32, head_dim=128, d_ff=11008,
