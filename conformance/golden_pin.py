@@ -8,4 +8,4 @@ runs as a "custom golden store".  tests/test_verdicts_store.py checks that this 
 store.
 """
 
-MANIFEST_SHA256 = "30e15685f52db5bb47584e8220f68da06359fbf94b1c1b0463dfbd246a4898c2"
+MANIFEST_SHA256 = "cf76808e79a2ca3d6668a6f6d3493a8a9b31208c6ba294d2e283be5a9b939e87"
