@@ -8,4 +8,4 @@ runs as a "custom golden store".  tests/test_verdicts_store.py checks that this 
 store.
 """
 
-MANIFEST_SHA256 = "eb9fe149f13d704c657f7fad61735611d148f5695a4fd3b465e8106f4a3055e7"
+MANIFEST_SHA256 = "1bbe63c91be4e3ad0737a097ca5ab7d1daff4140eade8ed6712baf952f6540c7"

@@ -3,9 +3,9 @@
     config, params = from_hf("path/to/hf_model")          # config.json + *.safetensors
     to_hf(config, params, "path/to/out")                   # transformers' from_pretrained loads it
 
-Model types: one module each in convert/models/ (dbrx, falcon, gemma, gemma2, gemma3_text,
-gpt2, gpt_neox, gptj, llama, llama4_text, mistral, mixtral, mpt, olmo, olmo2, olmoe, phi, qwen2,
-qwen2_moe, qwen3, qwen3_moe).
+Model types: one module each in convert/models/ (bloom, dbrx, falcon, gemma, gemma2,
+gemma3_text, gpt2, gpt_neox, gptj, llama, llama4_text, mistral, mixtral, mpt, olmo, olmo2,
+olmoe, phi, qwen2, qwen2_moe, qwen3, qwen3_moe).
 `to_hf` writes the type the config names in `hf_model_type` (`module_for`; None:
 transformers has no class for it, and the config is refused), and `from_hf` sets
 `hf_model_type` from config.json's `model_type`.

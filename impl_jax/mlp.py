@@ -23,6 +23,12 @@ def gelu_tanh(x: jax.Array) -> jax.Array:
     return jax.nn.gelu(x, approximate=True)
 
 
+def gelu_tanh_truncated(x: jax.Array) -> jax.Array:
+    """BLOOM's tanh GELU, sqrt(2/pi) written 0.79788456 (Megatron-DeepSpeed's fused `bias_gelu`,
+    megatron/model/fused_bias_gelu.py; transformers `bloom_gelu_forward`)."""
+    return 0.5 * x * (1.0 + jnp.tanh(0.79788456 * (x + 0.044715 * x**3)))
+
+
 def silu(x: jax.Array) -> jax.Array:
     """x * sigmoid(x)."""
     return jax.nn.silu(x)
@@ -32,7 +38,8 @@ def relu(x: jax.Array) -> jax.Array:
     return jnp.maximum(x, 0)
 
 
-ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "silu": silu, "relu": relu}
+ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "gelu_tanh_truncated": gelu_tanh_truncated, "silu": silu,
+               "relu": relu}
 
 
 def _linear(params: dict, x: jax.Array, weight: str, bias: str, has_bias: bool) -> jax.Array:

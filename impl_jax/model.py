@@ -3,7 +3,7 @@
 Each layer is built from its plan (spec/plan.py); a config that needs a feature the twin
 does not compute (impl_jax/features.py) is refused with UnsupportedFeature, by name.
 
-    h = embed.tokens[tokens] (* sqrt(d_model)) (+ embed.positions[p])
+    h = embed_norm(embed.tokens[tokens]) (* sqrt(d_model)) (+ embed.positions[p])   (embed_norm: BLOOM)
     for each layer, by where its norms sit (the plan's `norms`, spec/MATH.md "Block"); a "moe"
     layer's mlp is the mixture of experts (impl_jax/moe.py):
         pre            h = h + attn(attn_norm(h));                  h = h + mlp(mlp_norm(h))
@@ -70,6 +70,8 @@ BACKEND = "jax"
 def embed(config: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Array) -> jax.Array:
     """tokens [B, S] -> [B, S, d_model]."""
     h = params["embed.tokens"][tokens]  # [B, S, d_model]
+    if config.embedding_norm:  # BLOOM's word_embeddings_layernorm, before any scale or position
+        h = apply_norm(config, params, "embed.norm", h)
     if config.embedding_scale == "sqrt_d_model":
         h = h * jnp.asarray(math.sqrt(config.d_model), h.dtype)
     if config.position == "learned":

@@ -25,6 +25,18 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
+# sqrt(2 / pi) = 0.7978845608028654..., as BLOOM's authors wrote it: Megatron-DeepSpeed
+# megatron/model/fused_bias_gelu.py `bias_gelu` (ParallelMLP's path unless --no-bias-gelu-fusion)
+# and transformers models/bloom/modeling_bloom.py `bloom_gelu_forward` both use 0.79788456.
+TRUNCATED_SQRT_2_OVER_PI = 0.79788456
+
+
+def gelu_tanh_truncated(x: np.ndarray) -> np.ndarray:
+    """BLOOM's tanh GELU, 0.5 x (1 + tanh(0.79788456 (x + 0.044715 x^3))): `gelu_tanh` with
+    sqrt(2/pi) truncated to 8 decimals (a relative change of 1e-10 inside the tanh)."""
+    return 0.5 * x * (1.0 + np.tanh(TRUNCATED_SQRT_2_OVER_PI * (x + 0.044715 * x**3)))
+
+
 def silu(x: np.ndarray) -> np.ndarray:
     """x * sigmoid(x), written to stay finite for large |x|."""
     return x * 0.5 * (1.0 + np.tanh(0.5 * x))
@@ -34,7 +46,8 @@ def relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0.0)
 
 
-ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "silu": silu, "relu": relu}
+ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "gelu_tanh_truncated": gelu_tanh_truncated, "silu": silu,
+               "relu": relu}
 
 
 def _linear(params: dict, x: np.ndarray, weight: str, bias: str, has_bias: bool) -> np.ndarray:

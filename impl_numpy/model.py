@@ -3,7 +3,8 @@
 Each layer is built from its plan (spec/plan.py); a config that needs a feature the golden
 does not compute (impl_numpy/features.py) is refused with UnsupportedFeature, by name.
 
-    h = embed.tokens[tokens] (* sqrt(d_model), Gemma) (+ embed.positions[p])
+    h = embed_norm(embed.tokens[tokens]) (* sqrt(d_model), Gemma) (+ embed.positions[p])
+                                               (embed_norm: BLOOM's embedding_norm; else none)
     for each layer, by the plan's norm placement (spec/MATH.md, "Block"); a "moe" layer's
     mlp is the mixture of experts (impl_numpy/moe.py):
         pre            h = h + attn(attn_norm(h));                 h = h + mlp(mlp_norm(h))
@@ -42,6 +43,8 @@ BACKEND = "numpy"
 def embed(config: ModelConfig, params: dict, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """tokens [B, S] -> [B, S, d_model]."""
     h = params["embed.tokens"][tokens]
+    if config.embedding_norm:  # BLOOM: the config's norm right after the lookup (spec/MATH.md, "Block")
+        h = apply_norm(config, params, "embed.norm", h)
     if config.embedding_scale == "sqrt_d_model":  # Gemma: the table itself stays unscaled for the head
         h = h * math.sqrt(config.d_model)  # a Python float: float32 params stay float32
     if config.position == "learned":

@@ -23,7 +23,16 @@ gelu_tanh = functools.partial(F.gelu, approximate="tanh")  # GPT-2's `gelu_new`
 silu = F.silu  # x * sigmoid(x)
 relu = F.relu
 
-ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "silu": silu, "relu": relu}
+
+def gelu_tanh_truncated(x: torch.Tensor) -> torch.Tensor:
+    """BLOOM's tanh GELU with sqrt(2/pi) written 0.79788456: transformers `bloom_gelu_forward`,
+    `x * 0.5 * (1.0 + tanh(0.79788456 * x * (1 + 0.044715 * x * x)))`, as Megatron-DeepSpeed's
+    fused `bias_gelu` (megatron/model/fused_bias_gelu.py) writes it."""
+    return x * 0.5 * (1.0 + torch.tanh(0.79788456 * x * (1.0 + 0.044715 * x * x)))
+
+
+ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "gelu_tanh_truncated": gelu_tanh_truncated, "silu": silu,
+               "relu": relu}
 
 
 class MLP(nn.Module):

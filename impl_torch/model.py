@@ -1,6 +1,6 @@
 """The decoder-only LM as an nn.Module, torch twin of impl_numpy/model.py.
 
-    h = embed.tokens[tokens] (* sqrt(d_model)) (+ embed.positions[p])
+    h = embed_norm(embed.tokens[tokens]) (* sqrt(d_model)) (+ embed.positions[p])   (embed_norm: BLOOM)
     for each layer:                      (the plan's `norms`, spec/MATH.md "Block")
         h = h + attn(attn_norm(h))           pre (GPT-2, LLaMA)
         h = h + attn_post_norm(attn(attn_norm(h)))   sandwich (Gemma 2/3)
@@ -58,7 +58,7 @@ def torch_name(canonical: str) -> tuple[str, bool]:
     [d_in, d_out] applied as x @ W (spec/params.py), hence the transpose of every projection.
     """
     prefix, _, leaf = canonical.rpartition(".")
-    if canonical.startswith("embed."):
+    if canonical in ("embed.tokens", "embed.positions"):
         return f"{canonical}.weight", False  # nn.Embedding weight [num, d_model], as canonical
     if ".mlp.experts." in canonical:
         return canonical, False  # a stacked Parameter [E, d_in, d_out], as canonical
@@ -78,6 +78,12 @@ class Embedding(nn.Module):
     sqrt(d_model) rounded to the model's dtype (HF `GemmaModel`: `normalizer =
     torch.tensor(hidden_size**0.5, dtype=hidden_states.dtype)`; Google's `gemma`:
     `x * jnp.sqrt(embed_dim).astype(x.dtype)`).
+
+    With embedding_norm (BLOOM) the config's norm `norm` (parameters `embed.norm.weight`,
+    `.bias`) normalises the looked-up embeddings first, before any scale or position
+    (transformers `BloomModel.forward`: `word_embeddings_layernorm(inputs_embeds)`;
+    Megatron-DeepSpeed `VocabParallelEmbedding.forward`: `self.norm(output)` inside the token
+    embedding, before `Embedding.forward` adds positions).
     """
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype, device=None):
@@ -86,10 +92,13 @@ class Embedding(nn.Module):
         self.tokens = nn.Embedding(config.vocab_size, config.d_model, **kw)
         learned = config.position == "learned"
         self.positions = nn.Embedding(config.max_seq_len, config.d_model, **kw) if learned else None
+        self.norm = Norm.of(config, dtype, device) if config.embedding_norm else None  # w = 1, b = 0 at first
         self.scale = config.d_model**0.5 if config.embedding_scale == "sqrt_d_model" else None
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         h = self.tokens(tokens)  # [B, S, d_model]
+        if self.norm is not None:
+            h = self.norm(h)
         if self.scale is not None:
             h = h * h.new_tensor(self.scale)  # a 0-d tensor: the scale rounded to h's dtype
         return h if self.positions is None else h + self.positions(positions)  # + [P, S, d_model]

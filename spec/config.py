@@ -25,7 +25,9 @@ Norm = Literal["layernorm", "rmsnorm"]
 # pre: x + f(norm(x)) (GPT-2, LLaMA).  sandwich: x + post_norm(f(pre_norm(x))) (Gemma 2/3).
 # post_sublayer: x + norm(f(x)), no input norm (OLMo 2's "reordered" norm).
 NormPlacement = Literal["pre", "sandwich", "post_sublayer"]
-Activation = Literal["gelu", "gelu_tanh", "silu", "relu"]
+# gelu_tanh_truncated: the tanh GELU with sqrt(2/pi) written 0.79788456 (BLOOM: Megatron-DeepSpeed's
+# fused bias_gelu, transformers' bloom_gelu_forward); spec/MATH.md, "Activations and MLP".
+Activation = Literal["gelu", "gelu_tanh", "gelu_tanh_truncated", "silu", "relu"]
 # plain: down(act(up(x))) (GPT-2).  gated: down(act(gate(x)) * up(x)) (SwiGLU, GeGLU).
 MlpKind = Literal["plain", "gated"]
 Position = Literal["learned", "rope", "alibi", "none"]

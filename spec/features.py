@@ -111,6 +111,8 @@ _FEATURES = [
     Feature("mlp.bias", ("mlp_bias",), lambda c: c.mlp_bias, "biases in the MLP"),
     Feature("activation.gelu", ("activation",), lambda c: c.activation == "gelu", "exact (erf) GELU"),
     Feature("activation.gelu_tanh", ("activation",), lambda c: c.activation == "gelu_tanh", "tanh GELU"),
+    Feature("activation.gelu_tanh_truncated", ("activation",), lambda c: c.activation == "gelu_tanh_truncated",
+            "tanh GELU with sqrt(2/pi) written 0.79788456 (BLOOM)"),
     Feature("activation.silu", ("activation",), lambda c: c.activation == "silu", "SiLU"),
     Feature("activation.relu", ("activation",), lambda c: c.activation == "relu", "ReLU"),
     Feature("moe.softmax_topk", ("mlp_pattern", "moe"), _moe(lambda m: m.router == "softmax_topk"),
@@ -165,13 +167,14 @@ MOE = (
 LLAMA4 = ("attn.qk_norm.l2", "attn.temperature")
 CORE = (
     "positions.learned", "positions.rope", "positions.alibi", "positions.alibi.geometric", "positions.none",
+    "embedding.norm",
     "rope.interleaved", "rope.partial", "rope.scaling.linear", "rope.scaling.llama3",
     "norm.layernorm", "norm.rmsnorm", "norm.without_weight", "norm.bias",
     "block.pre_norm", "block.parallel", "block.shared_norm",
     "attn.qkv_bias", "attn.out_bias", "attn.qkv_clip", "attn.sliding", "attn.chunked", "attn.nope_layers",
     "mlp.plain", "mlp.gated", "mlp.bias",
-    "activation.gelu", "activation.gelu_tanh", "activation.silu", "activation.relu",
-    "head.tied", "head.bias",
+    "activation.gelu", "activation.gelu_tanh", "activation.gelu_tanh_truncated", "activation.silu",
+    "activation.relu", "head.tied", "head.bias",
     *GEMMA_QWEN3_OLMO2, *MOE,
 )
 assert set(CORE) <= set(FEATURES), f"CORE names unknown features {set(CORE) - set(FEATURES)}"

@@ -14,6 +14,7 @@ name                                    shape                   present when
 ======================================  ======================  =============================
 embed.tokens                            [vocab, d_model]        always
 embed.positions                         [max_seq_len, d_model]  position == "learned"
+embed.norm.weight | .bias               [d_model]               embedding_norm, and norm_weight | norm_bias
 layers.{i}.attn_norm.weight | .bias     [d_model]               norm_weight | norm_bias
 layers.{i}.attn.wq                      [d_model, n_heads*hd]   always
 layers.{i}.attn.wk, attn.wv             [d_model, n_kv*hd]      always
@@ -49,7 +50,9 @@ A tied head computes ``logits = h @ embed.tokens.T``.  Where the norms of a laye
 (``norm_placement``): "pre" has ``attn_norm`` and ``mlp_norm``; "sandwich" (Gemma 2/3) adds
 ``attn_post_norm`` and ``mlp_post_norm``; "post_sublayer" (OLMo 2) has only the two post norms.
 The q/k norms are RMSNorms with a weight (spec/MATH.md, "QK norm"); a weightless norm config
-(``norm_weight=False``) has no norm weights at all, the q/k norms' included.
+(``norm_weight=False``) has no norm weights at all, the q/k norms' included.  ``embed.norm``
+(BLOOM's ``word_embeddings_layernorm``) is the config's norm applied to the token embeddings
+(spec/MATH.md, "Block"); the tied head reads ``embed.tokens`` itself, never normalised.
 
 Init
 ----
@@ -165,6 +168,8 @@ def _outside_shapes(config: ModelConfig) -> tuple[dict[str, tuple[int, ...]], di
     before: dict[str, tuple[int, ...]] = {"embed.tokens": (config.vocab_size, config.d_model)}
     if config.position == "learned":
         before["embed.positions"] = (config.max_seq_len, config.d_model)
+    if config.embedding_norm:
+        before |= _norm_shapes(config, "embed.norm")
     after = _norm_shapes(config, "final_norm")
     if not config.tie_embeddings:
         after["lm_head.weight"] = (config.d_model, config.vocab_size)
@@ -240,7 +245,7 @@ def _uniform(seed: int, name: str, shape: tuple[int, ...], std: float) -> np.nda
 def _std_of(config: ModelConfig, name: str, shape: tuple[int, ...]) -> tuple[float, float]:
     """(offset, std) of a parameter, following the init table of the module docstring."""
     leaf = name.rsplit(".", 1)[-1]
-    if name.startswith("embed."):
+    if name in ("embed.tokens", "embed.positions"):  # not embed.norm: a norm like the others
         return 0.0, EMBEDDING_STD
     if "norm" in name and leaf == "weight":
         return (0.0 if config.norm_unit_offset else 1.0), NORM_WEIGHT_STD

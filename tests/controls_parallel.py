@@ -1,6 +1,7 @@
 """The negative controls of issue 13's knobs (tests/controls.py runs them with the others):
-porting mistakes in parallel blocks and partial, interleaved rotary embeddings, each made
-through the config of the case it must fail.
+porting mistakes in parallel blocks and partial, interleaved rotary embeddings, and BLOOM's
+LayerNorm after the token embedding left out, each made through the config of the case it
+must fail.
 
 The case configs (conformance/cases.py) have head_dim 16, so Pythia's and GPT-J's quarter of a
 head rotates 4 dims (2 pairs); one pair short is a fraction of 0.125.
@@ -19,4 +20,9 @@ PARALLEL_CONTROLS: list[Control] = [
             "GPT-NeoX's attention and MLP run one after the other instead of side by side"),
     Control("pythia-160m", ConfigMistake("neox_attn_norm_reused", shared_attn_norm=True),
             "GPT-NeoX's MLP reading the attention's LayerNorm (GPT-J's block) instead of its own second one"),
+    # BLOOM's word_embeddings_layernorm loaded and never applied (its weights dropped with it).  Its
+    # other new knob, the tanh GELU's sqrt(2/pi) truncated to 0.79788456, has no control: the exact
+    # constant moves the logits by about 1e-10 relative, below what any float32 check resolves.
+    Control("bloom-560m", ConfigMistake("bloom_embedding_norm_dropped", embedding_norm=False),
+            "BLOOM without the LayerNorm after its token embedding (word_embeddings_layernorm)"),
 ]

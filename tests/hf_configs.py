@@ -69,6 +69,11 @@ VARIANTS = {
     "falcon-multi-head-tanh-gelu-narrow-mlp": tiny("falcon-7b", n_kv_heads=4, activation="gelu_tanh", d_ff=100),
     "falcon-new-architecture-one-norm-4-kv-heads": tiny("falcon-40b", shared_attn_norm=True, n_kv_heads=4,
                                                         rope_theta=50_000.0),
+    # BLOOM: an untied head (no bias) with eps 1e-6 and 4 heads (a power of two); 12 heads of 8
+    # (8 slopes, then 4 interleaved), a context of its own (seq_length)
+    "bloom-untied-eps-1e-6-4-heads": tiny("bloom-560m", tie_embeddings=False, norm_eps=1e-6),
+    "bloom-12-heads-of-8-context-200": tiny("bloom-176b", n_heads=12, n_kv_heads=12, head_dim=8, d_model=96,
+                                            d_ff=384, max_seq_len=200),
 }
 
 

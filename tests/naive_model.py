@@ -83,6 +83,7 @@ def _naive_act(name: str, x: np.ndarray) -> np.ndarray:
     f = {
         "gelu": lambda v: 0.5 * v * (1 + math.erf(v / math.sqrt(2))),
         "gelu_tanh": lambda v: 0.5 * v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3))),
+        "gelu_tanh_truncated": lambda v: 0.5 * v * (1 + math.tanh(0.79788456 * (v + 0.044715 * v**3))),  # BLOOM
         "silu": lambda v: v / (1 + math.exp(-v)),
         "relu": lambda v: max(v, 0.0),
     }[name]
@@ -231,8 +232,11 @@ def naive_forward(c: ModelConfig, p: dict, tokens: np.ndarray) -> np.ndarray:
     embed_scale = math.sqrt(c.d_model) if c.embedding_scale == "sqrt_d_model" else 1.0
     out = []
     for seq in tokens:
-        h = [p["embed.tokens"][t] * embed_scale + (p["embed.positions"][i] if c.position == "learned" else 0.0)
-             for i, t in enumerate(seq)]
+        # BLOOM's embedding norm acts on the looked-up row, before any scale or position
+        rows = [_naive_norm(c, p, "embed.norm", p["embed.tokens"][t]) if c.embedding_norm else p["embed.tokens"][t]
+                for t in seq]
+        h = [row * embed_scale + (p["embed.positions"][i] if c.position == "learned" else 0.0)
+             for i, row in enumerate(rows)]
         for layer in range(c.n_layers):
             P = f"layers.{layer}"
             kind = c.attn_pattern[layer % len(c.attn_pattern)]

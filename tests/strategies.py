@@ -5,7 +5,8 @@ combinations), odd sizes such as 5, 7 and 13, head counts that are not powers of
 per-layer attention patterns (global, sliding, chunked, RoPE-less global layers) whose windows
 and chunks are shorter than the drawn sequences, so that every mask rule cuts keys off.
 Gemma's, Qwen 3's and OLMo 2's knobs too: norm placements, (1 + w) norms, QK norms, softcaps
-small enough to bend the scores and logits, a query scale of its own, a local RoPE base.
+small enough to bend the scores and logits, a query scale of its own, a local RoPE base;
+BLOOM's norm after the token embedding and its truncated tanh GELU.
 A failing example prints as `ModelConfig(...)`, which can be pasted back into Python.
 
 `moe_configs()` draws the same configs with mixtures of experts (`moe_fields`): every routing
@@ -97,7 +98,7 @@ def configs(draw, max_seq_len: int = 32) -> ModelConfig:
         qkv_bias=draw(st.booleans()), attn_out_bias=draw(st.booleans()),
         qkv_clip=draw(st.sampled_from((None, 0.5))),
         mlp=mlp,
-        activation=draw(st.sampled_from(("gelu", "gelu_tanh", "silu", "relu"))),
+        activation=draw(st.sampled_from(("gelu", "gelu_tanh", "gelu_tanh_truncated", "silu", "relu"))),
         mlp_bias=draw(st.booleans()),
         tie_embeddings=draw(st.booleans()), lm_head_bias=draw(st.booleans()),
         norm_unit_offset=norm_weight and draw(st.booleans()),
@@ -105,6 +106,7 @@ def configs(draw, max_seq_len: int = 32) -> ModelConfig:
         parallel_residual=parallel, shared_attn_norm=parallel and draw(st.booleans()),
         qk_norm=draw(st.sampled_from(("none", "per_head", "per_projection"))),
         embedding_scale=draw(st.sampled_from(("none", "sqrt_d_model"))),
+        embedding_norm=draw(st.booleans()),  # BLOOM's norm after the token embedding
         query_scale_dim=draw(st.sampled_from((None, 3, 16))),
         attn_softcap=draw(st.sampled_from((None, 0.5, 5.0))),
         final_logit_softcap=draw(st.sampled_from((None, 0.5, 5.0))),

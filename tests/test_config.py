@@ -232,6 +232,7 @@ ACCEPTED = [
     dict(mlp="plain", activation="gelu_tanh"),
     dict(activation="relu"),
     dict(activation="gelu"),
+    dict(activation="gelu_tanh_truncated"),
     dict(attn_pattern=("global", "global")),
     dict(attn_pattern=("sliding", "global"), sliding_window=8),
     dict(attn_pattern=("chunked",), attn_chunk_size=8),

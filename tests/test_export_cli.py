@@ -16,7 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from lmref.convert.checkpoint import save_checkpoint  # noqa: E402
 from lmref.cli import main  # noqa: E402
-from lmref.spec import init_params, tiny  # noqa: E402
+from lmref.spec import RopeScaling, init_params, tiny  # noqa: E402
 from lmref.spec.outputs import MARKER  # noqa: E402
 
 ARCH = "llama2-70b"  # GQA with groups of 4; the other presets: tests/test_export_presets.py
@@ -108,10 +108,10 @@ def test_cuda_asked_for_where_onnxruntime_has_none(out, capsys):
 
 
 def test_unexportable_config_is_refused(tmp_path, capsys):
-    config = tiny("llama3", embedding_norm=True)  # a feature the export (and the torch twin) lacks
+    config = tiny("llama3", rope_scaling=RopeScaling(kind="dynamic", factor=2.0))  # a feature the export (and the torch twin) lacks
     save_checkpoint(tmp_path / "ckpt", config, init_params(config, 0))
     err = _error(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "o")], capsys)
-    assert "the onnx backend does not implement feature(s) of config 'llama3-tiny': embedding.norm" in err
+    assert "the onnx backend does not implement feature(s) of config 'llama3-tiny': rope.scaling.dynamic" in err
     assert not (tmp_path / "o").exists()
 
 

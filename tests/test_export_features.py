@@ -51,6 +51,11 @@ CONFIGS = [
     ModelConfig(name="alibi-6-heads", **(SIZES | dict(n_heads=6, n_kv_heads=3)), position="alibi",
                 attn_pattern=("sliding", "global"), sliding_window=4, norm="rmsnorm", mlp="gated",
                 activation="gelu_tanh"),
+    # BLOOM (issue 13): the LayerNorm after the token embedding, the tanh GELU with sqrt(2/pi)
+    # truncated, ALiBi, biases everywhere, a tied head
+    ModelConfig(name="alibi-embedding-norm-truncated-gelu", **(SIZES | dict(n_kv_heads=4)), position="alibi",
+                embedding_norm=True, norm="layernorm", norm_bias=True, qkv_bias=True, attn_out_bias=True,
+                mlp="plain", activation="gelu_tanh_truncated", mlp_bias=True, tie_embeddings=True),
     ModelConfig(name="no-positions", **SIZES, position="none", attn_pattern=("chunked", "global"),
                 attn_chunk_size=5, norm="rmsnorm", mlp="gated", activation="gelu"),
     # Gemma 2, Gemma 3 and OLMo 2's knobs (issue 11)
@@ -139,9 +144,9 @@ def test_a_feature_the_export_leaves_out_is_refused_by_name(monkeypatch, tmp_pat
 
 
 @pytest.mark.parametrize("changes, feature", [
-    (dict(embedding_norm=True), "embedding.norm"),
+    (dict(rope_scaling=RopeScaling(kind="dynamic", factor=2.0)), "rope.scaling.dynamic"),
     (dict(logit_scale=0.0625), "head.logit_scale"),
-], ids=["embedding_norm", "logit_scale"])
+], ids=["dynamic_rope", "logit_scale"])
 def test_a_feature_torch_lacks_is_refused_by_the_twin_and_the_export(changes, feature, tmp_path):
     config = tiny("llama3", **changes)
     params = init_params(config, 0)

@@ -20,7 +20,7 @@ from lmref.export.errors import ProviderError  # noqa: E402
 from lmref.export.features import FEATURES, check_exportable  # noqa: E402
 from lmref.export.runtime import CPU, CUDA, check_placement, node_providers, positions_from_mask  # noqa: E402
 from lmref.export.validate import default_prompt_len, golden_rows, left_padded_batch, run_graph  # noqa: E402
-from lmref.spec import PRESETS, init_params, tiny  # noqa: E402
+from lmref.spec import PRESETS, RopeScaling, init_params, tiny  # noqa: E402
 from lmref.spec.features import UnsupportedFeature, required_features  # noqa: E402
 from lmref.spec.plan import EMPTY_SLOT  # noqa: E402
 from tests.torch.helpers import assert_close  # noqa: E402
@@ -94,14 +94,14 @@ def test_every_preset_is_exportable():
 
 
 def test_a_feature_the_export_does_not_compute_is_refused():
-    # BLOOM's embedding norm is in the spec's vocabulary before the twin computes it: the
+    # Dynamic NTK RoPE scaling is in the spec's vocabulary before the twin computes it: the
     # export refuses it by name (UnsupportedFeature: the suite's NOT SUPPORTED).
-    config = tiny("llama3", embedding_norm=True)
-    message = r"the onnx backend does not implement feature\(s\) of config 'llama3-tiny': embedding\.norm"
+    config = tiny("llama3", rope_scaling=RopeScaling(kind="dynamic", factor=2.0))
+    message = r"the onnx backend does not implement feature\(s\) of config 'llama3-tiny': rope\.scaling\.dynamic"
     with pytest.raises(UnsupportedFeature, match=message) as refused:
         check_exportable(config)
-    assert refused.value.missing == ("embedding.norm",)
-    with pytest.raises(UnsupportedFeature, match="embedding.norm"):
+    assert refused.value.missing == ("rope.scaling.dynamic",)
+    with pytest.raises(UnsupportedFeature, match="rope.scaling.dynamic"):
         OnnxDecoder.from_canonical(config, init_params(tiny("llama3"), 0))
 
 

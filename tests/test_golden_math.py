@@ -389,6 +389,9 @@ VARIANTS = {f"tiny-{n}": tiny(n) for n in TINY} | {
     "linear-scaling-gelu-geglu": tiny("llama3", rope_scaling=RopeScaling(kind="linear", factor=3.0),
                                       activation="gelu", mlp_bias=True),
     "relu-plain-odd": tiny("gpt2", activation="relu", n_heads=5, n_kv_heads=5, d_model=80, d_ff=104),
+    # BLOOM's embedding norm before a scale and learned positions (the order of spec/MATH.md, "Block")
+    "embedding-norm-scaled-learned-rmsnorm": tiny("gpt2", embedding_norm=True, embedding_scale="sqrt_d_model",
+                                                  norm="rmsnorm", norm_bias=False, activation="gelu_tanh_truncated"),
 }
 
 
@@ -573,6 +576,8 @@ def test_capture_names_order_and_shapes(name):
         prev = captured[f"layers.{i}.out"]
     np.testing.assert_allclose(captured["final_norm"], apply_norm(c, p, "final_norm", prev), rtol=1e-14)
     expected_embed = p["embed.tokens"][tokens]
+    if c.embedding_norm:  # BLOOM: the norm right after the lookup
+        expected_embed = apply_norm(c, p, "embed.norm", expected_embed)
     if c.embedding_scale == "sqrt_d_model":  # Gemma
         expected_embed = expected_embed * math.sqrt(c.d_model)
     if c.position == "learned":

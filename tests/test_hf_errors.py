@@ -43,11 +43,11 @@ def _edit_weights(directory, edit) -> None:
 
 
 def test_unsupported_model_type_names_it_and_lists_the_supported(tmp_path):
-    _edit_config(_hf_dir(tmp_path, "gpt2"), lambda d: d.update(model_type="bloom"))
+    _edit_config(_hf_dir(tmp_path, "gpt2"), lambda d: d.update(model_type="rwkv"))
     with pytest.raises(ConversionError) as info:
         from_hf(tmp_path)
     message = str(info.value)
-    assert "'bloom'" in message and "config.json" in message
+    assert "'rwkv'" in message and "config.json" in message
     assert all(t in message for t in SUPPORTED_MODEL_TYPES)
 
 

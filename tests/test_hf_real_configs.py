@@ -64,6 +64,10 @@ REAL = {
     # Falcon's files, written from memory of the Hub's (no Hub access): model_type "falcon",
     # as tiiuae re-saved them for transformers' class (the RW keys n_head, n_layer, n_head_kv gone)
     "tiiuae--falcon-7b": "falcon-7b", "tiiuae--falcon-40b": "falcon-40b",
+    # BLOOM's files, written from memory of the Hub's (no Hub access), without the weights' prefix:
+    # bloom-560m and bloom-7b1 with hidden_size / n_head, bigscience/bloom (176B) with the older
+    # n_embed / num_attention_heads and pretraining_tp 4
+    "bigscience--bloom-560m": "bloom-560m", "bigscience--bloom-7b1": "bloom-7b1", "bigscience--bloom": "bloom-176b",
 }
 WITH_PRESET = sorted(name for name, preset in REAL.items() if preset)
 # Keys that never change the numbers, or that only one of two equivalent files spells out.
@@ -89,6 +93,11 @@ NOT_NUMERIC = {
     "for_llm_compressor",  # Llama 4's 4.51-era flag, read by neither 4.57 nor 5.23 (false on the Hub)
     # lmref's keys for its authors' objectives (convert/moe.py), which transformers never reads
     "lmref_moe_aux_loss", "lmref_moe_router_z_loss_coef",
+    # BLOOM's Megatron-DeepSpeed keys, which transformers keeps and never reads (convert/models/bloom.py
+    # IGNORED), its n_inner (the MLP is 4 d whatever it says), lmref's seq_length (BloomConfig holds
+    # no context), and pretraining_tp, which only acts with slow_but_exact (false in every file)
+    "masked_softmax_fusion", "attention_softmax_in_fp32", "bias_dropout_fusion", "skip_bias_add", "skip_bias_add_qkv",
+    "offset_alibi", "unk_token_id", "n_inner", "seq_length", "pretraining_tp",
 }
 
 

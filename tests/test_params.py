@@ -343,6 +343,7 @@ def _layouts(draw):
     if c.position != "learned" and draw(st.booleans()):
         changes["position"] = "learned"
         changes |= dict(rope_scaling=None, rope_theta_local=None) if c.position == "rope" else {}
+        changes |= dict(alibi_slopes="press") if c.position == "alibi" else {}
         changes |= dict(attn_pattern=tuple("global" if k == "global_nope" else k for k in c.attn_pattern))
     if draw(st.booleans()) and changes["n_layers"] >= 2:
         changes |= dict(mlp_pattern=("dense", "moe"), moe=MoEConfig(n_experts=4, n_experts_per_token=2),

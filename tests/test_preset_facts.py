@@ -244,3 +244,28 @@ def test_tiny_keeps_head_dim_apart_from_d_model_over_heads(name):
 
 def test_tiny_gemma2_27b_keeps_a_query_scale_apart_from_head_dim():
     assert (tiny("gemma2-27b").query_scale_dim, tiny("gemma2-27b").head_dim) == (18, 16)  # 144 / 128 = 18 / 16
+
+
+@pytest.mark.parametrize("name, d_model, n_layers, n_heads", [
+    ("bloom-560m", 1024, 24, 16), ("bloom-7b1", 4096, 30, 32), ("bloom-176b", 14336, 70, 112)])
+def test_bloom_facts(name, d_model, n_layers, n_heads):
+    c = get_preset(name)
+    assert (c.d_model, c.n_layers, c.n_heads, c.n_kv_heads, c.d_ff) == (d_model, n_layers, n_heads, n_heads, 4 * d_model)
+    assert (c.vocab_size, c.max_seq_len, c.position, c.alibi_max_bias) == (250880, 2048, "alibi", 8.0)
+    assert c.embedding_norm and c.embedding_scale == "none" and c.tie_embeddings and not c.lm_head_bias
+    assert c.norm == "layernorm" and c.norm_bias and c.norm_eps == 1e-5 and c.norm_placement == "pre"
+    assert c.qkv_bias and c.attn_out_bias and c.mlp_bias and not c.parallel_residual
+    assert c.activation == "gelu_tanh_truncated" and c.mlp == "plain"
+    shapes = param_shapes(c)
+    assert shapes["embed.norm.weight"] == shapes["embed.norm.bias"] == (d_model,)
+    assert "lm_head.weight" not in shapes and "embed.positions" not in shapes
+    assert tiny(name).embedding_norm  # the tiny model keeps the knob
+
+
+def test_bloom_176b_heads_take_the_interleaved_alibi_slopes():
+    """112 heads, not a power of two: 64 slopes of 64 heads, then 48 odd ones of 128 (Press et al.)."""
+    from lmref.impl_numpy.alibi import alibi_slopes
+
+    slopes = alibi_slopes(get_preset("bloom-176b").n_heads)
+    assert len(slopes) == 112 and slopes[0] == 2.0**-0.125 and slopes[63] == 2.0**-8
+    assert list(slopes[64:]) == [2.0 ** (-8 * h / 128) for h in range(1, 96, 2)]

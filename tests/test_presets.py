@@ -165,6 +165,13 @@ EXPECTED_COUNTS = {
     "phi-2": 2_779_683_840,
     "falcon-7b": 6_921_720_704,
     "falcon-40b": 41_303_293_952,
+    # BLOOM: exactly the model cards' totals, which are the checkpoints' tensors.  bloom-560m:
+    #   tokens 250880*1024 = 256,901,120 (tied head); embedding LayerNorm 2*1024
+    #   per layer: query_key_value 1024*3072 + 3072, dense 1024^2 + 1024, MLP 2*1024*4096 + 4096 + 1024,
+    #              2 LNs 4*1024 -> 12,596,224; 24 layers 302,309,376; ln_f 2*1024; total 559,214,592
+    "bloom-560m": 559_214_592,
+    "bloom-7b1": 7_069_016_064,
+    "bloom-176b": 176_247_271_424,
 }
 
 # Parameters one token runs through (the published "active" figures: Mixtral 12.9B / 39B,
@@ -229,6 +236,7 @@ EXPECTED_MODEL_TYPES = {
     "olmoe-1b-7b": "olmoe", "llama4-scout": "llama4_text", "llama4-maverick": "llama4_text",
     "pythia-160m": "gpt_neox", "pythia-1.4b": "gpt_neox", "pythia-6.9b": "gpt_neox", "gpt-neox-20b": "gpt_neox",
     "gptj-6b": "gptj", "phi-1.5": "phi", "phi-2": "phi", "falcon-7b": "falcon", "falcon-40b": "falcon",
+    "bloom-560m": "bloom", "bloom-7b1": "bloom", "bloom-176b": "bloom",
 }
 # The family modules of spec/presets/ (every module but the Preset class's own).
 FAMILY_MODULES = {m.name: importlib.import_module(f"lmref.spec.presets.{m.name}")

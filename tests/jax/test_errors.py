@@ -11,6 +11,7 @@ import pytest
 from lmref import impl_jax
 from lmref import impl_numpy
 from lmref.impl_jax.adapter import JaxAdapter
+from lmref.spec.config import RopeScaling
 from lmref.spec.errors import InputError, ParamsError
 from lmref.spec.features import UnsupportedFeature, missing_features
 from lmref.spec.params import init_params
@@ -114,8 +115,8 @@ def test_a_cache_of_another_batch_raises_the_golden_error():
     assert (type(got), str(got)) == (type(expected), str(expected))
 
 
-# BLOOM's embedding norm and Cohere's logit scale, which neither the golden nor the twin computes yet.
-UNSUPPORTED = tiny("gpt2", max_seq_len=16, embedding_norm=True, logit_scale=0.0625)
+# Dynamic NTK RoPE scaling and Cohere's logit scale, which neither the golden nor the twin computes yet.
+UNSUPPORTED = tiny("llama3", max_seq_len=16, rope_scaling=RopeScaling(kind="dynamic", factor=2.0), logit_scale=0.0625)
 
 
 def test_the_twin_declares_only_features_the_golden_computes():
@@ -127,7 +128,7 @@ def test_the_twin_declares_only_features_the_golden_computes():
 def test_a_missing_feature_is_refused_by_name_before_the_inputs_are_read(entry):
     _, twin = golden_and_jax(entry)
     missing = missing_features(UNSUPPORTED, impl_jax.FEATURES)
-    assert missing == ["embedding.norm", "head.logit_scale"]
+    assert missing == ["rope.scaling.dynamic", "head.logit_scale"]
     with pytest.raises(UnsupportedFeature) as info:
         twin(UNSUPPORTED, BAD_PARAMS["missing"], BAD_TOKENS["too-big"])  # the golden's order: features first
     assert isinstance(info.value, NotImplementedError)
@@ -136,10 +137,10 @@ def test_a_missing_feature_is_refused_by_name_before_the_inputs_are_read(entry):
 
 
 def test_the_traced_core_refuses_a_missing_feature_too():
-    with pytest.raises(UnsupportedFeature, match="embedding.norm"):
+    with pytest.raises(UnsupportedFeature, match="rope.scaling.dynamic"):
         impl_jax.forward_jit(UNSUPPORTED, impl_jax.from_canonical(PARAMS), GOOD)
 
 
 def test_the_adapter_reports_a_missing_feature_as_not_supported():
     with pytest.raises(NotImplementedError, match="head.logit_scale"):
-        JaxAdapter().forward(UNSUPPORTED, PARAMS, GOOD)
+        JaxAdapter().forward(UNSUPPORTED, init_params(UNSUPPORTED, 0), GOOD)
