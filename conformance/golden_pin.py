@@ -8,4 +8,4 @@ runs as a "custom golden store".  tests/test_verdicts_store.py checks that this 
 store.
 """
 
-MANIFEST_SHA256 = "30e15685f52db5bb47584e8220f68da06359fbf94b1c1b0463dfbd246a4898c2"
+MANIFEST_SHA256 = "47b3bddf18ce45377049780d6cdea1941a4709c56906271655e82c4c85438a11"
