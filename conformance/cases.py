@@ -7,6 +7,8 @@ Every arch gets the same four cases, built from `tiny(preset)` with arch-indepen
   decode-b2-p5-n6  a 5-token prompt, then 6 tokens one at a time through the KV cache
   long-b2-sN       the arch's hard part: long enough that the position scheme bends
                    (N > 2x a RoPE scaling's original context, ALiBi's small slopes add up)
+  decode-cross-b2-pP-n5  LongRoPE only: a prompt of P = O - 2 positions, then 5 steps that take
+                   the sequence past the original context O (the factors change under the cache)
 
 Rules that pick the data (flags, never preset names): an ALiBi model gets 6 heads, a
 non-power-of-two count where the slope formula has its special branch, with d_model and d_ff
@@ -30,6 +32,7 @@ from lmref.impl_numpy.moe import top_k
 from lmref.spec.captures import moe_layers
 from lmref.spec.config import ModelConfig
 from lmref.spec.params import init_params, uniform01
+from lmref.spec.plan import original_context
 from lmref.spec.presets import get_preset, tiny
 
 LONG_SEQ_LEN = 160
@@ -65,6 +68,33 @@ def long_seq_len(config: ModelConfig) -> int:
     return min(config.max_seq_len, LONG_SEQ_LEN)
 
 
+# LongRoPE's decode case: a prompt CROSS_BEFORE positions short of the original context O, then
+# CROSS_STEPS single steps, so that the cache is filled with the short factors and the third step
+# takes the sequence past O (spec/MATH.md, "LongRoPE": step t's logits are a prefill's of 0..t).
+CROSS_BEFORE, CROSS_STEPS = 2, 5
+
+
+def crossing_case(config: ModelConfig) -> list[CaseSpec]:
+    """The decode case that crosses a LongRoPE model's original context (none for other models)."""
+    o = original_context(config)
+    if o is None:
+        return []
+    prompt = o - CROSS_BEFORE
+    if prompt < 1 or prompt + CROSS_STEPS > config.max_seq_len:
+        raise ValueError(f"{config.name}: original context {o} leaves no room for a decode that crosses it "
+                         f"(prompt {prompt}, {CROSS_STEPS} steps, max_seq_len {config.max_seq_len})")
+    return [CaseSpec(f"decode-cross-b2-p{prompt}-n{CROSS_STEPS}", "decode", 2, prompt + CROSS_STEPS, seed=5,
+                     prompt_len=prompt, description=f"{prompt}-token prefill (short factors) then {CROSS_STEPS} "
+                     f"single-token steps past the original context {o}: the cache is recomputed")]
+
+
+def crosses_during_decode(config: ModelConfig, spec: CaseSpec) -> bool:
+    """Whether a decode case's steps take a LongRoPE sequence past its original context: its
+    decode logits are then not the whole sequence's prefill (spec/MATH.md, "LongRoPE")."""
+    o = original_context(config)
+    return o is not None and spec.prompt_len <= o < spec.seq
+
+
 def case_specs(config: ModelConfig) -> list[CaseSpec]:
     n = long_seq_len(config)
     return [
@@ -74,6 +104,7 @@ def case_specs(config: ModelConfig) -> list[CaseSpec]:
                  description="prefill, batch 3, odd length"),
         CaseSpec("decode-b2-p5-n6", "decode", 2, 11, seed=3, prompt_len=5,
                  description="5-token prefill then 6 single-token steps through the KV cache"),
+        *crossing_case(config),
         CaseSpec(f"long-b2-s{n}", "prefill", 2, n, seed=4,
                  description=f"{n} positions: RoPE scaling / ALiBi / learned positions far from 0"),
     ]
@@ -95,8 +126,9 @@ CANDIDATES, BLOCK = 256, 32
 def _row_cache(cache: KVCache, row: int, copies: int) -> KVCache:
     """A cache holding `copies` copies of batch row `row` of `cache`."""
     take = (lambda a: None if a is None else np.repeat(a[row : row + 1], copies, axis=0))  # [copies, T, kv, hd]
+    tokens = None if cache.tokens is None else np.repeat(cache.tokens[row : row + 1], copies, axis=0)  # [copies, T]
     return KVCache(keys=[take(k) for k in cache.keys], values=[take(v) for v in cache.values],
-                   positions=list(cache.positions), length=cache.length)
+                   positions=list(cache.positions), length=cache.length, tokens=tokens)
 
 
 def routed_tokens(arch: str, spec: CaseSpec, config: ModelConfig, params: dict,
@@ -169,6 +201,8 @@ def compute_case(arch: str, spec: CaseSpec) -> ComputedCase:
     forward_logits = impl_numpy.forward(config, params, tokens, capture=captured)
     logits = impl_numpy.decode(config, params, tokens, spec.prompt_len) if spec.kind == "decode" else forward_logits
     expected = {"logits": logits, "loss": np.array([impl_numpy.loss(config, params, tokens)])}  # [1]: safetensors has no 0-d
+    if spec.kind == "decode" and crosses_during_decode(config, spec):
+        expected["prefill_logits"] = forward_logits  # what forward gives; the decode's differ by definition
     if spec.capture:
         expected |= {f"capture.{name}": value for name, value in captured.items()}
     if routed:

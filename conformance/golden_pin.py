@@ -8,4 +8,4 @@ runs as a "custom golden store".  tests/test_verdicts_store.py checks that this 
 store.
 """
 
-MANIFEST_SHA256 = "1bbe63c91be4e3ad0737a097ca5ab7d1daff4140eade8ed6712baf952f6540c7"
+MANIFEST_SHA256 = "884ea6453f73ed066da950578b6d3c51663fa30a0531bd64d581400a10274b28"

@@ -6,7 +6,9 @@
                                        input shapes, expected names, tolerance overrides
       <arch>/<case>/inputs.safetensors tokens int64 [batch, seq]
       <arch>/<case>/expected.safetensors  float64: logits [batch, seq, vocab], loss [1],
-                                       capture.<name> [batch, seq, ...]
+                                       capture.<name> [batch, seq, ...]; a decode case whose
+                                       prefill differs (LongRoPE past its original context)
+                                       also prefill_logits [batch, seq, vocab]
 
 Weights are not stored: `spec.init_params(config, seed)` rebuilds them exactly on any
 machine.  Every read checks the file's sha256 against the manifest; a tampered, missing or
@@ -85,6 +87,13 @@ class GoldenCase:
     @property
     def tolerances(self) -> dict:
         return self.meta.get("tolerances", {})
+
+    @property
+    def prefill_logits(self) -> np.ndarray:
+        """What `forward` (one prefill of the whole sequence) must give: `logits`, but for a
+        LongRoPE decode case that crosses the original context, whose stored `logits` are the
+        decode's (each step a prefill of its prefix: spec/MATH.md "LongRoPE")."""
+        return self.expected.get("prefill_logits", self.expected["logits"])
 
     @property
     def captures(self) -> dict[str, np.ndarray]:
@@ -260,6 +269,8 @@ def case_meta(computed) -> dict:
         "inputs": {"tokens": list(computed.tokens.shape), "prompt_len": spec.prompt_len},
         "expected": {
             "logits": list(computed.expected["logits"].shape),
+            **({"prefill_logits": list(computed.expected["prefill_logits"].shape)}
+               if "prefill_logits" in computed.expected else {}),
             "loss": True,
             "captures": [k.removeprefix("capture.") for k in computed.expected if k.startswith("capture.")],
         },

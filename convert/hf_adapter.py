@@ -16,7 +16,8 @@ feature that type lacks raises `UnsupportedFeature` naming it (the type's featur
 convert/features.py); one with no type (hf_model_type None: OLMo with ALiBi has no
 transformers class), or one the type cannot express field by field (convert/fields.py
 `check_expressible`), raises NotImplementedError with the converter's reason.  The suite
-reports both as NOT SUPPORTED.  A training objective transformers' `labels=` loss is not (a
+reports both as NOT SUPPORTED, as it does a LongRoPE decode that crosses the original context
+(`check_crossing`: transformers' cache keeps what the short factors made).  A training objective transformers' `labels=` loss is not (a
 per-layer load-balancing loss, a router z-loss: spec/features.py OBJECTIVE) makes only `loss`
 NOT SUPPORTED; the forward is the same model, and the other checks run.  Needs torch and
 transformers (`pip install lmref[torch,hf]`).
@@ -35,12 +36,27 @@ from lmref.convert.hf import module_for, to_hf
 from lmref.spec.captures import capture_names, moe_layers
 from lmref.spec.config import ModelConfig
 from lmref.spec.features import OBJECTIVE, check_supported
+from lmref.spec.plan import original_context
 from transformers import AutoModelForCausalLM
 
 
 def check_features(config: ModelConfig, implemented: frozenset[str]) -> None:
     """UnsupportedFeature naming what `config` needs beyond `implemented`, of its hf type."""
     check_supported(config, f"hf ({config.hf_model_type})", implemented)
+
+
+def check_crossing(config: ModelConfig, prompt_len: int, total: int) -> None:
+    """NotImplementedError (NOT SUPPORTED) for a decode that takes a LongRoPE sequence from a
+    prompt within the original context O past it.  lmref's step t is a prefill of tokens 0..t
+    (spec/MATH.md, "LongRoPE"): past O every position rotates with the long factors.  transformers
+    switches the factors of the step's own positions only (`longrope_frequency_update`); its
+    cache keeps the keys and values the short factors made (measured: docs/huggingface.md)."""
+    o = original_context(config)
+    if o is not None and prompt_len <= o < total:
+        raise NotImplementedError(
+            f"transformers' cached decode keeps the keys and values of the {prompt_len}-token prompt computed with "
+            f"LongRoPE's short factors when the sequence grows past original_max_position_embeddings={o}; lmref's "
+            "decode equals a prefill of each prefix, which recomputes them with the long factors")
 
 
 def _recorder(captured: dict, name: str, index: int = 0):
@@ -110,7 +126,9 @@ class HFAdapter:
             return model(input_ids=torch.from_numpy(tokens)).logits.numpy()  # [B, S, V] float32
 
     def decode(self, config, params, tokens, prompt_len):
-        """Prefill `prompt_len` tokens, then one token per call through `past_key_values`."""
+        """Prefill `prompt_len` tokens, then one token per call through `past_key_values`; NOT
+        SUPPORTED for a LongRoPE decode that crosses the original context (`check_crossing`)."""
+        check_crossing(config, prompt_len, tokens.shape[1])
         model = self.build_model(config, params)
         ids = torch.from_numpy(tokens)
         with torch.no_grad():

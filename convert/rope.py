@@ -110,6 +110,22 @@ def agreed(cfg: HFConfig, given: list[tuple[str, object]], default: tuple[str, f
     return name, float(value)
 
 
+def rope_number(cfg: HFConfig, dicts: list[tuple[str, dict]], key: str, default: float) -> tuple[str, float]:
+    """(field, value) of `key` (rope_theta or partial_rotary_factor) as transformers 5.23 runs it
+    (phi, phi3).
+
+    `convert_rope_params_to_dict`: a `rope_scaling` dict replaces `rope_parameters` whole, so
+    then the latter's copy is never read (nor by 4.x); it must say the same or be absent."""
+    run = [(k, params) for k, params in dicts if k == "rope_scaling"] or dicts
+    field, value = agreed(cfg, stated(cfg, run, key, key), (key, default),
+                          "transformers 4.x reads the top-level field, 5.x the RoPE dicts first")
+    for name, ignored in stated(cfg, dicts, key, key):
+        if ignored != value:
+            cfg.fail(name, ignored, f"transformers ignores it (5.x reads rope_scaling over rope_parameters, 4.x "
+                     f"neither) and runs {value!r}")
+    return field, value
+
+
 def check_rotary_width(cfg: HFConfig, key: str, head_dim: int, fraction: float) -> None:
     """transformers rotates int(head_dim * fraction) dims (GPTNeoXAttention and PhiAttention
     `rotary_ndims`, their rotary embeddings' `dim`): an odd width makes it rotate one more dim than that, with

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from lmref.export.bundle import Bundle, open_bundle
+from lmref.export.decoder import present_names
 from lmref.export.errors import BundleError
-from lmref.export.runtime import CPU, CUDA, DecoderSession, default_provider, open_session
+from lmref.export.runtime import CPU, CUDA, DecoderSession, default_provider, next_outputs, open_session
 from lmref.spec.errors import InputError
 
 DEVICES = {"cpu": CPU, "cuda": CUDA}
@@ -36,8 +37,9 @@ def generate(session: DecoderSession, prompt: list[int], max_new_tokens: int, *,
     for i in range(max_new_tokens):
         token = int(next_token(torch.from_numpy(logits[:, -1]), temperature, top_k, top_p, generator)[0])
         out.append(token)
-        if i + 1 < max_new_tokens:
-            logits, past = session.step(np.array([[token]], np.int64), mask[:, : len(prompt) + i + 1], past)
+        if i + 1 < max_new_tokens:  # a LongRoPE step past the original context re-runs it all (next_outputs)
+            step = next_outputs(session, np.array([prompt + out], np.int64), mask[:, : len(prompt) + i + 1], past, 1)
+            logits, past = step["logits"], [step[name] for name in present_names(session.config.n_layers)]
     return out
 
 

@@ -33,6 +33,7 @@ from lmref.export.errors import ProviderError
 from lmref.spec.config import ModelConfig
 from lmref.spec.errors import InputError
 from lmref.spec.inputs import check_tokens
+from lmref.spec.plan import crosses_original_context
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 # Nodes that must run on the requested provider; the rest (Shape, Gather of sizes, ...) may not.
@@ -251,7 +252,30 @@ class DecoderSession:
         out = self.outputs(tokens[:, :prompt_len], mask[:, :prompt_len], self.empty_past(batch))
         steps = [out]
         for t in range(prompt_len, total):
-            out = self.outputs(tokens[:, t : t + 1], mask[:, : t + 1], [out[name] for name in presents])
+            out = next_outputs(self, tokens[:, : t + 1], mask[:, : t + 1], [out[name] for name in presents], 1)
             steps.append(out)
         return {name: np.concatenate([s[name] for s in steps], axis=1)  # [B, S, ...]
                 for name in steps[0] if name not in presents}
+
+
+def crosses(config: ModelConfig, attention_mask: np.ndarray, seq: int) -> bool:
+    """Whether a step of `seq` new tokens (attention_mask [B, P + S]) takes a row of a LongRoPE
+    model from a past of 1..O real tokens past its original context O: its cached keys and
+    values were computed with the short factors (spec/plan.py `crosses_original_context`,
+    spec/MATH.md "LongRoPE")."""
+    lengths = np.asarray(attention_mask).sum(axis=-1)  # [B]: each row's real tokens
+    before = lengths - np.asarray(attention_mask)[:, -seq:].sum(axis=-1)
+    return any(crosses_original_context(config, int(b), int(n)) for b, n in zip(before, lengths))
+
+
+def next_outputs(session, ids: np.ndarray, attention_mask: np.ndarray, past: list, seq: int) -> dict:
+    """`session.outputs` (a DecoderSession, or anything with its `outputs`, `empty_past` and
+    `config`) of the last `seq` of the tokens so far, ids [B, T] (attention_mask [B, T]), after
+    `past`; when the step `crosses` a LongRoPE model's original context, of all T tokens from an
+    empty past, every output but the presents cut to the last `seq` positions (the graph cannot
+    recompute a past it is given: its caller re-runs the sequence)."""
+    if not crosses(session.config, attention_mask, seq):
+        return session.outputs(ids[:, -seq:], attention_mask, past)
+    out = session.outputs(ids, attention_mask, session.empty_past(ids.shape[0]))
+    presents = set(present_names(session.config.n_layers))
+    return {name: value if name in presents else value[:, -seq:] for name, value in out.items()}

@@ -44,7 +44,7 @@ from lmref.conformance.tolerances import Tolerance, Tolerances
 from lmref.export.bundle import Bundle
 from lmref.export.decoder import present_names, window_pasts
 from lmref.export.routing import RoutingCheck, check_routing, routed_rows
-from lmref.export.runtime import DecoderSession, check_placement, end_profile, open_session
+from lmref.export.runtime import DecoderSession, check_placement, end_profile, next_outputs, open_session
 from lmref.spec.config import ModelConfig
 
 DEFAULT_PAD, DEFAULT_STEPS = 3, 8
@@ -135,7 +135,8 @@ def graph_rows(session: DecoderSession, batch: PaddedBatch) -> dict[str, list[np
     steps, out = [], prefill
     for t in range(batch.decode.shape[1]):
         mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int64)], axis=1)  # [B, T + 1]
-        out = session.outputs(batch.decode[:, t : t + 1], mask, [out[name] for name in presents])
+        ids = np.concatenate([batch.input_ids(), batch.decode[:, : t + 1]], axis=1)  # [B, T + 1]
+        out = next_outputs(session, ids, mask, [out[name] for name in presents], 1)
         steps.append(out)
     return {name: [np.concatenate([prefill[name][b, batch.width - len(p):], *(step[name][b] for step in steps)])
                    for b, p in enumerate(batch.prompts)]
@@ -149,13 +150,16 @@ def run_graph(session: DecoderSession, batch: PaddedBatch) -> list[np.ndarray]:
 
 def golden_rows(config: ModelConfig, params: dict, batch: PaddedBatch, captures: list[dict] | None = None
                 ) -> list[np.ndarray]:
-    """The float64 golden on each row alone: [len_b + steps, V] per row; `captures`, when
-    given, receives each row's captured intermediates (impl_numpy's capture)."""
+    """The float64 golden on each row alone, its prompt then one step per token (decode equals
+    a prefill of each prefix: spec/MATH.md "Decode"): [len_b + steps, V] per row; `captures`,
+    when given, receives each row's captured intermediates (impl_numpy's capture, of a prefill
+    of the whole row)."""
     rows = []
-    for b in range(len(batch.prompts)):
-        captured: dict = {}
-        rows.append(impl_numpy.forward(config, params, batch.row(b), capture=captured)[0])
+    for b, prompt in enumerate(batch.prompts):
+        rows.append(impl_numpy.decode(config, params, batch.row(b), len(prompt))[0])
         if captures is not None:
+            captured: dict = {}
+            impl_numpy.forward(config, params, batch.row(b), capture=captured)
             captures.append(captured)
     return rows
 

@@ -11,6 +11,10 @@ Each layer records its own positions, as the golden's cache does (impl_numpy/cac
 today every layer writes the same slots, but a layer with another buffer layout (a ring
 buffer for a sliding window) needs no other code in the attention.
 
+The cache keeps the token ids it took in (`tokens`): a LongRoPE step that takes the sequence
+past the original context changes the factors of every cached position, and `forward` then
+re-runs them from an empty cache (impl_jax/model.py, spec/MATH.md "LongRoPE").
+
 `dynamic_update_slice` clamps an offset that would run past the buffer instead of failing,
 so the host-side checks in `impl_jax.model.forward` refuse such a step before it is traced.
 """
@@ -35,13 +39,15 @@ class KVCache(NamedTuple):
     values: tuple[jax.Array, ...]
     positions: tuple[jax.Array, ...]
     length: jax.Array
+    tokens: jax.Array  # [B, max_seq_len] int32: the ids taken in, zeros after `length`
 
     @classmethod
     def empty(cls, config: ModelConfig, batch: int, dtype=jnp.float32) -> KVCache:
         shape = (batch, config.max_seq_len, config.n_kv_heads, config.head_dim)
         buffers = tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layers))
         slots = tuple(jnp.full(config.max_seq_len, EMPTY_SLOT, jnp.int32) for _ in range(config.n_layers))
-        return cls(keys=buffers, values=buffers, positions=slots, length=jnp.zeros((), jnp.int32))
+        return cls(keys=buffers, values=buffers, positions=slots, length=jnp.zeros((), jnp.int32),
+                   tokens=jnp.zeros((batch, config.max_seq_len), jnp.int32))
 
     @property
     def batch(self) -> int:
@@ -66,9 +72,11 @@ class KVCache(NamedTuple):
                              values=_replace_at(self.values, layer, new_v),
                              positions=_replace_at(self.positions, layer, new_positions))
 
-    def advance(self, n: int) -> KVCache:
-        """The cache after a forward of n new positions."""
-        return self._replace(length=self.length + n)
+    def take(self, tokens: jax.Array) -> KVCache:
+        """The cache after a forward of `tokens` [B, S]: their ids recorded, `length` moved on by S."""
+        zero = jnp.zeros((), self.length.dtype)
+        written = jax.lax.dynamic_update_slice(self.tokens, tokens.astype(jnp.int32), (zero, self.length))
+        return self._replace(tokens=written, length=self.length + tokens.shape[1])
 
 
 def _replace_at(items: tuple, i: int, item: object) -> tuple:

@@ -59,7 +59,7 @@ from lmref.spec.errors import InputError, ParamsError
 from lmref.spec.features import check_supported
 from lmref.spec.inputs import check_tokens
 from lmref.spec.params import check_params as check_param_names_and_shapes, param_shapes
-from lmref.spec.plan import LayerPlan, layer_plan
+from lmref.spec.plan import LayerPlan, crosses_original_context, layer_plan
 
 BACKEND = "jax"
 
@@ -169,7 +169,7 @@ def forward_core(config: ModelConfig, params: dict, tokens: jax.Array, cache: KV
     h = apply_norm(config, params, "final_norm", h)
     logits = head(config, params, h)
     if cache is not None:
-        cache = cache.advance(tokens.shape[1])
+        cache = cache.take(tokens)
     if captured is not None:
         captured |= {"final_norm": h, "logits": logits}
     return logits, cache, captured
@@ -230,15 +230,21 @@ def forward(config: ModelConfig, params: dict, tokens: object, cache: KVCache | 
     tokens = check_tokens(config, tokens, past_len=past)
     _check_cache_batch(cache, tokens)
     check_params(config, params)
+    seq = tokens.shape[1]
+    if cache is not None and crosses_original_context(config, past, past + seq):
+        # LongRoPE: the factors of every cached position change; re-run them (spec/MATH.md)
+        tokens = np.concatenate([np.asarray(cache.tokens[:, :past]), tokens], axis=1)  # [B, past + S]
+        cache = KVCache.empty(config, tokens.shape[0], cache.keys[0].dtype)
     logits, cache, captured = forward_jit(config, params, tokens, cache, capture is not None)
-    if capture is not None:
-        capture |= {name: captured[name] for name in capture_names(config)}  # jit returns keys sorted
-    return logits if cache is None else (logits, cache)
+    if capture is not None:  # jit returns keys sorted; a re-run's last S positions are the step's
+        capture |= {name: captured[name][:, -seq:] for name in capture_names(config)}
+    return logits[:, -seq:] if cache is None else (logits[:, -seq:], cache)
 
 
 def decode(config: ModelConfig, params: dict, tokens: object, prompt_len: int) -> jax.Array:
     """Logits [B, S, vocab]: one prefill of the first `prompt_len` tokens, then one token at a
-    time through the KV cache (teacher-forced).  Equal to `forward` on the whole sequence."""
+    time through the KV cache (teacher-forced).  Step t's logits are `forward`'s on tokens 0..t:
+    the whole sequence's but for LongRoPE (spec/MATH.md, "Decode")."""
     check_supported(config, BACKEND, FEATURES)
     tokens = check_tokens(config, tokens)
     if not 1 <= prompt_len <= tokens.shape[1]:

@@ -20,6 +20,11 @@ gathered at the (possibly traced) positions: an angle such as 1000 * inv_freq ro
 float32 would be off by ~3e-5 (Meta's `precompute_freqs_cis` also tabulates the context).
 Layers sharing a Rope share its table.  The table is cast to the activation dtype at use
 (HF `cos.to(x.dtype)`).
+
+LongRoPE (spec/MATH.md, "LongRoPE") has two tables, the short factors' and the long ones', cos
+and sin times the attention factor in both; a forward reads the long one for every position
+when its sequence, max(positions) + 1 (traced), is longer than the original context.  A
+decode step that crosses it re-runs the sequence (impl_jax/model.py `forward`).
 """
 
 from __future__ import annotations
@@ -57,8 +62,19 @@ def llama3_inv_freq(inv_freq: np.ndarray, s: RopeScaling) -> np.ndarray:
                      [inv_freq, inv_freq / s.factor], interpolated)
 
 
-def inv_freq(rope: Rope) -> np.ndarray:
-    """The [rotary_dim / 2] inverse frequencies of `rope`, scaling included."""
+def attention_factor(s: RopeScaling | None) -> float:
+    """LongRoPE's factor on cos and sin: `attention_factor`, else sqrt(1 + ln(factor) / ln(O))
+    (1 for factor <= 1; HF `_compute_longrope_parameters`); 1 for the other scalings."""
+    if s is None or s.kind != "longrope":
+        return 1.0
+    if s.attention_factor is not None:
+        return s.attention_factor
+    return 1.0 if s.factor <= 1 else math.sqrt(1 + math.log(s.factor) / math.log(s.original_max_seq_len))
+
+
+def inv_freq(rope: Rope, long: bool = False) -> np.ndarray:
+    """The [rotary_dim / 2] inverse frequencies of `rope`, scaling included; LongRoPE's divided
+    by the long factors (`long`) or the short ones (HF `_compute_longrope_parameters`)."""
     freqs = default_inv_freq(rope.theta, rope.rotary_dim)
     s = rope.scaling
     if s is None:
@@ -67,26 +83,43 @@ def inv_freq(rope: Rope) -> np.ndarray:
         return freqs / s.factor
     if s.kind == "llama3":
         return llama3_inv_freq(freqs, s)
+    if s.kind == "longrope":
+        return freqs / np.asarray(s.long_factor if long else s.short_factor, dtype=np.float64)
     raise NotImplementedError(f"rope_scaling.kind {s.kind!r}")  # the feature check refuses it first
 
 
 @functools.lru_cache(maxsize=32)
-def rope_table(rope: Rope, context: int) -> tuple[np.ndarray, np.ndarray]:
-    """(cos, sin), each [context, rotary_dim / 2] float64, read-only: row p is position p."""
-    angles = np.arange(context, dtype=np.float64)[:, None] * inv_freq(rope)[None, :]  # [context, r/2]
-    cos, sin = np.cos(angles), np.sin(angles)
+def rope_table(rope: Rope, context: int, long: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(cos, sin), each [context, rotary_dim / 2] float64, read-only: row p is position p, times
+    the attention factor (LongRoPE's; `long`: its long factors' table)."""
+    angles = np.arange(context, dtype=np.float64)[:, None] * inv_freq(rope, long)[None, :]  # [context, r/2]
+    scale = attention_factor(rope.scaling)
+    cos, sin = np.cos(angles) * scale, np.sin(angles) * scale
     cos.setflags(write=False)
     sin.setflags(write=False)
     return cos, sin
+
+
+def cos_sin(rope: Rope, positions: jax.Array, context: int, dtype) -> tuple[jax.Array, jax.Array]:
+    """cos, sin [S, r/2] in `dtype` at positions [S]; LongRoPE's from the long table when the
+    sequence, max(positions) + 1, is longer than the original context."""
+    cos_table, sin_table = rope_table(rope, context)
+    cos, sin = jnp.asarray(cos_table, dtype)[positions], jnp.asarray(sin_table, dtype)[positions]  # [S, r/2]
+    s = rope.scaling
+    if s is None or s.kind != "longrope":
+        return cos, sin
+    long_cos, long_sin = rope_table(rope, context, long=True)
+    is_long = positions.max() + 1 > s.original_max_seq_len  # traced: one branch-free choice
+    return (jnp.where(is_long, jnp.asarray(long_cos, dtype)[positions], cos),
+            jnp.where(is_long, jnp.asarray(long_sin, dtype)[positions], sin))
 
 
 def apply_rope(rope: Rope, x: jax.Array, positions: jax.Array, context: int) -> jax.Array:
     """Rotate x: [B, S, heads, head_dim] at positions: [S], each in [0, context) (RoPE on the
     first rotary_dim dims)."""
     r = rope.rotary_dim
-    cos_table, sin_table = rope_table(rope, context)
-    cos = jnp.asarray(cos_table, x.dtype)[positions][None, :, None, :]  # [1, S, 1, r/2]
-    sin = jnp.asarray(sin_table, x.dtype)[positions][None, :, None, :]
+    cos, sin = cos_sin(rope, positions, context, x.dtype)
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]  # [1, S, 1, r/2]
     rot, rest = x[..., :r], x[..., r:]
     if rope.layout == "halves":
         x1, x2 = rot[..., : r // 2], rot[..., r // 2 :]  # pair i is (x_i, x_{i + r/2})

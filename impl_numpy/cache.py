@@ -13,12 +13,14 @@ from lmref.spec.config import ModelConfig
 @dataclass
 class KVCache:
     """Per layer, keys and values [B, T, n_kv_heads, head_dim] and the positions [T] they were
-    computed at; `length` is the number of positions taken in (the next one's position)."""
+    computed at; `length` is the number of positions taken in (the next one's position), and
+    `tokens` their ids."""
 
     keys: list[np.ndarray | None] = field(default_factory=list)
     values: list[np.ndarray | None] = field(default_factory=list)
     positions: list[np.ndarray | None] = field(default_factory=list)
     length: int = 0
+    tokens: np.ndarray | None = None  # [B, length]: the token ids taken in (LongRoPE re-runs them)
 
     @classmethod
     def empty(cls, config: ModelConfig) -> KVCache:
@@ -40,3 +42,13 @@ class KVCache:
             positions = np.concatenate([self.positions[layer], positions])  # [T + S]
         self.keys[layer], self.values[layer], self.positions[layer] = k, v, positions
         return k, v, positions
+
+    def take_tokens(self, tokens: np.ndarray) -> None:
+        """Record the ids of a step's tokens [B, S] and move `length` on by S."""
+        self.tokens = tokens if self.tokens is None else np.concatenate([self.tokens, tokens], axis=1)
+        self.length += tokens.shape[1]
+
+    def refill(self, other: KVCache) -> None:
+        """Take `other`'s contents (a cache recomputed from scratch)."""
+        self.keys, self.values, self.positions = other.keys, other.values, other.positions
+        self.length, self.tokens = other.length, other.tokens

@@ -35,7 +35,7 @@ from lmref.spec.errors import InputError
 from lmref.spec.features import check_supported
 from lmref.spec.inputs import check_tokens
 from lmref.spec.params import check_params
-from lmref.spec.plan import LayerPlan, layer_plan
+from lmref.spec.plan import LayerPlan, crosses_original_context, layer_plan
 
 BACKEND = "numpy"
 
@@ -132,6 +132,8 @@ def forward(config: ModelConfig, params: dict, tokens: np.ndarray, *, cache: KVC
     if cache is not None and cache.batch not in (None, tokens.shape[0]):
         raise InputError(f"tokens have batch {tokens.shape[0]} but the KV cache holds batch {cache.batch}")
     check_params(config, params)
+    if cache is not None and crosses_original_context(config, past, past + tokens.shape[1]):
+        return rerun(config, params, tokens, cache, capture)
     positions = past + np.arange(tokens.shape[1])
     h = embed(config, params, tokens, positions)
     if capture is not None:
@@ -141,15 +143,29 @@ def forward(config: ModelConfig, params: dict, tokens: np.ndarray, *, cache: KVC
     h = apply_norm(config, params, "final_norm", h)
     logits = head(config, params, h)
     if cache is not None:
-        cache.length += tokens.shape[1]
+        cache.take_tokens(tokens)
     if capture is not None:
         capture |= {"final_norm": h, "logits": logits}
     return logits
 
 
+def rerun(config: ModelConfig, params: dict, tokens: np.ndarray, cache: KVCache, capture: dict | None) -> np.ndarray:
+    """The step's logits [B, S, vocab] when it takes a LongRoPE sequence past its original context
+    (spec/plan.py `crosses_original_context`): the cached tokens and the step's run again from an
+    empty cache, which `cache` then holds; `capture` gets the step's S positions."""
+    fresh, captured = KVCache.empty(config), ({} if capture is not None else None)
+    logits = forward(config, params, np.concatenate([cache.tokens, tokens], axis=1), cache=fresh, capture=captured)
+    cache.refill(fresh)
+    if capture is not None:
+        capture |= {name: value[:, -tokens.shape[1]:] for name, value in captured.items()}
+    return logits[:, -tokens.shape[1]:]
+
+
 def decode(config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int) -> np.ndarray:
     """Logits [B, S, vocab]: one prefill of the first `prompt_len` tokens, then one token at a
-    time through the KV cache (teacher-forced).  Equal to `forward` on the whole sequence."""
+    time through the KV cache (teacher-forced).  Step t's logits are those of `forward` on
+    tokens 0..t (spec/MATH.md, "Decode"): `forward` on the whole sequence but for LongRoPE,
+    whose factors depend on the sequence's length."""
     check_supported(config, BACKEND, FEATURES)
     tokens = check_tokens(config, tokens)
     if not 1 <= prompt_len <= tokens.shape[1]:

@@ -13,6 +13,13 @@ pair i by the angle p * inv_freq_i.  Which dims form pair i is the layout:
 Scalings (HF `modeling_rope_utils.py`): linear divides every frequency by `factor`;
 llama3 (Llama 3.1) keeps the high frequencies, divides the low ones by `factor` and
 interpolates between them (`_compute_llama3_parameters`).
+
+longrope (Phi-3 128k; spec/MATH.md, "LongRoPE") divides frequency i by short_factor[i] or
+long_factor[i]: the long factors for EVERY position of a sequence longer than the original
+context O, the short ones otherwise, and multiplies cos and sin by the attention factor.  The
+sequence's length is that of the positions seen, max(positions) + 1.  A decode step that
+takes the sequence past O changes the factors of every earlier position, so the cache is
+recomputed (impl_numpy/model.py `forward`, spec/plan.py `crosses_original_context`).
 """
 
 from __future__ import annotations
@@ -45,8 +52,34 @@ def llama3_inv_freq(inv_freq: np.ndarray, s: RopeScaling) -> np.ndarray:
     return np.where(in_band, smoothed, scaled)
 
 
-def inv_freq(rope: Rope) -> np.ndarray:
-    """The [rotary_dim / 2] inverse frequencies of `rope`, scaling included."""
+def is_longrope(rope: Rope | None) -> bool:
+    return rope is not None and rope.scaling is not None and rope.scaling.kind == "longrope"
+
+
+def longrope_inv_freq(rope: Rope, seq_len: int) -> np.ndarray:
+    """theta^(-2i/r) / factor_i, factor = long_factor when seq_len > original_max_seq_len, else
+    short_factor (HF `_compute_longrope_parameters`: `1 / (ext_factors * base**(2i/dim))`;
+    microsoft/Phi-3-mini-128k-instruct `Phi3LongRoPEScaledRotaryEmbedding`)."""
+    s = rope.scaling
+    factors = s.long_factor if seq_len > s.original_max_seq_len else s.short_factor
+    return default_inv_freq(rope.theta, rope.rotary_dim) / np.asarray(factors, dtype=np.float64)
+
+
+def attention_factor(s: RopeScaling | None) -> float:
+    """What cos and sin are multiplied by: LongRoPE's `attention_factor`, or when it is not
+    given sqrt(1 + ln(factor) / ln(original_max_seq_len)) (1 for factor <= 1), in both
+    regimes (HF `_compute_longrope_parameters`; Phi-3-mini-128k: sqrt(1 + ln 32 / ln 4096));
+    1 for every other scaling."""
+    if s is None or s.kind != "longrope":
+        return 1.0
+    if s.attention_factor is not None:
+        return s.attention_factor
+    return 1.0 if s.factor <= 1 else math.sqrt(1 + math.log(s.factor) / math.log(s.original_max_seq_len))
+
+
+def inv_freq(rope: Rope, seq_len: int | None = None) -> np.ndarray:
+    """The [rotary_dim / 2] inverse frequencies of `rope`, scaling included; LongRoPE's depend
+    on the length `seq_len` of the sequence."""
     freqs = default_inv_freq(rope.theta, rope.rotary_dim)
     s = rope.scaling
     if s is None:
@@ -55,15 +88,16 @@ def inv_freq(rope: Rope) -> np.ndarray:
         return freqs / s.factor
     if s.kind == "llama3":
         return llama3_inv_freq(freqs, s)
+    if s.kind == "longrope":
+        return longrope_inv_freq(rope, seq_len)
     raise NotImplementedError(f"rope_scaling.kind {s.kind!r}")  # the feature check refuses it first
 
 
-def apply_rope(rope: Rope, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Rotate x: [B, S, heads, head_dim] at positions: [S] (RoPE on the first rotary_dim dims)."""
+def rotate(rope: Rope, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate pair i of x: [B, S, heads, head_dim] by the angles whose cos, sin [S, r/2] are
+    given (the first rotary_dim dims; the rest pass through)."""
     r = rope.rotary_dim
-    angles = positions[:, None].astype(np.float64) * inv_freq(rope)[None, :]  # [S, r/2]
-    cos = np.cos(angles).astype(x.dtype)[None, :, None, :]  # [1, S, 1, r/2]
-    sin = np.sin(angles).astype(x.dtype)[None, :, None, :]
+    cos, sin = cos.astype(x.dtype)[None, :, None, :], sin.astype(x.dtype)[None, :, None, :]  # [1, S, 1, r/2]
     rot, rest = x[..., :r], x[..., r:]
     if rope.layout == "halves":
         x1, x2 = rot[..., : r // 2], rot[..., r // 2 :]  # pair i is (x_i, x_{i + r/2})
@@ -73,3 +107,13 @@ def apply_rope(rope: Rope, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
         pairs = np.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)  # [B, S, H, r/2, 2]
         rotated = pairs.reshape(rot.shape)  # [B, S, H, r]: re-interleave
     return np.concatenate([rotated, rest], axis=-1)
+
+
+def apply_rope(rope: Rope, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Rotate x: [B, S, heads, head_dim] at positions: [S] (RoPE on the first rotary_dim dims),
+    in a sequence of max(positions) + 1 positions; cos and sin times the attention factor."""
+    freqs = inv_freq(rope, int(positions.max()) + 1)
+    angles = positions[:, None].astype(np.float64) * freqs[None, :]  # [S, r/2]
+    scale = attention_factor(rope.scaling)
+    return rotate(rope, x, np.cos(angles) * scale, np.sin(angles) * scale)
+

@@ -33,6 +33,11 @@ sequence's length (the transient concat adds the step's S).  This is what HF's
 what the ONNX export's presents hold for sliding layers (export/decoder.py).  A window of 1
 keeps nothing (n = 0: each query sees itself only).
 
+The cache also keeps the token ids it took in (`tokens` [B, capacity]): a LongRoPE step that
+takes the sequence past the original context changes the factors of every cached position,
+and the model then re-runs them from an empty cache (`reset`; impl_torch/model.py, spec/MATH.md
+"LongRoPE").
+
 The positions are shared by the batch (the rows of a batch are not padded here); a padded
 batch goes through the export's concat cache (export/decoder.py), whose positions are per row.
 """
@@ -59,8 +64,8 @@ class KVCache:
     each static slot holds; `ring_positions` [n]: each ring slot's; `length` positions taken."""
 
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], positions: torch.Tensor,
-                 ring_positions: torch.Tensor, ring: frozenset[int]):
-        self.keys, self.values, self.positions = keys, values, positions
+                 ring_positions: torch.Tensor, ring: frozenset[int], tokens: torch.Tensor):
+        self.keys, self.values, self.positions, self.tokens = keys, values, positions, tokens
         self.ring_positions, self.ring = ring_positions, ring
         self.key_positions = positions[None]  # [1, capacity]: one view, handed to every static layer
         self.ring_read = ring_positions[None]  # [1, n + S]: the ring layers' key positions this step
@@ -82,7 +87,9 @@ class KVCache:
         positions = torch.full((capacity,), EMPTY_SLOT, dtype=torch.int64, device=device)
         n_ring = next((n for n in slots if n is not None), 0)  # one window per config: one n
         ring_positions = torch.full((n_ring,), EMPTY_SLOT, dtype=torch.int64, device=device)
-        return cls(keys, values, positions, ring_positions, frozenset(i for i, n in enumerate(slots) if n is not None))
+        tokens = torch.zeros((batch, capacity), dtype=torch.int64, device=device)
+        return cls(keys, values, positions, ring_positions, frozenset(i for i, n in enumerate(slots) if n is not None),
+                   tokens)
 
     @property
     def batch(self) -> int:
@@ -147,3 +154,30 @@ class KVCache:
 
     def advance(self, n: int) -> None:
         self.length += n
+
+    def take(self, tokens: torch.Tensor) -> None:
+        """After a forward of `tokens` [B, S]: record their ids and move `length` on by S."""
+        self.tokens[:, self.length : self.length + tokens.shape[1]] = tokens
+        self.advance(tokens.shape[1])
+
+    def reset(self) -> None:
+        """Empty: every slot at EMPTY_SLOT (the buffers' stale keys are then never visible)."""
+        self.positions.fill_(EMPTY_SLOT)
+        self.ring_positions.fill_(EMPTY_SLOT)
+        self.length = 0
+
+
+def rerun(model, tokens: torch.Tensor, cache: KVCache, capture: dict | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A step that takes a LongRoPE sequence past its original context (spec/plan.py
+    `crosses_original_context`) changes the factors of every cached position, and each layer's
+    keys and values depend on the layers below: `model` (a Transformer) runs the cached tokens
+    and the step's again from the emptied cache (spec/MATH.md, "LongRoPE").  The step's logits
+    [B, S, V] and router logits; `capture` gets the step's S positions."""
+    everything = torch.cat([cache.tokens[:, : cache.length], tokens], dim=1)  # [B, past + S]
+    cache.reset()
+    captured = {} if capture is not None else None
+    logits, routers = model(everything, cache=cache, capture=captured, output_router_logits=True)
+    seq = tokens.shape[1]
+    if capture is not None:
+        capture |= {name: value[:, -seq:] for name, value in captured.items()}
+    return logits[:, -seq:], [r[:, -seq:] for r in routers]

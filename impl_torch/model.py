@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmref.impl_torch.attention import ATTN_IMPLS, Attention, ScoreBiases, Step, kernel_of, softcap
-from lmref.impl_torch.cache import KVCache
+from lmref.impl_torch.cache import KVCache, rerun
 from lmref.impl_torch.features import FEATURES
 from lmref.impl_torch.inputs import check_tokens
 from lmref.impl_torch.mlp import MLP
@@ -42,7 +42,7 @@ from lmref.impl_torch.rope import rope_cos_sin
 from lmref.spec.config import ModelConfig
 from lmref.spec.features import check_supported
 from lmref.spec.params import check_params, param_shapes
-from lmref.spec.plan import LayerPlan, distinct_ropes, layer_plan
+from lmref.spec.plan import LayerPlan, crosses_original_context, distinct_ropes, layer_plan
 
 BACKEND = "torch"
 
@@ -258,10 +258,13 @@ class Transformer(nn.Module):
         tokens = check_tokens(self.config, tokens, past_len=past, device=self.device)
         if cache is not None:
             cache.check_room(*tokens.shape)
+            if crosses_original_context(self.config, past, past + tokens.shape[1]):
+                logits, routers = rerun(self, tokens, cache, capture)  # LongRoPE past O (spec/MATH.md)
+                return (logits, routers) if output_router_logits else logits
         positions = past + torch.arange(tokens.shape[1], device=self.device)[None]  # [1, S]
         logits, routers = self.logits_and_routers(tokens, positions, cache, capture)
         if cache is not None:
-            cache.advance(tokens.shape[1])
+            cache.take(tokens)
         return (logits, routers) if output_router_logits else logits
 
     def logits(self, tokens: torch.Tensor, positions: torch.Tensor, cache=None,
@@ -311,7 +314,8 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def decode(self, tokens, prompt_len: int) -> torch.Tensor:
         """Logits [B, S, vocab]: one prefill of the first `prompt_len` tokens, then one token at
-        a time through a KV cache (teacher-forced).  Equal to `forward` on the whole sequence."""
+        a time through a KV cache (teacher-forced).  Step t's logits are `forward`'s on tokens
+        0..t: the whole sequence's but for LongRoPE (spec/MATH.md, "Decode")."""
         tokens = check_tokens(self.config, tokens, device=self.device)
         if not 1 <= prompt_len <= tokens.shape[1]:
             raise ValueError(f"prompt_len must be in [1, {tokens.shape[1]}], got {prompt_len}")

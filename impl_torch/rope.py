@@ -10,6 +10,11 @@ by p * inv_freq_i.  Layouts:
   halves      (x_i, x_{i + r/2})   HF `rotate_half`, GPT-NeoX, HF LLaMA checkpoints
   interleaved (x_{2i}, x_{2i+1})   GPT-J `rotate_every_two`, Meta's original LLaMA code
 
+LongRoPE (spec/MATH.md, "LongRoPE") divides frequency i by the long factor for every position of
+a sequence longer than the original context O, by the short one otherwise, per row of the
+positions (a padded row's length is that of its real tokens), and scales cos and sin by the
+attention factor.  A decode step that crosses O re-runs the sequence (impl_torch/model.py).
+
 Everything is computed inside forward from the position ids (no cos/sin cache sized by the
 first input: such caches break ONNX export, see export/exporter.py).  The
 angles are computed in float32 (float64 for a float64 model) whatever the model's dtype,
@@ -52,8 +57,19 @@ def llama3_inv_freq(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
     return torch.where(in_band, smoothed, scaled)
 
 
+def attention_factor(s: RopeScaling | None) -> float:
+    """LongRoPE's factor on cos and sin: `attention_factor`, else sqrt(1 + ln(factor) / ln(O))
+    (1 for factor <= 1; HF `_compute_longrope_parameters`); 1 for the other scalings."""
+    if s is None or s.kind != "longrope":
+        return 1.0
+    if s.attention_factor is not None:
+        return s.attention_factor
+    return 1.0 if s.factor <= 1 else math.sqrt(1 + math.log(s.factor) / math.log(s.original_max_seq_len))
+
+
 def inv_freq(rope: Rope, dtype: torch.dtype, device) -> torch.Tensor:
-    """The [rotary_dim / 2] inverse frequencies of `rope`, scaling included."""
+    """The [rotary_dim / 2] inverse frequencies of `rope`, scaling included (LongRoPE's depend on
+    the sequence: `row_inv_freq`)."""
     freqs = default_inv_freq(rope.theta, rope.rotary_dim, dtype, device)
     s = rope.scaling
     if s is None:
@@ -65,12 +81,31 @@ def inv_freq(rope: Rope, dtype: torch.dtype, device) -> torch.Tensor:
     raise NotImplementedError(f"rope_scaling.kind {s.kind!r}")  # the feature check refuses it first
 
 
+def row_inv_freq(rope: Rope, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[P, 1, 1, r/2] inverse frequencies of each row of `positions` [P, S]: LongRoPE's
+    theta^(-2i/r) / factor_i with the long factors where the row's length max(positions) + 1
+    exceeds original_max_seq_len, else the short ones (HF `longrope_frequency_update`, per row;
+    the authors' `Phi3LongRoPEScaledRotaryEmbedding`); [1, 1, 1, r/2] for the other scalings."""
+    s = rope.scaling
+    if s is None or s.kind != "longrope":
+        return inv_freq(rope, dtype, positions.device)[None, None, None, :]
+    plain = default_inv_freq(rope.theta, rope.rotary_dim, dtype, positions.device)
+    short = plain / torch.tensor(s.short_factor, dtype=dtype, device=positions.device)
+    long = plain / torch.tensor(s.long_factor, dtype=dtype, device=positions.device)
+    is_long = (positions.amax(dim=-1) + 1 > s.original_max_seq_len)[:, None, None, None]  # [P, 1, 1, 1]
+    return torch.where(is_long, long, short)  # [P, 1, 1, r/2]
+
+
 def rope_cos_sin(rope: Rope, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [P, 1, S, r/2] of the angles at `positions` [P, S] (P is 1 or the batch)."""
+    """cos, sin [P, 1, S, r/2] of the angles at `positions` [P, S] (P is 1 or the batch),
+    times LongRoPE's attention factor."""
     compute = compute_dtype(dtype)
-    freqs = inv_freq(rope, compute, positions.device)  # [r/2]
+    freqs = row_inv_freq(rope, positions, compute)  # [P or 1, 1, 1, r/2]
     angles = positions.to(compute)[:, None, :, None] * freqs  # [P, 1, S, r/2]
-    return torch.cos(angles), torch.sin(angles)
+    scale = attention_factor(rope.scaling)
+    if scale == 1.0:
+        return torch.cos(angles), torch.sin(angles)
+    return torch.cos(angles) * scale, torch.sin(angles) * scale
 
 
 def apply_rope(rope: Rope, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -168,7 +168,7 @@ LLAMA4 = ("attn.qk_norm.l2", "attn.temperature")
 CORE = (
     "positions.learned", "positions.rope", "positions.alibi", "positions.alibi.geometric", "positions.none",
     "embedding.norm",
-    "rope.interleaved", "rope.partial", "rope.scaling.linear", "rope.scaling.llama3",
+    "rope.interleaved", "rope.partial", "rope.scaling.linear", "rope.scaling.llama3", "rope.scaling.longrope",
     "norm.layernorm", "norm.rmsnorm", "norm.without_weight", "norm.bias",
     "block.pre_norm", "block.parallel", "block.shared_norm",
     "attn.qkv_bias", "attn.out_bias", "attn.qkv_clip", "attn.sliding", "attn.chunked", "attn.nope_layers",

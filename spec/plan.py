@@ -107,3 +107,19 @@ def distinct_masks(config: ModelConfig) -> tuple[Mask, ...]:
 def distinct_ropes(config: ModelConfig) -> tuple[Rope, ...]:
     """The rotary embeddings the layers use, each once, in layer order."""
     return tuple(dict.fromkeys(layer.rope for layer in layer_plan(config) if layer.rope is not None))
+
+
+def original_context(config: ModelConfig) -> int | None:
+    """LongRoPE's original context O (spec/MATH.md, "LongRoPE"): a sequence longer than O rotates
+    every position with the long factors; None without LongRoPE."""
+    s = config.rope_scaling
+    return s.original_max_seq_len if config.position == "rope" and s is not None and s.kind == "longrope" else None
+
+
+def crosses_original_context(config: ModelConfig, past: int, total: int) -> bool:
+    """Whether a step taking a cached sequence from `past` positions to `total` changes LongRoPE's
+    factors under its cache: 0 < past <= O < total.  Every cached key and value was computed
+    with the short factors, and each layer's depend on the layers below, so no rotation of the
+    cached keys mends them: the backends re-run the whole sequence (decode equals prefill)."""
+    o = original_context(config)
+    return o is not None and 0 < past <= o < total

@@ -278,6 +278,10 @@ def _check_positions(c: ModelConfig) -> None:
         if not s.high_freq_factor >= s.low_freq_factor:  # equal: no band between the two (Llama 4 Scout)
             _fail("rope_scaling.high_freq_factor", f"must be at least low_freq_factor ({s.low_freq_factor})")
     if s.kind == "longrope":  # one factor per rotated pair (HF _compute_longrope_parameters)
+        # O picks the factors (spec/MATH.md, "LongRoPE") and its log divides the attention factor
+        if s.original_max_seq_len is None or s.original_max_seq_len < 2:
+            _fail("rope_scaling.original_max_seq_len",
+                  f"kind 'longrope' needs the original context, at least 2, got {s.original_max_seq_len!r}")
         for name in ("short_factor", "long_factor"):
             factors = getattr(s, name)
             if factors is None:

@@ -1,7 +1,7 @@
 """The negative controls of issue 13's knobs (tests/controls.py runs them with the others):
-porting mistakes in parallel blocks and partial, interleaved rotary embeddings, and BLOOM's
-LayerNorm after the token embedding left out, each made through the config of the case it
-must fail.
+porting mistakes in parallel blocks, partial, interleaved rotary embeddings and LongRoPE, and
+BLOOM's LayerNorm after the token embedding left out, each made through the config of the case
+it must fail.
 
 The case configs (conformance/cases.py) have head_dim 16, so Pythia's and GPT-J's quarter of a
 head rotates 4 dims (2 pairs); one pair short is a fraction of 0.125.
@@ -9,7 +9,22 @@ head rotates 4 dims (2 pairs); one pair short is a fraction of 0.125.
 
 from __future__ import annotations
 
+import dataclasses
+
 from tests.control_kinds import ConfigMistake, Control
+
+
+class LongRopeFactorsSwapped(ConfigMistake):
+    """Phi-3-mini-128k's short and long LongRoPE factors read the other way round (each list is
+    the other's config key), whatever the case's factors are."""
+
+    def __init__(self):
+        super().__init__("longrope_factors_swapped")
+
+    def adjust(self, config):
+        s = config.rope_scaling
+        return dataclasses.replace(config, rope_scaling=dataclasses.replace(
+            s, short_factor=s.long_factor, long_factor=s.short_factor))
 
 PARALLEL_CONTROLS: list[Control] = [
     Control("gptj-6b", ConfigMistake("gptj_rotary_halves", rope_layout="halves"),
@@ -25,4 +40,6 @@ PARALLEL_CONTROLS: list[Control] = [
     # constant moves the logits by about 1e-10 relative, below what any float32 check resolves.
     Control("bloom-560m", ConfigMistake("bloom_embedding_norm_dropped", embedding_norm=False),
             "BLOOM without the LayerNorm after its token embedding (word_embeddings_layernorm)"),
+    Control("phi-3-mini-128k", LongRopeFactorsSwapped(),
+            "Phi-3-mini-128k's short and long LongRoPE factors swapped"),
 ]

@@ -74,6 +74,14 @@ VARIANTS = {
     "bloom-untied-eps-1e-6-4-heads": tiny("bloom-560m", tie_embeddings=False, norm_eps=1e-6),
     "bloom-12-heads-of-8-context-200": tiny("bloom-176b", n_heads=12, n_kv_heads=12, head_dim=8, d_model=96,
                                             d_ff=384, max_seq_len=200),
+    # Phi-3: GQA, a tied head, 12 of 16 dims rotated (Phi-4-mini's partial_rotary_factor 0.75) with
+    # LongRoPE of its own factor and attention factor over O 8; no window, the tanh GELU
+    "phi3-gqa-tied-partial-longrope-own-attention-factor": tiny(
+        "phi-3-mini-128k", n_kv_heads=2, tie_embeddings=True, rope_fraction=0.75, attn_pattern=("global",),
+        sliding_window=None, rope_scaling=RopeScaling(
+            kind="longrope", factor=4.0, original_max_seq_len=8, attention_factor=1.25,
+            short_factor=(1.0, 1.5, 2.0, 2.5, 3.0, 4.0), long_factor=(1.1, 3.0, 9.0, 20.0, 40.0, 64.0))),
+    "phi3-window-3-tanh-gelu": tiny("phi-3-mini-4k", sliding_window=3, activation="gelu_tanh"),
 }
 
 

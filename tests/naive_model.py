@@ -90,11 +90,15 @@ def _naive_act(name: str, x: np.ndarray) -> np.ndarray:
     return np.array([f(float(v)) for v in x])
 
 
-def _naive_freqs(c: ModelConfig, local: bool) -> list[float]:
-    """Inverse frequencies of a layer: Gemma 3's local layers use their own base, unscaled."""
+def _naive_freqs(c: ModelConfig, local: bool, seq_len: int) -> list[float]:
+    """Inverse frequencies of a layer in a sequence of `seq_len`: Gemma 3's local layers use their
+    own base, unscaled; LongRoPE divides by the long factors past the original context."""
     if local:
         return [c.rope_theta_local ** (-(2 * i) / c.rope_dim) for i in range(c.rope_dim // 2)]
     s = c.rope_scaling
+    if s is not None and s.kind == "longrope":
+        factors = s.long_factor if seq_len > s.original_max_seq_len else s.short_factor
+        return [c.rope_theta ** (-(2 * i) / c.rope_dim) / factors[i] for i in range(c.rope_dim // 2)]
     if s is not None and s.kind == "llama3":
         return hf_llama3(c.rope_theta, c.rope_dim, s.factor, s.low_freq_factor, s.high_freq_factor,
                          s.original_max_seq_len)
@@ -102,12 +106,17 @@ def _naive_freqs(c: ModelConfig, local: bool) -> list[float]:
     return [c.rope_theta ** (-(2 * i) / c.rope_dim) / factor for i in range(c.rope_dim // 2)]
 
 
-def _naive_rope(c: ModelConfig, v: np.ndarray, pos: int, local: bool) -> np.ndarray:
+def _naive_rope(c: ModelConfig, v: np.ndarray, pos: int, local: bool, seq_len: int) -> np.ndarray:
     out = v.copy()
     r = c.rope_dim
-    for i, f in enumerate(_naive_freqs(c, local)):
+    s = c.rope_scaling
+    mscale = 1.0  # LongRoPE's attention factor on cos and sin
+    if s is not None and s.kind == "longrope" and not local:
+        mscale = s.attention_factor or (math.sqrt(1 + math.log(s.factor) / math.log(s.original_max_seq_len))
+                                        if s.factor > 1 else 1.0)
+    for i, f in enumerate(_naive_freqs(c, local, seq_len)):
         a, b = (i, i + r // 2) if c.rope_layout == "halves" else (2 * i, 2 * i + 1)
-        cos, sin = math.cos(pos * f), math.sin(pos * f)
+        cos, sin = mscale * math.cos(pos * f), mscale * math.sin(pos * f)
         out[a], out[b] = v[a] * cos - v[b] * sin, v[b] * cos + v[a] * sin
     return out
 
@@ -143,7 +152,7 @@ def _naive_attention(c: ModelConfig, p: dict, P: str, kind: str, x: list, slopes
         v = y[j * hd:(j + 1) * hd]
         if name != "v" and c.qk_norm == "per_head":
             v = _naive_qk_norm(c, p, f"{P}.attn.{name}_norm", v)
-        v = _naive_rope(c, v, pos, local) if name != "v" and rotate else v
+        v = _naive_rope(c, v, pos, local, len(x)) if name != "v" and rotate else v
         if name != "v" and rotate and c.qk_norm == "l2":  # Llama 4: after the RoPE, RoPE layers only
             v = v / math.sqrt(float(np.mean(v * v)) + c.norm_eps)
         if name == "q" and not rotate and c.attn_temperature_floor is not None:  # llama-models' NoPE layers

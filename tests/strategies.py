@@ -39,13 +39,26 @@ def rope_fields(draw) -> dict:
         rope_fraction=draw(st.sampled_from(fractions)),
         rope_theta=draw(st.sampled_from((10_000.0, 500_000.0))),
     )
-    scaling = draw(st.sampled_from((None, "linear", "llama3")))
+    scaling = draw(st.sampled_from((None, "linear", "llama3", "longrope")))
     if scaling == "linear":
         fields["rope_scaling"] = RopeScaling(kind="linear", factor=draw(st.sampled_from((2.0, 4.0))))
     elif scaling == "llama3":
         fields["rope_scaling"] = RopeScaling(kind="llama3", factor=8.0, low_freq_factor=1.0,
                                              high_freq_factor=4.0, original_max_seq_len=draw(st.sampled_from((8, 16, 64))))
+    elif scaling == "longrope":
+        fields["rope_scaling"] = draw(longrope(int(head_dim * fields["rope_fraction"]) // 2))
     return fields
+
+
+@st.composite
+def longrope(draw, pairs: int) -> RopeScaling:
+    """LongRoPE with random short and long factors (one per rotated pair), an original context
+    of 2 to 8 (below the drawn sequences' lengths, often: the long factors and a decode that
+    crosses it are drawn), the attention factor derived from `factor` or given."""
+    factors = st.lists(st.floats(1.0, 64.0, allow_nan=False), min_size=pairs, max_size=pairs).map(tuple)
+    return RopeScaling(kind="longrope", factor=draw(st.sampled_from((1.0, 4.0, 32.0))),
+                       original_max_seq_len=draw(st.integers(2, 8)), short_factor=draw(factors),
+                       long_factor=draw(factors), attention_factor=draw(st.sampled_from((None, 1.3))))
 
 
 @st.composite
@@ -143,9 +156,13 @@ def moe_fields(draw, n_layers: int) -> dict:
 
 @st.composite
 def moe_configs(draw, max_seq_len: int = 32) -> ModelConfig:
-    """`configs()` with mixtures of experts (`moe_fields`); no MLP biases (the experts have none)."""
+    """`configs()` with mixtures of experts (`moe_fields`); no MLP biases (the experts have none),
+    and no LongRoPE: its decode re-runs prefixes (spec/MATH.md "LongRoPE") whose routing margins
+    the MoE examples, checked on the whole sequence, do not cover."""
     config = draw(configs(max_seq_len))
-    return dataclasses.replace(config, mlp_bias=False, **draw(moe_fields(config.n_layers)))
+    longrope = config.rope_scaling is not None and config.rope_scaling.kind == "longrope"
+    return dataclasses.replace(config, mlp_bias=False, rope_scaling=None if longrope else config.rope_scaling,
+                               **draw(moe_fields(config.n_layers)))
 
 
 @st.composite

@@ -49,8 +49,8 @@ STARTS = [ModelConfig(**BASE).to_dict()] + [c.to_dict() for c in PRESETS.values(
     tiny(n).to_dict() for n in PRESETS] + [
     ModelConfig(**BASE, attn_pattern=("sliding", "global"), sliding_window=4,
                 mlp_pattern=("dense", "moe"), moe=MoEConfig(n_experts=4, n_experts_per_token=2)).to_dict(),
-    ModelConfig(**BASE, rope_scaling=RopeScaling(kind="longrope", factor=4.0, short_factor=(1.0, 1.0),
-                                                 long_factor=(2.0, 3.0))).to_dict(),
+    ModelConfig(**BASE, rope_scaling=RopeScaling(kind="longrope", factor=4.0, original_max_seq_len=8,
+                                                 short_factor=(1.0, 1.0), long_factor=(2.0, 3.0))).to_dict(),
 ]
 
 FIELDS = {cls: {f.name: f for f in dataclasses.fields(cls)} for cls in (ModelConfig, RopeScaling, MoEConfig)}

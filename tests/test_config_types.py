@@ -265,6 +265,14 @@ def test_longrope_factors_are_tuples_of_positive_numbers_one_per_pair(field, bad
         assert message.endswith(f", got {bad[index]!r}")
 
 
+@pytest.mark.parametrize("original", [None, 1])
+def test_longrope_needs_an_original_context_of_at_least_2(original):
+    """The original context O picks the factors (a sequence longer than O takes the long ones) and
+    ln(O) divides the default attention factor (spec/MATH.md, "LongRoPE")."""
+    assert config_error(**with_scaling(**(LONGROPE | {"original_max_seq_len": original}))) == (
+        f"rope_scaling.original_max_seq_len: kind 'longrope' needs the original context, at least 2, got {original!r}")
+
+
 @pytest.mark.parametrize("field,value,expected", [
     ("rope_scaling", dict(kind="linear", factor=2.0),
      "rope_scaling: must be a RopeScaling or None, got {'factor': 2.0, 'kind': 'linear'}"),

@@ -45,6 +45,12 @@ CONFIGS = [
                                          original_max_seq_len=8),
                 attn_pattern=("global", "sliding"), sliding_window=5, qkv_clip=0.5, norm="layernorm",
                 norm_bias=True, mlp="plain", activation="relu", mlp_bias=True, tie_embeddings=True),
+    # LongRoPE over O 8: the padded row (6 tokens) crosses O in its third decode step, the other
+    # (9) starts past it, so one graph call rotates the two rows with different factors
+    ModelConfig(name="longrope-partial-rows-in-two-regimes", **SIZES, position="rope", rope_fraction=0.5,
+                rope_scaling=RopeScaling(kind="longrope", factor=16.0, original_max_seq_len=8,
+                                         short_factor=(1.0, 2.0), long_factor=(3.0, 40.0)),
+                norm="rmsnorm", mlp="gated", activation="silu"),
     ModelConfig(name="learned-weightless-norm", **SIZES, position="learned", attn_pattern=("chunked", "sliding"),
                 attn_chunk_size=3, sliding_window=2, norm="layernorm", norm_weight=False, mlp="plain",
                 activation="gelu"),

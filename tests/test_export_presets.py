@@ -42,10 +42,11 @@ from lmref.spec.captures import moe_layers  # noqa: E402
 # top-4 of 16 experts, Qwen1.5-MoE's top-k without renormalisation and its gated shared
 # expert, Llama 4's sigmoid top-1 scaling the expert input, L2 QK norm and NoPE temperature;
 # GPT-J's parallel block on one norm, interleaved RoPE on a quarter of the head, head bias;
-# BLOOM's embedding LayerNorm and truncated tanh GELU);
+# BLOOM's embedding LayerNorm and truncated tanh GELU, Phi-3-mini-128k's LongRoPE);
 # every other preset under `make test-thorough`.
 FAST = ["gpt2", "llama3.1", "olmo", "mpt", "mistral-7b", "gemma2-27b", "gemma3-4b", "olmo2-7b", "dbrx",
-        "qwen1.5-moe-a2.7b", "llama4-scout", "gptj-6b", "bloom-560m"]
+        "qwen1.5-moe-a2.7b", "llama4-scout", "gptj-6b", "bloom-560m",
+        "phi-3-mini-128k"]
 SLOW = [name for name in PRESETS if name not in FAST]
 
 

@@ -392,6 +392,9 @@ VARIANTS = {f"tiny-{n}": tiny(n) for n in TINY} | {
     # BLOOM's embedding norm before a scale and learned positions (the order of spec/MATH.md, "Block")
     "embedding-norm-scaled-learned-rmsnorm": tiny("gpt2", embedding_norm=True, embedding_scale="sqrt_d_model",
                                                   norm="rmsnorm", norm_bias=False, activation="gelu_tanh_truncated"),
+    # LongRoPE past its original context (8 tokens > O = 4): the long factors, the attention factor
+    "longrope-past-its-context": tiny("phi-3-mini-128k", rope_scaling=dataclasses.replace(
+        tiny("phi-3-mini-128k").rope_scaling, original_max_seq_len=4)),
 }
 
 
@@ -515,6 +518,51 @@ def test_decode_with_an_explicit_cache_at_late_positions():
     assert cache.length == 12
     assert cache.keys[1].shape == (1, 12, c.n_kv_heads, c.head_dim)
     np.testing.assert_allclose(np.concatenate(parts, axis=1), full, rtol=1e-10, atol=1e-11)
+
+
+# --- LongRoPE (spec/MATH.md, "LongRoPE") ------------------------------------------------------------
+
+LONGROPE = tiny("phi-3-mini-128k")  # original context O = 32, factors 1.1 .. 64.8
+
+
+def test_longrope_switches_every_position_to_the_long_factors_past_the_original_context():
+    """A sequence of O tokens and one of O + 1 share their first O tokens, yet every position's
+    logits differ (the whole sequence rotates with the long factors); O - 1 and O agree."""
+    p, o = init_params(LONGROPE, 3), LONGROPE.rope_scaling.original_max_seq_len
+    tokens = tokens_for(LONGROPE, 1, o + 1, seed=3)
+    at_o, past_o = forward(LONGROPE, p, tokens[:, :o]), forward(LONGROPE, p, tokens)
+    np.testing.assert_allclose(forward(LONGROPE, p, tokens[:, : o - 1]), at_o[:, : o - 1], rtol=1e-10, atol=1e-11)
+    assert np.abs(past_o[:, 1:o] - at_o[:, 1:]).min(axis=-1).max() > 0  # every position moved
+    assert np.abs(past_o[:, :o] - at_o).max() > 0.1
+    np.testing.assert_allclose(past_o[:, 0], at_o[:, 0], rtol=1e-10, atol=1e-11)  # position 0 rotates by 0
+
+
+def test_longrope_rotation_is_the_published_formula():
+    """inv_freq_i = theta^(-2i/r) / factor_i (long past O), cos and sin times
+    sqrt(1 + ln(factor) / ln(O)) (HF `_compute_longrope_parameters`), on one vector."""
+    s, rope = LONGROPE.rope_scaling, layer_plan(LONGROPE)[0].rope
+    x = np.random.default_rng(0).normal(size=(1, 1, 1, LONGROPE.head_dim))
+    for length, factors in ((s.original_max_seq_len, s.short_factor), (s.original_max_seq_len + 1, s.long_factor)):
+        pos = length - 1
+        freqs = default_inv_freq(LONGROPE.rope_theta, LONGROPE.rope_dim) / np.array(factors)
+        scale = math.sqrt(1 + math.log(s.factor) / math.log(s.original_max_seq_len))
+        half = LONGROPE.rope_dim // 2
+        a, b = x[..., :half], x[..., half:]
+        cos, sin = np.cos(pos * freqs) * scale, np.sin(pos * freqs) * scale
+        expected = np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+        got = apply_rope(rope, np.repeat(x, length, axis=1), np.arange(length))[:, -1:]  # the last of `length`
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("prompt_len", [1, 29, 30, 33])
+def test_longrope_decode_is_a_prefill_of_each_prefix(prompt_len):
+    """Step t's logits are a prefill's of tokens 0..t; the step that crosses O re-runs the
+    sequence (a rotation of the cached keys would mend the first layer only)."""
+    p, o = init_params(LONGROPE, 5), LONGROPE.rope_scaling.original_max_seq_len
+    tokens = tokens_for(LONGROPE, 2, o + 4, seed=5)
+    expected = np.concatenate([forward(LONGROPE, p, tokens[:, :prompt_len])] + [
+        forward(LONGROPE, p, tokens[:, : t + 1])[:, -1:] for t in range(prompt_len, o + 4)], axis=1)
+    np.testing.assert_allclose(decode(LONGROPE, p, tokens, prompt_len), expected, rtol=1e-10, atol=1e-11)
 
 
 def test_decode_rejects_a_bad_prompt_len():

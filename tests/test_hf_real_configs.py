@@ -68,6 +68,10 @@ REAL = {
     # bloom-560m and bloom-7b1 with hidden_size / n_head, bigscience/bloom (176B) with the older
     # n_embed / num_attention_heads and pretraining_tp 4
     "bigscience--bloom-560m": "bloom-560m", "bigscience--bloom-7b1": "bloom-7b1", "bigscience--bloom": "bloom-176b",
+    # Phi-3-mini's files (no Hub access): the 4k one as a repository vendoring it quotes it; the
+    # 128k one from the Hub page's head (to the first 31 long factors) and Microsoft's quoted
+    # factor lists (spec/presets/phi3.py), its other keys spelled as the 4k file's
+    "microsoft--Phi-3-mini-4k-instruct": "phi-3-mini-4k", "microsoft--Phi-3-mini-128k-instruct": "phi-3-mini-128k",
 }
 WITH_PRESET = sorted(name for name, preset in REAL.items() if preset)
 # Keys that never change the numbers, or that only one of two equivalent files spells out.
@@ -138,10 +142,20 @@ def test_transformers_builds_the_tensors_lmref_maps(name):
     assert sum(math.prod(shape) for shape in built.values()) == param_count(config)
 
 
+# Keys one type keeps but never reads: Phi-3-mini-4k's `attention_bias` (Phi3Attention's
+# projections are bias=False whatever it says; a numeric key for llama-style types)
+NOT_NUMERIC_BY_TYPE = {"phi3": {"attention_bias"}}
+
+
 def _numeric(data: dict) -> dict:
     """The config as transformers reads it, minus NOT_NUMERIC (in DBRX's sub-configs too)."""
     read = transformers.AutoConfig.for_model(**for_transformers5(data)).to_dict()
-    return _without_not_numeric(read)
+    ignored = set(NOT_NUMERIC_BY_TYPE.get(data.get("model_type"), set()))
+    if (read.get("sliding_window") or 0) >= read.get("max_position_embeddings", float("inf")):
+        # a window that never cuts inside the context (Phi-3-mini-128k's 262144): lmref reads it as
+        # none and writes null, the same causal mask (tests/test_hf_phi3.py)
+        read["sliding_window"] = None
+    return _without_not_numeric({k: v for k, v in read.items() if k not in ignored})
 
 
 def _without_not_numeric(data: dict) -> dict:

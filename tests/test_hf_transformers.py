@@ -211,7 +211,7 @@ def test_transformers_loss_is_the_goldens_mean_next_token_cross_entropy(tmp_path
 @pytest.mark.parametrize("model_type", ["gpt2", "llama", "olmo", "mpt", "mistral", "qwen2", "qwen3", "olmo2",
                                         "gemma", "gemma2", "gemma3_text", "mixtral", "dbrx", "qwen2_moe",
                                         "qwen3_moe", "olmoe", "llama4_text", "gptj", "gpt_neox", "phi",
-                                        "falcon", "bloom"])
+                                        "falcon", "bloom", "phi3"])
 def test_a_config_json_without_fields_means_the_class_defaults(model_type):
     """lmref reads a field a config.json leaves out as transformers' class default: the config of
     `{"model_type": T}` equals the config of transformers' full default config of that type."""

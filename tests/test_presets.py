@@ -172,6 +172,11 @@ EXPECTED_COUNTS = {
     "bloom-560m": 559_214_592,
     "bloom-7b1": 7_069_016_064,
     "bloom-176b": 176_247_271_424,
+    # Phi-3-mini (keras-hub's phi3 presets: 3,821,079,552): tokens and head 2 * 32064 * 3072; per
+    # layer qkv 3 * 3072^2, o 3072^2, gate_up 2 * 3072 * 8192, down 8192 * 3072, two norms 2 * 3072
+    # -> 113,252,352; final norm 3072.  The 128k model adds only LongRoPE's factors, no tensors.
+    "phi-3-mini-4k": 3_821_079_552,
+    "phi-3-mini-128k": 3_821_079_552,
 }
 
 # Parameters one token runs through (the published "active" figures: Mixtral 12.9B / 39B,
@@ -237,6 +242,7 @@ EXPECTED_MODEL_TYPES = {
     "pythia-160m": "gpt_neox", "pythia-1.4b": "gpt_neox", "pythia-6.9b": "gpt_neox", "gpt-neox-20b": "gpt_neox",
     "gptj-6b": "gptj", "phi-1.5": "phi", "phi-2": "phi", "falcon-7b": "falcon", "falcon-40b": "falcon",
     "bloom-560m": "bloom", "bloom-7b1": "bloom", "bloom-176b": "bloom",
+    "phi-3-mini-4k": "phi3", "phi-3-mini-128k": "phi3",
 }
 # The family modules of spec/presets/ (every module but the Preset class's own).
 FAMILY_MODULES = {m.name: importlib.import_module(f"lmref.spec.presets.{m.name}")
@@ -310,8 +316,14 @@ def test_tiny_keeps_every_flag(name):
         assert small.rope_scaling is None
     else:
         for f in dataclasses.fields(RopeScaling):
-            if f.name != "original_max_seq_len":
+            if f.name not in ("original_max_seq_len", "short_factor", "long_factor"):
                 assert getattr(small.rope_scaling, f.name) == getattr(base.rope_scaling, f.name), f.name
+        for name in ("short_factor", "long_factor"):  # LongRoPE: one per rotated pair, the ends kept
+            factors, kept = getattr(base.rope_scaling, name), getattr(small.rope_scaling, name)
+            assert (factors is None) == (kept is None), name
+            if factors is not None:
+                assert len(kept) == small.rope_dim // 2 and set(kept) <= set(factors), name
+                assert (kept[0], kept[-1]) == (factors[0], factors[-1]), name
     for knob in ("sliding_window", "attn_chunk_size", "query_scale_dim", "qkv_clip",
                  "attn_temperature_floor"):  # shrunk, never dropped
         assert (getattr(small, knob) is None) == (getattr(base, knob) is None), knob

@@ -37,7 +37,7 @@ from lmref.convert.fields import (
 )
 from lmref.convert.layout import Entry, linear, same
 from lmref.convert.rope import (
-    DEFAULT_THETA, agreed, agreed_scaling, check_rotary_width, rope_scaling_rule, rope_to_hf, stated,
+    DEFAULT_THETA, agreed_scaling, check_rotary_width, rope_number, rope_scaling_rule, rope_to_hf,
 )
 from lmref.spec.config import ModelConfig, RopeScaling
 from lmref.spec.features import declare
@@ -113,21 +113,6 @@ def rope_fields(cfg: HFConfig, head_dim: int, max_seq_len: int) -> tuple[float, 
     # PhiAttention.rotary_ndims = int(head_dim * factor): even, and what lmref's rope_dim rotates
     check_rotary_width(cfg, fraction_key, head_dim, fraction)
     return theta, fraction, agreed_scaling(cfg, dicts, max_seq_len, theta)
-
-
-def rope_number(cfg: HFConfig, dicts: list[tuple[str, dict]], key: str, default: float) -> tuple[str, float]:
-    """(field, value) of `key` (rope_theta or partial_rotary_factor) as transformers 5.23 runs it.
-
-    `convert_rope_params_to_dict`: a `rope_scaling` dict replaces `rope_parameters` whole, so
-    then the latter's copy is never read (nor by 4.x); it must say the same or be absent."""
-    run = [(k, params) for k, params in dicts if k == "rope_scaling"] or dicts
-    field, value = agreed(cfg, stated(cfg, run, key, key), (key, default),
-                          "transformers 4.x reads the top-level field, 5.x the RoPE dicts first")
-    for name, ignored in stated(cfg, dicts, key, key):
-        if ignored != value:
-            cfg.fail(name, ignored, f"transformers ignores it (5.x reads rope_scaling over rope_parameters, 4.x "
-                     f"neither) and runs {value!r}")
-    return field, value
 
 
 def config_to_hf(c: ModelConfig) -> dict:

@@ -116,6 +116,11 @@ def _shrunk_knobs(base: ModelConfig, max_seq_len: int) -> dict:
         shrink = max_seq_len / base.max_seq_len
         changes["rope_scaling"] = dataclasses.replace(
             scaling, original_max_seq_len=max(1, round(scaling.original_max_seq_len * shrink)))
+    if scaling is not None and scaling.short_factor is not None:  # LongRoPE: one factor per rotated pair
+        pairs = int(TINY_HEAD_DIM * base.rope_fraction) // 2
+        changes["rope_scaling"] = dataclasses.replace(
+            changes.get("rope_scaling", scaling), short_factor=_spread(scaling.short_factor, pairs),
+            long_factor=_spread(scaling.long_factor, pairs))
     if base.sliding_window is not None:
         changes["sliding_window"] = min(base.sliding_window, TINY_WINDOW)
     if base.attn_chunk_size is not None:
@@ -127,6 +132,14 @@ def _shrunk_knobs(base: ModelConfig, max_seq_len: int) -> dict:
     if base.query_scale_dim is not None:  # the ratio to head_dim is what the scale changes
         changes["query_scale_dim"] = max(1, round(base.query_scale_dim * TINY_HEAD_DIM / base.head_dim))
     return changes
+
+
+def _spread(values: tuple[float, ...], n: int) -> tuple[float, ...]:
+    """n of `values`, evenly spaced from the first to the last (LongRoPE's factors for the tiny
+    head's n rotated pairs: the lowest and the highest frequency keep theirs)."""
+    if n == 1:
+        return values[:1]
+    return tuple(values[round(i * (len(values) - 1) / (n - 1))] for i in range(n))
 
 
 def tiny(config: ModelConfig | str, **overrides) -> ModelConfig:

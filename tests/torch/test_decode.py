@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from lmref import impl_numpy
 from lmref.impl_torch.attention import ATTN_IMPLS
 from lmref.spec.plan import EMPTY_SLOT
+from tests.decode_reference import chunkwise, stepwise
 from tests.torch.helpers import FLOAT64, assert_close, build, examples, float32_row, numpy64, params_of
 
 
@@ -18,12 +19,13 @@ def test_decode_step_by_step_equals_prefill(example, data):
     config, seed, tokens = example
     params = params_of(config, seed, tokens)
     prompt_len = data.draw(st.integers(1, tokens.shape[1]), label="prompt_len")
-    ref = impl_numpy.forward(config, params, tokens)
-    row = float32_row(config, params, tokens, ref)
+    ref = impl_numpy.decode(config, params, tokens, prompt_len)  # the prefill's but for LongRoPE
+    row = float32_row(config, params, tokens, impl_numpy.forward(config, params, tokens))
     for attn_impl in ATTN_IMPLS:
         model = build(config, params, torch.float32, attn_impl)
         decoded = numpy64(model.decode(tokens, prompt_len))
-        assert_close(decoded, numpy64(model(tokens)), row, f"float32 {attn_impl} decode vs prefill")
+        prefills = stepwise(lambda t: numpy64(model(t)), tokens, prompt_len)  # of each prefix
+        assert_close(decoded, prefills, row, f"float32 {attn_impl} decode vs prefill")
         assert_close(decoded, ref, row, f"float32 {attn_impl} decode vs golden")
 
 
@@ -37,7 +39,7 @@ def test_chunked_prefill_into_a_roomy_cache_equals_prefill(example, data):
     seq = tokens.shape[1]
     cuts = sorted(data.draw(st.sets(st.integers(1, seq - 1), max_size=3), label="cuts")) if seq > 1 else []
     note(f"chunks: {np.split(np.arange(seq), cuts)}")
-    ref = impl_numpy.forward(config, params, tokens)
+    ref = chunkwise(lambda t: impl_numpy.forward(config, params, t), tokens, cuts)  # the prefill's but for LongRoPE
     for attn_impl in ATTN_IMPLS:
         model = build(config, params, torch.float64, attn_impl)
         cache = model.new_cache(tokens.shape[0])
