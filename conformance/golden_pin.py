@@ -8,4 +8,4 @@ runs as a "custom golden store".  tests/test_verdicts_store.py checks that this 
 store.
 """
 
-MANIFEST_SHA256 = "30e15685f52db5bb47584e8220f68da06359fbf94b1c1b0463dfbd246a4898c2"
+MANIFEST_SHA256 = "230002ef92c34365c8414c2095b68b0b2c3e583e983df73c4c3da2f0122de2f8"

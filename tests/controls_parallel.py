@@ -1,6 +1,6 @@
 """The negative controls of issue 13's knobs (tests/controls.py runs them with the others):
-porting mistakes in parallel blocks and partial, interleaved rotary embeddings, each made
-through the config of the case it must fail.
+porting mistakes in parallel blocks and partial, interleaved rotary embeddings, and in PaLM's
+head and objective, each made through the config of the case it must fail.
 
 The case configs (conformance/cases.py) have head_dim 16, so Pythia's and GPT-J's quarter of a
 head rotates 4 dims (2 pairs); one pair short is a fraction of 0.125.
@@ -19,4 +19,8 @@ PARALLEL_CONTROLS: list[Control] = [
             "GPT-NeoX's attention and MLP run one after the other instead of side by side"),
     Control("pythia-160m", ConfigMistake("neox_attn_norm_reused", shared_attn_norm=True),
             "GPT-NeoX's MLP reading the attention's LayerNorm (GPT-J's block) instead of its own second one"),
+    Control("palm-8b", ConfigMistake("palm_logit_scale_dropped", logit_scale=1.0),
+            "PaLM's tied head without its d_model^-0.5 logit scale (a port that reads the head as any tied one)"),
+    Control("palm-8b", ConfigMistake("palm_logit_z_loss_dropped", logit_z_loss_coef=0.0),
+            "PaLM's training loss without its z-loss, 1e-4 log^2 Z (the cross-entropy alone)"),
 ]

@@ -16,7 +16,7 @@ import pytest
 from lmref.conformance.runner import NOT_SUPPORTED, PASS, run_check
 from lmref.conformance.store import GoldenStore
 from lmref.spec import features as vocabulary
-from lmref.spec.config import ModelConfig
+from lmref.spec.config import ModelConfig, RopeScaling
 from lmref.spec.features import (
     FEATURES, LABEL_FIELDS, SIZE_FIELDS, Feature, UnsupportedFeature, check_supported, declare, required_features,
 )
@@ -70,13 +70,14 @@ def test_every_stored_arch_is_computable_by_the_golden(arch):
 
 
 def test_unsupported_feature_names_every_missing_feature_and_its_field():
-    config = dataclasses.replace(tiny("llama3"), embedding_norm=True, logit_scale=0.0625)
+    yarn = RopeScaling(kind="yarn", factor=2.0, original_max_seq_len=16)
+    config = dataclasses.replace(tiny("llama3"), embedding_norm=True, rope_scaling=yarn)
     with pytest.raises(UnsupportedFeature) as info:
         check_supported(config, "numpy", declared("numpy"))
-    assert info.value.missing == ("embedding.norm", "head.logit_scale")
+    assert info.value.missing == ("rope.scaling.yarn", "embedding.norm")
     message = str(info.value)
     assert message.startswith("the numpy backend does not implement feature(s) of config 'llama3-tiny'")
-    assert "field embedding_norm" in message and "field logit_scale" in message
+    assert "field embedding_norm" in message and "field rope_scaling" in message
     assert isinstance(info.value, NotImplementedError)  # the suite's NOT SUPPORTED
 
 

@@ -11,6 +11,7 @@ import pytest
 from lmref import impl_jax
 from lmref import impl_numpy
 from lmref.impl_jax.adapter import JaxAdapter
+from lmref.spec.config import RopeScaling
 from lmref.spec.errors import InputError, ParamsError
 from lmref.spec.features import UnsupportedFeature, missing_features
 from lmref.spec.params import init_params
@@ -114,8 +115,9 @@ def test_a_cache_of_another_batch_raises_the_golden_error():
     assert (type(got), str(got)) == (type(expected), str(expected))
 
 
-# BLOOM's embedding norm and Cohere's logit scale, which neither the golden nor the twin computes yet.
-UNSUPPORTED = tiny("gpt2", max_seq_len=16, embedding_norm=True, logit_scale=0.0625)
+# YaRN and BLOOM's embedding norm, which neither the golden nor the twin computes yet.
+UNSUPPORTED = tiny("llama3", max_seq_len=16, embedding_norm=True,
+                   rope_scaling=RopeScaling(kind="yarn", factor=2.0, original_max_seq_len=8))
 
 
 def test_the_twin_declares_only_features_the_golden_computes():
@@ -127,7 +129,7 @@ def test_the_twin_declares_only_features_the_golden_computes():
 def test_a_missing_feature_is_refused_by_name_before_the_inputs_are_read(entry):
     _, twin = golden_and_jax(entry)
     missing = missing_features(UNSUPPORTED, impl_jax.FEATURES)
-    assert missing == ["embedding.norm", "head.logit_scale"]
+    assert missing == ["rope.scaling.yarn", "embedding.norm"]
     with pytest.raises(UnsupportedFeature) as info:
         twin(UNSUPPORTED, BAD_PARAMS["missing"], BAD_TOKENS["too-big"])  # the golden's order: features first
     assert isinstance(info.value, NotImplementedError)
@@ -141,5 +143,5 @@ def test_the_traced_core_refuses_a_missing_feature_too():
 
 
 def test_the_adapter_reports_a_missing_feature_as_not_supported():
-    with pytest.raises(NotImplementedError, match="head.logit_scale"):
-        JaxAdapter().forward(UNSUPPORTED, PARAMS, GOOD)
+    with pytest.raises(NotImplementedError, match="rope.scaling.yarn"):
+        JaxAdapter().forward(UNSUPPORTED, init_params(UNSUPPORTED, 0), GOOD)

@@ -12,6 +12,7 @@ from lmref import impl_numpy
 from lmref import impl_torch
 from lmref.impl_torch import KVCache, Transformer
 from lmref.spec import InputError, ParamsError, init_params, tiny
+from lmref.spec.config import RopeScaling
 from lmref.spec.features import UnsupportedFeature
 
 CONFIG = dataclasses.replace(tiny("llama3"), max_seq_len=8)
@@ -121,7 +122,7 @@ def test_unknown_dtype_and_kernel_are_refused():
 
 
 @pytest.mark.parametrize("changes, feature", [
-    (dict(logit_scale=0.0625), "head.logit_scale"),
+    (dict(rope_scaling=RopeScaling(kind="yarn", factor=2.0, original_max_seq_len=16)), "rope.scaling.yarn"),
     (dict(embedding_norm=True), "embedding.norm"),
 ])
 def test_a_feature_the_twin_lacks_is_refused_by_name(changes, feature):
