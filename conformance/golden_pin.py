@@ -8,4 +8,4 @@ runs as a "custom golden store".  tests/test_verdicts_store.py checks that this 
 store.
 """
 
-MANIFEST_SHA256 = "884ea6453f73ed066da950578b6d3c51663fa30a0531bd64d581400a10274b28"
+MANIFEST_SHA256 = "5beac1c0e971d0f93482c3a05c7b09ffaef114a53550c8d3126ae1d86d7275cf"

@@ -17,10 +17,12 @@ convert/features.py); one with no type (hf_model_type None: OLMo with ALiBi has 
 transformers class), or one the type cannot express field by field (convert/fields.py
 `check_expressible`), raises NotImplementedError with the converter's reason.  The suite
 reports both as NOT SUPPORTED, as it does a LongRoPE decode that crosses the original context
-(`check_crossing`: transformers' cache keeps what the short factors made).  A training objective transformers' `labels=` loss is not (a
-per-layer load-balancing loss, a router z-loss: spec/features.py OBJECTIVE) makes only `loss`
-NOT SUPPORTED; the forward is the same model, and the other checks run.  Needs torch and
-transformers (`pip install lmref[torch,hf]`).
+(`check_crossing`: transformers' cache keeps what the short factors made).  A mixture's training
+objective transformers' `labels=` loss is not (a per-layer load-balancing loss, a router z-loss:
+spec/features.py OBJECTIVE) makes only `loss` NOT SUPPORTED; the forward is the same model, and
+the other checks run.  (PaLM's logit z-loss, the other OBJECTIVE feature, is a field no type's
+config.json holds: a config with it is not expressible at all.)  Needs torch and transformers
+(`pip install lmref[torch,hf]`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ of experts' routing (the twin's "dense" dispatch: TopK of the router's scores, a
 every expert on every token), all inside the graph.  `moe.aux_loss` changes the training
 loss only, never the logits: the graph outputs each MoE layer's router logits, and the
 load-balancing loss is computed from them outside the graph, as the cross-entropy is from
-the logits (export/onnx_adapter.py's loss).  tests/test_export_features.py exports a config for every torch feature and
+the logits (export/onnx_adapter.py's loss), and so is PaLM's logit z-loss.  tests/test_export_features.py exports a config for every torch feature and
 checks the graph against the twin in onnxruntime (and fails when the twin gains a feature
 it has no config for); a feature the export cannot express is taken out of FEATURES here,
 with the reason, and that test then expects its refusal instead.

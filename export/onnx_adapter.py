@@ -6,10 +6,11 @@ temporary directory, checked (export/bundle.py) and opened on the CPU provider, 
 when onnxruntime has it (the provider is asserted, export/runtime.py).  forward is one step
 from an empty past; decode prefills `prompt_len` tokens, then feeds one token per step
 with the graph's own presents as the past; loss is the mean next-token cross-entropy of
-forward's float32 logits over all S tokens, computed in float64, plus, for a mixture of
-experts, its auxiliary losses (impl_numpy.moe `auxiliary_loss`) of the graph's own
-router logits (the `router_logits.{i}` outputs, export/decoder.py): the loss is a function
-of the graph's outputs, as in training, and is not itself in the graph.
+forward's float32 logits over all S tokens, computed in float64, plus PaLM's logit z-loss
+of those logits (impl_numpy.model `logit_z_loss`) where `logit_z_loss_coef` weights it, and,
+for a mixture of experts, its auxiliary losses (impl_numpy.moe `auxiliary_loss`) of the
+graph's own router logits (the `router_logits.{i}` outputs, export/decoder.py): the loss is
+a function of the graph's outputs, as in training, and is not itself in the graph.
 
 A MoE graph also offers `routing` (the experts the graph chose: its `selected_experts.{i}`
 outputs, the TopK indices its layers scattered) and `capture` of `layers.{i}.router` (its
@@ -34,7 +35,7 @@ from lmref.export.decoder import router_names
 from lmref.export.exporter import OPSET, export_onnx
 from lmref.export.features import check_exportable
 from lmref.export.runtime import DecoderSession, default_provider, open_session
-from lmref.impl_numpy.model import log_softmax
+from lmref.impl_numpy.model import log_softmax, logit_z_loss
 from lmref.impl_numpy.moe import auxiliary_loss
 from lmref.spec.captures import moe_layers
 from lmref.spec.config import ModelConfig
@@ -108,9 +109,11 @@ class OnnxAdapter:
         if tokens.shape[1] < 2:
             raise ValueError(f"loss needs sequences of at least 2 tokens, got {tokens.shape[1]}")
         out = self.outputs(config, params, tokens)
-        logp = log_softmax(out["logits"][:, :-1].astype(np.float64))  # [B, S-1, V]
-        picked = np.take_along_axis(logp, tokens[:, 1:, None], axis=-1)  # [B, S-1, 1]
+        rows = out["logits"][:, :-1].astype(np.float64)  # [B, S-1, V]: the positions with a target
+        picked = np.take_along_axis(log_softmax(rows), tokens[:, 1:, None], axis=-1)  # [B, S-1, 1]
         total = float(-picked.mean())
+        if config.logit_z_loss_coef > 0:
+            total += config.logit_z_loss_coef * logit_z_loss(rows)
         if config.moe is not None:
             total += auxiliary_loss(config, [out[name].astype(np.float64) for name in router_names(config)])
         return total

@@ -10,6 +10,7 @@ does not compute (impl_jax/features.py) is refused with UnsupportedFeature, by n
         sandwich       h = h + attn_post_norm(attn(attn_norm(h)));  h = h + mlp_post_norm(mlp(mlp_norm(h)))
         post_sublayer  h = h + attn_post_norm(attn(h));             h = h + mlp_post_norm(mlp(h))
     logits = final_norm(h) @ W_head (+ b)      W_head = embed.tokens^T (unscaled) when tied
+    (logits = logits * logit_scale: Cohere, PaLM's d_model^-0.5)
     (logits = c * tanh(logits / c) with final_logit_softcap c)
 
 Pre: GPT-2, LLaMA.  Sandwich: Gemma 2/3 (transformers `Gemma2DecoderLayer`).  Post-sublayer:
@@ -144,6 +145,8 @@ def head(config: ModelConfig, params: dict, h: jax.Array) -> jax.Array:
     logits = h @ weight  # [B, S, d_model] @ [d_model, vocab]
     if config.lm_head_bias:
         logits = logits + params["lm_head.bias"]
+    if config.logit_scale != 1.0:  # Cohere (`CohereForCausalLM`); PaLM's d_model^-0.5 (section 5)
+        logits = logits * jnp.asarray(config.logit_scale, logits.dtype)
     if config.final_logit_softcap is not None:
         c = config.final_logit_softcap  # tanh in at least float32, like the attention softcap
         logits = (c * jnp.tanh(upcast(logits) / c)).astype(logits.dtype)
@@ -177,14 +180,17 @@ def forward_core(config: ModelConfig, params: dict, tokens: jax.Array, cache: KV
 
 def loss_core(config: ModelConfig, params: dict, tokens: jax.Array) -> jax.Array:
     """Mean next-token cross-entropy: position t predicts token t + 1, over B * (S - 1) targets;
-    plus `moe.aux_loss_coef` times the load-balancing loss and `moe.router_z_loss_coef` times
-    the router z-loss over the router logits of all S positions of every "moe" layer
-    (impl_jax/moe.py), as the golden's `loss`: one forward over
-    all S tokens, whose last position's logits have no target."""
+    plus `logit_z_loss_coef` times the mean of logsumexp(logits)^2 over those rows (PaLM
+    section 5; t5x losses.py `cross_entropy_with_logits`); plus `moe.aux_loss_coef` times the
+    load-balancing loss and `moe.router_z_loss_coef` times the router z-loss over the router
+    logits of all S positions of every "moe" layer (impl_jax/moe.py), as the golden's `loss`:
+    one forward over all S tokens, whose last position's logits have no target."""
     logits, _, captured = forward_core(config, params, tokens, capture=True)  # jit drops what is unused
-    logp = jax.nn.log_softmax(upcast(logits[:, :-1]), axis=-1)  # [B, S-1, V], at least float32
-    picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]  # [B, S-1]
-    total = -picked.mean()
+    rows = upcast(logits[:, :-1])  # [B, S-1, V], at least float32
+    picked = jnp.take_along_axis(jax.nn.log_softmax(rows, axis=-1), tokens[:, 1:, None], axis=-1)[..., 0]
+    total = -picked.mean()  # over the B * (S-1) targets
+    if config.logit_z_loss_coef > 0:
+        total = total + config.logit_z_loss_coef * jnp.mean(jax.nn.logsumexp(rows, axis=-1) ** 2)
     m = config.moe
     if m is not None and (m.aux_loss_coef > 0 or m.router_z_loss_coef > 0):
         routers = [captured[f"layers.{i}.router"] for i in moe_layers(config)]
@@ -260,8 +266,8 @@ def decode(config: ModelConfig, params: dict, tokens: object, prompt_len: int) -
 
 
 def loss(config: ModelConfig, params: dict, tokens: object) -> jax.Array:
-    """Mean next-token cross-entropy, plus the MoE auxiliary loss where the config has one
-    (a 0-d array, differentiable in `params`)."""
+    """Mean next-token cross-entropy, plus PaLM's logit z-loss and a mixture's auxiliary
+    losses where the config weights them (a 0-d array, differentiable in `params`)."""
     check_supported(config, BACKEND, FEATURES)
     tokens = check_tokens(config, tokens)
     if tokens.shape[1] < 2:

@@ -11,6 +11,7 @@ does not compute (impl_numpy/features.py) is refused with UnsupportedFeature, by
         sandwich       h = h + attn_post_norm(attn(attn_norm(h))); same for the MLP
         post_sublayer  h = h + attn_post_norm(attn(h));            same for the MLP
     logits = final_norm(h) @ W_head (+ b)      W_head = embed.tokens^T when tied
+    logits = logits * logit_scale              (Cohere; PaLM's d_model^-0.5)
     logits = c tanh(logits / c)                (final_logit_softcap c, Gemma 2)
 
 `capture`, when a dict is given, receives the named intermediates of spec/captures.py, in
@@ -118,6 +119,8 @@ def head(config: ModelConfig, params: dict, h: np.ndarray) -> np.ndarray:
     logits = h @ weight  # [B, S, d_model] @ [d_model, vocab]
     if config.lm_head_bias:
         logits = logits + params["lm_head.bias"]
+    if config.logit_scale != 1.0:  # Cohere (`CohereForCausalLM`: logits * logit_scale); PaLM section 5
+        logits = logits * config.logit_scale  # a Python float: float32 logits stay float32
     if config.final_logit_softcap is not None:  # Gemma 2
         logits = config.final_logit_softcap * np.tanh(logits / config.final_logit_softcap)
     return logits
@@ -183,19 +186,39 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def logsumexp(logits: np.ndarray) -> np.ndarray:
+    """[..., V] -> [...]: log sum_v exp(logits_v), the largest logit taken out first."""
+    top = logits.max(axis=-1)
+    return top + np.log(np.exp(logits - top[..., None]).sum(axis=-1))
+
+
+def logit_z_loss(logits: np.ndarray) -> float:
+    """PaLM's auxiliary loss before its weight (Chowdhery et al. 2022, section 5, "Loss
+    function": z_loss = 1e-4 * log^2 Z, Z the softmax normaliser): mean over the targets' rows
+    of logsumexp(logits)^2, [B, T, V] -> a float.  Per row and averaged like the cross-entropy,
+    as Google's t5x computes it (t5x/losses.py `cross_entropy_with_logits`: `z_loss *
+    jax.lax.square(log_z)` added to each target's loss) and praxis (`FullSoftmax`: the sum of
+    `_compute_z_loss` over the weighted targets over their total weight)."""
+    return float(np.mean(logsumexp(logits) ** 2))
+
+
 def loss(config: ModelConfig, params: dict, tokens: np.ndarray) -> float:
     """Mean next-token cross-entropy: position t predicts token t + 1, over B * (S - 1)
-    targets; plus a mixture's auxiliary losses over the router logits of all S positions
+    targets; plus `logit_z_loss_coef` times the logit z-loss over the same B * (S - 1) rows
+    (PaLM); plus a mixture's auxiliary losses over the router logits of all S positions
     (impl_numpy/moe.py `auxiliary_loss`; transformers' `labels=` loss with router logits)."""
     check_supported(config, BACKEND, FEATURES)
     tokens = check_tokens(config, tokens)
     if tokens.shape[1] < 2:
         raise ValueError(f"loss needs sequences of at least 2 tokens, got {tokens.shape[1]}")
     captured: dict = {}
-    logp = log_softmax(forward(config, params, tokens, capture=captured)[:, :-1])  # [B, S-1, V]
+    logits = forward(config, params, tokens, capture=captured)[:, :-1]  # [B, S-1, V]: rows with a target
+    logp = log_softmax(logits)
     targets = tokens[:, 1:]  # [B, S-1]
     picked = np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     total = float(-picked.mean())
+    if config.logit_z_loss_coef > 0:
+        total += config.logit_z_loss_coef * logit_z_loss(logits)
     if config.moe is not None:
         total += auxiliary_loss(config, [v for k, v in captured.items() if k.endswith(".router")])
     return total

@@ -7,6 +7,7 @@
         h = h + attn_post_norm(attn(h))      post_sublayer (OLMo 2)
         (the MLP likewise, with mlp_norm and mlp_post_norm)
     logits = final_norm(h) @ W_head (+ b)      W_head = embed.tokens^T when tied (unscaled)
+    logits = logits * logit_scale              Cohere; PaLM's d_model^-0.5
     logits = c tanh(logits / c)                final_logit_softcap c (Gemma 2)
 
 A "moe" layer's MLP is the mixture of experts of impl_torch/moe.py; `moe_dispatch` picks how
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmref.impl_torch.attention import ATTN_IMPLS, Attention, ScoreBiases, Step, kernel_of, softcap
@@ -36,8 +36,9 @@ from lmref.impl_torch.cache import KVCache, rerun
 from lmref.impl_torch.features import FEATURES
 from lmref.impl_torch.inputs import check_tokens
 from lmref.impl_torch.mlp import MLP
-from lmref.impl_torch.moe import MoE, check_dispatch, expert_load, load_balancing_loss, router_z_loss
+from lmref.impl_torch.moe import MoE, check_dispatch
 from lmref.impl_torch.norms import Norm, upcast
+from lmref.impl_torch.objective import objective
 from lmref.impl_torch.rope import rope_cos_sin
 from lmref.spec.config import ModelConfig
 from lmref.spec.features import check_supported
@@ -296,9 +297,13 @@ class Transformer(nn.Module):
         return logits, routers
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        """final-normed h [B, S, d_model] -> logits [B, S, vocab]; the final softcap (Gemma 2,
-        HF `Gemma2ForCausalLM`) in float32 at least, as the norms."""
+        """final-normed h [B, S, d_model] -> logits [B, S, vocab]; times `logit_scale` in the
+        logits' dtype (transformers `CohereForCausalLM`: `logits * self.logit_scale`; PaLM's
+        d_model^-0.5), then the final softcap (Gemma 2, HF `Gemma2ForCausalLM`) in float32 at
+        least, as the norms."""
         logits = self.lm_head(h)  # [B, S, d_model] @ [d_model, vocab]
+        if self.config.logit_scale != 1.0:
+            logits = logits * self.config.logit_scale
         cap = self.config.final_logit_softcap
         return logits if cap is None else softcap(upcast(logits), cap).to(logits.dtype)
 
@@ -327,7 +332,8 @@ class Transformer(nn.Module):
 
     def loss(self, tokens) -> torch.Tensor:
         """impl_numpy.loss: the mean next-token cross-entropy over B * (S - 1) targets, plus
-        a mixture's auxiliary losses over all S positions; float32 at least."""
+        PaLM's logit z-loss over those rows and a mixture's auxiliary losses over all S
+        positions; float32 at least."""
         return self.loss_parts(tokens)["loss"]
 
     def loss_parts(self, tokens) -> dict[str, torch.Tensor]:
@@ -342,28 +348,12 @@ class Transformer(nn.Module):
 
     def objective(self, logits: torch.Tensor, targets: torch.Tensor, routers: list[torch.Tensor]
                   ) -> dict[str, torch.Tensor]:
-        """{"loss", "ce"} and, with "moe" layers, {"aux", "expert_load"} (and "z_loss"), from logits [B, T, V],
-        their targets [B, T] and the router logits of the forward that made them (its
-        `output_router_logits`; none without "moe" layers):
-
-            ce           mean cross-entropy over B * T targets (float32 at least)
-            aux          the load-balancing loss over the router logits (impl_torch/moe.py)
-            z_loss       the router z-loss, where moe.router_z_loss_coef > 0
-            loss         ce + moe.aux_loss_coef * aux + moe.router_z_loss_coef * z_loss:
-                         what training minimises
-            expert_load  [n_moe_layers, E] fraction of each layer's assignments per expert (no grad)
-
-        The trainer (train/loop.py) calls it on its own forward through DDP / FSDP."""
-        ce = F.cross_entropy(upcast(logits).flatten(0, 1), targets.flatten())  # mean over B * T
-        if not routers:
-            return {"loss": ce, "ce": ce}
-        m = self.config.moe
-        parts = {"ce": ce, "aux": load_balancing_loss(self.config, routers)}
-        loss = ce + m.aux_loss_coef * parts["aux"]
-        if m.router_z_loss_coef > 0:
-            parts["z_loss"] = router_z_loss(self.config, routers)
-            loss = loss + m.router_z_loss_coef * parts["z_loss"]
-        return {"loss": loss, **parts, "expert_load": expert_load(self.config, routers)}
+        """The loss and its parts ("ce", PaLM's "logit_z_loss", a mixture's "aux", "z_loss",
+        "expert_load": impl_torch/objective.py) from logits [B, T, V], their targets [B, T] and
+        the router logits of the forward that made them (its `output_router_logits`; none
+        without "moe" layers).  The trainer (train/loop.py) calls it on its own forward
+        through DDP / FSDP."""
+        return objective(self.config, logits, targets, routers)
 
 
 # --- the golden's functional API -------------------------------------------------------------

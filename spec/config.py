@@ -131,7 +131,10 @@ class ModelConfig:
     tie_embeddings: bool = False  # head weight = token embedding (GPT-2, OLMo-1B, Gemma)
     lm_head_bias: bool = False  # Phi-2, GPT-J
     final_logit_softcap: float | None = None  # Gemma 2: logits = c * tanh(logits / c)
-    logit_scale: float = 1.0  # Cohere multiplies logits by 0.0625
+    logit_scale: float = 1.0  # logits multiplied after the head (Cohere 0.0625; PaLM d_model**-0.5)
+    # Weight of the logit z-loss: the training loss adds coef * mean_t logsumexp(logits_t)^2 over
+    # the cross-entropy's targets (PaLM section 5, 1e-4; t5x losses.py `cross_entropy_with_logits`).
+    logit_z_loss_coef: float = 0.0
 
     # --- normalisation ----------------------------------------------------------------
     norm: Norm

@@ -137,7 +137,11 @@ _FEATURES = [
     Feature("head.bias", ("lm_head_bias",), lambda c: c.lm_head_bias, "a bias on the head"),
     Feature("head.softcap", ("final_logit_softcap",), lambda c: c.final_logit_softcap is not None,
             "logits = c tanh(logits / c) (Gemma 2)"),
-    Feature("head.logit_scale", ("logit_scale",), lambda c: c.logit_scale != 1.0, "logits multiplied (Cohere)"),
+    Feature("head.logit_scale", ("logit_scale",), lambda c: c.logit_scale != 1.0,
+            "logits multiplied (Cohere, PaLM)"),
+    # --- training objective ---------------------------------------------------------------
+    Feature("loss.logit_z_loss", ("logit_z_loss_coef",), lambda c: c.logit_z_loss_coef > 0,
+            "the logit z-loss, coef * mean logsumexp(logits)^2 (PaLM)"),
 ]
 
 FEATURES: dict[str, Feature] = {f.name: f for f in _FEATURES}
@@ -153,14 +157,19 @@ GEMMA_QWEN3_OLMO2 = (
     "attn.qk_norm.per_head", "attn.qk_norm.per_projection", "attn.query_scale", "attn.softcap",
     "rope.local_theta", "head.softcap",
 )
-# What only the training loss computes (the auxiliary losses of a mixture): a forward, a
-# decode or a capture never needs them, so a backend without them runs those and refuses `loss`.
-OBJECTIVE = ("moe.aux_loss", "moe.aux_loss_per_layer", "moe.router_z_loss")
+# The auxiliary losses of a mixture of experts (issue 12).
+MOE_OBJECTIVE = ("moe.aux_loss", "moe.aux_loss_per_layer", "moe.router_z_loss")
+# What only the training loss computes (a mixture's auxiliary losses, PaLM's logit z-loss): a
+# forward, a decode or a capture never needs them, so a backend without them runs those and
+# refuses `loss`.
+OBJECTIVE = (*MOE_OBJECTIVE, "loss.logit_z_loss")
 # Mixtures of experts (issue 12): routing kinds, weights, shared experts, the auxiliary losses.
 MOE = (
     "moe.softmax_topk", "moe.sigmoid_topk", "moe.no_renormalize", "moe.scales_input", "moe.shared_expert",
-    "moe.shared_expert_gate", *OBJECTIVE,
+    "moe.shared_expert_gate", *MOE_OBJECTIVE,
 )
+# PaLM (issue 13): the logits multiplied by a constant after the head, and the logit z-loss.
+PALM = ("head.logit_scale", "loss.logit_z_loss")
 # Llama 4's attention (issue 12): the weightless QK norm after the RoPE, the NoPE layers' temperature.
 # numpy, torch and jax compute both (the ONNX export through torch), tested on the tiny Llama 4
 # presets; they join CORE once tests/strategies.py draws them for the property tests.
@@ -175,7 +184,7 @@ CORE = (
     "mlp.plain", "mlp.gated", "mlp.bias",
     "activation.gelu", "activation.gelu_tanh", "activation.gelu_tanh_truncated", "activation.silu",
     "activation.relu", "head.tied", "head.bias",
-    *GEMMA_QWEN3_OLMO2, *MOE,
+    *GEMMA_QWEN3_OLMO2, *MOE, *PALM,
 )
 assert set(CORE) <= set(FEATURES), f"CORE names unknown features {set(CORE) - set(FEATURES)}"
 

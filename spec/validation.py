@@ -208,6 +208,7 @@ MODEL_RULES: dict[str, Rule] = {
     "lm_head_bias": _bool,
     "final_logit_softcap": _optional(_POSITIVE),
     "logit_scale": _POSITIVE,
+    "logit_z_loss_coef": _NON_NEGATIVE,
     "norm": _choice(Norm),
     "norm_eps": _POSITIVE,
     "norm_weight": _bool,

@@ -1,7 +1,7 @@
 """The negative controls of issue 13's knobs (tests/controls.py runs them with the others):
-porting mistakes in parallel blocks, partial, interleaved rotary embeddings and LongRoPE, and
-BLOOM's LayerNorm after the token embedding left out, each made through the config of the case
-it must fail.
+porting mistakes in parallel blocks, partial, interleaved rotary embeddings and LongRoPE,
+BLOOM's LayerNorm after the token embedding left out, and in PaLM's head and objective, each
+made through the config of the case it must fail.
 
 The case configs (conformance/cases.py) have head_dim 16, so Pythia's and GPT-J's quarter of a
 head rotates 4 dims (2 pairs); one pair short is a fraction of 0.125.
@@ -42,4 +42,8 @@ PARALLEL_CONTROLS: list[Control] = [
             "BLOOM without the LayerNorm after its token embedding (word_embeddings_layernorm)"),
     Control("phi-3-mini-128k", LongRopeFactorsSwapped(),
             "Phi-3-mini-128k's short and long LongRoPE factors swapped"),
+    Control("palm-8b", ConfigMistake("palm_logit_scale_dropped", logit_scale=1.0),
+            "PaLM's tied head without its d_model^-0.5 logit scale (a port that reads the head as any tied one)"),
+    Control("palm-8b", ConfigMistake("palm_logit_z_loss_dropped", logit_z_loss_coef=0.0),
+            "PaLM's training loss without its z-loss, 1e-4 log^2 Z (the cross-entropy alone)"),
 ]

@@ -261,7 +261,7 @@ def naive_forward(c: ModelConfig, p: dict, tokens: np.ndarray) -> np.ndarray:
             m = _wrapped(c, p, P, "mlp", h, lambda x, P=P, ffn=ffn: [ffn(c, p, P, v) for v in x])
             h = [v + d for v, d in zip(h, m)]
         w = p["embed.tokens"].T if c.tie_embeddings else p["lm_head.weight"]
-        logits = [_naive_norm(c, p, "final_norm", v) @ w + (p["lm_head.bias"] if c.lm_head_bias else 0.0)
-                  for v in h]
+        logits = [(_naive_norm(c, p, "final_norm", v) @ w + (p["lm_head.bias"] if c.lm_head_bias else 0.0))
+                  * c.logit_scale for v in h]  # the scale before the softcap (spec/MATH.md, "Block")
         out.append([[_softcap(float(z), c.final_logit_softcap) for z in row] for row in logits])
     return np.array(out)

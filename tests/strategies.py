@@ -6,7 +6,8 @@ per-layer attention patterns (global, sliding, chunked, RoPE-less global layers)
 and chunks are shorter than the drawn sequences, so that every mask rule cuts keys off.
 Gemma's, Qwen 3's and OLMo 2's knobs too: norm placements, (1 + w) norms, QK norms, softcaps
 small enough to bend the scores and logits, a query scale of its own, a local RoPE base;
-BLOOM's norm after the token embedding and its truncated tanh GELU.
+BLOOM's norm after the token embedding and its truncated tanh GELU; and PaLM's: a logit scale
+(before the softcap) and the logit z-loss's weight.
 A failing example prints as `ModelConfig(...)`, which can be pasted back into Python.
 
 `moe_configs()` draws the same configs with mixtures of experts (`moe_fields`): every routing
@@ -123,6 +124,8 @@ def configs(draw, max_seq_len: int = 32) -> ModelConfig:
         query_scale_dim=draw(st.sampled_from((None, 3, 16))),
         attn_softcap=draw(st.sampled_from((None, 0.5, 5.0))),
         final_logit_softcap=draw(st.sampled_from((None, 0.5, 5.0))),
+        logit_scale=draw(st.sampled_from((1.0, 0.125, 3.0))),  # PaLM's d_model^-0.5, or larger
+        logit_z_loss_coef=draw(st.sampled_from((0.0, 1e-4, 0.5))),  # PaLM's, and one the loss shows
         **fields, **layers,
     )
 

@@ -119,6 +119,7 @@ FLOAT_KNOBS = {
     "attn_softcap": lambda v: dict(attn_softcap=v),
     "final_logit_softcap": lambda v: dict(final_logit_softcap=v),
     "logit_scale": lambda v: dict(logit_scale=v),
+    "logit_z_loss_coef": lambda v: dict(logit_z_loss_coef=v),
     "attn_temperature_scale": lambda v: dict(attn_temperature_floor=8, attn_temperature_scale=v),
     "rope_scaling.factor": lambda v: with_scaling(kind="linear", factor=v),
     "rope_scaling.low_freq_factor": lambda v: with_scaling(**(LLAMA3_SCALING | dict(low_freq_factor=v))),
@@ -129,8 +130,8 @@ FLOAT_KNOBS = {
     "moe.aux_loss_coef": lambda v: with_moe(aux_loss_coef=v),
     "moe.router_z_loss_coef": lambda v: with_moe(router_z_loss_coef=v),
 }
-REQUIRED_FLOATS = ("norm_eps", "rope_theta", "rope_fraction", "alibi_max_bias", "logit_scale", "rope_scaling.factor",
-                   "moe.aux_loss_coef", "moe.router_z_loss_coef")
+REQUIRED_FLOATS = ("norm_eps", "rope_theta", "rope_fraction", "alibi_max_bias", "logit_scale", "logit_z_loss_coef",
+                   "rope_scaling.factor", "moe.aux_loss_coef", "moe.router_z_loss_coef")
 
 
 @pytest.mark.parametrize("bad", [NAN, INF, -INF, "1.0", True, [1.0], np.float32(1.0), HUGE, -HUGE],
@@ -155,7 +156,8 @@ def test_required_float_knobs_refuse_none(field):
 @pytest.mark.parametrize("field", sorted(FLOAT_KNOBS))
 def test_float_knobs_accept_ints_and_floats_in_range(field):
     """issue 10, item 11: JSON writes 10000.0 as 10000 at times; an int in range is a number."""
-    value = {"rope_fraction": 1, "moe.aux_loss_coef": 0, "moe.router_z_loss_coef": 0, "rope_scaling.low_freq_factor": 1,
+    value = {"rope_fraction": 1, "moe.aux_loss_coef": 0, "moe.router_z_loss_coef": 0, "logit_z_loss_coef": 0,
+             "rope_scaling.low_freq_factor": 1,
              "rope_scaling.high_freq_factor": 4, "rope_scaling.factor": 8}.get(field, 2)
     for v in (value, float(value), np.float64(value)):
         c = make(**FLOAT_KNOBS[field](v))
@@ -176,6 +178,7 @@ RANGE_ERRORS = [
     ("rope_scaling.attention_factor", 0.0, "must be > 0"),
     ("moe.aux_loss_coef", -0.01, "must be >= 0"),
     ("moe.router_z_loss_coef", -0.001, "must be >= 0"),
+    ("logit_z_loss_coef", -1e-4, "must be >= 0"),
     ("final_logit_softcap", 0.0, "must be > 0"),
     ("rope_fraction", 1.0000001, "must be in (0, 1]"),
 ]

@@ -57,6 +57,13 @@ class Broken:
         with self._patched():
             return self.twin.decode(wrong, kept_params(wrong, params), tokens, prompt_len)
 
+    def loss(self, config, params, tokens):
+        """The twin's loss of the wrong config: a mistake in the objective alone (PaLM's z-loss
+        dropped) shows only here."""
+        wrong = dataclasses.replace(config, **self.changes)
+        with self._patched():
+            return self.twin.loss(wrong, kept_params(wrong, params), tokens)
+
 
 def assert_fails(adapter, arch: str) -> None:
     statuses = [r.status for _, _, r in run_arch(adapter, arch)]

@@ -84,6 +84,11 @@ CONFIGS = [
     ModelConfig(name="parallel-shared-norm-partial-interleaved", **SIZES, position="rope", rope_layout="interleaved",
                 rope_fraction=0.25, norm="layernorm", mlp="plain", activation="gelu_tanh", lm_head_bias=True,
                 parallel_residual=True, shared_attn_norm=True),
+    # PaLM (issue 13): multi-query, SwiGLU, a tied head whose logits are scaled by d_model^-0.5; the
+    # logit z-loss only adds to the loss, computed from the graph's logits (export/onnx_adapter.py).
+    ModelConfig(name="palm-parallel-mqa-logit-scale", **(SIZES | dict(n_kv_heads=1)), position="rope",
+                norm="layernorm", mlp="gated", activation="silu", tie_embeddings=True, parallel_residual=True,
+                shared_attn_norm=True, logit_scale=24**-0.5, logit_z_loss_coef=1e-4),
     # Mixtures of experts (issue 12): Qwen2-MoE's softmax top-k without renormalisation and a
     # gated shared expert; Llama 4's sigmoid top-1 scaling the expert input, a shared expert,
     # every other layer dense, with its attention (the weightless L2 QK norm, the NoPE layers'
@@ -150,9 +155,9 @@ def test_a_feature_the_export_leaves_out_is_refused_by_name(monkeypatch, tmp_pat
 
 
 @pytest.mark.parametrize("changes, feature", [
+    (dict(rope_scaling=RopeScaling(kind="yarn", factor=2.0, original_max_seq_len=16)), "rope.scaling.yarn"),
     (dict(rope_scaling=RopeScaling(kind="dynamic", factor=2.0)), "rope.scaling.dynamic"),
-    (dict(logit_scale=0.0625), "head.logit_scale"),
-], ids=["dynamic_rope", "logit_scale"])
+], ids=["yarn", "dynamic_rope"])
 def test_a_feature_torch_lacks_is_refused_by_the_twin_and_the_export(changes, feature, tmp_path):
     config = tiny("llama3", **changes)
     params = init_params(config, 0)

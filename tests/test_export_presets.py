@@ -13,6 +13,7 @@ feature set and marks the rest slow:
   dbrx,       mixtures of experts (routed in the graph: TopK, then scatter; their router logits
   qwen1.5-moe, and chosen experts are outputs, and validate-onnx compares the choice)
   llama4-scout
+  palm-8b     a tied head whose logits are scaled by d_model^-0.5, multi-query, one shared norm
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ from lmref.spec.captures import moe_layers  # noqa: E402
 # top-4 of 16 experts, Qwen1.5-MoE's top-k without renormalisation and its gated shared
 # expert, Llama 4's sigmoid top-1 scaling the expert input, L2 QK norm and NoPE temperature;
 # GPT-J's parallel block on one norm, interleaved RoPE on a quarter of the head, head bias;
-# BLOOM's embedding LayerNorm and truncated tanh GELU, Phi-3-mini-128k's LongRoPE);
-# every other preset under `make test-thorough`.
+# BLOOM's embedding LayerNorm and truncated tanh GELU, Phi-3-mini-128k's LongRoPE, PaLM's logit
+# scale on a tied head with multi-query attention and SwiGLU); every other preset under
+# `make test-thorough`.
 FAST = ["gpt2", "llama3.1", "olmo", "mpt", "mistral-7b", "gemma2-27b", "gemma3-4b", "olmo2-7b", "dbrx",
-        "qwen1.5-moe-a2.7b", "llama4-scout", "gptj-6b", "bloom-560m",
-        "phi-3-mini-128k"]
+        "qwen1.5-moe-a2.7b", "llama4-scout", "gptj-6b", "bloom-560m", "phi-3-mini-128k", "palm-8b"]
 SLOW = [name for name in PRESETS if name not in FAST]
 
 

@@ -395,6 +395,7 @@ VARIANTS = {f"tiny-{n}": tiny(n) for n in TINY} | {
     # LongRoPE past its original context (8 tokens > O = 4): the long factors, the attention factor
     "longrope-past-its-context": tiny("phi-3-mini-128k", rope_scaling=dataclasses.replace(
         tiny("phi-3-mini-128k").rope_scaling, original_max_seq_len=4)),
+    "logit-scale-before-softcap": tiny("gemma2-9b", logit_scale=4.0),  # 4x the logits: the softcap bends them
 }
 
 
@@ -584,6 +585,27 @@ def test_loss_is_the_direct_cross_entropy(name):
              for b in range(3) for t in range(6)]
     assert loss(c, p, tokens) == pytest.approx(math.fsum(terms) / len(terms), rel=1e-12)
     assert isinstance(loss(c, p, tokens), float)
+
+
+@pytest.mark.parametrize("name", ["palm-8b", "palm-540b"])
+def test_the_logit_z_loss_adds_its_weight_times_the_mean_squared_log_normaliser(name):
+    """PaLM section 5: loss = ce + coef * log^2 Z, per target and averaged like the cross-entropy
+    (t5x losses.py): with and without the weight, the losses differ by exactly coef times the
+    mean of logsumexp(logits_t)^2 over the B * (S - 1) rows that have a target (scipy's
+    logsumexp; the last position, which has none, is left out)."""
+    c = tiny(name)
+    p = init_params(c, 8)
+    tokens = tokens_for(c, 3, 7, seed=8)
+    logits = forward(c, p, tokens)
+    squares = [logsumexp(logits[b, t]) ** 2 for b in range(3) for t in range(6)]
+    z_loss = math.fsum(squares) / len(squares)
+    without = loss(dataclasses.replace(c, logit_z_loss_coef=0.0), p, tokens)
+    assert c.logit_z_loss_coef == 1e-4 and z_loss > 1.0  # log Z near log(251): the term is visible
+    assert loss(c, p, tokens) - without == pytest.approx(1e-4 * z_loss, rel=1e-9)
+    assert loss(dataclasses.replace(c, logit_z_loss_coef=0.5), p, tokens) - without == pytest.approx(
+        0.5 * z_loss, rel=1e-12)
+    every_row = math.fsum(logsumexp(logits[b, t]) ** 2 for b in range(3) for t in range(7)) / 21
+    assert abs(every_row - z_loss) > 1e-6 * z_loss  # the rows counted matter
 
 
 def test_loss_needs_two_tokens():

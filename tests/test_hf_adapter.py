@@ -63,8 +63,9 @@ def test_capture_returns_every_golden_component(store):
     assert list(captured) == capture_names(case.config)
 
 
-def test_olmo_with_alibi_is_not_supported_and_says_why(store):
-    results = run_arch(HFAdapter(), "olmo-alibi", store)
+@pytest.mark.parametrize("arch", ["olmo-alibi", "palm-8b"])  # OLMo with ALiBi, PaLM: no transformers class
+def test_an_arch_without_a_transformers_class_is_not_supported_and_says_why(store, arch):
+    results = run_arch(HFAdapter(), arch, store)
     assert {r.status for _, _, r in results} == {"NOT SUPPORTED"}
     message = results[0][2].message
     assert "transformers has no model for this config" in message

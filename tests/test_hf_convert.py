@@ -59,9 +59,9 @@ def test_each_convertible_config_needs_only_features_its_type_declares(key):
 
 
 def test_every_preset_names_a_supported_type_or_none():
-    """A preset's hf_model_type is a type convert/models/ has (olmo-alibi has none)."""
+    """A preset's hf_model_type is a type convert/models/ has (olmo-alibi and PaLM have none)."""
     assert {PRESETS[n].hf_model_type for n in SUPPORTED_ARCHS} <= set(FEATURES_BY_TYPE)
-    assert "olmo-alibi" not in SUPPORTED_ARCHS
+    assert not {"olmo-alibi", "palm-8b", "palm-62b", "palm-540b"} & set(SUPPORTED_ARCHS)
 
 
 @pytest.mark.parametrize("model_type", SUPPORTED_MODEL_TYPES)

@@ -9,8 +9,8 @@ effective, and this test proves it.
 activation, norm eps) it is the neighbouring choice a port gets wrong; a layer pattern off is
 every layer global, and MoE off is every layer dense.  The knobs inside the `moe` sub-config
 are tested one by one (`moe.renormalize`, `moe.shared_expert_gate`, ...); its sizes are not
-knobs, and the auxiliary losses' knobs (weights, kind) act on the loss only:
-`test_the_aux_loss_knobs_are_alive`.
+knobs, and the auxiliary losses' knobs (weights, kind) act on the loss only, as PaLM's logit
+z-loss weight does: `test_the_loss_knobs_are_alive`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.defa
 MOE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MoEConfig) if f.default is not dataclasses.MISSING}
 # The moe sub-config's loss-only knobs (tested on the loss), and its sizes (not knobs).
 MOE_LOSS_KNOBS = ("aux_loss_coef", "aux_loss", "router_z_loss_coef")
+# The config's own loss-only knob (PaLM's logit z-loss weight), tested on the loss too.
+LOSS_KNOBS = ("logit_z_loss_coef",)
 MOE_NOT_FORWARD_KNOBS = ("n_experts", "n_experts_per_token", "d_ff", "shared_d_ff", *MOE_LOSS_KNOBS)
 # BLOOM's truncated tanh GELU against the exact one (Megatron-DeepSpeed's ParallelMLP without
 # --bias-gelu-fusion runs F.gelu): the exact tanh GELU is the same function to 1e-10, which no
@@ -79,7 +81,7 @@ def switched_off(config: ModelConfig, field: str) -> ModelConfig:
 def knobs_set(config: ModelConfig) -> list[str]:
     """The fields of `config` that are knobs (not sizes or labels) and are not at their default."""
     knobs = [f.name for f in dataclasses.fields(ModelConfig)
-             if f.name not in SIZE_FIELDS + LABEL_FIELDS
+             if f.name not in SIZE_FIELDS + LABEL_FIELDS + LOSS_KNOBS
              and (f.name not in DEFAULTS or getattr(config, f.name) != DEFAULTS[f.name])]
     if config.moe is not None:
         knobs += [f"moe.{name}" for name, default in MOE_DEFAULTS.items()
@@ -134,7 +136,8 @@ MOE_ARCHS = [arch for arch in STORE.archs() if STORE.load(arch, STORE.case_names
 
 @dataclasses.dataclass
 class GoldenWithLossKnobOff:
-    """The float64 golden whose loss has one of the auxiliary losses' knobs off."""
+    """The float64 golden whose loss has one loss-only knob off ("moe.aux_loss_coef", ...,
+    "logit_z_loss_coef")."""
 
     knob: str
     dtype = "float32"
@@ -143,24 +146,26 @@ class GoldenWithLossKnobOff:
         return impl_numpy.forward(config, params, tokens)
 
     def loss(self, config, params, tokens):
-        return impl_numpy.loss(dataclasses.replace(config, moe=_moe_knob_off(config.moe, self.knob)), params, tokens)
+        return impl_numpy.loss(switched_off(config, self.knob), params, tokens)
 
 
 def _loss_knobs_set() -> list[tuple[str, str]]:
-    """(arch, knob) for every loss-only knob an MoE arch's cases set away from its default."""
-    moes = {arch: STORE.load(arch, STORE.case_names(arch)[0]).config.moe for arch in MOE_ARCHS}
-    return [(arch, knob) for arch, moe in moes.items() for knob in MOE_LOSS_KNOBS
-            if getattr(moe, knob) != MOE_DEFAULTS[knob]]
+    """(arch, knob) for every loss-only knob an arch's cases set away from its default."""
+    configs = {arch: STORE.load(arch, STORE.case_names(arch)[0]).config for arch in STORE.archs()}
+    moe = [(arch, f"moe.{knob}") for arch in MOE_ARCHS for knob in MOE_LOSS_KNOBS
+           if getattr(configs[arch].moe, knob) != MOE_DEFAULTS[knob]]
+    return moe + [(arch, knob) for arch, config in configs.items() for knob in LOSS_KNOBS
+                  if getattr(config, knob) != DEFAULTS[knob]]
 
 
 @pytest.mark.parametrize("arch, knob", _loss_knobs_set())
-def test_the_aux_loss_knobs_are_alive(arch, knob):
-    """Each auxiliary-loss knob (the load-balancing weight, its per-layer kind, the router
-    z-loss weight) moves its arch's golden loss beyond the float32 loss row."""
+def test_the_loss_knobs_are_alive(arch, knob):
+    """Each loss-only knob (the load-balancing weight, its per-layer kind, the router z-loss
+    weight, PaLM's logit z-loss weight) moves its arch's golden loss beyond the float32 loss row."""
     verdicts = {name: run_check(STORE.load(arch, name), GoldenWithLossKnobOff(knob), "loss").status
                 for name in STORE.case_names(arch)}
-    assert set(verdicts.values()) == {FAIL}, f"{arch}: moe.{knob} is invisible in {verdicts}"
+    assert set(verdicts.values()) == {FAIL}, f"{arch}: {knob} is invisible in {verdicts}"
 
 
 def test_every_loss_knob_is_set_somewhere():
-    assert {knob for _, knob in _loss_knobs_set()} == set(MOE_LOSS_KNOBS)
+    assert {knob for _, knob in _loss_knobs_set()} == {f"moe.{k}" for k in MOE_LOSS_KNOBS} | set(LOSS_KNOBS)

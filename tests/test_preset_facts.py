@@ -269,3 +269,43 @@ def test_bloom_176b_heads_take_the_interleaved_alibi_slopes():
     slopes = alibi_slopes(get_preset("bloom-176b").n_heads)
     assert len(slopes) == 112 and slopes[0] == 2.0**-0.125 and slopes[63] == 2.0**-8
     assert list(slopes[64:]) == [2.0 ** (-8 * h / 128) for h in range(1, 96, 2)]
+# --- PaLM ---------------------------------------------------------------------------------------
+
+PALM_TABLE_1 = {  # Chowdhery et al. 2022, Table 1: layers, heads, d_model, parameters in billions
+    "palm-8b": (32, 16, 4096, 8.63), "palm-62b": (64, 32, 8192, 62.50), "palm-540b": (118, 48, 18432, 540.35),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PALM_TABLE_1))
+def test_palm_facts(name):
+    c = get_preset(name)
+    layers, heads, d_model, _ = PALM_TABLE_1[name]
+    assert (c.n_layers, c.n_heads, c.d_model) == (layers, heads, d_model)
+    assert (c.n_kv_heads, c.head_dim, c.d_ff, c.vocab_size, c.max_seq_len) == (1, 256, 4 * d_model, 256_000, 2048)
+    assert c.parallel_residual and c.shared_attn_norm and c.tie_embeddings
+    assert (c.mlp, c.activation, c.norm, c.norm_eps) == ("gated", "silu", "layernorm", 1e-6)
+    assert not (c.qkv_bias or c.attn_out_bias or c.mlp_bias or c.norm_bias or c.lm_head_bias)
+    assert (c.position, c.rope_layout, c.rope_fraction, c.rope_theta) == ("rope", "halves", 1.0, 10_000.0)
+    assert c.logit_scale == d_model**-0.5 and c.logit_z_loss_coef == 1e-4
+    assert c.hf_model_type is None
+
+
+def test_palm_counts_are_table_1s():
+    """8B and 62B round to Table 1's figures; 540B rounds to 540.36B with its 119 LayerNorm
+    scales and to Table 1's 540.35B without them (spec/presets/palm.py)."""
+    from lmref.spec import param_count
+
+    for name, (layers, _, d_model, billions) in PALM_TABLE_1.items():
+        count = param_count(get_preset(name))
+        scales = (layers + 1) * d_model
+        if name == "palm-540b":
+            assert (round(count / 1e9, 2), round((count - scales) / 1e9, 2)) == (540.36, billions)
+        else:
+            assert round(count / 1e9, 2) == round((count - scales) / 1e9, 2) == billions
+
+
+def test_tiny_palm_scales_its_logits_by_its_own_d_model():
+    for name in PALM_TABLE_1:
+        c = tiny(name)
+        assert c.logit_scale == pytest.approx(c.d_model**-0.5, rel=1e-12)
+    assert tiny("palm-540b").d_model != tiny("palm-540b").q_dim  # 18432 against 48 x 256 at full size

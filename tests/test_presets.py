@@ -177,6 +177,14 @@ EXPECTED_COUNTS = {
     # -> 113,252,352; final norm 3072.  The 128k model adds only LongRoPE's factors, no tensors.
     "phi-3-mini-4k": 3_821_079_552,
     "phi-3-mini-128k": 3_821_079_552,
+    # PaLM (Chowdhery et al. 2022, Table 1: 8.63B, 62.50B, 540.35B): the tied table counted once,
+    # one LayerNorm scale per layer and a final one, no biases.  palm-8b: tokens 256000*4096;
+    # per layer q, o 2*4096*(16*256), k, v 2*4096*256 (multi-query), SwiGLU 3*4096*16384, one
+    # LayerNorm 4096 -> 236,982,272; final LayerNorm 4096.  The 540B count rounds to 540.36B;
+    # Table 1's 540.35B is it without the 119 LayerNorm scales (test_preset_facts.py).
+    "palm-8b": 8_632_012_800,
+    "palm-62b": 62_495_662_080,
+    "palm-540b": 540_356_474_880,
 }
 
 # Parameters one token runs through (the published "active" figures: Mixtral 12.9B / 39B,
@@ -243,6 +251,7 @@ EXPECTED_MODEL_TYPES = {
     "gptj-6b": "gptj", "phi-1.5": "phi", "phi-2": "phi", "falcon-7b": "falcon", "falcon-40b": "falcon",
     "bloom-560m": "bloom", "bloom-7b1": "bloom", "bloom-176b": "bloom",
     "phi-3-mini-4k": "phi3", "phi-3-mini-128k": "phi3",
+    "palm-8b": None, "palm-62b": None, "palm-540b": None,
 }
 # The family modules of spec/presets/ (every module but the Preset class's own).
 FAMILY_MODULES = {m.name: importlib.import_module(f"lmref.spec.presets.{m.name}")
@@ -297,7 +306,7 @@ def test_a_preset_without_a_source_or_with_an_unknown_family_is_caught():
 
 SIZE_FIELDS = {"name", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
                "max_seq_len", "rope_scaling", "sliding_window", "attn_chunk_size", "query_scale_dim", "qkv_clip",
-               "moe", "attn_temperature_floor"}
+               "moe", "attn_temperature_floor", "logit_scale"}
 
 
 def _attention_kind(c: ModelConfig) -> str:
@@ -312,6 +321,10 @@ def test_tiny_keeps_every_flag(name):
     for f in dataclasses.fields(ModelConfig):
         if f.name not in SIZE_FIELDS:
             assert getattr(small, f.name) == getattr(base, f.name), f.name
+    if base.logit_scale == 1.0:
+        assert small.logit_scale == 1.0
+    else:  # it keeps its product with sqrt(d_model): PaLM's d_model^-0.5 stays its own d_model's
+        assert small.logit_scale == pytest.approx(base.logit_scale * (base.d_model / small.d_model) ** 0.5, rel=1e-12)
     if base.rope_scaling is None:
         assert small.rope_scaling is None
     else:

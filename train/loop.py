@@ -3,8 +3,8 @@ gradient accumulation, bfloat16 autocast, periodic validation and checkpoints.
 
 One optimizer step consumes one global batch of `batch_size` windows: each of the
 `world_size` processes takes its block of rows and cuts it into `accum` micro-batches.  Each
-micro-batch objective (`Transformer.objective`: the mean next-token cross-entropy, plus a
-mixture's weighted load-balancing loss and router z-loss) is divided by `accum`
+micro-batch objective (`Transformer.objective`: the mean next-token cross-entropy, plus PaLM's
+weighted logit z-loss and a mixture's weighted load-balancing loss and router z-loss) is divided by `accum`
 before backward; DDP / FSDP average the gradients over processes.  So the gradient is that of
 the mean of the micro-batch objectives.  The cross-entropy part is that of the global batch
 whatever the split (every micro-batch holds as many targets); the load-balancing loss is not
@@ -96,8 +96,9 @@ def lr_at(step: int, run: RunSettings) -> float:
 
 def micro_parts(trainer: Trainer, tokens: np.ndarray) -> dict[str, torch.Tensor]:
     """`Transformer.objective` of windows [b, T + 1] (float32): "loss" (what backward takes),
-    "ce" over b * T targets and, for a mixture of experts, "aux", "expert_load" (and
-    "z_loss" where it is weighted) over the T forwarded positions.  The forward goes through
+    "ce" over b * T targets ("logit_z_loss" over the same rows where it is weighted) and, for
+    a mixture of experts, "aux", "expert_load" (and "z_loss" where it is weighted) over the T
+    forwarded positions.  The forward goes through
     the wrapped model (DDP, FSDP, compile)."""
     tokens = torch.from_numpy(tokens).to(trainer.dist.device, non_blocking=True)
     with torch.autocast(trainer.dist.device.type, dtype=torch.bfloat16, enabled=trainer.autocast):
@@ -107,7 +108,8 @@ def micro_parts(trainer: Trainer, tokens: np.ndarray) -> dict[str, torch.Tensor]
 
 def train_step(trainer: Trainer, micro_batches: list[np.ndarray]) -> dict:
     """One optimizer step on this process's micro-batches; {"loss", "grad_norm", "lr"} with
-    "loss" the cross-entropy averaged over the global batch (all processes), and for a
+    "loss" the cross-entropy averaged over the global batch (all processes), "logit_z_loss"
+    (PaLM's, of which the objective adds logit_z_loss_coef x) where it is weighted, and for a
     mixture of experts "aux" (the load-balancing loss, of which the objective adds
     aux_loss_coef x), "z_loss" (the router z-loss, where router_z_loss_coef weights it) and
     "expert_load" ([moe layer][expert] fractions of the assignments), each averaged over the
@@ -120,7 +122,7 @@ def train_step(trainer: Trainer, micro_batches: list[np.ndarray]) -> dict:
         with gradient_sync(trainer.model, enabled=i == len(micro_batches) - 1):
             parts = micro_parts(trainer, tokens)
             (parts["loss"] / len(micro_batches)).backward()
-        for name in ("ce", "aux", "z_loss", "expert_load"):
+        for name in ("ce", "logit_z_loss", "aux", "z_loss", "expert_load"):
             if name in parts:
                 totals[name] = totals.get(name, 0) + parts[name].detach()
     max_norm = trainer.run.clip if trainer.run.clip > 0 else math.inf
@@ -130,7 +132,7 @@ def train_step(trainer: Trainer, micro_batches: list[np.ndarray]) -> dict:
     trainer.step += 1
     mean = {name: mean_over_ranks(total / len(micro_batches), trainer.dist) for name, total in totals.items()}
     metrics = {"loss": mean["ce"].item(), "grad_norm": as_local(grad_norm).item(), "lr": lr}
-    metrics |= {name: mean[name].item() for name in ("aux", "z_loss") if name in mean}
+    metrics |= {name: mean[name].item() for name in ("logit_z_loss", "aux", "z_loss") if name in mean}
     if "expert_load" in mean:
         metrics["expert_load"] = mean["expert_load"].tolist()
     return metrics
@@ -149,15 +151,17 @@ def evaluate(trainer: Trainer, batches: list[np.ndarray]) -> float:
 
 
 def check_finite(step: int, metrics: dict[str, float]) -> None:
-    """DivergedError unless the loss, the load-balancing and router z-losses, the gradient norm
-    and the validation loss of `step` (those measured) are finite.  Every process sees the same values
-    (the losses are averaged over processes, the norm is global), so every process stops
-    together."""
-    shown = {k: metrics[k] for k in ("loss", "aux", "z_loss", "grad_norm", "val_loss") if k in metrics}
+    """DivergedError unless the loss, the logit z-loss, the load-balancing and router z-losses,
+    the gradient norm and the validation loss of `step` (those measured) are finite.  Every
+    process sees the same values (the losses are averaged over processes, the norm is
+    global), so every process stops together."""
+    checked = ("loss", "logit_z_loss", "aux", "z_loss", "grad_norm", "val_loss")
+    shown = {k: metrics[k] for k in checked if k in metrics}
     bad = [k for k, v in shown.items() if not math.isfinite(v)]
     if bad:
-        name = {"loss": "the loss", "aux": "the load-balancing loss", "z_loss": "the router z-loss",
-                "grad_norm": "the gradient norm", "val_loss": "the validation loss"}[bad[0]]
+        name = {"loss": "the loss", "logit_z_loss": "the logit z-loss", "aux": "the load-balancing loss",
+                "z_loss": "the router z-loss", "grad_norm": "the gradient norm",
+                "val_loss": "the validation loss"}[bad[0]]
         raise DivergedError(f"step {step}: training diverged: {name} is {shown[bad[0]]} "
                             f"({', '.join(f'{k} {v}' for k, v in shown.items())}); no checkpoint was written for "
                             "it, the earlier ones are kept; lower --lr (or lengthen --warmup, tighten --clip) "

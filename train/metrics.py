@@ -4,6 +4,9 @@
     {"kind": "val", "step": 0, "val_loss": 5.6}   validation loss
     {"kind": "train", "step": 1, "loss": 5.5, "lr": ..., "grad_norm": ..., "tokens": ...,
      "tokens_per_s": ..., "epoch": ...}
+    PaLM's logit z-loss adds to each "train" record, where logit_z_loss_coef weights it
+     "logit_z_loss": 30.4,                        the mean of logsumexp(logits)^2 over the step's
+                                                  targets (the objective adds coef x, train/loop.py)
     a mixture of experts adds to each "train" record
      "aux": 2.01,                                 the load-balancing loss (the objective adds
                                                   aux_loss_coef x aux to the loss, train/loop.py)

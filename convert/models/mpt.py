@@ -58,7 +58,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
         cfg.fail("n_heads", n_heads, f"d_model ({d}) must be divisible by it (MPT's head_dim is d_model / n_heads)")
     cfg.require("expansion_ratio", HF_EXPANSION, (HF_EXPANSION,), "transformers' MptMLP hard-codes width 4 * d_model")
     cfg.require("no_bias", True, (True,), "transformers' MPT has no biases")
-    cfg.require("logit_scale", None, (None,), "transformers' MPT ignores it; lmref has no logit scale")
+    cfg.require("logit_scale", None, (None,), "transformers' MPT ignores it (its logits are never scaled)")
     cfg.require("norm_type", "low_precision_layernorm", ("low_precision_layernorm", "layernorm"),
                 "transformers' MPT always uses a LayerNorm (low_precision_layernorm is the same math)")
     attn = cfg.sub("attn_config", ATTN_IGNORED)

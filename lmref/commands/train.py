@@ -137,7 +137,8 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{summary['unigram_baseline']:.4f}), {summary.get('tokens_per_s', 0):,.0f} tokens/s"
               + (f", load-balancing loss {summary['aux']:.4f} (when balanced: k pooled, 1 per layer)"
                  if "aux" in summary else "")
-              + (f", router z-loss {summary['z_loss']:.4f}" if "z_loss" in summary else ""))
+              + (f", router z-loss {summary['z_loss']:.4f}" if "z_loss" in summary else "")
+              + (f", logit z-loss {summary['logit_z_loss']:.4f}" if "logit_z_loss" in summary else ""))
         print(f"checkpoint {summary['checkpoint']}\nplot {summary['plot']}")
     return 0
 

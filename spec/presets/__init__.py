@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import importlib
+import math
 import pkgutil
 
 from lmref.spec.config import ModelConfig
@@ -106,7 +107,7 @@ def _tiny_heads(config: ModelConfig) -> tuple[int, int]:
     return 2 * min(config.kv_group_size, 4), 2
 
 
-def _shrunk_knobs(base: ModelConfig, max_seq_len: int) -> dict:
+def _shrunk_knobs(base: ModelConfig, max_seq_len: int, d_model: int) -> dict:
     """The knobs whose values are sizes, shrunk so that each still acts at the tiny size."""
     changes: dict = {}
     scaling = base.rope_scaling
@@ -131,6 +132,10 @@ def _shrunk_knobs(base: ModelConfig, max_seq_len: int) -> dict:
         changes["qkv_clip"] = min(base.qkv_clip, TINY_QKV_CLIP)
     if base.query_scale_dim is not None:  # the ratio to head_dim is what the scale changes
         changes["query_scale_dim"] = max(1, round(base.query_scale_dim * TINY_HEAD_DIM / base.head_dim))
+    if base.logit_scale != 1.0:
+        # a unit-RMS state against a unit-RMS table gives logits of size sqrt(d_model): the scale
+        # keeps its product with sqrt(d_model), so tiny PaLM scales by its own d_model^-0.5
+        changes["logit_scale"] = base.logit_scale * math.sqrt(base.d_model) / math.sqrt(d_model)
     return changes
 
 
@@ -147,7 +152,7 @@ def tiny(config: ModelConfig | str, **overrides) -> ModelConfig:
     patterns), head_dim 16, vocab 251.
 
     Sizes keep their ratios (d_ff / d_model; d_model / (n_heads * head_dim); an expert's
-    width to d_model), the context is capped at 1024, and the knobs
+    width to d_model; logit_scale x sqrt(d_model)), the context is capped at 1024, and the knobs
     that are sizes shrink so that each still acts on the golden cases (`_shrunk_knobs`).
     """
     base = get_preset(config) if isinstance(config, str) else config
@@ -167,4 +172,4 @@ def tiny(config: ModelConfig | str, **overrides) -> ModelConfig:
         widths = {k: round(d_model * getattr(base.moe, k) / base.d_model)
                   for k in ("d_ff", "shared_d_ff") if getattr(base.moe, k) is not None}
         changes["moe"] = dataclasses.replace(base.moe, **widths)
-    return dataclasses.replace(base, **(changes | _shrunk_knobs(base, max_seq_len) | overrides))
+    return dataclasses.replace(base, **(changes | _shrunk_knobs(base, max_seq_len, d_model) | overrides))

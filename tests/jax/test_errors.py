@@ -115,8 +115,8 @@ def test_a_cache_of_another_batch_raises_the_golden_error():
     assert (type(got), str(got)) == (type(expected), str(expected))
 
 
-# Dynamic NTK RoPE scaling and Cohere's logit scale, which neither the golden nor the twin computes yet.
-UNSUPPORTED = tiny("llama3", max_seq_len=16, rope_scaling=RopeScaling(kind="dynamic", factor=2.0), logit_scale=0.0625)
+# YaRN, which neither the golden nor the twin computes yet.
+UNSUPPORTED = tiny("llama3", max_seq_len=16, rope_scaling=RopeScaling(kind="yarn", factor=2.0, original_max_seq_len=8))
 
 
 def test_the_twin_declares_only_features_the_golden_computes():
@@ -128,7 +128,7 @@ def test_the_twin_declares_only_features_the_golden_computes():
 def test_a_missing_feature_is_refused_by_name_before_the_inputs_are_read(entry):
     _, twin = golden_and_jax(entry)
     missing = missing_features(UNSUPPORTED, impl_jax.FEATURES)
-    assert missing == ["rope.scaling.dynamic", "head.logit_scale"]
+    assert missing == ["rope.scaling.yarn"]
     with pytest.raises(UnsupportedFeature) as info:
         twin(UNSUPPORTED, BAD_PARAMS["missing"], BAD_TOKENS["too-big"])  # the golden's order: features first
     assert isinstance(info.value, NotImplementedError)
@@ -137,10 +137,10 @@ def test_a_missing_feature_is_refused_by_name_before_the_inputs_are_read(entry):
 
 
 def test_the_traced_core_refuses_a_missing_feature_too():
-    with pytest.raises(UnsupportedFeature, match="rope.scaling.dynamic"):
+    with pytest.raises(UnsupportedFeature, match="rope.scaling.yarn"):
         impl_jax.forward_jit(UNSUPPORTED, impl_jax.from_canonical(PARAMS), GOOD)
 
 
 def test_the_adapter_reports_a_missing_feature_as_not_supported():
-    with pytest.raises(NotImplementedError, match="head.logit_scale"):
+    with pytest.raises(NotImplementedError, match="rope.scaling.yarn"):
         JaxAdapter().forward(UNSUPPORTED, init_params(UNSUPPORTED, 0), GOOD)

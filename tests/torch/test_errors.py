@@ -121,7 +121,7 @@ def test_unknown_dtype_and_kernel_are_refused():
 
 
 @pytest.mark.parametrize("changes, feature", [
-    (dict(logit_scale=0.0625), "head.logit_scale"),
+    (dict(rope_scaling=RopeScaling(kind="yarn", factor=2.0, original_max_seq_len=16)), "rope.scaling.yarn"),
     (dict(rope_scaling=RopeScaling(kind="dynamic", factor=2.0)), "rope.scaling.dynamic"),
 ])
 def test_a_feature_the_twin_lacks_is_refused_by_name(changes, feature):
