@@ -10,7 +10,6 @@ module), so the same bug is planted in each.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 
 import pytest
 
@@ -30,8 +29,9 @@ class Broken:
 
     dtype = "float32"
 
-    def __init__(self, twin, changes: dict | None = None, patch: tuple | None = None):
-        self.twin, self.changes, self.patch = twin, changes or {}, patch
+    def __init__(self, twin, adjust=None, patch: tuple | None = None):
+        """`adjust`: config -> the wrong config (a ConfigMistake's `adjust`); none: the right one."""
+        self.twin, self.adjust, self.patch = twin, adjust or (lambda config: config), patch
         self.name = f"broken-{twin.name}"
 
     @contextlib.contextmanager
@@ -48,19 +48,19 @@ class Broken:
             setattr(module, attr, original)
 
     def forward(self, config, params, tokens):
-        wrong = dataclasses.replace(config, **self.changes)
+        wrong = self.adjust(config)
         with self._patched():
             return self.twin.forward(wrong, kept_params(wrong, params), tokens)
 
     def decode(self, config, params, tokens, prompt_len):
-        wrong = dataclasses.replace(config, **self.changes)
+        wrong = self.adjust(config)
         with self._patched():
             return self.twin.decode(wrong, kept_params(wrong, params), tokens, prompt_len)
 
     def loss(self, config, params, tokens):
         """The twin's loss of the wrong config: a mistake in the objective alone (PaLM's z-loss
         dropped) shows only here."""
-        wrong = dataclasses.replace(config, **self.changes)
+        wrong = self.adjust(config)
         with self._patched():
             return self.twin.loss(wrong, kept_params(wrong, params), tokens)
 
@@ -74,7 +74,7 @@ def assert_fails(adapter, arch: str) -> None:
 @pytest.mark.parametrize("twin", list(TWINS))
 @pytest.mark.parametrize("control", CONFIG_MISTAKES, ids=[c.adapter.name for c in CONFIG_MISTAKES])
 def test_config_mistakes_fail_on_the_twins(twin, control):
-    assert_fails(Broken(TWINS[twin](), changes=control.adapter.changes), control.arch)
+    assert_fails(Broken(TWINS[twin](), adjust=control.adapter.adjust), control.arch)
 
 
 def _kv_heads_tiled(kv, group_size):

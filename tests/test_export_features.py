@@ -55,7 +55,7 @@ CONFIGS = [
                 attn_chunk_size=3, sliding_window=2, norm="layernorm", norm_weight=False, mlp="plain",
                 activation="gelu"),
     ModelConfig(name="alibi-6-heads", **(SIZES | dict(n_heads=6, n_kv_heads=3)), position="alibi",
-                attn_pattern=("sliding", "global"), sliding_window=4, norm="rmsnorm", mlp="gated",
+                alibi_slopes="geometric", attn_pattern=("sliding", "global"), sliding_window=4, norm="rmsnorm", mlp="gated",
                 activation="gelu_tanh"),
     # BLOOM (issue 13): the LayerNorm after the token embedding, the tanh GELU with sqrt(2/pi)
     # truncated, ALiBi, biases everywhere, a tied head

@@ -37,7 +37,8 @@ from lmref.export.validate import DEFAULT_STEPS, default_prompt_len, validate  #
 from lmref.spec import PRESETS, init_params  # noqa: E402
 from lmref.spec.captures import moe_layers  # noqa: E402
 
-# A representative few in the default run (learned positions, RoPE scaling, ALiBi with 6 heads,
+# A representative few in the default run (learned positions, RoPE scaling, ALiBi with 6 heads
+# by Press's rule (MPT) and by OLMo's,
 # a weightless norm, a sliding window; Gemma 2's softcaps and sandwich norms, Gemma 3's local
 # RoPE and per-head QK norm, OLMo 2's post-sublayer norms; DBRX's q/k/v clipping and softmax
 # top-4 of 16 experts, Qwen1.5-MoE's top-k without renormalisation and its gated shared
@@ -47,7 +48,8 @@ from lmref.spec.captures import moe_layers  # noqa: E402
 # scale on a tied head with multi-query attention and SwiGLU); every other preset under
 # `make test-thorough`.
 FAST = ["gpt2", "llama3.1", "olmo", "mpt", "mistral-7b", "gemma2-27b", "gemma3-4b", "olmo2-7b", "dbrx",
-        "qwen1.5-moe-a2.7b", "llama4-scout", "gptj-6b", "bloom-560m", "phi-3-mini-128k", "palm-8b"]
+        "qwen1.5-moe-a2.7b", "llama4-scout", "gptj-6b", "bloom-560m", "phi-3-mini-128k", "palm-8b",
+        "olmo-alibi"]
 SLOW = [name for name in PRESETS if name not in FAST]
 
 
