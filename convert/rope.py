@@ -85,7 +85,17 @@ def _pop(cfg: HFConfig, where: str, params: dict, key: str):
     return params.pop(key)
 
 
-# --- partial RoPE stated in several places (gpt_neox, phi): read each, refuse disagreement ---
+# --- partial RoPE stated in several places (gpt_neox, phi, phi3): read each, refuse disagreement ---
+
+
+def rope_dicts(cfg: HFConfig) -> list[tuple[str, dict]]:
+    """(key, dict) of each RoPE dict the file has: 5.x's `rope_parameters`, 4.x's
+    `rope_scaling`; ConversionError for one that is not a JSON object."""
+    dicts = [(key, cfg.get(key)) for key in ("rope_parameters", "rope_scaling") if cfg.get(key) is not None]
+    for key, params in dicts:
+        if not isinstance(params, dict):
+            cfg.fail(key, params, "expected a JSON object of RoPE parameters")
+    return dicts
 
 
 def stated(cfg: HFConfig, dicts: list[tuple[str, dict]], top: str, inner: str) -> list[tuple[str, object]]:

@@ -28,7 +28,7 @@ from lmref.convert.fields import (
 )
 from lmref.convert.layout import Entry, linear, per_head_order, same
 from lmref.convert.rope import (
-    DEFAULT_THETA, agreed, agreed_scaling, check_rotary_width, rope_scaling_rule, rope_to_hf, stated,
+    DEFAULT_THETA, agreed, agreed_scaling, check_rotary_width, rope_dicts, rope_scaling_rule, rope_to_hf, stated,
 )
 from lmref.spec.config import ModelConfig, RopeScaling
 from lmref.spec.features import declare
@@ -100,10 +100,7 @@ def activation(cfg: HFConfig) -> str:
 
 def rope_fields(cfg: HFConfig, head_dim: int, max_seq_len: int) -> tuple[float, float, RopeScaling | None]:
     """(rope_theta, rope_fraction, rope_scaling), every spelling read (module docstring)."""
-    dicts = [(key, cfg.get(key)) for key in ("rope_parameters", "rope_scaling") if cfg.get(key) is not None]
-    for key, params in dicts:
-        if not isinstance(params, dict):
-            cfg.fail(key, params, "expected a JSON object of RoPE parameters")
+    dicts = rope_dicts(cfg)
     _, theta = agreed(cfg, stated(cfg, dicts, "rotary_emb_base", "rope_theta"), ("rotary_emb_base", DEFAULT_THETA),
                       SPELLINGS)
     fraction_key, fraction = agreed(cfg, stated(cfg, dicts, "rotary_pct", "partial_rotary_factor"),

@@ -37,7 +37,7 @@ from lmref.convert.fields import (
 )
 from lmref.convert.layout import Entry, linear, same
 from lmref.convert.rope import (
-    DEFAULT_THETA, agreed_scaling, check_rotary_width, rope_number, rope_scaling_rule, rope_to_hf,
+    DEFAULT_THETA, agreed_scaling, check_rotary_width, rope_dicts, rope_number, rope_scaling_rule, rope_to_hf,
 )
 from lmref.spec.config import ModelConfig, RopeScaling
 from lmref.spec.features import declare
@@ -104,10 +104,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
 
 def rope_fields(cfg: HFConfig, head_dim: int, max_seq_len: int) -> tuple[float, float, RopeScaling | None]:
     """(rope_theta, rope_fraction, rope_scaling), every spelling read (module docstring)."""
-    dicts = [(key, cfg.get(key)) for key in ("rope_parameters", "rope_scaling") if cfg.get(key) is not None]
-    for key, params in dicts:
-        if not isinstance(params, dict):
-            cfg.fail(key, params, "expected a JSON object of RoPE parameters")
+    dicts = rope_dicts(cfg)
     _, theta = rope_number(cfg, dicts, "rope_theta", DEFAULT_THETA)
     fraction_key, fraction = rope_number(cfg, dicts, "partial_rotary_factor", HF_PARTIAL_ROTARY_FACTOR)
     # PhiAttention.rotary_ndims = int(head_dim * factor): even, and what lmref's rope_dim rotates

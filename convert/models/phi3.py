@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from lmref.convert.fields import ACTIVATION_FEATURES, ACTIVATION_TO_HF, HFConfig, activation_rule, check_expressible
 from lmref.convert.layout import Entry, linear, same
-from lmref.convert.rope import DEFAULT_THETA, check_rotary_width, rope_number
+from lmref.convert.rope import DEFAULT_THETA, check_rotary_width, rope_dicts, rope_number
 from lmref.spec.config import ModelConfig, RopeScaling
 from lmref.spec.features import declare
 
@@ -86,10 +86,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
 
 def rope_fields(cfg: HFConfig, head_dim: int, max_seq_len: int) -> tuple[float, float, RopeScaling | None]:
     """(rope_theta, rope_fraction, rope_scaling): every spelling read, none disagreeing."""
-    dicts = [(key, cfg.get(key)) for key in ("rope_parameters", "rope_scaling") if cfg.get(key) is not None]
-    for key, params in dicts:
-        if not isinstance(params, dict):
-            cfg.fail(key, params, "expected a JSON object of RoPE parameters")
+    dicts = rope_dicts(cfg)
     _, theta = rope_number(cfg, dicts, "rope_theta", DEFAULT_THETA)
     fraction_key, fraction = rope_number(cfg, dicts, "partial_rotary_factor", 1.0)
     check_rotary_width(cfg, fraction_key, head_dim, fraction)
