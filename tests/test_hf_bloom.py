@@ -7,41 +7,23 @@ the variants of tests/hf_configs.py through the generic checks).
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
-
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from lmref import impl_numpy
 from lmref.conformance.cases import case_config
-from lmref.convert import ConversionError, config_from_hf, from_hf, hf_config, hf_state_dict, to_hf
+from lmref.convert import ConversionError, config_from_hf, from_hf, hf_config, hf_state_dict
 from lmref.spec import init_params, tiny
 
+from tests.hf_checkpoints import (assert_captures_are_the_goldens, assert_fused_per_head,
+                                  assert_golden_matches_transformers, assert_misshaped_is_named,
+                                  assert_same_tensors, assert_split_and_rejoin_exact, edit_config, edit_weights,
+                                  hf_dir, real_config, save_randomised, written_back)
 from tests.hf_configs import VARIANTS
 
 BLOOM = case_config("bloom-560m")  # d_model 96, 6 heads of 16 (ALiBi's interleaved slopes)
 QKV = "transformer.h.1.self_attention.query_key_value"
-REAL_CONFIGS = Path(__file__).parent / "hf_real_configs"
-
-
-def _hf_dir(tmp_path, config=BLOOM, seed: int = 1) -> Path:
-    to_hf(config, init_params(config, seed), tmp_path)
-    return tmp_path
-
-
-def _edit_config(directory: Path, edit) -> None:
-    data = json.loads((directory / "config.json").read_text())
-    edit(data)
-    (directory / "config.json").write_text(json.dumps(data))
-
-
-def _edit_weights(directory: Path, edit) -> None:
-    tensors = load_file(directory / "model.safetensors")
-    edit(tensors)
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
 # --- the fused query_key_value and the embedding LayerNorm ----------------------------------------
@@ -50,16 +32,7 @@ def _edit_weights(directory: Path, edit) -> None:
 def test_query_key_value_holds_each_heads_q_k_v_rows_in_turn():
     """BloomAttention._reshape: `fused_qkv.view(B, S, n_head, 3, head_dim)`, q = [..., 0, :]."""
     params = init_params(BLOOM, 3)
-    tensors = hf_state_dict(BLOOM, params)
-    weight, bias = tensors[f"{QKV}.weight"], tensors[f"{QKV}.bias"]  # [3 d, d], [3 d]
-    hd, d = BLOOM.head_dim, BLOOM.d_model
-    assert weight.shape == (3 * d, d) and bias.shape == (3 * d,)
-    for h in range(BLOOM.n_heads):
-        for part, name in enumerate("qkv"):
-            rows = slice(h * 3 * hd + part * hd, h * 3 * hd + (part + 1) * hd)
-            columns = slice(h * hd, (h + 1) * hd)
-            assert np.array_equal(weight[rows], params[f"layers.1.attn.w{name}"][:, columns].T), (h, name)
-            assert np.array_equal(bias[rows], params[f"layers.1.attn.b{name}"][columns]), (h, name)
+    assert_fused_per_head(BLOOM, params, hf_state_dict(BLOOM, params), QKV)
 
 
 def test_the_embedding_layernorm_is_embed_norm():
@@ -73,37 +46,22 @@ def test_the_embedding_layernorm_is_embed_norm():
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_the_split_and_the_rejoin_are_exact(dtype, tmp_path):
     """HF -> lmref -> HF gives the same bits: a checkpoint whose q | k | v were not written by lmref."""
-    _hf_dir(tmp_path)
-    rng = np.random.default_rng(0)
-    _edit_weights(tmp_path, lambda t: t.update({k: rng.standard_normal(v.shape).astype(dtype) for k, v in t.items()}))
-    original = load_file(tmp_path / "model.safetensors")
-    config, params = from_hf(tmp_path)
-    assert params["layers.1.attn.wq"].dtype == dtype and config == BLOOM
-    to_hf(config, params, tmp_path / "back")
-    back = load_file(tmp_path / "back" / "model.safetensors")
-    assert sorted(back) == sorted(original)
-    assert all(back[k].dtype == original[k].dtype and np.array_equal(back[k], original[k]) for k in original)
-
-
-def re_shape(shape: tuple) -> str:
-    return str(shape).replace("(", r"\(").replace(")", r"\)")
+    read = assert_split_and_rejoin_exact(tmp_path, BLOOM, dtype, read_key="layers.1.attn.wq")
+    assert read == BLOOM
 
 
 @pytest.mark.parametrize("key, shape", [(f"{QKV}.weight", (160, 96)), (f"{QKV}.bias", (287,)),
                                         ("transformer.word_embeddings_layernorm.weight", (95,))])
 def test_a_fused_tensor_that_does_not_split_into_the_heads_is_named_with_both_sizes(key, shape, tmp_path):
     """A grouped q | k | v ([q + 2 kv] rows), a bias one short of 3 x 6 heads of 16, a norm one short."""
-    _edit_weights(_hf_dir(tmp_path), lambda t: t.update({key: np.zeros(shape, np.float32)}))
     expected = {"weight": (288, 96), "bias": (288,)}[key.rsplit(".", 1)[1]] if key.startswith(QKV) else (96,)
-    with pytest.raises(ConversionError, match=rf"misshaped 1 key\(s\): {key}: expected {re_shape(expected)}, "
-                                              rf"got {re_shape(shape)}"):
-        from_hf(tmp_path)
+    assert_misshaped_is_named(hf_dir(tmp_path, BLOOM), key, shape, expected)
 
 
 def test_the_hubs_unprefixed_names_and_a_stored_tied_head_read_alike(tmp_path):
     """bigscience/bloom-*'s files say `h.0.input_layernorm.weight` for transformers'
     `transformer.h.0...` (and may store the tied head); both read as lmref's own export."""
-    _hf_dir(tmp_path)
+    hf_dir(tmp_path, BLOOM)
     _, params = from_hf(tmp_path)
 
     def as_the_hub(t):
@@ -111,14 +69,14 @@ def test_the_hubs_unprefixed_names_and_a_stored_tied_head_read_alike(tmp_path):
             t[key.removeprefix("transformer.")] = t.pop(key)
         t["lm_head.weight"] = t["word_embeddings.weight"].copy()
 
-    _edit_weights(tmp_path, as_the_hub)
+    edit_weights(tmp_path, as_the_hub)
     assert not any(k.startswith("transformer.") for k in load_file(tmp_path / "model.safetensors"))
     config, back = from_hf(tmp_path)
     assert config == BLOOM and all(np.array_equal(back[k], params[k]) for k in params)
 
 
 def test_a_tied_head_that_differs_from_the_embedding_is_refused(tmp_path):
-    _edit_weights(_hf_dir(tmp_path), lambda t: t.update({"lm_head.weight": t["transformer.word_embeddings.weight"] + 1}))
+    edit_weights(hf_dir(tmp_path, BLOOM), lambda t: t.update({"lm_head.weight": t["transformer.word_embeddings.weight"] + 1}))
     with pytest.raises(ConversionError, match="lm_head.weight differs from transformer.word_embeddings.weight"):
         from_hf(tmp_path)
 
@@ -129,7 +87,7 @@ def test_a_tied_head_that_differs_from_the_embedding_is_refused(tmp_path):
 def test_the_176bs_legacy_spellings_read_as_the_current_ones():
     """bigscience/bloom says n_embed and num_attention_heads (BloomConfig: n_embed -> hidden_size,
     attribute_map num_attention_heads -> n_head); pretraining_tp 4 only acts with slow_but_exact."""
-    data = json.loads((REAL_CONFIGS / "bigscience--bloom.json").read_text())
+    data = real_config("bigscience--bloom")
     renamed = {k: v for k, v in data.items() if k not in ("n_embed", "num_attention_heads", "pretraining_tp")}
     renamed |= {"hidden_size": data["n_embed"], "n_head": data["num_attention_heads"]}
     assert config_from_hf(data, "x") == config_from_hf(renamed, "x")
@@ -166,7 +124,7 @@ REFUSED = [
 
 @pytest.mark.parametrize("edit, named", REFUSED, ids=[named.split(" is")[0].split(":")[0] for _, named in REFUSED])
 def test_a_config_json_field_lmref_cannot_represent_is_named(edit, named, tmp_path):
-    _edit_config(_hf_dir(tmp_path), edit)
+    edit_config(hf_dir(tmp_path, BLOOM), edit)
     with pytest.raises(ConversionError) as info:
         from_hf(tmp_path)
     assert named in str(info.value)
@@ -175,7 +133,7 @@ def test_a_config_json_field_lmref_cannot_represent_is_named(edit, named, tmp_pa
 @pytest.mark.parametrize("key, value", [("pretraining_tp", 4), ("slow_but_exact", True), ("hidden_dropout", 0.1),
                                         ("offset_alibi", 100), ("masked_softmax_fusion", False)])
 def test_fields_that_never_change_the_numbers_are_read_and_ignored(key, value, tmp_path):
-    _edit_config(_hf_dir(tmp_path), _set(key, value))
+    edit_config(hf_dir(tmp_path, BLOOM), _set(key, value))
     assert from_hf(tmp_path)[0] == BLOOM
 
 
@@ -242,15 +200,10 @@ MODELS = {
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def bloom_model(request, tmp_path_factory):
     """(name, BloomForCausalLM in eval mode, its save_pretrained directory)."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from tests.test_hf_transformers import _randomise
-
-    torch.manual_seed(0)
-    model = transformers.BloomForCausalLM(transformers.BloomConfig(**MODELS[request.param]))
-    _randomise(model, seed=1)
     directory = tmp_path_factory.mktemp(request.param)
-    model.eval().save_pretrained(directory)
+    model = save_randomised(transformers.BloomForCausalLM, transformers.BloomConfig(**MODELS[request.param]), directory)
     return request.param, model, directory
 
 
@@ -259,29 +212,16 @@ def _golden(config, params, tokens):
 
 
 def test_golden_matches_transformers_bloom(bloom_model):
-    import torch
-    from lmref.conformance.metrics import compare, gate
-    from lmref.conformance.tolerances import DEFAULT_ROWS
-
     name, model, directory = bloom_model
-    config, params = from_hf(directory)
-    tokens = np.random.default_rng(0).integers(0, config.vocab_size, size=(2, 40))
-    with torch.no_grad():
-        hf_logits = model(input_ids=torch.from_numpy(tokens)).logits.numpy()
-    golden = _golden(config, params, tokens)
-    assert gate(compare(hf_logits, golden, DEFAULT_ROWS["float32"]), DEFAULT_ROWS["float32"]) == [], name
-    assert np.std(golden) > 0.5
+    assert_golden_matches_transformers(model, directory, name)
 
 
 def test_transformers_bloom_round_trips_bit_for_bit(bloom_model, tmp_path):
     from tests.test_hf_transformers import _numeric_fields
 
     name, _, directory = bloom_model
-    config, params = from_hf(directory)
-    to_hf(config, params, tmp_path)
-    original, exported = load_file(directory / "model.safetensors"), load_file(tmp_path / "model.safetensors")
-    assert sorted(exported) == sorted(original), name
-    assert all(np.array_equal(exported[k], original[k]) for k in original), name
+    _, original, exported = written_back(directory, tmp_path)
+    assert_same_tensors(exported, original, name, dtypes=False)
     ours, theirs = _numeric_fields(tmp_path), _numeric_fields(directory)
     # lmref writes pretraining_tp 1 and slow_but_exact false (the same math) and its context
     for key in ("pretraining_tp", "slow_but_exact", "seq_length"):
@@ -311,18 +251,7 @@ def test_captures_are_the_goldens():
     """LAYER_MODULES: self_attention.dense, mlp.dense_4h_to_h and the block are what lmref
     captures; transformers' hidden_states[0] is the embedding after its LayerNorm."""
     pytest.importorskip("transformers")
-    from lmref.convert.hf_adapter import HFAdapter
-
-    config = VARIANTS["bloom-untied-eps-1e-6-4-heads"]
-    params = {k: v.astype(np.float32) for k, v in init_params(config, 5).items()}
-    tokens = np.random.default_rng(1).integers(0, config.vocab_size, size=(2, 9))
-    golden: dict = {}
-    impl_numpy.forward(config, {k: v.astype(np.float64) for k, v in params.items()}, tokens, capture=golden)
-    captured = HFAdapter().capture(config, params, tokens)
-    assert list(captured) == list(golden)
-    for name, value in golden.items():
-        scale = math.sqrt(float(np.mean(value**2)))
-        assert float(np.max(np.abs(captured[name] - value))) < 1e-4 * max(scale, 1.0), name
+    assert_captures_are_the_goldens(VARIANTS["bloom-untied-eps-1e-6-4-heads"])
 
 
 def test_slow_but_exact_drops_biases_in_transformers():

@@ -8,19 +8,17 @@ presets and the variants of tests/hf_configs.py through the generic checks).
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
 
-from lmref import impl_numpy
 from lmref.conformance.cases import case_config
-from lmref.convert import ConversionError, config_from_hf, from_hf, hf_config, hf_state_dict, to_hf
+from lmref.convert import ConversionError, config_from_hf, from_hf, hf_config, hf_state_dict
 from lmref.spec import RopeScaling, init_params, tiny
 
+from tests.hf_checkpoints import (assert_captures_are_the_goldens, assert_golden_matches_transformers,
+                                  assert_misshaped_is_named, assert_same_tensors, assert_split_and_rejoin_exact,
+                                  edit_config, hf_dir, save_randomised, written_back)
 from tests.hf_configs import VARIANTS
 
 SEVEN = case_config("falcon-7b")  # old architecture, multi-query: 4 heads of 16, 1 KV head
@@ -28,23 +26,6 @@ FORTY = case_config("falcon-40b")  # new architecture: 8 heads of 16 in 2 KV gro
 MULTI_HEAD = VARIANTS["falcon-multi-head-tanh-gelu-narrow-mlp"]  # old architecture, 4 KV heads
 SEQUENTIAL = VARIANTS["falcon-sequential-multi-query-biases-untied-linear-rope"]
 QKV = "transformer.h.1.self_attention.query_key_value"
-
-
-def _hf_dir(tmp_path, config=FORTY, seed: int = 1) -> Path:
-    to_hf(config, init_params(config, seed), tmp_path)
-    return tmp_path
-
-
-def _edit_config(directory: Path, edit) -> None:
-    data = json.loads((directory / "config.json").read_text())
-    edit(data)
-    (directory / "config.json").write_text(json.dumps(data))
-
-
-def _edit_weights(directory: Path, edit) -> None:
-    tensors = load_file(directory / "model.safetensors")
-    edit(tensors)
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
 # --- the fused query_key_value ------------------------------------------------------------------
@@ -87,16 +68,7 @@ def test_the_fused_bias_follows_the_weights_rows():
 def test_the_split_and_the_rejoin_are_exact(key, dtype, tmp_path):
     """HF -> lmref -> HF gives the same bits: a checkpoint whose tensors lmref did not write."""
     config = VARIANTS.get(key) or case_config(key)
-    _hf_dir(tmp_path, config)
-    rng = np.random.default_rng(0)
-    _edit_weights(tmp_path, lambda t: t.update({k: rng.standard_normal(v.shape).astype(dtype) for k, v in t.items()}))
-    original = load_file(tmp_path / "model.safetensors")
-    back_config, params = from_hf(tmp_path)
-    assert params["layers.1.attn.wk"].dtype == dtype
-    to_hf(back_config, params, tmp_path / "back")
-    back = load_file(tmp_path / "back" / "model.safetensors")
-    assert sorted(back) == sorted(original)
-    assert all(back[k].dtype == original[k].dtype and np.array_equal(back[k], original[k]) for k in original)
+    assert_split_and_rejoin_exact(tmp_path, config, dtype, read_key="layers.1.attn.wk")
 
 
 @pytest.mark.parametrize("config, shape, expected", [
@@ -106,15 +78,7 @@ def test_a_fused_tensor_that_does_not_split_into_the_configs_heads_is_named(conf
     """falcon-40b's 2 groups of 4 q + k + v heads are 192 rows (176: one KV group of 1 + 2);
     a multi-head [3 d, d] tensor under a multi-query config (or the reverse) is named with
     both shapes."""
-    directory = _hf_dir(tmp_path, config)
-    _edit_weights(directory, lambda t: t.update({f"{QKV}.weight": np.zeros(shape, np.float32)}))
-    with pytest.raises(ConversionError, match=rf"misshaped 1 key\(s\): {QKV}.weight: expected "
-                                              rf"{_re(expected)}, got {_re(shape)}"):
-        from_hf(directory)
-
-
-def _re(shape: tuple) -> str:
-    return str(shape).replace("(", r"\(").replace(")", r"\)")
+    assert_misshaped_is_named(hf_dir(tmp_path, config), f"{QKV}.weight", shape, expected)
 
 
 # --- config.json: the block, the KV heads -------------------------------------------------------
@@ -173,7 +137,7 @@ REFUSED = [
 
 @pytest.mark.parametrize("edit, named", REFUSED, ids=[n[:40] for _, n in REFUSED])
 def test_a_config_json_field_lmref_cannot_represent_is_named(edit, named, tmp_path):
-    _edit_config(_hf_dir(tmp_path), edit)
+    edit_config(hf_dir(tmp_path, FORTY), edit)
     with pytest.raises(ConversionError) as info:
         from_hf(tmp_path)
     assert named in str(info.value)
@@ -259,42 +223,25 @@ MODELS = {
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def falcon_model(request, tmp_path_factory):
     """(name, FalconForCausalLM in eval mode, its save_pretrained directory)."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from tests.test_hf_transformers import _randomise
-
-    torch.manual_seed(0)
-    model = transformers.FalconForCausalLM(transformers.FalconConfig(**MODELS[request.param]))
-    _randomise(model, seed=1)
     directory = tmp_path_factory.mktemp(request.param)
-    model.eval().save_pretrained(directory)
+    model = save_randomised(transformers.FalconForCausalLM, transformers.FalconConfig(**MODELS[request.param]),
+                            directory)
     return request.param, model, directory
 
 
 def test_golden_matches_transformers_falcon(falcon_model):
-    import torch
-    from lmref.conformance.metrics import compare, gate
-    from lmref.conformance.tolerances import DEFAULT_ROWS
-
     name, model, directory = falcon_model
-    config, params = from_hf(directory)
-    tokens = np.random.default_rng(0).integers(0, config.vocab_size, size=(2, 40))
-    with torch.no_grad():
-        hf_logits = model(input_ids=torch.from_numpy(tokens)).logits.numpy()
-    golden = impl_numpy.forward(config, {k: v.astype(np.float64) for k, v in params.items()}, tokens)
-    assert gate(compare(hf_logits, golden, DEFAULT_ROWS["float32"]), DEFAULT_ROWS["float32"]) == [], name
-    assert np.std(golden) > 0.5
+    assert_golden_matches_transformers(model, directory, name)
 
 
 def test_transformers_falcon_round_trips_bit_for_bit(falcon_model, tmp_path):
     from tests.test_hf_transformers import _numeric_fields
 
     name, _, directory = falcon_model
-    config, params = from_hf(directory)
-    to_hf(config, params, tmp_path)
-    original, exported = load_file(directory / "model.safetensors"), load_file(tmp_path / "model.safetensors")
-    assert sorted(exported) == sorted(original), name
-    assert all(np.array_equal(exported[k], original[k]) for k in original), name
+    _, original, exported = written_back(directory, tmp_path)
+    assert_same_tensors(exported, original, name, dtypes=False)
     # FalconDecoderLayer sets a null num_ln_in_parallel_attn to 2 on the model's config in the new
     # architecture, so save_pretrained writes 2; lmref writes null, as the Hub's falcon-40b says
     saved = _numeric_fields(directory)
@@ -307,14 +254,4 @@ def test_captures_of_the_sequential_variant_are_the_goldens():
     """LAYER_MODULES: self_attention.dense, mlp.dense_4h_to_h and the layer are what lmref
     captures, in the sequential layer too (the conformance suite runs the parallel presets)."""
     pytest.importorskip("transformers")
-    from lmref.convert.hf_adapter import HFAdapter
-
-    params = {k: v.astype(np.float32) for k, v in init_params(SEQUENTIAL, 5).items()}
-    tokens = np.random.default_rng(1).integers(0, SEQUENTIAL.vocab_size, size=(2, 9))
-    golden: dict = {}
-    impl_numpy.forward(SEQUENTIAL, {k: v.astype(np.float64) for k, v in params.items()}, tokens, capture=golden)
-    captured = HFAdapter().capture(SEQUENTIAL, params, tokens)
-    assert list(captured) == list(golden)
-    for name, value in golden.items():
-        scale = math.sqrt(float(np.mean(value**2)))
-        assert float(np.max(np.abs(captured[name] - value))) < 1e-4 * max(scale, 1.0), name
+    assert_captures_are_the_goldens(SEQUENTIAL)

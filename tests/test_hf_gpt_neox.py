@@ -8,42 +8,23 @@ tests/hf_configs.py through the generic checks).
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
 
-from lmref import impl_numpy
 from lmref.conformance.cases import case_config
-from lmref.convert import ConversionError, config_from_hf, from_hf, hf_config, hf_state_dict, to_hf
+from lmref.convert import ConversionError, config_from_hf, from_hf, hf_config, hf_state_dict
 from lmref.convert.layout import per_head_order
 from lmref.spec import RopeScaling, get_preset, init_params, tiny
 
+from tests.hf_checkpoints import (assert_captures_are_the_goldens, assert_fused_per_head,
+                                  assert_golden_matches_transformers, assert_misshaped_is_named,
+                                  assert_same_tensors, assert_split_and_rejoin_exact, edit_config, edit_weights,
+                                  hf_dir, real_config, save_randomised, written_back)
 from tests.hf_configs import VARIANTS
 
 PYTHIA = case_config("pythia-160m")  # d_model 64, 4 heads of 16, a quarter of each rotating
 QKV = "gpt_neox.layers.1.attention.query_key_value"
-REAL_CONFIGS = Path(__file__).parent / "hf_real_configs"
-
-
-def _hf_dir(tmp_path, config=PYTHIA, seed: int = 1) -> Path:
-    to_hf(config, init_params(config, seed), tmp_path)
-    return tmp_path
-
-
-def _edit_config(directory: Path, edit) -> None:
-    data = json.loads((directory / "config.json").read_text())
-    edit(data)
-    (directory / "config.json").write_text(json.dumps(data))
-
-
-def _edit_weights(directory: Path, edit) -> None:
-    tensors = load_file(directory / "model.safetensors")
-    edit(tensors)
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
 # --- the fused query_key_value ------------------------------------------------------------------
@@ -52,45 +33,20 @@ def _edit_weights(directory: Path, edit) -> None:
 def test_query_key_value_holds_each_heads_q_k_v_rows_in_turn():
     """GPTNeoXAttention.forward: `.view(..., n_heads, 3 * head_dim)` then `.chunk(3)`."""
     params = init_params(PYTHIA, 3)
-    tensors = hf_state_dict(PYTHIA, params)
-    weight, bias = tensors[f"{QKV}.weight"], tensors[f"{QKV}.bias"]  # [3 d, d], [3 d]
-    hd, d = PYTHIA.head_dim, PYTHIA.d_model
-    assert weight.shape == (3 * d, d) and bias.shape == (3 * d,)
-    for h in range(PYTHIA.n_heads):
-        for part, name in enumerate("qkv"):
-            rows = slice(h * 3 * hd + part * hd, h * 3 * hd + (part + 1) * hd)
-            columns = slice(h * hd, (h + 1) * hd)
-            assert np.array_equal(weight[rows], params[f"layers.1.attn.w{name}"][:, columns].T), (h, name)
-            assert np.array_equal(bias[rows], params[f"layers.1.attn.b{name}"][columns]), (h, name)
+    assert_fused_per_head(PYTHIA, params, hf_state_dict(PYTHIA, params), QKV)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_the_split_and_the_rejoin_are_exact(dtype, tmp_path):
     """HF -> lmref -> HF gives the same bits: a checkpoint whose q | k | v were not written by lmref."""
-    _hf_dir(tmp_path)
-    rng = np.random.default_rng(0)
-    _edit_weights(tmp_path, lambda t: t.update({k: rng.standard_normal(v.shape).astype(dtype) for k, v in t.items()}))
-    original = load_file(tmp_path / "model.safetensors")
-    config, params = from_hf(tmp_path)
-    assert params["layers.1.attn.wq"].dtype == dtype
-    to_hf(config, params, tmp_path / "back")
-    back = load_file(tmp_path / "back" / "model.safetensors")
-    assert sorted(back) == sorted(original)
-    assert all(back[k].dtype == original[k].dtype and np.array_equal(back[k], original[k]) for k in original)
+    assert_split_and_rejoin_exact(tmp_path, PYTHIA, dtype, read_key="layers.1.attn.wq")
 
 
 @pytest.mark.parametrize("key, shape", [(f"{QKV}.weight", (128, 64)), (f"{QKV}.bias", (190,))])
 def test_a_fused_tensor_that_does_not_split_into_the_heads_is_named_with_both_sizes(key, shape, tmp_path):
     """A fused GQA projection ([q + 2 kv] rows) or a truncated bias is not the 3 x 4 heads of 16."""
-    _edit_weights(_hf_dir(tmp_path), lambda t: t.update({key: np.zeros(shape, np.float64)}))
     expected = (192, 64) if key.endswith("weight") else (192,)
-    with pytest.raises(ConversionError, match=rf"misshaped 1 key\(s\): {key}: expected {re_shape(expected)}, "
-                                              rf"got {re_shape(shape)}"):
-        from_hf(tmp_path)
-
-
-def re_shape(shape: tuple) -> str:
-    return str(shape).replace("(", r"\(").replace(")", r"\)")
+    assert_misshaped_is_named(hf_dir(tmp_path, PYTHIA), key, shape, expected, np.float64)
 
 
 def test_per_head_order_interleaves_each_heads_slices_and_refuses_uneven_widths():
@@ -102,7 +58,7 @@ def test_per_head_order_interleaves_each_heads_slices_and_refuses_uneven_widths(
 
 def test_old_checkpoints_buffers_are_not_weights(tmp_path):
     """Pythia's files carry the causal-mask buffers and the rotary inv_freq of 4.2x."""
-    _hf_dir(tmp_path)
+    hf_dir(tmp_path, PYTHIA)
     _, params = from_hf(tmp_path)
 
     def add_buffers(t):
@@ -111,7 +67,7 @@ def test_old_checkpoints_buffers_are_not_weights(tmp_path):
             t |= {f"{a}.bias": np.tril(np.ones((1, 1, 8, 8), np.float32)), f"{a}.masked_bias": np.float32([-1e9]),
                   f"{a}.rotary_emb.inv_freq": np.ones(2, np.float32)}
 
-    _edit_weights(tmp_path, add_buffers)
+    edit_weights(tmp_path, add_buffers)
     back = from_hf(tmp_path)[1]
     assert all(np.array_equal(back[k], params[k]) for k in params)
 
@@ -120,7 +76,7 @@ def test_old_checkpoints_buffers_are_not_weights(tmp_path):
 
 
 def test_use_parallel_residual_false_is_the_sequential_layer(tmp_path):
-    _edit_config(_hf_dir(tmp_path), lambda d: d.update(use_parallel_residual=False))
+    edit_config(hf_dir(tmp_path, PYTHIA), lambda d: d.update(use_parallel_residual=False))
     config = from_hf(tmp_path)[0]
     assert config == dataclasses.replace(PYTHIA, parallel_residual=False)
 
@@ -190,7 +146,7 @@ REFUSED = [
 
 @pytest.mark.parametrize("field, value, named", REFUSED, ids=[f"{f}={v!r}" for f, v, _ in REFUSED])
 def test_a_config_json_field_lmref_cannot_represent_is_named(field, value, named, tmp_path):
-    _edit_config(_hf_dir(tmp_path), _set(field, value))
+    edit_config(hf_dir(tmp_path, PYTHIA), _set(field, value))
     with pytest.raises(ConversionError) as info:
         from_hf(tmp_path)
     assert named in str(info.value)
@@ -236,7 +192,7 @@ def test_a_config_gpt_neox_cannot_express_is_refused_by_name(key):
 def test_gpt_neox_20bs_file_says_gelu_fast_which_is_its_presets_tanh_gelu():
     """EleutherAI/gpt-neox-20b says hidden_act gelu_fast (FastGELUActivation, the tanh GELU;
     the fused bias-GELU of the GPT-NeoX library is the tanh formula); Pythia's files say the exact gelu."""
-    data = json.loads((REAL_CONFIGS / "EleutherAI--gpt-neox-20b.json").read_text())
+    data = real_config("EleutherAI--gpt-neox-20b")
     assert data["hidden_act"] == "gelu_fast"
     assert config_from_hf(data, "read") == dataclasses.replace(get_preset("gpt-neox-20b"), name="read")
     assert get_preset("gpt-neox-20b").activation == "gelu_tanh" and get_preset("pythia-160m").activation == "gelu"
@@ -274,42 +230,25 @@ MODELS = {
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def neox_model(request, tmp_path_factory):
     """(name, GPTNeoXForCausalLM in eval mode, its save_pretrained directory)."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from tests.test_hf_transformers import _randomise
-
-    torch.manual_seed(0)
-    model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**MODELS[request.param]))
-    _randomise(model, seed=1)
     directory = tmp_path_factory.mktemp(request.param)
-    model.eval().save_pretrained(directory)
+    model = save_randomised(transformers.GPTNeoXForCausalLM, transformers.GPTNeoXConfig(**MODELS[request.param]),
+                            directory)
     return request.param, model, directory
 
 
 def test_golden_matches_transformers_gpt_neox(neox_model):
-    import torch
-    from lmref.conformance.metrics import compare, gate
-    from lmref.conformance.tolerances import DEFAULT_ROWS
-
     name, model, directory = neox_model
-    config, params = from_hf(directory)
-    tokens = np.random.default_rng(0).integers(0, config.vocab_size, size=(2, 40))
-    with torch.no_grad():
-        hf_logits = model(input_ids=torch.from_numpy(tokens)).logits.numpy()
-    golden = impl_numpy.forward(config, {k: v.astype(np.float64) for k, v in params.items()}, tokens)
-    assert gate(compare(hf_logits, golden, DEFAULT_ROWS["float32"]), DEFAULT_ROWS["float32"]) == [], name
-    assert np.std(golden) > 0.5
+    assert_golden_matches_transformers(model, directory, name)
 
 
 def test_transformers_gpt_neox_round_trips_bit_for_bit(neox_model, tmp_path):
     from tests.test_hf_transformers import _numeric_fields
 
     name, _, directory = neox_model
-    config, params = from_hf(directory)
-    to_hf(config, params, tmp_path)
-    original, exported = load_file(directory / "model.safetensors"), load_file(tmp_path / "model.safetensors")
-    assert sorted(exported) == sorted(original), name  # embed_out, as 5.23 saves lm_head
-    assert all(np.array_equal(exported[k], original[k]) for k in original), name
+    _, original, exported = written_back(directory, tmp_path)
+    assert_same_tensors(exported, original, name, dtypes=False)  # embed_out, as 5.23 saves lm_head
     assert _numeric_fields(tmp_path) == _numeric_fields(directory)
 
 
@@ -317,15 +256,4 @@ def test_captures_of_the_sequential_variant_are_the_goldens():
     """LAYER_MODULES: attention.dense, mlp.dense_4h_to_h and the layer are what lmref captures,
     in the sequential layer too (the conformance suite runs the parallel presets)."""
     pytest.importorskip("transformers")
-    from lmref.convert.hf_adapter import HFAdapter
-
-    config = VARIANTS["pythia-sequential-tied-linear-rope"]
-    params = {k: v.astype(np.float32) for k, v in init_params(config, 5).items()}
-    tokens = np.random.default_rng(1).integers(0, config.vocab_size, size=(2, 9))
-    golden: dict = {}
-    impl_numpy.forward(config, {k: v.astype(np.float64) for k, v in params.items()}, tokens, capture=golden)
-    captured = HFAdapter().capture(config, params, tokens)
-    assert list(captured) == list(golden)
-    for name, value in golden.items():
-        scale = math.sqrt(float(np.mean(value**2)))
-        assert float(np.max(np.abs(captured[name] - value))) < 1e-4 * max(scale, 1.0), name
+    assert_captures_are_the_goldens(VARIANTS["pythia-sequential-tied-linear-rope"])

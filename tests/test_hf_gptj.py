@@ -36,10 +36,12 @@ from lmref.spec import RopeScaling, get_preset, init_params, tiny  # noqa: E402
 from transformers.models.gptj.modeling_gptj import create_sinusoidal_positions  # noqa: E402
 
 from tests.controls import run_arch  # noqa: E402
+from tests.hf_checkpoints import (assert_golden_matches_transformers, assert_same_tensors,  # noqa: E402
+                                  save_randomised, written_back)
 from tests.test_hf_float64 import transformers_float64  # noqa: E402
-from tests.test_hf_transformers import _numeric_fields, _randomise  # noqa: E402
+from tests.test_hf_transformers import _numeric_fields  # noqa: E402
 
-F32, F64 = DEFAULT_ROWS["float32"], DEFAULT_ROWS["float64"]
+F64 = DEFAULT_ROWS["float64"]
 # A GPTJConfig of 4 heads of 16 dims, 4 of them rotated (the JSON keys, model_type included)
 SMALL = dict(model_type="gptj", vocab_size=97, n_embd=64, n_head=4, n_layer=2, n_positions=64, rotary_dim=4,
              bos_token_id=None, eos_token_id=None)
@@ -61,38 +63,26 @@ MODELS = {
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def hf_model(request, tmp_path_factory):
     """(name, GPTJForCausalLM at the golden's weight scale in eval mode, its save_pretrained directory)."""
-    torch.manual_seed(0)
-    model = transformers.GPTJForCausalLM(_transformers_config(**MODELS[request.param]))
-    _randomise(model, seed=1)
     directory = tmp_path_factory.mktemp(request.param)
-    model.eval().save_pretrained(directory)
+    model = save_randomised(transformers.GPTJForCausalLM, _transformers_config(**MODELS[request.param]), directory)
     return request.param, model, directory
 
 
 def test_golden_matches_transformers_gptj_logits(hf_model):
     name, model, directory = hf_model
-    config, params = from_hf(directory)
+    config = assert_golden_matches_transformers(model, directory, name)
     assert (config.parallel_residual, config.shared_attn_norm, config.lm_head_bias) == (True, True, True)
     assert config.rope_dim == model.config.rotary_dim and config.rope_layout == "interleaved"
-    tokens = np.random.default_rng(0).integers(0, config.vocab_size, size=(2, 40))
-    with torch.no_grad():
-        hf_logits = model(input_ids=torch.from_numpy(tokens)).logits.numpy()
-    golden = impl_numpy.forward(config, {k: v.astype(np.float64) for k, v in params.items()}, tokens)
-    assert gate(compare(hf_logits, golden, F32), F32) == [], name
-    assert np.std(golden) > 0.5  # the weights are at a scale where every component matters
 
 
 def test_transformers_gptj_written_back_is_bit_for_bit(hf_model, tmp_path):
     """The tied head's bias stays in the file (`lm_head` is an nn.Linear with a bias; only its
     weight is tied)."""
     *_, directory = hf_model
-    config, params = from_hf(directory)
-    to_hf(config, params, tmp_path)
-    original, exported = load_file(directory / "model.safetensors"), load_file(tmp_path / "model.safetensors")
-    assert sorted(exported) == sorted(original) and "lm_head.bias" in exported
+    config, original, exported = written_back(directory, tmp_path)
+    assert_same_tensors(exported, original)
+    assert "lm_head.bias" in exported
     assert ("lm_head.weight" in exported) == (not config.tie_embeddings)
-    for key, value in original.items():
-        assert exported[key].dtype == value.dtype and np.array_equal(exported[key], value), key
     assert _numeric_fields(tmp_path) == _numeric_fields(directory)
 
 

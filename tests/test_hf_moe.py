@@ -23,8 +23,6 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from safetensors.numpy import load_file  # noqa: E402
-
 from lmref import impl_numpy  # noqa: E402
 from lmref.conformance.cases import case_config  # noqa: E402
 from lmref.conformance.metrics import compare, gate  # noqa: E402
@@ -39,6 +37,7 @@ from lmref.spec import PRESETS, init_params, tiny  # noqa: E402
 from lmref.spec.captures import moe_layers  # noqa: E402
 
 from tests.controls import run_arch  # noqa: E402
+from tests.hf_checkpoints import assert_same_tensors, written_back  # noqa: E402
 from tests.hf_configs import moe_variant  # noqa: E402
 from tests.test_hf_float64 import transformers_float64  # noqa: E402
 from tests.test_hf_transformers import _numeric_fields  # noqa: E402
@@ -213,11 +212,8 @@ def test_the_golden_runs_a_saved_checkpoint_as_transformers_does_in_float64(save
 
 def test_a_saved_checkpoint_is_written_back_bit_for_bit(saved, tmp_path):
     name, directory = saved
-    config, params = from_hf(directory)
-    to_hf(config, params, tmp_path)
-    original, exported = load_file(directory / "model.safetensors"), load_file(tmp_path / "model.safetensors")
-    assert sorted(exported) == sorted(original)
-    assert all(np.array_equal(exported[k], v) and exported[k].dtype == v.dtype for k, v in original.items()), name
+    _, original, exported = written_back(directory, tmp_path)
+    assert_same_tensors(exported, original, name)
     assert _numeric_fields(tmp_path) == _numeric_fields(directory)
 
 

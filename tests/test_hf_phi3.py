@@ -21,13 +21,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from safetensors.numpy import load_file, save_file  # noqa: E402
+from safetensors.numpy import load_file  # noqa: E402
 
 from lmref import impl_numpy  # noqa: E402
 from lmref.conformance.cases import case_config  # noqa: E402
-from lmref.conformance.metrics import compare, gate  # noqa: E402
 from lmref.conformance.store import GoldenStore  # noqa: E402
-from lmref.conformance.tolerances import DEFAULT_ROWS  # noqa: E402
 from lmref.convert import ConversionError, config_from_hf, from_hf, hf_config, to_hf  # noqa: E402
 from lmref.convert.hf import hf_state_dict  # noqa: E402
 from lmref.convert.hf_adapter import HFAdapter  # noqa: E402
@@ -35,16 +33,13 @@ from lmref.spec import init_params, tiny  # noqa: E402
 from lmref.spec.presets.phi3 import LONG_FACTOR, SHORT_FACTOR  # noqa: E402
 
 from tests.controls import run_arch  # noqa: E402
-from tests.test_hf_transformers import _numeric_fields, _randomise  # noqa: E402
+from tests.hf_checkpoints import (assert_golden_matches_transformers, assert_misshaped_is_named,  # noqa: E402
+                                  assert_same_tensors, assert_split_and_rejoin_exact, hf_dir, real_config,
+                                  save_randomised, written_back)
+from tests.test_hf_transformers import _numeric_fields  # noqa: E402
 
-F32 = DEFAULT_ROWS["float32"]
 LONG = tiny("phi-3-mini-128k")  # O 32, factors 1.1 .. 64.8
 O = LONG.rope_scaling.original_max_seq_len
-
-
-def _hf_dir(path, config, seed=0):
-    to_hf(config, {k: v.astype(np.float32) for k, v in init_params(config, seed).items()}, path)
-    return path
 
 
 # --- the fused tensors ------------------------------------------------------------------------------
@@ -67,30 +62,17 @@ def test_qkv_proj_holds_q_then_k_then_v_and_gate_up_the_gate_first():
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_the_split_and_the_rejoin_are_exact(dtype, tmp_path):
     """HF -> lmref -> HF gives the same bits, on tensors lmref did not write."""
-    _hf_dir(tmp_path, tiny("phi-3-mini-128k", n_kv_heads=2))
-    rng = np.random.default_rng(0)
-    tensors = {k: rng.standard_normal(v.shape).astype(dtype) for k, v in load_file(tmp_path / "model.safetensors").items()}
-    save_file(tensors, tmp_path / "model.safetensors")
-    config, params = from_hf(tmp_path)
-    to_hf(config, params, tmp_path / "back")
-    back = load_file(tmp_path / "back" / "model.safetensors")
-    assert sorted(back) == sorted(tensors)
-    assert all(back[k].dtype == tensors[k].dtype and np.array_equal(back[k], tensors[k]) for k in tensors)
+    assert_split_and_rejoin_exact(tmp_path, tiny("phi-3-mini-128k", n_kv_heads=2), dtype)
 
 
 @pytest.mark.parametrize("key, rows", [("self_attn.qkv_proj", 3 * 64 - 16), ("mlp.gate_up_proj", 171)],
                          ids=["qkv-one-kv-head-short", "gate_up-one-half"])
 def test_a_fused_tensor_that_does_not_split_into_the_configs_heads_is_named(key, rows, tmp_path):
     """4 heads of 16: q|k|v is 192 rows (176 would be k and v one head short); gate|up 2 * 171."""
-    directory = _hf_dir(tmp_path, tiny("phi-3-mini-4k"))
-    tensors = load_file(directory / "model.safetensors")
+    directory = hf_dir(tmp_path, tiny("phi-3-mini-4k"), seed=0, dtype=np.float32)
     name = f"model.layers.0.{key}.weight"
-    expected = tensors[name].shape
-    tensors[name] = np.zeros((rows, expected[1]), np.float32)
-    save_file(tensors, directory / "model.safetensors")
-    with pytest.raises(ConversionError, match=rf"misshaped 1 key\(s\): {name}: expected \({expected[0]}, "
-                                              rf"{expected[1]}\), got \({rows}, {expected[1]}\)"):
-        from_hf(directory)
+    expected = load_file(directory / "model.safetensors")[name].shape
+    assert_misshaped_is_named(directory, name, (rows, expected[1]), expected)
 
 
 # --- transformers' own model ------------------------------------------------------------------------
@@ -98,40 +80,27 @@ def test_a_fused_tensor_that_does_not_split_into_the_configs_heads_is_named(key,
 @pytest.fixture(scope="module")
 def hf_model(tmp_path_factory):
     """Phi3ForCausalLM with LongRoPE (O 8, 4 heads of 16, 12 dims rotated) and a window of 6."""
-    config = transformers.Phi3Config(
+    transformers_config = transformers.Phi3Config(
         vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=64, original_max_position_embeddings=8, sliding_window=6,
         rope_scaling={"type": "longrope", "short_factor": [1.0, 1.2, 1.5, 2.0, 3.0, 4.0],
                       "long_factor": [1.0, 2.0, 6.0, 12.0, 30.0, 60.0]}, partial_rotary_factor=0.75,
         bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    torch.manual_seed(0)
-    model = transformers.Phi3ForCausalLM(config)
-    _randomise(model, seed=1)
     directory = tmp_path_factory.mktemp("phi3")
-    model.eval().save_pretrained(directory)
-    return model, directory
+    return save_randomised(transformers.Phi3ForCausalLM, transformers_config, directory), directory
 
 
 @pytest.mark.parametrize("seq", [8, 30], ids=["within-O", "past-O"])
 def test_golden_matches_transformers_phi3(hf_model, seq):
     model, directory = hf_model
-    config, params = from_hf(directory)
+    config = assert_golden_matches_transformers(model, directory, seq=seq)
     assert (config.rope_dim, config.sliding_window, config.rope_scaling.original_max_seq_len) == (12, 6, 8)
-    tokens = np.random.default_rng(0).integers(0, config.vocab_size, size=(2, seq))
-    with torch.no_grad():
-        hf_logits = model(input_ids=torch.from_numpy(tokens)).logits.numpy()
-    golden = impl_numpy.forward(config, {k: v.astype(np.float64) for k, v in params.items()}, tokens)
-    assert gate(compare(hf_logits, golden, F32), F32) == []
-    assert np.std(golden) > 0.5
 
 
 def test_transformers_phi3_written_back_is_bit_for_bit(hf_model, tmp_path):
     _, directory = hf_model
-    config, params = from_hf(directory)
-    to_hf(config, params, tmp_path)
-    original, exported = load_file(directory / "model.safetensors"), load_file(tmp_path / "model.safetensors")
-    assert sorted(exported) == sorted(original)
-    assert all(exported[k].dtype == v.dtype and np.array_equal(exported[k], v) for k, v in original.items())
+    _, original, exported = written_back(directory, tmp_path)
+    assert_same_tensors(exported, original)
     assert _numeric_fields(tmp_path) == _numeric_fields(directory)
 
 
@@ -180,7 +149,7 @@ def test_phi3s_legacy_rope_type_names_are_longrope(legacy):
 
 
 def test_the_published_128k_file_reads_as_the_preset_with_its_attention_factor():
-    data = json.loads(open("tests/hf_real_configs/microsoft--Phi-3-mini-128k-instruct.json").read())
+    data = real_config("microsoft--Phi-3-mini-128k-instruct")
     c = config_from_hf(data, "phi-3-mini-128k")
     s = c.rope_scaling
     assert (s.factor, s.original_max_seq_len, s.attention_factor) == (32.0, 4096, None)
@@ -192,10 +161,10 @@ def test_a_window_at_least_the_context_is_no_window_in_transformers_too(tmp_path
     """Phi-3-mini-128k's sliding_window 262144 > 131072: read as no window, written as null;
     transformers runs the two files alike (its sliding mask with such a window is causal)."""
     config = tiny("phi-3-mini-4k", attn_pattern=("global",), sliding_window=None)
-    _hf_dir(tmp_path / "null", config)
+    hf_dir(tmp_path / "null", config, seed=0, dtype=np.float32)
     data = json.loads((tmp_path / "null" / "config.json").read_text())
     assert data["sliding_window"] is None
-    _hf_dir(tmp_path / "wide", config)
+    hf_dir(tmp_path / "wide", config, seed=0, dtype=np.float32)
     (tmp_path / "wide" / "config.json").write_text(json.dumps(data | {"sliding_window": config.max_seq_len}))
     assert from_hf(tmp_path / "wide")[0] == from_hf(tmp_path / "null")[0]
     ids = torch.from_numpy(np.random.default_rng(0).integers(0, config.vocab_size, (1, 40)))
