@@ -22,6 +22,9 @@ from lmref.conformance.adapters import CAPABILITIES
 from lmref.conformance.runner import ERROR, FAIL, NOT_SUPPORTED, PASS
 from lmref.conformance.tolerances import TIGHTEST_FIRST
 
+# The --report-json document's name and version (read back by conformance/report_file.py).
+# Version 1: the first with these two keys.
+REPORT_FORMAT, REPORT_FORMAT_VERSION = "lmref-conformance-report", 1
 SKIPPED = "SKIPPED"
 ORDER = (PASS, SKIPPED, NOT_SUPPORTED, FAIL, ERROR)  # best to worst
 NOT_SUPPORTED_PREFIX = "NOT SUPPORTED:"
@@ -180,7 +183,8 @@ class Report:
         table = {arch: {c: self._cell(arch, c, s) for c, s in caps.items()} for arch, caps in self.grid().items()}
         summary = {"total": len(self.finished()), "counts": self.counts(), "table": table,
                    "tightest_row": self.tightest_rows(), "exit_status": int(exit_status)}
-        return {**run, "results": [r.to_dict() for r in self.finished()], "summary": summary}
+        return {"format": REPORT_FORMAT, "format_version": REPORT_FORMAT_VERSION, **run,
+                "results": [r.to_dict() for r in self.finished()], "summary": summary}
 
     def write_json(self, path: Path, run: dict, exit_status: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

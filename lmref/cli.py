@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmref.commands import convert, export, golden, train
+from lmref.commands import convert, export, golden, report, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_commands(sub)  # `lmref convert`
     train.add_commands(sub)  # `lmref train`, `lmref generate`
     export.add_commands(sub)  # `lmref export`, `lmref validate-onnx`
+    report.add_commands(sub)  # `lmref report`
     return parser
 
 

@@ -1,0 +1,123 @@
+"""Reading `--report-json` files back: the summary of one run and what changed between two
+(`lmref report FILE` and `lmref report OLD NEW`, lmref/commands/report.py).
+
+A report is the object conformance/report.py `Report.to_json` writes: `format`
+("lmref-conformance-report"), `format_version`, the run (`impl`, `impl_version`, `dtype`,
+`golden_version`, ...), `results` (one per check: `nodeid`, `arch`, `case`, `capability`,
+`status`, `metrics`, `message`) and `summary` (`total`, `counts`, `table`, `tightest_row`,
+`exit_status`); docs/conformance.md, "Reports".  Files written before the format was named
+(version 0) carry the same keys without `format`, and are read alike.
+
+Two runs are compared check by check, a check being (arch, case, capability).  A status worse
+than before (the order PASS, SKIPPED, NOT SUPPORTED, FAIL, ERROR) is a regression, and so is a
+check the new run no longer has; a better one is a fix; a check only the new run has is new.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmref.conformance.adapters import CAPABILITIES
+from lmref.conformance.report import ORDER, REPORT_FORMAT, REPORT_FORMAT_VERSION
+
+RESULT_KEYS = ("arch", "case", "capability", "status")
+
+
+class ReportFileError(ValueError):
+    """A file that is not a conformance report this version of lmref reads."""
+
+
+def read_report(path: str | Path) -> dict:
+    """The report in `path`; ReportFileError naming the file and what is wrong with it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise ReportFileError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except ValueError as e:
+        raise ReportFileError(f"{path}: is not JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list) or "summary" not in data:
+        raise ReportFileError(f"{path}: is not a conformance report (no results and summary: write one with "
+                              "`pytest conformance/ --report-json PATH`)")
+    version = data.get("format_version", 0) if data.get("format", REPORT_FORMAT) == REPORT_FORMAT else None
+    if not isinstance(version, int) or not 0 <= version <= REPORT_FORMAT_VERSION:
+        raise ReportFileError(f"{path}: format {data.get('format')!r} version {data.get('format_version')!r}; this "
+                              f"lmref reads {REPORT_FORMAT!r} versions 0 to {REPORT_FORMAT_VERSION}")
+    for i, result in enumerate(data["results"]):
+        missing = [k for k in RESULT_KEYS if not isinstance(result, dict) or not isinstance(result.get(k), str)]
+        if missing:
+            raise ReportFileError(f"{path}: results[{i}] lacks {', '.join(missing)}")
+        if result["status"] not in ORDER:
+            raise ReportFileError(f"{path}: results[{i}] has status {result['status']!r}, not one of {', '.join(ORDER)}")
+    return data
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The run, the arch x capability table with each arch's tightest row, the counts, and one
+    line per FAIL or ERROR with the first line of its message."""
+    summary = report["summary"]
+    table, tightest = summary.get("table", {}), summary.get("tightest_row", {})
+    shown = [c for c in CAPABILITIES if any(caps.get(c, "-") != "-" for caps in table.values())]
+    rows = [["arch", *shown, "tightest row"]]
+    rows += [[arch, *(caps.get(c, "-") for c in shown), tightest.get(arch, "-")] for arch, caps in table.items()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"{report.get('impl', '?')} ({report.get('impl_version', '?')}), {report.get('dtype', '?')} row, "
+             f"golden {report.get('golden_version', '?')}"]
+    lines += ["  ".join(text.ljust(w) for text, w in zip(row, widths)).rstrip() for row in rows]
+    counts = ", ".join(f"{n} {s}" for s, n in summary.get("counts", {}).items())
+    lines.append(f"{summary.get('total', len(report['results']))} checks: {counts}")
+    for r in report["results"]:
+        if r["status"] in ("FAIL", "ERROR"):
+            lines.append(f"{r['status']} {r['arch']}/{r['case']} {r['capability']}: {gist(r.get('message') or '')}")
+    return lines
+
+
+def gist(message: str) -> str:
+    """The line of a FAIL or ERROR message that says most: the first diverging component,
+    else the first reason given, else the first line after the heading."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("first diverging component"):
+            return line
+    if "failed:" in lines[:-1]:
+        return lines[lines.index("failed:") + 1]
+    return lines[1] if len(lines) > 1 else "".join(lines)
+
+
+@dataclass(frozen=True)
+class Change:
+    check: tuple[str, str, str]  # (arch, case, capability)
+    old: str | None  # None: the old run did not have the check
+    new: str | None  # None: the new run does not
+
+    @property
+    def kind(self) -> str:
+        if self.new is None:
+            return "gone"
+        if self.old is None:
+            return "new"
+        return "regressed" if ORDER.index(self.new) > ORDER.index(self.old) else "fixed"
+
+    def line(self) -> str:
+        arch, case, capability = self.check
+        return f"{self.kind:9} {arch}/{case} {capability}: {self.old or '(none)'} -> {self.new or '(none)'}"
+
+
+def _statuses(report: dict) -> dict[tuple[str, str, str], str]:
+    return {(r["arch"], r["case"], r["capability"]): r["status"] for r in report["results"]}
+
+
+def changes(old: dict, new: dict) -> list[Change]:
+    """Every check whose status differs between the two runs, in the new run's order, then
+    the checks the new run lost."""
+    before, after = _statuses(old), _statuses(new)
+    found = [Change(k, before.get(k), s) for k, s in after.items() if before.get(k) != s]
+    return found + [Change(k, s, None) for k, s in before.items() if k not in after]
+
+
+def run_differences(old: dict, new: dict) -> list[str]:
+    """What makes two runs not like for like: another golden set, dtype row or implementation."""
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in ("impl", "dtype", "golden_version")
+            if old.get(key) != new.get(key)]

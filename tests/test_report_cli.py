@@ -1,0 +1,120 @@
+"""`lmref report`: a --report-json file read back (its table, counts and failures), and two runs
+compared check by check (regressed, gone, fixed, new; exit 1 on a regression)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from lmref.cli import main
+from lmref.conformance.report import REPORT_FORMAT, REPORT_FORMAT_VERSION
+from tests.test_conformance_plugin import ADAPTERS, run_suite
+
+ARCHS = ("--arch", "gpt2,llama3")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    """{"good": the golden's own run, "bad": WrongSecondMlp's}: (path, report)."""
+    found = {}
+    for name, extra in (("good", ()), ("bad", ("--impl", f"{ADAPTERS}:WrongSecondMlp"))):
+        directory = tmp_path_factory.mktemp(name)
+        run = run_suite(directory, *ARCHS, *extra)
+        found[name] = (directory / "report.json", run.report)
+    return found
+
+
+def write(tmp_path, name: str, report: dict):
+    path = tmp_path / name
+    path.write_text(json.dumps(report))
+    return path
+
+
+def report_cli(capsys, *paths) -> tuple[int, str, str]:
+    status = main(["report", *map(str, paths)])
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def test_the_report_names_its_format_and_version(runs):
+    report = runs["good"][1]
+    assert (report["format"], report["format_version"]) == (REPORT_FORMAT, REPORT_FORMAT_VERSION) == (
+        "lmref-conformance-report", 1)
+
+
+def test_one_report_prints_its_table_counts_and_failures(runs, capsys):
+    path, report = runs["bad"]
+    status, out, _ = report_cli(capsys, path)
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("wrong-second-mlp (") and "float64 row" in lines[0]
+    assert lines[1].split() == ["arch", "forward", "decode", "loss", "capture", "tightest", "row"]
+    assert lines[2].split()[:3] == ["gpt2", "FAIL", "4"]
+    assert "22 checks: 0 PASS, 10 NOT SUPPORTED, 12 FAIL, 0 ERROR" in lines
+    failures = [line for line in lines if line.startswith("FAIL ")]
+    assert len(failures) == 12 == report["summary"]["counts"]["FAIL"]
+    # the cases with captures name the component; the others give the first reason
+    for line in failures:
+        if "prefill" in line:
+            assert "first diverging component: layers.1.mlp" in line, line
+        else:
+            assert ": allclose: " in line and "logits exceed atol 1e-09" in line, line
+
+
+def test_a_regression_exits_1_and_a_fix_exits_0(runs, capsys):
+    good, bad = runs["good"][0], runs["bad"][0]
+    status, out, _ = report_cli(capsys, good, bad)
+    assert status == 1
+    assert "regressed gpt2/prefill-b2-s7 forward: PASS -> FAIL" in out
+    assert "regressed llama3/decode-b2-p5-n6 loss: PASS -> NOT SUPPORTED" in out
+    assert "note: the runs differ in impl: 'numpy'" in out
+    assert out.splitlines()[-1] == "22 regressed or gone, 0 fixed, 0 new, 0 unchanged"
+    status, out, _ = report_cli(capsys, bad, good)
+    assert status == 0 and out.splitlines()[-1] == "0 regressed or gone, 22 fixed, 0 new, 0 unchanged"
+    status, out, _ = report_cli(capsys, good, good)
+    assert status == 0 and out == "0 regressed or gone, 0 fixed, 0 new, 22 unchanged\n"
+
+
+def test_a_check_the_new_run_lost_is_a_regression_and_one_it_gained_is_new(runs, tmp_path, capsys):
+    good = runs["good"][1]
+    fewer = copy.deepcopy(good)
+    lost = fewer["results"].pop(0)
+    status, out, _ = report_cli(capsys, runs["good"][0], write(tmp_path, "fewer.json", fewer))
+    assert status == 1
+    assert f"gone      {lost['arch']}/{lost['case']} {lost['capability']}: PASS -> (none)" in out
+    status, out, _ = report_cli(capsys, write(tmp_path, "fewer.json", fewer), runs["good"][0])
+    assert status == 0 and f"new       {lost['arch']}/{lost['case']} {lost['capability']}: (none) -> PASS" in out
+
+
+def test_a_report_from_before_the_format_was_named_reads_alike(runs, tmp_path, capsys):
+    old = {k: v for k, v in runs["good"][1].items() if k not in ("format", "format_version")}
+    status, out, _ = report_cli(capsys, write(tmp_path, "v0.json", old), runs["good"][0])
+    assert status == 0 and out.endswith("22 unchanged\n")
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("not json", "is not JSON"),
+    ("[]", "is not a conformance report"),
+    ('{"results": [], "summary": {}, "format": "other"}', "format 'other' version None; this lmref reads"),
+    ('{"results": [], "summary": {}, "format_version": 7}', "version 7; this lmref reads"),
+    ('{"results": [{"arch": "gpt2"}], "summary": {}}', "results[0] lacks case, capability, status"),
+    ('{"results": [{"arch": "a", "case": "c", "capability": "forward", "status": "OK"}], "summary": {}}',
+     "results[0] has status 'OK', not one of PASS"),
+])
+def test_a_file_that_is_not_a_report_is_refused_naming_it(content, expected, tmp_path, capsys):
+    path = tmp_path / "r.json"
+    path.write_text(content)
+    status, out, err = report_cli(capsys, path)
+    assert status == 2 and out == ""
+    assert err.startswith(f"lmref report: error: {path}: ") and expected in err
+    assert path.read_text() == content and sorted(tmp_path.iterdir()) == [path]
+
+
+def test_a_missing_file_and_three_files_are_usage_errors(runs, tmp_path, capsys):
+    status, _, err = report_cli(capsys, tmp_path / "none.json")
+    assert status == 2 and f"{tmp_path / 'none.json'}: cannot be read" in err
+    good = runs["good"][0]
+    status, _, err = report_cli(capsys, good, good, good)
+    assert status == 2 and "takes one report or two (OLD NEW), got 3" in err
