@@ -76,12 +76,20 @@ def worst(statuses) -> str:
 
 
 def cell(statuses: list[str]) -> str:
-    """'PASS 4' when all four agree, else the worst with its count: 'FAIL 1/4'; '-' when none."""
+    """An arch's cell: 'PASS 4' when all four agree, else the worst with its count: 'FAIL 1/4';
+    '-' when none."""
     if not statuses:
         return "-"
     status = worst(statuses)
     count = statuses.count(status)
     return f"{status} {count}" if count == len(statuses) else f"{status} {count}/{len(statuses)}"
+
+
+def count_cell(statuses: list[str]) -> str:
+    """Every status with its count, best first: 'PASS 20 · NOT SUPPORTED 12'; '-' when none (the
+    total row, where one worst status would hide how many passed)."""
+    found = Counter(statuses)
+    return " · ".join(f"{s} {found[s]}" for s in ORDER if found[s]) or "-"
 
 
 class Report:
@@ -172,7 +180,7 @@ class Report:
         totals = [sum((caps[c] for caps in grid.values()), []) for c in shown]
         overall = "-" if not tightest else "none" if "none" in tightest.values() else max(
             (t for t in tightest.values() if t != "-"), key=TIGHTEST_FIRST.index, default="-")
-        rows.append(["total", *(cell(t) for t in totals), overall])
+        rows.append(["total", *(count_cell(t) for t in totals), overall])
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(text.ljust(w) for text, w in zip(row, widths)).rstrip() for row in rows]
         counts = ", ".join(f"{n} {s}" for s, n in self.counts().items())
