@@ -63,7 +63,8 @@ DEFAULT_IMPL = "numpy"
 # Built-in implementations, imported only when named (torch and JAX are optional extras).
 BUILTINS = {
     "numpy": "lmref.conformance.numpy_adapter:NumpyAdapter",
-    "torch": "lmref.impl_torch.adapter:TorchAdapter",
+    "torch": "lmref.impl_torch.adapter:TorchAdapter",  # SDPA attention
+    "torch-eager": "lmref.impl_torch.adapter:eager",  # the eager attention kernel
     "jax": "lmref.impl_jax.adapter:JaxAdapter",
     "hf": "lmref.convert.hf_adapter:HFAdapter",
     "onnx": "lmref.export.onnx_adapter:OnnxAdapter",

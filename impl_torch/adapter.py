@@ -38,6 +38,7 @@ class TorchAdapter:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}")
         self.dtype, self.attn_impl = dtype, attn_impl
+        self.name = "torch" if attn_impl == "sdpa" else f"torch-{attn_impl}"  # the kernel a report names
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.version = f"impl_torch on torch {torch.__version__} ({self.device.type}, {dtype}, {attn_impl})"
 
@@ -71,3 +72,8 @@ class TorchAdapter:
         model(tokens, capture=captured)
         return {f"layers.{i}": model.layers[i].mlp.route(captured[f"layers.{i}.router"])[0].cpu().numpy()
                 for i in moe_layers(config)}
+
+
+# `--impl torch-eager`: the same twin through its eager attention kernel (explicit scores, mask
+# and softmax) instead of SDPA, so a mistake in either kernel fails some conformance run.
+eager = TorchAdapter(attn_impl="eager")

@@ -7,15 +7,30 @@ import pytest
 import torch
 
 from lmref import impl_numpy
+from lmref.conformance.adapters import load_adapter
+from lmref.conformance.store import GoldenStore
 from lmref.impl_torch.adapter import TorchAdapter
-from lmref.spec import init_params, tiny
+from lmref.spec import PRESETS, init_params, tiny
 from lmref.spec.captures import capture_names
+from tests.controls import run_arch
 from tests.torch.helpers import BFLOAT16, FLOAT16, FLOAT32, assert_close
 
 CONFIG = tiny("olmo-alibi")
 PARAMS = init_params(CONFIG, 1)
 TOKENS = np.random.default_rng(1).integers(0, CONFIG.vocab_size, size=(2, 6))
 ROWS = {"float32": FLOAT32, "bfloat16": BFLOAT16, "float16": FLOAT16}
+
+
+@pytest.mark.parametrize("kernel", ["torch", "torch-eager"])
+def test_every_golden_check_passes_through_each_attention_kernel(kernel):
+    """`--impl torch` runs SDPA, `--impl torch-eager` the eager kernel: the whole golden store
+    passes through both, so a mistake in either kernel fails a conformance run."""
+    adapter = load_adapter(kernel)
+    assert adapter.name == kernel and f"float32, {'sdpa' if kernel == 'torch' else 'eager'})" in adapter.version
+    store = GoldenStore()
+    not_passed = [(arch, case, capability, r.status) for arch in PRESETS
+                  for case, capability, r in run_arch(adapter, arch, store) if r.status != "PASS"]
+    assert not_passed == []
 
 
 def test_identity():
