@@ -66,6 +66,23 @@ def test_keep_prunes_old_checkpoints(run_dir, tmp_path):
     assert checkpoint.resolve(out).name == "step-000008"
 
 
+def test_a_save_removes_a_killed_saves_leftovers_and_nothing_else(run_dir, tmp_path):
+    """A save killed inside safetensors' write leaves its temporary (.tmpXXXXXX) beside the
+    files it finished; the next save removes such a directory, never one holding other files."""
+    out = copy_run(run_dir, tmp_path / "run")
+    _, snap = checkpoint.load(out)
+    killed, foreign = out / "step-000009.tmp-123", out / "step-000010.tmp-456"
+    for directory in (killed, foreign):
+        directory.mkdir()
+        (directory / "config.json").write_text("{}")
+        (directory / ".tmpQaZHV1").write_bytes(b"partial")
+    (foreign / "notes.txt").write_text("mine")
+    snap.state["step"] = 7
+    checkpoint.save(out, snap, keep=2)
+    assert not killed.exists()
+    assert sorted(p.name for p in foreign.iterdir()) == [".tmpQaZHV1", "config.json", "notes.txt"]
+
+
 @pytest.mark.parametrize("victim, damage, message", [
     ("params.safetensors", "truncate", "params.safetensors: corrupted or truncated"),
     ("optimizer.safetensors", "flip", "optimizer.safetensors: corrupted or truncated"),

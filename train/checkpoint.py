@@ -64,6 +64,9 @@ FORMAT_VERSION = 1
 PAUSE_ENV = "LMREF_TRAIN_SAVE_PAUSE"
 STEP_NAME = re.compile(r"step-(\d+)")  # a checkpoint directory's name
 TMP_NAME = re.compile(r"step-\d+\.tmp-\d+")  # a save in progress (or killed)
+# safetensors' save_file writes through a temporary beside its target (Rust's tempfile crate:
+# ".tmp" and 6 letters or digits) and renames it: a kill inside that write leaves one behind.
+SAFETENSORS_TMP_NAME = re.compile(r"\.tmp[A-Za-z0-9]{6}")
 TOKENIZER_FILES = ("tokenizer.json",)  # train/tokenizer.py's TOKENIZER_FILE (a BPE run's)
 
 
@@ -143,7 +146,8 @@ def _leftover(directory: Path) -> bool:
     """Whether `directory` (named like a save in progress) holds only what a save writes."""
     names = {CONFIG_FILE, PARAMS_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE, *TOKENIZER_FILES,
              f"{STATE_FILE}.tmp"}  # _write_text_atomic's own temporary, when the kill lands inside it
-    return all(p.is_file() and p.name in names for p in directory.iterdir())
+    return all(p.is_file() and (p.name in names or SAFETENSORS_TMP_NAME.fullmatch(p.name))
+               for p in directory.iterdir())
 
 
 def save(run_dir: str | Path, snapshot: Snapshot, keep: int = 2) -> Path:
