@@ -22,6 +22,10 @@ that signature and may add optional capabilities; one it lacks is reported NOT S
     routing(config, params, tokens) -> {"layers.{i}": int array [B, S, k]}
         mixtures of experts: the experts each MoE layer chose for each token (any order;
         conformance/routing.py)
+    pixel_values=                               a keyword every method above may take: the images
+                                                [N, C, H, W] float64 of a multimodal case (spec/
+                                                vision.py); a method without it gets NOT SUPPORTED
+                                                on those cases, never a PASS
     name, version                               shown in the report header
     dtype                                       float64 | float32 | bfloat16 | float16: the
                                                 tolerance row; float32 when not declared,
@@ -183,6 +187,15 @@ def validate_captures(value: object, what: str) -> dict[str, Output]:
     return captured
 
 
+def takes_images(method) -> bool:
+    """Whether an adapter method accepts the `pixel_values` keyword (by name or **kwargs)."""
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+    return any(p.name == "pixel_values" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
 # --- the wrapper --------------------------------------------------------------------------------
 
 
@@ -248,7 +261,8 @@ class Adapter:
 
         params = case_params(case.config, case.meta["weights"]["seed"])
         extra = (case.prompt_len,) if capability == "decode" else ()
-        return getattr(self, capability)(case.config, params, case.tokens, *extra)
+        images = {} if case.pixel_values is None else {"pixel_values": case.pixel_values}
+        return getattr(self, capability)(case.config, params, case.tokens, *extra, **images)
 
     def _method(self, capability: str):
         method = getattr(self.impl, capability, None)
@@ -256,13 +270,17 @@ class Adapter:
             return method
         return self.impl if capability == "forward" and callable(self.impl) else None
 
-    def _call(self, capability: str, config: ModelConfig, params: dict, tokens: np.ndarray, *extra):
+    def _call(self, capability: str, config: ModelConfig, params: dict, tokens: np.ndarray, *extra, **images):
         method = self._method(capability)
         if method is None:
             raise AdapterNotSupported(f"{self.name} has no {capability}")
+        if images and not takes_images(method):
+            raise AdapterNotSupported(f"{self.name}.{capability} takes no pixel_values: the case has images "
+                                      "(a multimodal case; conformance/adapters.py)")
         params = {k: np.array(v, copy=True) for k, v in params.items()}
+        images = {k: np.array(v, copy=True) for k, v in images.items()}
         try:
-            return method(config, params, np.array(tokens, copy=True), *extra)
+            return method(config, params, np.array(tokens, copy=True), *extra, **images)
         except NotImplementedError as e:
             raise AdapterNotSupported(f"{self.name}.{capability} raised NotImplementedError: {e}") from e
         except (Exception, SystemExit) as e:  # sys.exit() in an adapter ends its check, not the run
@@ -272,26 +290,26 @@ class Adapter:
                 f"adapter traceback (most recent call last):\n{frames.rstrip()}"
             ) from e
 
-    def forward(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> Output:
-        value = self._call("forward", config, params, tokens)
+    def forward(self, config: ModelConfig, params: dict, tokens: np.ndarray, **images) -> Output:
+        value = self._call("forward", config, params, tokens, **images)
         return validate_array(value, "forward", tokens.shape + (config.vocab_size,), "= [batch, seq, vocab]")
 
-    def decode(self, config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int) -> Output:
-        value = self._call("decode", config, params, tokens, prompt_len)
+    def decode(self, config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int, **images) -> Output:
+        value = self._call("decode", config, params, tokens, prompt_len, **images)
         return validate_array(value, "decode", tokens.shape + (config.vocab_size,), "= [batch, seq, vocab]")
 
-    def loss(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> Output:
-        return validate_scalar(self._call("loss", config, params, tokens), "loss")
+    def loss(self, config: ModelConfig, params: dict, tokens: np.ndarray, **images) -> Output:
+        return validate_scalar(self._call("loss", config, params, tokens, **images), "loss")
 
-    def capture(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> dict[str, Output]:
-        return validate_captures(self._call("capture", config, params, tokens), "capture")
+    def capture(self, config: ModelConfig, params: dict, tokens: np.ndarray, **images) -> dict[str, Output]:
+        return validate_captures(self._call("capture", config, params, tokens, **images), "capture")
 
-    def routing(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> dict[str, np.ndarray]:
+    def routing(self, config: ModelConfig, params: dict, tokens: np.ndarray, **images) -> dict[str, np.ndarray]:
         """{"layers.{i}": int64 [B, S, k]} for every MoE layer (conformance/routing.py)."""
         from lmref.conformance.routing import RoutingResultError, validate_routing
         from lmref.spec.captures import moe_layers
 
-        value = self._call("routing", config, params, tokens)
+        value = self._call("routing", config, params, tokens, **images)
         try:
             return validate_routing(value, [f"layers.{i}" for i in moe_layers(config)],
                                     (*tokens.shape, config.moe.n_experts_per_token), config.moe.n_experts)

@@ -9,6 +9,8 @@ Every arch gets the same four cases, built from `tiny(preset)` with arch-indepen
                    (N > 2x a RoPE scaling's original context, ALiBi's small slopes add up)
   decode-cross-b2-pP-n5  LongRoPE only: a prompt of P = O - 2 positions, then 5 steps that take
                    the sequence past the original context O (the factors change under the cache)
+  prefill-image*, decode-image-*  a model with a vision tower: images in the sequence
+                   (conformance/image_cases.py); its text cases hold no image placeholder
 
 Rules that pick the data (flags, never preset names): an ALiBi model gets 6 heads, a
 non-power-of-two count where the slope formula has its special branch, with d_model and d_ff
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmref import impl_numpy
+from lmref.conformance.image_cases import case_pixels, image_case_specs, place_images, text_ids
 from lmref.conformance.routing import ROUTING_MARGIN, smallest_gaps
 from lmref.impl_numpy.cache import KVCache
 from lmref.impl_numpy.moe import top_k
@@ -48,6 +51,7 @@ class CaseSpec:
     prompt_len: int | None = None
     capture: bool = False
     description: str = ""
+    images: tuple[tuple[int, int], ...] = ()  # (batch row, first position) of each image's placeholders
 
 
 def case_config(arch: str) -> ModelConfig:
@@ -102,18 +106,22 @@ def case_specs(config: ModelConfig) -> list[CaseSpec]:
                  description="prefill, batch 2, odd length"),
         CaseSpec("prefill-b3-s13", "prefill", 3, 13, seed=2, capture=True,
                  description="prefill, batch 3, odd length"),
+        *image_case_specs(config, CaseSpec, "prefill"),
         CaseSpec("decode-b2-p5-n6", "decode", 2, 11, seed=3, prompt_len=5,
                  description="5-token prefill then 6 single-token steps through the KV cache"),
         *crossing_case(config),
+        *image_case_specs(config, CaseSpec, "decode"),
         CaseSpec(f"long-b2-s{n}", "prefill", 2, n, seed=4,
                  description=f"{n} positions: RoPE scaling / ALiBi / learned positions far from 0"),
     ]
 
 
-def case_tokens(arch: str, spec: CaseSpec, vocab_size: int) -> np.ndarray:
-    """Deterministic token ids [batch, seq], from the same counter-based stream as the init."""
+def case_tokens(arch: str, spec: CaseSpec, config: ModelConfig) -> np.ndarray:
+    """Deterministic token ids [batch, seq], from the same counter-based stream as the init;
+    the image placeholders where the case puts images, and nowhere else."""
     u = uniform01(spec.seed, f"tokens/{arch}/{spec.name}", spec.batch * spec.seq)
-    return np.floor(u * vocab_size).astype(np.int64).reshape(spec.batch, spec.seq)
+    tokens = text_ids(config, u).reshape(spec.batch, spec.seq)
+    return place_images(config, tokens, spec.images) if spec.images else tokens
 
 
 # Candidates per position, tried in blocks: the first block holding a token that clears the
@@ -143,7 +151,7 @@ def routed_tokens(arch: str, spec: CaseSpec, config: ModelConfig, params: dict,
         cache, row = KVCache.empty(config), []
         for t in range(spec.seq):
             u = uniform01(spec.seed, f"tokens/{arch}/{spec.name}/{b}/{t}", CANDIDATES)
-            candidates = np.floor(u * config.vocab_size).astype(np.int64)
+            candidates = text_ids(config, u)
             token, cache = _best_candidate(config, params, cache, candidates, margin)
             if token is None:
                 raise RuntimeError(f"{arch}/{spec.name}: none of {CANDIDATES} candidate tokens at batch {b}, "
@@ -188,6 +196,7 @@ class ComputedCase:
     config: ModelConfig
     tokens: np.ndarray
     expected: dict[str, np.ndarray]  # logits, loss and "capture.<name>" arrays, all float64
+    pixel_values: np.ndarray | None = None  # [n_images, C, H, W] of a multimodal case
 
 
 def compute_case(arch: str, spec: CaseSpec) -> ComputedCase:
@@ -196,11 +205,14 @@ def compute_case(arch: str, spec: CaseSpec) -> ComputedCase:
     config = case_config(arch)
     params = init_params(config, spec.seed)
     routed = config.moe is not None
-    tokens = routed_tokens(arch, spec, config, params) if routed else case_tokens(arch, spec, config.vocab_size)
+    tokens = routed_tokens(arch, spec, config, params) if routed else case_tokens(arch, spec, config)
+    pixels = case_pixels(arch, spec.name, spec.seed, config, len(spec.images)) if spec.images else None
     captured: dict = {}
-    forward_logits = impl_numpy.forward(config, params, tokens, capture=captured)
-    logits = impl_numpy.decode(config, params, tokens, spec.prompt_len) if spec.kind == "decode" else forward_logits
-    expected = {"logits": logits, "loss": np.array([impl_numpy.loss(config, params, tokens)])}  # [1]: safetensors has no 0-d
+    forward_logits = impl_numpy.forward(config, params, tokens, pixel_values=pixels, capture=captured)
+    logits = (impl_numpy.decode(config, params, tokens, spec.prompt_len, pixel_values=pixels)
+              if spec.kind == "decode" else forward_logits)
+    loss = impl_numpy.loss(config, params, tokens, pixel_values=pixels)
+    expected = {"logits": logits, "loss": np.array([loss])}  # [1]: safetensors has no 0-d
     if spec.kind == "decode" and crosses_during_decode(config, spec):
         expected["prefill_logits"] = forward_logits  # what forward gives; the decode's differ by definition
     if spec.capture:
@@ -209,4 +221,4 @@ def compute_case(arch: str, spec: CaseSpec) -> ComputedCase:
         expected |= expected_routing(config, captured)
         expected["routing_min_gap"] = np.array([float(smallest_gaps(config, captured).min())])
     assert all(np.all(np.isfinite(v)) for v in expected.values()), f"{arch}/{spec.name}: non-finite golden"
-    return ComputedCase(arch, spec, config, tokens, expected)
+    return ComputedCase(arch, spec, config, tokens, expected, pixels)

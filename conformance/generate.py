@@ -184,5 +184,8 @@ def check(root: Path, archs: list[str]) -> list[str]:
                 problems.append(f"{where}: case.json differs from what the generator writes")
             if not np.array_equal(stored.tokens, fresh.tokens):
                 problems.append(f"{where}: input tokens differ from the generator's")
+            if (stored.pixel_values is None) != (fresh.pixel_values is None) or (
+                    fresh.pixel_values is not None and not np.array_equal(stored.pixel_values, fresh.pixel_values)):
+                problems.append(f"{where}: input pixel_values differ from the generator's")
             problems += _compare_arrays(where, stored.expected, fresh.expected)
     return problems

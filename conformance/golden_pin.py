@@ -8,4 +8,4 @@ runs as a "custom golden store".  tests/test_verdicts_store.py checks that this 
 store.
 """
 
-MANIFEST_SHA256 = "5beac1c0e971d0f93482c3a05c7b09ffaef114a53550c8d3126ae1d86d7275cf"
+MANIFEST_SHA256 = "5313c1fc5f88445d7f77ba0cb65c43aa04cdb7ef031522549fffd4a014dfa7c6"

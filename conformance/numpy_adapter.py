@@ -15,31 +15,31 @@ class NumpyAdapter:
     version = f"lmref {lmref.__version__} (numpy {np.__version__})"
     dtype = "float64"
 
-    def forward(self, config, params, tokens):
+    def forward(self, config, params, tokens, pixel_values=None):
         from lmref import impl_numpy
 
-        return impl_numpy.forward(config, params, tokens)
+        return impl_numpy.forward(config, params, tokens, pixel_values=pixel_values)
 
-    def decode(self, config, params, tokens, prompt_len):
+    def decode(self, config, params, tokens, prompt_len, pixel_values=None):
         from lmref import impl_numpy
 
-        return impl_numpy.decode(config, params, tokens, prompt_len)
+        return impl_numpy.decode(config, params, tokens, prompt_len, pixel_values=pixel_values)
 
-    def loss(self, config, params, tokens):
+    def loss(self, config, params, tokens, pixel_values=None):
         from lmref import impl_numpy
 
-        return impl_numpy.loss(config, params, tokens)
+        return impl_numpy.loss(config, params, tokens, pixel_values=pixel_values)
 
-    def capture(self, config, params, tokens):
+    def capture(self, config, params, tokens, pixel_values=None):
         from lmref import impl_numpy
 
         captured: dict = {}
-        impl_numpy.forward(config, params, tokens, capture=captured)
+        impl_numpy.forward(config, params, tokens, pixel_values=pixel_values, capture=captured)
         return captured
 
-    def routing(self, config, params, tokens):
+    def routing(self, config, params, tokens, pixel_values=None):
         from lmref.impl_numpy.moe import route
 
-        captured = self.capture(config, params, tokens)
+        captured = self.capture(config, params, tokens, pixel_values)
         return {name.removesuffix(".router"): route(config, z)[0] for name, z in captured.items()
                 if name.endswith(".router")}

@@ -4,7 +4,10 @@
       MANIFEST.json                    format_version, generator, sha256 of every file
       <arch>/<case>/case.json          format_version, arch, case, kind, config, weight seed,
                                        input shapes, expected names, tolerance overrides
-      <arch>/<case>/inputs.safetensors tokens int64 [batch, seq]
+      <arch>/<case>/inputs.safetensors tokens int64 [batch, seq]; a multimodal case also
+                                       pixel_values float64 [n_images, C, H, W] and
+                                       image_positions int64 [n, 2] (batch row, position of
+                                       each image placeholder, row-major: spec/vision.py)
       <arch>/<case>/expected.safetensors  float64: logits [batch, seq, vocab], loss [1],
                                        capture.<name> [batch, seq, ...]; a decode case whose
                                        prefill differs (LongRoPE past its original context)
@@ -71,6 +74,7 @@ class GoldenCase:
     config: ModelConfig
     tokens: np.ndarray
     expected: dict[str, np.ndarray]
+    pixel_values: np.ndarray | None = None  # [n_images, C, H, W]: the images of a multimodal case
 
     @property
     def id(self) -> str:
@@ -226,7 +230,8 @@ class GoldenStore:
             shown = ", ".join(str(self.root / u) for u in unlisted[:3]) + (" ..." if len(unlisted) > 3 else "")
             raise GoldenStoreError(f"{shown}: not listed in {MANIFEST}: the case holds files its manifest does "
                                    "not list (remove them, or regenerate the store with `lmref golden`)")
-        return GoldenCase(arch, name, meta, ModelConfig.from_dict(meta["config"]), inputs["tokens"], expected)
+        return GoldenCase(arch, name, meta, ModelConfig.from_dict(meta["config"]), inputs["tokens"], expected,
+                          inputs.get("pixel_values"))
 
 
 def pinned_manifest_sha256() -> str:
@@ -266,7 +271,8 @@ def case_meta(computed) -> dict:
         "description": spec.description,
         "config": computed.config.to_dict(),
         "weights": {"init": "spec.init_params", "seed": spec.seed},
-        "inputs": {"tokens": list(computed.tokens.shape), "prompt_len": spec.prompt_len},
+        "inputs": {"tokens": list(computed.tokens.shape), "prompt_len": spec.prompt_len,
+                   **({} if computed.pixel_values is None else {"pixel_values": list(computed.pixel_values.shape)})},
         "expected": {
             "logits": list(computed.expected["logits"].shape),
             **({"prefill_logits": list(computed.expected["prefill_logits"].shape)}
@@ -294,6 +300,17 @@ def _routing_meta(computed) -> dict:
     }}
 
 
+def case_inputs(computed) -> dict[str, np.ndarray]:
+    """inputs.safetensors of a `cases.ComputedCase`: the tokens, and a multimodal case's images
+    with the positions of their placeholders."""
+    from lmref.spec.vision import image_token_positions
+
+    if computed.pixel_values is None:
+        return {"tokens": computed.tokens}
+    return {"tokens": computed.tokens, "pixel_values": np.ascontiguousarray(computed.pixel_values),
+            "image_positions": image_token_positions(computed.config, computed.tokens)}
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write through a temporary file and a rename: a link at `path` is replaced, never written through."""
     tmp = path.with_name(path.name + ".tmp")
@@ -308,7 +325,7 @@ def write_case(root: Path, computed) -> dict[str, str]:
     directory = root / rel
     directory.mkdir(parents=True, exist_ok=True)
     _atomic_write(directory / "case.json", (json.dumps(case_meta(computed), indent=1, sort_keys=True) + "\n").encode())
-    _atomic_write(directory / "inputs.safetensors", save({"tokens": computed.tokens}))
+    _atomic_write(directory / "inputs.safetensors", save(case_inputs(computed)))
     _atomic_write(directory / "expected.safetensors",
                   save({k: np.ascontiguousarray(v) for k, v in computed.expected.items()}))
     return {f"{rel}/{f}": sha256_of(directory / f) for f in CASE_FILES}

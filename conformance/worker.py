@@ -114,10 +114,11 @@ def _serve(conn, parent: int) -> None:
             return
         if request is STOP:
             return
-        capability, config, seed, tokens, prompt_len = request
+        capability, config, seed, tokens, prompt_len, pixel_values = request
         try:
             extra = (prompt_len,) if capability == "decode" else ()
-            reply = ("ok", getattr(adapter, capability)(config, case_params(config, seed), tokens, *extra))
+            images = {} if pixel_values is None else {"pixel_values": pixel_values}
+            reply = ("ok", getattr(adapter, capability)(config, case_params(config, seed), tokens, *extra, **images))
         except (AdapterCallError, AdapterNotSupported, AdapterResultError) as e:
             reply = ("raised", type(e)(str(e)))
         except BaseException as e:  # noqa: BLE001  (anything the wrapper let through)

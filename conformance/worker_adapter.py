@@ -71,7 +71,8 @@ class WorkerAdapter(Adapter):
                 raise AdapterCallError(f"{what}: the adapter's worker process could not be restarted: {e}") from None
             self.restarts += 1
         limit = self.timeout if self._deadline is None else max(0.0, self._deadline - time.monotonic())
-        request = (capability, case.config, case.meta["weights"]["seed"], case.tokens, case.prompt_len)
+        request = (capability, case.config, case.meta["weights"]["seed"], case.tokens, case.prompt_len,
+                   case.pixel_values)
         try:
             reply = self._worker.call(request, limit)
         except workers.WorkerGone as e:

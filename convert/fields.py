@@ -28,8 +28,8 @@ GENERIC_IGNORED = frozenset({
 # transformers `activations.ACT2CLS`: gelu is the exact erf GELU; gelu_new and
 # gelu_pytorch_tanh are the same tanh approximation (Python ops vs the C kernel); swish is silu.
 ACTIVATION_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-                      "silu": "silu", "swish": "silu", "relu": "relu"}
-ACTIVATION_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "silu": "silu", "relu": "relu"}
+                      "silu": "silu", "swish": "silu", "relu": "relu", "quick_gelu": "quick_gelu"}
+ACTIVATION_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "silu": "silu", "relu": "relu", "quick_gelu": "quick_gelu"}
 # The activation features (spec/features.py) of every type that reads `hidden_act` (ACT2FN).
 ACTIVATION_FEATURES = tuple(f"activation.{name}" for name in ACTIVATION_TO_HF)
 

@@ -38,8 +38,13 @@ def relu(x: jax.Array) -> jax.Array:
     return jnp.maximum(x, 0)
 
 
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """CLIP's x * sigmoid(1.702 x) (OpenAI CLIP model.py `QuickGELU`)."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
 ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "gelu_tanh_truncated": gelu_tanh_truncated, "silu": silu,
-               "relu": relu}
+               "relu": relu, "quick_gelu": quick_gelu}
 
 
 def _linear(params: dict, x: jax.Array, weight: str, bias: str, has_bias: bool) -> jax.Array:

@@ -46,8 +46,14 @@ def relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0.0)
 
 
+def quick_gelu(x: np.ndarray) -> np.ndarray:
+    """CLIP's x * sigmoid(1.702 x) (OpenAI CLIP model.py `QuickGELU`; transformers
+    `QuickGELUActivation`), sigmoid written with tanh to stay finite for large |x|."""
+    return x * 0.5 * (1.0 + np.tanh(0.5 * 1.702 * x))
+
+
 ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "gelu_tanh_truncated": gelu_tanh_truncated, "silu": silu,
-               "relu": relu}
+               "relu": relu, "quick_gelu": quick_gelu}
 
 
 def _linear(params: dict, x: np.ndarray, weight: str, bias: str, has_bias: bool) -> np.ndarray:

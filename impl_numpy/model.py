@@ -5,6 +5,8 @@ does not compute (impl_numpy/features.py) is refused with UnsupportedFeature, by
 
     h = embed_norm(embed.tokens[tokens]) (* sqrt(d_model), Gemma) (+ embed.positions[p])
                                                (embed_norm: BLOOM's embedding_norm; else none)
+                                               (images: their projected patches replace the
+                                               placeholders' rows of the lookup, impl_numpy/vision.py)
     for each layer, by the plan's norm placement (spec/MATH.md, "Block"); a "moe" layer's
     mlp is the mixture of experts (impl_numpy/moe.py):
         pre            h = h + attn(attn_norm(h));                 h = h + mlp(mlp_norm(h))
@@ -31,19 +33,24 @@ from lmref.impl_numpy.features import FEATURES
 from lmref.impl_numpy.mlp import mlp
 from lmref.impl_numpy.moe import auxiliary_loss, moe
 from lmref.impl_numpy.norms import apply_norm
+from lmref.impl_numpy.vision import image_features, merge_images
 from lmref.spec.config import ModelConfig
 from lmref.spec.errors import InputError
 from lmref.spec.features import check_supported
 from lmref.spec.inputs import check_tokens
 from lmref.spec.params import check_params
 from lmref.spec.plan import LayerPlan, crosses_original_context, layer_plan
+from lmref.spec.vision import check_images
 
 BACKEND = "numpy"
 
 
-def embed(config: ModelConfig, params: dict, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """tokens [B, S] -> [B, S, d_model]."""
+def embed(config: ModelConfig, params: dict, tokens: np.ndarray, positions: np.ndarray,
+          images: np.ndarray | None = None) -> np.ndarray:
+    """tokens [B, S] -> [B, S, d_model]; `images` [N, T, d_model] (projected) fill the placeholders."""
     h = params["embed.tokens"][tokens]
+    if images is not None:
+        h = merge_images(config, tokens, h, images)
     if config.embedding_norm:  # BLOOM: the config's norm right after the lookup (spec/MATH.md, "Block")
         h = apply_norm(config, params, "embed.norm", h)
     if config.embedding_scale == "sqrt_d_model":  # Gemma: the table itself stays unscaled for the head
@@ -126,19 +133,22 @@ def head(config: ModelConfig, params: dict, h: np.ndarray) -> np.ndarray:
     return logits
 
 
-def forward(config: ModelConfig, params: dict, tokens: np.ndarray, *, cache: KVCache | None = None,
-            capture: dict | None = None) -> np.ndarray:
-    """Logits [B, S, vocab] for tokens [B, S]; with a cache, the tokens follow its contents."""
+def forward(config: ModelConfig, params: dict, tokens: np.ndarray, *, pixel_values: np.ndarray | None = None,
+            cache: KVCache | None = None, capture: dict | None = None) -> np.ndarray:
+    """Logits [B, S, vocab] for tokens [B, S]; with a cache, the tokens follow its contents.
+    `pixel_values` [N, C, H, W]: the images whose features fill the image placeholders."""
     check_supported(config, BACKEND, FEATURES)
     past = cache.length if cache is not None else 0
     tokens = check_tokens(config, tokens, past_len=past)
+    pixel_values = check_images(config, tokens, pixel_values)
     if cache is not None and cache.batch not in (None, tokens.shape[0]):
         raise InputError(f"tokens have batch {tokens.shape[0]} but the KV cache holds batch {cache.batch}")
     check_params(config, params)
     if cache is not None and crosses_original_context(config, past, past + tokens.shape[1]):
         return rerun(config, params, tokens, cache, capture)
     positions = past + np.arange(tokens.shape[1])
-    h = embed(config, params, tokens, positions)
+    images = None if pixel_values is None else image_features(config, params, pixel_values, capture)
+    h = embed(config, params, tokens, positions, images)
     if capture is not None:
         capture["embed"] = h
     for plan in layer_plan(config):
@@ -164,17 +174,20 @@ def rerun(config: ModelConfig, params: dict, tokens: np.ndarray, cache: KVCache,
     return logits[:, -tokens.shape[1]:]
 
 
-def decode(config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int) -> np.ndarray:
-    """Logits [B, S, vocab]: one prefill of the first `prompt_len` tokens, then one token at a
-    time through the KV cache (teacher-forced).  Step t's logits are those of `forward` on
-    tokens 0..t (spec/MATH.md, "Decode"): `forward` on the whole sequence but for LongRoPE,
-    whose factors depend on the sequence's length."""
+def decode(config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int, *,
+           pixel_values: np.ndarray | None = None) -> np.ndarray:
+    """Logits [B, S, vocab]: one prefill of the first `prompt_len` tokens (and the images, whose
+    placeholders must all be in it), then one token at a time through the KV cache
+    (teacher-forced).  Step t's logits are those of `forward` on tokens 0..t (spec/MATH.md,
+    "Decode"): `forward` on the whole sequence but for LongRoPE, whose factors depend on the
+    sequence's length."""
     check_supported(config, BACKEND, FEATURES)
     tokens = check_tokens(config, tokens)
     if not 1 <= prompt_len <= tokens.shape[1]:
         raise ValueError(f"prompt_len must be in [1, {tokens.shape[1]}], got {prompt_len}")
+    check_images(config, tokens, pixel_values, prompt_len=prompt_len)
     cache = KVCache.empty(config)
-    steps = [forward(config, params, tokens[:, :prompt_len], cache=cache)]
+    steps = [forward(config, params, tokens[:, :prompt_len], pixel_values=pixel_values, cache=cache)]
     for t in range(prompt_len, tokens.shape[1]):
         steps.append(forward(config, params, tokens[:, t : t + 1], cache=cache))
     return np.concatenate(steps, axis=1)
@@ -202,20 +215,24 @@ def logit_z_loss(logits: np.ndarray) -> float:
     return float(np.mean(logsumexp(logits) ** 2))
 
 
-def loss(config: ModelConfig, params: dict, tokens: np.ndarray) -> float:
-    """Mean next-token cross-entropy: position t predicts token t + 1, over B * (S - 1)
-    targets; plus `logit_z_loss_coef` times the logit z-loss over the same B * (S - 1) rows
-    (PaLM); plus a mixture's auxiliary losses over the router logits of all S positions
-    (impl_numpy/moe.py `auxiliary_loss`; transformers' `labels=` loss with router logits)."""
+def loss(config: ModelConfig, params: dict, tokens: np.ndarray, *, pixel_values: np.ndarray | None = None) -> float:
+    """Mean next-token cross-entropy: position t predicts token t + 1, over the B * (S - 1)
+    targets but the image placeholders (LLaVA's labels are IGNORE_INDEX there); plus
+    `logit_z_loss_coef` times the logit z-loss over the same rows (PaLM); plus a mixture's
+    auxiliary losses over the router logits of all S positions (impl_numpy/moe.py
+    `auxiliary_loss`; transformers' `labels=` loss with router logits)."""
     check_supported(config, BACKEND, FEATURES)
     tokens = check_tokens(config, tokens)
     if tokens.shape[1] < 2:
         raise ValueError(f"loss needs sequences of at least 2 tokens, got {tokens.shape[1]}")
     captured: dict = {}
-    logits = forward(config, params, tokens, capture=captured)[:, :-1]  # [B, S-1, V]: rows with a target
-    logp = log_softmax(logits)
+    logits = forward(config, params, tokens, pixel_values=pixel_values, capture=captured)[:, :-1]  # [B, S-1, V]
     targets = tokens[:, 1:]  # [B, S-1]
-    picked = np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    scored = np.ones(targets.shape, dtype=bool) if config.vision is None else targets != config.vision.image_token_id
+    if not scored.any():
+        raise ValueError("loss has no target: every next token is an image placeholder")
+    logits, targets = logits[scored], targets[scored]  # [T, V], [T]: the rows with a text target
+    picked = np.take_along_axis(log_softmax(logits), targets[..., None], axis=-1)[..., 0]
     total = float(-picked.mean())
     if config.logit_z_loss_coef > 0:
         total += config.logit_z_loss_coef * logit_z_loss(logits)

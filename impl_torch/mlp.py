@@ -31,8 +31,13 @@ def gelu_tanh_truncated(x: torch.Tensor) -> torch.Tensor:
     return x * 0.5 * (1.0 + torch.tanh(0.79788456 * x * (1.0 + 0.044715 * x * x)))
 
 
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """CLIP's x * sigmoid(1.702 x) (OpenAI CLIP model.py `QuickGELU`)."""
+    return x * torch.sigmoid(1.702 * x)
+
+
 ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "gelu_tanh_truncated": gelu_tanh_truncated, "silu": silu,
-               "relu": relu}
+               "relu": relu, "quick_gelu": quick_gelu}
 
 
 class MLP(nn.Module):

@@ -6,7 +6,7 @@ Hugging Face converter on top) say how to compute it; each declares which featur
 """
 
 from lmref.spec.captures import capture_names
-from lmref.spec.config import ConfigError, ModelConfig, MoEConfig, RopeScaling
+from lmref.spec.config import ConfigError, ModelConfig, MoEConfig, RopeScaling, VisionConfig
 from lmref.spec.errors import InputError, ParamsError
 from lmref.spec.features import FEATURES, UnsupportedFeature, check_supported, required_features
 from lmref.spec.params import active_param_count, init_params, param_count, param_shapes
@@ -15,6 +15,7 @@ from lmref.spec.presets import FAMILIES, PRESETS, REGISTRY, get_preset, preset_i
 
 __all__ = [
     "ConfigError", "InputError", "ParamsError", "UnsupportedFeature", "ModelConfig", "MoEConfig", "RopeScaling",
+    "VisionConfig",
     "FEATURES", "check_supported", "required_features", "capture_names",
     "LayerPlan", "Mask", "Rope", "layer_plan",
     "active_param_count", "init_params", "param_count", "param_shapes",

@@ -27,7 +27,8 @@ Norm = Literal["layernorm", "rmsnorm"]
 NormPlacement = Literal["pre", "sandwich", "post_sublayer"]
 # gelu_tanh_truncated: the tanh GELU with sqrt(2/pi) written 0.79788456 (BLOOM: Megatron-DeepSpeed's
 # fused bias_gelu, transformers' bloom_gelu_forward); spec/MATH.md, "Activations and MLP".
-Activation = Literal["gelu", "gelu_tanh", "gelu_tanh_truncated", "silu", "relu"]
+# quick_gelu: x sigmoid(1.702 x) (OpenAI's CLIP `QuickGELU`; transformers `QuickGELUActivation`).
+Activation = Literal["gelu", "gelu_tanh", "gelu_tanh_truncated", "silu", "relu", "quick_gelu"]
 # plain: down(act(up(x))) (GPT-2).  gated: down(act(gate(x)) * up(x)) (SwiGLU, GeGLU).
 MlpKind = Literal["plain", "gated"]
 Position = Literal["learned", "rope", "alibi", "none"]
@@ -54,6 +55,9 @@ RouterKind = Literal["softmax_topk", "sigmoid_topk"]
 # rows of every layer together (transformers' load_balancing_loss_func), "per_layer" averaged
 # over the layers (MegaBlocks' batched_load_balancing_loss: DBRX, OLMoE).
 AuxLossKind = Literal["pooled", "per_layer"]
+# Which vision-tower positions become image tokens (LLaVA's vision_feature_select_strategy):
+# "drop_class" drops the class token ("default"), "full" keeps it.
+FeatureStrategy = Literal["drop_class", "full"]
 
 
 class ConfigError(ValueError):
@@ -101,8 +105,62 @@ class MoEConfig:
     router_z_loss_coef: float = 0.0
 
 
-# Optional sub-configs: field -> class (from_dict rebuilds them; a later `vision` joins here).
-SUBCONFIGS: dict[str, type] = {"rope_scaling": RopeScaling, "moe": MoEConfig}
+@dataclass(frozen=True, kw_only=True)
+class VisionConfig:
+    """A LLaVA-style image pathway: a CLIP ViT vision tower, a projector into d_model, and the
+    image placeholder tokens it fills (spec/MATH.md, "Vision"; parameters: spec/vision.py).
+
+    The tower (Radford et al. 2021, CLIP; Dosovitskiy et al. 2021, ViT): patches of
+    `patch_size` pixels embedded by a linear map (the patch convolution), a class token,
+    learned positions, a LayerNorm before the encoder, `n_layers` pre-norm encoder layers
+    (bidirectional MHA with biases, an MLP with biases and `activation`), LayerNorms with bias
+    and `norm_eps`.  LLaVA reads the hidden states after `feature_layer` (an index into the
+    n_layers + 1 states, the first being the pre-LayerNorm's output; -2: the penultimate
+    layer's), drops the class token (`feature_strategy`), and projects each patch with
+    linear -> `projector_activation` -> linear (Liu et al. 2023, LLaVA-1.5's "mlp2x_gelu").
+    """
+
+    image_size: int  # square images of image_size x image_size pixels
+    patch_size: int  # image_size must be a multiple: (image_size / patch_size)^2 patches
+    n_channels: int = 3
+    d_model: int  # the tower's width
+    n_layers: int
+    n_heads: int
+    d_ff: int
+    activation: Activation = "quick_gelu"  # CLIP's hidden_act
+    norm_eps: float = 1e-5  # CLIP's layer_norm_eps
+    feature_layer: int = -2  # transformers' vision_feature_layer
+    feature_strategy: FeatureStrategy = "drop_class"
+    projector_activation: Activation = "gelu"  # transformers' projector_hidden_act
+    projector_bias: bool = True  # transformers' multimodal_projector_bias
+    image_token_id: int  # the placeholder token the image's features replace (llava-hf: 32000)
+
+    @property
+    def grid(self) -> int:
+        """Patches per side."""
+        return self.image_size // self.patch_size
+
+    @property
+    def n_patches(self) -> int:
+        return self.grid**2
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Image tokens one image fills: its patches, plus the class token when kept."""
+        return self.n_patches + (self.feature_strategy == "full")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def layers_run(self) -> int:
+        """Encoder layers whose output reaches the features (the later ones exist but do not)."""
+        return self.feature_layer % (self.n_layers + 1)
+
+
+# Optional sub-configs: field -> class (from_dict rebuilds them).
+SUBCONFIGS: dict[str, type] = {"rope_scaling": RopeScaling, "moe": MoEConfig, "vision": VisionConfig}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,6 +239,9 @@ class ModelConfig:
     # Parallel: x + attn(n1(x)) + mlp(n2(x)) (GPT-J, NeoX, PaLM); with shared_attn_norm, n2 = n1.
     parallel_residual: bool = False
     shared_attn_norm: bool = False
+
+    # --- images -----------------------------------------------------------------------
+    vision: VisionConfig | None = None  # LLaVA: a vision tower whose features replace image tokens
 
     def __post_init__(self) -> None:
         from lmref.spec.validation import validate

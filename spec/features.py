@@ -115,6 +115,8 @@ _FEATURES = [
             "tanh GELU with sqrt(2/pi) written 0.79788456 (BLOOM)"),
     Feature("activation.silu", ("activation",), lambda c: c.activation == "silu", "SiLU"),
     Feature("activation.relu", ("activation",), lambda c: c.activation == "relu", "ReLU"),
+    Feature("activation.quick_gelu", ("activation",), lambda c: c.activation == "quick_gelu",
+            "x sigmoid(1.702 x) (CLIP)"),
     Feature("moe.softmax_topk", ("mlp_pattern", "moe"), _moe(lambda m: m.router == "softmax_topk"),
             "softmax over the experts, then top-k (Mixtral)"),
     Feature("moe.sigmoid_topk", ("moe",), _moe(lambda m: m.router == "sigmoid_topk"),
@@ -139,6 +141,9 @@ _FEATURES = [
             "logits = c tanh(logits / c) (Gemma 2)"),
     Feature("head.logit_scale", ("logit_scale",), lambda c: c.logit_scale != 1.0,
             "logits multiplied (Cohere, PaLM)"),
+    # --- images ---------------------------------------------------------------------------
+    Feature("vision", ("vision",), lambda c: c.vision is not None,
+            "a LLaVA-style image pathway: a CLIP ViT tower, a projector, image tokens replaced by its features"),
     # --- training objective ---------------------------------------------------------------
     Feature("loss.logit_z_loss", ("logit_z_loss_coef",), lambda c: c.logit_z_loss_coef > 0,
             "the logit z-loss, coef * mean logsumexp(logits)^2 (PaLM)"),
@@ -174,6 +179,9 @@ PALM = ("head.logit_scale", "loss.logit_z_loss")
 # numpy, torch and jax compute both (the ONNX export through torch), tested on the tiny Llama 4
 # presets; they join CORE once tests/strategies.py draws them for the property tests.
 LLAMA4 = ("attn.qk_norm.l2", "attn.temperature")
+# LLaVA (issue 14): the image pathway.  It lands in the golden first; each backend declares it
+# once it passes the multimodal golden cases.
+VISION = ("vision",)
 CORE = (
     "positions.learned", "positions.rope", "positions.alibi", "positions.alibi.geometric", "positions.none",
     "embedding.norm",
@@ -183,7 +191,7 @@ CORE = (
     "attn.qkv_bias", "attn.out_bias", "attn.qkv_clip", "attn.sliding", "attn.chunked", "attn.nope_layers",
     "mlp.plain", "mlp.gated", "mlp.bias",
     "activation.gelu", "activation.gelu_tanh", "activation.gelu_tanh_truncated", "activation.silu",
-    "activation.relu", "head.tied", "head.bias",
+    "activation.relu", "activation.quick_gelu", "head.tied", "head.bias",
     *GEMMA_QWEN3_OLMO2, *MOE, *PALM,
 )
 assert set(CORE) <= set(FEATURES), f"CORE names unknown features {set(CORE) - set(FEATURES)}"

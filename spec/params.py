@@ -40,6 +40,7 @@ layers.{i}.mlp_post_norm.weight | .bias [d_model]               norm_placement "
 final_norm.weight | .bias               [d_model]               norm_weight | norm_bias
 lm_head.weight                          [d_model, vocab]        not tie_embeddings
 lm_head.bias                            [vocab]                 lm_head_bias
+vision.*, projector.*                   spec/vision.py          vision (LLaVA's image pathway)
 ======================================  ======================  =============================
 
 A "moe" layer (``mlp_pattern``) holds E = ``moe.n_experts`` routed experts of width
@@ -74,8 +75,11 @@ projection weights                 std 1.0 / sqrt(d_in) (sqrt, then /): activati
                                    curvature, the softmax scale and the head all matter
                                    (experts: d_in of each expert; the router's logits are O(1))
 norm weights                       1 + uniform with std 0.1; uniform with std 0.1 when
-                                   ``norm_unit_offset`` (the stored w of a (1 + w) norm)
+                                   ``norm_unit_offset`` (the stored w of a (1 + w) norm; never
+                                   in the vision tower, whose LayerNorms are CLIP's)
 biases (projections, norms, head)  std 0.1
+vision.class_embed, .positions     std 1.0: as large as a patch's embedding (pixels of std ~1),
+                                   so that a tower which drops or shifts them fails
 =================================  ==========================================================
 """
 
@@ -88,10 +92,12 @@ import numpy as np
 
 from lmref.spec.config import ModelConfig
 from lmref.spec.errors import ParamsError
+from lmref.spec.vision import vision_param_count, vision_param_shapes
 
 EMBEDDING_STD = 0.02
 NORM_WEIGHT_STD = 0.1
 BIAS_STD = 0.1
+VISION_EMBEDDING_STD = 1.0
 
 
 def _norm_shapes(config: ModelConfig, prefix: str) -> dict[str, tuple[int, ...]]:
@@ -184,7 +190,7 @@ def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     shapes = dict(before)
     for i in range(config.n_layers):
         shapes |= _layer_shapes(config, i)
-    return shapes | after
+    return shapes | after | vision_param_shapes(config)
 
 
 def _size(shapes: dict[str, tuple[int, ...]]) -> int:
@@ -202,7 +208,8 @@ def param_count(config: ModelConfig) -> int:
     period = min(config.n_layers, math.lcm(len(config.attn_pattern), len(config.mlp_pattern)))
     per_layer = [_size(_layer_shapes(config, i)) for i in range(period)]
     whole, rest = divmod(config.n_layers, period) if period else (0, 0)
-    return _size(before) + whole * sum(per_layer) + sum(per_layer[:rest]) + _size(after)
+    return (_size(before) + whole * sum(per_layer) + sum(per_layer[:rest]) + _size(after)
+            + vision_param_count(config))
 
 
 def active_param_count(config: ModelConfig) -> int:
@@ -247,9 +254,12 @@ def _std_of(config: ModelConfig, name: str, shape: tuple[int, ...]) -> tuple[flo
     leaf = name.rsplit(".", 1)[-1]
     if name in ("embed.tokens", "embed.positions"):  # not embed.norm: a norm like the others
         return 0.0, EMBEDDING_STD
+    if name in ("vision.class_embed", "vision.positions"):
+        return 0.0, VISION_EMBEDDING_STD
     if "norm" in name and leaf == "weight":
-        return (0.0 if config.norm_unit_offset else 1.0), NORM_WEIGHT_STD
-    if leaf in ("bias", "bq", "bk", "bv", "bo", "b_gate", "b_up", "b_down"):
+        unit_offset = config.norm_unit_offset and not name.startswith("vision.")
+        return (0.0 if unit_offset else 1.0), NORM_WEIGHT_STD
+    if leaf in ("bias", "bq", "bk", "bv", "bo", "b_gate", "b_up", "b_down", "b1", "b2"):
         return 0.0, BIAS_STD
     # a [d_in, d_out] projection, or E of them stacked [E, d_in, d_out]; sqrt is correctly rounded
     return 0.0, 1.0 / math.sqrt(shape[-2])

@@ -20,6 +20,10 @@ def _float32(params: dict) -> dict:
     return {k: np.asarray(v, dtype=np.float32) for k, v in params.items()}
 
 
+def _float32_images(pixel_values: np.ndarray | None) -> np.ndarray | None:
+    return None if pixel_values is None else np.asarray(pixel_values, dtype=np.float32)
+
+
 class Float32Golden:
     """The golden run in float32: a correct float32 implementation (the positive control).
 
@@ -52,27 +56,31 @@ class Float32Golden:
             for (module, attr), original in saved.items():
                 setattr(module, attr, original)
 
-    def forward(self, config, params, tokens):
+    def forward(self, config, params, tokens, pixel_values=None):
         with self._patched():
-            return impl_numpy.forward(self.adjust(config), self.params_for(config, params), tokens)
+            return impl_numpy.forward(self.adjust(config), self.params_for(config, params), tokens,
+                                      pixel_values=_float32_images(pixel_values))
 
-    def decode(self, config, params, tokens, prompt_len):
+    def decode(self, config, params, tokens, prompt_len, pixel_values=None):
         with self._patched():
-            return impl_numpy.decode(self.adjust(config), self.params_for(config, params), tokens, prompt_len)
+            return impl_numpy.decode(self.adjust(config), self.params_for(config, params), tokens, prompt_len,
+                                     pixel_values=_float32_images(pixel_values))
 
-    def loss(self, config, params, tokens):
+    def loss(self, config, params, tokens, pixel_values=None):
         with self._patched():
-            return impl_numpy.loss(self.adjust(config), self.params_for(config, params), tokens)
+            return impl_numpy.loss(self.adjust(config), self.params_for(config, params), tokens,
+                                   pixel_values=_float32_images(pixel_values))
 
-    def capture(self, config, params, tokens):
+    def capture(self, config, params, tokens, pixel_values=None):
         captured: dict = {}
         with self._patched():
-            impl_numpy.forward(self.adjust(config), self.params_for(config, params), tokens, capture=captured)
+            impl_numpy.forward(self.adjust(config), self.params_for(config, params), tokens,
+                               pixel_values=_float32_images(pixel_values), capture=captured)
         return captured
 
-    def routing(self, config, params, tokens):
+    def routing(self, config, params, tokens, pixel_values=None):
         """The experts chosen from the float32 router logits (conformance/routing.py)."""
-        captured = self.capture(config, params, tokens)
+        captured = self.capture(config, params, tokens, pixel_values)
         with self._patched():
             return {name.removesuffix(".router"): lmref.impl_numpy.moe.route(self.adjust(config), z)[0]
                     for name, z in captured.items() if name.endswith(".router")}

@@ -87,7 +87,7 @@ def _untied_head_as_tied(config, params, h):
     return h @ params["embed.tokens"].T
 
 
-def _positions_off_by_one(config, params, tokens, positions):
+def _positions_off_by_one(config, params, tokens, positions, images=None):
     """Learned positions read one row too far."""
     h = params["embed.tokens"][tokens]
     return h + params["embed.positions"][positions + 1][None, :, :]

@@ -112,7 +112,7 @@ def configs(draw, max_seq_len: int = 32) -> ModelConfig:
         qkv_bias=draw(st.booleans()), attn_out_bias=draw(st.booleans()),
         qkv_clip=draw(st.sampled_from((None, 0.5))),
         mlp=mlp,
-        activation=draw(st.sampled_from(("gelu", "gelu_tanh", "gelu_tanh_truncated", "silu", "relu"))),
+        activation=draw(st.sampled_from(("gelu", "gelu_tanh", "gelu_tanh_truncated", "silu", "relu", "quick_gelu"))),
         mlp_bias=draw(st.booleans()),
         tie_embeddings=draw(st.booleans()), lm_head_bias=draw(st.booleans()),
         norm_unit_offset=norm_weight and draw(st.booleans()),

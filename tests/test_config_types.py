@@ -290,12 +290,13 @@ def test_sub_configs_must_be_their_classes(field, value, expected):
 
 
 def test_every_field_has_a_validation_rule():
-    """issue 10, item 11: no field of ModelConfig, RopeScaling or MoEConfig escapes validation:
-    a field added without a rule fails here."""
+    """issue 10, item 11: no field of ModelConfig or of a sub-config escapes validation: a field
+    added without a rule fails here."""
     from lmref.spec import validation
+    from lmref.spec.config import VisionConfig
 
     for cls, rules in ((ModelConfig, validation.MODEL_RULES), (RopeScaling, validation.ROPE_SCALING_RULES),
-                       (MoEConfig, validation.MOE_RULES)):
+                       (MoEConfig, validation.MOE_RULES), (VisionConfig, validation.VISION_RULES)):
         assert list(rules) == [f.name for f in dataclasses.fields(cls)], cls.__name__
 
 

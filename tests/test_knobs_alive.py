@@ -22,7 +22,8 @@ import pytest
 from lmref import impl_numpy
 from lmref.conformance.runner import FAIL, run_check
 from lmref.conformance.store import GoldenStore
-from lmref.spec.config import ModelConfig, MoEConfig
+from lmref.spec.config import ModelConfig, MoEConfig, VisionConfig
+from lmref.spec.errors import InputError
 from lmref.spec.features import LABEL_FIELDS, SIZE_FIELDS
 
 STORE = GoldenStore()
@@ -37,7 +38,12 @@ MOE_NOT_FORWARD_KNOBS = ("n_experts", "n_experts_per_token", "d_ff", "shared_d_f
 # --bias-gelu-fusion runs F.gelu): the exact tanh GELU is the same function to 1e-10, which no
 # float32 check resolves (spec/MATH.md), so it is not the neighbouring mistake a case can see.
 OTHER_ACTIVATION = {"gelu": "gelu_tanh", "gelu_tanh": "gelu", "gelu_tanh_truncated": "gelu", "silu": "gelu",
-                    "relu": "silu"}
+                    "relu": "silu", "quick_gelu": "gelu"}
+# The vision sub-config's knobs, each tested whenever a config has a tower (LLaVA sets them all
+# at their defaults, which are CLIP's and LLaVA-1.5's).  feature_strategy is not among them: the
+# other strategy changes how many placeholders an image fills, so no stored case can run with it
+# (`test_the_feature_strategy_sets_the_image_token_count`).
+VISION_KNOBS = ("activation", "norm_eps", "feature_layer", "projector_activation", "projector_bias")
 
 
 def _moe_knob_off(moe: MoEConfig, knob: str) -> MoEConfig:
@@ -47,10 +53,21 @@ def _moe_knob_off(moe: MoEConfig, knob: str) -> MoEConfig:
     return dataclasses.replace(moe, **changes)
 
 
+def _vision_knob_off(vision: VisionConfig, knob: str) -> VisionConfig:
+    """The neighbouring mistake: the other activation, eps x 10, the last layer's states for the
+    penultimate's, no projector biases."""
+    value = getattr(vision, knob)
+    off = {"activation": OTHER_ACTIVATION.get(value), "projector_activation": OTHER_ACTIVATION.get(value),
+           "norm_eps": value * 10, "feature_layer": -1 if value == -2 else -2, "projector_bias": not value}[knob]
+    return dataclasses.replace(vision, **{knob: off})
+
+
 def switched_off(config: ModelConfig, field: str) -> ModelConfig:
     """`config` with the knob `field` off (and the knobs that only act with it)."""
     if field.startswith("moe."):
         return dataclasses.replace(config, moe=_moe_knob_off(config.moe, field.removeprefix("moe.")))
+    if field.startswith("vision."):
+        return dataclasses.replace(config, vision=_vision_knob_off(config.vision, field.removeprefix("vision.")))
     value = getattr(config, field)
     changes: dict = {field: DEFAULTS.get(field)}
     if field in ("mlp_pattern", "moe"):  # every layer dense
@@ -86,6 +103,8 @@ def knobs_set(config: ModelConfig) -> list[str]:
     if config.moe is not None:
         knobs += [f"moe.{name}" for name, default in MOE_DEFAULTS.items()
                   if name not in MOE_NOT_FORWARD_KNOBS and getattr(config.moe, name) != default]
+    if config.vision is not None:
+        knobs += [f"vision.{name}" for name in VISION_KNOBS]
     return knobs
 
 
@@ -97,9 +116,10 @@ class GoldenWithKnobOff:
     def __init__(self, field: str):
         self.field, self.name = field, f"golden-without-{field}"
 
-    def forward(self, config, params, tokens):
+    def forward(self, config, params, tokens, pixel_values=None):
         off = switched_off(config, self.field)
-        return impl_numpy.forward(off, _params_for(off, config, params), tokens)
+        images = pixel_values if off.vision is not None else None  # no tower: the placeholders stay text
+        return impl_numpy.forward(off, _params_for(off, config, params), tokens, pixel_values=images)
 
 
 def _params_for(off: ModelConfig, config: ModelConfig, params: dict) -> dict:
@@ -123,6 +143,18 @@ def test_switching_the_knob_off_changes_a_golden_output(arch, field):
         case = STORE.load(arch, name)
         verdicts[name] = run_check(case, GoldenWithKnobOff(field), "forward").status
     assert FAIL in verdicts.values(), f"{arch}: no golden case sees {field} (all {verdicts})"
+
+
+def test_the_feature_strategy_sets_the_image_token_count():
+    """feature_strategy "full" keeps the class token: an image fills one placeholder more, so a
+    port that keeps it where LLaVA drops it cannot fill a stored case's placeholders."""
+    for arch in [a for a in STORE.archs() if STORE.load(a, STORE.case_names(a)[0]).config.vision is not None]:
+        case = STORE.load(arch, next(n for n in STORE.case_names(arch) if "image" in n))
+        v = case.config.vision
+        full = dataclasses.replace(case.config, vision=dataclasses.replace(v, feature_strategy="full"))
+        assert (v.feature_strategy, full.vision.tokens_per_image) == ("drop_class", v.tokens_per_image + 1)
+        with pytest.raises(InputError, match="image tokens"):
+            impl_numpy.forward(full, case.params(), case.tokens, pixel_values=case.pixel_values)
 
 
 def test_every_stored_arch_has_knobs_under_test():

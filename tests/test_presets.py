@@ -16,7 +16,8 @@ import lmref.spec.presets
 from lmref.cli import main
 from lmref.impl_numpy.rope import default_inv_freq, inv_freq
 from lmref.spec import (
-    FAMILIES, PRESETS, REGISTRY, ModelConfig, MoEConfig, RopeScaling, get_preset, layer_plan, param_count,
+    FAMILIES, PRESETS, REGISTRY, ModelConfig, MoEConfig, RopeScaling, VisionConfig, get_preset, layer_plan,
+    param_count,
     preset_info, resolve_archs, tiny,
 )
 from lmref.spec.presets.preset import Preset
@@ -185,6 +186,13 @@ EXPECTED_COUNTS = {
     "palm-8b": 8_632_012_800,
     "palm-62b": 62_495_662_080,
     "palm-540b": 540_356_474_880,
+    # LLaVA-1.5 (transformers' LlavaForConditionalGeneration of llava-hf/llava-1.5-7b-hf counts
+    # 7,063,427,072): Llama 2 7B with 32064 rows 6,738,939,904 (untied); CLIP ViT-L/14-336
+    # 303,507,456 (patch conv 1024*3*14*14, class 1024, positions 577*1024, pre and post
+    # LayerNorms 2*2*1024, 24 layers of 12,596,224); projector 1024*4096 + 4096*4096 + 2*4096.
+    # The 13b's card says 13.4B: Vicuna-13B's 13,027,007,488 + the same tower and a 5120-wide projector.
+    "llava-1.5-7b": 7_063_427_072,
+    "llava-1.5-13b": 13_351_494_656,
 }
 
 # Parameters one token runs through (the published "active" figures: Mixtral 12.9B / 39B,
@@ -252,6 +260,7 @@ EXPECTED_MODEL_TYPES = {
     "bloom-560m": "bloom", "bloom-7b1": "bloom", "bloom-176b": "bloom",
     "phi-3-mini-4k": "phi3", "phi-3-mini-128k": "phi3",
     "palm-8b": None, "palm-62b": None, "palm-540b": None,
+    "llava-1.5-7b": "llava", "llava-1.5-13b": "llava",
 }
 # The family modules of spec/presets/ (every module but the Preset class's own).
 FAMILY_MODULES = {m.name: importlib.import_module(f"lmref.spec.presets.{m.name}")
@@ -306,7 +315,7 @@ def test_a_preset_without_a_source_or_with_an_unknown_family_is_caught():
 
 SIZE_FIELDS = {"name", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
                "max_seq_len", "rope_scaling", "sliding_window", "attn_chunk_size", "query_scale_dim", "qkv_clip",
-               "moe", "attn_temperature_floor", "logit_scale"}
+               "moe", "attn_temperature_floor", "logit_scale", "vision"}
 
 
 def _attention_kind(c: ModelConfig) -> str:
@@ -344,6 +353,13 @@ def test_tiny_keeps_every_flag(name):
         for f in dataclasses.fields(MoEConfig):
             if f.name not in ("d_ff", "shared_d_ff"):
                 assert getattr(small.moe, f.name) == getattr(base.moe, f.name), f.name
+    assert (small.vision is None) == (base.vision is None)
+    if base.vision is not None:  # the tower shrinks; its flags are kept, the placeholder moves into the vocab
+        sizes = ("image_size", "patch_size", "d_model", "n_layers", "n_heads", "d_ff", "image_token_id")
+        for f in dataclasses.fields(VisionConfig):
+            if f.name not in sizes:
+                assert getattr(small.vision, f.name) == getattr(base.vision, f.name), f.name
+        assert small.vision.layers_run < small.vision.n_layers  # a layer after the feature layer, as at full size
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

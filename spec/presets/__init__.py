@@ -16,7 +16,7 @@ import importlib
 import math
 import pkgutil
 
-from lmref.spec.config import ModelConfig
+from lmref.spec.config import ModelConfig, VisionConfig
 from lmref.spec.presets.preset import Preset
 
 
@@ -58,6 +58,11 @@ TINY_QKV_CLIP = 1.5
 # Llama 4's NoPE temperature is 1 until position floor - 1 (8192 at full size): a floor of 4
 # scales the queries from position 3 on, by 1.37 at position 159.
 TINY_TEMPERATURE_FLOOR = 4
+# A vision tower of 12-pixel images in 4-pixel patches: a 3 x 3 grid (odd, so that a row-major
+# against column-major patch order shows), 2 heads of 16, and 3 layers, so that LLaVA's feature
+# layer -2 leaves a layer after it that no output may depend on.
+TINY_IMAGE_SIZE, TINY_PATCH_SIZE = 12, 4
+TINY_VISION_HEADS, TINY_VISION_LAYERS = 2, 3
 
 
 def get_preset(name: str) -> ModelConfig:
@@ -139,6 +144,19 @@ def _shrunk_knobs(base: ModelConfig, max_seq_len: int, d_model: int) -> dict:
     return changes
 
 
+def _tiny_vision(vision: VisionConfig, vocab_size: int) -> VisionConfig:
+    """The tower at the tiny size, every flag kept: the d_ff / d_model ratio, the feature layer
+    counted from the end (or scaled with the depth), the placeholder inside the tiny vocabulary."""
+    d_model = TINY_VISION_HEADS * TINY_HEAD_DIM
+    n_layers = min(vision.n_layers, TINY_VISION_LAYERS)
+    layer = vision.feature_layer
+    feature_layer = layer if layer < 0 else round(layer * n_layers / vision.n_layers)
+    return dataclasses.replace(
+        vision, image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE, d_model=d_model, n_heads=TINY_VISION_HEADS,
+        n_layers=n_layers, d_ff=round(d_model * vision.d_ff / vision.d_model), feature_layer=feature_layer,
+        image_token_id=min(vision.image_token_id, vocab_size - 1))
+
+
 def _spread(values: tuple[float, ...], n: int) -> tuple[float, ...]:
     """n of `values`, evenly spaced from the first to the last (LongRoPE's factors for the tiny
     head's n rotated pairs: the lowest and the highest frequency keep theirs)."""
@@ -149,7 +167,7 @@ def _spread(values: tuple[float, ...], n: int) -> tuple[float, ...]:
 
 def tiny(config: ModelConfig | str, **overrides) -> ModelConfig:
     """A small model with every flag of `config`: 2 layers (or one period of its layer
-    patterns), head_dim 16, vocab 251.
+    patterns), head_dim 16, vocab 251, a vision tower of 3 x 3 patches (`_tiny_vision`).
 
     Sizes keep their ratios (d_ff / d_model; d_model / (n_heads * head_dim); an expert's
     width to d_model; logit_scale x sqrt(d_model)), the context is capped at 1024, and the knobs
@@ -172,4 +190,6 @@ def tiny(config: ModelConfig | str, **overrides) -> ModelConfig:
         widths = {k: round(d_model * getattr(base.moe, k) / base.d_model)
                   for k in ("d_ff", "shared_d_ff") if getattr(base.moe, k) is not None}
         changes["moe"] = dataclasses.replace(base.moe, **widths)
+    if base.vision is not None:
+        changes["vision"] = _tiny_vision(base.vision, TINY_VOCAB)
     return dataclasses.replace(base, **(changes | _shrunk_knobs(base, max_seq_len, d_model) | overrides))
