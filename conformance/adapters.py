@@ -37,7 +37,8 @@ reported NOT SUPPORTED with that message; any other exception (SystemExit includ
 ERROR.
 
 `--impl` / `LMREF_IMPL` name the adapter: a built-in (`numpy`: the float64 golden, every
-capability; `torch`, `jax`: the twins; `hf`: transformers; `onnx`: the export in onnxruntime;
+capability; `torch`, `jax`: the twins, and `torch-eager`, `torch-moe-loop`, `torch-moe-dense`:
+the torch twin through its other kernels; `hf`: transformers; `onnx`: the export in onnxruntime;
 see BUILTINS) or `package.module:attr`.  An empty value is refused: it is what an unset shell
 variable gives (`--impl "$IMPL"`), and it must not quietly test the golden against itself.
 
@@ -69,6 +70,8 @@ BUILTINS = {
     "numpy": "lmref.conformance.numpy_adapter:NumpyAdapter",
     "torch": "lmref.impl_torch.adapter:TorchAdapter",  # SDPA attention
     "torch-eager": "lmref.impl_torch.adapter:eager",  # the eager attention kernel
+    "torch-moe-loop": "lmref.impl_torch.adapter:moe_loop",  # MoE: the per-expert loop
+    "torch-moe-dense": "lmref.impl_torch.adapter:moe_dense",  # MoE: every expert on every token
     "jax": "lmref.impl_jax.adapter:JaxAdapter",
     "hf": "lmref.convert.hf_adapter:HFAdapter",
     "onnx": "lmref.export.onnx_adapter:OnnxAdapter",

@@ -9,7 +9,7 @@ import torch
 from lmref import impl_numpy
 from lmref.conformance.adapters import load_adapter
 from lmref.conformance.store import GoldenStore
-from lmref.impl_torch.adapter import TorchAdapter
+from lmref.impl_torch.adapter import TorchAdapter, kernel_name
 from lmref.spec import PRESETS, init_params, tiny
 from lmref.spec.captures import capture_names
 from tests.controls import run_arch
@@ -26,11 +26,34 @@ def test_every_golden_check_passes_through_each_attention_kernel(kernel):
     """`--impl torch` runs SDPA, `--impl torch-eager` the eager kernel: the whole golden store
     passes through both, so a mistake in either kernel fails a conformance run."""
     adapter = load_adapter(kernel)
-    assert adapter.name == kernel and f"float32, {'sdpa' if kernel == 'torch' else 'eager'})" in adapter.version
+    assert adapter.name == kernel and f"float32, {'sdpa' if kernel == 'torch' else 'eager'}, moe sorted)" in adapter.version
     store = GoldenStore()
     not_passed = [(arch, case, capability, r.status) for arch in PRESETS
                   for case, capability, r in run_arch(adapter, arch, store) if r.status != "PASS"]
     assert not_passed == []
+
+
+MOE_ARCHS = [arch for arch, config in PRESETS.items() if config.moe is not None]
+
+
+@pytest.mark.parametrize("kernel, dispatch", [("torch-moe-loop", "loop"), ("torch-moe-dense", "dense")])
+def test_every_golden_check_of_the_mixtures_passes_through_each_moe_dispatch(kernel, dispatch):
+    """`--impl torch` dispatches tokens to experts sorted by expert; `torch-moe-loop` and
+    `torch-moe-dense` run the other two dispatches of impl_torch/moe.py through every golden
+    check of every MoE preset (the other presets never reach a dispatch)."""
+    adapter = load_adapter(kernel)
+    assert adapter.name == kernel and adapter.version.endswith(f"float32, sdpa, moe {dispatch})")
+    store = GoldenStore()
+    not_passed = [(arch, case, capability, r.status) for arch in MOE_ARCHS
+                  for case, capability, r in run_arch(adapter, arch, store) if r.status != "PASS"]
+    assert MOE_ARCHS and not_passed == []
+
+
+def test_kernel_names():
+    assert kernel_name("sdpa", "sorted") == "torch" and kernel_name("eager", "sorted") == "torch-eager"
+    assert kernel_name("eager", "dense") == "torch-eager-moe-dense"
+    with pytest.raises(ValueError, match="moe_dispatch must be one of"):
+        TorchAdapter(moe_dispatch="grouped")
 
 
 def test_identity():
