@@ -1,4 +1,4 @@
-"""The coverage map: for every knob of ModelConfig (and of its `moe` sub-config) and every value
+"""The coverage map: for every knob of ModelConfig (and of its `moe` and `vision` sub-configs) and every value
 of a categorical knob, the presets that set it and the golden cases where it is active.
 
 Why: a knob no golden case reaches is checked by the property tests alone, and conformance
@@ -38,12 +38,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lmref.conformance.store import GoldenStore
-from lmref.spec.config import ModelConfig, MoEConfig, RopeScaling
+from lmref.spec.config import ModelConfig, MoEConfig, RopeScaling, VisionConfig
 from lmref.spec.features import LABEL_FIELDS, SIZE_FIELDS
 from lmref.spec.presets import PRESETS
 
 Active = Callable[[ModelConfig], bool]
 MOE_SIZE_FIELDS = ("n_experts", "n_experts_per_token")
+# The tower's sizes and its placeholder id (which `tiny()` moves into the tiny vocabulary).
+VISION_SIZE_FIELDS = ("image_size", "patch_size", "n_channels", "d_model", "n_layers", "n_heads", "d_ff",
+                      "image_token_id")
 PATTERNS = {"attn_pattern": "layer_attn_kinds", "mlp_pattern": "layer_mlp_kinds"}  # field -> expanded per layer
 REGENERATE = ".venv/bin/python -m tests.coverage_map > docs/coverage.md"
 
@@ -56,6 +59,10 @@ class Knob:
 
 def _has_moe(c: ModelConfig) -> bool:
     return c.moe is not None and "moe" in c.layer_mlp_kinds
+
+
+def _has_vision(c: ModelConfig) -> bool:
+    return c.vision is not None
 
 
 def _rope(c: ModelConfig) -> bool:
@@ -107,6 +114,8 @@ def _settings(key: str, f: dataclasses.Field, hint: object, get: Callable) -> li
         return [(f"{key}.kind={k}", lambda c, k=k: get(c) is not None and get(c).kind == k) for k in kinds]
     if MoEConfig in _members(hint):  # the sub-config's own knobs are listed after it
         return [(key, _has_moe)]
+    if VisionConfig in _members(hint):
+        return [(key, _has_vision)]
     if key in SPECIAL:
         return [(key, SPECIAL[key])]
     if hint is bool:
@@ -131,7 +140,8 @@ def _members(hint: object) -> tuple:
 
 def _gated(key: str, test: Active) -> Active:
     """`test` where the knob means something (`RELEVANT`; a moe knob where a layer is "moe")."""
-    conditions = ([_has_moe] if key.startswith("moe.") else []) + ([RELEVANT[key]] if key in RELEVANT else [])
+    sub = {"moe.": [_has_moe], "vision.": [_has_vision]}.get(key[: key.find(".") + 1], [])
+    conditions = sub + ([RELEVANT[key]] if key in RELEVANT else [])
     return lambda c: all(condition(c) for condition in conditions) and test(c)
 
 
@@ -157,10 +167,11 @@ COMBINATIONS = [
 
 
 def all_knobs() -> list[Knob]:
-    """Every knob: the config's fields, the moe sub-config's, then DERIVED and COMBINATIONS."""
+    """Every knob: the config's fields, the moe and vision sub-configs', then DERIVED and COMBINATIONS."""
     fields = _field_knobs(ModelConfig, "", lambda c: c, SIZE_FIELDS + LABEL_FIELDS)
     moe = _field_knobs(MoEConfig, "moe.", lambda c: c.moe, MOE_SIZE_FIELDS)
-    knobs = fields + moe + DERIVED + COMBINATIONS
+    vision = _field_knobs(VisionConfig, "vision.", lambda c: c.vision, VISION_SIZE_FIELDS)
+    knobs = fields + moe + vision + DERIVED + COMBINATIONS
     assert len({k.name for k in knobs}) == len(knobs), "a knob name is defined twice"
     return knobs
 
