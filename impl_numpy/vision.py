@@ -97,11 +97,17 @@ def image_features(config: ModelConfig, params: dict, images: np.ndarray, captur
         capture["vision.embed"] = x
     for i in range(v.layers_run):  # hidden state i + 1
         x = tower_layer(v, params, i, x, capture)
-    features = x[:, 1:] if v.feature_strategy == "drop_class" else x  # [N, T, Dv]
+    features = select_features(v, x)  # [N, T, Dv]
     projected = project(config, params, features)
     if capture is not None:
         capture |= {"vision.features": features, "projector": projected}
     return projected
+
+
+def select_features(v: VisionConfig, hidden: np.ndarray) -> np.ndarray:
+    """[N, 1 + g*g, Dv] -> [N, T, Dv]: the class token (position 0) dropped for "drop_class"
+    (transformers `LlavaModel.get_image_features`: `selected_image_feature[:, 1:]`)."""
+    return hidden[:, 1:] if v.feature_strategy == "drop_class" else hidden
 
 
 def project(config: ModelConfig, params: dict, features: np.ndarray) -> np.ndarray:

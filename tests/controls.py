@@ -23,6 +23,7 @@ import lmref.impl_numpy.norms  # noqa: F401  (impl_numpy.alibi, .attention, .mas
 from tests.control_kinds import ConfigMistake, Control, Float32Golden, PatchMistake, _float32
 from tests.controls_moe import MOE_CONTROLS
 from tests.controls_parallel import PARALLEL_CONTROLS
+from tests.controls_vision import VISION_CONTROLS
 
 
 # --- the wrong functions ------------------------------------------------------------------------
@@ -183,6 +184,7 @@ NEGATIVE_CONTROLS: list[Control] = [
     *ISSUE_11_CONTROLS,
     *MOE_CONTROLS,
     *PARALLEL_CONTROLS,
+    *VISION_CONTROLS,
 ]
 
 POSITIVE_CONTROL = Float32Golden()
