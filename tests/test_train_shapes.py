@@ -1,0 +1,54 @@
+"""The embedded image-caption set (train/shapes.py): deterministic, drawn as captioned, with
+captions whose attributes are spread so that no text alone can tell them."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+pytest.importorskip("PIL")
+
+from lmref.train.shapes import (  # noqa: E402
+    BACKGROUND, CLIP_MEAN, CLIP_STD, COLOURS, KINDS, QUADRANTS, SIZES, caption, draw, examples, pixels, scene,
+)
+
+
+def test_the_same_seed_draws_the_same_images_and_captions():
+    a, b = examples(3, 10, 5, 32), examples(3, 10, 5, 32)
+    assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+    other = examples(4, 10, 5, 32)
+    assert other[1] != a[1]
+
+
+def test_each_shape_is_drawn_where_and_in_the_colour_its_caption_says():
+    size = 48
+    for index in range(40):
+        shapes = scene(0, index)
+        rgb = np.asarray(draw(shapes, size))
+        filled = {s.quadrant: s for s in shapes}
+        for q in range(4):
+            centre = rgb[(q // 2) * size // 2 + size // 4, (q % 2) * size // 2 + size // 4]
+            if q in filled:
+                assert tuple(centre) == COLOURS[filled[q].colour], (index, q)
+                assert QUADRANTS[q] in caption(shapes) and filled[q].kind in caption(shapes)
+            else:
+                assert tuple(centre) == BACKGROUND, (index, q)
+
+
+def test_the_pixels_are_clip_normalised_channels_first():
+    image = draw(scene(0, 0), 16)
+    x = pixels(image)
+    assert x.shape == (3, 16, 16) and x.dtype == np.float32
+    back = x.transpose(1, 2, 0) * CLIP_STD + CLIP_MEAN  # [H, W, 3] in [0, 1]
+    assert np.allclose(back * 255, np.asarray(image), atol=1e-3)
+
+
+def test_every_attribute_is_common_and_captions_vary():
+    shapes = [s for i in range(600) for s in scene(1, i)]
+    for values, field in ((KINDS, "kind"), (list(COLOURS), "colour"), (SIZES, "size"), (range(4), "quadrant")):
+        counts = collections.Counter(getattr(s, field) for s in shapes)
+        assert set(counts) == set(values) and min(counts.values()) > 0.5 * len(shapes) / len(values), field
+    assert collections.Counter(len(scene(1, i)) for i in range(600)).keys() == {1, 2, 3}
+    assert len({caption(scene(1, i)) for i in range(600)}) > 400  # one shape has 96 captions; more, thousands
