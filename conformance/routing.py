@@ -20,12 +20,13 @@ deviation near 1).  float32 (unit roundoff 2^-24) leaves router logits within ~1
 golden: 1e5 times below the margin.  bfloat16 (8 significant bits, unit roundoff 2^-8 ~ 0.004)
 carries about 1% relative error in the residual stream into the router's input after two
 layers.  tests/test_routing_margin.py runs both twins in bfloat16 on every stored case and
-measures the error of each token's k-th minus (k+1)-th logit difference: at most 0.083 (the
-torch twin, whose router matmul runs in bfloat16) and 0.061 (JAX, which upcasts it), on the
-160-token cases; 0.01 to 0.03 is typical.  That is below the margin, so neither can flip,
-but with little room: a bfloat16 port with a looser precision policy can flip a token, and
-this check then names it.  A larger margin does not fit fine-grained routers: with 128
-experts and top-8 (Qwen3-MoE) about 4% of tokens clear 0.1 at both layers, none clear 0.25.
+measures the error of each token's k-th minus (k+1)-th logit difference: at most 0.073 (the
+torch twin) and 0.081 (JAX), both of which compute the router in float32 (spec/MATH.md,
+"Precision policy"), on the 160-token cases; 0.01 to 0.03 is typical.  That is below the
+margin, so neither can flip, but with little room: a bfloat16 port with a looser precision
+policy can flip a token, and this check then names it.  A larger margin does not fit
+fine-grained routers: with 128 experts and top-8 (Qwen3-MoE) about 4% of tokens clear 0.1 at
+both layers, none clear 0.25.
 """
 
 from __future__ import annotations

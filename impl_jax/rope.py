@@ -18,8 +18,11 @@ The frequencies depend on the (static) plan only, so the cos / sin table of ever
 in the context is computed once per (Rope, context length) on the host in float64 and
 gathered at the (possibly traced) positions: an angle such as 1000 * inv_freq rounded in
 float32 would be off by ~3e-5 (Meta's `precompute_freqs_cis` also tabulates the context).
-Layers sharing a Rope share its table.  The table is cast to the activation dtype at use
-(HF `cos.to(x.dtype)`).
+Layers sharing a Rope share its table.  The table is read in float32 at least and the
+rotation runs there, the result cast back to the activation dtype (spec/MATH.md, "Precision
+policy"; as Meta's `apply_rotary_emb`, `xq.float()` then `.type_as(xq)`, and Google's
+`gemma` `apply_rope`, `.astype(inputs.dtype)`; transformers instead casts cos and sin to the
+activation dtype, `cos.to(x.dtype)`, and rotates there).
 
 LongRoPE (spec/MATH.md, "LongRoPE") has two tables, the short factors' and the long ones', cos
 and sin times the attention factor in both; a forward reads the long one for every position
@@ -116,11 +119,11 @@ def cos_sin(rope: Rope, positions: jax.Array, context: int, dtype) -> tuple[jax.
 
 def apply_rope(rope: Rope, x: jax.Array, positions: jax.Array, context: int) -> jax.Array:
     """Rotate x: [B, S, heads, head_dim] at positions: [S], each in [0, context) (RoPE on the
-    first rotary_dim dims)."""
+    first rotary_dim dims), in float32 at least, cast back to x's dtype."""
     r = rope.rotary_dim
-    cos, sin = cos_sin(rope, positions, context, x.dtype)
+    cos, sin = cos_sin(rope, positions, context, jnp.promote_types(x.dtype, jnp.float32))
     cos, sin = cos[None, :, None, :], sin[None, :, None, :]  # [1, S, 1, r/2]
-    rot, rest = x[..., :r], x[..., r:]
+    rot, rest = x[..., :r].astype(cos.dtype), x[..., r:]
     if rope.layout == "halves":
         x1, x2 = rot[..., : r // 2], rot[..., r // 2 :]  # pair i is (x_i, x_{i + r/2})
         rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -128,4 +131,4 @@ def apply_rope(rope: Rope, x: jax.Array, positions: jax.Array, context: int) -> 
         x1, x2 = rot[..., 0::2], rot[..., 1::2]  # pair i is (x_{2i}, x_{2i+1})
         pairs = jnp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)  # [B, S, H, r/2, 2]
         rotated = pairs.reshape(rot.shape)  # [B, S, H, r]: re-interleave
-    return jnp.concatenate([rotated, rest], axis=-1)
+    return jnp.concatenate([rotated.astype(x.dtype), rest], axis=-1)

@@ -1,11 +1,12 @@
 """Causal self-attention with MHA / GQA / MQA, RoPE or ALiBi: torch twin of
 impl_numpy/attention.py, with two interchangeable kernels (`attn_impl`):
 
-  "eager"  q k^T, softcap, additive bias, softmax (in float32 at least), @ v: the plain path
+  "eager"  q k^T, softcap, additive bias, softmax (all in float32 at least), @ v: the plain path
   "sdpa"   torch.nn.functional.scaled_dot_product_attention (fused kernels where torch has
            them); a plain causal layer without cache and without ALiBi is `is_causal=True`
            (exact there: the keys are the queries, in order), every other case passes the
-           same additive float bias as the eager path.  SDPA has no hook between the scores
+           same additive bias as the eager path, rounded to q's dtype (spec/MATH.md,
+           "Precision policy": SDPA's documented mask dtype).  SDPA has no hook between the scores
            and the mask, so a config with a score softcap runs eager (`kernel_of`); so
            does transformers' Gemma 2 (its sdpa path refuses a softcap, hf_measured.md;
            `eager_attention_forward` of gemma2 applies it)
@@ -80,11 +81,13 @@ def kernel_of(config: ModelConfig, attn_impl: str) -> str:
 
 def eager_attention(config: ModelConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     bias: torch.Tensor) -> torch.Tensor:
-    """softmax(softcap(q k^T * scale) + bias) v: [B, H, Sq, hd]; scores and softmax in float32
-    at least."""
+    """softmax(softcap(q k^T * scale) + bias) v: [B, H, Sq, hd]; the scores (the q.k products
+    themselves: q and k are upcast before the product, so no score is ever rounded to a half
+    dtype), the bias and the softmax in float32 at least; the probabilities are cast to v's
+    dtype for the value product (spec/MATH.md, "Precision policy")."""
     k = expand_kv_heads(k, config.kv_group_size)  # [B, H, Sk, hd]
     v = expand_kv_heads(v, config.kv_group_size)
-    scores = upcast(torch.einsum("bhqd,bhkd->bhqk", q, k)) * config.attn_scale  # [B, H, Sq, Sk]
+    scores = torch.einsum("bhqd,bhkd->bhqk", upcast(q), upcast(k)) * config.attn_scale  # [B, H, Sq, Sk]
     if config.attn_softcap is not None:
         scores = softcap(scores, config.attn_softcap)  # Gemma 2: on the scaled scores, before the bias
     probs = torch.softmax(scores + bias, dim=-1).to(v.dtype)
@@ -102,7 +105,10 @@ def sdpa_attention(config: ModelConfig, q: torch.Tensor, k: torch.Tensor, v: tor
 
 
 def bias_dtype(attn_impl: str, dtype: torch.dtype) -> torch.dtype:
-    """The eager path adds the bias to float32 (or float64) scores; SDPA wants q's dtype."""
+    """The dtype the kernel receives the bias in: the eager path adds it to float32 (or
+    float64) scores; SDPA takes "a float mask of the same type as query, key, value"
+    (torch.nn.functional.scaled_dot_product_attention's documentation), which its kernels add
+    to their own float32 scores."""
     return compute_dtype(dtype) if attn_impl == "eager" else dtype
 
 
@@ -121,14 +127,20 @@ def query_temperature(temperature: tuple[int, float], positions: torch.Tensor, d
 def attention_bias(config: ModelConfig, plan: LayerPlan, q_positions: torch.Tensor, k_positions: torch.Tensor,
                    dtype: torch.dtype) -> torch.Tensor:
     """Additive score bias [P, H or 1, Sq, Sk] in `dtype` for a layer of plan `plan`: the ALiBi
-    bias (or 0) where its mask shows the key, the lowest finite value of `dtype` where not."""
+    bias (or 0) where its mask shows the key, the lowest finite value of `dtype` where not.
+
+    Built in float32 at least whatever `dtype` (the ALiBi distances, slopes and the masked
+    fill), then rounded once to `dtype` (a no-op for the eager kernel's float32; SDPA's half
+    dtype): the lowest finite value of `dtype` is exact in float32, where float32's own lowest
+    value would round to -inf in bfloat16."""
+    wide = compute_dtype(dtype)
     shown = masks.visible(plan.mask, q_positions, k_positions)  # [P, 1, Sq, Sk]
     if plan.alibi:
         slopes = alibi_slopes(config.n_heads, config.alibi_max_bias, config.alibi_slopes)
-        allowed = alibi_bias(slopes, q_positions, k_positions, compute_dtype(dtype)).to(dtype)
+        allowed = alibi_bias(slopes, q_positions, k_positions, wide)  # [P, H, Sq, Sk]
     else:
-        allowed = torch.zeros((), dtype=dtype, device=q_positions.device)
-    return torch.where(shown, allowed, torch.finfo(dtype).min)
+        allowed = torch.zeros((), dtype=wide, device=q_positions.device)
+    return torch.where(shown, allowed, torch.finfo(dtype).min).to(dtype)
 
 
 class ScoreBiases:

@@ -3,7 +3,7 @@ impl_numpy/moe.py (the math is stated there and in spec/MATH.md, "MoE").
 
 For each token x [d_model] of a "moe" layer:
 
-    z = x @ router                                   router logits [E], in the model's dtype
+    z = x @ router                                   router logits [E], in float32 at least
     softmax_topk: p = softmax(z); the k largest p chosen, w = those p (/ their sum when renormalize)
     sigmoid_topk: the k largest z chosen, w = sigmoid(z) of those (Llama 4)
     out = sum_j w_j * expert_{e_j}(x)  or, with router_scales_input,  sum_j expert_{e_j}(w_j * x)
@@ -36,10 +36,15 @@ as x @ W[e]), so one Parameter holds all E experts: every one of them is in the 
 whenever any expert runs (an expert no token chose still runs on an empty slice), and DDP
 needs no `find_unused_parameters`.
 
-Precision: the router logits are computed in the model's dtype (as the golden's x @ router,
-and HF's `gate` Linear); the softmax, sigmoid, top-k, renormalisation and the auxiliary loss
-in float32 at least (float64 stays float64); the weights are cast back to the activations'
-dtype for the combine (HF: `routing_weights.to(hidden_states.dtype)`).
+Precision (spec/MATH.md, "Precision policy"): the router logits are computed in float32 at
+least, on upcast operands (Switch Transformers' "selective precision", Fedus et al. 2022,
+section 2.4: the router's input is cast to float32; DeepSeek-V3's router in transformers,
+`F.linear(hidden_states.type(torch.float32), self.weight.type(torch.float32))`; in bfloat16 the
+matmul's rounding alone could reorder near experts), and so are the softmax, sigmoid, top-k,
+renormalisation, the shared expert's sigmoid gate and the auxiliary losses (float64 stays
+float64); the weights are cast back to the activations' dtype for the combine (HF:
+`routing_weights.to(hidden_states.dtype)`).  The captured router logits are therefore float32
+at least, as the JAX twin's.
 
 Ties: `torch.topk` does not say which of two equal scores wins (the golden picks the lower
 index).  Only an exact tie at the k-th score is ambiguous; the golden cases keep the k-th and
@@ -51,6 +56,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmref.impl_torch.mlp import ACTIVATIONS, MLP
@@ -193,8 +199,13 @@ class MoE(nn.Module):
             weights = weights / weights.sum(dim=-1, keepdim=True)
         return chosen, weights
 
+    def logits(self, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """x [B, S, d] through a bias-free `linear` (the router, the shared gate) in float32 at
+        least: [B, S, d_out]."""
+        return F.linear(upcast(x), upcast(linear.weight))
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.router(x)  # [B, S, d] @ [d, E] -> [B, S, E]
+        z = self.logits(self.router, x)  # [B, S, d] @ [d, E] -> [B, S, E], float32 at least
         chosen, weights = self.route(z)  # [B, S, k] each
         flat = x.reshape(-1, x.shape[-1])  # [B * S, d]
         routed = _DISPATCH[self.dispatch](self.experts, flat, chosen.reshape(-1, chosen.shape[-1]),
@@ -204,7 +215,8 @@ class MoE(nn.Module):
         if self.shared is not None:
             shared = self.shared(x)  # [B, S, d]
             if self.shared_gate is not None:  # Qwen2-MoE: one sigmoid scalar per token
-                shared = torch.sigmoid(self.shared_gate(x)) * shared  # [B, S, 1] * [B, S, d]
+                gate = torch.sigmoid(self.logits(self.shared_gate, x))  # [B, S, 1], float32 at least
+                shared = (gate * shared).to(x.dtype)  # [B, S, 1] * [B, S, d]
             out = out + shared
         return out, z
 
