@@ -4,8 +4,8 @@
     to_hf(config, params, "path/to/out")                   # transformers' from_pretrained loads it
 
 Model types: one module each in convert/models/ (bloom, dbrx, falcon, gemma, gemma2,
-gemma3_text, gpt2, gpt_neox, gptj, llama, llama4_text, mistral, mixtral, mpt, olmo, olmo2,
-olmoe, phi, qwen2, qwen2_moe, qwen3, qwen3_moe).
+gemma3_text, gpt2, gpt_neox, gptj, llama, llama4_text, llava, mistral, mixtral, mpt, olmo,
+olmo2, olmoe, phi, qwen2, qwen2_moe, qwen3, qwen3_moe).
 `to_hf` writes the type the config names in `hf_model_type` (`module_for`; None:
 transformers has no class for it, and the config is refused), and `from_hf` sets
 `hf_model_type` from config.json's `model_type`.
@@ -16,6 +16,7 @@ never computed, so a round trip either way gives the same bits.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -53,6 +54,13 @@ def module_for(config: ModelConfig) -> ModuleType:
     if model_type not in MODEL_TYPES:
         raise ConversionError(f"config {config.name!r}: hf_model_type {model_type!r} is not supported; {_supported()}")
     return MODEL_TYPES[model_type]
+
+
+def auto_class_name(model_type: str) -> str:
+    """The transformers Auto class whose `from_pretrained` loads `model_type`:
+    AutoModelForCausalLM unless the type's module names another (`AUTO_CLASS`: llava's
+    AutoModelForImageTextToText)."""
+    return getattr(_module(model_type, "auto_class_name"), "AUTO_CLASS", "AutoModelForCausalLM")
 
 
 def _module(model_type: object, where: str) -> ModuleType:
@@ -133,21 +141,38 @@ def config_from_hf(data: dict, name: str, where: str = "config.json") -> ModelCo
     return config
 
 
+def hf_key(module: ModuleType, key: str, expected: set[str]) -> str:
+    """The key of the layout lmref writes for a file's `key`: itself when expected, else the
+    type's other spellings (`KEY_ALIASES`, (regex, replacement) pairs applied in turn: llava's
+    in-memory `model.language_model.*` for the Hub's `language_model.model.*`), else with the
+    base-model prefix that some files omit (hub GPT-2: `h.0...` for `transformer.h.0...`;
+    transformers' loader does the same)."""
+    if key in expected:
+        return key
+    for pattern, replacement in getattr(module, "KEY_ALIASES", ()):
+        key = re.sub(pattern, replacement, key)
+    return module.PREFIX + key if key not in expected and module.PREFIX + key in expected else key
+
+
 def _normalise_keys(module: ModuleType, config: ModelConfig, tensors: dict, where: str) -> dict:
-    """Add the base-model prefix that some files omit (hub GPT-2: `h.0...` for
-    `transformer.h.0...`; transformers' loader does the same), drop known non-weight buffers,
-    and drop a stored copy of a tied head after checking it equals the embedding."""
+    """Bring the keys to the layout lmref writes (`hf_key`), refusing two that name the same
+    tensor, drop known non-weight buffers, and drop a stored copy of a tied head (`HEAD`,
+    "lm_head.weight" unless the type says otherwise) after checking it equals the embedding."""
     expected = {e.hf for e in module.entries(config)}
-    out = {}
+    out, source = {}, {}
     for key, value in tensors.items():
         if key.endswith(module.IGNORED_SUFFIXES):
             continue
-        out[module.PREFIX + key if key not in expected and module.PREFIX + key in expected else key] = value
-    if config.tie_embeddings and "lm_head.weight" in out:
+        renamed = hf_key(module, key, expected)
+        if renamed in out:
+            raise ConversionError(f"{where}: {source[renamed]!r} and {key!r} are both the tensor {renamed!r}")
+        out[renamed], source[renamed] = value, key
+    head = getattr(module, "HEAD", "lm_head.weight")
+    if config.tie_embeddings and head in out:
         embed = next(e.hf for e in module.entries(config) if e.sources == ("embed.tokens",))
-        if embed in out and not np.array_equal(out["lm_head.weight"], out[embed]):
-            raise ConversionError(f"{where}: tie_word_embeddings is true but lm_head.weight differs from {embed}")
-        del out["lm_head.weight"]
+        if embed in out and not np.array_equal(out[head], out[embed]):
+            raise ConversionError(f"{where}: tie_word_embeddings is true but {head} differs from {embed}")
+        del out[head]
     return out
 
 

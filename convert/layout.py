@@ -23,9 +23,16 @@ Mixtures of experts hold E experts stacked on a leading axis (`layers.{i}.mlp.ex
   flatten  the HF tensor is every expert at once, [E, r, c] (after the transpose, which
            swaps the last two axes) stored as [E * r, c] (DBRX's `experts.mlp.w1`).
 
-The inverse undoes the steps in reverse: unflatten, transpose, undo the permutation, split at
-the sources' widths, and stack the experts (`canonical_params`).  Nothing is computed, values
-only move, so both directions are exact.
+A convolution's weight keeps its kernel axes:
+
+  unflatten  after the transpose, the last axis is stored as these axes: CLIP's patch
+             convolution `patch_embedding.weight` [Dv, C, p, p] is the canonical
+             `vision.patch_embed` [C*p*p, Dv] transposed to [Dv, C*p*p], its columns in
+             (channel, row, column) order (spec/vision.py), i.e. the row-major flattening.
+
+The inverse undoes the steps in reverse: flatten the kernel axes back, unflatten the experts,
+transpose, undo the permutation, split at the sources' widths, and stack the experts
+(`canonical_params`).  Nothing is computed, values only move, so both directions are exact.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ class Entry:
     perm: tuple[int, ...] | None = None
     expert: int | None = None
     flatten: bool = False
+    unflatten: tuple[int, ...] | None = None
 
 
 def same(hf: str, source: str) -> Entry:
@@ -57,6 +65,12 @@ def same(hf: str, source: str) -> Entry:
 def linear(hf: str, source: str, perm: tuple[int, ...] | None = None) -> Entry:
     """An `nn.Linear` weight: the transpose of one canonical projection."""
     return Entry(hf, (source,), linear=True, perm=perm)
+
+
+def conv(hf: str, source: str, kernel: tuple[int, ...]) -> Entry:
+    """A convolution's weight [d_out, *kernel] (`nn.Conv2d`: [out, in, kh, kw]): the transpose of
+    one canonical [prod(kernel), d_out] matrix, its last axis unflattened into `kernel`."""
+    return Entry(hf, (source,), linear=True, unflatten=tuple(kernel))
 
 
 def expert_linear(hf: str, source: str, expert: int) -> Entry:
@@ -88,6 +102,8 @@ def hf_shape(entry: Entry, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...
     shape = (*first[:-1], width)
     if entry.linear:
         shape = (*shape[:-2], shape[-1], shape[-2])
+    if entry.unflatten is not None:
+        shape = (*shape[:-1], *entry.unflatten)
     return (shape[0] * shape[1], shape[2]) if entry.flatten else shape
 
 
@@ -104,6 +120,8 @@ def to_hf_tensor(entry: Entry, params: dict[str, np.ndarray]) -> np.ndarray:
         x = x[..., list(entry.perm)]
     if entry.linear:
         x = np.swapaxes(x, -1, -2)  # canonical [..., d_in, d_out] -> nn.Linear [..., d_out, d_in]
+    if entry.unflatten is not None:
+        x = x.reshape(*x.shape[:-1], *entry.unflatten)  # [d_out, C*p*p] -> [d_out, C, p, p]
     if entry.flatten:
         x = x.reshape(-1, x.shape[-1])  # [E, r, c] -> [E * r, c]
     return np.ascontiguousarray(x)
@@ -113,6 +131,8 @@ def from_hf_tensor(entry: Entry, tensor: np.ndarray, shapes: dict[str, tuple[int
     """Split one HF tensor back into its canonical tensors (fresh C-contiguous arrays; one
     expert's slice of them for an `expert` entry)."""
     x = tensor
+    if entry.unflatten is not None:
+        x = x.reshape(*x.shape[: -len(entry.unflatten)], -1)  # [d_out, C, p, p] -> [d_out, C*p*p]
     if entry.flatten:
         x = x.reshape(shapes[entry.sources[0]][0], -1, x.shape[-1])  # [E * r, c] -> [E, r, c]
     if entry.linear:

@@ -131,6 +131,21 @@ MOE_VARIANTS = {
         attn_temperature_scale=None, activation="gelu_tanh"),
 }
 VARIANTS |= MOE_VARIANTS
+
+
+def vision_variant(preset: str, vision: dict, **changes):
+    """tiny(preset) with `changes` and its VisionConfig's fields replaced by `vision`."""
+    return tiny(preset, vision=dataclasses.replace(tiny(preset).vision, **vision), **changes)
+
+
+# LLaVA: what its presets leave off (the class token kept, an early feature layer counted from
+# the front, no projector biases, other activations, a tied head, GQA, an odd grid of 1-channel images)
+VARIANTS |= {
+    "llava-full-layer-1-no-projector-bias-silu-projector-gelu-tower-tied": vision_variant(
+        "llava-1.5-7b", dict(feature_strategy="full", feature_layer=1, projector_bias=False,
+                             projector_activation="silu", activation="gelu"), tie_embeddings=True),
+    "llava-5x5-grid-one-channel-gqa": vision_variant("llava-1.5-13b", dict(image_size=20, n_channels=1), n_kv_heads=2),
+}
 CONFIGS = {arch: case_config(arch) for arch in SUPPORTED_ARCHS} | VARIANTS
 
 # Configs in the RoPE layout their type does not rotate (transformers rotates halves, but
@@ -153,9 +168,12 @@ OTHER_LAYOUT = {
 
 
 def tokens_for(key: str, config, params: dict, seq: int) -> np.ndarray:
-    """Token ids [2, seq]: random, or for a mixture of experts the golden's `routed_tokens`,
+    """Token ids [2, seq]: random (no image placeholder), or for a mixture of experts the golden's `routed_tokens`,
     whose k-th and (k+1)-th router logits are ROUTING_MARGIN apart at every layer, so that a
     float32 model chooses the golden's experts (one flip moves a token's output by O(1))."""
     if config.moe is None:
-        return np.random.default_rng(0).integers(0, config.vocab_size, size=(2, seq))
+        tokens = np.random.default_rng(0).integers(0, config.vocab_size, size=(2, seq))
+        if config.vision is not None:  # text only: an image placeholder would ask for an image
+            tokens[tokens == config.vision.image_token_id] = 0
+        return tokens
     return routed_tokens(key, CaseSpec(f"tokens-{seq}", "prefill", 2, seq, seed=0), config, params)

@@ -2,7 +2,8 @@
 
 Every convertible preset's golden-case config, and the variants of tests/hf_configs.py, is
 exported with `to_hf` (float64 weights), loaded by `AutoModelForCausalLM.from_pretrained`
-(eager attention) and run on 160 tokens; its logits must equal the golden's within the
+(llava: AutoModelForImageTextToText; eager attention) and run on 160 tokens (text: no image
+placeholder; tests/test_hf_llava.py runs images); its logits must equal the golden's within the
 float64 row of the conformance tolerances.  transformers' float64 model computes norms,
 RoPE frequencies and softmax in float32 whatever the model's dtype (`.to(torch.float32)`,
 `softmax(..., dtype=torch.float32)`, `inv_freq` built in float32), which alone moves the
@@ -13,6 +14,9 @@ own models read by lmref) within the float32 row.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +30,7 @@ from lmref import impl_numpy  # noqa: E402
 from lmref.conformance.metrics import compare, gate  # noqa: E402
 from lmref.conformance.tolerances import DEFAULT_ROWS  # noqa: E402
 from lmref.convert import to_hf  # noqa: E402
+from lmref.convert.hf import auto_class_name  # noqa: E402
 from lmref.spec import init_params  # noqa: E402
 
 from tests.hf_configs import CONFIGS, OTHER_LAYOUT  # noqa: E402
@@ -52,12 +57,14 @@ def transformers_float64(directory, tokens: np.ndarray, **inputs):
     """The output of transformers' eager model of `directory` on `tokens`, built and run in
     float64 (the default dtype too, so that buffers made from Python floats, such as Gemma's
     sqrt(d_model) embedding scale, are float64).  Experts run eagerly too: the default
-    "grouped_mm" kernel refuses float64 (dense types ignore the option)."""
+    "grouped_mm" kernel refuses float64 (dense types ignore the option).  The Auto class is the
+    type's (`auto_class_name` of config.json's model_type)."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
         with Float64Mode():
-            model = transformers.AutoModelForCausalLM.from_pretrained(
+            model_type = json.loads((Path(directory) / "config.json").read_text())["model_type"]
+            model = getattr(transformers, auto_class_name(model_type)).from_pretrained(
                 directory, attn_implementation="eager", experts_implementation="eager", dtype=torch.float64).eval()
             with torch.no_grad():
                 return model(input_ids=torch.from_numpy(tokens), **inputs)
@@ -71,6 +78,8 @@ def test_transformers_runs_the_export_with_the_goldens_float64_logits(key, tmp_p
     params = init_params(config, 11)
     to_hf(config, params, tmp_path)
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, size=(2, 160))  # > 2x llama3 scalings' contexts
+    if config.vision is not None:  # text only: an image placeholder would ask for an image
+        tokens[tokens == config.vision.image_token_id] = 0
     golden = impl_numpy.forward(config, params, tokens)
     assert gate(compare(transformers_float64(tmp_path, tokens).logits.numpy(), golden, F64), F64) == [], key
 

@@ -34,7 +34,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from lmref.convert import config_from_hf  # noqa: E402
-from lmref.convert.hf import hf_config, module_for  # noqa: E402
+from lmref.convert.hf import auto_class_name, hf_config, hf_key, module_for  # noqa: E402
 from lmref.convert.layout import expected_shapes  # noqa: E402
 from lmref.convert.moe import transformers_objective  # noqa: E402
 from lmref.spec import get_preset, layer_plan, param_count, param_shapes  # noqa: E402
@@ -72,6 +72,10 @@ REAL = {
     # 128k one from the Hub page's head (to the first 31 long factors) and Microsoft's quoted
     # factor lists (spec/presets/phi3.py), its other keys spelled as the 4k file's
     "microsoft--Phi-3-mini-4k-instruct": "phi-3-mini-4k", "microsoft--Phi-3-mini-128k-instruct": "phi-3-mini-128k",
+    # LLaVA 1.5's file (no Hub access) as repositories that vendor it quote it (the 4.36.0.dev0
+    # conversion's keys: a top-level vocab_size and ignore_index, CLIP's projection_dim and a
+    # stray vocab_size in vision_config)
+    "llava-hf--llava-1.5-7b-hf": "llava-1.5-7b",
 }
 WITH_PRESET = sorted(name for name, preset in REAL.items() if preset)
 # Keys that never change the numbers, or that only one of two equivalent files spells out.
@@ -135,27 +139,38 @@ def test_transformers_builds_the_tensors_lmref_maps(name):
     config = config_from_hf(data, name)
     with torch.device("meta"):
         hf = transformers.AutoConfig.for_model(**for_transformers5(data))
-        model = transformers.AutoModelForCausalLM.from_config(hf)
-    # a tied head is listed once; 5.x's fused experts are split back as save_pretrained does
-    built = {key: tuple(p.shape) for key, p in revert_weight_conversion(model, dict(model.named_parameters())).items()}
-    assert built == expected_shapes(module_for(config).entries(config), param_shapes(config))
+        model = getattr(transformers, auto_class_name(data["model_type"])).from_config(hf)
+    # a tied head is listed once; 5.x's fused experts are split back as save_pretrained does; a
+    # name lmref reads as another (a fresh llava's `vision_tower.*`, `hf_key`) counts as that one
+    module = module_for(config)
+    expected = expected_shapes(module.entries(config), param_shapes(config))
+    saved = revert_weight_conversion(model, dict(model.named_parameters()))
+    built = {hf_key(module, key, set(expected)): tuple(p.shape) for key, p in saved.items()}
+    assert built == expected
     assert sum(math.prod(shape) for shape in built.values()) == param_count(config)
 
 
-# Keys one type keeps but never reads: Phi-3-mini-4k's `attention_bias` (Phi3Attention's
-# projections are bias=False whatever it says; a numeric key for llama-style types)
-NOT_NUMERIC_BY_TYPE = {"phi3": {"attention_bias"}}
+# Keys one type keeps but never reads ("a.b": key b of sub-config a): Phi-3-mini-4k's
+# `attention_bias` (Phi3Attention's projections are bias=False whatever it says; a numeric key
+# for llama-style types); llava-hf's 4.36-era top-level vocab_size (text_config's, which lmref
+# checks it equals) and ignore_index (4.x's label index), and its vision_config's projection_dim
+# (CLIPVisionModelWithProjection's head) and vocab_size (CLIP's tower has no vocabulary)
+NOT_NUMERIC_BY_TYPE = {"phi3": {"attention_bias"},
+                       "llava": {"vocab_size", "ignore_index", "vision_config.projection_dim",
+                                 "vision_config.vocab_size"}}
 
 
 def _numeric(data: dict) -> dict:
     """The config as transformers reads it, minus NOT_NUMERIC (in DBRX's sub-configs too)."""
     read = transformers.AutoConfig.for_model(**for_transformers5(data)).to_dict()
-    ignored = set(NOT_NUMERIC_BY_TYPE.get(data.get("model_type"), set()))
+    for key in NOT_NUMERIC_BY_TYPE.get(data.get("model_type"), set()):
+        *sub, last = key.split(".")
+        (read[sub[0]] if sub else read).pop(last, None)
     if (read.get("sliding_window") or 0) >= read.get("max_position_embeddings", float("inf")):
         # a window that never cuts inside the context (Phi-3-mini-128k's 262144): lmref reads it as
         # none and writes null, the same causal mask (tests/test_hf_phi3.py)
         read["sliding_window"] = None
-    return _without_not_numeric({k: v for k, v in read.items() if k not in ignored})
+    return _without_not_numeric(read)
 
 
 def _without_not_numeric(data: dict) -> dict:

@@ -31,6 +31,7 @@ from lmref.conformance.metrics import compare, gate  # noqa: E402
 from lmref.conformance.store import GoldenStore  # noqa: E402
 from lmref.conformance.tolerances import DEFAULT_ROWS  # noqa: E402
 from lmref.convert import to_hf  # noqa: E402
+from lmref.convert.hf import auto_class_name  # noqa: E402
 from lmref.spec import PRESETS, init_params  # noqa: E402
 
 from tests.hf_configs import OTHER_LAYOUT, VARIANTS, tokens_for  # noqa: E402
@@ -49,6 +50,8 @@ DIFFERENT_IN_4 = {
 OTHERS = {key: config for key, config in (VARIANTS | OTHER_LAYOUT).items() if key not in DIFFERENT_IN_4}
 F32 = DEFAULT_ROWS["float32"]
 
+# Each directory names the Auto class that loads it (convert/hf.py `auto_class_name`; llava's
+# AutoModelForImageTextToText, which 4.57 has too) in auto_class.txt.
 CHILD = """
 import sys
 from pathlib import Path
@@ -57,7 +60,8 @@ import torch
 import transformers
 assert transformers.__version__.startswith("4."), transformers.__version__
 for directory in map(Path, sys.argv[1:]):
-    model = transformers.AutoModelForCausalLM.from_pretrained(
+    auto_class = getattr(transformers, (directory / "auto_class.txt").read_text())
+    model = auto_class.from_pretrained(
         directory, attn_implementation="eager", torch_dtype=torch.float32).eval()
     tokens = torch.from_numpy(np.load(directory / "tokens.npy", allow_pickle=False))
     with torch.no_grad():
@@ -78,6 +82,7 @@ def run_in_transformers4(tmp_path_factory):
         params = {k: v.astype(np.float32) for k, v in init_params(case.config, case.meta["weights"]["seed"]).items()}
         to_hf(case.config, params, directory / "hf")
         np.save(directory / "hf" / "tokens.npy", case.tokens, allow_pickle=False)
+        (directory / "hf" / "auto_class.txt").write_text(auto_class_name(case.config.hf_model_type))
         golden[arch] = case.expected["logits"]
         directories.append(directory / "hf")
     for key, config in OTHERS.items():
@@ -86,6 +91,7 @@ def run_in_transformers4(tmp_path_factory):
         to_hf(config, {k: v.astype(np.float32) for k, v in params.items()}, directory)
         tokens = tokens_for(key, config, params, 160 if config.moe is None else 24)
         np.save(directory / "tokens.npy", tokens, allow_pickle=False)
+        (directory / "auto_class.txt").write_text(auto_class_name(config.hf_model_type))
         golden[key] = impl_numpy.forward(config, params, tokens)
         directories.append(directory)
     env = dict(os.environ, PYTHONPATH=str(TRANSFORMERS4), OMP_NUM_THREADS="1")
