@@ -5,8 +5,10 @@
 Each call builds the model from the canonical params (`Transformer.from_canonical`), runs
 it without autograd and returns NumPy: logits as float32 (bf16 / fp16 results cast up,
 float64 kept), the loss as a float, captures with each "moe" layer's router logits
-(`layers.{i}.router`), and the experts each "moe" layer chose (`routing`).  The device
-defaults to CUDA when torch sees one.
+(`layers.{i}.router`), and the experts each "moe" layer chose (`routing`).  Every method
+takes the images of a multimodal case (`pixel_values` [N, C, H, W]); a capture with images
+returns the image pathway's intermediates too (spec/captures.py).  The device defaults to
+CUDA when torch sees one.
 
 The twin has more than one kernel for two things: attention (`attn_impl`: SDPA, or the eager
 scores-mask-softmax) and the mixture of experts (`moe_dispatch`, impl_torch/moe.py: "sorted",
@@ -63,29 +65,32 @@ class TorchAdapter:
                                           attn_impl=self.attn_impl, moe_dispatch=self.moe_dispatch)
 
     @torch.no_grad()
-    def forward(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
-        return _numpy(self._model(config, params)(tokens))
+    def forward(self, config: ModelConfig, params: dict, tokens: np.ndarray, pixel_values=None) -> np.ndarray:
+        return _numpy(self._model(config, params)(tokens, pixel_values=pixel_values))
 
     @torch.no_grad()
-    def decode(self, config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int) -> np.ndarray:
-        return _numpy(self._model(config, params).decode(tokens, prompt_len))
+    def decode(self, config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int,
+               pixel_values=None) -> np.ndarray:
+        return _numpy(self._model(config, params).decode(tokens, prompt_len, pixel_values=pixel_values))
 
     @torch.no_grad()
-    def loss(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> float:
-        return float(self._model(config, params).loss(tokens))
+    def loss(self, config: ModelConfig, params: dict, tokens: np.ndarray, pixel_values=None) -> float:
+        return float(self._model(config, params).loss(tokens, pixel_values=pixel_values))
 
     @torch.no_grad()
-    def capture(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> dict[str, np.ndarray]:
+    def capture(self, config: ModelConfig, params: dict, tokens: np.ndarray,
+                pixel_values=None) -> dict[str, np.ndarray]:
         captured: dict = {}
-        self._model(config, params)(tokens, capture=captured)
-        return {name: _numpy(captured[name]) for name in capture_names(config)}
+        self._model(config, params)(tokens, capture=captured, pixel_values=pixel_values)
+        return {name: _numpy(captured[name]) for name in capture_names(config, images=pixel_values is not None)}
 
     @torch.no_grad()
-    def routing(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> dict[str, np.ndarray]:
+    def routing(self, config: ModelConfig, params: dict, tokens: np.ndarray,
+                pixel_values=None) -> dict[str, np.ndarray]:
         """{"layers.{i}": int64 [B, S, k]}: the experts each "moe" layer chose for each token."""
         model = self._model(config, params)
         captured: dict = {}
-        model(tokens, capture=captured)
+        model(tokens, capture=captured, pixel_values=pixel_values)
         return {f"layers.{i}": model.layers[i].mlp.route(captured[f"layers.{i}.router"])[0].cpu().numpy()
                 for i in moe_layers(config)}
 

@@ -1,6 +1,8 @@
 """The decoder-only LM as an nn.Module, torch twin of impl_numpy/model.py.
 
     h = embed_norm(embed.tokens[tokens]) (* sqrt(d_model)) (+ embed.positions[p])   (embed_norm: BLOOM)
+        (images: their projected patches replace the placeholders' rows of the lookup first,
+        impl_torch/vision.py: the modules `vision` and `projector`)
     for each layer:                      (the plan's `norms`, spec/MATH.md "Block")
         h = h + attn(attn_norm(h))           pre (GPT-2, LLaMA)
         h = h + attn_post_norm(attn(attn_norm(h)))   sandwich (Gemma 2/3)
@@ -22,7 +24,8 @@ whose `.bias` is `layers.0.attn.bq`; the stacked experts `layers.{i}.mlp.experts
 [E, d_in, d_out] are Parameters in the canonical layout itself.  `forward` checks its inputs
 and keeps the cache's length; `logits` is the tensor-only computation under it (what
 torch.compile and an ONNX export wraps, export/decoder.py).  `capture` receives the
-intermediates named by `lmref.spec.captures.capture_names(config)`.
+intermediates named by `lmref.spec.captures.capture_names(config)` (`images=True` with
+`pixel_values`).
 """
 
 from __future__ import annotations
@@ -33,13 +36,15 @@ from torch import nn
 
 from lmref.impl_torch.attention import ATTN_IMPLS, Attention, ScoreBiases, Step, kernel_of, softcap
 from lmref.impl_torch.cache import KVCache, rerun
+from lmref.impl_torch.embedding import Embedding
 from lmref.impl_torch.features import FEATURES
-from lmref.impl_torch.inputs import check_tokens
+from lmref.impl_torch.inputs import check_images, check_tokens
 from lmref.impl_torch.mlp import MLP
 from lmref.impl_torch.moe import MoE, check_dispatch
 from lmref.impl_torch.norms import Norm, upcast
-from lmref.impl_torch.objective import objective
+from lmref.impl_torch.objective import objective, scored_targets
 from lmref.impl_torch.rope import rope_cos_sin
+from lmref.impl_torch.vision import Projector, VisionTower
 from lmref.spec.config import ModelConfig
 from lmref.spec.features import check_supported
 from lmref.spec.params import check_params, param_shapes
@@ -48,8 +53,9 @@ from lmref.spec.plan import LayerPlan, crosses_original_context, distinct_ropes,
 BACKEND = "torch"
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_PROJECTIONS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down", "router", "shared_gate")
-_BIASES = ("bq", "bk", "bv", "bo", "b_gate", "b_up", "b_down")
+_PROJECTIONS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down", "router", "shared_gate", "patch_embed", "w1",
+                "w2")
+_BIASES = ("bq", "bk", "bv", "bo", "b_gate", "b_up", "b_down", "b1", "b2")
 
 
 def torch_name(canonical: str) -> tuple[str, bool]:
@@ -69,40 +75,7 @@ def torch_name(canonical: str) -> tuple[str, bool]:
         return canonical, True
     if leaf in _BIASES:
         return f"{prefix}.w{leaf[1:]}.bias", False  # bq -> wq.bias, b_up -> w_up.bias
-    return canonical, False  # norm weights and biases, lm_head.bias
-
-
-class Embedding(nn.Module):
-    """tokens [B, S] at positions [P, S] -> [B, S, d_model].
-
-    With embedding_scale "sqrt_d_model" (Gemma) the token embeddings are multiplied by
-    sqrt(d_model) rounded to the model's dtype (HF `GemmaModel`: `normalizer =
-    torch.tensor(hidden_size**0.5, dtype=hidden_states.dtype)`; Google's `gemma`:
-    `x * jnp.sqrt(embed_dim).astype(x.dtype)`).
-
-    With embedding_norm (BLOOM) the config's norm `norm` (parameters `embed.norm.weight`,
-    `.bias`) normalises the looked-up embeddings first, before any scale or position
-    (transformers `BloomModel.forward`: `word_embeddings_layernorm(inputs_embeds)`;
-    Megatron-DeepSpeed `VocabParallelEmbedding.forward`: `self.norm(output)` inside the token
-    embedding, before `Embedding.forward` adds positions).
-    """
-
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, device=None):
-        super().__init__()
-        kw = dict(dtype=dtype, device=device)
-        self.tokens = nn.Embedding(config.vocab_size, config.d_model, **kw)
-        learned = config.position == "learned"
-        self.positions = nn.Embedding(config.max_seq_len, config.d_model, **kw) if learned else None
-        self.norm = Norm.of(config, dtype, device) if config.embedding_norm else None  # w = 1, b = 0 at first
-        self.scale = config.d_model**0.5 if config.embedding_scale == "sqrt_d_model" else None
-
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        h = self.tokens(tokens)  # [B, S, d_model]
-        if self.norm is not None:
-            h = self.norm(h)
-        if self.scale is not None:
-            h = h * h.new_tensor(self.scale)  # a 0-d tensor: the scale rounded to h's dtype
-        return h if self.positions is None else h + self.positions(positions)  # + [P, S, d_model]
+    return canonical, False  # norm weights and biases, lm_head.bias, vision.class_embed, vision.positions
 
 
 def placed_norm(config: ModelConfig, present: bool, dtype: torch.dtype, device) -> nn.Module:
@@ -193,6 +166,9 @@ class Transformer(nn.Module):
         if config.tie_embeddings:
             # nn.Linear's [vocab, d_model] weight is the embedding table itself: one Parameter.
             self.lm_head.weight = self.embed.tokens.weight
+        if config.vision is not None:  # LLaVA's image pathway: canonical `vision.*`, `projector.*`
+            self.vision = VisionTower(config.vision, dtype, device)
+            self.projector = Projector(config, dtype, device)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -247,40 +223,45 @@ class Transformer(nn.Module):
     def new_cache(self, batch: int, capacity: int | None = None) -> KVCache:
         return KVCache.empty(self.config, batch, capacity=capacity, dtype=self.dtype, device=self.device)
 
-    def forward(self, tokens, cache: KVCache | None = None, capture: dict | None = None, *,
+    def forward(self, tokens, cache: KVCache | None = None, capture: dict | None = None, *, pixel_values=None,
                 output_router_logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits [B, S, vocab] for tokens [B, S] (tensor, array or list); with a cache, the
-        tokens follow its contents, and the cache takes them in.
+        tokens follow its contents, and the cache takes them in.  `pixel_values` [N, C, H, W]
+        (tensor or array): the images whose features fill the image placeholders of `tokens`
+        (spec/vision.py `check_images`), cast to the model's dtype.
 
         `output_router_logits`: return (logits, [router logits [B, S, E] of each "moe" layer,
         in order]), what the loss needs, as outputs: DDP and FSDP pass them back (FSDP hands
         the module a copy of a `capture` dict given to the wrapper, so it stays empty)."""
         past = 0 if cache is None else cache.length
         tokens = check_tokens(self.config, tokens, past_len=past, device=self.device)
+        images = check_images(self.config, tokens, pixel_values, device=self.device, dtype=self.dtype)
         if cache is not None:
             cache.check_room(*tokens.shape)
             if crosses_original_context(self.config, past, past + tokens.shape[1]):
                 logits, routers = rerun(self, tokens, cache, capture)  # LongRoPE past O (spec/MATH.md)
                 return (logits, routers) if output_router_logits else logits
         positions = past + torch.arange(tokens.shape[1], device=self.device)[None]  # [1, S]
-        logits, routers = self.logits_and_routers(tokens, positions, cache, capture)
+        logits, routers = self.logits_and_routers(tokens, positions, cache, capture, images)
         if cache is not None:
             cache.take(tokens)
         return (logits, routers) if output_router_logits else logits
 
     def logits(self, tokens: torch.Tensor, positions: torch.Tensor, cache=None,
-               capture: dict | None = None) -> torch.Tensor:
+               capture: dict | None = None, images: torch.Tensor | None = None) -> torch.Tensor:
         """The computation without checks: int64 tokens [B, S] at positions [P, S] (P: 1 or B)
         -> logits [B, S, vocab].  `cache`: the static KVCache or anything with its `append`
         (the export's concat cache); it receives the new keys, its length is not moved.
-        Without a cache the keys are the queries' own, in position order."""
-        return self.logits_and_routers(tokens, positions, cache, capture)[0]
+        Without a cache the keys are the queries' own, in position order.  `images`: checked
+        pixel values [N, C, H, W] in the model's dtype, one per run of placeholders."""
+        return self.logits_and_routers(tokens, positions, cache, capture, images)[0]
 
     def logits_and_routers(self, tokens: torch.Tensor, positions: torch.Tensor, cache=None,
-                           capture: dict | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                           capture: dict | None = None, images: torch.Tensor | None = None
+                           ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """`logits`, and the router logits [B, S, E] of each "moe" layer, in order."""
         step = self._step(positions, cache)
-        h = self.embed(tokens, positions)
+        h = self.embed(tokens, positions, None if images is None else self.image_features(images, capture))
         if capture is not None:
             capture["embed"] = h
         routers = []
@@ -295,6 +276,14 @@ class Transformer(nn.Module):
         if capture is not None:
             capture |= {"final_norm": h, "logits": logits}
         return logits, routers
+
+    def image_features(self, images: torch.Tensor, capture: dict | None = None) -> torch.Tensor:
+        """pixel values [N, C, H, W] -> the projected features [N, T, d_model] that replace the
+        placeholders; the tower runs on the model's attention kernel."""
+        projected = self.projector(self.vision(images, self.attn_impl, capture))
+        if capture is not None:
+            capture["projector"] = projected
+        return projected
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """final-normed h [B, S, d_model] -> logits [B, S, vocab]; times `logit_scale` in the
@@ -317,33 +306,39 @@ class Transformer(nn.Module):
         return Step(positions, ropes, biases, cache, kernel)
 
     @torch.no_grad()
-    def decode(self, tokens, prompt_len: int) -> torch.Tensor:
-        """Logits [B, S, vocab]: one prefill of the first `prompt_len` tokens, then one token at
-        a time through a KV cache (teacher-forced).  Step t's logits are `forward`'s on tokens
-        0..t: the whole sequence's but for LongRoPE (spec/MATH.md, "Decode")."""
+    def decode(self, tokens, prompt_len: int, *, pixel_values=None) -> torch.Tensor:
+        """Logits [B, S, vocab]: one prefill of the first `prompt_len` tokens (and the images,
+        whose placeholders must all be in it), then one token at a time through a KV cache
+        (teacher-forced).  Step t's logits are `forward`'s on tokens 0..t: the whole
+        sequence's but for LongRoPE (spec/MATH.md, "Decode")."""
         tokens = check_tokens(self.config, tokens, device=self.device)
         if not 1 <= prompt_len <= tokens.shape[1]:
             raise ValueError(f"prompt_len must be in [1, {tokens.shape[1]}], got {prompt_len}")
+        images = check_images(self.config, tokens, pixel_values, prompt_len=prompt_len, device=self.device,
+                              dtype=self.dtype)
         cache = self.new_cache(tokens.shape[0], capacity=tokens.shape[1])
-        steps = [self(tokens[:, :prompt_len], cache=cache)]
+        steps = [self(tokens[:, :prompt_len], cache=cache, pixel_values=images)]
         for t in range(prompt_len, tokens.shape[1]):
             steps.append(self(tokens[:, t : t + 1], cache=cache))
         return torch.cat(steps, dim=1)
 
-    def loss(self, tokens) -> torch.Tensor:
-        """impl_numpy.loss: the mean next-token cross-entropy over B * (S - 1) targets, plus
-        PaLM's logit z-loss over those rows and a mixture's auxiliary losses over all S
-        positions; float32 at least."""
-        return self.loss_parts(tokens)["loss"]
+    def loss(self, tokens, *, pixel_values=None) -> torch.Tensor:
+        """impl_numpy.loss: the mean next-token cross-entropy over the B * (S - 1) targets but
+        the image placeholders, plus PaLM's logit z-loss over those rows and a mixture's
+        auxiliary losses over all S positions; float32 at least."""
+        return self.loss_parts(tokens, pixel_values=pixel_values)["loss"]
 
-    def loss_parts(self, tokens) -> dict[str, torch.Tensor]:
+    def loss_parts(self, tokens, *, pixel_values=None) -> dict[str, torch.Tensor]:
         """The loss and its parts for tokens [B, S] (`objective`), from one forward over all S
         tokens: position t predicts token t + 1, and the routers see every position, as the
         golden's `loss` (and transformers' `labels=` loss with `output_router_logits`)."""
         tokens = check_tokens(self.config, tokens, device=self.device)
         if tokens.shape[1] < 2:
             raise ValueError(f"loss needs sequences of at least 2 tokens, got {tokens.shape[1]}")
-        logits, routers = self(tokens, output_router_logits=True)  # [B, S, V], [B, S, E] each
+        logits, routers = self(tokens, pixel_values=pixel_values, output_router_logits=True)  # [B, S, V], [B, S, E]
+        scored = scored_targets(self.config, tokens[:, 1:])  # [B, S-1], None: every target
+        if scored is not None and not bool(scored.any()):
+            raise ValueError("loss has no target: every next token is an image placeholder")
         return self.objective(logits[:, :-1], tokens[:, 1:], routers)
 
     def objective(self, logits: torch.Tensor, targets: torch.Tensor, routers: list[torch.Tensor]
@@ -361,33 +356,36 @@ class Transformer(nn.Module):
 # train, keep a Transformer and call it (or its `loss`).
 
 
+def check_inputs(config: ModelConfig, tokens, pixel_values, past_len: int = 0) -> None:
+    """What the golden checks before it reads the params: the features, the tokens, the images."""
+    check_supported(config, BACKEND, FEATURES)
+    check_images(config, check_tokens(config, tokens, past_len=past_len), pixel_values)
+
+
 @torch.no_grad()
-def forward(config: ModelConfig, params: dict, tokens, *, cache: KVCache | None = None,
+def forward(config: ModelConfig, params: dict, tokens, *, pixel_values=None, cache: KVCache | None = None,
             capture: dict | None = None, dtype: torch.dtype = torch.float32, device=None,
             attn_impl: str = "sdpa") -> torch.Tensor:
-    """impl_numpy.forward in torch: logits [B, S, vocab] (features, then tokens, then params
-    are checked, as the golden does)."""
-    check_supported(config, BACKEND, FEATURES)
-    check_tokens(config, tokens, past_len=0 if cache is None else cache.length)
+    """impl_numpy.forward in torch: logits [B, S, vocab] (features, then tokens and images, then
+    params are checked, as the golden does)."""
+    check_inputs(config, tokens, pixel_values, past_len=0 if cache is None else cache.length)
     model = Transformer.from_canonical(config, params, dtype=dtype, device=device, attn_impl=attn_impl)
-    return model(tokens, cache=cache, capture=capture)
+    return model(tokens, cache=cache, capture=capture, pixel_values=pixel_values)
 
 
 @torch.no_grad()
-def decode(config: ModelConfig, params: dict, tokens, prompt_len: int, *, dtype: torch.dtype = torch.float32,
-           device=None, attn_impl: str = "sdpa") -> torch.Tensor:
-    """impl_numpy.decode in torch: prefill `prompt_len` tokens, then one at a time."""
-    check_supported(config, BACKEND, FEATURES)
-    check_tokens(config, tokens)
+def decode(config: ModelConfig, params: dict, tokens, prompt_len: int, *, pixel_values=None,
+           dtype: torch.dtype = torch.float32, device=None, attn_impl: str = "sdpa") -> torch.Tensor:
+    """impl_numpy.decode in torch: prefill `prompt_len` tokens (and the images), then one at a time."""
+    check_inputs(config, tokens, pixel_values)
     model = Transformer.from_canonical(config, params, dtype=dtype, device=device, attn_impl=attn_impl)
-    return model.decode(tokens, prompt_len)
+    return model.decode(tokens, prompt_len, pixel_values=pixel_values)
 
 
 @torch.no_grad()
-def loss(config: ModelConfig, params: dict, tokens, *, dtype: torch.dtype = torch.float32, device=None,
-         attn_impl: str = "sdpa") -> torch.Tensor:
+def loss(config: ModelConfig, params: dict, tokens, *, pixel_values=None, dtype: torch.dtype = torch.float32,
+         device=None, attn_impl: str = "sdpa") -> torch.Tensor:
     """impl_numpy.loss in torch, as a 0-d tensor."""
-    check_supported(config, BACKEND, FEATURES)
-    check_tokens(config, tokens)
+    check_inputs(config, tokens, pixel_values)
     model = Transformer.from_canonical(config, params, dtype=dtype, device=device, attn_impl=attn_impl)
-    return model.loss(tokens)
+    return model.loss(tokens, pixel_values=pixel_values)

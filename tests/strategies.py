@@ -14,16 +14,22 @@ A failing example prints as `ModelConfig(...)`, which can be pasted back into Py
 knob of spec's MoEConfig, on every layer or on every other one.  It is separate from
 `configs()` so that a twin opts in once it computes MoE (tests/torch does; a backend that
 does not would be refused by name, UnsupportedFeature).
+
+`vision_configs()` draws the same configs with a LLaVA vision tower (`vision_fields`), and
+`image_batches(config)` tokens with 0, 1 or 2 images per row at drawn positions, with their
+pixels.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 
 import numpy as np
 from hypothesis import strategies as st
 
-from lmref.spec.config import ModelConfig, MoEConfig, RopeScaling
+from lmref.spec.config import Activation, ModelConfig, MoEConfig, RopeScaling, VisionConfig
 
 ODD_SIZES = (5, 7, 13)
 
@@ -177,3 +183,62 @@ def token_batches(draw, config: ModelConfig, max_batch: int = 3, max_seq: int = 
 
 
 seeds = st.integers(0, 2**31 - 1)
+
+
+@st.composite
+def vision_fields(draw, vocab_size: int) -> VisionConfig:
+    """A tower: grids of 1 to 3 patches per side (odd and even) of 1 to 3 pixels, 1 or 3
+    channels, 1 to 3 heads of 2 to 4 dims, 1 to 3 layers, any feature layer (counted from the
+    end or from the start, 0 being the embeddings), both feature strategies, a projector with
+    or without biases, every activation in the tower and in the projector, the placeholder
+    anywhere in the vocabulary."""
+    grid, patch = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    n_layers, n_heads = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    activations = st.sampled_from(typing.get_args(Activation))
+    return VisionConfig(
+        image_size=grid * patch, patch_size=patch, n_channels=draw(st.sampled_from((1, 3))),
+        d_model=n_heads * draw(st.integers(2, 4)), n_layers=n_layers, n_heads=n_heads,
+        d_ff=draw(st.sampled_from((*ODD_SIZES, 16))), activation=draw(activations),
+        norm_eps=draw(st.sampled_from((1e-5, 1e-6))), feature_layer=draw(st.integers(-(n_layers + 1), n_layers)),
+        feature_strategy=draw(st.sampled_from(("drop_class", "full"))), projector_activation=draw(activations),
+        projector_bias=draw(st.booleans()), image_token_id=draw(st.integers(0, vocab_size - 1)),
+    )
+
+
+@st.composite
+def vision_configs(draw, max_seq_len: int = 32) -> ModelConfig:
+    """`configs()` with a vision tower (`vision_fields`); no LongRoPE, which spec refuses with
+    a tower (its decode re-runs the sequence from tokens, which do not carry the image)."""
+    config = draw(configs(max_seq_len))
+    longrope = config.rope_scaling is not None and config.rope_scaling.kind == "longrope"
+    return dataclasses.replace(config, rope_scaling=None if longrope else config.rope_scaling,
+                               vision=draw(vision_fields(config.vocab_size)))
+
+
+@st.composite
+def image_batches(draw, config: ModelConfig, max_batch: int = 3, max_text: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens [B, S], pixel_values [N, C, H, W] float64): 0, 1 or 2 images in each row, at
+    least one in the batch, each a run of `tokens_per_image` placeholders anywhere among the
+    row's text (first, last, back to back, or between); text ids are anything but the
+    placeholder; the images are numbered in row-major order of their placeholders (spec/
+    vision.py).  Pixels uniform with standard deviation 1, like the golden cases'."""
+    v = config.vision
+    run = v.tokens_per_image
+    batch = draw(st.integers(1, max_batch))
+    counts = draw(st.lists(st.integers(0, 2), min_size=batch, max_size=batch).filter(any))
+    longest = max(counts) * run
+    seq = longest + draw(st.integers(0, max(0, min(max_text, config.max_seq_len - longest))))
+    text_ids = st.integers(0, config.vocab_size - 2).map(lambda t: t + (t >= v.image_token_id))  # skips the placeholder
+    rows = []
+    for count in counts:
+        n_text = seq - count * run
+        cuts = sorted(draw(st.lists(st.integers(0, n_text), min_size=count, max_size=count)))  # text before each image
+        text = draw(st.lists(text_ids, min_size=n_text, max_size=n_text))
+        row, done = [], 0
+        for cut in cuts:
+            row += text[done:cut] + [v.image_token_id] * run
+            done = cut
+        rows.append(row + text[done:])
+    shape = (sum(counts), v.n_channels, v.image_size, v.image_size)
+    pixels = np.random.default_rng(draw(seeds)).uniform(-math.sqrt(3.0), math.sqrt(3.0), size=shape)
+    return np.array(rows, dtype=np.int64), pixels

@@ -27,7 +27,7 @@ from lmref.export.validate import validate  # noqa: E402
 from lmref.impl_torch import FEATURES as TORCH_FEATURES  # noqa: E402
 from lmref.impl_torch import Transformer  # noqa: E402
 from lmref.spec import init_params, tiny  # noqa: E402
-from lmref.spec.config import ModelConfig, MoEConfig, RopeScaling  # noqa: E402
+from lmref.spec.config import ModelConfig, MoEConfig, RopeScaling, VisionConfig  # noqa: E402
 from lmref.spec.features import UnsupportedFeature, required_features  # noqa: E402
 
 SIZES = dict(vocab_size=61, d_model=24, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=40, max_seq_len=64,
@@ -73,9 +73,9 @@ CONFIGS = [
                 rope_scaling=RopeScaling(kind="linear", factor=4.0), attn_pattern=("sliding", "sliding", "global"),
                 sliding_window=4, qk_norm="per_head", norm="rmsnorm", norm_unit_offset=True,
                 norm_placement="sandwich", mlp="gated", activation="gelu_tanh"),
-    ModelConfig(name="post-sublayer-qk-per-projection", **SIZES, position="rope", rope_theta=500_000.0,
+    ModelConfig(name="post-sublayer-qk-per-projection-quick-gelu", **SIZES, position="rope", rope_theta=500_000.0,
                 norm="rmsnorm", norm_placement="post_sublayer", qk_norm="per_projection", mlp="gated",
-                activation="silu"),
+                activation="quick_gelu"),
     # Parallel blocks (issue 13): GPT-NeoX's two norms with a quarter of the head rotating in halves
     # (a pass-through of odd width), GPT-J's one shared norm with interleaved pairs.
     ModelConfig(name="parallel-two-norms-partial-halves", **(SIZES | dict(head_dim=7)), position="rope",
@@ -106,6 +106,10 @@ CONFIGS = [
                 moe=MoEConfig(n_experts=5, n_experts_per_token=1, router="sigmoid_topk", router_scales_input=True,
                               renormalize=False, n_shared_experts=1, aux_loss_coef=0.01, aux_loss="per_layer",
                               router_z_loss_coef=0.001)),
+    # LLaVA (issue 14): the image pathway, which the export refuses until its graphs take images
+    ModelConfig(name="llava-vision-tower", **SIZES, position="rope", norm="rmsnorm", mlp="gated", activation="silu",
+                vision=VisionConfig(image_size=6, patch_size=2, d_model=8, n_layers=2, n_heads=2, d_ff=16,
+                                    image_token_id=60)),
 ]
 
 
