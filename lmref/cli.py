@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     golden.add_commands(sub)  # `lmref golden`, `lmref presets`
     convert.add_commands(sub)  # `lmref convert`
-    train.add_commands(sub)  # `lmref train`, `lmref generate`
+    train.add_commands(sub)  # `lmref train`, `lmref generate`, `lmref shapes`
     export.add_commands(sub)  # `lmref export`, `lmref validate-onnx`
     report.add_commands(sub)  # `lmref report`
     return parser

@@ -15,13 +15,18 @@ from lmref.train.settings import model_config
 from tests.train_helpers import TINY, lmref, records, shared_run
 
 STEP = ["--steps", "1", "--seq-len", "16", "--batch-size", "2", "--eval-batches", "1", "--no-progress"]
+# A preset with a vision tower trains on images (train/multimodal.py; tests/test_train_llava.py):
+# one step per phase, 8-pixel images; the byte tokenizer and the image placeholder.
+VISION_STEP = ["--steps", "1", "--text-steps", "1", "--projector-steps", "1", "--image-size", "8", "--batch-size", "2",
+               "--eval-batches", "1", "--no-progress"]
 
 
 @pytest.mark.parametrize("arch", sorted(PRESETS))
 def test_every_preset_trains(arch, tmp_path):
-    assert lmref("train", "--arch", arch, *STEP, "--out", tmp_path / "run") == 0
+    vision = PRESETS[arch].vision is not None
+    assert lmref("train", "--arch", arch, *(VISION_STEP if vision else STEP), "--out", tmp_path / "run") == 0
     (run,) = records(tmp_path / "run", "run")
-    assert run["config"]["vocab_size"] == 256 and run["arch"] == arch
+    assert run["config"]["vocab_size"] == (257 if vision else 256) and run["arch"] == arch
     assert records(tmp_path / "run", "train")[0]["loss"] > 0
 
 

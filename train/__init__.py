@@ -6,6 +6,8 @@
     train.generate.generate(model, prompt_ids, n, ...)  KV-cache decoding: greedy, temperature, top-k, top-p
     train.data, train.tokenizer                         corpus, split, batches; byte and BPE tokenizers
     train.distributed                                   torchrun, DDP / FSDP, collectives
+    train.multimodal, train.stages, train.captions      a vision run: LLaVA's two stages and a text-only baseline
+    train.shapes, train.images                          the embedded image-caption set; PNG files in and out
 
 Submodules are imported on use, so `lmref --help` does not load torch.
 """

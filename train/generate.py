@@ -5,6 +5,10 @@ Decoding: greedy (`temperature=0`), or sampling from softmax(logits / temperatur
 to the `top_k` most likely tokens and to the smallest set whose probability reaches `top_p`
 (nucleus sampling; Holtzman et al. 2020), in that order.  Draws come from a torch.Generator
 seeded with `seed`, so a seed gives the same text on the same machine and torch build.
+
+With an image (a vision run's checkpoint, `lmref generate --image`): the prompt is the image's
+placeholders, then the text given; the prefill fills them with the image's features, and
+decoding stops at the caption's end (train/captions.py CAPTION_END).
 """
 
 from __future__ import annotations
@@ -81,19 +85,38 @@ def seeded_generator(seed: int | None, device=None) -> torch.Generator:
 
 @torch.no_grad()
 def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> list[int]:
-    """`max_new_tokens` token ids following `prompt`, decoded incrementally with a KV cache."""
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+             pixel_values=None, stop: int | None = None) -> list[int]:
+    """`max_new_tokens` token ids following `prompt`, decoded incrementally with a KV cache.
+    `pixel_values` [N, C, H, W]: the images whose features fill the prompt's placeholders (in
+    the prefill); `stop`: a token after which generation ends early (it is returned)."""
     total = check_request(prompt, max_new_tokens, model.config.max_seq_len, temperature, top_k, top_p)
     generator = seeded_generator(seed, model.device)
     cache = model.new_cache(1, capacity=total)
-    logits = model(torch.tensor([prompt], device=model.device), cache=cache)[:, -1]  # [1, V]
+    logits = model(torch.tensor([prompt], device=model.device), cache=cache, pixel_values=pixel_values)[:, -1]  # [1, V]
     out: list[int] = []
     for i in range(max_new_tokens):
         token = next_token(logits, temperature, top_k, top_p, generator)  # [1]
         out.append(int(token))
-        if i + 1 < max_new_tokens:
-            logits = model(token[:, None], cache=cache)[:, -1]
+        if out[-1] == stop or i + 1 == max_new_tokens:
+            break
+        logits = model(token[:, None], cache=cache)[:, -1]
     return out
+
+
+def image_prompt(model: Transformer, tokenizer, text: str) -> list[int]:
+    """A captioning prompt as a vision run trains on (train/captions.py): the image's
+    placeholders first, then `text` (possibly empty), whose continuation is the caption."""
+    v = model.config.vision
+    return [v.image_token_id] * v.tokens_per_image + [int(i) for i in tokenizer.encode(text)]
+
+
+def check_vision_model(model: Transformer, where: str) -> None:
+    """TrainError unless the model has a vision tower (what --image needs)."""
+    if model.config.vision is None:
+        raise TrainError(f"--image: {where} is a text-only model ({model.config.name}: its config has no vision "
+                         "tower); describing an image needs a vision run's checkpoint (lmref train --arch "
+                         "llava-1.5-7b)")
 
 
 def load_generator(path: str | Path, device: str = "auto"):

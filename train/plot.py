@@ -1,4 +1,6 @@
-"""The loss curve of a run as a PNG, drawn with matplotlib's Agg backend (no display needed)."""
+"""The loss curves of a run as a PNG, drawn with matplotlib's Agg backend (no display needed):
+`plot_losses` for a text run, `plot_caption_losses` for a vision run (its text-only baseline
+beside the image model, the stages shaded)."""
 
 from __future__ import annotations
 
@@ -40,6 +42,51 @@ def plot_losses(records: list[dict], path: str | Path, title: str = "") -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+# The phases of a vision run (train/stages.py) as the plot shades them.
+_STAGE_SPANS = (("pretrain", "text pretraining", "#f2f2f2"), ("projector", "stage 1: projector", "#fff3d6"),
+                ("full", "stage 2: everything", "#e3f0e3"))
+_MODELS = (("text", "text only (pretraining, then the baseline)", "tab:gray"),
+           ("image", "with the image (LLaVA)", "tab:blue"))
+
+
+def plot_caption_losses(records: list[dict], path: str | Path, title: str = "") -> Path:
+    """A vision run's caption losses by step (train/multimodal.py): the text-only model (its
+    pretraining, then the baseline) beside the image model (stage 1, stage 2), training loss
+    smoothed and validation loss, on a log scale, the phases shaded and named."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    for stage, label, colour in _STAGE_SPANS:
+        steps = [r["step"] for r in records if r.get("stage") == stage and r.get("kind") == "train"]
+        if steps:
+            ax.axvspan(min(steps) - 1, max(steps), color=colour, zorder=0)
+            ax.text((min(steps) - 1 + max(steps)) / 2, 0.98, label, transform=ax.get_xaxis_transform(),
+                    ha="center", va="top", fontsize=8)
+    for model, label, colour in _MODELS:
+        train = {r["step"]: r["loss"] for r in records if r.get("kind") == "train" and r.get("model") == model}
+        val = {r["step"]: r["val_loss"] for r in records if r.get("kind") == "val" and r.get("model") == model}
+        if train:
+            steps, losses = np.array(sorted(train)), np.array([train[s] for s in sorted(train)])
+            ax.plot(steps, _smooth(losses, max(1, len(losses) // 30)), color=colour, alpha=0.6, linewidth=1,
+                    label=f"{label}: train (smoothed)")
+        if val:
+            ax.plot(sorted(val), [val[s] for s in sorted(val)], "o-", color=colour, markersize=3,
+                    label=f"{label}: validation")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("caption cross-entropy (nats / byte)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="center right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -242,20 +242,42 @@ def _saver(trainer: Trainer, start: Start, stream: BatchStream, options: Options
     return save
 
 
-def train(flags: dict, sizes: dict, options: Options) -> dict:
+def train(flags: dict, sizes: dict, options: Options, extra: dict | None = None) -> dict:
     """Run (or resume) a training run; returns a summary (final metrics, paths) on rank 0.
 
     `flags`: RunSettings fields given on the command line (None: not given); `sizes`: the
-    model size flags (settings.SIZE_FIELDS)."""
+    model size flags (settings.SIZE_FIELDS); `extra`: a vision run's tower and stage flags
+    (train/multimodal.py VISION_FLAGS).  A new run of an arch with a vision tower is a vision
+    run (train/multimodal.py), which cannot be resumed."""
+    from lmref.train.multimodal import refuse_vision_flags, train_captions, vision_arch
+
     d = setup(options.device)
     try:
+        if options.resume is None and vision_arch(flags.get("arch")):
+            return train_captions(flags, sizes, extra or {}, options, d)
+        refuse_vision_flags(extra or {})
         return _train(flags, sizes, options, d)
     finally:
         teardown(d)
 
 
+def _refuse_vision_resume(where: str) -> None:
+    """TrainError when --resume names a vision run's checkpoint (train/multimodal.py: not resumable)."""
+    from lmref.train.multimodal import vision_arch
+
+    try:
+        state = checkpoint.read_state(checkpoint.resolve(where))
+    except CheckpointError:
+        return  # _resumed_run reports what is wrong with it
+    arch = state.get("run", {}).get("arch") if isinstance(state.get("run"), dict) else None
+    if vision_arch(arch):
+        raise TrainError(f"--resume {where}: a vision run ({arch}) cannot be resumed: its stages and its text-only "
+                         "baseline run in one go (a few minutes); start a new run with another --out")
+
+
 def _train(flags: dict, sizes: dict, options: Options, d: Dist) -> dict:
     if options.resume:
+        _refuse_vision_resume(options.resume)
         start = _resumed_run(flags, sizes, options)
         options = options.settled(start.snapshot.state.get("options"))
         _check_memory(start.config, start.run, options, d, fresh=False)

@@ -2,7 +2,8 @@
 Hugging Face `tokenizers` library on the training corpus.
 
 Both map any text to ids and back without an unknown token.  The byte tokenizer has 256 ids
-(one per byte value) and no file; a BPE tokenizer is saved with each checkpoint as
+(one per byte value) and no file; a vision run's (`ImageByteTokenizer`) adds one id after the
+bytes, 256, LLaVA's `<image>` placeholder, which no text encodes to; a BPE tokenizer is saved with each checkpoint as
 `tokenizer.json` (the `tokenizers` format, loadable by `tokenizers.Tokenizer.from_file` and
 by transformers' `PreTrainedTokenizerFast(tokenizer_file=...)`).  The checkpoint's
 `trainer_state.json` records which one a run used (`info`).
@@ -17,6 +18,7 @@ import numpy as np
 from lmref.train.errors import TrainError
 
 BYTE_VOCAB = 256
+IMAGE_TEXT = "<image>"  # how a decoded image placeholder reads (LLaVA's DEFAULT_IMAGE_TOKEN)
 TOKENIZER_FILE = "tokenizer.json"
 KINDS = ("byte", "bpe")
 
@@ -42,6 +44,31 @@ class ByteTokenizer:
     def files(self) -> dict[str, str]:
         """Files to save with a checkpoint: none."""
         return {}
+
+
+class ImageByteTokenizer(ByteTokenizer):
+    """The byte tokenizer and one more id, IMAGE_TOKEN_ID = 256, for the image placeholder
+    (LLaVA's `<image>`, whose rows the image's features replace).  Text encodes to bytes only,
+    so no text token can ever be the placeholder; the model's `vision.image_token_id` is this id
+    and its vocabulary has 257 rows (train/multimodal.py)."""
+
+    image_token_id = BYTE_VOCAB
+    vocab_size = BYTE_VOCAB + 1
+
+    def decode(self, ids) -> str:
+        """Text of `ids`; a placeholder decodes to IMAGE_TEXT."""
+        pieces, run = [], []
+        for i in (int(i) for i in ids):
+            if i == self.image_token_id:
+                pieces += [bytes(run).decode("utf-8", errors="replace"), IMAGE_TEXT]
+                run = []
+            else:
+                run.append(i)
+        return "".join(pieces) + bytes(run).decode("utf-8", errors="replace")
+
+    @property
+    def info(self) -> dict:
+        return {"kind": self.kind, "vocab_size": self.vocab_size, "image_token_id": self.image_token_id}
 
 
 class BPETokenizer:
@@ -106,7 +133,7 @@ def load_tokenizer(directory: Path, info: dict, source: str = "trainer_state.jso
         raise CheckpointError(f"{Path(directory) / source}: the tokenizer entry is not a JSON object: {info!r}")
     kind = info.get("kind")
     if kind == "byte":
-        return ByteTokenizer()
+        return _byte_tokenizer(directory, info, source)
     if kind != "bpe":
         raise CheckpointError(f"{directory}: unknown tokenizer kind {kind!r} (known: {', '.join(KINDS)})")
     # the file must lie inside the checkpoint: trainer_state.json may not send lmref elsewhere
@@ -118,4 +145,20 @@ def load_tokenizer(directory: Path, info: dict, source: str = "trainer_state.jso
         raise CheckpointError(f"{path}: not a readable tokenizers file ({e})") from None
     if tokenizer.vocab_size != info.get("vocab_size"):
         raise CheckpointError(f"{path}: has {tokenizer.vocab_size} ids, the checkpoint says {info.get('vocab_size')}")
+    return tokenizer
+
+
+def _byte_tokenizer(directory: Path, info: dict, source: str) -> ByteTokenizer:
+    """The byte tokenizer `info` describes: plain (no "image_token_id"), or with the image
+    placeholder after the bytes."""
+    from lmref.convert.errors import CheckpointError
+
+    image = info.get("image_token_id")
+    if image is None:
+        return ByteTokenizer()
+    tokenizer = ImageByteTokenizer()
+    if image != tokenizer.image_token_id or info.get("vocab_size") != tokenizer.vocab_size:
+        raise CheckpointError(f"{Path(directory) / source}: a byte tokenizer with an image placeholder has "
+                              f"image_token_id {tokenizer.image_token_id} and vocab_size {tokenizer.vocab_size}, "
+                              f"got {image!r} and {info.get('vocab_size')!r}")
     return tokenizer

@@ -1,4 +1,4 @@
-"""`lmref train` and `lmref generate`: argparse wiring (lmref/cli.py registers them with
+"""`lmref train`, `lmref generate` and `lmref shapes`: argparse wiring (lmref/cli.py registers them with
 `add_commands`).  Nothing heavy is imported until a command runs."""
 
 from __future__ import annotations
@@ -47,6 +47,17 @@ RUN_FLAGS = {  # RunSettings fields: (type, help); None (not given) means defaul
 }
 
 
+VISION_FLAGS = {  # train/multimodal.py's tower sizes and stage steps (None: its defaults)
+    "text_steps": "steps of the decoder's text-only pretraining on the captions (default 100)",
+    "projector_steps": "steps of stage 1, the projector alone (default 100); --steps: stage 2 (default 200)",
+    "image_size": "image side in pixels (default 24)",
+    "patch_size": "patch side in pixels (default 4)",
+    "vision_d_model": "the tower's width (default 64)",
+    "vision_n_layers": "the tower's layers (default 3; the feature layer -2 reads the second to last)",
+    "vision_n_heads": "the tower's heads (default width / 16)",
+}
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -64,6 +75,10 @@ def _add_train(sub) -> None:
     sizes = p.add_argument_group("model size (default: tiny(ARCH); sizes not given follow the ones given)")
     for name in SIZE_FLAGS:
         sizes.add_argument(_flag(name), type=integer)
+    vision = p.add_argument_group("a vision run (an arch with a vision tower, e.g. llava-1.5-7b: LLaVA's two stages "
+                                  "beside a text-only baseline on embedded images; docs/training.md)")
+    for name, text in VISION_FLAGS.items():
+        vision.add_argument(_flag(name), type=integer, help=text)
     how = p.add_argument_group("how to run (may change on --resume; unset: the resumed run's values)")
     how.add_argument("--out", help="run directory (default: runs/ARCH for a new run, the checkpoint's run on "
                      "--resume): new or empty for a new run; on --resume the run's own, or a new or empty one")
@@ -94,7 +109,11 @@ def _add_generate(sub) -> None:
     p.add_argument("--checkpoint", metavar="DIR", help="a run directory or one of its step-N checkpoints")
     p.add_argument("--onnx", metavar="OUT", help="generate with an exported graph in onnxruntime "
                    "(a directory of `lmref export`) instead of --checkpoint")
-    p.add_argument("--prompt", required=True, help="the text to continue")
+    p.add_argument("--prompt", help="the text to continue (required without --image; with it, the caption's "
+                   "beginning, default empty)")
+    p.add_argument("--image", metavar="FILE", help="a vision run's checkpoint: describe this image (an RGB file of "
+                   "the model's image size, read with Pillow; `lmref shapes` writes some); the caption ends at its "
+                   "end of line")
     p.add_argument("--max-new-tokens", type=integer, default=200, help="tokens to generate (default 200)")
     p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0: greedy (default 0.8)")
     p.add_argument("--greedy", action="store_true", help="argmax decoding (same as --temperature 0)")
@@ -106,9 +125,10 @@ def _add_generate(sub) -> None:
 
 
 def add_commands(sub) -> None:
-    """Register `train` and `generate` on lmref's subparsers."""
+    """Register `train`, `generate` and `shapes` on lmref's subparsers."""
     _add_train(sub)
     _add_generate(sub)
+    _add_shapes(sub)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -123,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         grad_accum=args.grad_accum, eval_every=args.eval_every, eval_batches=args.eval_batches,
         save_every=args.save_every, keep=args.keep, force_memory=args.force_memory)
     try:
-        summary = train(flags, sizes, options)
+        summary = train(flags, sizes, options, {name: getattr(args, name) for name in VISION_FLAGS})
     except DivergedError as e:  # the run failed (1), the input was fine
         return fail("train", e, status=1)
     except known_errors() as e:
@@ -131,7 +151,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except MemoryError:
         return fail("train", MemoryError(f"out of memory (more than lmref's estimate, or {FORCE_MEMORY} was "
                                          "given); make the model or the batch smaller"), status=1)
-    if "checkpoint" in summary:  # rank 0
+    if summary.get("vision"):
+        _print_vision_summary(summary)
+    elif "checkpoint" in summary:  # rank 0
         print(f"step {summary['step']}: train loss {summary.get('loss', float('nan')):.4f}, "
               f"val loss {summary.get('val_loss', float('nan')):.4f} (unigram baseline "
               f"{summary['unigram_baseline']:.4f}), {summary.get('tokens_per_s', 0):,.0f} tokens/s"
@@ -141,6 +163,16 @@ def cmd_train(args: argparse.Namespace) -> int:
               + (f", logit z-loss {summary['logit_z_loss']:.4f}" if "logit_z_loss" in summary else ""))
         print(f"checkpoint {summary['checkpoint']}\nplot {summary['plot']}")
     return 0
+
+
+def _print_vision_summary(summary: dict) -> None:
+    """A vision run's end: both caption losses, the image model's first."""
+    stage1 = summary["projector_val_loss"]
+    print(f"step {summary['step']}: caption val loss {summary['val_loss']:.4f} with the image, "
+          f"{summary['baseline_val_loss']:.4f} for the text-only baseline (the same decoder, captions and steps); "
+          f"after the text pretraining {summary['pretrain_val_loss']:.4f}"
+          + (f", after stage 1 {stage1:.4f}" if stage1 is not None else "") + " (nats per byte)")
+    print(f"checkpoint {summary['checkpoint']}\nplot {summary['plot']}")
 
 
 def _decoder(args: argparse.Namespace):
@@ -170,21 +202,85 @@ def check_prompt(prompt: str) -> None:
                          "character; give the prompt in UTF-8") from None
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def _check_generate(args: argparse.Namespace) -> None:
+    """TrainError for a generate command line that cannot run, before anything is loaded."""
     from lmref.train.errors import TrainError
 
     if (args.onnx is None) == (args.checkpoint is None):
-        return fail("generate", TrainError("give exactly one of --checkpoint DIR and --onnx OUT"))
+        raise TrainError("give exactly one of --checkpoint DIR and --onnx OUT")
+    if args.prompt is None and args.image is None:
+        raise TrainError("--prompt is required (the text to continue), unless --image gives an image to describe")
+    if args.image is not None and args.onnx is not None:
+        raise TrainError("--onnx with --image: describing an image with the exported graphs is not supported yet; "
+                         "use --checkpoint (the torch model)")
+    check_prompt(args.prompt or "")
+
+
+def _describe(args: argparse.Namespace) -> tuple[str, str]:
+    """(prompt, continuation) of --image: the image's placeholders, then --prompt, decoded to the caption's end."""
+    from lmref.train.captions import CAPTION_END
+    from lmref.train.generate import check_vision_model, generate, image_prompt, load_generator
+    from lmref.train.images import read_image
+
+    model, tokenizer, directory = load_generator(args.checkpoint, args.device)
+    check_vision_model(model, str(directory))
+    pixels = read_image(args.image, model.config.vision)
+    ids = generate(model, image_prompt(model, tokenizer, args.prompt or ""), args.max_new_tokens,
+                   temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   seed=args.seed, pixel_values=pixels, stop=int(tokenizer.encode(CAPTION_END)[0]))
+    return args.prompt or "", tokenizer.decode(ids).removesuffix(CAPTION_END)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from lmref.train.errors import TrainError
+
     try:
-        check_prompt(args.prompt)
+        _check_generate(args)
     except TrainError as e:
         return fail("generate", e)
     try:
-        decoder, tokenizer, generate = _decoder(args)
-        ids = generate(decoder, [int(i) for i in tokenizer.encode(args.prompt)], args.max_new_tokens,
-                       temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, seed=args.seed)
+        if args.image is not None:
+            prompt, text = _describe(args)
+        else:
+            decoder, tokenizer, generate = _decoder(args)
+            ids = generate(decoder, [int(i) for i in tokenizer.encode(args.prompt)], args.max_new_tokens,
+                           temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k,
+                           top_p=args.top_p, seed=args.seed)
+            prompt, text = args.prompt, tokenizer.decode(ids)
     except known_errors() as e:
         return fail("generate", e)
-    print(args.prompt + tokenizer.decode(ids))
+    print(prompt + text)
+    return 0
+
+
+def _add_shapes(sub) -> None:
+    p = sub.add_parser("shapes", help="write scenes of the embedded image-caption set as PNG files",
+                       description="Write scenes START .. START + COUNT - 1 of the shapes set (train/shapes.py, what "
+                                   "vision runs train on) as OUT/scene-N.png with OUT/captions.tsv, and print each "
+                                   "file and its caption.  A vision run trains on seed 0's scenes from 0 on.")
+    p.add_argument("--out", required=True, help="the directory to write (new, empty, or one `lmref shapes` wrote)")
+    p.add_argument("--count", type=integer, default=1, help="scenes to write (default 1)")
+    p.add_argument("--seed", type=integer, default=1, help="the scenes' seed (default 1)")
+    p.add_argument("--start", type=integer, default=0, help="the first scene's index (default 0)")
+    p.add_argument("--image-size", type=integer, default=24, help="image side in pixels (default 24, a vision "
+                   "run's default)")
+    p.set_defaults(run=cmd_shapes)
+
+
+def cmd_shapes(args: argparse.Namespace) -> int:
+    from lmref.spec.outputs import claim
+    from lmref.train.errors import TrainError
+    from lmref.train.images import IMAGE_KIND, write_scenes
+
+    for flag, value, least in (("--count", args.count, 1), ("--seed", args.seed, 0), ("--start", args.start, 0),
+                               ("--image-size", args.image_size, 2)):
+        if value < least:
+            return fail("shapes", TrainError(f"{flag} must be >= {least}, got {value}"))
+    try:
+        out = claim(args.out, IMAGE_KIND)
+        written = write_scenes(out, args.seed, args.start, args.count, args.image_size)
+    except known_errors() as e:
+        return fail("shapes", e)
+    for path, text in written:
+        print(f"{path}\t{text}")
     return 0

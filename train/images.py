@@ -1,0 +1,61 @@
+"""Image files for vision runs, read and written with Pillow: `read_image` for `lmref generate
+--image` (the image as the model's `pixel_values`, or an error naming what does not fit), and
+`write_scenes` for `lmref shapes` (scenes of the embedded set as PNG files with their captions).
+
+An image is refused rather than converted: one of another size, or with another channel
+count than the tower's (an RGBA, grayscale or palette image), would be resized or converted
+by a guess; the message names what the model takes.  Pixels are normalised as the training
+images are (train/shapes.py `pixels`: CLIP's rescale and mean / std, channels first).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lmref.spec.config import VisionConfig
+from lmref.train.errors import TrainError
+from lmref.train.shapes import caption, draw, pixels, scene
+
+IMAGE_KIND = "shape-images"  # the output kind of `lmref shapes` (spec/outputs.py's marker)
+
+
+def read_image(path: str | Path, v: VisionConfig) -> np.ndarray:
+    """The image file at `path` as pixel values [1, C, H, W] float32 for a tower `v`, or
+    TrainError naming the file and what does not fit: not an image, its size, its channels."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise TrainError(f"--image {path}: no such file" + (" (it is a directory)" if path.is_dir() else ""))
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (UnidentifiedImageError, OSError) as e:
+        raise TrainError(f"--image {path}: not an image file Pillow can read ({e})") from None
+    expected = (v.image_size, v.image_size)
+    if image.size != expected:
+        raise TrainError(f"--image {path}: the image is {image.size[0]}x{image.size[1]} pixels; the model takes "
+                         f"{v.image_size}x{v.image_size} (its vision.image_size); resize it first")
+    if v.n_channels != 3:
+        raise TrainError(f"--image {path}: the model's tower reads {v.n_channels} channels; --image reads RGB images")
+    if image.mode != "RGB":
+        bands = image.getbands()
+        raise TrainError(f"--image {path}: the image has {len(bands)} channel(s) (mode {image.mode}: "
+                         f"{', '.join(bands)}); the model takes RGB images, 3 channels; convert it first")
+    return pixels(image)[None]  # [1, 3, H, W]
+
+
+def write_scenes(out: Path, seed: int, start: int, count: int, image_size: int) -> list[tuple[Path, str]]:
+    """Scenes start .. start + count - 1 of `seed` as `out`/scene-{index}.png (RGB, image_size
+    pixels a side), and `out`/captions.tsv (file name, tab, caption per line); returns (path,
+    caption) of each.  `out` is claimed by the caller."""
+    written = []
+    for index in range(start, start + count):
+        shapes = scene(seed, index)
+        path = out / f"scene-{index:06d}.png"
+        draw(shapes, image_size).save(path)
+        written.append((path, caption(shapes)))
+    (out / "captions.tsv").write_text("".join(f"{p.name}\t{text}\n" for p, text in written), encoding="utf-8")
+    return written
