@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml tests/transformers4.txt
 # onnxruntime and sample from the graph.  Last, LLaVA: the two training stages on embedded
 # images of coloured shapes beside a text-only baseline (1-3 minutes on 2 CPU cores), then a
 # caption of an image written as a PNG file, printed under the true one.
-DEMO_VISION_ARCH ?= llava-1.5-7b
+DEMO_VISION_ARCH ?= llava
 demo: install
 	$(VENV)/bin/lmref golden --arch $(DEMO_ARCH) --out build/demo-golden
 	$(VENV)/bin/lmref golden --check --arch $(DEMO_ARCH)

@@ -63,7 +63,18 @@ def test_unknown_preset_lists_the_known_ones(capsys):
 
 def test_a_family_names_its_presets(capsys):
     err = _refused(capsys, "--arch", "mixtral", *STEP)
-    assert "--arch 'mixtral' is a family of 2 presets; train one of them: mixtral-8x7b, mixtral-8x22b" in err
+    assert ("--arch 'mixtral' is a family of 2 presets that differ at the training sizes; train one of them: "
+            "mixtral-8x7b, mixtral-8x22b") in err
+
+
+def test_a_family_of_one_model_trains_its_first_preset():
+    """`--arch llava` (the issue's command): llava-1.5-7b and -13b differ only in sizes, which the
+    flags set; gemma's presets differ in their attention kind (MQA, MHA), mixtral's in the experts' width."""
+    from lmref.train.settings import family_preset
+
+    assert family_preset("llava") == "llava-1.5-7b" and family_preset("bloom") == "bloom-560m"
+    assert family_preset("gemma") == "gemma" and family_preset("mixtral") == "mixtral"
+    assert family_preset("llama3") == "llama3" and family_preset(None) is None
 
 
 @pytest.mark.parametrize("content, message", [

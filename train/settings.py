@@ -102,11 +102,24 @@ def _finite(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def family_preset(arch: str | None) -> str | None:
+    """The preset a family name trains: its first, when every preset of the family is the same
+    model at the training sizes (their `tiny()` configs agree but for the name and the MLP
+    width, which the size flags set: llava-1.5-7b and -13b).  Anything else is returned as is,
+    and `check_arch` names a family whose presets differ (mixtral's expert widths, gemma's
+    attention kinds) and lists them."""
+    if arch not in FAMILIES:
+        return arch
+    first, *others = FAMILIES[arch]
+    same = lambda name: dataclasses.replace(tiny(name), name="", d_ff=1)  # noqa: E731
+    return first if all(same(other) == same(first) for other in others) else arch
+
+
 def check_arch(arch: str) -> str:
     """`arch` when it is a preset id; a family (`mixtral`) names the presets to choose from."""
     if arch in FAMILIES:
-        raise TrainError(f"--arch {arch!r} is a family of {len(FAMILIES[arch])} presets; train one of them: "
-                         f"{', '.join(FAMILIES[arch])}")
+        raise TrainError(f"--arch {arch!r} is a family of {len(FAMILIES[arch])} presets that differ at the training "
+                         f"sizes; train one of them: {', '.join(FAMILIES[arch])}")
     if arch not in PRESETS:
         raise TrainError(f"--arch {arch!r}: unknown preset; known presets: {', '.join(sorted(PRESETS))}")
     return arch

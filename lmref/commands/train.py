@@ -135,7 +135,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lmref.train.errors import DivergedError
     from lmref.train.session import Options, train
 
+    from lmref.train.settings import family_preset
+
     flags = {name: getattr(args, name) for name in ("arch", *RUN_FLAGS)}
+    if family_preset(args.arch) != args.arch:  # `--arch llava`: the family is one model at these sizes
+        flags["arch"] = family_preset(args.arch)
+        print(f"--arch {args.arch}: the family's presets are one model at the training sizes; training {flags['arch']}")
     sizes = {name: getattr(args, name) for name in SIZE_FLAGS}
     options = Options(
         out=args.out, resume=args.resume, device=args.device, fsdp=args.fsdp, bf16=args.bf16,
