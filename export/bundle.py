@@ -1,20 +1,23 @@
 """Reading an exported directory back (`open_bundle`), with every check `validate-onnx`,
 `generate --onnx` and the conformance adapter rely on, in this order:
 
-  export.json   readable, of this format (version 3: it lists every file with its sha256, and
-                each layer's past length)
-  paths         the model, every listed file and the tokenizer file resolve inside the
+  export.json   readable, of this format (version 4: it lists every file with its sha256,
+                each layer's past length, and the graphs by role; version 3, text only,
+                reads as its one decoder graph)
+  paths         every graph, every listed file and the tokenizer file resolve inside the
                 directory (links followed), and each of them is listed
-  config.json   a valid ModelConfig, equal to the config embedded in the graph
-  model.onnx    a readable ONNX model
-  .data files   every external-data file the graph names lies inside the directory, is
+  config.json   a valid ModelConfig, equal to the config embedded in each graph
+  graphs        the roles the config implies (the decoder; with a vision tower also vision
+                and embed: export/vision_graphs.py), each a readable ONNX model
+  .data files   every external-data file a graph names lies inside the directory, is
                 listed, exists beside it, and is long enough for what the graph reads from it
   past_length   export.json's per-layer past lengths are the config's
-  the graph     the inputs / outputs the config implies, with its vocab, KV heads, head_dim
-                and each past's length axis (a sliding layer's: window_past_sequence)
+  interfaces    the inputs / outputs the config implies, with its vocab, KV heads, head_dim
+                and each past's length axis (a sliding layer's: window_past_sequence); the
+                image graphs' shapes (images, patch grid, widths)
   sha256        every listed file has the size and sha256 export.json records (so a changed
                 byte anywhere is named by its file)
-  onnx.checker  the model passes it (path form: external data too)
+  onnx.checker  every graph passes it (path form: external data too)
 
 The hashes say the files are the ones the export wrote; that the weights are the reference's
 is validate-onnx's weights check (export/validate.py, check_weights).
@@ -28,10 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lmref.export.decoder import KV, PAST_DIM, WINDOW_PAST_DIM, graph_output_names, input_names, window_pasts
+from lmref.export.decoder import KV, PAST_DIM, WINDOW_PAST_DIM, graph_input_names, graph_output_names, window_pasts
 from lmref.export.errors import BundleError
-from lmref.export.exporter import (CONFIG_FILE, CONFIG_METADATA_KEY, FORMAT, FORMAT_VERSION, MANIFEST_FILE,
-                                   TOKENIZER_FILE, file_digest, past_lengths)
+from lmref.export.exporter import (CONFIG_FILE, CONFIG_METADATA_KEY, FORMAT, FORMAT_VERSION, GRAPH_METADATA_KEY,
+                                   MANIFEST_FILE, TOKENIZER_FILE, file_digest, past_lengths)
+from lmref.export.vision_graphs import DECODER, graph_roles, interface
 from lmref.spec.captures import moe_layers
 from lmref.spec.config import ConfigError, ModelConfig
 
@@ -46,7 +50,12 @@ class Bundle:
 
     @property
     def model_path(self) -> Path:
+        """The decoder graph."""
         return self.root / self.manifest["model"]
+
+    def graph_path(self, role: str) -> Path:
+        """The graph of `role` (vision_graphs.graph_roles: "decoder", "vision", "embed")."""
+        return self.root / self.manifest["graphs"][role]
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -61,13 +70,23 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
+READABLE_VERSIONS = (3, FORMAT_VERSION)  # 3: a text-only bundle without `graphs` (its decoder alone)
+
+
 def _read_manifest(root: Path) -> dict:
+    """export.json, with version 3's one graph listed as its decoder (`graphs`)."""
     data = _read_json(root / MANIFEST_FILE, "the export manifest")
-    if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
+    if data.get("format") != FORMAT or data.get("format_version") not in READABLE_VERSIONS:
         older = {1: " (format version 1 recorded no sha256 of the files: export it again)",
                  2: " (format version 2 kept every past entry of a sliding layer: export it again)"}
         older = older.get(data.get("format_version"), "") if data.get("format") == FORMAT else ""
-        raise BundleError(f"{root / MANIFEST_FILE}: not an {FORMAT} manifest of format version {FORMAT_VERSION}{older}")
+        raise BundleError(f"{root / MANIFEST_FILE}: not an {FORMAT} manifest of format version "
+                          f"{' or '.join(map(str, READABLE_VERSIONS))}{older}")
+    if data["format_version"] == 3:
+        data = data | {"graphs": {DECODER: data.get("model")}}
+    if not isinstance(data.get("graphs"), dict):
+        raise BundleError(f"{root / MANIFEST_FILE}: `graphs` must map each graph's role to its file, "
+                          f"got {data.get('graphs')!r}")
     files = data.get("files")
     if not isinstance(files, dict) or not all(
             isinstance(v, dict) and isinstance(v.get("sha256"), str) and isinstance(v.get("bytes"), int)
@@ -91,12 +110,13 @@ def inside(root: Path, name: object, what: str) -> Path:
 
 
 def _check_paths(root: Path, manifest: dict) -> None:
-    """The model, each listed file and the tokenizer file resolve inside `root`, and each of
-    them is listed (with its sha256)."""
+    """The model, each graph, each listed file and the tokenizer file resolve inside `root`,
+    and each of them is listed (with its sha256); the decoder graph is the model."""
     files = manifest["files"]
     for name in files:
         inside(root, name, "listed file")
     named = [(manifest.get("model"), "model path"), (CONFIG_FILE, "config")]
+    named += [(name, f"{role} graph") for role, name in manifest["graphs"].items()]
     tokenizer = manifest.get("tokenizer")
     if tokenizer is not None and not isinstance(tokenizer, dict):
         raise BundleError(f"{root / MANIFEST_FILE}: the tokenizer entry must be a JSON object or null, got {tokenizer!r}")
@@ -107,6 +127,9 @@ def _check_paths(root: Path, manifest: dict) -> None:
         if name not in files:
             raise BundleError(f"{root / MANIFEST_FILE}: the {what} {name!r} is not among the files it lists "
                               "with their sha256")
+    if manifest["graphs"].get(DECODER) != manifest["model"]:
+        raise BundleError(f"{root / MANIFEST_FILE}: the decoder graph {manifest['graphs'].get(DECODER)!r} is not "
+                          f"the model path {manifest['model']!r}")
 
 
 def _check_digests(root: Path, files: dict) -> None:
@@ -184,21 +207,41 @@ def _dims(value) -> list:
     return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
 
 
+def metadata_mismatches(config: ModelConfig, model, role: str) -> list[str]:
+    """Differences between `config` and the config embedded in the graph, and its role."""
+    metadata = {p.key: p.value for p in model.metadata_props}
+    if CONFIG_METADATA_KEY not in metadata:
+        return [f"the graph has no {CONFIG_METADATA_KEY} metadata (not written by lmref export)"]
+    graph_config, ours = json.loads(metadata[CONFIG_METADATA_KEY]), json.loads(config.to_json())  # tuples as lists
+    problems = [f"{k}: config.json {v!r}, graph {graph_config.get(k)!r}" for k, v in ours.items()
+                if graph_config.get(k) != v]
+    if metadata.get(GRAPH_METADATA_KEY, role) != role:  # a version 3 graph records no role
+        problems.append(f"the graph is the {metadata[GRAPH_METADATA_KEY]!r} graph, export.json lists it as {role!r}")
+    return problems
+
+
+def image_graph_mismatches(config: ModelConfig, model, role: str) -> list[str]:
+    """Differences between the vision or embed graph and what `config` implies (vision_graphs.interface)."""
+    problems = metadata_mismatches(config, model, role)
+    found = ({v.name: _dims(v) for v in model.graph.input}, {v.name: _dims(v) for v in model.graph.output})
+    wanted = interface(config, role)
+    for kind, got, want in zip(("inputs", "outputs"), found, wanted):
+        if got != want:
+            problems.append(f"{kind} {got} are not {want}")
+    return problems
+
+
 def graph_mismatches(config: ModelConfig, model) -> list[str]:
-    """Differences between what `config` implies and the graph (empty: they agree)."""
-    problems = []
-    embedded = {p.key: p.value for p in model.metadata_props}.get(CONFIG_METADATA_KEY)
-    if embedded is None:
-        problems.append(f"the graph has no {CONFIG_METADATA_KEY} metadata (not written by lmref export)")
-    else:
-        graph_config, ours = json.loads(embedded), json.loads(config.to_json())  # JSON both: tuples as lists
-        problems += [f"{k}: config.json {v!r}, graph {graph_config.get(k)!r}"
-                     for k, v in ours.items() if graph_config.get(k) != v]
+    """Differences between what `config` implies and the decoder graph (empty: they agree)."""
+    problems = metadata_mismatches(config, model, DECODER)
     names = ([v.name for v in model.graph.input], [v.name for v in model.graph.output])
-    if names != (input_names(config.n_layers), graph_output_names(config)):
+    if names != (graph_input_names(config), graph_output_names(config)):
         problems.append(f"inputs/outputs {names} are not those of {config.n_layers} layers"
-                        + (f" and MoE layers {moe_layers(config)}" if config.moe is not None else ""))
+                        + (f" and MoE layers {moe_layers(config)}" if config.moe is not None else "")
+                        + (" taking inputs_embeds (a vision tower)" if config.vision is not None else ""))
         return problems
+    if config.vision is not None and _dims(model.graph.input[0]) != ["batch", "sequence", config.d_model]:
+        problems.append(f"inputs_embeds is {_dims(model.graph.input[0])}, not [batch, sequence, {config.d_model}]")
     outputs = {v.name: _dims(v) for v in model.graph.output}
     if outputs["logits"][2] != config.vocab_size:
         problems.append(f"logits have {outputs['logits'][2]} entries per position, vocab_size is {config.vocab_size}")
@@ -221,17 +264,24 @@ def open_bundle(out: str | Path) -> Bundle:
     manifest = _read_manifest(root)
     _check_paths(root, manifest)
     config = _read_config(root / CONFIG_FILE)
-    path = root / manifest["model"]
-    model = _load_graph(path)
-    _check_external_data(root, path, model, manifest["files"])
+    if list(manifest["graphs"]) != graph_roles(config):
+        raise BundleError(f"{root / MANIFEST_FILE}: lists the graphs {list(manifest['graphs'])}, the config "
+                          f"{config.name!r} exports {graph_roles(config)}")
+    models = {role: _load_graph(root / name) for role, name in manifest["graphs"].items()}
+    for role, model in models.items():
+        _check_external_data(root, root / manifest["graphs"][role], model, manifest["files"])
     if manifest.get("past_length") != past_lengths(config):
         raise BundleError(f"{root / MANIFEST_FILE}: past_length {manifest.get('past_length')!r} is not the "
                           f"config's {past_lengths(config)!r}")
-    problems = graph_mismatches(config, model)
-    if problems:
-        raise BundleError(f"{root / CONFIG_FILE} does not match the graph {path.name}: " + "; ".join(problems))
+    for role, model in models.items():
+        problems = (graph_mismatches(config, model) if role == DECODER
+                    else image_graph_mismatches(config, model, role))
+        if problems:
+            raise BundleError(f"{root / CONFIG_FILE} does not match the graph {manifest['graphs'][role]}: "
+                              + "; ".join(problems))
     _check_digests(root, manifest["files"])
-    _check_model(path)
+    for name in manifest["graphs"].values():
+        _check_model(root / name)
     return Bundle(root, config, manifest)
 
 

@@ -6,10 +6,13 @@ concat-style KV cache, one graph for the prefill and every decode step.
         -> (logits [B, S, vocab], present.{i}.key, present.{i}.value [B, n_kv_heads, T, head_dim])
 
 with T = P + S.  The first step passes an empty past (P = 0); each later step passes the
-presents of the step before.  A sliding layer of window W keeps only its last W - 1 entries:
-its past is [B, n_kv_heads, min(P, W - 1), head_dim] and its present
-[B, n_kv_heads, min(min(P, W - 1) + S, W - 1), head_dim] (ConcatCache), so the memory it
-feeds back stops growing at the window.
+presents of the step before.  A config with a vision tower exports `OnnxEmbedsDecoder`
+instead, the same graph with `inputs_embeds [B, S, d_model]` (the token embedding's raw
+lookup, the image rows merged in by the caller: export/vision_graphs.py) in place of
+`input_ids`, as the decoders of vision-language models take in ONNX.  A sliding layer of
+window W keeps only its last W - 1 entries: its past is [B, n_kv_heads, min(P, W - 1),
+head_dim] and its present [B, n_kv_heads, min(min(P, W - 1) + S, W - 1), head_dim]
+(ConcatCache), so the memory it feeds back stops growing at the window.
 
 The wrapper re-implements no step of the model: its forward is the Transformer's own
 tensor-only forward (`Transformer.logits`: embedding, the layers built from the plan, their
@@ -85,8 +88,19 @@ def present_names(n_layers: int) -> list[str]:
     return [f"present.{i}.{kind}" for i in range(n_layers) for kind in KV]
 
 
-def input_names(n_layers: int) -> list[str]:
-    return ["input_ids", "attention_mask", "position_ids", *past_names(n_layers)]
+def input_names(n_layers: int, first: str = "input_ids") -> list[str]:
+    """The decoder's inputs: `first` is "input_ids", or "inputs_embeds" (graph_input_names)."""
+    return [first, "attention_mask", "position_ids", *past_names(n_layers)]
+
+
+def first_input(config: ModelConfig) -> str:
+    """What the decoder of `config` takes: the tokens, or with a vision tower their embeddings."""
+    return "input_ids" if config.vision is None else "inputs_embeds"
+
+
+def graph_input_names(config: ModelConfig) -> list[str]:
+    """Every input of the decoder graph of `config`, in order."""
+    return input_names(config.n_layers, first_input(config))
 
 
 def output_names(n_layers: int) -> list[str]:
@@ -194,9 +208,15 @@ class OnnxDecoder(nn.Module):
     ONNX interface above (the model is moved to float32 and set to eager attention and dense
     dispatch in place, as nn.Module.to moves it)."""
 
+    takes_embeds = False  # OnnxEmbedsDecoder: inputs_embeds in place of input_ids
+
     def __init__(self, model: Transformer):
         super().__init__()
         check_exportable(model.config)
+        if (model.config.vision is not None) != self.takes_embeds:
+            wanted = "OnnxEmbedsDecoder (inputs_embeds)" if model.config.vision else "OnnxDecoder (input_ids)"
+            raise ValueError(f"config {model.config.name!r} {'has a' if model.config.vision else 'has no'} vision "
+                             f"tower: its decoder graph is {wanted}, not {type(self).__name__} (OnnxDecoder.of picks it)")
         self.model = model.to(DTYPE)
         self.model.attn_impl = ATTN_IMPL
         self.model.moe_dispatch = MOE_DISPATCH
@@ -206,6 +226,11 @@ class OnnxDecoder(nn.Module):
     def from_canonical(cls, config: ModelConfig, params: dict[str, np.ndarray]) -> OnnxDecoder:
         check_exportable(config)
         return cls(Transformer.from_canonical(config, params, dtype=DTYPE, attn_impl=ATTN_IMPL))
+
+    @staticmethod
+    def of(model: Transformer) -> OnnxDecoder:
+        """The decoder wrapper `model`'s config exports: OnnxEmbedsDecoder with a vision tower."""
+        return (OnnxDecoder if model.config.vision is None else OnnxEmbedsDecoder)(model)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 past_key_values: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -219,6 +244,33 @@ class OnnxDecoder(nn.Module):
         return (logits, *cache.present, *routers, *chosen)
 
 
+@contextlib.contextmanager
+def lookup_given(model: Transformer) -> Iterator[None]:
+    """During the block, the token embedding's lookup (`embed.tokens`, an nn.Embedding) returns
+    what it is given: the looked-up rows themselves, so that the twin's own Embedding applies
+    everything after the lookup (BLOOM's norm, Gemma's scale, learned positions; spec/MATH.md
+    "Vision": after the merge) to inputs_embeds.  The table stays a Parameter (a tied head
+    reads it); its forward is shadowed by an instance attribute for the block only."""
+    lookup = model.embed.tokens
+    lookup.forward = lambda rows: rows
+    try:
+        yield
+    finally:
+        del lookup.forward
+
+
+class OnnxEmbedsDecoder(OnnxDecoder):
+    """OnnxDecoder taking inputs_embeds [B, S, d_model], the raw lookup of the tokens with the
+    image rows merged in (export/vision_graphs.py), in place of input_ids."""
+
+    takes_embeds = True
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                past_key_values: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        with lookup_given(self.model):
+            return super().forward(inputs_embeds, attention_mask, position_ids, past_key_values)
+
+
 def example_inputs(config: ModelConfig) -> tuple:
     """Inputs to trace with: batch 2, sequence 3, past 5 (4 for the sliding layers' pasts),
     all different and > 1, so that torch.export keeps every axis symbolic (sizes 0 and 1 get
@@ -226,6 +278,8 @@ def example_inputs(config: ModelConfig) -> tuple:
     and with sliding pasts of any window (tests check it)."""
     batch, seq, past, window_past = 2, 3, 5, 4
     input_ids = torch.zeros(batch, seq, dtype=torch.int64)
+    if config.vision is not None:  # OnnxEmbedsDecoder's inputs_embeds [B, S, d_model]
+        input_ids = torch.zeros(batch, seq, config.d_model, dtype=DTYPE)
     attention_mask = torch.ones(batch, past + seq, dtype=torch.int64)
     position_ids = torch.arange(past, past + seq)[None].expand(batch, seq).contiguous()  # [B, S]
     lengths = [past if keep is None else window_past for keep in window_pasts(config) for _ in KV]
@@ -240,8 +294,8 @@ def dynamic_shapes(config: ModelConfig) -> dict:
     from torch.export import Dim
 
     batch, seq, past, window_past = Dim("batch"), Dim("sequence"), Dim(PAST_DIM), Dim(WINDOW_PAST_DIM)
-    return {
-        "input_ids": {0: batch, 1: seq},
+    return {  # in the order of the inputs: the exporter names the axes by position
+        first_input(config): {0: batch, 1: seq},
         "attention_mask": {0: batch, 1: Dim.DYNAMIC},
         "position_ids": {0: batch, 1: seq},
         "past_key_values": [{0: batch, 2: past if keep is None else window_past}

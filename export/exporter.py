@@ -3,9 +3,12 @@
     OUT/
         model.onnx        the decoder graph (prefill and decode, export/decoder.py)
         model.onnx.data   its weights, when stored as external data (see below)
+        vision.onnx       with a vision tower: the tower and projector, and the token
+        embed.onnx        embedding (export/vision_graphs.py; model.onnx then takes
+                          inputs_embeds), each with its .data file under external data
         config.json       the ModelConfig (also embedded in the graph's metadata)
         export.json       the manifest: format, opset, names, per-layer past lengths
-                          (`past_length`), versions, the weights' source,
+                          (`past_length`), the graphs by role (`graphs`), versions, the weights' source,
                           the tokenizer, and `files`: the sha256 and size of every file above
                           (export/bundle.py verifies them when the directory is opened)
         tokenizer.json    copied from a training checkpoint that has one
@@ -40,10 +43,11 @@ from pathlib import Path
 import numpy as np
 
 import lmref
-from lmref.export.decoder import (KV, PAST_DIM, WINDOW_PAST_DIM, OnnxDecoder, dynamic_shapes, example_inputs,
-                                  graph_output_names, input_names, window_pasts)
+from lmref.export.decoder import (ATTN_IMPL, DTYPE, KV, PAST_DIM, WINDOW_PAST_DIM, OnnxDecoder, dynamic_shapes,
+                                  example_inputs, graph_input_names, graph_output_names, window_pasts)
 from lmref.export.errors import ExportError
 from lmref.export.features import check_exportable
+from lmref.export.vision_graphs import DECODER, EMBED, N_IMAGES_DIM, VISION, GraphSpec, graph_roles, image_graphs
 from lmref.spec.config import ModelConfig
 from lmref.spec.errors import OutputError
 from lmref.spec.outputs import claim
@@ -51,10 +55,14 @@ from lmref.spec.params import param_count
 
 OPSET = 18
 # Version 2: export.json lists every file with its sha256 and size ("files").  Version 3: a
-# sliding layer's past and present hold its last W - 1 entries only ("past_length").
-FORMAT, FORMAT_VERSION = "lmref-onnx", 3
+# sliding layer's past and present hold its last W - 1 entries only ("past_length").  Version
+# 4: "graphs" lists the graphs by role, three with a vision tower (a version 3 bundle, text
+# only, reads as its one decoder graph: export/bundle.py).
+FORMAT, FORMAT_VERSION = "lmref-onnx", 4
 OUTPUT_KIND = "onnx-export"  # the kind in spec/outputs.py's marker
 MODEL_FILE, CONFIG_FILE, MANIFEST_FILE, TOKENIZER_FILE = "model.onnx", "config.json", "export.json", "tokenizer.json"
+GRAPH_FILES = {VISION: "vision.onnx", EMBED: "embed.onnx", DECODER: MODEL_FILE}  # by role (vision_graphs.py)
+GRAPH_METADATA_KEY = "lmref.graph"  # the graph's role, in each graph's metadata
 EXTERNAL_DATA_BYTES = 1 << 30  # 1 GiB of float32 weights and more: external data
 CONFIG_METADATA_KEY = "lmref.config"
 # Symbolic dim names of the graph's inputs and outputs; the exporter names the mask's length
@@ -91,7 +99,9 @@ def past_lengths(config: ModelConfig) -> list[str]:
 
 
 def _name_axes(program, config: ModelConfig) -> None:
-    """Rename the attention mask's derived length axis (e.g. 's53') to TOTAL_DIM, and a
+    """Rename the attention mask's derived length axis (e.g. 's53') to TOTAL_DIM, a full
+    layer's present length to TOTAL_DIM too (the exporter writes the sum in the order it met
+    the dims: 'sequence + past_sequence' when the first input is inputs_embeds), and a
     sliding layer's derived present length (Max(0, ...)) to window_present_dim."""
     import onnx_ir as ir
 
@@ -100,25 +110,40 @@ def _name_axes(program, config: ModelConfig) -> None:
     mask.shape = ir.Shape([mask.shape[0], ir.SymbolicDim(TOTAL_DIM)])
     keeps = [keep for keep in window_pasts(config) for _ in KV]
     for value, keep in zip(graph.outputs[1:], keeps):  # the presents, in present_names' order
-        if keep is not None and not isinstance(value.shape[2], int):  # W = 1: a static 0
+        if not isinstance(value.shape[2], int):  # W = 1: a static 0
             dims = list(value.shape)
-            value.shape = ir.Shape([*dims[:2], ir.SymbolicDim(window_present_dim(keep)), dims[3]])
+            name = TOTAL_DIM if keep is None else window_present_dim(keep)
+            value.shape = ir.Shape([*dims[:2], ir.SymbolicDim(name), dims[3]])
 
 
-def trace(config: ModelConfig, params: dict[str, np.ndarray]):
-    """The torch.onnx ONNXProgram of (config, params): dynamo export at OPSET, optimized."""
+def _export(spec):
+    """The ONNXProgram of a vision_graphs.GraphSpec: dynamo export at OPSET, optimized."""
     import torch
 
-    decoder = OnnxDecoder.from_canonical(config, params)
     with _quiet_exporter(), torch.no_grad():
-        program = torch.onnx.export(
-            decoder, example_inputs(config), dynamo=True, dynamic_shapes=dynamic_shapes(config),
-            input_names=input_names(config.n_layers), output_names=graph_output_names(config),
-            opset_version=OPSET, optimize=True, verbose=False)
-    _name_axes(program, config)
-    program.model.metadata_props[CONFIG_METADATA_KEY] = config.to_json()
-    program.model.metadata_props["lmref.format"] = f"{FORMAT}/{FORMAT_VERSION}"
-    return program
+        return torch.onnx.export(
+            spec.module, spec.example, dynamo=True, dynamic_shapes=spec.dynamic_shapes,
+            input_names=spec.input_names, output_names=spec.output_names, opset_version=OPSET, optimize=True,
+            verbose=False)
+
+
+def trace(config: ModelConfig, params: dict[str, np.ndarray]) -> dict:
+    """{role: torch.onnx ONNXProgram} of (config, params), in GRAPH_FILES' order: the decoder,
+    and with a vision tower the vision and embed graphs, all from one float32 model."""
+    from lmref.impl_torch import Transformer
+
+    check_exportable(config)
+    model = Transformer.from_canonical(config, params, dtype=DTYPE, attn_impl=ATTN_IMPL)
+    specs = image_graphs(model) if config.vision is not None else {}
+    specs[DECODER] = GraphSpec(OnnxDecoder.of(model), example_inputs(config), dynamic_shapes(config),
+                               graph_input_names(config), graph_output_names(config))
+    programs = {role: _export(specs[role]) for role in graph_roles(config)}
+    _name_axes(programs[DECODER], config)
+    for role, program in programs.items():
+        program.model.metadata_props[CONFIG_METADATA_KEY] = config.to_json()
+        program.model.metadata_props["lmref.format"] = f"{FORMAT}/{FORMAT_VERSION}"
+        program.model.metadata_props[GRAPH_METADATA_KEY] = role
+    return programs
 
 
 def tool_versions() -> dict[str, str]:
@@ -143,13 +168,14 @@ def file_digest(path: Path) -> dict:
 def manifest(config: ModelConfig, *, external_data: bool, source: dict, tokenizer: dict | None,
              files: dict[str, dict] | None = None) -> dict:
     """The export.json of an export; `files`: {name: file_digest} of every file it wrote."""
+    axes = {"batch": "batch", "sequence": "sequence", "past": PAST_DIM, "window_past": WINDOW_PAST_DIM,
+            "total": TOTAL_DIM} | ({"images": N_IMAGES_DIM} if config.vision is not None else {})
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "model": MODEL_FILE,
+        "graphs": {role: GRAPH_FILES[role] for role in graph_roles(config)},
         "external_data": external_data, "opset": OPSET, "dtype": "float32",
-        "inputs": input_names(config.n_layers), "outputs": graph_output_names(config),
-        "axes": {"batch": "batch", "sequence": "sequence", "past": PAST_DIM, "window_past": WINDOW_PAST_DIM,
-                 "total": TOTAL_DIM},
-        "past_length": past_lengths(config),
+        "inputs": graph_input_names(config), "outputs": graph_output_names(config),
+        "axes": axes, "past_length": past_lengths(config),
         "source": source, "tokenizer": tokenizer, "versions": tool_versions(), "files": files or {},
     }
 
@@ -194,8 +220,8 @@ def export_onnx(config: ModelConfig, params: dict[str, np.ndarray], out: str | P
                 external_data: bool | None = None, source: dict | None = None,
                 tokenizer: dict | None = None, tokenizer_file: Path | None = None,
                 inputs: tuple[str | Path, ...] = ()) -> Path:
-    """Export (config, params) to the directory `out` (see the module docstring); check it
-    with onnx.checker; return the .onnx path.
+    """Export (config, params) to the directory `out` (see the module docstring); check each
+    graph with onnx.checker; return the decoder's .onnx path.
 
     `external_data`: None decides by size (EXTERNAL_DATA_BYTES).  `source` ({"kind":
     "preset", "preset", "seed"} or {"kind": "checkpoint", "path"}) tells `validate-onnx` where
@@ -209,11 +235,12 @@ def export_onnx(config: ModelConfig, params: dict[str, np.ndarray], out: str | P
     if external_data is None:
         external_data = 4 * param_count(config) >= EXTERNAL_DATA_BYTES
     out = claim(out, OUTPUT_KIND, inputs=inputs)
-    program = trace(config, params)
+    programs = trace(config, params)
     staging = Path(tempfile.mkdtemp(prefix=".lmref-export-", dir=out))
     try:
-        program.save(staging / MODEL_FILE, external_data=external_data)
-        onnx.checker.check_model(str(staging / MODEL_FILE))  # the path form reads external data (> 2 GB too)
+        for role, program in programs.items():
+            program.save(staging / GRAPH_FILES[role], external_data=external_data)
+            onnx.checker.check_model(str(staging / GRAPH_FILES[role]))  # the path form reads external data
         (staging / CONFIG_FILE).write_text(config.to_json() + "\n")
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, staging / TOKENIZER_FILE)

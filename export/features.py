@@ -5,7 +5,9 @@ so it computes what the torch twin computes (impl_torch/features.py) as long as 
 traces into the graph: masks from token positions (an explicit band for sliding layers,
 floor division for chunks), RoPE angles from `position_ids`, ALiBi distances, and a mixture
 of experts' routing (the twin's "dense" dispatch: TopK of the router's scores, a scatter,
-every expert on every token), all inside the graph.  `moe.aux_loss` changes the training
+every expert on every token), all inside the graph; a vision tower and its projector in a
+graph of their own, the image rows merged into the token lookup between two graphs
+(export/vision_graphs.py, export/multimodal.py).  `moe.aux_loss` changes the training
 loss only, never the logits: the graph outputs each MoE layer's router logits, and the
 load-balancing loss is computed from them outside the graph, as the cross-entropy is from
 the logits (export/onnx_adapter.py's loss), and so is PaLM's logit z-loss.  tests/test_export_features.py exports a config for every torch feature and
@@ -22,9 +24,9 @@ from lmref.spec.features import check_supported
 
 BACKEND = "onnx"
 
-# Every torch feature (the MoE ones included) traces into the graph and matches the twin in
-# onnxruntime, but for the image pathway: the graph has no pixel_values input yet (issue 14 item 5).
-FEATURES = TORCH_FEATURES - {"vision"}
+# Every torch feature traces into the graphs and matches the twin in onnxruntime: the MoE ones,
+# and the image pathway ("vision": three graphs, export/vision_graphs.py).
+FEATURES = TORCH_FEATURES
 
 
 def check_exportable(config: ModelConfig) -> None:

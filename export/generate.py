@@ -5,6 +5,14 @@ Decoding is train/generate.py's (`next_token`: greedy at temperature 0, else top
 sampling from a seeded torch.Generator), so for a checkpoint and its export, the same
 settings and seed give the same tokens as `lmref generate --checkpoint` as long as the
 logits agree to float32 rounding (greedy decoding: tests/test_export_generate.py).
+
+A bundle with a vision tower opens as the chain of its three graphs (export/multimodal.py);
+`generate(session, prompt, n, pixel_values=images, temperature=0)` decodes greedily after a
+prefill whose prompt holds `tokens_per_image` image placeholders per image (the images
+[N, C, H, W] float, normalised as the model was trained on them), checked as every backend
+checks images (spec/vision.py `check_images`).  Each step feeds the token it chose; a model
+that chooses its image placeholder is stopped there with that check's InputError (a
+placeholder needs an image, and a decode step takes none), as the golden's decode refuses it.
 """
 
 from __future__ import annotations
@@ -16,23 +24,29 @@ import numpy as np
 from lmref.export.bundle import Bundle, open_bundle
 from lmref.export.decoder import present_names
 from lmref.export.errors import BundleError
-from lmref.export.runtime import CPU, CUDA, DecoderSession, default_provider, next_outputs, open_session
+from lmref.export.multimodal import open_chain
+from lmref.export.runtime import CPU, CUDA, DecoderSession, default_provider, next_outputs
 from lmref.spec.errors import InputError
+from lmref.spec.vision import check_images
 
 DEVICES = {"cpu": CPU, "cuda": CUDA}
 
 
 def generate(session: DecoderSession, prompt: list[int], max_new_tokens: int, *, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> list[int]:
-    """`max_new_tokens` token ids following `prompt`, decoded through the graph's KV cache."""
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+             pixel_values: np.ndarray | None = None) -> list[int]:
+    """`max_new_tokens` token ids following `prompt`, decoded through the graph's KV cache;
+    `pixel_values` [N, C, H, W]: the images of the prompt's placeholders (a MultimodalSession's)."""
     import torch
 
     from lmref.train.generate import check_request, next_token, seeded_generator
 
     total = check_request(prompt, max_new_tokens, session.config.max_seq_len, temperature, top_k, top_p)
+    images = check_images(session.config, np.array([prompt], np.int64), pixel_values)
     generator = seeded_generator(seed)
     mask = np.ones((1, total), np.int64)
-    logits, past = session.step(np.array([prompt], np.int64), mask[:, : len(prompt)], session.empty_past(1))
+    prefill = {} if images is None else {"pixel_values": images}
+    logits, past = session.step(np.array([prompt], np.int64), mask[:, : len(prompt)], session.empty_past(1), **prefill)
     out: list[int] = []
     for i in range(max_new_tokens):
         token = int(next_token(torch.from_numpy(logits[:, -1]), temperature, top_k, top_p, generator)[0])
@@ -55,10 +69,10 @@ def load_tokenizer(bundle: Bundle):
 
 
 def load_onnx_generator(out: str | Path, device: str = "auto"):
-    """(DecoderSession, tokenizer) of an exported directory on `device` (auto, cpu, cuda)."""
+    """(session, tokenizer) of an exported directory on `device` (auto, cpu, cuda): a
+    DecoderSession, or with a vision tower the MultimodalSession of its three graphs."""
     bundle = open_bundle(out)
     if device != "auto" and device not in DEVICES:
         raise InputError(f"--device must be auto, cpu or cuda, got {device!r}")
     provider = default_provider() if device == "auto" else DEVICES[device]
-    session = DecoderSession(open_session(bundle.model_path, provider), bundle.config)
-    return session, load_tokenizer(bundle)
+    return open_chain(bundle, provider), load_tokenizer(bundle)

@@ -15,10 +15,17 @@ a function of the graph's outputs, as in training, and is not itself in the grap
 A MoE graph also offers `routing` (the experts the graph chose: its `selected_experts.{i}`
 outputs, the TopK indices its layers scattered) and `capture` of `layers.{i}.router` (its
 router logits) with the logits.  A dense graph has no outputs for intermediates: capture is
-NOT SUPPORTED there.
+NOT SUPPORTED there, but for a case with images, whose vision graph outputs the tower's
+features and the projector's (`vision.features`, `projector`; export/vision_graphs.py).
+
+A config with a vision tower runs the three graphs of export/multimodal.py: every method
+takes `pixel_values` (the conformance protocol's images, conformance/adapters.py), the
+prefill takes them, and the loss skips the targets that are image placeholders, as the
+golden's does (impl_numpy.model `loss`).
 
 As the golden does, each call checks the config's features first, then the tokens
-(spec.inputs: the very messages of the other backends), before anything is exported or run.
+(spec.inputs: the very messages of the other backends) and the images (spec/vision.py
+`check_images`), before anything is exported or run.
 """
 
 from __future__ import annotations
@@ -34,12 +41,14 @@ from lmref.export.bundle import open_bundle
 from lmref.export.decoder import router_names
 from lmref.export.exporter import OPSET, export_onnx
 from lmref.export.features import check_exportable
-from lmref.export.runtime import DecoderSession, default_provider, open_session
+from lmref.export.multimodal import open_chain
+from lmref.export.runtime import DecoderSession, default_provider
 from lmref.impl_numpy.model import log_softmax, logit_z_loss
 from lmref.impl_numpy.moe import auxiliary_loss
 from lmref.spec.captures import moe_layers
 from lmref.spec.config import ModelConfig
 from lmref.spec.inputs import check_tokens
+from lmref.spec.vision import check_images
 
 CACHE_SIZE = 64  # sessions kept: the suite runs each capability over every case, so keep them all
 
@@ -74,43 +83,48 @@ class OnnxAdapter:
         if key not in self._sessions:
             with tempfile.TemporaryDirectory() as out:
                 export_onnx(config, params, out)
-                bundle = open_bundle(out)
-                # onnxruntime holds the weights in memory once the session exists.
-                session = open_session(bundle.model_path, self.provider)
+                # onnxruntime holds the weights in memory once the sessions exist.
+                self._sessions[key] = open_chain(open_bundle(out), self.provider)
             self.exports += 1
-            self._sessions[key] = DecoderSession(session, config)
             if len(self._sessions) > CACHE_SIZE:
                 self._sessions.popitem(last=False)
         self._sessions.move_to_end(key)
         return self._sessions[key]
 
-    def outputs(self, config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int | None = None
-                ) -> dict[str, np.ndarray]:
+    def outputs(self, config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int | None = None,
+                pixel_values: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The graph's outputs over every position (DecoderSession.prefill_and_decode_outputs):
-        one step from an empty past, or `prompt_len` tokens then one per step.  The features,
-        then the tokens, are checked first."""
+        one step from an empty past, or `prompt_len` tokens then one per step, the images in
+        the first step.  The features, then the tokens and the images, are checked first."""
         check_exportable(config)
         tokens = check_tokens(config, tokens)
         prompt_len = tokens.shape[1] if prompt_len is None else prompt_len
         if not 1 <= prompt_len <= tokens.shape[1]:
             raise ValueError(f"prompt_len must be in [1, {tokens.shape[1]}], got {prompt_len}")
-        return self.session(config, params).prefill_and_decode_outputs(tokens, prompt_len)
+        images = check_images(config, tokens, pixel_values, prompt_len=prompt_len)
+        prefill = {} if images is None else {"pixel_values": images}
+        return self.session(config, params).prefill_and_decode_outputs(tokens, prompt_len, **prefill)
 
-    def forward(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
-        return self.outputs(config, params, tokens)["logits"]
+    def forward(self, config: ModelConfig, params: dict, tokens: np.ndarray, pixel_values=None) -> np.ndarray:
+        return self.outputs(config, params, tokens, pixel_values=pixel_values)["logits"]
 
-    def decode(self, config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int) -> np.ndarray:
-        return self.outputs(config, params, tokens, prompt_len)["logits"]
+    def decode(self, config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int,
+               pixel_values=None) -> np.ndarray:
+        return self.outputs(config, params, tokens, prompt_len, pixel_values)["logits"]
 
-    def loss(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> float:
+    def loss(self, config: ModelConfig, params: dict, tokens: np.ndarray, pixel_values=None) -> float:
         """impl_numpy.loss from the graph's outputs (module docstring)."""
         check_exportable(config)
         tokens = check_tokens(config, tokens)
         if tokens.shape[1] < 2:
             raise ValueError(f"loss needs sequences of at least 2 tokens, got {tokens.shape[1]}")
-        out = self.outputs(config, params, tokens)
-        rows = out["logits"][:, :-1].astype(np.float64)  # [B, S-1, V]: the positions with a target
-        picked = np.take_along_axis(log_softmax(rows), tokens[:, 1:, None], axis=-1)  # [B, S-1, 1]
+        out = self.outputs(config, params, tokens, pixel_values=pixel_values)
+        targets = tokens[:, 1:]  # [B, S-1]
+        scored = np.ones(targets.shape, bool) if config.vision is None else targets != config.vision.image_token_id
+        if not scored.any():
+            raise ValueError("loss has no target: every next token is an image placeholder")
+        rows = out["logits"][:, :-1][scored].astype(np.float64)  # [T, V]: the positions with a text target
+        picked = np.take_along_axis(log_softmax(rows), targets[scored][:, None], axis=-1)  # [T, 1]
         total = float(-picked.mean())
         if config.logit_z_loss_coef > 0:
             total += config.logit_z_loss_coef * logit_z_loss(rows)
@@ -118,21 +132,32 @@ class OnnxAdapter:
             total += auxiliary_loss(config, [out[name].astype(np.float64) for name in router_names(config)])
         return total
 
-    def moe_outputs(self, config: ModelConfig, params: dict, tokens: np.ndarray, capability: str
-                    ) -> dict[str, np.ndarray]:
-        """`outputs` of a MoE graph; NotImplementedError (NOT SUPPORTED) for a dense one."""
-        if config.moe is None:
-            raise NotImplementedError(f"{capability}: the graph of a dense model has no outputs for intermediates "
-                                      "(a MoE graph's router_logits.{i} and selected_experts.{i} are its only ones)")
-        return self.outputs(config, params, tokens)
+    def capture(self, config: ModelConfig, params: dict, tokens: np.ndarray, pixel_values=None
+                ) -> dict[str, np.ndarray]:
+        """What the graphs output of the intermediates, with the logits: the vision graph's
+        `vision.features` [N, T, Dv] and `projector` [N, T, d_model] of a case with images, a MoE
+        graph's router logits as `layers.{i}.router` [B, S, E]; NotImplementedError (NOT
+        SUPPORTED) when there are none (a dense graph without images)."""
+        check_exportable(config)
+        check_images(config, check_tokens(config, tokens), pixel_values)  # bad input: the golden's error first
+        if config.moe is None and pixel_values is None:
+            raise NotImplementedError("capture: the graph of a dense model has no outputs for intermediates (a MoE "
+                                      "graph's router_logits.{i}, and with images the vision graph's features, are "
+                                      "its only ones)")
+        out = self.outputs(config, params, tokens, pixel_values=pixel_values)
+        captured = {}
+        if pixel_values is not None:  # checked by `outputs`
+            images = self.session(config, params).image_outputs(np.asarray(pixel_values))
+            captured |= {"vision.features": images["vision_features"], "projector": images["image_features"]}
+        captured |= {f"layers.{i}.router": out[f"router_logits.{i}"] for i in moe_layers(config)}
+        return captured | {"logits": out["logits"]}
 
-    def capture(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> dict[str, np.ndarray]:
-        """A MoE graph's router logits as `layers.{i}.router` [B, S, E], and the logits."""
-        out = self.moe_outputs(config, params, tokens, "capture")
-        return {f"layers.{i}.router": out[f"router_logits.{i}"] for i in moe_layers(config)} | {"logits": out["logits"]}
-
-    def routing(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> dict[str, np.ndarray]:
+    def routing(self, config: ModelConfig, params: dict, tokens: np.ndarray, pixel_values=None
+                ) -> dict[str, np.ndarray]:
         """{"layers.{i}": int64 [B, S, k]}: the graph's selected_experts.{i}, the TopK indices its
-        "moe" layers scattered (export/decoder.py)."""
-        out = self.moe_outputs(config, params, tokens, "routing")
+        "moe" layers scattered (export/decoder.py); NotImplementedError for a dense graph."""
+        if config.moe is None:
+            raise NotImplementedError("routing: the graph of a dense model has no experts to choose (a MoE graph's "
+                                      "selected_experts.{i} are its choice)")
+        out = self.outputs(config, params, tokens, pixel_values=pixel_values)
         return {f"layers.{i}": out[f"selected_experts.{i}"] for i in moe_layers(config)}

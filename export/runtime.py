@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmref.export.decoder import KV, graph_output_names, input_names, past_names, present_names, window_pasts
+from lmref.export.decoder import KV, graph_input_names, graph_output_names, past_names, present_names, window_pasts
 from lmref.export.errors import ProviderError
 from lmref.spec.config import ModelConfig
 from lmref.spec.errors import InputError
@@ -113,10 +113,19 @@ def positions_from_mask(attention_mask: np.ndarray) -> np.ndarray:
 
 
 class DecoderSession:
-    """The exported decoder in onnxruntime: `step` runs the graph once, `past` is fed back."""
+    """The exported decoder in onnxruntime: `step` runs the graph once, `past` is fed back.
+    The decoder of a config with a vision tower takes inputs_embeds: export/multimodal.py's
+    MultimodalSession runs it, behind the same interface."""
+
+    takes_embeds = False
 
     def __init__(self, session, config: ModelConfig):
+        if (config.vision is not None) != self.takes_embeds:
+            wanted = "export/multimodal.py's MultimodalSession" if config.vision else "a DecoderSession"
+            raise ValueError(f"config {config.name!r} {'has a' if config.vision else 'has no'} vision tower: its "
+                             f"decoder graph runs in {wanted} (export/multimodal.py open_chain opens either)")
         self.session, self.config = session, config
+        self.input_names = graph_input_names(config)
         self.past_names = past_names(config.n_layers)
         self.keeps = [keep for keep in window_pasts(config) for _ in KV]  # per past array: W - 1 or None
 
@@ -225,31 +234,36 @@ class DecoderSession:
         after `past`; attention_mask [B, P + S] covers past and new tokens; position_ids
         default to positions_from_mask's last S.  Every input is checked first
         (check_inputs): InputError, and onnxruntime never runs."""
-        values = self.check_inputs(input_ids, attention_mask, past, position_ids)
+        return self.run(self.check_inputs(input_ids, attention_mask, past, position_ids))
+
+    def run(self, values: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output of the graph by name, for checked input arrays in its inputs' order."""
         names = graph_output_names(self.config)
-        return dict(zip(names, self.session.run(names, dict(zip(input_names(self.config.n_layers), values)))))
+        return dict(zip(names, self.session.run(names, dict(zip(self.input_names, values)))))
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, past: list[np.ndarray],
-             position_ids: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(logits [B, S, V], presents) of `outputs`: the next step's past."""
-        out = self.outputs(input_ids, attention_mask, past, position_ids)
+             position_ids: np.ndarray | None = None, **inputs) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(logits [B, S, V], presents) of `outputs` (`inputs`: a MultimodalSession's
+        pixel_values): the next step's past."""
+        out = self.outputs(input_ids, attention_mask, past, position_ids, **inputs)
         return out["logits"], [out[name] for name in present_names(self.config.n_layers)]
 
     def prefill_and_decode(self, tokens: np.ndarray, prompt_len: int) -> np.ndarray:
         """Logits [B, S, V] of `prefill_and_decode_outputs`."""
         return self.prefill_and_decode_outputs(tokens, prompt_len)["logits"]
 
-    def prefill_and_decode_outputs(self, tokens: np.ndarray, prompt_len: int) -> dict[str, np.ndarray]:
+    def prefill_and_decode_outputs(self, tokens: np.ndarray, prompt_len: int, **prefill) -> dict[str, np.ndarray]:
         """tokens[:, :prompt_len] in one step, then one token per step through the graph's own
         cache (teacher-forced), no padding: the logits [B, S, V] of every position, and a MoE
         graph's router_logits.{i} [B, S, E] and selected_experts.{i} [B, S, k].  The tokens
-        are checked first, as every backend's decode checks them (spec.inputs)."""
+        are checked first, as every backend's decode checks them (spec.inputs).  `prefill`:
+        more inputs of the prefill's `outputs` (a MultimodalSession's pixel_values)."""
         tokens = check_tokens(self.config, tokens)
         batch, total = tokens.shape
         if not 1 <= prompt_len <= total:
             raise ValueError(f"prompt_len must be in [1, {total}], got {prompt_len}")
         mask, presents = np.ones((batch, total), np.int64), present_names(self.config.n_layers)
-        out = self.outputs(tokens[:, :prompt_len], mask[:, :prompt_len], self.empty_past(batch))
+        out = self.outputs(tokens[:, :prompt_len], mask[:, :prompt_len], self.empty_past(batch), **prefill)
         steps = [out]
         for t in range(prompt_len, total):
             out = next_outputs(self, tokens[:, : t + 1], mask[:, : t + 1], [out[name] for name in presents], 1)

@@ -15,7 +15,9 @@ cuts keys off and every decode step runs on pasts the graph capped at W - 1 entr
 experts gets tokens whose routing cannot flip (every golden gap between the k-th and the
 (k+1)-th router logit >= 0.1), and a routing check: the graph's chosen experts (its
 `selected_experts.{i}` outputs) at every real position must be the golden's
-(export/routing.py).
+(export/routing.py).  A vision tower's bundle runs its three graphs chained
+(export/multimodal.py) on rows that each hold an image, and its vision graph alone against
+the golden tower and projector (export/validate_vision.py).
 
 The weights are checked directly as well (`check_weights`): every initializer of the graph
 must equal, bit for bit, the same initializer of a fresh export of the reference weights
@@ -43,8 +45,11 @@ from lmref.conformance.metrics import Metrics, compare, describe, gate
 from lmref.conformance.tolerances import Tolerance, Tolerances
 from lmref.export.bundle import Bundle
 from lmref.export.decoder import present_names, window_pasts
+from lmref.export.multimodal import open_chain, profiled_sessions
 from lmref.export.routing import RoutingCheck, check_routing, routed_rows
-from lmref.export.runtime import DecoderSession, check_placement, end_profile, next_outputs, open_session
+from lmref.export.runtime import DecoderSession, check_placement, end_profile, next_outputs
+from lmref.export.validate_vision import (FeaturesCheck, check_image_features, draw_pixels, has_images, image_line,
+                                          image_prompt_len, pad_id, text_ids, with_images)
 from lmref.spec.config import ModelConfig
 
 DEFAULT_PAD, DEFAULT_STEPS = 3, 8
@@ -60,7 +65,7 @@ def default_prompt_len(config: ModelConfig, pad: int = DEFAULT_PAD) -> int:
     original = scaling.original_max_seq_len if scaling is not None else None
     needs = [11] if original is None else [original + 1]
     needs += [keep + 1 + pad + WINDOW_MARGIN for keep in set(window_pasts(config)) - {None}]
-    return max(needs)
+    return max(needs + [image_prompt_len(config, pad)])  # with images: an image in each row
 
 
 @dataclass(frozen=True)
@@ -69,14 +74,16 @@ class PaddedBatch:
 
     prompts: list[np.ndarray]  # [len_b] real prompt tokens per row
     decode: np.ndarray  # [B, steps]
+    images: tuple = ()  # a vision tower's: per row, the pixels [n_b, C, H, W] of its placeholders
+    pad_id: int = 0  # the left padding's token (never attended to)
 
     @property
     def width(self) -> int:
         return max(len(p) for p in self.prompts)
 
     def input_ids(self) -> np.ndarray:
-        """[B, width] prompts behind left padding (token 0: never attended to)."""
-        ids = np.zeros((len(self.prompts), self.width), np.int64)
+        """[B, width] prompts behind left padding (pad_id: never attended to)."""
+        ids = np.full((len(self.prompts), self.width), self.pad_id, np.int64)
         for b, prompt in enumerate(self.prompts):
             ids[b, self.width - len(prompt):] = prompt
         return ids
@@ -89,6 +96,15 @@ class PaddedBatch:
     def row(self, b: int) -> np.ndarray:
         """[1, len_b + steps] row b unpadded: its prompt and decode tokens."""
         return np.concatenate([self.prompts[b], self.decode[b]])[None]
+
+    def row_images(self, b: int) -> dict:
+        """{"pixel_values": row b's images}, or {} for a row without."""
+        return {"pixel_values": self.images[b]} if self.images and len(self.images[b]) else {}
+
+    def batch_images(self) -> dict:
+        """{"pixel_values": every row's images, row 0's first}, or {} without images."""
+        images = [self.images[b] for b in range(len(self.prompts)) if self.row_images(b)]
+        return {"pixel_values": np.concatenate(images)} if images else {}
 
 
 def left_padded_batch(config: ModelConfig, prompt_len: int, pad: int, steps: int, seed: int = 0,
@@ -107,10 +123,11 @@ def left_padded_batch(config: ModelConfig, prompt_len: int, pad: int, steps: int
                              "has a margin")
         rows = routed_rows(config, params, [n + steps for n in lengths], seed)  # prompt, then decode tokens
         return PaddedBatch([row[:n] for row, n in zip(rows, lengths)],
-                           np.stack([row[n:] for row, n in zip(rows, lengths)]))
+                           np.stack([row[n:] for row, n in zip(rows, lengths)]), pad_id=pad_id(config))
     rng = np.random.default_rng(seed)
-    prompts = [rng.integers(0, config.vocab_size, size=n) for n in lengths]
-    return PaddedBatch(prompts, rng.integers(0, config.vocab_size, size=(2, steps)))
+    prompts = [text_ids(config, rng, n) for n in lengths]
+    batch = PaddedBatch(prompts, text_ids(config, rng, (2, steps)))
+    return with_images(config, batch, seed) if has_images(config) else batch
 
 
 def window_line(config: ModelConfig, prompt_len: int, pad: int) -> str:
@@ -131,7 +148,7 @@ def graph_rows(session: DecoderSession, batch: PaddedBatch) -> dict[str, list[np
     an empty past, then each step on the presents of the step before (`session.outputs`)."""
     presents = present_names(session.config.n_layers)
     mask = batch.attention_mask()
-    prefill = session.outputs(batch.input_ids(), mask, session.empty_past(len(batch.prompts)))
+    prefill = session.outputs(batch.input_ids(), mask, session.empty_past(len(batch.prompts)), **batch.batch_images())
     steps, out = [], prefill
     for t in range(batch.decode.shape[1]):
         mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int64)], axis=1)  # [B, T + 1]
@@ -156,10 +173,10 @@ def golden_rows(config: ModelConfig, params: dict, batch: PaddedBatch, captures:
     of the whole row)."""
     rows = []
     for b, prompt in enumerate(batch.prompts):
-        rows.append(impl_numpy.decode(config, params, batch.row(b), len(prompt))[0])
+        rows.append(impl_numpy.decode(config, params, batch.row(b), len(prompt), **batch.row_images(b))[0])
         if captures is not None:
             captured: dict = {}
-            impl_numpy.forward(config, params, batch.row(b), capture=captured)
+            impl_numpy.forward(config, params, batch.row(b), capture=captured, **batch.row_images(b))
             captures.append(captured)
     return rows
 
@@ -169,7 +186,7 @@ def torch_rows(config: ModelConfig, params: dict, batch: PaddedBatch) -> list[np
     from lmref.impl_torch import Transformer
 
     model = Transformer.from_canonical(config, params).eval()
-    return [model.decode(batch.row(b), len(p))[0].numpy() for b, p in enumerate(batch.prompts)]
+    return [model.decode(batch.row(b), len(p), **batch.row_images(b))[0].numpy() for b, p in enumerate(batch.prompts)]
 
 
 @dataclass(frozen=True)
@@ -213,9 +230,10 @@ def compare_rows(provider: str, reference: str, out: list[np.ndarray], ref: list
 
 def validate(bundle: Bundle, params: dict, providers: list[str], *, prompt_len: int | None = None,
              pad: int = DEFAULT_PAD, steps: int = DEFAULT_STEPS, seed: int = 0,
-             log: Callable[[str], None] = print) -> list[Check | RoutingCheck]:
+             log: Callable[[str], None] = print) -> list[Check | RoutingCheck | FeaturesCheck]:
     """Run the scenario on each provider; log and return every Check (per provider: prefill and
-    decode against the golden, then against torch; and a MoE graph's RoutingCheck)."""
+    decode against the golden, then against torch; a MoE graph's RoutingCheck; a vision tower's
+    FeaturesChecks of its vision graph alone)."""
     import onnxruntime as ort
 
     config = bundle.config
@@ -226,6 +244,11 @@ def validate(bundle: Bundle, params: dict, providers: list[str], *, prompt_len: 
         f"by {pad}), prompt {prompt_len}, {steps} decode steps; onnxruntime {ort.__version__}")
     log("metric indices [0, n, v]: n runs over the real positions of row 0, then of row 1")
     log(window_line(config, prompt_len, pad))
+    if config.vision is not None:
+        log(image_line(config))
+    pixels = batch.batch_images().get("pixel_values")
+    if config.vision is not None and pixels is None:  # text-only rows: the vision graph on images of its own
+        pixels = draw_pixels(config, np.random.default_rng([seed, 14]), 2)
     captures: list[dict] = []
     golden = "golden (float64, rows unpadded)"
     references = {golden: golden_rows(config, params, batch, captures),
@@ -233,17 +256,19 @@ def validate(bundle: Bundle, params: dict, providers: list[str], *, prompt_len: 
     checks = []
     for provider in providers:
         with tempfile.TemporaryDirectory() as profile_dir:
-            session = open_session(bundle.model_path, provider, profile_dir=profile_dir)
-            rows = graph_rows(DecoderSession(session, config), batch)
-            placement = end_profile(session)
+            chain = open_chain(bundle, provider, profile_dir=profile_dir)
+            rows = graph_rows(chain, batch)
+            features = [] if pixels is None else check_image_features(provider, chain, config, params, pixels, tol)
+            placement = sum((end_profile(s) for s in profiled_sessions(chain)), Counter())
         check_placement(placement, provider)
         per_provider = Counter(provider for (_, provider) in placement.elements())
         nodes = ", ".join(f"{p} {n}" for p, n in sorted(per_provider.items()))
-        log(f"{provider}: session providers {session.get_providers()}; node runs by provider: {nodes}")
+        log(f"{provider}: session providers {chain.session.get_providers()}; node runs by provider: {nodes}")
         provider_checks = [check for reference, ref in references.items()
                            for check in compare_rows(provider, reference, rows["logits"], ref, batch, tol)]
         if config.moe is not None:
             provider_checks.append(check_routing(provider, golden, config, rows, captures))
+        provider_checks += features
         for check in provider_checks:
             log(check.line())
         checks += provider_checks
@@ -310,24 +335,39 @@ def _difference(name: str, graph: np.ndarray, reference: np.ndarray, canonical: 
 
 
 def check_weights(bundle: Bundle, params: dict) -> WeightsCheck:
-    """Every initializer of the bundle's graph against a fresh export of `params`
-    (see the module docstring), by name; by content when the names differ (another torch or
-    onnxscript names the folded initializers otherwise)."""
+    """Every initializer of each of the bundle's graphs against a fresh export of `params`
+    (see the module docstring); with several graphs (a vision tower's) each difference names
+    its graph's file."""
+    from lmref.export.exporter import trace
+
+    programs = trace(bundle.config, params)
+    compared, differences, notes = 0, [], []
+    for role, program in programs.items():
+        path = bundle.graph_path(role)
+        count, found, note = _graph_differences(bundle, path, program, _canonical_names(params))
+        compared += count
+        differences += [f"{path.name}: {d}" if len(programs) > 1 else d for d in found]
+        notes.append(note)
+    return WeightsCheck(compared, differences, next((note for note in notes if note), ""))
+
+
+def _graph_differences(bundle: Bundle, path, program, canonical: dict) -> tuple[int, list[str], str]:
+    """(initializers compared, differences, note) of the graph at `path` against `program`'s:
+    by name; by content when the names differ (another torch or onnxscript names the folded
+    initializers otherwise)."""
     import onnx
     from onnx import numpy_helper
 
-    from lmref.export.exporter import tool_versions, trace
+    from lmref.export.exporter import tool_versions
 
-    model = onnx.load(str(bundle.model_path))  # with its external data
+    model = onnx.load(str(path))  # with its external data
     graph = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    program = trace(bundle.config, params)
     reference = {name: v.const_value.numpy() for name, v in program.model.graph.initializers.items()}
-    canonical = _canonical_names(params)
     if set(graph) == set(reference):
         differences = [_difference(name, graph[name], reference[name], canonical) for name in graph
                        if graph[name].dtype != reference[name].dtype or graph[name].shape != reference[name].shape
                        or graph[name].tobytes() != reference[name].tobytes()]
-        return WeightsCheck(len(graph), differences)
+        return len(graph), differences, ""
     # Other names: compare the multisets of (dtype, shape, bytes).
     recorded, running = bundle.manifest.get("versions", {}), tool_versions()
     changed = [f"{k} {recorded.get(k)} (now {v})" for k, v in running.items() if recorded.get(k) != v]
@@ -350,4 +390,4 @@ def check_weights(bundle: Bundle, params: dict) -> WeightsCheck:
                                f"{list(a.shape)} values")
     differences += [f"{name}: the reference export's initializer is missing from the graph"
                     for names in unmatched.values() for name in names]
-    return WeightsCheck(len(graph), differences, note)
+    return len(graph), differences, note

@@ -106,8 +106,11 @@ CONFIGS = [
                 moe=MoEConfig(n_experts=5, n_experts_per_token=1, router="sigmoid_topk", router_scales_input=True,
                               renormalize=False, n_shared_experts=1, aux_loss_coef=0.01, aux_loss="per_layer",
                               router_z_loss_coef=0.001)),
-    # LLaVA (issue 14): the image pathway, which the export refuses until its graphs take images
-    ModelConfig(name="llava-vision-tower", **SIZES, position="rope", norm="rmsnorm", mlp="gated", activation="silu",
+    # LLaVA (issue 14): the image pathway in three graphs (export/vision_graphs.py), validated on
+    # rows holding images; with what a config may do after the lookup (BLOOM's norm, Gemma's
+    # scale, learned positions), which the decoder applies to the merged image rows too
+    ModelConfig(name="llava-vision-tower-after-the-lookup", **SIZES, position="learned", embedding_norm=True,
+                embedding_scale="sqrt_d_model", norm="rmsnorm", mlp="gated", activation="silu",
                 vision=VisionConfig(image_size=6, patch_size=2, d_model=8, n_layers=2, n_heads=2, d_ff=16,
                                     image_token_id=60)),
 ]
@@ -136,9 +139,11 @@ def test_the_export_follows_the_torch_twin_or_refuses_by_name(config, tmp_path):
     lines: list[str] = []
     checks = validate(open_bundle(tmp_path), params, [CPU], pad=3, steps=4, log=lines.append)
     routing = [("golden", "routing")] if config.moe is not None else []  # the graph's experts, export/routing.py
+    vision = [("golden", f"{name} (vision.onnx alone)") for name in ("image_features", "vision_features")
+              if config.vision is not None]  # export/validate_vision.py
     assert [(c.reference.split()[0], c.phase) for c in checks] == [
         ("golden", "prefill"), ("golden", "decode (4 steps)"), ("torch", "prefill"), ("torch", "decode (4 steps)"),
-        *routing]
+        *routing, *vision]
     assert [c.failed for c in checks] == [[]] * len(checks), "\n".join(lines)
 
 

@@ -14,6 +14,8 @@ feature set and marks the rest slow:
   qwen1.5-moe, and chosen experts are outputs, and validate-onnx compares the choice)
   llama4-scout
   palm-8b     a tied head whose logits are scaled by d_model^-0.5, multi-query, one shared norm
+  llava-1.5-7b  the image pathway: three graphs (vision, embed, a decoder taking inputs_embeds)
+              chained, validated on rows that hold an image (tests/test_export_llava.py)
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ pytest.importorskip("onnxruntime")
 
 from lmref.conformance.cases import case_config  # noqa: E402
 from lmref.export.bundle import open_bundle  # noqa: E402
-from lmref.export.decoder import WINDOW_PAST_DIM, graph_output_names, input_names, window_pasts  # noqa: E402
+from lmref.export.decoder import WINDOW_PAST_DIM, graph_output_names, window_pasts  # noqa: E402
 from lmref.export.exporter import OPSET, TOTAL_DIM, export_onnx, past_lengths, window_present_dim  # noqa: E402
-from lmref.export.runtime import CPU, DecoderSession, open_session  # noqa: E402
+from lmref.export.decoder import graph_input_names  # noqa: E402
+from lmref.export.multimodal import open_chain  # noqa: E402
+from lmref.export.runtime import CPU  # noqa: E402
 from lmref.export.validate import DEFAULT_STEPS, default_prompt_len, validate  # noqa: E402
 from lmref.spec import PRESETS, init_params  # noqa: E402
 from lmref.spec.captures import moe_layers  # noqa: E402
@@ -49,7 +53,7 @@ from lmref.spec.captures import moe_layers  # noqa: E402
 # `make test-thorough`.
 FAST = ["gpt2", "llama3.1", "olmo", "mpt", "mistral-7b", "gemma2-27b", "gemma3-4b", "olmo2-7b", "dbrx",
         "qwen1.5-moe-a2.7b", "llama4-scout", "gptj-6b", "bloom-560m", "phi-3-mini-128k", "palm-8b",
-        "olmo-alibi"]
+        "olmo-alibi", "llava-1.5-7b"]
 SLOW = [name for name in PRESETS if name not in FAST]
 
 
@@ -88,8 +92,10 @@ def test_graph_interface(exported):
     assert bundle.manifest["opset"] == OPSET and bundle.manifest["external_data"] is False
     inputs = {v.name: _dims(v) for v in model.graph.input}
     outputs = {v.name: _dims(v) for v in model.graph.output}
-    assert list(inputs) == input_names(c.n_layers) and list(outputs) == graph_output_names(c)
-    assert inputs["input_ids"] == inputs["position_ids"] == ["batch", "sequence"]
+    assert list(inputs) == graph_input_names(c) and list(outputs) == graph_output_names(c)
+    assert inputs["position_ids"] == ["batch", "sequence"]
+    first = ["batch", "sequence"] + ([c.d_model] if c.vision is not None else [])  # input_ids or inputs_embeds
+    assert inputs[graph_input_names(c)[0]] == first
     assert inputs["attention_mask"] == ["batch", TOTAL_DIM]
     assert outputs["logits"] == ["batch", "sequence", c.vocab_size]
     for i, keep in enumerate(window_pasts(c)):  # a sliding layer's past: its last W - 1 entries
@@ -109,9 +115,11 @@ def test_validates_against_the_golden_and_torch(exported):
     checks = validate(bundle, params, [CPU], log=lines.append)
     assert [c.failed for c in checks] == [[]] * len(checks), "\n".join(lines)
     routing = [("golden", "routing")] if bundle.config.moe is not None else []  # export/routing.py
+    vision = [("golden", f"{name} (vision.onnx alone)") for name in ("image_features", "vision_features")
+              if bundle.config.vision is not None]  # export/validate_vision.py
     assert [(c.reference.split()[0], c.phase) for c in checks] == [
         ("golden", "prefill"), ("golden", f"decode ({DEFAULT_STEPS} steps)"),
-        ("torch", "prefill"), ("torch", f"decode ({DEFAULT_STEPS} steps)"), *routing]
+        ("torch", "prefill"), ("torch", f"decode ({DEFAULT_STEPS} steps)"), *routing, *vision]
     scaling = bundle.config.rope_scaling
     if scaling is not None and scaling.original_max_seq_len is not None:  # past the original context
         assert default_prompt_len(bundle.config) + DEFAULT_STEPS > scaling.original_max_seq_len
@@ -121,7 +129,7 @@ def test_one_graph_for_any_batch_and_past(exported):
     """Batch 3 and 1, a 1-token prompt (sizes the trace never saw), past 0 then 1 then 2."""
     bundle, _ = exported
     c = bundle.config
-    session = DecoderSession(open_session(bundle.model_path), c)
+    session = open_chain(bundle)  # a vision tower's three graphs: text-only batches here
     for batch in (3, 1):
         tokens = np.arange(3 * batch).reshape(batch, 3) % c.vocab_size
         full = session.prefill_and_decode(tokens, 3)

@@ -160,6 +160,9 @@ def test_the_bundle_records_and_checks_the_past_lengths(exported, tmp_path):
     (copy / "export.json").write_text(json.dumps(manifest | {"format_version": 2}))
     with pytest.raises(BundleError, match="format version 2 kept every past entry of a sliding layer"):
         open_bundle(copy)
+    version3 = {k: v for k, v in manifest.items() if k != "graphs"} | {"format_version": 3}  # before `graphs`
+    (copy / "export.json").write_text(json.dumps(version3))
+    assert open_bundle(copy).manifest["graphs"] == {"decoder": "model.onnx"}  # a text-only bundle reads as before
 
 
 def test_the_concat_cache_of_a_sliding_layer_reads_the_last_slots():

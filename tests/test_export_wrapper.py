@@ -1,6 +1,7 @@
 """The export wrapper's math, in torch, without exporting: every preset and configs with
 sliding, chunked and RoPE-less layers, a left-padded batch, a prefill from an empty past and
-decode steps through the concat cache, against the golden on each row unpadded.  Plus the
+decode steps through the concat cache, against the golden on each row unpadded (LLaVA's
+through its three wrappers, an image in each row, merged as export/multimodal.py merges).  Plus the
 refusal of configs the export does not compute, padding as positions, and the runtime
 helpers that need no graph (fast: no dynamo export in this file)."""
 
@@ -18,8 +19,11 @@ from lmref.conformance.tolerances import DEFAULT_ROWS  # noqa: E402
 from lmref.export.decoder import ConcatCache, OnnxDecoder, graph_output_names, slot_positions  # noqa: E402
 from lmref.export.errors import ProviderError  # noqa: E402
 from lmref.export.features import FEATURES, check_exportable  # noqa: E402
+from lmref.export.multimodal import merge_images  # noqa: E402
 from lmref.export.runtime import CPU, CUDA, check_placement, node_providers, positions_from_mask  # noqa: E402
 from lmref.export.validate import default_prompt_len, golden_rows, left_padded_batch, run_graph  # noqa: E402
+from lmref.export.vision_graphs import OnnxEmbed, OnnxVision  # noqa: E402
+from lmref.impl_torch import Transformer  # noqa: E402
 from lmref.spec import PRESETS, RopeScaling, init_params, tiny  # noqa: E402
 from lmref.spec.features import UnsupportedFeature, required_features  # noqa: E402
 from lmref.spec.plan import EMPTY_SLOT  # noqa: E402
@@ -37,21 +41,32 @@ CONFIGS = {arch: case_config(arch) for arch in PRESETS} | WINDOWED
 
 
 class TorchStep:
-    """OnnxDecoder run eagerly behind export.runtime.DecoderSession's interface."""
+    """OnnxDecoder run eagerly behind export.runtime.DecoderSession's interface; with a vision
+    tower, MultimodalSession's: OnnxVision, OnnxEmbed, the merge, OnnxEmbedsDecoder."""
 
     def __init__(self, config, params):
-        self.config, self.decoder = config, OnnxDecoder.from_canonical(config, params)
+        model = Transformer.from_canonical(config, params)
+        self.config, self.decoder = config, OnnxDecoder.of(model)
+        if config.vision is not None:
+            self.vision, self.embed = OnnxVision(model), OnnxEmbed(model)
 
     def empty_past(self, batch):
         shape = (batch, self.config.n_kv_heads, 0, self.config.head_dim)
         return [torch.zeros(shape) for _ in range(2 * self.config.n_layers)]
 
     @torch.no_grad()
-    def outputs(self, input_ids, attention_mask, past):
+    def outputs(self, input_ids, attention_mask, past, pixel_values=None):
         """{name: output} in graph_output_names' order (presents as tensors, fed back as the past)."""
         positions = torch.from_numpy(positions_from_mask(attention_mask)[:, -input_ids.shape[1]:])
         mask = torch.from_numpy(attention_mask)
-        out = self.decoder(torch.from_numpy(np.asarray(input_ids)), mask, positions, past)
+        first = torch.from_numpy(np.asarray(input_ids))
+        if self.config.vision is not None:  # inputs_embeds: the lookup, the images' rows merged in
+            rows = self.embed(first).numpy()
+            if pixel_values is not None:
+                features = self.vision(torch.from_numpy(np.asarray(pixel_values, np.float32)))[0].numpy()
+                rows = merge_images(self.config, np.asarray(input_ids), rows, features)
+            first = torch.from_numpy(rows)
+        out = self.decoder(first, mask, positions, past)
         names = graph_output_names(self.config)
         assert len(out) == len(names)
         return {name: value if name.startswith("present.") else value.numpy() for name, value in zip(names, out)}

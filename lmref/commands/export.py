@@ -12,7 +12,7 @@ PROVIDERS = ("auto", "cpu", "cuda")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from lmref.export.exporter import MODEL_FILE, export_checkpoint, export_preset
+    from lmref.export.exporter import export_checkpoint, export_preset
 
     if args.seed is not None and args.preset is None:
         return fail("export", ValueError("--seed goes with --preset"))
@@ -26,8 +26,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     except known_errors() as e:
         return fail("export", e)
     files = sorted(p.name for p in path.parent.iterdir())
-    size = sum(p.stat().st_size for p in path.parent.glob(f"{MODEL_FILE}*"))
-    print(f"wrote {path} ({size / 1e6:.2f} MB with its weights); {path.parent}: {', '.join(files)}")
+    size = sum(p.stat().st_size for p in path.parent.glob("*.onnx*"))  # every graph (a vision tower's three)
+    print(f"wrote {path} ({size / 1e6:.2f} MB of graphs with their weights); {path.parent}: {', '.join(files)}")
     return 0
 
 
@@ -75,7 +75,8 @@ def _add_export(sub) -> None:
     p = sub.add_parser(
         "export", help="export a model to ONNX (one graph for prefill and KV-cache decode)",
         description="torch.onnx.export(dynamo=True) at opset 18 of an lmref checkpoint or a preset's tiny "
-                    "model.  OUT gets model.onnx (+ model.onnx.data with external data), config.json, "
+                    "model.  OUT gets model.onnx (+ model.onnx.data with external data; a vision tower adds "
+                    "vision.onnx and embed.onnx, and model.onnx takes inputs_embeds), config.json, "
                     "export.json (with the sha256 of every file) and the checkpoint's tokenizer.json when it "
                     "has one.  OUT must be new, empty, or an earlier export's (marked); never the checkpoint.")
     source = p.add_mutually_exclusive_group(required=True)
