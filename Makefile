@@ -26,7 +26,8 @@ $(STAMP): pyproject.toml tests/transformers4.txt
 # (a few minutes on 2 CPU cores), sample from it, export it to ONNX, validate the graph in
 # onnxruntime and sample from the graph.  Last, LLaVA: the two training stages on embedded
 # images of coloured shapes beside a text-only baseline (1-3 minutes on 2 CPU cores), then a
-# caption of an image written as a PNG file, printed under the true one.
+# caption of an image written as a PNG file, printed under the true one, by the checkpoint and
+# by its ONNX export.
 DEMO_VISION_ARCH ?= llava
 demo: install
 	$(VENV)/bin/lmref golden --arch $(DEMO_ARCH) --out build/demo-golden
@@ -49,6 +50,11 @@ demo: install
 	$(VENV)/bin/lmref shapes --out build/demo-shapes --count 1 --seed 1
 	@echo "the trained model's caption of it:"
 	$(VENV)/bin/lmref generate --checkpoint build/demo-llava --image build/demo-shapes/scene-000000.png --greedy
+	rm -rf build/demo-llava-onnx
+	$(VENV)/bin/lmref export --checkpoint build/demo-llava --out build/demo-llava-onnx
+	$(VENV)/bin/lmref validate-onnx build/demo-llava-onnx
+	@echo "the same caption from its three ONNX graphs (vision, embedding, decoder) in onnxruntime:"
+	$(VENV)/bin/lmref generate --onnx build/demo-llava-onnx --image build/demo-shapes/scene-000000.png --greedy
 
 # The whole suite: the project's own tests and the conformance suite over every arch, on
 # TEST_JOBS pytest-xdist processes of one thread each (the CI machine has 2 cores; each

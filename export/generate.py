@@ -11,8 +11,8 @@ A bundle with a vision tower opens as the chain of its three graphs (export/mult
 prefill whose prompt holds `tokens_per_image` image placeholders per image (the images
 [N, C, H, W] float, normalised as the model was trained on them), checked as every backend
 checks images (spec/vision.py `check_images`).  Each step feeds the token it chose; a model
-that chooses its image placeholder is stopped there with that check's InputError (a
-placeholder needs an image, and a decode step takes none), as the golden's decode refuses it.
+is never given its image placeholder (train/generate.py `without_placeholder`: a placeholder
+needs an image, and a decode step takes none); `stop` ends a caption at its end of line.
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ DEVICES = {"cpu": CPU, "cuda": CUDA}
 
 def generate(session: DecoderSession, prompt: list[int], max_new_tokens: int, *, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             pixel_values: np.ndarray | None = None) -> list[int]:
+             pixel_values: np.ndarray | None = None, stop: int | None = None) -> list[int]:
     """`max_new_tokens` token ids following `prompt`, decoded through the graph's KV cache;
-    `pixel_values` [N, C, H, W]: the images of the prompt's placeholders (a MultimodalSession's)."""
+    `pixel_values` [N, C, H, W]: the images of the prompt's placeholders (a MultimodalSession's);
+    `stop`: a token after which generation ends early (it is returned)."""
     import torch
 
-    from lmref.train.generate import check_request, next_token, seeded_generator
+    from lmref.train.generate import check_request, next_token, seeded_generator, without_placeholder
 
     total = check_request(prompt, max_new_tokens, session.config.max_seq_len, temperature, top_k, top_p)
     images = check_images(session.config, np.array([prompt], np.int64), pixel_values)
@@ -49,8 +50,11 @@ def generate(session: DecoderSession, prompt: list[int], max_new_tokens: int, *,
     logits, past = session.step(np.array([prompt], np.int64), mask[:, : len(prompt)], session.empty_past(1), **prefill)
     out: list[int] = []
     for i in range(max_new_tokens):
-        token = int(next_token(torch.from_numpy(logits[:, -1]), temperature, top_k, top_p, generator)[0])
+        last = without_placeholder(session.config, torch.from_numpy(logits[:, -1]))
+        token = int(next_token(last, temperature, top_k, top_p, generator)[0])
         out.append(token)
+        if token == stop:
+            break
         if i + 1 < max_new_tokens:  # a LongRoPE step past the original context re-runs it all (next_outputs)
             step = next_outputs(session, np.array([prompt + out], np.int64), mask[:, : len(prompt) + i + 1], past, 1)
             logits, past = step["logits"], [step[name] for name in present_names(session.config.n_layers)]

@@ -122,12 +122,22 @@ def test_an_image_of_the_wrong_size_or_channels_is_refused(learned, tmp_path, ca
     assert expected in capsys.readouterr().err
 
 
-def test_an_image_for_a_text_only_checkpoint_or_the_onnx_graph_is_refused(tmp_path_factory, scenes, capsys):
+def test_an_image_for_a_text_only_checkpoint_is_refused(tmp_path_factory, scenes, capsys):
     text_run = shared_run(tmp_path_factory)
     assert lmref("generate", "--checkpoint", text_run, "--image", scenes / "scene-000000.png") == 2
     assert "is a text-only model" in capsys.readouterr().err
-    assert lmref("generate", "--onnx", text_run, "--image", scenes / "scene-000000.png") == 2
-    assert "not supported yet" in capsys.readouterr().err
+
+
+def test_the_exported_graphs_describe_an_image_as_the_checkpoint_does(learned, scenes, tmp_path, capsys):
+    """The checkpoint's three ONNX graphs (export/multimodal.py) in onnxruntime, greedy: the same caption."""
+    pytest.importorskip("onnxruntime")
+    assert lmref("export", "--checkpoint", learned, "--out", tmp_path / "onnx") == 0
+    captions = []
+    for source in (("--checkpoint", learned), ("--onnx", tmp_path / "onnx")):
+        capsys.readouterr()
+        assert lmref("generate", *source, "--image", scenes / "scene-000001.png", "--greedy") == 0
+        captions.append(capsys.readouterr().out)
+    assert captions[0].strip() and captions[0] == captions[1]
 
 
 def test_vision_flags_and_unsupported_options_are_refused_by_name(learned, tmp_path, capsys):

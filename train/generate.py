@@ -39,6 +39,15 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     return logits
 
 
+def without_placeholder(config, logits: torch.Tensor) -> torch.Tensor:
+    """Last-position logits [B, V] with a vision model's image placeholder never chosen: it means
+    "an image's features go here", which a decode step cannot take (LLaVA's own generation never
+    meets it, its image index -200 lies outside the vocabulary)."""
+    if config.vision is None:
+        return logits
+    return logits.index_fill(-1, torch.tensor([config.vision.image_token_id], device=logits.device), float("-inf"))
+
+
 def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
                generator: torch.Generator | None) -> torch.Tensor:
     """Token ids [B] from last-position logits [B, V]."""
@@ -96,7 +105,7 @@ def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *, temp
     logits = model(torch.tensor([prompt], device=model.device), cache=cache, pixel_values=pixel_values)[:, -1]  # [1, V]
     out: list[int] = []
     for i in range(max_new_tokens):
-        token = next_token(logits, temperature, top_k, top_p, generator)  # [1]
+        token = next_token(without_placeholder(model.config, logits), temperature, top_k, top_p, generator)  # [1]
         out.append(int(token))
         if out[-1] == stop or i + 1 == max_new_tokens:
             break
@@ -104,19 +113,20 @@ def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *, temp
     return out
 
 
-def image_prompt(model: Transformer, tokenizer, text: str) -> list[int]:
+def image_prompt(model, tokenizer, text: str) -> list[int]:
     """A captioning prompt as a vision run trains on (train/captions.py): the image's
     placeholders first, then `text` (possibly empty), whose continuation is the caption."""
     v = model.config.vision
     return [v.image_token_id] * v.tokens_per_image + [int(i) for i in tokenizer.encode(text)]
 
 
-def check_vision_model(model: Transformer, where: str) -> None:
-    """TrainError unless the model has a vision tower (what --image needs)."""
+def check_vision_model(model, where: str) -> None:
+    """TrainError unless the model (a Transformer, or an export's session) has a vision tower
+    (what --image needs)."""
     if model.config.vision is None:
         raise TrainError(f"--image: {where} is a text-only model ({model.config.name}: its config has no vision "
                          "tower); describing an image needs a vision run's checkpoint (lmref train --arch "
-                         "llava-1.5-7b)")
+                         "llava) or its export")
 
 
 def load_generator(path: str | Path, device: str = "auto"):

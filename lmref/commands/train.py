@@ -215,22 +215,20 @@ def _check_generate(args: argparse.Namespace) -> None:
         raise TrainError("give exactly one of --checkpoint DIR and --onnx OUT")
     if args.prompt is None and args.image is None:
         raise TrainError("--prompt is required (the text to continue), unless --image gives an image to describe")
-    if args.image is not None and args.onnx is not None:
-        raise TrainError("--onnx with --image: describing an image with the exported graphs is not supported yet; "
-                         "use --checkpoint (the torch model)")
     check_prompt(args.prompt or "")
 
 
 def _describe(args: argparse.Namespace) -> tuple[str, str]:
-    """(prompt, continuation) of --image: the image's placeholders, then --prompt, decoded to the caption's end."""
+    """(prompt, continuation) of --image: the image's placeholders, then --prompt, decoded to the
+    caption's end, by the checkpoint's torch model or the exported graphs (the same sampling)."""
     from lmref.train.captions import CAPTION_END
-    from lmref.train.generate import check_vision_model, generate, image_prompt, load_generator
+    from lmref.train.generate import check_vision_model, image_prompt
     from lmref.train.images import read_image
 
-    model, tokenizer, directory = load_generator(args.checkpoint, args.device)
-    check_vision_model(model, str(directory))
-    pixels = read_image(args.image, model.config.vision)
-    ids = generate(model, image_prompt(model, tokenizer, args.prompt or ""), args.max_new_tokens,
+    decoder, tokenizer, generate = _decoder(args)
+    check_vision_model(decoder, str(args.onnx or args.checkpoint))
+    pixels = read_image(args.image, decoder.config.vision)
+    ids = generate(decoder, image_prompt(decoder, tokenizer, args.prompt or ""), args.max_new_tokens,
                    temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p,
                    seed=args.seed, pixel_values=pixels, stop=int(tokenizer.encode(CAPTION_END)[0]))
     return args.prompt or "", tokenizer.decode(ids).removesuffix(CAPTION_END)
