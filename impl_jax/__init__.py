@@ -1,6 +1,7 @@
 """The JAX twin: functional and jit-able, params a pytree that is the canonical dict.
 
-`forward(config, params, tokens, cache=None, *, capture=None)`, `decode`, `loss` check their
+`forward(config, params, tokens, cache=None, *, pixel_values=None, capture=None)`, `decode`,
+`loss` (each with the optional images of a LLaVA config, impl_jax/vision.py) check their
 inputs on the host like the golden and run jitted cores (`forward_jit`, `loss_jit`, with
 `config` static).  float32 by default, bfloat16 supported; float64 only inside
 `jax.enable_x64(True)` (never switched on here).  See impl_jax/model.py.

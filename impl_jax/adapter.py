@@ -1,6 +1,7 @@
 """`JaxAdapter`: the JAX twin behind the conformance suite's adapter protocol
 (conformance/adapters.py): forward, decode, loss, capture, routing (the experts each "moe"
-layer chose, conformance/routing.py), with name / version / dtype.
+layer chose, conformance/routing.py), each with the optional `pixel_values` of a multimodal
+case (spec/vision.py), with name / version / dtype.
 
     pytest conformance/ --arch llama3 --impl lmref.impl_jax.adapter:JaxAdapter      (float32)
     pytest conformance/ --arch llama3 --impl lmref.impl_jax.adapter:bfloat16        (bfloat16)
@@ -38,26 +39,30 @@ class JaxAdapter:
         impl_jax.check_params(config, params)  # before the cast, which would hide an integer dtype
         return impl_jax.from_canonical(params, self.dtype)
 
-    def forward(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
-        return np.asarray(impl_jax.forward(config, self._params(config, params), tokens))
+    def forward(self, config: ModelConfig, params: dict, tokens: np.ndarray, pixel_values=None) -> np.ndarray:
+        return np.asarray(impl_jax.forward(config, self._params(config, params), tokens, pixel_values=pixel_values))
 
-    def decode(self, config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int) -> np.ndarray:
-        """Prefill `prompt_len` tokens, then one token at a time through the KV cache."""
-        return np.asarray(impl_jax.decode(config, self._params(config, params), tokens, prompt_len))
+    def decode(self, config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int,
+               pixel_values=None) -> np.ndarray:
+        """Prefill `prompt_len` tokens (and the images), then one token at a time through the KV cache."""
+        jax_params = self._params(config, params)
+        return np.asarray(impl_jax.decode(config, jax_params, tokens, prompt_len, pixel_values=pixel_values))
 
-    def loss(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> float:
-        return float(impl_jax.loss(config, self._params(config, params), tokens))
+    def loss(self, config: ModelConfig, params: dict, tokens: np.ndarray, pixel_values=None) -> float:
+        return float(impl_jax.loss(config, self._params(config, params), tokens, pixel_values=pixel_values))
 
-    def capture(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> dict[str, np.ndarray]:
+    def capture(self, config: ModelConfig, params: dict, tokens: np.ndarray, pixel_values=None
+                ) -> dict[str, np.ndarray]:
         captured: dict = {}
-        impl_jax.forward(config, self._params(config, params), tokens, capture=captured)
+        impl_jax.forward(config, self._params(config, params), tokens, pixel_values=pixel_values, capture=captured)
         return {name: np.asarray(value) for name, value in captured.items()}
 
-    def routing(self, config: ModelConfig, params: dict, tokens: np.ndarray) -> dict[str, np.ndarray]:
+    def routing(self, config: ModelConfig, params: dict, tokens: np.ndarray, pixel_values=None
+                ) -> dict[str, np.ndarray]:
         """{"layers.{i}": int [B, S, k]}: the experts each "moe" layer chose for each token, ranked
         from the captured router logits as the layer ranks them (impl_jax/moe.py, `route`)."""
         captured: dict = {}
-        impl_jax.forward(config, self._params(config, params), tokens, capture=captured)
+        impl_jax.forward(config, self._params(config, params), tokens, pixel_values=pixel_values, capture=captured)
         return {f"layers.{i}": np.asarray(route(config, captured[f"layers.{i}.router"])[0]) for i in moe_layers(config)}
 
 

@@ -4,6 +4,8 @@ Each layer is built from its plan (spec/plan.py); a config that needs a feature 
 does not compute (impl_jax/features.py) is refused with UnsupportedFeature, by name.
 
     h = embed_norm(embed.tokens[tokens]) (* sqrt(d_model)) (+ embed.positions[p])   (embed_norm: BLOOM)
+                                               (images: their projected patches replace the
+                                               placeholders' rows of the lookup, impl_jax/vision.py)
     for each layer, by where its norms sit (the plan's `norms`, spec/MATH.md "Block"); a "moe"
     layer's mlp is the mixture of experts (impl_jax/moe.py):
         pre            h = h + attn(attn_norm(h));                  h = h + mlp(mlp_norm(h))
@@ -21,19 +23,20 @@ the logit softcap Gemma 2's (transformers `Gemma2ForCausalLM`).
 Two layers of API:
 
 * traced cores, pure and unchecked, for use inside the caller's own jit / grad / vmap:
-  `forward_core(config, params, tokens, cache, capture) -> (logits, cache, captured)` and
-  `loss_core(config, params, tokens)` (with the MoE load-balancing loss), jitted as
+  `forward_core(config, params, tokens, cache, capture, pixel_values) -> (logits, cache, captured)`
+  and `loss_core(config, params, tokens, pixel_values)` (with the MoE load-balancing loss), jitted as
   `forward_jit` and `loss_jit` with `config` (a frozen, hashable dataclass) and `capture`
   static.  Only the features are checked, on the static config while tracing, so no core
   ever runs a knob it would ignore.
 * host functions with the golden's checks and errors, in the golden's order (the features,
-  spec.inputs.check_tokens, the params check): `forward`, `decode`, `loss`.  They validate
-  concrete inputs on the host, then call the jitted cores (`jax.disable_jit()` runs them op
-  by op).  `loss` stays differentiable in `params`: the params check reads shapes and dtypes
-  only, which tracers have.
+  spec.inputs.check_tokens, spec.vision.check_images, the params check): `forward`, `decode`,
+  `loss`.  They validate concrete inputs on the host, then call the jitted cores
+  (`jax.disable_jit()` runs them op by op).  `loss` stays differentiable in `params`: the
+  params check reads shapes and dtypes only, which tracers have.
 
-`capture` receives the intermediates named by spec/captures.py, in the golden's order;
-`layers.{i}.attn` / `.mlp` are what is added to the residual stream (after a post norm).
+`capture` receives the intermediates named by spec/captures.py, in the golden's order (with
+images, the image pathway's first); `layers.{i}.attn` / `.mlp` are what is added to the residual
+stream (after a post norm).
 
 `forward` with `cache=None` returns the logits; with a cache it returns `(logits, cache)`,
 the new cache holding the new positions (JAX arrays are immutable, so the cache cannot be
@@ -54,6 +57,7 @@ from lmref.impl_jax.features import FEATURES
 from lmref.impl_jax.mlp import mlp
 from lmref.impl_jax.moe import load_balancing_loss, moe, router_z_loss
 from lmref.impl_jax.norms import apply_norm, upcast
+from lmref.impl_jax.vision import image_features, merge_images
 from lmref.spec.captures import capture_names, moe_layers
 from lmref.spec.config import ModelConfig
 from lmref.spec.errors import InputError, ParamsError
@@ -61,6 +65,7 @@ from lmref.spec.features import check_supported
 from lmref.spec.inputs import check_tokens
 from lmref.spec.params import check_params as check_param_names_and_shapes, param_shapes
 from lmref.spec.plan import LayerPlan, crosses_original_context, layer_plan
+from lmref.spec.vision import check_images, vision_capture_names
 
 BACKEND = "jax"
 
@@ -68,9 +73,12 @@ BACKEND = "jax"
 # --- the traced model ---------------------------------------------------------------------------
 
 
-def embed(config: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Array) -> jax.Array:
-    """tokens [B, S] -> [B, S, d_model]."""
+def embed(config: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Array,
+          images: jax.Array | None = None) -> jax.Array:
+    """tokens [B, S] -> [B, S, d_model]; `images` [N, T, d_model] (projected) fill the placeholders."""
     h = params["embed.tokens"][tokens]  # [B, S, d_model]
+    if images is not None:
+        h = merge_images(config, tokens, h, images)
     if config.embedding_norm:  # BLOOM's word_embeddings_layernorm, before any scale or position
         h = apply_norm(config, params, "embed.norm", h)
     if config.embedding_scale == "sqrt_d_model":
@@ -154,17 +162,20 @@ def head(config: ModelConfig, params: dict, h: jax.Array) -> jax.Array:
 
 
 def forward_core(config: ModelConfig, params: dict, tokens: jax.Array, cache: KVCache | None = None,
-                 capture: bool = False) -> tuple[jax.Array, KVCache | None, dict | None]:
+                 capture: bool = False, pixel_values: jax.Array | None = None
+                 ) -> tuple[jax.Array, KVCache | None, dict | None]:
     """(logits [B, S, vocab], cache advanced by S or None, intermediates by name or None).
 
     Unchecked but for the features (at trace time): tokens must be valid ids that fit the
-    context after the cache's contents."""
+    context after the cache's contents; `pixel_values` [N, C, H, W], the images of the
+    placeholders, exactly N * tokens_per_image of them (spec.vision.check_images)."""
     check_supported(config, BACKEND, FEATURES)
     positions = jnp.arange(tokens.shape[1])  # [S]
     if cache is not None:
         positions = cache.length + positions
     captured: dict | None = {} if capture else None
-    h = embed(config, params, tokens, positions)
+    images = None if pixel_values is None else image_features(config, params, pixel_values, captured)
+    h = embed(config, params, tokens, positions, images)
     if captured is not None:
         captured["embed"] = h
     for plan in layer_plan(config):
@@ -178,19 +189,32 @@ def forward_core(config: ModelConfig, params: dict, tokens: jax.Array, cache: KV
     return logits, cache, captured
 
 
-def loss_core(config: ModelConfig, params: dict, tokens: jax.Array) -> jax.Array:
-    """Mean next-token cross-entropy: position t predicts token t + 1, over B * (S - 1) targets;
-    plus `logit_z_loss_coef` times the mean of logsumexp(logits)^2 over those rows (PaLM
-    section 5; t5x losses.py `cross_entropy_with_logits`); plus `moe.aux_loss_coef` times the
-    load-balancing loss and `moe.router_z_loss_coef` times the router z-loss over the router
-    logits of all S positions of every "moe" layer (impl_jax/moe.py), as the golden's `loss`:
-    one forward over all S tokens, whose last position's logits have no target."""
-    logits, _, captured = forward_core(config, params, tokens, capture=True)  # jit drops what is unused
-    rows = upcast(logits[:, :-1])  # [B, S-1, V], at least float32
-    picked = jnp.take_along_axis(jax.nn.log_softmax(rows, axis=-1), tokens[:, 1:, None], axis=-1)[..., 0]
-    total = -picked.mean()  # over the B * (S-1) targets
+def scored_mean(config: ModelConfig, values: jax.Array, targets: jax.Array) -> jax.Array:
+    """The mean of values [B, S-1] over the targets [B, S-1] that are scored: all of them, but
+    the image placeholders with a tower (LLaVA's labels are IGNORE_INDEX there, transformers
+    `LlavaForConditionalGeneration`), by weights rather than a boolean mask, so it jits."""
+    if config.vision is None:
+        return values.mean()
+    scored = (targets != config.vision.image_token_id).astype(values.dtype)  # [B, S-1]
+    return (values * scored).sum() / scored.sum()
+
+
+def loss_core(config: ModelConfig, params: dict, tokens: jax.Array, pixel_values: jax.Array | None = None
+              ) -> jax.Array:
+    """Mean next-token cross-entropy: position t predicts token t + 1, over the B * (S - 1)
+    targets but the image placeholders (at least one must be text); plus `logit_z_loss_coef`
+    times the mean of logsumexp(logits)^2 over those rows (PaLM section 5; t5x losses.py
+    `cross_entropy_with_logits`); plus `moe.aux_loss_coef` times the load-balancing loss and
+    `moe.router_z_loss_coef` times the router z-loss over the router logits of all S positions
+    of every "moe" layer (impl_jax/moe.py), as the golden's `loss`: one forward over all S
+    tokens, whose last position's logits have no target."""
+    logits, _, captured = forward_core(config, params, tokens, capture=True, pixel_values=pixel_values)
+    rows = upcast(logits[:, :-1])  # [B, S-1, V], at least float32; jit drops the unused captures
+    targets = tokens[:, 1:]  # [B, S-1]
+    picked = jnp.take_along_axis(jax.nn.log_softmax(rows, axis=-1), targets[..., None], axis=-1)[..., 0]
+    total = -scored_mean(config, picked, targets)
     if config.logit_z_loss_coef > 0:
-        total = total + config.logit_z_loss_coef * jnp.mean(jax.nn.logsumexp(rows, axis=-1) ** 2)
+        total = total + config.logit_z_loss_coef * scored_mean(config, jax.nn.logsumexp(rows, axis=-1) ** 2, targets)
     m = config.moe
     if m is not None and (m.aux_loss_coef > 0 or m.router_z_loss_coef > 0):
         routers = [captured[f"layers.{i}.router"] for i in moe_layers(config)]
@@ -227,37 +251,56 @@ def _check_cache_batch(cache: KVCache | None, tokens: np.ndarray) -> None:
         raise InputError(f"tokens have batch {tokens.shape[0]} but the KV cache holds batch {cache.batch}")
 
 
+def _check_images(config: ModelConfig, tokens: np.ndarray, pixel_values: object,
+                  prompt_len: int | None = None) -> np.ndarray | None:
+    """spec.vision.check_images, knowing bfloat16 (which NumPy does not count as floating): such
+    images are checked, and passed on, as float32, an exact widening."""
+    dtype = getattr(pixel_values, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jnp.floating) and not np.issubdtype(dtype, np.floating):
+        pixel_values = np.asarray(pixel_values).astype(np.float32)
+    return check_images(config, tokens, pixel_values, prompt_len=prompt_len)
+
+
 def forward(config: ModelConfig, params: dict, tokens: object, cache: KVCache | None = None, *,
-            capture: dict | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
+            pixel_values: object = None, capture: dict | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
     """Logits [B, S, vocab] for tokens [B, S]; with a cache, the tokens follow its contents and
-    `(logits, new_cache)` is returned.  `capture`, a dict, receives the intermediates."""
+    `(logits, new_cache)` is returned.  `pixel_values` [N, C, H, W]: the images whose features
+    fill the image placeholders (cast to the params' dtype).  `capture`, a dict, receives the
+    intermediates."""
     check_supported(config, BACKEND, FEATURES)
     past = 0 if cache is None else int(cache.length)  # a host sync: the check needs the number
     tokens = check_tokens(config, tokens, past_len=past)
+    images = _check_images(config, tokens, pixel_values)
     _check_cache_batch(cache, tokens)
     check_params(config, params)
     seq = tokens.shape[1]
     if cache is not None and crosses_original_context(config, past, past + seq):
-        # LongRoPE: the factors of every cached position change; re-run them (spec/MATH.md)
+        # LongRoPE (never with images, spec/validation.py): the factors of every cached position
+        # change; re-run them (spec/MATH.md)
         tokens = np.concatenate([np.asarray(cache.tokens[:, :past]), tokens], axis=1)  # [B, past + S]
         cache = KVCache.empty(config, tokens.shape[0], cache.keys[0].dtype)
-    logits, cache, captured = forward_jit(config, params, tokens, cache, capture is not None)
+    logits, cache, captured = forward_jit(config, params, tokens, cache, capture is not None, images)
     if capture is not None:  # jit returns keys sorted; a re-run's last S positions are the step's
-        capture |= {name: captured[name][:, -seq:] for name in capture_names(config)}
+        image_names = set(vision_capture_names(config)) if images is not None else set()
+        capture |= {name: captured[name] if name in image_names else captured[name][:, -seq:]
+                    for name in capture_names(config, images=images is not None)}
     return logits[:, -seq:] if cache is None else (logits[:, -seq:], cache)
 
 
-def decode(config: ModelConfig, params: dict, tokens: object, prompt_len: int) -> jax.Array:
-    """Logits [B, S, vocab]: one prefill of the first `prompt_len` tokens, then one token at a
-    time through the KV cache (teacher-forced).  Step t's logits are `forward`'s on tokens 0..t:
-    the whole sequence's but for LongRoPE (spec/MATH.md, "Decode")."""
+def decode(config: ModelConfig, params: dict, tokens: object, prompt_len: int, *,
+           pixel_values: object = None) -> jax.Array:
+    """Logits [B, S, vocab]: one prefill of the first `prompt_len` tokens (and the images, whose
+    placeholders must all be in it), then one token at a time through the KV cache
+    (teacher-forced).  Step t's logits are `forward`'s on tokens 0..t: the whole sequence's but
+    for LongRoPE (spec/MATH.md, "Decode")."""
     check_supported(config, BACKEND, FEATURES)
     tokens = check_tokens(config, tokens)
     if not 1 <= prompt_len <= tokens.shape[1]:
         raise ValueError(f"prompt_len must be in [1, {tokens.shape[1]}], got {prompt_len}")
+    images = _check_images(config, tokens, pixel_values, prompt_len)
     check_params(config, params)
     cache = KVCache.empty(config, tokens.shape[0], jnp.asarray(params["embed.tokens"]).dtype)
-    logits, cache = forward(config, params, tokens[:, :prompt_len], cache)
+    logits, cache = forward(config, params, tokens[:, :prompt_len], cache, pixel_values=images)
     steps = [logits]
     for t in range(prompt_len, tokens.shape[1]):
         logits, cache = forward(config, params, tokens[:, t : t + 1], cache)
@@ -265,15 +308,19 @@ def decode(config: ModelConfig, params: dict, tokens: object, prompt_len: int) -
     return jnp.concatenate(steps, axis=1)
 
 
-def loss(config: ModelConfig, params: dict, tokens: object) -> jax.Array:
-    """Mean next-token cross-entropy, plus PaLM's logit z-loss and a mixture's auxiliary
-    losses where the config weights them (a 0-d array, differentiable in `params`)."""
+def loss(config: ModelConfig, params: dict, tokens: object, *, pixel_values: object = None) -> jax.Array:
+    """Mean next-token cross-entropy over the text targets, plus PaLM's logit z-loss and a
+    mixture's auxiliary losses where the config weights them (a 0-d array, differentiable in
+    `params`).  `pixel_values`: as `forward`'s."""
     check_supported(config, BACKEND, FEATURES)
     tokens = check_tokens(config, tokens)
     if tokens.shape[1] < 2:
         raise ValueError(f"loss needs sequences of at least 2 tokens, got {tokens.shape[1]}")
+    images = _check_images(config, tokens, pixel_values)
     check_params(config, params)
-    return loss_jit(config, params, tokens)
+    if config.vision is not None and np.all(tokens[:, 1:] == config.vision.image_token_id):
+        raise ValueError("loss has no target: every next token is an image placeholder")
+    return loss_jit(config, params, tokens, images)
 
 
 # --- conversions --------------------------------------------------------------------------------

@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 from lmref import impl_numpy
+from lmref.conformance.adapters import CAPABILITIES, takes_images
+from lmref.conformance.image_cases import case_pixels, place_images, text_ids
 from lmref.impl_jax.adapter import JaxAdapter, bfloat16
+from lmref.spec.captures import capture_names
 from lmref.spec.params import init_params
 from lmref.spec.presets import tiny
 from tests.jax.common import BFLOAT16, FLOAT32, assert_float32_close, nmse
@@ -47,3 +50,26 @@ def test_bfloat16_forward_is_bfloat16_and_near_the_golden():
     logits = bfloat16.forward(CONFIG, PARAMS, TOKENS)
     assert isinstance(logits, np.ndarray) and logits.dtype.name == "bfloat16"
     assert nmse(logits, impl_numpy.forward(CONFIG, PARAMS, TOKENS)) <= BFLOAT16.nmse
+
+
+LLAVA = tiny("llava-1.5-7b")  # a CLIP tower of 3 x 3 patches, the projector, image placeholders
+LLAVA_PARAMS = init_params(LLAVA, 5)
+LLAVA_TOKENS = place_images(LLAVA, text_ids(LLAVA, np.random.default_rng(5).random((2, 16))), ((0, 1), (1, 5)))
+PIXELS = case_pixels("llava-1.5-7b", "test-adapter", 5, LLAVA, 2)  # [2, C, H, W], as the golden cases draw them
+
+
+def test_every_capability_takes_images_and_matches_the_golden():
+    adapter = JaxAdapter()
+    assert all(takes_images(getattr(adapter, capability)) for capability in CAPABILITIES)
+    golden: dict = {}
+    ref = impl_numpy.forward(LLAVA, LLAVA_PARAMS, LLAVA_TOKENS, pixel_values=PIXELS, capture=golden)
+    assert_float32_close(adapter.forward(LLAVA, LLAVA_PARAMS, LLAVA_TOKENS, pixel_values=PIXELS), ref, "forward")
+    assert_float32_close(adapter.decode(LLAVA, LLAVA_PARAMS, LLAVA_TOKENS, 14, pixel_values=PIXELS), ref, "decode")
+    captured = adapter.capture(LLAVA, LLAVA_PARAMS, LLAVA_TOKENS, pixel_values=PIXELS)
+    assert list(captured) == list(golden) == capture_names(LLAVA, images=True)
+    for name, value in golden.items():
+        assert_float32_close(captured[name], value, f"capture {name}")
+    loss = adapter.loss(LLAVA, LLAVA_PARAMS, LLAVA_TOKENS, pixel_values=PIXELS)
+    assert loss == pytest.approx(impl_numpy.loss(LLAVA, LLAVA_PARAMS, LLAVA_TOKENS, pixel_values=PIXELS),
+                                 rel=FLOAT32.loss_rtol, abs=FLOAT32.loss_atol)
+    assert bfloat16.forward(LLAVA, LLAVA_PARAMS, LLAVA_TOKENS, pixel_values=PIXELS).dtype.name == "bfloat16"
