@@ -47,22 +47,22 @@ class Broken:
         finally:
             setattr(module, attr, original)
 
-    def forward(self, config, params, tokens):
+    def forward(self, config, params, tokens, pixel_values=None):
         wrong = self.adjust(config)
         with self._patched():
-            return self.twin.forward(wrong, kept_params(wrong, params), tokens)
+            return self.twin.forward(wrong, kept_params(wrong, params), tokens, pixel_values=pixel_values)
 
-    def decode(self, config, params, tokens, prompt_len):
+    def decode(self, config, params, tokens, prompt_len, pixel_values=None):
         wrong = self.adjust(config)
         with self._patched():
-            return self.twin.decode(wrong, kept_params(wrong, params), tokens, prompt_len)
+            return self.twin.decode(wrong, kept_params(wrong, params), tokens, prompt_len, pixel_values=pixel_values)
 
-    def loss(self, config, params, tokens):
+    def loss(self, config, params, tokens, pixel_values=None):
         """The twin's loss of the wrong config: a mistake in the objective alone (PaLM's z-loss
         dropped) shows only here."""
         wrong = self.adjust(config)
         with self._patched():
-            return self.twin.loss(wrong, kept_params(wrong, params), tokens)
+            return self.twin.loss(wrong, kept_params(wrong, params), tokens, pixel_values=pixel_values)
 
 
 def assert_fails(adapter, arch: str) -> None:

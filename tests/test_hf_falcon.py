@@ -126,7 +126,7 @@ REFUSED = [
     (_set(n_head_kv=8), "n_head_kv=8 is not supported: transformers' FalconConfig never reads it and runs 2"),
     (_set(n_embed=64), "hidden_size=128 is not supported: the same field as n_embed=64"),
     (_set(num_attention_heads=5), "num_attention_heads=5 is not supported: hidden_size (128) must be divisible"),
-    (_set(activation="quick_gelu"), "activation='quick_gelu'"),
+    (_set(activation="mish"), "activation='mish'"),
     (_set(ffn_hidden_size=0), "ffn_hidden_size=0 is not supported: expected a positive integer"),
     (_set(rope_parameters={"rope_type": "yarn", "factor": 4.0}), "rope_parameters.rope_type='yarn'"),
     (_set(rope_scaling={"rope_type": "linear", "factor": 2.0}),

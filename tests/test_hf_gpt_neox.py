@@ -139,7 +139,7 @@ REFUSED = [
     ("rope_scaling", {"type": "dynamic", "factor": 2.0}, "rope_scaling.rope_type='dynamic'"),
     ("rope_parameters", {"rope_type": "yarn", "factor": 4.0}, "rope_parameters.rope_type='yarn'"),
     ("num_attention_heads", 5, "num_attention_heads=5 is not supported: hidden_size (64) must be divisible by it"),
-    ("hidden_act", "quick_gelu", "hidden_act='quick_gelu'"),
+    ("hidden_act", "mish", "hidden_act='mish'"),
     ("rotary_ndims", 4, "unknown field(s) rotary_ndims"),
 ]
 

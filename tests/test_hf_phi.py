@@ -185,7 +185,7 @@ CONFIG_JSON_REFUSED = [
     ({"num_attention_heads": 5}, "num_attention_heads=5 is not supported: hidden_size (64) must be divisible by it"),
     ({"hidden_size": "64"}, "hidden_size='64' is not supported: expected a positive integer"),
     ({"num_key_value_heads": 3}, "gives an invalid lmref config"),
-    ({"hidden_act": "quick_gelu"}, "hidden_act='quick_gelu' is not supported"),
+    ({"hidden_act": "mish"}, "hidden_act='mish' is not supported"),
     ({"rotary_dim": 8}, "unknown field(s) rotary_dim"),
 ]
 
