@@ -41,14 +41,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmref import impl_numpy
-from lmref.conformance.metrics import Metrics, compare, describe, gate
+from lmref.conformance.metrics import compare, gate
 from lmref.conformance.tolerances import Tolerance, Tolerances
 from lmref.export.bundle import Bundle
+from lmref.export.checks import Check, FeaturesCheck
 from lmref.export.decoder import present_names, window_pasts
 from lmref.export.multimodal import open_chain, profiled_sessions
 from lmref.export.routing import RoutingCheck, check_routing, routed_rows
 from lmref.export.runtime import DecoderSession, check_placement, end_profile, next_outputs
-from lmref.export.validate_vision import (FeaturesCheck, check_image_features, draw_pixels, has_images, image_line,
+from lmref.export.validate_vision import (check_image_features, draw_pixels, has_images, image_line,
                                           image_prompt_len, pad_id, text_ids, with_images)
 from lmref.spec.config import ModelConfig
 
@@ -187,22 +188,6 @@ def torch_rows(config: ModelConfig, params: dict, batch: PaddedBatch) -> list[np
 
     model = Transformer.from_canonical(config, params).eval()
     return [model.decode(batch.row(b), len(p), **batch.row_images(b))[0].numpy() for b, p in enumerate(batch.prompts)]
-
-
-@dataclass(frozen=True)
-class Check:
-    """One comparison: `failed` lists the failed gates (empty: PASS)."""
-
-    provider: str
-    reference: str
-    phase: str
-    metrics: Metrics
-    failed: list[str]
-
-    def line(self) -> str:
-        verdict = "PASS" if not self.failed else "FAIL"
-        text = f"  {verdict} {self.phase} vs {self.reference}: {describe(self.metrics)}"
-        return text + "".join(f"\n       failed: {f}" for f in self.failed)
 
 
 def _stack(rows: list[np.ndarray], lengths: list[int], decode: bool) -> np.ndarray:

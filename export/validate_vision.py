@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
-from lmref.conformance.metrics import Metrics, compare, gate
+from lmref.conformance.metrics import compare, gate
 from lmref.conformance.tolerances import Tolerance
+from lmref.export.checks import FeaturesCheck
 from lmref.spec.config import ModelConfig
 
 IMAGE_AT = 1  # the first placeholder's index in each row's prompt
@@ -91,24 +91,6 @@ def image_line(config: ModelConfig) -> str:
                 "margins without images); the vision graph is checked alone")
     return (f"images: one per row at prompt index {IMAGE_AT} ({v.tokens_per_image} placeholder tokens, id "
             f"{v.image_token_id}; the padded row's behind its padding), merged into embed.onnx's lookup")
-
-
-@dataclass(frozen=True)
-class FeaturesCheck:
-    """vision.onnx's output `name` against the golden's; `failed` lists the failed gates."""
-
-    provider: str
-    reference: str
-    phase: str
-    metrics: Metrics
-    failed: list[str]
-
-    def line(self) -> str:
-        m = self.metrics
-        verdict = "PASS" if not self.failed else "FAIL"
-        text = (f"  {verdict} {self.phase} vs {self.reference}: shape {list(m.shape)}, max_abs {m.max_abs:.3g} at "
-                f"{list(m.max_abs_index)}, allclose violations {m.allclose_violations}, nmse {m.nmse:.3g}")
-        return text + "".join(f"\n       failed: {f}" for f in self.failed)
 
 
 def check_image_features(provider: str, chain, config: ModelConfig, params: dict, pixel_values: np.ndarray,
