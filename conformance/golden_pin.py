@@ -8,4 +8,4 @@ runs as a "custom golden store".  tests/test_verdicts_store.py checks that this 
 store.
 """
 
-MANIFEST_SHA256 = "5313c1fc5f88445d7f77ba0cb65c43aa04cdb7ef031522549fffd4a014dfa7c6"
+MANIFEST_SHA256 = "e26a67fe64a76005ff5dedbf1f8ef41ec11acb7959ec04039cf12fe83a0637b2"

@@ -5,11 +5,12 @@ tests/hf_real_configs/ holds the config.json of released checkpoints, written fr
 files on the Hugging Face Hub with their own keys and values (legacy ones included: Gemma's
 hidden_act "gelu", Gemma 2's sliding_window_size, Qwen2.5's use_mrope; the mixtures' files,
 Mixtral to OLMoE, were written from memory of the Hub's, not fetched); a file is named after
-its repository, "/" as "--", and gemma-3-4b-pt's is its text_config, which holds the text
-model.  lmref reads each as the preset it is the source of; transformers builds each (on the
-meta device) with exactly the tensors, shapes and parameter count lmref's converter maps
-(under the names `save_pretrained` writes: the Hub's, one tensor per expert for the mixtures
-that 5.x fuses in memory); and the config.json lmref writes for a preset reads in transformers
+its repository, "/" as "--", and gemma-3-4b-pt's and gemma-3-27b-pt's are their text_config,
+which holds the text model (27B's written from memory of the Hub's, no Hub access).  lmref
+reads each as the preset it is the source of; transformers builds each (on the meta device)
+with exactly the tensors, shapes and parameter count lmref's converter maps (under the names
+`save_pretrained` writes: the Hub's, one tensor per expert for the mixtures that 5.x fuses in
+memory); and the config.json lmref writes for a preset reads in transformers
 as the published one (DBRX's excepted: transformers 5.23 reads the Hub's file with RoPE theta
 10000, test_dbrx_hub_config_runs_theta_10000_in_transformers_5).
 
@@ -47,6 +48,7 @@ REAL = {
     "google--gemma-2b": "gemma-2b", "google--gemma-7b": "gemma-7b",
     "google--gemma-2-9b": "gemma2-9b", "google--gemma-2-27b": "gemma2-27b",
     "google--gemma-3-4b-pt.text_config": "gemma3-4b", "google--gemma-3-1b-pt": None,
+    "google--gemma-3-27b-pt.text_config": "gemma3-27b",
     "allenai--OLMo-2-1124-7B": "olmo2-7b",
     "mistralai--Mixtral-8x7B-v0.1": "mixtral-8x7b", "mistralai--Mixtral-8x22B-v0.1": "mixtral-8x22b",
     "databricks--dbrx-base": "dbrx", "Qwen--Qwen1.5-MoE-A2.7B": "qwen1.5-moe-a2.7b",

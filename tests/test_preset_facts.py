@@ -164,7 +164,7 @@ def test_qwen3_facts():
 
 # --- Gemma 1, 2, 3 ----------------------------------------------------------------------------
 
-GEMMAS = ["gemma-2b", "gemma-7b", "gemma2-9b", "gemma2-27b", "gemma3-4b"]
+GEMMAS = ["gemma-2b", "gemma-7b", "gemma2-9b", "gemma2-27b", "gemma3-4b", "gemma3-27b"]
 
 
 @pytest.mark.parametrize("name", GEMMAS)
@@ -209,6 +209,14 @@ def test_gemma3_facts():
     assert c.qk_norm == "per_head" and c.norm_placement == "sandwich"
     assert c.attn_softcap is None and c.final_logit_softcap is None  # QK norm replaces the softcaps
     assert (c.vocab_size, c.d_model, c.n_layers, c.n_heads, c.n_kv_heads) == (262208, 2560, 34, 8, 4)
+
+
+def test_gemma3_27b_scales_scores_by_d_model_over_heads_without_a_softcap():
+    c, small = get_preset("gemma3-27b"), get_preset("gemma3-4b")
+    assert (c.query_scale_dim, c.head_dim, c.d_model // c.n_heads) == (168, 128, 168)
+    assert c.attn_softcap is None and c.final_logit_softcap is None
+    assert [layer.mask for layer in layer_plan(c)] == [layer.mask for layer in layer_plan(small)][:6] * 10 + \
+        [layer.mask for layer in layer_plan(small)][:2]  # 62 layers: ten periods of 5 sliding + 1 global, then 2
 
 
 # --- OLMo 2 -------------------------------------------------------------------------------------

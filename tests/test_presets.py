@@ -98,6 +98,12 @@ from lmref.spec.params import active_param_count
 #              norms 4*2560 = 10,240; q_norm, k_norm 512 -> 94,382,592
 #   34 layers 3,209,008,128; final norm 2,560; total 3,880,263,168 (Gemma 3 report, Table 1: 3,209M
 #   non-embedding parameters; the 417M vision encoder is not part of the text model).
+# gemma3-27b (text model): V=262208, d=5376, L=62, 32 heads x 128 (q dim 4096), 16 KV heads (kv dim 2048),
+#   d_ff 21504, 4 norms, q_norm and k_norm [128].  tokens 262208*5376 = 1,409,630,208
+#   per layer: wq, wo 2*5376*4096 = 44,040,192; wk, wv 2*5376*2048 = 22,020,096; 3*5376*21504 = 346,816,512;
+#              norms 4*5376 = 21,504; q_norm, k_norm 256 -> 412,898,560
+#   62 layers 25,599,710,720; final norm 5,376; total 27,009,346,304 (Gemma 3 report, Table 1: 25,600M
+#   non-embedding parameters).
 # olmo2-7b: V=100352, d=4096, L=32, MHA, d_ff 11008, untied, 2 post norms, q_norm, k_norm [4096] each.
 #   tokens + lm_head 2*100352*4096 = 822,083,584
 #   per layer: 4*4096^2 = 67,108,864; 3*4096*11008 = 135,266,304; post norms 8,192; q_norm, k_norm 8,192
@@ -123,6 +129,7 @@ EXPECTED_COUNTS = {
     "gemma2-9b": 9_241_705_984,
     "gemma2-27b": 27_227_128_320,
     "gemma3-4b": 3_880_263_168,
+    "gemma3-27b": 27_009_346_304,
     "olmo2-7b": 7_298_617_344,
     # Mixtures of experts: the published totals (Mixtral 46.7B / 141B, DBRX 132B, Qwen1.5-MoE
     # 14.3B, Qwen2-57B-A14B 57B, Qwen3-30B-A3B 30.5B, OLMoE 6.9B), e.g. Mixtral 8x7B:
@@ -251,7 +258,7 @@ EXPECTED_MODEL_TYPES = {
     "mistral-7b": "mistral", "mistral-7b-v0.3": "mistral",
     "qwen2-7b": "qwen2", "qwen2.5-7b": "qwen2", "qwen3-8b": "qwen3", "olmo2-7b": "olmo2",
     "gemma-2b": "gemma", "gemma-7b": "gemma", "gemma2-9b": "gemma2", "gemma2-27b": "gemma2",
-    "gemma3-4b": "gemma3_text",
+    "gemma3-4b": "gemma3_text", "gemma3-27b": "gemma3_text",
     "mixtral-8x7b": "mixtral", "mixtral-8x22b": "mixtral", "dbrx": "dbrx",
     "qwen1.5-moe-a2.7b": "qwen2_moe", "qwen2-57b-a14b": "qwen2_moe", "qwen3-30b-a3b": "qwen3_moe",
     "olmoe-1b-7b": "olmoe", "llama4-scout": "llama4_text", "llama4-maverick": "llama4_text",

@@ -31,6 +31,16 @@ _GEMMA2 = _GEMMA | dict(
     attn_pattern=("sliding", "global"), sliding_window=4096, attn_softcap=50.0, final_logit_softcap=30.0,
 )
 
+# Gemma 3: QK norm instead of the softcaps, five 1024-key sliding layers per global one, the sliding
+# layers' RoPE at theta 1e4 unscaled, the global layers' at 1e6 scaled linearly by 8 (arch_dense.md,
+# Gemma3RotaryEmbedding).  27B scales scores by query_pre_attn_scalar 168 = d_model / n_heads, not by its
+# head_dim 128: with no softcap, the one preset whose SDPA call must be given the scale.
+_GEMMA3 = _GEMMA | dict(
+    hf_model_type="gemma3_text", vocab_size=262208, max_seq_len=131072, rope_theta=1_000_000.0,
+    norm_placement="sandwich", qk_norm="per_head", attn_pattern=("sliding",) * 5 + ("global",), sliding_window=1024,
+    rope_theta_local=10_000.0, rope_scaling=RopeScaling(kind="linear", factor=8.0),
+)
+
 PRESETS = family(
     "gemma",
     (ModelConfig(name="gemma-2b", hf_model_type="gemma", **_GEMMA,
@@ -57,17 +67,18 @@ PRESETS = family(
      "size 128, feedforward 73728 = 2 x 36864); Google's gemma package scales 27B's queries "
      "BY_ONE_OVER_SQRT_EMBED_DIM_DIV_NUM_HEADS, (4608 / 32)^-0.5 = 144^-0.5; google/gemma-2-27b config.json (query_pre_attn_scalar 144, sliding_window 4096, softcaps "
      "50 / 30, max_position_embeddings 8192, rms_norm_eps 1e-6, rope_theta 10000)"),
-    (ModelConfig(
-        name="gemma3-4b", hf_model_type="gemma3_text",
-        **(_GEMMA | dict(vocab_size=262208, max_seq_len=131072, rope_theta=1_000_000.0)),
-        d_model=2560, n_layers=34, n_heads=8, n_kv_heads=4, head_dim=256, d_ff=10240,
-        norm_placement="sandwich", qk_norm="per_head",
-        attn_pattern=("sliding",) * 5 + ("global",), sliding_window=1024,
-        rope_theta_local=10_000.0, rope_scaling=RopeScaling(kind="linear", factor=8.0),
-    ), "Gemma 3 4B, text model: Gemma Team 2025, Table 1 and section 2 (5 local : 1 global layers, local window "
-       "1024, local RoPE base 10k, global 1M with a scaling factor of 8, QK-norm instead of softcapping); "
-       "google/gemma-3-4b-pt config.json text_config (hidden_size 2560, intermediate_size 10240, 34 layers, "
-       "sliding_window 1024, rope_scaling {rope_type linear, factor 8}) over Gemma3TextConfig's defaults "
-       "(8 heads, 4 KV heads, head_dim 256, vocab_size 262208, max_position_embeddings 131072, rope_theta 1e6, "
-       "rope_local_base_freq 1e4, query_pre_attn_scalar 256, sliding_window_pattern 6, rms_norm_eps 1e-6)"),
+    (ModelConfig(name="gemma3-4b", **_GEMMA3, d_model=2560, n_layers=34, n_heads=8, n_kv_heads=4, head_dim=256,
+                 d_ff=10240),
+     "Gemma 3 4B, text model: Gemma Team 2025, Table 1 and section 2 (5 local : 1 global layers, local window "
+     "1024, local RoPE base 10k, global 1M with a scaling factor of 8, QK-norm instead of softcapping); "
+     "google/gemma-3-4b-pt config.json text_config (hidden_size 2560, intermediate_size 10240, 34 layers, "
+     "sliding_window 1024, rope_scaling {rope_type linear, factor 8}) over Gemma3TextConfig's defaults "
+     "(8 heads, 4 KV heads, head_dim 256, vocab_size 262208, max_position_embeddings 131072, rope_theta 1e6, "
+     "rope_local_base_freq 1e4, query_pre_attn_scalar 256, sliding_window_pattern 6, rms_norm_eps 1e-6)"),
+    (ModelConfig(name="gemma3-27b", **_GEMMA3, d_model=5376, n_layers=62, n_heads=32, n_kv_heads=16, head_dim=128,
+                 d_ff=21504, query_scale_dim=168),
+     "Gemma 3 27B, text model: Gemma Team 2025, Table 1 (25,600M non-embedding parameters) and section 2; "
+     "google/gemma-3-27b-pt config.json text_config (hidden_size 5376, intermediate_size 21504, 62 layers, 32 "
+     "heads, 16 KV heads, head_dim 128, query_pre_attn_scalar 168 = 5376 / 32, sliding_window 1024, "
+     "rope_scaling {rope_type linear, factor 8}) over Gemma3TextConfig's defaults as for 4B"),
 )
