@@ -1,4 +1,10 @@
-"""`lmref golden` and `lmref presets`: the golden store and the preset table."""
+"""`lmref golden` and `lmref presets`: the golden store and the preset table.
+
+    lmref golden [--arch A] [--out DIR] [--check]      write the store, or check it
+    lmref golden export --arch A --format gguf|hf|safetensors --out DIR
+                                                      one arch's cases as files for other engines
+                                                      (conformance/golden_export.py)
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import argparse
 import textwrap
 from pathlib import Path
 
+from lmref.conformance.golden_export import FORMATS
 from lmref.spec.presets import PRESETS, preset_info, resolve_archs
 
 
@@ -13,8 +20,46 @@ def _archs(value: str | None) -> list[str]:
     return list(PRESETS) if value is None else resolve_archs(value)
 
 
+def _export_problem(args: argparse.Namespace) -> str | None:
+    """A usage problem with the options of `golden` or `golden export` (None when they fit)."""
+    if args.action != "export":
+        used = [flag for flag, value in (("--format", args.format), ("--golden-dir", args.golden_dir)) if value]
+        return f"{', '.join(used)}: only with `lmref golden export`" if used else None
+    missing = [flag for flag, value in (("--arch", args.arch), ("--format", args.format), ("--out", args.out))
+               if not value]
+    if missing:
+        return f"golden export needs {', '.join(missing)}"
+    if args.check:
+        return "--check: not with `lmref golden export`"
+    return None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lmref.commands.errors import fail, known_errors
+    from lmref.conformance.golden_export import export_golden
+    from lmref.conformance.store import DEFAULT_GOLDEN_DIR, GoldenStore, GoldenStoreError
+
+    archs = resolve_archs(args.arch)
+    if len(archs) != 1:
+        return fail("golden export", ValueError(f"--arch {args.arch}: names {len(archs)} archs; export one at a time"))
+    try:
+        store = GoldenStore(args.golden_dir or DEFAULT_GOLDEN_DIR)
+        names = export_golden(archs[0], args.format, Path(args.out), store)
+    except (*known_errors(), GoldenStoreError, OSError) as e:
+        return fail("golden export", e)
+    print(f"wrote {len(names)} {archs[0]} case(s) as {args.format} to {args.out}: {', '.join(names)} "
+          f"(what each file is: {Path(args.out) / 'manifest.json'})")
+    return 0
+
+
 def cmd_golden(args: argparse.Namespace) -> int:
     from lmref.commands.errors import fail
+
+    problem = _export_problem(args)
+    if problem:
+        return fail("golden", ValueError(problem))
+    if args.action == "export":
+        return cmd_export(args)
     from lmref.conformance.generate import check, generate
     from lmref.conformance.store import DEFAULT_GOLDEN_DIR, GoldenStoreError
     from lmref.spec.errors import OutputError
@@ -65,12 +110,19 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     """Register `golden` and `presets` on lmref's subparsers."""
-    golden = sub.add_parser("golden", help="write the golden store, or check it against a regeneration")
+    golden = sub.add_parser("golden", help="write the golden store, check it against a regeneration, or export "
+                            "one arch's cases as files (`golden export`)")
+    golden.add_argument("action", nargs="?", choices=("export",), help="export: write --arch's cases to --out in "
+                        "--format, for engines outside Python (docs/engines.md)")
     golden.add_argument("--arch", help="preset ids, families or patterns, comma-separated (default: all)")
     golden.add_argument("--check", action="store_true", help="regenerate in memory and compare; exit 1 on any mismatch")
     golden.add_argument("--out", help="golden directory (default: the store inside the conformance package); "
                         "taken only when new, empty or a golden store lmref wrote; rewriting an arch deletes only "
-                        "the files its MANIFEST.json lists")
+                        "the files its MANIFEST.json lists.  With export: a new or empty directory (never "
+                        "overwritten)")
+    golden.add_argument("--format", choices=FORMATS, help="with export: the weights' format (gguf: float32 for "
+                        "llama.cpp; hf: a Hugging Face directory; safetensors: lmref's canonical names)")
+    golden.add_argument("--golden-dir", help="with export: the golden store to read (default: the package's)")
     golden.set_defaults(run=cmd_golden)
 
     presets = sub.add_parser("presets", help="list presets: family, transformers model_type, parameter count, "

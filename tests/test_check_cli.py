@@ -1,0 +1,140 @@
+"""`lmref check`: logits files judged with the suite's verdicts and messages.  The golden's own
+logits pass; the logits of a broken model (computed with the golden, one knob off) fail with the
+message `run_check` gives the same logits through an adapter; a missing file is NOT SUPPORTED; a
+file of the wrong shape is an error naming it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from lmref import impl_numpy
+from lmref.cli import main
+from lmref.conformance.logits_files import check_directory
+from lmref.conformance.runner import FAIL, run_check
+from lmref.conformance.store import GoldenStore
+
+ARCH = "llama3"
+
+
+@pytest.fixture(scope="module")
+def cases():
+    store = GoldenStore()
+    return [store.load(ARCH, name) for name in store.case_names(ARCH)]
+
+
+def broken_logits(case) -> np.ndarray:
+    """What a port with rope_theta 1% off computes on the case (the decode for a decode case)."""
+    config = dataclasses.replace(case.config, rope_theta=case.config.rope_theta * 1.01)
+    params = case.params()
+    if case.kind == "decode":
+        return impl_numpy.decode(config, params, case.tokens, case.prompt_len)
+    return impl_numpy.forward(config, params, case.tokens)
+
+
+def write(directory, cases, logits_of, dtype=np.float32, suffix=".npy"):
+    directory.mkdir(exist_ok=True)
+    for case in cases:
+        value = np.ascontiguousarray(logits_of(case), dtype=dtype)
+        if suffix == ".npy":
+            np.save(directory / f"{case.name}.npy", value)
+        else:
+            save_file({"logits": value}, str(directory / f"{case.name}.safetensors"))
+    return directory
+
+
+def check(capsys, directory, *extra) -> tuple[int, str, str]:
+    status = main(["check", "--arch", ARCH, "--logits", str(directory), *extra])
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def golden(case) -> np.ndarray:
+    return case.expected["logits"]
+
+
+def test_the_goldens_own_logits_pass(cases, tmp_path, capsys):
+    directory = write(tmp_path / "logits", cases[:2], golden)
+    write(directory, cases[2:], golden, suffix=".safetensors")
+    status, out, _ = check(capsys, directory)
+    assert status == 0
+    lines = [line for line in out.splitlines() if line.startswith("PASS")]
+    assert len(lines) == len(cases) == 4
+    assert "decode-b2-p5-n6 decode  (row float32, tightest row met: float32)" in out
+    assert out.splitlines()[-1] == "4 cases: PASS 4"
+
+
+def test_a_broken_models_logits_fail_with_the_suites_message(cases, tmp_path, capsys):
+    directory = write(tmp_path / "logits", cases, broken_logits, dtype=np.float64)
+    status, out, _ = check(capsys, directory)
+    assert status == 1
+    assert out.splitlines()[-1] == "4 cases: FAIL 4"
+    verdicts = check_directory(ARCH, directory)
+    for case, verdict in zip(cases, verdicts):
+        capability = "decode" if case.kind == "decode" else "forward"
+        wrong = broken_logits(case)
+        through_adapter = run_check(case, _FixedAdapter(wrong), capability)
+        assert verdict.result.status == through_adapter.status == FAIL
+        ours, theirs = verdict.result.message.splitlines(), through_adapter.message.splitlines()
+        if case.kind == "decode":  # a file holds the decode's logits only: no forward to tell a cache bug apart
+            forward_line = "forward on the same tokens could not be compared: decode-b2-p5-n6's file holds decode"
+            assert ours.pop(-1).startswith(forward_line) and theirs.pop(-1).startswith("forward (no cache)")
+        assert ours == theirs
+        assert verdict.result.message.splitlines()[0] in out
+    assert f"repro: lmref check --arch {ARCH} --logits {directory}" in out
+
+
+class _FixedAdapter:
+    """An in-process adapter returning the same logits for forward and decode."""
+
+    def __init__(self, logits):
+        self.logits = logits
+
+    def forward(self, config, params, tokens):
+        return self.logits
+
+    def decode(self, config, params, tokens, prompt_len):
+        return self.logits
+
+
+def test_missing_files_are_not_supported_never_pass(cases, tmp_path, capsys):
+    directory = write(tmp_path / "logits", cases[:1], golden)
+    status, out, _ = check(capsys, directory)
+    assert status == 0
+    assert out.splitlines()[-1] == "4 cases: PASS 1 · NOT SUPPORTED 3"
+    assert f"NOT SUPPORTED: no logits file for {ARCH}/{cases[1].name}" in out
+
+
+def test_no_file_at_all_is_an_error(tmp_path, capsys):
+    (tmp_path / "logits").mkdir()
+    status, _, err = check(capsys, tmp_path / "logits")
+    assert status == 2 and "no file for any case" in err
+
+
+def test_a_file_of_the_wrong_shape_is_an_error_naming_it_and_the_shape(cases, tmp_path, capsys):
+    directory = write(tmp_path / "logits", cases[:1], lambda case: golden(case)[:, :-1])
+    status, _, err = check(capsys, directory)
+    batch, seq, vocab = cases[0].expected["logits"].shape
+    assert status == 2
+    assert f"{cases[0].name}.npy: shape ({batch}, {seq - 1}, {vocab}), expected ({batch}, {seq}, {vocab})" in err
+
+
+def test_the_declared_row_is_the_one_judged(cases, tmp_path, capsys):
+    """float32 logits pass the float32 row but not a declared float64 one; a declared float16 row is
+    judged as float16 and says so."""
+    directory = write(tmp_path / "logits", cases[:1], golden)
+    status, out, _ = check(capsys, directory, "--dtype", "float64")
+    assert status == 1 and "FAIL" in out and "tolerance row float64, declared by the adapter" in out
+    status, out, _ = check(capsys, directory, "--dtype", "float16")
+    assert status == 0 and "(row float16, tightest row met: float32)" in out
+
+
+def test_a_safetensors_file_needs_one_tensor_named_logits(cases, tmp_path, capsys):
+    directory = tmp_path / "logits"
+    directory.mkdir()
+    save_file({"out": golden(cases[0]).astype(np.float32)}, str(directory / f"{cases[0].name}.safetensors"))
+    status, _, err = check(capsys, directory)
+    assert status == 2 and "expected one tensor named 'logits', found ['out']" in err
