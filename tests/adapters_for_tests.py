@@ -218,3 +218,12 @@ class CapturesSome:
         impl_numpy.forward(config, params, tokens, capture=captured)
         keep = ("embed", "layers.0.attn", "layers.0.out", "final_norm", "logits")
         return {name: captured[name] for name in keep}
+
+
+class CapturesUnknownNames(CapturesLogitsOnly):
+    """A capture under names of its own (HF-style), none of them a golden component."""
+
+    name = "captures-unknown-names"
+
+    def capture(self, config, params, tokens):
+        return {"model.layers.0.self_attn": impl_numpy.forward(config, params, tokens)}
