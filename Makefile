@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_ARCH ?= llama3
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: install demo test test-thorough golden-check clean
+.PHONY: install demo test test-thorough golden-check mutation clean
 
 install: $(STAMP)
 
@@ -67,6 +67,13 @@ test: install
 # Everything, slow tests included.
 test-thorough: install
 	OMP_NUM_THREADS=1 $(PYTEST) -n $(TEST_JOBS) --dist loadscope -m "" --hypothesis-profile=thorough tests/ conformance/
+
+# Mutation testing (docs/mutation.md): planted porting bugs in impl_torch and impl_jax, one at a
+# time in a throwaway copy, through the property tests and the conformance suite; rewrites the
+# table in docs/mutation.md.  Slow (see the doc), so not part of `make test`.
+MUTATION_JOBS ?= 1
+mutation: install
+	$(PY) -m tools.mutation.run --jobs $(MUTATION_JOBS)
 
 # Regenerate every golden case in memory and compare with the stored store.
 golden-check: install

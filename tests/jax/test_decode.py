@@ -35,6 +35,29 @@ def test_decode_through_the_cache_equals_prefill(config, seed, data):
     assert_float32_close(decoded, impl_numpy.decode(config, params, tokens, prompt_len), "decode vs golden")
 
 
+
+LONGROPE = tiny("phi-3-mini-128k", max_seq_len=48)  # LongRoPE, original context O = 32
+ORIGINAL = LONGROPE.rope_scaling.original_max_seq_len
+
+
+@fewer_examples(5)  # each example compiles a prefill, a step, the re-run and the whole prefill
+@given(seed=seeds, prompt_len=st.integers(ORIGINAL - 3, ORIGINAL), extra=st.integers(1, 4))
+def test_decode_past_the_original_context_equals_the_prefill_of_the_whole_sequence(seed, prompt_len, extra):
+    """A LongRoPE decode that crosses the original context O re-runs the sequence with the long
+    factors (spec/MATH.md, "LongRoPE"), so its last step is the prefill of the whole sequence,
+    longer than O.  A decode that kept the short-factor keys of its cache would differ."""
+    assert LONGROPE.rope_scaling.kind == "longrope"
+    params = init_params(LONGROPE, seed)
+    tokens = np.random.default_rng(seed).integers(0, LONGROPE.vocab_size, (2, ORIGINAL + extra))
+    note_case(seed, tokens)
+    decoded = impl_jax.decode(LONGROPE, params, tokens, prompt_len)
+    prefill = impl_jax.forward(LONGROPE, params, tokens)
+    assert_close(decoded[:, -1], prefill[:, -1], nmse_max=1e-12, atol=1e-5, rtol=1e-5,
+                 what="last decode step vs prefill of the whole sequence, both JAX float32")
+    assert_float32_close(decoded[:, -1], impl_numpy.forward(LONGROPE, params, tokens)[:, -1],
+                         "last decode step vs golden prefill")
+
+
 # The fixed tests share one config and token shapes, so they share compilations too.
 CONFIG = tiny("llama3")
 PARAMS = init_params(CONFIG, 0)  # float64 NumPy: cast to float32 JAX arrays at the jit boundary

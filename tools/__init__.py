@@ -1,0 +1,1 @@
+"""Developer tools of the lmref repository (not part of the installed package)."""
