@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmref.commands import convert, export, golden, report, train
+from lmref.commands import convert, export, golden, report, train, verify
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_commands(sub)  # `lmref train`, `lmref generate`, `lmref shapes`
     export.add_commands(sub)  # `lmref export`, `lmref validate-onnx`
     report.add_commands(sub)  # `lmref report`
+    verify.add_commands(sub)  # `lmref verify`
     return parser
 
 
