@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmref.commands import check, convert, export, golden, report, train
+from lmref.commands import check, convert, export, golden, report, train, verify
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_commands(sub)  # `lmref export`, `lmref validate-onnx`
     report.add_commands(sub)  # `lmref report`
     check.add_commands(sub)  # `lmref check`
+    verify.add_commands(sub)  # `lmref verify`
     return parser
 
 

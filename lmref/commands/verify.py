@@ -1,0 +1,90 @@
+"""`lmref verify`: an implementation against the float64 golden on a Hugging Face checkpoint.
+
+    lmref verify --hf-dir DIR --impl torch                 logits on the fixed 8-token prompt
+    lmref verify --hf-dir DIR --impl hf --captures         ... and each layer: the first diverging one
+    lmref verify --hf-dir DIR --impl pkg.mod:Adapter --tokens 1,2,3 --report-json out.json
+
+The golden runs in float64 one layer at a time from the safetensors files (conformance/verify.py);
+`--impl` is resolved as the conformance suite resolves it.  Exit 0: PASS; 1: FAIL, NOT SUPPORTED
+or ERROR (the implementation diverged, returned an invalid result, refused the config or
+crashed); 2: bad input (the directory, --impl, --tokens, --tolerance, --report-json), with one
+line naming the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from lmref.commands.errors import fail, known_errors
+
+COMMAND = "verify"
+
+
+def parse_tokens(text: str) -> np.ndarray:
+    """'1,2,3' -> int64 [1, 3]; ValueError naming the bad entry."""
+    parts = [p.strip() for p in text.split(",")]
+    for part in parts:
+        if not part.lstrip("-").isdigit():
+            raise ValueError(f"--tokens {text}: {part!r} is not an integer token id (expected e.g. 1,2,3)")
+    return np.array([[int(p) for p in parts]], dtype=np.int64)
+
+
+def check_report_path(value: str, hf_dir: str) -> Path:
+    """The --report-json file: not empty, not a directory, not inside the checkpoint, its folder existing."""
+    from lmref.spec.outputs import check_not_an_input
+
+    if not value.strip():
+        raise ValueError("--report-json is empty: give the path of a file to write")
+    path = Path(value)
+    if path.is_dir():
+        raise ValueError(f"--report-json {value}: is a directory; give the path of a file to write")
+    if not path.resolve().parent.is_dir():
+        raise ValueError(f"--report-json {value}: the folder {path.parent} does not exist")
+    check_not_an_input(path, [hf_dir], option="--report-json")
+    return path
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from lmref.conformance.adapters import AdapterLoadError, load_adapter
+    from lmref.conformance.tolerances import ToleranceError, build_tolerances
+    from lmref.conformance.verify import verify
+    from lmref.conformance.verify_report import report_lines, write_report
+
+    try:
+        tokens = None if args.tokens is None else parse_tokens(args.tokens)
+        report = None if args.report_json is None else check_report_path(args.report_json, args.hf_dir)
+        tolerances = build_tolerances(assignments=args.tolerance)
+        adapter = load_adapter(args.impl)
+        result = verify(args.hf_dir, adapter, tokens=tokens, captures=args.captures, tolerances=tolerances)
+    except (AdapterLoadError, ToleranceError, ValueError, *known_errors()) as e:
+        return fail(COMMAND, e)
+    print("\n".join(report_lines(result)))
+    if report is not None:
+        write_report(result, report)
+        print(f"JSON report: {report}")
+    return 0 if result.verdict == "PASS" else 1
+
+
+def add_commands(sub) -> None:
+    """Register `verify`."""
+    p = sub.add_parser(
+        "verify", help="check an implementation against the float64 golden on a Hugging Face checkpoint",
+        description="Run the float64 golden on a Hugging Face model directory's weights, one layer at a time "
+                    "from its safetensors files, and the implementation on the whole weights, on a short fixed "
+                    "prompt; compare the logits (and, with --captures, each layer) under the tolerance row of "
+                    "the implementation's dtype.  Exit 0 PASS, 1 FAIL, NOT SUPPORTED or ERROR, 2 bad input.")
+    p.add_argument("--hf-dir", required=True, metavar="DIR", help="a Hugging Face model directory: config.json "
+                   "and model.safetensors, or shards with model.safetensors.index.json")
+    p.add_argument("--impl", metavar="NAME", help="the implementation: a built-in (numpy, torch, torch-eager, jax, "
+                   "hf, onnx) or package.module:attr (default: $LMREF_IMPL, else numpy)")
+    p.add_argument("--captures", action="store_true", help="also compare the implementation's captured "
+                   "intermediates, layer by layer, and name the first layer that diverges")
+    p.add_argument("--tokens", metavar="IDS", help="the prompt as comma-separated token ids (default: 8 fixed "
+                   "tokens, t_i = (17 + 7919 i) mod vocab)")
+    p.add_argument("--tolerance", action="append", default=[], metavar="D.M=V", help="override one threshold "
+                   "(e.g. float32.nmse=1e-8); repeatable")
+    p.add_argument("--report-json", metavar="FILE", help="also write the report as JSON")
+    p.set_defaults(run=cmd_verify)
