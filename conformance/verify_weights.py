@@ -26,7 +26,6 @@ verification runs a text prompt.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +34,7 @@ import numpy as np
 from lmref.convert.errors import ConversionError
 from lmref.convert.hf import config_from_hf, hf_key, module_for, read_hf_config
 from lmref.convert.layout import Entry, canonical_params, expected_shapes
-from lmref.convert.paths import inside
-from lmref.convert.safetensors_io import INDEX_FILE, SINGLE_FILE, _bf16_as_float32
+from lmref.convert.safetensors_io import bf16_as_float32, read_hf_weights
 from lmref.spec.config import ModelConfig
 from lmref.spec.params import layout_mismatches, param_shapes
 from safetensors import SafetensorError, safe_open
@@ -71,46 +69,17 @@ def _headers(path: Path) -> dict[str, StoredTensor]:
         raise ConversionError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
 
 
-def _sharded_headers(directory: Path) -> dict[str, StoredTensor]:
-    """The headers of every shard an index lists, checked as `safetensors_io._read_sharded` checks them."""
-    index_path = directory / INDEX_FILE
-    try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ConversionError(f"{index_path}: not a safetensors index with a weight_map ({e})") from None
-    if not isinstance(weight_map, dict):
-        raise ConversionError(f"{index_path}: weight_map is not a JSON object")
-    shards = {shard: inside(directory, shard, "shard", str(index_path), ConversionError, "model directory")
-              for shard in weight_map.values()}
-    stored: dict[str, StoredTensor] = {}
-    for shard in sorted(shards):
-        for name, tensor in _headers(shards[shard]).items():
-            if weight_map.get(name) != shard:
-                raise ConversionError(f"{directory / shard}: holds {name}, which {INDEX_FILE} "
-                                      f"maps to {weight_map.get(name)!r}")
-            stored[name] = tensor
-    absent = sorted(set(weight_map) - set(stored))
-    if absent:
-        raise ConversionError(f"{index_path}: lists {len(absent)} key(s) that no shard holds: {', '.join(absent)}")
-    return stored
-
-
 def stored_tensors(directory: Path) -> dict[str, StoredTensor]:
-    """Every tensor of an HF model directory, by its name in the files: one file or shards."""
-    if (directory / SINGLE_FILE).is_file():
-        return _headers(directory / SINGLE_FILE)
-    if (directory / INDEX_FILE).is_file():
-        return _sharded_headers(directory)
-    pickled = [p.name for p in directory.glob("*.bin")]
-    hint = f"; {', '.join(pickled)} are pickled and never loaded (re-save with safe_serialization)" if pickled else ""
-    raise ConversionError(f"{directory}: no {SINGLE_FILE} or {INDEX_FILE}{hint}")
+    """Every tensor of an HF model directory, by its name in the files: one file or shards,
+    with `convert.safetensors_io`'s checks, from the headers alone."""
+    return read_hf_weights(directory, read_one=_headers)
 
 
 def load_float64(tensor: StoredTensor) -> np.ndarray:
     """One stored tensor's values in float64 (BF16 through its exact float32 widening)."""
     try:
         if tensor.dtype == "BF16":
-            return _bf16_as_float32(tensor.path, tensor.key).astype(np.float64)
+            return bf16_as_float32(tensor.path, tensor.key).astype(np.float64)
         with safe_open(str(tensor.path), framework="numpy") as f:
             return f.get_tensor(tensor.key).astype(np.float64)
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 
-def _bf16_as_float32(path: Path, name: str) -> np.ndarray:
+def bf16_as_float32(path: Path, name: str) -> np.ndarray:
     """A BF16 tensor of a safetensors file, widened exactly to float32.
 
     File layout (safetensors format spec): an 8-byte little-endian header length N, N bytes
@@ -44,13 +45,13 @@ def read_file(path: Path) -> dict[str, np.ndarray]:
     """Every tensor of one safetensors file, as NumPy arrays (BF16 widened to float32)."""
     try:
         with safe_open(str(path), framework="numpy") as f:
-            return {name: _bf16_as_float32(path, name) if f.get_slice(name).get_dtype() == "BF16"
+            return {name: bf16_as_float32(path, name) if f.get_slice(name).get_dtype() == "BF16"
                     else f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
         raise ConversionError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
 
 
-def _read_sharded(directory: Path) -> dict[str, np.ndarray]:
+def _read_sharded(directory: Path, read_one: Callable[[Path], dict]) -> dict:
     index_path = directory / INDEX_FILE
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
@@ -61,25 +62,27 @@ def _read_sharded(directory: Path) -> dict[str, np.ndarray]:
     shards = {}
     for shard in weight_map.values():  # every name checked before any file is opened
         shards[shard] = inside(directory, shard, "shard", str(index_path), ConversionError, "model directory")
-    tensors: dict[str, np.ndarray] = {}
+    tensors = {}
     for shard in sorted(shards):
-        for name, array in read_file(shards[shard]).items():
+        for name, value in read_one(shards[shard]).items():
             if weight_map.get(name) != shard:
                 raise ConversionError(f"{directory / shard}: holds {name}, which {INDEX_FILE} "
                                       f"maps to {weight_map.get(name)!r}")
-            tensors[name] = array
+            tensors[name] = value
     absent = sorted(set(weight_map) - set(tensors))
     if absent:
         raise ConversionError(f"{index_path}: lists {len(absent)} key(s) that no shard holds: {', '.join(absent)}")
     return tensors
 
 
-def read_hf_weights(directory: Path) -> dict[str, np.ndarray]:
-    """The state dict of an HF model directory: one file or shards with an index."""
+def read_hf_weights(directory: Path, read_one: Callable[[Path], dict] = read_file) -> dict:
+    """The state dict of an HF model directory: one file or shards with an index.  `read_one`
+    reads one file ({name: value}): its tensors by default; `lmref verify` reads the headers
+    only (conformance/verify_weights.py)."""
     if (directory / SINGLE_FILE).is_file():
-        return read_file(directory / SINGLE_FILE)
+        return read_one(directory / SINGLE_FILE)
     if (directory / INDEX_FILE).is_file():
-        return _read_sharded(directory)
+        return _read_sharded(directory, read_one)
     pickled = [p.name for p in directory.glob("*.bin")]
     hint = f"; {', '.join(pickled)} are pickled and never loaded (re-save with safe_serialization)" if pickled else ""
     raise ConversionError(f"{directory}: no {SINGLE_FILE} or {INDEX_FILE}{hint}")
