@@ -39,7 +39,7 @@ ERROR.
 `--impl` / `LMREF_IMPL` name the adapter: a built-in (`numpy`: the float64 golden, every
 capability; `torch`, `jax`: the twins, and `torch-eager`, `torch-moe-loop`, `torch-moe-dense`:
 the torch twin through its other kernels; `hf`: transformers; `onnx`: the export in onnxruntime;
-see BUILTINS) or `package.module:attr`.  An empty value is refused: it is what an unset shell
+`llama_cpp`: llama.cpp on the GGUF lmref writes; see BUILTINS) or `package.module:attr`.  An empty value is refused: it is what an unset shell
 variable gives (`--impl "$IMPL"`), and it must not quietly test the golden against itself.
 
 The pytest suite runs the adapter in a worker process (conformance/worker.py); `run_check`
@@ -75,6 +75,7 @@ BUILTINS = {
     "jax": "lmref.impl_jax.adapter:JaxAdapter",
     "hf": "lmref.convert.hf_adapter:HFAdapter",
     "onnx": "lmref.export.onnx_adapter:OnnxAdapter",
+    "llama_cpp": "lmref.convert.llama_cpp_adapter:LlamaCppAdapter",  # the `llama_cpp` extra
 }
 
 

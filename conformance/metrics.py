@@ -49,15 +49,15 @@ class Metrics:
     first_bad: Position | None  # first position failing allclose, kl or top1
 
     def to_dict(self) -> dict:
-        return _jsonable(dataclasses.asdict(self))
+        return jsonable(dataclasses.asdict(self))
 
 
-def _jsonable(value):
+def jsonable(value):
     """Tuples to lists, non-finite floats to strings ("nan", "inf": strict JSON has neither)."""
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, float) and not np.isfinite(value):
         return str(value)
     return value
@@ -221,7 +221,7 @@ class LossMetrics:
     rel_err: float
 
     def to_dict(self) -> dict:
-        return _jsonable(dataclasses.asdict(self))
+        return jsonable(dataclasses.asdict(self))
 
 
 def compare_loss(out: float, ref: float) -> LossMetrics:
@@ -267,7 +267,7 @@ class Divergence:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return _jsonable(dataclasses.asdict(self))
+        return jsonable(dataclasses.asdict(self))
 
 
 def locate_divergence(golden: dict[str, np.ndarray], captured: dict[str, np.ndarray], threshold: float) -> Divergence:

@@ -12,7 +12,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from lmref.conformance.metrics import _jsonable, describe
+from lmref.conformance.metrics import jsonable, describe
 from lmref.conformance.verify import Component, Verification
 
 REPORT_FORMAT = "lmref-verify/1"
@@ -91,7 +91,7 @@ def report_dict(result: Verification) -> dict:
         "first_diverging_component": result.divergence.first if result.divergence else None,
         "first_diverging_layer": result.first_layer, "verdict": result.verdict,
     }
-    return _jsonable(data)
+    return jsonable(data)
 
 
 def write_report(result: Verification, path: str | Path) -> None:
