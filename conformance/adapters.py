@@ -39,8 +39,9 @@ ERROR.
 `--impl` / `LMREF_IMPL` name the adapter: a built-in (`numpy`: the float64 golden, every
 capability; `torch`, `jax`: the twins, and `torch-eager`, `torch-moe-loop`, `torch-moe-dense`:
 the torch twin through its other kernels; `hf`: transformers; `onnx`: the export in onnxruntime;
-`llama_cpp`: llama.cpp on the GGUF lmref writes; see BUILTINS) or `package.module:attr`.  An empty value is refused: it is what an unset shell
-variable gives (`--impl "$IMPL"`), and it must not quietly test the golden against itself.
+`llama_cpp`: llama.cpp on the GGUF lmref writes; see BUILTINS) or `package.module:attr`.  An
+empty value is refused: it is what an unset shell variable gives (`--impl "$IMPL"`), and it
+must not quietly test the golden against itself.
 
 The pytest suite runs the adapter in a worker process (conformance/worker.py); `run_check`
 called with an adapter object runs it in the calling process.
