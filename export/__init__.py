@@ -23,6 +23,8 @@
                         the graph's chosen experts (its selected_experts.{i} outputs) vs the golden's
     export.generate     generate(session, prompt, n, pixel_values=None): sampling over the graph's KV cache
     export.onnx_adapter OnnxAdapter: `pytest conformance/ --impl onnx`
+    export.reweight     template(config, params): one trace of a config, re-weighted for other
+                        weights (the parameters' initializers rewritten, then the exporter's optimizer)
 
 Importing this package imports nothing heavy: torch, onnx and onnxruntime (the `torch` and
 `onnx` extras) are imported by the modules that need them.

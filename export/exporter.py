@@ -116,20 +116,20 @@ def _name_axes(program, config: ModelConfig) -> None:
             value.shape = ir.Shape([*dims[:2], ir.SymbolicDim(name), dims[3]])
 
 
-def _export(spec):
-    """The ONNXProgram of a vision_graphs.GraphSpec: dynamo export at OPSET, optimized."""
+def export_graph(spec: GraphSpec, *, optimize: bool = True):
+    """The ONNXProgram of a vision_graphs.GraphSpec: dynamo export at OPSET, optimized
+    (onnxscript's constant folding and cleanups) unless asked not to (export/reweight.py)."""
     import torch
 
     with _quiet_exporter(), torch.no_grad():
         return torch.onnx.export(
             spec.module, spec.example, dynamo=True, dynamic_shapes=spec.dynamic_shapes,
-            input_names=spec.input_names, output_names=spec.output_names, opset_version=OPSET, optimize=True,
+            input_names=spec.input_names, output_names=spec.output_names, opset_version=OPSET, optimize=optimize,
             verbose=False)
 
 
-def trace(config: ModelConfig, params: dict[str, np.ndarray]) -> dict:
-    """{role: torch.onnx ONNXProgram} of (config, params), in GRAPH_FILES' order: the decoder,
-    and with a vision tower the vision and embed graphs, all from one float32 model."""
+def graph_specs(config: ModelConfig, params: dict[str, np.ndarray]) -> tuple[object, dict[str, GraphSpec]]:
+    """(the float32 torch twin holding `params`, {role: GraphSpec} of its graphs in graph_roles' order)."""
     from lmref.impl_torch import Transformer
 
     check_exportable(config)
@@ -137,7 +137,18 @@ def trace(config: ModelConfig, params: dict[str, np.ndarray]) -> dict:
     specs = image_graphs(model) if config.vision is not None else {}
     specs[DECODER] = GraphSpec(OnnxDecoder.of(model), example_inputs(config), dynamic_shapes(config),
                                graph_input_names(config), graph_output_names(config))
-    programs = {role: _export(specs[role]) for role in graph_roles(config)}
+    return model, {role: specs[role] for role in graph_roles(config)}
+
+
+def trace(config: ModelConfig, params: dict[str, np.ndarray]) -> dict:
+    """{role: torch.onnx ONNXProgram} of (config, params), in GRAPH_FILES' order: the decoder,
+    and with a vision tower the vision and embed graphs, all from one float32 model."""
+    _, specs = graph_specs(config, params)
+    return finish_programs(config, {role: export_graph(spec) for role, spec in specs.items()})
+
+
+def finish_programs(config: ModelConfig, programs: dict) -> dict:
+    """The optimized `programs` with the decoder's axes named and each graph's metadata set."""
     _name_axes(programs[DECODER], config)
     for role, program in programs.items():
         program.model.metadata_props[CONFIG_METADATA_KEY] = config.to_json()
@@ -219,7 +230,7 @@ def _install(staging: Path, out: Path, written: list[str], info: dict) -> None:
 def export_onnx(config: ModelConfig, params: dict[str, np.ndarray], out: str | Path, *,
                 external_data: bool | None = None, source: dict | None = None,
                 tokenizer: dict | None = None, tokenizer_file: Path | None = None,
-                inputs: tuple[str | Path, ...] = ()) -> Path:
+                inputs: tuple[str | Path, ...] = (), programs: dict | None = None) -> Path:
     """Export (config, params) to the directory `out` (see the module docstring); check each
     graph with onnx.checker; return the decoder's .onnx path.
 
@@ -227,7 +238,8 @@ def export_onnx(config: ModelConfig, params: dict[str, np.ndarray], out: str | P
     "preset", "preset", "seed"} or {"kind": "checkpoint", "path"}) tells `validate-onnx` where
     the reference weights are; `tokenizer` (a train/tokenizer.py `info`) and `tokenizer_file`
     are what `generate --onnx` decodes with.  `inputs`: the paths the export reads, which
-    `out` may not be, lie in or hold (OutputError, spec/outputs.py).
+    `out` may not be, lie in or hold (OutputError, spec/outputs.py).  `programs`: the graphs
+    of (config, params) already traced (`trace`'s, or export/reweight.py's), written as given.
     """
     import onnx
 
@@ -235,7 +247,7 @@ def export_onnx(config: ModelConfig, params: dict[str, np.ndarray], out: str | P
     if external_data is None:
         external_data = 4 * param_count(config) >= EXTERNAL_DATA_BYTES
     out = claim(out, OUTPUT_KIND, inputs=inputs)
-    programs = trace(config, params)
+    programs = trace(config, params) if programs is None else programs
     staging = Path(tempfile.mkdtemp(prefix=".lmref-export-", dir=out))
     try:
         for role, program in programs.items():

@@ -1,9 +1,12 @@
 """`OnnxAdapter`: the exported graph in onnxruntime behind the conformance suite's adapter
 protocol (`pytest conformance/ --impl onnx`).
 
-Each (config, weights) pair is exported once per process (dynamo export takes seconds) to a
-temporary directory, checked (export/bundle.py) and opened on the CPU provider, or on CUDA
-when onnxruntime has it (the provider is asserted, export/runtime.py).  forward is one step
+Each config is traced once per process (dynamo export takes seconds); each (config, weights)
+pair gets its graphs from that trace, re-weighted (export/reweight.py: the unoptimized graph's
+parameter initializers rewritten, then the exporter's own optimizer, a fraction of a second),
+or, where the re-weighting cannot account for every parameter, exported in full.  The graphs
+are written to a temporary directory, checked (export/bundle.py) and opened on the CPU
+provider, or on CUDA when onnxruntime has it (the provider is asserted, export/runtime.py).  forward is one step
 from an empty past; decode prefills `prompt_len` tokens, then feeds one token per step
 with the graph's own presents as the past; loss is the mean next-token cross-entropy of
 forward's float32 logits over all S tokens, computed in float64, plus PaLM's logit z-loss
@@ -39,9 +42,10 @@ import onnxruntime as ort
 
 from lmref.export.bundle import open_bundle
 from lmref.export.decoder import router_names
-from lmref.export.exporter import OPSET, export_onnx
+from lmref.export.exporter import OPSET, export_onnx, trace
 from lmref.export.features import check_exportable
 from lmref.export.multimodal import open_chain
+from lmref.export.reweight import ReweightError, Template, template
 from lmref.export.runtime import DecoderSession, default_provider
 from lmref.impl_numpy.model import log_softmax, logit_z_loss
 from lmref.impl_numpy.moe import auxiliary_loss
@@ -75,21 +79,42 @@ class OnnxAdapter:
         self.provider = provider or default_provider()
         self.version = f"onnxruntime {ort.__version__} ({self.provider}, lmref export at opset {OPSET})"
         self._sessions: OrderedDict[tuple, DecoderSession] = OrderedDict()
-        self.exports = 0  # how many graphs this adapter exported (the tests check the cache)
+        self._templates: dict[ModelConfig, Template | None] = {}  # None: this config is exported in full
+        self.exports = 0  # how many times this adapter traced a model (the tests check the cache)
+        self.rewrites = 0  # how many (config, weights) got their graphs by re-weighting a trace
 
     def session(self, config: ModelConfig, params: dict[str, np.ndarray]) -> DecoderSession:
-        """The graph of (config, params) in onnxruntime, exported on first use."""
+        """The graph of (config, params) in onnxruntime, made on first use (module docstring)."""
         key = (config, params_digest(params))
         if key not in self._sessions:
+            programs = self.programs(config, params)
             with tempfile.TemporaryDirectory() as out:
-                export_onnx(config, params, out)
+                export_onnx(config, params, out, programs=programs)
                 # onnxruntime holds the weights in memory once the sessions exist.
                 self._sessions[key] = open_chain(open_bundle(out), self.provider)
-            self.exports += 1
             if len(self._sessions) > CACHE_SIZE:
                 self._sessions.popitem(last=False)
         self._sessions.move_to_end(key)
         return self._sessions[key]
+
+    def programs(self, config: ModelConfig, params: dict[str, np.ndarray]) -> dict:
+        """{role: ONNXProgram} of (config, params): the config's first weights are traced (and
+        its Template kept), later ones re-weighted; a full trace where there is no Template or
+        the params do not fit it."""
+        if config not in self._templates:
+            self.exports += 1
+            self._templates[config], programs = template(config, params)
+            return programs
+        kept = self._templates[config]
+        if kept is not None:
+            try:
+                programs = kept.programs(params)
+                self.rewrites += 1
+                return programs
+            except ReweightError:
+                pass  # params the template cannot hold (names or shapes): export in full
+        self.exports += 1
+        return trace(config, params)
 
     def outputs(self, config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int | None = None,
                 pixel_values: np.ndarray | None = None) -> dict[str, np.ndarray]:

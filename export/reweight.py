@@ -1,0 +1,193 @@
+"""The graphs of a config for other weights without tracing it again: `--impl onnx` traces
+once per config and re-weights for each golden case (export/onnx_adapter.py).
+
+How the exporter turns canonical params into initializers (export/exporter.py `trace`):
+
+1. impl_torch's `from_canonical` copies each canonical param into a module parameter
+   (impl_torch/model.py `torch_name`: a projection transposed to nn.Linear's [d_out, d_in]).
+2. torch.onnx's dynamo export makes every parameter the graph reads an initializer named by
+   its module path (`model.layers.0.attn.wq.weight`: the wrappers hold the twin as `model`;
+   a tied head's one tensor once, under one of its paths), and the buffers and literal
+   constants initializers of their own.  A parameter the graph does not read is left out
+   (LLaVA's embed graph holds the token table alone).
+3. Its optimizer (`optimize=True`: onnxscript `optimize_ir`) folds every expression of
+   constants.  Each nn.Linear's `Transpose(weight)` becomes an initializer `val_N` holding
+   the canonical [d_in, d_out] matrix (its metadata `pkg.onnxscript.optimizer.folded_from`
+   names the parameter) and the parameter itself goes where nothing else reads it.  On
+   tiny("llama3"), torch 2.13 / onnxscript 0.7.2: 6 initializers keep a parameter's name
+   (the embedding, the norms), 15 are folded transposes, 18 are constants of the config.
+
+So a Template keeps each graph as traced before step 3 (`optimize=False`), and for new
+weights writes each parameter's initializer, in a copy, as step 1 would fill the parameter,
+then runs the exporter's own optimizer on it: every folded copy (a transpose, or any product
+the folding computes) is derived as a direct export derives it, never matched by value.
+The copy must be one the optimizer treats as the original: it names the values it makes by
+the graph's name authority (onnx_ir: `val_{counter}`, skipping every name the graph ever
+held), and a serialized or cloned graph starts a fresh one that has forgotten the names the
+trace used and removed (LLaVA's vision graph then gets `val_21` where a direct export has
+`val_136`).  So the copy is onnx_ir's `Model.clone` (new nodes and values, tensors shared)
+given a copy of the original's name authority (`graph_copy`).  torch's export optimizes,
+then names the inputs and outputs; here the names come first, which leaves the graph byte
+for byte the same (tests/test_export_weights_swap.py compares each initializer, the
+serialized graph and the onnxruntime outputs with a direct export's).
+
+`template` refuses (ReweightError, and the caller exports in full) a graph whose parameters
+it cannot account for: a module parameter that no canonical param fills, a parameter the
+traced graph reads that is not an initializer under its module path, an initializer of a
+parameter whose shape or dtype is not the canonical param's as step 1 lays it out, or a
+lifted tensor constant of more than one element (a tensor that is not a parameter could hold
+a copy of a weight; a 0-d one is a scalar forward makes from the config, as Gemma's
+embedding scale `h.new_tensor(scale)` in impl_torch/embedding.py), or an onnx_ir without
+the name authority `graph_copy` needs.  `Template.programs` refuses params whose names or
+shapes differ.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+
+from lmref.export.exporter import export_graph, finish_programs, graph_specs
+from lmref.spec.config import ModelConfig
+
+WEIGHT_DTYPE = np.float32  # export/decoder.py DTYPE: the twin holds float32 parameters
+
+
+class ReweightError(Exception):
+    """The graphs cannot be re-weighted with certainty: export them in full."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """An initializer of the unoptimized graph that holds a module parameter: the canonical
+    param that fills it, transposed or not (torch_name), and its shape."""
+
+    canonical: str
+    transposed: bool
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Template:
+    """A config's graphs before optimization ({role: onnx_ir Model}, never changed) and, per
+    role, {initializer name: Slot} of every parameter they read."""
+
+    config: ModelConfig
+    graphs: dict
+    slots: dict[str, dict[str, Slot]]
+
+    def programs(self, params: dict[str, np.ndarray]) -> dict:
+        """{role: ONNXProgram} of (config, params), as export/exporter.py `trace` makes them."""
+        import onnx_ir as ir
+        from torch.onnx import ONNXProgram
+
+        programs = {}
+        for role, graph in self.graphs.items():
+            model = graph_copy(graph)
+            for name, slot in self.slots[role].items():
+                model.graph.initializers[name].const_value = ir.tensor(laid_out(params, slot, name), name=name)
+            program = ONNXProgram(model, None)
+            program.optimize()
+            programs[role] = program
+        return finish_programs(self.config, programs)
+
+
+def graph_copy(model):
+    """A copy of an onnx_ir Model that the optimizer names values in as in the original (module
+    docstring): its clone, with a copy of the original graph's name authority (a private
+    attribute of onnx_ir's Graph; ReweightError where this onnx_ir has none)."""
+    if not hasattr(model.graph, "_name_authority"):
+        raise ReweightError("this onnx_ir's Graph keeps no name authority to copy: the optimizer could name the "
+                            "values of a copy otherwise")
+    clone = model.clone()
+    clone.graph._name_authority = copy.deepcopy(model.graph._name_authority)
+    return clone
+
+
+def laid_out(params: dict[str, np.ndarray], slot: Slot, name: str) -> np.ndarray:
+    """The canonical param of `slot` as from_canonical fills the parameter: float32,
+    transposed where torch_name says; ReweightError when it is missing or of another shape."""
+    if slot.canonical not in params:
+        raise ReweightError(f"initializer {name}: the params have no {slot.canonical!r}")
+    value = np.asarray(params[slot.canonical])
+    value = value.T if slot.transposed else value
+    if value.shape != slot.shape:
+        raise ReweightError(f"initializer {name}: {slot.canonical!r} has shape {value.shape} as laid out, "
+                            f"the graph's is {slot.shape}")
+    return np.ascontiguousarray(value, dtype=WEIGHT_DTYPE)
+
+
+def parameter_sources(model, module) -> dict[str, tuple[str, bool]]:
+    """{module path in `module` (the graph's wrapper): (canonical name, transposed)} of every
+    parameter of `module`, found by identity with the parameters from_canonical filled in
+    `model`; ReweightError for a parameter that none fills."""
+    from lmref.impl_torch.model import torch_name
+    from lmref.spec.params import param_shapes
+
+    filled = {}
+    for canonical in param_shapes(model.config):
+        target, transposed = torch_name(canonical)
+        filled[id(model.get_parameter(target))] = (canonical, transposed)
+    sources = {}
+    for path, parameter in module.named_parameters(remove_duplicate=False):
+        if id(parameter) not in filled:
+            raise ReweightError(f"module parameter {path} is filled from no canonical param")
+        sources[path] = filled[id(parameter)]
+    return sources
+
+
+def graph_slots(program, sources: dict[str, tuple[str, bool]], params: dict[str, np.ndarray]) -> dict[str, Slot]:
+    """{initializer: Slot} of a program traced from `params`, unoptimized: each parameter its
+    exported program reads (a placeholder with users: LLaVA's embed graph reads the token
+    table alone) must be an initializer under its module path, or under one of its
+    aliases' (a tied embedding: the exporter keeps one of `embed.tokens.weight` and
+    `lm_head.weight`), float32, holding its canonical param as laid out (a check of the
+    mapping, not a search by value)."""
+    signature = program.exported_program.graph_signature
+    constants = program.exported_program.constants
+    lifted = sorted(name for name in signature.inputs_to_lifted_tensor_constants.values()
+                    if constants[name].numel() > 1)
+    if lifted:
+        raise ReweightError(f"the traced graph lifts tensor constants {lifted} (tensors that are not parameters "
+                            "could hold a copy of a weight; only scalars made from the config are admitted)")
+    used = {node.name for node in program.exported_program.graph.nodes if node.op == "placeholder" and node.users}
+    aliases: dict[tuple[str, bool], list[str]] = {}
+    for placeholder, path in signature.inputs_to_parameters.items():
+        if placeholder not in used:
+            continue  # torch.export lifts every parameter of the wrapper; the ONNX graph keeps those it reads
+        if path not in sources:
+            raise ReweightError(f"parameter {path} of the traced graph is not a parameter of the wrapper")
+        aliases.setdefault(sources[path], []).append(path)
+    initializers = program.model.graph.initializers
+    slots = {}
+    for (canonical, transposed), paths in aliases.items():
+        held = [path for path in paths if path in initializers]
+        if not held:
+            raise ReweightError(f"parameter {' = '.join(paths)} of the traced graph is not an initializer under "
+                                "its module path")
+        for path in held:
+            value = initializers[path].const_value
+            if value is None or value.dtype.numpy() != WEIGHT_DTYPE:
+                raise ReweightError(f"initializer {path} ({canonical}) is not a float32 tensor")
+            slots[path] = Slot(canonical, transposed, tuple(value.shape))
+            if not np.array_equal(value.numpy(), laid_out(params, slots[path], path)):
+                raise ReweightError(f"initializer {path} does not hold {canonical!r} as from_canonical lays it out")
+    return slots
+
+
+def template(config: ModelConfig, params: dict[str, np.ndarray]) -> tuple[Template | None, dict]:
+    """(the Template of `config`, or None where ReweightError refuses one; {role: ONNXProgram}
+    of (config, params), finished as `trace` finishes them): one trace either way."""
+    model, specs = graph_specs(config, params)
+    programs = {role: export_graph(spec, optimize=False) for role, spec in specs.items()}
+    try:
+        slots = {role: graph_slots(programs[role], parameter_sources(model, specs[role].module), params)
+                 for role in specs}
+        kept = Template(config, {role: graph_copy(p.model) for role, p in programs.items()}, slots)
+    except ReweightError:
+        kept = None
+    for program in programs.values():
+        program.optimize()
+    return kept, finish_programs(config, programs)
