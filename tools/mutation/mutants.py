@@ -128,7 +128,8 @@ MUTANTS: tuple[Mutant, ...] = (
            (T_DECODE,), TORCH, "mistral-7b",
            equivalent="the extra slot holds a key the sliding mask hides (attention reads positions, not slots)"),
     # attention scale and GQA grouping
-    Mutant("torch-eager-scale-head-dim", TA, "upcast(k)) * config.attn_scale", "upcast(k)) * config.head_dim**-0.5",
+    Mutant("torch-eager-scale-head-dim", TA, ".transpose(-1, -2)) * config.attn_scale",
+           ".transpose(-1, -2)) * config.head_dim**-0.5",
            "eager kernel scales by head_dim^-0.5, ignoring query_scale_dim", "query_scale_dim",
            (T_PROPS, T_LOGITS), TORCH + EAGER, "gemma2-27b"),
     Mutant("torch-sdpa-scale-head-dim", TA, SDPA_CALL, SDPA_CALL.replace("config.attn_scale", "config.head_dim**-0.5"),
