@@ -103,3 +103,7 @@ eager = TorchAdapter(attn_impl="eager")
 # use) instead of the sorted one; a model without "moe" layers runs as under `--impl torch`.
 moe_loop = TorchAdapter(moe_dispatch="loop")
 moe_dense = TorchAdapter(moe_dispatch="dense")
+# `--impl lmref.impl_torch.adapter:bfloat16` (and `:eager_bfloat16`): the twin in bfloat16,
+# judged by the bfloat16 row; the precision policy's upcasts act only here.
+bfloat16 = TorchAdapter("bfloat16")
+eager_bfloat16 = TorchAdapter("bfloat16", attn_impl="eager")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lmref.conformance.adapters import BUILTINS
+from lmref.conformance.adapters import BUILTINS, load_adapter
 from lmref.spec.presets import resolve_archs
 from tools.mutation import report
 from tools.mutation.mutants import MUTANTS, by_id
@@ -31,8 +31,9 @@ def test_each_mutant_applies_to_the_current_tree(mutant):
     assert text.count(mutant.old) == 1, f"{mutant.id}: its old text occurs {text.count(mutant.old)} times in {mutant.file}"
     assert mutant.new != mutant.old and "\n" not in mutant.new, mutant.id
     assert mutant.tests and all((REPO / f).is_file() and f.startswith(f"tests/{mutant.backend}/") for f in mutant.tests)
-    assert mutant.impls and all(impl in BUILTINS for impl in mutant.impls), mutant.impls
-    assert all(impl.startswith(mutant.backend) for impl in mutant.impls), (mutant.id, mutant.impls)
+    own = (mutant.backend, f"lmref.impl_{mutant.backend}.adapter:")  # a built-in, or the twin's module
+    assert mutant.impls and all(impl.startswith(own) for impl in mutant.impls), (mutant.id, mutant.impls)
+    assert all(impl in BUILTINS or load_adapter(impl) for impl in mutant.impls), mutant.impls
     assert resolve_archs(mutant.archs), mutant.archs  # raises KeyError naming an unknown arch
 
 
