@@ -283,14 +283,14 @@ MUTANTS: tuple[Mutant, ...] = (
            reason=WITHIN_BF16_ROW),
     Mutant("torch-rope-angles-in-bfloat16", TR, "compute = compute_dtype(dtype)", "compute = dtype",
            "RoPE angles computed in the model's dtype (bfloat16)", "precision", (T_PRECISION,), TORCH_BF16,
-           "llama3"),
+           "llama3", reason=WITHIN_BF16_ROW),
     Mutant("jax-rope-in-bfloat16", JR, "cos_sin(rope, positions, context, jnp.promote_types(x.dtype, jnp.float32))",
            "cos_sin(rope, positions, context, x.dtype)",
            "RoPE cos / sin and the rotation in the model's dtype (bfloat16)", "precision",
-           (J_PRECISION,), JAX_BF16, "llama3"),
+           (J_PRECISION,), JAX_BF16, "llama3", reason=WITHIN_BF16_ROW),
     Mutant("torch-loss-not-upcast", "impl_torch/objective.py", "ce = F.cross_entropy(upcast(logits).flatten(0, 1)",
            "ce = F.cross_entropy(logits.flatten(0, 1)", "cross-entropy over bfloat16 logits", "precision",
-           (T_PRECISION,), TORCH_BF16, "llama3"),
+           (T_PRECISION,), TORCH_BF16, "llama3", reason=WITHIN_BF16_ROW),
 )
 
 
