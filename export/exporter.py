@@ -47,6 +47,7 @@ from lmref.export.decoder import (ATTN_IMPL, DTYPE, KV, PAST_DIM, WINDOW_PAST_DI
                                   example_inputs, graph_input_names, graph_output_names, window_pasts)
 from lmref.export.errors import ExportError
 from lmref.export.features import check_exportable
+from lmref.export.fusable import reciprocal_products_as_divisions
 from lmref.export.vision_graphs import DECODER, EMBED, N_IMAGES_DIM, VISION, GraphSpec, graph_roles, image_graphs
 from lmref.spec.config import ModelConfig
 from lmref.spec.errors import OutputError
@@ -148,9 +149,11 @@ def trace(config: ModelConfig, params: dict[str, np.ndarray]) -> dict:
 
 
 def finish_programs(config: ModelConfig, programs: dict) -> dict:
-    """The optimized `programs` with the decoder's axes named and each graph's metadata set."""
+    """The optimized `programs` with the decoder's axes named, the norms in the form onnxruntime
+    fuses, and each graph's metadata set."""
     _name_axes(programs[DECODER], config)
     for role, program in programs.items():
+        reciprocal_products_as_divisions(program.model.graph)  # RMSNorm fuses in onnxruntime (export/fusable.py)
         program.model.metadata_props[CONFIG_METADATA_KEY] = config.to_json()
         program.model.metadata_props["lmref.format"] = f"{FORMAT}/{FORMAT_VERSION}"
         program.model.metadata_props[GRAPH_METADATA_KEY] = role

@@ -47,6 +47,18 @@ def test_export_writes_the_graph_its_data_and_the_manifest(out):
     assert (out / "model.onnx").stat().st_size < (out / "model.onnx.data").stat().st_size
 
 
+def test_the_rms_norms_divide_and_fuse_in_onnxruntime(out, tmp_path):
+    """export/fusable.py: no Reciprocal feeds a Mul, and onnxruntime's session turns each of the
+    2 layers' 2 RMSNorms and the final one into SimplifiedLayerNormalization."""
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    assert "Reciprocal" not in {n.op_type for n in graph.node}
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(out / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(options.optimized_model_filepath, load_external_data=False).graph
+    assert [n.op_type for n in optimized.node].count("SimplifiedLayerNormalization") == 5
+
+
 def test_validate_onnx_passes(out, capsys):
     assert main(["validate-onnx", str(out)]) == 0
     text = capsys.readouterr().out
