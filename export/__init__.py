@@ -2,6 +2,8 @@
 
     export.exporter     export_onnx(config, params, out), export_checkpoint, export_preset;
                         OPSET (18), the directory layout (model.onnx, config.json, export.json)
+    export.fusable      the graph rewritten into patterns onnxruntime fuses (RMSNorm as a Div)
+    export.checks       Check, FeaturesCheck: one comparison as validate-onnx prints it
     export.decoder      OnnxDecoder: impl_torch's Transformer behind the flat ONNX interface
                         (input_ids, attention_mask, position_ids, past_key_values.{i}.key|value
                         -> logits, present.{i}.key|value; a MoE layer's router_logits.{i},
