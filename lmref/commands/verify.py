@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lmref.commands.errors import fail, known_errors
+from lmref.conformance.adapters import BUILTINS
 
 COMMAND = "verify"
 
@@ -78,8 +79,8 @@ def add_commands(sub) -> None:
                     "the implementation's dtype.  Exit 0 PASS, 1 FAIL, NOT SUPPORTED or ERROR, 2 bad input.")
     p.add_argument("--hf-dir", required=True, metavar="DIR", help="a Hugging Face model directory: config.json "
                    "and model.safetensors, or shards with model.safetensors.index.json")
-    p.add_argument("--impl", metavar="NAME", help="the implementation: a built-in (numpy, torch, torch-eager, jax, "
-                   "hf, onnx) or package.module:attr (default: $LMREF_IMPL, else numpy)")
+    p.add_argument("--impl", metavar="NAME", help=f"the implementation: a built-in ({', '.join(BUILTINS)}) or "
+                   "package.module:attr (default: $LMREF_IMPL, else numpy)")
     p.add_argument("--captures", action="store_true", help="also compare the implementation's captured "
                    "intermediates, layer by layer, and name the first layer that diverges")
     p.add_argument("--tokens", metavar="IDS", help="the prompt as comma-separated token ids (default: 8 fixed "
