@@ -60,11 +60,13 @@ from lmref.spec.plan import LayerPlan, Rope
 ATTN_IMPLS = ("sdpa", "eager")
 
 
-def expand_kv_heads(kv: torch.Tensor, group_size: int) -> torch.Tensor:
-    """[B, KV, T, hd] -> [B, KV * group_size, T, hd]: kv head j serves query heads
-    j * group_size .. (j + 1) * group_size - 1 (HF `repeat_kv`)."""
-    b, n_kv, t, hd = kv.shape
-    return kv[:, :, None].expand(b, n_kv, group_size, t, hd).reshape(b, n_kv * group_size, t, hd)
+def group_queries(q: torch.Tensor, n_kv: int) -> torch.Tensor:
+    """[B, H, Sq, D] -> [B, KV, H / KV, Sq, D] (queries, or the probabilities): query heads
+    j * G .. (j + 1) * G - 1 share kv head j (HF `repeat_kv`'s grouping), so the products
+    broadcast each kv head over its group instead of copying it H / KV times (the export then
+    holds no Expand of the cache)."""
+    b, h, sq, d = q.shape
+    return q.reshape(b, n_kv, h // n_kv, sq, d)
 
 
 def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
@@ -85,15 +87,18 @@ def eager_attention(config: ModelConfig, q: torch.Tensor, k: torch.Tensor, v: to
     themselves: q and k are upcast before the product, so no score is ever rounded to a half
     dtype), the bias and the softmax in float32 at least; the probabilities are cast to v's
     dtype for the value product (spec/MATH.md, "Precision policy")."""
-    k = expand_kv_heads(k, config.kv_group_size)  # [B, H, Sk, hd]
-    v = expand_kv_heads(v, config.kv_group_size)
+    b, h, sq, hd = q.shape
+    n_kv = k.shape[1]
+    keys = upcast(k)[:, :, None].transpose(-1, -2)  # [B, KV, 1, hd, Sk]
     # matmul, not einsum: the export's graph then holds MatMul, which onnxruntime runs 2 to 3.5
     # times faster than Einsum at decode shapes (issue 16's profile)
-    scores = (upcast(q) @ upcast(k).transpose(-1, -2)) * config.attn_scale  # [B, H, Sq, hd] @ [B, H, hd, Sk]
+    scores = (group_queries(upcast(q), n_kv) @ keys).reshape(b, h, sq, -1)  # [B, KV, G, Sq, Sk] -> [B, H, Sq, Sk]
+    scores = scores * config.attn_scale
     if config.attn_softcap is not None:
         scores = softcap(scores, config.attn_softcap)  # Gemma 2: on the scaled scores, before the bias
-    probs = torch.softmax(scores + bias, dim=-1).to(v.dtype)
-    return probs @ v  # [B, H, Sq, Sk] @ [B, H, Sk, hd] -> [B, H, Sq, hd]
+    probs = torch.softmax(scores + bias, dim=-1)
+    out = group_queries(probs, n_kv).to(v.dtype) @ v[:, :, None]  # [B, KV, G, Sq, Sk] @ [B, KV, 1, Sk, hd]
+    return out.reshape(b, h, sq, hd)
 
 
 def sdpa_attention(config: ModelConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -77,9 +77,10 @@ def test_config_mistakes_fail_on_the_twins(twin, control):
     assert_fails(Broken(TWINS[twin](), adjust=control.adapter.adjust), control.arch)
 
 
-def _kv_heads_tiled(kv, group_size):
-    """GQA grouped wrong: query head h reads kv head h % n_kv."""
-    return kv.repeat(1, group_size, 1, 1)
+def _queries_tiled(q, n_kv):
+    """GQA grouped wrong: query head h reads kv head h % n_kv ([B, KV, G, Sq, D], as group_queries)."""
+    b, h, sq, d = q.shape
+    return q.reshape(b, h // n_kv, n_kv, sq, d).transpose(1, 2)
 
 
 def _mask_sees_next(q_positions, k_positions):
@@ -93,12 +94,12 @@ def _window_one_too_wide(q_positions, k_positions, window):
 
 
 @pytest.mark.parametrize("patch,arch", [
-    ((torch_attention, "expand_kv_heads", _kv_heads_tiled), "llama3"),
+    ((torch_attention, "group_queries", _queries_tiled), "llama3"),
     ((torch_masks, "causal", _mask_sees_next), "llama2"),
     ((torch_masks, "sliding", _window_one_too_wide), "mistral-7b"),
 ], ids=["gqa_grouped_wrong", "causal_mask_off_by_one", "sliding_window_off_by_one"])
 def test_code_mistakes_fail_on_the_torch_twin(patch, arch):
-    # The eager kernel is the one that calls expand_kv_heads (SDPA groups heads itself), and it
+    # The eager kernel is the one that calls group_queries (SDPA groups heads itself), and it
     # builds the mask for every layer (SDPA's is_causal fast path skips masks.causal).
     assert_fails(Broken(TorchAdapter(attn_impl="eager"), patch=patch), arch)
 

@@ -47,11 +47,13 @@ def test_export_writes_the_graph_its_data_and_the_manifest(out):
     assert (out / "model.onnx").stat().st_size < (out / "model.onnx.data").stat().st_size
 
 
-def test_the_rms_norms_divide_and_fuse_in_onnxruntime(out, tmp_path):
+def test_the_rms_norms_fuse_in_onnxruntime_and_no_kv_head_is_copied(out, tmp_path):
     """export/fusable.py: no Reciprocal feeds a Mul, and onnxruntime's session turns each of the
-    2 layers' 2 RMSNorms and the final one into SimplifiedLayerNormalization."""
+    2 layers' 2 RMSNorms and the final one into SimplifiedLayerNormalization; the attention
+    broadcasts each KV head over its query group (impl_torch/attention.py `group_queries`)."""
     graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
     assert "Reciprocal" not in {n.op_type for n in graph.node}
+    assert "Expand" not in {n.op_type for n in graph.node}  # GQA (groups of 4) broadcasts, copies no KV head
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(out / "model.onnx"), options, providers=["CPUExecutionProvider"])
