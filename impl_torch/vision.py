@@ -64,8 +64,10 @@ def bidirectional_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
     """softmax(q k^T * scale) v over every key: q, k, v [N, H, L, hd] -> [N, H, L, hd]."""
     if attn_impl == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, scale=scale)  # no mask, not causal
-    scores = upcast(torch.einsum("nhqd,nhkd->nhqk", q, k)) * scale  # [N, H, L, L]
-    return torch.einsum("nhqk,nhkd->nhqd", torch.softmax(scores, dim=-1).to(v.dtype), v)
+    # q and k upcast before the product (spec/MATH.md, "Precision policy"); matmuls, not einsums:
+    # onnxruntime runs MatMul faster (impl_torch/attention.py)
+    scores = (upcast(q) @ upcast(k).transpose(-1, -2)) * scale  # [N, H, L, hd] @ [N, H, hd, L] -> [N, H, L, L]
+    return torch.softmax(scores, dim=-1).to(v.dtype) @ v  # [N, H, L, L] @ [N, H, L, hd]
 
 
 class TowerAttention(nn.Module):
