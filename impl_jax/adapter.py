@@ -39,8 +39,16 @@ class JaxAdapter:
         impl_jax.check_params(config, params)  # before the cast, which would hide an integer dtype
         return impl_jax.from_canonical(params, self.dtype)
 
+    def _evaluate(self, config: ModelConfig, params: dict, tokens: np.ndarray, pixel_values,
+                  for_loss: bool = False) -> tuple[jax.Array, dict, jax.Array | None]:
+        """(logits, the intermediates by name, the loss) from impl_jax.evaluate: forward, capture,
+        routing and loss of a case run one jitted function on the same shapes, so it compiles once
+        for the four (XLA compilation is nearly all of a tiny case's time)."""
+        return impl_jax.evaluate(config, self._params(config, params), tokens, pixel_values=pixel_values,
+                                 for_loss=for_loss)
+
     def forward(self, config: ModelConfig, params: dict, tokens: np.ndarray, pixel_values=None) -> np.ndarray:
-        return np.asarray(impl_jax.forward(config, self._params(config, params), tokens, pixel_values=pixel_values))
+        return np.asarray(self._evaluate(config, params, tokens, pixel_values)[0])
 
     def decode(self, config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int,
                pixel_values=None) -> np.ndarray:
@@ -49,20 +57,18 @@ class JaxAdapter:
         return np.asarray(impl_jax.decode(config, jax_params, tokens, prompt_len, pixel_values=pixel_values))
 
     def loss(self, config: ModelConfig, params: dict, tokens: np.ndarray, pixel_values=None) -> float:
-        return float(impl_jax.loss(config, self._params(config, params), tokens, pixel_values=pixel_values))
+        return float(self._evaluate(config, params, tokens, pixel_values, for_loss=True)[2])
 
     def capture(self, config: ModelConfig, params: dict, tokens: np.ndarray, pixel_values=None
                 ) -> dict[str, np.ndarray]:
-        captured: dict = {}
-        impl_jax.forward(config, self._params(config, params), tokens, pixel_values=pixel_values, capture=captured)
+        captured = self._evaluate(config, params, tokens, pixel_values)[1]
         return {name: np.asarray(value) for name, value in captured.items()}
 
     def routing(self, config: ModelConfig, params: dict, tokens: np.ndarray, pixel_values=None
                 ) -> dict[str, np.ndarray]:
         """{"layers.{i}": int [B, S, k]}: the experts each "moe" layer chose for each token, ranked
         from the captured router logits as the layer ranks them (impl_jax/moe.py, `route`)."""
-        captured: dict = {}
-        impl_jax.forward(config, self._params(config, params), tokens, pixel_values=pixel_values, capture=captured)
+        captured = self._evaluate(config, params, tokens, pixel_values)[1]
         return {f"layers.{i}": np.asarray(route(config, captured[f"layers.{i}.router"])[0]) for i in moe_layers(config)}
 
 

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from lmref import impl_numpy
+from lmref import impl_jax, impl_numpy
 from lmref.conformance.adapters import CAPABILITIES, takes_images
 from lmref.conformance.image_cases import case_pixels, place_images, text_ids
 from lmref.impl_jax.adapter import JaxAdapter, bfloat16
@@ -73,3 +73,28 @@ def test_every_capability_takes_images_and_matches_the_golden():
     assert loss == pytest.approx(impl_numpy.loss(LLAVA, LLAVA_PARAMS, LLAVA_TOKENS, pixel_values=PIXELS),
                                  rel=FLOAT32.loss_rtol, abs=FLOAT32.loss_atol)
     assert bfloat16.forward(LLAVA, LLAVA_PARAMS, LLAVA_TOKENS, pixel_values=PIXELS).dtype.name == "bfloat16"
+
+
+def test_forward_capture_and_loss_of_a_case_share_one_compilation():
+    """One compiled `evaluate` serves forward, capture and loss of a shape (XLA compilation is
+    nearly all of a conformance case's time); a new shape compiles once more."""
+    config = tiny("llama3", name="adapter-shares-one-compilation")  # new to the jit cache
+    params = init_params(config, 6)
+    tokens = np.random.default_rng(6).integers(0, config.vocab_size, size=(2, 5))
+    adapter, before, losses = JaxAdapter(), impl_jax.evaluate_jit._cache_size(), impl_jax.loss_jit._cache_size()
+    logits = adapter.forward(config, params, tokens)
+    captured = adapter.capture(config, params, tokens)
+    loss = adapter.loss(config, params, tokens)
+    assert impl_jax.evaluate_jit._cache_size() == before + 1
+    assert impl_jax.loss_jit._cache_size() == losses  # the loss came from the same compilation
+    np.testing.assert_array_equal(captured["logits"], logits)  # the same executable's outputs
+    assert loss == pytest.approx(float(impl_jax.loss(config, impl_jax.from_canonical(params), tokens)), rel=1e-6)
+    adapter.forward(config, params, tokens[:, :3])
+    assert impl_jax.evaluate_jit._cache_size() == before + 2
+
+
+def test_the_loss_through_evaluate_keeps_the_loss_errors():
+    one_token = TOKENS[:, :1]
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        JaxAdapter().loss(CONFIG, PARAMS, one_token)
+    assert JaxAdapter().forward(CONFIG, PARAMS, one_token).shape == (2, 1, CONFIG.vocab_size)
