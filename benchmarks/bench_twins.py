@@ -3,6 +3,7 @@ impl_jax (jit) vs impl_torch, on the same config, weights, dtype (float32) and t
 
     python benchmarks/bench_twins.py                    # small (~10M) and medium (~100M)
     python benchmarks/bench_twins.py --sizes small --repeats 5
+    python benchmarks/bench_twins.py --device cuda          # the GPU rows: torch on CUDA, JAX on its GPU backend
 
 For each family (GPT-2, LLaMA) and size it measures (a) a training step: forward, backward
 and AdamW, and (b) a forward pass, and prints tokens/s and the ratios ours / peer (> 1: ours
@@ -48,25 +49,27 @@ def bench_config(family: str, size: str) -> tuple[ModelConfig, int, int]:
 # --- the contenders --------------------------------------------------------------------------
 
 
-def lmref_torch(config: ModelConfig, params: dict):
+def lmref_torch(config: ModelConfig, params: dict, device: str):
     from lmref.impl_torch import Transformer
 
-    return Transformer.from_canonical(config, params)
+    return Transformer.from_canonical(config, params, device=device)
 
 
-def hf_torch(config: ModelConfig, params: dict):
+def hf_torch(config: ModelConfig, params: dict, device: str):
     from transformers import AutoModelForCausalLM
 
     from lmref.convert import to_hf
 
     with tempfile.TemporaryDirectory() as directory:
         to_hf(config, params, directory)
-        return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, attn_implementation="sdpa")
+    return model.to(device)
 
 
 def torch_steps(model, tokens: torch.Tensor, is_hf: bool) -> tuple[Callable, Callable]:
-    """(forward, train_step) closures for a torch model."""
+    """(forward, train_step) closures for a torch model; each waits for its device."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    sync = torch.cuda.synchronize if tokens.is_cuda else lambda: None
 
     def loss_of():
         if is_hf:
@@ -75,13 +78,16 @@ def torch_steps(model, tokens: torch.Tensor, is_hf: bool) -> tuple[Callable, Cal
 
     def forward():
         with torch.no_grad():
-            return model(input_ids=tokens).logits if is_hf else model(tokens)
+            logits = model(input_ids=tokens).logits if is_hf else model(tokens)
+        sync()
+        return logits
 
     def train_step():
         optimizer.zero_grad(set_to_none=True)
         loss = loss_of()
         loss.backward()
         optimizer.step()
+        sync()
 
     return forward, train_step
 
@@ -125,15 +131,15 @@ def jax_steps(config: ModelConfig, params: dict, tokens: np.ndarray) -> tuple[Ca
 # --- the run -----------------------------------------------------------------------------------
 
 
-def run(family: str, size: str, repeats: int, with_jax: bool) -> list[str]:
+def run(family: str, size: str, repeats: int, with_jax: bool, device: str) -> list[str]:
     config, batch, seq = bench_config(family, size)
     params = {k: v.astype(np.float32) for k, v in init_params(config, 0).items()}
     tokens_np = np.random.default_rng(0).integers(0, config.vocab_size, (batch, seq))
-    tokens = torch.from_numpy(tokens_np)
+    tokens = torch.from_numpy(tokens_np).to(device)
     n_tokens = batch * seq
     rows = {}
-    ours_fwd, ours_train = torch_steps(lmref_torch(config, params), tokens, is_hf=False)
-    peer_fwd, peer_train = torch_steps(hf_torch(config, params), tokens, is_hf=True)
+    ours_fwd, ours_train = torch_steps(lmref_torch(config, params, device), tokens, is_hf=False)
+    peer_fwd, peer_train = torch_steps(hf_torch(config, params, device), tokens, is_hf=True)
     rows["forward"] = [timed(ours_fwd, repeats), timed(peer_fwd, repeats)]
     rows["train step"] = [timed(ours_train, repeats), timed(peer_train, repeats)]
     if with_jax:
@@ -156,15 +162,23 @@ def main() -> None:
     parser.add_argument("--families", default="gpt2,llama")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-jax", action="store_true")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="torch's device; JAX runs on its default backend, printed (a GPU with jax[cuda])")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32; "
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: this torch has no CUDA device")
+    print(f"torch {torch.__version__} on {args.device}, {torch.get_num_threads()} threads; float32; "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    if not args.no_jax:
+        import jax
+
+        print(f"jax {jax.__version__} on {jax.default_backend()}: {jax.devices()[0]}")
     print("| model | params | batch x seq | what | lmref torch tok/s | HF tok/s | torch / HF | "
           "lmref jax tok/s | jax / torch |")
     print("|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes.split(","):
         for family in args.families.split(","):
-            for line in run(family, size, args.repeats, not args.no_jax):
+            for line in run(family, size, args.repeats, not args.no_jax, args.device):
                 print(line, flush=True)
 
 
