@@ -1,18 +1,33 @@
-"""onnxruntime against torch eager on the same model, side by side in one run: per-token
-decode latency (batch 1, through each one's KV cache) and prefill throughput.
+"""lmref's ONNX export against its peers and torch eager, side by side in one run: per-token
+decode latency (batch 1, greedy, after a 128-token prompt) and prefill throughput (4 x 128).
 
-    python benchmarks/bench_onnx.py                    # ~9M LLaMA-style model, CPU
-    python benchmarks/bench_onnx.py --prompt 256 --steps 128 --repeats 5 --threads 1
+    python benchmarks/bench_onnx.py --threads 1                      # ours and torch eager only
+    python benchmarks/bench_onnx.py --threads 1 --size 125m \
+        --genai-python /tmp/peers-genai/bin/python --optimum-python /tmp/peers-optimum/bin/python
 
-The model is lmref's own export (export/exporter.py, opset 18, float32) of a LLaMA 3-style
-config (GQA, RoPE, SwiGLU, RMSNorm).  CPU: onnxruntime's CPU provider against
-impl_torch.Transformer (SDPA, static KV cache), both with torch's thread count.  Ratios are
-onnxruntime / torch: for latency below 1 means onnxruntime is faster, for throughput above 1
-does.  Where onnxruntime has
-the CUDA provider, the same runs on the GPU: onnxruntime with IOBinding (the inputs, and the
-presents fed back as the next step's past, stay on the device; without it, host copies make
-onnxruntime look slow: huggingface/optimum#1337) against torch on CUDA.
-Tests never time; results are recorded in benchmarks/README.md, section ONNX.
+Sizes (`--size`): 9m, a 9.3M LLaMA 3-style model (d_model 256, 6 layers, GQA 8 / 2, head_dim
+32, d_ff 896, vocab 8192); 125m, 124.7M (d_model 768, 12 layers, GQA 12 / 4, head_dim 64,
+d_ff 2048, vocab 32000, untied), GPT-2 small's width and depth.  Weights: init_params seed 0.
+
+CPU contenders, each with `--threads` intra-op threads (onnxruntime 1.32's CPU provider):
+- ours: lmref's export (export/exporter.py, opset 18, float32) in a plain InferenceSession;
+- ours, contrib ops: `lmref export --ort-contrib`'s graph (export/contrib.py: RotaryEmbedding,
+  SkipSimplifiedLayerNormalization), in the same plain session;
+- genai builder graph: onnxruntime-genai's model builder's graph in the same plain session;
+- genai generator: that graph through onnxruntime-genai's own generator (its shared KV
+  buffer), timed in its interpreter (onnx_genai_run.py);
+- optimum: optimum-onnx's export in the same plain session;
+- ours, contrib ops, genai generator: our contrib graph through that same generator (the
+  builder's genai_config.json, plus our position_ids input): the graphs compared in one loop;
+- torch eager: impl_torch.Transformer (SDPA, static KV cache), torch's threads set alike.
+The peers are built here from the same weights by their own tools (onnx_peers.py says how,
+and how to make their interpreters); a peer whose interpreter is not given is left out.
+Every plain session runs the same loop: inputs by name, the presents fed back as the next
+past, the next token the argmax of the last logits.  Before timing, every contender's 64
+greedy tokens must equal ours.  Ratios are contender / ours: per-token latency below 1 means
+the contender is faster.  Where onnxruntime has the CUDA provider, ours also runs on the GPU
+with IOBinding against torch on CUDA (without it, host copies make onnxruntime look slow:
+huggingface/optimum#1337).  Tests never time; results are in benchmarks/README.md, section ONNX.
 """
 
 from __future__ import annotations
@@ -21,37 +36,30 @@ import argparse
 import dataclasses
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 
+import onnx_peers  # benchmarks/onnx_peers.py, beside this script
+from onnx_loops import BoundDecoder, PlainDecoder, SharedBufferDecoder  # beside this script
 from timing import timed  # benchmarks/timing.py, beside this script
 from lmref.export.exporter import export_onnx
-from lmref.export.runtime import CPU, CUDA, DecoderSession, available_providers, open_session
+from lmref.export.runtime import CPU, CUDA, available_providers, open_session
 from lmref.impl_torch import Transformer
 from lmref.spec.config import ModelConfig
 from lmref.spec.params import init_params, param_count
 from lmref.spec.presets import get_preset
 
-
-def bench_config() -> ModelConfig:
-    """A ~9M-parameter LLaMA 3-style model (bench_twins.py's "small" LLaMA, vocab 8192)."""
-    return dataclasses.replace(get_preset("llama3"), name="llama-9m", vocab_size=8192, d_model=256, n_layers=6,
-                               n_heads=8, n_kv_heads=2, head_dim=32, d_ff=896, max_seq_len=1024)
-
-
-# --- onnxruntime --------------------------------------------------------------------------------
+SIZES = {  # --size: the LLaMA 3 preset's architecture at these dimensions
+    "9m": dict(vocab_size=8192, d_model=256, n_layers=6, n_heads=8, n_kv_heads=2, head_dim=32, d_ff=896),
+    "125m": dict(vocab_size=32000, d_model=768, n_layers=12, n_heads=12, n_kv_heads=4, head_dim=64, d_ff=2048),
+}
 
 
-def ort_decode(session: DecoderSession, prompt: np.ndarray, steps: int) -> Callable[[], None]:
-    """Prefill `prompt` [1, P] from an empty past, then `steps` single-token steps."""
-    def run():
-        mask = np.ones((1, prompt.shape[1] + steps), np.int64)
-        logits, past = session.step(prompt, mask[:, : prompt.shape[1]], session.empty_past(1))
-        for t in range(steps):
-            token = logits[:, -1:].argmax(-1)  # [1, 1]
-            logits, past = session.step(token, mask[:, : prompt.shape[1] + t + 1], past)
-    return run
+def bench_config(size: str = "9m") -> ModelConfig:
+    """The LLaMA 3-style model of `size` (SIZES; "9m" is bench_twins.py's "small" LLaMA, vocab 8192)."""
+    return dataclasses.replace(get_preset("llama3"), name=f"llama-{size}", max_seq_len=1024, **SIZES[size])
 
 
 def ort_cuda_decode(session, config: ModelConfig, prompt: np.ndarray, steps: int) -> Callable[[], None]:
@@ -90,17 +98,17 @@ def ort_cuda_decode(session, config: ModelConfig, prompt: np.ndarray, steps: int
 # --- torch --------------------------------------------------------------------------------------
 
 
-def torch_decode(model: Transformer, prompt: torch.Tensor, steps: int) -> Callable[[], None]:
-    """impl_torch's own decoding: the static KV cache, one prefill, then single-token steps."""
-    @torch.no_grad()
-    def run():
+def torch_generate(model: Transformer, prompt: torch.Tensor, steps: int) -> list[int]:
+    """impl_torch's own greedy decoding: the static KV cache, one prefill, then single-token steps."""
+    with torch.no_grad():
         cache = model.new_cache(1, capacity=prompt.shape[1] + steps)
-        logits = model(prompt, cache=cache)
+        logits, tokens = model(prompt, cache=cache), []
         for _ in range(steps):
-            logits = model(logits[:, -1:].argmax(-1), cache=cache)
+            tokens.append(logits[:, -1:].argmax(-1))  # [1, 1]
+            logits = model(tokens[-1], cache=cache)
         if model.device.type == "cuda":
             torch.cuda.synchronize()
-    return run
+    return [int(t) for t in tokens]
 
 
 def torch_prefill(model: Transformer, prompt: torch.Tensor) -> Callable[[], None]:
@@ -115,65 +123,166 @@ def torch_prefill(model: Transformer, prompt: torch.Tensor) -> Callable[[], None
 # --- the run ------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class Contender:
+    """generate(steps) -> greedy tokens after the prompt; prefill() runs the batch prompt."""
+    name: str
+    generate: Callable[[int], list[int]]
+    prefill: Callable[[], object]
+
+
 def per_token(total: float, prefill: float, steps: int) -> float:
     """Seconds per decode step: (prefill + steps) minus the prefill alone, over steps."""
     return max(total - prefill, 0.0) / steps
 
 
-def row(device: str, what: str, ours: float, peer: float, unit: str, better_low: bool) -> str:
-    better = "lower" if better_low else "higher"
-    return f"| {device} | {what} | {ours:,.2f} {unit} | {peer:,.2f} {unit} | {ours / peer:.2f} | {better} is better |"
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each fn, the fns run in turn in every round (after one warm-up round),
+    so that the machine's load changes weigh on all of them alike."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, 1, warmup=0))
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def bench(device: str, session, model: Transformer, config: ModelConfig, args) -> list[str]:
+def check_tokens(name: str, tokens: list[int], reference: list[int]) -> None:
+    """SystemExit unless a contender's greedy tokens are ours."""
+    if tokens != reference:
+        first = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), min(len(tokens), len(reference)))
+        raise SystemExit(f"{name}: greedy tokens differ from ours at step {first}: {tokens[first:first + 4]} "
+                         f"against {reference[first:first + 4]}")
+
+
+def measure(contenders: list[Contender], args, batch_tokens: int) -> dict[str, tuple[float, float]]:
+    """{name: (per-token decode seconds, prefill tokens/s)}, the greedy tokens checked first."""
+    reference = contenders[0].generate(args.steps)
+    for c in contenders[1:]:
+        check_tokens(c.name, c.generate(args.steps), reference)
+    full = interleaved({c.name: (lambda c=c: c.generate(args.steps)) for c in contenders}, args.repeats)
+    pre = interleaved({c.name: (lambda c=c: c.generate(0)) for c in contenders}, args.repeats)
+    batch = interleaved({c.name: c.prefill for c in contenders}, args.repeats)
+    return {c.name: (per_token(full[c.name], pre[c.name], args.steps), batch_tokens / batch[c.name])
+            for c in contenders}
+
+
+def plain(name: str, path: Path, config: ModelConfig, batch_prompt: np.ndarray, args, *,
+          gqa: bool = False) -> Contender:
+    """A contender over a plain session of the graph at `path`, in the loop args.loop asks for
+    (`shared` only where the graph has GroupQueryAttention, `gqa`; iobinding elsewhere)."""
+    loop = {"numpy": PlainDecoder, "iobinding": BoundDecoder,
+            "shared": SharedBufferDecoder if gqa else BoundDecoder}[args.loop]
+    decoder = loop(open_session(path, CPU, threads=args.threads), config)
+    prompt = batch_prompt[:1]
+    return Contender(name, lambda steps: decoder.generate(prompt, steps), lambda: decoder.prefill(batch_prompt))
+
+
+def eager(model: Transformer, batch_prompt: np.ndarray) -> Contender:
+    prompt, batch = (torch.from_numpy(p).to(model.device) for p in (batch_prompt[:1], batch_prompt))
+    return Contender("torch eager (impl_torch)", lambda steps: torch_generate(model, prompt, steps),
+                     torch_prefill(model, batch))
+
+
+def table(results: dict[str, tuple[float, float]]) -> list[str]:
+    ours_s, ours_tps = results["ours"]
+    lines = ["| contender | decode ms/token | / ours | prefill tok/s | / ours |", "|---|---|---|---|---|"]
+    for name, (s, tps) in results.items():
+        lines.append(f"| {name} | {1e3 * s:.3f} | {s / ours_s:.2f} | {tps:,.0f} | {tps / ours_tps:.2f} |")
+    peers = {n: r for n, r in results.items() if not n.startswith(("ours", "torch"))}
+    if peers:
+        best = min(peers, key=lambda n: peers[n][0])
+        for name in (n for n in results if n.startswith("ours")):
+            ratio = results[name][0] / peers[best][0]
+            lines.append(f"target ({name}): per-token latency / the fastest peer's ({best}) = {ratio:.3f}: "
+                         f"{'met' if ratio <= 1.0 else 'not met'} (target <= 1.00)")
+    return lines
+
+
+def cpu_results(config: ModelConfig, params: dict, work: Path, args) -> dict[str, tuple[float, float]]:
     rng = np.random.default_rng(0)
-    prompt = rng.integers(0, config.vocab_size, (1, args.prompt))
-    batch_prompt = rng.integers(0, config.vocab_size, (args.batch, args.prompt))
-    t_prompt = torch.from_numpy(prompt).to(model.device)
-    if device == "cpu":
-        decode = DecoderSession(session, config)
-        ort_pre, ort_full = (ort_decode(decode, prompt, n) for n in (0, args.steps))
-        ort_batch = lambda: decode.step(batch_prompt, np.ones_like(batch_prompt), decode.empty_past(args.batch))
-    else:
-        ort_pre, ort_full = (ort_cuda_decode(session, config, prompt, n) for n in (0, args.steps))
-        ort_batch = ort_cuda_decode(session, config, batch_prompt, 0)
-    latency_ort = per_token(timed(ort_full, args.repeats), timed(ort_pre, args.repeats), args.steps)
-    latency_torch = per_token(timed(torch_decode(model, t_prompt, args.steps), args.repeats),
-                              timed(torch_decode(model, t_prompt, 0), args.repeats), args.steps)
-    tokens = args.batch * args.prompt
-    tps_ort = tokens / timed(ort_batch, args.repeats)
-    tps_torch = tokens / timed(torch_prefill(model, torch.from_numpy(batch_prompt).to(model.device)), args.repeats)
-    return [row(device, "decode latency per token (batch 1)", 1e3 * latency_ort, 1e3 * latency_torch, "ms", True),
-            row(device, f"prefill throughput ({args.batch}x{args.prompt})", tps_ort, tps_torch, "tok/s", False)]
+    batch_prompt = rng.integers(0, config.vocab_size, (args.batch, args.prompt))  # row 0: the decode prompt
+    ours = export_onnx(config, params, work / "ours")
+    contrib = export_onnx(config, params, work / "ours-contrib", ort_contrib=True)
+    contenders = [plain("ours", ours, config, batch_prompt, args),
+                  plain("ours, contrib ops", contrib, config, batch_prompt, args, gqa=True)]
+    hf = onnx_peers.hf_model(config, params, work / "hf") if args.genai_python or args.optimum_python else None
+    if args.genai_python:
+        genai_graph = onnx_peers.genai_builder_graph(args.genai_python, hf, work / "genai")
+        contenders.append(plain("genai builder graph, plain session", genai_graph, config, batch_prompt, args,
+                                gqa=True))
+    if args.optimum_python:
+        graph = onnx_peers.optimum_graph(args.optimum_python, hf, work / "optimum")
+        contenders.append(plain("optimum-onnx export, plain session", graph, config, batch_prompt, args))
+    contenders.append(eager(Transformer.from_canonical(config, params).eval(), batch_prompt))
+    results = measure(contenders, args, batch_prompt.size)
+    if args.genai_python:
+        reference = contenders[0].generate(args.steps)
+        eos = min(set(range(config.vocab_size)) - set(reference))
+        run = onnx_peers.genai_generator(args.genai_python, work / "genai", batch_prompt[:1], batch_prompt,
+                                         steps=args.steps, repeats=args.repeats, threads=args.threads, eos=eos)
+        check_tokens("genai generator", run["tokens"], reference)
+        results["genai generator (own loop, own run)"] = (run["decode_s"], batch_prompt.size / run["prefill_s"])
+        ours_dir = onnx_peers.genai_model_dir(work / "genai", contrib.parent, work / "ours-genai")
+        run = onnx_peers.genai_generator(args.genai_python, ours_dir, batch_prompt[:1], batch_prompt,
+                                         steps=args.steps, repeats=args.repeats, threads=args.threads, eos=eos)
+        check_tokens("ours, contrib ops, genai generator", run["tokens"], reference)
+        results["ours, contrib ops, genai generator (own run)"] = (run["decode_s"],
+                                                                   batch_prompt.size / run["prefill_s"])
+    return results
+
+
+def cuda_rows(path: Path, config: ModelConfig, params: dict, args) -> list[str]:
+    """Ours on CUDA with IOBinding against torch on CUDA: per-token decode, prefill."""
+    batch_prompt = np.random.default_rng(0).integers(0, config.vocab_size, (args.batch, args.prompt))
+    session, model = open_session(path, CUDA), Transformer.from_canonical(config, params, device="cuda").eval()
+    prompt, batch = (torch.from_numpy(p).cuda() for p in (batch_prompt[:1], batch_prompt))
+    ort_s = per_token(timed(ort_cuda_decode(session, config, batch_prompt[:1], args.steps), args.repeats),
+                      timed(ort_cuda_decode(session, config, batch_prompt[:1], 0), args.repeats), args.steps)
+    torch_s = per_token(timed(lambda: torch_generate(model, prompt, args.steps), args.repeats),
+                        timed(lambda: torch_generate(model, prompt, 0), args.repeats), args.steps)
+    ort_tps = batch_prompt.size / timed(ort_cuda_decode(session, config, batch_prompt, 0), args.repeats)
+    torch_tps = batch_prompt.size / timed(torch_prefill(model, batch), args.repeats)
+    return [f"| cuda | ours (IOBinding) | {1e3 * ort_s:.3f} ms | {ort_tps:,.0f} tok/s |",
+            f"| cuda | torch eager | {1e3 * torch_s:.3f} ms | {torch_tps:,.0f} tok/s |"]
 
 
 def main() -> None:
     import onnxruntime as ort
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="9m", help="the model (default 9m)")
     parser.add_argument("--prompt", type=int, default=128, help="prompt tokens (default 128)")
     parser.add_argument("--steps", type=int, default=64, help="decode steps (default 64)")
     parser.add_argument("--batch", type=int, default=4, help="prefill batch (default 4)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                        help="CPU threads of both (default: torch's); 1 on a machine other jobs share, "
-                             "where spinning OpenMP threads stall each other")
+                        help="CPU threads of every contender (default: torch's); 1 on a machine other jobs "
+                             "share, where spinning OpenMP threads stall each other")
+    parser.add_argument("--loop", choices=("shared", "iobinding", "numpy"), default="shared",
+                        help="the plain sessions' loop: `iobinding`, the presents kept as OrtValues and bound "
+                             "as the next past; `shared` (default), the same with one KV buffer per layer that "
+                             "GroupQueryAttention writes in place, for the graphs that have it; `numpy`, "
+                             "session.run with NumPy arrays")
+    parser.add_argument("--genai-python", metavar="PYTHON", help="an interpreter with onnxruntime-genai "
+                        "(its model builder and generator rows; see onnx_peers.py)")
+    parser.add_argument("--optimum-python", metavar="PYTHON", help="an interpreter with optimum-onnx (its row)")
     args = parser.parse_args()
-    config = bench_config()
+    onnx_peers.check_python(args.genai_python, "onnxruntime_genai", "--genai-python")
+    onnx_peers.check_python(args.optimum_python, "optimum.exporters.onnx", "--optimum-python")
+    config = bench_config(args.size)
     params = init_params(config, 0)
-    threads = args.threads
-    torch.set_num_threads(threads)
-    print(f"{config.name}: {param_count(config) / 1e6:.1f}M params, float32; torch {torch.__version__} "
-          f"({threads} threads), onnxruntime {ort.__version__} ({threads} intra-op threads)")
-    print("| device | what | onnxruntime | torch eager | onnxruntime / torch | |\n|---|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as out:
-        path = export_onnx(config, params, out)
-        model = Transformer.from_canonical(config, params).eval()
-        for line in bench("cpu", open_session(path, CPU, threads=threads), model, config, args):
+    torch.set_num_threads(args.threads)
+    print(f"{config.name}: {param_count(config) / 1e6:.1f}M params, float32; onnxruntime {ort.__version__} "
+          f"({args.threads} intra-op threads), torch {torch.__version__} ({args.threads} threads); "
+          f"prompt {args.prompt}, {args.steps} steps, prefill {args.batch}x{args.prompt}, median of {args.repeats}; "
+          f"plain-session loop: {args.loop}")
+    with tempfile.TemporaryDirectory() as work:
+        for line in table(cpu_results(config, params, Path(work), args)):
             print(line, flush=True)
         if CUDA in available_providers() and torch.cuda.is_available():
-            cuda_model = Transformer.from_canonical(config, params, device="cuda").eval()
-            for line in bench("cuda", open_session(path, CUDA), cuda_model, config, args):
+            for line in cuda_rows(Path(work) / "ours" / "model.onnx", config, params, args):
                 print(line, flush=True)
         else:
             print("(no CUDA: onnxruntime-gpu and a CUDA build of torch are needed for the GPU rows)")

@@ -66,6 +66,7 @@ GRAPH_FILES = {VISION: "vision.onnx", EMBED: "embed.onnx", DECODER: MODEL_FILE} 
 GRAPH_METADATA_KEY = "lmref.graph"  # the graph's role, in each graph's metadata
 EXTERNAL_DATA_BYTES = 1 << 30  # 1 GiB of float32 weights and more: external data
 CONFIG_METADATA_KEY = "lmref.config"
+CONTRIB_METADATA_KEY = "lmref.ort_contrib"  # {fusion: count} of a decoder exported with --ort-contrib
 # Symbolic dim names of the graph's inputs and outputs; the exporter names the mask's length
 # itself (a derived dim), so it is renamed to match the presents (distinct names per axis:
 # microsoft/onnxruntime#11438).
@@ -141,17 +142,25 @@ def graph_specs(config: ModelConfig, params: dict[str, np.ndarray]) -> tuple[obj
     return model, {role: specs[role] for role in graph_roles(config)}
 
 
-def trace(config: ModelConfig, params: dict[str, np.ndarray]) -> dict:
+def trace(config: ModelConfig, params: dict[str, np.ndarray], *, ort_contrib: bool = False) -> dict:
     """{role: torch.onnx ONNXProgram} of (config, params), in GRAPH_FILES' order: the decoder,
-    and with a vision tower the vision and embed graphs, all from one float32 model."""
+    and with a vision tower the vision and embed graphs, all from one float32 model.
+    `ort_contrib`: the decoder with onnxruntime's contrib ops (export/contrib.py)."""
     _, specs = graph_specs(config, params)
-    return finish_programs(config, {role: export_graph(spec) for role, spec in specs.items()})
+    return finish_programs(config, {role: export_graph(spec) for role, spec in specs.items()}, ort_contrib=ort_contrib)
 
 
-def finish_programs(config: ModelConfig, programs: dict) -> dict:
-    """The optimized `programs` with the decoder's axes named, the norms in the form onnxruntime
-    fuses, and each graph's metadata set."""
+def finish_programs(config: ModelConfig, programs: dict, *, ort_contrib: bool = False) -> dict:
+    """The optimized `programs` with the decoder's axes named, with `ort_contrib` its contrib ops
+    (export/contrib.py; their names in the metadata's CONTRIB_METADATA_KEY), the norms left in
+    the form onnxruntime fuses, and each graph's metadata set."""
     _name_axes(programs[DECODER], config)
+    if ort_contrib:
+        from lmref.export.contrib import ort_contrib_ops
+
+        fused = ort_contrib_ops(programs[DECODER].model, config.max_seq_len,
+                                (config.n_layers, config.n_heads, config.n_kv_heads))
+        programs[DECODER].model.metadata_props[CONTRIB_METADATA_KEY] = json.dumps(fused, sort_keys=True)
     for role, program in programs.items():
         reciprocal_products_as_divisions(program.model.graph)  # RMSNorm fuses in onnxruntime (export/fusable.py)
         program.model.metadata_props[CONFIG_METADATA_KEY] = config.to_json()
@@ -180,8 +189,10 @@ def file_digest(path: Path) -> dict:
 
 
 def manifest(config: ModelConfig, *, external_data: bool, source: dict, tokenizer: dict | None,
-             files: dict[str, dict] | None = None) -> dict:
-    """The export.json of an export; `files`: {name: file_digest} of every file it wrote."""
+             files: dict[str, dict] | None = None, ort_contrib: dict | None = None) -> dict:
+    """The export.json of an export; `files`: {name: file_digest} of every file it wrote;
+    `ort_contrib`: {fusion: count} of a decoder with onnxruntime's contrib ops (export/contrib.py),
+    whose graph then runs in onnxruntime only."""
     axes = {"batch": "batch", "sequence": "sequence", "past": PAST_DIM, "window_past": WINDOW_PAST_DIM,
             "total": TOTAL_DIM} | ({"images": N_IMAGES_DIM} if config.vision is not None else {})
     return {
@@ -191,7 +202,7 @@ def manifest(config: ModelConfig, *, external_data: bool, source: dict, tokenize
         "inputs": graph_input_names(config), "outputs": graph_output_names(config),
         "axes": axes, "past_length": past_lengths(config),
         "source": source, "tokenizer": tokenizer, "versions": tool_versions(), "files": files or {},
-    }
+    } | ({"ort_contrib": ort_contrib} if ort_contrib is not None else {})
 
 
 def _own_files(out: Path) -> set[str]:
@@ -233,7 +244,7 @@ def _install(staging: Path, out: Path, written: list[str], info: dict) -> None:
 def export_onnx(config: ModelConfig, params: dict[str, np.ndarray], out: str | Path, *,
                 external_data: bool | None = None, source: dict | None = None,
                 tokenizer: dict | None = None, tokenizer_file: Path | None = None,
-                inputs: tuple[str | Path, ...] = (), programs: dict | None = None) -> Path:
+                inputs: tuple[str | Path, ...] = (), programs: dict | None = None, ort_contrib: bool = False) -> Path:
     """Export (config, params) to the directory `out` (see the module docstring); check each
     graph with onnx.checker; return the decoder's .onnx path.
 
@@ -243,14 +254,19 @@ def export_onnx(config: ModelConfig, params: dict[str, np.ndarray], out: str | P
     are what `generate --onnx` decodes with.  `inputs`: the paths the export reads, which
     `out` may not be, lie in or hold (OutputError, spec/outputs.py).  `programs`: the graphs
     of (config, params) already traced (`trace`'s, or export/reweight.py's), written as given.
+    `ort_contrib`: trace the decoder with onnxruntime's contrib ops (export/contrib.py); not
+    with `programs` (trace them with it instead).
     """
     import onnx
 
     check_exportable(config)
+    if ort_contrib and programs is not None:
+        raise ValueError("ort_contrib traces the graphs itself: pass trace(..., ort_contrib=True)'s programs instead")
     if external_data is None:
         external_data = 4 * param_count(config) >= EXTERNAL_DATA_BYTES
     out = claim(out, OUTPUT_KIND, inputs=inputs)
-    programs = trace(config, params) if programs is None else programs
+    programs = trace(config, params, ort_contrib=ort_contrib) if programs is None else programs
+    contrib = programs[DECODER].model.metadata_props.get(CONTRIB_METADATA_KEY)
     staging = Path(tempfile.mkdtemp(prefix=".lmref-export-", dir=out))
     try:
         for role, program in programs.items():
@@ -264,21 +280,22 @@ def export_onnx(config: ModelConfig, params: dict[str, np.ndarray], out: str | P
         written = sorted(p.name for p in staging.iterdir())
         files = {name: file_digest(staging / name) for name in written}
         info = manifest(config, external_data=external_data, source=source or {"kind": "params"},
-                        tokenizer=tokenizer, files=files)
+                        tokenizer=tokenizer, files=files, ort_contrib=json.loads(contrib) if contrib else None)
         _install(staging, out, written, info)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out / MODEL_FILE
 
 
-def export_preset(name: str, seed: int, out: str | Path, *, external_data: bool | None = None) -> Path:
+def export_preset(name: str, seed: int, out: str | Path, *, external_data: bool | None = None,
+                  ort_contrib: bool = False) -> Path:
     """Export tiny(name) with init_params(config, seed)."""
     from lmref.spec.params import init_params
     from lmref.spec.presets import tiny
 
     config = tiny(name)
     return export_onnx(config, init_params(config, seed), out, external_data=external_data,
-                       source={"kind": "preset", "preset": name, "seed": seed})
+                       source={"kind": "preset", "preset": name, "seed": seed}, ort_contrib=ort_contrib)
 
 
 def read_checkpoint(path: str | Path) -> tuple[Path, ModelConfig, dict[str, np.ndarray], dict | None]:
@@ -299,7 +316,8 @@ def read_checkpoint(path: str | Path) -> tuple[Path, ModelConfig, dict[str, np.n
     return path, config, params, None
 
 
-def export_checkpoint(path: str | Path, out: str | Path, *, external_data: bool | None = None) -> Path:
+def export_checkpoint(path: str | Path, out: str | Path, *, external_data: bool | None = None,
+                      ort_contrib: bool = False) -> Path:
     """Export a checkpoint directory (see read_checkpoint), with its tokenizer when it has one."""
     directory, config, params, tokenizer = read_checkpoint(path)
     check_exportable(config)
@@ -307,4 +325,4 @@ def export_checkpoint(path: str | Path, out: str | Path, *, external_data: bool 
     return export_onnx(config, params, out, external_data=external_data,
                        source={"kind": "checkpoint", "path": str(directory.resolve())}, tokenizer=tokenizer,
                        tokenizer_file=tokenizer_file if tokenizer_file.is_file() else None,
-                       inputs=(path, directory))
+                       inputs=(path, directory), ort_contrib=ort_contrib)

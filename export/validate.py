@@ -322,10 +322,11 @@ def _difference(name: str, graph: np.ndarray, reference: np.ndarray, canonical: 
 def check_weights(bundle: Bundle, params: dict) -> WeightsCheck:
     """Every initializer of each of the bundle's graphs against a fresh export of `params`
     (see the module docstring); with several graphs (a vision tower's) each difference names
-    its graph's file."""
+    its graph's file.  A bundle exported with onnxruntime's contrib ops (export.json
+    "ort_contrib") is compared with a fresh export with them."""
     from lmref.export.exporter import trace
 
-    programs = trace(bundle.config, params)
+    programs = trace(bundle.config, params, ort_contrib="ort_contrib" in bundle.manifest)
     compared, differences, notes = 0, [], []
     for role, program in programs.items():
         path = bundle.graph_path(role)

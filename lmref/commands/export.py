@@ -18,9 +18,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         return fail("export", ValueError("--seed goes with --preset"))
     try:
         if args.preset is not None:
-            path = export_preset(args.preset, args.seed or 0, args.out, external_data=args.external_data or None)
+            path = export_preset(args.preset, args.seed or 0, args.out, external_data=args.external_data or None,
+                                 ort_contrib=args.ort_contrib)
         else:
-            path = export_checkpoint(args.checkpoint, args.out, external_data=args.external_data or None)
+            path = export_checkpoint(args.checkpoint, args.out, external_data=args.external_data or None,
+                                     ort_contrib=args.ort_contrib)
     except KeyError as e:  # unknown preset: the message lists the known ones
         return fail("export", ValueError(e.args[0]))
     except known_errors() as e:
@@ -88,6 +90,10 @@ def _add_export(sub) -> None:
                    help="the directory to write: new, empty, or written by an earlier `lmref export`")
     p.add_argument("--external-data", action="store_true",
                    help="store the weights in model.onnx.data (default: only from 1 GiB of weights on)")
+    p.add_argument("--ort-contrib", action="store_true",
+                   help="rewrite the decoder with onnxruntime's contrib ops (GroupQueryAttention, RotaryEmbedding, "
+                        "SkipSimplifiedLayerNormalization; docs/onnx.md): faster in onnxruntime, run by no "
+                        "other runtime (default: the plain opset-18 graph)")
     p.set_defaults(run=cmd_export)
 
 
