@@ -1,9 +1,9 @@
 """Training throughput of `lmref train`'s step against a plain Hugging Face transformers loop,
 side by side in one run, on the same config, weights, batches, AdamW settings and threads.
 
-    python benchmarks/bench_train.py                      # CPU: tiny and small LLaMA-3-style models
-    python benchmarks/bench_train.py --threads 1 --steps 10
-    python benchmarks/bench_train.py --gpu                # CUDA: GPT-2 124M, bf16, torch.compile, MFU
+    python benchmarks/bench_train.py --threads 1          # CPU: LLaMA- and GPT-2-style, ~10M and ~100M
+    python benchmarks/bench_train.py --threads 1 --sizes llama-10m,gpt2-10m --compile both
+    python benchmarks/bench_train.py --gpu --sizes ""     # CUDA: GPT-2 124M and LLaMA-style, bf16, compile, MFU
 
 Ours is `train.loop.train_step`, the very function `lmref train` calls (set the learning
 rate, forward, cross-entropy, backward, clip, AdamW, zero_grad, read the loss).  The peer is
@@ -46,12 +46,23 @@ from lmref.train.tokenizer import ByteTokenizer
 # Dense bf16 peaks (no sparsity), FLOP/s, from the vendors' data sheets.
 PEAK_BF16 = {"H100 SXM": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12,
              "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+# name: (preset, sizes, batch, seq).  The 10M cases take about a second a step at one thread, the
+# 100M ones a few seconds (a 2-core Xeon VM); the vocabulary is the corpus's 256 bytes.
 CPU_SIZES = {
-    # `lmref train --arch llama3` as it runs by default: tiny(llama3), bytes, 16 x 128.
-    "tiny": (dict(), 16, 128),
-    # A LLaMA-3-style model of ~3.4M parameters: 4 layers, d 256, GQA 8 / 2.
-    "small": (dict(d_model=256, n_layers=4, n_heads=8, n_kv_heads=2, head_dim=32, d_ff=704), 8, 256),
+    # `lmref train --arch llama3` as it runs by default: tiny(llama3), bytes, 16 x 128 (0.49M).
+    "tiny": ("llama3", dict(), 16, 128),
+    # A LLaMA-3-style model of ~3M parameters: 4 layers, d 256, GQA 8 / 2.
+    "small": ("llama3", dict(d_model=256, n_layers=4, n_heads=8, n_kv_heads=2, head_dim=32, d_ff=704), 8, 256),
+    # LLaMA-style (LlamaForCausalLM peer): RMSNorm, RoPE, GQA, SwiGLU, untied head.
+    "llama-10m": ("llama3", dict(d_model=384, n_layers=6, n_heads=6, n_kv_heads=2, head_dim=64, d_ff=1024), 8, 128),
+    "llama-100m": ("llama3", dict(d_model=768, n_layers=12, n_heads=12, n_kv_heads=4, head_dim=64, d_ff=2816),
+                   4, 128),
+    # GPT-2-style (GPT2LMHeadModel peer): learned positions, LayerNorm, biases, GELU-tanh, tied head.
+    "gpt2-10m": ("gpt2", dict(d_model=384, n_layers=6, n_heads=6, n_kv_heads=6, head_dim=64, d_ff=1536), 8, 128),
+    "gpt2-100m": ("gpt2", dict(d_model=768, n_layers=14, n_heads=12, n_kv_heads=12, head_dim=64, d_ff=3072),
+                  4, 128),
 }
+DEFAULT_SIZES = "llama-10m,gpt2-10m,llama-100m,gpt2-100m"
 
 
 @dataclasses.dataclass
@@ -61,18 +72,33 @@ class Case:
     seq: int
     device: torch.device
     bf16: bool
-    compile: bool
+    compile: bool  # torch.compile ours
+    compile_peer: bool | None = None  # torch.compile the peer (None: as ours)
+
+    @property
+    def peer_compiled(self) -> bool:
+        return self.compile if self.compile_peer is None else self.compile_peer
 
 
-def cpu_case(size: str) -> Case:
-    sizes, batch, seq = CPU_SIZES[size]
-    config = tiny("llama3", vocab_size=256, **sizes)
-    return Case(dataclasses.replace(config, name=f"llama3-{size}"), batch, seq, torch.device("cpu"), False, False)
+def cpu_case(size: str, compile: str = "none") -> Case:
+    """The CPU case `size` (CPU_SIZES) in float32; `compile`: "none", "both", or "ours" (the
+    peer eager)."""
+    if size not in CPU_SIZES:
+        raise SystemExit(f"--sizes: unknown size {size!r}; the sizes are {', '.join(CPU_SIZES)}")
+    preset, sizes, batch, seq = CPU_SIZES[size]
+    config = tiny(preset, vocab_size=256, **sizes)
+    name = size if "-" in size else f"{preset}-{size}"
+    return Case(dataclasses.replace(config, name=name), batch, seq, torch.device("cpu"), False,
+                compile != "none", compile == "both")
 
 
-def gpu_case() -> Case:
-    """GPT-2 small (124M): the published config with its 50257-token vocabulary."""
-    return Case(get_preset("gpt2"), 16, 1024, torch.device("cuda"), True, True)
+def gpu_cases() -> list[Case]:
+    """GPT-2 small (124M, the published config with its 50257-token vocabulary) and a LLaMA-style
+    model of its size (d 768, 12 layers, 12 heads, RMSNorm, RoPE, SwiGLU of width 1792, a 32000
+    vocabulary, untied: 127M), bf16 autocast, 16 x 1024, both sides compiled."""
+    llama = dataclasses.replace(get_preset("llama3"), name="llama-127m", vocab_size=32000, d_model=768,
+                                n_layers=12, n_heads=12, n_kv_heads=12, head_dim=64, d_ff=1792, max_seq_len=1024)
+    return [Case(config, 16, 1024, torch.device("cuda"), True, True) for config in (get_preset("gpt2"), llama)]
 
 
 def batches(case: Case, n: int) -> list[np.ndarray]:
@@ -88,17 +114,29 @@ def ours(case: Case, params: dict, run: RunSettings):
     return lambda batch: train_step(trainer, [batch])["loss"]
 
 
+def no_dropout(config) -> list[str]:
+    """The dropout rates of a transformers config (GPT2Config's resid_pdrop, embd_pdrop and
+    attn_pdrop default to 0.1): zeroed, as lmref has no dropout, so that both steps compute the
+    same loss and the peer does no extra work."""
+    return [name for name, value in vars(config).items()
+            if isinstance(value, float) and (name.endswith("pdrop") or name.endswith("dropout"))]
+
+
 def peer(case: Case, params: dict, run: RunSettings):
     """A plain transformers training step, the same work as `train_step`."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from lmref.convert import to_hf
 
     with tempfile.TemporaryDirectory() as directory:
         to_hf(case.config, params, directory)
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, attn_implementation="sdpa")
+        config = AutoConfig.from_pretrained(directory)
+        for name in no_dropout(config):
+            setattr(config, name, 0.0)
+        model = AutoModelForCausalLM.from_pretrained(directory, config=config, dtype=torch.float32,
+                                                     attn_implementation="sdpa")
     model = model.to(case.device).train()
-    forward = torch.compile(model) if case.compile else model
+    forward = torch.compile(model) if case.peer_compiled else model
     optimizer = make_optimizer(model, run, case.device)
     state = {"step": 0}
 
@@ -133,7 +171,8 @@ def peak_flops(override: float | None) -> float | None:
 
 
 def measure(case: Case, steps: int, rounds: int, warmup: int) -> dict:
-    """Median seconds per step of ours and the peer, in alternating blocks of `steps`."""
+    """Tokens/s of ours and the peer at their median step time, over alternating blocks of
+    `steps`, and "rounds": the ratio ours / peer of each block pair (its spread)."""
     params = {k: v.astype(np.float32) for k, v in init_params(case.config, 0).items()}
     run = RunSettings(arch="llama3", seq_len=case.seq, batch_size=case.batch, steps=10_000, warmup=10)
     data = batches(case, warmup + steps * rounds)
@@ -154,13 +193,23 @@ def measure(case: Case, steps: int, rounds: int, warmup: int) -> dict:
                 step(batch)  # returns loss.item(): the step has finished
                 times[name].append(time.perf_counter() - start)
     tokens = case.batch * case.seq
-    return {name: tokens / statistics.median(t) for name, t in times.items()}
+    per_round = [statistics.median(times["peer"][r * steps : (r + 1) * steps])
+                 / statistics.median(times["ours"][r * steps : (r + 1) * steps]) for r in range(rounds)]
+    return {name: tokens / statistics.median(t) for name, t in times.items()} | {"rounds": per_round}
+
+
+def compiled(case: Case) -> str:
+    """Which side torch.compile runs: '' (neither), ' compile' (both), ' compile ours'."""
+    if not case.compile and not case.peer_compiled:
+        return ""
+    return " compile" if case.compile == case.peer_compiled else (" compile ours" if case.compile else " compile HF")
 
 
 def report(case: Case, tps: dict, peak: float | None) -> str:
     line = (f"| {case.config.name} | {param_count(case.config) / 1e6:.2f}M | {case.batch}x{case.seq} | "
-            f"{case.device.type}{' bf16 compile' if case.bf16 else ' fp32'} | {torch.get_num_threads()} | "
-            f"{tps['ours']:,.0f} | {tps['peer']:,.0f} | {tps['ours'] / tps['peer']:.2f} |")
+            f"{case.device.type} {'bf16' if case.bf16 else 'fp32'}{compiled(case)} | {torch.get_num_threads()} | "
+            f"{tps['ours']:,.0f} | {tps['peer']:,.0f} | {tps['ours'] / tps['peer']:.2f} | "
+            f"{min(tps['rounds']):.2f}-{max(tps['rounds']):.2f} |")
     if peak:
         fpt = flops_per_token(case.config, case.seq)
         line += f" {tps['ours'] * fpt / peak:.1%} | {tps['peer'] * fpt / peak:.1%} |"
@@ -169,30 +218,34 @@ def report(case: Case, tps: dict, peak: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="tiny,small", help=f"CPU sizes: {', '.join(CPU_SIZES)}")
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"CPU sizes: {', '.join(CPU_SIZES)}")
+    parser.add_argument("--compile", choices=("none", "both", "ours"), default="none",
+                        help="CPU: torch.compile both steps, or ours only (the peer eager)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per block")
     parser.add_argument("--rounds", type=int, default=3, help="blocks per contender")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--gpu", action="store_true", help="also GPT-2 124M on CUDA (bf16, compile), with MFU")
+    parser.add_argument("--gpu", action="store_true",
+                        help="also GPT-2 124M and a LLaMA-style model of its shape on CUDA (bf16, compile), with MFU")
     parser.add_argument("--peak-flops", type=float, help="the device's dense bf16 peak (default: by its name)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}; {torch.get_num_threads()} threads")
     print("| model | params | batch x seq | device | threads | lmref train tok/s | HF tok/s | lmref / HF | "
-          "MFU lmref | MFU HF |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for size in args.sizes.split(","):
-        case = cpu_case(size)
+          "per round | MFU lmref | MFU HF |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for size in filter(None, args.sizes.split(",")):  # --sizes "": the GPU part alone
+        case = cpu_case(size, args.compile)
         print(report(case, measure(case, args.steps, args.rounds, args.warmup), None) + " - | - |", flush=True)
     if args.gpu:
         if not torch.cuda.is_available():
             print("no CUDA device: the GPU part was not run")
             return
         torch.set_float32_matmul_precision("high")
-        case = gpu_case()
-        print(report(case, measure(case, args.steps, args.rounds, max(args.warmup, 5)), peak_flops(args.peak_flops)))
+        for case in gpu_cases():
+            print(report(case, measure(case, args.steps, args.rounds, max(args.warmup, 5)), peak_flops(args.peak_flops)),
+                  flush=True)
 
 
 if __name__ == "__main__":
