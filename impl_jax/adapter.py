@@ -22,6 +22,7 @@ from lmref.spec.captures import moe_layers
 from lmref.spec.config import ModelConfig
 
 DTYPES = ("float32", "bfloat16")
+route_jit = jax.jit(route, static_argnames="config")  # one compilation per shape, not one per op
 
 
 class JaxAdapter:
@@ -69,7 +70,8 @@ class JaxAdapter:
         """{"layers.{i}": int [B, S, k]}: the experts each "moe" layer chose for each token, ranked
         from the captured router logits as the layer ranks them (impl_jax/moe.py, `route`)."""
         captured = self._evaluate(config, params, tokens, pixel_values)[1]
-        return {f"layers.{i}": np.asarray(route(config, captured[f"layers.{i}.router"])[0]) for i in moe_layers(config)}
+        return {f"layers.{i}": np.asarray(route_jit(config, captured[f"layers.{i}.router"])[0])
+                for i in moe_layers(config)}
 
 
 bfloat16 = JaxAdapter("bfloat16")  # `--impl lmref.impl_jax.adapter:bfloat16`
