@@ -63,12 +63,17 @@ class BoundDecoder(PlainDecoder):
 
         return {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in super().empty_past(batch).items()}
 
-    def step(self, ids: np.ndarray, total: int, past: dict) -> tuple[np.ndarray, dict]:
+    def bound_inputs(self, ids: np.ndarray, total: int, past: dict):
+        """An io_binding with the step's inputs (host arrays) and the past (OrtValues) bound."""
         binding = self.session.io_binding()
         for name, value in self.inputs(ids, total).items():
             binding.bind_cpu_input(name, value)
         for name, value in past.items():
             binding.bind_ortvalue_input(name, value)
+        return binding
+
+    def step(self, ids: np.ndarray, total: int, past: dict) -> tuple[np.ndarray, dict]:
+        binding = self.bound_inputs(ids, total, past)
         for name in self.outputs:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
@@ -94,11 +99,7 @@ class SharedBufferDecoder(BoundDecoder):
         return {name: ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32)) for name in self.past}
 
     def step(self, ids: np.ndarray, total: int, past: dict) -> tuple[np.ndarray, dict]:
-        binding = self.session.io_binding()
-        for name, value in self.inputs(ids, total).items():
-            binding.bind_cpu_input(name, value)
-        for name, value in past.items():
-            binding.bind_ortvalue_input(name, value)
+        binding = self.bound_inputs(ids, total, past)
         binding.bind_output("logits", "cpu")
         for present, name in self.feeds_back.items():
             binding.bind_ortvalue_output(present, past[name])
