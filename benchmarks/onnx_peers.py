@@ -56,12 +56,13 @@ def hf_model(config: ModelConfig, params: dict[str, np.ndarray], out: Path) -> P
     return out
 
 
-def run_tool(command: list[str], what: str) -> None:
-    """Run a peer's tool; RuntimeError with the tail of its output when it fails."""
+def run_tool(command: list[str], what: str) -> str:
+    """Run a peer's tool; its standard output, or RuntimeError with the tail of its output."""
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise RuntimeError(f"{what} failed ({' '.join(command)}):\n{tail}")
+    return done.stdout
 
 
 def genai_builder_graph(python: str, hf_dir: Path, out: Path) -> Path:
@@ -100,10 +101,7 @@ def genai_generator(python: str, model_dir: Path, prompt: np.ndarray, batch_prom
     np.savez(prompts, prompt=prompt, batch_prompt=batch_prompt)
     command = [python, str(HERE / "onnx_genai_run.py"), str(model_dir), str(prompts), "--steps", str(steps),
                "--repeats", str(repeats), "--threads", str(threads), "--eos", str(eos)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"the genai generator run failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(run_tool(command, "the genai generator run").strip().splitlines()[-1])
 
 
 def check_python(python: str | None, module: str, option: str) -> None:

@@ -35,9 +35,7 @@ import onnx_ir as ir
 from onnx_ir.convenience import replace_nodes_and_values
 from onnxscript.rewriter import pattern
 
-from lmref.export.contrib_gqa import fuse_group_query_attention
-
-CONTRIB_DOMAIN = "com.microsoft"
+from lmref.export.contrib_gqa import CONTRIB_DOMAIN, fuse_group_query_attention, producer
 
 
 def _const(value: ir.Value | None) -> np.ndarray | None:
@@ -60,18 +58,13 @@ def last_axis_reductions(graph: ir.Graph) -> int:
     return rewritten
 
 
-def _producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
-    node = None if value is None else value.producer()
-    return node if node is not None and node.op_type == op_type and node.domain in ("", "ai.onnx") else None
-
-
 def rope_source(cos: ir.Value, sin: ir.Value) -> tuple[ir.Value, np.ndarray] | None:
     """(position_ids, inv_freq [half]) when cos and sin are Cos / Sin of one
     Mul(Unsqueeze(Unsqueeze(Cast(position_ids))), inv_freq [1, 1, 1, half]), else None."""
-    cos_node, sin_node = _producer(cos, "Cos"), _producer(sin, "Sin")
+    cos_node, sin_node = producer(cos, "Cos"), producer(sin, "Sin")
     if cos_node is None or sin_node is None or cos_node.inputs[0] is not sin_node.inputs[0]:
         return None
-    mul = _producer(cos_node.inputs[0], "Mul")
+    mul = producer(cos_node.inputs[0], "Mul")
     if mul is None:
         return None
     angles, inv_freq = mul.inputs
@@ -80,7 +73,7 @@ def rope_source(cos: ir.Value, sin: ir.Value) -> tuple[ir.Value, np.ndarray] | N
     freqs = _const(inv_freq)
     value = angles
     for op_type in ("Unsqueeze", "Unsqueeze", "Cast"):  # [B, 1, S, 1] <- [B, 1, S] <- float [B, S]
-        node = _producer(value, op_type)
+        node = producer(value, op_type)
         if node is None:
             return None
         value = node.inputs[0]

@@ -35,7 +35,8 @@ from lmref.export.decoder import present_names
 CONTRIB_DOMAIN = "com.microsoft"
 
 
-def _node(value: ir.Value | None, op_type: str, domain: str = "") -> ir.Node | None:
+def producer(value: ir.Value | None, op_type: str, domain: str = "") -> ir.Node | None:
+    """The node of `op_type` (in the default domain, or `domain`) that produces `value`, else None."""
     node = None if value is None else value.producer()
     domains = {domain} if domain else {"", "ai.onnx"}
     return node if node is not None and node.op_type == op_type and node.domain in domains else None
@@ -52,9 +53,9 @@ def _perm(node: ir.Node | None, perm: tuple[int, ...]) -> bool:
 
 def _projection(rotated: ir.Value) -> tuple[ir.Node, ir.Value] | None:
     """(RotaryEmbedding node, the projection [B, S, heads*hd]) of RotaryEmbedding(Transpose(Reshape(p)))."""
-    rope = _node(rotated, "RotaryEmbedding", CONTRIB_DOMAIN)
-    transpose = _node(rope.inputs[0], "Transpose") if rope is not None else None
-    reshape = _node(transpose.inputs[0], "Reshape") if _perm(transpose, (0, 2, 1, 3)) else None
+    rope = producer(rotated, "RotaryEmbedding", CONTRIB_DOMAIN)
+    transpose = producer(rope.inputs[0], "Transpose") if rope is not None else None
+    reshape = producer(transpose.inputs[0], "Reshape") if _perm(transpose, (0, 2, 1, 3)) else None
     return (rope, reshape.inputs[0]) if reshape is not None else None
 
 
@@ -67,18 +68,18 @@ def match_layer(graph: ir.Graph, index: int) -> dict | None:
     """The pieces of layer `index`'s attention (see the module docstring), or None."""
     outputs = {v.name: v for v in graph.outputs}
     key_name, value_name = present_names(index + 1)[-2:]
-    key_cat, value_cat = _node(outputs.get(key_name), "Concat"), _node(outputs.get(value_name), "Concat")
+    key_cat, value_cat = producer(outputs.get(key_name), "Concat"), producer(outputs.get(value_name), "Concat")
     if key_cat is None or value_cat is None:
         return None
     k = _projection(key_cat.inputs[1])
-    v_t = _node(value_cat.inputs[1], "Transpose")
-    v_reshape = _node(v_t.inputs[0], "Reshape") if _perm(v_t, (0, 2, 1, 3)) else None
+    v_t = producer(value_cat.inputs[1], "Transpose")
+    v_reshape = producer(v_t.inputs[0], "Reshape") if _perm(v_t, (0, 2, 1, 3)) else None
     unsq = [u.node for u in key_cat.outputs[0].uses() if u.node.op_type == "Unsqueeze"]
     k_t = _only_use(unsq[0].outputs[0], "Transpose") if len(unsq) == 1 else None
     scores = _only_use(k_t.outputs[0], "MatMul") if _perm(k_t, (0, 1, 2, 4, 3)) else None
     if k is None or v_reshape is None or scores is None:
         return None
-    q_group = _node(scores.inputs[0], "Reshape")
+    q_group = producer(scores.inputs[0], "Reshape")
     q = _projection(q_group.inputs[0]) if q_group is not None else None
     chain, value = [], scores.outputs[0]
     for op_type in ("Reshape", "Mul", "Add", "Softmax", "Reshape", "MatMul", "Reshape", "Transpose", "Reshape"):
@@ -89,7 +90,7 @@ def match_layer(graph: ir.Graph, index: int) -> dict | None:
         value = node.outputs[0]
     _, mul, add, softmax, _, weighted, _, transpose, _ = chain
     scale = _scalar(mul.inputs[1])
-    v_unsq = _node(weighted.inputs[1], "Unsqueeze")
+    v_unsq = producer(weighted.inputs[1], "Unsqueeze")
     if (q is None or scale is None or softmax.attributes.get_int("axis", -1) != -1 or not _perm(transpose, (0, 2, 1, 3))
             or v_unsq is None or v_unsq.inputs[0] is not value_cat.outputs[0] or add.inputs[0] is not mul.outputs[0]):
         return None

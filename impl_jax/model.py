@@ -274,18 +274,25 @@ def _check_images(config: ModelConfig, tokens: np.ndarray, pixel_values: object,
     return check_images(config, tokens, pixel_values, prompt_len=prompt_len)
 
 
-def forward(config: ModelConfig, params: dict, tokens: object, cache: KVCache | None = None, *,
-            pixel_values: object = None, capture: dict | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
-    """Logits [B, S, vocab] for tokens [B, S]; with a cache, the tokens follow its contents and
-    `(logits, new_cache)` is returned.  `pixel_values` [N, C, H, W]: the images whose features
-    fill the image placeholders (cast to the params' dtype).  `capture`, a dict, receives the
-    intermediates."""
+def _check_forward_inputs(config: ModelConfig, params: dict, tokens: object, pixel_values: object,
+                          cache: KVCache | None = None) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """forward's checks, in the golden's order: the checked tokens and images, and the cache's length."""
     check_supported(config, BACKEND, FEATURES)
     past = 0 if cache is None else int(cache.length)  # a host sync: the check needs the number
     tokens = check_tokens(config, tokens, past_len=past)
     images = _check_images(config, tokens, pixel_values)
     _check_cache_batch(cache, tokens)
     check_params(config, params)
+    return tokens, images, past
+
+
+def forward(config: ModelConfig, params: dict, tokens: object, cache: KVCache | None = None, *,
+            pixel_values: object = None, capture: dict | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
+    """Logits [B, S, vocab] for tokens [B, S]; with a cache, the tokens follow its contents and
+    `(logits, new_cache)` is returned.  `pixel_values` [N, C, H, W]: the images whose features
+    fill the image placeholders (cast to the params' dtype).  `capture`, a dict, receives the
+    intermediates."""
+    tokens, images, past = _check_forward_inputs(config, params, tokens, pixel_values, cache)
     seq = tokens.shape[1]
     if cache is not None and crosses_original_context(config, past, past + seq):
         # LongRoPE (never with images, spec/validation.py): the factors of every cached position
@@ -351,10 +358,7 @@ def evaluate(config: ModelConfig, params: dict, tokens: object, *, pixel_values:
     if for_loss:
         tokens, images = _check_loss_inputs(config, params, tokens, pixel_values)
     else:
-        check_supported(config, BACKEND, FEATURES)
-        tokens = check_tokens(config, tokens)
-        images = _check_images(config, tokens, pixel_values)
-        check_params(config, params)
+        tokens, images, _ = _check_forward_inputs(config, params, tokens, pixel_values)
     logits, captured, value = evaluate_jit(config, params, tokens, images)
     names = capture_names(config, images=images is not None)  # jit returns keys sorted
     return logits, {name: captured[name] for name in names}, value
