@@ -37,7 +37,9 @@ traced graph reads that is not an initializer under its module path, an initiali
 parameter whose shape or dtype is not the canonical param's as step 1 lays it out, or a
 lifted tensor constant of more than one element (a tensor that is not a parameter could hold
 a copy of a weight; a 0-d one is a scalar forward makes from the config, as Gemma's
-embedding scale `h.new_tensor(scale)` in impl_torch/embedding.py), or an onnx_ir without
+embedding scale `h.new_tensor(scale)` in impl_torch/embedding.py) unless torch.export names
+it by the path of a tensor the model's ConfigTensors hold (impl_torch/constants.py: ALiBi's
+slopes and LongRoPE's factors, built from the config alone), or an onnx_ir without
 the name authority `graph_copy` needs.  `Template.programs` refuses params whose names or
 shapes differ.
 """
@@ -138,20 +140,40 @@ def parameter_sources(model, module) -> dict[str, tuple[str, bool]]:
     return sources
 
 
-def graph_slots(program, sources: dict[str, tuple[str, bool]], params: dict[str, np.ndarray]) -> dict[str, Slot]:
+def config_tensor_paths(module) -> dict:
+    """{path in `module`: tensor} of the tensors its ConfigTensors hold (impl_torch/constants.py:
+    built in __init__ from the config alone, never from params), under the names torch.export
+    gives them as lifted constants."""
+    from lmref.impl_torch.constants import ConfigTensors
+
+    return {f"{path}.{name}": getattr(held, name) for path, held in module.named_modules()
+            if isinstance(held, ConfigTensors) for name in held.names}
+
+
+def held_by(config_tensors: dict, path: str, constant) -> bool:
+    """Whether the lifted constant at `path` is the config tensor of that path."""
+    import torch
+
+    return path in config_tensors and torch.equal(constant, config_tensors[path])
+
+
+def graph_slots(program, sources: dict[str, tuple[str, bool]], params: dict[str, np.ndarray],
+                config_tensors: dict) -> dict[str, Slot]:
     """{initializer: Slot} of a program traced from `params`, unoptimized: each parameter its
     exported program reads (a placeholder with users: LLaVA's embed graph reads the token
     table alone) must be an initializer under its module path, or under one of its
     aliases' (a tied embedding: the exporter keeps one of `embed.tokens.weight` and
     `lm_head.weight`), float32, holding its canonical param as laid out (a check of the
-    mapping, not a search by value)."""
+    mapping, not a search by value).  A lifted tensor constant of more than one element must be
+    one of `config_tensors` (config_tensor_paths), by its path, holding that tensor."""
     signature = program.exported_program.graph_signature
     constants = program.exported_program.constants
     lifted = sorted(name for name in signature.inputs_to_lifted_tensor_constants.values()
-                    if constants[name].numel() > 1)
+                    if constants[name].numel() > 1 and not held_by(config_tensors, name, constants[name]))
     if lifted:
         raise ReweightError(f"the traced graph lifts tensor constants {lifted} (tensors that are not parameters "
-                            "could hold a copy of a weight; only scalars made from the config are admitted)")
+                            "could hold a copy of a weight; only scalars made from the config and the model's "
+                            "ConfigTensors are admitted)")
     used = {node.name for node in program.exported_program.graph.nodes if node.op == "placeholder" and node.users}
     aliases: dict[tuple[str, bool], list[str]] = {}
     for placeholder, path in signature.inputs_to_parameters.items():
@@ -183,8 +205,8 @@ def template(config: ModelConfig, params: dict[str, np.ndarray]) -> tuple[Templa
     model, specs = graph_specs(config, params)
     programs = {role: export_graph(spec, optimize=False) for role, spec in specs.items()}
     try:
-        slots = {role: graph_slots(programs[role], parameter_sources(model, specs[role].module), params)
-                 for role in specs}
+        slots = {role: graph_slots(programs[role], parameter_sources(model, specs[role].module), params,
+                                   config_tensor_paths(specs[role].module)) for role in specs}
         kept = Template(config, {role: graph_copy(p.model) for role, p in programs.items()}, slots)
     except ReweightError:
         kept = None

@@ -23,7 +23,8 @@ def _power_of_two_slopes(n: int, max_bias: float) -> list[float]:
 
 
 def alibi_slopes(n_heads: int, max_bias: float = 8.0, rule: str = "press") -> list[float]:
-    """n_heads slopes (Python floats: a constant of the graph), as impl_numpy.alibi_slopes."""
+    """n_heads slopes (Python floats; the model holds them in impl_torch/constants.py), as
+    impl_numpy.alibi_slopes."""
     if rule == "geometric":  # OLMo: 1 / 2^(h * max_bias / n) for h = 1..n
         return [1.0 / 2.0 ** (h * max_bias / n_heads) for h in range(1, n_heads + 1)]
     closest = 2 ** math.floor(math.log2(n_heads))
@@ -32,10 +33,10 @@ def alibi_slopes(n_heads: int, max_bias: float = 8.0, rule: str = "press") -> li
     return slopes + extra[: n_heads - closest]
 
 
-def alibi_bias(slopes: list[float], q_positions: torch.Tensor, k_positions: torch.Tensor,
+def alibi_bias(slopes: torch.Tensor, q_positions: torch.Tensor, k_positions: torch.Tensor,
                dtype: torch.dtype) -> torch.Tensor:
-    """[P, heads, Sq, Sk] additive score bias -slope * (q - k), from q_positions [P, Sq] and
-    k_positions [P, Sk], computed in `dtype` (float32 or float64)."""
-    m = torch.tensor(slopes, dtype=dtype, device=q_positions.device)  # [heads]
+    """[P, heads, Sq, Sk] additive score bias -slope * (q - k), from the slopes [heads],
+    q_positions [P, Sq] and k_positions [P, Sk], computed in `dtype` (float32 or float64)."""
+    m = slopes.to(device=q_positions.device, dtype=dtype)  # [heads]
     distance = (q_positions[:, :, None] - k_positions[:, None, :]).to(dtype)  # [P, Sq, Sk]
     return -m[None, :, None, None] * distance[:, None, :, :]  # [P, heads, Sq, Sk]

@@ -51,7 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmref.impl_torch import masks
-from lmref.impl_torch.alibi import alibi_bias, alibi_slopes
+from lmref.impl_torch.alibi import alibi_bias
+from lmref.impl_torch.constants import ConfigTensors
 from lmref.impl_torch.norms import Norm, compute_dtype, l2_norm, upcast
 from lmref.impl_torch.rope import apply_rope
 from lmref.spec.config import ModelConfig
@@ -131,8 +132,8 @@ def query_temperature(temperature: tuple[int, float], positions: torch.Tensor, d
     return (torch.log1p(steps) * scale + 1.0)[:, None, :, None]  # [P, 1, S, 1]
 
 
-def attention_bias(config: ModelConfig, plan: LayerPlan, q_positions: torch.Tensor, k_positions: torch.Tensor,
-                   dtype: torch.dtype) -> torch.Tensor:
+def attention_bias(plan: LayerPlan, q_positions: torch.Tensor, k_positions: torch.Tensor, dtype: torch.dtype,
+                   constants: ConfigTensors) -> torch.Tensor:
     """Additive score bias [P, H or 1, Sq, Sk] in `dtype` for a layer of plan `plan`: the ALiBi
     bias (or 0) where its mask shows the key, the lowest finite value of `dtype` where not.
 
@@ -143,8 +144,7 @@ def attention_bias(config: ModelConfig, plan: LayerPlan, q_positions: torch.Tens
     wide = compute_dtype(dtype)
     shown = masks.visible(plan.mask, q_positions, k_positions)  # [P, 1, Sq, Sk]
     if plan.alibi:
-        slopes = alibi_slopes(config.n_heads, config.alibi_max_bias, config.alibi_slopes)
-        allowed = alibi_bias(slopes, q_positions, k_positions, wide)  # [P, H, Sq, Sk]
+        allowed = alibi_bias(constants.alibi_slopes, q_positions, k_positions, wide)  # [P, H, Sq, Sk]
     else:
         allowed = torch.zeros((), dtype=wide, device=q_positions.device)
     return torch.where(shown, allowed, torch.finfo(dtype).min).to(dtype)
@@ -155,9 +155,9 @@ class ScoreBiases:
     distinct (mask, ALiBi) of the plan and key-position tensor, and reused by every layer
     that shares them.  None where SDPA's own causal mask is exact (`plain_causal`)."""
 
-    def __init__(self, config: ModelConfig, q_positions: torch.Tensor, dtype: torch.dtype, attn_impl: str,
+    def __init__(self, constants: ConfigTensors, q_positions: torch.Tensor, dtype: torch.dtype, attn_impl: str,
                  cached: bool):
-        self.config, self.q_positions = config, q_positions
+        self.constants, self.q_positions = constants, q_positions
         self.dtype = bias_dtype(attn_impl, dtype)
         self.sdpa_without_cache = attn_impl == "sdpa" and not cached
         self._built: dict = {}
@@ -174,7 +174,7 @@ class ScoreBiases:
         built = self._built.get(key)
         if built is not None and built[0] is k_positions:
             return built[1]
-        bias = attention_bias(self.config, plan, self.q_positions, k_positions, self.dtype)
+        bias = attention_bias(plan, self.q_positions, k_positions, self.dtype, self.constants)
         self._built[key] = (k_positions, bias)
         return bias
 

@@ -36,6 +36,7 @@ from torch import nn
 
 from lmref.impl_torch.attention import ATTN_IMPLS, Attention, ScoreBiases, Step, kernel_of, softcap
 from lmref.impl_torch.cache import KVCache, rerun
+from lmref.impl_torch.constants import ConfigTensors
 from lmref.impl_torch.embedding import Embedding
 from lmref.impl_torch.features import FEATURES
 from lmref.impl_torch.inputs import check_images, check_tokens
@@ -142,9 +143,10 @@ class Transformer(nn.Module):
     """A decoder-only LM for any config spec validation accepts.
 
     `Transformer(config)` has torch's default init; `from_canonical(config, params)` loads
-    canonical params (e.g. spec.init_params).  The model holds no buffers (RoPE frequencies,
-    ALiBi slopes and masks are computed in forward), so `.to(dtype)` / `.to(device)` move
-    everything there is.
+    canonical params (e.g. spec.init_params).  The model holds no buffers (RoPE frequencies
+    and masks are computed in forward; ALiBi's slopes and LongRoPE's factors are float64
+    tensors of `constants`, cast where they are used), so `.to(dtype)` / `.to(device)` move
+    every parameter and round nothing else.
     """
 
     def __init__(self, config: ModelConfig, *, dtype: torch.dtype = torch.float32, device=None,
@@ -160,6 +162,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(config, plan, dtype, device) for plan in layer_plan(config))
         self.moe_dispatch = moe_dispatch
         self.ropes = distinct_ropes(config)  # the plan's rotary embeddings, each once
+        self.constants = ConfigTensors(config)  # ALiBi's slopes, LongRoPE's factors: float64, not state
         self.final_norm = Norm.of(config, dtype, device)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.lm_head_bias,
                                  dtype=dtype, device=device)
@@ -300,9 +303,9 @@ class Transformer(nn.Module):
         """What the layers share: cos, sin once per distinct Rope of the plan (Gemma 3's local
         and global RoPE: two), the score biases (each built once per distinct mask and key
         positions, on first use) for the kernel the config runs on."""
-        ropes = {rope: rope_cos_sin(rope, positions, self.dtype) for rope in self.ropes}
+        ropes = {rope: rope_cos_sin(rope, positions, self.dtype, self.constants) for rope in self.ropes}
         kernel = kernel_of(self.config, self.attn_impl)
-        biases = ScoreBiases(self.config, positions, self.dtype, kernel, cached=cache is not None)
+        biases = ScoreBiases(self.constants, positions, self.dtype, kernel, cached=cache is not None)
         return Step(positions, ropes, biases, cache, kernel)
 
     @torch.no_grad()

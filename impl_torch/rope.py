@@ -28,6 +28,7 @@ import math
 
 import torch
 
+from lmref.impl_torch.constants import ConfigTensors
 from lmref.impl_torch.norms import compute_dtype
 from lmref.spec.config import RopeScaling
 from lmref.spec.plan import Rope
@@ -81,7 +82,7 @@ def inv_freq(rope: Rope, dtype: torch.dtype, device) -> torch.Tensor:
     raise NotImplementedError(f"rope_scaling.kind {s.kind!r}")  # the feature check refuses it first
 
 
-def row_inv_freq(rope: Rope, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def row_inv_freq(rope: Rope, positions: torch.Tensor, dtype: torch.dtype, constants: ConfigTensors) -> torch.Tensor:
     """[P, 1, 1, r/2] inverse frequencies of each row of `positions` [P, S]: LongRoPE's
     theta^(-2i/r) / factor_i with the long factors where the row's length max(positions) + 1
     exceeds original_max_seq_len, else the short ones (HF `longrope_frequency_update`, per row;
@@ -90,17 +91,18 @@ def row_inv_freq(rope: Rope, positions: torch.Tensor, dtype: torch.dtype) -> tor
     if s is None or s.kind != "longrope":
         return inv_freq(rope, dtype, positions.device)[None, None, None, :]
     plain = default_inv_freq(rope.theta, rope.rotary_dim, dtype, positions.device)
-    short = plain / torch.tensor(s.short_factor, dtype=dtype, device=positions.device)
-    long = plain / torch.tensor(s.long_factor, dtype=dtype, device=positions.device)
+    short_factor, long_factor = constants.longrope_factors(rope, positions.device, dtype)  # [r/2] each
+    short, long = plain / short_factor, plain / long_factor
     is_long = (positions.amax(dim=-1) + 1 > s.original_max_seq_len)[:, None, None, None]  # [P, 1, 1, 1]
     return torch.where(is_long, long, short)  # [P, 1, 1, r/2]
 
 
-def rope_cos_sin(rope: Rope, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cos_sin(rope: Rope, positions: torch.Tensor, dtype: torch.dtype,
+                 constants: ConfigTensors) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin [P, 1, S, r/2] of the angles at `positions` [P, S] (P is 1 or the batch),
-    times LongRoPE's attention factor."""
+    times LongRoPE's attention factor (its factors from the model's `constants`)."""
     compute = compute_dtype(dtype)
-    freqs = row_inv_freq(rope, positions, compute)  # [P or 1, 1, 1, r/2]
+    freqs = row_inv_freq(rope, positions, compute, constants)  # [P or 1, 1, 1, r/2]
     angles = positions.to(compute)[:, None, :, None] * freqs  # [P, 1, S, r/2]
     scale = attention_factor(rope.scaling)
     if scale == 1.0:

@@ -2,15 +2,15 @@
 
 - For archs of different shapes (a LLaMA, a mixture of experts, LLaVA's three graphs; GPT-2's
   tied head with learned positions and biases, Gemma 2's sandwich norms and softcaps and every
-  other preset in the slow sweep),
+  other preset in the slow sweep; MPT's ALiBi and Phi-3's LongRoPE, whose graphs lift the
+  model's ConfigTensors as constants),
   the graphs of weights B re-weighted from a trace of weights A are the graphs a direct
   export of B makes: the same initializers, bit for bit, the same serialized graph, and the
-  same onnxruntime outputs; the sweep over every preset is `slow` (ALiBi and LongRoPE
-  configs lift tensor constants: refused, and exported in full).
+  same onnxruntime outputs; the sweep over every preset is `slow`.
 - The guards refuse what the re-weighting cannot account for: a wrapper parameter that no
   canonical param fills, a parameter the graph reads that is no initializer, an initializer
   that does not hold its canonical param as from_canonical lays it out, a lifted tensor
-  constant, params of another shape.
+  constant that is not a config tensor under its own path, params of another shape.
 - `--impl onnx` traces once over an arch's four golden cases and re-weights for the other
   three; where the template refuses the params, it exports in full and the graph is right.
 """
@@ -46,7 +46,7 @@ from lmref.spec import PRESETS, init_params  # noqa: E402
 from lmref.spec.features import UnsupportedFeature  # noqa: E402
 from lmref.spec.params import uniform01  # noqa: E402
 
-ARCHS = ["llama3", "mixtral-8x7b", "llava-1.5-7b"]  # the rest (GPT-2, Gemma 2, ...): the slow sweep
+ARCHS = ["llama3", "mixtral-8x7b", "llava-1.5-7b", "mpt", "phi-3-mini-128k"]  # the rest: the slow sweep
 
 
 def tokens(config) -> np.ndarray:
@@ -117,24 +117,10 @@ def exportable(name: str) -> bool:
     return True
 
 
-def lifts_tensors(arch: str) -> bool:
-    """ALiBi's slopes and LongRoPE's factors are tensors forward makes from the config: the
-    template refuses lifted tensor constants that are not scalars, so these are exported in full."""
-    config = case_config(arch)
-    return config.position == "alibi" or (config.rope_scaling is not None and config.rope_scaling.kind == "longrope")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", [name for name in PRESETS if name not in ARCHS and exportable(name)])
 def test_every_preset_reweights_as_a_direct_export(arch, tmp_path):
-    if not lifts_tensors(arch):
-        check_swap(arch, tmp_path)
-        return
-    config, params = case_config(arch), init_params(case_config(arch), 2)
-    kept, programs = template(config, params)
-    assert kept is None  # refused: the adapter exports this config in full for every case
-    direct = trace(config, params)
-    assert [graph_bytes(programs[role]) for role in programs] == [graph_bytes(direct[role]) for role in direct]
+    check_swap(arch, tmp_path)
 
 
 def test_the_template_refuses_a_wrapper_parameter_no_canonical_param_fills():
@@ -168,8 +154,11 @@ def test_graph_slots_map_parameters_and_refuse_what_they_cannot_account_for():
     reads = {"p_wq": "model.wq.weight", "p_embed": "model.embed.weight", "p_head": "model.head.weight",
              "p_unused": "model.unused.weight"}  # a parameter without users: not in the ONNX graph, not needed
     held = {"model.wq.weight": wq, "model.head.weight": np.ones((4, 2), np.float32)}
-    scale = {"model.embed.lifted_tensor_0": torch.tensor(8.0)}  # a 0-d constant forward makes: admitted
-    assert graph_slots(fake_program(reads, held, scale), sources, params) == {
+    slopes = torch.tensor([0.5, 0.25], dtype=torch.float64)
+    config_tensors = {"model.constants.alibi_slopes": slopes}  # config_tensor_paths of the wrapper
+    scale = {"model.embed.lifted_tensor_0": torch.tensor(8.0),  # a 0-d constant forward makes: admitted
+             "model.constants.alibi_slopes": slopes.clone()}  # a config tensor by its path: admitted
+    assert graph_slots(fake_program(reads, held, scale), sources, params, config_tensors) == {
         "model.wq.weight": Slot("layers.0.attn.wq", True, (3, 2)),
         "model.head.weight": Slot("embed.tokens", False, (4, 2))}
     refusals = {
@@ -178,11 +167,15 @@ def test_graph_slots_map_parameters_and_refuse_what_they_cannot_account_for():
         "model.wq.weight of the traced graph is not an initializer": fake_program(
             reads, {"model.head.weight": held["model.head.weight"]}, scale),
         r"lifts tensor constants \['model.copy'\]": fake_program(reads, held, scale | {"model.copy": torch.ones(3, 2)}),
+        r"lifts tensor constants \['model.constants.alibi_slopes'\]": fake_program(  # not the config's value
+            reads, held, scale | {"model.constants.alibi_slopes": slopes + 1}),
+        r"lifts tensor constants \['model.slopes'\]": fake_program(  # the config's value under another path
+            reads, held, scale | {"model.slopes": slopes.clone()}),
         "model.other of the traced graph is not a parameter of the wrapper": fake_program(
             reads | {"p_other": "model.other"}, held, scale)}
     for message, program in refusals.items():
         with pytest.raises(ReweightError, match=message):
-            graph_slots(program, sources, params)
+            graph_slots(program, sources, params, config_tensors)
 
 
 def test_laid_out_refuses_params_of_another_shape_or_missing():

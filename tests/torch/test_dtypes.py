@@ -27,6 +27,8 @@ import torch
 from hypothesis import given, settings
 
 from lmref import impl_numpy
+from lmref.impl_torch import Transformer
+from lmref.impl_torch.alibi import alibi_slopes
 from lmref.impl_torch.attention import ATTN_IMPLS
 from lmref.spec import PRESETS, init_params, tiny
 from tests.torch.helpers import (
@@ -82,3 +84,26 @@ def test_tiny_preset_meets_the_row(arch, dtype):
         model = build(config, params, dtype, attn_impl)
         assert_close(numpy64(model(tokens)), ref, ROWS[dtype], f"{arch} {dtype} {attn_impl} prefill")
         assert_close(numpy64(model.decode(tokens, 3)), ref, ROWS[dtype], f"{arch} {dtype} {attn_impl} decode")
+
+
+@pytest.mark.parametrize("arch", ["mpt", "phi-3-mini-128k"])
+def test_config_tensors_stay_float64_and_out_of_the_state_dict(arch):
+    """ALiBi's slopes and LongRoPE's factors (impl_torch/constants.py) are the config's Python
+    floats in float64 after `.to(torch.bfloat16)`, which would round a buffer; the state dict
+    holds the canonical params alone; and the bf16 model moved by `.to` computes what one built
+    in bf16 computes."""
+    config = tiny(arch)
+    params = init_params(config, 0)
+    moved = Transformer.from_canonical(config, params).to(torch.bfloat16)
+    built = Transformer.from_canonical(config, params, dtype=torch.bfloat16)
+    held = moved.constants
+    assert held.names and all(getattr(held, name).dtype == torch.float64 for name in held.names)
+    if config.position == "alibi":
+        expected = alibi_slopes(config.n_heads, config.alibi_max_bias, config.alibi_slopes)
+        assert held.alibi_slopes.tolist() == expected
+    else:
+        assert held.rope0_short_factor.tolist() == list(config.rope_scaling.short_factor)
+        assert held.rope0_long_factor.tolist() == list(config.rope_scaling.long_factor)
+    assert not [name for name in moved.state_dict() if "constants" in name]
+    tokens = torch.arange(14).reshape(2, 7) % config.vocab_size
+    assert torch.equal(moved(tokens), built(tokens))
