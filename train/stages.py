@@ -35,7 +35,7 @@ from lmref.impl_torch import Transformer
 from lmref.impl_torch.objective import objective
 from lmref.spec.config import ModelConfig
 from lmref.train.captions import CaptionBatch
-from lmref.train.loop import lr_at
+from lmref.train.loop import adamw, lr_at
 from lmref.train.settings import RunSettings
 
 PRETRAIN, BASELINE, PROJECTOR, FULL = "pretrain", "baseline", "projector", "full"
@@ -85,10 +85,7 @@ def phase_trainer(model: Transformer, stage: str, run: RunSettings, steps: int, 
         param.requires_grad_(trains(model.config, stage, name))
         if param.requires_grad:
             trained.append(param)
-    groups = [{"params": [p for p in trained if p.ndim >= 2], "weight_decay": run.weight_decay},
-              {"params": [p for p in trained if p.ndim < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=run.lr, betas=(run.beta1, run.beta2), eps=run.adam_eps,
-                                  fused=model.device.type == "cuda")
+    optimizer = adamw(trained, run, model.device)
     schedule = dataclasses.replace(run, steps=max(1, steps))
     return PhaseTrainer(model, stage, trained, optimizer, steps, schedule, scoring, model.config.vision is not None,
                         autocast)
