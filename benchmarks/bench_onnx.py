@@ -11,8 +11,9 @@ d_ff 2048, vocab 32000, untied), GPT-2 small's width and depth.  Weights: init_p
 
 CPU contenders, each with `--threads` intra-op threads (onnxruntime 1.32's CPU provider):
 - ours: lmref's export (export/exporter.py, opset 18, float32) in a plain InferenceSession;
-- ours, contrib ops: `lmref export --ort-contrib`'s graph (export/contrib.py: RotaryEmbedding,
-  SkipSimplifiedLayerNormalization), in the same plain session;
+- ours, contrib ops: `lmref export --ort-contrib`'s graph (export/contrib.py: one packed q, k, v
+  MatMul and GroupQueryAttention with its own RoPE, SkipSimplifiedLayerNormalization), in the
+  same plain session;
 - genai builder graph: onnxruntime-genai's model builder's graph in the same plain session;
 - genai generator: that graph through onnxruntime-genai's own generator (its shared KV
   buffer), timed in its interpreter (onnx_genai_run.py);
@@ -200,6 +201,14 @@ def table(results: dict[str, tuple[float, float]]) -> list[str]:
     return lines
 
 
+def node_counts(graphs: dict[str, Path]) -> str:
+    """'name N, ...': each graph's nodes as saved (onnxruntime fuses some more at session load)."""
+    import onnx
+
+    return ", ".join(f"{name} {len(onnx.load(str(path), load_external_data=False).graph.node)}"
+                     for name, path in graphs.items())
+
+
 def cpu_results(config: ModelConfig, params: dict, work: Path, args) -> dict[str, tuple[float, float]]:
     rng = np.random.default_rng(0)
     batch_prompt = rng.integers(0, config.vocab_size, (args.batch, args.prompt))  # row 0: the decode prompt
@@ -215,6 +224,9 @@ def cpu_results(config: ModelConfig, params: dict, work: Path, args) -> dict[str
     if args.optimum_python:
         graph = onnx_peers.optimum_graph(args.optimum_python, hf, work / "optimum")
         contenders.append(plain("optimum-onnx export, plain session", graph, config, batch_prompt, args))
+    graphs = {"ours": ours, "ours, contrib ops": contrib}
+    graphs |= {"genai builder": genai_graph} if args.genai_python else {}
+    print(f"graph nodes as saved: {node_counts(graphs)}", flush=True)
     contenders.append(eager(Transformer.from_canonical(config, params).eval(), batch_prompt))
     results = measure(contenders, args, batch_prompt.size)
     if args.genai_python:

@@ -13,8 +13,8 @@ with lmref's onnxruntime.  One way to make them (torch: the CPU wheel suffices):
     /tmp/peers-optimum/bin/pip install torch optimum-onnx
 
 - onnxruntime-genai's model builder: `python -m onnxruntime_genai.models.builder -i HF -o OUT
-  -p fp32 -e cpu` (GroupQueryAttention, RotaryEmbedding, SkipSimplifiedLayerNormalization, a
-  fused QKV MatMul).  It reads the tokenizer and the end token from HF, which a converted
+  -p fp32 -e cpu` (a fused QKV MatMul, GroupQueryAttention with its RoPE inside, do_rotary,
+  SkipSimplifiedLayerNormalization).  It reads the tokenizer and the end token from HF, which a converted
   lmref model has none of: `add_tokenizer` writes a word-level tokenizer of the vocabulary
   (token i is "t{i}") with one extra end token past it; the generator run then sets the end
   token to one the greedy run never picks (onnx_genai_run.py).

@@ -15,8 +15,13 @@ Four passes over the traced, optimized graph, before export/fusable.py's Div rew
    rotary fusion matches only the rotate_half form (x * cos + Concat(-x2, x1) * sin), and
    its cos/sin cache fusion only a MatMul of inv_freq; a RoPE whose cos is computed otherwise
    (LongRoPE, YaRN's attention factor) matches neither and stays as it is.
-3. export/contrib_gqa.py: each layer's attention, with its two RotaryEmbeddings and the
-   cache's Concats, becomes one GroupQueryAttention.  onnxscript's own attention fusions (SDPA,
+3. export/contrib_gqa.py: each layer's attention, with its q, k, v projections, its two
+   RotaryEmbeddings and the cache's Concats, becomes one MatMul over the packed q, k, v weights
+   and one GroupQueryAttention that applies the RoPE itself (do_rotary, with position_ids and
+   query_seqlens); where the projections or the RoPE do not allow that, q, k and v stay three
+   MatMuls and q and k keep a RotaryEmbedding each.  The layers' causal bias becomes a bias of
+   the padding alone, 5 nodes instead of 13 (export/contrib_mask.py says why that is the same
+   mask there).  onnxscript's own attention fusions (SDPA,
    then GroupQueryAttention) do not fire on this graph: they match SDPA's decomposition with
    the KV heads repeated, where ours broadcasts them over query groups (impl_torch
    `group_queries`).
@@ -26,6 +31,8 @@ Four passes over the traced, optimized graph, before export/fusable.py's Div rew
    the default domain, where onnxruntime registers it (not com.microsoft) and onnx's checker
    knows no such op: `plain_simplified_norms` writes it back as x / Sqrt(ReduceMean(x^2) + eps)
    * w, the form onnxruntime fuses into the same kernel at session load (export/fusable.py).
+   `unnamed_norm_statistics` then leaves out the SkipSimplifiedLayerNormalizations' mean and
+   inverse standard deviation outputs that nothing reads.
 """
 
 from __future__ import annotations
@@ -35,11 +42,7 @@ import onnx_ir as ir
 from onnx_ir.convenience import replace_nodes_and_values
 from onnxscript.rewriter import pattern
 
-from lmref.export.contrib_gqa import CONTRIB_DOMAIN, fuse_group_query_attention, producer
-
-
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    return None if value is None or value.const_value is None else value.const_value.numpy()
+from lmref.export.contrib_gqa import CONTRIB_DOMAIN, const_array, fuse_group_query_attention, producer
 
 
 def last_axis_reductions(graph: ir.Graph) -> int:
@@ -48,7 +51,7 @@ def last_axis_reductions(graph: ir.Graph) -> int:
     for node in graph:
         if node.op_type != "ReduceMean" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
             continue
-        axes, shape = _const(node.inputs[1]), node.inputs[0].shape
+        axes, shape = const_array(node.inputs[1]), node.inputs[0].shape
         if axes is None or shape is None or axes.tolist() != [len(shape) - 1]:
             continue
         minus_one = ir.Value(name=f"{node.name}_last_axis", const_value=ir.tensor(np.array([-1], np.int64)))
@@ -68,9 +71,9 @@ def rope_source(cos: ir.Value, sin: ir.Value) -> tuple[ir.Value, np.ndarray] | N
     if mul is None:
         return None
     angles, inv_freq = mul.inputs
-    if _const(inv_freq) is None:
+    if const_array(inv_freq) is None:
         angles, inv_freq = inv_freq, angles
-    freqs = _const(inv_freq)
+    freqs = const_array(inv_freq)
     value = angles
     for op_type in ("Unsqueeze", "Unsqueeze", "Cast"):  # [B, 1, S, 1] <- [B, 1, S] <- float [B, S]
         node = producer(value, op_type)
@@ -100,7 +103,7 @@ class HalvesRotaryFusion(pattern.RewriteRuleClassBase):
         if x.shape is None or len(x.shape) != 4 or not isinstance(x.shape[3], int):
             return result.fail("x is not [B, H, S, hd] with a known head_dim", x)
         half = x.shape[3] // 2
-        bounds = [_const(v) for v in (start1, end1, start2, end2)]
+        bounds = [const_array(v) for v in (start1, end1, start2, end2)]
         if any(b is None or b.size != 1 for b in bounds):
             return result.fail("the slice bounds are not constants")
         s1, e1, s2, e2 = (int(b.reshape(-1)[0]) for b in bounds)
@@ -159,15 +162,32 @@ def plain_simplified_norms(graph: ir.Graph) -> int:
     return rewritten
 
 
+def unnamed_norm_statistics(graph: ir.Graph) -> int:
+    """Leave out (name "") the outputs 1 and 2 (mean, inverse standard deviation) of every
+    SkipSimplifiedLayerNormalization that nothing reads: onnxruntime writes them when they are
+    named, about 1.7 us a node a decode step at 9.3M (benchmarks/README.md); returns how many."""
+    left_out = 0
+    for node in graph:
+        if node.op_type != "SkipSimplifiedLayerNormalization" or node.domain != CONTRIB_DOMAIN:
+            continue
+        for value in node.outputs[1:3]:
+            if value.name and not value.uses() and not value.is_graph_output():
+                value.name = ""
+                left_out += 1
+    return left_out
+
+
 def ort_contrib_ops(model: ir.Model, max_positions: int, heads: tuple[int, int, int]) -> dict[str, int]:
     """Rewrite `model` in place with the four passes; {fusion: count} of those that fired."""
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
     counts = {"last_axis_reductions": last_axis_reductions(model.graph),
               "rotary_embedding (halves)": fuse_rotary(model, max_positions)}
-    counts["group_query_attention"] = fuse_group_query_attention(model, *heads)
+    attention, packed = fuse_group_query_attention(model, *heads)
+    counts |= {"group_query_attention": attention, "group_query_attention (packed qkv, rotary)": packed}
     _, fused = optimize_for_ort(model)
     counts |= fused
     plain_simplified_norms(model.graph)
+    unnamed_norm_statistics(model.graph)
     model.opset_imports.setdefault(CONTRIB_DOMAIN, 1)
     return {name: n for name, n in counts.items() if n}

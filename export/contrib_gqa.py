@@ -11,16 +11,29 @@ for batch B, new tokens S, past P, total T = P + S, H query heads in KV groups o
     probs = Softmax(scores [B, H, S, T] * scale + bias)        bias [B, 1, S, T]: the mask, 0 or -max
     out = Reshape(Transpose(Reshape(MatMul(Reshape(probs), Unsqueeze(present.value)))))  [B, S, H*hd]
 
-becomes GroupQueryAttention(RotaryEmbedding(q), RotaryEmbedding(k), v, past.key, past.value,
-seqlens_k, T, attention_bias=bias; scale) with present.key / value its outputs, the two
-RotaryEmbeddings on [B, S, heads*hd] with the position_ids and caches of the ones they replace.
-GroupQueryAttention's own RoPE (do_rotary) is not used: in a decode step it took the positions
-from seqlens_k rather than position_ids, which is wrong for a left-padded row
-(validate-onnx's second row: decode top-1 0.56 with it).  Every row is
+becomes GroupQueryAttention(qkv, past.key, past.value, seqlens_k, T, cos_cache, sin_cache,
+position_ids, attention_bias=bias, query_seqlens; scale, do_rotary=1) with present.key / value
+its outputs, qkv = MatMul(x, [Wq | Wk | Wv]) [B, S, (H + 2 KV) * hd] (one Add of the three
+biases after it where they have them): one MatMul over the three weights concatenated (an
+initializer `layer_{i}_qkv_weight` of its own) instead of three, and the RoPE inside the kernel,
+with the position_ids and caches of the RotaryEmbeddings it replaces.  That takes q, k and v to
+be Linears of one input, all with a bias or none, and the RoPE full-width in the halves layout
+with hd a multiple of 16 (the CPU kernel refuses do_rotary otherwise); a layer short of that
+keeps q, k and v apart, each of q and k through a RotaryEmbedding on [B, S, heads*hd] before
+GroupQueryAttention(q, k, v, ...) without do_rotary.
+
+The kernel's RoPE takes position_ids row by row in a decode step, but in a first prompt (no past)
+it rotates every row by position_ids[0, 0] + s, which is wrong for a left-padded row, unless
+query_seqlens is given (onnxruntime 1.32's schema of the op, inputs 9 and 16; checked against
+RotaryEmbedding on a left-padded batch, prefill and decode: equal bit for bit).  query_seqlens
+= S in every row says each step's tokens are all real; without it validate-onnx's left-padded
+decode fails (top-1 0.62), its prefill passing because RoPE's scores depend on relative positions
+only while the cache keeps the mis-rotated keys.  Every row is
 declared full (seqlens_k = T - 1): GroupQueryAttention then appends the new keys at P in each
 row, as the Concat did, and its own causal mask (key index <= query index) holds every key the
 bias lets through (onnxruntime/contrib_ops/cpu/bert/group_query_attention.h); the bias, the
-graph's own mask, does the rest (left padding, a sliding window).  A layer whose graph differs in any
+graph's own mask, does the rest (left padding), and where that mask is the traced causal one,
+export/contrib_mask.py's bias of the padding alone takes its place.  A layer whose graph differs in any
 node (a softcap, QK norms, no RoPE) is left as it is.
 """
 
@@ -40,6 +53,11 @@ def producer(value: ir.Value | None, op_type: str, domain: str = "") -> ir.Node 
     node = None if value is None else value.producer()
     domains = {domain} if domain else {"", "ai.onnx"}
     return node if node is not None and node.op_type == op_type and node.domain in domains else None
+
+
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    """The constant value of `value` (an initializer, a Constant's output), else None."""
+    return None if value is None or value.const_value is None else value.const_value.numpy()
 
 
 def _only_use(value: ir.Value, op_type: str) -> ir.Node | None:
@@ -102,45 +120,122 @@ def match_layer(graph: ir.Graph, index: int) -> dict | None:
             "bias": add.inputs[1], "out": value, "heads": (rope, k[0])}
 
 
-def _lengths(graph: ir.Graph) -> tuple[ir.Value, ir.Value]:
-    """(seqlens_k int32 [B] = T - 1 in every row, total_sequence_length int32 scalar T) from the
-    attention mask's shape [B, T]; the nodes go first in the graph."""
+def _linear(value: ir.Value) -> tuple[ir.Value, np.ndarray, np.ndarray | None] | None:
+    """(x, weight [d, n], bias [n] or None) of MatMul(x, weight) or Add(MatMul(x, weight), bias),
+    weight and bias constants (torch's export of nn.Linear), else None."""
+    add = producer(value, "Add")
+    matmul = producer(add.inputs[0] if add is not None else value, "MatMul")
+    bias = const_array(add.inputs[1]) if add is not None else None
+    weight = const_array(matmul.inputs[1]) if matmul is not None else None
+    if weight is None or weight.ndim != 2 or (add is not None and (bias is None or bias.shape != weight.shape[1:])):
+        return None
+    return matmul.inputs[0], weight, bias
+
+
+def packed_projection(m: dict, n_heads: int) -> tuple[ir.Value, np.ndarray, np.ndarray | None] | None:
+    """(x, W [d, (H + 2 KV) * hd], bias or None) when the layer's q, k and v are Linears of the
+    same x, all with a bias or all without, and its RoPE can run inside GroupQueryAttention: the
+    halves layout (interleaved 0) over the whole head (cos_cache [P, hd / 2]) and hd a multiple
+    of 16 (the CPU kernel refuses other head sizes with do_rotary); else None."""
+    parts = [_linear(m[x]) for x in ("q", "k", "v")]
+    if any(p is None for p in parts) or any(p[0] is not parts[0][0] for p in parts):
+        return None
+    head_dim, rope, cos = parts[0][1].shape[1] // n_heads, m["heads"][0], const_array(m["rope"][1])
+    if (rope.attributes.get_int("interleaved", 0) != 0 or rope.attributes.get_int("rotary_embedding_dim", 0) != 0
+            or cos is None or cos.ndim != 2 or 2 * cos.shape[1] != head_dim or head_dim % 16):
+        return None
+    biases = [p[2] for p in parts]
+    if any((b is None) != (biases[0] is None) for b in biases):
+        return None
+    weight = np.concatenate([p[1] for p in parts], axis=-1)  # [d, (H + 2 KV) * hd]: q's columns, k's, v's
+    return parts[0][0], weight, None if biases[0] is None else np.concatenate(biases)  # [(H + 2 KV) * hd]
+
+
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(name=name, const_value=ir.tensor(array))
+    graph.register_initializer(value)
+    return value
+
+
+def _lengths(graph: ir.Graph, position_ids: ir.Value) -> tuple[list[ir.Node], dict[str, ir.Value]]:
+    """The nodes of GroupQueryAttention's lengths from the shapes of the attention mask [B, T] and
+    position_ids [B, S], and by name: seqlens_k int32 [B] = T - 1 in every row, total int32
+    scalar T, query_seqlens int32 [B] = S in every row, and B, S, T as int64 [1]."""
     mask = next(v for v in graph.inputs if v.name == "attention_mask")
-
-    def const(name: str, values) -> ir.Value:
-        value = ir.Value(name=f"gqa_{name}", const_value=ir.tensor(np.array(values, np.int64)))
-        graph.register_initializer(value)
-        return value
-
-    shape = ir.node("Shape", [mask], name="gqa_mask_shape")
-    total = ir.node("Slice", [shape.outputs[0], const("one", [1]), const("two", [2])], name="gqa_total")
-    batch = ir.node("Slice", [shape.outputs[0], const("zero", [0]), const("one_b", [1])], name="gqa_batch")
-    last = ir.node("Sub", [total.outputs[0], const("one_s", [1])], name="gqa_last")
-    rows = ir.node("Expand", [last.outputs[0], batch.outputs[0]], name="gqa_rows")
-    seqlens = ir.node("Cast", [rows.outputs[0]], attributes={"to": ir.DataType.INT32}, name="gqa_seqlens_k")
-    scalar = ir.node("Squeeze", [total.outputs[0], const("axis", [0])], name="gqa_total_scalar")
-    total32 = ir.node("Cast", [scalar.outputs[0]], attributes={"to": ir.DataType.INT32}, name="gqa_total_length")
-    nodes = [shape, total, batch, last, rows, seqlens, scalar, total32]
-    graph.insert_before(next(iter(graph)), nodes)
-    return seqlens.outputs[0], total32.outputs[0]
+    one = _initializer(graph, "gqa_one", np.array([1], np.int32))
+    axis = _initializer(graph, "gqa_axis", np.array([0], np.int64))
+    batch = ir.node("Shape", [mask], attributes={"start": 0, "end": 1}, name="gqa_batch")  # [1]: B
+    total = ir.node("Shape", [mask], attributes={"start": 1, "end": 2}, name="gqa_total")  # [1]: T
+    new = ir.node("Shape", [position_ids], attributes={"start": 1, "end": 2}, name="gqa_new")  # [1]: S
+    total32 = ir.node("Cast", [total.outputs[0]], attributes={"to": ir.DataType.INT32}, name="gqa_total_int32")
+    scalar = ir.node("Squeeze", [total32.outputs[0], axis], name="gqa_total_length")  # []
+    last = ir.node("Sub", [total32.outputs[0], one], name="gqa_last")  # [1]: T - 1
+    seqlens = ir.node("Expand", [last.outputs[0], batch.outputs[0]], name="gqa_seqlens_k")  # [B]
+    new32 = ir.node("Cast", [new.outputs[0]], attributes={"to": ir.DataType.INT32}, name="gqa_new_int32")
+    query = ir.node("Expand", [new32.outputs[0], batch.outputs[0]], name="gqa_query_seqlens")  # [B]
+    nodes = [batch, total, new, total32, scalar, last, seqlens, new32, query]
+    return nodes, {"seqlens_k": seqlens.outputs[0], "total": scalar.outputs[0], "query_seqlens": query.outputs[0],
+                   "mask": mask, "shape": (batch.outputs[0], new.outputs[0], total.outputs[0])}
 
 
-def fuse_group_query_attention(model: ir.Model, n_layers: int, n_heads: int, n_kv_heads: int) -> int:
-    """Replace every layer's attention that match_layer recognises; returns how many."""
+def _bias(graph: ir.Graph, layers: list[tuple[int, dict]], lengths: dict[str, ir.Value],
+          position_ids: ir.Value) -> list[ir.Node]:
+    """Point every layer whose bias is the traced causal one (contrib_mask.py) at the padding
+    bias; the nodes that make it, if any layer is."""
+    from lmref.export.contrib_mask import is_causal_padding_bias, padding_bias  # it imports this module
+
+    causal = [m for _, m in layers if is_causal_padding_bias(m["bias"], lengths["mask"], position_ids)]
+    if not causal:
+        return []
+    nodes = padding_bias(graph, lengths["mask"], lengths["shape"])
+    for m in causal:
+        m["bias"] = nodes[-1].outputs[0]
+    return nodes
+
+
+def _rotated_inputs(i: int, m: dict, heads: tuple[int, int]) -> tuple[list[ir.Node], list[ir.Value | None]]:
+    """Two RotaryEmbeddings on [B, S, heads*hd] and GroupQueryAttention's query, key, value."""
+    ropes = [ir.node("RotaryEmbedding", [m[x], *m["rope"]], domain=CONTRIB_DOMAIN, name=f"layer_{i}_rope_{x}",
+                     attributes={"interleaved": 0, "num_heads": n}) for x, n in zip("qk", heads)]
+    return ropes, [ropes[0].outputs[0], ropes[1].outputs[0], m["v"]]
+
+
+def _packed_inputs(graph: ir.Graph, i: int, packed: tuple) -> tuple[list[ir.Node], list[ir.Value | None]]:
+    """One MatMul (and Add) over the concatenated weights: GroupQueryAttention's packed query."""
+    x, weight, bias = packed
+    nodes = [ir.node("MatMul", [x, _initializer(graph, f"layer_{i}_qkv_weight", weight)], name=f"layer_{i}_qkv")]
+    if bias is not None:
+        nodes.append(ir.node("Add", [nodes[0].outputs[0], _initializer(graph, f"layer_{i}_qkv_bias", bias)],
+                             name=f"layer_{i}_qkv_bias_add"))
+    return nodes, [nodes[-1].outputs[0], None, None]
+
+
+def fuse_group_query_attention(model: ir.Model, n_layers: int, n_heads: int, n_kv_heads: int) -> tuple[int, int]:
+    """Replace every layer's attention that match_layer recognises; returns how many, and how many
+    of those take packed q, k, v and do the RoPE themselves (packed_projection)."""
     graph = model.graph
     layers = [(i, m) for i in range(n_layers) if (m := match_layer(graph, i)) is not None]
     if not layers:
-        return 0
-    seqlens, total = _lengths(graph)
+        return 0, 0
+    packed = {i: packed_projection(m, n_heads) for i, m in layers}
+    position_ids = next(v for v in graph.inputs if v.name == "position_ids")
+    nodes, lengths = _lengths(graph, position_ids)
+    graph.insert_before(next(iter(graph)), nodes + _bias(graph, layers, lengths, position_ids))
     for i, m in layers:
-        ropes = [ir.node("RotaryEmbedding", [m[x], *m["rope"]], domain=CONTRIB_DOMAIN, name=f"layer_{i}_rope_{x}",
-                         attributes={"interleaved": 0, "num_heads": heads})
-                 for x, heads in (("q", n_heads), ("k", n_kv_heads))]  # on [B, S, heads*hd]
-        gqa = ir.node("GroupQueryAttention", [ropes[0].outputs[0], ropes[1].outputs[0], m["v"], *m["past"], seqlens,
-                                              total, None, None, None, m["bias"]],
-                      attributes={"num_heads": n_heads, "kv_num_heads": n_kv_heads, "scale": m["scale"]},
+        if packed[i] is None:
+            nodes, qkv = _rotated_inputs(i, m, (n_heads, n_kv_heads))
+            rotary, tail, attributes = [None] * 3, [], {}
+        else:
+            nodes, qkv = _packed_inputs(graph, i, packed[i])
+            positions, cos_cache, sin_cache = m["rope"]
+            rotary = [cos_cache, sin_cache, positions]  # inputs 7, 8, 9
+            tail = [None] * 5 + [lengths["query_seqlens"]]  # 11 to 15 (head_sink ... k_norm_weight) absent; 16
+            attributes = {"do_rotary": 1, "rotary_interleaved": 0}
+        inputs = [*qkv, *m["past"], lengths["seqlens_k"], lengths["total"], *rotary, m["bias"], *tail]
+        gqa = ir.node("GroupQueryAttention", inputs,
+                      attributes={"num_heads": n_heads, "kv_num_heads": n_kv_heads, "scale": m["scale"]} | attributes,
                       domain=CONTRIB_DOMAIN, num_outputs=3, name=f"layer_{i}_group_query_attention")
-        graph.insert_before(next(u.node for u in m["out"].uses()), [*ropes, gqa])
+        graph.insert_before(next(u.node for u in m["out"].uses()), [*nodes, gqa])
         m["out"].replace_all_uses_with(gqa.outputs[0])
         for old, new in zip(m["presents"], gqa.outputs[1:]):
             position = next(j for j, v in enumerate(graph.outputs) if v is old)
@@ -149,4 +244,4 @@ def fuse_group_query_attention(model: ir.Model, n_layers: int, n_heads: int, n_k
             graph.outputs[position] = new
     RemoveUnusedNodesPass()(model)
     model.opset_imports.setdefault(CONTRIB_DOMAIN, 1)
-    return len(layers)
+    return len(layers), sum(p is not None for p in packed.values())
