@@ -19,7 +19,8 @@ CPU contenders, each with `--threads` intra-op threads (onnxruntime 1.32's CPU p
   buffer), timed in its interpreter (onnx_genai_run.py);
 - optimum: optimum-onnx's export in the same plain session;
 - ours, contrib ops, genai generator: our contrib graph through that same generator (the
-  builder's genai_config.json, plus our position_ids input): the graphs compared in one loop;
+  builder's genai_config.json, plus our position_ids input): the graphs compared in one loop.
+  The two generator rows alternate, one subprocess each, for `--genai-rounds` rounds (medians);
 - torch eager: impl_torch.Transformer (SDPA, static KV cache), torch's threads set alike.
 The peers are built here from the same weights by their own tools (onnx_peers.py says how,
 and how to make their interpreters); a peer whose interpreter is not given is left out.
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -230,19 +232,28 @@ def cpu_results(config: ModelConfig, params: dict, work: Path, args) -> dict[str
     contenders.append(eager(Transformer.from_canonical(config, params).eval(), batch_prompt))
     results = measure(contenders, args, batch_prompt.size)
     if args.genai_python:
-        reference = contenders[0].generate(args.steps)
-        eos = min(set(range(config.vocab_size)) - set(reference))
-        run = onnx_peers.genai_generator(args.genai_python, work / "genai", batch_prompt[:1], batch_prompt,
-                                         steps=args.steps, repeats=args.repeats, threads=args.threads, eos=eos)
-        check_tokens("genai generator", run["tokens"], reference)
-        results["genai generator (own loop, own run)"] = (run["decode_s"], batch_prompt.size / run["prefill_s"])
         ours_dir = onnx_peers.genai_model_dir(work / "genai", contrib.parent, work / "ours-genai")
-        run = onnx_peers.genai_generator(args.genai_python, ours_dir, batch_prompt[:1], batch_prompt,
-                                         steps=args.steps, repeats=args.repeats, threads=args.threads, eos=eos)
-        check_tokens("ours, contrib ops, genai generator", run["tokens"], reference)
-        results["ours, contrib ops, genai generator (own run)"] = (run["decode_s"],
-                                                                   batch_prompt.size / run["prefill_s"])
+        generators = {"genai generator (own loop)": work / "genai", "ours, contrib ops, genai generator": ours_dir}
+        results |= generator_results(generators, contenders[0].generate(args.steps), config, batch_prompt, args)
     return results
+
+
+def generator_results(model_dirs: dict[str, Path], reference: list[int], config: ModelConfig,
+                      batch_prompt: np.ndarray, args) -> dict[str, tuple[float, float]]:
+    """{name: (per-token s, prefill tok/s)} of the genai generator over each model directory: one
+    subprocess per (round, directory), the directories alternating for `--genai-rounds` rounds so
+    that a change of load falls on both, the median over the rounds; every run's greedy tokens
+    must equal `reference`."""
+    eos = min(set(range(config.vocab_size)) - set(reference))  # a token the greedy run never picks
+    runs: dict[str, list[dict]] = {name: [] for name in model_dirs}
+    for _ in range(args.genai_rounds):
+        for name, model_dir in model_dirs.items():
+            run = onnx_peers.genai_generator(args.genai_python, model_dir, batch_prompt[:1], batch_prompt,
+                                             steps=args.steps, repeats=args.repeats, threads=args.threads, eos=eos)
+            check_tokens(name, run["tokens"], reference)
+            runs[name].append(run)
+    return {name: (statistics.median(r["decode_s"] for r in rs),
+                   batch_prompt.size / statistics.median(r["prefill_s"] for r in rs)) for name, rs in runs.items()}
 
 
 def cuda_rows(path: Path, config: ModelConfig, params: dict, args) -> list[str]:
@@ -277,6 +288,8 @@ def main() -> None:
                              "as the next past; `shared` (default), the same with one KV buffer per layer that "
                              "GroupQueryAttention writes in place, for the graphs that have it; `numpy`, "
                              "session.run with NumPy arrays")
+    parser.add_argument("--genai-rounds", type=int, default=3,
+                        help="alternating rounds of the two genai generator runs (default 3; the median)")
     parser.add_argument("--genai-python", metavar="PYTHON", help="an interpreter with onnxruntime-genai "
                         "(its model builder and generator rows; see onnx_peers.py)")
     parser.add_argument("--optimum-python", metavar="PYTHON", help="an interpreter with optimum-onnx (its row)")
