@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 import onnx_peers  # benchmarks/onnx_peers.py, beside this script
-from onnx_loops import BoundDecoder, PlainDecoder, SharedBufferDecoder  # beside this script
+from onnx_loops import BoundDecoder, PersistentDecoder, PlainDecoder, SharedBufferDecoder  # beside this script
 from timing import timed  # benchmarks/timing.py, beside this script
 from lmref.export.exporter import export_onnx
 from lmref.export.runtime import CPU, CUDA, available_providers, open_session
@@ -175,8 +175,8 @@ def plain(name: str, path: Path, config: ModelConfig, batch_prompt: np.ndarray, 
           gqa: bool = False) -> Contender:
     """A contender over a plain session of the graph at `path`, in the loop args.loop asks for
     (`shared` only where the graph has GroupQueryAttention, `gqa`; iobinding elsewhere)."""
-    loop = {"numpy": PlainDecoder, "iobinding": BoundDecoder,
-            "shared": SharedBufferDecoder if gqa else BoundDecoder}[args.loop]
+    loop = {"numpy": PlainDecoder, "iobinding": BoundDecoder, "shared": SharedBufferDecoder if gqa else BoundDecoder,
+            "persistent": PersistentDecoder if gqa else BoundDecoder}[args.loop]
     decoder = loop(open_session(path, CPU, threads=args.threads), config)
     prompt = batch_prompt[:1]
     return Contender(name, lambda steps: decoder.generate(prompt, steps), lambda: decoder.prefill(batch_prompt))
@@ -283,11 +283,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="CPU threads of every contender (default: torch's); 1 on a machine other jobs "
                              "share, where spinning OpenMP threads stall each other")
-    parser.add_argument("--loop", choices=("shared", "iobinding", "numpy"), default="shared",
+    parser.add_argument("--loop", choices=("shared", "persistent", "iobinding", "numpy"), default="shared",
                         help="the plain sessions' loop: `iobinding`, the presents kept as OrtValues and bound "
                              "as the next past; `shared` (default), the same with one KV buffer per layer that "
-                             "GroupQueryAttention writes in place, for the graphs that have it; `numpy`, "
-                             "session.run with NumPy arrays")
+                             "GroupQueryAttention writes in place, for the graphs that have it; `persistent`, "
+                             "`shared` with one binding for the whole generation; `numpy`, session.run with "
+                             "NumPy arrays")
     parser.add_argument("--genai-rounds", type=int, default=3,
                         help="alternating rounds of the two genai generator runs (default 3; the median)")
     parser.add_argument("--genai-python", metavar="PYTHON", help="an interpreter with onnxruntime-genai "

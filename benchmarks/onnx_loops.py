@@ -1,6 +1,7 @@
 """The decoding loops bench_onnx.py runs every plain onnxruntime session in (ours and the
-peers' graphs alike): NumPy in and out (`PlainDecoder`), I/O binding (`BoundDecoder`), and
-I/O binding over a shared-buffer KV cache (`SharedBufferDecoder`, GroupQueryAttention graphs)."""
+peers' graphs alike): NumPy in and out (`PlainDecoder`), I/O binding (`BoundDecoder`),
+I/O binding over a shared-buffer KV cache (`SharedBufferDecoder`, GroupQueryAttention graphs),
+and the same with one binding kept for the whole generation (`PersistentDecoder`)."""
 
 from __future__ import annotations
 
@@ -113,3 +114,44 @@ class SharedBufferDecoder(BoundDecoder):
     def prefill(self, prompt: np.ndarray) -> None:
         self.capacity = prompt.shape[1]
         super().prefill(prompt)
+
+
+class PersistentDecoder(SharedBufferDecoder):
+    """The shared-buffer loop with one io_binding for a whole generation, as a C++ loop keeps its
+    state: the KV buffers are bound once as past and present, the decode steps' logits go into
+    one preallocated [1, 1, V] array, and each step rebinds only input_ids, attention_mask (a
+    prefix of one preallocated row of ones) and position_ids."""
+
+    def generate(self, prompt: np.ndarray, steps: int) -> list[int]:
+        import onnxruntime as ort
+
+        self.capacity = total = prompt.shape[1] + steps
+        binding, past = self.session.io_binding(), self.empty_past(1)
+        for name, value in past.items():
+            binding.bind_ortvalue_input(name, value)
+        for present, name in self.feeds_back.items():
+            binding.bind_ortvalue_output(present, past[name])
+        mask = np.ones((1, total), np.int64)
+        positions = np.arange(total, dtype=np.int64)[None]  # [1, total]
+        ids = np.zeros((1, 1), np.int64)
+        logits = np.zeros((1, 1, self.config.vocab_size), np.float32)
+        step_logits = ort.OrtValue.ortvalue_from_numpy(logits)  # shares `logits`' memory
+
+        def run(tokens: np.ndarray, end: int, out) -> None:
+            binding.bind_cpu_input("input_ids", tokens)
+            binding.bind_cpu_input("attention_mask", mask[:, :end])
+            if self.takes_positions:
+                binding.bind_cpu_input("position_ids", positions[:, end - tokens.shape[1]:end])
+            out()
+            self.session.run_with_iobinding(binding)
+
+        run(prompt, prompt.shape[1], lambda: binding.bind_output("logits", "cpu"))
+        last = binding.get_outputs()[0].numpy()[0, -1]
+        binding.bind_ortvalue_output("logits", step_logits)
+        tokens = []
+        for t in range(steps):
+            tokens.append(int(last.argmax()))
+            ids[0, 0] = tokens[-1]
+            run(ids, prompt.shape[1] + t + 1, lambda: None)
+            last = logits[0, -1]
+        return tokens

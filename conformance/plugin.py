@@ -321,12 +321,32 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A capability that no selected case has (routing, when no arch is a mixture of experts)
-    gets no test, instead of pytest's skipped placeholder for an empty parameter set."""
+    gets no test, instead of pytest's skipped placeholder for an empty parameter set.  The
+    checks run arch by arch (`arch_major`)."""
     empty = [item for item in items
              if any(m.name == "skip" and "empty parameter set" in str(m.kwargs.get("reason", ""))
                     for m in item.own_markers)]
     if empty:  # not reported as deselected: nothing the user asked for was left out
         items[:] = [item for item in items if item not in empty]
+    suite = config.stash.get(SUITE, None)
+    if suite is not None:
+        items[:] = arch_major(items, suite.archs)
+
+
+def arch_major(items: list[pytest.Item], archs: list[str]) -> list[pytest.Item]:
+    """The items with every check of one arch together, in `archs`' order, each arch's in the
+    order collected (capability by capability); items without a golden case stay first.
+    pytest collects capability by capability over every arch, so an adapter that keeps its
+    models for a few cases (the ONNX adapter's sessions, export/onnx_adapter.py CACHE_SIZE)
+    would build each case's model again for each capability once there are many archs."""
+    rank = {arch: i for i, arch in enumerate(archs)}
+
+    def arch_of(item: pytest.Item) -> int:
+        callspec = getattr(item, "callspec", None)
+        key = callspec.params.get("golden_key") if callspec is not None else None
+        return -1 if key is None else rank.get(key[0], len(rank))
+
+    return sorted(items, key=arch_of)  # stable: within an arch, the collected order
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
