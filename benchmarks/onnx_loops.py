@@ -134,24 +134,24 @@ class PersistentDecoder(SharedBufferDecoder):
         mask = np.ones((1, total), np.int64)
         positions = np.arange(total, dtype=np.int64)[None]  # [1, total]
         ids = np.zeros((1, 1), np.int64)
+        prefill_logits = np.zeros((1, prompt.shape[1], self.config.vocab_size), np.float32)
         logits = np.zeros((1, 1, self.config.vocab_size), np.float32)
-        step_logits = ort.OrtValue.ortvalue_from_numpy(logits)  # shares `logits`' memory
 
-        def run(tokens: np.ndarray, end: int, out) -> None:
+        def run(tokens: np.ndarray, end: int) -> None:
             binding.bind_cpu_input("input_ids", tokens)
             binding.bind_cpu_input("attention_mask", mask[:, :end])
             if self.takes_positions:
                 binding.bind_cpu_input("position_ids", positions[:, end - tokens.shape[1]:end])
-            out()
             self.session.run_with_iobinding(binding)
 
-        run(prompt, prompt.shape[1], lambda: binding.bind_output("logits", "cpu"))
-        last = binding.get_outputs()[0].numpy()[0, -1]
-        binding.bind_ortvalue_output("logits", step_logits)
+        binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(prefill_logits))  # shares its memory
+        run(prompt, prompt.shape[1])
+        last = prefill_logits[0, -1]
+        binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
         tokens = []
         for t in range(steps):
             tokens.append(int(last.argmax()))
             ids[0, 0] = tokens[-1]
-            run(ids, prompt.shape[1] + t + 1, lambda: None)
+            run(ids, prompt.shape[1] + t + 1)
             last = logits[0, -1]
         return tokens
