@@ -4,7 +4,7 @@ LongRoPE's short and long factors, one per head or per rotated pair.
 `ConfigTensors(config)` builds them once, in float64 (the Python floats of spec, exactly), as
 plain tensor attributes of a module: not parameters (nothing trains them, from_canonical
 never fills them) and not buffers (`.to(torch.bfloat16)` would round a buffer, and the slopes
-and factors are used in float32 at least; the state dict stays the canonical params' alone).
+and factors are used in float32 at least; the state dict holds the parameters alone).
 Forward casts each to the device and dtype it computes in (`get`); a float64 tensor rounded
 to float32 is the value `torch.tensor(floats, dtype=torch.float32)` would give.
 
