@@ -42,7 +42,8 @@ import onnx_ir as ir
 from onnx_ir.convenience import replace_nodes_and_values
 from onnxscript.rewriter import pattern
 
-from lmref.export.contrib_gqa import CONTRIB_DOMAIN, const_array, fuse_group_query_attention, producer
+from lmref.export.contrib_gqa import fuse_group_query_attention
+from lmref.export.graph_edit import CONTRIB_DOMAIN, const_array, initializer, producer
 
 
 def last_axis_reductions(graph: ir.Graph) -> int:
@@ -54,9 +55,7 @@ def last_axis_reductions(graph: ir.Graph) -> int:
         axes, shape = const_array(node.inputs[1]), node.inputs[0].shape
         if axes is None or shape is None or axes.tolist() != [len(shape) - 1]:
             continue
-        minus_one = ir.Value(name=f"{node.name}_last_axis", const_value=ir.tensor(np.array([-1], np.int64)))
-        graph.register_initializer(minus_one)
-        node.replace_input_with(1, minus_one)
+        node.replace_input_with(1, initializer(graph, f"{node.name}_last_axis", np.array([-1], np.int64)))
         rewritten += 1
     return rewritten
 
@@ -145,11 +144,9 @@ def plain_simplified_norms(graph: ir.Graph) -> int:
             continue
         x, weight = node.inputs[:2]
         eps = node.attributes.get_float("epsilon", 1e-5)
-        two, axes, epsilon = (ir.Value(name=f"{node.name}_{n}", const_value=ir.tensor(v)) for n, v in
+        two, axes, epsilon = (initializer(graph, f"{node.name}_{n}", v) for n, v in
                               (("two", np.array(2.0, np.float32)), ("axes", np.array([-1], np.int64)),
                                ("eps", np.array(eps, np.float32))))
-        for value in (two, axes, epsilon):
-            graph.register_initializer(value)
         square = ir.node("Pow", [x, two], name=f"{node.name}_pow")
         mean = ir.node("ReduceMean", [square.outputs[0], axes], name=f"{node.name}_mean", attributes={"keepdims": 1})
         shifted = ir.node("Add", [mean.outputs[0], epsilon], name=f"{node.name}_add")

@@ -43,22 +43,9 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
+from lmref.export.contrib_mask import is_causal_padding_bias, padding_bias
 from lmref.export.decoder import present_names
-
-CONTRIB_DOMAIN = "com.microsoft"
-
-
-def producer(value: ir.Value | None, op_type: str, domain: str = "") -> ir.Node | None:
-    """The node of `op_type` (in the default domain, or `domain`) that produces `value`, else None."""
-    node = None if value is None else value.producer()
-    domains = {domain} if domain else {"", "ai.onnx"}
-    return node if node is not None and node.op_type == op_type and node.domain in domains else None
-
-
-def const_array(value: ir.Value | None) -> np.ndarray | None:
-    """The constant value of `value` (an initializer, a Constant's output), else None."""
-    return None if value is None or value.const_value is None else value.const_value.numpy()
-
+from lmref.export.graph_edit import CONTRIB_DOMAIN, const_array, const_scalar, initializer, producer
 
 def _only_use(value: ir.Value, op_type: str) -> ir.Node | None:
     uses = list(value.uses())
@@ -75,11 +62,6 @@ def _projection(rotated: ir.Value) -> tuple[ir.Node, ir.Value] | None:
     transpose = producer(rope.inputs[0], "Transpose") if rope is not None else None
     reshape = producer(transpose.inputs[0], "Reshape") if _perm(transpose, (0, 2, 1, 3)) else None
     return (rope, reshape.inputs[0]) if reshape is not None else None
-
-
-def _scalar(value: ir.Value) -> float | None:
-    const = value.const_value
-    return None if const is None or const.numpy().size != 1 else float(const.numpy().reshape(-1)[0])
 
 
 def match_layer(graph: ir.Graph, index: int) -> dict | None:
@@ -107,7 +89,7 @@ def match_layer(graph: ir.Graph, index: int) -> dict | None:
         chain.append(node)
         value = node.outputs[0]
     _, mul, add, softmax, _, weighted, _, transpose, _ = chain
-    scale = _scalar(mul.inputs[1])
+    scale = const_scalar(mul.inputs[1])
     v_unsq = producer(weighted.inputs[1], "Unsqueeze")
     if (q is None or scale is None or softmax.attributes.get_int("axis", -1) != -1 or not _perm(transpose, (0, 2, 1, 3))
             or v_unsq is None or v_unsq.inputs[0] is not value_cat.outputs[0] or add.inputs[0] is not mul.outputs[0]):
@@ -151,19 +133,13 @@ def packed_projection(m: dict, n_heads: int) -> tuple[ir.Value, np.ndarray, np.n
     return parts[0][0], weight, None if biases[0] is None else np.concatenate(biases)  # [(H + 2 KV) * hd]
 
 
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, const_value=ir.tensor(array))
-    graph.register_initializer(value)
-    return value
-
-
 def _lengths(graph: ir.Graph, position_ids: ir.Value) -> tuple[list[ir.Node], dict[str, ir.Value]]:
     """The nodes of GroupQueryAttention's lengths from the shapes of the attention mask [B, T] and
     position_ids [B, S], and by name: seqlens_k int32 [B] = T - 1 in every row, total int32
     scalar T, query_seqlens int32 [B] = S in every row, and B, S, T as int64 [1]."""
     mask = next(v for v in graph.inputs if v.name == "attention_mask")
-    one = _initializer(graph, "gqa_one", np.array([1], np.int32))
-    axis = _initializer(graph, "gqa_axis", np.array([0], np.int64))
+    one = initializer(graph, "gqa_one", np.array([1], np.int32))
+    axis = initializer(graph, "gqa_axis", np.array([0], np.int64))
     batch = ir.node("Shape", [mask], attributes={"start": 0, "end": 1}, name="gqa_batch")  # [1]: B
     total = ir.node("Shape", [mask], attributes={"start": 1, "end": 2}, name="gqa_total")  # [1]: T
     new = ir.node("Shape", [position_ids], attributes={"start": 1, "end": 2}, name="gqa_new")  # [1]: S
@@ -182,8 +158,6 @@ def _bias(graph: ir.Graph, layers: list[tuple[int, dict]], lengths: dict[str, ir
           position_ids: ir.Value) -> list[ir.Node]:
     """Point every layer whose bias is the traced causal one (contrib_mask.py) at the padding
     bias; the nodes that make it, if any layer is."""
-    from lmref.export.contrib_mask import is_causal_padding_bias, padding_bias  # it imports this module
-
     causal = [m for _, m in layers if is_causal_padding_bias(m["bias"], lengths["mask"], position_ids)]
     if not causal:
         return []
@@ -203,9 +177,9 @@ def _rotated_inputs(i: int, m: dict, heads: tuple[int, int]) -> tuple[list[ir.No
 def _packed_inputs(graph: ir.Graph, i: int, packed: tuple) -> tuple[list[ir.Node], list[ir.Value | None]]:
     """One MatMul (and Add) over the concatenated weights: GroupQueryAttention's packed query."""
     x, weight, bias = packed
-    nodes = [ir.node("MatMul", [x, _initializer(graph, f"layer_{i}_qkv_weight", weight)], name=f"layer_{i}_qkv")]
+    nodes = [ir.node("MatMul", [x, initializer(graph, f"layer_{i}_qkv_weight", weight)], name=f"layer_{i}_qkv")]
     if bias is not None:
-        nodes.append(ir.node("Add", [nodes[0].outputs[0], _initializer(graph, f"layer_{i}_qkv_bias", bias)],
+        nodes.append(ir.node("Add", [nodes[0].outputs[0], initializer(graph, f"layer_{i}_qkv_bias", bias)],
                              name=f"layer_{i}_qkv_bias_add"))
     return nodes, [nodes[-1].outputs[0], None, None]
 

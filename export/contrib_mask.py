@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from lmref.export.contrib_gqa import const_array, producer
+from lmref.export.graph_edit import const_array, const_scalar, initializer, producer
 from lmref.spec.plan import EMPTY_SLOT
 
 
@@ -34,8 +34,7 @@ def _unsqueezed(value: ir.Value, axis: int) -> ir.Value | None:
 
 
 def _is_const(value: ir.Value | None, expected: float) -> bool:
-    array = const_array(value)
-    return array is not None and array.size == 1 and float(array.reshape(-1)[0]) == expected
+    return const_scalar(value) == expected
 
 
 def _slot_positions(slots: ir.Value | None, mask: ir.Value) -> bool:
@@ -67,12 +66,9 @@ def is_causal_padding_bias(bias: ir.Value, mask: ir.Value, position_ids: ir.Valu
 def padding_bias(graph: ir.Graph, mask: ir.Value, shape: tuple[ir.Value, ir.Value, ir.Value]) -> list[ir.Node]:
     """The nodes of Where(attention_mask [B, T], 0, -max) as [B, 1, S, T] (the last one's output),
     `shape` the int64 [1] values B, S, T."""
-    values = [ir.Value(name=f"gqa_bias_{n}", const_value=ir.tensor(v)) for n, v in (
+    axes, zero, lowest, heads = (initializer(graph, f"gqa_bias_{n}", v) for n, v in (
         ("axes", np.array([1, 2], np.int64)), ("zero", np.array(0.0, np.float32)),
-        ("min", np.array(np.finfo(np.float32).min, np.float32)), ("heads", np.array([1], np.int64)))]
-    for value in values:
-        graph.register_initializer(value)
-    axes, zero, lowest, heads = values
+        ("min", np.array(np.finfo(np.float32).min, np.float32)), ("heads", np.array([1], np.int64))))
     batch, new, total = shape
     real = ir.node("Cast", [mask], attributes={"to": ir.DataType.BOOL}, name="gqa_bias_real")  # [B, T]
     real4 = ir.node("Unsqueeze", [real.outputs[0], axes], name="gqa_bias_real4")  # [B, 1, 1, T]
