@@ -15,7 +15,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml tests/transformers4.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,torch,jax,hf,train,onnx,gguf]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,torch,jax,hf,train,onnx,genai,gguf]'
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --upgrade --target $(VENV)/transformers4 \
 		-r tests/transformers4.txt
 	touch $(STAMP)

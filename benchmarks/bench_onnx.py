@@ -18,8 +18,10 @@ CPU contenders, each with `--threads` intra-op threads (onnxruntime 1.32's CPU p
 - genai generator: that graph through onnxruntime-genai's own generator (its shared KV
   buffer), timed in its interpreter (onnx_genai_run.py);
 - optimum: optimum-onnx's export in the same plain session;
-- ours, contrib ops, genai generator: our contrib graph through that same generator (the
-  builder's genai_config.json, plus our position_ids input): the graphs compared in one loop.
+- ours, contrib ops, genai generator: our contrib graph through that same generator, from the
+  genai_config.json `lmref export --ort-contrib --genai-eos` writes (export/genai.py): the graphs
+  compared in one loop.  For every generator row, onnx_genai_run.py sets the end token to one
+  the greedy run never picks and pins the threads in the config.
   The two generator rows alternate, one subprocess each, for `--genai-rounds` rounds (medians);
 - torch eager: impl_torch.Transformer (SDPA, static KV cache), torch's threads set alike.
 The peers are built here from the same weights by their own tools (onnx_peers.py says how,
@@ -215,7 +217,7 @@ def cpu_results(config: ModelConfig, params: dict, work: Path, args) -> dict[str
     rng = np.random.default_rng(0)
     batch_prompt = rng.integers(0, config.vocab_size, (args.batch, args.prompt))  # row 0: the decode prompt
     ours = export_onnx(config, params, work / "ours")
-    contrib = export_onnx(config, params, work / "ours-contrib", ort_contrib=True)
+    contrib = export_onnx(config, params, work / "ours-contrib", ort_contrib=True, genai_eos=0)  # eos: see below
     contenders = [plain("ours", ours, config, batch_prompt, args),
                   plain("ours, contrib ops", contrib, config, batch_prompt, args, gqa=True)]
     hf = onnx_peers.hf_model(config, params, work / "hf") if args.genai_python or args.optimum_python else None
@@ -232,8 +234,7 @@ def cpu_results(config: ModelConfig, params: dict, work: Path, args) -> dict[str
     contenders.append(eager(Transformer.from_canonical(config, params).eval(), batch_prompt))
     results = measure(contenders, args, batch_prompt.size)
     if args.genai_python:
-        ours_dir = onnx_peers.genai_model_dir(work / "genai", contrib.parent, work / "ours-genai")
-        generators = {"genai generator (own loop)": work / "genai", "ours, contrib ops, genai generator": ours_dir}
+        generators = {"genai generator (own loop)": work / "genai", "ours, contrib ops, genai generator": contrib.parent}
         results |= generator_results(generators, contenders[0].generate(args.steps), config, batch_prompt, args)
     return results
 

@@ -1,4 +1,5 @@
-"""onnxruntime-genai's own generator over a model builder directory, timed as bench_onnx.py
+"""onnxruntime-genai's own generator over a directory with a genai_config.json (the model
+builder's, or `lmref export --ort-contrib --genai-eos`'s), timed as bench_onnx.py
 times the plain sessions; run by bench_onnx.py with the interpreter that has onnxruntime_genai
 (its --genai-python), since that package cannot share lmref's environment (its model builder
 needs a transformers that optimum-onnx does not allow, and lmref pins its own).
@@ -25,18 +26,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from timing import timed  # noqa: E402  (benchmarks/timing.py, beside this script)
 
-GENAI_CONFIG = "genai_config.json"
-
-
-def configure(model_dir: Path, threads: int, eos: int) -> None:
-    """Pin the decoder's intra-op threads in the builder's genai_config.json, and make `eos`
-    (a token the reference's greedy run never picks) its end token, so that generation stops
-    only at max_length, as the plain loops do."""
-    path = model_dir / GENAI_CONFIG
-    data = json.loads(path.read_text())
-    data["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = threads
-    data["model"]["eos_token_id"] = data["model"]["pad_token_id"] = eos
-    path.write_text(json.dumps(data, indent=2))
+def load_model(og, model_dir: Path, threads: int, eos: int):
+    """The model of `model_dir`'s genai_config.json with the decoder's intra-op threads pinned and
+    `eos` (a token the reference's greedy run never picks) as its end token, so that generation
+    stops only at max_length, as the plain loops do: overlaid in memory, the directory untouched."""
+    config = og.Config(str(model_dir))
+    config.overlay(json.dumps({"model": {"eos_token_id": eos, "pad_token_id": eos, "decoder": {
+        "session_options": {"intra_op_num_threads": threads}}}}))
+    return og.Model(config)
 
 
 def generate(og, model, prompt: np.ndarray, calls: int):
@@ -61,10 +58,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--eos", type=int, required=True, help="a token id the greedy run never picks")
     args = parser.parse_args()
-    configure(args.model_dir, args.threads, args.eos)
     data = np.load(args.prompts)
     prompt, batch_prompt = data["prompt"].astype(np.int32), data["batch_prompt"].astype(np.int32)
-    model = og.Model(str(args.model_dir))
+    model = load_model(og, args.model_dir, args.threads, args.eos)
     tokens = generate(og, model, prompt, args.steps).get_sequence(0)[prompt.shape[1]:]
     full = timed(lambda: generate(og, model, prompt, args.steps + 1), args.repeats)
     prefill = timed(lambda: generate(og, model, prompt, 1), args.repeats)

@@ -8,9 +8,9 @@ transformers < 4.58).  bench_onnx.py runs their tools as subprocesses and times 
 with lmref's onnxruntime.  One way to make them (torch: the CPU wheel suffices):
 
     python3.11 -m venv /tmp/peers-genai
-    /tmp/peers-genai/bin/pip install torch onnxruntime-genai onnx-ir "transformers>=5"
+    /tmp/peers-genai/bin/pip install torch==2.13.0 onnxruntime-genai onnx-ir "transformers>=5"
     python3.11 -m venv /tmp/peers-optimum
-    /tmp/peers-optimum/bin/pip install torch optimum-onnx
+    /tmp/peers-optimum/bin/pip install torch==2.13.0 optimum-onnx onnxruntime==1.32.0
 
 - onnxruntime-genai's model builder: `python -m onnxruntime_genai.models.builder -i HF -o OUT
   -p fp32 -e cpu` (a fused QKV MatMul, GroupQueryAttention with its RoPE inside, do_rotary,
@@ -77,21 +77,6 @@ def optimum_graph(python: str, hf_dir: Path, out: Path) -> Path:
     run_tool([python, "-m", "optimum.commands.optimum_cli", "export", "onnx", "--model", str(hf_dir),
               "--task", "text-generation-with-past", str(out)], "optimum-cli export onnx")
     return out / "model.onnx"
-
-
-def genai_model_dir(builder_dir: Path, export_dir: Path, out: Path) -> Path:
-    """A directory the genai generator runs lmref's export (with --ort-contrib: its
-    GroupQueryAttention shares the KV buffer as the builder's does) from: the builder's
-    genai_config.json for the same model, with the position_ids the lmref graph takes added to
-    the decoder's inputs, and links to the export's graph and its external data."""
-    out.mkdir()
-    config = json.loads((builder_dir / "genai_config.json").read_text())
-    config["model"]["decoder"]["inputs"]["position_ids"] = "position_ids"
-    (out / "genai_config.json").write_text(json.dumps(config, indent=2))
-    for name in ("model.onnx", "model.onnx.data"):
-        if (export_dir / name).is_file():
-            (out / name).symlink_to((export_dir / name).resolve())
-    return out
 
 
 def genai_generator(python: str, model_dir: Path, prompt: np.ndarray, batch_prompt: np.ndarray, *, steps: int,

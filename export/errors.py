@@ -15,3 +15,8 @@ class BundleError(ValueError):
 class ProviderError(RuntimeError):
     """onnxruntime did not run on the execution provider that was asked for (it falls back to
     the CPU silently: onnxruntime falls back without an error)."""
+
+
+class GenaiError(ExportError):
+    """onnxruntime-genai's generator cannot run the export asked for with --genai-eos (the
+    message says why; export/genai.py)."""

@@ -12,6 +12,8 @@
                           the tokenizer, and `files`: the sha256 and size of every file above
                           (export/bundle.py verifies them when the directory is opened)
         tokenizer.json    copied from a training checkpoint that has one
+        genai_config.json with --genai-eos: what onnxruntime-genai's generator reads to run
+                          the decoder (export/genai.py)
         .lmref-output.json  the marker of spec/outputs.py (kind "onnx-export")
 
 OUT is claimed first (spec/outputs.py): a new or empty directory, or one an earlier export
@@ -48,6 +50,7 @@ from lmref.export.decoder import (ATTN_IMPL, DTYPE, KV, PAST_DIM, WINDOW_PAST_DI
 from lmref.export.errors import ExportError
 from lmref.export.features import check_exportable
 from lmref.export.fusable import reciprocal_products_as_divisions
+from lmref.export.genai import GENAI_CONFIG_FILE, check_genai_graph, check_genai_request, genai_config
 from lmref.export.vision_graphs import DECODER, EMBED, N_IMAGES_DIM, VISION, GraphSpec, graph_roles, image_graphs
 from lmref.spec.config import ModelConfig
 from lmref.spec.errors import OutputError
@@ -244,7 +247,8 @@ def _install(staging: Path, out: Path, written: list[str], info: dict) -> None:
 def export_onnx(config: ModelConfig, params: dict[str, np.ndarray], out: str | Path, *,
                 external_data: bool | None = None, source: dict | None = None,
                 tokenizer: dict | None = None, tokenizer_file: Path | None = None,
-                inputs: tuple[str | Path, ...] = (), programs: dict | None = None, ort_contrib: bool = False) -> Path:
+                inputs: tuple[str | Path, ...] = (), programs: dict | None = None, ort_contrib: bool = False,
+                genai_eos: int | None = None) -> Path:
     """Export (config, params) to the directory `out` (see the module docstring); check each
     graph with onnx.checker; return the decoder's .onnx path.
 
@@ -255,13 +259,17 @@ def export_onnx(config: ModelConfig, params: dict[str, np.ndarray], out: str | P
     `out` may not be, lie in or hold (OutputError, spec/outputs.py).  `programs`: the graphs
     of (config, params) already traced (`trace`'s, or export/reweight.py's), written as given.
     `ort_contrib`: trace the decoder with onnxruntime's contrib ops (export/contrib.py); not
-    with `programs` (trace them with it instead).
+    with `programs` (trace them with it instead).  `genai_eos`: write genai_config.json, with
+    this end token, for onnxruntime-genai's generator (export/genai.py; GenaiError where it
+    cannot run the graph).
     """
     import onnx
 
     check_exportable(config)
     if ort_contrib and programs is not None:
         raise ValueError("ort_contrib traces the graphs itself: pass trace(..., ort_contrib=True)'s programs instead")
+    if genai_eos is not None:
+        check_genai_request(config, genai_eos, ort_contrib or programs is not None)
     if external_data is None:
         external_data = 4 * param_count(config) >= EXTERNAL_DATA_BYTES
     out = claim(out, OUTPUT_KIND, inputs=inputs)
@@ -273,6 +281,10 @@ def export_onnx(config: ModelConfig, params: dict[str, np.ndarray], out: str | P
             program.save(staging / GRAPH_FILES[role], external_data=external_data)
             onnx.checker.check_model(str(staging / GRAPH_FILES[role]))  # the path form reads external data
         (staging / CONFIG_FILE).write_text(config.to_json() + "\n")
+        if genai_eos is not None:
+            check_genai_graph(config, json.loads(contrib) if contrib else None)
+            (staging / GENAI_CONFIG_FILE).write_text(json.dumps(genai_config(config, MODEL_FILE, genai_eos), indent=2)
+                                                     + "\n")
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, staging / TOKENIZER_FILE)
             if tokenizer:
@@ -288,14 +300,15 @@ def export_onnx(config: ModelConfig, params: dict[str, np.ndarray], out: str | P
 
 
 def export_preset(name: str, seed: int, out: str | Path, *, external_data: bool | None = None,
-                  ort_contrib: bool = False) -> Path:
+                  ort_contrib: bool = False, genai_eos: int | None = None) -> Path:
     """Export tiny(name) with init_params(config, seed)."""
     from lmref.spec.params import init_params
     from lmref.spec.presets import tiny
 
     config = tiny(name)
     return export_onnx(config, init_params(config, seed), out, external_data=external_data,
-                       source={"kind": "preset", "preset": name, "seed": seed}, ort_contrib=ort_contrib)
+                       source={"kind": "preset", "preset": name, "seed": seed}, ort_contrib=ort_contrib,
+                       genai_eos=genai_eos)
 
 
 def read_checkpoint(path: str | Path) -> tuple[Path, ModelConfig, dict[str, np.ndarray], dict | None]:
@@ -317,7 +330,7 @@ def read_checkpoint(path: str | Path) -> tuple[Path, ModelConfig, dict[str, np.n
 
 
 def export_checkpoint(path: str | Path, out: str | Path, *, external_data: bool | None = None,
-                      ort_contrib: bool = False) -> Path:
+                      ort_contrib: bool = False, genai_eos: int | None = None) -> Path:
     """Export a checkpoint directory (see read_checkpoint), with its tokenizer when it has one."""
     directory, config, params, tokenizer = read_checkpoint(path)
     check_exportable(config)
@@ -325,4 +338,4 @@ def export_checkpoint(path: str | Path, out: str | Path, *, external_data: bool 
     return export_onnx(config, params, out, external_data=external_data,
                        source={"kind": "checkpoint", "path": str(directory.resolve())}, tokenizer=tokenizer,
                        tokenizer_file=tokenizer_file if tokenizer_file.is_file() else None,
-                       inputs=(path, directory), ort_contrib=ort_contrib)
+                       inputs=(path, directory), ort_contrib=ort_contrib, genai_eos=genai_eos)

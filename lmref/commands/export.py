@@ -19,10 +19,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         if args.preset is not None:
             path = export_preset(args.preset, args.seed or 0, args.out, external_data=args.external_data or None,
-                                 ort_contrib=args.ort_contrib)
+                                 ort_contrib=args.ort_contrib, genai_eos=args.genai_eos)
         else:
             path = export_checkpoint(args.checkpoint, args.out, external_data=args.external_data or None,
-                                     ort_contrib=args.ort_contrib)
+                                     ort_contrib=args.ort_contrib, genai_eos=args.genai_eos)
     except KeyError as e:  # unknown preset: the message lists the known ones
         return fail("export", ValueError(e.args[0]))
     except known_errors() as e:
@@ -79,8 +79,8 @@ def _add_export(sub) -> None:
         description="torch.onnx.export(dynamo=True) at opset 18 of an lmref checkpoint or a preset's tiny "
                     "model.  OUT gets model.onnx (+ model.onnx.data with external data; a vision tower adds "
                     "vision.onnx and embed.onnx, and model.onnx takes inputs_embeds), config.json, "
-                    "export.json (with the sha256 of every file) and the checkpoint's tokenizer.json when it "
-                    "has one.  OUT must be new, empty, or an earlier export's (marked); never the checkpoint.")
+                    "export.json (with the sha256 of every file), the checkpoint's tokenizer.json when it "
+                    "has one, and with --genai-eos genai_config.json for onnxruntime-genai.  OUT must be new, empty, or an earlier export's (marked); never the checkpoint.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="DIR", help="an lmref checkpoint (config.json + params.safetensors), "
                         "or a training checkpoint / run directory of `lmref train`")
@@ -94,6 +94,10 @@ def _add_export(sub) -> None:
                    help="rewrite the decoder with onnxruntime's contrib ops (GroupQueryAttention, RotaryEmbedding, "
                         "SkipSimplifiedLayerNormalization; docs/onnx.md): faster in onnxruntime, run by no "
                         "other runtime (default: the plain opset-18 graph)")
+    p.add_argument("--genai-eos", type=int, metavar="ID",
+                   help="with --ort-contrib: also write genai_config.json, with ID as the end token, so that "
+                        "onnxruntime-genai's generator runs the graph (docs/onnx.md; an lmref model has no end "
+                        "token of its own: 0, the byte tokenizer's NUL, never occurs in text)")
     p.set_defaults(run=cmd_export)
 
 
