@@ -2,9 +2,10 @@
 protocol (`pytest conformance/ --impl onnx`).
 
 Each config is traced once per process (dynamo export takes seconds); each (config, weights)
-pair gets its graphs from that trace, re-weighted (export/reweight.py: the unoptimized graph's
-parameter initializers rewritten, then the exporter's own optimizer, a fraction of a second),
-or, where the re-weighting cannot account for every parameter, exported in full.  The graphs
+pair gets its graphs from that trace, re-weighted (export/reweight.py: the optimized graph's
+weights written and its folds of them recomputed, export/refold.py, or the unoptimized graph's
+parameter initializers rewritten, then the exporter's own optimizer), or, where the
+re-weighting cannot account for every parameter, exported in full.  The graphs
 are written to a temporary directory, checked (export/bundle.py) and opened on the CPU
 provider, or on CUDA when onnxruntime has it (the provider is asserted, export/runtime.py).  forward is one step
 from an empty past; decode prefills `prompt_len` tokens, then feeds one token per step

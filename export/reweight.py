@@ -21,6 +21,11 @@ So a Template keeps each graph as traced before step 3 (`optimize=False`), and f
 weights writes each parameter's initializer, in a copy, as step 1 would fill the parameter,
 then runs the exporter's own optimizer on it: every folded copy (a transpose, or any product
 the folding computes) is derived as a direct export derives it, never matched by value.
+Where export/refold.py accounts for every initializer of the optimized graph (a parameter's
+own, or a fold of parameters and constants by Transpose and elementwise arithmetic, checked by
+recomputing the first weights' folds bit for bit), the Template keeps that graph too and
+writes new weights into a copy of it with their folds recomputed, without the optimizer: its
+`refolds`.
 The copy must be one the optimizer treats as the original: it names the values it makes by
 the graph's name authority (onnx_ir: `val_{counter}`, skipping every name the graph ever
 held), and a serialized or cloned graph starts a fresh one that has forgotten the names the
@@ -47,11 +52,12 @@ shapes differ.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from lmref.export.exporter import export_graph, finish_programs, graph_specs
+from lmref.export.refold import refold
 from lmref.spec.config import ModelConfig
 
 WEIGHT_DTYPE = np.float32  # export/decoder.py DTYPE: the twin holds float32 parameters
@@ -79,21 +85,40 @@ class Template:
     config: ModelConfig
     graphs: dict
     slots: dict[str, dict[str, Slot]]
+    refolds: dict = field(default_factory=dict)  # {role: Refold}, where export/refold.py gives one
 
     def programs(self, params: dict[str, np.ndarray]) -> dict:
-        """{role: ONNXProgram} of (config, params), as export/exporter.py `trace` makes them."""
-        import onnx_ir as ir
+        """{role: ONNXProgram} of (config, params), as export/exporter.py `trace` makes them:
+        by export/refold.py where the role has a Refold, else through the optimizer."""
         from torch.onnx import ONNXProgram
 
         programs = {}
         for role, graph in self.graphs.items():
+            if role in self.refolds:
+                programs[role] = ONNXProgram(self.refolded(role, params), None)
+                continue
             model = graph_copy(graph)
             for name, slot in self.slots[role].items():
-                model.graph.initializers[name].const_value = ir.tensor(laid_out(params, slot, name), name=name)
+                set_value(model, name, laid_out(params, slot, name))
             program = ONNXProgram(model, None)
             program.optimize()
             programs[role] = program
         return finish_programs(self.config, programs)
+
+    def refolded(self, role: str, params: dict[str, np.ndarray]):
+        """A copy of the role's optimized graph holding `params` (export/refold.py)."""
+        kept = self.refolds[role]
+        model = graph_copy(kept.optimized)
+        for name, value in kept.values(self.slots[role], params, laid_out).items():
+            set_value(model, name, value)
+        return model
+
+
+def set_value(model, name: str, value: np.ndarray) -> None:
+    """Initializer `name` of `model` holds `value` (a tensor of that name, as the exporter's)."""
+    import onnx_ir as ir
+
+    model.graph.initializers[name].const_value = ir.tensor(value, name=name)
 
 
 def graph_copy(model):
@@ -212,4 +237,8 @@ def template(config: ModelConfig, params: dict[str, np.ndarray]) -> tuple[Templa
         kept = None
     for program in programs.values():
         program.optimize()
+    if kept is not None:
+        refolds = {role: refold(kept.graphs[role], graph_copy(programs[role].model), kept.slots[role], params, laid_out)
+                   for role in programs}
+        kept = replace(kept, refolds={role: r for role, r in refolds.items() if r is not None})
     return kept, finish_programs(config, programs)

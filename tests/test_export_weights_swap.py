@@ -46,7 +46,7 @@ from lmref.spec import PRESETS, init_params  # noqa: E402
 from lmref.spec.features import UnsupportedFeature  # noqa: E402
 from lmref.spec.params import uniform01  # noqa: E402
 
-ARCHS = ["llama3", "mixtral-8x7b", "llava-1.5-7b", "mpt", "phi-3-mini-128k"]  # the rest: the slow sweep
+ARCHS = ["llama3", "mixtral-8x7b", "llava-1.5-7b", "mpt", "phi-3-mini-128k", "gemma-2b"]  # the rest: the slow sweep
 
 
 def tokens(config) -> np.ndarray:
@@ -89,16 +89,21 @@ def assert_same_graphs(config, params, reweighted: dict, direct: dict, tmp_path,
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
-def check_swap(arch: str, tmp_path) -> None:
-    """Template of seed 1 re-weighted with seed 2 == a direct export of seed 2; the weights
-    really changed (the seed-2 graph is not the seed-1 graph); a second re-weighting gives
-    the same graphs."""
+def check_swap(arch: str, tmp_path, *, refolded: bool = False) -> None:
+    """Template of seed 1 re-weighted with seed 2 == a direct export of seed 2, both by
+    export/refold.py (every role of the graphs where `refolded`) and through the optimizer;
+    the weights really changed (the seed-2 graph is not the seed-1 graph); a second
+    re-weighting gives the same graphs."""
     config = case_config(arch)
     kept, first = template(config, init_params(config, 1))
     assert kept is not None, f"{arch}: the template refused the graphs"
+    assert not refolded or set(kept.refolds) == set(first), f"{arch}: refolded only {sorted(kept.refolds)}"
     second = init_params(config, 2)
+    direct = trace(config, second)
+    optimized = dataclasses.replace(kept, refolds={}).programs(second)
+    assert_same_graphs(config, second, optimized, direct, tmp_path / "optimizer", arch)
     reweighted = kept.programs(second)
-    assert_same_graphs(config, second, reweighted, trace(config, second), tmp_path, arch)
+    assert_same_graphs(config, second, reweighted, direct, tmp_path, arch)
     assert graph_bytes(first[DECODER]) != graph_bytes(reweighted[DECODER])
     again = kept.programs(second)  # re-weighting leaves the template as it was
     assert [graph_bytes(again[role]) for role in again] == [graph_bytes(reweighted[role]) for role in reweighted]
@@ -106,7 +111,25 @@ def check_swap(arch: str, tmp_path) -> None:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_reweighted_graphs_equal_a_direct_export(arch, tmp_path):
-    check_swap(arch, tmp_path)
+    check_swap(arch, tmp_path, refolded=True)
+
+
+def test_refold_refuses_what_it_does_not_reproduce(monkeypatch):
+    """export/refold.py gives no Refold for weights other than the optimized graph's (its folds
+    then differ from what it recomputes), nor for a cone through an op it does not compute
+    (Gemma's norm weight + 1 without Add); the Template then runs the optimizer."""
+    from lmref.export import refold as refold_module
+    from lmref.export.reweight import graph_copy
+
+    config = case_config("gemma-2b")
+    kept, programs = template(config, init_params(config, 1))
+    assert set(kept.refolds) == {DECODER}
+    traced, optimized = kept.graphs[DECODER], kept.refolds[DECODER].optimized
+    other = init_params(config, 2)
+    assert refold_module.refold(traced, graph_copy(optimized), kept.slots[DECODER], other, laid_out) is None
+    monkeypatch.delitem(refold_module.FOLDS, "Add")
+    assert refold_module.refold(traced, graph_copy(optimized), kept.slots[DECODER], init_params(config, 1),
+                                laid_out) is None
 
 
 def exportable(name: str) -> bool:
