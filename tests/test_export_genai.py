@@ -84,7 +84,8 @@ def test_end_token_stops_the_row(tmp_path):
 def test_config_is_listed_and_removed_by_a_plain_reexport(tmp_path):
     export_preset("llama3", 0, tmp_path, ort_contrib=True, genai_eos=0)
     files = json.loads((tmp_path / "export.json").read_text())["files"]
-    assert GENAI_CONFIG_FILE in files and files[GENAI_CONFIG_FILE]["bytes"] == (tmp_path / GENAI_CONFIG_FILE).stat().st_size
+    assert GENAI_CONFIG_FILE in files
+    assert files[GENAI_CONFIG_FILE]["bytes"] == (tmp_path / GENAI_CONFIG_FILE).stat().st_size
     export_preset("llama3", 0, tmp_path, ort_contrib=True)
     assert not (tmp_path / GENAI_CONFIG_FILE).exists()
 
