@@ -19,7 +19,10 @@ look at shapes and at the config's constants); a weight of all ones could let a 
 multiplication, which re-weighting would keep, computing the same.  `refold` refuses (None, and
 the template runs the optimizer as before) a graph where it cannot account for an initializer:
 a float initializer that U does not have (the optimizer made it; integer ones it makes are
-shapes), a cone through another op, a parameter that neither stays nor feeds a cone.  And it
+shapes), a cone through another op, a parameter that neither stays nor feeds a cone.  A value
+counts as made from weights when their values flow into it: not through a Shape or Size, nor
+through CastLike's second input, which give only a shape or a dtype (OLMo's norm weight of
+ones is Expand(1, Shape(h)); DBRX's CastLike takes a Linear's dtype).  And it
 recomputes every folded initializer of A itself and refuses unless each equals the optimizer's,
 bit for bit.  tests/test_export_weights_swap.py compares the result with a direct export, every
 initializer and the serialized graph byte for byte, on every preset (the slow sweep).
@@ -32,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+VALUE_INPUTS: dict[str, Callable] = {"Shape": lambda node: [], "Size": lambda node: [],
+                                     "CastLike": lambda node: node.inputs[:1]}  # inputs whose values count
 FOLDS: dict[str, Callable] = {"Transpose": None, "Add": np.add, "Sub": np.subtract, "Mul": np.multiply,
                               "Div": np.divide}  # the ops a cone may hold (Transpose: its perm)
 
@@ -80,10 +85,12 @@ def _cone(name: str, producers: dict, weights: set[str], constants: dict) -> lis
 
 
 def _depends(traced, weights: set[str]) -> set[str]:
-    """The names of U's values that some weight flows into."""
+    """The names of U's values that some weight's values flow into: not through what reads only
+    a shape or a dtype, which the graph fixes (Shape, Size, CastLike's second input)."""
     dependent = set(weights)
     for node in traced.graph:  # topological order
-        if any(v is not None and v.name in dependent for v in node.inputs):
+        read = VALUE_INPUTS[node.op_type](node) if node.op_type in VALUE_INPUTS else node.inputs
+        if any(v is not None and v.name in dependent for v in read):
             dependent |= {v.name for v in node.outputs}
     return dependent
 
