@@ -234,7 +234,8 @@ def cpu_results(config: ModelConfig, params: dict, work: Path, args) -> dict[str
     contenders.append(eager(Transformer.from_canonical(config, params).eval(), batch_prompt))
     results = measure(contenders, args, batch_prompt.size)
     if args.genai_python:
-        generators = {"genai generator (own loop)": work / "genai", "ours, contrib ops, genai generator": contrib.parent}
+        generators = {"genai generator (own loop)": work / "genai",
+                      "ours, contrib ops, genai generator": contrib.parent}
         results |= generator_results(generators, contenders[0].generate(args.steps), config, batch_prompt, args)
     return results
 

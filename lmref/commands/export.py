@@ -80,7 +80,8 @@ def _add_export(sub) -> None:
                     "model.  OUT gets model.onnx (+ model.onnx.data with external data; a vision tower adds "
                     "vision.onnx and embed.onnx, and model.onnx takes inputs_embeds), config.json, "
                     "export.json (with the sha256 of every file), the checkpoint's tokenizer.json when it "
-                    "has one, and with --genai-eos genai_config.json for onnxruntime-genai.  OUT must be new, empty, or an earlier export's (marked); never the checkpoint.")
+                    "has one, and with --genai-eos genai_config.json for onnxruntime-genai.  OUT must be new, "
+                    "empty, or an earlier export's (marked); never the checkpoint.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="DIR", help="an lmref checkpoint (config.json + params.safetensors), "
                         "or a training checkpoint / run directory of `lmref train`")
