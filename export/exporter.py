@@ -16,8 +16,10 @@
                           the decoder (export/genai.py)
         .lmref-output.json  the marker of spec/outputs.py (kind "onnx-export")
 
-OUT is claimed first (spec/outputs.py): a new or empty directory, or one an earlier export
-marked as its own, and never the checkpoint it reads.  The files are written into a
+OUT must be (spec/outputs.py) a new or empty directory, or one an earlier export marked as
+its own, and never the checkpoint it reads: that is checked before the trace, and OUT is
+created and marked after it, once the traced graph is known to suit every request (so a
+refused --genai-eos leaves no directory behind).  The files are written into a
 temporary directory inside OUT and moved into place once all of them exist; only then are
 the files of the previous export that the new one does not write removed, and only those
 its export.json lists.  A file in OUT under a name the export writes that the previous
@@ -54,7 +56,7 @@ from lmref.export.genai import GENAI_CONFIG_FILE, check_genai_graph, check_genai
 from lmref.export.vision_graphs import DECODER, EMBED, N_IMAGES_DIM, VISION, GraphSpec, graph_roles, image_graphs
 from lmref.spec.config import ModelConfig
 from lmref.spec.errors import OutputError
-from lmref.spec.outputs import claim
+from lmref.spec.outputs import check_output, claim
 from lmref.spec.params import param_count
 
 OPSET = 18
@@ -272,9 +274,12 @@ def export_onnx(config: ModelConfig, params: dict[str, np.ndarray], out: str | P
         check_genai_request(config, genai_eos, ort_contrib or programs is not None)
     if external_data is None:
         external_data = 4 * param_count(config) >= EXTERNAL_DATA_BYTES
-    out = claim(out, OUTPUT_KIND, inputs=inputs)
+    out = check_output(out, OUTPUT_KIND, inputs=inputs)  # a bad OUT is refused before the trace
     programs = trace(config, params, ort_contrib=ort_contrib) if programs is None else programs
     contrib = programs[DECODER].model.metadata_props.get(CONTRIB_METADATA_KEY)
+    if genai_eos is not None:  # what the trace fused decides it: refused before OUT is touched
+        check_genai_graph(config, json.loads(contrib) if contrib else None)
+    out = claim(out, OUTPUT_KIND, inputs=inputs)
     staging = Path(tempfile.mkdtemp(prefix=".lmref-export-", dir=out))
     try:
         for role, program in programs.items():
@@ -282,7 +287,6 @@ def export_onnx(config: ModelConfig, params: dict[str, np.ndarray], out: str | P
             onnx.checker.check_model(str(staging / GRAPH_FILES[role]))  # the path form reads external data
         (staging / CONFIG_FILE).write_text(config.to_json() + "\n")
         if genai_eos is not None:
-            check_genai_graph(config, json.loads(contrib) if contrib else None)
             (staging / GENAI_CONFIG_FILE).write_text(json.dumps(genai_config(config, MODEL_FILE, genai_eos), indent=2)
                                                      + "\n")
         if tokenizer_file is not None:
