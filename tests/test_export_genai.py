@@ -5,6 +5,8 @@ own generator.
   prompts holding token 0, for a dense LLaMA and a mixture of experts, through the generator's
   shared KV buffer;
 - the end token is live: made the first token row 0 picks, that row stops there and is padded;
+- a ragged batch padded on the right with that token gives each row its own prompt's tokens
+  (padded on the left, the pads are read as tokens: the generator's convention, not ours);
 - genai_config.json is listed in export.json with its sha256, and a re-export without
   --genai-eos removes it;
 - refused before writing a config (GenaiError, exit 2 from the command line): the plain graph,
@@ -79,6 +81,23 @@ def test_end_token_stops_the_row(tmp_path):
     export_preset("llama3", 0, tmp_path, ort_contrib=True, genai_eos=eos)
     got = genai_greedy(tmp_path, tokens, NEW)
     assert (got[0] == eos).all()  # stopped at its first token, then padded with pad_token_id (= eos)
+
+
+def test_ragged_batch_is_padded_on_the_right(tmp_path):
+    """onnxruntime-genai 0.18 takes a ragged batch padded on the right with pad_token_id (= the
+    end token): each row continues its own prompt.  Pads on the left it reads as tokens."""
+    config = tiny("llama3")
+    tokens, short = prompts(config), 5
+    expected = np.concatenate([golden_greedy(config, tokens[:1], NEW), golden_greedy(config, tokens[1:, :short], NEW)])
+    eos = max(set(range(config.vocab_size)) - set(expected.ravel().tolist()) - set(tokens.ravel().tolist()))
+    export_preset("llama3", 0, tmp_path, ort_contrib=True, genai_eos=eos)
+    right = tokens.copy()
+    right[1, short:] = eos  # [2, P]: row 1 is its first `short` tokens, then pads
+    np.testing.assert_array_equal(genai_greedy(tmp_path, right, NEW), expected)
+    left = np.concatenate([np.full((1, PROMPT - short), eos), tokens[1:, :short]], axis=1)  # [1, P]
+    as_tokens = golden_greedy(config, left, NEW)
+    assert (as_tokens != expected[1:]).any(), "the check needs pads that change row 1's tokens when read as tokens"
+    np.testing.assert_array_equal(genai_greedy(tmp_path, left, NEW), as_tokens)
 
 
 def test_config_is_listed_and_removed_by_a_plain_reexport(tmp_path):
