@@ -135,22 +135,22 @@ def packed_projection(m: dict, n_heads: int) -> tuple[ir.Value, np.ndarray, np.n
 
 def _lengths(graph: ir.Graph, position_ids: ir.Value) -> tuple[list[ir.Node], dict[str, ir.Value]]:
     """The nodes of GroupQueryAttention's lengths from the shapes of the attention mask [B, T] and
-    position_ids [B, S], and by name: seqlens_k int32 [B] = T - 1 in every row, total int32
-    scalar T, query_seqlens int32 [B] = S in every row, and B, S, T as int64 [1]."""
+    position_ids [B, S], and by name: seqlens_k int32 [B] = T - 1 in every row, total int32 [1]
+    T (the kernel takes a scalar or a one-element vector: onnxruntime's
+    group_query_attention_helper.h `IsScalarOr1ElementVector`), query_seqlens int32 [B] = S in
+    every row, and B, S, T as int64 [1]."""
     mask = next(v for v in graph.inputs if v.name == "attention_mask")
     one = initializer(graph, "gqa_one", np.array([1], np.int32))
-    axis = initializer(graph, "gqa_axis", np.array([0], np.int64))
     batch = ir.node("Shape", [mask], attributes={"start": 0, "end": 1}, name="gqa_batch")  # [1]: B
     total = ir.node("Shape", [mask], attributes={"start": 1, "end": 2}, name="gqa_total")  # [1]: T
     new = ir.node("Shape", [position_ids], attributes={"start": 1, "end": 2}, name="gqa_new")  # [1]: S
     total32 = ir.node("Cast", [total.outputs[0]], attributes={"to": ir.DataType.INT32}, name="gqa_total_int32")
-    scalar = ir.node("Squeeze", [total32.outputs[0], axis], name="gqa_total_length")  # []
     last = ir.node("Sub", [total32.outputs[0], one], name="gqa_last")  # [1]: T - 1
     seqlens = ir.node("Expand", [last.outputs[0], batch.outputs[0]], name="gqa_seqlens_k")  # [B]
     new32 = ir.node("Cast", [new.outputs[0]], attributes={"to": ir.DataType.INT32}, name="gqa_new_int32")
     query = ir.node("Expand", [new32.outputs[0], batch.outputs[0]], name="gqa_query_seqlens")  # [B]
-    nodes = [batch, total, new, total32, scalar, last, seqlens, new32, query]
-    return nodes, {"seqlens_k": seqlens.outputs[0], "total": scalar.outputs[0], "query_seqlens": query.outputs[0],
+    nodes = [batch, total, new, total32, last, seqlens, new32, query]
+    return nodes, {"seqlens_k": seqlens.outputs[0], "total": total32.outputs[0], "query_seqlens": query.outputs[0],
                    "mask": mask, "shape": (batch.outputs[0], new.outputs[0], total.outputs[0])}
 
 
