@@ -11,12 +11,13 @@ export` gives a large model: writing, checking and opening it took 0.16 to 0.23 
 167 MB of a 128-expert case, the inline form 0.7 to 1.4 s), checked (export/bundle.py)
 and opened on the CPU provider, or on CUDA when onnxruntime has it (the provider is asserted,
 export/runtime.py).  forward is one step from an empty past; decode prefills `prompt_len`
-tokens, then feeds one token per step with the graph's own presents as the past; loss is the mean next-token cross-entropy of
-forward's float32 logits over all S tokens, computed in float64, plus PaLM's logit z-loss
-of those logits (impl_numpy.model `logit_z_loss`) where `logit_z_loss_coef` weights it, and,
-for a mixture of experts, its auxiliary losses (impl_numpy.moe `auxiliary_loss`) of the
-graph's own router logits (the `router_logits.{i}` outputs, export/decoder.py): the loss is
-a function of the graph's outputs, as in training, and is not itself in the graph.
+tokens, then feeds one token per step with the graph's own presents as the past; loss is the
+mean next-token cross-entropy of forward's float32 logits over all S tokens, computed in
+float64, plus PaLM's logit z-loss of those logits (impl_numpy.model `logit_z_loss`) where
+`logit_z_loss_coef` weights it, and, for a mixture of experts, its auxiliary losses
+(impl_numpy.moe `auxiliary_loss`) of the graph's own router logits (the `router_logits.{i}`
+outputs, export/decoder.py): the loss is a function of the graph's outputs, as in training,
+and is not itself in the graph.
 
 A MoE graph also offers `routing` (the experts the graph chose: its `selected_experts.{i}`
 outputs, the TopK indices its layers scattered) and `capture` of `layers.{i}.router` (its
