@@ -8,9 +8,6 @@ model directory only."""
 from __future__ import annotations
 
 import json
-import resource
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -23,7 +20,7 @@ from lmref.convert.errors import ConversionError
 from lmref.spec import init_params, tiny
 from lmref.spec.errors import OutputError
 from lmref.spec.outputs import MARKER, marker_kind
-from tests.train_helpers import ROOT, subprocess_env
+from tests.train_helpers import run_cli_within
 
 
 def _files(directory) -> dict[str, bytes]:
@@ -113,13 +110,8 @@ def test_the_library_writers_claim_their_directory(tmp_path):
 def test_full_preset_too_large_for_memory_is_refused_with_the_estimate(tmp_path):
     """issue 10, item 12: `lmref convert --preset X --full` allocated until the machine died.
     The child runs under a 4 GiB address-space limit, so a missing guard fails this test only."""
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "lmref.cli", "convert", "--preset", "llama2-70b", "--full",
-                             "--out", str(out)], capture_output=True, text=True, env=subprocess_env(), cwd=ROOT,
-                            timeout=120, preexec_fn=limit, check=False)
+    result = run_cli_within(4 << 30, "convert", "--preset", "llama2-70b", "--full", "--out", out, timeout=120)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "lmref convert: error: --preset llama2-70b --full (68,976,648,192 float64 parameters) needs about" in \
         result.stderr

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import shutil
 import subprocess
 import sys
@@ -30,7 +29,8 @@ from lmref.train.loop import LoopOptions, build_trainer, fit
 from lmref.train.settings import RunSettings, model_config
 from lmref.train.tokenizer import BPETokenizer
 from lmref.spec.params import init_params
-from tests.train_helpers import ROOT, TINY, copy_run, lmref, one_thread, records, shared_run, subprocess_env
+from tests.train_helpers import (ROOT, TINY, copy_run, lmref, one_thread, records, run_cli_within, shared_run,
+                                 subprocess_env)
 
 STEP = [*TINY, "--steps", "1"]
 
@@ -158,19 +158,11 @@ def test_a_resume_continues_in_its_own_directory_or_a_new_one(run_dir, tmp_path)
 # --- item 12: what cannot fit in memory is refused before it is allocated -----------------------
 
 
-def _limited_address_space(limit: int):
-    def apply() -> None:  # in the child: whatever happens, it cannot take the machine's memory
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    return apply
-
-
 def test_a_model_that_cannot_fit_is_refused_with_the_estimate(tmp_path):
     """issue 10, item 12: `lmref train --d-ff 1e9` allocated until the machine died.  The child
     runs under an 8 GiB address-space limit, so a missing guard fails this test, not the machine."""
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "lmref.cli", "train", *STEP, "--d-ff", "1e9", "--out", str(out)],
-                            capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=300, check=False,
-                            preexec_fn=_limited_address_space(8 << 30))
+    result = run_cli_within(8 << 30, "train", *STEP, "--d-ff", "1e9", "--out", out, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "lmref train: error: training gpt2-tiny" in result.stderr
     assert "needs about" in result.stderr and "GiB, more than the" in result.stderr
