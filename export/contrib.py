@@ -43,7 +43,7 @@ from onnx_ir.convenience import replace_nodes_and_values
 from onnxscript.rewriter import pattern
 
 from lmref.export.contrib_gqa import fuse_group_query_attention
-from lmref.export.graph_edit import CONTRIB_DOMAIN, const_array, initializer, producer
+from lmref.export.graph_edit import CONTRIB_DOMAIN, GQA_FUSION, const_array, initializer, producer
 
 
 def last_axis_reductions(graph: ir.Graph) -> int:
@@ -181,7 +181,7 @@ def ort_contrib_ops(model: ir.Model, max_positions: int, heads: tuple[int, int, 
     counts = {"last_axis_reductions": last_axis_reductions(model.graph),
               "rotary_embedding (halves)": fuse_rotary(model, max_positions)}
     attention, packed = fuse_group_query_attention(model, *heads)
-    counts |= {"group_query_attention": attention, "group_query_attention (packed qkv, rotary)": packed}
+    counts |= {GQA_FUSION: attention, f"{GQA_FUSION} (packed qkv, rotary)": packed}
     _, fused = optimize_for_ort(model)
     counts |= fused
     plain_simplified_norms(model.graph)

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 from lmref.export.decoder import KV
 from lmref.export.errors import GenaiError
+from lmref.export.graph_edit import GQA_FUSION
 from lmref.spec.config import ModelConfig
 
 GENAI_CONFIG_FILE = "genai_config.json"
-GQA_FUSION = "group_query_attention"  # export/contrib.py's count of the layers it fused
 
 
 def check_genai_request(config: ModelConfig, eos: int, ort_contrib: bool) -> None:

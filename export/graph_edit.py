@@ -1,5 +1,7 @@
 """What export/contrib.py, contrib_gqa.py and contrib_mask.py share to read and edit an onnx_ir
-graph: the contrib ops' domain, the producer of a value, a constant's value, a new initializer."""
+graph: the contrib ops' domain, the producer of a value, a constant's value, a new initializer;
+and the name under which the export records how many layers became GroupQueryAttention (which
+export/genai.py reads without loading onnxscript, as contrib.py would)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 CONTRIB_DOMAIN = "com.microsoft"
+GQA_FUSION = "group_query_attention"  # the key of ort_contrib_ops' counts (export.json `ort_contrib`)
 
 
 def producer(value: ir.Value | None, op_type: str, domain: str = "") -> ir.Node | None:
