@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Every GPU row of benchmarks/README.md in one call on a CUDA machine (issue 16 item 4):
 #
-#   bash benchmarks/gpu_rows.sh OUT_DIR
+#   bash benchmarks/gpu_rows.sh OUT_DIR                  # every part, in this order
+#   bash benchmarks/gpu_rows.sh OUT_DIR train onnx       # some parts (train, onnx, validate, twins)
 #
+# A part can take minutes (torch.compile of four 124M models in `train`), and the lent machine
+# allows 10 minutes a command: name parts to split the rows over several calls, each into its
+# own new directory.  Each part's log records its wall time.
 # 1. training: GPT-2 124M and a LLaMA-style 127M, bf16 autocast, 16 x 1024, both sides
 #    torch.compile'd, lmref's train_step beside transformers' model in the same run, with MFU
 #    by PaLM's formula (bench_train.py --gpu);
@@ -19,7 +23,15 @@
 # Writes only OUT_DIR, which must be new or empty: one log per part.  It refuses to start
 # without a CUDA device or without onnxruntime's CUDA provider, so no row is ever silently CPU.
 set -euo pipefail
-out=${1:?usage: bash benchmarks/gpu_rows.sh OUT_DIR (a new or empty directory)}
+out=${1:?usage: bash benchmarks/gpu_rows.sh OUT_DIR [train] [onnx] [validate] [twins]  (OUT_DIR new or empty)}
+shift
+parts=${*:-train onnx validate twins}
+for part in $parts; do
+  case $part in train|onnx|validate|twins) ;; *)
+    echo "gpu_rows.sh: unknown part '$part'; the parts are train, onnx, validate, twins" >&2
+    exit 2 ;;
+  esac
+done
 if [ -e "$out" ] && [ -n "$(ls -A "$out")" ]; then
   echo "gpu_rows.sh: $out is not empty; give a new or empty directory" >&2
   exit 2
@@ -38,9 +50,19 @@ print(torch.cuda.get_device_name(), "| torch", torch.__version__, "| onnxruntime
 PY
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$out/device.txt"
-"$py" bench_train.py --gpu --sizes "" --steps 5 --rounds 3 2>&1 | tee "$out/train.md"
-"$py" bench_onnx.py --size 125m --repeats 5 2>&1 | tee "$out/onnx.md"
-"$py" -m lmref.cli export --preset llama3.1 --seed 0 --out "$out/llama31-onnx"
-"$py" -m lmref.cli validate-onnx "$out/llama31-onnx" --provider cuda 2>&1 | tee "$out/validate.txt"
-"$py" bench_twins.py --device cuda --sizes medium --repeats 5 2>&1 | tee "$out/twins.md"
-echo "gpu_rows.sh: done; the logs are in $out"
+run_part() {
+  local start=$SECONDS
+  case $1 in
+    train) "$py" bench_train.py --gpu --sizes "" --steps 5 --rounds 3 2>&1 | tee "$out/train.md" ;;
+    onnx) "$py" bench_onnx.py --size 125m --repeats 5 2>&1 | tee "$out/onnx.md" ;;
+    validate)
+      "$py" -m lmref.cli export --preset llama3.1 --seed 0 --out "$out/llama31-onnx"
+      "$py" -m lmref.cli validate-onnx "$out/llama31-onnx" --provider cuda 2>&1 | tee "$out/validate.txt" ;;
+    twins) "$py" bench_twins.py --device cuda --sizes medium --repeats 5 2>&1 | tee "$out/twins.md" ;;
+  esac
+  echo "gpu_rows.sh: $1 took $((SECONDS - start)) s" | tee -a "$out/times.txt"
+}
+for part in $parts; do
+  run_part "$part"
+done
+echo "gpu_rows.sh: done ($parts); the logs are in $out"
