@@ -20,7 +20,7 @@ from lmref.convert.errors import ConversionError
 from lmref.spec import init_params, tiny
 from lmref.spec.errors import OutputError
 from lmref.spec.outputs import MARKER, marker_kind
-from tests.train_helpers import run_cli_within
+from tests.train_helpers import run_cli
 
 
 def _files(directory) -> dict[str, bytes]:
@@ -111,7 +111,7 @@ def test_full_preset_too_large_for_memory_is_refused_with_the_estimate(tmp_path)
     """issue 10, item 12: `lmref convert --preset X --full` allocated until the machine died.
     The child runs under a 4 GiB address-space limit, so a missing guard fails this test only."""
     out = tmp_path / "out"
-    result = run_cli_within(4 << 30, "convert", "--preset", "llama2-70b", "--full", "--out", out, timeout=120)
+    result = run_cli("convert", "--preset", "llama2-70b", "--full", "--out", out, timeout=120, address_space=4 << 30)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "lmref convert: error: --preset llama2-70b --full (68,976,648,192 float64 parameters) needs about" in \
         result.stderr

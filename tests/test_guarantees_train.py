@@ -29,8 +29,7 @@ from lmref.train.loop import LoopOptions, build_trainer, fit
 from lmref.train.settings import RunSettings, model_config
 from lmref.train.tokenizer import BPETokenizer
 from lmref.spec.params import init_params
-from tests.train_helpers import (ROOT, TINY, copy_run, lmref, one_thread, records, run_cli_within, shared_run,
-                                 subprocess_env)
+from tests.train_helpers import ROOT, TINY, copy_run, lmref, one_thread, records, run_cli, shared_run, subprocess_env
 
 STEP = [*TINY, "--steps", "1"]
 
@@ -162,7 +161,7 @@ def test_a_model_that_cannot_fit_is_refused_with_the_estimate(tmp_path):
     """issue 10, item 12: `lmref train --d-ff 1e9` allocated until the machine died.  The child
     runs under an 8 GiB address-space limit, so a missing guard fails this test, not the machine."""
     out = tmp_path / "run"
-    result = run_cli_within(8 << 30, "train", *STEP, "--d-ff", "1e9", "--out", out, timeout=300)
+    result = run_cli("train", *STEP, "--d-ff", "1e9", "--out", out, timeout=300, address_space=8 << 30)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "lmref train: error: training gpt2-tiny" in result.stderr
     assert "needs about" in result.stderr and "GiB, more than the" in result.stderr

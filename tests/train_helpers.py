@@ -69,17 +69,15 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli_within(address_space: int, *args: str, timeout: float) -> subprocess.CompletedProcess:
-    """`python -m lmref.cli ARGS` in a child whose address space is capped at `address_space`
-    bytes, so that a missing memory guard fails the test, not the machine.  The child sets the
-    limit itself before it imports lmref (a preexec_fn would fork this process, which JAX,
-    threaded once imported, warns against)."""
-    start = (f"import resource, runpy; resource.setrlimit(resource.RLIMIT_AS, ({address_space}, {address_space})); "
-             "runpy.run_module('lmref.cli', run_name='__main__', alter_sys=True)")
-    return subprocess.run([sys.executable, "-c", start, *map(str, args)], capture_output=True, text=True,
-                          env=subprocess_env(), cwd=ROOT, timeout=timeout, check=False)
-
-
-def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lmref.cli", *map(str, args)], capture_output=True, text=True,
+def run_cli(*args: str, env: dict | None = None, timeout: float = 120,
+            address_space: int | None = None) -> subprocess.CompletedProcess:
+    """`python -m lmref.cli ARGS` in a child.  `address_space`: its cap in bytes, so that a
+    missing memory guard fails the test, not the machine; the child sets it itself before it
+    imports lmref (a preexec_fn would fork this process, which JAX, threaded once imported,
+    warns against)."""
+    command = ["-m", "lmref.cli"]
+    if address_space is not None:
+        command = ["-c", f"import resource, runpy; resource.setrlimit(resource.RLIMIT_AS, ({address_space}, "
+                         f"{address_space})); runpy.run_module('lmref.cli', run_name='__main__', alter_sys=True)"]
+    return subprocess.run([sys.executable, *command, *map(str, args)], capture_output=True, text=True,
                           env=env or subprocess_env(), timeout=timeout, cwd=ROOT)
