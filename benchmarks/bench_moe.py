@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import statistics
 import tempfile
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from timing import alternating  # benchmarks/timing.py, beside this script
 from lmref.impl_torch import Transformer
 from lmref.spec.config import MoEConfig
 from lmref.spec.params import init_params, param_count
@@ -112,18 +111,6 @@ def train_steps(cfg, params: dict) -> dict:
     return {"ours": our_step, "peer": peer_step}
 
 
-def alternate(contenders: dict, inputs: list, rounds: int, per_block: int) -> dict[str, float]:
-    """Median seconds per call of each contender, blocks of `per_block` calls alternating."""
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for r in range(rounds):
-        for name, fn in contenders.items():
-            for x in inputs[r * per_block : (r + 1) * per_block]:
-                start = time.perf_counter()
-                fn(x)
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
@@ -147,7 +134,7 @@ def main() -> None:
         raise AssertionError(f"the two forwards disagree by {diff}")
     inputs = [torch.from_numpy(b[:, :-1]) for b in data[2:]]
     fwd["ours"](inputs[0]), fwd["peer"](inputs[0])  # warm-up
-    t = alternate(fwd, inputs, args.rounds, args.per_block)
+    t = alternating(fwd, args.rounds, args.per_block, inputs).medians()
     print(f"| forward | {t['ours'] * 1e3:.1f} | {t['peer'] * 1e3:.1f} | {t['peer'] / t['ours']:.2f} |", flush=True)
     steps = train_steps(cfg, params)
     first = {name: step(data[0]) for name, step in steps.items()}
@@ -155,7 +142,7 @@ def main() -> None:
         raise AssertionError(f"the two training steps compute different losses: {first}")
     for step in steps.values():
         step(data[1])
-    t = alternate(steps, data[2:], args.rounds, args.per_block)
+    t = alternating(steps, args.rounds, args.per_block, data[2:]).medians()
     print(f"| training step | {t['ours'] * 1e3:.1f} | {t['peer'] * 1e3:.1f} | {t['peer'] / t['ours']:.2f} |")
 
 

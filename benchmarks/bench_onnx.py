@@ -48,7 +48,7 @@ import torch
 
 import onnx_peers  # benchmarks/onnx_peers.py, beside this script
 from onnx_loops import BoundDecoder, PersistentDecoder, PlainDecoder, SharedBufferDecoder  # beside this script
-from timing import timed  # benchmarks/timing.py, beside this script
+from timing import alternating, timed  # benchmarks/timing.py, beside this script
 from lmref.export.exporter import export_onnx
 from lmref.export.runtime import CPU, CUDA, available_providers, open_session
 from lmref.impl_torch import Transformer
@@ -142,15 +142,11 @@ def per_token(total: float, prefill: float, steps: int) -> float:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each fn, the fns run in turn in every round (after one warm-up round),
-    so that the machine's load changes weigh on all of them alike."""
+    """Median seconds of each fn after one warm-up call each, the fns run in turn in every round
+    (timing.alternating), so that the machine's load changes weigh on all of them alike."""
     for fn in fns.values():
         fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(timed(fn, 1, warmup=0))
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return alternating(fns, repeats).medians()
 
 
 def check_tokens(name: str, tokens: list[int], reference: list[int]) -> None:

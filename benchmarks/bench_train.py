@@ -26,14 +26,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import statistics
 import tempfile
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from timing import alternating  # benchmarks/timing.py, beside this script
 from lmref.spec.config import ModelConfig
 from lmref.spec.params import init_params, param_count, param_shapes
 from lmref.spec.presets import get_preset, tiny
@@ -183,19 +182,10 @@ def measure(case: Case, steps: int, rounds: int, warmup: int) -> dict:
     for step in contenders.values():
         for batch in data[1:warmup]:
             step(batch)
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for r in range(rounds):
-        for name, step in contenders.items():
-            for batch in data[warmup + r * steps : warmup + (r + 1) * steps]:
-                if case.device.type == "cuda":
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                step(batch)  # returns loss.item(): the step has finished
-                times[name].append(time.perf_counter() - start)
+    times = alternating(contenders, rounds, steps, data[warmup:])  # each step returns loss.item(): it has finished
     tokens = case.batch * case.seq
-    per_round = [statistics.median(times["peer"][r * steps : (r + 1) * steps])
-                 / statistics.median(times["ours"][r * steps : (r + 1) * steps]) for r in range(rounds)]
-    return {name: tokens / statistics.median(t) for name, t in times.items()} | {"rounds": per_round}
+    return ({name: tokens / median for name, median in times.medians().items()}
+            | {"rounds": times.block_ratios("peer", "ours")})
 
 
 def compiled(case: Case) -> str:
