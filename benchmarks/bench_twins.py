@@ -1,13 +1,16 @@
 """Speed of the twins, side by side in one run: impl_torch vs Hugging Face transformers, and
 impl_jax (jit) vs impl_torch, on the same config, weights, dtype (float32) and thread count.
 
-    python benchmarks/bench_twins.py                    # small (~10M) and medium (~100M)
-    python benchmarks/bench_twins.py --sizes small --repeats 5
+    python benchmarks/bench_twins.py --threads 1            # small (~10M) and medium (~100M)
+    python benchmarks/bench_twins.py --threads 1 --sizes small --repeats 5
     python benchmarks/bench_twins.py --device cuda          # the GPU rows: torch on CUDA, JAX on its GPU backend
 
 For each family (GPT-2, LLaMA) and size it measures (a) a training step: forward, backward
 and AdamW, and (b) a forward pass, and prints tokens/s and the ratios ours / peer (> 1: ours
-is faster).  The machines are shared and noisy: compare ratios from one run, not absolute
+is faster), each with its spread over the rounds.  First it checks that the contenders agree:
+the same logits, and the same loss in their first training step.  Then the contenders run in
+turn, one call each per round (benchmarks/timing.py `alternating`), so that a change of the
+shared machine's load weighs on all of them alike; compare ratios from one run, not absolute
 numbers across runs.  Results are recorded in benchmarks/README.md.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -22,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from timing import timed  # benchmarks/timing.py, beside this script
+from timing import Alternated, alternating  # benchmarks/timing.py, beside this script
 from lmref.spec.config import ModelConfig
 from lmref.spec.params import init_params, param_count
 from lmref.spec.presets import get_preset
@@ -82,12 +86,12 @@ def torch_steps(model, tokens: torch.Tensor, is_hf: bool) -> tuple[Callable, Cal
         sync()
         return logits
 
-    def train_step():
+    def train_step() -> float:
         optimizer.zero_grad(set_to_none=True)
         loss = loss_of()
         loss.backward()
         optimizer.step()
-        sync()
+        return loss.item()  # waits for the device
 
     return forward, train_step
 
@@ -120,10 +124,10 @@ def jax_steps(config: ModelConfig, params: dict, tokens: np.ndarray) -> tuple[Ca
         logits, _, _ = impl_jax.forward_jit(config, p, t)
         return logits.block_until_ready()
 
-    def train_step():
+    def train_step() -> float:
         q, m, v, loss = update(state["q"], state["m"], state["v"], state["step"])
-        loss.block_until_ready()
         state.update(q=q, m=m, v=v, step=state["step"] + 1)
+        return float(loss)  # waits for the device
 
     return forward, train_step
 
@@ -131,44 +135,84 @@ def jax_steps(config: ModelConfig, params: dict, tokens: np.ndarray) -> tuple[Ca
 # --- the run -----------------------------------------------------------------------------------
 
 
+def as_numpy(logits) -> np.ndarray:
+    """A torch tensor (on any device) or a JAX array as a NumPy array."""
+    return logits.detach().cpu().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
+
+
+def check_agreement(config: ModelConfig, forwards: dict[str, Callable], steps: dict[str, Callable]) -> None:
+    """AssertionError unless every contender's logits and first training loss are ours (float32:
+    logits within 1e-3 of their scale, losses to a relative 1e-4).  The calls warm them up."""
+    logits = {name: as_numpy(fn()) for name, fn in forwards.items()}  # [B, S, V] each
+    ours = logits["ours"]
+    for name, other in logits.items():
+        gap = float(np.abs(other - ours).max())
+        if not gap <= 1e-3 * max(1.0, float(np.abs(ours).max())):
+            raise AssertionError(f"{config.name}: {name}'s logits differ from ours by {gap:.3g}")
+    losses = {name: fn() for name, fn in steps.items()}
+    if not all(math.isclose(loss, losses["ours"], rel_tol=1e-4) for loss in losses.values()):
+        raise AssertionError(f"{config.name}: the first training losses differ: {losses}")
+
+
 def run(family: str, size: str, repeats: int, with_jax: bool, device: str) -> list[str]:
     config, batch, seq = bench_config(family, size)
     params = {k: v.astype(np.float32) for k, v in init_params(config, 0).items()}
     tokens_np = np.random.default_rng(0).integers(0, config.vocab_size, (batch, seq))
     tokens = torch.from_numpy(tokens_np).to(device)
-    n_tokens = batch * seq
-    rows = {}
-    ours_fwd, ours_train = torch_steps(lmref_torch(config, params, device), tokens, is_hf=False)
-    peer_fwd, peer_train = torch_steps(hf_torch(config, params, device), tokens, is_hf=True)
-    rows["forward"] = [timed(ours_fwd, repeats), timed(peer_fwd, repeats)]
-    rows["train step"] = [timed(ours_train, repeats), timed(peer_train, repeats)]
+    forwards, steps = {}, {}
+    forwards["ours"], steps["ours"] = torch_steps(lmref_torch(config, params, device), tokens, is_hf=False)
+    forwards["peer"], steps["peer"] = torch_steps(hf_torch(config, params, device), tokens, is_hf=True)
     if with_jax:
-        jax_fwd, jax_train = jax_steps(config, params, tokens_np)
-        rows["forward"].append(timed(jax_fwd, repeats))
-        rows["train step"].append(timed(jax_train, repeats))
+        forwards["jax"], steps["jax"] = jax_steps(config, params, tokens_np)
+    check_agreement(config, forwards, steps)
     lines = []
-    for what, times in rows.items():
-        tps = [n_tokens / t for t in times]
+    for what, contenders in (("forward", forwards), ("train step", steps)):
+        times = alternating(contenders, repeats)
+        tps = {name: batch * seq / median for name, median in times.medians().items()}
+        versus_peer = spread(tps["ours"] / tps["peer"], times, "peer", "ours")
         line = (f"| {config.name} | {param_count(config) / 1e6:.1f}M | {batch}x{seq} | {what} | "
-                f"{tps[0]:,.0f} | {tps[1]:,.0f} | {tps[0] / tps[1]:.2f} |")
-        line += f" {tps[2]:,.0f} | {tps[2] / tps[0]:.2f} |" if with_jax else " - | - |"
+                f"{tps['ours']:,.0f} | {tps['peer']:,.0f} | {versus_peer} |")
+        line += (f" {tps['jax']:,.0f} | {spread(tps['jax'] / tps['ours'], times, 'ours', 'jax')} |" if with_jax
+                 else " - | - |")
         lines.append(line)
     return lines
+
+
+def spread(ratio: float, times: Alternated, numerator: str, denominator: str) -> str:
+    """"ratio (lowest-highest)": a speed ratio and its range over the rounds, the time of
+    `numerator` over that of `denominator` round by round."""
+    rounds = times.block_ratios(numerator, denominator)
+    return f"{ratio:.2f} ({min(rounds):.2f}-{max(rounds):.2f})"
+
+
+def pin_threads(n: int) -> None:
+    """Run on the first `n` of the cores this process may use, torch with `n` threads (before
+    JAX is imported: its CPU thread pool is sized from the cores it may use)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if not 1 <= n <= len(cores):
+        raise SystemExit(f"--threads must be in [1, {len(cores)}] (the cores this process may use), got {n}")
+    os.sched_setaffinity(0, cores[:n])
+    torch.set_num_threads(n)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="small,medium")
     parser.add_argument("--families", default="gpt2,llama")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; each contender runs once a round (default 3)")
+    parser.add_argument("--threads", type=int,
+                        help="pin the process to this many cores and torch to as many threads (JAX's CPU backend "
+                             "takes no thread count: only the cores it may run on bound it)")
     parser.add_argument("--no-jax", action="store_true")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="torch's device; JAX runs on its default backend, printed (a GPU with jax[cuda])")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: this torch has no CUDA device")
+    if args.threads:
+        pin_threads(args.threads)
     print(f"torch {torch.__version__} on {args.device}, {torch.get_num_threads()} threads; float32; "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; cores {sorted(os.sched_getaffinity(0))}")
     if not args.no_jax:
         import jax
 
