@@ -36,6 +36,10 @@ from lmref.spec.inputs import check_tokens
 from lmref.spec.plan import crosses_original_context
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+# onnxruntime's CUDA provider runs float32 MatMul and Gemm in TF32 (10 mantissa bits) unless told
+# not to: its use_tf32 defaults to 1 (onnxruntime/core/providers/cuda/cuda_execution_provider_info.h).
+# The graphs are float32, and the float32 tolerance row does not admit TF32 (conformance/TOLERANCES.md).
+CUDA_OPTIONS = {"use_tf32": "0"}
 # Nodes that must run on the requested provider; the rest (Shape, Gather of sizes, ...) may not.
 COMPUTE_OPS = frozenset({"MatMul", "Gemm", "Softmax", "LayerNormalization", "SimplifiedLayerNormalization",
                          "FusedMatMul", "Einsum"})
@@ -54,8 +58,8 @@ def default_provider() -> str:
 
 def open_session(path: str | Path, provider: str = CPU, *, profile_dir: str | Path | None = None,
                  threads: int | None = None):
-    """An InferenceSession of `path` on `provider` (with the CPU behind CUDA for the nodes
-    CUDA has no kernel for); ProviderError unless `provider` is the one that took the graph.
+    """An InferenceSession of `path` on `provider` (session_providers: CUDA without TF32, the CPU
+    behind it); ProviderError unless `provider` is the one that took the graph.
     `threads`: intra-op threads (default: onnxruntime's, one per core)."""
     import onnxruntime as ort
 
@@ -70,8 +74,7 @@ def open_session(path: str | Path, provider: str = CPU, *, profile_dir: str | Pa
     if profile_dir is not None:
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(profile_dir) / "ort_profile")
-    providers = [provider] if provider == CPU else [provider, CPU]
-    session = ort.InferenceSession(str(path), options, providers=providers)
+    session = ort.InferenceSession(str(path), options, providers=session_providers(provider))
     ran = session.get_providers()
     if not ran or ran[0] != provider:
         raise ProviderError(f"asked for {provider} but the session runs on {', '.join(ran)}: onnxruntime fell "
@@ -79,6 +82,14 @@ def open_session(path: str | Path, provider: str = CPU, *, profile_dir: str | Pa
                             "onnxruntime-gpu needs, and that `onnxruntime` and `onnxruntime-gpu` are not both "
                             "installed)")
     return session
+
+
+def session_providers(provider: str) -> list:
+    """An InferenceSession's `providers` for `provider`: CUDA in float32 (CUDA_OPTIONS) with the
+    CPU behind it for the nodes CUDA has no kernel for; any other provider as it is."""
+    if provider == CPU:
+        return [CPU]
+    return [(provider, CUDA_OPTIONS) if provider == CUDA else provider, CPU]
 
 
 def node_providers(profile_path: str | Path) -> Counter:

@@ -147,3 +147,13 @@ def test_asking_for_a_provider_onnxruntime_lacks_is_an_error(tmp_path):
         pytest.skip("this onnxruntime has CUDA")
     with pytest.raises(ProviderError, match=f"{CUDA} is not available in this onnxruntime build"):
         open_session(tmp_path / "model.onnx", CUDA)
+
+
+def test_a_cuda_session_asks_for_float32_not_tf32():
+    """onnxruntime's CUDA provider runs float32 MatMuls in TF32 by default (use_tf32=1), which the
+    float32 tolerance row does not admit; open_session asks for float32 on CUDA.  Only a GPU shows
+    the effect: `lmref validate-onnx --provider cuda` in benchmarks/gpu_rows.sh."""
+    from lmref.export.runtime import session_providers
+
+    assert session_providers(CUDA) == [(CUDA, {"use_tf32": "0"}), CPU]
+    assert session_providers(CPU) == [CPU]
