@@ -216,6 +216,9 @@ def main() -> None:
     if not args.no_jax:
         import jax
 
+        # float32 matmuls in float32 on both sides: JAX's default is TF32 on recent GPUs, torch's
+        # CUDA default (torch.backends.cuda.matmul.allow_tf32 False) full float32; the CPU is unchanged.
+        jax.config.update("jax_default_matmul_precision", "float32")
         print(f"jax {jax.__version__} on {jax.default_backend()}: {jax.devices()[0]}")
     print("| model | params | batch x seq | what | lmref torch tok/s | HF tok/s | torch / HF | "
           "lmref jax tok/s | jax / torch |")

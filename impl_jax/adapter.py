@@ -9,6 +9,11 @@ case (spec/vision.py), with name / version / dtype.
 The suite passes float64 NumPy params; they are checked (spec.params.check_params: the same
 ParamsError as the golden) before being cast to the adapter's dtype.  Results come back as
 NumPy arrays in that dtype (bfloat16 as ml_dtypes' bfloat16, which np.asarray gives).
+
+float32 means float32 on every backend: JAX's default matmul precision for 32-bit inputs is
+TF32 on recent NVIDIA GPUs and bfloat16 passes on TPUs (docs.jax.dev "Matmul precision"), which
+the float32 tolerance row does not admit (conformance/TOLERANCES.md), so the adapter computes
+under `jax.default_matmul_precision("float32")`.  On the CPU it changes nothing.
 """
 
 from __future__ import annotations
@@ -45,8 +50,9 @@ class JaxAdapter:
         """(logits, the intermediates by name, the loss) from impl_jax.evaluate: forward, capture,
         routing and loss of a case run one jitted function on the same shapes, so it compiles once
         for the four (XLA compilation is nearly all of a tiny case's time)."""
-        return impl_jax.evaluate(config, self._params(config, params), tokens, pixel_values=pixel_values,
-                                 for_loss=for_loss)
+        with jax.default_matmul_precision("float32"):
+            return impl_jax.evaluate(config, self._params(config, params), tokens, pixel_values=pixel_values,
+                                     for_loss=for_loss)
 
     def forward(self, config: ModelConfig, params: dict, tokens: np.ndarray, pixel_values=None) -> np.ndarray:
         return np.asarray(self._evaluate(config, params, tokens, pixel_values)[0])
@@ -55,7 +61,8 @@ class JaxAdapter:
                pixel_values=None) -> np.ndarray:
         """Prefill `prompt_len` tokens (and the images), then one token at a time through the KV cache."""
         jax_params = self._params(config, params)
-        return np.asarray(impl_jax.decode(config, jax_params, tokens, prompt_len, pixel_values=pixel_values))
+        with jax.default_matmul_precision("float32"):  # see the module docstring
+            return np.asarray(impl_jax.decode(config, jax_params, tokens, prompt_len, pixel_values=pixel_values))
 
     def loss(self, config: ModelConfig, params: dict, tokens: np.ndarray, pixel_values=None) -> float:
         return float(self._evaluate(config, params, tokens, pixel_values, for_loss=True)[2])
