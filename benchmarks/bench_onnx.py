@@ -48,7 +48,7 @@ import torch
 
 import onnx_peers  # benchmarks/onnx_peers.py, beside this script
 from onnx_loops import BoundDecoder, PersistentDecoder, PlainDecoder, SharedBufferDecoder  # beside this script
-from timing import alternating, timed  # benchmarks/timing.py, beside this script
+from timing import alternating  # benchmarks/timing.py, beside this script
 from lmref.export.exporter import export_onnx
 from lmref.export.runtime import CPU, CUDA, available_providers, open_session
 from lmref.impl_torch import Transformer
@@ -67,37 +67,45 @@ def bench_config(size: str = "9m") -> ModelConfig:
     return dataclasses.replace(get_preset("llama3"), name=f"llama-{size}", max_seq_len=1024, **SIZES[size])
 
 
-def ort_cuda_decode(session, config: ModelConfig, prompt: np.ndarray, steps: int) -> Callable[[], None]:
-    """The same on CUDA with IOBinding: inputs copied to the device once per step (a few
-    int64s), the presents bound on the device and fed back as the next past, no host copy of
-    the cache; the next token is the argmax of the logits copied back (1 x vocab floats)."""
+def bound_decoder(session, config: ModelConfig, batch_prompt: np.ndarray, device: str = "cuda") -> Contender:
+    """Ours with I/O binding on `device` (the GPU rows: "cuda"): each step's inputs copied to the
+    device (a few int64s), the presents bound there and fed back as the next past (no host copy
+    of the cache), the next token the argmax of the last logits copied back.  generate decodes
+    batch_prompt's row 0; prefill runs the whole batch from an empty past."""
     import onnxruntime as ort
 
     from lmref.export.decoder import input_names, output_names
 
     names_in, names_out = input_names(config.n_layers), output_names(config.n_layers)
 
+    def on_device(value: np.ndarray):
+        return ort.OrtValue.ortvalue_from_numpy(value, device, 0)
+
     def step(ids: np.ndarray, mask: np.ndarray, past: list) -> tuple[np.ndarray, list]:
         binding = session.io_binding()
-        positions = np.arange(mask.shape[1] - ids.shape[1], mask.shape[1])[None]  # [1, S]
+        positions = np.broadcast_to(np.arange(mask.shape[1] - ids.shape[1], mask.shape[1]), ids.shape)  # [B, S]
         for name, value in zip(names_in[:3], (ids, mask, positions)):
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value.astype(np.int64), "cuda", 0))
+            binding.bind_ortvalue_input(name, on_device(np.ascontiguousarray(value, np.int64)))
         for name, value in zip(names_in[3:], past):
             binding.bind_ortvalue_input(name, value)
         for name in names_out:
-            binding.bind_output(name, "cuda")
+            binding.bind_output(name, device)
         session.run_with_iobinding(binding)
         logits, *present = binding.get_outputs()
-        return logits.numpy()[:, -1], present
+        return logits.numpy()[:, -1], present  # [B, V]
 
-    def run():
-        empty = np.zeros((1, config.n_kv_heads, 0, config.head_dim), np.float32)
-        past = [ort.OrtValue.ortvalue_from_numpy(empty, "cuda", 0) for _ in names_in[3:]]
-        mask = np.ones((1, prompt.shape[1] + steps), np.int64)
-        logits, past = step(prompt, mask[:, : prompt.shape[1]], past)
+    def run(prompt: np.ndarray, steps: int) -> list[int]:
+        batch, length = prompt.shape
+        past = [on_device(np.zeros((batch, config.n_kv_heads, 0, config.head_dim), np.float32)) for _ in names_in[3:]]
+        mask = np.ones((batch, length + steps), np.int64)
+        logits, past = step(prompt, mask[:, :length], past)
+        tokens = []
         for t in range(steps):
-            logits, past = step(logits.argmax(-1)[:, None], mask[:, : prompt.shape[1] + t + 1], past)
-    return run
+            tokens.append(int(logits[0].argmax()))
+            logits, past = step(logits.argmax(-1)[:, None], mask[:, : length + t + 1], past)
+        return tokens
+
+    return Contender("ours", lambda steps: run(batch_prompt[:1], steps), lambda: run(batch_prompt, 0))
 
 
 # --- torch --------------------------------------------------------------------------------------
@@ -255,18 +263,13 @@ def generator_results(model_dirs: dict[str, Path], reference: list[int], config:
 
 
 def cuda_rows(path: Path, config: ModelConfig, params: dict, args) -> list[str]:
-    """Ours on CUDA with IOBinding against torch on CUDA: per-token decode, prefill."""
+    """Ours on CUDA with I/O binding against impl_torch eager on CUDA, both float32 (the session
+    without TF32: export/runtime.py): per-token decode and prefill, the greedy tokens checked
+    first, the two alternating (`measure`)."""
     batch_prompt = np.random.default_rng(0).integers(0, config.vocab_size, (args.batch, args.prompt))
-    session, model = open_session(path, CUDA), Transformer.from_canonical(config, params, device="cuda").eval()
-    prompt, batch = (torch.from_numpy(p).cuda() for p in (batch_prompt[:1], batch_prompt))
-    ort_s = per_token(timed(ort_cuda_decode(session, config, batch_prompt[:1], args.steps), args.repeats),
-                      timed(ort_cuda_decode(session, config, batch_prompt[:1], 0), args.repeats), args.steps)
-    torch_s = per_token(timed(lambda: torch_generate(model, prompt, args.steps), args.repeats),
-                        timed(lambda: torch_generate(model, prompt, 0), args.repeats), args.steps)
-    ort_tps = batch_prompt.size / timed(ort_cuda_decode(session, config, batch_prompt, 0), args.repeats)
-    torch_tps = batch_prompt.size / timed(torch_prefill(model, batch), args.repeats)
-    return [f"| cuda | ours (IOBinding) | {1e3 * ort_s:.3f} ms | {ort_tps:,.0f} tok/s |",
-            f"| cuda | torch eager | {1e3 * torch_s:.3f} ms | {torch_tps:,.0f} tok/s |"]
+    model = Transformer.from_canonical(config, params, device="cuda").eval()
+    contenders = [bound_decoder(open_session(path, CUDA), config, batch_prompt), eager(model, batch_prompt)]
+    return ["on CUDA (onnxruntime's CUDA provider; torch CUDA):"] + table(measure(contenders, args, batch_prompt.size))
 
 
 def main() -> None:
