@@ -5,9 +5,6 @@ batch-4 prompt, which onnxruntime refuses.)  No timing is asserted."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -20,19 +17,12 @@ from lmref.export.runtime import CPU, open_session  # noqa: E402
 from lmref.impl_torch import Transformer  # noqa: E402
 from lmref.spec.params import init_params  # noqa: E402
 from lmref.spec.presets import tiny  # noqa: E402
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from tests.benchmark_scripts import import_benchmark  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def bench_onnx():
-    """benchmarks/bench_onnx.py, imported as its script imports its siblings (timing, onnx_loops)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import bench_onnx
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return bench_onnx
+    return import_benchmark("bench_onnx")
 
 
 def test_the_gpu_rows_loop_decodes_impl_torchs_tokens_and_prefills_a_batch(bench_onnx, tmp_path):

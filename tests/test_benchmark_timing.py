@@ -4,23 +4,11 @@ on how long anything took)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
+from tests.benchmark_scripts import import_benchmark
 
-def _timing_module():
-    """benchmarks/timing.py, loaded by path (the benchmarks are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("benchmarks_timing", Path(__file__).parents[1] / "benchmarks/timing.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-timing = _timing_module()
+timing = import_benchmark("timing")
 Alternated, alternating = timing.Alternated, timing.alternating
 
 
