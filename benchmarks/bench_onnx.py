@@ -31,7 +31,8 @@ past, the next token the argmax of the last logits.  Before timing, every conten
 greedy tokens must equal ours.  Ratios are contender / ours: per-token latency below 1 means
 the contender is faster.  Where onnxruntime has the CUDA provider, ours also runs on the GPU
 with IOBinding against torch on CUDA (without it, host copies make onnxruntime look slow:
-huggingface/optimum#1337).  Tests never time; results are in benchmarks/README.md, section ONNX.
+huggingface/optimum#1337), both in float32, the same greedy tokens checked first, the two
+alternating (`cuda_rows`).  Tests never time; results are in benchmarks/README.md, section ONNX.
 """
 
 from __future__ import annotations
