@@ -13,7 +13,8 @@ NumPy arrays in that dtype (bfloat16 as ml_dtypes' bfloat16, which np.asarray gi
 float32 means float32 on every backend: JAX's default matmul precision for 32-bit inputs is
 TF32 on recent NVIDIA GPUs and bfloat16 passes on TPUs (docs.jax.dev "Matmul precision"), which
 the float32 tolerance row does not admit (conformance/TOLERANCES.md), so the adapter computes
-under `jax.default_matmul_precision("float32")`.  On the CPU it changes nothing.
+under `jax.default_matmul_precision("float32")`.  On the CPU the logits are bit for bit those
+computed without it (checked on llama3's, gemma3-4b's and mixtral-8x7b's cases).
 """
 
 from __future__ import annotations
