@@ -68,47 +68,6 @@ def bench_config(size: str = "9m") -> ModelConfig:
     return dataclasses.replace(get_preset("llama3"), name=f"llama-{size}", max_seq_len=1024, **SIZES[size])
 
 
-def bound_decoder(session, config: ModelConfig, batch_prompt: np.ndarray, device: str = "cuda") -> Contender:
-    """Ours with I/O binding on `device` (the GPU rows: "cuda"): each step's inputs copied to the
-    device (a few int64s), the presents bound there and fed back as the next past (no host copy
-    of the cache), the next token the argmax of the last logits copied back.  generate decodes
-    batch_prompt's row 0; prefill runs the whole batch from an empty past."""
-    import onnxruntime as ort
-
-    from lmref.export.decoder import input_names, output_names
-
-    names_in, names_out = input_names(config.n_layers), output_names(config.n_layers)
-
-    def on_device(value: np.ndarray):
-        return ort.OrtValue.ortvalue_from_numpy(value, device, 0)
-
-    def step(ids: np.ndarray, mask: np.ndarray, past: list) -> tuple[np.ndarray, list]:
-        binding = session.io_binding()
-        positions = np.broadcast_to(np.arange(mask.shape[1] - ids.shape[1], mask.shape[1]), ids.shape)  # [B, S]
-        for name, value in zip(names_in[:3], (ids, mask, positions)):
-            binding.bind_ortvalue_input(name, on_device(np.ascontiguousarray(value, np.int64)))
-        for name, value in zip(names_in[3:], past):
-            binding.bind_ortvalue_input(name, value)
-        for name in names_out:
-            binding.bind_output(name, device)
-        session.run_with_iobinding(binding)
-        logits, *present = binding.get_outputs()
-        return logits.numpy()[:, -1], present  # [B, V]
-
-    def run(prompt: np.ndarray, steps: int) -> list[int]:
-        batch, length = prompt.shape
-        past = [on_device(np.zeros((batch, config.n_kv_heads, 0, config.head_dim), np.float32)) for _ in names_in[3:]]
-        mask = np.ones((batch, length + steps), np.int64)
-        logits, past = step(prompt, mask[:, :length], past)
-        tokens = []
-        for t in range(steps):
-            tokens.append(int(logits[0].argmax()))
-            logits, past = step(logits.argmax(-1)[:, None], mask[:, : length + t + 1], past)
-        return tokens
-
-    return Contender("ours", lambda steps: run(batch_prompt[:1], steps), lambda: run(batch_prompt, 0))
-
-
 # --- torch --------------------------------------------------------------------------------------
 
 
@@ -184,7 +143,12 @@ def plain(name: str, path: Path, config: ModelConfig, batch_prompt: np.ndarray, 
     (`shared` only where the graph has GroupQueryAttention, `gqa`; iobinding elsewhere)."""
     loop = {"numpy": PlainDecoder, "iobinding": BoundDecoder, "shared": SharedBufferDecoder if gqa else BoundDecoder,
             "persistent": PersistentDecoder if gqa else BoundDecoder}[args.loop]
-    decoder = loop(open_session(path, CPU, threads=args.threads), config)
+    return decoding(name, loop(open_session(path, CPU, threads=args.threads), config), batch_prompt)
+
+
+def decoding(name: str, decoder: PlainDecoder, batch_prompt: np.ndarray) -> Contender:
+    """A contender over one of onnx_loops' decoders: generate decodes batch_prompt's row 0,
+    prefill runs the whole batch from an empty past."""
     prompt = batch_prompt[:1]
     return Contender(name, lambda steps: decoder.generate(prompt, steps), lambda: decoder.prefill(batch_prompt))
 
@@ -269,7 +233,8 @@ def cuda_rows(path: Path, config: ModelConfig, params: dict, args) -> list[str]:
     first, the two alternating (`measure`)."""
     batch_prompt = np.random.default_rng(0).integers(0, config.vocab_size, (args.batch, args.prompt))
     model = Transformer.from_canonical(config, params, device="cuda").eval()
-    contenders = [bound_decoder(open_session(path, CUDA), config, batch_prompt), eager(model, batch_prompt)]
+    ours = decoding("ours", BoundDecoder(open_session(path, CUDA), config, device="cuda"), batch_prompt)
+    contenders = [ours, eager(model, batch_prompt)]
     return ["on CUDA (onnxruntime's CUDA provider; torch CUDA):"] + table(measure(contenders, args, batch_prompt.size))
 
 

@@ -55,14 +55,20 @@ class PlainDecoder:
 
 
 class BoundDecoder(PlainDecoder):
-    """The same loop with I/O binding: the presents stay onnxruntime's OrtValues and are bound
-    as the next step's past, never converted to NumPy (session.run copies every output into
-    a new array); only the logits are read back."""
+    """The same loop with I/O binding: the presents stay onnxruntime's OrtValues on `device`
+    ("cuda" for the GPU rows) and are bound as the next step's past, never converted to NumPy
+    (session.run copies every output into a new array); the step's inputs are host arrays
+    onnxruntime copies over, and only the logits are read back."""
+
+    def __init__(self, session, config: ModelConfig, device: str = "cpu"):
+        super().__init__(session, config)
+        self.device = device
 
     def empty_past(self, batch: int) -> dict:
         import onnxruntime as ort
 
-        return {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in super().empty_past(batch).items()}
+        empty = super().empty_past(batch)  # [B, KV, 0, hd] arrays by name
+        return {name: ort.OrtValue.ortvalue_from_numpy(a, self.device, 0) for name, a in empty.items()}
 
     def bound_inputs(self, ids: np.ndarray, total: int, past: dict):
         """An io_binding with the step's inputs (host arrays) and the past (OrtValues) bound."""
@@ -76,7 +82,7 @@ class BoundDecoder(PlainDecoder):
     def step(self, ids: np.ndarray, total: int, past: dict) -> tuple[np.ndarray, dict]:
         binding = self.bound_inputs(ids, total, past)
         for name in self.outputs:
-            binding.bind_output(name, "cpu")
+            binding.bind_output(name, "cpu" if name == "logits" else self.device)
         self.session.run_with_iobinding(binding)
         out = dict(zip(self.outputs, binding.get_outputs()))
         return out["logits"].numpy(), {self.feeds_back[name]: out[name] for name in self.feeds_back}

@@ -1,4 +1,5 @@
-"""The GPU rows' decoding loop (benchmarks/bench_onnx.py `bound_decoder`) run on the CPU provider,
+"""The GPU rows' decoding loop (benchmarks/bench_onnx.py `cuda_rows`: onnx_loops.BoundDecoder over a
+CUDA session, behind `decoding`) run on the CPU provider,
 so that a mistake in it is found here and not in a scarce GPU lease: its greedy tokens are
 impl_torch's, and its batch prefill runs.  (It once bound a past and a mask of batch 1 to a
 batch-4 prompt, which onnxruntime refuses.)  No timing is asserted."""
@@ -30,7 +31,8 @@ def test_the_gpu_rows_loop_decodes_impl_torchs_tokens_and_prefills_a_batch(bench
     params = init_params(config, 0)
     path = export_onnx(config, params, tmp_path / "ours")
     batch_prompt = np.random.default_rng(0).integers(0, config.vocab_size, (3, 7))  # [B, P]
-    ours = bench_onnx.bound_decoder(open_session(path, CPU), config, batch_prompt, device="cpu")
+    ours = bench_onnx.decoding("ours", bench_onnx.BoundDecoder(open_session(path, CPU), config, device="cpu"),
+                               batch_prompt)
     torch_eager = bench_onnx.eager(Transformer.from_canonical(config, params).eval(), batch_prompt)
     tokens = ours.generate(6)
     assert len(tokens) == 6
