@@ -125,7 +125,25 @@ def _name_axes(program, config: ModelConfig) -> None:
 
 def export_graph(spec: GraphSpec, *, optimize: bool = True):
     """The ONNXProgram of a vision_graphs.GraphSpec: dynamo export at OPSET, optimized
-    (onnxscript's constant folding and cleanups) unless asked not to (export/reweight.py)."""
+    (onnxscript's constant folding and cleanups) unless asked not to (export/reweight.py).
+    A decoder whose layers repeat a few kinds is traced with one layer of each kind and the
+    others stamped from it (export/stamping.py); where its layers are not separable, in full."""
+    from lmref.export.stamping import StampError, stamp_traced, traced_spec
+
+    traced = traced_spec(spec)
+    if traced is None:
+        return _exported(spec, optimize)
+    program = _exported(traced, optimize=False)
+    try:
+        stamp_traced(traced, program)
+    except StampError:
+        return _exported(spec, optimize)
+    if optimize:
+        program.optimize()
+    return program
+
+
+def _exported(spec: GraphSpec, optimize: bool):
     import torch
 
     with _quiet_exporter(), torch.no_grad():

@@ -188,8 +188,10 @@ def graph_slots(program, sources: dict[str, tuple[str, bool]], params: dict[str,
     exported program reads (a placeholder with users: LLaVA's embed graph reads the token
     table alone) must be an initializer under its module path, or under one of its
     aliases' (a tied embedding: the exporter keeps one of `embed.tokens.weight` and
-    `lm_head.weight`), float32, holding its canonical param as laid out (a check of the
-    mapping, not a search by value).  A lifted tensor constant of more than one element must be
+    `lm_head.weight`); so is each parameter of the wrapper that a stamped layer holds as an
+    initializer under its path, which the traced program never lifted (export/stamping.py).
+    Each of those initializers must be float32 and hold its canonical param as laid out (a
+    check of the mapping, not a search by value).  A lifted tensor constant of more than one element must be
     one of `config_tensors` (config_tensor_paths), by its path, holding that tensor."""
     signature = program.exported_program.graph_signature
     constants = program.exported_program.constants
@@ -208,6 +210,10 @@ def graph_slots(program, sources: dict[str, tuple[str, bool]], params: dict[str,
             raise ReweightError(f"parameter {path} of the traced graph is not a parameter of the wrapper")
         aliases.setdefault(sources[path], []).append(path)
     initializers = program.model.graph.initializers
+    lifted_paths = set(signature.inputs_to_parameters.values())
+    for path in sorted(set(sources) - lifted_paths):  # a layer stamped from a traced one (export/stamping.py)
+        if path in initializers:
+            aliases.setdefault(sources[path], []).append(path)
     slots = {}
     for (canonical, transposed), paths in aliases.items():
         held = [path for path in paths if path in initializers]

@@ -185,6 +185,16 @@ def test_graph_slots_map_parameters_and_refuse_what_they_cannot_account_for():
     assert graph_slots(fake_program(reads, held, scale), sources, params, config_tensors) == {
         "model.wq.weight": Slot("layers.0.attn.wq", True, (3, 2)),
         "model.head.weight": Slot("embed.tokens", False, (4, 2))}
+    # A stamped layer's parameter (export/stamping.py): an initializer under a wrapper parameter's
+    # path that the traced program did not lift; it is mapped and checked as a lifted one is.
+    stamped_sources = sources | {"model.layers.1.wq.weight": ("layers.1.attn.wq", True)}
+    stamped_params = params | {"layers.1.attn.wq": params["layers.0.attn.wq"] * 2}
+    stamped = held | {"model.layers.1.wq.weight": wq * 2}
+    assert graph_slots(fake_program(reads, stamped, scale), stamped_sources, stamped_params, config_tensors)[
+        "model.layers.1.wq.weight"] == Slot("layers.1.attn.wq", True, (3, 2))
+    with pytest.raises(ReweightError, match="model.layers.1.wq.weight does not hold 'layers.1.attn.wq'"):
+        graph_slots(fake_program(reads, held | {"model.layers.1.wq.weight": wq}, scale), stamped_sources,
+                    stamped_params, config_tensors)
     refusals = {
         "does not hold 'layers.0.attn.wq'": fake_program(reads, held | {"model.wq.weight": wq + 1}, scale),
         "is not a float32 tensor": fake_program(reads, held | {"model.wq.weight": wq.astype(np.float64)}, scale),

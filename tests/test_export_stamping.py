@@ -1,0 +1,238 @@
+"""Tracing one layer of each kind and stamping the others (export/stamping.py).
+
+- Layers are of one kind when their plans agree but for the index and their parameters have
+  the same names and shapes: Gemma 3's sliding and global layers are two kinds, Llama 4
+  Maverick's dense and MoE layers with chunked or NoPE attention three.
+- The stamped decoder graph, optimized, is the fully traced one in everything but the names of
+  intermediate values and the order of nodes: the same inputs and outputs with their shapes,
+  the same initializers bit for bit, the same count of each op, and bit-for-bit the same
+  onnxruntime outputs on a padded batch with a past, for sliding and global layers (Gemma 3),
+  chunked and NoPE layers with a mixture of experts (Llama 4 Scout: router logits and chosen
+  experts per layer), LLaVA's inputs_embeds decoder, and a model of one kind (LLaMA).
+- A graph whose layers are not separable is refused (StampError), and the export then traces
+  every layer: a node of two layers, a layer reading a hidden state other than its input, a
+  layer's value as another graph output, a layer's output not computed by its nodes.  No
+  preset's case config is refused (the `slow` sweep), and `--impl onnx` checks every stamped
+  graph against the golden.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxscript")
+ort = pytest.importorskip("onnxruntime")
+ir = pytest.importorskip("onnx_ir")
+
+from lmref.conformance.cases import case_config  # noqa: E402
+from lmref.export import exporter  # noqa: E402
+from lmref.export.decoder import KV, window_pasts  # noqa: E402
+from lmref.export.exporter import export_graph, graph_specs  # noqa: E402
+from lmref.export.stamping import HIDDEN, StampError, layer_kinds, stamp, stamp_traced, traced_spec  # noqa: E402
+from lmref.export.vision_graphs import DECODER  # noqa: E402
+from lmref.impl_torch import Transformer  # noqa: E402
+from lmref.export.features import check_exportable  # noqa: E402
+from lmref.spec import PRESETS, init_params  # noqa: E402
+from lmref.spec.features import UnsupportedFeature  # noqa: E402
+
+CONFIGS = {  # three-layer versions of the case configs: two layers of the first kind, one of another
+    "gemma3-4b": {"n_layers": 3, "attn_pattern": ("sliding", "sliding", "global")},
+    "llama4-scout": {"n_layers": 3, "attn_pattern": ("chunked", "chunked", "global_nope")},
+    "llava-1.5-7b": {},
+    "llama3": {},
+}
+
+
+def config_of(arch: str):
+    return dataclasses.replace(case_config(arch), **CONFIGS[arch])
+
+
+def decoder_spec(config):
+    return graph_specs(config, init_params(config, 3))[1][DECODER]
+
+
+def full_graph(spec):
+    """The decoder traced with every layer (export/exporter.py's route without stamping)."""
+    return exporter._exported(spec, optimize=True)
+
+
+def feeds(config, session) -> dict[str, np.ndarray]:
+    """A batch of 2 with a left-padded row, 4 new tokens after a past of 6."""
+    rng = np.random.default_rng(0)
+    batch, seq, past = 2, 4, 6
+    mask = np.ones((batch, past + seq), np.int64)
+    mask[1, :3] = 0
+    inputs = {"attention_mask": mask, "position_ids": (np.cumsum(mask, -1) - 1)[:, -seq:]}
+    if config.vision is None:
+        inputs["input_ids"] = rng.integers(0, config.vocab_size, (batch, seq))
+    else:
+        inputs["inputs_embeds"] = rng.standard_normal((batch, seq, config.d_model)).astype(np.float32)
+    for i, keep in enumerate(window_pasts(config)):
+        length = past if keep is None else min(past, keep)
+        for kind in KV:
+            inputs[f"past_key_values.{i}.{kind}"] = rng.standard_normal(
+                (batch, config.n_kv_heads, length, config.head_dim)).astype(np.float32)
+    assert sorted(inputs) == sorted(i.name for i in session.get_inputs())
+    return inputs
+
+
+def session(program):
+    return ort.InferenceSession(ir.to_proto(program.model).SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def folded(weights: dict[str, np.ndarray]) -> list[tuple]:
+    """The initializers that are no module parameter, by content: (dtype, shape, bytes), sorted."""
+    return sorted((str(w.dtype), w.shape, w.tobytes()) for name, w in weights.items() if not name.startswith("model."))
+
+
+def signature(values) -> list[tuple]:
+    return [(v.name, str(v.type), str(v.shape)) for v in values]
+
+
+def test_layers_of_one_plan_and_shapes_are_one_kind():
+    maverick = case_config("llama4-maverick")  # chunked dense, chunked MoE, chunked dense, NoPE MoE
+    assert layer_kinds(Transformer(maverick)) == [0, 1, 0, 3]
+    assert layer_kinds(Transformer(case_config("gemma3-4b"))) == [0, 0, 0, 0, 0, 5]
+    assert layer_kinds(Transformer(case_config("llama3"))) == [0] * case_config("llama3").n_layers
+
+
+def test_a_model_of_distinct_layers_is_traced_in_full():
+    config = dataclasses.replace(case_config("llama4-maverick"), n_layers=2,  # chunked dense, chunked MoE
+                                 attn_pattern=("chunked", "chunked"))
+    assert traced_spec(decoder_spec(config)) is None
+
+
+@pytest.mark.parametrize("arch", list(CONFIGS))
+def test_the_stamped_graph_is_the_fully_traced_one(arch):
+    config = config_of(arch)
+    traced = traced_spec(decoder_spec(config))
+    stamped = exporter._exported(traced, optimize=False)
+    stamp_traced(traced, stamped)  # a StampError fails the test (export_graph would trace in full)
+    stamped.optimize()
+    full = full_graph(decoder_spec(config))
+    for program in (stamped, full):  # as every export finishes its graphs: the axes named
+        exporter.finish_programs(config, {DECODER: program})
+    graphs = stamped.model.graph, full.model.graph
+    assert signature(graphs[0].inputs) == signature(graphs[1].inputs)
+    assert signature(graphs[0].outputs) == signature(graphs[1].outputs)
+    assert Counter(n.op_type for n in graphs[0]) == Counter(n.op_type for n in graphs[1])
+    weights = [{name: v.const_value.numpy() for name, v in g.initializers.items()} for g in graphs]
+    params = [{name: w for name, w in ws.items() if name.startswith("model.")} for ws in weights]
+    assert sorted(params[0]) == sorted(params[1])
+    for name in params[1]:
+        np.testing.assert_array_equal(params[0][name], params[1][name], err_msg=name)
+    assert folded(weights[0]) == folded(weights[1])  # the optimizer's folds, named after intermediate values
+    sessions = session(stamped), session(full)
+    inputs = feeds(config, sessions[1])
+    for name, got, want in zip([o.name for o in sessions[1].get_outputs()], *(s.run(None, inputs) for s in sessions)):
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def stamped_case_configs() -> list[str]:
+    """The presets whose case config the export takes and whose layers repeat a kind."""
+    names = []
+    for name in PRESETS:
+        config = case_config(name)
+        try:
+            check_exportable(config)
+        except UnsupportedFeature:
+            continue
+        kinds = layer_kinds(Transformer(config))
+        if len(set(kinds)) < len(kinds):
+            names.append(name)
+    return names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", stamped_case_configs())
+def test_every_preset_with_repeated_layers_is_stamped(arch):
+    """No preset's case config falls back to a full trace (export_graph would do so silently)."""
+    traced = traced_spec(decoder_spec(case_config(arch)))
+    stamp_traced(traced, exporter._exported(traced, optimize=False))
+
+
+@pytest.fixture(scope="module")
+def traced():
+    """(config, the traced spec, its unoptimized program) of a three-layer Gemma 3."""
+    config = config_of("gemma3-4b")
+    spec = traced_spec(decoder_spec(config))
+    return config, spec, exporter._exported(spec, optimize=False)
+
+
+def copied(program):
+    return ir.from_proto(ir.to_proto(program.model))
+
+
+def intermediate(graph, layer: int):
+    """A value inside `layer`: its attention's first MatMul's output."""
+    return next(n for n in graph if n.op_type == "MatMul" and f"layers.{layer}.attn" in
+                n.metadata_props.get("pkg.torch.onnx.name_scopes", "")).outputs[0]
+
+
+def refused(traced, tamper, match: str) -> None:
+    """stamp refuses a copy of the traced graph after `tamper(graph)`."""
+    config, spec, program = traced
+    graph = copied(program).graph
+    tamper(graph)
+    with pytest.raises(StampError, match=match):
+        stamp(graph, config, spec.module.kinds, spec.module.decoders.full)
+
+
+def test_a_node_of_two_layers_is_refused(traced):
+    refused(traced, lambda g: g.append(ir.node("Add", [intermediate(g, 0), intermediate(g, 2)])),
+            "belongs to layers 0 and 2")
+
+
+def test_a_layer_reading_another_hidden_state_than_its_input_is_refused(traced):
+    def skip(graph):
+        hidden = next(v for v in graph.outputs if v.name == HIDDEN.format(2))
+        graph.append(ir.node("Add", [intermediate(graph, 2), hidden]))
+
+    refused(traced, skip, "reads the hidden state")
+
+
+def test_a_layer_value_as_another_graph_output_is_refused(traced):
+    def tap(graph):
+        node = ir.node("Identity", [intermediate(graph, 0)])
+        graph.append(node)
+        node.outputs[0].name = "tap"
+        graph.outputs.append(node.outputs[0])
+
+    refused(traced, tap, "layer 0's value is the graph output tap")
+
+
+def test_a_layer_output_computed_elsewhere_is_refused(traced):
+    def elsewhere(graph):
+        node = ir.node("Identity", [next(v for v in graph.inputs if v.name == "past_key_values.2.key")])
+        graph.append(node)  # layer 2's past as layer 0's present
+        slot = next(i for i, v in enumerate(graph.outputs) if v.name == "present.0.key")
+        graph.outputs[slot].name = "present.0.key.traced"
+        node.outputs[0].name = "present.0.key"
+        graph.outputs[slot] = node.outputs[0]
+
+    refused(traced, elsewhere, "present.0.key is not computed by layer 0")
+
+
+def test_an_unseparable_graph_is_exported_in_full(monkeypatch):
+    config = config_of("llama3")
+    traced_modules = []
+    exported = exporter._exported
+
+    def recorded(spec, optimize):
+        traced_modules.append(type(spec.module).__name__)
+        return exported(spec, optimize)
+
+    def refuse(spec, program):
+        raise StampError("not separable")
+
+    monkeypatch.setattr(exporter, "_exported", recorded)
+    monkeypatch.setattr("lmref.export.stamping.stamp_traced", refuse)
+    program = export_graph(decoder_spec(config))
+    assert traced_modules == ["TracedLayers", "OnnxDecoder"]
+    names = [v.name for v in program.model.graph.outputs]
+    assert names == ["logits", *(f"present.{i}.{kind}" for i in range(config.n_layers) for kind in KV)]
