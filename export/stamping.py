@@ -206,7 +206,7 @@ class TracedLayer:
 
 
 def traced_layers(graph: ir.Graph, chosen: list[int]) -> dict[int, TracedLayer]:
-    """{index: TracedLayer} of the graph TracedLayers exported, checked separable (StampError)."""
+    """{index: TracedLayer} of the graph TracedLayers exported (check_separable checks them)."""
     outputs = {v.name: v for v in graph.outputs}
     inputs = {v.name: v for v in graph.inputs}
     hidden_in = outputs[EMBEDDED]
@@ -225,8 +225,8 @@ def check_separable(graph: ir.Graph, layers: dict[int, TracedLayer], config) -> 
     """StampError unless every traced layer is separable: no node is two layers', a layer reads
     no hidden state but its input (the embedding's output and each layer's output), and its
     graph outputs are its own (its presents and router outputs), computed by its own nodes.
-    Then a layer's values reach nothing but its own nodes, Shapes and its graph outputs (each
-    reader of them is marked its, by layer_nodes), but for its hidden output."""
+    A layer's other values then reach nothing but its own nodes and Shapes: layer_nodes marks
+    every other node that reads one as the layer's."""
     owner: dict[ir.Node, int] = {}
     for layer in layers.values():
         for node in layer.nodes:
