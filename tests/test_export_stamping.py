@@ -33,10 +33,10 @@ from lmref.conformance.cases import case_config  # noqa: E402
 from lmref.export import exporter  # noqa: E402
 from lmref.export.decoder import KV, window_pasts  # noqa: E402
 from lmref.export.exporter import export_graph, graph_specs  # noqa: E402
+from lmref.export.features import check_exportable  # noqa: E402
 from lmref.export.stamping import HIDDEN, StampError, layer_kinds, stamp, stamp_traced, traced_spec  # noqa: E402
 from lmref.export.vision_graphs import DECODER  # noqa: E402
 from lmref.impl_torch import Transformer  # noqa: E402
-from lmref.export.features import check_exportable  # noqa: E402
 from lmref.spec import PRESETS, init_params  # noqa: E402
 from lmref.spec.features import UnsupportedFeature  # noqa: E402
 
