@@ -50,10 +50,9 @@ import torch
 from torch import nn
 
 from lmref.export.decoder import (KV, OnnxDecoder, dynamic_shapes, example_inputs, graph_input_names,
-                                  graph_output_names)
+                                  graph_output_names, moe_output_names)
 from lmref.export.vision_graphs import GraphSpec
 from lmref.impl_torch import Transformer
-from lmref.spec.captures import moe_layers
 from lmref.spec.plan import layer_plan
 
 EMBEDDED = "lmref.stamp.embedded"  # the traced graph's extra outputs: the first layer's input,
@@ -170,10 +169,6 @@ def traced_example(config, chosen: list[int]) -> tuple[tuple, tuple]:
     return (first, mask, positions, [past[s] for s in slots]), tuple(shapes.values())
 
 
-def moe_outputs(config) -> set[str]:
-    return {f"{kind}.{i}" for i in moe_layers(config) for kind in ("router_logits", "selected_experts")}
-
-
 def layer_nodes(graph: ir.Graph, sources: set, hidden_out: ir.Value) -> list[ir.Node]:
     """The nodes of `graph`, in its order, that depend on `sources` other than through a
     Shape; the dependence is not passed on past the layer's output `hidden_out`."""
@@ -202,7 +197,7 @@ class TracedLayer:
     def outputs(self, config) -> list[str]:
         """The graph outputs that are this layer's: presents, router logits, chosen experts."""
         mine = [f"present.{self.index}.{kind}" for kind in KV]
-        return mine + sorted(name for name in moe_outputs(config) if name.endswith(f".{self.index}"))
+        return mine + [name for name in moe_output_names(config) if name.endswith(f".{self.index}")]
 
 
 def traced_layers(graph: ir.Graph, chosen: list[int]) -> dict[int, TracedLayer]:
