@@ -127,8 +127,10 @@ def export_graph(spec: GraphSpec, *, optimize: bool = True):
     """The ONNXProgram of a vision_graphs.GraphSpec: dynamo export at OPSET, optimized
     (onnxscript's constant folding and cleanups) unless asked not to (export/reweight.py).
     A decoder whose layers repeat a few kinds is traced with one layer of each kind and the
-    others stamped from it (export/stamping.py); where its layers are not separable, in full."""
-    from lmref.export.stamping import StampError, stamp_traced, traced_spec
+    others stamped from it, whole or sublayer by sublayer (export/stamping.py); where its
+    layers are not separable, in full."""
+    from lmref.export.stamp_graph import StampError
+    from lmref.export.stamping import stamp_traced, traced_spec
 
     traced = traced_spec(spec)
     if traced is None:

@@ -94,6 +94,10 @@ from lmref.spec.config import ModelConfig
 from lmref.spec.errors import ParamsError
 from lmref.spec.vision import vision_param_count, vision_param_shapes
 
+# A layer's parameters under these names (layers.{i}.<name>.*) are its feed-forward
+# sublayer's, the others its attention sublayer's (export/stamping.py copies the two apart).
+FEED_FORWARD_PARTS = frozenset({"mlp_norm", "mlp", "mlp_post_norm"})
+
 EMBEDDING_STD = 0.02
 NORM_WEIGHT_STD = 0.1
 BIAS_STD = 0.1

@@ -15,6 +15,7 @@ rules serve a prefill, a growing cache, a static buffer and a ring buffer alike.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Literal
@@ -61,6 +62,21 @@ class LayerPlan:
     qk_norm: QkNorm
     mlp: MlpLayerKind
     norms: NormPlacement
+
+
+# Which sublayer each LayerPlan field shapes (the Block of spec/MATH.md: h + attention, then
+# + feed-forward): export/stamping.py copies a layer's two sublayers from different layers when
+# each agrees with its source on its fields.  A field in neither set is read as shaping both.
+ATTENTION_FIELDS = frozenset({"mask", "rope", "alibi", "temperature", "qk_norm"})
+FEED_FORWARD_FIELDS = frozenset({"mlp"})
+
+
+def sublayer_plans(plan: LayerPlan) -> tuple[tuple, tuple]:
+    """(the fields the attention sublayer computes by, those the feed-forward sublayer computes
+    by): every field but the index, each in the sublayer its set above names, any other in both."""
+    fields = [(f.name, getattr(plan, f.name)) for f in dataclasses.fields(plan) if f.name != "index"]
+    return (tuple(kv for kv in fields if kv[0] not in FEED_FORWARD_FIELDS),
+            tuple(kv for kv in fields if kv[0] not in ATTENTION_FIELDS))
 
 
 def _mask(config: ModelConfig, kind: str) -> Mask:

@@ -2,18 +2,22 @@
 
 - Layers are of one kind when their plans agree but for the index and their parameters have
   the same names and shapes: Gemma 3's sliding and global layers are two kinds, Llama 4
-  Maverick's dense and MoE layers with chunked or NoPE attention three.
+  Maverick's dense and MoE layers with chunked or NoPE attention three.  A layer's attention
+  and feed-forward are stamped from two traced layers where that traces fewer: Maverick's
+  chunked MoE layer from its chunked dense and NoPE MoE layers.  A parallel block is not split.
 - The stamped decoder graph, optimized, is the fully traced one in everything but the names of
   intermediate values and the order of nodes: the same inputs and outputs with their shapes,
   the same initializers bit for bit, the same count of each op, and bit-for-bit the same
   onnxruntime outputs on a padded batch with a past, for sliding and global layers (Gemma 3),
-  chunked and NoPE layers with a mixture of experts (Llama 4 Scout: router logits and chosen
-  experts per layer), LLaVA's inputs_embeds decoder, and a model of one kind (LLaMA).
+  chunked and NoPE layers, dense and with a mixture of experts, some stamped by sublayer
+  (Llama 4 Maverick: router logits and chosen experts per layer), LLaVA's inputs_embeds
+  decoder, and a model of one kind (LLaMA).
 - A graph whose layers are not separable is refused (StampError), and the export then traces
   every layer: a node of two layers, a layer reading a hidden state other than its input, a
-  layer's value as another graph output, a layer's output not computed by its nodes.  No
-  preset's case config is refused (the `slow` sweep), and `--impl onnx` checks every stamped
-  graph against the golden.
+  layer's value as another graph output, a layer's output not computed by its nodes, a
+  feed-forward reading its attention's values but the mid-layer residual.  No preset's case
+  config is refused (the `slow` sweep), and `--impl onnx` checks every stamped graph against
+  the golden.
 """
 
 from __future__ import annotations
@@ -34,15 +38,17 @@ from lmref.export import exporter  # noqa: E402
 from lmref.export.decoder import KV, window_pasts  # noqa: E402
 from lmref.export.exporter import export_graph, graph_specs  # noqa: E402
 from lmref.export.features import check_exportable  # noqa: E402
-from lmref.export.stamping import HIDDEN, StampError, layer_kinds, stamp, stamp_traced, traced_spec  # noqa: E402
+from lmref.export.stamp_graph import HIDDEN, MID, StampError, stamp  # noqa: E402
+from lmref.export.stamping import layer_kinds, layer_sources, stamp_traced, traced_spec  # noqa: E402
 from lmref.export.vision_graphs import DECODER  # noqa: E402
 from lmref.impl_torch import Transformer  # noqa: E402
 from lmref.spec import PRESETS, init_params  # noqa: E402
 from lmref.spec.features import UnsupportedFeature  # noqa: E402
+from lmref.spec.plan import layer_plan, sublayer_plans  # noqa: E402
 
-CONFIGS = {  # three-layer versions of the case configs: two layers of the first kind, one of another
+CONFIGS = {  # the case configs, or three-layer versions: two layers of the first kind, one of another
     "gemma3-4b": {"n_layers": 3, "attn_pattern": ("sliding", "sliding", "global")},
-    "llama4-scout": {"n_layers": 3, "attn_pattern": ("chunked", "chunked", "global_nope")},
+    "llama4-maverick": {},  # chunked dense, chunked MoE (stamped from two layers' sublayers), chunked dense, NoPE MoE
     "llava-1.5-7b": {},
     "llama3": {},
 }
@@ -99,6 +105,36 @@ def test_layers_of_one_plan_and_shapes_are_one_kind():
     assert layer_kinds(Transformer(maverick)) == [0, 1, 0, 3]
     assert layer_kinds(Transformer(case_config("gemma3-4b"))) == [0, 0, 0, 0, 0, 5]
     assert layer_kinds(Transformer(case_config("llama3"))) == [0] * case_config("llama3").n_layers
+
+
+def test_a_layer_copies_its_sublayers_from_the_fewest_traced_layers():
+    """Maverick's chunked MoE layer takes its attention from the chunked dense layer and its
+    mixture from the NoPE MoE layer: two layers traced, not three."""
+    assert layer_sources(Transformer(case_config("llama4-maverick"))) == [(0, 0), (0, 3), (0, 0), (3, 3)]
+    assert layer_sources(Transformer(case_config("gemma3-4b"))) == [(0, 0)] * 5 + [(5, 5)]
+    scout = dataclasses.replace(case_config("llama4-scout"), n_layers=3, attn_pattern=("chunked", "global_nope",
+                                                                                       "chunked"))
+    assert layer_sources(Transformer(scout)) == [(0, 0), (1, 1), (0, 0)]
+
+
+def test_each_plan_field_counts_for_the_sublayer_it_shapes():
+    """spec/plan.py `sublayer_plans`: the feed-forward's kind is blind to the attention's
+    fields and the other way round; the norm placement, like any field of neither set, counts
+    for both."""
+    chunked_dense, chunked_moe, _, nope_moe = layer_plan(case_config("llama4-maverick"))
+    assert sublayer_plans(chunked_dense)[0] == sublayer_plans(chunked_moe)[0]
+    assert sublayer_plans(chunked_dense)[1] != sublayer_plans(chunked_moe)[1]
+    assert sublayer_plans(chunked_moe)[0] != sublayer_plans(nope_moe)[0]
+    assert sublayer_plans(chunked_moe)[1] == sublayer_plans(nope_moe)[1]
+    placed = dataclasses.replace(chunked_dense, norms="sandwich")
+    assert all(a != b for a, b in zip(sublayer_plans(placed), sublayer_plans(chunked_dense)))
+
+
+def test_a_parallel_block_is_copied_whole():
+    """GPT-J's attention and MLP read the same input: no mid-layer residual to split at, so a
+    layer whose attention and MLP kinds come from two traced layers is a kind of its own."""
+    config = dataclasses.replace(case_config("llama4-maverick"), parallel_residual=True)
+    assert layer_sources(Transformer(config)) == [(0, 0), (1, 1), (0, 0), (3, 3)]
 
 
 def test_a_model_of_distinct_layers_is_traced_in_full():
@@ -180,7 +216,7 @@ def refused(traced, tamper, match: str) -> None:
     graph = copied(program).graph
     tamper(graph)
     with pytest.raises(StampError, match=match):
-        stamp(graph, config, spec.module.kinds, spec.module.decoders.full)
+        stamp(graph, config, spec.module.sources, spec.module.decoders.full)
 
 
 def test_a_node_of_two_layers_is_refused(traced):
@@ -216,6 +252,24 @@ def test_a_layer_output_computed_elsewhere_is_refused(traced):
         graph.outputs[slot] = node.outputs[0]
 
     refused(traced, elsewhere, "present.0.key is not computed by layer 0")
+
+
+@pytest.fixture(scope="module")
+def traced_sublayers():
+    """(config, the traced spec, its unoptimized program) of Llama 4 Maverick's case config:
+    layers 0 and 3 traced, each split at its mid-layer residual."""
+    config = config_of("llama4-maverick")
+    spec = traced_spec(decoder_spec(config))
+    assert spec.module.split == [0, 3]
+    return config, spec, exporter._exported(spec, optimize=False)
+
+
+def test_a_feed_forward_reading_its_attention_is_refused(traced_sublayers):
+    def leak(graph):
+        mid = next(v for v in graph.outputs if v.name == MID.format(3))
+        graph.append(ir.node("Add", [intermediate(graph, 3), mid]))
+
+    refused(traced_sublayers, leak, "of layer 3's feed-forward reads .* of its attention")
 
 
 def test_an_unseparable_graph_is_exported_in_full(monkeypatch):
