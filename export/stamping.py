@@ -6,10 +6,11 @@ second full retrace for the decompositions: benchmarks/README.md "Conformance ti
 and a model's layers are mostly copies of a few kinds: Gemma 3's six case layers are two
 kinds (sliding, global), Llama 4 Scout's four are two.  Two layers compute the same function
 of (hidden state, past, weights, the step's shared tensors) when their LayerPlans agree but
-for the index and their parameters have the same names and shapes (`layer_kinds`): the index
-reaches the math nowhere but the cache slot (impl_torch/attention.py `cache.append`).  The
-same holds of each sublayer (`sublayer_kinds`: the plan's fields and the parameters that
-spec/plan.py `sublayer_plans` and spec/params.py FEED_FORWARD_PARTS give it), so a layer
+for the index, their parameters have the same names and shapes, and their modules' other
+attributes are equal (`layer_kinds`, `module_state`): the index reaches the math nowhere but
+the cache slot (impl_torch/attention.py `cache.append`).  The same holds of each sublayer
+(`sublayer_kinds`: the plan's fields, the parameters and the modules that spec/plan.py
+`sublayer_plans` and spec/params.py FEED_FORWARD_PARTS give it), so a layer
 whose attention is one traced layer's and whose feed-forward is another's is stamped from
 the two: Llama 4 Maverick's four case layers are three kinds (chunked dense, chunked MoE,
 NoPE MoE) and two traced layers (`layer_sources`).
@@ -61,33 +62,51 @@ from lmref.export.stamp_graph import EMBEDDED, HIDDEN, MID, stamp
 from lmref.export.vision_graphs import GraphSpec
 from lmref.impl_torch import Transformer
 from lmref.spec.params import FEED_FORWARD_PARTS
-from lmref.spec.plan import layer_plan, sublayer_plans
+from lmref.spec.plan import LayerPlan, layer_plan, sublayer_plans
+
+
+def module_state(layer: nn.Module) -> tuple:
+    """(submodule path, attribute, value) of every plain attribute of the layer's modules but
+    the layer's index and its LayerPlan (whose fields the kinds compare apart): what, beside the
+    plan and the parameters, its math could read.  A value set on one layer only (a per-layer
+    constant) makes that layer a kind of its own rather than a copy of another."""
+    state = []
+    for path, module in layer.named_modules():
+        for name, value in vars(module).items():
+            skipped = name.startswith("_") or name == "training" or (module is layer and name == "index")
+            if not (skipped or isinstance(value, LayerPlan)):
+                state.append((path, name, value))
+    return tuple(state)
 
 
 def layer_kinds(model: Transformer) -> list[int]:
     """Per layer, the index of the first layer of its kind: the same LayerPlan but for the
-    index, and the same parameter names and shapes."""
+    index, the same parameter names and shapes, and the same module_state."""
     firsts: dict[tuple, int] = {}
     kinds = []
     for plan, layer in zip(layer_plan(model.config), model.layers):
         shapes = tuple((name, tuple(p.shape)) for name, p in layer.named_parameters())
-        kinds.append(firsts.setdefault((dataclasses.replace(plan, index=0), shapes), plan.index))
+        key = (dataclasses.replace(plan, index=0), shapes, module_state(layer))
+        kinds.append(firsts.setdefault(key, plan.index))
     return kinds
 
 
 def sublayer_kinds(model: Transformer) -> list[tuple[tuple, tuple]]:
     """Per layer, (its attention's kind, its feed-forward's kind): the sublayer's plan fields
-    (spec/plan.py `sublayer_plans`) and its parameters' names and shapes (spec/params.py
-    FEED_FORWARD_PARTS).  A parallel block's two sublayers read the same input, so there each
-    kind is the whole layer's."""
+    (spec/plan.py `sublayer_plans`), its parameters' names and shapes and its modules'
+    module_state (by spec/params.py FEED_FORWARD_PARTS).  A parallel block's two sublayers
+    read the same input, so there each kind is the whole layer's."""
     kinds = []
     for plan, layer in zip(layer_plan(model.config), model.layers):
         shapes = [(name, tuple(p.shape)) for name, p in layer.named_parameters()]
         feed_forward = tuple(s for s in shapes if s[0].split(".")[0] in FEED_FORWARD_PARTS)
         attention = tuple(s for s in shapes if s not in feed_forward)
+        state = module_state(layer)  # the block's own attributes (path "") count for both
+        later = tuple(s for s in state if s[0].split(".")[0] in FEED_FORWARD_PARTS)
+        earlier = tuple(s for s in state if s not in later)
         plans = sublayer_plans(plan)
-        kinds.append(((plans, tuple(shapes)),) * 2 if model.config.parallel_residual
-                     else ((plans[0], attention), (plans[1], feed_forward)))
+        kinds.append(((plans, tuple(shapes), state),) * 2 if model.config.parallel_residual
+                     else ((plans[0], attention, earlier), (plans[1], feed_forward, later)))
     return kinds
 
 

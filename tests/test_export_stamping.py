@@ -107,6 +107,17 @@ def test_layers_of_one_plan_and_shapes_are_one_kind():
     assert layer_kinds(Transformer(case_config("llama3"))) == [0] * case_config("llama3").n_layers
 
 
+def test_a_constant_held_by_one_layer_makes_it_a_kind_of_its_own():
+    """A per-layer value outside the plan (GPT-2's scale_attn_by_inverse_layer_idx, were it held
+    on the module) is not copied from another layer: the layer, or its sublayer, is traced."""
+    llama = Transformer(case_config("llama3"))
+    llama.layers[1].attn.inverse_layer_scale = 0.5
+    assert layer_kinds(llama) == [0, 1]
+    maverick = Transformer(case_config("llama4-maverick"))
+    maverick.layers[1].mlp.inverse_layer_scale = 0.5  # its mixture is no longer the NoPE MoE layer's
+    assert layer_sources(maverick) == [(0, 0), (1, 1), (0, 0), (3, 3)]
+
+
 def test_a_layer_copies_its_sublayers_from_the_fewest_traced_layers():
     """Maverick's chunked MoE layer takes its attention from the chunked dense layer and its
     mixture from the NoPE MoE layer: two layers traced, not three."""
