@@ -101,9 +101,9 @@ def sublayer_kinds(model: Transformer) -> list[tuple[tuple, tuple]]:
         shapes = [(name, tuple(p.shape)) for name, p in layer.named_parameters()]
         feed_forward = tuple(s for s in shapes if s[0].split(".")[0] in FEED_FORWARD_PARTS)
         attention = tuple(s for s in shapes if s not in feed_forward)
-        state = module_state(layer)  # the block's own attributes (path "") count for both
-        later = tuple(s for s in state if s[0].split(".")[0] in FEED_FORWARD_PARTS)
-        earlier = tuple(s for s in state if s not in later)
+        state = module_state(layer)  # the block's own attributes (path "") count for both sublayers
+        earlier = tuple(s for s in state if s[0].split(".")[0] not in FEED_FORWARD_PARTS)
+        later = tuple(s for s in state if s[0] == "" or s[0].split(".")[0] in FEED_FORWARD_PARTS)
         plans = sublayer_plans(plan)
         kinds.append(((plans, tuple(shapes), state),) * 2 if model.config.parallel_residual
                      else ((plans[0], attention, earlier), (plans[1], feed_forward, later)))
