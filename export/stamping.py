@@ -80,15 +80,16 @@ def module_state(layer: nn.Module) -> tuple:
 
 
 def layer_kinds(model: Transformer) -> list[int]:
-    """Per layer, the index of the first layer of its kind: the same LayerPlan but for the
-    index, the same parameter names and shapes, and the same module_state."""
-    firsts: dict[tuple, int] = {}
-    kinds = []
-    for plan, layer in zip(layer_plan(model.config), model.layers):
-        shapes = tuple((name, tuple(p.shape)) for name, p in layer.named_parameters())
-        key = (dataclasses.replace(plan, index=0), shapes, module_state(layer))
-        kinds.append(firsts.setdefault(key, plan.index))
-    return kinds
+    """Per layer, the index of the first layer of its kind: the same kinds of attention and
+    feed-forward (sublayer_kinds), so the same LayerPlan but for the index, the same parameter
+    names and shapes, and the same module_state."""
+    return first_of_kind(sublayer_kinds(model))
+
+
+def first_of_kind(kinds: list) -> list[int]:
+    """Per item of `kinds`, the index of the first item equal to it."""
+    firsts: dict = {}
+    return [firsts.setdefault(kind, index) for index, kind in enumerate(kinds)]
 
 
 def sublayer_kinds(model: Transformer) -> list[tuple[tuple, tuple]]:
@@ -118,7 +119,8 @@ def layer_sources(model: Transformer) -> list[tuple[int, int]]:
     chunked MoE and NoPE MoE layers need the first and the last only.  A layer of a traced
     layer's kind copies that layer whole; another copies each sublayer from the first traced
     layer of its kind."""
-    wholes, kinds = layer_kinds(model), sublayer_kinds(model)
+    kinds = sublayer_kinds(model)
+    wholes = first_of_kind(kinds)
     missing = {(part, kind) for pair in kinds for part, kind in enumerate(pair)}
     traced: list[int] = []
     while missing:
