@@ -205,8 +205,13 @@ def test_every_preset_with_repeated_layers_is_stamped(arch):
 
 @pytest.fixture(scope="module")
 def traced():
-    """(config, the traced spec, its unoptimized program) of a three-layer Gemma 3."""
-    config = config_of("gemma3-4b")
+    """traced_program of a three-layer Gemma 3."""
+    return traced_program("gemma3-4b")
+
+
+def traced_program(arch: str):
+    """(config, the traced spec, its unoptimized program) of CONFIGS' `arch`."""
+    config = config_of(arch)
     spec = traced_spec(decoder_spec(config))
     return config, spec, exporter._exported(spec, optimize=False)
 
@@ -219,6 +224,11 @@ def intermediate(graph, layer: int):
     """A value inside `layer`: its attention's first MatMul's output."""
     return next(n for n in graph if n.op_type == "MatMul" and f"layers.{layer}.attn" in
                 n.metadata_props.get("pkg.torch.onnx.name_scopes", "")).outputs[0]
+
+
+def reading_output(graph, layer: int, name: str) -> None:
+    """Append a node that adds the graph output `name` to a value inside `layer`."""
+    graph.append(ir.node("Add", [intermediate(graph, layer), next(v for v in graph.outputs if v.name == name)]))
 
 
 def refused(traced, tamper, match: str) -> None:
@@ -236,11 +246,7 @@ def test_a_node_of_two_layers_is_refused(traced):
 
 
 def test_a_layer_reading_another_hidden_state_than_its_input_is_refused(traced):
-    def skip(graph):
-        hidden = next(v for v in graph.outputs if v.name == HIDDEN.format(2))
-        graph.append(ir.node("Add", [intermediate(graph, 2), hidden]))
-
-    refused(traced, skip, "reads the hidden state")
+    refused(traced, lambda g: reading_output(g, 2, HIDDEN.format(2)), "reads the hidden state")
 
 
 def test_a_layer_value_as_another_graph_output_is_refused(traced):
@@ -269,18 +275,14 @@ def test_a_layer_output_computed_elsewhere_is_refused(traced):
 def traced_sublayers():
     """(config, the traced spec, its unoptimized program) of Llama 4 Maverick's case config:
     layers 0 and 3 traced, each split at its mid-layer residual."""
-    config = config_of("llama4-maverick")
-    spec = traced_spec(decoder_spec(config))
-    assert spec.module.split == [0, 3]
-    return config, spec, exporter._exported(spec, optimize=False)
+    program = traced_program("llama4-maverick")
+    assert program[1].module.split == [0, 3]
+    return program
 
 
 def test_a_feed_forward_reading_its_attention_is_refused(traced_sublayers):
-    def leak(graph):
-        mid = next(v for v in graph.outputs if v.name == MID.format(3))
-        graph.append(ir.node("Add", [intermediate(graph, 3), mid]))
-
-    refused(traced_sublayers, leak, "of layer 3's feed-forward reads .* of its attention")
+    refused(traced_sublayers, lambda g: reading_output(g, 3, MID.format(3)),
+            "of layer 3's feed-forward reads .* of its attention")
 
 
 def test_an_unseparable_graph_is_exported_in_full(monkeypatch):
