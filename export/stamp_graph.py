@@ -90,7 +90,8 @@ class TracedLayer:
             if any(v in dependent for v in node.inputs if v is not None):
                 later.append(node)
                 dependent.update(node.outputs)
-        earlier = [node for node in self.nodes if node not in set(later)]
+        taken = set(later)
+        earlier = [node for node in self.nodes if node not in taken]
         attention = [v for v in self.own if v not in feed_forward]
         moe = self.outputs(config)[len(KV):]
         return (Piece(self.index, earlier, self.hidden_in, self.mid, attention, self.presents()),
