@@ -128,7 +128,7 @@ def export_graph(spec: GraphSpec, *, optimize: bool = True):
     (onnxscript's constant folding and cleanups) unless asked not to (export/reweight.py).
     A decoder whose layers repeat a few kinds is traced with one layer of each kind and the
     others stamped from it, whole or sublayer by sublayer (export/stamping.py); where its
-    layers are not separable, in full."""
+    layers are not separable, in full, with a warning that names the check they failed."""
     from lmref.export.stamp_graph import StampError
     from lmref.export.stamping import stamp_traced, traced_spec
 
@@ -138,7 +138,9 @@ def export_graph(spec: GraphSpec, *, optimize: bool = True):
     program = _exported(traced, optimize=False)
     try:
         stamp_traced(traced, program)
-    except StampError:
+    except StampError as e:
+        warnings.warn(f"export: every layer traced, none stamped: {e} (the same graph, a slower export; "
+                      "docs/onnx.md \"The export\")", stacklevel=2)
         return _exported(spec, optimize)
     if optimize:
         program.optimize()

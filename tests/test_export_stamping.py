@@ -299,7 +299,8 @@ def test_an_unseparable_graph_is_exported_in_full(monkeypatch):
 
     monkeypatch.setattr(exporter, "_exported", recorded)
     monkeypatch.setattr("lmref.export.stamping.stamp_traced", refuse)
-    program = export_graph(decoder_spec(config))
+    with pytest.warns(UserWarning, match="every layer traced, none stamped: not separable"):
+        program = export_graph(decoder_spec(config))
     assert traced_modules == ["TracedLayers", "OnnxDecoder"]
     names = [v.name for v in program.model.graph.outputs]
     assert names == ["logits", *(f"present.{i}.{kind}" for i in range(config.n_layers) for kind in KV)]
