@@ -19,7 +19,7 @@ import onnx_ir as ir
 from torch import nn
 
 from lmref.export.decoder import KV, graph_input_names, graph_output_names, moe_output_names
-from lmref.spec.params import FEED_FORWARD_PARTS
+from lmref.spec.params import in_feed_forward
 
 EMBEDDED = "lmref.stamp.embedded"  # the traced graph's extra outputs: the first layer's input,
 HIDDEN = "lmref.stamp.hidden.{}"  # each traced layer's output, by its index in the model,
@@ -83,8 +83,7 @@ class TracedLayer:
     def sublayers(self, config) -> tuple[Piece, Piece]:
         """(its attention half, its feed-forward half): the module docstring's split."""
         prefix = LAYER_PREFIX.format(self.index)
-        feed_forward = [v for v in self.own if v.name.startswith(prefix)
-                        and v.name[len(prefix):].split(".")[0] in FEED_FORWARD_PARTS]
+        feed_forward = [v for v in self.own if v.name.startswith(prefix) and in_feed_forward(v.name[len(prefix):])]
         dependent, later = {self.mid, *feed_forward}, []
         for node in self.nodes:
             if any(v in dependent for v in node.inputs if v is not None):
@@ -96,6 +95,13 @@ class TracedLayer:
         moe = self.outputs(config)[len(KV):]
         return (Piece(self.index, earlier, self.hidden_in, self.mid, attention, self.presents()),
                 Piece(self.index, later, self.mid, self.hidden_out, feed_forward, moe))
+
+
+def traced_and_split(sources: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """(the traced layers, those of them whose sublayers are copied apart) of
+    export/stamping.py's layer_sources."""
+    traced = sorted({i for pair in sources for i in pair})
+    return traced, sorted({i for pair in sources if pair[0] != pair[1] for i in pair})
 
 
 def traced_layers(graph: ir.Graph, chosen: list[int]) -> dict[int, TracedLayer]:
@@ -237,7 +243,7 @@ def stamp(graph: ir.Graph, config, sources: list[tuple[int, int]], module: nn.Mo
     """Turn the graph of TracedLayers(decoder, sources) into the full decoder's, in place
     (export/stamping.py's steps 1 to 4); StampError where the layers are not separable (the
     graph is then left as it was, or, for a layer's parameter missing from `module`, part-stamped)."""
-    layers = traced_layers(graph, sorted({i for pair in sources for i in pair}))
+    layers = traced_layers(graph, traced_and_split(sources)[0])
     check_separable(graph, layers, config)
     split = {i: check_sublayers(graph, layer, config) for i, layer in layers.items() if layer.mid is not None}
     marked = {node for layer in layers.values() for node in layer.nodes}

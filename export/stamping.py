@@ -58,10 +58,10 @@ import torch
 from torch import nn
 
 from lmref.export.decoder import KV, OnnxDecoder, dynamic_shapes, example_inputs, graph_input_names, graph_output_names
-from lmref.export.stamp_graph import EMBEDDED, HIDDEN, MID, stamp
+from lmref.export.stamp_graph import EMBEDDED, HIDDEN, MID, stamp, traced_and_split
 from lmref.export.vision_graphs import GraphSpec
 from lmref.impl_torch import Transformer
-from lmref.spec.params import FEED_FORWARD_PARTS
+from lmref.spec.params import in_feed_forward
 from lmref.spec.plan import LayerPlan, layer_plan, sublayer_plans
 
 
@@ -100,11 +100,11 @@ def sublayer_kinds(model: Transformer) -> list[tuple[tuple, tuple]]:
     kinds = []
     for plan, layer in zip(layer_plan(model.config), model.layers):
         shapes = [(name, tuple(p.shape)) for name, p in layer.named_parameters()]
-        feed_forward = tuple(s for s in shapes if s[0].split(".")[0] in FEED_FORWARD_PARTS)
+        feed_forward = tuple(s for s in shapes if in_feed_forward(s[0]))
         attention = tuple(s for s in shapes if s not in feed_forward)
         state = module_state(layer)  # the block's own attributes (path "") count for both sublayers
-        earlier = tuple(s for s in state if s[0].split(".")[0] not in FEED_FORWARD_PARTS)
-        later = tuple(s for s in state if s[0] == "" or s[0].split(".")[0] in FEED_FORWARD_PARTS)
+        earlier = tuple(s for s in state if not in_feed_forward(s[0]))
+        later = tuple(s for s in state if s[0] == "" or in_feed_forward(s[0]))
         plans = sublayer_plans(plan)
         kinds.append(((plans, tuple(shapes), state),) * 2 if model.config.parallel_residual
                      else ((plans[0], attention, earlier), (plans[1], feed_forward, later)))
@@ -183,12 +183,6 @@ class Decoders:
 
     full: OnnxDecoder
     traced: OnnxDecoder
-
-
-def traced_and_split(sources: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
-    """(the traced layers, those of them whose sublayers are copied apart) of layer_sources."""
-    traced = sorted({i for pair in sources for i in pair})
-    return traced, sorted({i for pair in sources if pair[0] != pair[1] for i in pair})
 
 
 class TracedLayers(nn.Module):

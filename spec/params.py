@@ -98,6 +98,12 @@ from lmref.spec.vision import vision_param_count, vision_param_shapes
 # sublayer's, the others its attention sublayer's (export/stamping.py copies the two apart).
 FEED_FORWARD_PARTS = frozenset({"mlp_norm", "mlp", "mlp_post_norm"})
 
+
+def in_feed_forward(path: str) -> bool:
+    """Whether a parameter or module path within a layer ("mlp.w_up.weight", "mlp_norm") is its
+    feed-forward sublayer's (FEED_FORWARD_PARTS); the layer's own path "" is neither's."""
+    return path.split(".")[0] in FEED_FORWARD_PARTS
+
 EMBEDDING_STD = 0.02
 NORM_WEIGHT_STD = 0.1
 BIAS_STD = 0.1
