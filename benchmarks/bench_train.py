@@ -4,6 +4,7 @@ side by side in one run, on the same config, weights, batches, AdamW settings an
     python benchmarks/bench_train.py --threads 1          # CPU: LLaMA- and GPT-2-style, ~10M and ~100M
     python benchmarks/bench_train.py --threads 1 --sizes llama-10m,gpt2-10m --compile both
     python benchmarks/bench_train.py --gpu --sizes ""     # CUDA: GPT-2 124M and LLaMA-style, bf16, compile, MFU
+    python benchmarks/bench_train.py --threads 1 --profile --steps 6   # where each side's CPU time goes
 
 Ours is `train.loop.train_step`, the very function `lmref train` calls (set the learning
 rate, forward, cross-entropy, backward, clip, AdamW, zero_grad, read the loss).  The peer is
@@ -18,7 +19,10 @@ Timing: after warmup steps, blocks of steps alternate between the two (ours, pee
 one run.  MFU (GPU): PaLM's formula (Chowdhery et al. 2022, appendix B), 6 N + 12 L H Q T
 FLOPs per token (N: the parameters used in matmuls, i.e. all but the position table; L
 layers, H heads, Q head dim, T sequence length) times tokens/s, over the device's dense
-bf16 peak.  Results are recorded in benchmarks/README.md ("Training loop").
+bf16 peak.  `--profile` splits each side's steps into matmuls, attention and the rest, and
+prints the ceiling of lmref / HF: the peer's total over its matmuls and attention, the ratio
+ours would reach if all its other kernels took no time (the matmuls are the same BLAS calls
+on both sides).  Results are recorded in benchmarks/README.md ("Training loop").
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ CPU_SIZES = {
                   4, 128),
 }
 DEFAULT_SIZES = "llama-10m,gpt2-10m,llama-100m,gpt2-100m"
+MATMUL_KERNELS = ("aten::mm", "aten::addmm")  # what a float32 nn.Linear and its backward run on the CPU
 
 
 @dataclasses.dataclass
@@ -169,23 +174,68 @@ def peak_flops(override: float | None) -> float | None:
     return next((v for k, v in PEAK_BF16.items() if k in name), None)
 
 
+def contenders(case: Case, warmup: int, n: int) -> tuple[dict, list[np.ndarray]]:
+    """{"ours", "peer"}: their steps on the same weights, after checking that both compute the
+    same first loss and warming both up; and the n batches to time them on."""
+    params = {k: v.astype(np.float32) for k, v in init_params(case.config, 0).items()}
+    run = RunSettings(arch="llama3", seq_len=case.seq, batch_size=case.batch, steps=10_000, warmup=10)
+    data = batches(case, warmup + n)
+    steps = {"ours": ours(case, params, run), "peer": peer(case, params, run)}
+    first = {name: step(data[0]) for name, step in steps.items()}
+    if not math.isclose(first["ours"], first["peer"], rel_tol=1e-2 if case.bf16 else 1e-4):
+        raise AssertionError(f"the two loops compute different losses: {first}")
+    for step in steps.values():
+        for batch in data[1:warmup]:
+            step(batch)
+    return steps, data[warmup:]
+
+
 def measure(case: Case, steps: int, rounds: int, warmup: int) -> dict:
     """Tokens/s of ours and the peer at their median step time, over alternating blocks of
     `steps`, and "rounds": the ratio ours / peer of each block pair (its spread)."""
-    params = {k: v.astype(np.float32) for k, v in init_params(case.config, 0).items()}
-    run = RunSettings(arch="llama3", seq_len=case.seq, batch_size=case.batch, steps=10_000, warmup=10)
-    data = batches(case, warmup + steps * rounds)
-    contenders = {"ours": ours(case, params, run), "peer": peer(case, params, run)}
-    first = {name: step(data[0]) for name, step in contenders.items()}
-    if not math.isclose(first["ours"], first["peer"], rel_tol=1e-2 if case.bf16 else 1e-4):
-        raise AssertionError(f"the two loops compute different losses: {first}")
-    for step in contenders.values():
-        for batch in data[1:warmup]:
-            step(batch)
-    times = alternating(contenders, rounds, steps, data[warmup:])  # each step returns loss.item(): it has finished
+    steppers, data = contenders(case, warmup, steps * rounds)
+    times = alternating(steppers, rounds, steps, data)  # each step returns loss.item(): it has finished
     tokens = case.batch * case.seq
     return ({name: tokens / median for name, median in times.medians().items()}
             | {"rounds": times.block_ratios("peer", "ours")})
+
+
+def kernel_seconds(step, data: list[np.ndarray]) -> dict[str, float]:
+    """Self CPU seconds of `step` over `data` (torch.profiler), split into the matmuls
+    (`aten::mm`, `aten::addmm`: the linear layers and their gradients), attention (the SDPA
+    kernels, forward and backward) and the rest (norms, activations, RoPE, the loss, AdamW)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for batch in data:
+            step(batch)
+    seconds = dict.fromkeys(("matmuls", "attention", "rest"), 0.0)
+    for event in prof.key_averages():
+        kind = ("matmuls" if event.key in MATMUL_KERNELS else
+                "attention" if "scaled_dot_product" in event.key else "rest")
+        seconds[kind] += event.self_cpu_time_total / 1e6
+    return seconds
+
+
+def profile(case: Case, steps: int, warmup: int) -> dict[str, dict[str, float]]:
+    """{"ours", "peer"}: kernel_seconds of `steps` steps each, one side after the other."""
+    steppers, data = contenders(case, warmup, steps)
+    return {name: kernel_seconds(step, data) for name, step in steppers.items()}
+
+
+def ceiling(peer: dict[str, float]) -> float:
+    """The ratio lmref / HF if every kernel of ours but the matmuls and attention took no time:
+    the peer's total over its own matmuls and attention (the same kernels on both sides)."""
+    return sum(peer.values()) / (peer["matmuls"] + peer["attention"])
+
+
+def kernel_cell(seconds: dict[str, float]) -> str:
+    """'total, matmuls, attention, rest' in seconds."""
+    return f"{sum(seconds.values()):.2f}, {seconds['matmuls']:.2f}, {seconds['attention']:.2f}, {seconds['rest']:.2f}"
+
+
+def profile_row(case: Case, seconds: dict[str, dict[str, float]]) -> str:
+    """One row of the --profile table: seconds of ours, of the peer, and the ceiling."""
+    return (f"| {case.config.name} | {kernel_cell(seconds['ours'])} | {kernel_cell(seconds['peer'])} | "
+            f"{ceiling(seconds['peer']):.2f} |")
 
 
 def compiled(case: Case) -> str:
@@ -218,10 +268,21 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true",
                         help="also GPT-2 124M and a LLaMA-style model of its shape on CUDA (bf16, compile), with MFU")
     parser.add_argument("--peak-flops", type=float, help="the device's dense bf16 peak (default: by its name)")
+    parser.add_argument("--profile", action="store_true",
+                        help="CPU: instead of timing, split each side's --steps steps into matmuls, attention and the "
+                             "rest (torch.profiler), with the ceiling of lmref / HF that the matmuls allow")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}; {torch.get_num_threads()} threads")
+    if args.profile:
+        print("| model | ours: total, matmuls, attention, rest (s) | HF: total, matmuls, attention, rest (s) | "
+              "ceiling of lmref / HF |")
+        print("|---|---|---|---|")
+        for size in filter(None, args.sizes.split(",")):
+            case = cpu_case(size, args.compile)
+            print(profile_row(case, profile(case, args.steps, args.warmup)), flush=True)
+        return
     print("| model | params | batch x seq | device | threads | lmref train tok/s | HF tok/s | lmref / HF | "
           "per round | MFU lmref | MFU HF |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
