@@ -272,6 +272,8 @@ def main() -> None:
                         help="CPU: instead of timing, split each side's --steps steps into matmuls, attention and the "
                              "rest (torch.profiler), with the ceiling of lmref / HF that the matmuls allow")
     args = parser.parse_args()
+    if args.profile and args.gpu:
+        parser.error("--profile splits the CPU steps only: leave out --gpu")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}; {torch.get_num_threads()} threads")
