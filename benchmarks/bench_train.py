@@ -203,7 +203,8 @@ def measure(case: Case, steps: int, rounds: int, warmup: int) -> dict:
 def kernel_seconds(step, data: list[np.ndarray]) -> dict[str, float]:
     """Self CPU seconds of `step` over `data` (torch.profiler), split into the matmuls
     (`aten::mm`, `aten::addmm`: the linear layers and their gradients), attention (the SDPA
-    kernels, forward and backward) and the rest (norms, activations, RoPE, the loss, AdamW)."""
+    kernels, forward and backward) and the rest (norms, activations, RoPE, the loss, AdamW, and
+    the time autograd and the dispatcher spend between kernels)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for batch in data:
             step(batch)
