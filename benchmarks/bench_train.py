@@ -298,8 +298,8 @@ def main() -> None:
             return
         torch.set_float32_matmul_precision("high")
         for case in gpu_cases():
-            print(report(case, measure(case, args.steps, args.rounds, max(args.warmup, 5)), peak_flops(args.peak_flops)),
-                  flush=True)
+            measured = measure(case, args.steps, args.rounds, max(args.warmup, 5))
+            print(report(case, measured, peak_flops(args.peak_flops)), flush=True)
 
 
 if __name__ == "__main__":
