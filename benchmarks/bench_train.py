@@ -180,14 +180,14 @@ def contenders(case: Case, warmup: int, n: int) -> tuple[dict, list[np.ndarray]]
     params = {k: v.astype(np.float32) for k, v in init_params(case.config, 0).items()}
     run = RunSettings(arch="llama3", seq_len=case.seq, batch_size=case.batch, steps=10_000, warmup=10)
     data = batches(case, warmup + n)
-    steps = {"ours": ours(case, params, run), "peer": peer(case, params, run)}
-    first = {name: step(data[0]) for name, step in steps.items()}
+    steppers = {"ours": ours(case, params, run), "peer": peer(case, params, run)}
+    first = {name: step(data[0]) for name, step in steppers.items()}
     if not math.isclose(first["ours"], first["peer"], rel_tol=1e-2 if case.bf16 else 1e-4):
         raise AssertionError(f"the two loops compute different losses: {first}")
-    for step in steps.values():
+    for step in steppers.values():
         for batch in data[1:warmup]:
             step(batch)
-    return steps, data[warmup:]
+    return steppers, data[warmup:]
 
 
 def measure(case: Case, steps: int, rounds: int, warmup: int) -> dict:
