@@ -104,6 +104,7 @@ def in_feed_forward(path: str) -> bool:
     feed-forward sublayer's (FEED_FORWARD_PARTS); the layer's own path "" is neither's."""
     return path.split(".")[0] in FEED_FORWARD_PARTS
 
+
 EMBEDDING_STD = 0.02
 NORM_WEIGHT_STD = 0.1
 BIAS_STD = 0.1
