@@ -238,26 +238,52 @@ def active_param_count(config: ModelConfig) -> int:
 # --- deterministic init -------------------------------------------------------------------
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser on uint64 arrays (arithmetic wraps modulo 2**64)."""
-    z = x + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+_CHUNK = 1 << 16  # elements per pass of uniform01: its scratch stays in the CPU's cache, and no
+# temporary array of a large parameter's size is made (each fresh one costs its page faults)
+
+
+def _splitmix64(z: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
+    """SplitMix64 finaliser on a uint64 array z, in place (arithmetic wraps modulo 2**64);
+    `scratch`: a uint64 array of z's shape for the shifts (else one is made)."""
+    t = np.empty_like(z) if scratch is None else scratch
+    z += np.uint64(0x9E3779B97F4A7C15)
+    np.right_shift(z, np.uint64(30), out=t)
+    z ^= t
+    z *= np.uint64(0xBF58476D1CE4E5B9)
+    np.right_shift(z, np.uint64(27), out=t)
+    z ^= t
+    z *= np.uint64(0x94D049BB133111EB)
+    np.right_shift(z, np.uint64(31), out=t)
+    z ^= t
+    return z
 
 
 def uniform01(seed: int, name: str, n: int) -> np.ndarray:
-    """n float64 values in [0, 1), a pure function of (seed, name, index)."""
+    """n float64 values in [0, 1), a pure function of (seed, name, index): the top 53 bits of
+    SplitMix64 of (index + key) times 2**-53, computed _CHUNK indices at a time."""
     digest = hashlib.sha256(f"lmref-init/{seed}/{name}".encode()).digest()
     key = np.uint64(int.from_bytes(digest[:8], "little"))
+    out = np.empty(n, np.float64)
+    bits, scratch = np.empty(min(n, _CHUNK), np.uint64), np.empty(min(n, _CHUNK), np.uint64)
     with np.errstate(over="ignore"):
-        bits = _splitmix64(np.arange(n, dtype=np.uint64) + key)
-    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        for start in range(0, n, _CHUNK):
+            stop = min(n, start + _CHUNK)
+            z = bits[:stop - start]
+            z[:] = np.arange(start, stop, dtype=np.uint64)
+            z += key
+            _splitmix64(z, scratch[:stop - start])
+            z >>= np.uint64(11)
+            np.multiply(z, 2.0**-53, out=out[start:stop])  # exact: z < 2**53
+    return out
 
 
 def _uniform(seed: int, name: str, shape: tuple[int, ...], std: float) -> np.ndarray:
+    """(2u - 1) * sqrt(3) * std, in place on u [shape] (the same roundings as out of place)."""
     u = uniform01(seed, name, math.prod(shape)).reshape(shape)
-    return (2.0 * u - 1.0) * (math.sqrt(3.0) * std)
+    u *= 2.0
+    u -= 1.0
+    u *= math.sqrt(3.0) * std
+    return u
 
 
 def _std_of(config: ModelConfig, name: str, shape: tuple[int, ...]) -> tuple[float, float]:
@@ -283,7 +309,8 @@ def init_params(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
     params = {}
     for name, shape in param_shapes(config).items():
         offset, std = _std_of(config, name, shape)
-        params[name] = offset + _uniform(seed, name, shape, std)
+        params[name] = _uniform(seed, name, shape, std)
+        params[name] += offset
     return params
 
 
