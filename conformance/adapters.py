@@ -5,8 +5,9 @@ The minimum a third party writes is one function:
     def forward(config: spec.ModelConfig, params: dict[str, np.ndarray], tokens: np.ndarray):
         return logits  # [batch, seq, vocab], any float dtype, anything np.asarray takes
 
-`params` are float64 NumPy arrays in the canonical layout of spec/params.py (a fresh copy on
-every call: mutate them freely); `tokens` is int64 [batch, seq].
+`params` are float64 NumPy arrays in the canonical layout of spec/params.py (a copy of the
+case's weights on every call: mutate them freely, conformance/copies.py); `tokens` is int64
+[batch, seq].
 
 An adapter object (or a class, instantiated with no arguments) has a `forward` method with
 that signature and may add optional capabilities; one it lacks is reported NOT SUPPORTED:
@@ -60,6 +61,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lmref.conformance.copies import WeightCopies
 from lmref.conformance.tolerances import DTYPES
 from lmref.spec.config import ModelConfig
 
@@ -247,6 +249,7 @@ class Adapter:
         self.name = str(getattr(impl, "name", None) or spec)
         self.version = _version_of(impl)
         self.dtype = _declared_dtype(impl)
+        self._weights = WeightCopies()
 
     def supports(self, capability: str) -> bool:
         if capability not in CAPABILITIES:
@@ -282,7 +285,7 @@ class Adapter:
         if images and not takes_images(method):
             raise AdapterNotSupported(f"{self.name}.{capability} takes no pixel_values: the case has images "
                                       "(a multimodal case; conformance/adapters.py)")
-        params = {k: np.array(v, copy=True) for k, v in params.items()}
+        params = self._weights.of(params)
         images = {k: np.array(v, copy=True) for k, v in images.items()}
         try:
             return method(config, params, np.array(tokens, copy=True), *extra, **images)

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lmref.spec import PRESETS, MoEConfig, ParamsError, get_preset, init_params, param_count, param_shapes, tiny
-from lmref.spec.params import _splitmix64, check_params, uniform01
+from lmref.spec.params import _splitmix64, check_params, same_weights, uniform01
 from tests.strategies import configs
 from tests.work import SLACK, work
 
@@ -372,3 +372,21 @@ def test_param_count_of_a_huge_config_takes_no_time_or_memory():
         lines, peak = work(lambda: param_count(config))
         assert param_count(config) == one + (n_layers - 1) * (two - one)
         assert lines < shallow_lines + SLACK and peak < 2**20, (n_layers, lines, shallow_lines, peak)
+
+
+def test_same_weights_is_bit_for_bit():
+    a = {"w": np.array([[0.0, 1.5], [np.nan, -2.0]]), "z": np.zeros(3, np.complex128)}
+    same = {"w": a["w"].copy(), "z": a["z"].copy()}
+    assert same_weights(a, same) and same_weights(a, {"w": np.asfortranarray(a["w"]), "z": a["z"]})
+    changed = {
+        "a value": {"w": np.nextafter(a["w"], 9.0), "z": a["z"]},
+        "-0.0 for 0.0": {"w": np.array([[-0.0, 1.5], [np.nan, -2.0]]), "z": a["z"]},
+        "another NaN": {"w": np.array([[0.0, 1.5], [-np.nan, -2.0]]), "z": a["z"]},
+        "a dtype": {"w": a["w"].astype(np.float32), "z": a["z"]},
+        "a shape": {"w": a["w"].reshape(1, 4), "z": a["z"]},
+        "an imaginary part": {"w": a["w"], "z": np.array([0, 1j, 0])},
+        "a name": {"w": a["w"], "y": a["z"]},
+        "a name less": {"w": a["w"]},
+    }
+    for what, b in changed.items():
+        assert not same_weights(a, b), what
