@@ -212,6 +212,22 @@ def test_graph_slots_map_parameters_and_refuse_what_they_cannot_account_for():
             graph_slots(program, sources, params, config_tensors)
 
 
+def test_weights_written_in_place_between_calls_are_new_weights():
+    """The adapter finds the last call's weights by comparing against its own copy of them
+    (export/onnx_adapter.py `_key`): the same weights reuse the session; the same arrays
+    written into by the caller are new weights, with their own session."""
+    adapter, config = OnnxAdapter(), case_config("gpt2")
+    params, ids = init_params(config, 3), tokens(config)
+    first = adapter.forward(config, params, ids)
+    np.testing.assert_array_equal(adapter.forward(config, params, ids), first)
+    assert (adapter.exports, adapter.rewrites, len(adapter._sessions)) == (1, 0, 1)
+    params["layers.0.mlp_norm.weight"] *= 2.0  # the same dict and arrays, new values
+    second = adapter.forward(config, params, ids)
+    assert (adapter.exports, adapter.rewrites, len(adapter._sessions)) == (1, 1, 2)
+    np.testing.assert_allclose(second, impl_numpy.forward(config, params, ids), rtol=1e-4, atol=1e-4)
+    assert np.abs(second - first).max() > 1e-3
+
+
 def test_laid_out_refuses_params_of_another_shape_or_missing():
     slot = Slot("layers.0.mlp.w_up", True, (5, 3))  # canonical [3, 5], stored [5, 3]
     np.testing.assert_array_equal(laid_out({"layers.0.mlp.w_up": np.ones((3, 5))}, slot, "w"), np.ones((5, 3)))
