@@ -322,7 +322,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A capability that no selected case has (routing, when no arch is a mixture of experts)
     gets no test, instead of pytest's skipped placeholder for an empty parameter set.  The
-    checks run arch by arch (`arch_major`)."""
+    checks run arch by arch and case by case (`arch_major`)."""
     empty = [item for item in items
              if any(m.name == "skip" and "empty parameter set" in str(m.kwargs.get("reason", ""))
                     for m in item.own_markers)]
@@ -334,19 +334,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def arch_major(items: list[pytest.Item], archs: list[str]) -> list[pytest.Item]:
-    """The items with every check of one arch together, in `archs`' order, each arch's in the
-    order collected (capability by capability); items without a golden case stay first.
-    pytest collects capability by capability over every arch, so an adapter that keeps its
-    models for a few cases (the ONNX adapter's sessions, export/onnx_adapter.py CACHE_SIZE)
-    would build each case's model again for each capability once there are many archs."""
+    """The items with every check of one arch together, in `archs`' order, and within an arch
+    every check of one case together (the cases in the order collected, each case's checks
+    capability by capability); items without a golden case stay first.  pytest collects
+    capability by capability over every arch, so an adapter that keeps its models for a few
+    cases (the ONNX adapter's sessions, export/onnx_adapter.py CACHE_SIZE) would build each
+    case's model again for each capability once there are many archs; and case by case, the
+    calls on one case's weights follow each other, so each finds them by one comparison with
+    the last call's (conformance/copies.py, the ONNX adapter's session key)."""
     rank = {arch: i for i, arch in enumerate(archs)}
+    keys = [_golden_key(item) for item in items]
+    case_order = {key: i for i, key in reversed(list(enumerate(keys)))}  # each key's first collected position
 
-    def arch_of(item: pytest.Item) -> int:
-        callspec = getattr(item, "callspec", None)
-        key = callspec.params.get("golden_key") if callspec is not None else None
-        return -1 if key is None else rank.get(key[0], len(rank))
+    def order(position: int) -> tuple[int, int]:
+        key = keys[position]
+        return (-1, 0) if key is None else (rank.get(key[0], len(rank)), case_order[key])
 
-    return sorted(items, key=arch_of)  # stable: within an arch, the collected order
+    return [items[i] for i in sorted(range(len(items)), key=order)]  # stable: a case's checks as collected
+
+
+def _golden_key(item: pytest.Item) -> tuple[str, str] | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("golden_key") if callspec is not None else None
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

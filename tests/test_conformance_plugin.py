@@ -90,10 +90,14 @@ def test_float32_positive_control_passes(tmp_path):
     assert run.report["dtype"] == "float32"
     assert len(run.report["results"]) == 22 and {r["status"] for r in run.report["results"]} == {PASS}
     assert {r["metrics"]["dtype"] for r in run.report["results"]} == {"float32"}
-    # arch by arch, in --arch's order (plugin.py `arch_major`), each arch's capability by capability
+    # arch by arch, in --arch's order (plugin.py `arch_major`), each arch's case by case, each
+    # case's capability by capability
     assert [r["arch"] for r in run.report["results"]] == ["llama3"] * 11 + ["gpt2"] * 11
-    assert [r["capability"] for r in run.results(arch="gpt2")] == ["forward"] * 4 + ["decode"] + ["loss"] * 4 + [
-        "capture"] * 2
+    assert [(r["case"], r["capability"]) for r in run.results(arch="gpt2")] == [
+        ("prefill-b2-s7", "forward"), ("prefill-b2-s7", "loss"), ("prefill-b2-s7", "capture"),
+        ("prefill-b3-s13", "forward"), ("prefill-b3-s13", "loss"), ("prefill-b3-s13", "capture"),
+        ("decode-b2-p5-n6", "forward"), ("decode-b2-p5-n6", "decode"), ("decode-b2-p5-n6", "loss"),
+        ("long-b2-s160", "forward"), ("long-b2-s160", "loss")]
 
 
 def test_parallel_run_merges_the_same_report_as_a_serial_one(tmp_path):
