@@ -27,6 +27,7 @@ class WeightCopies:
         """{name: a copy of params[name]}: the last copies while they equal `params` (the same
         dict, its arrays unchanged and unwritten), else fresh ones."""
         if params is not self._source or not same_weights(self._copies, params):
-            self._source = params
+            self._source, self._copies = None, {}  # the old copies freed first: their memory is reused
             self._copies = {k: np.array(v, copy=True) for k, v in params.items()}
+            self._source = params
         return dict(self._copies)

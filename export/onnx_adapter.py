@@ -113,6 +113,7 @@ class OnnxAdapter:
         if self._last is not None and self._last[0] == config and same_weights(self._last[1], params):
             return self._last[2]
         key = (config, params_digest(params))
+        self._last = None  # the old copy freed first: its memory is reused
         self._last = (config, {k: np.array(v, copy=True) for k, v in params.items()}, key)
         return key
 
