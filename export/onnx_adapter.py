@@ -59,7 +59,7 @@ from lmref.spec.inputs import check_tokens
 from lmref.spec.params import same_weights
 from lmref.spec.vision import check_images
 
-CACHE_SIZE = 64  # sessions kept: the suite runs each capability over every case, so keep them all
+CACHE_SIZE = 64  # sessions kept: the suite goes case by case, other callers may come back to earlier weights
 
 
 def params_digest(params: dict[str, np.ndarray]) -> str:
