@@ -6,6 +6,8 @@ get the status the suite promises (FAIL, ERROR or NOT SUPPORTED), never PASS.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from lmref import impl_numpy
@@ -115,6 +117,17 @@ class MutatesParams:
             value *= 2.0
         return logits
 
+
+
+class ReportsHugePageAdvice:
+    """NOT SUPPORTED, naming whether the NumPy of its process advises huge pages and the
+    NUMPY_MADVISE_HUGEPAGE it was loaded with (conformance/worker.py sets it in the worker)."""
+
+    def forward(self, config, params, tokens):
+        from numpy._core.multiarray import _get_madvise_hugepage
+
+        raise NotImplementedError(f"huge pages advised: {_get_madvise_hugepage()}, "
+                                  f"NUMPY_MADVISE_HUGEPAGE={os.environ.get('NUMPY_MADVISE_HUGEPAGE')}")
 
 # --- issue 10: verdict loopholes -------------------------------------------------------------
 

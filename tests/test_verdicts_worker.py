@@ -100,3 +100,15 @@ def _running(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_the_worker_loads_numpy_without_huge_page_advice_unless_told(tmp_path):
+    """conformance/worker.py: each case's weights are fresh memory in the worker, and where the
+    kernel compacts memory to fault in huge pages that cost 0.3 s per 167 MB; a value the user
+    set is kept."""
+    args = ("--arch", "llama3", "-k", "test_forward and prefill-b2-s7", "--impl", f"{ADAPTERS}:ReportsHugePageAdvice")
+    for env, expected in [({}, "huge pages advised: False, NUMPY_MADVISE_HUGEPAGE=0"),
+                          ({"NUMPY_MADVISE_HUGEPAGE": "1"}, "huge pages advised: True, NUMPY_MADVISE_HUGEPAGE=1")]:
+        run = run_suite(tmp_path / str(len(env)), *args, env=env)
+        [result] = run.results(capability="forward")
+        assert expected in result["message"], run.out
