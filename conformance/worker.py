@@ -82,7 +82,7 @@ def _serve(conn, parent: int) -> None:
     then answer requests until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the suite's to handle; it stops the worker
     # Before NumPy loads, unless the user chose: no madvise(MADV_HUGEPAGE) on large arrays. The worker
-    # makes every case's weights afresh (and a copy per call), and where the kernel compacts memory to
+    # makes every case's weights afresh (and copies of them), and where the kernel compacts memory to
     # fault in huge pages (transparent_hugepage/defrag "madvise"), each fresh 167 MB of llama4-maverick's
     # weights took 0.3 s against 0.08 s in small pages: its --impl onnx run 11.8 s against 10.3 s.
     os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
