@@ -343,14 +343,15 @@ def arch_major(items: list[pytest.Item], archs: list[str]) -> list[pytest.Item]:
     calls on one case's weights follow each other, so each finds them by one comparison with
     the last call's (conformance/copies.py, the ONNX adapter's session key)."""
     rank = {arch: i for i, arch in enumerate(archs)}
-    keys = [_golden_key(item) for item in items]
-    case_order = {key: i for i, key in reversed(list(enumerate(keys)))}  # each key's first collected position
+    case_rank: dict = {}  # each case in the order its first check was collected
+    for item in items:
+        case_rank.setdefault(_golden_key(item), len(case_rank))
 
-    def order(position: int) -> tuple[int, int]:
-        key = keys[position]
-        return (-1, 0) if key is None else (rank.get(key[0], len(rank)), case_order[key])
+    def order(item: pytest.Item) -> tuple[int, int]:
+        key = _golden_key(item)
+        return (-1, 0) if key is None else (rank.get(key[0], len(rank)), case_rank[key])
 
-    return [items[i] for i in sorted(range(len(items)), key=order)]  # stable: a case's checks as collected
+    return sorted(items, key=order)  # stable: a case's checks in the order collected
 
 
 def _golden_key(item: pytest.Item) -> tuple[str, str] | None:
