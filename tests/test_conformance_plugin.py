@@ -90,7 +90,7 @@ def test_float32_positive_control_passes(tmp_path):
     assert run.report["dtype"] == "float32"
     assert len(run.report["results"]) == 22 and {r["status"] for r in run.report["results"]} == {PASS}
     assert {r["metrics"]["dtype"] for r in run.report["results"]} == {"float32"}
-    # arch by arch, in --arch's order (plugin.py `arch_major`), each arch's case by case, each
+    # arch by arch, in --arch's order (conformance/order.py `arch_major`), each arch's case by case, each
     # case's capability by capability
     assert [r["arch"] for r in run.report["results"]] == ["llama3"] * 11 + ["gpt2"] * 11
     assert [(r["case"], r["capability"]) for r in run.results(arch="gpt2")] == [
