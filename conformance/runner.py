@@ -185,7 +185,7 @@ def _check_capture(case: GoldenCase, adapter: Adapter, tolerances: Tolerances) -
     only_logits = bool(d.nmse) and not set(d.nmse) - ONLY_LOGITS
     # The check passes a row when every compared component is within its nmse, none is misshaped,
     # and something besides the logits (which forward already checks) was compared.
-    worst = max(d.nmse.values(), default=0.0)
+    worst = float(np.max(list(d.nmse.values()))) if d.nmse else 0.0  # NaN if any is: no row admits it
     met = [] if only_logits or d.misshaped or not d.nmse else [name for name, tol in row.rows.items() if worst <= tol.nmse]
     metrics = _metrics(case, row, row.tightest(met), {**counts, **d.to_dict()})
     failed = [f"first diverging component: {d.first} (nmse {d.first_nmse:.3g} > {row.tol.nmse:.3g})"] if d.first else []

@@ -233,6 +233,22 @@ class CapturesSome:
         return {name: captured[name] for name in keep}
 
 
+class CapturesANaN:
+    """The golden's capture with one NaN in a component after the first one compared."""
+
+    name = "captures-a-nan"
+    dtype = "float64"
+
+    def forward(self, config, params, tokens):
+        return impl_numpy.forward(config, params, tokens)
+
+    def capture(self, config, params, tokens):
+        captured: dict = {}
+        impl_numpy.forward(config, params, tokens, capture=captured)
+        captured["layers.0.mlp"][0, 0, 0] = np.nan
+        return captured
+
+
 class CapturesUnknownNames(CapturesLogitsOnly):
     """A capture under names of its own (HF-style), none of them a golden component."""
 

@@ -67,6 +67,14 @@ def test_tightest_row_of_correct_implementations(case):
         assert result.status == PASS and result.metrics["tightest_row"] == "float32", capability
 
 
+def test_a_capture_with_a_nan_meets_no_row(case):
+    """A NaN in a captured component that is not the first compared FAILs and meets no row: the
+    worst nmse is NaN, which no row admits (Python's max would have skipped it)."""
+    result = run_check(case, as_adapter(adapters_for_tests.CapturesANaN), "capture")
+    assert result.status == FAIL and "first diverging component: layers.0.mlp" in result.message
+    assert result.metrics["tightest_row"] is None
+
+
 def test_the_tightest_row_agrees_with_the_gates(case):
     """issue 10, item 5: `rows_met` (behind the tightest row) gives exactly the rows whose gates
     `gate(compare(...))` pass, from noise every row admits to noise none does."""
