@@ -13,7 +13,8 @@ Options (all validated before collection; a bad value is a usage error, exit sta
                       refused, so is an empty $LMREF_IMPL.
   --golden-dir DIR    a custom golden store (default: conformance/golden inside the package,
                       which must be the release golden set that conformance/golden_pin.py pins)
-  --report-json PATH  write every result and the summary as JSON (checked writable up front)
+  --report-json PATH  write every result and the summary as JSON (checked writable up front;
+                      never the golden store, a file in it, or a --tolerances file)
   --tolerance D.M=V   override one threshold for the run (repeatable)
   --tolerances FILE   overrides from a JSON file {dtype: {metric: value}} (repeatable)
   --timeout SECONDS   the longest one check may take (default 600); also --lmref-timeout, the
@@ -27,10 +28,12 @@ ERROR for that check.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
 import shlex
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +52,8 @@ from lmref.conformance.store import (
 )
 from lmref.conformance.tolerances import ToleranceError, Tolerances, build_tolerances
 from lmref.conformance.worker import DEFAULT_TIMEOUT
+from lmref.spec.errors import OutputError
+from lmref.spec.outputs import check_not_an_input
 from lmref.spec.presets import resolve_archs
 
 
@@ -244,8 +249,11 @@ def _timeout(config: pytest.Config) -> float:
     return seconds
 
 
-def _check_report_path(config: pytest.Config) -> None:
-    """A --report-json that cannot be written is a usage error now, not a traceback after the run."""
+def _check_report_path(config: pytest.Config, inputs: list[Path]) -> None:
+    """A --report-json that cannot be written, or that is, holds or lies inside one of the run's
+    `inputs` (the golden store, a --tolerances file), is a usage error now, not a traceback or a
+    lost input after the run.  The check writes nothing: the report's missing folders are made
+    when it is written."""
     value = config.option.lmref_report_json
     if value is None:
         return
@@ -255,12 +263,17 @@ def _check_report_path(config: pytest.Config) -> None:
     if path.is_dir():
         raise pytest.UsageError(f"--report-json {value}: is a directory; give the path of a file to write")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        existed = path.exists()
-        with open(path, "a"):
-            pass
-        if not existed:
-            path.unlink()
+        check_not_an_input(path, inputs, option="--report-json")
+    except OutputError as e:
+        raise pytest.UsageError(str(e)) from None
+    folder = next(p for p in path.parents if p.exists())  # the nearest folder that exists
+    try:
+        if path.exists():
+            open(path, "a").close()  # appending nothing changes nothing
+        elif not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{folder} is not a directory")
+        else:
+            tempfile.TemporaryFile(dir=folder).close()  # removed as it closes
     except OSError as e:
         raise pytest.UsageError(f"--report-json {value}: cannot be written ({e.strerror or e})") from None
 
@@ -293,7 +306,6 @@ def build_suite(config: pytest.Config) -> Suite:
     except AdapterLoadError as e:
         raise pytest.UsageError(str(e)) from None
     timeout = _timeout(config)
-    _check_report_path(config)
     store, custom = _open_store(config)
     archs = _resolve_archs(option.lmref_arch, store)
     files = [str(_path(config, f)) for f in option.lmref_tolerances]
@@ -301,6 +313,7 @@ def build_suite(config: pytest.Config) -> Suite:
         tolerances = build_tolerances(files, option.lmref_tolerance)
     except ToleranceError as e:
         raise pytest.UsageError(str(e)) from None
+    _check_report_path(config, [Path(store.root), *map(Path, files)])
     try:
         adapter = WorkerAdapter(spec, timeout, workers.take_prestarted())
     except AdapterLoadError as e:

@@ -44,3 +44,34 @@ def test_report_json_in_an_unwritable_place_is_a_usage_error(tmp_path):
     assert f"--report-json {target}: cannot be written" in run.out
     assert "passed" not in run.out and "Traceback" not in run.out
     assert blocker.read_text() == "not a folder"
+
+
+def test_report_json_naming_an_input_is_a_usage_error(tmp_path):
+    """The report never takes the place of what the run reads: the golden store's manifest, a
+    file inside the store, or a --tolerances file are refused before anything runs, unchanged."""
+    from tests.test_conformance_plugin import _copy_store
+
+    root = _copy_store(tmp_path)
+    overrides = tmp_path / "tolerances.json"
+    overrides.write_text('{"float32": {"nmse": 1e-8}}')
+    manifest = (root / "MANIFEST.json").read_bytes()
+    for target, problem in [(root / "MANIFEST.json", "lies inside the input"),
+                            (root / "llama3" / "report.json", "lies inside the input"),
+                            (overrides, "is the command's own input")]:
+        run = run_suite(tmp_path, "--arch", "llama3", "--golden-dir", str(root), "--tolerances", str(overrides),
+                        "--report-json", str(target))
+        assert run.rc == USAGE_ERROR, run.out
+        assert f"--report-json {target}: {problem}" in run.out and "passed" not in run.out
+    assert (root / "MANIFEST.json").read_bytes() == manifest
+    assert overrides.read_text() == '{"float32": {"nmse": 1e-8}}'
+    assert not (root / "llama3" / "report.json").exists()
+
+
+def test_a_usage_error_leaves_no_folder_for_the_report(tmp_path):
+    """Checking --report-json makes none of its missing folders; the report's write does."""
+    target = tmp_path / "new" / "deeper" / "report.json"
+    run = run_suite(tmp_path, "--arch", "nosuch", "--report-json", str(target))
+    assert run.rc == USAGE_ERROR and "unknown arch 'nosuch'" in run.out, run.out
+    assert not (tmp_path / "new").exists()
+    run = run_suite(tmp_path, "--arch", "gpt2", "--report-json", str(target))
+    assert run.rc == 0 and target.is_file(), run.out
