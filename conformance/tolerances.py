@@ -126,8 +126,8 @@ def load_overrides_file(path: str | Path) -> Overrides:
         data = json.loads(Path(path).read_text())
     except OSError as e:
         raise ToleranceError(f"{where}: cannot read the file ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise ToleranceError(f"{where}: not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # not UTF-8 (UnicodeDecodeError), not JSON, nested too deep
+        raise ToleranceError(f"{where}: not valid JSON in UTF-8 ({e})") from None
     return check_overrides(data, where)
 
 

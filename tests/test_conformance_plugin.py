@@ -279,6 +279,16 @@ def test_tolerance_overrides_case_then_run(prefill_case):
         Tolerances().row("float16", {"float16": {"kll": 1.0}})
 
 
+def test_a_tolerances_file_that_is_not_json_in_utf8_names_the_file(tmp_path):
+    """A --tolerances file written as UTF-16 (PowerShell's `echo > file`), cut short or nested
+    past Python's recursion limit is a ToleranceError naming it, never a traceback."""
+    path = tmp_path / "tolerances.json"
+    for data in ('{"float32": {"nmse": 1e-8}}'.encode("utf-16"), b'{"float32": {"nmse"', b"[" * 100_000):
+        path.write_bytes(data)
+        with pytest.raises(ToleranceError, match=f"--tolerances {path}: not valid JSON in UTF-8"):
+            build_tolerances([str(path)])
+
+
 def test_top1_gate_catches_a_swapped_argmax(prefill_case):
     ref = prefill_case.expected["logits"]
     out = ref.copy()
