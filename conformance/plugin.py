@@ -28,12 +28,10 @@ ERROR for that check.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
 import os
 import shlex
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +51,7 @@ from lmref.conformance.store import (
 from lmref.conformance.tolerances import ToleranceError, Tolerances, build_tolerances
 from lmref.conformance.worker import DEFAULT_TIMEOUT
 from lmref.spec.errors import OutputError
-from lmref.spec.outputs import check_not_an_input
+from lmref.spec.outputs import check_report_file
 from lmref.spec.presets import resolve_archs
 
 
@@ -252,30 +250,16 @@ def _timeout(config: pytest.Config) -> float:
 def _check_report_path(config: pytest.Config, inputs: list[Path]) -> None:
     """A --report-json that cannot be written, or that is, holds or lies inside one of the run's
     `inputs` (the golden store, a --tolerances file), is a usage error now, not a traceback or a
-    lost input after the run.  The check writes nothing: the report's missing folders are made
-    when it is written."""
+    lost input after the run (spec/outputs.py check_report_file: nothing is written or made)."""
     value = config.option.lmref_report_json
     if value is None:
         return
     if not value.strip():
         raise pytest.UsageError("--report-json is empty: give the path of a file to write")
-    path = _path(config, value)
-    if path.is_dir():
-        raise pytest.UsageError(f"--report-json {value}: is a directory; give the path of a file to write")
     try:
-        check_not_an_input(path, inputs, option="--report-json")
+        check_report_file(_path(config, value), inputs)
     except OutputError as e:
         raise pytest.UsageError(str(e)) from None
-    folder = next(p for p in path.parents if p.exists())  # the nearest folder that exists
-    try:
-        if path.exists():
-            open(path, "a").close()  # appending nothing changes nothing
-        elif not folder.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, f"{folder} is not a directory")
-        else:
-            tempfile.TemporaryFile(dir=folder).close()  # removed as it closes
-    except OSError as e:
-        raise pytest.UsageError(f"--report-json {value}: cannot be written ({e.strerror or e})") from None
 
 
 def _resolve_archs(value: str | None, store: GoldenStore) -> list[str]:

@@ -95,4 +95,5 @@ def report_dict(result: Verification) -> dict:
 
 
 def write_report(result: Verification, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(report_dict(result), indent=2) + "\n")

@@ -12,6 +12,10 @@ Every lmref command that writes a directory (`lmref train --out`, `lmref golden 
 - a command's own inputs are never its output: `inputs` lists the paths it reads, and the
   output may be none of them, lie inside none of them and hold none of them.
 
+A report file (`--report-json` of the conformance suite and of `lmref verify`) is checked by
+`check_report_file` before the run: not a directory, none of the inputs, and writable, found
+without writing anything; its missing folders are made when it is written.
+
 The marker is a small JSON file ({"kind": ..., "written_by": "lmref X.Y.Z"}).  What a command
 deletes is its own business, but the rule is the same everywhere: only files it wrote (the
 ones its manifest or marker lists), never a whole directory it did not create.
@@ -19,7 +23,9 @@ ones its manifest or marker lists), never a whole directory it did not create.
 
 from __future__ import annotations
 
+import errno
 import json
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -81,3 +87,26 @@ def claim(out: str | Path, kind: str, *, inputs: Iterable[str | Path] = (), opti
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text(json.dumps({"kind": kind, "written_by": f"lmref {__version__}"}) + "\n")
     return out
+
+
+def check_report_file(path: str | Path, inputs: Iterable[str | Path], option: str = "--report-json") -> Path:
+    """OutputError unless a report can be written at `path` (returned resolved): it is not a
+    directory, not one of `inputs` nor inside or above one (check_not_an_input), and it, or the
+    nearest folder of it that exists, takes a file.  Nothing is written or created: an existing
+    file is opened to append nothing, a new one probed with a temporary file that is gone as it
+    closes."""
+    given, path = path, Path(path).resolve()
+    if path.is_dir():
+        raise OutputError(f"{option} {given}: is a directory; give the path of a file to write")
+    check_not_an_input(path, inputs, option)
+    folder = next(p for p in path.parents if p.exists())
+    try:
+        if path.exists():
+            open(path, "a").close()
+        elif not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{folder} is not a directory")
+        else:
+            tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise OutputError(f"{option} {given}: cannot be written ({e.strerror or e})") from None
+    return path

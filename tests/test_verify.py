@@ -195,6 +195,37 @@ def test_the_report_is_never_written_into_the_checkpoint(llama_dir, capsys):
     assert not (llama_dir / "r.json").exists()
 
 
+def test_a_report_that_cannot_be_written_is_refused_before_the_run(llama_dir, tmp_path, capsys, monkeypatch):
+    """A folder that takes no new file (a read-only one; /proc for root) is found before the
+    verification runs: exit 2, one line, nothing written."""
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    target = tmp_path / "new" / "report.json"
+    assert run_cli("--hf-dir", str(llama_dir), "--impl", "numpy", "--report-json", str(target)) == 2
+    captured = capsys.readouterr()
+    assert f"--report-json {target}: cannot be written (Permission denied)" in captured.err
+    assert "verdict" not in captured.out and not (tmp_path / "new").exists()
+
+
+def test_a_report_lost_after_the_run_is_an_error_not_a_traceback(llama_dir, tmp_path, capsys, monkeypatch):
+    """A disk that fills up during the run: the verdict is printed, then one line, exit 2."""
+    from lmref.conformance import verify_report
+
+    def full(result, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(verify_report, "write_report", full)
+    target = tmp_path / "report.json"
+    assert run_cli("--hf-dir", str(llama_dir), "--impl", "numpy", "--report-json", str(target)) == 2
+    captured = capsys.readouterr()
+    assert captured.out.rstrip().endswith("verdict: PASS")
+    assert f"--report-json {target}: could not be written (No space left on device)" in captured.err
+
+
 def crashes(config, params, tokens):
     raise RuntimeError("the kernel fell over")
 

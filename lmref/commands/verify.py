@@ -34,18 +34,13 @@ def parse_tokens(text: str) -> np.ndarray:
 
 
 def check_report_path(value: str, hf_dir: str) -> Path:
-    """The --report-json file: not empty, not a directory, not inside the checkpoint, its folder existing."""
-    from lmref.spec.outputs import check_not_an_input
+    """The --report-json file: not empty, and spec/outputs.py check_report_file's (not a
+    directory, not inside the checkpoint, writable; nothing is written yet)."""
+    from lmref.spec.outputs import check_report_file
 
     if not value.strip():
         raise ValueError("--report-json is empty: give the path of a file to write")
-    path = Path(value)
-    if path.is_dir():
-        raise ValueError(f"--report-json {value}: is a directory; give the path of a file to write")
-    if not path.resolve().parent.is_dir():
-        raise ValueError(f"--report-json {value}: the folder {path.parent} does not exist")
-    check_not_an_input(path, [hf_dir], option="--report-json")
-    return path
+    return check_report_file(value, [hf_dir])
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -64,7 +59,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return fail(COMMAND, e)
     print("\n".join(report_lines(result)))
     if report is not None:
-        write_report(result, report)
+        try:
+            write_report(result, report)
+        except OSError as e:  # checked writable before the run; it may still vanish or fill up
+            return fail(COMMAND, f"--report-json {args.report_json}: could not be written ({e.strerror or e})")
         print(f"JSON report: {report}")
     return 0 if result.verdict == "PASS" else 1
 
