@@ -246,9 +246,14 @@ class Adapter:
                 "an object with a forward method, or a class"
             )
         self.impl, self.spec = impl, spec
-        self.name = str(getattr(impl, "name", None) or spec)
-        self.version = _version_of(impl)
-        self.dtype = _declared_dtype(impl)
+        try:
+            self.name = str(getattr(impl, "name", None) or spec)
+            self.version = _version_of(impl)
+            self.dtype = _declared_dtype(impl)
+        except AdapterLoadError:
+            raise
+        except (Exception, SystemExit) as e:  # a property that raises: a load error, as in the worker
+            raise AdapterLoadError(f"reading its name, version or dtype raised {type(e).__name__}: {e}") from None
         self._weights = WeightCopies()
 
     def supports(self, capability: str) -> bool:
@@ -341,7 +346,7 @@ def as_adapter(impl: object, spec: str | None = None) -> Adapter:
     if inspect.isclass(impl):
         try:
             impl = impl()
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             raise AdapterLoadError(f"class {impl.__qualname__} could not be instantiated with no arguments "
                                    f"({type(e).__name__}: {e})") from None
     return Adapter(impl, spec)
@@ -355,7 +360,7 @@ def _import_target(target: str) -> object:
                                "a third-party adapter is named package.module:attr")
     try:
         obj = importlib.import_module(module_name)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # sys.exit() at import: a load error, not the end of the command
         raise AdapterLoadError(f"cannot import module {module_name!r} ({type(e).__name__}: {e})") from None
     for part in attr_path.split("."):
         if not hasattr(obj, part):

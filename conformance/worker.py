@@ -108,7 +108,7 @@ def _serve(conn, parent: int) -> None:
     except AdapterLoadError as e:
         conn.send(("load-error", str(e)))
         return
-    except BaseException as e:  # noqa: BLE001  (SystemExit at import included)
+    except BaseException as e:  # noqa: BLE001  (what load_resolved lets through: a capability query that raises)
         conn.send(("load-error", f"loading it raised {type(e).__name__}: {e}"))
         return
     conn.send(("ready", info))

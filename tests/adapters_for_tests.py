@@ -204,6 +204,27 @@ class SysExitOnBatch3(_MisbehavesOnBatch3):
         raise SystemExit(0)
 
 
+class DtypeRaises:
+    """An adapter whose dtype property raises: a load error, in the worker and in process."""
+
+    @property
+    def dtype(self):
+        raise RuntimeError("dtype property broke")
+
+    def forward(self, config, params, tokens):
+        return impl_numpy.forward(config, params, tokens)
+
+
+class ExitsOnInit:
+    """An adapter class whose constructor calls sys.exit."""
+
+    def __init__(self):
+        raise SystemExit(3)
+
+    def forward(self, config, params, tokens):
+        return impl_numpy.forward(config, params, tokens)
+
+
 class CapturesLogitsOnly:
     """Issue 10, item 9: a capture that returns nothing but the logits."""
 

@@ -323,6 +323,20 @@ def test_adapter_dtype_row_and_environment(monkeypatch):
         load_adapter()
 
 
+def test_an_adapter_that_exits_or_raises_while_loading_is_a_load_error(tmp_path, monkeypatch):
+    """In process too (`lmref verify` loads its adapter there): sys.exit at import or in the
+    constructor, and a dtype property that raises, are AdapterLoadErrors naming what happened,
+    as the suite's worker reports them, never the end of the command or a traceback."""
+    (tmp_path / "exits_at_import.py").write_text("import sys\nsys.exit(3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for spec, message in [("exits_at_import:forward", "cannot import module 'exits_at_import' (SystemExit: 3)"),
+                          (f"{ADAPTERS}:ExitsOnInit", "could not be instantiated with no arguments (SystemExit: 3)"),
+                          (f"{ADAPTERS}:DtypeRaises", "dtype raised RuntimeError: dtype property broke")]:
+        with pytest.raises(AdapterLoadError) as raised:
+            load_adapter(spec)
+        assert str(raised.value).startswith(f"--impl {spec}: ") and message in str(raised.value), spec
+
+
 def test_installed_package_form_runs_the_same_suite(tmp_path):
     """`pytest -p lmref.conformance.plugin --pyargs lmref.conformance`: the plugin named by hand
     (entry points off) is registered once even though conformance/conftest.py is loaded too.
