@@ -89,6 +89,7 @@ class Suite:
     tolerances: Tolerances
     repro_options: list[str]  # options a re-run of one test must repeat (golden dir, tolerances)
     custom_store: bool = False  # named with --golden-dir, not the release golden set
+    pyargs: bool = False  # run as `pytest --pyargs lmref.conformance` (the installed package, any folder)
     report: Report = field(default_factory=Report)
     _metas: dict = field(default_factory=dict)
     _cases: dict = field(default_factory=dict)
@@ -144,9 +145,15 @@ class Suite:
         return f"custom golden store {self.store.version}" if self.custom_store else f"golden {self.store.version}"
 
     def repro(self, nodeid: str, arch: str) -> str:
-        """A command that re-runs one test alone, from the repository root."""
+        """A command that re-runs one test alone: from the repository root, or in a --pyargs
+        run from any folder, by the test's module in the installed package."""
         options = ["--arch", arch, "--impl", self.adapter.spec, *self.repro_options]
-        return f'pytest "{nodeid}" ' + " ".join(shlex.quote(o) for o in options)
+        if self.pyargs:
+            module, _, test = nodeid.partition("::")  # e.g. "test_golden.py", "test_forward[gpt2-...]"
+            target = f'--pyargs "lmref.conformance.{Path(module).stem}::{test}"'
+        else:
+            target = f'"{nodeid}"'
+        return f"pytest {target} " + " ".join(shlex.quote(o) for o in options)
 
     def run_info(self) -> dict:
         """The head of the JSON report."""
@@ -306,7 +313,7 @@ def build_suite(config: pytest.Config) -> Suite:
     repro += [o for f in files for o in ("--tolerances", f)]
     repro += [o for t in option.lmref_tolerance for o in ("--tolerance", t)]
     repro += ["--lmref-timeout", f"{timeout:g}"] if option.lmref_timeout is not None else []
-    return Suite(store, archs, adapter, tolerances, repro, custom_store=custom)
+    return Suite(store, archs, adapter, tolerances, repro, custom_store=custom, pyargs=bool(option.pyargs))
 
 
 def pytest_configure(config: pytest.Config) -> None:

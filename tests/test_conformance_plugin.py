@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -335,6 +336,25 @@ def test_an_adapter_that_exits_or_raises_while_loading_is_a_load_error(tmp_path,
         with pytest.raises(AdapterLoadError) as raised:
             load_adapter(spec)
         assert str(raised.value).startswith(f"--impl {spec}: ") and message in str(raised.value), spec
+
+
+def test_the_repro_of_a_pyargs_run_reruns_the_check_from_any_folder(tmp_path):
+    """`pytest --pyargs lmref.conformance` from a folder of one's own: the repro line a failure
+    prints names the test by its module in the package, and run from that folder it re-runs
+    that one check, which fails again."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LMREF_IMPL", "PYTEST_ADDOPTS")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))  # tests.adapters_for_tests
+
+    def pytest_in(folder: Path, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=folder,
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    first = pytest_in(tmp_path, "--pyargs", "lmref.conformance", "--arch", "llama3",
+                      "--impl", f"{ADAPTERS}:WrongSecondMlp")
+    assert first.returncode == 1, first.stdout + first.stderr
+    repro = next(line for line in first.stdout.splitlines() if line.startswith("repro: pytest --pyargs "))
+    again = pytest_in(tmp_path, *shlex.split(repro.removeprefix("repro: pytest ")))
+    assert again.returncode == 1 and "1 failed" in again.stdout, repro + "\n" + again.stdout + again.stderr
 
 
 def test_installed_package_form_runs_the_same_suite(tmp_path):
