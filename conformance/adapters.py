@@ -267,6 +267,10 @@ class Adapter:
         by returning bfloat16 (issue 10, item 5)."""
         return self.dtype or DEFAULT_ROW
 
+    def row_phrase(self) -> str:
+        """How the row was chosen, for the header and FAIL messages."""
+        return row_phrase(self.dtype)
+
     def call_case(self, capability: str, case) -> Output | dict[str, Output]:
         """Run `capability` on a golden case's config, weights and tokens (the weights built
         once per (config, seed)); worker_adapter.WorkerAdapter runs it in its worker."""

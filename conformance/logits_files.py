@@ -76,6 +76,9 @@ class FilesAdapter(Adapter):
     def supports(self, capability_name: str) -> bool:
         return capability_name in ("forward", "decode")
 
+    def row_phrase(self) -> str:
+        return "declared with --dtype" if self.dtype else "the default: no --dtype given"
+
     def call_case(self, capability_name: str, case: GoldenCase) -> Output:
         if case.name not in self.logits:
             raise AdapterNotSupported(f"no logits file for {case.id}: write {self.directory}/{case.name}.npy "

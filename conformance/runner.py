@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmref.conformance.adapters import (
-    CAPABILITIES, Adapter, AdapterCallError, AdapterNotSupported, AdapterResultError, as_adapter, row_phrase,
+    CAPABILITIES, Adapter, AdapterCallError, AdapterNotSupported, AdapterResultError, as_adapter,
 )
 from lmref.conformance.metrics import (
     Metrics, compare, compare_loss, describe, gate, gate_loss, locate_divergence, rows_met, top_k,
@@ -120,7 +120,7 @@ def _row(case: GoldenCase, adapter: Adapter, tolerances: Tolerances) -> _Row:
     """The declared row (float32 when the adapter declares none), with the case's overrides and the run's."""
     name = adapter.row()
     rows = tolerances.all_rows(case.tolerances, where=f"{case.id}/case.json")
-    return _Row(name, rows[name], rows, row_phrase(adapter.dtype))
+    return _Row(name, rows[name], rows, adapter.row_phrase())
 
 
 def _metrics(case: GoldenCase, row: _Row, tightest: str | None, values: dict) -> dict:

@@ -82,6 +82,9 @@ def test_a_broken_models_logits_fail_with_the_suites_message(cases, tmp_path, ca
         if case.kind == "decode":  # a file holds the decode's logits only: no forward to tell a cache bug apart
             forward_line = "forward on the same tokens could not be compared: decode-b2-p5-n6's file holds decode"
             assert ours.pop(-1).startswith(forward_line) and theirs.pop(-1).startswith("forward (no cache)")
+        # the same message, but for how the row was chosen: by --dtype, not by an adapter
+        assert ours[0].endswith("(tolerance row float32, the default: no --dtype given)")
+        ours[0] = ours[0].replace("no --dtype given", "the adapter declares no dtype")
         assert ours == theirs
         assert verdict.result.message.splitlines()[0] in out
     assert f"repro: lmref check --arch {ARCH} --logits {directory}" in out
@@ -127,7 +130,7 @@ def test_the_declared_row_is_the_one_judged(cases, tmp_path, capsys):
     judged as float16 and says so."""
     directory = write(tmp_path / "logits", cases[:1], golden)
     status, out, _ = check(capsys, directory, "--dtype", "float64")
-    assert status == 1 and "FAIL" in out and "tolerance row float64, declared by the adapter" in out
+    assert status == 1 and "FAIL" in out and "tolerance row float64, declared with --dtype" in out
     status, out, _ = check(capsys, directory, "--dtype", "float16")
     assert status == 0 and "(row float16, tightest row met: float32)" in out
 
