@@ -121,8 +121,10 @@ def read_hf_config(path: str | Path) -> dict:
         raise ConversionError(f"{config_path}: no such file (expected a Hugging Face model directory)")
     try:
         data = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConversionError(f"{config_path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise ConversionError(f"{config_path}: cannot be read ({e.strerror or e})") from None
+    except (ValueError, RecursionError) as e:  # not UTF-8 (UnicodeDecodeError), not JSON, nested too deep
+        raise ConversionError(f"{config_path}: not valid JSON in UTF-8 ({e})") from None
     if not isinstance(data, dict):
         raise ConversionError(f"{config_path}: expected a JSON object, got {type(data).__name__}")
     return data

@@ -55,7 +55,9 @@ def _read_sharded(directory: Path, read_one: Callable[[Path], dict]) -> dict:
     index_path = directory / INDEX_FILE
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except OSError as e:
+        raise ConversionError(f"{index_path}: cannot be read ({e.strerror or e})") from None
+    except (ValueError, RecursionError, KeyError, TypeError) as e:  # not UTF-8 or not JSON; no weight_map
         raise ConversionError(f"{index_path}: not a safetensors index with a weight_map ({e})") from None
     if not isinstance(weight_map, dict):
         raise ConversionError(f"{index_path}: weight_map is not a JSON object")

@@ -250,6 +250,23 @@ def test_missing_config_json(tmp_path):
         from_hf(tmp_path)
 
 
+def test_a_config_json_that_is_not_json_in_utf8_names_the_file(tmp_path):
+    """UTF-16 (PowerShell's `echo > config.json`), cut short, or nested past the recursion limit."""
+    for data in ('{"model_type": "gpt2"}'.encode("utf-16"), b'{"model_type": "gp', b"[" * 100_000):
+        (tmp_path / "config.json").write_bytes(data)
+        with pytest.raises(ConversionError, match="config.json: not valid JSON in UTF-8"):
+            from_hf(tmp_path)
+
+
+def test_a_shard_index_that_is_not_json_in_utf8_names_the_file(tmp_path):
+    hf = _hf_dir(tmp_path, "gpt2")
+    (hf / "model.safetensors").rename(hf / "model-00001-of-00001.safetensors")
+    for data in ('{"weight_map": {}}'.encode("utf-16"), b"[" * 100_000):
+        (hf / "model.safetensors.index.json").write_bytes(data)
+        with pytest.raises(ConversionError, match="model.safetensors.index.json: not a safetensors index"):
+            from_hf(hf)
+
+
 def test_a_hf_directory_is_not_an_lmref_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="params.safetensors: no such file"):
         load_checkpoint(_hf_dir(tmp_path, "gpt2"))
