@@ -251,6 +251,25 @@ def release_problem(store: GoldenStore) -> str | None:
             "golden set (a case added, removed or changed)")
 
 
+def open_checked(root: str | Path | None) -> tuple[GoldenStore, bool]:
+    """(the store at `root`, whether it is a custom one): None or the package's own path is the
+    package's store, which must be the release golden set; no store may hold an unlisted case
+    directory or file.  GoldenStoreError saying what to do otherwise (as may GoldenStore)."""
+    custom = root is not None and Path(root).resolve() != Path(DEFAULT_GOLDEN_DIR).resolve()
+    store = GoldenStore(DEFAULT_GOLDEN_DIR if root is None else root)
+    if not custom and (problem := release_problem(store)):
+        raise GoldenStoreError(
+            f"{problem}.  Restore the package's store (reinstall lmref, or `git checkout conformance/golden` in a "
+            f"checkout), or run it as a custom golden store: --golden-dir {store.root}")
+    strays = store.strays()
+    if strays:
+        shown = ", ".join(strays[:5]) + (f" and {len(strays) - 5} more" if len(strays) > 5 else "")
+        raise GoldenStoreError(
+            f"{store.root}: holds {shown}, not listed in {MANIFEST} (an unlisted case directory or file): remove "
+            "it, or regenerate the store with `lmref golden`")
+    return store, custom
+
+
 def _case_order(name: str) -> tuple[int, str]:
     order = ("prefill", "decode", "long")
     head = name.split("-")[0]

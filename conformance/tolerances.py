@@ -122,6 +122,8 @@ def parse_assignment(text: str) -> Overrides:
 def load_overrides_file(path: str | Path) -> Overrides:
     """Read a `--tolerances FILE.json`: {dtype: {metric: value}}."""
     where = f"--tolerances {path}"
+    if not str(path).strip():
+        raise ToleranceError("--tolerances is empty (an unset shell variable?): give a JSON file of overrides")
     try:
         data = json.loads(Path(path).read_text())
     except OSError as e:

@@ -141,3 +141,36 @@ def test_a_safetensors_file_needs_one_tensor_named_logits(cases, tmp_path, capsy
     save_file({"out": golden(cases[0]).astype(np.float32)}, str(directory / f"{cases[0].name}.safetensors"))
     status, _, err = check(capsys, directory)
     assert status == 2 and "expected one tensor named 'logits', found ['out']" in err
+
+
+@pytest.mark.parametrize("option", ["--golden-dir", "--tolerances"])
+def test_an_empty_store_or_tolerances_file_is_refused(cases, tmp_path, capsys, option):
+    """An unset shell variable (`--golden-dir "$STORE"`) must not fall back to the package's store
+    or read the working directory as a file."""
+    directory = write(tmp_path / "logits", cases[:1], golden)
+    status, out, err = check(capsys, directory, option, "")
+    assert status == 2 and f"{option} is empty" in err and "PASS" not in out
+
+
+def test_the_packages_store_must_be_the_release_set(cases, tmp_path, capsys, monkeypatch):
+    """As in the suite: a package store whose manifest differs from the pin (a case loosened
+    or replaced in place) is refused; named with --golden-dir it is a custom store."""
+    import json
+    import shutil
+
+    from lmref.conformance import store
+    from lmref.conformance.store import DEFAULT_GOLDEN_DIR, MANIFEST
+
+    root = tmp_path / "golden"
+    root.mkdir()
+    manifest = json.loads((DEFAULT_GOLDEN_DIR / MANIFEST).read_text())
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if k.startswith(f"{ARCH}/")}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    shutil.copytree(DEFAULT_GOLDEN_DIR / ARCH, root / ARCH)
+    directory = write(tmp_path / "logits", cases, golden)
+    monkeypatch.setattr(store, "DEFAULT_GOLDEN_DIR", root)
+    status, out, err = check(capsys, directory)
+    assert status == 2 and "differs from the release golden set" in err and "PASS" not in out
+    monkeypatch.undo()  # the package's store is the real one again: `root` is a store of the user's
+    status, out, err = check(capsys, directory, "--golden-dir", str(root))
+    assert status == 0 and out.splitlines()[-1] == "4 cases: PASS 4", err

@@ -75,3 +75,12 @@ def test_a_usage_error_leaves_no_folder_for_the_report(tmp_path):
     assert not (tmp_path / "new").exists()
     run = run_suite(tmp_path, "--arch", "gpt2", "--report-json", str(target))
     assert run.rc == 0 and target.is_file(), run.out
+
+
+@pytest.mark.parametrize("option", ["--golden-dir", "--tolerances"])
+def test_an_empty_golden_dir_or_tolerances_is_a_usage_error(tmp_path, option):
+    """`--golden-dir "$UNSET"` must not test against the package's store unasked, nor
+    `--tolerances "$UNSET"` read the working directory."""
+    run = run_suite(tmp_path, "--arch", "llama3", option, "")
+    assert run.rc == USAGE_ERROR, run.out
+    assert f"{option} is empty" in run.out and "passed" not in run.out

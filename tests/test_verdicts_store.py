@@ -25,9 +25,9 @@ DEFAULT_STORE_PLUGIN = """
 import os
 from pathlib import Path
 
-import lmref.conformance.plugin as plugin
+import lmref.conformance.store as store
 
-plugin.DEFAULT_GOLDEN_DIR = Path(os.environ["LMREF_TEST_DEFAULT_STORE"])
+store.DEFAULT_GOLDEN_DIR = Path(os.environ["LMREF_TEST_DEFAULT_STORE"])  # what open_checked takes as the package's
 """
 
 

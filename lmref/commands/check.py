@@ -37,11 +37,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     from lmref.conformance.logits_files import LogitsFileError, check_directory, failed, stray_files
     from lmref.conformance.report import count_cell
     from lmref.conformance.runner import FAIL, NOT_SUPPORTED
-    from lmref.conformance.store import DEFAULT_GOLDEN_DIR, GoldenStore, GoldenStoreError
+    from lmref.conformance.store import GoldenStoreError, open_checked
     from lmref.conformance.tolerances import ToleranceError, build_tolerances
 
+    if args.golden_dir is not None and not args.golden_dir.strip():
+        return fail("check", ValueError("--golden-dir is empty (an unset shell variable?): give a golden store, "
+                                        "or leave --golden-dir out for the package's"))
     try:
-        store = GoldenStore(args.golden_dir or DEFAULT_GOLDEN_DIR)
+        store, _ = open_checked(args.golden_dir)
         tolerances = build_tolerances(args.tolerances, args.tolerance)
         verdicts = check_directory(args.arch, args.logits, args.dtype, store, tolerances, repro=_repro(args))
     except (LogitsFileError, GoldenStoreError, ToleranceError, KeyError) as e:
