@@ -191,6 +191,18 @@ def test_export_never_writes_into_a_directory_that_is_not_empty(tmp_path, capsys
     assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
 
 
+def test_export_never_writes_into_the_store_it_reads(tmp_path, capsys):
+    """An export inside its golden store would be an entry the store's manifest does not list,
+    which the suite and `lmref golden --check` then refuse."""
+    root = tmp_path / "golden"
+    assert main(["golden", "--arch", "gpt2", "--out", str(root)]) == 0
+    listed = sorted(p.relative_to(root) for p in root.rglob("*"))
+    status, text = export(capsys, "--arch", "gpt2", "--format", "safetensors", "--golden-dir", root,
+                          "--out", root / "exported")
+    assert status == 2 and f"--out {root / 'exported'}: lies inside the input {root}" in text
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == listed
+
+
 def test_safetensors_export_holds_each_case_exactly(store, tmp_path, capsys):
     out = tmp_path / "out"
     assert export(capsys, "--arch", "gpt2", "--format", "safetensors", "--out", out)[0] == 0
