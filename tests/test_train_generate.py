@@ -69,3 +69,11 @@ def test_generate_command(tmp_path_factory, capsys):
     assert capsys.readouterr().out == first and first.startswith("The ")
     assert lmref("generate", "--checkpoint", run_dir / "absent", "--prompt", "x") == 2
     assert "no such checkpoint directory" in capsys.readouterr().err
+
+
+def test_generate_refuses_an_unknown_device(tmp_path_factory, capsys):
+    run_dir = shared_run(tmp_path_factory)
+    capsys.readouterr()
+    assert lmref("generate", "--checkpoint", run_dir, "--prompt", "The", "--device", "tpu",
+                 "--max-new-tokens", "5") == 2
+    assert capsys.readouterr().err == "lmref generate: error: --device must be one of auto, cpu, cuda, got 'tpu'\n"

@@ -20,6 +20,7 @@ import torch
 
 from lmref.impl_torch import Transformer
 from lmref.train import checkpoint
+from lmref.train.distributed import DEVICES
 from lmref.train.errors import TrainError
 from lmref.train.tokenizer import load_tokenizer
 
@@ -131,6 +132,8 @@ def check_vision_model(model, where: str) -> None:
 
 def load_generator(path: str | Path, device: str = "auto"):
     """(model in eval mode, tokenizer, checkpoint directory) of a training checkpoint."""
+    if device not in DEVICES:
+        raise TrainError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise TrainError("--device cuda: no CUDA device is available")
     if device == "auto":
