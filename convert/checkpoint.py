@@ -28,6 +28,7 @@ from lmref.convert.outputs import CHECKPOINT_KIND, claim
 from lmref.convert.safetensors_io import read_file, write_file
 from lmref.spec.config import ConfigError, ModelConfig
 from lmref.spec.errors import ParamsError
+from lmref.spec.outputs import replace_files
 from lmref.spec.params import check_params, param_shapes
 from safetensors import SafetensorError, safe_open
 
@@ -51,8 +52,9 @@ def write_checkpoint(out: str | Path, config: ModelConfig, params: dict[str, np.
     the caller owns (no claim, no marker)."""
     check_params(config, params)
     out = Path(out)
-    (out / CONFIG_FILE).write_text(config.to_json() + "\n")
-    write_file(out / PARAMS_FILE, params, metadata={"format": FORMAT, "format_version": FORMAT_VERSION})
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION}
+    replace_files(out, {PARAMS_FILE: lambda path: write_file(path, params, metadata=metadata),
+                        CONFIG_FILE: lambda path: path.write_text(config.to_json() + "\n")})
     return out
 
 

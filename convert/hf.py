@@ -34,6 +34,7 @@ from lmref.convert.outputs import HF_KIND, claim
 from lmref.convert.safetensors_io import SINGLE_FILE, read_hf_weights, write_file
 from lmref.spec.config import ConfigError, ModelConfig
 from lmref.spec.errors import ParamsError
+from lmref.spec.outputs import replace_files
 from lmref.spec.params import check_params, param_shapes
 
 SUPPORTED_MODEL_TYPES = tuple(MODEL_TYPES)
@@ -106,8 +107,9 @@ def to_hf(config: ModelConfig, params: dict[str, np.ndarray], out: str | Path, *
     out = claim(out, HF_KIND, option=option)
     names = {v.dtype.name for v in tensors.values()}
     data |= {"dtype": names.pop()} if len(names) == 1 else {}  # from_pretrained's dtype="auto" reads it
-    (out / "config.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    write_file(out / SINGLE_FILE, tensors, metadata={"format": "pt"})  # from_pretrained requires format "pt"
+    replace_files(out, {  # from_pretrained requires the weights' metadata format "pt"
+        SINGLE_FILE: lambda path: write_file(path, tensors, metadata={"format": "pt"}),
+        "config.json": lambda path: path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")})
     return out
 
 

@@ -91,4 +91,9 @@ def read_hf_weights(directory: Path, read_one: Callable[[Path], dict] = read_fil
 
 
 def write_file(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=metadata)
+    """A safetensors file; OSError when it cannot be written (safetensors raises its own error for
+    a full disk)."""
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=metadata)
+    except SafetensorError as e:
+        raise OSError(f"{path}: cannot be written ({e})") from None

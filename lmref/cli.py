@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError as e:  # unknown arch: the message lists the known ones
         print(f"lmref: error: {e.args[0]}", file=sys.stderr)
         return 2
+    except OSError as e:  # a read or write that failed midway (a full disk): one line, not a traceback
+        where = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+        print(f"lmref {args.command}: error: {where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

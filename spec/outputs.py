@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from lmref import __version__
@@ -70,6 +71,12 @@ def check_output(out: str | Path, kind: str, *, inputs: Iterable[str | Path] = (
     check_not_an_input(out, [i for i in inputs if i is not None], option)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{option} {out}: is a file, not a directory")
+    if out.is_symlink() and not out.exists():
+        raise OutputError(f"{option} {out}: is a link to {os.readlink(out)}, which does not exist")
+    try:
+        _takes_files(out)
+    except OSError as e:
+        raise OutputError(f"{option} {out}: cannot be written ({e.strerror or e})") from None
     if out.is_dir():
         entries = list(out.iterdir())
         found = marker_kind(out)
@@ -84,9 +91,38 @@ def claim(out: str | Path, kind: str, *, inputs: Iterable[str | Path] = (), opti
     """Make `out` the output directory of a command of `kind` (see the module docstring):
     create it or check that it is empty or already this kind's, and mark it.  Returns the path."""
     out = check_output(out, kind, inputs=inputs, option=option)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text(json.dumps({"kind": kind, "written_by": f"lmref {__version__}"}) + "\n")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).write_text(json.dumps({"kind": kind, "written_by": f"lmref {__version__}"}) + "\n")
+    except OSError as e:  # the disk filled up, or the folder changed since the check
+        raise OutputError(f"{option} {out}: cannot be written ({e.strerror or e})") from None
     return out
+
+
+def _takes_files(folder: Path) -> None:
+    """OSError unless a file can be made in `folder`, or in the nearest folder above it that
+    exists; nothing is left (a temporary file, gone as it closes)."""
+    existing = folder if folder.exists() else next(p for p in folder.parents if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{existing} is not a directory")
+    tempfile.TemporaryFile(dir=existing).close()
+
+
+def replace_files(out: Path, writers: dict[str, Callable[[Path], None]]) -> None:
+    """Write the files of `writers` ({name: write(path)}) into the directory `out`, each under a
+    temporary name first, then move them into place in order: a write that fails (a full disk)
+    removes what it wrote and leaves the files already there as they were, never a new file
+    beside an old one."""
+    temps = {name: out / f".{name}.tmp-{os.getpid()}" for name in writers}
+    try:
+        for name, write in writers.items():
+            write(temps[name])
+    except BaseException:
+        for temp in temps.values():
+            temp.unlink(missing_ok=True)
+        raise
+    for name, temp in temps.items():
+        os.replace(temp, out / name)
 
 
 def check_report_file(path: str | Path, inputs: Iterable[str | Path], option: str = "--report-json") -> Path:
@@ -99,14 +135,11 @@ def check_report_file(path: str | Path, inputs: Iterable[str | Path], option: st
     if path.is_dir():
         raise OutputError(f"{option} {given}: is a directory; give the path of a file to write")
     check_not_an_input(path, inputs, option)
-    folder = next(p for p in path.parents if p.exists())
     try:
         if path.exists():
             open(path, "a").close()
-        elif not folder.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, f"{folder} is not a directory")
         else:
-            tempfile.TemporaryFile(dir=folder).close()
+            _takes_files(path.parent)
     except OSError as e:
         raise OutputError(f"{option} {given}: cannot be written ({e.strerror or e})") from None
     return path

@@ -186,3 +186,46 @@ def test_out_naming_an_existing_file_is_refused(tmp_path, capsys, source):
     status, err = _convert(capsys, *source, "--out", path)
     assert status == 1 and f"--out {path}: is a file, not a directory" in err
     assert path.read_text() == "mine\n"
+
+
+# --- a write that fails: one line, and what was there before stays whole ------------------------
+
+
+@pytest.mark.parametrize("fmt, writer", [("lmref", "lmref.convert.checkpoint"), ("hf", "lmref.convert.hf")])
+def test_a_rewrite_that_fails_midway_leaves_the_old_output_whole(tmp_path, capsys, monkeypatch, fmt, writer):
+    """The weights' write starts, then the disk is full: the new config must not sit beside the
+    old weights (a checkpoint that loads, with another model's weights), and nothing is left."""
+    import importlib
+
+    out = tmp_path / "out"
+    assert _convert(capsys, "--preset", "llama1", "--format", fmt, "--out", out)[0] == 0
+    before = _files(out)
+
+    def disk_full(path, tensors, metadata):
+        path.write_bytes(b"\0" * 64)
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(importlib.import_module(writer), "write_file", disk_full)
+    status, err = _convert(capsys, "--preset", "llama2", "--seed", "7", "--format", fmt, "--out", out)
+    assert status == 1 and "No space left on device" in err and "Traceback" not in err, err
+    assert _files(out) == before
+
+
+def test_out_a_link_to_nothing_or_a_folder_that_takes_no_file_is_refused(tmp_path, capsys, monkeypatch):
+    """A dangling symlink was a FileExistsError traceback; a folder without write permission (as
+    a user other than root) a PermissionError one, after the work was done."""
+    import tempfile
+
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "nowhere")
+    status, err = _convert(capsys, "--preset", "gpt2", "--out", link)
+    assert status == 1 and f"--out {link}: is a link to {tmp_path / 'nowhere'}, which does not exist" in err
+    assert not (tmp_path / "nowhere").exists()
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    status, err = _convert(capsys, "--preset", "gpt2", "--out", tmp_path / "new")
+    assert status == 1 and f"--out {tmp_path / 'new'}: cannot be written (Permission denied)" in err
+    assert not (tmp_path / "new").exists()
