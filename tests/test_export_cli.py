@@ -134,3 +134,9 @@ def test_export_usage_errors(tmp_path, capsys):
     assert "--seed goes with --preset" in _error(
         ["export", "--checkpoint", str(tmp_path), "--seed", "1", "--out", str(tmp_path / "o")], capsys)
     assert "no such file" in _error(["export", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o")], capsys)
+
+
+def test_export_refuses_a_negative_seed_before_writing(tmp_path, capsys):
+    err = _error(["export", "--preset", "llama3", "--seed", "-1", "--out", str(tmp_path / "o")], capsys)
+    assert err == "lmref export: error: --seed must be a non-negative integer, got -1\n"
+    assert not (tmp_path / "o").exists()

@@ -16,6 +16,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.seed is not None and args.preset is None:
         return fail("export", ValueError("--seed goes with --preset"))
+    if args.seed is not None and args.seed < 0:
+        return fail("export", ValueError(f"--seed must be a non-negative integer, got {args.seed}"))
     try:
         if args.preset is not None:
             path = export_preset(args.preset, args.seed or 0, args.out, external_data=args.external_data or None,
