@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("PIL")
 
 from lmref.train.shapes import (  # noqa: E402
-    BACKGROUND, CLIP_MEAN, CLIP_STD, COLOURS, KINDS, QUADRANTS, SIZES, caption, draw, examples, pixels, scene,
+    BACKGROUND, CLIP_MEAN, CLIP_STD, COLOURS, KINDS, QUADRANTS, SIZES, Shape, caption, draw, examples, pixels, scene,
 )
 
 
@@ -52,3 +52,30 @@ def test_every_attribute_is_common_and_captions_vary():
         assert set(counts) == set(values) and min(counts.values()) > 0.5 * len(shapes) / len(values), field
     assert collections.Counter(len(scene(1, i)) for i in range(600)).keys() == {1, 2, 3}
     assert len({caption(scene(1, i)) for i in range(600)}) > 400  # one shape has 96 captions; more, thousands
+
+
+def test_every_shape_is_drawn_in_its_quadrant_at_every_image_size():
+    # PIL refused the boxes of small shapes under 5 pixels, and drew small circles at 5 and 8 pixels as nothing
+    for size in range(2, 41):
+        lo, hi = size // 2, (size + 1) // 2  # an odd size's middle row and column belong to both halves
+        for kind in KINDS:
+            for extent in SIZES:
+                for q in range(4):
+                    rgb = np.asarray(draw([Shape(kind, "blue", extent, q)], size))
+                    rows = slice(0, hi) if q < 2 else slice(lo, size)
+                    cols = slice(0, hi) if q % 2 == 0 else slice(lo, size)
+                    assert (rgb[rows, cols] == COLOURS["blue"]).all(-1).any(), (size, kind, extent, q)
+
+
+def test_shapes_writes_the_smallest_image_size_and_refuses_a_huge_one(tmp_path, capsys):
+    from PIL import Image
+
+    from tests.train_helpers import lmref
+
+    assert lmref("shapes", "--out", tmp_path / "small", "--count", "4", "--image-size", "2") == 0
+    with Image.open(tmp_path / "small" / "scene-000003.png") as image:
+        assert image.size == (2, 2)
+    capsys.readouterr()
+    assert lmref("shapes", "--out", tmp_path / "huge", "--image-size", "100000") == 2
+    assert capsys.readouterr().err == "lmref shapes: error: --image-size must be <= 4096, got 100000\n"
+    assert not (tmp_path / "huge").exists()

@@ -19,6 +19,7 @@ from lmref.train.errors import TrainError
 from lmref.train.shapes import caption, draw, pixels, scene
 
 IMAGE_KIND = "shape-images"  # the output kind of `lmref shapes` (spec/outputs.py's marker)
+MAX_IMAGE_SIZE = 4096  # `lmref shapes --image-size`: 48 MiB an image in memory (CLIP's towers take 224 to 336)
 
 
 def read_image(path: str | Path, v: VisionConfig) -> np.ndarray:

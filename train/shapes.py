@@ -69,13 +69,14 @@ def draw(shapes: list[Shape], image_size: int) -> Image.Image:
     half = image_size / 2
     for s in shapes:
         left, top = (s.quadrant % 2) * half, (s.quadrant // 2) * half
-        extent = half * (0.8 if s.size == "large" else 0.45)  # the shape's width, centred in its quadrant
+        # the shape's width, centred in its quadrant; at least a pixel (PIL refuses a box whose end precedes its start)
+        extent = max(1.0, half * (0.8 if s.size == "large" else 0.45))
         x0, y0 = left + (half - extent) / 2, top + (half - extent) / 2
         box = (x0, y0, x0 + extent - 1, y0 + extent - 1)
         colour = COLOURS[s.colour]
-        if s.kind == "circle":
+        if s.kind == "circle" and extent >= 2:
             pen.ellipse(box, fill=colour)
-        elif s.kind == "square":
+        elif s.kind in ("circle", "square"):  # a circle under 2 pixels wide is a dot (PIL's ellipse draws nothing)
             pen.rectangle(box, fill=colour)
         else:
             pen.polygon([(x0 + extent / 2, y0), (x0, y0 + extent - 1), (x0 + extent - 1, y0 + extent - 1)], fill=colour)

@@ -265,20 +265,22 @@ def _add_shapes(sub) -> None:
     p.add_argument("--count", type=integer, default=1, help="scenes to write (default 1)")
     p.add_argument("--seed", type=integer, default=1, help="the scenes' seed (default 1)")
     p.add_argument("--start", type=integer, default=0, help="the first scene's index (default 0)")
-    p.add_argument("--image-size", type=integer, default=24, help="image side in pixels (default 24, a vision "
-                   "run's default)")
+    p.add_argument("--image-size", type=integer, default=24, help="image side in pixels, 2 to 4096 (default 24, "
+                   "a vision run's default)")
     p.set_defaults(run=cmd_shapes)
 
 
 def cmd_shapes(args: argparse.Namespace) -> int:
     from lmref.spec.outputs import claim
     from lmref.train.errors import TrainError
-    from lmref.train.images import IMAGE_KIND, write_scenes
+    from lmref.train.images import IMAGE_KIND, MAX_IMAGE_SIZE, write_scenes
 
     for flag, value, least in (("--count", args.count, 1), ("--seed", args.seed, 0), ("--start", args.start, 0),
                                ("--image-size", args.image_size, 2)):
         if value < least:
             return fail("shapes", TrainError(f"{flag} must be >= {least}, got {value}"))
+    if args.image_size > MAX_IMAGE_SIZE:
+        return fail("shapes", TrainError(f"--image-size must be <= {MAX_IMAGE_SIZE}, got {args.image_size}"))
     try:
         out = claim(args.out, IMAGE_KIND)
         written = write_scenes(out, args.seed, args.start, args.count, args.image_size)
