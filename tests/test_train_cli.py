@@ -119,3 +119,10 @@ def test_other_refusals(tmp_path_factory, tmp_path, capsys):
                                     "--out", tmp_path / "b")
     assert "--eval-every must be an integer >= 1" in _refused(capsys, "--arch", "gpt2", "--eval-every", "0", *STEP,
                                                               "--out", tmp_path / "c")
+
+
+@pytest.mark.parametrize("stop", ["0", "-1"])
+def test_stop_after_below_one_is_refused_before_anything_is_written(stop, tmp_path, capsys):
+    err = _refused(capsys, "--arch", "llama3", *STEP, "--stop-after", stop, "--out", tmp_path / "run")
+    assert err == f"lmref train: error: --stop-after must be an integer >= 1, got {stop}\n"
+    assert not (tmp_path / "run").exists()

@@ -81,7 +81,8 @@ class Options:
         """Options with every None replaced by the checkpoint's value or the default."""
         values = {name: getattr(self, name) if getattr(self, name) is not None
                   else (saved or {}).get(name, default) for name, default in SAVED_OPTIONS.items()}
-        for name, value in values.items():
+        checked = values if self.stop_after is None else {**values, "stop_after": self.stop_after}
+        for name, value in checked.items():
             if not isinstance(value, int) or value < 1:
                 raise TrainError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
         return dataclasses.replace(self, **values)
