@@ -35,7 +35,7 @@ from lmref.convert.safetensors_io import SINGLE_FILE, read_hf_weights, write_fil
 from lmref.spec.config import ConfigError, ModelConfig
 from lmref.spec.errors import ParamsError
 from lmref.spec.outputs import replace_files
-from lmref.spec.params import check_params, param_shapes
+from lmref.spec.params import check_params, param_shapes, tensor_count_problem
 
 SUPPORTED_MODEL_TYPES = tuple(MODEL_TYPES)
 
@@ -185,6 +185,8 @@ def params_from_hf(config: ModelConfig, model_type: str, tensors: dict[str, np.n
     """An HF state dict -> canonical params; ConversionError listing missing, unexpected and
     misshaped keys (each misshaped key with both shapes)."""
     module = _module(model_type, where)
+    if problem := tensor_count_problem(config, len(tensors)):  # before the per-layer tables are built
+        raise ConversionError(f"{where}: the weights do not match the config: {problem}")
     tensors = _normalise_keys(module, config, tensors, where)
     table = module.entries(config)
     shapes = param_shapes(config)

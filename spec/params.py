@@ -92,7 +92,7 @@ import numpy as np
 
 from lmref.spec.config import ModelConfig
 from lmref.spec.errors import ParamsError
-from lmref.spec.vision import vision_param_count, vision_param_shapes
+from lmref.spec.vision import vision_param_count, vision_param_name_count, vision_param_shapes
 
 # A layer's parameters under these names (layers.{i}.<name>.*) are its feed-forward
 # sublayer's, the others its attention sublayer's (export/stamping.py copies the two apart).
@@ -209,18 +209,39 @@ def _size(shapes: dict[str, tuple[int, ...]]) -> int:
 
 
 def param_count(config: ModelConfig) -> int:
-    """Number of parameters, computed from the shapes alone (nothing is allocated).
+    """Number of parameters, computed from the shapes alone (nothing is allocated), in constant
+    time at any depth (`_over_layers`; tests/test_params.py checks the count against the sum over
+    `param_shapes`)."""
+    return _over_layers(config, _size) + vision_param_count(config)
 
-    A layer's shapes repeat with the period of the per-layer patterns, so the layers count as
-    whole periods plus a remainder: a config of 10**13 layers is counted as fast as one of 2
-    (tests/test_params.py checks the count against the sum over `param_shapes`).
-    """
+
+def param_name_count(config: ModelConfig) -> int:
+    """len(param_shapes(config)), in constant time at any depth."""
+    return _over_layers(config, len) + vision_param_name_count(config)
+
+
+def _over_layers(config: ModelConfig, measure) -> int:
+    """measure(the decoder's part of param_shapes) for a measure that adds over entries.  A
+    layer's shapes repeat with the period of the per-layer patterns, so the layers count as whole
+    periods plus a remainder: a config of 10**13 layers is measured as fast as one of 2."""
     before, after = _outside_shapes(config)
     period = min(config.n_layers, math.lcm(len(config.attn_pattern), len(config.mlp_pattern)))
-    per_layer = [_size(_layer_shapes(config, i)) for i in range(period)]
+    per_layer = [measure(_layer_shapes(config, i)) for i in range(period)]
     whole, rest = divmod(config.n_layers, period) if period else (0, 0)
-    return (_size(before) + whole * sum(per_layer) + sum(per_layer[:rest]) + _size(after)
-            + vision_param_count(config))
+    return measure(before) + whole * sum(per_layer) + sum(per_layer[:rest]) + measure(after)
+
+
+def tensor_count_problem(config: ModelConfig, found: int) -> str | None:
+    """What is wrong when weights of `found` tensors are far fewer than the parameters `config`
+    names (a config.json whose n_layers was changed), found before any table of names is built
+    (at 10**12 layers that table would not fit in memory); None when the count is plausible,
+    and the full layout check then names each difference.  A checkpoint may hold a few canonical
+    tensors as one (q, k and v fused), never a quarter of them."""
+    expected = param_name_count(config)
+    if expected <= 4 * found + 64:
+        return None
+    return (f"config {config.name!r} names {expected:,} parameters in {config.n_layers:,} layers, but the weights "
+            f"hold {found:,} tensors (is n_layers right?)")
 
 
 def active_param_count(config: ModelConfig) -> int:
@@ -317,6 +338,9 @@ def init_params(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
 # --- checking a params dict against a config ------------------------------------------------
 
 
+LISTED = 20  # names a layout mismatch lists of each kind (a depth that is off by thousands lists 20)
+
+
 def layout_mismatches(expected: dict[str, tuple[int, ...]], shapes: dict[str, tuple[int, ...]],
                       unit: str = "") -> list[str]:
     """What differs between the `expected` name -> shape table and the `shapes` found:
@@ -326,7 +350,8 @@ def layout_mismatches(expected: dict[str, tuple[int, ...]], shapes: dict[str, tu
     extra = sorted(k for k in shapes if k not in expected)
     misshaped = [f"{k}: expected {expected[k]}, got {shapes[k]}" for k in expected
                  if k in shapes and shapes[k] != expected[k]]
-    return [f"{label} {len(names)}{unit}: {sep.join(names)}"
+    return [f"{label} {len(names)}{unit}: {sep.join(names[:LISTED])}"
+            + (f" and {len(names) - LISTED} more" if len(names) > LISTED else "")
             for label, names, sep in (("missing", missing, ", "), ("unexpected", extra, ", "),
                                       ("misshaped", misshaped, "; ")) if names]
 
@@ -335,6 +360,8 @@ def check_params(config: ModelConfig, params: dict) -> None:
     """Raise `ParamsError` listing missing, unexpected and misshaped parameters."""
     if not isinstance(params, dict):
         raise ParamsError(f"params must be a dict of arrays, got {type(params).__name__}")
+    if problem := tensor_count_problem(config, len(params)):
+        raise ParamsError(f"params do not match config {config.name!r}: {problem}")
     expected = param_shapes(config)
     problems = layout_mismatches(expected, {k: tuple(np.shape(v)) for k, v in params.items()})
     if problems:

@@ -86,15 +86,25 @@ def vision_param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def vision_param_count(config: ModelConfig) -> int:
-    """The number of `vision_param_shapes` entries' elements, from one layer's (every tower
-    layer has the same shapes), so that a deep tower counts as fast as a shallow one."""
+    """The number of `vision_param_shapes` entries' elements."""
+    return _over_tower(config, lambda shapes: sum(math.prod(shape) for shape in shapes.values()))
+
+
+def vision_param_name_count(config: ModelConfig) -> int:
+    """The number of `vision_param_shapes` entries."""
+    return _over_tower(config, len)
+
+
+def _over_tower(config: ModelConfig, measure) -> int:
+    """measure(vision_param_shapes(config)) for a measure that adds over entries, from one
+    layer's shapes (every tower layer has the same), so that a deep tower counts as fast as a
+    shallow one."""
     v = config.vision
     if v is None:
         return 0
-    size = lambda shapes: sum(math.prod(shape) for shape in shapes.values())  # noqa: E731
-    one_layer = size(_tower_layer_shapes(v, "layer"))
+    one_layer = measure(_tower_layer_shapes(v, "layer"))
     one_layer_tower = dataclasses.replace(config, vision=dataclasses.replace(v, n_layers=1, feature_layer=0))
-    return size(vision_param_shapes(one_layer_tower)) + (v.n_layers - 1) * one_layer
+    return measure(vision_param_shapes(one_layer_tower)) + (v.n_layers - 1) * one_layer
 
 
 def vision_capture_names(config: ModelConfig) -> list[str]:

@@ -229,3 +229,20 @@ def test_out_a_link_to_nothing_or_a_folder_that_takes_no_file_is_refused(tmp_pat
     status, err = _convert(capsys, "--preset", "gpt2", "--out", tmp_path / "new")
     assert status == 1 and f"--out {tmp_path / 'new'}: cannot be written (Permission denied)" in err
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("source", ["--from-hf", "--to-hf"])
+def test_a_config_far_deeper_than_its_weights_is_refused_by_the_count(tmp_path, source):
+    """config.json's depth edited to 10**12: refused from the tensor count before any table of
+    names is built, so in constant memory (the child runs under a 2 GiB address-space cap; the
+    table would need terabytes); the message says what the weights hold."""
+    src = tmp_path / "src"
+    fmt, key = ("hf", "num_hidden_layers") if source == "--from-hf" else ("lmref", "n_layers")
+    assert main(["convert", "--preset", "llama3", "--format", fmt, "--out", str(src)]) == 0
+    config = json.loads((src / "config.json").read_text())
+    config[key] = 10**12
+    (src / "config.json").write_text(json.dumps(config))
+    proc = run_cli("convert", source, str(src), "--out", str(tmp_path / "out"), address_space=2 * 2**30)
+    assert proc.returncode == 1, proc.stderr
+    assert "1,000,000,000,000 layers, but the weights hold" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -13,7 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lmref.spec import PRESETS, MoEConfig, ParamsError, get_preset, init_params, param_count, param_shapes, tiny
-from lmref.spec.params import _splitmix64, check_params, same_weights, uniform01
+from lmref.spec.params import (
+    _splitmix64, check_params, layout_mismatches, param_name_count, same_weights, tensor_count_problem, uniform01,
+)
 from tests.strategies import configs
 from tests.work import SLACK, work
 
@@ -390,3 +392,20 @@ def test_same_weights_is_bit_for_bit():
     }
     for what, b in changed.items():
         assert not same_weights(a, b), what
+
+
+def test_the_name_count_is_the_length_of_the_table_and_constant_time_at_any_depth():
+    """param_name_count (behind the depth check of weights read from files) counts what
+    param_shapes lists, for every preset's tiny config, and a 10**13-layer config at once."""
+    for name in PRESETS:
+        config = tiny(name)
+        assert param_name_count(config) == len(param_shapes(config)), name
+    deep = dataclasses.replace(tiny("gemma3-4b"), n_layers=10**13)
+    assert param_name_count(deep) > 10**13
+    assert tensor_count_problem(tiny("llama3"), len(param_shapes(tiny("llama3")))) is None
+
+
+def test_a_layout_mismatch_lists_at_most_twenty_names_of_each_kind():
+    expected = {f"w{i}": (1,) for i in range(25)}
+    names = ", ".join(f"w{i}" for i in range(20))
+    assert layout_mismatches(expected, {}) == [f"missing 25: {names} and 5 more"]
