@@ -12,11 +12,13 @@
   .data files   every external-data file a graph names lies inside the directory, is
                 listed, exists beside it, and is long enough for what the graph reads from it
   past_length   export.json's per-layer past lengths are the config's
+  sha256        each graph file has the size and sha256 export.json records (before the
+                config embedded in it is read: a changed byte is named by its file)
   interfaces    the inputs / outputs the config implies, with its vocab, KV heads, head_dim
                 and each past's length axis (a sliding layer's: window_past_sequence); the
                 image graphs' shapes (images, patch grid, widths)
-  sha256        every listed file has the size and sha256 export.json records (so a changed
-                byte anywhere is named by its file)
+  sha256        every other listed file has the size and sha256 export.json records (so a
+                changed byte anywhere is named by its file)
   onnx.checker  every graph passes it (path form: external data too)
 
 The hashes say the files are the ones the export wrote; that the weights are the reference's
@@ -273,13 +275,15 @@ def open_bundle(out: str | Path) -> Bundle:
     if manifest.get("past_length") != past_lengths(config):
         raise BundleError(f"{root / MANIFEST_FILE}: past_length {manifest.get('past_length')!r} is not the "
                           f"config's {past_lengths(config)!r}")
+    graph_files = {name: manifest["files"][name] for name in manifest["graphs"].values()}
+    _check_digests(root, graph_files)  # before their embedded config is parsed: a changed byte is named as such
     for role, model in models.items():
         problems = (graph_mismatches(config, model) if role == DECODER
                     else image_graph_mismatches(config, model, role))
         if problems:
             raise BundleError(f"{root / CONFIG_FILE} does not match the graph {manifest['graphs'][role]}: "
                               + "; ".join(problems))
-    _check_digests(root, manifest["files"])
+    _check_digests(root, {name: v for name, v in manifest["files"].items() if name not in graph_files})
     for name in manifest["graphs"].values():
         _check_model(root / name)
     return Bundle(root, config, manifest)

@@ -209,6 +209,21 @@ def test_a_changed_config_json_with_the_same_graph_is_named(copy, capsys):
     assert f"{copy / 'config.json'}: sha256 differs" in _error(["validate-onnx", str(copy)], capsys)
 
 
+def test_a_changed_byte_in_the_graphs_embedded_config_is_named(copy, capsys):
+    """A byte changed inside the config model.onnx embeds (its metadata, no longer JSON) is
+    refused as a changed file, naming it, by validate-onnx and generate --onnx: the graph's
+    digest is checked before its metadata is parsed (it was a bare JSON error, a traceback
+    in generate)."""
+    path = copy / "model.onnx"
+    data = bytearray(path.read_bytes())
+    data[data.rindex(b'"vocab_size"')] ^= 0x01  # the key's opening quote: the metadata is no JSON
+    path.write_bytes(bytes(data))
+    message = f"{path}: sha256 differs from the one export.json records"
+    assert message in _error(["validate-onnx", str(copy)], capsys)
+    err = _error(["generate", "--onnx", str(copy), "--prompt", "x", "--max-new-tokens", "3"], capsys)
+    assert message in err and "Traceback" not in err
+
+
 def test_validate_onnx_passes_the_weights_check(out, capsys):
     """issue 10, item 10: validate-onnx reports the weights check, bit for bit."""
     assert main(["validate-onnx", str(out), "--steps", "2"]) == 0
