@@ -115,7 +115,9 @@ def left_padded_batch(config: ModelConfig, prompt_len: int, pad: int, steps: int
     has a margin in the golden (export/routing.py)."""
     if not 0 <= pad < prompt_len:
         raise ValueError(f"--pad must be in [0, prompt length {prompt_len}), got {pad}")
-    if steps < 1 or prompt_len + steps > config.max_seq_len:
+    if steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {steps}")
+    if prompt_len + steps > config.max_seq_len:
         raise ValueError(f"prompt length {prompt_len} + {steps} decode steps must fit max_seq_len {config.max_seq_len}")
     lengths = [prompt_len, prompt_len - pad]
     if config.moe is not None:

@@ -140,3 +140,14 @@ def test_export_refuses_a_negative_seed_before_writing(tmp_path, capsys):
     err = _error(["export", "--preset", "llama3", "--seed", "-1", "--out", str(tmp_path / "o")], capsys)
     assert err == "lmref export: error: --seed must be a non-negative integer, got -1\n"
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("steps", ["0", "-1"])
+def test_validate_onnx_refuses_fewer_than_one_step(out, capsys, steps):
+    err = _error(["validate-onnx", str(out), "--steps", steps], capsys)
+    assert err == f"lmref validate-onnx: error: --steps must be at least 1, got {steps}\n"
+
+
+def test_validate_onnx_refuses_steps_past_the_context(out, capsys):
+    err = _error(["validate-onnx", str(out), "--steps", "100000"], capsys)
+    assert "prompt length 11 + 100000 decode steps must fit max_seq_len" in err
