@@ -113,6 +113,8 @@ def left_padded_batch(config: ModelConfig, prompt_len: int, pad: int, steps: int
     """Row 0 a prompt of prompt_len, row 1 of prompt_len - pad, each followed by `steps`
     tokens: random, or for a mixture of experts (which needs `params`) tokens whose routing
     has a margin in the golden (export/routing.py)."""
+    if prompt_len < 1:
+        raise ValueError(f"--prompt-len must be at least 1, got {prompt_len}")
     if not 0 <= pad < prompt_len:
         raise ValueError(f"--pad must be in [0, prompt length {prompt_len}), got {pad}")
     if steps < 1:
@@ -224,7 +226,7 @@ def validate(bundle: Bundle, params: dict, providers: list[str], *, prompt_len: 
     import onnxruntime as ort
 
     config = bundle.config
-    prompt_len = prompt_len or default_prompt_len(config, pad)
+    prompt_len = default_prompt_len(config, pad) if prompt_len is None else prompt_len
     batch = left_padded_batch(config, prompt_len, pad, steps, seed, params)
     tol = Tolerances().row("float32")
     log(f"validate-onnx {bundle.root}: {config.name}, opset {bundle.manifest['opset']}, batch 2 (row 1 left-padded "

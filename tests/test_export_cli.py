@@ -151,3 +151,9 @@ def test_validate_onnx_refuses_fewer_than_one_step(out, capsys, steps):
 def test_validate_onnx_refuses_steps_past_the_context(out, capsys):
     err = _error(["validate-onnx", str(out), "--steps", "100000"], capsys)
     assert "prompt length 11 + 100000 decode steps must fit max_seq_len" in err
+
+
+@pytest.mark.parametrize("prompt_len", ["0", "-1"])
+def test_validate_onnx_refuses_a_prompt_len_below_one(out, capsys, prompt_len):
+    err = _error(["validate-onnx", str(out), "--prompt-len", prompt_len], capsys)
+    assert err == f"lmref validate-onnx: error: --prompt-len must be at least 1, got {prompt_len}\n"
