@@ -121,6 +121,8 @@ def left_padded_batch(config: ModelConfig, prompt_len: int, pad: int, steps: int
         raise ValueError(f"--steps must be at least 1, got {steps}")
     if prompt_len + steps > config.max_seq_len:
         raise ValueError(f"prompt length {prompt_len} + {steps} decode steps must fit max_seq_len {config.max_seq_len}")
+    if seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {seed}")
     lengths = [prompt_len, prompt_len - pad]
     if config.moe is not None:
         if params is None:

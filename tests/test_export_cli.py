@@ -157,3 +157,8 @@ def test_validate_onnx_refuses_steps_past_the_context(out, capsys):
 def test_validate_onnx_refuses_a_prompt_len_below_one(out, capsys, prompt_len):
     err = _error(["validate-onnx", str(out), "--prompt-len", prompt_len], capsys)
     assert err == f"lmref validate-onnx: error: --prompt-len must be at least 1, got {prompt_len}\n"
+
+
+def test_validate_onnx_refuses_a_negative_seed(out, capsys):
+    err = _error(["validate-onnx", str(out), "--seed", "-1"], capsys)
+    assert err == "lmref validate-onnx: error: --seed must be a non-negative integer, got -1\n"
