@@ -80,6 +80,22 @@ def _remove_listed(root: Path, arch: str, listed: dict[str, str]) -> None:
             folder.rmdir()
 
 
+def _remove_case_files(root: Path, archs: list[str]) -> None:
+    """Delete the case files of `archs` and the folders left empty: after a write that failed,
+    what this run wrote or had begun (a user's file there was refused before the first write:
+    `_refuse_foreign_files`; the old ones are gone), so that a retry meets no unlisted file."""
+    for arch in archs:
+        for spec in case_specs(case_config(arch)):
+            folder = root / arch / spec.name
+            for name in CASE_FILES:
+                (folder / name).unlink(missing_ok=True)
+                (folder / f"{name}.tmp").unlink(missing_ok=True)
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        if (root / arch).is_dir() and not any((root / arch).iterdir()):
+            (root / arch).rmdir()
+
+
 def _refuse_foreign_files(root: Path, archs: list[str], listed: dict[str, str]) -> None:
     """OutputError when a file the store is about to write exists but its manifest does not
     list it: somebody else's file, never overwritten."""
@@ -117,11 +133,16 @@ def generate(root: Path, archs: list[str], progress=print) -> dict[str, str]:
     listed = _existing_files(root)
     _refuse_foreign_files(root, archs, listed)
     files = {k: v for k, v in listed.items() if k.split("/")[0] not in archs}
-    for arch in archs:
-        _remove_listed(root, arch, listed)
-        for spec in case_specs(case_config(arch)):
-            files |= write_case(root, compute_case(arch, spec))
-            progress(f"  wrote {arch}/{spec.name}")
+    try:
+        for arch in archs:
+            _remove_listed(root, arch, listed)
+            for spec in case_specs(case_config(arch)):
+                files |= write_case(root, compute_case(arch, spec))
+                progress(f"  wrote {arch}/{spec.name}")
+    except BaseException:  # a full disk, an interrupt: the store keeps the other archs, whole
+        _remove_case_files(root, archs)
+        write_manifest(root, {k: v for k, v in files.items() if k.split("/")[0] not in archs}, generator_id())
+        raise
     write_manifest(root, files, generator_id())
     if is_package_store(root):
         progress(f"  pinned the release golden set: {MANIFEST} sha256 {write_pin(root)}")

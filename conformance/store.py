@@ -334,7 +334,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
     """Write through a temporary file and a rename: a link at `path` is replaced, never written through."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
-    tmp.write_bytes(data)
+    try:
+        tmp.write_bytes(data)
+    except BaseException:  # a full disk: no half file left
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

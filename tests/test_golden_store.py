@@ -161,3 +161,33 @@ def test_case_json_compares_the_smallest_routing_gap_within_the_regeneration_tol
     assert not _same_meta({**moved, "routing": {**moved["routing"], "smallest_gap": 0.2501}}, meta)
     assert not _same_meta({**meta, "routing": {**meta["routing"], "k": 3}}, meta)
     assert not _same_meta({"arch": "mixtral-8x7b"}, meta)
+
+
+def test_a_write_that_fails_midway_leaves_the_store_whole_and_a_retry_works(tmp_path, monkeypatch):
+    """A full disk while an arch's second case is written: the other archs stay listed and whole,
+    nothing unlisted is left (no half case, no .tmp), and running the command again succeeds."""
+    from lmref.conformance import generate as generating
+
+    root = tmp_path / "golden"
+    generate(root, ["gpt2"], progress=lambda line: None)
+    real, calls = generating.write_case, []
+
+    def disk_full_on_the_second_case(root_, computed):
+        calls.append(computed.spec.name)
+        if len(calls) == 2:
+            folder = root_ / computed.arch / computed.spec.name
+            folder.mkdir(parents=True)
+            (folder / "case.json").write_text("{")
+            (folder / "expected.safetensors.tmp").write_bytes(b"\0" * 8)
+            raise OSError(28, "No space left on device")
+        return real(root_, computed)
+
+    monkeypatch.setattr(generating, "write_case", disk_full_on_the_second_case)
+    with pytest.raises(OSError, match="No space left"):
+        generate(root, ["llama3"], progress=lambda line: None)
+    store = GoldenStore(root)
+    assert store.archs() == ["gpt2"] and store.unlisted_entries() == [] and not (root / "llama3").exists()
+    assert check(root, ["gpt2"]) == []
+    monkeypatch.undo()
+    generate(root, ["llama3"], progress=lambda line: None)
+    assert GoldenStore(root).archs() == ["gpt2", "llama3"] and check(root, ["gpt2", "llama3"]) == []
