@@ -3,6 +3,7 @@ killed in the middle of a save leaving the previous checkpoint loadable."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -151,3 +152,56 @@ def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path):
     assert checkpoint.resolve(out).name == "step-000003"
     assert not list(out.glob("*.tmp-*"))  # the killed save's leftovers are gone
     assert [r["step"] for r in records(out, "train")] == [1, 2, 3]
+
+
+def _rewrite_state(checkpoint_dir, edit) -> None:
+    """Edit trainer_state.json (it is not in its own file list) and re-hash the files it lists."""
+    path = checkpoint_dir / "trainer_state.json"
+    state = json.loads(path.read_text())
+    edit(state)
+    state["files"] = {name: hashlib.sha256((checkpoint_dir / name).read_bytes()).hexdigest() for name in state["files"]}
+    path.write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize("position", [10**30, 47, 0])
+def test_a_data_position_other_than_the_steps_windows_is_refused(run_dir, tmp_path, capsys, position):
+    """Six steps of 8 windows read 48: 10**30 was a TypeError traceback in BatchStream.next_batch."""
+    out = copy_run(run_dir, tmp_path / "run")
+    _rewrite_state(out / "step-000006", lambda s: s["data"].__setitem__("position", position))
+    assert lmref("train", "--resume", out, "--no-progress") == 2
+    assert capsys.readouterr().err == (
+        f"lmref train: error: {out / 'step-000006' / 'trainer_state.json'}: data.position {position} is not where "
+        "step 6 of this run reads (step x batch size 8 = 48 windows read); the checkpoint is damaged\n")
+
+
+def _other_optimizer(checkpoint_dir, how: str) -> None:
+    """Replace optimizer.safetensors by another valid safetensors file."""
+    from safetensors.torch import load_file, save_file
+
+    path = checkpoint_dir / "optimizer.safetensors"
+    tensors = load_file(str(path))
+    if how == "rng file":
+        tensors = load_file(str(checkpoint_dir / "rng.safetensors"))
+    elif how == "a parameter missing":
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("embed.tokens.weight/")}
+    else:  # another model's width
+        tensors["embed.tokens.weight/exp_avg"] = tensors["embed.tokens.weight/exp_avg"][:, :32].contiguous()
+    save_file(tensors, str(path))
+
+
+@pytest.mark.parametrize("how, message", [
+    ("rng file", "holds 'torch_cpu', which is not AdamW state of a parameter of this model (gpt2-tiny)"),
+    ("a parameter missing", "no 'embed.tokens.weight/exp_avg' (3 of the model's 108 AdamW tensors missing)"),
+    ("another shape", "embed.tokens.weight/exp_avg has shape [256, 32], the model's [256, 64]"),
+])
+def test_an_optimizer_file_that_does_not_fit_the_model_is_named(run_dir, tmp_path, capsys, how, message):
+    """A valid safetensors file of other tensors, its sha256 in the file list: torch's
+    RuntimeError traceback ("Missing optimizer state"), or a crash in the step for other shapes."""
+    out = copy_run(run_dir, tmp_path / "run")
+    _other_optimizer(out / "step-000006", how)
+    _rewrite_state(out / "step-000006", lambda s: None)
+    metrics = (out / "metrics.jsonl").read_text()
+    assert lmref("train", "--resume", out, "--no-progress") == 2
+    assert capsys.readouterr().err == (f"lmref train: error: {out / 'step-000006' / 'optimizer.safetensors'}: "
+                                       f"{message}; the file is not this run's optimizer state\n")
+    assert (out / "metrics.jsonl").read_text() == metrics

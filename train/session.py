@@ -206,12 +206,24 @@ def _resumed_run(flags: dict, sizes: dict, options: Options) -> Start:
                  snapshot, directory)
 
 
-def _restore(trainer: Trainer, stream: BatchStream, snapshot: checkpoint.Snapshot) -> None:
+def _data_position(state: dict, batch_size: int, directory: Path) -> int:
+    """The checkpoint's data position: the windows its steps have read, one batch a step."""
+    position, step = state["data"]["position"], state["step"]
+    if position != step * batch_size:
+        raise CheckpointError(f"{directory / checkpoint.STATE_FILE}: data.position {position} is not where step "
+                              f"{step} of this run reads (step x batch size {batch_size} = {step * batch_size} "
+                              "windows read); the checkpoint is damaged")
+    return position
+
+
+def _restore(trainer: Trainer, stream: BatchStream, snapshot: checkpoint.Snapshot, directory: Path) -> None:
     state = snapshot.state
-    load_optimizer(trainer.model, trainer.optimizer, snapshot.optimizer, state["optimizer"]["param_groups"])
+    position = _data_position(state, stream.batch_size, directory)
+    load_optimizer(trainer.model, trainer.core, trainer.optimizer, snapshot.optimizer,
+                   state["optimizer"]["param_groups"], str(directory / checkpoint.OPTIMIZER_FILE))
     set_rng_state(snapshot.rng, trainer.dist.device)
     trainer.step = state["step"]
-    stream.position = state["data"]["position"]
+    stream.position = position
 
 
 def _saver(trainer: Trainer, start: Start, stream: BatchStream, options: Options, summary: dict):
@@ -294,7 +306,7 @@ def _train(flags: dict, sizes: dict, options: Options, d: Dist) -> dict:
     trainer = build_trainer(start.config, start.params, run, d, accum=options.grad_accum, fsdp=options.fsdp,
                             bf16=options.bf16, compile=options.compile)
     if start.snapshot is not None:
-        _restore(trainer, stream, start.snapshot)
+        _restore(trainer, stream, start.snapshot, start.resumed_from)
     summary = {"out": str(start.out), "plot": str(start.out / PLOT_FILE),
                "unigram_baseline": unigram_cross_entropy(train_tokens, val_tokens, start.config.vocab_size)}
     if start.claim and d.is_main:  # the first write of the run; every check has passed on every rank
