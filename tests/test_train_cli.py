@@ -126,3 +126,20 @@ def test_stop_after_below_one_is_refused_before_anything_is_written(stop, tmp_pa
     err = _refused(capsys, "--arch", "llama3", *STEP, "--stop-after", stop, "--out", tmp_path / "run")
     assert err == f"lmref train: error: --stop-after must be an integer >= 1, got {stop}\n"
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--n-heads", "0"], "--n-heads must be >= 1, got 0"),  # was "d_model: must be a positive integer, got 0"
+    (["--head-dim", "0"], "--head-dim must be >= 1, got 0"),
+    (["--head-dim", "-1"], "--head-dim must be >= 1, got -1"),  # was "d_model ... got -8"
+    (["--d-model", "64", "--n-heads", "0"], "--n-heads must be >= 1, got 0"),  # was a ZeroDivisionError
+    (["--n-kv-heads", "0"], "--n-kv-heads must be >= 1, got 0"),
+    (["--tokenizer", "bpe"], "--tokenizer bpe needs --vocab-size N (the BPE vocabulary size, > 256); "
+                             "--vocab-size is missing"),
+    (["--vocab-size", "300"], "--vocab-size 300 goes with --tokenizer bpe (the byte tokenizer has 256 ids); "
+                              "give --tokenizer bpe or drop --vocab-size"),
+])
+def test_a_refusal_names_the_option_given(flags, message, tmp_path, capsys):
+    err = _refused(capsys, "--arch", "llama3", *STEP, *flags, "--out", tmp_path / "run")
+    assert err == f"lmref train: error: {message}\n"
+    assert not (tmp_path / "run").exists()

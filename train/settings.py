@@ -56,9 +56,12 @@ class RunSettings:
             raise TrainError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
         if self.tokenizer not in ("byte", "bpe"):
             raise TrainError(f"--tokenizer must be 'byte' or 'bpe', got {self.tokenizer!r}")
-        if (self.tokenizer == "bpe") != (self.vocab_size is not None):
-            raise TrainError("--vocab-size goes with --tokenizer bpe (the byte tokenizer has 256 ids), "
-                             f"got tokenizer {self.tokenizer!r} and vocab size {self.vocab_size}")
+        if self.tokenizer == "bpe" and self.vocab_size is None:
+            raise TrainError("--tokenizer bpe needs --vocab-size N (the BPE vocabulary size, > 256); "
+                             "--vocab-size is missing")
+        if self.tokenizer == "byte" and self.vocab_size is not None:
+            raise TrainError(f"--vocab-size {self.vocab_size} goes with --tokenizer bpe (the byte tokenizer has "
+                             "256 ids); give --tokenizer bpe or drop --vocab-size")
         if self.vocab_size is not None and self.vocab_size <= 256:
             raise TrainError(f"--vocab-size must exceed 256 (the byte alphabet a byte-level BPE starts "
                              f"from), got {self.vocab_size}")
@@ -168,6 +171,9 @@ def model_config(arch: str, sizes: dict[str, int | None], vocab_size: int) -> Mo
     small = tiny(check_arch(arch))
     base = PRESETS[arch]
     given = {k: v for k, v in sizes.items() if v is not None}
+    for name, value in given.items():  # before the sizes derived from them name another field
+        if value < 1:
+            raise TrainError(f"--{_flag(name)} must be >= 1, got {value}")
     n_heads = given.get("n_heads", small.n_heads)
     if "d_model" in given and "head_dim" not in given and given["d_model"] % n_heads:
         raise TrainError(f"--d-model {given['d_model']} is not divisible by the {n_heads} heads; "
