@@ -211,10 +211,14 @@ def _dims(value) -> list:
 
 def metadata_mismatches(config: ModelConfig, model, role: str) -> list[str]:
     """Differences between `config` and the config embedded in the graph, and its role."""
-    metadata = {p.key: p.value for p in model.metadata_props}
-    if CONFIG_METADATA_KEY not in metadata:
+    try:  # protobuf decodes the strings on access: a non-UTF-8 byte raises here
+        metadata = {p.key: p.value for p in model.metadata_props}
+        graph_config = json.loads(metadata[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in metadata else None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return [f"the graph's {CONFIG_METADATA_KEY} metadata is not readable JSON ({e})"]
+    if graph_config is None:
         return [f"the graph has no {CONFIG_METADATA_KEY} metadata (not written by lmref export)"]
-    graph_config, ours = json.loads(metadata[CONFIG_METADATA_KEY]), json.loads(config.to_json())  # tuples as lists
+    ours = json.loads(config.to_json())  # tuples as lists
     problems = [f"{k}: config.json {v!r}, graph {graph_config.get(k)!r}" for k, v in ours.items()
                 if graph_config.get(k) != v]
     if metadata.get(GRAPH_METADATA_KEY, role) != role:  # a version 3 graph records no role

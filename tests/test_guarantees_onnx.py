@@ -224,6 +224,20 @@ def test_a_changed_byte_in_the_graphs_embedded_config_is_named(copy, capsys):
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("mask", [0x01, 0x80])  # a quote made '#'; a byte made no UTF-8
+def test_unreadable_embedded_config_is_named_even_when_rehashed(copy, capsys, mask):
+    """With export.json re-hashed to match, a graph whose embedded config is no JSON (or no
+    UTF-8) is refused naming the graph and its metadata, by both commands, not a traceback."""
+    path = copy / "model.onnx"
+    data = bytearray(path.read_bytes())
+    data[data.rindex(b'"vocab_size"')] ^= mask
+    path.write_bytes(bytes(data))
+    _rehash(copy)
+    for argv in (["validate-onnx", str(copy)], ["generate", "--onnx", str(copy), "--prompt", "x"]):
+        err = _error(argv, capsys)
+        assert "does not match the graph model.onnx: the graph's lmref.config metadata is not readable JSON" in err
+
+
 def test_validate_onnx_passes_the_weights_check(out, capsys):
     """issue 10, item 10: validate-onnx reports the weights check, bit for bit."""
     assert main(["validate-onnx", str(out), "--steps", "2"]) == 0
