@@ -77,3 +77,13 @@ def test_generate_refuses_an_unknown_device(tmp_path_factory, capsys):
     assert lmref("generate", "--checkpoint", run_dir, "--prompt", "The", "--device", "tpu",
                  "--max-new-tokens", "5") == 2
     assert capsys.readouterr().err == "lmref generate: error: --device must be one of auto, cpu, cuda, got 'tpu'\n"
+
+
+@pytest.mark.parametrize("seed", ["-1", "1e30"])
+def test_generate_refuses_a_seed_that_train_or_torch_would_not_take(seed, tmp_path_factory, capsys):
+    """-1 was accepted (train and shapes refuse negative seeds); 1e30 was a ValueError traceback."""
+    run_dir = shared_run(tmp_path_factory)
+    capsys.readouterr()
+    assert lmref("generate", "--checkpoint", run_dir, "--prompt", "The", "--seed", seed, "--max-new-tokens", "5") == 2
+    assert capsys.readouterr().err == (f"lmref generate: error: --seed must be >= 0 (as train and shapes take it) "
+                                       f"and < 2**64, got {int(float(seed))}\n")

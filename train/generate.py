@@ -83,8 +83,13 @@ def check_request(prompt: list[int], max_new_tokens: int, max_seq_len: int, temp
     return total
 
 
+SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes 0 .. 2**64 - 1 (a negative one wraps around)
+
+
 def seeded_generator(seed: int | None, device=None) -> torch.Generator:
     """A torch.Generator seeded with `seed`, or freshly and nondeterministically when None."""
+    if seed is not None and not 0 <= seed < SEED_LIMIT:
+        raise TrainError(f"--seed must be >= 0 (as train and shapes take it) and < 2**64, got {seed}")
     generator = torch.Generator(device) if device is not None else torch.Generator()
     if seed is None:
         generator.seed()
