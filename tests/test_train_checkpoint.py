@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,6 +83,27 @@ def test_a_save_removes_a_killed_saves_leftovers_and_nothing_else(run_dir, tmp_p
     checkpoint.save(out, snap, keep=2)
     assert not killed.exists()
     assert sorted(p.name for p in foreign.iterdir()) == [".tmpQaZHV1", "config.json", "notes.txt"]
+
+
+def test_a_save_that_fails_midway_leaves_no_half_checkpoint(run_dir, tmp_path, monkeypatch):
+    """A full disk while the optimizer's file is written: the save's temporary directory is
+    removed, `latest` still names the last whole checkpoint, and the error is an OSError naming
+    the file (lmref/cli.py prints it as one line)."""
+    from safetensors import SafetensorError
+
+    out = copy_run(run_dir, tmp_path / "run")
+    _, snap = checkpoint.load(out)
+    before, latest = sorted(p.name for p in out.iterdir()), (out / "latest").read_text()
+
+    def disk_full(tensors, path, metadata):
+        Path(path).write_bytes(b"partial")
+        raise SafetensorError("No space left on device (os error 28)")
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    snap.state["step"] = 7
+    with pytest.raises(OSError, match="optimizer.safetensors: cannot be written"):
+        checkpoint.save(out, snap, keep=2)
+    assert sorted(p.name for p in out.iterdir()) == before and (out / "latest").read_text() == latest
 
 
 @pytest.mark.parametrize("victim, damage, message", [

@@ -170,13 +170,32 @@ def save(run_dir: str | Path, snapshot: Snapshot, keep: int = 2) -> Path:
         tmp.mkdir()
     except FileExistsError:
         raise TrainError(f"{tmp}: exists and holds files a save does not write; move it away") from None
+    try:
+        _write_snapshot(tmp, snapshot)
+    except Exception:  # a full disk: no half checkpoint is left (a kill leaves it to the next save)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():  # this run's, left by a run killed after the rename and before `latest` moved on
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync(run_dir)
+    _write_text_atomic(run_dir / LATEST, name + "\n")
+    _prune(run_dir, keep, run_id)
+    return final
+
+
+def _write_snapshot(tmp: Path, snapshot: Snapshot) -> None:
+    """Every file of a checkpoint, trainer_state.json (their sha256) last, synced; OSError when
+    one cannot be written (safetensors' own error for a full disk included)."""
     write_checkpoint(tmp, snapshot.config, snapshot.params)
     for written in (CONFIG_FILE, PARAMS_FILE):
         _written(tmp / written)
-    save_file(snapshot.optimizer, str(tmp / OPTIMIZER_FILE), metadata={"format": FORMAT})
-    _written(tmp / OPTIMIZER_FILE)
-    save_file(snapshot.rng, str(tmp / RNG_FILE), metadata={"format": FORMAT})
-    _written(tmp / RNG_FILE)
+    for tensors, file_name in ((snapshot.optimizer, OPTIMIZER_FILE), (snapshot.rng, RNG_FILE)):
+        try:
+            save_file(tensors, str(tmp / file_name), metadata={"format": FORMAT})
+        except SafetensorError as e:
+            raise OSError(f"{tmp / file_name}: cannot be written ({e})") from None
+        _written(tmp / file_name)
     for file_name, text in snapshot.tokenizer_files.items():
         (tmp / file_name).write_text(text, encoding="utf-8")
         _written(tmp / file_name)
@@ -185,13 +204,6 @@ def save(run_dir: str | Path, snapshot: Snapshot, keep: int = 2) -> Path:
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
     _written(tmp / STATE_FILE)
     _fsync(tmp)
-    if final.exists():  # this run's, left by a run killed after the rename and before `latest` moved on
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync(run_dir)
-    _write_text_atomic(run_dir / LATEST, name + "\n")
-    _prune(run_dir, keep, run_id)
-    return final
 
 
 def _prune(run_dir: Path, keep: int, run_id: str | None) -> None:
