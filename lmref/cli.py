@@ -7,6 +7,7 @@ Each command lives in lmref/commands/ and registers itself with `add_commands`; 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from lmref.commands import check, convert, export, golden, report, train, verify
@@ -33,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError as e:  # unknown arch: the message lists the known ones
         print(f"lmref: error: {e.args[0]}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader left (`lmref presets | head -1`): nothing to say to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return 1
     except OSError as e:  # a read or write that failed midway (a full disk): one line, not a traceback
         where = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
         print(f"lmref {args.command}: error: {where}", file=sys.stderr)
