@@ -26,7 +26,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -73,10 +72,6 @@ def check_output(out: str | Path, kind: str, *, inputs: Iterable[str | Path] = (
         raise OutputError(f"{option} {out}: is a file, not a directory")
     if out.is_symlink() and not out.exists():
         raise OutputError(f"{option} {out}: is a link to {os.readlink(out)}, which does not exist")
-    try:
-        _takes_files(out)
-    except OSError as e:
-        raise OutputError(f"{option} {out}: cannot be written ({e.strerror or e})") from None
     if out.is_dir():
         entries = list(out.iterdir())
         found = marker_kind(out)
@@ -84,6 +79,10 @@ def check_output(out: str | Path, kind: str, *, inputs: Iterable[str | Path] = (
             whose = f"written by `{found}`" if found else "not written by this command"
             raise OutputError(f"{option} {out}: the directory is not empty and {whose} "
                               f"(it holds {describe(entries)}); give a new or empty directory")
+    try:
+        _takes_files(out)
+    except OSError as e:
+        raise OutputError(f"{option} {out}: cannot be written ({e.strerror or e})") from None
     return out
 
 
@@ -100,12 +99,13 @@ def claim(out: str | Path, kind: str, *, inputs: Iterable[str | Path] = (), opti
 
 
 def _takes_files(folder: Path) -> None:
-    """OSError unless a file can be made in `folder`, or in the nearest folder above it that
-    exists; nothing is left (a temporary file, gone as it closes)."""
+    """OSError unless the system says a file can be made in `folder`, or in the nearest folder
+    above it that exists (os.access: nothing is written, not even a probe)."""
     existing = folder if folder.exists() else next(p for p in folder.parents if p.exists())
     if not existing.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, f"{existing} is not a directory")
-    tempfile.TemporaryFile(dir=existing).close()
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "Permission denied", str(existing))
 
 
 def replace_files(out: Path, writers: dict[str, Callable[[Path], None]]) -> None:
@@ -128,18 +128,16 @@ def replace_files(out: Path, writers: dict[str, Callable[[Path], None]]) -> None
 def check_report_file(path: str | Path, inputs: Iterable[str | Path], option: str = "--report-json") -> Path:
     """OutputError unless a report can be written at `path` (returned resolved): it is not a
     directory, not one of `inputs` nor inside or above one (check_not_an_input), and it, or the
-    nearest folder of it that exists, takes a file.  Nothing is written or created: an existing
-    file is opened to append nothing, a new one probed with a temporary file that is gone as it
-    closes."""
+    nearest folder of it that exists, takes a file (os.access: nothing is written or created)."""
     given, path = path, Path(path).resolve()
     if path.is_dir():
         raise OutputError(f"{option} {given}: is a directory; give the path of a file to write")
     check_not_an_input(path, inputs, option)
     try:
-        if path.exists():
-            open(path, "a").close()
-        else:
+        if not path.exists():
             _takes_files(path.parent)
+        elif not os.access(path, os.W_OK):
+            raise PermissionError(errno.EACCES, "Permission denied")
     except OSError as e:
         raise OutputError(f"{option} {given}: cannot be written ({e.strerror or e})") from None
     return path

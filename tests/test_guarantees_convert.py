@@ -8,6 +8,8 @@ model directory only."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,18 +216,14 @@ def test_a_rewrite_that_fails_midway_leaves_the_old_output_whole(tmp_path, capsy
 def test_out_a_link_to_nothing_or_a_folder_that_takes_no_file_is_refused(tmp_path, capsys, monkeypatch):
     """A dangling symlink was a FileExistsError traceback; a folder without write permission (as
     a user other than root) a PermissionError one, after the work was done."""
-    import tempfile
-
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "nowhere")
     status, err = _convert(capsys, "--preset", "gpt2", "--out", link)
     assert status == 1 and f"--out {link}: is a link to {tmp_path / 'nowhere'}, which does not exist" in err
     assert not (tmp_path / "nowhere").exists()
 
-    def read_only(*args, **kwargs):
-        raise PermissionError(13, "Permission denied")
-
-    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    real_access = os.access  # root may write anywhere: the folder is made read-only by the system's answer
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != tmp_path and real_access(path, mode, **kw))
     status, err = _convert(capsys, "--preset", "gpt2", "--out", tmp_path / "new")
     assert status == 1 and f"--out {tmp_path / 'new'}: cannot be written (Permission denied)" in err
     assert not (tmp_path / "new").exists()

@@ -10,8 +10,10 @@ directories must be refused with a message naming the problem.
 from __future__ import annotations
 
 import json
+import os
 import weakref
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,12 +200,8 @@ def test_the_report_is_never_written_into_the_checkpoint(llama_dir, capsys):
 def test_a_report_that_cannot_be_written_is_refused_before_the_run(llama_dir, tmp_path, capsys, monkeypatch):
     """A folder that takes no new file (a read-only one; /proc for root) is found before the
     verification runs: exit 2, one line, nothing written."""
-    import tempfile
-
-    def refuse(*args, **kwargs):
-        raise PermissionError(13, "Permission denied")
-
-    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    real_access = os.access  # root may write anywhere: the folder is made read-only by the system's answer
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != tmp_path and real_access(path, mode, **kw))
     target = tmp_path / "new" / "report.json"
     assert run_cli("--hf-dir", str(llama_dir), "--impl", "numpy", "--report-json", str(target)) == 2
     captured = capsys.readouterr()
