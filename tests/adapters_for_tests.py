@@ -254,14 +254,10 @@ class CapturesSome:
         return {name: captured[name] for name in keep}
 
 
-class CapturesANaN:
+class CapturesANaN(CapturesLogitsOnly):
     """The golden's capture with one NaN in a component after the first one compared."""
 
     name = "captures-a-nan"
-    dtype = "float64"
-
-    def forward(self, config, params, tokens):
-        return impl_numpy.forward(config, params, tokens)
 
     def capture(self, config, params, tokens):
         captured: dict = {}
