@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from lmref import __version__
 from lmref.spec.errors import OutputError
 
 MARKER = ".lmref-output.json"
+REPLACING_NAME = re.compile(r"\.(?P<name>.+)\.tmp-\d+")  # replace_files' temporary of the file `name`
 
 
 def marker_kind(path: Path) -> str | None:
@@ -113,7 +115,7 @@ def replace_files(out: Path, writers: dict[str, Callable[[Path], None]]) -> None
     temporary name first, then move them into place in order: a write that fails (a full disk)
     removes what it wrote and leaves the files already there as they were, never a new file
     beside an old one."""
-    temps = {name: out / f".{name}.tmp-{os.getpid()}" for name in writers}
+    temps = {name: out / f".{name}.tmp-{os.getpid()}" for name in writers}  # REPLACING_NAME
     try:
         for name, write in writers.items():
             write(temps[name])

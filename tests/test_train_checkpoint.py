@@ -69,8 +69,9 @@ def test_keep_prunes_old_checkpoints(run_dir, tmp_path):
 
 
 def test_a_save_removes_a_killed_saves_leftovers_and_nothing_else(run_dir, tmp_path):
-    """A save killed inside safetensors' write leaves its temporary (.tmpXXXXXX) beside the
-    files it finished; the next save removes such a directory, never one holding other files."""
+    """A save killed inside a write leaves its temporary (safetensors' .tmpXXXXXX, or
+    write_checkpoint's .NAME.tmp-PID) beside the files it finished; the next save removes such a
+    directory, never one holding other files."""
     out = copy_run(run_dir, tmp_path / "run")
     _, snap = checkpoint.load(out)
     killed, foreign = out / "step-000009.tmp-123", out / "step-000010.tmp-456"
@@ -78,11 +79,13 @@ def test_a_save_removes_a_killed_saves_leftovers_and_nothing_else(run_dir, tmp_p
         directory.mkdir()
         (directory / "config.json").write_text("{}")
         (directory / ".tmpQaZHV1").write_bytes(b"partial")
+        (directory / ".params.safetensors.tmp-123").write_bytes(b"partial")  # spec/outputs.py replace_files'
     (foreign / "notes.txt").write_text("mine")
     snap.state["step"] = 7
     checkpoint.save(out, snap, keep=2)
     assert not killed.exists()
-    assert sorted(p.name for p in foreign.iterdir()) == [".tmpQaZHV1", "config.json", "notes.txt"]
+    assert sorted(p.name for p in foreign.iterdir()) == [".params.safetensors.tmp-123", ".tmpQaZHV1", "config.json",
+                                                         "notes.txt"]
 
 
 def test_a_save_that_fails_midway_leaves_no_half_checkpoint(run_dir, tmp_path, monkeypatch):

@@ -52,6 +52,7 @@ from lmref.convert.checkpoint import CONFIG_FILE, PARAMS_FILE, load_checkpoint, 
 from lmref.convert.errors import CheckpointError
 from lmref.convert.paths import inside
 from lmref.spec.config import ModelConfig
+from lmref.spec.outputs import REPLACING_NAME
 from lmref.train.errors import TrainError
 
 STATE_FILE = "trainer_state.json"
@@ -146,7 +147,8 @@ def _leftover(directory: Path) -> bool:
     """Whether `directory` (named like a save in progress) holds only what a save writes."""
     names = {CONFIG_FILE, PARAMS_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE, *TOKENIZER_FILES,
              f"{STATE_FILE}.tmp"}  # _write_text_atomic's own temporary, when the kill lands inside it
-    return all(p.is_file() and (p.name in names or SAFETENSORS_TMP_NAME.fullmatch(p.name))
+    return all(p.is_file() and (p.name in names or SAFETENSORS_TMP_NAME.fullmatch(p.name)
+                                or ((m := REPLACING_NAME.fullmatch(p.name)) is not None and m["name"] in names))
                for p in directory.iterdir())
 
 
