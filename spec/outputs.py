@@ -24,6 +24,7 @@ ones its manifest or marker lists), never a whole directory it did not create.
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import re
@@ -115,6 +116,10 @@ def replace_files(out: Path, writers: dict[str, Callable[[Path], None]]) -> None
     temporary name first, then move them into place in order: a write that fails (a full disk)
     removes what it wrote and leaves the files already there as they were, never a new file
     beside an old one."""
+    for name in writers:  # a killed writer's temporaries (the directory is the caller's own)
+        for stale in out.glob(f".{glob.escape(name)}.tmp-*"):
+            if REPLACING_NAME.fullmatch(stale.name) and stale.is_file():
+                stale.unlink()
     temps = {name: out / f".{name}.tmp-{os.getpid()}" for name in writers}  # REPLACING_NAME
     try:
         for name, write in writers.items():

@@ -211,6 +211,11 @@ def test_a_rewrite_that_fails_midway_leaves_the_old_output_whole(tmp_path, capsy
     status, err = _convert(capsys, "--preset", "llama2", "--seed", "7", "--format", fmt, "--out", out)
     assert status == 1 and "No space left on device" in err and "Traceback" not in err, err
     assert _files(out) == before
+    monkeypatch.undo()
+    weights = "params.safetensors" if fmt == "lmref" else "model.safetensors"
+    (out / f".{weights}.tmp-99999").write_bytes(b"partial")  # what a writer killed mid-write leaves
+    assert _convert(capsys, "--preset", "llama2", "--seed", "7", "--format", fmt, "--out", out)[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)  # the killed writer's temporary is gone
 
 
 def test_out_a_link_to_nothing_or_a_folder_that_takes_no_file_is_refused(tmp_path, capsys, monkeypatch):
