@@ -79,3 +79,17 @@ def test_shapes_writes_the_smallest_image_size_and_refuses_a_huge_one(tmp_path, 
     assert lmref("shapes", "--out", tmp_path / "huge", "--image-size", "100000") == 2
     assert capsys.readouterr().err == "lmref shapes: error: --image-size must be <= 4096, got 100000\n"
     assert not (tmp_path / "huge").exists()
+
+
+def test_a_rerun_into_its_own_directory_replaces_its_scenes_and_keeps_the_users_files(tmp_path):
+    """Scenes 0-2, then scenes 5-6 of another seed into the same directory: the captions list
+    exactly the images there, and a file of the user's stays."""
+    from tests.train_helpers import lmref
+
+    out = tmp_path / "scenes"
+    assert lmref("shapes", "--out", out, "--count", "3") == 0
+    (out / "notes.txt").write_text("mine")
+    assert lmref("shapes", "--out", out, "--count", "2", "--start", "5", "--seed", "9") == 0
+    listed = [line.split("\t")[0] for line in (out / "captions.tsv").read_text().splitlines()]
+    assert listed == ["scene-000005.png", "scene-000006.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([".lmref-output.json", "captions.tsv", "notes.txt", *listed])

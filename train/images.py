@@ -10,6 +10,7 @@ images are (train/shapes.py `pixels`: CLIP's rescale and mean / std, channels fi
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ from lmref.spec.config import VisionConfig
 from lmref.train.errors import TrainError
 from lmref.train.shapes import caption, draw, pixels, scene
 
+CAPTIONS_FILE = "captions.tsv"
+SCENE_NAME = re.compile(r"scene-\d{6,}\.png")  # write_scenes' file names
 IMAGE_KIND = "shape-images"  # the output kind of `lmref shapes` (spec/outputs.py's marker)
 MAX_IMAGE_SIZE = 4096  # `lmref shapes --image-size`: 48 MiB an image in memory (CLIP's towers take 224 to 336)
 
@@ -51,12 +54,23 @@ def read_image(path: str | Path, v: VisionConfig) -> np.ndarray:
 def write_scenes(out: Path, seed: int, start: int, count: int, image_size: int) -> list[tuple[Path, str]]:
     """Scenes start .. start + count - 1 of `seed` as `out`/scene-{index}.png (RGB, image_size
     pixels a side), and `out`/captions.tsv (file name, tab, caption per line); returns (path,
-    caption) of each.  `out` is claimed by the caller."""
+    caption) of each.  `out` is claimed by the caller.  A rerun into the same directory replaces the scenes its
+    captions.tsv lists (this command's files, and only those), so the two never disagree."""
+    for name in _listed_scenes(out / CAPTIONS_FILE):
+        (out / name).unlink(missing_ok=True)
     written = []
     for index in range(start, start + count):
         shapes = scene(seed, index)
         path = out / f"scene-{index:06d}.png"
         draw(shapes, image_size).save(path)
         written.append((path, caption(shapes)))
-    (out / "captions.tsv").write_text("".join(f"{p.name}\t{text}\n" for p, text in written), encoding="utf-8")
+    (out / CAPTIONS_FILE).write_text("".join(f"{p.name}\t{text}\n" for p, text in written), encoding="utf-8")
     return written
+
+
+def _listed_scenes(captions: Path) -> list[str]:
+    """The scene files a captions.tsv names (names of the form this command writes, nothing else)."""
+    if not captions.is_file():
+        return []
+    names = (line.split("\t", 1)[0] for line in captions.read_text(encoding="utf-8").splitlines())
+    return [name for name in names if SCENE_NAME.fullmatch(name)]
