@@ -338,3 +338,14 @@ def test_the_output_checks_are_the_library_ones():
     from lmref.spec.errors import ResourceError
 
     assert issubclass(OutputError, known_errors()) and issubclass(ResourceError, known_errors())
+
+
+def test_convert_to_hf_takes_a_run_directory_as_export_does(run_dir, tmp_path, capsys):
+    """`lmref convert --to-hf RUN` converts the checkpoint RUN/latest names, as `lmref export
+    --checkpoint RUN` exports it, and leaves the run as it was."""
+    before = _snapshot_files(run_dir)
+    assert lmref("convert", "--to-hf", run_dir, "--out", tmp_path / "from-run") == 0
+    assert lmref("convert", "--to-hf", run_dir / "step-000006", "--out", tmp_path / "from-step") == 0
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / "from-run" / name).read_bytes() == (tmp_path / "from-step" / name).read_bytes(), name
+    assert _snapshot_files(run_dir) == before

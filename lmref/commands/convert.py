@@ -90,8 +90,18 @@ def _read(args: argparse.Namespace) -> tuple[ModelConfig, dict[str, np.ndarray],
     if args.from_hf:
         return (*from_hf(args.from_hf), "lmref")
     if args.to_hf:
-        return (*load_checkpoint(args.to_hf), "hf")
+        return (*load_checkpoint(_newest_if_run(Path(args.to_hf))), "hf")
     return (*_preset_source(args), args.format or "lmref")
+
+
+def _newest_if_run(path: Path) -> Path:
+    """`path`, or for an `lmref train` run directory the checkpoint its `latest` names (as
+    `lmref export --checkpoint` takes a run)."""
+    if not (path / "latest").is_file():
+        return path
+    from lmref.train.checkpoint import resolve
+
+    return resolve(path)
 
 
 def _write(config: ModelConfig, params: dict[str, np.ndarray], fmt: str, out: Path) -> str:
