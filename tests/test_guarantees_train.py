@@ -154,6 +154,18 @@ def test_a_resume_continues_in_its_own_directory_or_a_new_one(run_dir, tmp_path)
     assert [r["step"] for r in records(fresh, "train")] == [5, 6]
 
 
+def test_a_resume_with_nothing_to_train_makes_no_new_directory(run_dir, tmp_path, capsys):
+    """A finished run resumed into a new --out, with no step left to train, is refused before the
+    directory is made (it had held a marker and a metrics file); in its own directory it is a
+    no-op that says so."""
+    fresh = tmp_path / "fresh"
+    assert lmref("train", "--resume", run_dir, "--out", fresh, "--no-progress") == 2
+    assert "nothing to train" in capsys.readouterr().err and not fresh.exists()
+    own = copy_run(run_dir, tmp_path / "own")
+    assert lmref("train", "--resume", own, "--out", own, "--no-progress") == 0
+    assert "nothing to train" in capsys.readouterr().out
+
+
 # --- item 12: what cannot fit in memory is refused before it is allocated -----------------------
 
 

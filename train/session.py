@@ -309,6 +309,10 @@ def _train(flags: dict, sizes: dict, options: Options, d: Dist) -> dict:
         _restore(trainer, stream, start.snapshot, start.resumed_from)
     summary = {"out": str(start.out), "plot": str(start.out / PLOT_FILE),
                "unigram_baseline": unigram_cross_entropy(train_tokens, val_tokens, start.config.vocab_size)}
+    last = run.steps if options.stop_after is None else min(run.steps, options.stop_after)
+    if start.claim and start.snapshot is not None and trainer.step >= last:  # a new directory for no step
+        raise TrainError(f"--resume {start.resumed_from}: the run is at step {trainer.step} and its last step is "
+                         f"{last}: nothing to train into {start.out} (give a larger --steps); nothing was written")
     if start.claim and d.is_main:  # the first write of the run; every check has passed on every rank
         claim(start.out, TRAIN_RUN_KIND, inputs=start.inputs)
     log = MetricsLog(start.out / METRICS_FILE, trainer.step if start.snapshot else None) if d.is_main else None
