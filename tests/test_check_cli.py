@@ -174,3 +174,30 @@ def test_the_packages_store_must_be_the_release_set(cases, tmp_path, capsys, mon
     monkeypatch.undo()  # the package's store is the real one again: `root` is a store of the user's
     status, out, err = check(capsys, directory, "--golden-dir", str(root))
     assert status == 0 and out.splitlines()[-1] == "4 cases: PASS 4", err
+    assert f"custom golden store {root} (manifest " in out.splitlines()[0] and "note:" not in out
+
+
+def test_a_custom_store_that_loosens_a_case_says_so_before_any_verdict(cases, tmp_path, capsys):
+    """A case.json of a custom store may loosen its rows (the suite shows it in its header); so
+    does lmref check, before the verdicts it judged with them."""
+    import json
+    import shutil
+
+    from lmref.conformance.store import DEFAULT_GOLDEN_DIR, MANIFEST, sha256_of
+
+    root = tmp_path / "golden"
+    root.mkdir()
+    shutil.copytree(DEFAULT_GOLDEN_DIR / ARCH, root / ARCH)
+    rel = f"{ARCH}/{cases[0].name}/case.json"
+    meta = json.loads((root / rel).read_text())
+    meta["tolerances"] = {"float32": {"nmse": 1.0}}
+    (root / rel).write_text(json.dumps(meta))
+    manifest = json.loads((DEFAULT_GOLDEN_DIR / MANIFEST).read_text())
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if k.startswith(f"{ARCH}/")}
+    manifest["files"][rel] = sha256_of(root / rel)
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    status, out, err = check(capsys, write(tmp_path / "logits", cases, golden), "--golden-dir", str(root))
+    assert status == 0, err
+    note = f'note: {ARCH}/{cases[0].name}\'s case.json overrides tolerances: {{"float32": {{"nmse": 1.0}}}}'
+    lines = out.splitlines()
+    assert lines[1] == note and sum(line.startswith("note:") for line in lines) == 1

@@ -11,6 +11,7 @@ File names and shapes: conformance/logits_files.py, docs/engines.md.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 from pathlib import Path
 
@@ -44,13 +45,18 @@ def cmd_check(args: argparse.Namespace) -> int:
         return fail("check", ValueError("--golden-dir is empty (an unset shell variable?): give a golden store, "
                                         "or leave --golden-dir out for the package's"))
     try:
-        store, _ = open_checked(args.golden_dir)
+        store, custom = open_checked(args.golden_dir)
         tolerances = build_tolerances(args.tolerances, args.tolerance)
         verdicts = check_directory(args.arch, args.logits, args.dtype, store, tolerances, repro=_repro(args))
+        overrides = {case: store.load_meta(args.arch, case).get("tolerances") for case in store.case_names(args.arch)}
     except (LogitsFileError, GoldenStoreError, ToleranceError, KeyError) as e:
         return fail("check", e if not isinstance(e, KeyError) else ValueError(e.args[0]))
     row = args.dtype or "float32 (the default; --dtype declares the row)"
-    print(f"lmref check: {args.arch}, logits from {args.logits}, golden {store.version}, tolerance row {row}")
+    golden = f"custom golden store {store.root} (manifest {store.version})" if custom else f"golden {store.version}"
+    print(f"lmref check: {args.arch}, logits from {args.logits}, {golden}, tolerance row {row}")
+    for case, loosened in overrides.items():  # a custom store's case may loosen a row: said before any PASS
+        if loosened:
+            print(f"note: {args.arch}/{case}'s case.json overrides tolerances: {json.dumps(loosened)}")
     for verdict in verdicts:
         print(_line(verdict))
         if verdict.result.status in (FAIL, NOT_SUPPORTED) and verdict.result.message:
