@@ -63,8 +63,12 @@ def summary_lines(report: dict) -> list[str]:
     rows = [["arch", *shown, "tightest row"]]
     rows += [[arch, *(caps.get(c, "-") for c in shown), tightest.get(arch, "-")] for arch, caps in table.items()]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [f"{report.get('impl', '?')} ({report.get('impl_version', '?')}), {report.get('dtype', '?')} row, "
-             f"golden {report.get('golden_version', '?')}"]
+    golden = f"golden {report.get('golden_version', '?')}"
+    if report.get("golden_store") == "custom":  # its cases may loosen their rows: shown, as in the suite's header
+        golden = f"custom golden store {report.get('golden_dir', '?')} (manifest {report.get('golden_version', '?')})"
+    lines = [f"{report.get('impl', '?')} ({report.get('impl_version', '?')}), {report.get('dtype', '?')} row, {golden}"]
+    lines += [f"case tolerance overrides: {case} {json.dumps(rows)}"
+              for case, rows in (report.get("case_tolerance_overrides") or {}).items()]
     lines += ["  ".join(text.ljust(w) for text, w in zip(row, widths)).rstrip() for row in rows]
     counts = ", ".join(f"{n} {s}" for s, n in summary.get("counts", {}).items())
     lines.append(f"{summary.get('total', len(report['results']))} checks: {counts}")
@@ -118,6 +122,7 @@ def changes(old: dict, new: dict) -> list[Change]:
 
 
 def run_differences(old: dict, new: dict) -> list[str]:
-    """What makes two runs not like for like: another golden set, dtype row or implementation."""
-    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in ("impl", "dtype", "golden_version")
-            if old.get(key) != new.get(key)]
+    """What makes two runs not like for like: another golden set (or store, or case overrides), dtype row
+    or implementation."""
+    keys = ("impl", "dtype", "golden_version", "golden_store", "case_tolerance_overrides")
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in keys if old.get(key) != new.get(key)]

@@ -118,3 +118,17 @@ def test_a_missing_file_and_three_files_are_usage_errors(runs, tmp_path, capsys)
     good = runs["good"][0]
     status, _, err = report_cli(capsys, good, good, good)
     assert status == 2 and "takes one report or two (OLD NEW), got 3" in err
+
+
+def test_a_custom_store_and_its_loosened_cases_are_shown_and_compared(runs, tmp_path, capsys):
+    """A run against a custom golden store whose case loosens its rows reads as such, as the
+    suite's header has it; two runs that differ in it are not like for like."""
+    _, report = runs["good"]
+    custom = copy.deepcopy(report) | {"golden_store": "custom", "golden_dir": "/stores/mine",
+                                      "case_tolerance_overrides": {"gpt2/prefill-b2-s7": {"float64": {"nmse": 1.0}}}}
+    status, out, _ = report_cli(capsys, write(tmp_path, "custom.json", custom))
+    lines = out.splitlines()
+    assert status == 0 and lines[0].endswith(f"custom golden store /stores/mine (manifest {report['golden_version']})")
+    assert lines[1] == 'case tolerance overrides: gpt2/prefill-b2-s7 {"float64": {"nmse": 1.0}}'
+    status, out, _ = report_cli(capsys, write(tmp_path, "release.json", report), tmp_path / "custom.json")
+    assert "golden_store: 'release' -> 'custom'" in out and "case_tolerance_overrides: {} -> {" in out
