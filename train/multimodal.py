@@ -141,8 +141,11 @@ def vision_config(arch: str, sizes: dict, tower: dict, tokenizer: ImageByteToken
     config = model_config(arch, sizes, tokenizer.vocab_size)
     preset = PRESETS[arch].vision
     s = TOWER_DEFAULTS | {k: v for k, v in tower.items() if k in TOWER_DEFAULTS and v is not None}
+    for name in tower.keys() & TOWER_DEFAULTS.keys():  # named as the user gave them, before the config checks
+        if tower[name] is not None and tower[name] < 1:
+            raise TrainError(f"{_flag(name)} must be >= 1, got {tower[name]}")
     width, depth = s["vision_d_model"], s["vision_n_layers"]
-    heads = s["vision_n_heads"] or max(1, width // TOWER_HEAD_DIM)
+    heads = max(1, width // TOWER_HEAD_DIM) if s["vision_n_heads"] is None else s["vision_n_heads"]
     layer = preset.feature_layer if preset.feature_layer < 0 else round(preset.feature_layer * depth / preset.n_layers)
     vision = dataclasses.replace(
         config.vision, image_size=s["image_size"], patch_size=s["patch_size"], d_model=width, n_heads=heads,
