@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lmref.conformance.adapters import Adapter, AdapterNotSupported, Output, validate_array
+from lmref.conformance.adapters import Adapter, AdapterNotSupported
+from lmref.conformance.results import Output, validate_array
 from lmref.conformance.golden_export import capability
 from lmref.conformance.runner import FAIL, CheckResult, run_check
 from lmref.conformance.store import GoldenCase, GoldenStore

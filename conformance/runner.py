@@ -33,11 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmref.conformance.adapters import (
-    CAPABILITIES, Adapter, AdapterCallError, AdapterNotSupported, AdapterResultError, as_adapter,
+    CAPABILITIES, Adapter, AdapterCallError, AdapterNotSupported, as_adapter,
 )
 from lmref.conformance.metrics import (
     Metrics, compare, compare_loss, describe, gate, gate_loss, locate_divergence, rows_met, top_k,
 )
+from lmref.conformance.results import AdapterResultError
 from lmref.conformance.routing import first_flip
 from lmref.conformance.store import GoldenCase, case_params  # noqa: F401  (case_params: re-exported)
 from lmref.conformance.tolerances import Tolerance, Tolerances

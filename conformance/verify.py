@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lmref.conformance.adapters import Adapter, AdapterCallError, AdapterNotSupported, AdapterResultError
+from lmref.conformance.adapters import Adapter, AdapterCallError, AdapterNotSupported
 from lmref.conformance.metrics import Divergence, Metrics, compare, gate, locate_divergence
+from lmref.conformance.results import AdapterResultError
 from lmref.conformance.tolerances import Tolerance, Tolerances
 from lmref.conformance.verify_weights import EMBED, HEAD, LayeredCheckpoint
 from lmref.impl_numpy.features import FEATURES

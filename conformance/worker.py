@@ -88,8 +88,9 @@ def _serve(conn, parent: int) -> None:
     os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
     threading.Thread(target=_watch_parent, args=(parent,), name="lmref-parent-watch", daemon=True).start()
     from lmref.conformance.adapters import (
-        CAPABILITIES, AdapterCallError, AdapterLoadError, AdapterNotSupported, AdapterResultError, load_resolved,
+        CAPABILITIES, AdapterCallError, AdapterLoadError, AdapterNotSupported, load_resolved,
     )
+    from lmref.conformance.results import AdapterResultError
     from lmref.conformance.store import case_params
 
     import lmref.impl_numpy  # noqa: F401  (the default adapter, the golden: loaded while the suite loads)

@@ -7,8 +7,9 @@ import contextlib
 import time
 
 from lmref.conformance.adapters import (
-    CAPABILITIES, Adapter, AdapterCallError, AdapterLoadError, AdapterNotSupported, Output,
+    CAPABILITIES, Adapter, AdapterCallError, AdapterLoadError, AdapterNotSupported,
 )
+from lmref.conformance.results import Output
 
 
 class WorkerAdapter(Adapter):
