@@ -218,10 +218,7 @@ def _path(config: pytest.Config, value: str) -> Path:
 def _open_store(config: pytest.Config) -> tuple[GoldenStore, bool]:
     """The store, and whether it is a custom one (named with --golden-dir): store.py open_checked."""
     value = config.option.lmref_golden_dir
-    if value is not None and not value.strip():
-        raise pytest.UsageError("--golden-dir is empty (an unset shell variable?): give a golden store, or leave "
-                                "--golden-dir out for the package's")
-    root = _path(config, value) if value is not None else None
+    root = _path(config, value) if value and value.strip() else value  # '': refused by open_checked
     try:
         return open_checked(root)
     except GoldenStoreError as e:

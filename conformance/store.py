@@ -254,7 +254,11 @@ def release_problem(store: GoldenStore) -> str | None:
 def open_checked(root: str | Path | None) -> tuple[GoldenStore, bool]:
     """(the store at `root`, whether it is a custom one): None or the package's own path is the
     package's store, which must be the release golden set; no store may hold an unlisted case
-    directory or file.  GoldenStoreError saying what to do otherwise (as may GoldenStore)."""
+    directory or file.  GoldenStoreError saying what to do otherwise (as may GoldenStore), and
+    for an empty `root`: what an unset shell variable gives, never a request for the package's."""
+    if root is not None and not str(root).strip():
+        raise GoldenStoreError("--golden-dir is empty (an unset shell variable?): give a golden store, or leave "
+                               "--golden-dir out for the package's")
     custom = root is not None and Path(root).resolve() != Path(DEFAULT_GOLDEN_DIR).resolve()
     store = GoldenStore(DEFAULT_GOLDEN_DIR if root is None else root)
     if not custom and (problem := release_problem(store)):

@@ -41,9 +41,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     from lmref.conformance.store import GoldenStoreError, open_checked
     from lmref.conformance.tolerances import ToleranceError, build_tolerances
 
-    if args.golden_dir is not None and not args.golden_dir.strip():
-        return fail("check", ValueError("--golden-dir is empty (an unset shell variable?): give a golden store, "
-                                        "or leave --golden-dir out for the package's"))
     try:
         store, custom = open_checked(args.golden_dir)
         tolerances = build_tolerances(args.tolerances, args.tolerance)
