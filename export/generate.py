@@ -24,6 +24,7 @@ import numpy as np
 from lmref.export.bundle import Bundle, open_bundle
 from lmref.export.decoder import present_names
 from lmref.export.errors import BundleError
+from lmref.export.exporter import MANIFEST_FILE
 from lmref.export.multimodal import open_chain
 from lmref.export.runtime import CPU, CUDA, DecoderSession, default_provider, next_outputs
 from lmref.spec.errors import InputError
@@ -69,7 +70,7 @@ def load_tokenizer(bundle: Bundle):
     if not info:
         raise BundleError(f"{bundle.root}: the export records no tokenizer (export a checkpoint written by "
                           "`lmref train`, which names its tokenizer)")
-    return load(bundle.root, info)
+    return load(bundle.root, info, bundle.config.vocab_size, MANIFEST_FILE)
 
 
 def load_onnx_generator(out: str | Path, device: str = "auto"):

@@ -80,6 +80,11 @@ def test_generate_errors(out, tmp_path, capsys):
     (copy / "export.json").write_text(json.dumps(manifest | {"tokenizer": None}))
     assert main(["generate", "--onnx", str(copy), "--prompt", "x"]) == 2
     assert "the export records no tokenizer" in capsys.readouterr().err
+    (copy / "export.json").write_text(json.dumps(manifest | {"tokenizer": {"kind": "byte", "vocab_size": 256}}))
+    assert main(["generate", "--onnx", str(copy), "--prompt", "x"]) == 2  # generated silently before
+    assert capsys.readouterr().err.endswith(f"{copy / 'export.json'}: its byte tokenizer has 256 ids and the "
+                                            f"model's vocabulary (config.json) {manifest['tokenizer']['vocab_size']}; "
+                                            "they must agree (lmref train sizes the vocabulary to the tokenizer)\n")
     assert main(["generate", "--onnx", str(out), "--prompt", "x", "--max-new-tokens", "2000"]) == 2
     assert "exceeds the model's context max_seq_len 1024" in capsys.readouterr().err
 

@@ -230,3 +230,34 @@ def test_an_optimizer_file_that_does_not_fit_the_model_is_named(run_dir, tmp_pat
     assert capsys.readouterr().err == (f"lmref train: error: {out / 'step-000006' / 'optimizer.safetensors'}: "
                                        f"{message}; the file is not this run's optimizer state\n")
     assert (out / "metrics.jsonl").read_text() == metrics
+
+
+@pytest.mark.parametrize("arch, message", [
+    ("no-such-preset", "run.arch 'no-such-preset' is not a preset of this lmref"),
+    ("llama3", "run.arch 'llama3' trains llama3-tiny, config.json holds gpt2-tiny"),
+])
+def test_a_run_arch_that_is_not_the_models_is_refused(run_dir, tmp_path, capsys, arch, message):
+    """A hand-edited run.arch resumed silently, and the run's log named the wrong model."""
+    out = copy_run(run_dir, tmp_path / "run")
+    _rewrite_state(out / "step-000006", lambda s: s["run"].__setitem__("arch", arch))
+    metrics = (out / "metrics.jsonl").read_text()
+    assert lmref("train", "--resume", out, "--no-progress") == 2
+    assert capsys.readouterr().err == (f"lmref train: error: {out / 'step-000006' / 'trainer_state.json'}: "
+                                       f"{message}; the checkpoint is damaged\n")
+    assert (out / "metrics.jsonl").read_text() == metrics
+
+
+IMAGE_BYTES = {"kind": "byte", "vocab_size": 257, "image_token_id": 256}  # ImageByteTokenizer's info
+
+
+@pytest.mark.parametrize("command", [("train", "--resume"), ("generate", "--prompt", "x", "--checkpoint")])
+def test_a_tokenizer_of_another_vocabulary_than_the_models_is_refused(run_dir, tmp_path, capsys, command):
+    """A byte model of 256 ids given the 257-id tokenizer in trainer_state.json resumed and
+    generated silently."""
+    out = copy_run(run_dir, tmp_path / "run")
+    _rewrite_state(out / "step-000006", lambda s: s.__setitem__("tokenizer", IMAGE_BYTES))
+    assert lmref(*command, out, "--no-progress" if command[0] == "train" else "--device=cpu") == 2
+    assert capsys.readouterr().err == (
+        f"lmref {command[0]}: error: {out / 'step-000006' / 'trainer_state.json'}: its byte tokenizer has 257 ids "
+        "and the model's vocabulary (config.json) 256; they must agree (lmref train sizes the vocabulary to the "
+        "tokenizer)\n")

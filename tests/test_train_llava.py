@@ -179,6 +179,6 @@ def test_the_image_tokenizer_keeps_text_off_the_placeholder(tmp_path):
     tokenizer = ImageByteTokenizer()
     ids = tokenizer.encode("ÿ shapes")  # bytes 0xc3 0xbf ...: never 256
     assert ids.max() < 256 and tokenizer.decode([256, *ids, 256]) == "<image>ÿ shapes<image>"
-    assert isinstance(load_tokenizer(tmp_path, tokenizer.info), ImageByteTokenizer)
+    assert isinstance(load_tokenizer(tmp_path, tokenizer.info, 257), ImageByteTokenizer)
     with pytest.raises(CheckpointError, match="image_token_id 256 and vocab_size 257"):
-        load_tokenizer(tmp_path, tokenizer.info | {"image_token_id": 250})
+        load_tokenizer(tmp_path, tokenizer.info | {"image_token_id": 250}, 257)

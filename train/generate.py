@@ -144,6 +144,6 @@ def load_generator(path: str | Path, device: str = "auto"):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     directory, config, params, state = checkpoint.load_model(path)
-    tokenizer = load_tokenizer(directory, state.get("tokenizer", {}))
+    tokenizer = load_tokenizer(directory, state.get("tokenizer", {}), config.vocab_size)
     model = Transformer.from_canonical(config, params, device=torch.device(device)).eval()
     return model, tokenizer, directory

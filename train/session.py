@@ -47,6 +47,7 @@ from lmref.train.settings import (
     model_config,
     new_settings,
     resumed_settings,
+    saved_arch_problem,
     training_bytes,
 )
 from lmref.train.state import canonical_params, load_optimizer, optimizer_tensors, rng_state, set_rng_state
@@ -185,6 +186,9 @@ def _resumed_run(flags: dict, sizes: dict, options: Options) -> Start:
         saved = RunSettings.from_dict(snapshot.state["run"])
     except (TypeError, TrainError) as e:
         raise CheckpointError(f"{directory / checkpoint.STATE_FILE}: no valid run settings ({e})") from None
+    problem = saved_arch_problem(saved.arch, snapshot.config)
+    if problem:
+        raise CheckpointError(f"{directory / checkpoint.STATE_FILE}: {problem}; the checkpoint is damaged")
     data_sha256 = snapshot.state["data"]["sha256"]
     run = resumed_settings(saved, flags, options.resume)
     check_sizes(snapshot.config, sizes, options.resume)
@@ -201,7 +205,7 @@ def _resumed_run(flags: dict, sizes: dict, options: Options) -> Start:
                          "the embedded corpus changes with the Python version)")
     if flags.get("data"):
         run = dataclasses.replace(run, data=flags["data"])
-    tokenizer = load_tokenizer(directory, snapshot.state["tokenizer"])
+    tokenizer = load_tokenizer(directory, snapshot.state["tokenizer"], snapshot.config.vocab_size)
     return Start(run, snapshot.config, snapshot.params, tokenizer, text, sha, out, run_id, inputs, to_claim,
                  snapshot, directory)
 

@@ -128,6 +128,17 @@ def check_arch(arch: str) -> str:
     return arch
 
 
+def saved_arch_problem(arch: object, config: ModelConfig) -> str | None:
+    """Why a checkpoint's run.arch does not go with its config.json (None when it does):
+    `lmref train` names the model of `--arch A` tiny(A).name."""
+    if not isinstance(arch, str) or arch not in PRESETS:
+        return f"run.arch {arch!r} is not a preset of this lmref"
+    trains = tiny(arch).name
+    if config.name != trains:
+        return f"run.arch {arch!r} trains {trains}, config.json holds {config.name}"
+    return None
+
+
 def new_settings(flags: dict[str, Any]) -> RunSettings:
     """Settings of a new run: the flags given (not None) over the defaults."""
     if flags.get("arch") is None:

@@ -123,9 +123,23 @@ class BPETokenizer:
         return cls(Tokenizer.from_str(text))
 
 
-def load_tokenizer(directory: Path, info: dict, source: str = "trainer_state.json") -> ByteTokenizer | BPETokenizer:
+def load_tokenizer(directory: Path, info: dict, model_vocab: int,
+                   source: str = "trainer_state.json") -> ByteTokenizer | BPETokenizer:
     """The tokenizer a checkpoint in `directory` describes with `info` (a tokenizer's `.info`,
-    read from `directory`/`source`).  Its file must lie inside `directory` (convert/paths.py)."""
+    read from `directory`/`source`), for a model of `model_vocab` ids: `lmref train` sizes the
+    model's vocabulary to its tokenizer, so any other count is a damaged checkpoint.  Its file
+    must lie inside `directory` (convert/paths.py)."""
+    from lmref.convert.errors import CheckpointError
+
+    tokenizer = _tokenizer_of(directory, info, source)
+    if tokenizer.vocab_size != model_vocab:
+        raise CheckpointError(f"{Path(directory) / source}: its {tokenizer.kind} tokenizer has {tokenizer.vocab_size} "
+                              f"ids and the model's vocabulary (config.json) {model_vocab}; they must agree (lmref train "
+                              "sizes the vocabulary to the tokenizer)")
+    return tokenizer
+
+
+def _tokenizer_of(directory: Path, info: dict, source: str) -> ByteTokenizer | BPETokenizer:
     from lmref.convert.errors import CheckpointError
     from lmref.convert.paths import inside
 
