@@ -46,9 +46,23 @@ def test_bpe_tokenizer_is_saved_and_used(tmp_path, capsys):
     assert records(out, "run")[0]["config"]["vocab_size"] == 320
     assert json.loads((out / "step-000001" / "trainer_state.json").read_text())["tokenizer"]["kind"] == "bpe"
     assert (out / "step-000001" / "tokenizer.json").is_file()
-    capsys.readouterr()
+    assert "vocab 320) on 1 process(es)" in capsys.readouterr().out  # as asked: nothing to say
     assert lmref("generate", "--checkpoint", out, "--prompt", "The ", "--max-new-tokens", "5", "--seed", "0") == 0
     assert capsys.readouterr().out.startswith("The ")
+
+
+def test_a_bpe_vocabulary_smaller_than_asked_is_said(tmp_path, capsys):
+    """A corpus with fewer pairs to merge than --vocab-size asks gives a smaller vocabulary, which
+    the model takes; the start line said only "vocab 283" before."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat, and the dog sat on the log.\n" * 40)
+    out = tmp_path / "run"
+    assert lmref("train", "--arch", "llama3", "--tokenizer", "bpe", "--vocab-size", "1e6", "--data", corpus, *STEP,
+                 "--out", out) == 0
+    vocab = records(out, "run")[0]["config"]["vocab_size"]
+    assert 256 < vocab < 400
+    assert (f"vocab {vocab}, of the 1,000,000 --vocab-size asked: the corpus has no more pairs to merge) on 1 "
+            "process(es)") in capsys.readouterr().out
 
 
 def _refused(capsys, *args) -> str:

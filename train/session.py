@@ -118,6 +118,13 @@ def _tokenizer(run: RunSettings, text: str, d: Dist):
     return BPETokenizer.from_json(broadcast_text(trained, d))  # every rank: rank 0's merges
 
 
+def _vocab_note(run: RunSettings, config: ModelConfig) -> str:
+    """What the start line adds when the corpus gave BPE fewer merges than --vocab-size asked."""
+    if run.vocab_size is None or config.vocab_size >= run.vocab_size:
+        return ""
+    return f", of the {run.vocab_size:,} --vocab-size asked: the corpus has no more pairs to merge"
+
+
 def _data_inputs(data: str | None) -> tuple[str, ...]:
     return () if data in (None, DEFAULT_CORPUS) else (data,)
 
@@ -329,7 +336,8 @@ def _train(flags: dict, sizes: dict, options: Options, d: Dist) -> dict:
                  "unigram_baseline": summary["unigram_baseline"],
                  "resumed_from": str(start.resumed_from) if start.resumed_from else None})
             print(f"lmref train: {run.arch} ({start.config.name}, {param_count(start.config):,} params, "
-                  f"vocab {start.config.vocab_size}) on {d.world_size} process(es), {d.device}, "
+                  f"vocab {start.config.vocab_size}{_vocab_note(run, start.config)}) on {d.world_size} process(es), "
+                  f"{d.device}, "
                   f"bf16 autocast {'on' if trainer.autocast else 'off'}; {len(train_tokens):,} training tokens; "
                   f"run directory {start.out}" + (f"; resuming at step {trainer.step}" if start.snapshot else ""),
                   flush=True)
