@@ -33,7 +33,7 @@ from lmref import __version__
 from lmref.conformance.store import GoldenCase, GoldenStore
 from lmref.conformance.tolerances import Tolerances
 from lmref.spec.errors import OutputError
-from lmref.spec.outputs import check_not_an_input
+from lmref.spec.outputs import check_not_an_input, check_not_in_a_listing_output
 
 FORMATS = ("gguf", "hf", "safetensors")
 EXPORT_FORMAT, EXPORT_FORMAT_VERSION = "lmref-golden-export", 1
@@ -141,6 +141,7 @@ def export_golden(arch: str, fmt: str, out: Path | str, store: GoldenStore | Non
         raise ValueError(f"unknown --format {fmt!r}; formats: {', '.join(FORMATS)}")
     out, store, tolerances = Path(out), store or GoldenStore(), tolerances or Tolerances()
     check_not_an_input(out, [store.root])  # an entry the store's manifest does not list breaks the store
+    check_not_in_a_listing_output(out)  # any other store likewise
     check_new_directory(out)
     names = store.case_names(arch)
     if not names:

@@ -39,14 +39,14 @@ import numpy as np
 from safetensors.numpy import load_file, save
 
 from lmref.spec.config import ModelConfig
-from lmref.spec.outputs import MARKER
+from lmref.spec.outputs import GOLDEN_STORE_KIND, MARKER
 from lmref.spec.params import init_params
 
 FORMAT_VERSION = 1
 DEFAULT_GOLDEN_DIR = Path(__file__).parent / "golden"
 MANIFEST = "MANIFEST.json"
 CASE_FILES = ("case.json", "inputs.safetensors", "expected.safetensors")
-KIND = "golden-store"  # the kind `lmref golden` claims its output directory as (spec/outputs.py)
+KIND = GOLDEN_STORE_KIND  # the kind `lmref golden` claims its output directory as (spec/outputs.py)
 
 
 class GoldenStoreError(RuntimeError):

@@ -10,7 +10,9 @@ Every lmref command that writes a directory (`lmref train --out`, `lmref golden 
 - an existing file, or a directory holding other things, is refused with OutputError naming
   it and what is in it;
 - a command's own inputs are never its output: `inputs` lists the paths it reads, and the
-  output may be none of them, lie inside none of them and hold none of them.
+  output may be none of them, lie inside none of them and hold none of them;
+- no output lies inside a golden store (LISTING_KINDS): its manifest lists every file it holds,
+  and an entry it does not list breaks it.
 
 A report file (`--report-json` of the conformance suite and of `lmref verify`) is checked by
 `check_report_file` before the run: not a directory, none of the inputs, and writable, found
@@ -60,6 +62,21 @@ def check_not_an_input(out: Path, inputs: Iterable[str | Path], option: str = "-
             raise OutputError(f"{option} {out}: holds the input {given}; write somewhere else")
 
 
+GOLDEN_STORE_KIND = "golden-store"  # `lmref golden --out` (conformance/store.py)
+# Kinds of output whose manifest lists every entry they hold, and which refuse one it does not
+# list: another command's output inside one would break it.
+LISTING_KINDS = frozenset({GOLDEN_STORE_KIND})
+
+
+def check_not_in_a_listing_output(out: Path, option: str = "--out") -> None:
+    """OutputError when `out` lies inside an output of LISTING_KINDS (a golden store)."""
+    for folder in Path(out).resolve().parents:
+        kind = marker_kind(folder)
+        if kind in LISTING_KINDS:
+            raise OutputError(f"{option} {out}: lies inside {folder}, a {kind.replace('-', ' ')} whose manifest "
+                              "lists every file it holds (an entry it does not list breaks it); write somewhere else")
+
+
 def describe(entries: list[Path]) -> str:
     """The first few names of a directory's entries, as the refusals list them."""
     names = sorted(e.name + ("/" if e.is_dir() else "") for e in entries)
@@ -71,6 +88,7 @@ def check_output(out: str | Path, kind: str, *, inputs: Iterable[str | Path] = (
     (a command checks first, does its work, and claims just before its first write)."""
     out = Path(out)
     check_not_an_input(out, [i for i in inputs if i is not None], option)
+    check_not_in_a_listing_output(out, option)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{option} {out}: is a file, not a directory")
     if out.is_symlink() and not out.exists():
@@ -140,6 +158,7 @@ def check_report_file(path: str | Path, inputs: Iterable[str | Path], option: st
     if path.is_dir():
         raise OutputError(f"{option} {given}: is a directory; give the path of a file to write")
     check_not_an_input(path, inputs, option)
+    check_not_in_a_listing_output(path, option)
     try:
         if not path.exists():
             _takes_files(path.parent)

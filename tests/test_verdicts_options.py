@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from lmref.conformance.generate import generate
 from tests.test_conformance_plugin import USAGE_ERROR, run_suite
 
 
@@ -55,16 +56,19 @@ def test_report_json_naming_an_input_is_a_usage_error(tmp_path):
     overrides = tmp_path / "tolerances.json"
     overrides.write_text('{"float32": {"nmse": 1e-8}}')
     manifest = (root / "MANIFEST.json").read_bytes()
+    other = tmp_path / "other-store"  # not this run's input, yet a report inside breaks it as well
+    generate(other, ["gpt2"], progress=lambda _: None)
     for target, problem in [(root / "MANIFEST.json", "lies inside the input"),
                             (root / "llama3" / "report.json", "lies inside the input"),
-                            (overrides, "is the command's own input")]:
+                            (overrides, "is the command's own input"),
+                            (other / "report.json", f"lies inside {other}, a golden store")]:
         run = run_suite(tmp_path, "--arch", "llama3", "--golden-dir", str(root), "--tolerances", str(overrides),
                         "--report-json", str(target))
         assert run.rc == USAGE_ERROR, run.out
         assert f"--report-json {target}: {problem}" in run.out and "passed" not in run.out
     assert (root / "MANIFEST.json").read_bytes() == manifest
     assert overrides.read_text() == '{"float32": {"nmse": 1e-8}}'
-    assert not (root / "llama3" / "report.json").exists()
+    assert not (root / "llama3" / "report.json").exists() and not (other / "report.json").exists()
 
 
 def test_a_usage_error_leaves_no_folder_for_the_report(tmp_path):
