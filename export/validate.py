@@ -108,11 +108,9 @@ class PaddedBatch:
         return {"pixel_values": np.concatenate(images)} if images else {}
 
 
-def left_padded_batch(config: ModelConfig, prompt_len: int, pad: int, steps: int, seed: int = 0,
-                      params: dict | None = None) -> PaddedBatch:
-    """Row 0 a prompt of prompt_len, row 1 of prompt_len - pad, each followed by `steps`
-    tokens: random, or for a mixture of experts (which needs `params`) tokens whose routing
-    has a margin in the golden (export/routing.py)."""
+def check_scenario(config: ModelConfig, prompt_len: int, pad: int, steps: int, seed: int) -> None:
+    """ValueError naming the option when the scenario cannot run on `config` (`lmref
+    validate-onnx` checks it before it reads the reference weights)."""
     if prompt_len < 1:
         raise ValueError(f"--prompt-len must be at least 1, got {prompt_len}")
     if not 0 <= pad < prompt_len:
@@ -123,6 +121,14 @@ def left_padded_batch(config: ModelConfig, prompt_len: int, pad: int, steps: int
         raise ValueError(f"prompt length {prompt_len} + {steps} decode steps must fit max_seq_len {config.max_seq_len}")
     if seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {seed}")
+
+
+def left_padded_batch(config: ModelConfig, prompt_len: int, pad: int, steps: int, seed: int = 0,
+                      params: dict | None = None) -> PaddedBatch:
+    """Row 0 a prompt of prompt_len, row 1 of prompt_len - pad, each followed by `steps`
+    tokens: random, or for a mixture of experts (which needs `params`) tokens whose routing
+    has a margin in the golden (export/routing.py)."""
+    check_scenario(config, prompt_len, pad, steps, seed)
     lengths = [prompt_len, prompt_len - pad]
     if config.moe is not None:
         if params is None:

@@ -162,3 +162,16 @@ def test_validate_onnx_refuses_a_prompt_len_below_one(out, capsys, prompt_len):
 def test_validate_onnx_refuses_a_negative_seed(out, capsys):
     err = _error(["validate-onnx", str(out), "--seed", "-1"], capsys)
     assert err == "lmref validate-onnx: error: --seed must be a non-negative integer, got -1\n"
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--prompt-len", "0"], "--prompt-len must be at least 1, got 0"),
+    (["--pad", "11"], "--pad must be in [0, prompt length 11), got 11"),
+    (["--seed", "-1"], "--seed must be a non-negative integer, got -1"),
+])
+def test_validate_onnx_checks_its_options_before_reading_the_weights(out, tmp_path, capsys, option, message):
+    """A bad option was reported only after the reference weights were read (minutes for a
+    large --checkpoint); here the checkpoint does not exist, and the option is named."""
+    err = _error(["validate-onnx", str(out), *option, "--checkpoint", str(tmp_path / "gone")], capsys)
+    assert err == f"lmref validate-onnx: error: {message}\n"

@@ -52,10 +52,12 @@ def _providers(choice: str) -> list[str]:
 def cmd_validate(args: argparse.Namespace) -> int:
     from lmref.export.bundle import open_bundle, reference_params
     from lmref.export.errors import ProviderError
-    from lmref.export.validate import check_weights, validate
+    from lmref.export.validate import check_scenario, check_weights, default_prompt_len, validate
 
     try:
         bundle = open_bundle(args.out)
+        prompt_len = default_prompt_len(bundle.config, args.pad) if args.prompt_len is None else args.prompt_len
+        check_scenario(bundle.config, prompt_len, args.pad, args.steps, args.seed)  # before the weights are read
         params = reference_params(bundle, args.checkpoint)
         checks = validate(bundle, params, _providers(args.provider), prompt_len=args.prompt_len, pad=args.pad,
                           steps=args.steps, seed=args.seed)
