@@ -3,7 +3,7 @@ head at a time, written from spec/MATH.md without NumPy's broadcasting or impl_n
 
 It follows the math of every feature the golden computes (the per-layer plan's mask, RoPE and
 norms are re-derived here from the config's fields, by hand), so that a broadcasting or
-reshaping slip in impl_numpy cannot pass tests/test_golden_math.py.
+reshaping slip in impl_numpy cannot pass tests/test_golden_model.py.
 """
 
 from __future__ import annotations
