@@ -228,6 +228,13 @@ def _open_store(config: pytest.Config) -> tuple[GoldenStore, bool]:
         raise pytest.UsageError(f"golden store: cannot read {where} ({type(e).__name__}: {e})") from None
 
 
+def timeout_option(config: pytest.Config) -> str:
+    """The name this run gives the check timeout: --lmref-timeout where it was typed so, or
+    where pytest-timeout owns --timeout; else --timeout."""
+    typed = any(str(a).split("=")[0] == "--lmref-timeout" for a in config.invocation_params.args)
+    return "--lmref-timeout" if typed or config.pluginmanager.hasplugin("timeout") else "--timeout"
+
+
 def _timeout(config: pytest.Config) -> float:
     value = config.option.lmref_timeout
     if value is None:
@@ -237,8 +244,8 @@ def _timeout(config: pytest.Config) -> float:
     except ValueError:
         seconds = math.nan
     if not (math.isfinite(seconds) and seconds > 0):
-        raise pytest.UsageError(f"--timeout {value}: give the longest a check may take, a positive number of "
-                                f"seconds (default {DEFAULT_TIMEOUT:g})")
+        raise pytest.UsageError(f"{timeout_option(config)} {value}: give the longest a check may take, a positive "
+                                f"number of seconds (default {DEFAULT_TIMEOUT:g})")
     return seconds
 
 
@@ -294,7 +301,7 @@ def build_suite(config: pytest.Config) -> Suite:
         raise pytest.UsageError(str(e)) from None
     _check_report_path(config, [Path(store.root), *map(Path, files)])
     try:
-        adapter = WorkerAdapter(spec, timeout, workers.take_prestarted())
+        adapter = WorkerAdapter(spec, timeout, workers.take_prestarted(), timeout_option(config))
     except AdapterLoadError as e:
         raise pytest.UsageError(f"{where} {spec}: {e}") from None
     repro = (["--golden-dir", str(store.root)] if option.lmref_golden_dir else [])

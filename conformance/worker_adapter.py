@@ -18,13 +18,14 @@ class WorkerAdapter(Adapter):
     reported them.  `call_case` runs a capability there; within `check_deadline()` (one check)
     all its calls together get `timeout` seconds.  An adapter that ends its process or runs
     out of time is an AdapterCallError (an ERROR for that check), and the next call starts a
-    new worker.  `worker`: one already started (`worker.prestart`), else a new one."""
+    new worker.  `worker`: one already started (`worker.prestart`), else a new one;
+    `timeout_option`: the option that set `timeout`, as its messages name it."""
 
-    def __init__(self, spec: str, timeout: float, worker=None):
+    def __init__(self, spec: str, timeout: float, worker=None, timeout_option: str = "--timeout"):
         from lmref.conformance import worker as workers
 
         self.impl = None
-        self.spec, self.timeout = spec, float(timeout)
+        self.spec, self.timeout, self.timeout_option = spec, float(timeout), timeout_option
         self._deadline: float | None = None
         self.restarts = 0
         self._worker = None
@@ -86,8 +87,8 @@ class WorkerAdapter(Adapter):
             raise
         if reply is None:
             self._worker = None
-            raise AdapterCallError(f"{what} did not return within {self.timeout:g} s (--timeout): its worker "
-                                   "process was killed; a new worker runs the next check")
+            raise AdapterCallError(f"{what} did not return within {self.timeout:g} s ({self.timeout_option}): its "
+                                   "worker process was killed; a new worker runs the next check")
         kind, payload = reply
         if kind == "raised":
             raise payload

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from lmref.conformance.runner import ERROR, PASS
 from tests.test_conformance_plugin import ADAPTERS, run_suite, statuses
 
@@ -23,14 +25,16 @@ def test_an_adapter_that_calls_os_exit_is_an_error_and_the_run_goes_on(tmp_path)
     assert "11 checks: 7 PASS, 3 NOT SUPPORTED, 0 FAIL, 1 ERROR" in run.out
 
 
-def test_an_adapter_that_hangs_times_out_as_an_error(tmp_path):
+@pytest.mark.parametrize("option", ["--timeout", "--lmref-timeout"])
+def test_an_adapter_that_hangs_times_out_as_an_error(tmp_path, option):
     """issue 10, item 7: a forward that never returns is stopped after --timeout seconds; that
-    check is an ERROR saying so, the worker is restarted and the other checks pass."""
-    run = run_suite(tmp_path, "--arch", "llama3", "--impl", f"{ADAPTERS}:HangsOnBatch3", "--timeout", "3")
+    check is an ERROR saying so, by the option's name as given, the worker is restarted and
+    the other checks pass."""
+    run = run_suite(tmp_path, "--arch", "llama3", "--impl", f"{ADAPTERS}:HangsOnBatch3", option, "3")
     assert run.rc == 1, run.out
     [hung] = run.results(capability="forward", case="prefill-b3-s13")
     assert hung["status"] == ERROR
-    assert "did not return within 3 s (--timeout)" in hung["message"]
+    assert f"did not return within 3 s ({option})" in hung["message"]
     assert sorted(statuses(run, "forward")) == [ERROR, PASS, PASS, PASS]
     assert statuses(run, "loss") == [PASS] * 4
 
@@ -48,6 +52,8 @@ def test_the_timeout_option_is_checked_and_documented(tmp_path):
     """issue 10, item 7: --timeout takes a positive number of seconds; the help gives the default."""
     run = run_suite(tmp_path, "--arch", "llama3", "--timeout", "0")
     assert run.rc == 4 and "--timeout 0: " in run.out, run.out
+    run = run_suite(tmp_path, "--arch", "llama3", "--lmref-timeout=0")  # the name typed, not its alias
+    assert run.rc == 4 and "--lmref-timeout 0: " in run.out, run.out
     run = run_suite(tmp_path, "--help")
     text = " ".join(run.out.split())  # argparse wraps the help
     assert "--timeout=SECONDS, --lmref-timeout=SECONDS" in text and "(default 600)" in text
