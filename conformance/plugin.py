@@ -192,8 +192,8 @@ class Suite:
             + ("; ".join(f"{case} {json.dumps(t)}" for case, t in cases.items()) or "none"),
             f"lmref golden set: {golden} at {self.store.root}",
             f"lmref archs: {', '.join(self.archs)}",
-            *([f"lmref worker: the adapter runs in a worker process, --timeout {timeout:g} s per check"]
-              if timeout is not None else []),
+            *([f"lmref worker: the adapter runs in a worker process, {getattr(a, 'timeout_option', '--timeout')} "
+               f"{timeout:g} s per check"] if timeout is not None else []),
             f"lmref env: {env or '(no LMREF_* variables)'}",
         ]
 

@@ -35,6 +35,7 @@ def test_an_adapter_that_hangs_times_out_as_an_error(tmp_path, option):
     [hung] = run.results(capability="forward", case="prefill-b3-s13")
     assert hung["status"] == ERROR
     assert f"did not return within 3 s ({option})" in hung["message"]
+    assert f"lmref worker: the adapter runs in a worker process, {option} 3 s per check" in run.out
     assert sorted(statuses(run, "forward")) == [ERROR, PASS, PASS, PASS]
     assert statuses(run, "loss") == [PASS] * 4
 
