@@ -57,8 +57,9 @@ def test_golden_out_refuses_a_directory_it_did_not_write(tmp_path, capsys):
     (root / "gpt2").mkdir(parents=True)
     (root / "gpt2" / "chapter1.tex").write_text("precious")
     assert main(["golden", "--arch", "gpt2", "--out", str(root)]) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "lmref golden: error: --out" in err and "not empty and not written by this command" in err, err
+    assert out == ""  # not "writing golden cases ... to" a directory it then refuses
     assert (root / "gpt2" / "chapter1.tex").read_text() == "precious"
     assert sorted(p.name for p in root.rglob("*")) == ["chapter1.tex", "gpt2"]
 

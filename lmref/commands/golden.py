@@ -61,8 +61,9 @@ def cmd_golden(args: argparse.Namespace) -> int:
     if args.action == "export":
         return cmd_export(args)
     from lmref.conformance.generate import check, generate
-    from lmref.conformance.store import DEFAULT_GOLDEN_DIR, GoldenStoreError
+    from lmref.conformance.store import DEFAULT_GOLDEN_DIR, KIND, GoldenStoreError
     from lmref.spec.errors import OutputError
+    from lmref.spec.outputs import check_output
 
     root = Path(args.out) if args.out else DEFAULT_GOLDEN_DIR
     archs = _archs(args.arch)
@@ -73,8 +74,9 @@ def cmd_golden(args: argparse.Namespace) -> int:
             print(f"  MISMATCH {problem}")
         print(f"golden store {'OK' if not problems else 'FAILED'}: {len(problems)} problem(s)")
         return 1 if problems else 0
-    print(f"writing golden cases for {', '.join(archs)} to {root}")
     try:
+        check_output(root, KIND)  # before saying what it writes (generate claims it again)
+        print(f"writing golden cases for {', '.join(archs)} to {root}")
         files = generate(root, archs)
     except (OutputError, GoldenStoreError, OSError) as e:  # not its directory, an unreadable manifest, no permission
         return fail("golden", e)
