@@ -3,6 +3,7 @@ the correct float32 one, with margins (conformance/TOLERANCES.md records them)."
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from lmref.conformance.runner import run_check
 from lmref.conformance.store import GoldenStore
 from lmref.spec.presets import PRESETS
 from tests.controls import NEGATIVE_CONTROLS, POSITIVE_CONTROL, run_arch, worst_ratio
@@ -45,6 +47,29 @@ def test_a_decode_only_bug_is_located_to_the_kv_cache(store):
     failed = [(cap, r) for _, cap, r in run_arch(control.adapter, control.arch, store) if r.status == "FAIL"]
     assert [cap for cap, _ in failed] == ["decode"]
     assert "passes: the KV-cache path is where it breaks" in failed[0][1].message
+    assert "diverg" not in failed[0][1].message  # a prefill's captures cannot show a cache bug
+
+
+@pytest.mark.parametrize("capability", ["forward", "loss"])
+def test_a_long_case_failure_names_its_first_diverging_component(store, capability):
+    """The long case stores no captures (their size); its FAIL names the component all the
+    same, from golden captures impl_numpy computes once it reproduces the stored logits."""
+    control = next(c for c in NEGATIVE_CONTROLS if c.adapter.name == "llama3_scaling_missing")
+    result = run_check(store.load("llama3.1", "long-b2-s160"), control.adapter, capability)
+    assert result.status == "FAIL"
+    assert ("first diverging component: layers.0.attn (nmse 0.144 > 1e-10)\n"
+            "(golden captures computed now by impl_numpy: the store keeps none for this case)") in result.message
+
+
+def test_no_component_is_named_from_captures_that_do_not_reproduce_the_stored_logits(store):
+    """A case whose stored logits this lmref's golden does not reproduce (another version's
+    store) gets no computed captures: the component is unknown, not guessed."""
+    control = next(c for c in NEGATIVE_CONTROLS if c.adapter.name == "llama3_scaling_missing")
+    case = store.load("llama3.1", "long-b2-s160")
+    other = dataclasses.replace(case, expected=case.expected | {"logits": case.expected["logits"] * (1 + 1e-6)})
+    result = run_check(other, control.adapter, "forward")
+    assert result.status == "FAIL" and ("first diverging component: unknown (the case stores no captures, and this "
+                                        "lmref's golden math does not reproduce its logits)") in result.message
 
 
 def test_a_broken_control_fails_through_pytest_with_a_repro_line():
