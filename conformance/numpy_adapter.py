@@ -9,7 +9,8 @@ import lmref
 
 class NumpyAdapter:
     """The built-in `numpy`: the float64 golden of impl_numpy, every capability.  (impl_numpy is
-    imported on first use: the suite's own process never needs it, only the adapter's worker.)"""
+    imported on first use: the suite's own process needs it only to name the component of a
+    FAIL whose case stores no captures, conformance/runner.py.)"""
 
     name = "numpy"
     version = f"lmref {lmref.__version__} (numpy {np.__version__})"
