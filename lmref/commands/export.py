@@ -59,7 +59,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         prompt_len = default_prompt_len(bundle.config, args.pad) if args.prompt_len is None else args.prompt_len
         check_scenario(bundle.config, prompt_len, args.pad, args.steps, args.seed)  # before the weights are read
         params = reference_params(bundle, args.checkpoint)
-        checks = validate(bundle, params, _providers(args.provider), prompt_len=args.prompt_len, pad=args.pad,
+        checks = validate(bundle, params, _providers(args.provider), prompt_len=prompt_len, pad=args.pad,
                           steps=args.steps, seed=args.seed)
         weights = check_weights(bundle, params)
     except ProviderError as e:
