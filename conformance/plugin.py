@@ -42,7 +42,7 @@ from lmref.conformance.adapters import (
     BUILTINS, CAPABILITIES, ENV_VAR, Adapter, AdapterLoadError, resolve_impl_spec, row_phrase,
 )
 from lmref.conformance.order import arch_major
-from lmref.conformance.report import Report, is_not_supported
+from lmref.conformance.report import REPORT_FORMAT, Report, is_not_supported
 from lmref.conformance.runner import applies
 from lmref.conformance.worker_adapter import WorkerAdapter
 from lmref.conformance.store import (
@@ -250,16 +250,17 @@ def _timeout(config: pytest.Config) -> float:
 
 
 def _check_report_path(config: pytest.Config, inputs: list[Path]) -> None:
-    """A --report-json that cannot be written, or that is, holds or lies inside one of the run's
-    `inputs` (the golden store, a --tolerances file), is a usage error now, not a traceback or a
-    lost input after the run (spec/outputs.py check_report_file: nothing is written or made)."""
+    """A --report-json that cannot be written, that is, holds or lies inside one of the run's
+    `inputs` (the golden store, a --tolerances file), or that names a file other than an empty
+    one or an earlier report, is a usage error now, not a traceback or a lost file after the run
+    (spec/outputs.py check_report_file: nothing is written or made)."""
     value = config.option.lmref_report_json
     if value is None:
         return
     if not value.strip():
         raise pytest.UsageError("--report-json is empty: give the path of a file to write")
     try:
-        check_report_file(_path(config, value), inputs)
+        check_report_file(_path(config, value), inputs, REPORT_FORMAT)
     except OutputError as e:
         raise pytest.UsageError(str(e)) from None
 

@@ -21,10 +21,11 @@ from pathlib import Path
 from lmref.conformance.adapters import CAPABILITIES
 from lmref.conformance.runner import ERROR, FAIL, NOT_SUPPORTED, PASS
 from lmref.conformance.tolerances import TIGHTEST_FIRST
+from lmref.spec.outputs import CONFORMANCE_REPORT_FORMAT, write_report_file
 
 # The --report-json document's name and version (read back by conformance/report_file.py).
 # Version 1: the first with these two keys.
-REPORT_FORMAT, REPORT_FORMAT_VERSION = "lmref-conformance-report", 1
+REPORT_FORMAT, REPORT_FORMAT_VERSION = CONFORMANCE_REPORT_FORMAT, 1
 SKIPPED = "SKIPPED"
 ORDER = (PASS, SKIPPED, NOT_SUPPORTED, FAIL, ERROR)  # best to worst
 NOT_SUPPORTED_PREFIX = "NOT SUPPORTED:"
@@ -195,5 +196,4 @@ class Report:
                 "results": [r.to_dict() for r in self.finished()], "summary": summary}
 
     def write_json(self, path: Path, run: dict, exit_status: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(run, exit_status), indent=1) + "\n")
+        write_report_file(path, json.dumps(self.to_json(run, exit_status), indent=1) + "\n")

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from lmref.conformance.metrics import jsonable, describe
 from lmref.conformance.verify import Component, Verification
+from lmref.spec.outputs import VERIFY_REPORT_FORMAT, write_report_file
 
-REPORT_FORMAT = "lmref-verify/1"
+REPORT_FORMAT = VERIFY_REPORT_FORMAT
 
 
 def _stage(name: str) -> str:
@@ -95,5 +96,4 @@ def report_dict(result: Verification) -> dict:
 
 
 def write_report(result: Verification, path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(report_dict(result), indent=2) + "\n")
+    write_report_file(Path(path), json.dumps(report_dict(result), indent=2) + "\n")

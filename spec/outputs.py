@@ -15,8 +15,11 @@ Every lmref command that writes a directory (`lmref train --out`, `lmref golden 
   and an entry it does not list breaks it.
 
 A report file (`--report-json` of the conformance suite and of `lmref verify`) is checked by
-`check_report_file` before the run: not a directory, none of the inputs, and writable, found
-without writing anything; its missing folders are made when it is written.
+`check_report_file` before the run: not a directory, none of the inputs, writable, and where a
+file is there already, an empty one or a report of the same format (the file's own rule for
+"new, empty or its own": a name that is a link to a store's manifest, or an adapter's source,
+is refused), found without writing anything.  `write_report_file` makes its missing folders and
+moves the finished report into place, so a write that fails leaves the old file whole.
 
 The marker is a small JSON file ({"kind": ..., "written_by": "lmref X.Y.Z"}).  What a command
 deletes is its own business, but the rule is the same everywhere: only files it wrote (the
@@ -150,15 +153,37 @@ def replace_files(out: Path, writers: dict[str, Callable[[Path], None]]) -> None
         os.replace(temp, out / name)
 
 
-def check_report_file(path: str | Path, inputs: Iterable[str | Path], option: str = "--report-json") -> Path:
-    """OutputError unless a report can be written at `path` (returned resolved): it is not a
-    directory, not one of `inputs` nor inside or above one (check_not_an_input), and it, or the
-    nearest folder of it that exists, takes a file (os.access: nothing is written or created)."""
+CONFORMANCE_REPORT_FORMAT = "lmref-conformance-report"  # the `format` of the suite's --report-json
+VERIFY_REPORT_FORMAT = "lmref-verify/1"  # and of `lmref verify --report-json`
+LARGEST_REPORT_BYTES = 1 << 28  # a larger existing file is not read to see whether it is a report
+
+
+def report_format(path: Path) -> str | None:
+    """The `format` of the JSON report at `path`; None for any other file (or none, or one too
+    large to be a report)."""
+    try:
+        if path.stat().st_size > LARGEST_REPORT_BYTES:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return data.get("format") if isinstance(data, dict) and isinstance(data.get("format"), str) else None
+
+
+def check_report_file(path: str | Path, inputs: Iterable[str | Path], fmt: str, option: str = "--report-json") -> Path:
+    """OutputError unless a report of format `fmt` can be written at `path` (returned resolved):
+    it is not a directory, not one of `inputs` nor inside or above one (check_not_an_input), an
+    existing file there is empty or a report of `fmt` (nothing else of the user's is replaced),
+    and it, or the nearest folder of it that exists, takes a file (os.access: nothing is written
+    or created)."""
     given, path = path, Path(path).resolve()
     if path.is_dir():
         raise OutputError(f"{option} {given}: is a directory; give the path of a file to write")
     check_not_an_input(path, inputs, option)
     check_not_in_a_listing_output(path, option)
+    if path.is_file() and path.stat().st_size and report_format(path) != fmt:
+        raise OutputError(f"{option} {given}: the file exists and is not an earlier {fmt!r} report, so it may be "
+                          "yours; give a new path, an empty file or an earlier report of this kind")
     try:
         if not path.exists():
             _takes_files(path.parent)
@@ -167,3 +192,16 @@ def check_report_file(path: str | Path, inputs: Iterable[str | Path], option: st
     except OSError as e:
         raise OutputError(f"{option} {given}: cannot be written ({e.strerror or e})") from None
     return path
+
+
+def write_report_file(path: Path, text: str) -> None:
+    """Write the report `text` at `path` (checked by check_report_file): its missing folders
+    made, the text written under a temporary name beside it, then moved into place."""
+    path = path.resolve()  # a link to an earlier report: that report is replaced, not the link
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        temp.write_text(text, encoding="utf-8")
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)

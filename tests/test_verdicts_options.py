@@ -3,6 +3,9 @@ after the whole run, are usage errors (exit 4) before anything runs."""
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
 from lmref.conformance.generate import generate
@@ -69,6 +72,32 @@ def test_report_json_naming_an_input_is_a_usage_error(tmp_path):
     assert (root / "MANIFEST.json").read_bytes() == manifest
     assert overrides.read_text() == '{"float32": {"nmse": 1e-8}}'
     assert not (root / "llama3" / "report.json").exists() and not (other / "report.json").exists()
+
+
+def test_report_json_replaces_no_file_of_the_users(tmp_path):
+    """An existing file at the report's path is replaced only when it is empty or an earlier
+    conformance report: not an adapter's source, nor a hard link to the store's manifest (the
+    same file by another name), which stay as they were; the report is moved into place whole."""
+    from tests.test_conformance_plugin import _copy_store
+
+    root = _copy_store(tmp_path)
+    manifest = (root / "MANIFEST.json").read_bytes()
+    linked = tmp_path / "linked.json"
+    os.link(root / "MANIFEST.json", linked)
+    source = tmp_path / "my_adapter.py"
+    source.write_text("class Adapter: ...\n")
+    for target in (linked, source):
+        run = run_suite(tmp_path, "--arch", "llama3", "--golden-dir", str(root), "--report-json", str(target))
+        assert run.rc == USAGE_ERROR, run.out
+        assert f"--report-json {target}: the file exists and is not an earlier 'lmref-conformance-report'" in run.out
+        assert "passed" not in run.out
+    assert (root / "MANIFEST.json").read_bytes() == manifest and source.read_text() == "class Adapter: ...\n"
+    target = tmp_path / "report.json"
+    target.touch()
+    for _ in range(2):  # an empty file, then the report it became
+        run = run_suite(tmp_path, "--arch", "gpt2", "--report-json", str(target), "-k", "prefill-b2-s7")
+        assert run.rc == 0 and json.loads(target.read_text())["summary"]["total"] == 3, run.out
+    assert not list(tmp_path.glob(".report.json.tmp-*"))
 
 
 def test_a_usage_error_leaves_no_folder_for_the_report(tmp_path):

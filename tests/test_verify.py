@@ -197,6 +197,24 @@ def test_the_report_is_never_written_into_the_checkpoint(llama_dir, capsys):
     assert not (llama_dir / "r.json").exists()
 
 
+def test_a_report_replaces_only_an_empty_file_or_an_earlier_verify_report(llama_dir, tmp_path, capsys):
+    """A file of the user's at the report's path (here a conformance report, another kind) is
+    refused before the run and left as it was; an empty file, then the report it became, are
+    replaced."""
+    theirs = tmp_path / "theirs.json"
+    theirs.write_text('{"format": "lmref-conformance-report"}')
+    assert run_cli("--hf-dir", str(llama_dir), "--impl", "numpy", "--report-json", str(theirs)) == 2
+    captured = capsys.readouterr()
+    assert "the file exists and is not an earlier 'lmref-verify/1' report" in captured.err
+    assert "verdict" not in captured.out and theirs.read_text() == '{"format": "lmref-conformance-report"}'
+    target = tmp_path / "report.json"
+    target.touch()
+    for _ in range(2):
+        assert run_cli("--hf-dir", str(llama_dir), "--impl", "numpy", "--report-json", str(target)) == 0
+        assert json.loads(target.read_text())["format"] == "lmref-verify/1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "theirs.json"]  # no temporary left
+
+
 def test_a_report_that_cannot_be_written_is_refused_before_the_run(llama_dir, tmp_path, capsys, monkeypatch):
     """A folder that takes no new file (a read-only one; /proc for root) is found before the
     verification runs: exit 2, one line, nothing written."""

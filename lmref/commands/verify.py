@@ -35,12 +35,13 @@ def parse_tokens(text: str) -> np.ndarray:
 
 def check_report_path(value: str, hf_dir: str) -> Path:
     """The --report-json file: not empty, and spec/outputs.py check_report_file's (not a
-    directory, not inside the checkpoint, writable; nothing is written yet)."""
-    from lmref.spec.outputs import check_report_file
+    directory, not inside the checkpoint, writable, not a file of another kind; nothing is
+    written yet)."""
+    from lmref.spec.outputs import VERIFY_REPORT_FORMAT, check_report_file
 
     if not value.strip():
         raise ValueError("--report-json is empty: give the path of a file to write")
-    return check_report_file(value, [hf_dir])
+    return check_report_file(value, [hf_dir], VERIFY_REPORT_FORMAT)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
