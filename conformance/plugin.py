@@ -320,6 +320,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(SuiteReporter(suite), "lmref-conformance-reporter")
 
 
+NOTHING_COMPARED = pytest.ExitCode.NO_TESTS_COLLECTED  # the exit status of a run that compared nothing
 GOLDEN_TESTS = Path(__file__).with_name("test_golden.py")  # one test function per capability: test_{capability}
 
 
@@ -358,6 +359,7 @@ class SuiteReporter:
 
     def __init__(self, suite: Suite):
         self.suite = suite
+        self.report_error: str | None = None  # the --report-json file could not be written
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         return self.suite.header_lines()
@@ -377,17 +379,26 @@ class SuiteReporter:
         terminalreporter.write_sep("=", f"lmref conformance: {self.suite.adapter.name} vs {self.suite.golden_label}")
         for line in self.suite.report.table_lines():
             terminalreporter.write_line(line)
-        if config.option.lmref_report_json:
+        if self.suite.report.compared_nothing():
+            terminalreporter.write_line(f"lmref: nothing was compared (every check NOT SUPPORTED or skipped): exit "
+                                        f"status {int(NOTHING_COMPARED)}, not a pass", red=True)
+        if self.report_error:
+            terminalreporter.write_line(self.report_error, red=True)
+        elif config.option.lmref_report_json:
             terminalreporter.write_line(f"JSON report: {_path(config, config.option.lmref_report_json)}")
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """A run whose checks all came back NOT SUPPORTED verified nothing: it exits with
+        NOTHING_COMPARED, not 0.  The controller writes the report (a pytest-xdist worker holds
+        its own share of the checks only)."""
+        if hasattr(session.config, "workerinput"):
+            return
+        if exitstatus == pytest.ExitCode.OK and self.suite.report.compared_nothing():
+            session.exitstatus = exitstatus = NOTHING_COMPARED
         path = session.config.option.lmref_report_json
         if path:
             try:
                 self.suite.report.write_json(_path(session.config, path), self.suite.run_info(), exitstatus)
             except OSError as e:  # checked writable before the run; it may still vanish or fill up
-                reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-                message = f"lmref: error: --report-json {path}: could not be written ({e.strerror or e})"
-                if reporter:
-                    reporter.write_line(message, red=True)
+                self.report_error = f"lmref: error: --report-json {path}: could not be written ({e.strerror or e})"
                 session.exitstatus = pytest.ExitCode.INTERNAL_ERROR

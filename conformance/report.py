@@ -156,6 +156,11 @@ class Report:
         compared, expected = min(counts)
         return "" if compared == expected else f" ({compared} of {expected} components)"
 
+    def compared_nothing(self) -> bool:
+        """Whether checks finished and not one compared anything (each NOT SUPPORTED or skipped)."""
+        counts = self.counts()
+        return bool(self.finished()) and not any(counts[s] for s in (PASS, FAIL, ERROR))
+
     def counts(self) -> dict[str, int]:
         found = Counter(r.status for r in self.finished())
         return {s: found[s] for s in ORDER if found[s] or s != SKIPPED}

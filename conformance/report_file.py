@@ -16,6 +16,7 @@ check the new run no longer has; a better one is a fix; a check only the new run
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,11 @@ from lmref.conformance.adapters import CAPABILITIES
 from lmref.conformance.report import ORDER, REPORT_FORMAT, REPORT_FORMAT_VERSION
 
 RESULT_KEYS = ("arch", "case", "capability", "status")
+UNFINISHED = {  # pytest's exit statuses that a table of finished checks does not show
+    2: "it was interrupted, and the checks it did not reach are not in the report",
+    3: "it ended in an internal error (of pytest, a plugin, or the report's write)",
+    5: "nothing was compared (every check NOT SUPPORTED or skipped)",
+}
 
 
 class ReportFileError(ValueError):
@@ -72,21 +78,31 @@ def summary_lines(report: dict) -> list[str]:
     lines += ["  ".join(text.ljust(w) for text, w in zip(row, widths)).rstrip() for row in rows]
     counts = ", ".join(f"{n} {s}" for s, n in summary.get("counts", {}).items())
     lines.append(f"{summary.get('total', len(report['results']))} checks: {counts}")
+    status = summary.get("exit_status")
+    if status in UNFINISHED:
+        lines.append(f"the run exited with status {status}: {UNFINISHED[status]}")
     for r in report["results"]:
         if r["status"] in ("FAIL", "ERROR"):
             lines.append(f"{r['status']} {r['arch']}/{r['case']} {r['capability']}: {gist(r.get('message') or '')}")
     return lines
 
 
+HEADING_CAUSE = re.compile(r"(?:FAIL|ERROR) \S+ \w+: (?P<cause>.+)")  # "ERROR arch/case capability: cause"
+
+
 def gist(message: str) -> str:
     """The line of a FAIL or ERROR message that says most: the first diverging component,
-    else the first reason given, else the first line after the heading."""
+    else the first reason given (under "failed:", or in the heading itself: an ERROR's, an
+    invalid result's), else the first line after the heading."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     for line in lines:
         if line.startswith("first diverging component"):
             return line
     if "failed:" in lines[:-1]:
         return lines[lines.index("failed:") + 1]
+    cause = HEADING_CAUSE.fullmatch(lines[0]) if lines else None
+    if cause:
+        return cause["cause"]
     return lines[1] if len(lines) > 1 else "".join(lines)
 
 

@@ -129,3 +129,34 @@ def test_a_custom_store_and_its_loosened_cases_are_shown_and_compared(runs, tmp_
     assert lines[1] == 'case tolerance overrides: gpt2/prefill-b2-s7 {"float64": {"nmse": 1.0}}'
     status, out, _ = report_cli(capsys, write(tmp_path, "release.json", report), tmp_path / "custom.json")
     assert "golden_store: 'release' -> 'custom'" in out and "case_tolerance_overrides: {} -> {" in out
+
+
+def test_an_error_and_an_invalid_result_are_shown_by_their_cause(tmp_path, capsys):
+    """The line under the table is the reason the heading gives, not the repro or the traceback
+    header after it."""
+    for impl, line in [("CrashOnBatch3", "ERROR llama3/prefill-b3-s13 forward: crash-on-batch-3.forward raised "
+                                         "RuntimeError: simulated crash on batch 3"),
+                       ("forward_nan", "FAIL llama3/prefill-b2-s7 forward: invalid result: forward returned 1 "
+                                       "non-finite values of 3514 (1 NaN, 0 inf)")]:
+        run_suite(tmp_path, "--arch", "llama3", "--impl", f"{ADAPTERS}:{impl}")
+        status, out, _ = report_cli(capsys, tmp_path / "report.json")
+        assert status == 0 and any(printed.startswith(line) for printed in out.splitlines()), out
+
+
+def test_a_run_that_compared_nothing_exits_5_and_its_report_says_so(tmp_path, capsys):
+    """Every check NOT SUPPORTED: nothing was verified, so the run does not pass (exit 5, pytest's
+    'no tests'), and `lmref report` says why its table holds no PASS."""
+    run = run_suite(tmp_path, "--arch", "llama3", "--impl", f"{ADAPTERS}:ReportsHugePageAdvice")
+    assert run.rc == 5 and "lmref: nothing was compared (every check NOT SUPPORTED or skipped)" in run.out, run.out
+    assert run.report["summary"]["exit_status"] == 5
+    status, out, _ = report_cli(capsys, tmp_path / "report.json")
+    assert status == 0 and out.splitlines()[-1] == (
+        "the run exited with status 5: nothing was compared (every check NOT SUPPORTED or skipped)")
+
+
+def test_an_interrupted_run_is_not_shown_as_a_whole_one(runs, tmp_path, capsys):
+    report = copy.deepcopy(runs["good"][1])
+    report["summary"]["exit_status"] = 2  # Ctrl-C: pytest still writes what finished
+    status, out, _ = report_cli(capsys, write(tmp_path, "cut.json", report))
+    assert status == 0 and "the run exited with status 2: it was interrupted, and the checks it did not reach " \
+        "are not in the report" in out

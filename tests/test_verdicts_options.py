@@ -117,3 +117,20 @@ def test_an_empty_golden_dir_or_tolerances_is_a_usage_error(tmp_path, option):
     run = run_suite(tmp_path, "--arch", "llama3", option, "")
     assert run.rc == USAGE_ERROR, run.out
     assert f"{option} is empty" in run.out and "passed" not in run.out
+
+
+def test_a_report_lost_after_the_run_is_said_after_the_table_not_announced(tmp_path):
+    """A disk that fills up when the report is written: the error takes the place of the
+    "JSON report:" line under the table, and the run exits 3 (pytest's internal error)."""
+    (tmp_path / "full_disk.py").write_text(
+        "import lmref.conformance.report as report\n\n\n"
+        "def pytest_configure(config):\n"
+        "    def full(path, text):\n"
+        "        raise OSError(28, 'No space left on device')\n\n"
+        "    report.write_report_file = full\n")
+    run = run_suite(tmp_path, "--arch", "gpt2", "-k", "prefill-b2-s7", "-p", "full_disk", pythonpath=(str(tmp_path),))
+    assert run.rc == 3, run.out
+    lines = run.out.splitlines()
+    error = f"lmref: error: --report-json {tmp_path / 'report.json'}: could not be written (No space left on device)"
+    assert error in lines and lines[lines.index(error) - 1].startswith("3 checks: 3 PASS")
+    assert "JSON report:" not in run.out
