@@ -91,6 +91,7 @@ class Returns(NumpyAdapter):
     (lambda r, c: {k: v[..., :1] for k, v in r.items()}, "expected (3, 13, 2) = [batch, seq, k]"),
     (lambda r, c: {k: v.astype(np.float64) for k, v in r.items()}, "expected integer expert indices"),
     (lambda r, c: {k: v + c.moe.n_experts for k, v in r.items()}, "outside [0, 8)"),
+    (lambda r, c: {k: v.tolist() + [[1]] for k, v in r.items()}, "is a list that np.asarray cannot convert"),
 ])
 def test_a_malformed_routing_result_is_a_fail(make, phrase):
     result = run_check(STORE.load("mixtral-8x7b", "prefill-b3-s13"), Returns(make), "routing")
