@@ -98,6 +98,12 @@ def kl_per_position(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.maximum(np.where(small, precise, plain), 0.0)  # KL >= 0; a negative value is rounding
 
 
+# Results of any finite size are compared: a square or an exponential that overflows is an inf
+# metric, which fails its gate, not a RuntimeWarning (an exception under `-W error`).
+QUIET_OVERFLOW = np.errstate(over="ignore")
+
+
+@QUIET_OVERFLOW
 def nmse(out: np.ndarray, ref: np.ndarray) -> float:
     """sum((out - ref)^2) / sum(ref^2), in float64; inf when ref is all zero and out is not."""
     out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
@@ -115,6 +121,7 @@ def _top1(out: np.ndarray, ref: np.ndarray, margin: float) -> tuple[np.ndarray, 
     return decisive, mismatch
 
 
+@QUIET_OVERFLOW
 def compare(out: np.ndarray, ref: np.ndarray, tol: Tolerance) -> Metrics:
     """All metrics of logits `out` against `ref` (same shape [B, S, V], finite)."""
     out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)

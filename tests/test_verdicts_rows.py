@@ -4,8 +4,11 @@ check and each arch meets, so a bfloat16 pass never reads as a float32 pass."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
+from lmref import impl_numpy
 from lmref.conformance.adapters import as_adapter
 from lmref.conformance.runner import FAIL, PASS, run_check
 from lmref.conformance.store import GoldenStore
@@ -93,3 +96,13 @@ def test_the_tightest_row_agrees_with_the_gates(case):
         assert rows_met(out, ref, rows) == expected, scale
         seen.add(tuple(expected))
     assert len(seen) >= 4  # the noise levels reach several rows, down to none
+
+
+def test_logits_too_large_to_square_fail_under_warnings_as_errors(case):
+    """Logits of 1e200 overflow the squares of nmse: a FAIL (nmse inf) even where a CI's
+    `-W error::RuntimeWarning` turns NumPy's overflow warning into an exception."""
+    adapter = as_adapter(lambda config, params, tokens: impl_numpy.forward(config, params, tokens) * 1e200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = run_check(case, adapter, "forward")
+    assert result.status == FAIL and "nmse inf > " in result.message, result.message
