@@ -79,7 +79,11 @@ Overrides = dict[str, dict[str, float]]  # {"float32": {"nmse": 1e-8}}
 def _check_value(where: str, dtype: str, metric: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ToleranceError(f"{where}: {dtype}.{metric} must be a number, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer past float's range (JSON integers are unbounded)
+        raise ToleranceError(f"{where}: {dtype}.{metric} must be a number a float can hold, got an integer of "
+                             f"{len(str(abs(value)))} digits") from None
     if math.isnan(value) or value < 0:
         raise ToleranceError(f"{where}: {dtype}.{metric} must be a non-negative number, got {value!r}")
     if metric == "top1" and value > 1:

@@ -279,6 +279,8 @@ def test_tolerance_overrides_case_then_run(prefill_case):
             build_tolerances(assignments=[bad])
     with pytest.raises(ToleranceError, match="unknown metric float16.kll"):
         Tolerances().row("float16", {"float16": {"kll": 1.0}})
+    with pytest.raises(ToleranceError, match="float32.nmse must be a number a float can hold, got an integer of 401"):
+        Tolerances().row("float32", {"float32": {"nmse": 10**400}})  # a JSON file may hold such an integer
 
 
 def test_a_tolerances_file_that_is_not_json_in_utf8_names_the_file(tmp_path):
