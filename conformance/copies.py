@@ -5,7 +5,7 @@ A copy of llama4-maverick's 167 MB case weights takes 0.07 to 0.3 s (most of it 
 faults of fresh memory), and the suite calls forward, loss, capture and routing on the same
 weights in turn.  So the previous call's copies are handed out again while they still equal
 their source bit for bit (spec/params.py `same_weights`, one comparison: 0.014 s), and copied
-afresh once an adapter has written into them or the weights change.  Each call gets its own
+afresh once an adapter has written into them, made them read-only, or the weights change.  Each call gets its own
 dict: adding or removing its entries touches nothing else.
 """
 
@@ -25,8 +25,10 @@ class WeightCopies:
 
     def of(self, params: dict) -> dict[str, np.ndarray]:
         """{name: a copy of params[name]}: the last copies while they equal `params` (the same
-        dict, its arrays unchanged and unwritten), else fresh ones."""
-        if params is not self._source or not same_weights(self._copies, params):
+        dict, its arrays unchanged and unwritten) and are still writeable (an adapter may have
+        set an array read-only), else fresh ones."""
+        if (params is not self._source or not all(a.flags.writeable for a in self._copies.values())
+                or not same_weights(self._copies, params)):
             self._source, self._copies = None, {}  # the old copies freed first: their memory is reused
             self._copies = {k: np.array(v, copy=True) for k, v in params.items()}
             self._source = params

@@ -1,5 +1,5 @@
 """conformance/copies.py: every adapter call gets arrays equal to the shared weights, reused
-while unwritten, copied afresh once written into or when the weights change."""
+while unwritten, copied afresh once written into, made read-only, or when the weights change."""
 
 from __future__ import annotations
 
@@ -28,6 +28,15 @@ def test_copies_written_into_are_replaced():
     again = copies.of(weights)
     assert again["a"][0, 0] == 0.0 and weights["a"][0, 0] == 0.0
     np.testing.assert_array_equal(again["a"], weights["a"])
+
+
+def test_copies_made_read_only_are_replaced():
+    """The next call may write into its params ("mutate them freely"), whatever the last did."""
+    weights, copies = _weights(), WeightCopies()
+    copies.of(weights)["b"].flags.writeable = False
+    again = copies.of(weights)
+    again["b"] *= 2.0
+    np.testing.assert_array_equal(again["b"], 2.0 * weights["b"])
 
 
 def test_other_or_changed_weights_get_fresh_copies():
