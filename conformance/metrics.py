@@ -261,11 +261,18 @@ class Divergence:
     misshaped: list[str]  # "name: expected (...), got (...)"
     unknown: list[str]  # names the adapter provided that the golden does not have
 
+    def first_line(self) -> str | None:
+        """'first diverging component: NAME (nmse X > T)', saying when the capture held NaN or
+        inf (its nmse is then NaN, locate_divergence); None when no component diverged."""
+        if self.first is None:
+            return None
+        nan = " (non-finite values)" if np.isnan(self.first_nmse) else ""
+        return f"first diverging component: {self.first} (nmse {self.first_nmse:.3g}{nan} > {self.threshold:.3g})"
+
     def describe(self) -> str:
         lines = []
         if self.first is not None:
-            nan = " (non-finite values)" if np.isnan(self.first_nmse) else ""
-            lines.append(f"first diverging component: {self.first} (nmse {self.first_nmse:.3g}{nan} > {self.threshold:.3g})")
+            lines.append(self.first_line())
         elif self.nmse:
             lines.append(f"no captured component diverged ({len(self.nmse)} compared)")
         lines += [f"wrong shape: {m}" for m in self.misshaped]

@@ -191,7 +191,7 @@ def _check_capture(case: GoldenCase, adapter: Adapter, tolerances: Tolerances) -
     worst = float(np.max(list(d.nmse.values()))) if d.nmse else 0.0  # NaN if any is: no row admits it
     met = [] if only_logits or d.misshaped or not d.nmse else [name for name, tol in row.rows.items() if worst <= tol.nmse]
     metrics = _metrics(case, row, row.tightest(met), {**counts, **d.to_dict()})
-    failed = [f"first diverging component: {d.first} (nmse {d.first_nmse:.3g} > {row.tol.nmse:.3g})"] if d.first else []
+    failed = [d.first_line()] if d.first else []
     failed += [f"wrong shape: {m}" for m in d.misshaped]
     if only_logits:
         intermediates = [n for n in golden if n not in ONLY_LOGITS]
