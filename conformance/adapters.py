@@ -61,7 +61,7 @@ import numpy as np
 
 from lmref.conformance.copies import WeightCopies
 from lmref.conformance.results import (
-    AdapterResultError, Output, name_of_dtype, validate_array, validate_captures, validate_scalar,
+    AdapterResultError, Output, name_of_dtype, raised, validate_array, validate_captures, validate_scalar,
 )
 from lmref.conformance.tolerances import DTYPES
 from lmref.spec.config import ModelConfig
@@ -200,11 +200,11 @@ class Adapter:
         try:
             return method(config, params, np.array(tokens, copy=True), *extra, **images)
         except NotImplementedError as e:
-            raise AdapterNotSupported(f"{self.name}.{capability} raised NotImplementedError: {e}") from e
+            raise AdapterNotSupported(f"{self.name}.{capability} raised {raised(e)}") from e
         except (Exception, SystemExit) as e:  # sys.exit() in an adapter ends its check, not the run
             frames = "".join(traceback.format_tb(e.__traceback__)[1:][-5:])
             raise AdapterCallError(
-                f"{self.name}.{capability} raised {type(e).__name__}: {e}\n"
+                f"{self.name}.{capability} raised {raised(e)}\n"
                 f"adapter traceback (most recent call last):\n{frames.rstrip()}"
             ) from e
 

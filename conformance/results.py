@@ -15,6 +15,16 @@ class AdapterResultError(Exception):
     """The adapter returned something that is not a valid result (a FAIL)."""
 
 
+def raised(e: BaseException) -> str:
+    """'TypeName: its message' of an exception an adapter raised; an exception whose own str()
+    raises is still named by its type."""
+    try:
+        text = str(e)
+    except Exception as inner:  # noqa: BLE001  (the adapter's __str__: anything)
+        text = f"(its str() raised {type(inner).__name__})"
+    return f"{type(e).__name__}: {text}"
+
+
 @dataclass(frozen=True)
 class Output:
     """A validated result: `value` is a float64 copy, `dtype` the name of the returned dtype

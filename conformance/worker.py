@@ -90,7 +90,7 @@ def _serve(conn, parent: int) -> None:
     from lmref.conformance.adapters import (
         CAPABILITIES, AdapterCallError, AdapterLoadError, AdapterNotSupported, load_resolved,
     )
-    from lmref.conformance.results import AdapterResultError
+    from lmref.conformance.results import AdapterResultError, raised
     from lmref.conformance.store import case_params
 
     import lmref.impl_numpy  # noqa: F401  (the default adapter, the golden: loaded while the suite loads)
@@ -110,7 +110,7 @@ def _serve(conn, parent: int) -> None:
         conn.send(("load-error", str(e)))
         return
     except BaseException as e:  # noqa: BLE001  (what load_resolved lets through: a capability query that raises)
-        conn.send(("load-error", f"loading it raised {type(e).__name__}: {e}"))
+        conn.send(("load-error", f"loading it raised {raised(e)}"))
         return
     conn.send(("ready", info))
     while True:
@@ -129,7 +129,7 @@ def _serve(conn, parent: int) -> None:
             reply = ("raised", type(e)(str(e)))
         except BaseException as e:  # noqa: BLE001  (anything the wrapper let through)
             frames = "".join(traceback.format_tb(e.__traceback__)[-5:])
-            reply = ("raised", AdapterCallError(f"{adapter.name}.{capability} raised {type(e).__name__}: {e}\n"
+            reply = ("raised", AdapterCallError(f"{adapter.name}.{capability} raised {raised(e)}\n"
                                                 f"worker traceback (most recent call last):\n{frames.rstrip()}"))
         try:
             conn.send(reply)

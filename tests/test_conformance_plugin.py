@@ -132,6 +132,22 @@ def test_crashing_adapter_is_an_error_and_the_run_goes_on(tmp_path):
     assert "ERROR at setup of test_forward[llama3-prefill-b3-s13]" in run.out
 
 
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no text")
+
+
+def raises_unprintable(config, params, tokens):
+    raise Unprintable()
+
+
+def test_an_exception_whose_str_raises_is_still_named_by_its_type(prefill_case):
+    result = run_check(prefill_case, as_adapter(raises_unprintable), "forward")
+    assert result.status == "ERROR", result.message
+    assert "raises_unprintable.forward raised Unprintable: (its str() raised RuntimeError)" in result.message
+    assert "in raises_unprintable" in result.message  # the adapter's frame
+
+
 def test_forward_only_function_is_not_supported_elsewhere(tmp_path):
     run = run_suite(tmp_path, "--arch", "llama3", "--impl", f"{ADAPTERS}:forward_only")
     assert run.rc == 0, run.out
