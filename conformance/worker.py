@@ -81,6 +81,7 @@ def _serve(conn, parent: int) -> None:
     """The worker's main loop: import the suite's modules, wait for the spec, load the adapter,
     then answer requests until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the suite's to handle; it stops the worker
+    os.setpgrp()  # a process group of its own: Worker.kill ends it with the processes its adapter started
     # Before NumPy loads, unless the user chose: no madvise(MADV_HUGEPAGE) on large arrays. The worker
     # makes every case's weights afresh (and copies of them), and where the kernel compacts memory to
     # fault in huge pages (transparent_hugepage/defrag "madvise"), each fresh 167 MB of llama4-maverick's
@@ -195,8 +196,13 @@ class Worker:
         return self.process.is_alive() and not self.conn.closed
 
     def kill(self) -> int | None:
-        """Kill the worker (if it still runs) and return its exit status."""
+        """Kill the worker (if it still runs) with its process group, which holds the processes
+        its adapter started (a check past --timeout leaves none running), and return its exit
+        status.  The group is signalled only while the worker is alive, so its id is still the
+        worker's; before the worker has made its group there is none of that id to signal."""
         if self.process.is_alive():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.kill()
         self.process.join(JOIN_SECONDS)
         with contextlib.suppress(OSError):

@@ -195,6 +195,23 @@ class HangsOnBatch3(_MisbehavesOnBatch3):
         time.sleep(3600)
 
 
+class SpawnsAndHangsOnBatch3(_MisbehavesOnBatch3):
+    """forward starts a process of its own on batch-3 inputs (its pid written to the file
+    $LMREF_TEST_CHILD_PID), then never returns."""
+
+    name = "spawns-and-hangs-on-batch-3"
+
+    def misbehave(self) -> None:
+        import subprocess
+        import sys
+        import time
+
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        with open(os.environ["LMREF_TEST_CHILD_PID"], "w") as f:
+            f.write(str(child.pid))
+        time.sleep(3600)
+
+
 class SysExitOnBatch3(_MisbehavesOnBatch3):
     """forward raises SystemExit(0) on batch-3 inputs: an ERROR, not the end of the run."""
 

@@ -40,6 +40,20 @@ def test_an_adapter_that_hangs_times_out_as_an_error(tmp_path, option):
     assert statuses(run, "loss") == [PASS] * 4
 
 
+def test_a_timed_out_check_kills_the_processes_the_adapter_started(tmp_path):
+    """The worker is a process group of its own: past --timeout it is killed with what its
+    adapter started, which would otherwise run on, orphaned, after the suite."""
+    pid_file = tmp_path / "child.pid"
+    run = run_suite(tmp_path, "--arch", "llama3", "-k", "test_forward and prefill-b3-s13", "--lmref-timeout", "3",
+                    "--impl", f"{ADAPTERS}:SpawnsAndHangsOnBatch3", env={"LMREF_TEST_CHILD_PID": str(pid_file)})
+    assert run.rc == 1 and "did not return within 3 s" in run.out, run.out
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _running(child):
+        time.sleep(0.2)
+    assert not _running(child), "the adapter's process outlived the check that timed out"
+
+
 def test_an_adapter_that_raises_system_exit_is_an_error(tmp_path):
     """issue 10, item 7: SystemExit from an adapter is that check's ERROR, not the end of the run."""
     run = run_suite(tmp_path, "--arch", "llama3", "--impl", f"{ADAPTERS}:SysExitOnBatch3")
