@@ -318,6 +318,16 @@ def pytest_configure(config: pytest.Config) -> None:
     suite = build_suite(config)
     config.stash[SUITE] = suite
     config.pluginmanager.register(SuiteReporter(suite), "lmref-conformance-reporter")
+    if _hands_out_the_checks(config):
+        suite.adapter.close()  # its name, version and capabilities are kept; a call would start a worker again
+
+
+def _hands_out_the_checks(config: pytest.Config) -> bool:
+    """Whether this process is pytest-xdist's controller, which runs no check: its workers each
+    load the adapter themselves, and its own copy (loaded for the header and the report) need
+    not hold memory, or a GPU, for the whole run."""
+    return (getattr(config.option, "dist", "no") != "no" and not hasattr(config, "workerinput")
+            and not config.option.collectonly)
 
 
 NOTHING_COMPARED = pytest.ExitCode.NO_TESTS_COLLECTED  # the exit status of a run that compared nothing

@@ -212,6 +212,31 @@ class SpawnsAndHangsOnBatch3(_MisbehavesOnBatch3):
         time.sleep(3600)
 
 
+class CountsItsLiveCopies:
+    """The golden (forward only), which records each process it is loaded in as a file named by
+    the pid in $LMREF_TEST_PIDS, and on each forward how many of those processes still run."""
+
+    name = "counts-its-live-copies"
+    dtype = "float64"
+
+    def __init__(self):
+        self.folder = os.environ["LMREF_TEST_PIDS"]
+        open(os.path.join(self.folder, str(os.getpid())), "w").close()
+
+    def forward(self, config, params, tokens):
+        live = 0
+        for name in os.listdir(self.folder):
+            if name.isdigit():
+                try:
+                    os.kill(int(name), 0)
+                    live += 1
+                except ProcessLookupError:
+                    pass
+        with open(os.path.join(self.folder, f"live-{os.getpid()}-{tokens.shape[0]}x{tokens.shape[1]}"), "w") as f:
+            f.write(str(live))
+        return impl_numpy.forward(config, params, tokens)
+
+
 class SysExitOnBatch3(_MisbehavesOnBatch3):
     """forward raises SystemExit(0) on batch-3 inputs: an ERROR, not the end of the run."""
 

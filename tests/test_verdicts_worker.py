@@ -133,3 +133,16 @@ def test_the_worker_loads_numpy_without_huge_page_advice_unless_told(tmp_path):
         run = run_suite(tmp_path / str(len(env)), *args, env=env)
         [result] = run.results(capability="forward")
         assert expected in result["message"], run.out
+
+
+def test_under_xdist_only_the_workers_hold_the_adapter(tmp_path):
+    """`-n 2`: the controller loads the adapter for the header, then lets its worker go; while
+    the checks run, the adapter lives in the two xdist workers' processes only."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    run = run_suite(tmp_path, "--arch", "llama3", "-k", "test_forward", "-p", "xdist.plugin", "-n", "2",
+                    "--impl", f"{ADAPTERS}:CountsItsLiveCopies", env={"LMREF_TEST_PIDS": str(pids)})
+    assert run.rc == 0 and "4 passed" in run.out, run.out
+    assert len([p for p in pids.iterdir() if p.name.isdigit()]) == 3  # loaded by the controller and each worker
+    counts = [int(p.read_text()) for p in pids.glob("live-*")]
+    assert len(counts) == 4 and set(counts) == {2}, counts
