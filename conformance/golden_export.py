@@ -17,14 +17,17 @@
 
 A decode case is run as the suite's `decode`: the first prompt_len tokens of each row in one
 prefill, then the rest one token at a time through the engine's KV cache, logits of every
-position.  DIR must be new or empty: nothing is ever overwritten, and every config is checked
-(a refused GGUF arch or knob) before the first file is written.
+position.  DIR must be new or empty: nothing is ever overwritten, every config (a refused GGUF
+arch or knob) and every case's tolerance rows are checked before the first file is written, and
+an export that fails while writing (a full disk) removes what it wrote.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -110,9 +113,10 @@ def case_record(case: GoldenCase, tolerances: Tolerances) -> dict:
     }
 
 
-def write_case(case: GoldenCase, fmt: str, directory: Path, tolerances: Tolerances) -> None:
+def write_case(case: GoldenCase, record: dict, fmt: str, directory: Path) -> None:
+    """The case's files: `record` (case_record) as case.json, its arrays and weights."""
     directory.mkdir()
-    (directory / "case.json").write_text(json.dumps(case_record(case, tolerances), indent=1) + "\n")
+    (directory / "case.json").write_text(json.dumps(record, indent=1) + "\n")
     np.save(directory / "tokens.npy", np.ascontiguousarray(case.tokens, dtype=np.int64))
     np.save(directory / "expected_logits.npy", np.ascontiguousarray(case.expected["logits"], dtype=np.float64))
     if case.pixel_values is not None:
@@ -148,8 +152,25 @@ def export_golden(arch: str, fmt: str, out: Path | str, store: GoldenStore | Non
         raise KeyError(f"no golden cases for arch {arch!r} in {store.root}; archs: {', '.join(store.archs())}")
     cases = [store.load(arch, name) for name in names]
     _check_writable(cases, fmt)
+    records = [case_record(case, tolerances) for case in cases]  # every tolerance row checked before writing
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    for case in cases:
-        write_case(case, fmt, out / case.name, tolerances)
-    (out / "manifest.json").write_text(json.dumps(manifest(arch, fmt, store, cases), indent=1) + "\n")
+    try:
+        for case, record in zip(cases, records):
+            write_case(case, record, fmt, out / case.name)
+        (out / "manifest.json").write_text(json.dumps(manifest(arch, fmt, store, cases), indent=1) + "\n")
+    except BaseException:  # a full disk, an interrupt: no half export is left (out was new or empty)
+        _remove_written(out, [case.name for case in cases], made)
+        raise
     return names
+
+
+def _remove_written(out: Path, names: list[str], made: bool) -> None:
+    """Remove what export_golden wrote into `out`: its case folders and manifest, and `out`
+    itself when it made it."""
+    for name in names:
+        shutil.rmtree(out / name, ignore_errors=True)
+    (out / "manifest.json").unlink(missing_ok=True)
+    if made:
+        with contextlib.suppress(OSError):
+            out.rmdir()

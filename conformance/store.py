@@ -38,7 +38,9 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save
 
-from lmref.spec.config import ModelConfig
+from lmref.conformance.case_file import GoldenStoreError, check_case_meta, json_object
+from lmref.conformance.tolerances import ToleranceError, check_overrides
+from lmref.spec.config import ConfigError, ModelConfig
 from lmref.spec.outputs import GOLDEN_STORE_KIND, MARKER
 from lmref.spec.params import init_params
 
@@ -47,10 +49,6 @@ DEFAULT_GOLDEN_DIR = Path(__file__).parent / "golden"
 MANIFEST = "MANIFEST.json"
 CASE_FILES = ("case.json", "inputs.safetensors", "expected.safetensors")
 KIND = GOLDEN_STORE_KIND  # the kind `lmref golden` claims its output directory as (spec/outputs.py)
-
-
-class GoldenStoreError(RuntimeError):
-    """The golden store is missing, corrupted, stale or of a format this lmref cannot read."""
 
 
 def sha256_of(path: Path) -> str:
@@ -126,12 +124,12 @@ class GoldenStore:
         if not manifest_path.is_file():
             raise GoldenStoreError(f"no golden manifest at {manifest_path}; generate it with `lmref golden`")
         raw = manifest_path.read_bytes()
-        try:
-            self.manifest = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise GoldenStoreError(f"{manifest_path}: not valid JSON ({e})") from None
+        self.manifest = json_object(manifest_path, raw)
         _check_version(str(manifest_path), self.manifest)
-        self.files: dict[str, str] = self.manifest["files"]
+        files = self.manifest.get("files")
+        if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            raise GoldenStoreError(f"{manifest_path}: 'files' must map each file's path to its sha256")
+        self.files: dict[str, str] = files
         self.manifest_sha256 = hashlib.sha256(raw).hexdigest()
 
     @property
@@ -210,9 +208,16 @@ class GoldenStore:
         return path
 
     def load_meta(self, arch: str, name: str) -> dict:
-        """A case's case.json (verified against the manifest, of a known format version)."""
-        meta = json.loads(self.verified_path(f"{arch}/{name}/case.json").read_text())
-        _check_version(f"{self.root / arch / name}/case.json", meta)
+        """A case's case.json (verified against the manifest, of a known format version, its
+        tolerance overrides valid): a custom store's manifest may list a case.json made by hand."""
+        path = self.verified_path(f"{arch}/{name}/case.json")
+        meta = json_object(path, path.read_bytes())
+        _check_version(str(path), meta)
+        check_case_meta(path, meta)
+        try:
+            check_overrides(meta.get("tolerances", {}), str(path))
+        except ToleranceError as e:
+            raise GoldenStoreError(str(e)) from None
         return meta
 
     def load(self, arch: str, name: str) -> GoldenCase:
@@ -230,8 +235,11 @@ class GoldenStore:
             shown = ", ".join(str(self.root / u) for u in unlisted[:3]) + (" ..." if len(unlisted) > 3 else "")
             raise GoldenStoreError(f"{shown}: not listed in {MANIFEST}: the case holds files its manifest does "
                                    "not list (remove them, or regenerate the store with `lmref golden`)")
-        return GoldenCase(arch, name, meta, ModelConfig.from_dict(meta["config"]), inputs["tokens"], expected,
-                          inputs.get("pixel_values"))
+        try:
+            config = ModelConfig.from_dict(meta["config"])
+        except (TypeError, ConfigError) as e:
+            raise GoldenStoreError(f"{self.root / base}/case.json: config: {e}") from None
+        return GoldenCase(arch, name, meta, config, inputs["tokens"], expected, inputs.get("pixel_values"))
 
 
 def pinned_manifest_sha256() -> str:
