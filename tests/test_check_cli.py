@@ -135,6 +135,16 @@ def test_the_declared_row_is_the_one_judged(cases, tmp_path, capsys):
     assert status == 0 and "(row float16, tightest row met: float32)" in out
 
 
+def test_the_header_names_the_runs_overrides(cases, tmp_path, capsys):
+    """Rows loosened with --tolerance are said before any PASS, as the suite's header says them."""
+    directory = write(tmp_path / "logits", cases[:1], broken_logits, dtype=np.float64)
+    status, out, _ = check(capsys, directory, "--tolerance", "float32.nmse=inf", "--tolerance", "float32.kl=inf",
+                           "--tolerance", "float32.atol=inf", "--tolerance", "float32.top1=0")
+    assert status == 0 and out.splitlines()[0].endswith(
+        'tolerance row float32 (the default; --dtype declares the row); run overrides: '
+        '{"float32": {"nmse": Infinity, "kl": Infinity, "atol": Infinity, "top1": 0.0}}'), out
+
+
 def test_a_safetensors_file_needs_one_tensor_named_logits(cases, tmp_path, capsys):
     directory = tmp_path / "logits"
     directory.mkdir()

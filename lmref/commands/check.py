@@ -50,7 +50,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         return fail("check", e if not isinstance(e, KeyError) else ValueError(e.args[0]))
     row = args.dtype or "float32 (the default; --dtype declares the row)"
     golden = f"custom golden store {store.root} (manifest {store.version})" if custom else f"golden {store.version}"
-    print(f"lmref check: {args.arch}, logits from {args.logits}, {golden}, tolerance row {row}")
+    loosened_by_run = f"; run overrides: {json.dumps(tolerances.run_overrides)}" if tolerances.run_overrides else ""
+    print(f"lmref check: {args.arch}, logits from {args.logits}, {golden}, tolerance row {row}{loosened_by_run}")
     for case, loosened in overrides.items():  # a custom store's case may loosen a row: said before any PASS
         if loosened:
             print(f"note: {args.arch}/{case}'s case.json overrides tolerances: {json.dumps(loosened)}")
