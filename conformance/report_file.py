@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from lmref.conformance.adapters import CAPABILITIES
-from lmref.conformance.report import ORDER, REPORT_FORMAT, REPORT_FORMAT_VERSION
+from lmref.conformance.report import ORDER, REPORT_FORMAT, REPORT_FORMAT_VERSION, cell, count_cell
 
 RESULT_KEYS = ("arch", "case", "capability", "status")
 UNFINISHED = {  # pytest's exit statuses that a table of finished checks does not show
@@ -57,7 +58,38 @@ def read_report(path: str | Path) -> dict:
             raise ReportFileError(f"{path}: results[{i}] lacks {', '.join(missing)}")
         if result["status"] not in ORDER:
             raise ReportFileError(f"{path}: results[{i}] has status {result['status']!r}, not one of {', '.join(ORDER)}")
+    _check_summary(path, data)
     return data
+
+
+def _check_summary(path: Path, data: dict) -> None:
+    """ReportFileError unless the results name each check once and the summary is what they give
+    (its counts, total and table): a file edited by hand, or two runs pasted together, is
+    refused rather than shown or compared as a run."""
+    seen = set()
+    for result in data["results"]:
+        check = (result["arch"], result["case"], result["capability"])
+        if check in seen:
+            raise ReportFileError(f"{path}: results hold {check[0]}/{check[1]} {check[2]} more than once")
+        seen.add(check)
+    summary = data["summary"]
+    if not isinstance(summary, dict) or not all(isinstance(summary.get(k, {}), dict) for k in (
+            "counts", "table", "tightest_row")) or not isinstance(data.get("case_tolerance_overrides") or {}, dict):
+        raise ReportFileError(f"{path}: summary must be an object whose counts, table and tightest_row are objects "
+                              "(and case_tolerance_overrides an object)")
+    statuses = [r["status"] for r in data["results"]]
+    counted = {s: n for s, n in summary.get("counts", {}).items() if n}
+    if counted != {s: n for s, n in Counter(statuses).items()} or summary.get("total", len(statuses)) != len(statuses):
+        raise ReportFileError(f"{path}: summary counts {summary.get('counts')} (total {summary.get('total')}) are not "
+                              f"those of its {len(statuses)} results ({count_cell(statuses)})")
+    grid: dict[tuple[str, str], list[str]] = {}
+    for r in data["results"]:
+        grid.setdefault((r["arch"], r["capability"]), []).append(r["status"])
+    for arch, caps in summary.get("table", {}).items():
+        for capability, shown in (caps.items() if isinstance(caps, dict) else [(None, caps)]):
+            if not isinstance(shown, str) or not shown.startswith(cell(grid.get((arch, capability), []))):
+                raise ReportFileError(f"{path}: summary table {arch} {capability}: {shown!r}, but its results give "
+                                      f"{cell(grid.get((arch, capability), []))!r}")
 
 
 def summary_lines(report: dict) -> list[str]:

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from lmref.cli import main
-from lmref.conformance.report import REPORT_FORMAT, REPORT_FORMAT_VERSION
+from lmref.conformance.report import REPORT_FORMAT, REPORT_FORMAT_VERSION, cell
 from tests.test_conformance_plugin import ADAPTERS, run_suite
 
 ARCHS = ("--arch", "gpt2,llama3")
@@ -77,7 +77,11 @@ def test_a_regression_exits_1_and_a_fix_exits_0(runs, capsys):
 def test_a_check_the_new_run_lost_is_a_regression_and_one_it_gained_is_new(runs, tmp_path, capsys):
     good = runs["good"][1]
     fewer = copy.deepcopy(good)
-    lost = fewer["results"].pop(0)
+    lost = fewer["results"].pop(0)  # and the summary as that run would have written it:
+    fewer["summary"]["total"] -= 1
+    fewer["summary"]["counts"]["PASS"] -= 1
+    fewer["summary"]["table"][lost["arch"]][lost["capability"]] = cell(
+        [r["status"] for r in fewer["results"] if (r["arch"], r["capability"]) == (lost["arch"], lost["capability"])])
     status, out, _ = report_cli(capsys, runs["good"][0], write(tmp_path, "fewer.json", fewer))
     assert status == 1
     assert f"gone      {lost['arch']}/{lost['case']} {lost['capability']}: PASS -> (none)" in out
@@ -99,6 +103,9 @@ def test_a_report_from_before_the_format_was_named_reads_alike(runs, tmp_path, c
     ('{"results": [{"arch": "gpt2"}], "summary": {}}', "results[0] lacks case, capability, status"),
     ('{"results": [{"arch": "a", "case": "c", "capability": "forward", "status": "OK"}], "summary": {}}',
      "results[0] has status 'OK', not one of PASS"),
+    ('{"results": [], "summary": null}', "summary must be an object"),
+    ('{"results": [], "summary": {"counts": null}}', "summary must be an object whose counts"),
+    ('{"results": [], "summary": {}, "case_tolerance_overrides": "x"}', "(and case_tolerance_overrides an object)"),
 ])
 def test_a_file_that_is_not_a_report_is_refused_naming_it(content, expected, tmp_path, capsys):
     path = tmp_path / "r.json"
@@ -160,3 +167,25 @@ def test_an_interrupted_run_is_not_shown_as_a_whole_one(runs, tmp_path, capsys):
     status, out, _ = report_cli(capsys, write(tmp_path, "cut.json", report))
     assert status == 0 and "the run exited with status 2: it was interrupted, and the checks it did not reach " \
         "are not in the report" in out
+
+
+def _doctored(report: dict, change) -> dict:
+    doctored = copy.deepcopy(report)
+    change(doctored)
+    return doctored
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda r: r["results"].insert(0, dict(r["results"][0], status="FAIL")),
+     "results hold gpt2/prefill-b2-s7 forward more than once"),
+    (lambda r: r["results"][0].update(status="FAIL"), "summary counts {'PASS': 22, "),
+    (lambda r: r["summary"]["table"]["gpt2"].update(forward="PASS 5"),
+     "summary table gpt2 forward: 'PASS 5', but its results give 'PASS 4'"),
+])
+def test_a_report_whose_summary_is_not_its_results_is_refused(runs, tmp_path, capsys, change, expected):
+    """A duplicated check (whichever came last would win the comparison) or a summary that is not
+    what the results give (an all-PASS table over a FAIL) is not shown or compared as a run."""
+    path = write(tmp_path, "doctored.json", _doctored(runs["good"][1], change))
+    for files in ([path], [runs["good"][0], path]):
+        status, out, err = report_cli(capsys, *files)
+        assert status == 2 and out == "" and f"{path}: {expected}" in err, err
