@@ -47,7 +47,7 @@ def _existing_files(root: Path) -> dict[str, str]:
     try:
         manifest = json.loads(path.read_text())
         files = manifest["files"] if manifest.get("format_version") == FORMAT_VERSION else {}
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:  # RecursionError: deep nesting
         raise GoldenStoreError(f"{path}: unreadable ({type(e).__name__}: {e}); it says which files the store "
                                "wrote, so nothing is deleted: fix or remove it") from None
     if not isinstance(files, dict):

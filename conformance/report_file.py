@@ -43,8 +43,8 @@ def read_report(path: str | Path) -> dict:
         data = json.loads(path.read_text())
     except OSError as e:
         raise ReportFileError(f"{path}: cannot be read ({e.strerror or e})") from None
-    except ValueError as e:
-        raise ReportFileError(f"{path}: is not JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # RecursionError: nested past the stack
+        raise ReportFileError(f"{path}: is not JSON ({type(e).__name__}: {e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("results"), list) or "summary" not in data:
         raise ReportFileError(f"{path}: is not a conformance report (no results and summary: write one with "
                               "`pytest conformance/ --report-json PATH`)")

@@ -65,8 +65,8 @@ def _read_json(path: Path, what: str) -> dict:
         raise BundleError(f"{path}: no such file ({what}; is this a directory written by `lmref export`?)")
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{path}: not readable JSON ({e})") from None
+    except (OSError, ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested past the stack
+        raise BundleError(f"{path}: not readable JSON ({type(e).__name__}: {e})") from None
     if not isinstance(data, dict):
         raise BundleError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data

@@ -237,7 +237,7 @@ def _own_files(out: Path) -> set[str]:
     only: a listed path that is not a file directly in `out` is never touched)."""
     try:
         data = json.loads((out / MANIFEST_FILE).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested past the stack
         return set()
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("files"), dict):
         return set()

@@ -47,7 +47,7 @@ def marker_kind(path: Path) -> str | None:
     """The kind recorded by the marker in directory `path`; None without a readable marker."""
     try:
         data = json.loads((Path(path) / MARKER).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested past the stack
         return None
     return data.get("kind") if isinstance(data, dict) else None
 
@@ -165,7 +165,7 @@ def report_format(path: Path) -> str | None:
         if path.stat().st_size > LARGEST_REPORT_BYTES:
             return None
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested past the stack
         return None
     return data.get("format") if isinstance(data, dict) and isinstance(data.get("format"), str) else None
 
