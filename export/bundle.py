@@ -293,16 +293,44 @@ def open_bundle(out: str | Path) -> Bundle:
     return Bundle(root, config, manifest)
 
 
+def _check_source(bundle: Bundle, source: object) -> None:
+    """BundleError naming export.json unless its `source` is what `lmref export` writes: a preset
+    (its name giving config.json's model, the seed an integer), a checkpoint (a path), or params."""
+    from lmref.spec.presets import tiny
+
+    where = f"{bundle.root / MANIFEST_FILE}: source"
+    if not isinstance(source, dict):
+        raise BundleError(f"{where} must be an object, got {source!r}")
+    kind = source.get("kind")
+    if kind == "preset":
+        seed, name = source.get("seed"), source.get("preset")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise BundleError(f"{where}: the seed must be a non-negative integer, got {seed!r}")
+        try:
+            made = tiny(name) if isinstance(name, str) else None
+        except KeyError:
+            made = None
+        if made != bundle.config:
+            raise BundleError(f"{where}: the preset {name!r} does not give the model of {bundle.root / CONFIG_FILE}; "
+                              "the file was edited (export it again, or pass --checkpoint DIR)")
+    elif kind == "checkpoint" and not isinstance(source.get("path"), str):
+        raise BundleError(f"{where}: the checkpoint path must be a string, got {source.get('path')!r}")
+    elif kind not in ("preset", "checkpoint", "params", None):
+        raise BundleError(f"{where}: unknown kind {kind!r} (lmref export writes preset, checkpoint or params)")
+
+
 def reference_params(bundle: Bundle, checkpoint: str | Path | None = None) -> dict[str, np.ndarray]:
     """The weights the graph was exported from: `checkpoint` when given, else the manifest's
     source (a preset's init, or the checkpoint directory it names)."""
     from lmref.export.exporter import read_checkpoint
 
     source = bundle.manifest.get("source") or {}
+    if checkpoint is None:
+        _check_source(bundle, source)
     if checkpoint is None and source.get("kind") == "preset":
         from lmref.spec.params import init_params
 
-        return init_params(bundle.config, int(source["seed"]))
+        return init_params(bundle.config, source["seed"])
     if checkpoint is None and source.get("kind") != "checkpoint":
         raise BundleError(f"{bundle.root / MANIFEST_FILE} records no source of the weights; pass --checkpoint DIR")
     path = checkpoint if checkpoint is not None else source["path"]

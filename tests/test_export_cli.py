@@ -175,3 +175,21 @@ def test_validate_onnx_checks_its_options_before_reading_the_weights(out, tmp_pa
     large --checkpoint); here the checkpoint does not exist, and the option is named."""
     err = _error(["validate-onnx", str(out), *option, "--checkpoint", str(tmp_path / "gone")], capsys)
     assert err == f"lmref validate-onnx: error: {message}\n"
+
+
+@pytest.mark.parametrize("source, expected", [
+    ({"kind": "checkpoint", "path": 5}, "source: the checkpoint path must be a string, got 5"),
+    ({"kind": "preset", "preset": ARCH, "seed": "x"}, "source: the seed must be a non-negative integer, got 'x'"),
+    ({"kind": "preset", "preset": "gpt2", "seed": 1}, "source: the preset 'gpt2' does not give the model of"),
+    ({"kind": "preset", "preset": "nope", "seed": 1}, "source: the preset 'nope' does not give the model of"),
+    ({"kind": "weights"}, "source: unknown kind 'weights'"),
+    (["preset"], "source must be an object"),
+])
+def test_validate_onnx_refuses_a_source_entry_export_does_not_write(copy, capsys, source, expected):
+    """The weights validate-onnx compares against come from export.json's source: an edited one
+    is refused by name (it once validated a 'gpt2' source against llama2-70b's own weights)."""
+    manifest = json.loads((copy / "export.json").read_text())
+    (copy / "export.json").write_text(json.dumps(manifest | {"source": source}))
+    assert main(["validate-onnx", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert f"{copy / 'export.json'}: {expected}" in err and "Traceback" not in err, err
