@@ -35,13 +35,22 @@ class LogitsFileError(ValueError):
     """A logits file that cannot be judged: unreadable, ambiguous, or of the wrong shape."""
 
 
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file (numpy.lib.format)
+
+
 def _read(path: Path) -> np.ndarray:
     try:
         if path.suffix == ".npy":
+            with path.open("rb") as f:
+                if f.read(len(NPY_MAGIC)) != NPY_MAGIC:  # np.load would call it pickled data, whatever it is
+                    raise LogitsFileError(f"{path}: not a .npy file (it does not begin with NumPy's magic "
+                                          "string; write it with numpy.save)")
             return np.load(path, allow_pickle=False)  # never pickle (DESIGN.md)
         from safetensors.numpy import load_file
 
         tensors = load_file(str(path))
+    except LogitsFileError:
+        raise
     except Exception as e:  # NumPy and safetensors raise their own types on a malformed file
         raise LogitsFileError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
     if set(tensors) != {SAFETENSORS_NAME}:
@@ -50,7 +59,11 @@ def _read(path: Path) -> np.ndarray:
 
 
 def find_file(directory: Path, case: str) -> Path | None:
-    """DIR/<case>.npy or DIR/<case>.safetensors; LogitsFileError when both exist."""
+    """DIR/<case>.npy or DIR/<case>.safetensors; LogitsFileError when both exist, or when one of
+    the names is something other than a file (a folder named so is not a missing file)."""
+    for path in (directory / f"{case}{s}" for s in SUFFIXES):
+        if path.exists() and not path.is_file():
+            raise LogitsFileError(f"{path}: not a file; a case's logits are one .npy or .safetensors file")
     found = [directory / f"{case}{s}" for s in SUFFIXES if (directory / f"{case}{s}").is_file()]
     if len(found) > 1:
         raise LogitsFileError(f"{directory}: both {found[0].name} and {found[1].name} exist; keep one")

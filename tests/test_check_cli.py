@@ -145,6 +145,18 @@ def test_the_header_names_the_runs_overrides(cases, tmp_path, capsys):
         '{"float32": {"nmse": Infinity, "kl": Infinity, "atol": Infinity, "top1": 0.0}}'), out
 
 
+def test_a_npy_that_is_not_one_and_a_folder_named_like_a_file_are_errors_naming_them(cases, tmp_path, capsys):
+    """Not NumPy's "pickled (object) data" for a text file, nor a silent NOT SUPPORTED for a folder."""
+    directory = write(tmp_path / "logits", cases[1:], golden)
+    (directory / f"{cases[0].name}.npy").write_text("1 2 3\n")
+    status, _, err = check(capsys, directory)
+    assert status == 2 and f"{cases[0].name}.npy: not a .npy file (it does not begin with NumPy's magic" in err
+    (directory / f"{cases[0].name}.npy").unlink()
+    (directory / f"{cases[0].name}.npy").mkdir()
+    status, _, err = check(capsys, directory)
+    assert status == 2 and f"{cases[0].name}.npy: not a file; a case's logits are one .npy or .safetensors" in err
+
+
 def test_a_safetensors_file_needs_one_tensor_named_logits(cases, tmp_path, capsys):
     directory = tmp_path / "logits"
     directory.mkdir()

@@ -178,6 +178,8 @@ def test_tokens_are_taken_and_checked(llama_dir, capsys):
     assert "97" in capsys.readouterr().err
     assert run_cli("--hf-dir", str(llama_dir), "--impl", "numpy", "--tokens", "5,x") == 2
     assert "'x' is not an integer token id" in capsys.readouterr().err
+    assert run_cli("--hf-dir", str(llama_dir), "--impl", "numpy", "--tokens", "5,99999999999999999999") == 2
+    assert "99999999999999999999 is past int64, the type of token ids" in capsys.readouterr().err
 
 
 def test_a_directory_without_config_is_refused(tmp_path, capsys):

@@ -30,6 +30,8 @@ def parse_tokens(text: str) -> np.ndarray:
     for part in parts:
         if not part.lstrip("-").isdigit():
             raise ValueError(f"--tokens {text}: {part!r} is not an integer token id (expected e.g. 1,2,3)")
+        if not -(2**63) <= int(part) < 2**63:
+            raise ValueError(f"--tokens {text}: {part} is past int64, the type of token ids")
     return np.array([[int(p) for p in parts]], dtype=np.int64)
 
 
