@@ -60,9 +60,14 @@ class Bundle:
         return self.root / self.manifest["graphs"][role]
 
 
+def _not_a_file(path: Path) -> str:
+    """What is at `path` instead of a file, as a refusal says it."""
+    return "a directory, not a file" if path.is_dir() else "no such file"
+
+
 def _read_json(path: Path, what: str) -> dict:
     if not path.is_file():
-        raise BundleError(f"{path}: no such file ({what}; is this a directory written by `lmref export`?)")
+        raise BundleError(f"{path}: {_not_a_file(path)} ({what}; is this a directory written by `lmref export`?)")
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested past the stack
@@ -139,7 +144,7 @@ def _check_digests(root: Path, files: dict) -> None:
     for name, recorded in files.items():
         path = root / name
         if not path.is_file():
-            raise BundleError(f"{path}: no such file (export.json lists it)")
+            raise BundleError(f"{path}: {_not_a_file(path)} (export.json lists it)")
         size = path.stat().st_size
         found = file_digest(path) if size == recorded["bytes"] else {"sha256": "(not computed)", "bytes": size}
         if found != recorded:
@@ -162,7 +167,7 @@ def _load_graph(path: Path):
     from google.protobuf.message import DecodeError
 
     if not path.is_file():
-        raise BundleError(f"{path}: no such file (the ONNX graph)")
+        raise BundleError(f"{path}: {_not_a_file(path)} (the ONNX graph)")
     try:
         return onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, OSError) as e:
@@ -265,6 +270,9 @@ def graph_mismatches(config: ModelConfig, model) -> list[str]:
 def open_bundle(out: str | Path) -> Bundle:
     """The exported directory `out`, checked (see the module docstring), or BundleError."""
     root = Path(out)
+    if root.is_file():
+        raise BundleError(f"{root}: a file, not the export's directory (give the --out of `lmref export`"
+                          f"{', the folder holding it' if root.suffix == '.onnx' else ''})")
     if not root.is_dir():
         raise BundleError(f"{root}: no such directory (give the --out of `lmref export`)")
     manifest = _read_manifest(root)

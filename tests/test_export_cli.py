@@ -109,9 +109,13 @@ def test_config_that_does_not_match_the_graph(copy, capsys, field, value, messag
     assert "config.json does not match the graph model.onnx" in err and message in err
 
 
-def test_not_an_export(tmp_path, capsys):
+def test_not_an_export(out, tmp_path, capsys):
     assert "no such directory" in _error(["validate-onnx", str(tmp_path / "nothing")], capsys)
     assert "export.json: no such file" in _error(["validate-onnx", str(tmp_path)], capsys)
+    assert f"{out / 'model.onnx'}: a file, not the export's directory (give the --out of `lmref export`, the " \
+        "folder holding it)" in _error(["validate-onnx", str(out / "model.onnx")], capsys)
+    (tmp_path / "export.json").mkdir()
+    assert "export.json: a directory, not a file" in _error(["validate-onnx", str(tmp_path)], capsys)
 
 
 def test_cuda_asked_for_where_onnxruntime_has_none(out, capsys):
