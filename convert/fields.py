@@ -9,6 +9,7 @@ naming the field.  Only fields that never change a forward pass are ignored, by 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from lmref.convert.errors import ConversionError
 from lmref.spec.config import ModelConfig
@@ -62,6 +63,28 @@ class HFConfig:
         value = self.get(key, default)
         if value not in allowed:
             self.fail(key, value, why)
+        return value
+
+    def number(self, key: str, default: float) -> float:
+        """The value of `key` as a float (`default` when absent): a finite JSON number, or
+        ConversionError naming the field."""
+        return self.checked_number(key, self.get(key, default))
+
+    def checked_number(self, name: str, value: object) -> float:
+        """`value`, the field `name` (perhaps inside a dict: "rope_parameters.factor"), as a
+        float; ConversionError naming the field for null, a string, a list, a boolean, NaN or
+        an infinity."""
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            self.fail(name, value, "expected a finite number")
+        return float(value)
+
+    def checked_integer(self, name: str, value: object) -> int:
+        """`value`, the field `name`, as an int (8192.0 is 8192); ConversionError naming the
+        field for anything else, 1.5 included (transformers would compute with 1.5)."""
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(name, value, "expected an integer")
         return value
 
     def either(self, keys: tuple[str, ...], default=None):

@@ -4,9 +4,13 @@ transformers 5.x keeps them in `rope_parameters` {"rope_type", "rope_theta", ...
 config.json files have a top-level `rope_theta` and `rope_scaling` {"type" or "rope_type",
 ...}.  Precedence follows `RotaryEmbeddingConfigMixin.convert_rope_params_to_dict` and
 `standardize_rope_params` (modeling_rope_utils.py, 5.23): `rope_scaling` wins over
-`rope_parameters` (lmref refuses a file where the two disagree); a theta inside the dict wins over the top-level one, default 10000; a
-"rope_type" key wins over a legacy "type"; for llama3 a top-level
-`original_max_position_embeddings` wins over the dict's, default max_position_embeddings.
+`rope_parameters` (lmref refuses a file where the two disagree); a theta inside the dict
+wins over the top-level one, default 10000; a "rope_type" key wins over a legacy "type"; for
+llama3 a top-level `original_max_position_embeddings` wins over the dict's, default
+max_position_embeddings.  transformers 4.x reads the top-level `rope_theta` and the dict's
+`original_max_position_embeddings`, so lmref refuses a file where the top-level and a dict's
+value differ.  Every number must be a JSON number (an integer where transformers takes a
+length); anything else is refused naming the field, as is everything else lmref cannot map.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ def rope_from_hf(cfg: HFConfig, max_seq_len: int, default_theta: float = DEFAULT
     none (the class's `default_theta`: 1e6 for MixtralConfig).
 
     A config may hold both dicts (`lmref convert --to-hf` writes both, for transformers 4.x
-    and 5.x).  Each is read on its own; when they say different things, transformers 4.x and
-    5.x may run different models from one file, so the conversion is refused.
+    and 5.x) and a top-level `rope_theta`.  Each is read on its own; when they say different
+    things, transformers 4.x and 5.x may run different models from one file, so the
+    conversion is refused.
     """
     legacy, current = cfg.get("rope_scaling"), cfg.get("rope_parameters")
-    theta = cfg.get("rope_theta", default_theta)
+    theta = cfg.number("rope_theta", default_theta)
     read = [(key, rope_of_dict(cfg, key, params, max_seq_len, theta))
             for key, params in (("rope_parameters", current), ("rope_scaling", legacy)) if params]
     if not read:
@@ -40,21 +45,33 @@ def rope_from_hf(cfg: HFConfig, max_seq_len: int, default_theta: float = DEFAULT
     if len(read) == 2 and read[0][1] != read[1][1]:
         cfg.fail("rope_scaling", legacy, f"disagrees with rope_parameters={current!r}: "
                  f"{read[1][1]} vs {read[0][1]} (theta, scaling); transformers 4.x reads only rope_scaling")
+    _check_top_level_theta(cfg, read)
     return read[-1][1]
+
+
+def _check_top_level_theta(cfg: HFConfig, read: list[tuple[str, tuple]]) -> None:
+    """Refuse a top-level `rope_theta` that a RoPE dict's own theta contradicts: transformers
+    4.x rotates with the top-level one, 5.x with the dict's."""
+    if "rope_theta" not in cfg.data:
+        return
+    top = cfg.data["rope_theta"]
+    for key, (theta, _) in read:
+        if theta != top:
+            cfg.fail("rope_theta", top, f"disagrees with {key}.rope_theta={theta!r}: transformers 4.x rotates "
+                     f"with the top-level rope_theta, 5.x with the one in {key}")
 
 
 def rope_of_dict(cfg: HFConfig, key: str, given: dict, max_seq_len: int,
                  default_theta: float) -> tuple[float, RopeScaling | None]:
     """(rope_theta, rope_scaling) that one dict (`rope_parameters`, `rope_scaling`, or one
     layer type's entry of a nested `rope_parameters`) describes; `default_theta` when it
-    holds none."""
+    holds none.  Every number must be a JSON number (ConversionError naming the field)."""
     if not isinstance(given, dict):
         cfg.fail(key, given, "expected a JSON object of RoPE parameters")
     params = dict(given)
-    theta = float(params.pop("rope_theta", default_theta))
+    theta = cfg.checked_number(f"{key}.rope_theta", params.pop("rope_theta", default_theta))
     legacy_type = params.pop("type", "default")
     kind = params.pop("rope_type", legacy_type)
-    top_level_original = cfg.get("original_max_position_embeddings")
     # Llama's default RoPE ignores partial_rotary_factor but its llama3 scaling reads it:
     # only the full rotation is the same everywhere.
     partial = params.pop("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
@@ -62,21 +79,41 @@ def rope_of_dict(cfg: HFConfig, key: str, given: dict, max_seq_len: int,
         cfg.fail(f"{key}.partial_rotary_factor", partial, "only full-head RoPE (1.0) is supported")
     scaling = None
     if kind == "linear":
-        scaling = RopeScaling(kind="linear", factor=float(_pop(cfg, key, params, "factor")))
+        scaling = RopeScaling(kind="linear", factor=_number(cfg, key, params, "factor"))
     elif kind == "llama3":
-        original = params.pop("original_max_position_embeddings", max_seq_len)
         scaling = RopeScaling(
-            kind="llama3", factor=float(_pop(cfg, key, params, "factor")),
-            low_freq_factor=float(_pop(cfg, key, params, "low_freq_factor")),
-            high_freq_factor=float(_pop(cfg, key, params, "high_freq_factor")),
-            original_max_seq_len=int(top_level_original if top_level_original is not None else original),
-        )
+            kind="llama3", factor=_number(cfg, key, params, "factor"),
+            low_freq_factor=_number(cfg, key, params, "low_freq_factor"),
+            high_freq_factor=_number(cfg, key, params, "high_freq_factor"),
+            original_max_seq_len=_llama3_original(cfg, key, params, max_seq_len))
     elif kind != "default":
         cfg.fail(f"{key}.rope_type", kind, f"lmref implements {', '.join(SUPPORTED)}")
     if params:
         cfg.fail(f"{key}.{sorted(params)[0]}", params[sorted(params)[0]],
                  f"not a parameter of rope_type {kind!r} that lmref maps")
     return theta, scaling
+
+
+def _llama3_original(cfg: HFConfig, key: str, params: dict, max_seq_len: int) -> int:
+    """llama3's `original_max_position_embeddings`: the top-level one (transformers 5.x puts it
+    over the dict's), else the dict's, else max_position_embeddings; an integer.  A top-level
+    one and the dict's must agree: transformers 4.x reads only the dict's."""
+    top = cfg.get("original_max_position_embeddings")
+    name = f"{key}.original_max_position_embeddings"
+    stated = "original_max_position_embeddings" in params
+    in_dict = cfg.checked_integer(name, params.pop("original_max_position_embeddings", max_seq_len))
+    if top is None:
+        return in_dict
+    top = cfg.checked_integer("original_max_position_embeddings", top)
+    if stated and in_dict != top:
+        cfg.fail("original_max_position_embeddings", top, f"disagrees with {name}={in_dict!r}: transformers 5.x "
+                 "runs the top-level one, 4.x rope_scaling's")
+    return top
+
+
+def _number(cfg: HFConfig, where: str, params: dict, key: str) -> float:
+    """The required number `key` of the RoPE dict `where`, taken out of `params`."""
+    return cfg.checked_number(f"{where}.{key}", _pop(cfg, where, params, key))
 
 
 def _pop(cfg: HFConfig, where: str, params: dict, key: str):
@@ -158,8 +195,9 @@ def agreed_scaling(cfg: HFConfig, dicts: list[tuple[str, dict]], max_seq_len: in
         rest = {k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}
         read.append((key, rope_of_dict(cfg, key, rest | {"partial_rotary_factor": 1.0}, max_seq_len, theta)[1]))
     if len(read) == 2 and read[0][1] != read[1][1]:
-        cfg.fail("rope_scaling", cfg.get("rope_scaling"), f"disagrees with rope_parameters={cfg.get('rope_parameters')!r}"
-                 f": {read[1][1]} vs {read[0][1]}; transformers 4.x reads only rope_scaling")
+        cfg.fail("rope_scaling", cfg.get("rope_scaling"),
+                 f"disagrees with rope_parameters={cfg.get('rope_parameters')!r}: {read[1][1]} vs {read[0][1]}; "
+                 "transformers 4.x reads only rope_scaling")
     return read[0][1] if read else None
 
 

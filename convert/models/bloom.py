@@ -83,7 +83,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
         n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_heads, head_dim=d // n_heads, d_ff=HF_EXPANSION * d,
         max_seq_len=cfg.get("seq_length", TRAINED_CONTEXT), position="alibi", alibi_max_bias=HF_ALIBI_MAX_BIAS,
         embedding_norm=True, tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
-        norm="layernorm", norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)), norm_bias=True,
+        norm="layernorm", norm_eps=cfg.number("layer_norm_epsilon", 1e-5), norm_bias=True,
         qkv_bias=True, attn_out_bias=True, mlp="plain", activation="gelu_tanh_truncated", mlp_bias=True,
     )
 

@@ -81,7 +81,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
         d_ff=ffn.get("ffn_hidden_size", DEFAULTS["ffn_hidden_size"]), max_seq_len=max_seq_len,
         position="rope", rope_theta=rope_theta(cfg, attn, max_seq_len),
         norm="layernorm", norm_eps=DBRX_NORM_EPS, norm_bias=False,
-        qkv_clip=None if clip is None else float(clip),
+        qkv_clip=None if clip is None else attn.checked_number("clip_qkv", clip),
         mlp="gated", activation=activation(ffn), mlp_pattern=("moe",), moe=moe_config(cfg, ffn),
     )
     attn.finish()
@@ -92,7 +92,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
 def rope_theta(cfg: HFConfig, attn: HFConfig, max_seq_len: int) -> float:
     """The theta of `attn_config.rope_theta` (Databricks, transformers 4.x; default 10000),
     which the top-level RoPE keys (what 5.23 rotates with) must repeat when a file has them."""
-    theta = float(attn.get("rope_theta", DEFAULT_THETA))
+    theta = attn.number("rope_theta", DEFAULT_THETA)
     if not any(key in cfg.data for key in ("rope_parameters", "rope_theta", "rope_scaling")):
         return theta
     top, scaling = rope_from_hf(cfg, max_seq_len)
@@ -116,7 +116,7 @@ def moe_config(cfg: HFConfig, ffn: HFConfig) -> MoEConfig:
     """The FFN's MoEConfig; `moe_normalize_expert_weights` 1 renormalises, null does not."""
     norm = ffn.require("moe_normalize_expert_weights", 1.0, (1, None),
                        "lmref renormalises the top-k weights by their sum (p = 1) or not at all (null)")
-    weight = float(ffn.get("moe_loss_weight", DEFAULTS["moe_loss_weight"]))
+    weight = ffn.number("moe_loss_weight", DEFAULTS["moe_loss_weight"])
     # router_aux_loss_coef: the Hub's files repeat the loss weight there; DbrxForCausalLM reads moe_loss_weight
     cfg.require("router_aux_loss_coef", weight, (weight,), f"disagrees with ffn_config.moe_loss_weight={weight!r}, "
                 "which DbrxForCausalLM uses")

@@ -110,7 +110,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
         n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv, head_dim=d // n_heads, d_ff=_ffn(cfg, d),
         max_seq_len=max_seq_len, position="rope", rope_theta=theta, rope_scaling=scaling,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", DEFAULTS["tie_word_embeddings"])),
-        norm="layernorm", norm_eps=float(cfg.get("layer_norm_epsilon", DEFAULTS["layer_norm_epsilon"])),
+        norm="layernorm", norm_eps=cfg.number("layer_norm_epsilon", DEFAULTS["layer_norm_epsilon"]),
         norm_bias=True, qkv_bias=bias, attn_out_bias=bias, mlp="plain", mlp_bias=bias,
         activation=cfg.activation("activation", DEFAULTS["activation"]),  # get_activation: ACT2FN
         parallel_residual=parallel, shared_attn_norm=shared,

@@ -59,10 +59,12 @@ def _current_ropes(cfg: HFConfig, params: object, max_seq_len: int) -> tuple:
     theta takes `rope_theta` / `rope_local_base_freq`, as 5.x does."""
     if not isinstance(params, dict) or set(params) - set(NESTED):
         cfg.fail("rope_parameters", params, f"expected one entry per layer type ({', '.join(NESTED)})")
-    full = rope_of_dict(cfg, "rope_parameters.full_attention", params.get("full_attention") or {}, max_seq_len,
-                        float(cfg.data.get("rope_theta", GLOBAL_THETA)))
+    # what an entry without its own theta takes (ropes_from_hf reads these keys again, as 4.x does)
+    theta = cfg.checked_number("rope_theta", cfg.data.get("rope_theta", GLOBAL_THETA))
+    local_theta = cfg.checked_number("rope_local_base_freq", cfg.data.get("rope_local_base_freq", LOCAL_THETA))
+    full = rope_of_dict(cfg, "rope_parameters.full_attention", params.get("full_attention") or {}, max_seq_len, theta)
     local, local_scaling = rope_of_dict(cfg, "rope_parameters.sliding_attention", params.get("sliding_attention") or {},
-                                        max_seq_len, float(cfg.data.get("rope_local_base_freq", LOCAL_THETA)))
+                                        max_seq_len, local_theta)
     if local_scaling is not None:
         cfg.fail("rope_parameters.sliding_attention.rope_type", local_scaling.kind,
                  "lmref's sliding layers rotate unscaled (and transformers 4.x's always do)")
@@ -71,8 +73,8 @@ def _current_ropes(cfg: HFConfig, params: object, max_seq_len: int) -> tuple:
 
 def _legacy_ropes(cfg: HFConfig, max_seq_len: int) -> tuple:
     """(theta, scaling, local theta) of 4.x's flat keys."""
-    theta = float(cfg.get("rope_theta", GLOBAL_THETA))
-    local = float(cfg.get("rope_local_base_freq", LOCAL_THETA))
+    theta = cfg.number("rope_theta", GLOBAL_THETA)
+    local = cfg.number("rope_local_base_freq", LOCAL_THETA)
     return (*rope_of_dict(cfg, "rope_scaling", cfg.get("rope_scaling") or {}, max_seq_len, theta), local)
 
 

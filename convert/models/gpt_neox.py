@@ -84,7 +84,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
         d_ff=cfg.get("intermediate_size", 24576), max_seq_len=max_seq_len,
         position="rope", rope_theta=theta, rope_fraction=fraction, rope_scaling=scaling,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        norm="layernorm", norm_eps=float(cfg.get("layer_norm_eps", 1e-5)), norm_bias=True,
+        norm="layernorm", norm_eps=cfg.number("layer_norm_eps", 1e-5), norm_bias=True,
         qkv_bias=bias, attn_out_bias=bias, mlp="plain", activation=activation(cfg), mlp_bias=True,
         # GPTNeoXLayer: x + attn(ln1(x)) + mlp(ln2(x)), or else x' = x + attn(ln1(x)); x' + mlp(ln2(x'))
         parallel_residual=bool(cfg.get("use_parallel_residual", True)),

@@ -90,7 +90,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
         max_seq_len=cfg.get("n_positions", DEFAULTS["n_positions"]), position="rope", rope_theta=HF_THETA,
         rope_layout="interleaved", rope_fraction=rotary_dim / (d // n_head),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", DEFAULTS["tie_word_embeddings"])), lm_head_bias=True,
-        norm="layernorm", norm_eps=float(cfg.get("layer_norm_epsilon", DEFAULTS["layer_norm_epsilon"])),
+        norm="layernorm", norm_eps=cfg.number("layer_norm_epsilon", DEFAULTS["layer_norm_epsilon"]),
         norm_bias=True, mlp="plain", activation=cfg.activation("activation_function", DEFAULTS["activation_function"]),
         mlp_bias=True, parallel_residual=True, shared_attn_norm=True,
     )

@@ -123,7 +123,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     return ModelConfig(
         **fields,
         head_dim=cfg.get("head_dim") or fields["d_model"] // fields["n_heads"],  # None -> hidden_size // heads
-        norm="rmsnorm", norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", 1e-6),
         qkv_bias=bias, attn_out_bias=bias,
         mlp="gated", activation=cfg.activation("hidden_act", "silu"), mlp_bias=bool(cfg.get("mlp_bias", False)),
     )

@@ -162,7 +162,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     return ModelConfig(
         **fields, head_dim=cfg.get("head_dim", HEAD_DIM) or fields["d_model"] // fields["n_heads"],
         rope_layout="interleaved", **attention_fields(cfg, fields["n_layers"]), qk_norm="l2" if qk_norm else "none",
-        norm="rmsnorm", norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+        norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", 1e-5),
         mlp="gated", activation=cfg.activation("hidden_act", "silu"),
         mlp_pattern=mlp_pattern(cfg, fields["n_layers"]), moe=moe,
     )

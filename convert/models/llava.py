@@ -125,7 +125,7 @@ def vision_from_hf(cfg: HFConfig) -> VisionConfig:
         n_heads=tower.get("num_attention_heads", defaults["num_attention_heads"]),
         d_ff=tower.get("intermediate_size", defaults["intermediate_size"]),
         activation=tower.activation("hidden_act", defaults["hidden_act"]),
-        norm_eps=float(tower.get("layer_norm_eps", defaults["layer_norm_eps"])),
+        norm_eps=tower.number("layer_norm_eps", defaults["layer_norm_eps"]),
     )
     tower.finish()
     return VisionConfig(

@@ -48,7 +48,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
         **fields,
         head_dim=cfg.get("head_dim") or fields["d_model"] // fields["n_heads"],  # None -> hidden_size // heads
         attn_pattern=("global",) if window is None else ("sliding",), sliding_window=window,
-        norm="rmsnorm", norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", 1e-6),
         mlp="gated", activation=cfg.activation("hidden_act", "silu"),
     )
 

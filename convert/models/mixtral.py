@@ -52,12 +52,12 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     window = cfg.get("sliding_window")
     moe = MoEConfig(n_experts=cfg.either(("num_local_experts", "num_experts"), DEFAULT_EXPERTS),
                     n_experts_per_token=cfg.get("num_experts_per_tok", DEFAULT_K),
-                    **objective_from_hf(cfg, float(cfg.get("router_aux_loss_coef", DEFAULT_AUX))))
+                    **objective_from_hf(cfg, cfg.number("router_aux_loss_coef", DEFAULT_AUX)))
     return ModelConfig(
         **fields,
         head_dim=qwen2.head_dim(cfg, fields),  # None -> hidden_size // heads
         attn_pattern=("global",) if window is None else ("sliding",), sliding_window=window,
-        norm="rmsnorm", norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+        norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", 1e-5),
         mlp="gated", activation=cfg.activation("hidden_act", "silu"), mlp_pattern=("moe",), moe=moe,
     )
 

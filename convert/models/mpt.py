@@ -78,7 +78,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
         d_ff=HF_EXPANSION * d,
         max_seq_len=cfg.get("max_seq_len", 2048), position="alibi", alibi_max_bias=HF_ALIBI_MAX_BIAS,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
-        norm="layernorm", norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)), norm_bias=False,
+        norm="layernorm", norm_eps=cfg.number("layer_norm_epsilon", 1e-5), norm_bias=False,
         qkv_clip=clip or None,  # MptAttention tests `if self.clip_qkv:`, so 0 means no clipping
         mlp="plain", activation="gelu",
     )

@@ -64,10 +64,9 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     moe = MoEConfig(n_experts=cfg.either(("num_experts", "num_local_experts"), MOE_DEFAULTS["num_experts"]),
                     n_experts_per_token=cfg.get("num_experts_per_tok", MOE_DEFAULTS["num_experts_per_tok"]),
                     renormalize=bool(cfg.get("norm_topk_prob", False)),
-                    **objective_from_hf(cfg, float(cfg.get("router_aux_loss_coef",
-                                                            MOE_DEFAULTS["router_aux_loss_coef"]))))
+                    **objective_from_hf(cfg, cfg.number("router_aux_loss_coef", MOE_DEFAULTS["router_aux_loss_coef"])))
     return ModelConfig(
-        **fields, head_dim=head_dim, norm="rmsnorm", norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+        **fields, head_dim=head_dim, norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", 1e-5),
         qk_norm="per_projection", qkv_bias=bias, attn_out_bias=bias,
         mlp="gated", activation=cfg.activation("hidden_act", "silu"), mlp_pattern=("moe",), moe=moe,
     )

@@ -66,9 +66,11 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
         cfg.fail("num_attention_heads", n_heads, f"hidden_size ({d}) must be divisible by it")
     head_dim = d // n_heads
     cfg.require("head_dim", head_dim, (head_dim,), f"lmref maps only hidden_size / num_attention_heads = {head_dim}")
-    max_seq_len = cfg.get("max_position_embeddings", DEFAULTS["max_position_embeddings"])
+    max_seq_len = cfg.checked_integer("max_position_embeddings",
+                                      cfg.get("max_position_embeddings", DEFAULTS["max_position_embeddings"]))
     theta, fraction, scaling = rope_fields(cfg, head_dim, max_seq_len)
     window = cfg.get("sliding_window")  # Phi3Config: None, no window
+    window = None if window is None else cfg.checked_integer("sliding_window", window)
     if window is not None and window >= max_seq_len:  # never cuts inside the context (Phi-3-mini-128k's
         window = None  # 262144): transformers' sliding mask with it is the causal mask
     return ModelConfig(
@@ -78,7 +80,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
         d_ff=cfg.get("intermediate_size", DEFAULTS["intermediate_size"]), max_seq_len=max_seq_len,
         position="rope", rope_theta=theta, rope_fraction=fraction, rope_scaling=scaling,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", DEFAULTS["tie_word_embeddings"])),
-        norm="rmsnorm", norm_eps=float(cfg.get("rms_norm_eps", DEFAULTS["rms_norm_eps"])),
+        norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", DEFAULTS["rms_norm_eps"]),
         mlp="gated", activation=cfg.activation("hidden_act", DEFAULTS["hidden_act"]),
         attn_pattern=("global",) if window is None else ("sliding",), sliding_window=window,
     )
@@ -90,7 +92,10 @@ def rope_fields(cfg: HFConfig, head_dim: int, max_seq_len: int) -> tuple[float, 
     _, theta = rope_number(cfg, dicts, "rope_theta", DEFAULT_THETA)
     fraction_key, fraction = rope_number(cfg, dicts, "partial_rotary_factor", 1.0)
     check_rotary_width(cfg, fraction_key, head_dim, fraction)
-    original = cfg.get("original_max_position_embeddings", DEFAULTS["original_max_position_embeddings"])
+    original = cfg.checked_integer("original_max_position_embeddings", cfg.get(
+        "original_max_position_embeddings", DEFAULTS["original_max_position_embeddings"]))
+    if original <= 0:
+        cfg.fail("original_max_position_embeddings", original, "expected a positive integer (LongRoPE divides by it)")
     read = [(key, scaling_of(cfg, key, params, max_seq_len, original)) for key, params in dicts]
     if len(read) == 2 and read[0][1] != read[1][1]:
         cfg.fail("rope_scaling", cfg.get("rope_scaling"), f"disagrees with rope_parameters: {read[1][1]} vs "
@@ -109,12 +114,12 @@ def scaling_of(cfg: HFConfig, key: str, params: dict, max_seq_len: int, original
         if in_dict != original:
             cfg.fail(f"{key}.original_max_position_embeddings", in_dict, "transformers 5.23 replaces it with the "
                      f"top-level original_max_position_embeddings ({original})")
-        factor = rest.pop("factor", None)
+        factor = _optional_number(cfg, f"{key}.factor", rest.pop("factor", None))
         scaling = RopeScaling(
             kind="longrope", original_max_seq_len=original,
             # 5.23: factor <= 1 gives the attention factor 1, as lmref's factor 1 does
-            factor=max(1.0, float(max_seq_len / original if factor is None else factor)),
-            attention_factor=_number(cfg, key, rest.pop("attention_factor", None)),
+            factor=max(1.0, max_seq_len / original if factor is None else factor),
+            attention_factor=_optional_number(cfg, f"{key}.attention_factor", rest.pop("attention_factor", None)),
             short_factor=_factors(cfg, f"{key}.short_factor", rest.pop("short_factor", None)),
             long_factor=_factors(cfg, f"{key}.long_factor", rest.pop("long_factor", None)))
     else:
@@ -124,10 +129,9 @@ def scaling_of(cfg: HFConfig, key: str, params: dict, max_seq_len: int, original
     return scaling
 
 
-def _number(cfg: HFConfig, key: str, value) -> float | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-        cfg.fail(f"{key}.attention_factor", value, "expected a number")
-    return None if value is None else float(value)
+def _optional_number(cfg: HFConfig, name: str, value) -> float | None:
+    """The field `name` of a RoPE dict: None when absent or null, else a finite number."""
+    return None if value is None else cfg.checked_number(name, value)
 
 
 def _factors(cfg: HFConfig, key: str, value) -> tuple[float, ...]:

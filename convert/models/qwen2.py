@@ -83,7 +83,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     fields = llama.llama_style_fields(cfg, name, MODEL_TYPE, DEFAULTS)
     return ModelConfig(
         **fields, head_dim=head_dim(cfg, fields), **sliding_fields(cfg, fields["n_layers"]),
-        norm="rmsnorm", norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), qkv_bias=True,
+        norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", 1e-6), qkv_bias=True,
         mlp="gated", activation=cfg.activation("hidden_act", "silu"),
     )
 

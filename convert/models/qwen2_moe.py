@@ -82,8 +82,7 @@ def moe_config(cfg: HFConfig, d_ff: int) -> MoEConfig:
     return MoEConfig(n_experts=n_experts, n_experts_per_token=cfg.get("num_experts_per_tok", 4),
                      d_ff=own_width(width, d_ff), renormalize=bool(cfg.get("norm_topk_prob", False)),
                      n_shared_experts=1, shared_d_ff=own_width(shared, width), shared_expert_gate=True,
-                     **objective_from_hf(cfg, float(cfg.get("router_aux_loss_coef",
-                                                             MOE_DEFAULTS["router_aux_loss_coef"]))))
+                     **objective_from_hf(cfg, cfg.number("router_aux_loss_coef", MOE_DEFAULTS["router_aux_loss_coef"])))
 
 
 def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
@@ -92,7 +91,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     moe = moe_config(cfg, fields["d_ff"])
     return ModelConfig(
         **fields, head_dim=qwen2.head_dim(cfg, fields), **sliding_fields(cfg, fields["n_layers"]),
-        norm="rmsnorm", norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), qkv_bias=bool(cfg.get("qkv_bias", True)),
+        norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", 1e-6), qkv_bias=bool(cfg.get("qkv_bias", True)),
         mlp="gated", activation=cfg.activation("hidden_act", "silu"),
         mlp_pattern=sparse_pattern(cfg, fields["n_layers"], moe.n_experts), moe=moe,
     )

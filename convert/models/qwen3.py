@@ -38,7 +38,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     bias = bool(cfg.get("attention_bias", False))  # Qwen3Attention: bias on q, k, v and o together
     return ModelConfig(
         **fields, head_dim=cfg.get("head_dim", DEFAULT_HEAD_DIM), **qwen2.sliding_fields(cfg, fields["n_layers"]),
-        norm="rmsnorm", norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), qk_norm="per_head",
+        norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", 1e-6), qk_norm="per_head",
         qkv_bias=bias, attn_out_bias=bias, mlp="gated", activation=cfg.activation("hidden_act", "silu"),
     )
 

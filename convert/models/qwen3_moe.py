@@ -56,8 +56,7 @@ def moe_config(cfg: HFConfig, d_ff: int) -> MoEConfig:
     return MoEConfig(n_experts=cfg.either(("num_experts", "num_local_experts"), MOE_DEFAULTS["num_experts"]),
                      n_experts_per_token=cfg.get("num_experts_per_tok", MOE_DEFAULTS["num_experts_per_tok"]),
                      d_ff=own_width(width, d_ff), renormalize=bool(cfg.get("norm_topk_prob", False)),
-                     **objective_from_hf(cfg, float(cfg.get("router_aux_loss_coef",
-                                                             MOE_DEFAULTS["router_aux_loss_coef"]))))
+                     **objective_from_hf(cfg, cfg.number("router_aux_loss_coef", MOE_DEFAULTS["router_aux_loss_coef"])))
 
 
 def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
@@ -70,7 +69,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     return ModelConfig(
         **fields, head_dim=qwen2.head_dim(cfg, fields),
         attn_pattern=("global",) if window is None else ("sliding",), sliding_window=window,
-        norm="rmsnorm", norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), qk_norm="per_head",
+        norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", 1e-6), qk_norm="per_head",
         qkv_bias=bias, attn_out_bias=bias, mlp="gated", activation=cfg.activation("hidden_act", "silu"),
         mlp_pattern=sparse_pattern(cfg, fields["n_layers"], moe.n_experts), moe=moe,
     )
