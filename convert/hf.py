@@ -21,6 +21,7 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+from lmref.convert.dtypes import cast_weights
 from lmref.convert.errors import ConversionError
 from lmref.convert.fields import HFConfig
 from lmref.convert.layout import (
@@ -97,13 +98,13 @@ def to_hf(config: ModelConfig, params: dict[str, np.ndarray], out: str | Path, *
     """Write `out`/config.json and `out`/model.safetensors; return `out`.
 
     `dtype` ("float32", "float16", "float64") casts the weights; by default they keep theirs.
+    A weight the dtype cannot hold (beyond float16's 65504) raises ConversionError naming it.
     `out` must be new, empty or a directory `to_hf` wrote before (convert/outputs.py, kind
     "hf-model"); anything else raises `OutputError` naming `option` and `out`, untouched.
     """
     data = hf_config(config)  # refuse an inexpressible config before touching the disk
     tensors = hf_state_dict(config, params)
-    if dtype is not None:
-        tensors = {k: v.astype(dtype) for k, v in tensors.items()}
+    tensors = cast_weights(tensors, dtype)  # refuses a value the dtype cannot hold, before any write
     out = claim(out, HF_KIND, option=option)
     names = {v.dtype.name for v in tensors.values()}
     data |= {"dtype": names.pop()} if len(names) == 1 else {}  # from_pretrained's dtype="auto" reads it

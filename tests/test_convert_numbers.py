@@ -4,17 +4,20 @@ A RoPE parameter, a norm epsilon or a loss weight that is not a JSON number (nul
 list, a boolean, NaN), a length that is not an integer (1.5), and a top-level RoPE value that a
 RoPE dict contradicts (transformers 4.x and 5.x would run different models) are each refused
 with a ConversionError naming config.json and the field, never a Python traceback and never
-silently truncated.
+silently truncated.  `to_hf(..., dtype=)` refuses a weight the dtype cannot hold, naming the
+tensor and its largest magnitude, and writes nothing.
 """
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from lmref.conformance.cases import case_config
 from lmref.convert import ConversionError, from_hf, hf_config, to_hf
+from lmref.convert.dtypes import cast_weights
 from lmref.spec import init_params
 from lmref.spec.presets import PRESETS
 
@@ -149,3 +152,41 @@ def test_every_model_type_states_a_checked_number():
     types = {hf_config(case_config(arch))["model_type"] for arch, _ in EPSILONS}
     assert types == {hf_config(case_config(arch))["model_type"] for arch in _convertible()} - NO_NUMBER
 
+
+# --- weights cast by to_hf(dtype=) ---
+
+
+def _llama_with(value: float, dtype=np.float64):
+    config = case_config("llama3")
+    params = {k: v.astype(dtype) for k, v in init_params(config, 1).items()}
+    params["layers.0.attn.wq"][0, 0] = value
+    return config, params
+
+
+@pytest.mark.parametrize("value, source, target, largest", [
+    (1e10, np.float64, "float16", "1e+10"), (-7e4, np.float32, "float16", "70000"),
+    (1e39, np.float64, "float32", "1e+39")])
+def test_a_weight_the_dtype_cannot_hold_is_refused_naming_it_and_nothing_is_written(value, source, target,
+                                                                                   largest, tmp_path):
+    config, params = _llama_with(value, source)
+    out = tmp_path / "out"
+    with pytest.raises(ConversionError) as info:
+        to_hf(config, params, out, dtype=target)
+    message = str(info.value)
+    assert f"tensor 'model.layers.0.self_attn.q_proj.weight' does not fit {target}" in message
+    assert f"largest magnitude is {largest}" in message
+    assert not out.exists()
+
+
+def test_values_within_range_and_values_already_infinite_are_cast_as_numpy_does():
+    """Only a finite value that would become inf is refused: an inf or NaN in the source stays."""
+    tensors = {"a": np.array([65504.0, -1e-9, np.inf, np.nan]), "b": np.array([1e10], np.float32)}
+    cast = cast_weights({"a": tensors["a"]}, "float16")
+    np.testing.assert_array_equal(cast["a"], tensors["a"].astype(np.float16))
+    assert cast_weights(tensors, "float64")["b"][0] == np.float32(1e10)  # widening: never refused
+    assert cast_weights(tensors, None) is tensors
+
+
+def test_a_dtype_lmref_does_not_write_is_refused_by_name():
+    with pytest.raises(ConversionError, match="dtype 'bfloat16' is not one lmref writes"):
+        cast_weights({"a": np.zeros(2)}, "bfloat16")
