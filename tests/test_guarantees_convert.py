@@ -249,3 +249,17 @@ def test_a_config_far_deeper_than_its_weights_is_refused_by_the_count(tmp_path, 
     assert proc.returncode == 1, proc.stderr
     assert "1,000,000,000,000 layers, but the weights hold" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("direction", ["--to-hf", "--from-hf"])
+def test_a_weight_the_dtype_cannot_hold_is_refused_not_written_as_inf(tmp_path, capsys, direction):
+    """`--dtype float16` of a weight of 1e10 wrote inf (NumPy's cast, a RuntimeWarning at most)."""
+    config = tiny("llama3")
+    params = init_params(config, 0)
+    params["layers.0.attn.wq"][0, 0] = 1e10
+    source = save_checkpoint(tmp_path / "ckpt", config, params)
+    if direction == "--from-hf":
+        source = to_hf(config, params, tmp_path / "hf")
+    status, err = _convert(capsys, direction, source, "--out", tmp_path / "out", "--dtype", "float16")
+    assert status == 1 and "does not fit float16: its largest magnitude is 1e+10" in err, err
+    assert not (tmp_path / "out").exists()

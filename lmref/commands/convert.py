@@ -44,7 +44,10 @@ def _describe(config: ModelConfig, params: dict[str, np.ndarray]) -> str:
 
 
 def _cast(params: dict[str, np.ndarray], dtype: str | None) -> dict[str, np.ndarray]:
-    return params if dtype is None else {k: v.astype(dtype) for k, v in params.items()}
+    """`--dtype`: a weight the dtype cannot hold (it would become inf) is refused by name."""
+    from lmref.convert.dtypes import cast_weights
+
+    return cast_weights(params, dtype)
 
 
 def preset_bytes(config: ModelConfig, dtype: str | None) -> int:
