@@ -370,6 +370,7 @@ class SuiteReporter:
     def __init__(self, suite: Suite):
         self.suite = suite
         self.report_error: str | None = None  # the --report-json file could not be written
+        self.compared_nothing = False  # the run's exit status was made NOTHING_COMPARED
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         return self.suite.header_lines()
@@ -389,7 +390,7 @@ class SuiteReporter:
         terminalreporter.write_sep("=", f"lmref conformance: {self.suite.adapter.name} vs {self.suite.golden_label}")
         for line in self.suite.report.table_lines():
             terminalreporter.write_line(line)
-        if self.suite.report.compared_nothing():
+        if self.compared_nothing:
             terminalreporter.write_line(f"lmref: nothing was compared (every check NOT SUPPORTED or skipped): exit "
                                         f"status {int(NOTHING_COMPARED)}, not a pass", red=True)
         if self.report_error:
@@ -405,6 +406,7 @@ class SuiteReporter:
             return
         if exitstatus == pytest.ExitCode.OK and self.suite.report.compared_nothing():
             session.exitstatus = exitstatus = NOTHING_COMPARED
+            self.compared_nothing = True
         path = session.config.option.lmref_report_json
         if path:
             try:
