@@ -87,6 +87,32 @@ class HFConfig:
             self.fail(name, value, "expected an integer")
         return value
 
+    def positive_integer(self, key: str, default: object) -> int:
+        """The value of `key` (`default` when absent): a size, count or length the model is built
+        from, which must be a positive integer (`checked_positive`)."""
+        return self.checked_positive(key, self.get(key, default))
+
+    def optional_positive_integer(self, key: str, default: object = None) -> int | None:
+        """`positive_integer`, or None for a null (or absent with a None default): the fields whose
+        null the transformers class derives (num_key_value_heads, head_dim, n_inner, sliding_window)."""
+        value = self.get(key, default)
+        return None if value is None else self.checked_positive(key, value)
+
+    def positive_either(self, keys: tuple[str, ...], default: object) -> int:
+        """`either` of `keys`, a positive integer; a failure names the key the file spells."""
+        name = next((key for key in keys if key in self.data), keys[0])
+        return self.checked_positive(name, self.either(keys, default))
+
+    def checked_positive(self, name: str, value: object, why: str = "") -> int:
+        """`value`, the field `name`, a positive int; ConversionError naming the field for anything
+        else: null, a string, a boolean, 0, a negative number, or a float (64.0 too: transformers
+        5.x refuses it for an int field, and 4.x fails building nn.Linear(64.0, ...)).  Read before
+        any arithmetic uses it, so a bad size never reaches `d // n_heads`.  `why`, if given, follows
+        in parentheses."""
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            self.fail(name, value, f"expected a positive integer ({why})" if why else "expected a positive integer")
+        return value
+
     def either(self, keys: tuple[str, ...], default=None):
         """The value of a field transformers spells several ways (a config class's
         `attribute_map`: Qwen3-MoE's `num_experts` is saved as `num_local_experts`); the file

@@ -97,10 +97,8 @@ def sparse_pattern(cfg: HFConfig, n_layers: int, n_experts: int) -> tuple[MlpLay
     """`mlp_pattern` of a qwen2_moe or qwen3_moe config.json (`Qwen2MoeDecoderLayer.__init__`,
     the same in Qwen3-MoE and in 4.57): layer i is a mixture iff i is not in `mlp_only_layers`
     and (i + 1) % `decoder_sparse_step` == 0; read back as its shortest period."""
-    step = cfg.get("decoder_sparse_step", 1)
+    step = cfg.positive_integer("decoder_sparse_step", 1)
     dense = cfg.get("mlp_only_layers") or []  # __post_init__: None -> []
-    if not (isinstance(step, int) and step > 0):
-        cfg.fail("decoder_sparse_step", step, "expected a positive integer")
     if not (isinstance(dense, list) and all(isinstance(i, int) for i in dense)):
         cfg.fail("mlp_only_layers", dense, "expected a list of layer indices")
     kinds = tuple("moe" if n_experts > 0 and i not in dense and (i + 1) % step == 0 else "dense"

@@ -52,7 +52,7 @@ def _refusal(tmp_path, arch: str, edits: dict) -> str:
 
 LLAMA3 = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 64}
-NUMBER, INTEGER = "expected a finite number", "expected an integer"
+NUMBER, INTEGER, POSITIVE = "expected a finite number", "expected an integer", "expected a positive integer"
 BAD_NUMBERS = [None, "abc", [1], True, float("nan"), float("inf")]
 
 REFUSED = [
@@ -76,11 +76,11 @@ REFUSED = [
     ("dbrx", {"attn_config.clip_qkv": "x"}, "attn_config.clip_qkv='x'", NUMBER),
     ("phi-3-mini-128k", {"rope_scaling.factor": "x"}, "rope_scaling.factor='x'", NUMBER),
     ("phi-3-mini-128k", {"rope_scaling.attention_factor": "x"}, "rope_scaling.attention_factor='x'", NUMBER),
-    ("phi-3-mini-128k", {"original_max_position_embeddings": 0}, "original_max_position_embeddings=0",
-     "expected a positive integer"),
+    ("phi-3-mini-128k", {"original_max_position_embeddings": 0}, "original_max_position_embeddings=0", POSITIVE),
     ("phi-3-mini-128k", {"original_max_position_embeddings": 1.5}, "original_max_position_embeddings=1.5", INTEGER),
-    ("phi-3-mini-128k", {"max_position_embeddings": "x"}, "max_position_embeddings='x'", INTEGER),
-    ("phi-3-mini-128k", {"sliding_window": "x"}, "sliding_window='x'", INTEGER),
+    # sizes, read as positive integers by every model type: tests/test_convert_sizes.py
+    ("phi-3-mini-128k", {"max_position_embeddings": "x"}, "max_position_embeddings='x'", POSITIVE),
+    ("phi-3-mini-128k", {"sliding_window": "x"}, "sliding_window='x'", POSITIVE),
 ]
 
 

@@ -66,10 +66,10 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     """BloomConfig fields (defaults: the BloomConfig class defaults) -> ModelConfig."""
     # BloomConfig.__post_init__ reads the legacy n_embed as hidden_size; attribute_map spells
     # num_hidden_layers and num_attention_heads as n_layer and n_head
-    d = cfg.either(("hidden_size", "n_embed"), 64)
-    n_layers = cfg.either(("n_layer", "num_hidden_layers"), 2)
-    n_heads = cfg.either(("n_head", "num_attention_heads"), 8)
-    if not (_positive_int(d) and _positive_int(n_heads) and d % n_heads == 0):
+    d = cfg.positive_either(("hidden_size", "n_embed"), 64)
+    n_layers = cfg.positive_either(("n_layer", "num_hidden_layers"), 2)
+    n_heads = cfg.positive_either(("n_head", "num_attention_heads"), 8)
+    if d % n_heads:
         cfg.fail("num_attention_heads" if "num_attention_heads" in cfg.data else "n_head", n_heads,
                  f"must be a positive integer dividing hidden_size ({d!r}): BloomAttention's head_dim is "
                  "hidden_size / n_head")
@@ -79,9 +79,10 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     cfg.require("n_inner", None, (None, HF_EXPANSION * d),
                 f"transformers never reads it: BloomMLP is 4 * hidden_size = {HF_EXPANSION * d} wide")
     return ModelConfig(
-        name=name, hf_model_type=MODEL_TYPE, vocab_size=cfg.get("vocab_size", 250880), d_model=d,
+        name=name, hf_model_type=MODEL_TYPE, vocab_size=cfg.positive_integer("vocab_size", 250880), d_model=d,
         n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_heads, head_dim=d // n_heads, d_ff=HF_EXPANSION * d,
-        max_seq_len=cfg.get("seq_length", TRAINED_CONTEXT), position="alibi", alibi_max_bias=HF_ALIBI_MAX_BIAS,
+        max_seq_len=cfg.positive_integer("seq_length", TRAINED_CONTEXT), position="alibi",
+        alibi_max_bias=HF_ALIBI_MAX_BIAS,
         embedding_norm=True, tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
         norm="layernorm", norm_eps=cfg.number("layer_norm_epsilon", 1e-5), norm_bias=True,
         qkv_bias=True, attn_out_bias=True, mlp="plain", activation="gelu_tanh_truncated", mlp_bias=True,
@@ -93,16 +94,10 @@ def slow_but_exact_tp(cfg: HFConfig) -> None:
     transformers 5.23 computes `dense` and `dense_4h_to_h` as a sum of `F.linear` slices
     without their biases (`BloomAttention.forward`, `BloomMLP.forward`), so another model than
     the checkpoint's (Megatron-DeepSpeed adds those biases after the slices' sum): refused."""
-    tp = cfg.get("pretraining_tp", 1)
-    if not _positive_int(tp):
-        cfg.fail("pretraining_tp", tp, "expected a positive integer")
+    tp = cfg.positive_integer("pretraining_tp", 1)
     if cfg.get("slow_but_exact", False) and tp > 1:
         cfg.fail("slow_but_exact", True, f"with pretraining_tp={tp} transformers sums F.linear slices of dense and "
                  "dense_4h_to_h without their biases, dropping the biases of the checkpoint")
-
-
-def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def config_to_hf(c: ModelConfig) -> dict:

@@ -68,17 +68,16 @@ DEFAULTS = dict(d_model=2048, n_heads=16, n_layers=24, max_seq_len=2048, vocab_s
 
 def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     """DbrxConfig fields (defaults: the DbrxConfig class defaults) -> ModelConfig."""
-    d, n_heads = cfg.get("d_model", DEFAULTS["d_model"]), cfg.get("n_heads", DEFAULTS["n_heads"])
+    d, n_heads, n_layers, vocab, max_seq_len = (cfg.positive_integer(key, DEFAULTS[key]) for key in (
+        "d_model", "n_heads", "n_layers", "vocab_size", "max_seq_len"))
     if cfg.get("tie_word_embeddings", False):
         cfg.fail("tie_word_embeddings", True, "DbrxConfig refuses a tied head")
     attn, ffn = cfg.sub("attn_config", ATTN_IGNORED), cfg.sub("ffn_config", FFN_IGNORED)
-    max_seq_len = cfg.get("max_seq_len", DEFAULTS["max_seq_len"])
     clip = attn.get("clip_qkv")
     config = ModelConfig(
-        name=name, hf_model_type=MODEL_TYPE, vocab_size=cfg.get("vocab_size", DEFAULTS["vocab_size"]), d_model=d,
-        n_layers=cfg.get("n_layers", DEFAULTS["n_layers"]), n_heads=n_heads,
-        n_kv_heads=attn.get("kv_n_heads", DEFAULTS["kv_n_heads"]), head_dim=d // n_heads,
-        d_ff=ffn.get("ffn_hidden_size", DEFAULTS["ffn_hidden_size"]), max_seq_len=max_seq_len,
+        name=name, hf_model_type=MODEL_TYPE, vocab_size=vocab, d_model=d, n_layers=n_layers, n_heads=n_heads,
+        n_kv_heads=attn.positive_integer("kv_n_heads", DEFAULTS["kv_n_heads"]), head_dim=d // n_heads,
+        d_ff=ffn.positive_integer("ffn_hidden_size", DEFAULTS["ffn_hidden_size"]), max_seq_len=max_seq_len,
         position="rope", rope_theta=rope_theta(cfg, attn, max_seq_len),
         norm="layernorm", norm_eps=DBRX_NORM_EPS, norm_bias=False,
         qkv_clip=None if clip is None else attn.checked_number("clip_qkv", clip),
@@ -121,8 +120,8 @@ def moe_config(cfg: HFConfig, ffn: HFConfig) -> MoEConfig:
     cfg.require("router_aux_loss_coef", weight, (weight,), f"disagrees with ffn_config.moe_loss_weight={weight!r}, "
                 "which DbrxForCausalLM uses")
     ffn.require("uniform_expert_assignment", False, (False,), "lmref routes every token by its router")
-    return MoEConfig(n_experts=ffn.get("moe_num_experts", DEFAULTS["moe_num_experts"]),
-                     n_experts_per_token=ffn.get("moe_top_k", DEFAULTS["moe_top_k"]),
+    return MoEConfig(n_experts=ffn.positive_integer("moe_num_experts", DEFAULTS["moe_num_experts"]),
+                     n_experts_per_token=ffn.positive_integer("moe_top_k", DEFAULTS["moe_top_k"]),
                      renormalize=norm is not None, **objective_from_hf(cfg, weight))
 
 

@@ -89,9 +89,9 @@ IGNORED = frozenset({
 
 def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     """FalconConfig fields (defaults: the FalconConfig class defaults) -> ModelConfig."""
-    d = _positive(cfg, cfg.either(("hidden_size", "n_embed"), DEFAULTS["hidden_size"]), "hidden_size")
-    n_heads = _positive(cfg, cfg.get("num_attention_heads", DEFAULTS["num_attention_heads"]), "num_attention_heads")
-    n_layers = cfg.get("num_hidden_layers", DEFAULTS["num_hidden_layers"])
+    d = cfg.positive_either(("hidden_size", "n_embed"), DEFAULTS["hidden_size"])
+    n_heads, n_layers, vocab, max_seq_len = (cfg.positive_integer(key, DEFAULTS[key]) for key in (
+        "num_attention_heads", "num_hidden_layers", "vocab_size", "max_position_embeddings"))
     if d % n_heads:
         cfg.fail("num_attention_heads", n_heads, f"hidden_size ({d}) must be divisible by it "
                  "(FalconAttention's head_dim is hidden_size // heads, and it raises otherwise)")
@@ -102,11 +102,10 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
                 "the RW code's option, which transformers' Falcon never reads (its residual is the block input)")
     parallel, shared = _block(cfg)
     n_kv = _kv_heads(cfg, n_heads)
-    max_seq_len = cfg.get("max_position_embeddings", DEFAULTS["max_position_embeddings"])
     theta, scaling = rope_from_hf(cfg, max_seq_len)
     bias = bool(cfg.get("bias", DEFAULTS["bias"]))  # FalconLinear: query_key_value, dense, both MLP projections
     return ModelConfig(
-        name=name, hf_model_type=MODEL_TYPE, vocab_size=cfg.get("vocab_size", DEFAULTS["vocab_size"]), d_model=d,
+        name=name, hf_model_type=MODEL_TYPE, vocab_size=vocab, d_model=d,
         n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv, head_dim=d // n_heads, d_ff=_ffn(cfg, d),
         max_seq_len=max_seq_len, position="rope", rope_theta=theta, rope_scaling=scaling,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", DEFAULTS["tie_word_embeddings"])),
@@ -115,12 +114,6 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
         activation=cfg.activation("activation", DEFAULTS["activation"]),  # get_activation: ACT2FN
         parallel_residual=parallel, shared_attn_norm=shared,
     )
-
-
-def _positive(cfg: HFConfig, value: object, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        cfg.fail(key, value, "expected a positive integer")
-    return value
 
 
 def _check_legacy(cfg: HFConfig, read: dict) -> None:
@@ -158,7 +151,7 @@ def _kv_heads(cfg: HFConfig, n_heads: int) -> int:
     given = cfg.get("num_kv_heads", DEFAULTS["num_kv_heads"])
     stated = n_heads if given is None else given  # FalconConfig.__post_init__
     if new:
-        n_kv = _positive(cfg, stated, "num_kv_heads")
+        n_kv = cfg.checked_positive("num_kv_heads", stated)
         if n_heads % n_kv:
             cfg.fail("num_kv_heads", n_kv, f"num_attention_heads ({n_heads}) must be a multiple of it (_split_heads "
                      "views query_key_value as num_kv_heads groups of heads // num_kv_heads + 2 heads)")
@@ -185,7 +178,7 @@ def _ffn(cfg: HFConfig, d: int) -> int:
     n_embed, no ffn_hidden_size and another hidden_size is two models."""
     ffn = cfg.get("ffn_hidden_size", DEFAULTS["ffn_hidden_size"])
     if ffn is not None:
-        return _positive(cfg, ffn, "ffn_hidden_size")
+        return cfg.checked_positive("ffn_hidden_size", ffn)
     v4_hidden = cfg.get("hidden_size", DEFAULTS["hidden_size"])
     if v4_hidden != d:
         cfg.fail("ffn_hidden_size", None, f"null means 4 * n_embed = {4 * d} in transformers 5.x and "

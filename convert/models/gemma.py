@@ -64,7 +64,7 @@ def gemma_fields(cfg: HFConfig) -> dict:
     cfg.require("use_bidirectional_attention", None, (None, False), "lmref models are causal")
     bias = bool(cfg.get("attention_bias", False))  # q, k, v and o together
     return dict(
-        head_dim=cfg.get("head_dim", DEFAULT_HEAD_DIM),
+        head_dim=cfg.positive_integer("head_dim", DEFAULT_HEAD_DIM),
         norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", DEFAULT_EPS), norm_unit_offset=True,
         embedding_scale="sqrt_d_model", qkv_bias=bias, attn_out_bias=bias, mlp="gated",
     )

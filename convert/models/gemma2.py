@@ -57,6 +57,7 @@ def query_scale_dim(cfg: HFConfig, head_dim: int) -> int | None:
     is head_dim: the plain head_dim^-0.5 scale."""
     value = cfg.get("query_pre_attn_scalar", DEFAULT_QUERY_SCALE)
     value = int(value) if isinstance(value, float) and value.is_integer() else value
+    value = cfg.checked_positive("query_pre_attn_scalar", value)
     return None if value == head_dim else value
 
 
@@ -64,11 +65,10 @@ def layer_fields(cfg: HFConfig, n_layers: int, period: int) -> dict:
     """`attn_pattern` and `sliding_window`: `layer_types`, or by default layer i sliding iff
     (i + 1) % period (Gemma 2: 2; Gemma 3: `sliding_window_pattern`, 6)."""
     types = cfg.get("layer_types")
-    if types is None and not (isinstance(period, int) and period >= 1):
-        cfg.fail("sliding_window_pattern", period, "expected a positive number of layers")
     if types is None:
+        period = cfg.checked_positive("sliding_window_pattern", period)
         types = ["sliding_attention" if (i + 1) % period else "full_attention" for i in range(n_layers)]
-    return attention_fields(cfg, types, cfg.get("sliding_window", DEFAULT_WINDOW), n_layers)
+    return attention_fields(cfg, types, cfg.optional_positive_integer("sliding_window", DEFAULT_WINDOW), n_layers)
 
 
 def layer_hf_fields(c: ModelConfig) -> dict:

@@ -47,19 +47,19 @@ IGNORED = frozenset({
 
 def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     """GPT2Config fields (defaults: the GPT2Config class defaults) -> ModelConfig."""
-    d, n_head = cfg.get("n_embd", 768), cfg.get("n_head", 12)
+    d, n_head = cfg.positive_integer("n_embd", 768), cfg.positive_integer("n_head", 12)
     if d % n_head:
         cfg.fail("n_head", n_head, f"n_embd ({d}) must be divisible by it (GPT-2's head_dim is n_embd / n_head)")
-    n_inner = cfg.get("n_inner")
+    n_inner = cfg.optional_positive_integer("n_inner")
     cfg.require("scale_attn_weights", True, (True,), "lmref always scales scores by head_dim^-0.5")
     cfg.require("scale_attn_by_inverse_layer_idx", False, (False,),
                 "the extra 1 / (layer_idx + 1) score scaling has no lmref equivalent")
     cfg.require("add_cross_attention", False, (False,), "lmref models are decoder-only, without cross-attention")
     return ModelConfig(
-        name=name, hf_model_type=MODEL_TYPE, vocab_size=cfg.get("vocab_size", 50257), d_model=d,
-        n_layers=cfg.get("n_layer", 12), n_heads=n_head, n_kv_heads=n_head, head_dim=d // n_head,
+        name=name, hf_model_type=MODEL_TYPE, vocab_size=cfg.positive_integer("vocab_size", 50257), d_model=d,
+        n_layers=cfg.positive_integer("n_layer", 12), n_heads=n_head, n_kv_heads=n_head, head_dim=d // n_head,
         d_ff=n_inner if n_inner is not None else 4 * d,  # GPT2Block: n_inner or 4 * hidden
-        max_seq_len=cfg.get("n_positions", 1024), position="learned",
+        max_seq_len=cfg.positive_integer("n_positions", 1024), position="learned",
         tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
         norm="layernorm", norm_eps=cfg.number("layer_norm_epsilon", 1e-5), norm_bias=True,
         qkv_bias=True, attn_out_bias=True,

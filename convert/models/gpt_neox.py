@@ -71,17 +71,18 @@ FAST_GELU = "gelu_fast"
 
 def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     """GPTNeoXConfig fields (defaults: the GPTNeoXConfig class defaults) -> ModelConfig."""
-    d, n_heads = cfg.get("hidden_size", 6144), cfg.get("num_attention_heads", 64)
+    d, n_heads = cfg.positive_integer("hidden_size", 6144), cfg.positive_integer("num_attention_heads", 64)
     if d % n_heads:
         cfg.fail("num_attention_heads", n_heads,
                  f"hidden_size ({d}) must be divisible by it (GPTNeoXAttention's head_size is hidden_size / heads)")
-    max_seq_len = cfg.get("max_position_embeddings", 2048)
+    max_seq_len = cfg.positive_integer("max_position_embeddings", 2048)
     theta, fraction, scaling = rope_fields(cfg, d // n_heads, max_seq_len)
     bias = bool(cfg.get("attention_bias", True))  # GPTNeoXAttention: query_key_value and dense together
     return ModelConfig(
-        name=name, hf_model_type=MODEL_TYPE, vocab_size=cfg.get("vocab_size", 50432), d_model=d,
-        n_layers=cfg.get("num_hidden_layers", 44), n_heads=n_heads, n_kv_heads=n_heads, head_dim=d // n_heads,
-        d_ff=cfg.get("intermediate_size", 24576), max_seq_len=max_seq_len,
+        name=name, hf_model_type=MODEL_TYPE, vocab_size=cfg.positive_integer("vocab_size", 50432), d_model=d,
+        n_layers=cfg.positive_integer("num_hidden_layers", 44), n_heads=n_heads, n_kv_heads=n_heads,
+        head_dim=d // n_heads,
+        d_ff=cfg.positive_integer("intermediate_size", 24576), max_seq_len=max_seq_len,
         position="rope", rope_theta=theta, rope_fraction=fraction, rope_scaling=scaling,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         norm="layernorm", norm_eps=cfg.number("layer_norm_eps", 1e-5), norm_bias=True,

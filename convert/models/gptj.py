@@ -69,10 +69,7 @@ IGNORED = frozenset({
 
 def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     """GPTJConfig fields (defaults: the GPTJConfig class defaults) -> ModelConfig."""
-    d, n_head = cfg.get("n_embd", DEFAULTS["n_embd"]), cfg.get("n_head", DEFAULTS["n_head"])
-    for key, value in (("n_embd", d), ("n_head", n_head)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            cfg.fail(key, value, "expected a positive integer")
+    d, n_head = cfg.positive_integer("n_embd", DEFAULTS["n_embd"]), cfg.positive_integer("n_head", DEFAULTS["n_head"])
     if d % n_head:
         cfg.fail("n_head", n_head, f"n_embd ({d}) must be divisible by it (GPT-J's head_dim is n_embd / n_head)")
     # gpt-j-6b's legacy flags: transformers never reads them, and always rotates and scales
@@ -82,12 +79,14 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     cfg.require("rope_theta", HF_THETA, (HF_THETA,),
                 "transformers' GPT-J never reads it: create_sinusoidal_positions hard-codes theta 10000")
     rotary_dim = _rotary_dim(cfg, d // n_head, n_head)
-    n_inner = cfg.get("n_inner", DEFAULTS["n_inner"])
+    n_inner = cfg.optional_positive_integer("n_inner", DEFAULTS["n_inner"])
+    vocab, n_layer, n_positions = (cfg.positive_integer(key, DEFAULTS[key]) for key in (
+        "vocab_size", "n_layer", "n_positions"))
     config = ModelConfig(
-        name=name, hf_model_type=MODEL_TYPE, vocab_size=cfg.get("vocab_size", DEFAULTS["vocab_size"]), d_model=d,
-        n_layers=cfg.get("n_layer", DEFAULTS["n_layer"]), n_heads=n_head, n_kv_heads=n_head, head_dim=d // n_head,
+        name=name, hf_model_type=MODEL_TYPE, vocab_size=vocab, d_model=d,
+        n_layers=n_layer, n_heads=n_head, n_kv_heads=n_head, head_dim=d // n_head,
         d_ff=n_inner if n_inner is not None else 4 * d,  # GPTJBlock: n_inner or 4 * n_embd
-        max_seq_len=cfg.get("n_positions", DEFAULTS["n_positions"]), position="rope", rope_theta=HF_THETA,
+        max_seq_len=n_positions, position="rope", rope_theta=HF_THETA,
         rope_layout="interleaved", rope_fraction=rotary_dim / (d // n_head),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", DEFAULTS["tie_word_embeddings"])), lm_head_bias=True,
         norm="layernorm", norm_eps=cfg.number("layer_norm_epsilon", DEFAULTS["layer_norm_epsilon"]),
@@ -112,9 +111,8 @@ def _rotary_dim(cfg: HFConfig, head_dim: int, n_head: int) -> int:
             cfg.fail("rotary_dim", None, f"transformers 5.23 refuses null, and 4.x rotates with an n_embd-wide "
                      f"sinusoid table that fits a head only when n_head is 1 (here {n_head})")
         return head_dim
-    if isinstance(rotary, bool) or not isinstance(rotary, int) or rotary <= 0:
-        # 0: `rotary_dim or embed_dim` builds an n_embd-wide table for zero rotated dims, which fails
-        cfg.fail("rotary_dim", rotary, "expected a positive integer (transformers' GPT-J fails on 0)")
+    # 0: `rotary_dim or embed_dim` builds an n_embd-wide table for zero rotated dims, which fails
+    rotary = cfg.checked_positive("rotary_dim", rotary, "transformers' GPT-J fails on 0")
     if rotary % 2:
         cfg.fail("rotary_dim", rotary, "odd: GPT-J rotates pairs (2i, 2i+1), and its table of "
                  f"{(rotary + 1) // 2} frequencies covers {rotary + 1} dims, so transformers fails")

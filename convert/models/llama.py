@@ -55,21 +55,32 @@ DEFAULTS = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num
                 tie_word_embeddings=False)
 
 
+# The positive integers `shape_fields` reads (convert/fields.py `positive_integer`).
+SHAPE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+              "max_position_embeddings")
+
+
 def shape_fields(cfg: HFConfig, name: str, model_type: str, defaults: dict) -> dict:
     """The ModelConfig sizes and tied head that every llama-style config.json (llama, mistral,
     olmo, olmo2, qwen2, qwen3, gemma, gemma2, gemma3_text) spells the same way.  `defaults`:
     the class's own defaults of the keys of `DEFAULTS`."""
-    d = cfg.get("hidden_size", defaults["hidden_size"])
-    n_heads = cfg.get("num_attention_heads", defaults["num_attention_heads"])
+    size = {key: cfg.positive_integer(key, defaults[key]) for key in SHAPE_KEYS}
+    # `__post_init__` of each class: a null num_key_value_heads means MHA
+    n_kv = cfg.optional_positive_integer("num_key_value_heads", defaults["num_key_value_heads"])
     return dict(
-        name=name, hf_model_type=model_type, vocab_size=cfg.get("vocab_size", defaults["vocab_size"]), d_model=d,
-        n_layers=cfg.get("num_hidden_layers", defaults["num_hidden_layers"]), n_heads=n_heads,
-        # `__post_init__` of each class: a null num_key_value_heads means MHA
-        n_kv_heads=cfg.get("num_key_value_heads", defaults["num_key_value_heads"]) or n_heads,
-        d_ff=cfg.get("intermediate_size", defaults["intermediate_size"]),
-        max_seq_len=cfg.get("max_position_embeddings", defaults["max_position_embeddings"]),
+        name=name, hf_model_type=model_type, vocab_size=size["vocab_size"], d_model=size["hidden_size"],
+        n_layers=size["num_hidden_layers"], n_heads=size["num_attention_heads"],
+        n_kv_heads=size["num_attention_heads"] if n_kv is None else n_kv, d_ff=size["intermediate_size"],
+        max_seq_len=size["max_position_embeddings"],
         tie_embeddings=bool(cfg.get("tie_word_embeddings", defaults["tie_word_embeddings"])),
     )
+
+
+def head_dim(cfg: HFConfig, fields: dict, default: int | None = None) -> int:
+    """`head_dim` (`default` when absent), null: hidden_size // num_attention_heads (LlamaConfig,
+    and the same in every class that reads it so)."""
+    stated = cfg.optional_positive_integer("head_dim", default)
+    return fields["d_model"] // fields["n_heads"] if stated is None else stated
 
 
 def llama_style_fields(cfg: HFConfig, name: str, model_type: str, defaults: dict) -> dict:
@@ -122,7 +133,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     bias = bool(cfg.get("attention_bias", False))  # LlamaAttention: bias on q, k, v and o together
     return ModelConfig(
         **fields,
-        head_dim=cfg.get("head_dim") or fields["d_model"] // fields["n_heads"],  # None -> hidden_size // heads
+        head_dim=head_dim(cfg, fields),
         norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", 1e-6),
         qkv_bias=bias, attn_out_bias=bias,
         mlp="gated", activation=cfg.activation("hidden_act", "silu"), mlp_bias=bool(cfg.get("mlp_bias", False)),

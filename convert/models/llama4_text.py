@@ -102,8 +102,7 @@ def attention_fields(cfg: HFConfig, n_layers: int) -> dict:
     interval = cfg.get("no_rope_layer_interval", NOPE_INTERVAL)
     rope = cfg.get("no_rope_layers")
     if not rope:  # None or []: every interval-th layer is NoPE
-        if not (isinstance(interval, int) and interval > 0):
-            cfg.fail("no_rope_layer_interval", interval, "expected a positive integer")
+        interval = cfg.checked_positive("no_rope_layer_interval", interval)
         rope = [int((i + 1) % interval != 0) for i in range(n_layers)]
     rope = [int(r) for r in _per_layer(cfg, "no_rope_layers", rope, n_layers, (0, 1))]
     types = cfg.get("layer_types")
@@ -115,12 +114,14 @@ def attention_fields(cfg: HFConfig, n_layers: int) -> dict:
                  "no layer kind for (chunked layers rotate, global_nope layers attend to every earlier key)")
     kinds: tuple[AttnKind, ...] = shortest_period(tuple(LMREF_KIND[pair] for pair in zip(rope, types)))
     chunk = cfg.get("attention_chunk_size", CHUNK)
-    if "chunked" in kinds and not (isinstance(chunk, int) and chunk > 0):
+    if "chunked" in kinds and (isinstance(chunk, bool) or not (isinstance(chunk, int) and chunk > 0)):
         cfg.fail("attention_chunk_size", chunk, "chunked layers need a positive chunk size")
     tuning = cfg.get("attn_temperature_tuning", True)
     if not isinstance(tuning, bool | int):
         cfg.fail("attn_temperature_tuning", tuning, "expected a bool (or an integer, read as its truth value)")
     floor, scale = cfg.get("floor_scale", FLOOR), cfg.get("attn_scale", SCALE)
+    if tuning:  # transformers divides the position by it
+        floor = cfg.checked_positive("floor_scale", floor)
     if not isinstance(scale, int | float):
         cfg.fail("attn_scale", scale, "expected a number")
     return dict(attn_pattern=kinds, attn_chunk_size=chunk if "chunked" in kinds else None,
@@ -132,8 +133,7 @@ def mlp_pattern(cfg: HFConfig, n_layers: int) -> tuple:
     """`mlp_pattern` from `moe_layers`, or `interleave_moe_layer_step` without it."""
     step, layers = cfg.get("interleave_moe_layer_step", 1), cfg.get("moe_layers")
     if layers is None:
-        if not (isinstance(step, int) and step > 0):
-            cfg.fail("interleave_moe_layer_step", step, "expected a positive integer")
+        step = cfg.checked_positive("interleave_moe_layer_step", step)
         layers = list(range(step - 1, n_layers, step))
     if not (isinstance(layers, list) and all(isinstance(i, int) for i in layers)):
         cfg.fail("moe_layers", layers, "expected a list of layer indices")
@@ -150,17 +150,18 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     if fields["rope_scaling"] is not None and fields["rope_scaling"].kind != "llama3":
         cfg.fail("rope_parameters", cfg.get("rope_parameters") or cfg.get("rope_scaling"), LINEAR_WHY)
     width = fields["d_ff"]  # intermediate_size: the experts' and the shared expert's
-    fields["d_ff"] = cfg.get("intermediate_size_mlp", D_FF_MLP)
+    fields["d_ff"] = cfg.positive_integer("intermediate_size_mlp", D_FF_MLP)
     cfg.require("attention_bias", False, (False,), "transformers 4.x hard-codes no attention bias "
                 "(Llama4TextConfig.__init__), so the file would mean two models; lmref maps none")
     cfg.require("for_llm_compressor", False, (False,), "an option of 4.51 (false on the Hub) that neither 4.57 "
                 "nor 5.23 reads, so lmref does not know what a checkpoint saved with it holds")
-    moe = MoEConfig(n_experts=cfg.get("num_local_experts", 16), n_experts_per_token=cfg.get("num_experts_per_tok", 1),
+    moe = MoEConfig(n_experts=cfg.positive_integer("num_local_experts", 16),
+                    n_experts_per_token=cfg.positive_integer("num_experts_per_tok", 1),
                     router="sigmoid_topk", d_ff=own_width(width, fields["d_ff"]), router_scales_input=True,
                     renormalize=False, n_shared_experts=1)
     qk_norm = cfg.require("use_qk_norm", True, (True, False), "expected a bool")
     return ModelConfig(
-        **fields, head_dim=cfg.get("head_dim", HEAD_DIM) or fields["d_model"] // fields["n_heads"],
+        **fields, head_dim=llama.head_dim(cfg, fields, HEAD_DIM),
         rope_layout="interleaved", **attention_fields(cfg, fields["n_layers"]), qk_norm="l2" if qk_norm else "none",
         norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", 1e-5),
         mlp="gated", activation=cfg.activation("hidden_act", "silu"),

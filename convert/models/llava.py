@@ -109,6 +109,12 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     return dataclasses.replace(decoder, hf_model_type=MODEL_TYPE, tie_embeddings=tied, vision=vision)
 
 
+# VisionConfig's sizes: CLIPVisionConfig's keys, each a positive integer.
+TOWER_SIZES = {"image_size": "image_size", "patch_size": "patch_size", "n_channels": "num_channels",
+               "d_model": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+               "d_ff": "intermediate_size"}
+
+
 def vision_from_hf(cfg: HFConfig) -> VisionConfig:
     """vision_config (a CLIPVisionConfig) and LlavaConfig's image fields -> VisionConfig."""
     absent = cfg.data.get("vision_config") is None
@@ -117,13 +123,7 @@ def vision_from_hf(cfg: HFConfig) -> VisionConfig:
     tower.require("model_type", "clip_vision_model", ("clip_vision_model",),
                   "lmref's vision tower is CLIP's (transformers CLIPVisionModel)")
     fields = dict(
-        image_size=tower.get("image_size", defaults["image_size"]),
-        patch_size=tower.get("patch_size", defaults["patch_size"]),
-        n_channels=tower.get("num_channels", defaults["num_channels"]),
-        d_model=tower.get("hidden_size", defaults["hidden_size"]),
-        n_layers=tower.get("num_hidden_layers", defaults["num_hidden_layers"]),
-        n_heads=tower.get("num_attention_heads", defaults["num_attention_heads"]),
-        d_ff=tower.get("intermediate_size", defaults["intermediate_size"]),
+        **{field: tower.positive_integer(key, defaults[key]) for field, key in TOWER_SIZES.items()},
         activation=tower.activation("hidden_act", defaults["hidden_act"]),
         norm_eps=tower.number("layer_norm_eps", defaults["layer_norm_eps"]),
     )

@@ -43,10 +43,10 @@ DEFAULTS = llama.DEFAULTS | dict(intermediate_size=14336, max_position_embedding
 def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     """MistralConfig fields (defaults: the MistralConfig class defaults) -> ModelConfig."""
     fields = llama.llama_style_fields(cfg, name, MODEL_TYPE, DEFAULTS)
-    window = cfg.get("sliding_window", DEFAULT_WINDOW)
+    window = cfg.optional_positive_integer("sliding_window", DEFAULT_WINDOW)
     return ModelConfig(
         **fields,
-        head_dim=cfg.get("head_dim") or fields["d_model"] // fields["n_heads"],  # None -> hidden_size // heads
+        head_dim=llama.head_dim(cfg, fields),
         attn_pattern=("global",) if window is None else ("sliding",), sliding_window=window,
         norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", 1e-6),
         mlp="gated", activation=cfg.activation("hidden_act", "silu"),

@@ -49,13 +49,13 @@ DEFAULT_EXPERTS, DEFAULT_K, DEFAULT_AUX = 8, 2, 0.001  # num_local_experts, num_
 def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     """MixtralConfig fields (defaults: the MixtralConfig class defaults) -> ModelConfig."""
     fields = llama.llama_style_fields(cfg, name, MODEL_TYPE, DEFAULTS)
-    window = cfg.get("sliding_window")
-    moe = MoEConfig(n_experts=cfg.either(("num_local_experts", "num_experts"), DEFAULT_EXPERTS),
-                    n_experts_per_token=cfg.get("num_experts_per_tok", DEFAULT_K),
+    window = cfg.optional_positive_integer("sliding_window")
+    moe = MoEConfig(n_experts=cfg.positive_either(("num_local_experts", "num_experts"), DEFAULT_EXPERTS),
+                    n_experts_per_token=cfg.positive_integer("num_experts_per_tok", DEFAULT_K),
                     **objective_from_hf(cfg, cfg.number("router_aux_loss_coef", DEFAULT_AUX)))
     return ModelConfig(
         **fields,
-        head_dim=qwen2.head_dim(cfg, fields),  # None -> hidden_size // heads
+        head_dim=llama.head_dim(cfg, fields),
         attn_pattern=("global",) if window is None else ("sliding",), sliding_window=window,
         norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", 1e-5),
         mlp="gated", activation=cfg.activation("hidden_act", "silu"), mlp_pattern=("moe",), moe=moe,

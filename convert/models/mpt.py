@@ -53,7 +53,7 @@ ATTN_IGNORED = frozenset({
 
 def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     """MptConfig fields (defaults: the MptConfig class defaults) -> ModelConfig."""
-    d, n_heads = cfg.get("d_model", 2048), cfg.get("n_heads", 16)
+    d, n_heads = cfg.positive_integer("d_model", 2048), cfg.positive_integer("n_heads", 16)
     if d % n_heads:
         cfg.fail("n_heads", n_heads, f"d_model ({d}) must be divisible by it (MPT's head_dim is d_model / n_heads)")
     cfg.require("expansion_ratio", HF_EXPANSION, (HF_EXPANSION,), "transformers' MptMLP hard-codes width 4 * d_model")
@@ -73,10 +73,10 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     clip = attn.get("clip_qkv")
     attn.finish()
     return ModelConfig(
-        name=name, hf_model_type=MODEL_TYPE, vocab_size=cfg.get("vocab_size", 50368), d_model=d,
-        n_layers=cfg.get("n_layers", 24), n_heads=n_heads, n_kv_heads=n_heads, head_dim=d // n_heads,
+        name=name, hf_model_type=MODEL_TYPE, vocab_size=cfg.positive_integer("vocab_size", 50368), d_model=d,
+        n_layers=cfg.positive_integer("n_layers", 24), n_heads=n_heads, n_kv_heads=n_heads, head_dim=d // n_heads,
         d_ff=HF_EXPANSION * d,
-        max_seq_len=cfg.get("max_seq_len", 2048), position="alibi", alibi_max_bias=HF_ALIBI_MAX_BIAS,
+        max_seq_len=cfg.positive_integer("max_seq_len", 2048), position="alibi", alibi_max_bias=HF_ALIBI_MAX_BIAS,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
         norm="layernorm", norm_eps=cfg.number("layer_norm_epsilon", 1e-5), norm_bias=False,
         qkv_clip=clip or None,  # MptAttention tests `if self.clip_qkv:`, so 0 means no clipping

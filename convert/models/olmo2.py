@@ -43,7 +43,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     fields = llama.llama_style_fields(cfg, name, MODEL_TYPE, DEFAULTS)
     bias = bool(cfg.get("attention_bias", False))  # Olmo2Attention: bias on q, k, v and o together
     return ModelConfig(
-        **fields, head_dim=qwen2.head_dim(cfg, fields),
+        **fields, head_dim=llama.head_dim(cfg, fields),
         norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", DEFAULT_EPS), norm_placement="post_sublayer",
         qk_norm="per_projection", qkv_bias=bias, attn_out_bias=bias,
         mlp="gated", activation=cfg.activation("hidden_act", "silu"),

@@ -36,6 +36,7 @@ from lmref.convert.fields import (
     check_expressible,
 )
 from lmref.convert.layout import Entry, linear, same
+from lmref.convert.models import llama
 from lmref.convert.rope import (
     DEFAULT_THETA, agreed_scaling, check_rotary_width, rope_dicts, rope_number, rope_scaling_rule, rope_to_hf,
 )
@@ -69,11 +70,8 @@ IGNORED = frozenset({"resid_pdrop", "embd_pdrop", "attention_dropout"})  # dropo
 
 def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     """PhiConfig fields (defaults: the PhiConfig class defaults) -> ModelConfig."""
-    d, n_heads = cfg.get("hidden_size", DEFAULTS["hidden_size"]), cfg.get("num_attention_heads",
-                                                                           DEFAULTS["num_attention_heads"])
-    for key, value in (("hidden_size", d), ("num_attention_heads", n_heads)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            cfg.fail(key, value, "expected a positive integer")
+    size = {key: cfg.positive_integer(key, DEFAULTS[key]) for key in llama.SHAPE_KEYS}
+    d, n_heads = size["hidden_size"], size["num_attention_heads"]
     if d % n_heads:
         cfg.fail("num_attention_heads", n_heads,
                  f"hidden_size ({d}) must be divisible by it (PhiAttention's head_dim is hidden_size / heads)")
@@ -86,14 +84,14 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     # qk_norm kinds are RMSNorms (per_head, per_projection) or weightless (l2)
     cfg.require("qk_layernorm", False, (False,), "Phi's q/k LayerNorm (with a bias) is none of lmref's qk_norm "
                 "kinds (RMSNorm or L2)")
-    max_seq_len = cfg.get("max_position_embeddings", DEFAULTS["max_position_embeddings"])
+    max_seq_len = size["max_position_embeddings"]
     theta, fraction, scaling = rope_fields(cfg, head_dim, max_seq_len)
-    n_kv = cfg.get("num_key_value_heads")  # None: num_attention_heads (PhiConfig.__post_init__)
+    n_kv = cfg.optional_positive_integer("num_key_value_heads")  # None: num_attention_heads (__post_init__)
     return ModelConfig(
-        name=name, hf_model_type=MODEL_TYPE, vocab_size=cfg.get("vocab_size", DEFAULTS["vocab_size"]), d_model=d,
-        n_layers=cfg.get("num_hidden_layers", DEFAULTS["num_hidden_layers"]), n_heads=n_heads,
+        name=name, hf_model_type=MODEL_TYPE, vocab_size=size["vocab_size"], d_model=d,
+        n_layers=size["num_hidden_layers"], n_heads=n_heads,
         n_kv_heads=n_heads if n_kv is None else n_kv, head_dim=head_dim,
-        d_ff=cfg.get("intermediate_size", DEFAULTS["intermediate_size"]), max_seq_len=max_seq_len,
+        d_ff=size["intermediate_size"], max_seq_len=max_seq_len,
         position="rope", rope_theta=theta, rope_fraction=fraction, rope_scaling=scaling,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", DEFAULTS["tie_word_embeddings"])), lm_head_bias=True,
         norm="layernorm", norm_eps=cfg.number("layer_norm_eps", DEFAULTS["layer_norm_eps"]), norm_bias=True,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from lmref.convert.fields import ACTIVATION_FEATURES, ACTIVATION_TO_HF, HFConfig, activation_rule, check_expressible
 from lmref.convert.layout import Entry, linear, same
+from lmref.convert.models import llama
 from lmref.convert.rope import DEFAULT_THETA, check_rotary_width, rope_dicts, rope_number
 from lmref.spec.config import ModelConfig, RopeScaling
 from lmref.spec.features import declare
@@ -58,26 +59,22 @@ LONGROPE_NAMES = ("longrope", "su", "yarn")  # "su" and "yarn": Phi-3's first fi
 
 def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     """Phi3Config fields (defaults: the Phi3Config class defaults) -> ModelConfig."""
-    d, n_heads = (cfg.get(k, DEFAULTS[k]) for k in ("hidden_size", "num_attention_heads"))
-    for key, value in (("hidden_size", d), ("num_attention_heads", n_heads)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            cfg.fail(key, value, "expected a positive integer")
+    size = {key: cfg.positive_integer(key, DEFAULTS[key]) for key in llama.SHAPE_KEYS}
+    d, n_heads = size["hidden_size"], size["num_attention_heads"]
     if d % n_heads:
         cfg.fail("num_attention_heads", n_heads, f"hidden_size ({d}) must be divisible by it")
     head_dim = d // n_heads
     cfg.require("head_dim", head_dim, (head_dim,), f"lmref maps only hidden_size / num_attention_heads = {head_dim}")
-    max_seq_len = cfg.checked_integer("max_position_embeddings",
-                                      cfg.get("max_position_embeddings", DEFAULTS["max_position_embeddings"]))
+    max_seq_len = size["max_position_embeddings"]
     theta, fraction, scaling = rope_fields(cfg, head_dim, max_seq_len)
-    window = cfg.get("sliding_window")  # Phi3Config: None, no window
-    window = None if window is None else cfg.checked_integer("sliding_window", window)
+    window = cfg.optional_positive_integer("sliding_window")  # Phi3Config: None, no window
     if window is not None and window >= max_seq_len:  # never cuts inside the context (Phi-3-mini-128k's
         window = None  # 262144): transformers' sliding mask with it is the causal mask
+    n_kv = cfg.optional_positive_integer("num_key_value_heads")  # None: num_attention_heads
     return ModelConfig(
-        name=name, hf_model_type=MODEL_TYPE, vocab_size=cfg.get("vocab_size", DEFAULTS["vocab_size"]), d_model=d,
-        n_layers=cfg.get("num_hidden_layers", DEFAULTS["num_hidden_layers"]), n_heads=n_heads,
-        n_kv_heads=cfg.get("num_key_value_heads") or n_heads, head_dim=head_dim,
-        d_ff=cfg.get("intermediate_size", DEFAULTS["intermediate_size"]), max_seq_len=max_seq_len,
+        name=name, hf_model_type=MODEL_TYPE, vocab_size=size["vocab_size"], d_model=d,
+        n_layers=size["num_hidden_layers"], n_heads=n_heads, n_kv_heads=n_heads if n_kv is None else n_kv,
+        head_dim=head_dim, d_ff=size["intermediate_size"], max_seq_len=max_seq_len,
         position="rope", rope_theta=theta, rope_fraction=fraction, rope_scaling=scaling,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", DEFAULTS["tie_word_embeddings"])),
         norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", DEFAULTS["rms_norm_eps"]),

@@ -47,15 +47,31 @@ DEFAULT_WINDOW, DEFAULT_MAX_WINDOW_LAYERS = 4096, 28  # Qwen2Config.sliding_wind
 def sliding_fields(cfg: HFConfig, n_layers: int) -> dict:
     """`attn_pattern` and `sliding_window` of a qwen2 or qwen3 config.json, by
     `Qwen2Config.__post_init__`'s rule (Qwen3Config's is the same)."""
-    window = cfg.get("sliding_window", DEFAULT_WINDOW)
-    if not cfg.get("use_sliding_window", False):
-        window = None
-    max_window_layers = cfg.get("max_window_layers", DEFAULT_MAX_WINDOW_LAYERS)
+    window = used_window(cfg)
+    max_window_layers = first_window_layer(cfg)
     types = cfg.get("layer_types")
     if types is None:
         types = ["sliding_attention" if window is not None and i >= max_window_layers else "full_attention"
                  for i in range(n_layers)]
     return attention_fields(cfg, types, window, n_layers)
+
+
+def used_window(cfg: HFConfig) -> int | None:
+    """`sliding_window` where `use_sliding_window` says so, else None: `__post_init__` of
+    Qwen2Config, Qwen2MoeConfig and Qwen3MoeConfig drops it unread."""
+    if not cfg.get("use_sliding_window", False):
+        cfg.get("sliding_window")
+        return None
+    return cfg.optional_positive_integer("sliding_window", DEFAULT_WINDOW)
+
+
+def first_window_layer(cfg: HFConfig) -> int:
+    """`max_window_layers`: a layer index (0: from the first layer on), compared with each
+    layer's in the classes' rules."""
+    index = cfg.checked_integer("max_window_layers", cfg.get("max_window_layers", DEFAULT_MAX_WINDOW_LAYERS))
+    if index < 0:
+        cfg.fail("max_window_layers", index, "expected a layer index, 0 or more")
+    return index
 
 
 def sliding_hf_fields(c: ModelConfig) -> dict:
@@ -68,10 +84,6 @@ def sliding_hf_fields(c: ModelConfig) -> dict:
             "layer_types": layer_types(c)}
 
 
-def head_dim(cfg: HFConfig, fields: dict) -> int:
-    return cfg.get("head_dim") or fields["d_model"] // fields["n_heads"]  # Qwen2Attention's getattr
-
-
 def head_dim_hf_fields(c: ModelConfig) -> dict:
     """`head_dim`'s inverse: the key only where it is not hidden_size // num_attention_heads,
     since it is no field of the class (Qwen2Config, Olmo2Config)."""
@@ -82,7 +94,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     """Qwen2Config fields (defaults: the Qwen2Config class defaults) -> ModelConfig."""
     fields = llama.llama_style_fields(cfg, name, MODEL_TYPE, DEFAULTS)
     return ModelConfig(
-        **fields, head_dim=head_dim(cfg, fields), **sliding_fields(cfg, fields["n_layers"]),
+        **fields, head_dim=llama.head_dim(cfg, fields), **sliding_fields(cfg, fields["n_layers"]),
         norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", 1e-6), qkv_bias=True,
         mlp="gated", activation=cfg.activation("hidden_act", "silu"),
     )

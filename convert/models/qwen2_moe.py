@@ -61,9 +61,8 @@ MOE_FIELDS = {"n_experts", "n_experts_per_token", "renormalize", "d_ff", "n_shar
 
 def sliding_fields(cfg: HFConfig, n_layers: int) -> dict:
     """`attn_pattern` and `sliding_window` by `Qwen2MoeConfig.__post_init__`'s rule."""
-    window, use = cfg.get("sliding_window", qwen2.DEFAULT_WINDOW), cfg.get("use_sliding_window", False)
-    window = window if use else None  # __post_init__: 0 when unused
-    max_window_layers = cfg.get("max_window_layers", qwen2.DEFAULT_MAX_WINDOW_LAYERS)
+    use, window = cfg.get("use_sliding_window", False), qwen2.used_window(cfg)
+    max_window_layers = qwen2.first_window_layer(cfg)
     types = cfg.get("layer_types")
     if types is None:
         types = ["sliding_attention" if use and i % 2 == 0 and i < max_window_layers else "full_attention"
@@ -73,13 +72,12 @@ def sliding_fields(cfg: HFConfig, n_layers: int) -> dict:
 
 def moe_config(cfg: HFConfig, d_ff: int) -> MoEConfig:
     """The mixture layers' MoEConfig; widths equal to the ones they default to are None."""
-    n_experts = cfg.get("num_experts", MOE_DEFAULTS["num_experts"])
-    width = cfg.get("moe_intermediate_size", MOE_DEFAULTS["moe_intermediate_size"])
-    shared = cfg.get("shared_expert_intermediate_size", MOE_DEFAULTS["shared_expert_intermediate_size"])
-    if not (isinstance(shared, int) and shared > 0):
-        cfg.fail("shared_expert_intermediate_size", shared, "Qwen2-MoE always adds its gated shared expert; "
-                 "lmref maps a positive width")
-    return MoEConfig(n_experts=n_experts, n_experts_per_token=cfg.get("num_experts_per_tok", 4),
+    n_experts = cfg.positive_integer("num_experts", MOE_DEFAULTS["num_experts"])
+    width = cfg.positive_integer("moe_intermediate_size", MOE_DEFAULTS["moe_intermediate_size"])
+    shared = cfg.checked_positive("shared_expert_intermediate_size", cfg.get(
+        "shared_expert_intermediate_size", MOE_DEFAULTS["shared_expert_intermediate_size"]),
+        "Qwen2-MoE always adds its gated shared expert")
+    return MoEConfig(n_experts=n_experts, n_experts_per_token=cfg.positive_integer("num_experts_per_tok", 4),
                      d_ff=own_width(width, d_ff), renormalize=bool(cfg.get("norm_topk_prob", False)),
                      n_shared_experts=1, shared_d_ff=own_width(shared, width), shared_expert_gate=True,
                      **objective_from_hf(cfg, cfg.number("router_aux_loss_coef", MOE_DEFAULTS["router_aux_loss_coef"])))
@@ -90,7 +88,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     fields = llama.llama_style_fields(cfg, name, MODEL_TYPE, DEFAULTS)
     moe = moe_config(cfg, fields["d_ff"])
     return ModelConfig(
-        **fields, head_dim=qwen2.head_dim(cfg, fields), **sliding_fields(cfg, fields["n_layers"]),
+        **fields, head_dim=llama.head_dim(cfg, fields), **sliding_fields(cfg, fields["n_layers"]),
         norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", 1e-6), qkv_bias=bool(cfg.get("qkv_bias", True)),
         mlp="gated", activation=cfg.activation("hidden_act", "silu"),
         mlp_pattern=sparse_pattern(cfg, fields["n_layers"], moe.n_experts), moe=moe,

@@ -37,7 +37,8 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     fields = llama.llama_style_fields(cfg, name, MODEL_TYPE, qwen2.DEFAULTS)
     bias = bool(cfg.get("attention_bias", False))  # Qwen3Attention: bias on q, k, v and o together
     return ModelConfig(
-        **fields, head_dim=cfg.get("head_dim", DEFAULT_HEAD_DIM), **qwen2.sliding_fields(cfg, fields["n_layers"]),
+        **fields, head_dim=cfg.positive_integer("head_dim", DEFAULT_HEAD_DIM),
+        **qwen2.sliding_fields(cfg, fields["n_layers"]),
         norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", 1e-6), qk_norm="per_head",
         qkv_bias=bias, attn_out_bias=bias, mlp="gated", activation=cfg.activation("hidden_act", "silu"),
     )

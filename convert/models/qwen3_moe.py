@@ -52,9 +52,10 @@ MOE_DEFAULTS = dict(num_experts=128, num_experts_per_tok=8, moe_intermediate_siz
 
 def moe_config(cfg: HFConfig, d_ff: int) -> MoEConfig:
     """The mixture layers' MoEConfig; an expert width equal to the dense one is None."""
-    width = cfg.get("moe_intermediate_size", MOE_DEFAULTS["moe_intermediate_size"])
-    return MoEConfig(n_experts=cfg.either(("num_experts", "num_local_experts"), MOE_DEFAULTS["num_experts"]),
-                     n_experts_per_token=cfg.get("num_experts_per_tok", MOE_DEFAULTS["num_experts_per_tok"]),
+    width = cfg.positive_integer("moe_intermediate_size", MOE_DEFAULTS["moe_intermediate_size"])
+    return MoEConfig(n_experts=cfg.positive_either(("num_experts", "num_local_experts"), MOE_DEFAULTS["num_experts"]),
+                     n_experts_per_token=cfg.positive_integer("num_experts_per_tok",
+                                                              MOE_DEFAULTS["num_experts_per_tok"]),
                      d_ff=own_width(width, d_ff), renormalize=bool(cfg.get("norm_topk_prob", False)),
                      **objective_from_hf(cfg, cfg.number("router_aux_loss_coef", MOE_DEFAULTS["router_aux_loss_coef"])))
 
@@ -62,12 +63,11 @@ def moe_config(cfg: HFConfig, d_ff: int) -> MoEConfig:
 def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     """Qwen3MoeConfig fields (defaults: the Qwen3MoeConfig class defaults) -> ModelConfig."""
     fields = llama.llama_style_fields(cfg, name, MODEL_TYPE, DEFAULTS)
-    window, use = cfg.get("sliding_window", qwen2.DEFAULT_WINDOW), cfg.get("use_sliding_window", False)
-    window = window if use else None  # Qwen3MoeConfig.__post_init__
+    window = qwen2.used_window(cfg)
     bias = bool(cfg.get("attention_bias", False))  # Qwen3MoeAttention: bias on q, k, v and o together
     moe = moe_config(cfg, fields["d_ff"])
     return ModelConfig(
-        **fields, head_dim=qwen2.head_dim(cfg, fields),
+        **fields, head_dim=llama.head_dim(cfg, fields),
         attn_pattern=("global",) if window is None else ("sliding",), sliding_window=window,
         norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", 1e-6), qk_norm="per_head",
         qkv_bias=bias, attn_out_bias=bias, mlp="gated", activation=cfg.activation("hidden_act", "silu"),
