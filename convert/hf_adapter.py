@@ -17,7 +17,10 @@ The config runs as the transformers type its `hf_model_type` names.  A config th
 feature that type lacks raises `UnsupportedFeature` naming it (the type's feature set:
 convert/features.py); one with no type (hf_model_type None: OLMo with ALiBi has no
 transformers class), or one the type cannot express field by field (convert/fields.py
-`check_expressible`), raises NotImplementedError with the converter's reason.  The suite
+`check_expressible`), raises NotImplementedError with the converter's reason, saying that
+transformers has no model for it.  So does a weight that float32 cannot hold (a float64 value
+beyond its range, which `to_hf` refuses to write as inf), naming the tensor: transformers has
+the model, but this float32 backend cannot load those weights.  The suite
 reports both as NOT SUPPORTED, as it does a LongRoPE decode that crosses the original context
 (`check_crossing`: transformers' cache keeps what the short factors made).  A mixture's training
 objective transformers' `labels=` loss is not (a per-layer load-balancing loss, a router z-loss:
@@ -41,7 +44,7 @@ import torch
 import transformers
 from lmref.convert.errors import ConversionError
 from lmref.convert.features import FEATURES_BY_TYPE
-from lmref.convert.hf import auto_class_name, module_for, to_hf
+from lmref.convert.hf import auto_class_name, hf_config, module_for, to_hf
 from lmref.spec.captures import capture_names, moe_layers
 from lmref.spec.config import ModelConfig
 from lmref.spec.features import OBJECTIVE, check_supported
@@ -49,6 +52,28 @@ from lmref.spec.plan import original_context
 from lmref.spec.vision import VISION_LAYER_COMPONENTS, check_images
 
 IGNORE_INDEX = -100  # transformers' ForCausalLMLoss: labels with this value are no target
+
+
+def transformers_model(describe, config: ModelConfig):
+    """`describe(config)` (convert/hf.py `module_for`, `hf_config`); NotImplementedError (NOT
+    SUPPORTED) when it finds that transformers has no model for `config`: no type, an unknown
+    one, or one that cannot express a field."""
+    try:
+        return describe(config)
+    except ConversionError as e:
+        raise NotImplementedError(f"transformers has no model for this config: {e}") from None
+
+
+def export_float32(config: ModelConfig, params: dict[str, np.ndarray], directory: str) -> None:
+    """`to_hf` in float32, the dtype this backend runs, of a config transformers can express;
+    NotImplementedError (NOT SUPPORTED) naming the tensor when a weight does not fit float32 (a
+    float64 value beyond its range): transformers has a model, this backend cannot load it."""
+    transformers_model(hf_config, config)
+    try:
+        to_hf(config, params, directory, dtype="float32")
+    except ConversionError as e:
+        raise NotImplementedError(f"the hf backend runs in float32, and these weights cannot be written as "
+                                  f"float32: {e}") from None
 
 
 def check_features(config: ModelConfig, implemented: frozenset[str]) -> None:
@@ -153,16 +178,14 @@ class HFAdapter:
 
     def build_model(self, config: ModelConfig, params: dict[str, np.ndarray]) -> torch.nn.Module:
         """The transformers model of (config, params), float32, eval mode."""
-        try:
-            check_features(config, FEATURES_BY_TYPE[module_for(config).MODEL_TYPE] | frozenset(OBJECTIVE))
-            with tempfile.TemporaryDirectory() as tmp:
-                to_hf(config, params, tmp, dtype="float32")
-                auto_class = getattr(transformers, auto_class_name(module_for(config).MODEL_TYPE))
-                model, info = auto_class.from_pretrained(
-                    tmp, attn_implementation="eager", dtype=torch.float32, output_loading_info=True,
-                    **({"experts_implementation": "eager"} if config.moe is not None else {}))
-        except ConversionError as e:
-            raise NotImplementedError(f"transformers has no model for this config: {e}") from None
+        model_type = transformers_model(module_for, config).MODEL_TYPE
+        check_features(config, FEATURES_BY_TYPE[model_type] | frozenset(OBJECTIVE))
+        with tempfile.TemporaryDirectory() as tmp:
+            export_float32(config, params, tmp)
+            auto_class = getattr(transformers, auto_class_name(model_type))
+            model, info = auto_class.from_pretrained(
+                tmp, attn_implementation="eager", dtype=torch.float32, output_loading_info=True,
+                **({"experts_implementation": "eager"} if config.moe is not None else {}))
         problems = {kind: sorted(keys) for kind, keys in info.items() if keys}
         if problems:
             raise RuntimeError(f"from_pretrained did not load the exported weights exactly: {problems}")
@@ -198,10 +221,7 @@ class HFAdapter:
         the router logits of every token, lmref's "pooled" kind, only when asked for the router
         logits (`MixtralForCausalLM.forward` and its kin: `if output_router_logits:`); another
         objective (DBRX's and OLMoE's authors') is NOT SUPPORTED, naming its feature."""
-        try:
-            check_features(config, FEATURES_BY_TYPE[module_for(config).MODEL_TYPE])
-        except ConversionError as e:
-            raise NotImplementedError(f"transformers has no model for this config: {e}") from None
+        check_features(config, FEATURES_BY_TYPE[transformers_model(module_for, config).MODEL_TYPE])
         inputs = model_inputs(config, tokens, pixel_values)
         model = self.build_model(config, params)
         routers = {"output_router_logits": True} if config.moe is not None else {}
