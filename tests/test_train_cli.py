@@ -157,3 +157,48 @@ def test_a_refusal_names_the_option_given(flags, message, tmp_path, capsys):
     err = _refused(capsys, "--arch", "llama3", *STEP, *flags, "--out", tmp_path / "run")
     assert err == f"lmref train: error: {message}\n"
     assert not (tmp_path / "run").exists()
+
+
+VOCAB_LIMIT = ("--vocab-size must exceed 256 (the byte alphabet a byte-level BPE starts from) and be at most "
+               "1,048,576 (2**20, four times the largest real vocabularies), got ")
+
+
+@pytest.mark.parametrize("size", ["1048577", "2147483647", "4e9", "99999999999999999999"])
+def test_a_huge_vocab_size_is_refused_before_anything_is_written(size, tmp_path, capsys):
+    """2**31 - 1 aborted the process (tokenizers' trainer asked for 264 GiB, exit 134), 1e20 was
+    an OverflowError traceback."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The quick brown fox. " * 3000)
+    err = _refused(capsys, "--arch", "llama3", *STEP, "--data", corpus, "--tokenizer", "bpe", "--vocab-size", size,
+                   "--out", tmp_path / "run")
+    assert err == f"lmref train: error: {VOCAB_LIMIT}{int(float(size)) if 'e' in size else size}\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_largest_vocab_size_trains_a_tokenizer_in_little_memory(tmp_path):
+    """The limit is one the tokenizers library takes cheaply (it reserves a few bytes an id)."""
+    import resource
+
+    from lmref.train.errors import TrainError
+    from lmref.train.settings import MAX_VOCAB_SIZE
+    from lmref.train.tokenizer import BPETokenizer
+
+    text = "The quick brown fox. " * 300
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert 256 < BPETokenizer.train(text, MAX_VOCAB_SIZE).vocab_size < 400
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 512 * 1024  # KiB: under 512 MiB more
+    with pytest.raises(TrainError, match="at most 1,048,576, got 1048577"):
+        BPETokenizer.train(text, MAX_VOCAB_SIZE + 1)
+
+
+def test_a_new_run_that_diverges_keeps_its_log_and_its_directory_takes_the_next_run(tmp_path, capsys):
+    """Kept on purpose (docs/training.md, "Divergence"): the marker and metrics.jsonl, whose records
+    show the steps before the divergence and the settings that caused it; the same --out takes
+    the run started again."""
+    out = tmp_path / "run"
+    assert lmref("train", *TINY, "--steps", "6", "--lr", "1e30", "--warmup", "0", "--out", out) == 1
+    assert "training diverged" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [".lmref-output.json", "metrics.jsonl"]
+    assert records(out, "run")[0]["run"]["lr"] == 1e30 and records(out, "val")[0]["step"] == 0
+    assert lmref("train", *TINY, "--steps", "2", "--out", out) == 0
+    assert [r["kind"] for r in records(out, "run")] == ["run"] and records(out, "run")[0]["run"]["lr"] == 3e-3

@@ -39,6 +39,7 @@ from lmref.train.distributed import Dist, barrier, broadcast_text, setup, teardo
 from lmref.train.errors import TrainError
 from lmref.train.loop import LoopOptions, Trainer, build_trainer, fit
 from lmref.train.metrics import METRICS_FILE, MetricsLog, read_metrics
+from lmref.train.optimizer_checks import check_optimizer_tensors, check_param_groups, expected_groups
 from lmref.train.plot import PLOT_FILE, plot_losses
 from lmref.train.settings import (
     RunSettings,
@@ -228,13 +229,26 @@ def _data_position(state: dict, batch_size: int, directory: Path) -> int:
 
 
 def _restore(trainer: Trainer, stream: BatchStream, snapshot: checkpoint.Snapshot, directory: Path) -> None:
+    """Load the checkpoint's optimizer, RNG and data position into the run, each checked first."""
     state = snapshot.state
     position = _data_position(state, stream.batch_size, directory)
-    load_optimizer(trainer.model, trainer.core, trainer.optimizer, snapshot.optimizer,
-                   state["optimizer"]["param_groups"], str(directory / checkpoint.OPTIMIZER_FILE))
+    groups = state["optimizer"]["param_groups"]
+    check_param_groups(groups, expected_groups(trainer.core, trainer.optimizer, trainer.run, state["step"]),
+                       str(directory / checkpoint.STATE_FILE))
+    check_optimizer_tensors(trainer.core, snapshot.optimizer, state["step"], str(directory / checkpoint.OPTIMIZER_FILE))
+    load_optimizer(trainer.model, trainer.optimizer, snapshot.optimizer, groups)
     set_rng_state(snapshot.rng, trainer.dist.device)
     trainer.step = state["step"]
     stream.position = position
+
+
+def _nothing_to_train(step: int, steps: int, stop_after: int | None) -> str:
+    """Why a resumed run at `step` has no step left, and what the user can do about it."""
+    if step >= steps:  # the schedule (warmup, cosine decay to --min-lr at the last step) ends at --steps
+        return (f"the run is finished (step {step} of its --steps {steps}); a resumed run keeps its settings, "
+                f"--steps included, so it cannot be extended: start a new run with a larger --steps in another --out")
+    return (f"the run is at step {step} and --stop-after {stop_after} stops it there; give a --stop-after above "
+            f"{step} (its --steps is {steps}) or leave it out")
 
 
 def _saver(trainer: Trainer, start: Start, stream: BatchStream, options: Options, summary: dict):
@@ -321,9 +335,13 @@ def _train(flags: dict, sizes: dict, options: Options, d: Dist) -> dict:
     summary = {"out": str(start.out), "plot": str(start.out / PLOT_FILE),
                "unigram_baseline": unigram_cross_entropy(train_tokens, val_tokens, start.config.vocab_size)}
     last = run.steps if options.stop_after is None else min(run.steps, options.stop_after)
-    if start.claim and start.snapshot is not None and trainer.step >= last:  # a new directory for no step
-        raise TrainError(f"--resume {start.resumed_from}: the run is at step {trainer.step} and its last step is "
-                         f"{last}: nothing to train into {start.out} (give a larger --steps); nothing was written")
+    if start.snapshot is not None and trainer.step >= last:  # a resume with no step left: nothing is written
+        why = _nothing_to_train(trainer.step, run.steps, options.stop_after)
+        if start.claim:  # a new directory for no step
+            raise TrainError(f"--resume {options.resume}: nothing to train into {start.out}: {why}; nothing was "
+                             "written")
+        print(f"lmref train: nothing to train: {why}; nothing was written", flush=True)
+        return summary | {"step": trainer.step}
     if start.claim and d.is_main:  # the first write of the run; every check has passed on every rank
         claim(start.out, TRAIN_RUN_KIND, inputs=start.inputs)
     log = MetricsLog(start.out / METRICS_FILE, trainer.step if start.snapshot else None) if d.is_main else None

@@ -21,6 +21,19 @@ from lmref.spec.presets import FAMILIES, PRESETS, tiny
 from lmref.train.errors import TrainError
 
 SIZE_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff", "max_seq_len")
+# One seed rule for `lmref train`, `generate` and `shapes`: torch.Generator.manual_seed (generate's
+# sampling) takes 0 .. 2**64 - 1, so every command takes those and no others.
+SEED_LIMIT = 2**64
+# --vocab-size's upper bound: four times the largest vocabularies of real models (Gemma 3's
+# 262,144).  The `tokenizers` trainer reserves memory for the size asked before it merges (a
+# few bytes an id up to here; 2**31 - 1 asked 264 GiB at once and aborted the process).
+MAX_VOCAB_SIZE = 2**20
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    """TrainError unless `seed` is an integer in 0 .. 2**64 - 1 (SEED_LIMIT), every command's rule."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:
+        raise TrainError(f"{flag} must be an integer from 0 to 2**64 - 1, got {seed!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,8 +62,9 @@ class RunSettings:
         for name in ("seq_len", "batch_size", "steps"):
             if getattr(self, name) < 1:
                 raise TrainError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
-        if self.warmup < 0 or self.seed < 0:
-            raise TrainError(f"--warmup and --seed must be >= 0, got {self.warmup} and {self.seed}")
+        if self.warmup < 0:
+            raise TrainError(f"--warmup must be >= 0, got {self.warmup}")
+        check_seed(self.seed)
         self._check_optimizer()
         if not 0 < self.val_fraction < 1:  # also NaN
             raise TrainError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
@@ -62,9 +76,10 @@ class RunSettings:
         if self.tokenizer == "byte" and self.vocab_size is not None:
             raise TrainError(f"--vocab-size {self.vocab_size} goes with --tokenizer bpe (the byte tokenizer has "
                              "256 ids); give --tokenizer bpe or drop --vocab-size")
-        if self.vocab_size is not None and self.vocab_size <= 256:
-            raise TrainError(f"--vocab-size must exceed 256 (the byte alphabet a byte-level BPE starts "
-                             f"from), got {self.vocab_size}")
+        if self.vocab_size is not None and not 256 < self.vocab_size <= MAX_VOCAB_SIZE:
+            raise TrainError(f"--vocab-size must exceed 256 (the byte alphabet a byte-level BPE starts from) and be "
+                             f"at most {MAX_VOCAB_SIZE:,} (2**20, four times the largest real vocabularies), "
+                             f"got {self.vocab_size}")
 
     def _check_optimizer(self) -> None:
         """Every AdamW and schedule number, with the rule it breaks: a NaN or infinite one would
@@ -93,7 +108,25 @@ class RunSettings:
         unknown = sorted(set(data) - known)
         if unknown:
             raise TrainError(f"unknown run setting(s): {', '.join(unknown)}")
+        for field in dataclasses.fields(cls):
+            if field.name in data and not _of_type(data[field.name], field.type):
+                raise TrainError(f"run.{field.name} must be {_TYPE_NAMES[field.type]}, got {data[field.name]!r}")
         return cls(**data)
+
+
+# RunSettings' field annotations (strings: `from __future__ import annotations`), as a message says them.
+_TYPE_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "int | None": "an integer or null"}
+
+
+def _of_type(value: object, annotation: str) -> bool:
+    """Whether a JSON value read from trainer_state.json is of a RunSettings field's type."""
+    if annotation == "int | None" and value is None:
+        return True
+    if annotation in ("int", "int | None"):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, str)
 
 
 def _flag(name: str) -> str:

@@ -14,7 +14,6 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from lmref.convert.errors import CheckpointError
 from lmref.impl_torch import Transformer
 from lmref.train.distributed import Dist
 
@@ -45,34 +44,10 @@ def optimizer_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> tup
     return tensors, groups
 
 
-ADAMW_ENTRIES = ("exp_avg", "exp_avg_sq", "step")  # per parameter; "step" is a scalar
-
-
-def check_optimizer_tensors(core: Transformer, tensors: dict[str, torch.Tensor], where: str) -> None:
-    """CheckpointError naming `where` unless `tensors` are AdamW's state of exactly the model's
-    parameters, each of its parameter's shape (a state of another shape can crash the step)."""
-    shapes = {name: tuple(p.shape) for name, p in core.named_parameters() if p.requires_grad}
-    expected = {f"{name}/{entry}": () if entry == "step" else shape
-                for name, shape in shapes.items() for entry in ADAMW_ENTRIES}
-    unknown = sorted(set(tensors) - set(expected))
-    if unknown:
-        raise CheckpointError(f"{where}: holds {unknown[0]!r}, which is not AdamW state of a parameter of this "
-                              f"model ({core.config.name}); the file is not this run's optimizer state")
-    missing = sorted(set(expected) - set(tensors))
-    if missing:
-        raise CheckpointError(f"{where}: no {missing[0]!r} ({len(missing)} of the model's {len(expected)} AdamW "
-                              "tensors missing); the file is not this run's optimizer state")
-    for key, shape in expected.items():
-        if tuple(tensors[key].shape) != shape:
-            raise CheckpointError(f"{where}: {key} has shape {list(tensors[key].shape)}, the model's {list(shape)}; "
-                                  "the file is not this run's optimizer state")
-
-
-def load_optimizer(model: nn.Module, core: Transformer, optimizer: torch.optim.Optimizer,
-                   tensors: dict[str, torch.Tensor], groups: list[dict], where: str) -> None:
-    """Restore what `optimizer_tensors` returned (every rank passes the full state), read from
-    the file `where` (named by CheckpointError when the tensors do not fit the model)."""
-    check_optimizer_tensors(core, tensors, where)
+def load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                   groups: list[dict]) -> None:
+    """Restore what `optimizer_tensors` returned (every rank passes the full state), once
+    train/optimizer_checks.py has checked it."""
     state: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         name, _, entry = key.rpartition("/")

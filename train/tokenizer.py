@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from lmref.train.errors import TrainError
+from lmref.train.settings import MAX_VOCAB_SIZE
 
 BYTE_VOCAB = 256
 IMAGE_TEXT = "<image>"  # how a decoded image placeholder reads (LLaVA's DEFAULT_IMAGE_TOKEN)
@@ -85,9 +86,9 @@ class BPETokenizer:
         """Learn merges on `text` until `vocab_size` ids (the 256 byte symbols included)."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-        if vocab_size <= BYTE_VOCAB:
+        if not BYTE_VOCAB < vocab_size <= MAX_VOCAB_SIZE:  # a larger one: an allocation that aborts the process
             raise TrainError(f"--vocab-size must exceed {BYTE_VOCAB} (the byte alphabet a byte-level BPE "
-                             f"starts from), got {vocab_size}")
+                             f"starts from) and be at most {MAX_VOCAB_SIZE:,}, got {vocab_size}")
         tokenizer = Tokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = decoders.ByteLevel()
