@@ -85,5 +85,70 @@ def test_generate_refuses_a_seed_that_train_or_torch_would_not_take(seed, tmp_pa
     run_dir = shared_run(tmp_path_factory)
     capsys.readouterr()
     assert lmref("generate", "--checkpoint", run_dir, "--prompt", "The", "--seed", seed, "--max-new-tokens", "5") == 2
-    assert capsys.readouterr().err == (f"lmref generate: error: --seed must be >= 0 (as train and shapes take it) "
-                                       f"and < 2**64, got {int(float(seed))}\n")
+    assert capsys.readouterr().err == (f"lmref generate: error: --seed must be an integer from 0 to 2**64 - 1, "
+                                       f"got {int(float(seed))}\n")
+
+
+@pytest.mark.parametrize("seed", [str(2**64), "99999999999999999999"])
+def test_train_shapes_and_generate_take_the_same_seeds(seed, tmp_path_factory, tmp_path, capsys):
+    """generate refused 2**64 "as train and shapes take it", but train and shapes took any size."""
+    run_dir = shared_run(tmp_path_factory)
+    capsys.readouterr()
+    commands = {"train": ["train", "--arch", "gpt2", "--out", tmp_path / "run"],
+                "shapes": ["shapes", "--out", tmp_path / "scenes"],
+                "generate": ["generate", "--checkpoint", run_dir, "--prompt", "The", "--max-new-tokens", "2"]}
+    for name, args in commands.items():
+        assert lmref(*args, "--seed", seed) == 2
+        assert capsys.readouterr().err == (f"lmref {name}: error: --seed must be an integer from 0 to 2**64 - 1, "
+                                           f"got {seed}\n")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "scenes").exists()
+    assert lmref("shapes", "--out", tmp_path / "scenes", "--seed", str(2**64 - 1)) == 0
+    assert lmref(*commands["generate"], "--seed", str(2**64 - 1)) == 0
+
+
+SMALLEST_FLOAT = 5e-324  # the smallest positive float64 (a subnormal); float32 rounds it to 0
+
+
+@pytest.mark.parametrize("temperature", [SMALLEST_FLOAT, 1e-45, 1e-39, 1e-30])
+def test_a_tiny_temperature_samples_the_argmax(temperature):
+    """logits / 1e-39 overflowed to inf, and the softmax of inf - inf was NaN: torch.multinomial's
+    RuntimeError "probability tensor contains either inf, nan or element < 0"."""
+    from lmref.train.generate import next_token
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[1.0, 0.5, 3.0, float("-inf")], [4.0, 4.0, -2.0, 0.0]])
+    for _ in range(20):
+        first, tied = next_token(logits, temperature, None, None, generator).tolist()
+        assert first == 2 and tied in (0, 1)  # one-hot on the argmax; a tie shared
+
+
+def test_generate_with_the_smallest_positive_temperature_is_greedy(tmp_path_factory, capsys):
+    run_dir = shared_run(tmp_path_factory)
+    args = ["generate", "--checkpoint", run_dir, "--prompt", "The ", "--max-new-tokens", "20", "--device", "cpu"]
+    capsys.readouterr()
+    assert lmref(*args, "--greedy") == 0
+    greedy = capsys.readouterr().out
+    assert lmref(*args, "--temperature", repr(SMALLEST_FLOAT), "--seed", "1") == 0
+    assert capsys.readouterr().out == greedy
+
+
+def test_a_model_folder_not_written_by_train_is_named_with_what_takes_it(tmp_path_factory, tmp_path, capsys):
+    """A Hugging Face folder, or an ONNX export, was called "an lmref model checkpoint"."""
+    run_dir = shared_run(tmp_path_factory)
+    assert lmref("convert", "--to-hf", run_dir / "step-000006", "--out", tmp_path / "hf") == 0
+    export = tmp_path / "export"
+    export.mkdir()
+    for name in ("config.json", "export.json"):  # what `lmref export` writes beside its graphs
+        (export / name).write_text("{}")
+    capsys.readouterr()
+    tail = ("; --resume and generate --checkpoint take a run directory of `lmref train` or one of its step-N "
+            "checkpoints\n")
+    assert lmref("generate", "--checkpoint", tmp_path / "hf", "--prompt", "x") == 2
+    assert capsys.readouterr().err == (
+        f"lmref generate: error: {tmp_path / 'hf'}: a Hugging Face model folder (its config.json has a model_type), "
+        "not a run of `lmref train` (`lmref convert --from-hf` reads it; it has no lmref tokenizer to generate "
+        "with)" + tail)
+    assert lmref("generate", "--checkpoint", export, "--prompt", "x") == 2
+    assert capsys.readouterr().err == (
+        f"lmref generate: error: {export}: an ONNX export (`lmref export`), not a run of `lmref train` "
+        f"(generate from it with `lmref generate --onnx {export}`)" + tail)

@@ -52,7 +52,8 @@ from lmref.convert.checkpoint import CONFIG_FILE, PARAMS_FILE, load_checkpoint, 
 from lmref.convert.errors import CheckpointError
 from lmref.convert.paths import inside
 from lmref.spec.config import ModelConfig
-from lmref.spec.outputs import REPLACING_NAME
+from lmref.convert.outputs import HF_KIND
+from lmref.spec.outputs import REPLACING_NAME, marker_kind
 from lmref.train.errors import TrainError
 
 STATE_FILE = "trainer_state.json"
@@ -239,10 +240,31 @@ def resolve(path: str | Path) -> Path:
             raise CheckpointError(f"{path / LATEST}: names {target.name}, which is not a complete checkpoint "
                                   f"(no {target / STATE_FILE})")
         return target
-    if (path / CONFIG_FILE).is_file():
-        raise CheckpointError(f"{path}: an lmref model checkpoint without {STATE_FILE}; training and "
-                              "generation need a checkpoint written by `lmref train`")
+    other = _other_model_folder(path)
+    if other:
+        raise CheckpointError(f"{path}: {other[0]}, not a run of `lmref train` ({other[1]}); --resume and "
+                              "generate --checkpoint take a run directory of `lmref train` or one of its step-N "
+                              "checkpoints")
     raise CheckpointError(f"{path}: not a training checkpoint or run directory (no {STATE_FILE} or {LATEST})")
+
+
+def _other_model_folder(path: Path) -> tuple[str, str] | None:
+    """(what a folder holding a model that `lmref train` did not write is, what takes it), or
+    None when it is none of those."""
+    kind = marker_kind(path)
+    if kind == "onnx-export" or (path / "export.json").is_file():  # export/exporter.py OUTPUT_KIND, MANIFEST_FILE
+        return "an ONNX export (`lmref export`)", f"generate from it with `lmref generate --onnx {path}`"
+    if not (path / CONFIG_FILE).is_file():
+        return None
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        config = None
+    if kind == HF_KIND or (isinstance(config, dict) and "model_type" in config):
+        return ("a Hugging Face model folder (its config.json has a model_type)",
+                "`lmref convert --from-hf` reads it; it has no lmref tokenizer to generate with")
+    return (f"an lmref model checkpoint without {STATE_FILE}",
+            "no tokenizer or run settings; `lmref export` and `lmref convert --to-hf` read it")
 
 
 def read_state(directory: Path) -> dict:

@@ -22,6 +22,7 @@ from lmref.impl_torch import Transformer
 from lmref.train import checkpoint
 from lmref.train.distributed import DEVICES
 from lmref.train.errors import TrainError
+from lmref.train.settings import check_seed
 from lmref.train.tokenizer import load_tokenizer
 
 
@@ -54,8 +55,17 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_
     """Token ids [B] from last-position logits [B, V]."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(dim=-1)
+    probs = filter_logits(scaled_logits(logits, temperature), top_k, top_p).softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def scaled_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(logits - their max) / temperature, float32, for any temperature > 0: the largest logits
+    become 0 and the others <= 0, so a tiny temperature gives -inf for the others (its softmax
+    one-hot on the argmax, ties shared), never inf - inf = NaN.  The largest stay 0 exactly:
+    0 / a temperature that float32 rounds to 0 (under 1e-45) would be NaN too."""
+    shifted = logits.float() - logits.float().amax(dim=-1, keepdim=True)
+    return torch.where(shifted == 0, shifted, shifted / temperature)
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -83,13 +93,11 @@ def check_request(prompt: list[int], max_new_tokens: int, max_seq_len: int, temp
     return total
 
 
-SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes 0 .. 2**64 - 1 (a negative one wraps around)
-
-
 def seeded_generator(seed: int | None, device=None) -> torch.Generator:
-    """A torch.Generator seeded with `seed`, or freshly and nondeterministically when None."""
-    if seed is not None and not 0 <= seed < SEED_LIMIT:
-        raise TrainError(f"--seed must be >= 0 (as train and shapes take it) and < 2**64, got {seed}")
+    """A torch.Generator seeded with `seed` (settings.check_seed: the rule of train and shapes
+    too), or freshly and nondeterministically when None."""
+    if seed is not None:
+        check_seed(seed)
     generator = torch.Generator(device) if device is not None else torch.Generator()
     if seed is None:
         generator.seed()
