@@ -4,6 +4,7 @@ captions whose attributes are spread so that no text alone can tell them."""
 from __future__ import annotations
 
 import collections
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,3 +94,65 @@ def test_a_rerun_into_its_own_directory_replaces_its_scenes_and_keeps_the_users_
     listed = [line.split("\t")[0] for line in (out / "captions.tsv").read_text().splitlines()]
     assert listed == ["scene-000005.png", "scene-000006.png"]
     assert sorted(p.name for p in out.iterdir()) == sorted([".lmref-output.json", "captions.tsv", "notes.txt", *listed])
+
+
+def test_a_count_above_the_limit_is_refused(tmp_path, capsys, monkeypatch):
+    import lmref.train.images as images
+    from tests.train_helpers import lmref
+
+    def never(*args):
+        raise AssertionError("write_scenes was called: 100 million scenes would follow")
+
+    monkeypatch.setattr(images, "write_scenes", never)
+    assert lmref("shapes", "--out", tmp_path / "many", "--count", "100000001") == 2
+    assert capsys.readouterr().err == "lmref shapes: error: --count must be <= 100000, got 100000001\n"
+    assert not (tmp_path / "many").exists()
+
+
+def _scene_files(out) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if p.name not in (".lmref-output.json", "captions.tsv"))
+
+
+def _listed(out) -> list[str]:
+    return sorted(line.split("\t")[0] for line in (out / "captions.tsv").read_text().splitlines())
+
+
+def test_ctrl_c_leaves_every_scene_written_listed_and_a_rerun_removes_them(tmp_path, capsys, monkeypatch):
+    """Ctrl-C was a KeyboardInterrupt traceback leaving thousands of scenes and no captions.tsv;
+    a rerun with a smaller --count then left them all, unlisted."""
+    import lmref.train.images as images
+    from tests.train_helpers import lmref
+
+    drawn = []
+
+    def draw_then_interrupt(shapes, size):
+        if len(drawn) == 4:
+            raise KeyboardInterrupt
+        drawn.append(shapes)
+        return draw(shapes, size)
+
+    out = tmp_path / "scenes"
+    monkeypatch.setattr(images, "draw", draw_then_interrupt)
+    assert lmref("shapes", "--out", out, "--count", "100") == 130
+    assert capsys.readouterr().err == (f"lmref shapes: interrupted (Ctrl-C); {out}/captions.tsv lists every scene "
+                                       "written; run again to replace them\n")
+    assert _listed(out) == _scene_files(out) == [f"scene-00000{i}.png" for i in range(4)]
+    monkeypatch.undo()
+    assert lmref("shapes", "--out", out, "--count", "2") == 0
+    assert _listed(out) == _scene_files(out) == ["scene-000000.png", "scene-000001.png"]
+
+
+def test_a_scene_interrupted_while_it_is_saved_is_neither_left_nor_listed(tmp_path, monkeypatch):
+    import lmref.train.images as images
+    from tests.train_helpers import lmref
+
+    class HalfSaved:
+        def save(self, path, format):
+            Path(path).write_bytes(b"\x89PNG half")
+            raise KeyboardInterrupt
+
+    out = tmp_path / "scenes"
+    third = scene(1, 2)
+    monkeypatch.setattr(images, "draw", lambda shapes, size: HalfSaved() if shapes == third else draw(shapes, size))
+    assert lmref("shapes", "--out", out, "--count", "5") == 130
+    assert _listed(out) == _scene_files(out) == ["scene-000000.png", "scene-000001.png"]

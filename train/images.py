@@ -10,6 +10,7 @@ images are (train/shapes.py `pixels`: CLIP's rescale and mean / std, channels fi
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -23,6 +24,7 @@ CAPTIONS_FILE = "captions.tsv"
 SCENE_NAME = re.compile(r"scene-\d{6,}\.png")  # write_scenes' file names
 IMAGE_KIND = "shape-images"  # the output kind of `lmref shapes` (spec/outputs.py's marker)
 MAX_IMAGE_SIZE = 4096  # `lmref shapes --image-size`: 48 MiB an image in memory (CLIP's towers take 224 to 336)
+MAX_SCENES = 100_000  # `lmref shapes --count`: 30 times the 3,200 scenes a default vision run reads
 
 
 def read_image(path: str | Path, v: VisionConfig) -> np.ndarray:
@@ -54,18 +56,38 @@ def read_image(path: str | Path, v: VisionConfig) -> np.ndarray:
 def write_scenes(out: Path, seed: int, start: int, count: int, image_size: int) -> list[tuple[Path, str]]:
     """Scenes start .. start + count - 1 of `seed` as `out`/scene-{index}.png (RGB, image_size
     pixels a side), and `out`/captions.tsv (file name, tab, caption per line); returns (path,
-    caption) of each.  `out` is claimed by the caller.  A rerun into the same directory replaces the scenes its
-    captions.tsv lists (this command's files, and only those), so the two never disagree."""
-    for name in _listed_scenes(out / CAPTIONS_FILE):
+    caption) of each.  `out` is claimed by the caller.  A rerun into the same directory first
+    removes the scenes its captions.tsv lists (this command's files, and only those).  Each
+    scene is written whole (a temporary file, renamed), then its line is added to captions.tsv,
+    so a run interrupted at any scene (Ctrl-C) leaves captions.tsv listing every scene file it
+    wrote, and a rerun replaces them all."""
+    captions = out / CAPTIONS_FILE
+    for name in _listed_scenes(captions):
         (out / name).unlink(missing_ok=True)
     written = []
-    for index in range(start, start + count):
-        shapes = scene(seed, index)
-        path = out / f"scene-{index:06d}.png"
-        draw(shapes, image_size).save(path)
-        written.append((path, caption(shapes)))
-    (out / CAPTIONS_FILE).write_text("".join(f"{p.name}\t{text}\n" for p, text in written), encoding="utf-8")
+    with open(captions, "w", encoding="utf-8") as listing:
+        for index in range(start, start + count):
+            shapes = scene(seed, index)
+            path, text = out / f"scene-{index:06d}.png", caption(shapes)
+            try:
+                _save_whole(draw(shapes, image_size), path)
+            finally:  # also when interrupted: a scene file on disk is always listed
+                if path.is_file():
+                    listing.write(f"{path.name}\t{text}\n")
+                    listing.flush()
+            written.append((path, text))
     return written
+
+
+def _save_whole(image, path: Path) -> None:
+    """Save `image` as the PNG file `path`, complete or not at all (the temporary is removed
+    when the save fails or is interrupted)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # spec/outputs.py's REPLACING_NAME
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _listed_scenes(captions: Path) -> list[str]:

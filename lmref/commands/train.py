@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import math
+import sys
 
 from lmref.commands.errors import fail, known_errors
 from lmref.train.settings import SIZE_FIELDS as SIZE_FLAGS
@@ -131,6 +133,26 @@ def add_commands(sub) -> None:
     _add_shapes(sub)
 
 
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command that Ctrl-C stopped
+
+
+def interruptible(command: str, note: str):
+    """Decorate a command so that Ctrl-C (KeyboardInterrupt) ends it with one line saying what
+    it leaves (`note`, formatted with the command's arguments) and exit status 130, not a traceback."""
+    def wrap(run):
+        @functools.wraps(run)
+        def guarded(args: argparse.Namespace) -> int:
+            try:
+                return run(args)
+            except KeyboardInterrupt:
+                print(f"lmref {command}: interrupted (Ctrl-C); {note.format(**vars(args))}", file=sys.stderr)
+                return INTERRUPTED
+        return guarded
+    return wrap
+
+
+@interruptible("train", "the checkpoints written so far are kept whole: --resume the run directory to go on from "
+               "its latest (stopped before the first one, start the run again)")
 def cmd_train(args: argparse.Namespace) -> int:
     from lmref.train.errors import DivergedError
     from lmref.train.session import Options, train
@@ -234,6 +256,7 @@ def _describe(args: argparse.Namespace) -> tuple[str, str]:
     return args.prompt or "", tokenizer.decode(ids).removesuffix(CAPTION_END)
 
 
+@interruptible("generate", "nothing was written")
 def cmd_generate(args: argparse.Namespace) -> int:
     from lmref.train.errors import TrainError
 
@@ -270,18 +293,28 @@ def _add_shapes(sub) -> None:
     p.set_defaults(run=cmd_shapes)
 
 
+def _check_shapes(args: argparse.Namespace) -> None:
+    """TrainError for a shapes command line out of range, before anything is written."""
+    from lmref.train.errors import TrainError
+    from lmref.train.images import MAX_IMAGE_SIZE, MAX_SCENES
+    from lmref.train.settings import check_seed
+
+    for flag, value, least, most in (("--count", args.count, 1, MAX_SCENES), ("--start", args.start, 0, None),
+                                     ("--image-size", args.image_size, 2, MAX_IMAGE_SIZE)):
+        if value < least:
+            raise TrainError(f"{flag} must be >= {least}, got {value}")
+        if most is not None and value > most:
+            raise TrainError(f"{flag} must be <= {most}, got {value}")
+    check_seed(args.seed)
+
+
+@interruptible("shapes", "{out}/captions.tsv lists every scene written; run again to replace them")
 def cmd_shapes(args: argparse.Namespace) -> int:
     from lmref.spec.outputs import claim
-    from lmref.train.errors import TrainError
-    from lmref.train.images import IMAGE_KIND, MAX_IMAGE_SIZE, write_scenes
+    from lmref.train.images import IMAGE_KIND, write_scenes
 
-    for flag, value, least in (("--count", args.count, 1), ("--seed", args.seed, 0), ("--start", args.start, 0),
-                               ("--image-size", args.image_size, 2)):
-        if value < least:
-            return fail("shapes", TrainError(f"{flag} must be >= {least}, got {value}"))
-    if args.image_size > MAX_IMAGE_SIZE:
-        return fail("shapes", TrainError(f"--image-size must be <= {MAX_IMAGE_SIZE}, got {args.image_size}"))
     try:
+        _check_shapes(args)
         out = claim(args.out, IMAGE_KIND)
         written = write_scenes(out, args.seed, args.start, args.count, args.image_size)
     except known_errors() as e:

@@ -1,0 +1,54 @@
+"""Ctrl-C (SIGINT) during `lmref train` and `lmref shapes`: one line saying what is left, exit
+status 130, no KeyboardInterrupt traceback; shapes' folder stays consistent (captions.tsv lists
+every scene file)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+for _module in ("torch", "tokenizers", "matplotlib", "tqdm", "PIL"):  # the `torch` and `train` extras
+    pytest.importorskip(_module)
+
+from tests.train_helpers import ROOT, TINY, subprocess_env  # noqa: E402
+
+
+def _interrupt(args: list[str], ready, timeout: float = 120) -> tuple[int, str]:
+    """Start `python -m lmref.cli ARGS`, send SIGINT once `ready()` holds; (exit status, stderr)."""
+    process = subprocess.Popen([sys.executable, "-m", "lmref.cli", *args], cwd=ROOT, env=subprocess_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert process.poll() is None and time.monotonic() < deadline, "the command ended before it was ready"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    return process.returncode, err
+
+
+def test_ctrl_c_during_train_is_one_line_and_exit_130(tmp_path):
+    out = tmp_path / "run"
+    status, err = _interrupt(["train", *TINY, "--steps", "100000", "--out", str(out)],
+                             lambda: (out / "metrics.jsonl").is_file()
+                             and '"kind": "train"' in (out / "metrics.jsonl").read_text())
+    assert (status, err) == (130, "lmref train: interrupted (Ctrl-C); the checkpoints written so far are kept "
+                                  "whole: --resume the run directory to go on from its latest (stopped before the "
+                                  "first one, start the run again)\n")
+
+
+def test_ctrl_c_during_shapes_leaves_every_scene_listed(tmp_path):
+    out = tmp_path / "scenes"
+    captions = out / "captions.tsv"
+    status, err = _interrupt(["shapes", "--out", str(out), "--count", "100000"],
+                             lambda: captions.is_file() and captions.read_text().count("\n") >= 20)
+    assert (status, err) == (130, f"lmref shapes: interrupted (Ctrl-C); {out}/captions.tsv lists every scene "
+                                  "written; run again to replace them\n")
+    listed = sorted(line.split("\t")[0] for line in captions.read_text().splitlines())
+    assert listed == sorted(p.name for p in out.iterdir() if p.name not in (".lmref-output.json", "captions.tsv"))
