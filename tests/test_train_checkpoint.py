@@ -114,6 +114,7 @@ def test_a_save_that_fails_midway_leaves_no_half_checkpoint(run_dir, tmp_path, m
     ("optimizer.safetensors", "flip", "optimizer.safetensors: corrupted or truncated"),
     ("rng.safetensors", "delete", "rng.safetensors: missing"),
     ("trainer_state.json", "truncate", "trainer_state.json: not readable JSON"),
+    ("trainer_state.json", "nest", "trainer_state.json: not readable JSON (RecursionError"),
 ])
 def test_damaged_checkpoint_names_the_file(run_dir, tmp_path, capsys, victim, damage, message):
     out = copy_run(run_dir, tmp_path / "run")
@@ -123,6 +124,8 @@ def test_damaged_checkpoint_names_the_file(run_dir, tmp_path, capsys, victim, da
         path.write_bytes(data[: len(data) // 2])
     elif damage == "flip":
         path.write_bytes(data[:-5] + bytes([data[-5] ^ 1]) + data[-4:])
+    elif damage == "nest":  # past Python's recursion limit
+        path.write_text("[" * 100_000 + "]" * 100_000)
     else:
         path.unlink()
     with pytest.raises(CheckpointError, match=message):

@@ -133,7 +133,7 @@ def _state_of(directory: Path) -> dict | None:
     """trainer_state.json of `directory` as a dict, None when it has none that reads."""
     try:
         state = json.loads((directory / STATE_FILE).read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, ValueError, RecursionError):  # not UTF-8, not JSON, nested past the stack
         return None
     return state if isinstance(state, dict) else None
 
@@ -258,7 +258,7 @@ def _other_model_folder(path: Path) -> tuple[str, str] | None:
         return None
     try:
         config = json.loads((path / CONFIG_FILE).read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, ValueError, RecursionError):  # not UTF-8, not JSON, nested past the stack
         config = None
     if kind == HF_KIND or (isinstance(config, dict) and "model_type" in config):
         return ("a Hugging Face model folder (its config.json has a model_type)",
@@ -271,8 +271,9 @@ def read_state(directory: Path) -> dict:
     path = directory / STATE_FILE
     try:
         state = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not readable JSON ({e}); the checkpoint is damaged") from None
+    except (OSError, ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested past the stack
+        raise CheckpointError(f"{path}: not readable JSON ({type(e).__name__}: {e}); the checkpoint is "
+                              "damaged") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not an {FORMAT} of format version {FORMAT_VERSION}")
     return state
