@@ -156,3 +156,26 @@ def test_a_scene_interrupted_while_it_is_saved_is_neither_left_nor_listed(tmp_pa
     monkeypatch.setattr(images, "draw", lambda shapes, size: HalfSaved() if shapes == third else draw(shapes, size))
     assert lmref("shapes", "--out", out, "--count", "5") == 130
     assert _listed(out) == _scene_files(out) == ["scene-000000.png", "scene-000001.png"]
+
+
+def test_a_ctrl_c_right_after_a_scene_is_renamed_into_place_still_lists_it(tmp_path, monkeypatch):
+    """A real SIGINT landing between the rename and the line that lists it is held until the line
+    is written, then handled: exit 130, every scene file listed.  (The interrupt can land
+    between any two bytecodes; before the hold, one landing after the save and before the line
+    left scene-000136.png unlisted in a CI run of test_train_interrupt.py.)"""
+    import os
+    import signal
+
+    from tests.train_helpers import lmref
+
+    rename = os.replace
+
+    def rename_then_interrupt(src, dst):
+        rename(src, dst)
+        if Path(dst).name == "scene-000002.png":
+            signal.raise_signal(signal.SIGINT)
+
+    out = tmp_path / "scenes"
+    monkeypatch.setattr(os, "replace", rename_then_interrupt)
+    assert lmref("shapes", "--out", out, "--count", "5") == 130
+    assert _listed(out) == _scene_files(out) == [f"scene-00000{i}.png" for i in range(3)]

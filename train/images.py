@@ -10,8 +10,11 @@ images are (train/shapes.py `pixels`: CLIP's rescale and mean / std, channels fi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -58,9 +61,9 @@ def write_scenes(out: Path, seed: int, start: int, count: int, image_size: int) 
     pixels a side), and `out`/captions.tsv (file name, tab, caption per line); returns (path,
     caption) of each.  `out` is claimed by the caller.  A rerun into the same directory first
     removes the scenes its captions.tsv lists (this command's files, and only those).  Each
-    scene is written whole (a temporary file, renamed), then its line is added to captions.tsv,
-    so a run interrupted at any scene (Ctrl-C) leaves captions.tsv listing every scene file it
-    wrote, and a rerun replaces them all."""
+    scene is drawn into a temporary file, then renamed into place and listed in captions.tsv
+    with Ctrl-C held back between the two (`_sigint_held`), so a run interrupted anywhere leaves
+    captions.tsv listing every scene file it wrote, and a rerun replaces them all."""
     captions = out / CAPTIONS_FILE
     for name in _listed_scenes(captions):
         (out / name).unlink(missing_ok=True)
@@ -69,25 +72,38 @@ def write_scenes(out: Path, seed: int, start: int, count: int, image_size: int) 
         for index in range(start, start + count):
             shapes = scene(seed, index)
             path, text = out / f"scene-{index:06d}.png", caption(shapes)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # spec/outputs.py's REPLACING_NAME
             try:
-                _save_whole(draw(shapes, image_size), path)
-            finally:  # also when interrupted: a scene file on disk is always listed
-                if path.is_file():
+                draw(shapes, image_size).save(tmp, format="PNG")
+                with _sigint_held():  # the file and its line appear together, or neither
+                    os.replace(tmp, path)
                     listing.write(f"{path.name}\t{text}\n")
                     listing.flush()
+            finally:
+                tmp.unlink(missing_ok=True)
             written.append((path, text))
     return written
 
 
-def _save_whole(image, path: Path) -> None:
-    """Save `image` as the PNG file `path`, complete or not at all (the temporary is removed
-    when the save fails or is interrupted)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # spec/outputs.py's REPLACING_NAME
+@contextlib.contextmanager
+def _sigint_held():
+    """Within the block, Ctrl-C (SIGINT) is noted instead of handled, and handled as before the
+    block (KeyboardInterrupt, by default) when it ends: a rename and the line that lists it are
+    not parted (a signal can otherwise land between any two bytecodes).  Elsewhere than the main
+    thread, where no signal handler can be set, the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted = []
+    previous = signal.signal(signal.SIGINT, lambda *_: noted.append(True))
     try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
+        yield
     finally:
-        tmp.unlink(missing_ok=True)
+        signal.signal(signal.SIGINT, previous)
+    if noted and callable(previous):  # Python's default_int_handler raises KeyboardInterrupt
+        previous(signal.SIGINT, None)
+    elif noted and previous == signal.SIG_DFL:
+        signal.raise_signal(signal.SIGINT)
 
 
 def _listed_scenes(captions: Path) -> list[str]:
