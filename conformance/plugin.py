@@ -42,7 +42,8 @@ from lmref.conformance.adapters import (
     BUILTINS, CAPABILITIES, ENV_VAR, Adapter, AdapterLoadError, resolve_impl_spec, row_phrase,
 )
 from lmref.conformance.order import arch_major
-from lmref.conformance.report import REPORT_FORMAT, Report, is_not_supported
+from lmref.conformance.report import REPORT_FORMAT, Report
+from lmref.conformance.reporter import SuiteReporter, invocation_path
 from lmref.conformance.runner import applies
 from lmref.conformance.worker_adapter import WorkerAdapter
 from lmref.conformance.store import (
@@ -211,14 +212,10 @@ def suite_of(config: pytest.Config) -> Suite:
 # --- resolving the options ----------------------------------------------------------------------
 
 
-def _path(config: pytest.Config, value: str) -> Path:
-    return Path(config.invocation_params.dir, value).resolve()
-
-
 def _open_store(config: pytest.Config) -> tuple[GoldenStore, bool]:
     """The store, and whether it is a custom one (named with --golden-dir): store.py open_checked."""
     value = config.option.lmref_golden_dir
-    root = _path(config, value) if value and value.strip() else value  # '': refused by open_checked
+    root = invocation_path(config, value) if value and value.strip() else value  # '': refused by open_checked
     try:
         return open_checked(root)
     except GoldenStoreError as e:
@@ -260,7 +257,7 @@ def _check_report_path(config: pytest.Config, inputs: list[Path]) -> None:
     if not value.strip():
         raise pytest.UsageError("--report-json is empty: give the path of a file to write")
     try:
-        check_report_file(_path(config, value), inputs, REPORT_FORMAT)
+        check_report_file(invocation_path(config, value), inputs, REPORT_FORMAT)
     except OutputError as e:
         raise pytest.UsageError(str(e)) from None
 
@@ -295,7 +292,7 @@ def build_suite(config: pytest.Config) -> Suite:
     timeout = _timeout(config)
     store, custom = _open_store(config)
     archs = _resolve_archs(option.lmref_arch, store)
-    files = [str(_path(config, f)) if f.strip() else f for f in option.lmref_tolerances]  # '': refused below
+    files = [str(invocation_path(config, f)) if f.strip() else f for f in option.lmref_tolerances]  # '': refused below
     try:
         tolerances = build_tolerances(files, option.lmref_tolerance)
     except ToleranceError as e:
@@ -330,7 +327,6 @@ def _hands_out_the_checks(config: pytest.Config) -> bool:
             and not config.option.collectonly)
 
 
-NOTHING_COMPARED = pytest.ExitCode.NO_TESTS_COLLECTED  # the exit status of a run that compared nothing
 GOLDEN_TESTS = Path(__file__).with_name("test_golden.py")  # one test function per capability: test_{capability}
 
 
@@ -359,58 +355,3 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     close = getattr(suite.adapter, "close", None) if suite else None
     if close:
         close()
-
-
-# --- reporting ------------------------------------------------------------------------------------
-
-
-class SuiteReporter:
-    """Hooks that turn pytest's reports into the lmref summary table and JSON report."""
-
-    def __init__(self, suite: Suite):
-        self.suite = suite
-        self.report_error: str | None = None  # the --report-json file could not be written
-        self.compared_nothing = False  # the run's exit status was made NOTHING_COMPARED
-
-    def pytest_report_header(self, config: pytest.Config) -> list[str]:
-        return self.suite.header_lines()
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_report_teststatus(self, report: pytest.TestReport, config: pytest.Config):
-        if is_not_supported(report):
-            return "not supported", "N", "NOT SUPPORTED"
-        return None
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.suite.report.add_phase(report)
-
-    def pytest_terminal_summary(self, terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-        if not self.suite.report.finished():
-            return
-        terminalreporter.write_sep("=", f"lmref conformance: {self.suite.adapter.name} vs {self.suite.golden_label}")
-        for line in self.suite.report.table_lines():
-            terminalreporter.write_line(line)
-        if self.compared_nothing:
-            terminalreporter.write_line(f"lmref: nothing was compared (every check NOT SUPPORTED or skipped): exit "
-                                        f"status {int(NOTHING_COMPARED)}, not a pass", red=True)
-        if self.report_error:
-            terminalreporter.write_line(self.report_error, red=True)
-        elif config.option.lmref_report_json:
-            terminalreporter.write_line(f"JSON report: {_path(config, config.option.lmref_report_json)}")
-
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        """A run whose checks all came back NOT SUPPORTED verified nothing: it exits with
-        NOTHING_COMPARED, not 0.  The controller writes the report (a pytest-xdist worker holds
-        its own share of the checks only)."""
-        if hasattr(session.config, "workerinput"):
-            return
-        if exitstatus == pytest.ExitCode.OK and self.suite.report.compared_nothing():
-            session.exitstatus = exitstatus = NOTHING_COMPARED
-            self.compared_nothing = True
-        path = session.config.option.lmref_report_json
-        if path:
-            try:
-                self.suite.report.write_json(_path(session.config, path), self.suite.run_info(), exitstatus)
-            except OSError as e:  # checked writable before the run; it may still vanish or fill up
-                self.report_error = f"lmref: error: --report-json {path}: could not be written ({e.strerror or e})"
-                session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
