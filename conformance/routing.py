@@ -75,8 +75,9 @@ def validate_routing(value: object, layers: list[str], shape: tuple[int, int, in
         try:
             array = np.asarray(value[name])
         except Exception as e:  # a ragged list, an object that refuses conversion: the result's fault
-            raise RoutingResultError(f"routing[{name!r}] is a {type(value[name]).__name__} that np.asarray cannot "
-                                     f"convert ({type(e).__name__}: {e}); return an int array [batch, seq, k]") from None
+            raise RoutingResultError(
+                f"routing[{name!r}] is a {type(value[name]).__name__} that np.asarray cannot convert "
+                f"({type(e).__name__}: {e}); return an int array [batch, seq, k]") from None
         if array.shape != shape:
             raise RoutingResultError(f"routing[{name!r}] has shape {array.shape}, expected {shape} = [batch, seq, k]")
         if not np.issubdtype(array.dtype, np.integer):

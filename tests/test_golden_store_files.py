@@ -67,7 +67,8 @@ def _logits_folder(tmp_path: Path) -> Path:
 def test_check_and_golden_export_refuse_the_file_by_name(tmp_path, capsys, corruption):
     make, says = CORRUPTIONS[corruption]
     root = _store_with(tmp_path, make)
-    assert main(["check", "--arch", "llama3", "--logits", str(_logits_folder(tmp_path)), "--golden-dir", str(root)]) == 2
+    logits = _logits_folder(tmp_path)
+    assert main(["check", "--arch", "llama3", "--logits", str(logits), "--golden-dir", str(root)]) == 2
     err = capsys.readouterr().err
     assert f"{root / CASE}: {says}" in err and "Traceback" not in err, err
     out = tmp_path / "export"
