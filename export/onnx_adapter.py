@@ -37,6 +37,8 @@ As the golden does, each call checks the config's features first, then the token
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import tempfile
 from collections import OrderedDict
@@ -60,6 +62,25 @@ from lmref.spec.params import same_weights
 from lmref.spec.vision import check_images
 
 CACHE_SIZE = 64  # sessions kept: the suite goes case by case, other callers may come back to earlier weights
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Python's cyclic garbage collector off for the block, then back as it was.  A trace makes
+    hundreds of thousands of small objects (torch's symbolic shapes, sympy, the FX and ONNX
+    graphs), and the collector, started by their count, walks them and the whole heap of torch
+    and sympy hundreds of times a session to find little.  In the worker of `pytest conformance/
+    --arch llama4-maverick --impl onnx` it ran 1581 times for 1.34 s, 858 times for 0.74 s with
+    the sessions made without it, and side by side the checks of llama4-maverick and gemma3-4b
+    took 0.88 to 0.99 of the time, with the same peak memory (benchmarks/README.md "Conformance
+    time per arch").  The cycles made meanwhile are collected after it, at the collector's next run."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def params_digest(params: dict[str, np.ndarray]) -> str:
@@ -95,15 +116,20 @@ class OnnxAdapter:
         """The graph of (config, params) in onnxruntime, made on first use (module docstring)."""
         key = self._key(config, params)
         if key not in self._sessions:
-            programs = self.programs(config, params)
-            with tempfile.TemporaryDirectory() as out:
-                export_onnx(config, params, out, programs=programs, external_data=True)
-                # onnxruntime holds the weights in memory once the sessions exist.
-                self._sessions[key] = open_chain(open_bundle(out), self.provider)
+            with gc_paused():
+                self._sessions[key] = self._open(config, params)
             if len(self._sessions) > CACHE_SIZE:
                 self._sessions.popitem(last=False)
         self._sessions.move_to_end(key)
         return self._sessions[key]
+
+    def _open(self, config: ModelConfig, params: dict[str, np.ndarray]) -> DecoderSession:
+        """A new session of (config, params): their graphs written to a temporary directory and opened."""
+        programs = self.programs(config, params)
+        with tempfile.TemporaryDirectory() as out:
+            export_onnx(config, params, out, programs=programs, external_data=True)
+            # onnxruntime holds the weights in memory once the sessions exist.
+            return open_chain(open_bundle(out), self.provider)
 
     def _key(self, config: ModelConfig, params: dict[str, np.ndarray]) -> tuple:
         """(config, params_digest(params)): the last call's key when its config and weights are

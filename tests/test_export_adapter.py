@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 pytest.importorskip("torch")
@@ -12,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 from lmref.conformance.adapters import load_adapter  # noqa: E402
 from lmref.conformance.runner import NOT_SUPPORTED, PASS, run_check  # noqa: E402
 from lmref.conformance.store import GoldenStore  # noqa: E402
-from lmref.export.onnx_adapter import OnnxAdapter  # noqa: E402
+from lmref.export.onnx_adapter import OnnxAdapter, gc_paused  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -39,3 +41,18 @@ def test_decode_case_passes_with_one_export(adapter):
 def test_capture_is_not_supported(adapter):
     case = GoldenStore().load("mpt", "prefill-b2-s7")
     assert run_check(case, adapter, "capture").status == NOT_SUPPORTED
+
+
+def test_the_collector_pauses_for_a_session_and_comes_back_as_it_was():
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), gc_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("an export that fails")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the caller's choice stands
+    finally:
+        gc.enable()
