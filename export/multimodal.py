@@ -96,18 +96,25 @@ def open_chain(bundle: Bundle, provider: str = CPU, *, profile_dir: str | Path |
     """The bundle's graphs in onnxruntime on `provider`: a DecoderSession of its one decoder, or
     with a vision tower a MultimodalSession of the three.  `profile_dir`: profile the decoder
     and the vision graph (each in a folder of its own: profiles are named by their start time)."""
-    def session(path: Path, role: str | None):
+    graphs = {role: bundle.graph_path(role) for role in bundle.manifest["graphs"]}
+    return open_graphs(bundle.config, graphs, provider, profile_dir=profile_dir)
+
+
+def open_graphs(config: ModelConfig, graphs: dict[str, Path | bytes], provider: str = CPU, *,
+                profile_dir: str | Path | None = None, external: dict[str, dict] | None = None
+                ) -> DecoderSession | MultimodalSession:
+    """open_chain's sessions of {role: a graph's path or bytes}; `external`: {role: the values of
+    initializers that graph keeps as external data} (runtime.open_session)."""
+    def session(role: str):
         where = None
-        if profile_dir is not None and role is not None:
+        if profile_dir is not None and role != EMBED:
             where = Path(profile_dir) / role
             where.mkdir(parents=True, exist_ok=True)
-        return open_session(path, provider, profile_dir=where)
+        return open_session(graphs[role], provider, profile_dir=where, external=(external or {}).get(role))
 
-    decoder = session(bundle.model_path, DECODER)
-    if bundle.config.vision is None:
-        return DecoderSession(decoder, bundle.config)
-    return MultimodalSession(decoder, session(bundle.graph_path(EMBED), None),
-                             session(bundle.graph_path(VISION), VISION), bundle.config)
+    if config.vision is None:
+        return DecoderSession(session(DECODER), config)
+    return MultimodalSession(session(DECODER), session(EMBED), session(VISION), config)
 
 
 def profiled_sessions(chain: DecoderSession) -> list:

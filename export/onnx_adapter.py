@@ -5,11 +5,13 @@ Each config is traced once per process (dynamo export takes seconds); each (conf
 pair gets its graphs from that trace, re-weighted (export/reweight.py: the optimized graph's
 weights written and its folds of them recomputed, export/refold.py, or the unoptimized graph's
 parameter initializers rewritten, then the exporter's own optimizer), or, where the
-re-weighting cannot account for every parameter, exported in full.  The graphs
+re-weighting cannot account for every parameter, exported in full.  A config's first graphs
 are written to a temporary directory with their weights as external data (the form `lmref
 export` gives a large model: writing, checking and opening it took 0.16 to 0.23 s for the
 167 MB of a 128-expert case, the inline form 0.7 to 1.4 s), checked (export/bundle.py)
-and opened on the CPU provider, or on CUDA when onnxruntime has it (the provider is asserted,
+and opened; its later weights reopen those graphs with the weights given in memory, where
+export/reopen.py can (every graph refolded), or are written and opened the same way.  The
+sessions run on the CPU provider, or on CUDA when onnxruntime has it (the provider is asserted,
 export/runtime.py).  forward is one step from an empty past; decode prefills `prompt_len`
 tokens, then feeds one token per step with the graph's own presents as the past; loss is the
 mean next-token cross-entropy of forward's float32 logits over all S tokens, computed in
@@ -51,6 +53,7 @@ from lmref.export.decoder import router_names
 from lmref.export.exporter import OPSET, export_onnx, trace
 from lmref.export.features import check_exportable
 from lmref.export.multimodal import open_chain
+from lmref.export.reopen import InMemory, in_memory
 from lmref.export.reweight import ReweightError, Template, template
 from lmref.export.runtime import DecoderSession, default_provider
 from lmref.impl_numpy.model import log_softmax, logit_z_loss
@@ -111,6 +114,8 @@ class OnnxAdapter:
         self._last: tuple | None = None  # (config, a copy of its weights, their session key) of the last call
         self.exports = 0  # how many times this adapter traced a model (the tests check the cache)
         self.rewrites = 0  # how many (config, weights) got their graphs by re-weighting a trace
+        self._in_memory: dict[ModelConfig, InMemory | None] = {}  # None: each weights' export is written
+        self.reopened = 0  # how many of those reopened the config's first export in memory (export/reopen.py)
 
     def session(self, config: ModelConfig, params: dict[str, np.ndarray]) -> DecoderSession:
         """The graph of (config, params) in onnxruntime, made on first use (module docstring)."""
@@ -124,12 +129,26 @@ class OnnxAdapter:
         return self._sessions[key]
 
     def _open(self, config: ModelConfig, params: dict[str, np.ndarray]) -> DecoderSession:
-        """A new session of (config, params): their graphs written to a temporary directory and opened."""
-        programs = self.programs(config, params)
+        """A new session of (config, params): the config's first export reopened with these weights
+        where it is kept in memory (export/reopen.py), else their graphs written to a temporary
+        directory and opened (and kept in memory when they are the config's Template's)."""
+        kept, memory = self._templates.get(config), self._in_memory.get(config)
+        if memory is not None:
+            try:
+                session = memory.open(kept, params, self.provider)
+                self.rewrites += 1
+                self.reopened += 1
+                return session
+            except ReweightError:
+                pass  # params the template cannot hold (names or shapes): export in full
+        programs, templated = self.programs(config, params)
         with tempfile.TemporaryDirectory() as out:
             export_onnx(config, params, out, programs=programs, external_data=True)
+            bundle = open_bundle(out)
+            if templated and config not in self._in_memory:
+                self._in_memory[config] = in_memory(bundle, self._templates[config])
             # onnxruntime holds the weights in memory once the sessions exist.
-            return open_chain(open_bundle(out), self.provider)
+            return open_chain(bundle, self.provider)
 
     def _key(self, config: ModelConfig, params: dict[str, np.ndarray]) -> tuple:
         """(config, params_digest(params)): the last call's key when its config and weights are
@@ -143,24 +162,24 @@ class OnnxAdapter:
         self._last = (config, {k: np.array(v, copy=True) for k, v in params.items()}, key)
         return key
 
-    def programs(self, config: ModelConfig, params: dict[str, np.ndarray]) -> dict:
-        """{role: ONNXProgram} of (config, params): the config's first weights are traced (and
-        its Template kept), later ones re-weighted; a full trace where there is no Template or
-        the params do not fit it."""
+    def programs(self, config: ModelConfig, params: dict[str, np.ndarray]) -> tuple[dict, bool]:
+        """({role: ONNXProgram} of (config, params), whether they are the config's Template's):
+        the config's first weights are traced (and its Template kept), later ones re-weighted; a
+        full trace where there is no Template or the params do not fit it."""
         if config not in self._templates:
             self.exports += 1
             self._templates[config], programs = template(config, params)
-            return programs
+            return programs, self._templates[config] is not None
         kept = self._templates[config]
         if kept is not None:
             try:
                 programs = kept.programs(params)
                 self.rewrites += 1
-                return programs
+                return programs, True
             except ReweightError:
                 pass  # params the template cannot hold (names or shapes): export in full
         self.exports += 1
-        return trace(config, params)
+        return trace(config, params), False
 
     def outputs(self, config: ModelConfig, params: dict, tokens: np.ndarray, prompt_len: int | None = None,
                 pixel_values: np.ndarray | None = None) -> dict[str, np.ndarray]:

@@ -107,11 +107,15 @@ class Template:
 
     def refolded(self, role: str, params: dict[str, np.ndarray]):
         """A copy of the role's optimized graph holding `params` (export/refold.py)."""
-        kept = self.refolds[role]
-        model = graph_copy(kept.optimized)
-        for name, value in kept.values(self.slots[role], params, laid_out).items():
+        model = graph_copy(self.refolds[role].optimized)
+        for name, value in self.weights(role, params).items():
             set_value(model, name, value)
         return model
+
+    def weights(self, role: str, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """{initializer of the role's optimized graph: its float32 value for `params`}, for each
+        one that holds weights (export/refold.py `Refold.values`; the role must have a Refold)."""
+        return self.refolds[role].values(self.slots[role], params, laid_out)
 
 
 def set_value(model, name: str, value: np.ndarray) -> None:

@@ -56,11 +56,14 @@ def default_provider() -> str:
     return available_providers()[-1]
 
 
-def open_session(path: str | Path, provider: str = CPU, *, profile_dir: str | Path | None = None,
-                 threads: int | None = None):
-    """An InferenceSession of `path` on `provider` (session_providers: CUDA without TF32, the CPU
-    behind it); ProviderError unless `provider` is the one that took the graph.
-    `threads`: intra-op threads (default: onnxruntime's, one per core)."""
+def open_session(path: str | Path | bytes, provider: str = CPU, *, profile_dir: str | Path | None = None,
+                 threads: int | None = None, external: dict[str, np.ndarray] | None = None):
+    """An InferenceSession of `path` (a .onnx file, or a graph's serialized bytes) on `provider`
+    (session_providers: CUDA without TF32, the CPU behind it); ProviderError unless `provider`
+    is the one that took the graph.  `threads`: intra-op threads (default: onnxruntime's, one
+    per core).  `external`: the values of initializers that the graph keeps as external data,
+    given in memory (onnxruntime's add_external_initializers: they replace the references as the
+    graph loads, before any optimization, and onnxruntime copies them: tests/test_export_reopen.py)."""
     import onnxruntime as ort
 
     if provider not in ort.get_available_providers():
@@ -74,7 +77,11 @@ def open_session(path: str | Path, provider: str = CPU, *, profile_dir: str | Pa
     if profile_dir is not None:
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(profile_dir) / "ort_profile")
-    session = ort.InferenceSession(str(path), options, providers=session_providers(provider))
+    if external:
+        options.add_external_initializers(list(external), [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v))
+                                                           for v in external.values()])
+    graph = path if isinstance(path, bytes) else str(path)
+    session = ort.InferenceSession(graph, options, providers=session_providers(provider))
     ran = session.get_providers()
     if not ran or ran[0] != provider:
         raise ProviderError(f"asked for {provider} but the session runs on {', '.join(ran)}: onnxruntime fell "
