@@ -148,13 +148,15 @@ def export_graph(spec: GraphSpec, *, optimize: bool = True):
 
 
 def _exported(spec: GraphSpec, optimize: bool):
+    """torch.onnx.export's ONNXProgram of the spec at OPSET (export/dynamo.py: its registry built once)."""
     import torch
 
+    from lmref.export.dynamo import dynamo_export
+
     with _quiet_exporter(), torch.no_grad():
-        return torch.onnx.export(
-            spec.module, spec.example, dynamo=True, dynamic_shapes=spec.dynamic_shapes,
-            input_names=spec.input_names, output_names=spec.output_names, opset_version=OPSET, optimize=optimize,
-            verbose=False)
+        return dynamo_export(spec.module, spec.example, dynamic_shapes=spec.dynamic_shapes,
+                             input_names=spec.input_names, output_names=spec.output_names, opset=OPSET,
+                             optimize=optimize)
 
 
 def graph_specs(config: ModelConfig, params: dict[str, np.ndarray]) -> tuple[object, dict[str, GraphSpec]]:
