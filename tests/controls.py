@@ -112,6 +112,25 @@ class DecodePositionsRestart(Float32Golden):
         return np.concatenate(steps, axis=1)
 
 
+class DecodeCacheKeptAcrossCalls(Float32Golden):
+    """A KV-cache bug: one cache for the adapter's life, never emptied between calls (its first
+    decode is right; the next one attends to the last call's keys, at positions after them)."""
+
+    name = "decode_cache_kept_across_calls"
+
+    def __init__(self):
+        self.cache = None
+
+    def decode(self, config, params, tokens, prompt_len):
+        config, params = self.adjust(config), _float32(params)
+        if self.cache is None:
+            self.cache = impl_numpy.KVCache.empty(config)
+        steps = [impl_numpy.forward(config, params, tokens[:, :prompt_len], cache=self.cache)]
+        for t in range(prompt_len, tokens.shape[1]):
+            steps.append(impl_numpy.forward(config, params, tokens[:, t : t + 1], cache=self.cache))
+        return np.concatenate(steps, axis=1)
+
+
 # Qwen 3, Gemma 1/2/3, OLMo 2: one control per knob they bring (issue 11).
 ISSUE_11_CONTROLS: list[Control] = [
     Control("gemma-7b", ConfigMistake("gemma_norm_w_for_1_plus_w", norm_unit_offset=False),
@@ -181,6 +200,8 @@ NEGATIVE_CONTROLS: list[Control] = [
             "Mistral v0.3 run with v0.1's RoPE theta 1e4 instead of 1e6"),
     Control("llama3", DecodePositionsRestart(),
             "KV-cache decode that gives every new token position 0"),
+    Control("llama3", DecodeCacheKeptAcrossCalls(),
+            "KV cache kept from one decode call to the next, never emptied"),
     *ISSUE_11_CONTROLS,
     *MOE_CONTROLS,
     *PARALLEL_CONTROLS,

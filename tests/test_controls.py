@@ -50,6 +50,19 @@ def test_a_decode_only_bug_is_located_to_the_kv_cache(store):
     assert "diverg" not in failed[0][1].message  # a prefill's captures cannot show a cache bug
 
 
+def test_a_cache_kept_between_calls_fails_on_the_second_decode_call(store):
+    """The suite calls decode once per case: its second identical call is what shows a cache
+    that is never emptied (the first call is right)."""
+    from tests.controls import DecodeCacheKeptAcrossCalls
+
+    failed = [(cap, r) for _, cap, r in run_arch(DecodeCacheKeptAcrossCalls(), "llama3", store) if r.status != "PASS"]
+    assert [(cap, r.status) for cap, r in failed] == [("decode", "FAIL")]
+    message = failed[0][1].message
+    assert "a second identical call: nmse" in message
+    assert "the first of two identical decode calls passed: state is kept from one call to the next" in message
+    assert "KV-cache path" not in message  # forward is not re-run: the first call already passed
+
+
 @pytest.mark.parametrize("capability", ["forward", "loss"])
 def test_a_long_case_failure_names_its_first_diverging_component(store, capability):
     """The long case stores no captures (their size); its FAIL names the component all the
