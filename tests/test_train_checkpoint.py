@@ -110,6 +110,23 @@ def test_a_save_that_fails_midway_leaves_no_half_checkpoint(run_dir, tmp_path, m
     assert sorted(p.name for p in out.iterdir()) == before and (out / "latest").read_text() == latest
 
 
+def test_a_save_interrupted_midway_leaves_no_half_checkpoint(run_dir, tmp_path, monkeypatch):
+    """Ctrl-C while the params are written: the temporary directory goes with the save."""
+    out = copy_run(run_dir, tmp_path / "run")
+    _, snap = checkpoint.load(out)
+    before, latest = sorted(p.name for p in out.iterdir()), (out / "latest").read_text()
+
+    def interrupted(tensors, path, metadata):
+        Path(path).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save_file", interrupted)
+    snap.state["step"] = 7
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(out, snap, keep=2)
+    assert sorted(p.name for p in out.iterdir()) == before and (out / "latest").read_text() == latest
+
+
 @pytest.mark.parametrize("victim, damage, message", [
     ("params.safetensors", "truncate", "params.safetensors: corrupted or truncated"),
     ("optimizer.safetensors", "flip", "optimizer.safetensors: corrupted or truncated"),

@@ -175,7 +175,7 @@ def save(run_dir: str | Path, snapshot: Snapshot, keep: int = 2) -> Path:
         raise TrainError(f"{tmp}: exists and holds files a save does not write; move it away") from None
     try:
         _write_snapshot(tmp, snapshot)
-    except Exception:  # a full disk: no half checkpoint is left (a kill leaves it to the next save)
+    except BaseException:  # a full disk, Ctrl-C: no half checkpoint is left (a kill leaves it to the next save)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if final.exists():  # this run's, left by a run killed after the rename and before `latest` moved on
