@@ -197,8 +197,6 @@ def fit(trainer: Trainer, stream: BatchStream, val_batches: list[np.ndarray], op
     last = run.steps if options.stop_after is None else min(run.steps, options.stop_after)
     tokens_per_step = run.batch_size * run.seq_len
     summary: dict = {"step": trainer.step}
-    if trainer.step >= last and d.is_main:
-        print(f"lmref train: nothing to train: the run is at step {trainer.step} (last step {last})", flush=True)
     if trainer.step == 0:
         summary["val_loss"] = evaluate(trainer, val_batches)
         check_finite(0, {"val_loss": summary["val_loss"]})
