@@ -94,22 +94,36 @@ def _positions_off_by_one(config, params, tokens, positions, images=None):
     return h + params["embed.positions"][positions + 1][None, :, :]
 
 
+def _step(config, params, token, cache):
+    return impl_numpy.forward(config, params, token, cache=cache)
+
+
+def _step_at_position_0(config, params, token, cache):
+    """The step with its position restarted at 0; its keys are still appended."""
+    length = cache.length
+    cache.length = 0
+    logits = impl_numpy.forward(config, params, token, cache=cache)
+    cache.length = length + 1
+    return logits
+
+
+def _cached_decode(config, params, tokens, prompt_len, cache, step=_step) -> np.ndarray:
+    """Logits [B, S, V]: the first `prompt_len` tokens prefilled into `cache`, then one token
+    per `step`."""
+    steps = [impl_numpy.forward(config, params, tokens[:, :prompt_len], cache=cache)]
+    steps += [step(config, params, tokens[:, t : t + 1], cache) for t in range(prompt_len, tokens.shape[1])]
+    return np.concatenate(steps, axis=1)
+
+
 class DecodePositionsRestart(Float32Golden):
     """A KV-cache bug: every decode step is given position 0 (prefill is right)."""
 
     name = "decode_positions_restart"
 
     def decode(self, config, params, tokens, prompt_len):
-        config, params = self.adjust(config), _float32(params)
-        cache = impl_numpy.KVCache.empty(config)
-        steps = [impl_numpy.forward(config, params, tokens[:, :prompt_len], cache=cache)]
-        for t in range(prompt_len, tokens.shape[1]):
-            length = cache.length
-            cache.length = 0  # the bug: positions restart; keys are still appended
-            step = impl_numpy.forward(config, params, tokens[:, t : t + 1], cache=cache)
-            cache.length = length + 1
-            steps.append(step)
-        return np.concatenate(steps, axis=1)
+        config = self.adjust(config)
+        return _cached_decode(config, _float32(params), tokens, prompt_len, impl_numpy.KVCache.empty(config),
+                              _step_at_position_0)
 
 
 class DecodeCacheKeptAcrossCalls(Float32Golden):
@@ -122,13 +136,10 @@ class DecodeCacheKeptAcrossCalls(Float32Golden):
         self.cache = None
 
     def decode(self, config, params, tokens, prompt_len):
-        config, params = self.adjust(config), _float32(params)
+        config = self.adjust(config)
         if self.cache is None:
             self.cache = impl_numpy.KVCache.empty(config)
-        steps = [impl_numpy.forward(config, params, tokens[:, :prompt_len], cache=self.cache)]
-        for t in range(prompt_len, tokens.shape[1]):
-            steps.append(impl_numpy.forward(config, params, tokens[:, t : t + 1], cache=self.cache))
-        return np.concatenate(steps, axis=1)
+        return _cached_decode(config, _float32(params), tokens, prompt_len, self.cache)
 
 
 # Qwen 3, Gemma 1/2/3, OLMo 2: one control per knob they bring (issue 11).
