@@ -6,7 +6,8 @@
   reopened with weights B give, bit for bit, the outputs of B's export written and opened
   from the same trace (which is a direct export's: tests/test_export_weights_swap.py), the
   logits, the presents, a MoE's router logits and chosen experts and the vision graph's
-  features, also after the arrays handed to onnxruntime are gone (it copies them).
+  features; and onnxruntime copies the values it is given (NaN written into them afterwards
+  changes nothing).
 - `in_memory` refuses a graph without a Refold and a graph that keeps as external data an
   initializer its Refold does not make (its value would have to come from the file).
 """
@@ -14,7 +15,6 @@
 from __future__ import annotations
 
 import dataclasses
-import gc
 
 import numpy as np
 import pytest
@@ -28,7 +28,7 @@ from lmref.conformance.cases import case_config  # noqa: E402
 from lmref.conformance.image_cases import case_pixels, text_ids  # noqa: E402
 from lmref.export.bundle import open_bundle  # noqa: E402
 from lmref.export.exporter import export_onnx  # noqa: E402
-from lmref.export.multimodal import open_chain  # noqa: E402
+from lmref.export.multimodal import open_chain, open_graphs  # noqa: E402
 from lmref.export.onnx_adapter import OnnxAdapter  # noqa: E402
 from lmref.export.reopen import in_memory  # noqa: E402
 from lmref.export.vision_graphs import DECODER  # noqa: E402
@@ -74,13 +74,29 @@ def test_reopened_sessions_give_the_written_exports_outputs(arch, tmp_path):
     if arch == "gpt2":
         assert inline_weights(bundle, kept)  # these must take the new weights too
     written = chain_outputs(arch, config, open_chain(bundle))
-    gc.collect()
     got = chain_outputs(arch, config, reopened)
     assert got.keys() == written.keys()
     for name in written:
         np.testing.assert_array_equal(got[name], written[name], err_msg=name)
     first_logits = chain_outputs(arch, config, adapter.session(config, first))["logits"]
     assert np.abs(got["logits"] - first_logits).max() > 1e-3  # the new weights, not the first export's
+
+
+def test_onnxruntime_keeps_its_own_copy_of_the_values_it_is_given():
+    config = case_config("gpt2")
+    adapter, first, second = OnnxAdapter(), init_params(config, 0), init_params(config, 1)
+    adapter.session(config, first)
+    expected = chain_outputs("gpt2", config, adapter.session(config, second))
+    memory, kept = adapter._in_memory[config], adapter._templates[config]
+    given = {role: {name: np.ascontiguousarray(value, np.float32) for name, value in kept.weights(role, second).items()}
+             for role in memory.graphs}
+    chain = open_graphs(config, memory.graphs, external=given)
+    for values in given.values():
+        for value in values.values():
+            value[...] = np.nan  # the very arrays onnxruntime was handed (float32, contiguous: not copied on the way)
+    got = chain_outputs("gpt2", config, chain)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
 
 
 def test_in_memory_refuses_a_graph_it_cannot_fill(tmp_path):
