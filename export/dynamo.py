@@ -1,15 +1,16 @@
 """torch.onnx's dynamo export, with its registry of torchlib functions built once per process.
 
-`torch.onnx.export(..., dynamo=True)` builds that registry (torch's table from each ATen op
-to the onnxscript functions that translate it) anew on every call: 0.35 s a call warm on the
-2-core CI machine (onnxscript 0.7.2 re-parses the source of 497 of them).  Exporting the
-GPT-2 case config's decoder four times each in one process, alternating, took a median of
-2.74 s this way against 3.34 s through torch.onnx.export (2026-12-05), and `--impl onnx` and
-the tests export about a hundred graphs a run.  So `dynamo_export` takes the steps torch 2.13's `torch.onnx.export`
-takes for lmref's arguments (torch/onnx/_internal/exporter/_compat.py `export_compat`: the
-example's trailing dict as keyword arguments, the dynamic shapes' Dims made export Dims and
-the graph's axes renamed after them, then `_core.export`) with one registry kept for the
-process.  These are torch's private functions; torch is pinned (pyproject.toml), and
+`torch.onnx.export(..., dynamo=True)` builds that registry (torch's table from each ATen op to
+the onnxscript functions that translate it) anew on every call: 0.35 s a call warm on the
+2-core CI machine (onnxscript 0.7.2 re-parses the source of 497 of them), and `pytest
+conformance/ --impl onnx` alone exports 53 graphs (a decoder per arch, and each LLaVA's vision
+and embed graphs).  Exporting the GPT-2 case config's decoder four times each way in one
+process, alternating, took a median of 2.74 s here against 3.34 s through torch.onnx.export
+(2026-12-05).  So `dynamo_export` takes the steps torch 2.13's `torch.onnx.export` takes for
+lmref's arguments (torch/onnx/_internal/exporter/_compat.py `export_compat`: the example's
+trailing dict as keyword arguments, the dynamic shapes' Dims made export Dims and the graph's
+axes renamed after them, then `_core.export`) with one registry kept for the process.  These
+are torch's private functions; torch is pinned (pyproject.toml), and
 tests/test_export_dynamo.py checks that the graph is torch.onnx.export's, byte for byte.
 """
 
