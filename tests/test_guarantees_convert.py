@@ -49,11 +49,11 @@ def test_to_hf_into_its_own_input_is_refused(ckpt, capsys):
     config.json, so the checkpoint no longer loaded."""
     before = _files(ckpt)
     status, err = _convert(capsys, "--to-hf", ckpt, "--out", ckpt)
-    assert status == 1 and f"--out {ckpt}: is the command's own input; write somewhere else" in err
+    assert status == 2 and f"--out {ckpt}: is the command's own input; write somewhere else" in err
     status, err = _convert(capsys, "--to-hf", ckpt, "--out", ckpt / "hf")
-    assert status == 1 and f"lies inside the input {ckpt}" in err
+    assert status == 2 and f"lies inside the input {ckpt}" in err
     status, err = _convert(capsys, "--from-hf", ckpt.parent / "hf", "--out", ckpt.parent)
-    assert status == 1 and "holds the input" in err
+    assert status == 2 and "holds the input" in err
     assert _files(ckpt) == before and load_checkpoint(ckpt)[0] == tiny("gpt2")
 
 
@@ -65,7 +65,7 @@ def test_from_hf_into_a_directory_holding_the_users_config_is_refused(ckpt, tmp_
     mine.mkdir()
     (mine / "config.json").write_text('{"my": "settings"}\n')
     status, err = _convert(capsys, "--from-hf", hf, "--out", mine)
-    assert status == 1
+    assert status == 2
     assert f"--out {mine}: the directory is not empty and not written by this command (it holds config.json)" in err
     assert _files(mine) == {"config.json": b'{"my": "settings"}\n'}
 
@@ -81,7 +81,7 @@ def test_every_output_is_claimed_and_may_be_rewritten_by_its_own_kind(ckpt, tmp_
     assert main(["convert", "--to-hf", str(ckpt), "--out", str(hf)]) == 0
     capsys.readouterr()
     status, err = _convert(capsys, "--preset", "gpt2", "--format", "hf", "--out", ckpt)
-    assert status == 1 and "not empty and written by `lmref-checkpoint`" in err
+    assert status == 2 and "not empty and written by `lmref-checkpoint`" in err
 
 
 def test_the_library_writers_claim_their_directory(tmp_path):
@@ -114,7 +114,7 @@ def test_full_preset_too_large_for_memory_is_refused_with_the_estimate(tmp_path)
     The child runs under a 4 GiB address-space limit, so a missing guard fails this test only."""
     out = tmp_path / "out"
     result = run_cli("convert", "--preset", "llama2-70b", "--full", "--out", out, timeout=120, address_space=4 << 30)
-    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.returncode == 2, result.stderr[-2000:]
     assert "lmref convert: error: --preset llama2-70b --full (68,976,648,192 float64 parameters) needs about" in \
         result.stderr
     assert "more than the" in result.stderr and "pass --force-memory" in result.stderr
@@ -127,7 +127,7 @@ def test_force_memory_converts_what_the_estimate_refuses(tmp_path, capsys, monke
     monkeypatch.setattr(convert_commands, "get_preset", lambda name: stand_in)
     monkeypatch.setattr("lmref.spec.resources.available_bytes", lambda: 1 << 10)
     status, err = _convert(capsys, "--preset", "gpt2", "--full", "--out", tmp_path / "a")
-    assert status == 1 and "needs about" in err and not (tmp_path / "a").exists()
+    assert status == 2 and "needs about" in err and not (tmp_path / "a").exists()
     assert main(["convert", "--preset", "gpt2", "--full", "--force-memory", "--out", str(tmp_path / "a")]) == 0
     assert load_checkpoint(tmp_path / "a")[0] == stand_in
 
@@ -159,7 +159,7 @@ def test_a_shard_index_naming_a_file_outside_the_model_is_refused(tmp_path, caps
     with pytest.raises(ConversionError, match="which is not inside the model directory"):
         from_hf(model)
     status, err = _convert(capsys, "--from-hf", model, "--out", tmp_path / "out")
-    assert status == 1 and f"model.safetensors.index.json: names the shard {name!r}" in err
+    assert status == 2 and f"model.safetensors.index.json: names the shard {name!r}" in err
     assert not (tmp_path / "out").exists()
 
 
@@ -186,7 +186,7 @@ def test_out_naming_an_existing_file_is_refused(tmp_path, capsys, source):
     path = tmp_path / "notes.txt"
     path.write_text("mine\n")
     status, err = _convert(capsys, *source, "--out", path)
-    assert status == 1 and f"--out {path}: is a file, not a directory" in err
+    assert status == 2 and f"--out {path}: is a file, not a directory" in err
     assert path.read_text() == "mine\n"
 
 
@@ -224,13 +224,13 @@ def test_out_a_link_to_nothing_or_a_folder_that_takes_no_file_is_refused(tmp_pat
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "nowhere")
     status, err = _convert(capsys, "--preset", "gpt2", "--out", link)
-    assert status == 1 and f"--out {link}: is a link to {tmp_path / 'nowhere'}, which does not exist" in err
+    assert status == 2 and f"--out {link}: is a link to {tmp_path / 'nowhere'}, which does not exist" in err
     assert not (tmp_path / "nowhere").exists()
 
     real_access = os.access  # root may write anywhere: the folder is made read-only by the system's answer
     monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != tmp_path and real_access(path, mode, **kw))
     status, err = _convert(capsys, "--preset", "gpt2", "--out", tmp_path / "new")
-    assert status == 1 and f"--out {tmp_path / 'new'}: cannot be written (Permission denied)" in err
+    assert status == 2 and f"--out {tmp_path / 'new'}: cannot be written (Permission denied)" in err
     assert not (tmp_path / "new").exists()
 
 
@@ -246,7 +246,7 @@ def test_a_config_far_deeper_than_its_weights_is_refused_by_the_count(tmp_path, 
     config[key] = 10**12
     (src / "config.json").write_text(json.dumps(config))
     proc = run_cli("convert", source, str(src), "--out", str(tmp_path / "out"), address_space=2 * 2**30)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr
     assert "1,000,000,000,000 layers, but the weights hold" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
 
@@ -261,5 +261,5 @@ def test_a_weight_the_dtype_cannot_hold_is_refused_not_written_as_inf(tmp_path, 
     if direction == "--from-hf":
         source = to_hf(config, params, tmp_path / "hf")
     status, err = _convert(capsys, direction, source, "--out", tmp_path / "out", "--dtype", "float16")
-    assert status == 1 and "does not fit float16: its largest magnitude is 1e+10" in err, err
+    assert status == 2 and "does not fit float16: its largest magnitude is 1e+10" in err, err
     assert not (tmp_path / "out").exists()

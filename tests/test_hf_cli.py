@@ -68,7 +68,7 @@ def test_bad_input_is_an_error_message_not_a_traceback(tmp_path, capsys):
     hf = tmp_path / "hf"  # the output beside the source: never inside it (issue 10, item 4)
     hf.mkdir()
     (hf / "config.json").write_text(json.dumps({"model_type": "rwkv"}))
-    assert main(["convert", "--from-hf", str(hf), "--out", str(tmp_path / "out")]) == 1
+    assert main(["convert", "--from-hf", str(hf), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lmref convert: error:") and "'rwkv' is not supported" in err
 
@@ -76,7 +76,7 @@ def test_bad_input_is_an_error_message_not_a_traceback(tmp_path, capsys):
 def test_a_config_without_a_transformers_type_is_refused_by_name(tmp_path, capsys):
     ckpt, hf = tmp_path / "ckpt", tmp_path / "hf"
     assert main(["convert", "--preset", "olmo-alibi", "--out", str(ckpt)]) == 0
-    assert main(["convert", "--to-hf", str(ckpt), "--out", str(hf)]) == 1
+    assert main(["convert", "--to-hf", str(ckpt), "--out", str(hf)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lmref convert: error:") and "(hf_model_type is None)" in err
     assert not hf.exists()

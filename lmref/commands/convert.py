@@ -14,18 +14,17 @@ them, float64 for a preset).
 
 `--out` is checked before anything is read (convert/outputs.py): never the source itself, inside
 it or holding it; a new or empty directory, or one this command wrote before as the same kind
-(an lmref checkpoint, a Hugging Face model).  A refusal exits 1 and leaves every file as it was.
+(an lmref checkpoint, a Hugging Face model).  A refusal exits 2 and leaves every file as it was.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from lmref.commands.errors import known_errors
+from lmref.commands.errors import fail, known_errors
 from lmref.convert.checkpoint import load_checkpoint, save_checkpoint
 from lmref.convert.hf import from_hf, to_hf
 from lmref.convert.outputs import CHECKPOINT_KIND, HF_KIND, check_output
@@ -117,26 +116,24 @@ def _write(config: ModelConfig, params: dict[str, np.ndarray], fmt: str, out: Pa
 
 
 def run(args: argparse.Namespace) -> int:
-    """Do the conversion the options ask for; 1 with a message naming the problem on bad input."""
+    """Do the conversion the options ask for: on bad input a message naming the problem and exit
+    status 2, as every command; 1 when the conversion itself failed (out of memory)."""
     try:
         check_output(args.out, _output_kind(args), inputs=[args.from_hf, args.to_hf])  # before reading
         config, params, fmt = _read(args)
         print(_write(config, _cast(params, args.dtype), fmt, Path(args.out)))
     except known_errors() as e:
-        print(f"lmref convert: error: {e}", file=sys.stderr)
-        return 1
+        return fail("convert", e)
     except MemoryError:
-        print("lmref convert: error: out of memory while converting (more than lmref's estimate, or "
-              f"{FORCE_MEMORY} was given)", file=sys.stderr)
-        return 1
+        return fail("convert", MemoryError(f"out of memory while converting (more than lmref's estimate, or "
+                                           f"{FORCE_MEMORY} was given)"), status=1)
     return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     problem = check_options(args)
     if problem:
-        print(f"lmref convert: error: {problem}", file=sys.stderr)
-        return 2
+        return fail("convert", ValueError(problem))
     return run(args)
 
 
