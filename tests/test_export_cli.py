@@ -121,7 +121,7 @@ def test_not_an_export(out, tmp_path, capsys):
 def test_cuda_asked_for_where_onnxruntime_has_none(out, capsys):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA")
-    err = _error(["validate-onnx", str(out), "--provider", "cuda"], capsys, status=1)
+    err = _error(["validate-onnx", str(out), "--provider", "cuda"], capsys)
     assert "onnxruntime has no CUDAExecutionProvider here" in err
 
 

@@ -36,7 +36,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _providers(choice: str) -> list[str]:
-    from lmref.export.errors import ProviderError
+    """The providers `--provider choice` names; ValueError (bad input) for one onnxruntime lacks."""
     from lmref.export.runtime import CPU, CUDA, available_providers
 
     available = available_providers()
@@ -44,8 +44,8 @@ def _providers(choice: str) -> list[str]:
         return available
     wanted = {"cpu": [CPU], "cuda": [CUDA]}[choice]
     if not set(wanted) <= set(available):
-        raise ProviderError(f"--provider cuda: onnxruntime has no CUDAExecutionProvider here "
-                            f"(available: {', '.join(available)}; install onnxruntime-gpu)")
+        raise ValueError(f"--provider cuda: onnxruntime has no CUDAExecutionProvider here "
+                         f"(available: {', '.join(available)}; install onnxruntime-gpu)")
     return wanted
 
 
@@ -55,14 +55,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from lmref.export.validate import check_scenario, check_weights, default_prompt_len, validate
 
     try:
+        providers = _providers(args.provider)
         bundle = open_bundle(args.out)
         prompt_len = default_prompt_len(bundle.config, args.pad) if args.prompt_len is None else args.prompt_len
         check_scenario(bundle.config, prompt_len, args.pad, args.steps, args.seed)  # before the weights are read
         params = reference_params(bundle, args.checkpoint)
-        checks = validate(bundle, params, _providers(args.provider), prompt_len=prompt_len, pad=args.pad,
-                          steps=args.steps, seed=args.seed)
+        checks = validate(bundle, params, providers, prompt_len=prompt_len, pad=args.pad, steps=args.steps,
+                          seed=args.seed)
         weights = check_weights(bundle, params)
-    except ProviderError as e:
+    except ProviderError as e:  # the session ran elsewhere than asked: the run failed
         return fail("validate-onnx", e, status=1)
     except (*known_errors(), ValueError) as e:
         return fail("validate-onnx", e)
