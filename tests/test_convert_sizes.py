@@ -138,6 +138,7 @@ def test_a_null_the_class_derives_still_reads_as_its_default():
 
 @pytest.mark.parametrize("arch, edits, why", [
     ("gpt2", {"n_head": 5}, "n_embd (64) must be divisible by it"),
+    ("dbrx", {"n_heads": 12}, "d_model (128) must be divisible by it (DBRX's head_dim is d_model / n_heads)"),
     ("qwen1.5-moe-a2.7b", {"shared_expert_intermediate_size": 0}, f"{POSITIVE} (Qwen2-MoE always adds"),
     ("qwen2-7b", {"use_sliding_window": True, "layer_types": None, "max_window_layers": "x"}, "expected an integer"),
     ("qwen2-7b", {"use_sliding_window": True, "layer_types": None, "max_window_layers": -1},
