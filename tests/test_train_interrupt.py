@@ -52,3 +52,23 @@ def test_ctrl_c_during_shapes_leaves_every_scene_listed(tmp_path):
                                   "written; run again to replace them\n")
     listed = sorted(line.split("\t")[0] for line in captions.read_text().splitlines())
     assert listed == sorted(p.name for p in out.iterdir() if p.name not in (".lmref-output.json", "captions.tsv"))
+
+
+@pytest.mark.parametrize("rank, said", [(None, True), ("0", True), ("1", False)])
+def test_under_torchrun_only_rank_0_says_the_interrupt_line(rank, said, monkeypatch, capsys):
+    """torchrun passes Ctrl-C to every rank: one line for the run, not one per process."""
+    import argparse
+
+    from lmref.commands.train import INTERRUPTED, interruptible
+
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+
+    @interruptible("train", "kept {out}")
+    def stopped(args):
+        raise KeyboardInterrupt
+
+    assert stopped(argparse.Namespace(out="run")) == INTERRUPTED
+    assert capsys.readouterr().err == ("lmref train: interrupted (Ctrl-C); kept run\n" if said else "")

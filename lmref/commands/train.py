@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
 import sys
 
 from lmref.commands.errors import fail, known_errors
@@ -138,14 +139,16 @@ INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command that Ctrl-C stop
 
 def interruptible(command: str, note: str):
     """Decorate a command so that Ctrl-C (KeyboardInterrupt) ends it with one line saying what
-    it leaves (`note`, formatted with the command's arguments) and exit status 130, not a traceback."""
+    it leaves (`note`, formatted with the command's arguments) and exit status 130, not a traceback.
+    Under torchrun, which passes the Ctrl-C to every rank, only rank 0 (RANK) says the line."""
     def wrap(run):
         @functools.wraps(run)
         def guarded(args: argparse.Namespace) -> int:
             try:
                 return run(args)
             except KeyboardInterrupt:
-                print(f"lmref {command}: interrupted (Ctrl-C); {note.format(**vars(args))}", file=sys.stderr)
+                if os.environ.get("RANK", "0") == "0":
+                    print(f"lmref {command}: interrupted (Ctrl-C); {note.format(**vars(args))}", file=sys.stderr)
                 return INTERRUPTED
         return guarded
     return wrap
