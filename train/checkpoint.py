@@ -50,9 +50,9 @@ from safetensors.torch import load_file, save_file
 
 from lmref.convert.checkpoint import CONFIG_FILE, PARAMS_FILE, load_checkpoint, write_checkpoint
 from lmref.convert.errors import CheckpointError
+from lmref.convert.outputs import HF_KIND
 from lmref.convert.paths import inside
 from lmref.spec.config import ModelConfig
-from lmref.convert.outputs import HF_KIND
 from lmref.spec.outputs import REPLACING_NAME, marker_kind
 from lmref.train.errors import TrainError
 
