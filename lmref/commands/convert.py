@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     except known_errors() as e:
         return fail("convert", e)
     except MemoryError:
-        return fail("convert", MemoryError(f"out of memory while converting (more than lmref's estimate, or "
+        return fail("convert", MemoryError("out of memory while converting (more than lmref's estimate, or "
                                            f"{FORCE_MEMORY} was given)"), status=1)
     return 0
 
