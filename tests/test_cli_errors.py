@@ -35,3 +35,18 @@ def test_a_write_the_system_refuses_is_one_line_naming_the_file(tmp_path, capsys
     assert main(["convert", "--preset", "gpt2", "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("lmref convert: error: ") and "No space left on device" in err[0]
+
+
+def test_a_conversion_that_runs_out_of_memory_is_a_failed_run_not_bad_input(tmp_path, capsys, monkeypatch):
+    """Past the estimate (or with --force-memory) an allocation can still fail: one line, exit
+    status 1 (the run failed), where a refused input is 2."""
+    from lmref.commands import convert
+
+    def no_memory(params, dtype):
+        raise MemoryError
+
+    monkeypatch.setattr(convert, "_cast", no_memory)
+    assert main(["convert", "--preset", "gpt2", "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["lmref convert: error: out of memory while converting (more than lmref's estimate, or "
+                   "--force-memory was given)"]
