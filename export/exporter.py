@@ -56,7 +56,7 @@ from lmref.export.genai import GENAI_CONFIG_FILE, check_genai_graph, check_genai
 from lmref.export.vision_graphs import DECODER, EMBED, N_IMAGES_DIM, VISION, GraphSpec, graph_roles, image_graphs
 from lmref.spec.config import ModelConfig
 from lmref.spec.errors import OutputError
-from lmref.spec.outputs import check_output, claim
+from lmref.spec.outputs import check_output, claim, json_object_or_none
 from lmref.spec.params import param_count
 
 OPSET = 18
@@ -237,11 +237,8 @@ def manifest(config: ModelConfig, *, external_data: bool, source: dict, tokenize
 def _own_files(out: Path) -> set[str]:
     """The names the export.json in `out` lists as written by an earlier export (plain names
     only: a listed path that is not a file directly in `out` is never touched)."""
-    try:
-        data = json.loads((out / MANIFEST_FILE).read_text())
-    except (OSError, ValueError, RecursionError):  # RecursionError: nested past the stack
-        return set()
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("files"), dict):
+    data = json_object_or_none(out / MANIFEST_FILE)
+    if data is None or data.get("format") != FORMAT or not isinstance(data.get("files"), dict):
         return set()
     return {name for name in data["files"] if isinstance(name, str) and name and Path(name).name == name
             and name not in (".", "..")} | {MANIFEST_FILE}

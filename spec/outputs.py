@@ -43,13 +43,20 @@ MARKER = ".lmref-output.json"
 REPLACING_NAME = re.compile(r"\.(?P<name>.+)\.tmp-\d+")  # replace_files' temporary of the file `name`
 
 
+def json_object_or_none(path: Path) -> dict | None:
+    """The JSON object in the file `path`; None when there is none to read: no such file, one
+    that cannot be read, is not UTF-8 JSON, nests past Python's stack, or holds no object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # ValueError: JSONDecodeError, UnicodeDecodeError
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def marker_kind(path: Path) -> str | None:
     """The kind recorded by the marker in directory `path`; None without a readable marker."""
-    try:
-        data = json.loads((Path(path) / MARKER).read_text())
-    except (OSError, ValueError, RecursionError):  # RecursionError: nested past the stack
-        return None
-    return data.get("kind") if isinstance(data, dict) else None
+    data = json_object_or_none(Path(path) / MARKER)
+    return data.get("kind") if data is not None else None
 
 
 def check_not_an_input(out: Path, inputs: Iterable[str | Path], option: str = "--out") -> None:
@@ -164,10 +171,10 @@ def report_format(path: Path) -> str | None:
     try:
         if path.stat().st_size > LARGEST_REPORT_BYTES:
             return None
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):  # RecursionError: nested past the stack
+    except OSError:
         return None
-    return data.get("format") if isinstance(data, dict) and isinstance(data.get("format"), str) else None
+    data = json_object_or_none(path)
+    return data.get("format") if data is not None and isinstance(data.get("format"), str) else None
 
 
 def check_report_file(path: str | Path, inputs: Iterable[str | Path], fmt: str, option: str = "--report-json") -> Path:

@@ -53,7 +53,7 @@ from lmref.convert.errors import CheckpointError
 from lmref.convert.outputs import HF_KIND
 from lmref.convert.paths import inside
 from lmref.spec.config import ModelConfig
-from lmref.spec.outputs import REPLACING_NAME, marker_kind
+from lmref.spec.outputs import REPLACING_NAME, json_object_or_none, marker_kind
 from lmref.train.errors import TrainError
 
 STATE_FILE = "trainer_state.json"
@@ -131,11 +131,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 def _state_of(directory: Path) -> dict | None:
     """trainer_state.json of `directory` as a dict, None when it has none that reads."""
-    try:
-        state = json.loads((directory / STATE_FILE).read_text())
-    except (OSError, ValueError, RecursionError):  # not UTF-8, not JSON, nested past the stack
-        return None
-    return state if isinstance(state, dict) else None
+    return json_object_or_none(directory / STATE_FILE)
 
 
 def written_by(directory: Path, run_id: str | None) -> bool:
@@ -256,11 +252,8 @@ def _other_model_folder(path: Path) -> tuple[str, str] | None:
         return "an ONNX export (`lmref export`)", f"generate from it with `lmref generate --onnx {path}`"
     if not (path / CONFIG_FILE).is_file():
         return None
-    try:
-        config = json.loads((path / CONFIG_FILE).read_text())
-    except (OSError, ValueError, RecursionError):  # not UTF-8, not JSON, nested past the stack
-        config = None
-    if kind == HF_KIND or (isinstance(config, dict) and "model_type" in config):
+    config = json_object_or_none(path / CONFIG_FILE)
+    if kind == HF_KIND or (config is not None and "model_type" in config):
         return ("a Hugging Face model folder (its config.json has a model_type)",
                 "`lmref convert --from-hf` reads it; it has no lmref tokenizer to generate with")
     return (f"an lmref model checkpoint without {STATE_FILE}",
