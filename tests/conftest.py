@@ -1,10 +1,14 @@
-"""Hypothesis profiles for the property tests (select with --hypothesis-profile NAME).
+"""Hypothesis profiles for the property tests (select with --hypothesis-profile NAME), and the
+fixture for the tests of Ctrl-C.
 
 dev: quick local runs.  ci: derandomized, what `make test` runs.  thorough: many examples,
 for `make test-thorough` or before a release.  deadline=None everywhere: JIT compilation and
 first-call overheads of the twins make per-example timing meaningless.
 """
 
+import signal
+
+import pytest
 from hypothesis import HealthCheck, settings
 
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -14,3 +18,15 @@ settings.register_profile("dev", max_examples=10, **_COMMON)
 settings.register_profile("ci", max_examples=25, derandomize=True, **_COMMON)
 settings.register_profile("thorough", max_examples=300, **_COMMON)
 settings.load_profile("dev")
+
+
+@pytest.fixture
+def sigint_as_from_a_terminal():
+    """Ctrl-C reaches this test and the commands it starts, as in a terminal, however the suite
+    was started.  A shell without job control starts a background job (`make test &`, `nohup`)
+    with SIGINT ignored, which every process below inherits: Python then installs no
+    KeyboardInterrupt handler and lmref rightly carries on.  Here SIGINT raises KeyboardInterrupt
+    in this process, and a child, whose handler resets to the default at exec, gets Python's."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

@@ -33,7 +33,7 @@ def _interrupt(args: list[str], ready, timeout: float = 120) -> tuple[int, str]:
     return process.returncode, err
 
 
-def test_ctrl_c_during_train_is_one_line_and_exit_130(tmp_path):
+def test_ctrl_c_during_train_is_one_line_and_exit_130(tmp_path, sigint_as_from_a_terminal):
     out = tmp_path / "run"
     status, err = _interrupt(["train", *TINY, "--steps", "100000", "--out", str(out)],
                              lambda: (out / "metrics.jsonl").is_file()
@@ -43,7 +43,7 @@ def test_ctrl_c_during_train_is_one_line_and_exit_130(tmp_path):
                                   "first one, start the run again)\n")
 
 
-def test_ctrl_c_during_shapes_leaves_every_scene_listed(tmp_path):
+def test_ctrl_c_during_shapes_leaves_every_scene_listed(tmp_path, sigint_as_from_a_terminal):
     out = tmp_path / "scenes"
     captions = out / "captions.tsv"
     status, err = _interrupt(["shapes", "--out", str(out), "--count", "100000"],

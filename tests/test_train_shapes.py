@@ -158,7 +158,8 @@ def test_a_scene_interrupted_while_it_is_saved_is_neither_left_nor_listed(tmp_pa
     assert _listed(out) == _scene_files(out) == ["scene-000000.png", "scene-000001.png"]
 
 
-def test_a_ctrl_c_right_after_a_scene_is_renamed_into_place_still_lists_it(tmp_path, monkeypatch):
+def test_a_ctrl_c_right_after_a_scene_is_renamed_into_place_still_lists_it(tmp_path, monkeypatch,
+                                                                          sigint_as_from_a_terminal):
     """A real SIGINT landing between the rename and the line that lists it is held until the line
     is written, then handled: exit 130, every scene file listed.  (The interrupt can land
     between any two bytecodes; before the hold, one landing after the save and before the line
