@@ -13,9 +13,6 @@ far more than 1e-5.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -23,15 +20,9 @@ for _module in ("torch", "tokenizers", "matplotlib", "tqdm"):  # the `torch` and
     pytest.importorskip(_module)
 
 from lmref.convert import load_checkpoint
-from tests.train_helpers import ROOT, TINY, lmref, records, subprocess_env
+from tests.train_helpers import TINY, lmref, records, torchrun_train
 
 ARGS = [*TINY[:1], "llama3", *TINY[2:], "--steps", "4", "--eval-every", "2"]  # GQA, RoPE, SwiGLU
-
-
-def _torchrun(out, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-               "-m", "lmref.cli", "train", *map(str, ARGS), "--out", str(out), *extra]
-    return subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=240)
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +45,14 @@ def _assert_same_run(single, out) -> None:
 
 
 def test_ddp_two_processes_match_one(single, tmp_path):
-    result = _torchrun(tmp_path / "ddp")
+    result = torchrun_train(tmp_path / "ddp", *ARGS)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on 2 process(es)" in result.stdout
     _assert_same_run(single, tmp_path / "ddp")
 
 
 def test_fsdp_two_processes_match_one(single, tmp_path):
-    result = _torchrun(tmp_path / "fsdp", "--fsdp")
+    result = torchrun_train(tmp_path / "fsdp", *ARGS, "--fsdp")
     assert result.returncode == 0, result.stderr[-3000:]
     _assert_same_run(single, tmp_path / "fsdp")
     # An FSDP checkpoint resumes in a single process (full, unsharded state inside).

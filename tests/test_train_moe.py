@@ -13,8 +13,6 @@ tests/test_train_distributed.py explains.
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -30,7 +28,7 @@ from lmref.spec.params import init_params  # noqa: E402
 from lmref.train.distributed import Dist  # noqa: E402
 from lmref.train.loop import build_trainer, micro_parts, train_step  # noqa: E402
 from lmref.train.settings import RunSettings, model_config  # noqa: E402
-from tests.train_helpers import ROOT, lmref, one_thread, records, subprocess_env  # noqa: E402
+from tests.train_helpers import lmref, one_thread, records, torchrun_train  # noqa: E402
 
 ARCH = "mixtral-8x7b"  # 8 experts, top 2, renormalised, aux_loss_coef 0.02
 ARGS = ["--arch", ARCH, "--seq-len", "32", "--batch-size", "8", "--warmup", "2", "--eval-batches", "1",
@@ -121,13 +119,6 @@ def test_a_mixture_trains_and_logs_its_aux_loss_and_expert_load(tmp_path):
     assert val[-1]["step"] == 30 and val[-1]["val_loss"] < val[0]["val_loss"] - 1.5
 
 
-def _torchrun(out, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-               "-m", "lmref.cli", "train", *ARGS, "--out", str(out), *extra]
-    return subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=240,
-                          check=False)
-
-
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     out = tmp_path_factory.mktemp("single-moe") / "run"
@@ -138,7 +129,7 @@ def single(tmp_path_factory):
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
 def test_two_processes_train_a_mixture_as_one(single, tmp_path, fsdp):
     """DDP runs without find_unused_parameters: every expert is in the graph at every step."""
-    result = _torchrun(tmp_path / "run", *(["--fsdp"] if fsdp else []))
+    result = torchrun_train(tmp_path / "run", *ARGS, *(["--fsdp"] if fsdp else []))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on 2 process(es)" in result.stdout
     for kind, keys in (("train", ("loss", "aux")), ("val", ("val_loss",))):

@@ -81,3 +81,13 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 120,
                          f"{address_space})); runpy.run_module('lmref.cli', run_name='__main__', alter_sys=True)"]
     return subprocess.run([sys.executable, *command, *map(str, args)], capture_output=True, text=True,
                           env=env or subprocess_env(), timeout=timeout, cwd=ROOT)
+
+
+def torchrun_train(out: Path, *args: str) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node=2 --standalone -m lmref.cli train ARGS --out OUT`: two CPU
+    processes (gloo).  torchrun's log folder goes beside OUT: left to itself, torchrun makes a
+    torchelastic_* folder in the system's temp folder and leaves it there."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+               "--log-dir", str(out.parent / "torchrun-logs"), "-m", "lmref.cli", "train", *map(str, args),
+               "--out", str(out)]
+    return subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=240)
