@@ -3,6 +3,7 @@
     DIR/<case>.npy            float [batch, seq, vocab] (float64, float32, float16; any float dtype
     DIR/<case>.safetensors    NumPy reads), one file per golden case of the arch, named as the case
                               (`prefill-b2-s7.npy`); a .safetensors holds one tensor, "logits"
+                              (BF16 too, widened exactly to float32)
 
 A prefill case's logits are those of one forward pass over `tokens`; a decode case's are those
 of the decode (conformance/golden_export.py says how it runs).  Each file is judged by
@@ -15,6 +16,7 @@ inf or an integer dtype is a FAIL (an invalid result), as in the suite.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from lmref.conformance.golden_export import capability
 from lmref.conformance.runner import FAIL, CheckResult, run_check
 from lmref.conformance.store import GoldenCase, GoldenStore
 from lmref.conformance.tolerances import Tolerances
+from lmref.convert.errors import ConversionError
 
 SUFFIXES = (".npy", ".safetensors")
 SAFETENSORS_NAME = "logits"
@@ -46,11 +49,13 @@ def _read(path: Path) -> np.ndarray:
                     raise LogitsFileError(f"{path}: not a .npy file (it does not begin with NumPy's magic "
                                           "string; write it with numpy.save)")
             return np.load(path, allow_pickle=False)  # never pickle (DESIGN.md)
-        from safetensors.numpy import load_file
+        from lmref.convert.safetensors_io import read_file
 
-        tensors = load_file(str(path))
+        tensors = read_file(path)  # BF16 (what a bfloat16 engine writes) widened exactly to float32
     except LogitsFileError:
         raise
+    except ConversionError as e:
+        raise LogitsFileError(str(e)) from None
     except Exception as e:  # NumPy and safetensors raise their own types on a malformed file
         raise LogitsFileError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
     if set(tensors) != {SAFETENSORS_NAME}:
@@ -62,6 +67,8 @@ def find_file(directory: Path, case: str) -> Path | None:
     """DIR/<case>.npy or DIR/<case>.safetensors; LogitsFileError when both exist, or when one of
     the names is something other than a file (a folder named so is not a missing file)."""
     for path in (directory / f"{case}{s}" for s in SUFFIXES):
+        if path.is_symlink() and not path.exists():
+            raise LogitsFileError(f"{path}: a link to {os.readlink(path)}, which does not exist")
         if path.exists() and not path.is_file():
             raise LogitsFileError(f"{path}: not a file; a case's logits are one .npy or .safetensors file")
     found = [directory / f"{case}{s}" for s in SUFFIXES if (directory / f"{case}{s}").is_file()]
@@ -112,6 +119,8 @@ class FileVerdict:
 
 def load_directory(directory: Path, cases: list[GoldenCase]) -> dict[str, np.ndarray]:
     """{case name: logits} for every case with a file; LogitsFileError on a bad file."""
+    if not directory.exists():
+        raise LogitsFileError(f"--logits {directory}: does not exist")
     if not directory.is_dir():
         raise LogitsFileError(f"--logits {directory}: not a directory")
     found = {}
@@ -131,6 +140,8 @@ def stray_files(directory: Path, case_names: list[str]) -> list[str]:
 def check_directory(arch: str, directory: Path | str, dtype: str | None = None, store: GoldenStore | None = None,
                     tolerances: Tolerances | None = None, repro: str | None = None) -> list[FileVerdict]:
     """Judge every case of `arch` against its file in `directory` (NOT SUPPORTED without one)."""
+    if not str(directory).strip():  # Path("") would be the current folder
+        raise LogitsFileError("--logits is empty (an unset shell variable?): give the folder of logits files")
     store, directory = store or GoldenStore(), Path(directory)
     names = store.case_names(arch)
     if not names:

@@ -223,3 +223,36 @@ def test_a_custom_store_that_loosens_a_case_says_so_before_any_verdict(cases, tm
     note = f'note: {ARCH}/{cases[0].name}\'s case.json overrides tolerances: {{"float32": {{"nmse": 1.0}}}}'
     lines = out.splitlines()
     assert lines[1] == note and sum(line.startswith("note:") for line in lines) == 1
+
+
+def test_bfloat16_safetensors_are_read_and_judged_by_the_declared_row(cases, tmp_path):
+    """What a bfloat16 engine writes (safetensors BF16, which NumPy has no type for) is widened
+    exactly to float32: it meets its declared row, and not the float32 one."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file as save_torch
+
+    directory = tmp_path / "logits"
+    directory.mkdir()
+    for case in cases:
+        save_torch({"logits": torch.from_numpy(golden(case)).to(torch.bfloat16)},
+                   str(directory / f"{case.name}.safetensors"))
+    declared = check_directory(ARCH, directory, "bfloat16")
+    assert [v.result.status for v in declared] == ["PASS"] * len(cases)
+    assert any(v.result.status == FAIL for v in check_directory(ARCH, directory, "float32"))
+
+
+def test_a_dangling_link_with_a_cases_name_is_an_error_not_a_missing_file(cases, tmp_path, capsys):
+    directory = write(tmp_path / "logits", cases[1:], golden)
+    (directory / f"{cases[0].name}.npy").symlink_to(tmp_path / "nowhere.npy")
+    status, out, err = check(capsys, directory)
+    assert status == 2 and "PASS" not in out
+    assert f"{cases[0].name}.npy: a link to {tmp_path / 'nowhere.npy'}, which does not exist" in err
+
+
+def test_an_empty_or_absent_logits_folder_is_refused_by_name(tmp_path, capsys, monkeypatch):
+    """An empty --logits (an unset shell variable) must not judge the current folder."""
+    monkeypatch.chdir(tmp_path)
+    status, out, err = check(capsys, "")
+    assert status == 2 and "--logits is empty (an unset shell variable?)" in err and "PASS" not in out
+    status, _, err = check(capsys, tmp_path / "absent")
+    assert status == 2 and f"--logits {tmp_path / 'absent'}: does not exist" in err
