@@ -9,6 +9,8 @@
       <case>/tokens.npy             int64 [batch, seq]: one sequence per batch row
       <case>/expected_logits.npy    float64 [batch, seq, vocab]: the golden's logits (of the
                                     decode, for a decode case)
+      <case>/prefill_logits.npy     float64 [batch, seq, vocab]: one forward pass's logits, where
+                                    they differ from the decode's (LongRoPE's decode-cross case)
       <case>/pixel_values.npy       float64 [n_images, C, H, W]: a multimodal case's images
       <case>/model.gguf             --format gguf: float32, llama.cpp's layout (convert/gguf.py)
       <case>/hf/                    --format hf: a Hugging Face model directory (convert/hf.py)
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -36,7 +39,7 @@ from lmref import __version__
 from lmref.conformance.store import GoldenCase, GoldenStore
 from lmref.conformance.tolerances import Tolerances
 from lmref.spec.errors import OutputError
-from lmref.spec.outputs import check_not_an_input, check_not_in_a_listing_output
+from lmref.spec.outputs import check_not_a_broken_link, check_not_an_input, check_not_in_a_listing_output
 
 FORMATS = ("gguf", "hf", "safetensors")
 EXPORT_FORMAT, EXPORT_FORMAT_VERSION = "lmref-golden-export", 1
@@ -46,6 +49,8 @@ FILES = {
                         "capability judged",
     "<case>/tokens.npy": "int64 [batch, seq]: the input token ids, one sequence per batch row",
     "<case>/expected_logits.npy": "float64 [batch, seq, vocab]: the golden's logits at every position",
+    "<case>/prefill_logits.npy": "float64 [batch, seq, vocab]: one forward pass's logits of the whole sequence, "
+                                 "where they differ from the decode's (only in LongRoPE's decode-cross case)",
     "<case>/pixel_values.npy": "float64 [n_images, C, H, W]: the images of a multimodal case (only there)",
 }
 WEIGHT_FILES = {
@@ -63,6 +68,7 @@ def capability(case: GoldenCase) -> str:
 
 def check_new_directory(out: Path) -> None:
     """OutputError unless `out` is new or an empty directory (an export never overwrites)."""
+    check_not_a_broken_link(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out}: is a file, not a directory")
     if out.is_dir() and any(out.iterdir()):
@@ -119,6 +125,8 @@ def write_case(case: GoldenCase, record: dict, fmt: str, directory: Path) -> Non
     (directory / "case.json").write_text(json.dumps(record, indent=1) + "\n")
     np.save(directory / "tokens.npy", np.ascontiguousarray(case.tokens, dtype=np.int64))
     np.save(directory / "expected_logits.npy", np.ascontiguousarray(case.expected["logits"], dtype=np.float64))
+    if "prefill_logits" in case.expected:
+        np.save(directory / "prefill_logits.npy", np.ascontiguousarray(case.prefill_logits, dtype=np.float64))
     if case.pixel_values is not None:
         np.save(directory / "pixel_values.npy", np.ascontiguousarray(case.pixel_values))
     _write_weights(case, fmt, directory)
@@ -130,7 +138,8 @@ def manifest(arch: str, fmt: str, store: GoldenStore, cases: list[GoldenCase]) -
         "arch": arch, "golden_version": store.version, "weights_format": fmt,
         "files": FILES | WEIGHT_FILES[fmt],
         "cases": {c.name: {"kind": c.kind, "capability": capability(c), "tokens": list(c.tokens.shape),
-                           "prompt_len": c.prompt_len, "logits_file": f"{c.name}.npy or {c.name}.safetensors"}
+                           "logits": list(c.expected["logits"].shape), "prompt_len": c.prompt_len,
+                           "logits_file": f"{c.name}.npy or {c.name}.safetensors"}
                   for c in cases},
         "check": (f"write one file per case into a folder, <case>.npy or <case>.safetensors (one tensor named "
                   f"'logits'), float [batch, seq, vocab] logits of every position; then run "
@@ -153,7 +162,7 @@ def export_golden(arch: str, fmt: str, out: Path | str, store: GoldenStore | Non
     cases = [store.load(arch, name) for name in names]
     _check_writable(cases, fmt)
     records = [case_record(case, tolerances) for case in cases]  # every tolerance row checked before writing
-    made = not out.exists()
+    made = list(itertools.takewhile(lambda folder: not folder.exists(), [out, *out.parents]))  # deepest first
     out.mkdir(parents=True, exist_ok=True)
     try:
         for case, record in zip(cases, records):
@@ -165,12 +174,12 @@ def export_golden(arch: str, fmt: str, out: Path | str, store: GoldenStore | Non
     return names
 
 
-def _remove_written(out: Path, names: list[str], made: bool) -> None:
-    """Remove what export_golden wrote into `out`: its case folders and manifest, and `out`
-    itself when it made it."""
+def _remove_written(out: Path, names: list[str], made: list[Path]) -> None:
+    """Remove what export_golden wrote into `out`: its case folders and manifest, then the
+    folders it made (`out` and the parents that did not exist), deepest first."""
     for name in names:
         shutil.rmtree(out / name, ignore_errors=True)
     (out / "manifest.json").unlink(missing_ok=True)
-    if made:
+    for folder in made:
         with contextlib.suppress(OSError):
-            out.rmdir()
+            folder.rmdir()

@@ -87,6 +87,12 @@ def check_not_in_a_listing_output(out: Path, option: str = "--out") -> None:
                               "lists every file it holds (an entry it does not list breaks it); write somewhere else")
 
 
+def check_not_a_broken_link(out: Path, option: str = "--out") -> None:
+    """OutputError when `out` is a symbolic link to nothing (mkdir would fail with "File exists")."""
+    if out.is_symlink() and not out.exists():
+        raise OutputError(f"{option} {out}: is a link to {os.readlink(out)}, which does not exist")
+
+
 def describe(entries: list[Path]) -> str:
     """The first few names of a directory's entries, as the refusals list them."""
     names = sorted(e.name + ("/" if e.is_dir() else "") for e in entries)
@@ -101,8 +107,7 @@ def check_output(out: str | Path, kind: str, *, inputs: Iterable[str | Path] = (
     check_not_in_a_listing_output(out, option)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{option} {out}: is a file, not a directory")
-    if out.is_symlink() and not out.exists():
-        raise OutputError(f"{option} {out}: is a link to {os.readlink(out)}, which does not exist")
+    check_not_a_broken_link(out, option)
     if out.is_dir():
         entries = list(out.iterdir())
         found = marker_kind(out)

@@ -203,6 +203,54 @@ def test_export_never_writes_into_the_store_it_reads(tmp_path, capsys):
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == listed
 
 
+def test_export_refuses_a_dangling_link_as_out_by_name(tmp_path, capsys):
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    status, text = export(capsys, "--arch", "gpt2", "--format", "safetensors", "--out", tmp_path / "link")
+    assert status == 2
+    assert f"--out {tmp_path / 'link'}: is a link to {tmp_path / 'nowhere'}, which does not exist" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link"]
+
+
+def test_export_reads_the_store_as_check_does(tmp_path, capsys, monkeypatch):
+    """The package's store must be the release set, and an empty --golden-dir (an unset shell
+    variable) is no request for it: case.json carries the tolerance rows an engine judges by."""
+    import shutil
+
+    from lmref.conformance import store as store_module
+    from lmref.conformance.store import DEFAULT_GOLDEN_DIR, MANIFEST
+
+    status, text = export(capsys, "--arch", "gpt2", "--format", "safetensors", "--golden-dir", "", "--out",
+                          tmp_path / "out")
+    assert status == 2 and "--golden-dir is empty" in text and not (tmp_path / "out").exists()
+    root = tmp_path / "golden"
+    root.mkdir()
+    manifest = json.loads((DEFAULT_GOLDEN_DIR / MANIFEST).read_text())
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if k.startswith("gpt2/")}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    shutil.copytree(DEFAULT_GOLDEN_DIR / "gpt2", root / "gpt2")
+    monkeypatch.setattr(store_module, "DEFAULT_GOLDEN_DIR", root)
+    status, text = export(capsys, "--arch", "gpt2", "--format", "safetensors", "--out", tmp_path / "out")
+    assert status == 2 and "differs from the release golden set" in text and not (tmp_path / "out").exists()
+
+
+def test_the_crossing_longrope_decode_exports_its_prefill_logits_too(store, tmp_path, capsys):
+    """decode-cross's decode re-runs the sequence where it crosses the original context, so one
+    forward pass's logits differ from the decode's: the export writes both, and the manifest
+    gives every case's logits shape."""
+    out = tmp_path / "out"
+    assert export(capsys, "--arch", "phi-3-mini-128k", "--format", "safetensors", "--out", out)[0] == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name in store.case_names("phi-3-mini-128k"):
+        case = store.load("phi-3-mini-128k", name)
+        assert manifest["cases"][name]["logits"] == list(case.expected["logits"].shape)
+        crossing = name.startswith("decode-cross")
+        assert (out / name / "prefill_logits.npy").exists() == crossing, name
+    case = store.load("phi-3-mini-128k", next(n for n in store.case_names("phi-3-mini-128k") if "cross" in n))
+    prefill = np.load(out / case.name / "prefill_logits.npy")
+    np.testing.assert_array_equal(prefill, case.prefill_logits)
+    assert np.abs(prefill - np.load(out / case.name / "expected_logits.npy")).max() > 1e-3
+
+
 def test_safetensors_export_holds_each_case_exactly(store, tmp_path, capsys):
     out = tmp_path / "out"
     assert export(capsys, "--arch", "gpt2", "--format", "safetensors", "--out", out)[0] == 0

@@ -87,8 +87,9 @@ def test_the_suite_makes_the_cases_checks_errors_naming_the_file(tmp_path):
     assert {r["status"] for r in run.results(case="prefill-b3-s13")} == {"PASS"}
 
 
-@pytest.mark.parametrize("existing", [False, True], ids=["new folder", "empty folder"])
-def test_an_export_that_fails_while_writing_removes_what_it_wrote(tmp_path, monkeypatch, existing):
+@pytest.mark.parametrize("out_name, existing", [("export", False), ("new/parents/export", False), ("export", True)],
+                         ids=["new folder", "new parents too", "empty folder"])
+def test_an_export_that_fails_while_writing_removes_what_it_wrote(tmp_path, monkeypatch, out_name, existing):
     written = []
 
     def weights_then_a_full_disk(case, fmt, directory):
@@ -97,9 +98,9 @@ def test_an_export_that_fails_while_writing_removes_what_it_wrote(tmp_path, monk
         written.append(case.name)
 
     monkeypatch.setattr(golden_export, "_write_weights", weights_then_a_full_disk)
-    out = tmp_path / "export"
+    out = tmp_path / out_name
     if existing:
         out.mkdir()
     with pytest.raises(OSError, match="No space left"):
         golden_export.export_golden("llama3", "safetensors", out)
-    assert written and (list(out.iterdir()) == [] if existing else not out.exists())
+    assert written and (list(out.iterdir()) == [] if existing else list(tmp_path.iterdir()) == [])

@@ -37,13 +37,13 @@ def _export_problem(args: argparse.Namespace) -> str | None:
 def cmd_export(args: argparse.Namespace) -> int:
     from lmref.commands.errors import fail, known_errors
     from lmref.conformance.golden_export import export_golden
-    from lmref.conformance.store import DEFAULT_GOLDEN_DIR, GoldenStore, GoldenStoreError
+    from lmref.conformance.store import GoldenStoreError, open_checked
 
     archs = resolve_archs(args.arch)
     if len(archs) != 1:
         return fail("golden export", ValueError(f"--arch {args.arch}: names {len(archs)} archs; export one at a time"))
     try:
-        store = GoldenStore(args.golden_dir or DEFAULT_GOLDEN_DIR)
+        store, _ = open_checked(args.golden_dir)  # the release set, or a custom store without strays, as `check`
         names = export_golden(archs[0], args.format, Path(args.out), store)
     except (*known_errors(), GoldenStoreError, OSError) as e:
         return fail("golden export", e)
