@@ -69,6 +69,34 @@ def test_keep_prunes_old_checkpoints(run_dir, tmp_path):
     assert checkpoint.resolve(out).name == "step-000008"
 
 
+def test_rotation_deletes_only_what_the_save_wrote(run_dir, tmp_path):
+    """A file of yours inside an old checkpoint, or another command's output there, outlives the
+    rotation: the checkpoint's own files go, the folder stays with yours in it."""
+    out = copy_run(run_dir, tmp_path / "run")
+    (out / "step-000003" / "notes.txt").write_text("mine\n")
+    (out / "step-000003" / "onnx").mkdir()
+    (out / "step-000003" / "onnx" / "model.onnx").write_bytes(b"an export")
+    _, snap = checkpoint.load(out)
+    snap.state["step"] = 7
+    checkpoint.save(out, snap, keep=2)
+    assert sorted(p.name for p in out.glob("step-*")) == ["step-000003", "step-000006", "step-000007"]
+    assert sorted(p.name for p in (out / "step-000003").iterdir()) == ["notes.txt", "onnx"]
+    assert (out / "step-000003" / "onnx" / "model.onnx").read_bytes() == b"an export"
+
+
+def test_a_save_over_its_own_step_stops_before_touching_a_file_of_yours(run_dir, tmp_path):
+    """A run killed after the rename and before `latest` moved on leaves its step folder, which
+    the next save of that step replaces; with a file of yours in it, the save stops first."""
+    out = copy_run(run_dir, tmp_path / "run")
+    _, snap = checkpoint.load(out)
+    before = sorted(p.name for p in (out / "step-000006").iterdir())
+    (out / "step-000006" / "notes.txt").write_text("mine\n")
+    with pytest.raises(checkpoint.TrainError, match="step-000006: holds notes.txt, which a save does not write"):
+        checkpoint.save(out, snap, keep=2)
+    assert sorted(p.name for p in (out / "step-000006").iterdir()) == sorted([*before, "notes.txt"])
+    assert checkpoint.resolve(out).name == "step-000006" and not list(out.glob("step-000006.tmp-*"))
+
+
 def test_a_save_removes_a_killed_saves_leftovers_and_nothing_else(run_dir, tmp_path):
     """A save killed inside a write leaves its temporary (safetensors' .tmpXXXXXX, or
     write_checkpoint's .NAME.tmp-PID) beside the files it finished; the next save removes such a

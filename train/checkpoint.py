@@ -22,8 +22,9 @@ Loading checks every file's sha256, so a truncated or altered file is reported b
 Deleting: a save deletes only what a save wrote.  Every checkpoint records its run's `run_id`
 (a random id drawn when the run starts, kept on --resume); keeping the newest `keep`
 checkpoints deletes only `step-N` directories whose trainer_state.json carries this run's id,
-a leftover temporary directory only when it holds nothing but checkpoint files, and a save
-never replaces a `step-N` directory of anybody else's (TrainError).  `latest`, the file list
+and in them only the files it lists (the directory too once empty); a leftover temporary
+directory only when it holds nothing but checkpoint files, and a save never replaces a
+`step-N` directory of anybody else's, or one holding files of anybody else's (TrainError).  `latest`, the file list
 of trainer_state.json and its tokenizer file name paths inside their directory
 (convert/paths.py); anything else is refused.
 
@@ -33,6 +34,7 @@ seed and the data position), so only torch's generator states are saved.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -161,6 +163,9 @@ def save(run_dir: str | Path, snapshot: Snapshot, keep: int = 2) -> Path:
     if final.exists() and not written_by(final, run_id):
         raise TrainError(f"{final}: exists and is not a checkpoint of this run; it is left as it is and the "
                          "run stops here (move it away and --resume to go on)")
+    if final.exists() and (foreign := sorted(p.name for p in final.iterdir() if p.name not in _saved_files(final))):
+        raise TrainError(f"{final}: holds {', '.join(foreign)}, which a save does not write; it is left as it is "
+                         "and the run stops here (move those away and --resume to go on)")
     for stale in run_dir.glob("step-*.tmp-*"):
         if TMP_NAME.fullmatch(stale.name) and stale.is_dir() and _leftover(stale):
             shutil.rmtree(stale, ignore_errors=True)
@@ -175,7 +180,7 @@ def save(run_dir: str | Path, snapshot: Snapshot, keep: int = 2) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if final.exists():  # this run's, left by a run killed after the rename and before `latest` moved on
-        shutil.rmtree(final)
+        _remove_checkpoint(final)
     os.rename(tmp, final)
     _fsync(run_dir)
     _write_text_atomic(run_dir / LATEST, name + "\n")
@@ -213,7 +218,25 @@ def _prune(run_dir: Path, keep: int, run_id: str | None) -> None:
                    and written_by(p, run_id)), key=lambda p: int(p.name[5:]))
     for old in done[: max(0, len(done) - keep)]:
         if old.name != latest:
-            shutil.rmtree(old)
+            _remove_checkpoint(old)
+
+
+def _saved_files(directory: Path) -> set[str]:
+    """The names a save wrote into the checkpoint `directory`: those its trainer_state.json
+    lists, and that file (plain names only, never a path out of `directory`)."""
+    listed = (_state_of(directory) or {}).get("files", {})
+    names = {*(listed if isinstance(listed, dict) else {}), STATE_FILE}
+    return {name for name in names if Path(name).name == name and name not in (".", "..")}
+
+
+def _remove_checkpoint(directory: Path) -> None:
+    """Delete what a save wrote into `directory` (_saved_files), then `directory` if nothing
+    else is left: a file of anybody else's stays."""
+    for name in _saved_files(directory):
+        with contextlib.suppress(OSError):  # a folder by that name now is not what the save wrote
+            (directory / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: somebody else's files are in it
+        directory.rmdir()
 
 
 # --- reading -----------------------------------------------------------------------------------
