@@ -141,6 +141,27 @@ def test_a_resume_into_a_foreign_directory_or_its_own_input_is_refused(run_dir, 
     assert "is the command's own input" in err
 
 
+def test_a_resume_into_another_checkpoint_of_its_run_is_refused(run_dir, tmp_path, capsys):
+    """A checkpoint folder is no run directory, though its run_id is the run's."""
+    a = copy_run(run_dir, tmp_path / "a")
+    before = _snapshot_files(a)
+    err = _refused(capsys, "train", "--resume", a / "step-000003", "--out", a / "step-000006", "--no-progress")
+    assert f"--out {a / 'step-000006'}: is a checkpoint, not a run directory" in err
+    assert _snapshot_files(a) == before
+
+
+def test_a_new_run_refuses_a_run_directory_whose_latest_is_missing(run_dir, tmp_path, capsys):
+    """A run killed between its first checkpoint's rename and the write of `latest` leaves its
+    checkpoints and marker: a new run there would mix two runs' metrics and checkpoints."""
+    a = copy_run(run_dir, tmp_path / "a")
+    (a / "latest").unlink()
+    before = _snapshot_files(a)
+    err = _refused(capsys, "train", *STEP, "--out", a)
+    assert (f"--out {a} already holds a run's checkpoints (step-000003, step-000006); --resume "
+            f"{a / 'step-000006'} to continue it") in err
+    assert _snapshot_files(a) == before
+
+
 def test_a_resume_continues_in_its_own_directory_or_a_new_one(run_dir, tmp_path):
     """issue 10, item 2: its own run directory (given or not) and a new directory are fine."""
     a = copy_run(run_dir, tmp_path / "a")

@@ -214,8 +214,7 @@ def _prune(run_dir: Path, keep: int, run_id: str | None) -> None:
     """Remove all but the newest `keep` complete checkpoints of the run `run_id` (never the
     one `latest` names, never a directory of anybody else's)."""
     latest = (run_dir / LATEST).read_text().strip()
-    done = sorted((p for p in run_dir.glob("step-*") if p.is_dir() and STEP_NAME.fullmatch(p.name)
-                   and written_by(p, run_id)), key=lambda p: int(p.name[5:]))
+    done = [p for p in step_folders(run_dir) if written_by(p, run_id)]
     for old in done[: max(0, len(done) - keep)]:
         if old.name != latest:
             _remove_checkpoint(old)
@@ -240,6 +239,14 @@ def _remove_checkpoint(directory: Path) -> None:
 
 
 # --- reading -----------------------------------------------------------------------------------
+
+
+def step_folders(run_dir: Path) -> list[Path]:
+    """The checkpoints in `run_dir` (step-N folders holding a trainer_state.json), oldest first."""
+    if not run_dir.is_dir():
+        return []
+    return sorted((p for p in run_dir.glob("step-*") if p.is_dir() and STEP_NAME.fullmatch(p.name)
+                   and (p / STATE_FILE).is_file()), key=lambda p: int(p.name[5:]))
 
 
 def resolve(path: str | Path) -> Path:

@@ -146,6 +146,9 @@ def _new_run(flags: dict, sizes: dict, options: Options, d: Dist) -> Start:
     if (out / checkpoint.LATEST).exists():
         raise TrainError(f"--out {out} already holds a run (see {out / checkpoint.LATEST}); "
                          f"--resume {out} to continue it, or choose another --out")
+    if saved := checkpoint.step_folders(out):  # a run killed before `latest` was first written
+        raise TrainError(f"--out {out} already holds a run's checkpoints ({', '.join(p.name for p in saved)}); "
+                         f"--resume {saved[-1]} to continue it, or choose another --out")
     inputs = _data_inputs(run.data)
     check_output(out, TRAIN_RUN_KIND, inputs=inputs)  # nothing written yet: claimed just before the first write
     text, sha = load_corpus(run.data)
@@ -177,6 +180,9 @@ def _resume_output(out: Path, own: Path, run_id: str, inputs: tuple) -> bool:
     if _same_path(out, own):
         return False
     check_not_an_input(out, inputs)
+    if (out / checkpoint.STATE_FILE).exists():
+        raise OutputError(f"--out {out}: is a checkpoint, not a run directory; a resumed run writes into its own "
+                          f"run directory ({own}) or a new or empty one")
     if out.is_dir() and any(out.iterdir()):
         other = _run_id_in(out)
         if other is not None and other == run_id:
