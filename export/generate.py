@@ -26,7 +26,7 @@ from lmref.export.decoder import present_names
 from lmref.export.errors import BundleError
 from lmref.export.exporter import MANIFEST_FILE
 from lmref.export.multimodal import open_chain
-from lmref.export.runtime import CPU, CUDA, DecoderSession, default_provider, next_outputs
+from lmref.export.runtime import CPU, CUDA, DecoderSession, available_providers, default_provider, next_outputs
 from lmref.spec.errors import InputError
 from lmref.spec.vision import check_images
 
@@ -76,8 +76,11 @@ def load_tokenizer(bundle: Bundle):
 def load_onnx_generator(out: str | Path, device: str = "auto"):
     """(session, tokenizer) of an exported directory on `device` (auto, cpu, cuda): a
     DecoderSession, or with a vision tower the MultimodalSession of its three graphs."""
-    bundle = open_bundle(out)
     if device != "auto" and device not in DEVICES:
         raise InputError(f"--device must be auto, cpu or cuda, got {device!r}")
     provider = default_provider() if device == "auto" else DEVICES[device]
+    if provider not in available_providers():  # bad input, said before the export is read
+        raise InputError(f"--device {device}: onnxruntime has no {provider} here (available: "
+                         f"{', '.join(available_providers())}; install onnxruntime-gpu for cuda)")
+    bundle = open_bundle(out)
     return open_chain(bundle, provider), load_tokenizer(bundle)

@@ -89,6 +89,18 @@ def test_generate_errors(out, tmp_path, capsys):
     assert "exceeds the model's context max_seq_len 1024" in capsys.readouterr().err
 
 
+def test_generate_on_a_provider_onnxruntime_lacks_is_refused_before_reading(tmp_path, capsys, monkeypatch):
+    """--device cuda where onnxruntime has no CUDA provider: one line, exit 2 (it was a
+    ProviderError traceback), said before the export is read (this folder holds none)."""
+    from lmref.export import generate as onnx_generate
+
+    monkeypatch.setattr(onnx_generate, "available_providers", lambda: ["CPUExecutionProvider"])
+    assert main(["generate", "--onnx", str(tmp_path), "--prompt", "x", "--device", "cuda"]) == 2
+    assert capsys.readouterr().err == ("lmref generate: error: --device cuda: onnxruntime has no "
+                                       "CUDAExecutionProvider here (available: CPUExecutionProvider; install "
+                                       "onnxruntime-gpu for cuda)\n")
+
+
 def test_validate_onnx_reads_the_source_checkpoint(out, tmp_path, capsys):
     assert main(["validate-onnx", str(out), "--steps", "8"]) == 0
     assert "validate-onnx: PASS (4 of 4 checks passed" in capsys.readouterr().out
