@@ -122,6 +122,27 @@ def test_an_image_of_the_wrong_size_or_channels_is_refused(learned, tmp_path, ca
     assert expected in capsys.readouterr().err
 
 
+def test_an_image_of_the_wrong_size_is_refused_before_it_is_decoded(learned, tmp_path, capsys, monkeypatch):
+    """A large file is refused on its header's size (decoding a 10000x10000 PNG took 700 MB), and
+    one past Pillow's decompression-bomb limit by name, not with a traceback (limit lowered here)."""
+    from PIL import ImageFile
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (40, 40)).save(path)
+
+    def no_decoding(self):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    assert lmref("generate", "--checkpoint", learned, "--image", path) == 2
+    assert "the image is 40x40 pixels; the model takes 16x16" in capsys.readouterr().err
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    assert lmref("generate", "--checkpoint", learned, "--image", path) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lmref generate: error: --image {path}: Image size (1600 pixels) exceeds limit") and (
+        err.endswith("; the model takes 16x16\n"))
+
+
 def test_an_image_for_a_text_only_checkpoint_is_refused(tmp_path_factory, scenes, capsys):
     text_run = shared_run(tmp_path_factory)
     assert lmref("generate", "--checkpoint", text_run, "--image", scenes / "scene-000000.png") == 2

@@ -38,12 +38,15 @@ def read_image(path: str | Path, v: VisionConfig) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise TrainError(f"--image {path}: no such file" + (" (it is a directory)" if path.is_dir() else ""))
+    expected = (v.image_size, v.image_size)
     try:
-        with Image.open(path) as image:
-            image.load()
+        with Image.open(path) as image:  # the header only: the size is checked before a pixel is decoded
+            if image.size == expected:
+                image.load()
+    except Image.DecompressionBombError as e:  # Pillow's guard against a file that decodes to gigabytes
+        raise TrainError(f"--image {path}: {e}; the model takes {v.image_size}x{v.image_size}") from None
     except (UnidentifiedImageError, OSError) as e:
         raise TrainError(f"--image {path}: not an image file Pillow can read ({e})") from None
-    expected = (v.image_size, v.image_size)
     if image.size != expected:
         raise TrainError(f"--image {path}: the image is {image.size[0]}x{image.size[1]} pixels; the model takes "
                          f"{v.image_size}x{v.image_size} (its vision.image_size); resize it first")
