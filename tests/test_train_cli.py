@@ -202,3 +202,18 @@ def test_a_new_run_that_diverges_keeps_its_log_and_its_directory_takes_the_next_
     assert records(out, "run")[0]["run"]["lr"] == 1e30 and records(out, "val")[0]["step"] == 0
     assert lmref("train", *TINY, "--steps", "2", "--out", out) == 0
     assert [r["kind"] for r in records(out, "run")] == ["run"] and records(out, "run")[0]["run"]["lr"] == 3e-3
+
+
+def test_the_end_line_gives_the_last_validations_step_when_a_stop_came_first(tmp_path, capsys):
+    """--stop-after between validations: the line names the step the validation loss is from
+    (it read as this step's), and a resumed session that ran none says so (it printed nan)."""
+    out = tmp_path / "run"
+    assert lmref("train", *TINY, "--steps", "10", "--eval-every", "5", "--stop-after", "3", "--out", out) == 0
+    val = records(out, "val")
+    assert [r["step"] for r in val] == [0]
+    assert f"step 3: train loss {records(out, 'train')[-1]['loss']:.4f}, val loss {val[0]['val_loss']:.4f} at step 0 " \
+           "(unigram baseline" in capsys.readouterr().out
+    assert lmref("train", "--resume", out, "--stop-after", "4") == 0
+    assert ", no validation in this session (unigram baseline" in capsys.readouterr().out
+    assert lmref("train", "--resume", out, "--stop-after", "5") == 0
+    assert f", val loss {records(out, 'val')[-1]['val_loss']:.4f} (unigram baseline" in capsys.readouterr().out

@@ -190,7 +190,8 @@ def fit(trainer: Trainer, stream: BatchStream, val_batches: list[np.ndarray], op
         log: Callable[[dict], None], save: Callable[[], None]) -> dict:
     """Train until the last step (or `stop_after`), logging every metric through `log`,
     validating every `eval_every` steps and at the end, saving every `save_every` steps and
-    at the stop.  Returns the last metrics."""
+    at the stop.  Returns the last metrics (`val_step`: the step of the last validation, which
+    an earlier stop than the last step leaves behind)."""
     from tqdm.auto import tqdm
 
     run, d = trainer.run, trainer.dist
@@ -198,7 +199,7 @@ def fit(trainer: Trainer, stream: BatchStream, val_batches: list[np.ndarray], op
     tokens_per_step = run.batch_size * run.seq_len
     summary: dict = {"step": trainer.step}
     if trainer.step == 0:
-        summary["val_loss"] = evaluate(trainer, val_batches)
+        summary |= {"val_loss": evaluate(trainer, val_batches), "val_step": 0}
         check_finite(0, {"val_loss": summary["val_loss"]})
         log({"kind": "val", "step": 0, "val_loss": summary["val_loss"]})
     bar = tqdm(total=run.steps, initial=trainer.step, unit="step", dynamic_ncols=True,
@@ -214,7 +215,7 @@ def fit(trainer: Trainer, stream: BatchStream, val_batches: list[np.ndarray], op
         log({"kind": "train", "step": trainer.step, **metrics, "tokens": trainer.step * tokens_per_step,
              "tokens_per_s": tokens_per_step / seconds, "epoch": stream.epoch})
         if trainer.step % options.eval_every == 0 or trainer.step == run.steps:
-            summary["val_loss"] = evaluate(trainer, val_batches)
+            summary |= {"val_loss": evaluate(trainer, val_batches), "val_step": trainer.step}
             check_finite(trainer.step, {"val_loss": summary["val_loss"]})
             log({"kind": "val", "step": trainer.step, "val_loss": summary["val_loss"]})
         if trainer.step % options.save_every == 0 or trainer.step == last:

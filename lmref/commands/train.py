@@ -184,15 +184,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     if summary.get("vision"):
         _print_vision_summary(summary)
     elif "checkpoint" in summary:  # rank 0
-        print(f"step {summary['step']}: train loss {summary.get('loss', float('nan')):.4f}, "
-              f"val loss {summary.get('val_loss', float('nan')):.4f} (unigram baseline "
-              f"{summary['unigram_baseline']:.4f}), {summary.get('tokens_per_s', 0):,.0f} tokens/s"
+        print(f"step {summary['step']}: train loss {summary.get('loss', float('nan')):.4f}, {_val_loss(summary)} "
+              f"(unigram baseline {summary['unigram_baseline']:.4f}), {summary.get('tokens_per_s', 0):,.0f} tokens/s"
               + (f", load-balancing loss {summary['aux']:.4f} (when balanced: k pooled, 1 per layer)"
                  if "aux" in summary else "")
               + (f", router z-loss {summary['z_loss']:.4f}" if "z_loss" in summary else "")
               + (f", logit z-loss {summary['logit_z_loss']:.4f}" if "logit_z_loss" in summary else ""))
         print(f"checkpoint {summary['checkpoint']}\nplot {summary['plot']}")
     return 0
+
+
+def _val_loss(summary: dict) -> str:
+    """The last validation, with its step where a --stop-after ended the session before the
+    next one (none at all: a resumed session that stopped before its first)."""
+    if "val_loss" not in summary:
+        return "no validation in this session"
+    step = summary["val_step"]
+    return f"val loss {summary['val_loss']:.4f}" + (f" at step {step}" if step != summary["step"] else "")
 
 
 def _print_vision_summary(summary: dict) -> None:
