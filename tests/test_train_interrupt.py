@@ -72,3 +72,22 @@ def test_under_torchrun_only_rank_0_says_the_interrupt_line(rank, said, monkeypa
 
     assert stopped(argparse.Namespace(out="run")) == INTERRUPTED
     assert capsys.readouterr().err == ("lmref train: interrupted (Ctrl-C); kept run\n" if said else "")
+
+
+@pytest.mark.parametrize("arch, advice", [
+    ("gpt2", "--resume the run directory to go on from its latest"),
+    ("llava", "a vision run cannot be resumed: start it again with another --out"),
+])
+def test_the_interrupt_line_gives_advice_the_run_can_follow(arch, advice, tmp_path, monkeypatch, capsys):
+    """A vision run cannot be resumed (train/multimodal.py): its line does not say --resume."""
+    from lmref.cli import main
+    from lmref.train import session
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(session, "train", interrupted)
+    assert main(["train", "--arch", arch, "--out", str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("lmref train: interrupted (Ctrl-C); the checkpoints written so far are kept whole") and (
+        advice in err)

@@ -137,10 +137,11 @@ def add_commands(sub) -> None:
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command that Ctrl-C stopped
 
 
-def interruptible(command: str, note: str):
+def interruptible(command: str, note):
     """Decorate a command so that Ctrl-C (KeyboardInterrupt) ends it with one line saying what
-    it leaves (`note`, formatted with the command's arguments) and exit status 130, not a traceback.
-    Under torchrun, which passes the Ctrl-C to every rank, only rank 0 (RANK) says the line."""
+    it leaves (`note`, formatted with the command's arguments, or a function of them) and exit
+    status 130, not a traceback.  Under torchrun, which passes the Ctrl-C to every rank, only
+    rank 0 (RANK) says the line."""
     def wrap(run):
         @functools.wraps(run)
         def guarded(args: argparse.Namespace) -> int:
@@ -148,14 +149,27 @@ def interruptible(command: str, note: str):
                 return run(args)
             except KeyboardInterrupt:
                 if os.environ.get("RANK", "0") == "0":
-                    print(f"lmref {command}: interrupted (Ctrl-C); {note.format(**vars(args))}", file=sys.stderr)
+                    said = note(args) if callable(note) else note.format(**vars(args))
+                    print(f"lmref {command}: interrupted (Ctrl-C); {said}", file=sys.stderr)
                 return INTERRUPTED
         return guarded
     return wrap
 
 
-@interruptible("train", "the checkpoints written so far are kept whole: --resume the run directory to go on from "
-               "its latest (stopped before the first one, start the run again)")
+def _train_interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted run leaves: checkpoints to --resume from, but for a vision run, which
+    cannot be resumed (train/multimodal.py)."""
+    from lmref.train.multimodal import vision_arch
+    from lmref.train.settings import family_preset
+
+    if args.resume is None and vision_arch(family_preset(args.arch)):
+        return ("the checkpoints written so far are kept whole; a vision run cannot be resumed: start it again "
+                "with another --out")
+    return ("the checkpoints written so far are kept whole: --resume the run directory to go on from its latest "
+            "(stopped before the first one, start the run again)")
+
+
+@interruptible("train", _train_interrupted)
 def cmd_train(args: argparse.Namespace) -> int:
     from lmref.train.errors import DivergedError
     from lmref.train.session import Options, train
