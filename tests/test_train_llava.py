@@ -161,6 +161,15 @@ def test_the_exported_graphs_describe_an_image_as_the_checkpoint_does(learned, s
     assert captions[0].strip() and captions[0] == captions[1]
 
 
+def test_an_image_too_long_for_the_context_names_the_image_flags_not_seq_len(tmp_path, capsys):
+    """--seq-len is refused for a vision run, so the refusal must not ask for it."""
+    assert lmref("train", *ARCH, "--image-size", "128", "--out", tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "--image-size 128 --patch-size 4: a sample is 1141 tokens (1024 for the image" in err
+    assert "max_seq_len 1024; raise --max-seq-len, or lower --image-size or raise --patch-size" in err
+    assert "--seq-len" not in err and not (tmp_path / "run").exists()
+
+
 def test_vision_flags_and_unsupported_options_are_refused_by_name(learned, tmp_path, capsys):
     assert lmref("train", "--arch", "gpt2", "--projector-steps", "3", "--out", tmp_path / "a") == 2
     assert "--projector-steps: only for a new run of an arch with a vision tower" in capsys.readouterr().err

@@ -60,7 +60,6 @@ from lmref.train.settings import (
     TRAIN_BYTES_PER_PARAM,
     RunSettings,
     check_arch,
-    check_fits,
     model_config,
     training_bytes,
 )
@@ -171,6 +170,17 @@ class VisionRun:
         return dataclasses.replace(self.config, vision=None)
 
 
+def _check_captions_fit(config: ModelConfig, seq_len: int) -> None:
+    """TrainError when a sample (the image's tokens, the longest caption) exceeds the context;
+    its length follows from --image-size and --patch-size, never from --seq-len."""
+    v = config.vision
+    if seq_len > config.max_seq_len:
+        raise TrainError(f"--image-size {v.image_size} --patch-size {v.patch_size}: a sample is {seq_len} tokens "
+                         f"({v.tokens_per_image} for the image, the rest for the longest caption), more than the "
+                         f"model's context max_seq_len {config.max_seq_len}; raise --max-seq-len, or lower "
+                         "--image-size or raise --patch-size")
+
+
 def new_vision_run(flags: dict, sizes: dict, extra: dict, options) -> VisionRun:
     """The run the flags describe, with its output checked (nothing written yet)."""
     check_arch(flags["arch"])
@@ -181,7 +191,7 @@ def new_vision_run(flags: dict, sizes: dict, extra: dict, options) -> VisionRun:
     if "lr" in given and "min_lr" not in given:
         given["min_lr"] = given["lr"] / 10
     run = RunSettings(**({"steps": DEFAULT_STEPS} | given), data=SHAPES_DATA, seq_len=sequence_length(config.vision))
-    check_fits(config, run)
+    _check_captions_fit(config, run.seq_len)
     out = Path(options.out or f"runs/{run.arch}")
     if (out / checkpoint.LATEST).exists():
         raise TrainError(f"--out {out} already holds a run (see {out / checkpoint.LATEST}); choose another --out")
