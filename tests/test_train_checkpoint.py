@@ -183,6 +183,9 @@ def test_damaged_checkpoint_names_the_file(run_dir, tmp_path, capsys, victim, da
 def test_missing_and_foreign_directories(tmp_path, run_dir):
     with pytest.raises(CheckpointError, match="no such checkpoint directory"):
         checkpoint.load(tmp_path / "absent")
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(CheckpointError, match="metrics.jsonl: a file, not a checkpoint directory"):
+        checkpoint.load(tmp_path / "metrics.jsonl")
     with pytest.raises(CheckpointError, match="not a training checkpoint or run directory"):
         checkpoint.load(tmp_path)
     out = copy_run(run_dir, tmp_path / "run")

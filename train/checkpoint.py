@@ -252,6 +252,8 @@ def step_folders(run_dir: Path) -> list[Path]:
 def resolve(path: str | Path) -> Path:
     """A checkpoint directory: `path` itself, or the one a run directory's `latest` names."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{path}: a file, not a checkpoint directory (give the run's or a step-N directory)")
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint directory")
     if (path / STATE_FILE).is_file():
