@@ -65,6 +65,15 @@ class HFConfig:
             self.fail(key, value, why)
         return value
 
+    def flag(self, key: str, default: bool) -> bool:
+        """The value of `key` (`default` when absent): JSON true or false, or ConversionError
+        naming the field.  Never a truth value: "false" (a string) is true to Python, and
+        transformers 5.x refuses it (StrictDataclassFieldValidationError)."""
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(key, value, "expected true or false")
+        return value
+
     def number(self, key: str, default: float) -> float:
         """The value of `key` as a float (`default` when absent): a finite JSON number, or
         ConversionError naming the field."""
@@ -129,7 +138,7 @@ class HFConfig:
 
     def activation(self, key: str, default: str) -> str:
         name = self.get(key, default)
-        if name not in ACTIVATION_FROM_HF:
+        if not isinstance(name, str) or name not in ACTIVATION_FROM_HF:
             self.fail(key, name, f"lmref maps only {', '.join(sorted(ACTIVATION_FROM_HF))}")
         return ACTIVATION_FROM_HF[name]
 

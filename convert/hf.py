@@ -70,7 +70,7 @@ def _module(model_type: object, where: str) -> ModuleType:
     if model_type is None:
         raise ConversionError(f"{where}: no model_type field, so not a Hugging Face config (an lmref "
                               "checkpoint is read with load_checkpoint / `lmref convert --to-hf`)")
-    if model_type not in MODEL_TYPES:
+    if not isinstance(model_type, str) or model_type not in MODEL_TYPES:
         raise ConversionError(f"{where}: model_type {model_type!r} is not supported; {_supported()}")
     return MODEL_TYPES[model_type]
 

@@ -136,6 +136,16 @@ UNREPRESENTABLE = [
     # 4.x reads rope_local_base_freq, 5.x rope_parameters: two models
     ("gemma3-4b", "rope_local_base_freq", 50_000.0, "disagrees with rope_theta, rope_scaling and rope_local_base_freq"),
     ("gemma3-4b", "rope_parameters", {"rope_type": "default", "rope_theta": 1e6}, "expected one entry per layer type"),
+    # a flag is JSON true or false: the string "false" is true to Python and was read as a parallel
+    # residual, renormalised routing, a tied head (transformers 5.x refuses it)
+    ("gpt-neox-20b", "use_parallel_residual", "false", "use_parallel_residual='false' is not supported: expected true"),
+    ("qwen2-57b-a14b", "norm_topk_prob", "false", "norm_topk_prob='false' is not supported: expected true or false"),
+    ("olmoe-1b-7b", "norm_topk_prob", 0, "norm_topk_prob=0 is not supported: expected true or false"),
+    ("llama3", "tie_word_embeddings", "true", "tie_word_embeddings='true' is not supported: expected true or false"),
+    ("llama3", "attention_bias", None, "attention_bias=None is not supported: expected true or false"),
+    # a list where a name goes: named, not an unhashable-type traceback
+    ("llama3", "hidden_act", ["silu"], "hidden_act=['silu'] is not supported"),
+    ("llama3", "model_type", ["llama"], "model_type ['llama'] is not supported"),
 ]
 
 

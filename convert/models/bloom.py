@@ -83,7 +83,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
         n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_heads, head_dim=d // n_heads, d_ff=HF_EXPANSION * d,
         max_seq_len=cfg.positive_integer("seq_length", TRAINED_CONTEXT), position="alibi",
         alibi_max_bias=HF_ALIBI_MAX_BIAS,
-        embedding_norm=True, tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        embedding_norm=True, tie_embeddings=cfg.flag("tie_word_embeddings", True),
         norm="layernorm", norm_eps=cfg.number("layer_norm_epsilon", 1e-5), norm_bias=True,
         qkv_bias=True, attn_out_bias=True, mlp="plain", activation="gelu_tanh_truncated", mlp_bias=True,
     )
@@ -95,7 +95,7 @@ def slow_but_exact_tp(cfg: HFConfig) -> None:
     without their biases (`BloomAttention.forward`, `BloomMLP.forward`), so another model than
     the checkpoint's (Megatron-DeepSpeed adds those biases after the slices' sum): refused."""
     tp = cfg.positive_integer("pretraining_tp", 1)
-    if cfg.get("slow_but_exact", False) and tp > 1:
+    if cfg.flag("slow_but_exact", False) and tp > 1:
         cfg.fail("slow_but_exact", True, f"with pretraining_tp={tp} transformers sums F.linear slices of dense and "
                  "dense_4h_to_h without their biases, dropping the biases of the checkpoint")
 

@@ -72,7 +72,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
         "d_model", "n_heads", "n_layers", "vocab_size", "max_seq_len"))
     if d % n_heads:
         cfg.fail("n_heads", n_heads, f"d_model ({d}) must be divisible by it (DBRX's head_dim is d_model / n_heads)")
-    if cfg.get("tie_word_embeddings", False):
+    if cfg.flag("tie_word_embeddings", False):
         cfg.fail("tie_word_embeddings", True, "DbrxConfig refuses a tied head")
     attn, ffn = cfg.sub("attn_config", ATTN_IGNORED), cfg.sub("ffn_config", FFN_IGNORED)
     clip = attn.get("clip_qkv")

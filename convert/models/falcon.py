@@ -103,12 +103,12 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     parallel, shared = _block(cfg)
     n_kv = _kv_heads(cfg, n_heads)
     theta, scaling = rope_from_hf(cfg, max_seq_len)
-    bias = bool(cfg.get("bias", DEFAULTS["bias"]))  # FalconLinear: query_key_value, dense, both MLP projections
+    bias = cfg.flag("bias", DEFAULTS["bias"])  # FalconLinear: query_key_value, dense, both MLP projections
     return ModelConfig(
         name=name, hf_model_type=MODEL_TYPE, vocab_size=vocab, d_model=d,
         n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv, head_dim=d // n_heads, d_ff=_ffn(cfg, d),
         max_seq_len=max_seq_len, position="rope", rope_theta=theta, rope_scaling=scaling,
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", DEFAULTS["tie_word_embeddings"])),
+        tie_embeddings=cfg.flag("tie_word_embeddings", DEFAULTS["tie_word_embeddings"]),
         norm="layernorm", norm_eps=cfg.number("layer_norm_epsilon", DEFAULTS["layer_norm_epsilon"]),
         norm_bias=True, qkv_bias=bias, attn_out_bias=bias, mlp="plain", mlp_bias=bias,
         activation=cfg.activation("activation", DEFAULTS["activation"]),  # get_activation: ACT2FN

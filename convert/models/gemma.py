@@ -62,7 +62,7 @@ def gemma_rules(c: ModelConfig) -> list[tuple[str, bool, str]]:
 def gemma_fields(cfg: HFConfig) -> dict:
     """The ModelConfig fields every Gemma type reads alike (besides llama.shape_fields)."""
     cfg.require("use_bidirectional_attention", None, (None, False), "lmref models are causal")
-    bias = bool(cfg.get("attention_bias", False))  # q, k, v and o together
+    bias = cfg.flag("attention_bias", False)  # q, k, v and o together
     return dict(
         head_dim=cfg.positive_integer("head_dim", DEFAULT_HEAD_DIM),
         norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", DEFAULT_EPS), norm_unit_offset=True,

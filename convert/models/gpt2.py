@@ -60,7 +60,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
         n_layers=cfg.positive_integer("n_layer", 12), n_heads=n_head, n_kv_heads=n_head, head_dim=d // n_head,
         d_ff=n_inner if n_inner is not None else 4 * d,  # GPT2Block: n_inner or 4 * hidden
         max_seq_len=cfg.positive_integer("n_positions", 1024), position="learned",
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        tie_embeddings=cfg.flag("tie_word_embeddings", True),
         norm="layernorm", norm_eps=cfg.number("layer_norm_epsilon", 1e-5), norm_bias=True,
         qkv_bias=True, attn_out_bias=True,
         mlp="plain", activation=cfg.activation("activation_function", "gelu_new"), mlp_bias=True,

@@ -77,18 +77,18 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
                  f"hidden_size ({d}) must be divisible by it (GPTNeoXAttention's head_size is hidden_size / heads)")
     max_seq_len = cfg.positive_integer("max_position_embeddings", 2048)
     theta, fraction, scaling = rope_fields(cfg, d // n_heads, max_seq_len)
-    bias = bool(cfg.get("attention_bias", True))  # GPTNeoXAttention: query_key_value and dense together
+    bias = cfg.flag("attention_bias", True)  # GPTNeoXAttention: query_key_value and dense together
     return ModelConfig(
         name=name, hf_model_type=MODEL_TYPE, vocab_size=cfg.positive_integer("vocab_size", 50432), d_model=d,
         n_layers=cfg.positive_integer("num_hidden_layers", 44), n_heads=n_heads, n_kv_heads=n_heads,
         head_dim=d // n_heads,
         d_ff=cfg.positive_integer("intermediate_size", 24576), max_seq_len=max_seq_len,
         position="rope", rope_theta=theta, rope_fraction=fraction, rope_scaling=scaling,
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        tie_embeddings=cfg.flag("tie_word_embeddings", False),
         norm="layernorm", norm_eps=cfg.number("layer_norm_eps", 1e-5), norm_bias=True,
         qkv_bias=bias, attn_out_bias=bias, mlp="plain", activation=activation(cfg), mlp_bias=True,
         # GPTNeoXLayer: x + attn(ln1(x)) + mlp(ln2(x)), or else x' = x + attn(ln1(x)); x' + mlp(ln2(x'))
-        parallel_residual=bool(cfg.get("use_parallel_residual", True)),
+        parallel_residual=cfg.flag("use_parallel_residual", True),
     )
 
 

@@ -88,7 +88,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
         d_ff=n_inner if n_inner is not None else 4 * d,  # GPTJBlock: n_inner or 4 * n_embd
         max_seq_len=n_positions, position="rope", rope_theta=HF_THETA,
         rope_layout="interleaved", rope_fraction=rotary_dim / (d // n_head),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", DEFAULTS["tie_word_embeddings"])), lm_head_bias=True,
+        tie_embeddings=cfg.flag("tie_word_embeddings", DEFAULTS["tie_word_embeddings"]), lm_head_bias=True,
         norm="layernorm", norm_eps=cfg.number("layer_norm_epsilon", DEFAULTS["layer_norm_epsilon"]),
         norm_bias=True, mlp="plain", activation=cfg.activation("activation_function", DEFAULTS["activation_function"]),
         mlp_bias=True, parallel_residual=True, shared_attn_norm=True,

@@ -72,7 +72,7 @@ def shape_fields(cfg: HFConfig, name: str, model_type: str, defaults: dict) -> d
         n_layers=size["num_hidden_layers"], n_heads=size["num_attention_heads"],
         n_kv_heads=size["num_attention_heads"] if n_kv is None else n_kv, d_ff=size["intermediate_size"],
         max_seq_len=size["max_position_embeddings"],
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", defaults["tie_word_embeddings"])),
+        tie_embeddings=cfg.flag("tie_word_embeddings", defaults["tie_word_embeddings"]),
     )
 
 
@@ -130,13 +130,13 @@ LLAMA_STYLE_MAPPED = {"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_head
 def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     """LlamaConfig fields (defaults: the LlamaConfig class defaults) -> ModelConfig."""
     fields = llama_style_fields(cfg, name, MODEL_TYPE, DEFAULTS)
-    bias = bool(cfg.get("attention_bias", False))  # LlamaAttention: bias on q, k, v and o together
+    bias = cfg.flag("attention_bias", False)  # LlamaAttention: bias on q, k, v and o together
     return ModelConfig(
         **fields,
         head_dim=head_dim(cfg, fields),
         norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", 1e-6),
         qkv_bias=bias, attn_out_bias=bias,
-        mlp="gated", activation=cfg.activation("hidden_act", "silu"), mlp_bias=bool(cfg.get("mlp_bias", False)),
+        mlp="gated", activation=cfg.activation("hidden_act", "silu"), mlp_bias=cfg.flag("mlp_bias", False),
     )
 
 

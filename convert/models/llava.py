@@ -102,7 +102,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     decoder = llama.config_from_hf(text, name)
     text.finish()
     vision = vision_from_hf(cfg)
-    tied = bool(cfg.get("tie_word_embeddings", False)) or decoder.tie_embeddings  # either (__post_init__)
+    tied = cfg.flag("tie_word_embeddings", False) or decoder.tie_embeddings  # either (__post_init__)
     legacy_vocab = cfg.get("vocab_size", decoder.vocab_size)  # 4.36-era files repeat the text vocabulary
     if legacy_vocab != decoder.vocab_size:
         cfg.fail("vocab_size", legacy_vocab, f"the decoder's is text_config.vocab_size={decoder.vocab_size}")
@@ -131,7 +131,7 @@ def vision_from_hf(cfg: HFConfig) -> VisionConfig:
     return VisionConfig(
         **fields, feature_layer=feature_layer(cfg), feature_strategy=feature_strategy(cfg),
         projector_activation=cfg.activation("projector_hidden_act", "gelu"),
-        projector_bias=bool(cfg.get("multimodal_projector_bias", True)),
+        projector_bias=cfg.flag("multimodal_projector_bias", True),
         image_token_id=cfg.either(("image_token_index", "image_token_id"), DEFAULT_IMAGE_TOKEN),
     )
 

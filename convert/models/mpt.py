@@ -77,7 +77,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
         n_layers=cfg.positive_integer("n_layers", 24), n_heads=n_heads, n_kv_heads=n_heads, head_dim=d // n_heads,
         d_ff=HF_EXPANSION * d,
         max_seq_len=cfg.positive_integer("max_seq_len", 2048), position="alibi", alibi_max_bias=HF_ALIBI_MAX_BIAS,
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        tie_embeddings=cfg.flag("tie_word_embeddings", True),
         norm="layernorm", norm_eps=cfg.number("layer_norm_epsilon", 1e-5), norm_bias=False,
         qkv_clip=clip or None,  # MptAttention tests `if self.clip_qkv:`, so 0 means no clipping
         mlp="plain", activation="gelu",

@@ -47,7 +47,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     head_dim = fields["d_model"] // fields["n_heads"]
     # OlmoConfig has no head_dim field; OlmoAttention uses hidden_size // num_attention_heads
     cfg.require("head_dim", None, (None, head_dim), "OLMo's head_dim is hidden_size // num_attention_heads")
-    bias = bool(cfg.get("attention_bias", False))  # OlmoAttention: bias on q, k, v and o together
+    bias = cfg.flag("attention_bias", False)  # OlmoAttention: bias on q, k, v and o together
     return ModelConfig(
         **fields, head_dim=head_dim,
         norm="layernorm", norm_eps=OLMO_NORM_EPS, norm_weight=False,

@@ -41,7 +41,7 @@ DEFAULT_EPS = 1e-5  # Olmo2Config.rms_norm_eps
 def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     """Olmo2Config fields (defaults: the Olmo2Config class defaults) -> ModelConfig."""
     fields = llama.llama_style_fields(cfg, name, MODEL_TYPE, DEFAULTS)
-    bias = bool(cfg.get("attention_bias", False))  # Olmo2Attention: bias on q, k, v and o together
+    bias = cfg.flag("attention_bias", False)  # Olmo2Attention: bias on q, k, v and o together
     return ModelConfig(
         **fields, head_dim=llama.head_dim(cfg, fields),
         norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", DEFAULT_EPS), norm_placement="post_sublayer",

@@ -60,11 +60,11 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     # OlmoeConfig has no head_dim field, and q_norm is hidden_size wide
     cfg.require("head_dim", None, (None, head_dim), "OLMoE's head_dim is hidden_size // num_attention_heads")
     cfg.require("clip_qkv", None, (None,), CLIP_ORDER)
-    bias = bool(cfg.get("attention_bias", False))  # OlmoeAttention: bias on q, k, v and o together
+    bias = cfg.flag("attention_bias", False)  # OlmoeAttention: bias on q, k, v and o together
     moe = MoEConfig(n_experts=cfg.positive_either(("num_experts", "num_local_experts"), MOE_DEFAULTS["num_experts"]),
                     n_experts_per_token=cfg.positive_integer("num_experts_per_tok",
                                                              MOE_DEFAULTS["num_experts_per_tok"]),
-                    renormalize=bool(cfg.get("norm_topk_prob", False)),
+                    renormalize=cfg.flag("norm_topk_prob", False),
                     **objective_from_hf(cfg, cfg.number("router_aux_loss_coef", MOE_DEFAULTS["router_aux_loss_coef"])))
     return ModelConfig(
         **fields, head_dim=head_dim, norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", 1e-5),

@@ -93,7 +93,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
         n_kv_heads=n_heads if n_kv is None else n_kv, head_dim=head_dim,
         d_ff=size["intermediate_size"], max_seq_len=max_seq_len,
         position="rope", rope_theta=theta, rope_fraction=fraction, rope_scaling=scaling,
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", DEFAULTS["tie_word_embeddings"])), lm_head_bias=True,
+        tie_embeddings=cfg.flag("tie_word_embeddings", DEFAULTS["tie_word_embeddings"]), lm_head_bias=True,
         norm="layernorm", norm_eps=cfg.number("layer_norm_eps", DEFAULTS["layer_norm_eps"]), norm_bias=True,
         qkv_bias=True, attn_out_bias=True, mlp="plain", activation=cfg.activation("hidden_act", DEFAULTS["hidden_act"]),
         mlp_bias=True, parallel_residual=True, shared_attn_norm=True,

@@ -76,7 +76,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
         n_layers=size["num_hidden_layers"], n_heads=n_heads, n_kv_heads=n_heads if n_kv is None else n_kv,
         head_dim=head_dim, d_ff=size["intermediate_size"], max_seq_len=max_seq_len,
         position="rope", rope_theta=theta, rope_fraction=fraction, rope_scaling=scaling,
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", DEFAULTS["tie_word_embeddings"])),
+        tie_embeddings=cfg.flag("tie_word_embeddings", DEFAULTS["tie_word_embeddings"]),
         norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", DEFAULTS["rms_norm_eps"]),
         mlp="gated", activation=cfg.activation("hidden_act", DEFAULTS["hidden_act"]),
         attn_pattern=("global",) if window is None else ("sliding",), sliding_window=window,

@@ -59,7 +59,7 @@ def sliding_fields(cfg: HFConfig, n_layers: int) -> dict:
 def used_window(cfg: HFConfig) -> int | None:
     """`sliding_window` where `use_sliding_window` says so, else None: `__post_init__` of
     Qwen2Config, Qwen2MoeConfig and Qwen3MoeConfig drops it unread."""
-    if not cfg.get("use_sliding_window", False):
+    if not cfg.flag("use_sliding_window", False):
         cfg.get("sliding_window")
         return None
     return cfg.optional_positive_integer("sliding_window", DEFAULT_WINDOW)

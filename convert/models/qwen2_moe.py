@@ -61,7 +61,7 @@ MOE_FIELDS = {"n_experts", "n_experts_per_token", "renormalize", "d_ff", "n_shar
 
 def sliding_fields(cfg: HFConfig, n_layers: int) -> dict:
     """`attn_pattern` and `sliding_window` by `Qwen2MoeConfig.__post_init__`'s rule."""
-    use, window = cfg.get("use_sliding_window", False), qwen2.used_window(cfg)
+    use, window = cfg.flag("use_sliding_window", False), qwen2.used_window(cfg)
     max_window_layers = qwen2.first_window_layer(cfg)
     types = cfg.get("layer_types")
     if types is None:
@@ -78,7 +78,7 @@ def moe_config(cfg: HFConfig, d_ff: int) -> MoEConfig:
         "shared_expert_intermediate_size", MOE_DEFAULTS["shared_expert_intermediate_size"]),
         "Qwen2-MoE always adds its gated shared expert")
     return MoEConfig(n_experts=n_experts, n_experts_per_token=cfg.positive_integer("num_experts_per_tok", 4),
-                     d_ff=own_width(width, d_ff), renormalize=bool(cfg.get("norm_topk_prob", False)),
+                     d_ff=own_width(width, d_ff), renormalize=cfg.flag("norm_topk_prob", False),
                      n_shared_experts=1, shared_d_ff=own_width(shared, width), shared_expert_gate=True,
                      **objective_from_hf(cfg, cfg.number("router_aux_loss_coef", MOE_DEFAULTS["router_aux_loss_coef"])))
 
@@ -89,7 +89,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     moe = moe_config(cfg, fields["d_ff"])
     return ModelConfig(
         **fields, head_dim=llama.head_dim(cfg, fields), **sliding_fields(cfg, fields["n_layers"]),
-        norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", 1e-6), qkv_bias=bool(cfg.get("qkv_bias", True)),
+        norm="rmsnorm", norm_eps=cfg.number("rms_norm_eps", 1e-6), qkv_bias=cfg.flag("qkv_bias", True),
         mlp="gated", activation=cfg.activation("hidden_act", "silu"),
         mlp_pattern=sparse_pattern(cfg, fields["n_layers"], moe.n_experts), moe=moe,
     )

@@ -35,7 +35,7 @@ DEFAULT_HEAD_DIM = 128  # Qwen3Config.head_dim
 def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     """Qwen3Config fields (defaults: the Qwen3Config class defaults, Qwen2Config's) -> ModelConfig."""
     fields = llama.llama_style_fields(cfg, name, MODEL_TYPE, qwen2.DEFAULTS)
-    bias = bool(cfg.get("attention_bias", False))  # Qwen3Attention: bias on q, k, v and o together
+    bias = cfg.flag("attention_bias", False)  # Qwen3Attention: bias on q, k, v and o together
     return ModelConfig(
         **fields, head_dim=cfg.positive_integer("head_dim", DEFAULT_HEAD_DIM),
         **qwen2.sliding_fields(cfg, fields["n_layers"]),

@@ -56,7 +56,7 @@ def moe_config(cfg: HFConfig, d_ff: int) -> MoEConfig:
     return MoEConfig(n_experts=cfg.positive_either(("num_experts", "num_local_experts"), MOE_DEFAULTS["num_experts"]),
                      n_experts_per_token=cfg.positive_integer("num_experts_per_tok",
                                                               MOE_DEFAULTS["num_experts_per_tok"]),
-                     d_ff=own_width(width, d_ff), renormalize=bool(cfg.get("norm_topk_prob", False)),
+                     d_ff=own_width(width, d_ff), renormalize=cfg.flag("norm_topk_prob", False),
                      **objective_from_hf(cfg, cfg.number("router_aux_loss_coef", MOE_DEFAULTS["router_aux_loss_coef"])))
 
 
@@ -64,7 +64,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     """Qwen3MoeConfig fields (defaults: the Qwen3MoeConfig class defaults) -> ModelConfig."""
     fields = llama.llama_style_fields(cfg, name, MODEL_TYPE, DEFAULTS)
     window = qwen2.used_window(cfg)
-    bias = bool(cfg.get("attention_bias", False))  # Qwen3MoeAttention: bias on q, k, v and o together
+    bias = cfg.flag("attention_bias", False)  # Qwen3MoeAttention: bias on q, k, v and o together
     moe = moe_config(cfg, fields["d_ff"])
     return ModelConfig(
         **fields, head_dim=llama.head_dim(cfg, fields),
