@@ -32,6 +32,7 @@ import numpy as np
 from lmref.conformance.adapters import Adapter, AdapterCallError, AdapterNotSupported
 from lmref.conformance.metrics import Divergence, Metrics, compare, gate, locate_divergence
 from lmref.conformance.results import AdapterResultError
+from lmref.conformance.runner import ONLY_LOGITS
 from lmref.conformance.tolerances import Tolerance, Tolerances
 from lmref.conformance.verify_weights import EMBED, HEAD, LayeredCheckpoint
 from lmref.impl_numpy.features import FEATURES
@@ -129,12 +130,27 @@ class Verification:
         return int(first.split(".")[1]) if first and first.startswith("layers.") else None
 
     @property
+    def capture_failed(self) -> list[str]:
+        """Why --captures fails besides a divergence, as the suite's capture check fails
+        (conformance/runner.py): a component of the wrong shape, none of the golden's compared,
+        or nothing compared but the logits (which the logits line already judges)."""
+        d = self.divergence
+        if d is None:
+            return []
+        failed = [f"{len(d.misshaped)} component(s) of the wrong shape"] if d.misshaped else []
+        if not d.nmse and not d.misshaped:
+            failed.append(f"none of the golden's components was captured (got: {', '.join(d.unknown) or 'nothing'})")
+        elif d.nmse and not set(d.nmse) - ONLY_LOGITS:
+            failed.append("nothing but the logits was captured: capture must return intermediates")
+        return failed
+
+    @property
     def verdict(self) -> str:
         """PASS, FAIL, or without logits to compare `error_status` (conformance/adapters.py's kinds)."""
         if self.error is not None:
             return self.error_status
         diverged = self.divergence is not None and self.divergence.first is not None
-        return "FAIL" if self.logits_failed or diverged else "PASS"
+        return "FAIL" if self.logits_failed or diverged or self.capture_failed else "PASS"
 
 
 def compare_captures(golden: dict[str, np.ndarray], captured: dict[str, np.ndarray], threshold: float

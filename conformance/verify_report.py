@@ -60,7 +60,7 @@ def _capture_lines(result: Verification) -> list[str]:
                      f"{result.divergence.first_nmse:.3g} > {threshold:.3g})")
     else:
         lines.append(f"first diverging component: {result.divergence.first} (before or after the layers)")
-    return lines
+    return lines + [f"  failed capture check: {failed}" for failed in result.capture_failed]
 
 
 def report_lines(result: Verification) -> list[str]:
@@ -90,7 +90,8 @@ def report_dict(result: Verification) -> dict:
         "logits": None if result.logits is None else result.logits.to_dict(), "logits_failed": result.logits_failed,
         "components": [dataclasses.asdict(c) for c in result.components],
         "first_diverging_component": result.divergence.first if result.divergence else None,
-        "first_diverging_layer": result.first_layer, "verdict": result.verdict,
+        "first_diverging_layer": result.first_layer, "capture_failed": result.capture_failed,
+        "verdict": result.verdict,
     }
     return jsonable(data)
 

@@ -78,6 +78,25 @@ class PerturbedLayer1:
         return self.torch.capture(config, self._broken(params), tokens)
 
 
+class BadCaptures:
+    """The torch twin's logits, right, with captures the suite's capture check fails: `kind`
+    "misshaped" (layer 1's MLP output cut short), "none" (nothing captured), "unknown" (only
+    names the golden does not have), "logits" (nothing but the logits)."""
+
+    version, dtype = "test", "float32"
+
+    def __init__(self, kind: str):
+        self.name, self.kind, self.torch = f"bad-captures-{kind}", kind, TorchAdapter()
+
+    def forward(self, config, params, tokens):
+        return self.torch.forward(config, params, tokens)
+
+    def capture(self, config, params, tokens):
+        captured = self.torch.capture(config, params, tokens)
+        return {"misshaped": captured | {"layers.1.mlp": captured["layers.1.mlp"][:, :-1]}, "none": {},
+                "unknown": {"my.layer": captured["logits"]}, "logits": {"logits": captured["logits"]}}[self.kind]
+
+
 def run_cli(*args: str) -> int:
     return main(["verify", *args])
 
@@ -159,6 +178,22 @@ def test_a_broken_layer_is_named(llama_dir, tmp_path, capsys):
     verdicts = {c["name"]: c["diverged"] for c in data["components"]}
     assert not any(verdicts[f"layers.0.{part}"] for part in ("attn", "mlp", "out")) and not verdicts["layers.1.attn"]
     assert data["logits_failed"] and data["verdict"] == "FAIL"
+
+
+@pytest.mark.parametrize("kind, said", [
+    ("misshaped", "1 component(s) of the wrong shape"),
+    ("none", "none of the golden's components was captured (got: nothing)"),
+    ("unknown", "none of the golden's components was captured (got: my.layer)"),
+    ("logits", "nothing but the logits was captured: capture must return intermediates"),
+])
+def test_captures_the_suite_would_fail_are_a_fail_though_the_logits_pass(kind, said, llama_dir):
+    """As the suite's capture check: right logits do not make wrong captures a PASS."""
+    from lmref.conformance.verify_report import report_lines
+
+    result = verify(str(llama_dir), as_adapter(BadCaptures(kind)), captures=True)
+    assert not result.logits_failed and result.divergence.first is None
+    assert result.verdict == "FAIL" and result.capture_failed[-1] == said
+    assert f"  failed capture check: {said}" in report_lines(result)
 
 
 def test_a_broken_layer_fails_on_the_logits_alone(llama_dir):
