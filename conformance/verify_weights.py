@@ -34,7 +34,7 @@ import numpy as np
 from lmref.convert.errors import ConversionError
 from lmref.convert.hf import config_from_hf, hf_key, module_for, read_hf_config
 from lmref.convert.layout import Entry, canonical_params, expected_shapes
-from lmref.convert.safetensors_io import bf16_as_float32, read_hf_weights
+from lmref.convert.safetensors_io import FLOAT_DTYPES, bf16_as_float32, read_hf_weights, unreadable_dtype
 from lmref.spec.config import ModelConfig
 from lmref.spec.params import layout_mismatches, param_shapes
 from safetensors import SafetensorError, safe_open
@@ -76,7 +76,10 @@ def stored_tensors(directory: Path) -> dict[str, StoredTensor]:
 
 
 def load_float64(tensor: StoredTensor) -> np.ndarray:
-    """One stored tensor's values in float64 (BF16 through its exact float32 widening)."""
+    """One stored tensor's values in float64 (BF16 through its exact float32 widening);
+    ConversionError for any other than a float dtype, as `lmref convert --from-hf` refuses it."""
+    if tensor.dtype not in FLOAT_DTYPES:
+        raise unreadable_dtype(tensor.path, tensor.key, tensor.dtype)
     try:
         if tensor.dtype == "BF16":
             return bf16_as_float32(tensor.path, tensor.key).astype(np.float64)

@@ -41,12 +41,30 @@ def bf16_as_float32(path: Path, name: str) -> np.ndarray:
     return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info["shape"])
 
 
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")  # the safetensors dtypes of the floats lmref reads
+# What read_file returns: BF16 widened to float32, the rest as NumPy holds them (an integer weight
+# is refused later, by name, with the params' checks: spec/params.py).
+READ_DTYPES = (*FLOAT_DTYPES, "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL")
+
+
+def unreadable_dtype(path: Path, name: str, dtype: str) -> ConversionError:
+    """The error for a tensor of a dtype lmref does not read (F8_E4M3 of an FP8 checkpoint)."""
+    return ConversionError(f"{path}: tensor {name} is {dtype}, which lmref does not read (it reads the floats "
+                           f"{', '.join(FLOAT_DTYPES)}); dequantize first")
+
+
 def read_file(path: Path) -> dict[str, np.ndarray]:
-    """Every tensor of one safetensors file, as NumPy arrays (BF16 widened to float32)."""
+    """Every tensor of one safetensors file, as NumPy arrays (BF16 widened to float32);
+    ConversionError naming a tensor of a dtype NumPy has no type for."""
     try:
         with safe_open(str(path), framework="numpy") as f:
-            return {name: bf16_as_float32(path, name) if f.get_slice(name).get_dtype() == "BF16"
-                    else f.get_tensor(name) for name in f.keys()}
+            dtypes = {name: f.get_slice(name).get_dtype() for name in f.keys()}
+            if odd := next((name for name, dtype in dtypes.items() if dtype not in READ_DTYPES), None):
+                raise unreadable_dtype(path, odd, dtypes[odd])
+            return {name: bf16_as_float32(path, name) if dtype == "BF16" else f.get_tensor(name)
+                    for name, dtype in dtypes.items()}
+    except ConversionError:
+        raise
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
         raise ConversionError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
 

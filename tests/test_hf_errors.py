@@ -305,3 +305,27 @@ def test_a_checkpoint_with_an_invalid_config(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config.to_dict() | {"n_kv_heads": 3}))
     with pytest.raises(CheckpointError, match="not a valid lmref config.*n_kv_heads"):
         load_checkpoint(tmp_path)
+
+
+def test_a_tensor_of_a_dtype_numpy_lacks_is_named_and_verify_refuses_integer_weights(tmp_path, capsys):
+    """An FP8 tensor (F8_E4M3, what FP8 Hub checkpoints hold) was an AttributeError traceback in
+    both commands; verify cast an integer weight to float64 where convert refuses it."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file as save_torch
+
+    from lmref.cli import main
+
+    directory = _hf_dir(tmp_path, "llama3")
+    tensors = load_file(directory / "model.safetensors")
+    name = "model.norm.weight"
+    for dtype, label in ((torch.float8_e4m3fn, "F8_E4M3"), (torch.int32, "I32")):
+        tensors_now = {k: torch.from_numpy(v) for k, v in tensors.items()} | {
+            name: torch.from_numpy(tensors[name]).to(dtype)}
+        save_torch(tensors_now, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        capsys.readouterr()
+        assert main(["verify", "--hf-dir", str(directory), "--impl", "numpy"]) == 2
+        err = capsys.readouterr().err
+        assert f"tensor {name} is {label}, which lmref does not read" in err, err
+        if label == "F8_E4M3":
+            with pytest.raises(ConversionError, match=f"tensor {name} is F8_E4M3, which lmref does not read"):
+                from_hf(directory)
