@@ -121,6 +121,7 @@ class Verification:
     components: list[Component] = field(default_factory=list)
     error: str | None = None  # why the implementation gave no logits to compare
     error_status: str = "ERROR"  # as the suite names it: FAIL (an invalid result), NOT SUPPORTED, ERROR
+    run_overrides: dict = field(default_factory=dict)  # rows changed with --tolerance, said beside the row
 
     @property
     def first_layer(self) -> int | None:
@@ -194,9 +195,9 @@ def verify(directory: str, adapter: Adapter, *, tokens: np.ndarray | None = None
     config = checkpoint.config
     tokens = check_tokens(config, fixed_prompt(config.vocab_size) if tokens is None else tokens)
     check_supported(config, BACKEND, FEATURES)
-    row = adapter.row()
-    result = Verification(str(directory), config.hf_model_type, config.n_layers, adapter, row,
-                          (tolerances or Tolerances()).row(row), tokens)
+    row, tolerances = adapter.row(), tolerances or Tolerances()
+    result = Verification(str(directory), config.hf_model_type, config.n_layers, adapter, row, tolerances.row(row),
+                          tokens, run_overrides=tolerances.run_overrides)
     try:
         logits, captured = _run_implementation(result, checkpoint, captures)
     except (AdapterCallError, AdapterResultError, AdapterNotSupported) as e:

@@ -68,7 +68,8 @@ def report_lines(result: Verification) -> list[str]:
     a = result.adapter
     spec = "" if a.spec == a.name else f" ({a.spec})"
     lines = [f"checkpoint: {result.directory} ({result.model_type}, {result.n_layers} layers)",
-             f"implementation: {a.name}{spec}, version {a.version}; tolerance row {result.row}",
+             f"implementation: {a.name}{spec}, version {a.version}; tolerance row {result.row}"
+             + (f"; run overrides: {json.dumps(result.run_overrides)}" if result.run_overrides else ""),
              f"prompt: {result.tokens.shape[1]} tokens {result.tokens[0].tolist()}"]
     if result.error is not None:
         return lines + [f"implementation: {result.error}", f"verdict: {result.verdict}"]
@@ -86,6 +87,7 @@ def report_dict(result: Verification) -> dict:
         "n_layers": result.n_layers, "tokens": result.tokens.tolist(),
         "implementation": {"name": a.name, "spec": a.spec, "version": a.version},
         "tolerance_row": result.row, "tolerance": dataclasses.asdict(result.tolerance),
+        "run_overrides": result.run_overrides,
         "seconds": result.seconds, "error": result.error, "captures": result.capture_note,
         "logits": None if result.logits is None else result.logits.to_dict(), "logits_failed": result.logits_failed,
         "components": [dataclasses.asdict(c) for c in result.components],

@@ -291,3 +291,13 @@ def test_an_implementation_without_valid_logits_is_not_a_pass(impl, status, mess
     assert run_cli("--hf-dir", str(llama_dir), "--impl", impl) == 1
     out = capsys.readouterr().out
     assert message in out and f"\nverdict: {status}\n" in out
+
+
+def test_a_run_override_is_said_beside_the_row(llama_dir, tmp_path, capsys):
+    """A PASS under a loosened row must not read as a plain float32 PASS (as the suite's header)."""
+    report = tmp_path / "report.json"
+    assert run_cli("--hf-dir", str(llama_dir), "--impl", "torch", "--tolerance", "float32.nmse=1",
+                   "--report-json", str(report)) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert line.endswith('; tolerance row float32; run overrides: {"float32": {"nmse": 1.0}}'), line
+    assert json.loads(report.read_text())["run_overrides"] == {"float32": {"nmse": 1.0}}
