@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from lmref.convert.errors import ConversionError
-from lmref.convert.hf import config_from_hf, hf_key, module_for, read_hf_config
+from lmref.convert.hf import config_from_hf, held_layers, hf_key, module_for, read_hf_config
 from lmref.convert.layout import Entry, canonical_params, expected_shapes
 from lmref.convert.safetensors_io import FLOAT_DTYPES, bf16_as_float32, read_hf_weights, unreadable_dtype
 from lmref.spec.config import ModelConfig
@@ -112,7 +112,8 @@ class LayeredCheckpoint:
         self.directory = Path(directory)
         data = read_hf_config(self.directory)
         where = str(self.directory / "config.json")
-        self.config: ModelConfig = config_from_hf(data, self.directory.resolve().name, where)
+        self.config: ModelConfig = config_from_hf(data, self.directory.resolve().name, where,
+                                                  held_layers(self.directory))
         if self.config.vision is not None:
             raise ConversionError(f"{where}: {data['model_type']} has an image pathway; lmref verify runs a text "
                                   "prompt through text-only models")

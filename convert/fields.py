@@ -34,6 +34,10 @@ ACTIVATION_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "silu": "silu", "re
 # The activation features (spec/features.py) of every type that reads `hidden_act` (ACT2FN).
 ACTIVATION_FEATURES = tuple(f"activation.{name}" for name in ACTIVATION_TO_HF)
 
+# The fields that count a model's layers (transformers' names across the model types).  A count
+# above what the weights hold is refused when read, before a converter builds a per-layer list
+# of that length (layer_types, the MoE pattern): 10**12 layers would exhaust memory first.
+LAYER_COUNTS = frozenset({"num_hidden_layers", "n_layer", "n_layers"})
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.default is not dataclasses.MISSING}
 
 
@@ -44,11 +48,13 @@ class HFConfig:
     dict's fields ("attn_config.qk_ln").
     """
 
-    def __init__(self, data: dict, where: str, ignored: frozenset = frozenset(), prefix: str = ""):
+    def __init__(self, data: dict, where: str, ignored: frozenset = frozenset(), prefix: str = "",
+                 layers_held: int | None = None):
         if not isinstance(data, dict):
             raise ConversionError(f"{where}: {prefix.rstrip('.') or 'config'} must be a JSON object, got {data!r}")
         self.data, self.where, self.prefix = data, where, prefix
         self.read: set[str] = set(GENERIC_IGNORED | ignored)
+        self.layers_held = layers_held  # the most layers the weights can hold (None: not known)
 
     def get(self, key: str, default=None):
         """The value of `key` (`default` when absent; a JSON null stays None)."""
@@ -120,6 +126,8 @@ class HFConfig:
         in parentheses."""
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             self.fail(name, value, f"expected a positive integer ({why})" if why else "expected a positive integer")
+        if name in LAYER_COUNTS and self.layers_held is not None and value > self.layers_held:
+            self.fail(name, value, f"the weights hold {self.layers_held} layer(s) at most")  # before any per-layer list
         return value
 
     def either(self, keys: tuple[str, ...], default=None):
@@ -134,7 +142,8 @@ class HFConfig:
 
     def sub(self, key: str, ignored: frozenset = frozenset()) -> HFConfig:
         """A nested dict (MPT's attn_config), read with the same rules; {} when absent or null."""
-        return HFConfig(self.get(key) or {}, self.where, ignored, prefix=f"{self.prefix}{key}.")
+        return HFConfig(self.get(key) or {}, self.where, ignored, prefix=f"{self.prefix}{key}.",
+                        layers_held=self.layers_held)
 
     def activation(self, key: str, default: str) -> str:
         name = self.get(key, default)

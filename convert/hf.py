@@ -32,7 +32,7 @@ from lmref.convert.layout import (
 )
 from lmref.convert.models import MODEL_TYPES
 from lmref.convert.outputs import HF_KIND, claim
-from lmref.convert.safetensors_io import SINGLE_FILE, read_hf_weights, write_file
+from lmref.convert.safetensors_io import SINGLE_FILE, read_hf_weights, tensor_names, write_file
 from lmref.spec.config import ConfigError, ModelConfig
 from lmref.spec.errors import ParamsError
 from lmref.spec.outputs import replace_files
@@ -133,11 +133,33 @@ def read_hf_config(path: str | Path) -> dict:
     return data
 
 
-def config_from_hf(data: dict, name: str, where: str = "config.json") -> ModelConfig:
+# A layer's tensors, in every layout the converters read: `model.layers.3.`, GPT-2's `h.3.`, MPT's
+# and DBRX's `blocks.3.`, the vision tower's `encoder.layers.3.`.
+LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
+
+
+def layers_held(names) -> int | None:
+    """The most layers tensors named `names` can hold: one more than the largest layer index
+    (None when no name has one: nothing to bound)."""
+    indices = [int(m[1]) for name in names if (m := LAYER_INDEX.search(name))]
+    return max(indices) + 1 if indices else None
+
+
+def held_layers(directory: Path) -> int | None:
+    """layers_held of an HF model directory's tensor names, read from the headers; None when
+    the weights cannot be read (their error is raised where they are read, after the config's)."""
+    try:
+        return layers_held(read_hf_weights(directory, read_one=tensor_names))
+    except ConversionError:
+        return None
+
+
+def config_from_hf(data: dict, name: str, where: str = "config.json", held: int | None = None) -> ModelConfig:
     """A config.json dict -> ModelConfig (its `hf_model_type` is the dict's `model_type`);
-    ConversionError naming any field lmref cannot represent."""
+    ConversionError naming any field lmref cannot represent.  `held` (layers_held of the
+    weights): a layer count above it is refused as it is read."""
     module = _module(data.get("model_type"), where)
-    cfg = HFConfig(data, f"{where} ({module.MODEL_TYPE})", module.IGNORED)
+    cfg = HFConfig(data, f"{where} ({module.MODEL_TYPE})", module.IGNORED, layers_held=held)
     try:
         config = module.config_from_hf(cfg, data.get("lmref_name") or name)
     except ConfigError as e:
@@ -204,6 +226,6 @@ def from_hf(path: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     """Read an HF model directory (config.json + model.safetensors or sharded safetensors)."""
     path = Path(path)
     data = read_hf_config(path)
-    config = config_from_hf(data, path.resolve().name, str(path / "config.json"))
+    config = config_from_hf(data, path.resolve().name, str(path / "config.json"), held_layers(path))
     params = params_from_hf(config, data["model_type"], read_hf_weights(path), str(path))
     return config, params

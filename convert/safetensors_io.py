@@ -69,6 +69,16 @@ def read_file(path: Path) -> dict[str, np.ndarray]:
         raise ConversionError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
 
 
+def tensor_names(path: Path) -> dict[str, None]:
+    """The names of one safetensors file's tensors, from its header alone (read_hf_weights'
+    `read_one`: the names of a whole model directory, its index's checks included)."""
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return dict.fromkeys(f.keys())
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ConversionError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+
+
 def _read_sharded(directory: Path, read_one: Callable[[Path], dict]) -> dict:
     index_path = directory / INDEX_FILE
     try:

@@ -234,20 +234,33 @@ def test_out_a_link_to_nothing_or_a_folder_that_takes_no_file_is_refused(tmp_pat
     assert not (tmp_path / "new").exists()
 
 
-@pytest.mark.parametrize("source", ["--from-hf", "--to-hf"])
-def test_a_config_far_deeper_than_its_weights_is_refused_by_the_count(tmp_path, source):
-    """config.json's depth edited to 10**12: refused from the tensor count before any table of
-    names is built, so in constant memory (the child runs under a 2 GiB address-space cap; the
-    table would need terabytes); the message says what the weights hold."""
+DEEP = "1000000000000 is not supported: the weights hold 2 layer(s) at most"
+
+
+@pytest.mark.parametrize("source, arch, said", [
+    ("--to-hf", "llama3", "1,000,000,000,000 layers, but the weights hold"),
+    ("--from-hf", "llama3", f"num_hidden_layers={DEEP}"),
+    # these build a per-layer list while the config is read (layer_types, the MoE pattern): the
+    # count is checked against the tensor names' layer indices as it is read, before the list
+    ("--from-hf", "qwen2-7b", f"num_hidden_layers={DEEP}"),
+    ("--from-hf", "gemma2-9b", f"num_hidden_layers={DEEP}"),
+    ("--from-hf", "qwen3-30b-a3b", f"num_hidden_layers={DEEP}"),
+    ("--from-hf", "gpt2", f"n_layer={DEEP}"),
+])
+def test_a_config_far_deeper_than_its_weights_is_refused_by_the_count(tmp_path, source, arch, said):
+    """config.json's depth edited to 10**12: refused before any table of names or per-layer list
+    is built, so in constant memory (the child runs under a 2 GiB address-space cap; the table
+    would need terabytes); the message says what the weights hold."""
     src = tmp_path / "src"
-    fmt, key = ("hf", "num_hidden_layers") if source == "--from-hf" else ("lmref", "n_layers")
-    assert main(["convert", "--preset", "llama3", "--format", fmt, "--out", str(src)]) == 0
+    fmt = "hf" if source == "--from-hf" else "lmref"
+    assert main(["convert", "--preset", arch, "--format", fmt, "--out", str(src)]) == 0
     config = json.loads((src / "config.json").read_text())
+    key = next(k for k in ("num_hidden_layers", "n_layer", "n_layers") if k in config)
     config[key] = 10**12
     (src / "config.json").write_text(json.dumps(config))
     proc = run_cli("convert", source, str(src), "--out", str(tmp_path / "out"), address_space=2 * 2**30)
     assert proc.returncode == 2, proc.stderr
-    assert "1,000,000,000,000 layers, but the weights hold" in proc.stderr and "Traceback" not in proc.stderr
+    assert said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
 
 
