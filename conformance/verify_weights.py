@@ -27,29 +27,20 @@ verification runs a text prompt.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from lmref.convert.errors import ConversionError
-from lmref.convert.hf import config_from_hf, held_layers, hf_key, module_for, read_hf_config
+from lmref.convert.hf import config_from_hf, hf_key, layers_held, module_for, read_hf_config
 from lmref.convert.layout import Entry, canonical_params, expected_shapes
-from lmref.convert.safetensors_io import FLOAT_DTYPES, bf16_as_float32, read_hf_weights, unreadable_dtype
+from lmref.convert.safetensors_io import (
+    FLOAT_DTYPES, StoredTensor, bf16_as_float32, read_hf_weights, tensor_headers, unreadable_dtype,
+)
 from lmref.spec.config import ModelConfig
 from lmref.spec.params import layout_mismatches, param_shapes
 from safetensors import SafetensorError, safe_open
 
 EMBED, HEAD = "embed", "head"
-
-
-@dataclass(frozen=True)
-class StoredTensor:
-    """Where one tensor of the checkpoint is, from its file's header."""
-
-    path: Path
-    key: str  # the name in the file (before normalisation)
-    dtype: str  # the safetensors dtype ("BF16", "F32", ...)
-    shape: tuple[int, ...]
 
 
 def group_of(name: str) -> str:
@@ -59,20 +50,10 @@ def group_of(name: str) -> str:
     return EMBED if name.startswith("embed.") else HEAD
 
 
-def _headers(path: Path) -> dict[str, StoredTensor]:
-    """The name, dtype and shape of every tensor of one safetensors file (no data read)."""
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            return {name: StoredTensor(path, name, f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape()))
-                    for name in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ConversionError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
-
-
 def stored_tensors(directory: Path) -> dict[str, StoredTensor]:
     """Every tensor of an HF model directory, by its name in the files: one file or shards,
     with `convert.safetensors_io`'s checks, from the headers alone."""
-    return read_hf_weights(directory, read_one=_headers)
+    return read_hf_weights(directory, read_one=tensor_headers)
 
 
 def load_float64(tensor: StoredTensor) -> np.ndarray:
@@ -113,7 +94,7 @@ class LayeredCheckpoint:
         data = read_hf_config(self.directory)
         where = str(self.directory / "config.json")
         self.config: ModelConfig = config_from_hf(data, self.directory.resolve().name, where,
-                                                  held_layers(self.directory))
+                                                  layers_held(self.directory))
         if self.config.vision is not None:
             raise ConversionError(f"{where}: {data['model_type']} has an image pathway; lmref verify runs a text "
                                   "prompt through text-only models")

@@ -32,7 +32,7 @@ from lmref.convert.layout import (
 )
 from lmref.convert.models import MODEL_TYPES
 from lmref.convert.outputs import HF_KIND, claim
-from lmref.convert.safetensors_io import SINGLE_FILE, read_hf_weights, tensor_names, write_file
+from lmref.convert.safetensors_io import SINGLE_FILE, read_hf_weights, tensor_headers, write_file
 from lmref.spec.config import ConfigError, ModelConfig
 from lmref.spec.errors import ParamsError
 from lmref.spec.outputs import replace_files
@@ -138,20 +138,17 @@ def read_hf_config(path: str | Path) -> dict:
 LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 
 
-def layers_held(names) -> int | None:
-    """The most layers tensors named `names` can hold: one more than the largest layer index
-    (None when no name has one: nothing to bound)."""
-    indices = [int(m[1]) for name in names if (m := LAYER_INDEX.search(name))]
-    return max(indices) + 1 if indices else None
-
-
-def held_layers(directory: Path) -> int | None:
-    """layers_held of an HF model directory's tensor names, read from the headers; None when
-    the weights cannot be read (their error is raised where they are read, after the config's)."""
+def layers_held(directory: Path) -> int | None:
+    """The most layers an HF model directory's weights can hold: one more than the largest
+    layer index of its tensor names, read from the headers.  None when no name has one (nothing
+    to bound) or the weights cannot be read (their error is raised where they are read, after
+    the config's)."""
     try:
-        return layers_held(read_hf_weights(directory, read_one=tensor_names))
+        names = read_hf_weights(directory, read_one=tensor_headers)
     except ConversionError:
         return None
+    indices = [int(m[1]) for name in names if (m := LAYER_INDEX.search(name))]
+    return max(indices) + 1 if indices else None
 
 
 def config_from_hf(data: dict, name: str, where: str = "config.json", held: int | None = None) -> ModelConfig:
@@ -226,6 +223,6 @@ def from_hf(path: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     """Read an HF model directory (config.json + model.safetensors or sharded safetensors)."""
     path = Path(path)
     data = read_hf_config(path)
-    config = config_from_hf(data, path.resolve().name, str(path / "config.json"), held_layers(path))
+    config = config_from_hf(data, path.resolve().name, str(path / "config.json"), layers_held(path))
     params = params_from_hf(config, data["model_type"], read_hf_weights(path), str(path))
     return config, params

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,12 +70,23 @@ def read_file(path: Path) -> dict[str, np.ndarray]:
         raise ConversionError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
 
 
-def tensor_names(path: Path) -> dict[str, None]:
-    """The names of one safetensors file's tensors, from its header alone (read_hf_weights'
-    `read_one`: the names of a whole model directory, its index's checks included)."""
+@dataclass(frozen=True)
+class StoredTensor:
+    """Where one tensor of a checkpoint is, from its file's header."""
+
+    path: Path
+    key: str  # the name in the file (before normalisation)
+    dtype: str  # the safetensors dtype ("BF16", "F32", ...)
+    shape: tuple[int, ...]
+
+
+def tensor_headers(path: Path) -> dict[str, StoredTensor]:
+    """The name, dtype and shape of every tensor of one safetensors file, no data read
+    (read_hf_weights' `read_one`: a whole model directory's, its index's checks included)."""
     try:
         with safe_open(str(path), framework="numpy") as f:
-            return dict.fromkeys(f.keys())
+            return {name: StoredTensor(path, name, f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape()))
+                    for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise ConversionError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
 
