@@ -249,6 +249,9 @@ def gate_loss(m: LossMetrics, tol: Tolerance) -> list[str]:
 # --- locating the first diverging intermediate ------------------------------------------------
 
 
+ONLY_LOGITS = frozenset({"logits"})  # the component forward already judges
+
+
 @dataclass(frozen=True)
 class Divergence:
     """Where captured intermediates first leave the golden, in computation order."""
@@ -260,6 +263,18 @@ class Divergence:
     missing: list[str]  # golden components the adapter did not provide (skipped)
     misshaped: list[str]  # "name: expected (...), got (...)"
     unknown: list[str]  # names the adapter provided that the golden does not have
+
+    @property
+    def only_logits(self) -> bool:
+        """Whether nothing but the logits was compared: no intermediate, so no capture to judge
+        (the logits are judged by forward).  The suite's capture check and `lmref verify`
+        --captures fail it alike."""
+        return bool(self.nmse) and not set(self.nmse) - ONLY_LOGITS
+
+    @property
+    def none_compared(self) -> bool:
+        """Whether none of the golden's components was captured (a misshaped one counts as captured)."""
+        return not self.nmse and not self.misshaped
 
     def first_line(self) -> str | None:
         """'first diverging component: NAME (nmse X > T)', saying when the capture held NaN or

@@ -36,7 +36,7 @@ from lmref.conformance.adapters import (
     CAPABILITIES, Adapter, AdapterCallError, AdapterNotSupported, as_adapter,
 )
 from lmref.conformance.metrics import (
-    Metrics, compare, compare_loss, describe, gate, gate_loss, locate_divergence, rows_met, top_k,
+    ONLY_LOGITS, Metrics, compare, compare_loss, describe, gate, gate_loss, locate_divergence, rows_met, top_k,
 )
 from lmref.conformance.results import AdapterResultError
 from lmref.conformance.routing import first_flip
@@ -186,9 +186,6 @@ def _check_loss(case: GoldenCase, adapter: Adapter, tolerances: Tolerances) -> C
     return CheckResult(FAIL, metrics, _failure(case, "loss", row, failed, lines))
 
 
-ONLY_LOGITS = frozenset({"logits"})
-
-
 def _check_capture(case: GoldenCase, adapter: Adapter, tolerances: Tolerances) -> CheckResult:
     captured = adapter.call_case("capture", case)
     golden = case.captures
@@ -203,7 +200,7 @@ def _check_capture(case: GoldenCase, adapter: Adapter, tolerances: Tolerances) -
     d = locate_divergence(golden, {n: o.value for n, o in captured.items()}, row.tol.nmse)
     counts["components_compared"] = compared = len(d.nmse)
     of = f"{compared} of {len(golden)} components"
-    only_logits = bool(d.nmse) and not set(d.nmse) - ONLY_LOGITS
+    only_logits = d.only_logits
     # The check passes a row when every compared component is within its nmse, none is misshaped,
     # and something besides the logits (which forward already checks) was compared.
     worst = float(np.max(list(d.nmse.values()))) if d.nmse else 0.0  # NaN if any is: no row admits it

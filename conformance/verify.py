@@ -32,7 +32,6 @@ import numpy as np
 from lmref.conformance.adapters import Adapter, AdapterCallError, AdapterNotSupported
 from lmref.conformance.metrics import Divergence, Metrics, compare, gate, locate_divergence
 from lmref.conformance.results import AdapterResultError
-from lmref.conformance.runner import ONLY_LOGITS
 from lmref.conformance.tolerances import Tolerance, Tolerances
 from lmref.conformance.verify_weights import EMBED, HEAD, LayeredCheckpoint
 from lmref.impl_numpy.features import FEATURES
@@ -139,9 +138,9 @@ class Verification:
         if d is None:
             return []
         failed = [f"{len(d.misshaped)} component(s) of the wrong shape"] if d.misshaped else []
-        if not d.nmse and not d.misshaped:
+        if d.none_compared:
             failed.append(f"none of the golden's components was captured (got: {', '.join(d.unknown) or 'nothing'})")
-        elif d.nmse and not set(d.nmse) - ONLY_LOGITS:
+        elif d.only_logits:
             failed.append("nothing but the logits was captured: capture must return intermediates")
         return failed
 
