@@ -11,6 +11,7 @@ import os
 import sys
 
 from lmref.commands import check, convert, export, golden, report, train, verify
+from lmref.commands.errors import interrupted
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader left (`lmref presets | head -1`): nothing to say to it
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
         return 1
+    except KeyboardInterrupt:  # Ctrl-C, after the command's own cleanup (`interruptible` adds what it leaves)
+        return interrupted(" ".join(filter(None, (args.command, getattr(args, "action", None)))))
     except OSError as e:  # a read or write that failed midway (a full disk): one line, not a traceback
         where = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
         print(f"lmref {args.command}: error: {where}", file=sys.stderr)

@@ -1,6 +1,6 @@
-"""Ctrl-C (SIGINT) during `lmref train` and `lmref shapes`: one line saying what is left, exit
-status 130, no KeyboardInterrupt traceback; shapes' folder stays consistent (captions.tsv lists
-every scene file)."""
+"""Ctrl-C (SIGINT) during `lmref train`, `lmref shapes` and the other commands: one line saying
+what is left, exit status 130, no KeyboardInterrupt traceback; shapes' folder stays consistent
+(captions.tsv lists every scene file)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_under_torchrun_only_rank_0_says_the_interrupt_line(rank, said, monkeypa
     """torchrun passes Ctrl-C to every rank: one line for the run, not one per process."""
     import argparse
 
-    from lmref.commands.train import INTERRUPTED, interruptible
+    from lmref.commands.errors import INTERRUPTED, interruptible
 
     if rank is None:
         monkeypatch.delenv("RANK", raising=False)
@@ -91,3 +91,32 @@ def test_the_interrupt_line_gives_advice_the_run_can_follow(arch, advice, tmp_pa
     err = capsys.readouterr().err
     assert err.startswith("lmref train: interrupted (Ctrl-C); the checkpoints written so far are kept whole") and (
         advice in err)
+
+
+def test_ctrl_c_during_export_is_one_line_and_leaves_no_half_export(tmp_path, monkeypatch, capsys):
+    """Every command, not only those with a note of their own, ends a Ctrl-C with one line and
+    exit status 130 (lmref/cli.py); an export stopped in its trace has written nothing."""
+    pytest.importorskip("onnx")
+    from lmref.cli import main
+    from lmref.export import exporter
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(exporter, "trace", interrupted)
+    out = tmp_path / "onnx"
+    assert main(["export", "--preset", "llama3", "--out", str(out)]) == 130
+    assert capsys.readouterr().err == "lmref export: interrupted (Ctrl-C)\n"
+    assert not out.exists()
+
+
+def test_a_subcommand_is_named_in_its_interrupt_line(monkeypatch, capsys):
+    from lmref.cli import main
+    from lmref.conformance import golden_export
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(golden_export, "export_golden", interrupted)
+    assert main(["golden", "export", "--arch", "gpt2", "--format", "hf", "--out", "never-written"]) == 130
+    assert capsys.readouterr().err == "lmref golden export: interrupted (Ctrl-C)\n"

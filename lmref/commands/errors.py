@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import functools
+import os
 import sys
 
 USAGE = 2  # bad input: a usage error, nothing was written
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command that Ctrl-C stopped
 
 
 def fail(command: str, error: Exception, status: int = USAGE) -> int:
@@ -24,3 +28,26 @@ def known_errors() -> tuple[type[Exception], ...]:
 
     return (TrainError, CheckpointError, ConversionError, ConfigError, InputError, ParamsError, UnsupportedFeature,
             ExportError, BundleError, OutputError, ResourceError)
+
+
+def interrupted(command: str, said: str = "") -> int:
+    """Say that Ctrl-C stopped `command` (and what it leaves, `said`); exit status 130.  Under
+    torchrun, which passes the Ctrl-C to every rank, only rank 0 (RANK) says it."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"lmref {command}: interrupted (Ctrl-C){'; ' + said if said else ''}", file=sys.stderr)
+    return INTERRUPTED
+
+
+def interruptible(command: str, note):
+    """Decorate a command so that Ctrl-C (KeyboardInterrupt) ends it with one line saying what
+    it leaves (`note`, formatted with the command's arguments, or a function of them) and exit
+    status 130.  A command without one still gets the line, from lmref/cli.py."""
+    def wrap(run):
+        @functools.wraps(run)
+        def guarded(args: argparse.Namespace) -> int:
+            try:
+                return run(args)
+            except KeyboardInterrupt:
+                return interrupted(command, note(args) if callable(note) else note.format(**vars(args)))
+        return guarded
+    return wrap

@@ -4,12 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import math
-import os
-import sys
 
-from lmref.commands.errors import fail, known_errors
+from lmref.commands.errors import fail, interruptible, known_errors
 from lmref.train.settings import SIZE_FIELDS as SIZE_FLAGS
 
 FORCE_MEMORY = "--force-memory"  # the same flag on `lmref convert`
@@ -132,28 +129,6 @@ def add_commands(sub) -> None:
     _add_train(sub)
     _add_generate(sub)
     _add_shapes(sub)
-
-
-INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command that Ctrl-C stopped
-
-
-def interruptible(command: str, note):
-    """Decorate a command so that Ctrl-C (KeyboardInterrupt) ends it with one line saying what
-    it leaves (`note`, formatted with the command's arguments, or a function of them) and exit
-    status 130, not a traceback.  Under torchrun, which passes the Ctrl-C to every rank, only
-    rank 0 (RANK) says the line."""
-    def wrap(run):
-        @functools.wraps(run)
-        def guarded(args: argparse.Namespace) -> int:
-            try:
-                return run(args)
-            except KeyboardInterrupt:
-                if os.environ.get("RANK", "0") == "0":
-                    said = note(args) if callable(note) else note.format(**vars(args))
-                    print(f"lmref {command}: interrupted (Ctrl-C); {said}", file=sys.stderr)
-                return INTERRUPTED
-        return guarded
-    return wrap
 
 
 def _train_interrupted(args: argparse.Namespace) -> str:
