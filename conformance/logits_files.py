@@ -39,28 +39,50 @@ class LogitsFileError(ValueError):
 
 
 NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file (numpy.lib.format)
+NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
-def _read(path: Path) -> np.ndarray:
+def _read(path: Path, expected_shape: tuple[int, ...]) -> np.ndarray:
+    """The array in `path`, its shape checked on the header before any data is read (a header
+    can declare terabytes)."""
     try:
-        if path.suffix == ".npy":
-            with path.open("rb") as f:
-                if f.read(len(NPY_MAGIC)) != NPY_MAGIC:  # np.load would call it pickled data, whatever it is
-                    raise LogitsFileError(f"{path}: not a .npy file (it does not begin with NumPy's magic "
-                                          "string; write it with numpy.save)")
-            return np.load(path, allow_pickle=False)  # never pickle (DESIGN.md)
-        from lmref.convert.safetensors_io import read_file
-
-        tensors = read_file(path)  # BF16 (what a bfloat16 engine writes) widened exactly to float32
+        return (_read_npy if path.suffix == ".npy" else _read_safetensors)(path, expected_shape)
     except LogitsFileError:
         raise
     except ConversionError as e:
         raise LogitsFileError(str(e)) from None
     except Exception as e:  # NumPy and safetensors raise their own types on a malformed file
         raise LogitsFileError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
-    if set(tensors) != {SAFETENSORS_NAME}:
-        raise LogitsFileError(f"{path}: expected one tensor named {SAFETENSORS_NAME!r}, found {sorted(tensors)}")
-    return tensors[SAFETENSORS_NAME]
+
+
+def _read_npy(path: Path, expected_shape: tuple[int, ...]) -> np.ndarray:
+    with path.open("rb") as f:
+        if f.read(len(NPY_MAGIC)) != NPY_MAGIC:  # np.load would call it pickled data, whatever it is
+            raise LogitsFileError(f"{path}: not a .npy file (it does not begin with NumPy's magic string; write it "
+                                  "with numpy.save)")
+        f.seek(0)
+        read_header = NPY_HEADER_READERS.get(np.lib.format.read_magic(f))
+        if read_header is not None:  # numpy.save writes 1.0 (2.0 for huge headers; 3.0: np.load checks)
+            _check_shape(path, read_header(f)[0], expected_shape)
+    array = np.load(path, allow_pickle=False)  # never pickle (DESIGN.md)
+    _check_shape(path, array.shape, expected_shape)
+    return array
+
+
+def _read_safetensors(path: Path, expected_shape: tuple[int, ...]) -> np.ndarray:
+    from lmref.convert.safetensors_io import read_file, tensor_headers
+
+    headers = tensor_headers(path)
+    if set(headers) != {SAFETENSORS_NAME}:
+        raise LogitsFileError(f"{path}: expected one tensor named {SAFETENSORS_NAME!r}, found {sorted(headers)}")
+    _check_shape(path, headers[SAFETENSORS_NAME].shape, expected_shape)
+    return read_file(path)[SAFETENSORS_NAME]  # BF16 (what a bfloat16 engine writes) widened exactly to float32
+
+
+def _check_shape(path: Path, shape: tuple[int, ...], expected_shape: tuple[int, ...]) -> None:
+    if tuple(shape) != tuple(expected_shape):
+        raise LogitsFileError(f"{path}: shape {tuple(shape)}, expected {tuple(expected_shape)} "
+                              "= [batch, seq, vocab] of the case")
 
 
 def find_file(directory: Path, case: str) -> Path | None:
@@ -75,15 +97,6 @@ def find_file(directory: Path, case: str) -> Path | None:
     if len(found) > 1:
         raise LogitsFileError(f"{directory}: both {found[0].name} and {found[1].name} exist; keep one")
     return found[0] if found else None
-
-
-def read_logits(path: Path, expected_shape: tuple[int, ...]) -> np.ndarray:
-    """The array in `path`, or LogitsFileError naming the file and `expected_shape`."""
-    array = _read(path)
-    if tuple(array.shape) != tuple(expected_shape):
-        raise LogitsFileError(f"{path}: shape {tuple(array.shape)}, expected {tuple(expected_shape)} "
-                              "= [batch, seq, vocab] of the case")
-    return array
 
 
 class FilesAdapter(Adapter):
@@ -118,23 +131,38 @@ class FileVerdict:
 
 
 def load_directory(directory: Path, cases: list[GoldenCase]) -> dict[str, np.ndarray]:
-    """{case name: logits} for every case with a file; LogitsFileError on a bad file."""
+    """{case name: logits} for every case with a file; LogitsFileError naming every bad file."""
     if not directory.exists():
         raise LogitsFileError(f"--logits {directory}: does not exist")
     if not directory.is_dir():
         raise LogitsFileError(f"--logits {directory}: not a directory")
-    found = {}
+    found, problems = {}, []
     for case in cases:
-        path = find_file(directory, case.name)
-        if path is not None:
-            found[case.name] = read_logits(path, case.expected["logits"].shape)
+        try:
+            path = find_file(directory, case.name)
+            if path is not None:
+                found[case.name] = _read(path, case.expected["logits"].shape)
+        except LogitsFileError as e:
+            problems.append(str(e))
+    if len(problems) > 1:
+        raise LogitsFileError(f"{len(problems)} files cannot be judged:\n  " + "\n  ".join(problems))
+    if problems:
+        raise LogitsFileError(problems[0])
     return found
 
 
-def stray_files(directory: Path, case_names: list[str]) -> list[str]:
-    """Logits-like files in `directory` that name none of `case_names` (a typo would otherwise
-    go unnoticed: its case would only show NOT SUPPORTED)."""
-    return sorted(p.name for p in directory.iterdir() if p.suffix in SUFFIXES and p.stem not in case_names)
+def unread_files(directory: Path, arch: str, case_names: list[str]) -> list[str]:
+    """Notes on the files in `directory` that look like logits but are not read (a typo would
+    otherwise only show as NOT SUPPORTED): a .npy or .safetensors naming no case, an .npz
+    archive, and a case's name with another suffix."""
+    notes = []
+    for path in sorted(p for p in directory.iterdir() if p.is_file()):
+        if path.suffix in SUFFIXES and path.stem not in case_names:
+            notes.append(f"{path.name} names no case of {arch}; ignored")
+        elif path.suffix == ".npz" or (path.suffix not in SUFFIXES and path.stem in case_names):
+            notes.append(f"{path.name} is not read: save each case's logits as <case>.npy (numpy.save) or "
+                         "<case>.safetensors")
+    return notes
 
 
 def check_directory(arch: str, directory: Path | str, dtype: str | None = None, store: GoldenStore | None = None,

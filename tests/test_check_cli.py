@@ -256,3 +256,38 @@ def test_an_empty_or_absent_logits_folder_is_refused_by_name(tmp_path, capsys, m
     assert status == 2 and "--logits is empty (an unset shell variable?)" in err and "PASS" not in out
     status, _, err = check(capsys, tmp_path / "absent")
     assert status == 2 and f"--logits {tmp_path / 'absent'}: does not exist" in err
+
+
+def test_a_header_declaring_terabytes_is_refused_on_its_shape_before_any_read(cases, tmp_path, capsys):
+    """The shape is read from the header: a file declaring 8 TB is named with its shape, at once."""
+    directory = tmp_path / "logits"
+    directory.mkdir()
+    declared = (2, 10**6, 10**6)
+    with open(directory / f"{cases[0].name}.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": declared})
+        f.write(b"\0" * 64)
+    status, _, err = check(capsys, directory)
+    assert status == 2 and f"{cases[0].name}.npy: shape {declared}, expected" in err
+
+
+def test_every_bad_file_is_named_not_only_the_first(cases, tmp_path, capsys):
+    directory = write(tmp_path / "logits", cases[:2], lambda case: golden(case)[:, :-1])
+    status, _, err = check(capsys, directory)
+    assert status == 2 and err.startswith("lmref check: error: 2 files cannot be judged:\n")
+    assert all(f"{case.name}.npy: shape" in err for case in cases[:2])
+
+
+def test_files_check_cannot_read_are_noted_never_silently_skipped(cases, tmp_path, capsys):
+    """An .npz archive, a case's name with another suffix and a .npy naming no case are each
+    noted under the verdicts (their cases show NOT SUPPORTED)."""
+    directory = write(tmp_path / "logits", cases[:1], golden)
+    np.savez(directory / "all.npz", **{case.name: golden(case) for case in cases})
+    golden(cases[1]).tofile(directory / f"{cases[1].name}.bin")
+    np.save(directory / "prefil-b2-s7.npy", golden(cases[0]))
+    status, out, _ = check(capsys, directory)
+    assert status == 0
+    assert sorted(out.splitlines()[-4:-1]) == sorted([
+        "note: all.npz is not read: save each case's logits as <case>.npy (numpy.save) or <case>.safetensors",
+        f"note: {cases[1].name}.bin is not read: save each case's logits as <case>.npy (numpy.save) or "
+        "<case>.safetensors",
+        f"note: prefil-b2-s7.npy names no case of {ARCH}; ignored"])

@@ -35,7 +35,7 @@ def _line(verdict) -> str:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from lmref.commands.errors import fail
-    from lmref.conformance.logits_files import LogitsFileError, check_directory, failed, stray_files
+    from lmref.conformance.logits_files import LogitsFileError, check_directory, failed, unread_files
     from lmref.conformance.report import count_cell
     from lmref.conformance.runner import FAIL, NOT_SUPPORTED
     from lmref.conformance.store import GoldenStoreError, open_checked
@@ -59,8 +59,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(_line(verdict))
         if verdict.result.status in (FAIL, NOT_SUPPORTED) and verdict.result.message:
             print("    " + verdict.result.message.replace("\n", "\n    "))
-    for name in stray_files(Path(args.logits), store.case_names(args.arch)):
-        print(f"note: {name} names no case of {args.arch}; ignored")
+    for note in unread_files(Path(args.logits), args.arch, store.case_names(args.arch)):
+        print(f"note: {note}")
     print(f"{len(verdicts)} cases: {count_cell([v.result.status for v in verdicts])}")
     return 1 if failed(verdicts) else 0
 
