@@ -101,9 +101,9 @@ def _write_weights(case: GoldenCase, fmt: str, directory: Path) -> None:
 
         to_hf(case.config, params, directory / WEIGHTS["hf"], option="--out")
     else:
-        from safetensors.numpy import save_file
+        from lmref.convert.safetensors_io import write_file
 
-        save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, str(directory / WEIGHTS["safetensors"]))
+        write_file(directory / WEIGHTS["safetensors"], params)
         (directory / "config.json").write_text(json.dumps(case.config.to_dict(), indent=1, sort_keys=True) + "\n")
 
 

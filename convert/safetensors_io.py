@@ -3,14 +3,16 @@
 A Hugging Face model directory holds `model.safetensors`, or shards listed by
 `model.safetensors.index.json` ({"weight_map": {key: shard file}}), as `save_pretrained`
 writes them.  A shard's name must be a relative path inside the model directory (no absolute
-path, no `..`: convert/paths.py); an index naming any other file is refused.  NumPy has no bfloat16, so BF16 tensors (most hub LLaMA checkpoints) are read
-from the raw bytes and widened to float32, which is exact: a bfloat16 is the top 16 bits of
-the float32 with the same value.  Every other dtype is returned as stored.
+path, no `..`: convert/paths.py); an index naming any other file is refused.  NumPy has no
+bfloat16, so BF16 tensors (most hub LLaMA checkpoints) are read from the raw bytes and widened
+to float32, which is exact: a bfloat16 is the top 16 bits of the float32 with the same value.
+Every other dtype is returned as stored.  Files are written with the mode the umask gives.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -130,10 +132,20 @@ def read_hf_weights(directory: Path, read_one: Callable[[Path], dict] = read_fil
     raise ConversionError(f"{directory}: no {SINGLE_FILE} or {INDEX_FILE}{hint}")
 
 
-def write_file(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+def write_file(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     """A safetensors file; OSError when it cannot be written (safetensors raises its own error for
     a full disk)."""
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=metadata)
     except SafetensorError as e:
         raise OSError(f"{path}: cannot be written ({e})") from None
+    as_umask_allows(path)
+
+
+def as_umask_allows(path: Path) -> None:
+    """Give a file safetensors wrote the mode any other new file gets (0644 under the usual umask
+    022): safetensors 0.8 writes through a private temporary file and keeps its mode 0600, which
+    an engine running as another user cannot read."""
+    mask = os.umask(0)  # the only way to read the umask: set it and put it back
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)

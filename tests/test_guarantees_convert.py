@@ -276,3 +276,23 @@ def test_a_weight_the_dtype_cannot_hold_is_refused_not_written_as_inf(tmp_path, 
     status, err = _convert(capsys, direction, source, "--out", tmp_path / "out", "--dtype", "float16")
     assert status == 2 and "does not fit float16: its largest magnitude is 1e+10" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def _modes(directory) -> dict[str, int]:
+    return {str(p.relative_to(directory)): p.stat().st_mode & 0o777 for p in directory.rglob("*") if p.is_file()}
+
+
+def test_every_file_written_has_the_mode_the_umask_gives(tmp_path):
+    """safetensors keeps its private temporary's mode 0600, which an engine running as another
+    user cannot read; lmref's weights get the mode of any new file (0644 under umask 022)."""
+    mask = os.umask(0o027)
+    try:
+        for argv in (["convert", "--preset", "gpt2", "--out", tmp_path / "lmref"],
+                     ["convert", "--preset", "gpt2", "--format", "hf", "--out", tmp_path / "hf"],
+                     ["golden", "export", "--arch", "gpt2", "--format", "safetensors", "--out", tmp_path / "golden"]):
+            assert main([str(a) for a in argv]) == 0
+    finally:
+        os.umask(mask)
+    modes = _modes(tmp_path)
+    assert any(name.endswith(".safetensors") for name in modes)
+    assert modes == dict.fromkeys(modes, 0o640)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -382,3 +383,12 @@ def test_convert_to_hf_takes_a_run_directory_as_export_does(run_dir, tmp_path, c
     for name in ("config.json", "model.safetensors"):
         assert (tmp_path / "from-run" / name).read_bytes() == (tmp_path / "from-step" / name).read_bytes(), name
     assert _snapshot_files(run_dir) == before
+
+
+def test_every_file_of_a_run_has_the_mode_the_umask_gives(run_dir):
+    """The checkpoints' safetensors too, which safetensors itself would leave at 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {str(p.relative_to(run_dir)): p.stat().st_mode & 0o777 for p in run_dir.rglob("*") if p.is_file()}
+    assert sum(name.endswith(".safetensors") for name in modes) >= 4
+    assert modes == dict.fromkeys(modes, 0o666 & ~mask)

@@ -54,6 +54,7 @@ from lmref.convert.checkpoint import CONFIG_FILE, PARAMS_FILE, load_checkpoint, 
 from lmref.convert.errors import CheckpointError
 from lmref.convert.outputs import HF_KIND
 from lmref.convert.paths import inside
+from lmref.convert.safetensors_io import as_umask_allows
 from lmref.spec.config import ModelConfig
 from lmref.spec.outputs import REPLACING_NAME, json_object_or_none, marker_kind
 from lmref.train.errors import TrainError
@@ -199,6 +200,7 @@ def _write_snapshot(tmp: Path, snapshot: Snapshot) -> None:
             save_file(tensors, str(tmp / file_name), metadata={"format": FORMAT})
         except SafetensorError as e:
             raise OSError(f"{tmp / file_name}: cannot be written ({e})") from None
+        as_umask_allows(tmp / file_name)
         _written(tmp / file_name)
     for file_name, text in snapshot.tokenizer_files.items():
         (tmp / file_name).write_text(text, encoding="utf-8")
