@@ -75,8 +75,10 @@ def test_batch_stream_resumes_from_its_position():
 def test_too_short_for_one_batch():
     with pytest.raises(TrainError, match="one batch needs 8"):
         BatchStream(Windows(np.arange(100), seq_len=32, what="training"), batch_size=8, seed=0)
-    with pytest.raises(TrainError, match="validation split .* --val-fraction"):
+    with pytest.raises(TrainError, match="^the embedded corpus .*validation split .* a larger --val-fraction$"):
         validation_batches(Windows(np.arange(50), seq_len=32, what="validation"), batch_size=2, n_batches=1)
+    with pytest.raises(TrainError, match="^--data notes.txt: the training split .* a smaller --val-fraction$"):
+        BatchStream(Windows(np.arange(100), seq_len=32, what="training", source="notes.txt"), batch_size=8, seed=0)
 
 
 def test_shard_partitions_the_global_batch():

@@ -81,11 +81,13 @@ class Windows:
         """Raise `TrainError` unless one batch of `batch_size` windows fits."""
         if self.count < batch_size:
             need = batch_size * self.seq_len + 1
+            corpus = "the embedded corpus (pydoc_data)" if self.source == DEFAULT_CORPUS else f"--data {self.source}"
+            fraction = "a larger" if self.what == "validation" else "a smaller"
             raise TrainError(
-                f"--data {self.source}: the {self.what} split has {len(self.tokens)} tokens: {self.count} "
+                f"{corpus}: the {self.what} split has {len(self.tokens)} tokens: {self.count} "
                 f"window(s) of seq_len + 1 = {self.seq_len + 1} tokens, but one batch needs {batch_size} "
-                f"({need} tokens); use a longer --data file or a smaller --batch-size / --seq-len"
-                + (" / a larger --val-fraction" if self.what == "validation" else ""))
+                f"({need} tokens); use a longer --data file or a smaller --batch-size / --seq-len / {fraction} "
+                "--val-fraction")
 
 
 class BatchStream:
