@@ -217,3 +217,21 @@ def test_the_end_line_gives_the_last_validations_step_when_a_stop_came_first(tmp
     assert ", no validation in this session (unigram baseline" in capsys.readouterr().out
     assert lmref("train", "--resume", out, "--stop-after", "5") == 0
     assert f", val loss {records(out, 'val')[-1]['val_loss']:.4f} (unigram baseline" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, value", [("1000", 1000), ("1e9", 10**9), ("1e30", 10**30), ("2.0", 2), ("1_000", 1000)])
+def test_an_integer_flag_reads_integral_numbers_exactly(text, value):
+    """1e30 is 10**30, not int(float("1e30")) = 1000000000000000019884624838656."""
+    from lmref.commands.train import integer
+
+    assert integer(text) == value
+
+
+@pytest.mark.parametrize("text", ["1.5", "nan", "inf", "-inf", "ten", ""])
+def test_an_integer_flag_refuses_what_is_no_integer(text):
+    import argparse
+
+    from lmref.commands.train import integer
+
+    with pytest.raises(argparse.ArgumentTypeError, match="not an integer"):
+        integer(text)

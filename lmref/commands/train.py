@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import argparse
-import math
+import decimal
 
 from lmref.commands.errors import fail, interruptible, known_errors
 from lmref.train.settings import SIZE_FIELDS as SIZE_FLAGS
@@ -13,16 +13,13 @@ FORCE_MEMORY = "--force-memory"  # the same flag on `lmref convert`
 
 
 def integer(text: str) -> int:
-    """An integer flag: "1000", or an integral number written as "1e9" (sizes are often given so)."""
+    """An integer flag: "1000", or an integral number written as "1e9" (sizes are often given
+    so), read exactly: "1e30" is 10**30, not the float nearest it."""
     try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        value = float(text)
-    except ValueError:
+        value = decimal.Decimal(text.strip())
+    except decimal.InvalidOperation:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not math.isfinite(value) or not value.is_integer():
+    if not value.is_finite() or value != value.to_integral_value():
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}")
     return int(value)
 
