@@ -153,6 +153,7 @@ def test_the_exported_graphs_describe_an_image_as_the_checkpoint_does(learned, s
     """The checkpoint's three ONNX graphs (export/multimodal.py) in onnxruntime, greedy: the same caption."""
     pytest.importorskip("onnxruntime")
     assert lmref("export", "--checkpoint", learned, "--out", tmp_path / "onnx") == 0
+    assert capsys.readouterr().out.startswith(f"wrote embed.onnx, model.onnx, vision.onnx to {tmp_path / 'onnx'} (")
     captions = []
     for source in (("--checkpoint", learned), ("--onnx", tmp_path / "onnx")):
         capsys.readouterr()

@@ -30,8 +30,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     except known_errors() as e:
         return fail("export", e)
     files = sorted(p.name for p in path.parent.iterdir())
-    size = sum(p.stat().st_size for p in path.parent.glob("*.onnx*"))  # every graph (a vision tower's three)
-    print(f"wrote {path} ({size / 1e6:.2f} MB of graphs with their weights); {path.parent}: {', '.join(files)}")
+    graphs = sorted(p.name for p in path.parent.glob("*.onnx"))  # a vision tower's three, else model.onnx
+    size = sum(p.stat().st_size for p in path.parent.glob("*.onnx*"))  # with their external data
+    print(f"wrote {', '.join(graphs)} to {path.parent} ({size / 1e6:.2f} MB of graphs with their weights); "
+          f"{path.parent}: {', '.join(files)}")
     return 0
 
 
