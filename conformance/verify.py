@@ -10,12 +10,15 @@ Its math is impl_numpy's own `embed`, `block`, `apply_norm` and `head`, in the o
 `impl_numpy.forward`, so the logits are the golden's to the bit (tests/test_verify.py).
 
 The implementation is an adapter as the conformance suite resolves it (conformance/adapters.py:
-`numpy`, `torch`, `jax`, `hf`, ... or `package.module:attr`); it gets the whole canonical params
-in float64 (the adapter protocol) and the prompt, once for `forward` and, with `captures`, once
-for `capture`.  Its logits are gated by conformance/metrics.py `compare` and `gate` under the
-tolerance row of its declared dtype (conformance/tolerances.py); its captured intermediates
-(spec/captures.py names) by `locate_divergence` with that row's nmse, which names the first
-component, hence the first layer, that leaves the golden.
+`numpy`, `torch`, `jax`, `hf`, ... or `package.module:attr`); it gets the whole canonical
+params in float64 (the adapter protocol) and the prompt, once for `forward` and, with
+`captures`, once for `capture`. `lmref verify` runs it in a worker process, as the suite does
+(conformance/worker_adapter.py: an adapter that ends its process or hangs is an ERROR, not the
+end of verify), which reads the params from the directory itself. Its logits are gated by
+conformance/metrics.py `compare` and `gate` under the tolerance row of its declared dtype
+(conformance/tolerances.py); its captured intermediates (spec/captures.py names) by
+`locate_divergence` with that row's nmse, which names the first component, hence the first
+layer, that leaves the golden.
 
 The prompt: `fixed_prompt(vocab)`, PROMPT_LEN tokens t_i = (17 + 7919 i) mod vocab, batch 1 (a
 prime stride spreads them over the vocabulary, and 17 avoids the usual special ids 0..2), or
@@ -34,6 +37,7 @@ from lmref.conformance.metrics import Divergence, Metrics, compare, gate, locate
 from lmref.conformance.results import AdapterResultError
 from lmref.conformance.tolerances import Tolerance, Tolerances
 from lmref.conformance.verify_weights import EMBED, HEAD, LayeredCheckpoint
+from lmref.conformance.worker_adapter import WorkerAdapter
 from lmref.impl_numpy.features import FEATURES
 from lmref.impl_numpy.model import BACKEND, block, embed, head
 from lmref.impl_numpy.norms import apply_norm
@@ -170,15 +174,25 @@ def _timed(result: Verification, what: str, run):
     return value
 
 
-def _run_implementation(result: Verification, checkpoint: LayeredCheckpoint, captures: bool) -> tuple:
-    """(logits, captured or None) of the adapter on the whole params, which are dropped on return."""
+def _implementation(adapter: Adapter, checkpoint: LayeredCheckpoint, tokens: np.ndarray):
+    """call(capability): the adapter's result on the whole params and the tokens.  A
+    WorkerAdapter (`lmref verify`) runs in its worker process, which reads the params from the
+    directory itself; an Adapter object runs here, on params read here (dropped with `call`)."""
+    if isinstance(adapter, WorkerAdapter):
+        return lambda capability: adapter.call_on_directory(capability, checkpoint.config, checkpoint.directory,
+                                                            tokens)
     params = checkpoint.read_all()
-    a, tokens = result.adapter, result.tokens
-    logits = _timed(result, "implementation forward", lambda: a.forward(checkpoint.config, params, tokens).value)
+    return lambda capability: getattr(adapter, capability)(checkpoint.config, params, tokens)
+
+
+def _run_implementation(result: Verification, checkpoint: LayeredCheckpoint, captures: bool) -> tuple:
+    """(logits, captured or None) of the adapter on the whole params."""
+    call = _implementation(result.adapter, checkpoint, result.tokens)
+    logits = _timed(result, "implementation forward", lambda: call("forward").value)
     if not captures:
         return logits, None
     try:
-        captured = _timed(result, "implementation capture", lambda: a.capture(checkpoint.config, params, tokens))
+        captured = _timed(result, "implementation capture", lambda: call("capture"))
     except AdapterNotSupported as e:
         result.capture_note = f"NOT SUPPORTED: {e}"
         return logits, None
@@ -186,17 +200,26 @@ def _run_implementation(result: Verification, checkpoint: LayeredCheckpoint, cap
     return logits, {name: out.value for name, out in captured.items()}
 
 
-def verify(directory: str, adapter: Adapter, *, tokens: np.ndarray | None = None, captures: bool = False,
-           tolerances: Tolerances | None = None) -> Verification:
-    """Run `adapter` and the layered golden on the checkpoint in `directory` and compare them.
-    Bad input (the directory, the tokens) raises; the implementation's failures are recorded."""
+def prepare(directory: str, tokens: np.ndarray | None = None) -> tuple[LayeredCheckpoint, np.ndarray]:
+    """The checkpoint in `directory` and the prompt (default `fixed_prompt`), checked: bad input
+    (the directory, its config, the tokens) raises here, before any implementation is loaded."""
     checkpoint = LayeredCheckpoint(directory)
     config = checkpoint.config
     tokens = check_tokens(config, fixed_prompt(config.vocab_size) if tokens is None else tokens)
     check_supported(config, BACKEND, FEATURES)
+    return checkpoint, tokens
+
+
+def verify(directory: str | tuple[LayeredCheckpoint, np.ndarray], adapter: Adapter, *,
+           tokens: np.ndarray | None = None, captures: bool = False,
+           tolerances: Tolerances | None = None) -> Verification:
+    """Run `adapter` and the layered golden on the checkpoint in `directory` (or what `prepare`
+    gave for it) and compare them.  Bad input raises; the implementation's failures are recorded."""
+    checkpoint, tokens = prepare(directory, tokens) if isinstance(directory, str) else directory
+    config = checkpoint.config
     row, tolerances = adapter.row(), tolerances or Tolerances()
-    result = Verification(str(directory), config.hf_model_type, config.n_layers, adapter, row, tolerances.row(row),
-                          tokens, run_overrides=tolerances.run_overrides)
+    result = Verification(str(checkpoint.directory), config.hf_model_type, config.n_layers, adapter, row,
+                          tolerances.row(row), tokens, run_overrides=tolerances.run_overrides)
     try:
         logits, captured = _run_implementation(result, checkpoint, captures)
     except (AdapterCallError, AdapterResultError, AdapterNotSupported) as e:

@@ -106,6 +106,9 @@ class LayeredCheckpoint:
                                      {k: v.shape for k, v in self.stored.items()}, unit=" key(s)")
         if problems:
             raise ConversionError(f"{self.directory}: the weights do not match the config: " + " | ".join(problems))
+        held = [*self.stored.values(), *([self._tied_copy] if self._tied_copy else [])]
+        if odd := next((t for t in held if t.dtype not in FLOAT_DTYPES), None):  # on the headers, before any read
+            raise unreadable_dtype(odd.path, odd.key, odd.dtype)
         self.groups: dict[str, list[Entry]] = {}
         for entry in table:
             self.groups.setdefault(group_of(entry.sources[0]), []).append(entry)
@@ -135,8 +138,8 @@ class LayeredCheckpoint:
     def read(self, group: str) -> dict[str, np.ndarray]:
         """The canonical float64 params of `group` (a tied head's group holds embed.tokens too)."""
         if group not in self.group_names():
-            raise KeyError(f"no parameter group {group!r}; groups: embed, layers.0 .. layers.{self.config.n_layers - 1}, "
-                           "head")
+            last = self.config.n_layers - 1
+            raise KeyError(f"no parameter group {group!r}; groups: embed, layers.0 .. layers.{last}, head")
         table = self.groups.get(group, [])
         if group == HEAD and self.config.tie_embeddings:
             table = table + [e for e in self.groups[EMBED] if e.sources == ("embed.tokens",)]

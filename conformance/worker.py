@@ -7,7 +7,9 @@ answers one request at a time: a capability on a golden case's config, weight se
 tokens.  It builds the weights (`store.case_params`, once per config and seed), calls the
 adapter through the same `Adapter` wrapper as an in-process run (copies in, validation out)
 and sends back the validated float64 result, or the NOT SUPPORTED / FAIL / ERROR exception.
-The verdict is computed in the suite's process.
+The verdict is computed in the suite's process.  `lmref verify` runs its implementation in a
+worker too: its requests name a Hugging Face model directory instead of a seed, and the worker
+reads the weights from it as verify does (`LayeredCheckpoint.read_all`, once per directory).
 
 What a worker guards against (issue 10, item 7), each an ERROR for that check only:
   - an adapter that ends its process (`os._exit`, a segfault, the kernel's OOM killer): the
@@ -19,8 +21,9 @@ A worker whose suite process is gone (killed with SIGKILL, say) ends itself.
 
 Between the suite and its own worker, requests and results travel pickled through a pipe
 (multiprocessing's Connection): configs, token and result arrays, the adapter exceptions.
-That is the only pickle in lmref, between two processes of one run; weights are never read
-from a file with pickle (the worker rebuilds them from the seed).
+That is the only pickle in lmref, between two processes of one run; weights never travel
+through it, nor are they read from a file with pickle (the worker rebuilds them from the seed,
+or reads verify's safetensors itself).
 
 This module imports only the standard library: conformance/conftest.py (and loader.py) start
 the session's worker before the suite's own heavy imports, so that both interpreters load
@@ -93,6 +96,7 @@ def _serve(conn, parent: int) -> None:
     )
     from lmref.conformance.results import AdapterResultError, raised
     from lmref.conformance.store import case_params
+    from lmref.convert.errors import ConversionError
 
     import lmref.impl_numpy  # noqa: F401  (the default adapter, the golden: loaded while the suite loads)
 
@@ -114,6 +118,7 @@ def _serve(conn, parent: int) -> None:
         conn.send(("load-error", f"loading it raised {raised(e)}"))
         return
     conn.send(("ready", info))
+    read: dict = {}  # verify's weights: {directory: params}, the last directory's only
     while True:
         try:
             request = conn.recv()
@@ -121,11 +126,16 @@ def _serve(conn, parent: int) -> None:
             return
         if request is STOP:
             return
-        capability, config, seed, tokens, prompt_len, pixel_values = request
+        capability, config, weights, tokens, prompt_len, pixel_values = request
+        try:
+            params = read_weights(weights, read) if isinstance(weights, str) else case_params(config, weights)
+        except ConversionError as e:  # verify's directory changed or damaged: bad input, not the adapter's fault
+            conn.send(("raised", ConversionError(str(e))))
+            continue
         try:
             extra = (prompt_len,) if capability == "decode" else ()
             images = {} if pixel_values is None else {"pixel_values": pixel_values}
-            reply = ("ok", getattr(adapter, capability)(config, case_params(config, seed), tokens, *extra, **images))
+            reply = ("ok", getattr(adapter, capability)(config, params, tokens, *extra, **images))
         except (AdapterCallError, AdapterNotSupported, AdapterResultError) as e:
             reply = ("raised", type(e)(str(e)))
         except BaseException as e:  # noqa: BLE001  (anything the wrapper let through)
@@ -137,6 +147,17 @@ def _serve(conn, parent: int) -> None:
         except Exception as e:  # noqa: BLE001  (a result that does not pickle)
             conn.send(("raised", AdapterCallError(f"{adapter.name}.{capability}: its result could not be sent back "
                                                   f"to the suite ({type(e).__name__}: {e})")))
+
+
+def read_weights(directory: str, read: dict) -> dict:
+    """The canonical float64 params of the Hugging Face model in `directory`, as `lmref verify`
+    reads them (its forward and its capture ask for the same ones: read once)."""
+    from lmref.conformance.verify_weights import LayeredCheckpoint
+
+    if directory not in read:
+        read.clear()
+        read[directory] = LayeredCheckpoint(directory).read_all()
+    return read[directory]
 
 
 # --- the suite's side -----------------------------------------------------------------------------

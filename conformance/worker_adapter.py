@@ -19,13 +19,15 @@ class WorkerAdapter(Adapter):
     all its calls together get `timeout` seconds.  An adapter that ends its process or runs
     out of time is an AdapterCallError (an ERROR for that check), and the next call starts a
     new worker.  `worker`: one already started (`worker.prestart`), else a new one;
-    `timeout_option`: the option that set `timeout`, as its messages name it."""
+    `timeout_option`: the option that set `timeout`, as its messages name it; `after_loss`: what
+    they add on what happens next."""
 
-    def __init__(self, spec: str, timeout: float, worker=None, timeout_option: str = "--timeout"):
+    def __init__(self, spec: str, timeout: float, worker=None, timeout_option: str = "--timeout",
+                 after_loss: str = "; a new worker runs the next check"):
         from lmref.conformance import worker as workers
 
         self.impl = None
-        self.spec, self.timeout, self.timeout_option = spec, float(timeout), timeout_option
+        self.spec, self.timeout, self.timeout_option, self.after_loss = spec, float(timeout), timeout_option, after_loss
         self._deadline: float | None = None
         self.restarts = 0
         self._worker = None
@@ -61,6 +63,16 @@ class WorkerAdapter(Adapter):
             self._deadline = None
 
     def call_case(self, capability: str, case) -> Output | dict[str, Output]:
+        """`capability` on a golden case, whose weights the worker builds from their seed."""
+        return self._request(capability, (capability, case.config, case.meta["weights"]["seed"], case.tokens,
+                                          case.prompt_len, case.pixel_values))
+
+    def call_on_directory(self, capability: str, config, directory: str, tokens) -> Output | dict[str, Output]:
+        """`capability` on the weights of the Hugging Face model in `directory` (`lmref verify`),
+        which the worker reads itself."""
+        return self._request(capability, (capability, config, str(directory), tokens, None, None))
+
+    def _request(self, capability: str, request: tuple) -> Output | dict[str, Output]:
         from lmref.conformance import worker as workers
 
         if not self.supports(capability):
@@ -73,26 +85,24 @@ class WorkerAdapter(Adapter):
                 raise AdapterCallError(f"{what}: the adapter's worker process could not be restarted: {e}") from None
             self.restarts += 1
         limit = self.timeout if self._deadline is None else max(0.0, self._deadline - time.monotonic())
-        request = (capability, case.config, case.meta["weights"]["seed"], case.tokens, case.prompt_len,
-                   case.pixel_values)
         try:
             reply = self._worker.call(request, limit)
         except workers.WorkerGone as e:
             self._worker = None
             raise AdapterCallError(f"{what}: the adapter's worker process {e} before returning (os._exit, a crash "
-                                   "such as a segfault, or the system killing it); a new worker runs the next "
-                                   "check") from None
+                                   f"such as a segfault, or the system killing it){self.after_loss}") from None
         except BaseException:
             self._worker = None  # killed by Worker.call
             raise
         if reply is None:
             self._worker = None
             raise AdapterCallError(f"{what} did not return within {self.timeout:g} s ({self.timeout_option}): its "
-                                   "worker process was killed; a new worker runs the next check")
+                                   f"worker process was killed{self.after_loss}")
         kind, payload = reply
         if kind == "raised":
             raise payload
         return payload
 
     def _call(self, capability, config, params, tokens, *extra):
-        raise TypeError("a WorkerAdapter runs golden cases only: use call_case (run_check does)")
+        raise TypeError("a WorkerAdapter runs golden cases and verify's directories only: use call_case "
+                        "(run_check does) or call_on_directory")

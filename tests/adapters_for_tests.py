@@ -86,6 +86,20 @@ def forward_int(config, params, tokens):
     return np.zeros(tokens.shape + (config.vocab_size,), dtype=np.int64)
 
 
+def forward_exits(config, params, tokens):
+    os._exit(0)
+
+
+def forward_sys_exits(config, params, tokens):
+    raise SystemExit(0)
+
+
+def forward_hangs(config, params, tokens):
+    import time
+
+    time.sleep(3600)
+
+
 class WrongSecondMlp:
     """A subtle bug: layer 1's MLP output is 0.1% too large.  forward and capture both see
     it, so the failure message must name layers.1.mlp as the first diverging component."""

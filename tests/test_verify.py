@@ -301,3 +301,39 @@ def test_a_run_override_is_said_beside_the_row(llama_dir, tmp_path, capsys):
     line = capsys.readouterr().out.splitlines()[1]
     assert line.endswith('; tolerance row float32; run overrides: {"float32": {"nmse": 1.0}}'), line
     assert json.loads(report.read_text())["run_overrides"] == {"float32": {"nmse": 1.0}}
+
+
+@pytest.mark.parametrize(("impl", "extra", "message"), [
+    ("forward_exits", [], "the adapter's worker process exited with status 0 before returning"),
+    ("forward_sys_exits", [], "raised SystemExit: 0"),
+    ("forward_hangs", ["--timeout", "5"], "did not return within 5 s (--timeout): its worker process was killed\n"),
+])
+def test_an_implementation_that_ends_its_process_or_hangs_is_an_error_not_the_end_of_verify(
+        impl, extra, message, llama_dir, capsys):
+    """The implementation runs in a worker process, as in the suite: verify still gives its verdict."""
+    assert run_cli("--hf-dir", str(llama_dir), "--impl", f"tests.adapters_for_tests:{impl}", *extra) == 1
+    out = capsys.readouterr().out
+    assert message in out and out.rstrip().endswith("verdict: ERROR")
+
+
+def test_weights_the_worker_cannot_read_are_bad_input(gpt2_dir, tmp_path, capsys):
+    """A tied head's stored copy that differs from the embedding is found where the worker reads
+    the weights: refused as bad input (exit 2), as when verify read them itself."""
+    from safetensors.numpy import load_file, save_file
+
+    directory = tmp_path / "gpt2"
+    directory.mkdir()
+    for p in gpt2_dir.iterdir():
+        (directory / p.name).write_bytes(p.read_bytes())
+    tensors = load_file(directory / "model.safetensors")
+    wte = next(k for k in tensors if k.endswith("wte.weight"))
+    save_file(tensors | {"lm_head.weight": tensors[wte] * 2}, str(directory / "model.safetensors"),
+              metadata={"format": "pt"})
+    assert run_cli("--hf-dir", str(directory), "--impl", "numpy") == 2
+    assert "tie_word_embeddings is true but lm_head.weight differs from the token embedding" in capsys.readouterr().err
+
+
+def test_a_timeout_that_is_no_positive_number_is_refused(llama_dir, capsys):
+    for value in ("0", "-1", "nan", "inf"):
+        assert run_cli("--hf-dir", str(llama_dir), "--impl", "numpy", "--timeout", value) == 2
+        assert f"--timeout must be a positive number of seconds, got {float(value)}" in capsys.readouterr().err

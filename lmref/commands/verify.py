@@ -14,12 +14,14 @@ line naming the problem.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import numpy as np
 
 from lmref.commands.errors import fail, known_errors
 from lmref.conformance.adapters import BUILTINS
+from lmref.conformance.worker import DEFAULT_TIMEOUT
 
 COMMAND = "verify"
 
@@ -46,20 +48,40 @@ def check_report_path(value: str, hf_dir: str) -> Path:
     return check_report_file(value, [hf_dir], VERIFY_REPORT_FORMAT)
 
 
+def load_in_worker(impl: str | None, timeout: float):
+    """The implementation, loaded in a worker process of its own (conformance/worker.py), so that
+    one that ends its process or hangs is an ERROR; AdapterLoadError as `load_adapter` gives it."""
+    from lmref.conformance.adapters import AdapterLoadError, resolve_impl_spec
+    from lmref.conformance.worker_adapter import WorkerAdapter
+
+    spec, where = resolve_impl_spec(impl)
+    try:
+        return WorkerAdapter(spec, timeout, after_loss="")
+    except AdapterLoadError as e:
+        raise AdapterLoadError(f"{where} {spec}: {e}") from None
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    from lmref.conformance.adapters import AdapterLoadError, load_adapter
+    from lmref.conformance.adapters import AdapterLoadError
     from lmref.conformance.tolerances import ToleranceError, build_tolerances
-    from lmref.conformance.verify import verify
+    from lmref.conformance.verify import prepare, verify
     from lmref.conformance.verify_report import report_lines, write_report
 
+    adapter = None
     try:
         tokens = None if args.tokens is None else parse_tokens(args.tokens)
         report = None if args.report_json is None else check_report_path(args.report_json, args.hf_dir)
         tolerances = build_tolerances(assignments=args.tolerance)
-        adapter = load_adapter(args.impl)
-        result = verify(args.hf_dir, adapter, tokens=tokens, captures=args.captures, tolerances=tolerances)
+        if not (math.isfinite(args.timeout) and args.timeout > 0):
+            raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+        prepared = prepare(args.hf_dir, tokens)  # bad input is named before the worker starts
+        adapter = load_in_worker(args.impl, args.timeout)
+        result = verify(prepared, adapter, captures=args.captures, tolerances=tolerances)
     except (AdapterLoadError, ToleranceError, ValueError, *known_errors()) as e:
         return fail(COMMAND, e)
+    finally:
+        if adapter is not None:
+            adapter.close()
     print("\n".join(report_lines(result)))
     if report is not None:
         try:
@@ -89,4 +111,7 @@ def add_commands(sub) -> None:
     p.add_argument("--tolerance", action="append", default=[], metavar="D.M=V", help="override one threshold "
                    "(e.g. float32.nmse=1e-8); repeatable")
     p.add_argument("--report-json", metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help="the time each call of the implementation may take; past it, its worker process is killed "
+                   f"and the verdict is ERROR (default {DEFAULT_TIMEOUT:g})")
     p.set_defaults(run=cmd_verify)
