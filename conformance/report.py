@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmref.conformance.adapters import CAPABILITIES
+from lmref.conformance.metrics import jsonable
 from lmref.conformance.runner import ERROR, FAIL, NOT_SUPPORTED, PASS
 from lmref.conformance.tolerances import TIGHTEST_FIRST
 from lmref.spec.outputs import CONFORMANCE_REPORT_FORMAT, write_report_file
@@ -201,4 +202,5 @@ class Report:
                 "results": [r.to_dict() for r in self.finished()], "summary": summary}
 
     def write_json(self, path: Path, run: dict, exit_status: int) -> None:
-        write_report_file(path, json.dumps(self.to_json(run, exit_status), indent=1) + "\n")
+        # strict JSON: an override of inf (a gate switched off) is written "inf", as the metrics are
+        write_report_file(path, json.dumps(jsonable(self.to_json(run, exit_status)), indent=1, allow_nan=False) + "\n")

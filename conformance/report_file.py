@@ -57,7 +57,8 @@ def read_report(path: str | Path) -> dict:
         if missing:
             raise ReportFileError(f"{path}: results[{i}] lacks {', '.join(missing)}")
         if result["status"] not in ORDER:
-            raise ReportFileError(f"{path}: results[{i}] has status {result['status']!r}, not one of {', '.join(ORDER)}")
+            raise ReportFileError(f"{path}: results[{i}] has status {result['status']!r}, not one of "
+                                  f"{', '.join(ORDER)}")
     _check_summary(path, data)
     return data
 
@@ -104,7 +105,9 @@ def summary_lines(report: dict) -> list[str]:
     golden = f"golden {report.get('golden_version', '?')}"
     if report.get("golden_store") == "custom":  # its cases may loosen their rows: shown, as in the suite's header
         golden = f"custom golden store {report.get('golden_dir', '?')} (manifest {report.get('golden_version', '?')})"
-    lines = [f"{report.get('impl', '?')} ({report.get('impl_version', '?')}), {report.get('dtype', '?')} row, {golden}"]
+    loosened = report.get("tolerance_overrides")
+    lines = [f"{report.get('impl', '?')} ({report.get('impl_version', '?')}), {report.get('dtype', '?')} row, {golden}"
+             + (f"; run overrides: {json.dumps(loosened)}" if loosened else "")]
     lines += [f"case tolerance overrides: {case} {json.dumps(rows)}"
               for case, rows in (report.get("case_tolerance_overrides") or {}).items()]
     lines += ["  ".join(text.ljust(w) for text, w in zip(row, widths)).rstrip() for row in rows]
@@ -170,7 +173,7 @@ def changes(old: dict, new: dict) -> list[Change]:
 
 
 def run_differences(old: dict, new: dict) -> list[str]:
-    """What makes two runs not like for like: another golden set (or store, or case overrides), dtype row
-    or implementation."""
-    keys = ("impl", "dtype", "golden_version", "golden_store", "case_tolerance_overrides")
+    """What makes two runs not like for like: another golden set (or store, or case overrides), dtype row,
+    implementation or run overrides (--tolerance, --tolerances)."""
+    keys = ("impl", "dtype", "golden_version", "golden_store", "case_tolerance_overrides", "tolerance_overrides")
     return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in keys if old.get(key) != new.get(key)]

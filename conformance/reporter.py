@@ -4,6 +4,7 @@ the --report-json file, and the exit status of a run that compared nothing."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,6 +49,9 @@ class SuiteReporter:
         terminalreporter.write_sep("=", f"lmref conformance: {self.suite.adapter.name} vs {self.suite.golden_label}")
         for line in self.suite.report.table_lines():
             terminalreporter.write_line(line)
+        if self.suite.tolerances.run_overrides:  # a loosened row's PASS and tightest row are the loosened row's
+            terminalreporter.write_line(f"lmref: judged with this run's tolerance overrides: "
+                                        f"{json.dumps(self.suite.tolerances.run_overrides)}", yellow=True)
         if self.compared_nothing:
             terminalreporter.write_line(f"lmref: nothing was compared (every check NOT SUPPORTED or skipped): exit "
                                         f"status {int(NOTHING_COMPARED)}, not a pass", red=True)

@@ -189,3 +189,23 @@ def test_a_report_whose_summary_is_not_its_results_is_refused(runs, tmp_path, ca
     for files in ([path], [runs["good"][0], path]):
         status, out, err = report_cli(capsys, *files)
         assert status == 2 and out == "" and f"{path}: {expected}" in err, err
+
+
+def test_a_run_that_loosened_its_rows_says_so_everywhere_and_in_strict_json(runs, tmp_path, capsys):
+    """Gates switched off with --tolerance ... =inf turn the broken model's FAILs into PASSes:
+    the terminal, the report's first line and a comparison with the strict run all name the
+    overrides (never a plain float32 pass, never a plain "fixed"), and the file is strict JSON."""
+    off = ["--tolerance", "float64.nmse=inf", "--tolerance", "float64.atol=inf", "--tolerance", "float64.kl=inf",
+           "--tolerance", "float64.top1=0", "--tolerance", "float64.loss_atol=inf"]
+    run = run_suite(tmp_path, "--arch", "llama3", "--impl", f"{ADAPTERS}:WrongSecondMlp", *off)
+    assert run.rc == 0, run.out
+    overrides = '{"float64": {"nmse": Infinity, "atol": Infinity, "kl": Infinity, "top1": 0.0, "loss_atol": Infinity}}'
+    assert f"lmref: judged with this run's tolerance overrides: {overrides}" in run.out
+    text = (tmp_path / "report.json").read_text()
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"the report holds {name}, which strict JSON has not"))
+    assert run.report["tolerance_overrides"]["float64"] == {"nmse": "inf", "atol": "inf", "kl": "inf", "top1": 0.0,
+                                                            "loss_atol": "inf"}
+    status, out, _ = report_cli(capsys, tmp_path / "report.json")
+    assert out.splitlines()[0].endswith(f"; run overrides: {json.dumps(run.report['tolerance_overrides'])}")
+    status, out, _ = report_cli(capsys, runs["bad"][0], tmp_path / "report.json")
+    assert "tolerance_overrides: {} -> {'float64': {" in out and " fixed" in out
