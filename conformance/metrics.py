@@ -52,6 +52,9 @@ class Metrics:
         return jsonable(dataclasses.asdict(self))
 
 
+UNKNOWN_SHOWN = 8  # unknown capture names a message lists before "and N more"
+
+
 def jsonable(value):
     """Tuples to lists, non-finite floats to strings ("nan", "inf": strict JSON has neither)."""
     if isinstance(value, dict):
@@ -284,6 +287,15 @@ class Divergence:
         nan = " (non-finite values)" if np.isnan(self.first_nmse) else ""
         return f"first diverging component: {self.first} (nmse {self.first_nmse:.3g}{nan} > {self.threshold:.3g})"
 
+    def unknown_line(self) -> str | None:
+        """The names the adapter captured that the golden has not (a naming mistake, as often as
+        extra intermediates: spec/captures.py has the names), or None."""
+        if not self.unknown:
+            return None
+        shown = ", ".join(self.unknown[:UNKNOWN_SHOWN]) + (f" and {len(self.unknown) - UNKNOWN_SHOWN} more"
+                                                           if len(self.unknown) > UNKNOWN_SHOWN else "")
+        return f"captured under names the golden does not have (ignored): {shown}"
+
     def describe(self) -> str:
         lines = []
         if self.first is not None:
@@ -293,6 +305,7 @@ class Divergence:
         lines += [f"wrong shape: {m}" for m in self.misshaped]
         if self.missing:
             lines.append(f"not captured (skipped): {', '.join(self.missing)}")
+        lines += [self.unknown_line()] if self.unknown else []
         return "\n".join(lines)
 
     def to_dict(self) -> dict:

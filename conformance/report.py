@@ -149,13 +149,17 @@ class Report:
 
     def components_note(self, arch: str) -> str:
         """' (5 of 9 components)' when an arch's capture checks compared fewer than all the golden
-        components (the fewest over its checks), else ''."""
-        counts = [(r.metrics["components_compared"], r.metrics["components_expected"]) for r in self.finished()
+        components (the fewest over its checks), with ', 4 unknown names' when they captured
+        names the golden has not (the most over its checks), else ''."""
+        checks = [r.metrics for r in self.finished()
                   if r.arch == arch and r.capability == "capture" and "components_compared" in r.metrics]
-        if not counts:
+        if not checks:
             return ""
-        compared, expected = min(counts)
-        return "" if compared == expected else f" ({compared} of {expected} components)"
+        compared, expected = min((m["components_compared"], m["components_expected"]) for m in checks)
+        unknown = max(len(m.get("unknown", [])) for m in checks)
+        notes = ([f"{compared} of {expected} components"] if compared != expected else []) + (
+            [f"{unknown} unknown name{'s' if unknown > 1 else ''}"] if unknown else [])
+        return f" ({', '.join(notes)})" if notes else ""
 
     def compared_nothing(self) -> bool:
         """Whether checks finished and not one compared anything (each NOT SUPPORTED or skipped)."""

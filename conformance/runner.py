@@ -204,7 +204,8 @@ def _check_capture(case: GoldenCase, adapter: Adapter, tolerances: Tolerances) -
     # The check passes a row when every compared component is within its nmse, none is misshaped,
     # and something besides the logits (which forward already checks) was compared.
     worst = float(np.max(list(d.nmse.values()))) if d.nmse else 0.0  # NaN if any is: no row admits it
-    met = [] if only_logits or d.misshaped or not d.nmse else [name for name, tol in row.rows.items() if worst <= tol.nmse]
+    judged = not (only_logits or d.misshaped or not d.nmse)
+    met = [name for name, tol in row.rows.items() if worst <= tol.nmse] if judged else []
     metrics = _metrics(case, row, row.tightest(met), {**counts, **d.to_dict()})
     failed = [d.first_line()] if d.first else []
     failed += [f"wrong shape: {m}" for m in d.misshaped]
@@ -213,10 +214,11 @@ def _check_capture(case: GoldenCase, adapter: Adapter, tolerances: Tolerances) -
         failed.append(f"compared nothing but logits ({of}): capture must return intermediates, "
                       f"any of {', '.join(intermediates)}")
     if not failed:
-        return CheckResult(PASS, metrics, f"PASS ({of})")
+        return CheckResult(PASS, metrics, f"PASS ({of})" + (f"; {d.unknown_line()}" if d.unknown else ""))
     per_component = ", ".join(f"{n} {v:.3g}" for n, v in d.nmse.items())
     lines = [f"nmse per component ({of}): {per_component or 'none compared'}"]
     lines += [f"not captured (skipped): {', '.join(d.missing)}"] if d.missing else []
+    lines += [d.unknown_line()] if d.unknown else []
     return CheckResult(FAIL, metrics, _failure(case, "capture", row, failed, lines))
 
 

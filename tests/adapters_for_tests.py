@@ -329,3 +329,16 @@ class CapturesUnknownNames(CapturesLogitsOnly):
 
     def capture(self, config, params, tokens):
         return {"model.layers.0.self_attn": impl_numpy.forward(config, params, tokens)}
+
+
+class CapturesSomeUnderWrongNames(CapturesSome):
+    """CapturesSome's five components right, and the other four under HF-style names: a naming
+    mistake the capture check must name though what it compared passes."""
+
+    name = "captures-some-under-wrong-names"
+
+    def capture(self, config, params, tokens):
+        captured: dict = {}
+        impl_numpy.forward(config, params, tokens, capture=captured)
+        right = super().capture(config, params, tokens)
+        return right | {f"model.{name}": value for name, value in captured.items() if name not in right}

@@ -45,3 +45,21 @@ def test_the_report_shows_the_component_counts(tmp_path):
     assert only.rc == 1, only.out
     assert statuses(only, "capture") == [FAIL, FAIL]
     assert "compared nothing but logits" in only.out
+
+
+def test_names_the_golden_has_not_are_named_not_silently_ignored(case, tmp_path):
+    """A capture under wrong names compares less than it seems to: the message lists the names,
+    the table says how many, and a forward FAIL's diagnosis lists them too."""
+    from lmref.conformance.metrics import locate_divergence
+
+    result = run_check(case, adapters_for_tests.CapturesSomeUnderWrongNames(), "capture")
+    assert (result.status, result.message) == (PASS, (
+        "PASS (5 of 9 components); captured under names the golden does not have (ignored): model.layers.0.mlp, "
+        "model.layers.1.attn, model.layers.1.mlp, model.layers.1.out"))
+    d = locate_divergence({"a": case.captures["embed"]}, {"a": case.captures["embed"], **{f"x{i}": 0 for i in range(9)}},
+                          1e-9)
+    assert d.describe().endswith("(ignored): x0, x1, x2, x3, x4, x5, x6, x7 and 1 more")
+    run = run_suite(tmp_path, "--arch", "llama3", "--impl", f"{ADAPTERS}:CapturesSomeUnderWrongNames", "-k",
+                    "test_capture")
+    assert run.rc == 0, run.out
+    assert run.table_row("llama3")[4] == "PASS 2 (5 of 9 components, 4 unknown names)"
