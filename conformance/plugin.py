@@ -147,14 +147,16 @@ class Suite:
 
     def repro(self, nodeid: str, arch: str) -> str:
         """A command that re-runs one test alone: from the repository root, or in a --pyargs
-        run from any folder, by the test's module in the installed package."""
+        run from any folder, by the test's module in the installed package.  `python -m pytest`,
+        which puts the current folder on sys.path as the run did, so that an adapter found there
+        is found again (the `pytest` script does not)."""
         options = ["--arch", arch, "--impl", self.adapter.spec, *self.repro_options]
         if self.pyargs:
             module, _, test = nodeid.partition("::")  # e.g. "test_golden.py", "test_forward[gpt2-...]"
             target = f'--pyargs "lmref.conformance.{Path(module).stem}::{test}"'
         else:
             target = f'"{nodeid}"'
-        return f"pytest {target} " + " ".join(shlex.quote(o) for o in options)
+        return f"python -m pytest {target} " + " ".join(shlex.quote(o) for o in options)
 
     def run_info(self) -> dict:
         """The head of the JSON report."""

@@ -187,7 +187,7 @@ def test_failure_message_has_metrics_position_component_and_repro(tmp_path):
                  "first bad position: batch 0, seq 0 (input token", "ref top-5:", "out top-5:",
                  "first diverging component: layers.1.mlp (nmse"):
         assert text in run.out, text
-    repro = f'repro: pytest "{nodeid}" --arch llama3 --impl {ADAPTERS}:WrongSecondMlp'
+    repro = f'repro: python -m pytest "{nodeid}" --arch llama3 --impl {ADAPTERS}:WrongSecondMlp'
     assert repro in run.out and run.report["results"][0]["message"].endswith(repro)
 
 
@@ -371,8 +371,8 @@ def test_the_repro_of_a_pyargs_run_reruns_the_check_from_any_folder(tmp_path):
     first = pytest_in(tmp_path, "--pyargs", "lmref.conformance", "--arch", "llama3",
                       "--impl", f"{ADAPTERS}:WrongSecondMlp")
     assert first.returncode == 1, first.stdout + first.stderr
-    repro = next(line for line in first.stdout.splitlines() if line.startswith("repro: pytest --pyargs "))
-    again = pytest_in(tmp_path, *shlex.split(repro.removeprefix("repro: pytest ")))
+    repro = next(line for line in first.stdout.splitlines() if line.startswith("repro: python -m pytest --pyargs "))
+    again = pytest_in(tmp_path, *shlex.split(repro.removeprefix("repro: python -m pytest ")))
     assert again.returncode == 1 and "1 failed" in again.stdout, repro + "\n" + again.stdout + again.stderr
 
 

@@ -95,5 +95,5 @@ def test_a_broken_control_fails_through_pytest_with_a_repro_line():
     assert run.returncode == 1, run.stdout + run.stderr
     assert "llama3  FAIL 4   FAIL 1  FAIL 4  FAIL 2" in run.stdout
     assert "11 checks: 0 PASS, 0 NOT SUPPORTED, 11 FAIL, 0 ERROR" in run.stdout
-    assert 'repro: pytest "conformance/test_golden.py::test_forward[llama3-prefill-b2-s7]"' in run.stdout
+    assert 'repro: python -m pytest "conformance/test_golden.py::test_forward[llama3-prefill-b2-s7]"' in run.stdout
     assert "first diverging component: layers.0.attn" in run.stdout
