@@ -15,7 +15,10 @@ that signature and may add optional capabilities; one it lacks is reported NOT S
     decode(config, params, tokens, prompt_len) -> logits [B, S, V]
         the first prompt_len tokens in one prefill call, then one token at a time through
         the implementation's KV cache (teacher-forced), logits of every position
-    loss(config, params, tokens) -> float       mean next-token cross-entropy
+    loss(config, params, tokens) -> float       mean next-token cross-entropy, plus PaLM's logit
+                                                z-loss and a mixture's load-balancing and router
+                                                z-losses where the config has them (impl_numpy/
+                                                model.py `loss`)
     capture(config, params, tokens) -> {name: array}
         named intermediates of a forward pass, names as `lmref.spec.capture_names(config)`
         (`embed`, `layers.{i}.attn`, `layers.{i}.router`, `layers.{i}.mlp`, `layers.{i}.out`,

@@ -172,6 +172,18 @@ def _check_logits(case: GoldenCase, adapter: Adapter, tolerances: Tolerances, ca
     return CheckResult(FAIL, metrics, _failure(case, capability, row, failed, lines))
 
 
+def loss_terms(config) -> list[str]:
+    """The terms the golden's loss adds to the mean cross-entropy for `config` (what a port that
+    computes the cross-entropy alone misses)."""
+    moe = config.moe
+    terms = [f"{config.logit_z_loss_coef:g} x the logit z-loss"] if config.logit_z_loss_coef > 0 else []
+    if moe is not None and moe.aux_loss_coef > 0:
+        terms.append(f"{moe.aux_loss_coef:g} x the router load-balancing loss")
+    if moe is not None and moe.router_z_loss_coef > 0:
+        terms.append(f"{moe.router_z_loss_coef:g} x the router z-loss")
+    return terms
+
+
 def _check_loss(case: GoldenCase, adapter: Adapter, tolerances: Tolerances) -> CheckResult:
     out = adapter.call_case("loss", case)
     row = _row(case, adapter, tolerances)
@@ -182,6 +194,8 @@ def _check_loss(case: GoldenCase, adapter: Adapter, tolerances: Tolerances) -> C
     if not failed:
         return CheckResult(PASS, metrics, "")
     lines = [f"metrics: loss out {m.out:.10g}, ref {m.ref:.10g}, abs_err {m.abs_err:.3g}, rel_err {m.rel_err:.3g}"]
+    lines += [f"the reference loss adds {', '.join(terms)} to the cross-entropy (impl_numpy/model.py `loss`)"
+              ] if (terms := loss_terms(case.config)) else []
     lines += _divergence_lines(case, adapter, row.tol)
     return CheckResult(FAIL, metrics, _failure(case, "loss", row, failed, lines))
 

@@ -342,3 +342,22 @@ class CapturesSomeUnderWrongNames(CapturesSome):
         impl_numpy.forward(config, params, tokens, capture=captured)
         right = super().capture(config, params, tokens)
         return right | {f"model.{name}": value for name, value in captured.items() if name not in right}
+
+
+def loss_cross_entropy_only(config, params, tokens):
+    """The mean next-token cross-entropy alone: right for a dense model without z-loss, short of
+    the golden's loss by the auxiliary terms elsewhere."""
+    logits = impl_numpy.forward(config, params, tokens)[:, :-1]  # [B, S-1, V]
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return float(-np.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1).mean())
+
+
+class CrossEntropyOnly:
+    name, dtype = "cross-entropy-only", "float64"
+
+    def forward(self, config, params, tokens):
+        return impl_numpy.forward(config, params, tokens)
+
+    def loss(self, config, params, tokens):
+        return loss_cross_entropy_only(config, params, tokens)

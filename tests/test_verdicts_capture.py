@@ -56,10 +56,11 @@ def test_names_the_golden_has_not_are_named_not_silently_ignored(case, tmp_path)
     assert (result.status, result.message) == (PASS, (
         "PASS (5 of 9 components); captured under names the golden does not have (ignored): model.layers.0.mlp, "
         "model.layers.1.attn, model.layers.1.mlp, model.layers.1.out"))
-    d = locate_divergence({"a": case.captures["embed"]}, {"a": case.captures["embed"], **{f"x{i}": 0 for i in range(9)}},
-                          1e-9)
+    embed = case.captures["embed"]
+    d = locate_divergence({"a": embed}, {"a": embed, **{f"x{i}": embed for i in range(9)}}, 1e-9)
     assert d.describe().endswith("(ignored): x0, x1, x2, x3, x4, x5, x6, x7 and 1 more")
     run = run_suite(tmp_path, "--arch", "llama3", "--impl", f"{ADAPTERS}:CapturesSomeUnderWrongNames", "-k",
                     "test_capture")
     assert run.rc == 0, run.out
     assert run.table_row("llama3")[4] == "PASS 2 (5 of 9 components, 4 unknown names)"
+
