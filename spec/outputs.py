@@ -189,7 +189,7 @@ def check_report_file(path: str | Path, inputs: Iterable[str | Path], fmt: str, 
     and it, or the nearest folder of it that exists, takes a file (os.access: nothing is written
     or created)."""
     given, path = path, Path(path).resolve()
-    if path.is_dir():
+    if path.is_dir() or str(given).endswith(("/", os.sep)):  # "new/": a folder meant, which Path forgets
         raise OutputError(f"{option} {given}: is a directory; give the path of a file to write")
     check_not_an_input(path, inputs, option)
     check_not_in_a_listing_output(path, option)

@@ -134,3 +134,13 @@ def test_a_report_lost_after_the_run_is_said_after_the_table_not_announced(tmp_p
     error = f"lmref: error: --report-json {tmp_path / 'report.json'}: could not be written (No space left on device)"
     assert error in lines and lines[lines.index(error) - 1].startswith("3 checks: 3 PASS")
     assert "JSON report:" not in run.out
+
+
+def test_report_json_ending_in_a_slash_is_a_directory_though_none_exists(tmp_path):
+    """`--report-json out/` means a folder: refused, not written as a file named `out`."""
+    from lmref.spec.errors import OutputError
+    from lmref.spec.outputs import CONFORMANCE_REPORT_FORMAT, check_report_file
+
+    with pytest.raises(OutputError, match="new/: is a directory; give the path of a file to write"):
+        check_report_file(f"{tmp_path}/new/", [], CONFORMANCE_REPORT_FORMAT)
+    assert list(tmp_path.iterdir()) == []
