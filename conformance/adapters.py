@@ -270,9 +270,11 @@ def _import_target(target: str) -> object:
         obj = importlib.import_module(module_name)
     except (Exception, SystemExit) as e:  # sys.exit() at import: a load error, not the end of the command
         raise AdapterLoadError(f"cannot import module {module_name!r} ({type(e).__name__}: {e})") from None
-    for part in attr_path.split("."):
+    parts = attr_path.split(".")
+    for i, part in enumerate(parts):
         if not hasattr(obj, part):
-            raise AdapterLoadError(f"module {module_name!r} has no attribute {attr_path!r}")
+            owner = f"module {module_name!r}" if i == 0 else f"{module_name}:{'.'.join(parts[:i])}"
+            raise AdapterLoadError(f"{owner} has no attribute {part!r}")
         obj = getattr(obj, part)
     return obj
 

@@ -341,6 +341,8 @@ def test_adapter_dtype_row_and_environment(monkeypatch):
     monkeypatch.setenv("LMREF_IMPL", f"{ADAPTERS}:missing")
     with pytest.raises(AdapterLoadError, match=r"\$LMREF_IMPL .*has no attribute 'missing'"):
         load_adapter()
+    with pytest.raises(AdapterLoadError, match=f"{ADAPTERS}:Float32Numpy has no attribute 'nope'$"):
+        load_adapter(f"{ADAPTERS}:Float32Numpy.nope")  # the missing part named, not the whole path
 
 
 def test_an_adapter_that_exits_or_raises_while_loading_is_a_load_error(tmp_path, monkeypatch):
