@@ -24,6 +24,10 @@ VARIANTS = {
     "llama2-linear-rope": tiny("llama2", rope_scaling=LINEAR_2),
     "olmo-untied-clip-bias": tiny("olmo", tie_embeddings=False, qkv_clip=0.5, qkv_bias=True, attn_out_bias=True),
     "mpt-untied-clip": tiny("mpt", tie_embeddings=False, qkv_clip=0.3),
+    "mpt-softmax-scale-0.125": tiny("mpt", query_scale_dim=64),  # attn_config.softmax_scale = 64^-0.5
+    # head_dim apart from d_model / n_heads: a key OlmoConfig and Phi3Config lack, read by their attention
+    "olmo-head_dim-24": tiny("olmo", head_dim=24),
+    "phi3-head_dim-24": tiny("phi-3-mini-4k", head_dim=24),
     "gpt2-untied-exact-gelu": tiny("gpt2", tie_embeddings=False, activation="gelu"),
     "mistral-tied-linear-rope": tiny("mistral-7b", tie_embeddings=True, rope_scaling=LINEAR_2),
     # Qwen's own rule: layers from max_window_layers on slide

@@ -83,6 +83,12 @@ def head_dim(cfg: HFConfig, fields: dict, default: int | None = None) -> int:
     return fields["d_model"] // fields["n_heads"] if stated is None else stated
 
 
+def stated_head_dim(c: ModelConfig) -> dict:
+    """{"head_dim": ...} where it is not what a class without the field derives (hidden_size //
+    num_attention_heads: OLMo, Phi-3), else nothing: their usual config.json has no such key."""
+    return {} if c.head_dim == c.d_model // c.n_heads else {"head_dim": c.head_dim}
+
+
 def llama_style_fields(cfg: HFConfig, name: str, model_type: str, defaults: dict) -> dict:
     """`shape_fields` and the one RoPE of every layer (convert/rope.py; `defaults` may give
     the class's own default theta as "rope_theta")."""

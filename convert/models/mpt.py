@@ -15,6 +15,8 @@ express.
 
 from __future__ import annotations
 
+import math
+
 from lmref.convert.fields import HFConfig, check_expressible
 from lmref.convert.layout import Entry, linear, same
 from lmref.spec.config import ModelConfig
@@ -25,10 +27,10 @@ ARCHITECTURE = "MptForCausalLM"
 PREFIX = "transformer."  # MptPreTrainedModel.base_model_prefix
 
 # MptForCausalLM: ALiBi (build_mpt_alibi_tensor), LayerNorm without bias, no biases,
-# attn_config.clip_qkv, MptMLP up -> exact GELU -> down.
+# attn_config.clip_qkv and .softmax_scale (query_scale_dim), MptMLP up -> exact GELU -> down.
 FEATURES = declare(
-    "positions.alibi", "norm.layernorm", "block.pre_norm", "attn.qkv_clip", "mlp.plain", "activation.gelu",
-    "head.tied",
+    "positions.alibi", "norm.layernorm", "block.pre_norm", "attn.qkv_clip", "attn.query_scale", "mlp.plain",
+    "activation.gelu", "head.tied",
 )
 IGNORED_SUFFIXES = ()
 LAYER_MODULES = {"attn": "transformer.blocks.{i}.attn.out_proj", "mlp": "transformer.blocks.{i}.ffn.down_proj",
@@ -67,7 +69,7 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     attn.require("alibi", True, (True,), "transformers' MPT always adds ALiBi")
     attn.require("alibi_bias_max", HF_ALIBI_MAX_BIAS, (HF_ALIBI_MAX_BIAS,),
                  "transformers' MPT ignores it and always uses 8")
-    attn.require("softmax_scale", None, (None,), "lmref scales scores by head_dim^-0.5 only")
+    scale_dim = query_scale_dim(attn)
     attn.require("qk_ln", False, (False,), "transformers' MPT ignores it; lmref has no full-projection LayerNorm")
     attn.require("prefix_lm", False, (False,), "transformers' MPT ignores it; lmref models are causal")
     clip = attn.get("clip_qkv")
@@ -80,8 +82,24 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
         tie_embeddings=cfg.flag("tie_word_embeddings", True),
         norm="layernorm", norm_eps=cfg.number("layer_norm_epsilon", 1e-5), norm_bias=False,
         qkv_clip=clip or None,  # MptAttention tests `if self.clip_qkv:`, so 0 means no clipping
+        query_scale_dim=scale_dim,
         mlp="plain", activation="gelu",
     )
+
+
+def query_scale_dim(attn: HFConfig) -> int | None:
+    """attn_config.softmax_scale (MptAttention: scores * softmax_scale; null: head_dim^-0.5) as
+    lmref's query_scale_dim Q (scores * Q^-0.5): Q = 1 / softmax_scale^2, which must be an integer
+    whose Q^-0.5 is softmax_scale to the last bit or so (0.125 is 64^-0.5)."""
+    scale = attn.get("softmax_scale")
+    if scale is None:
+        return None
+    scale = attn.checked_number("softmax_scale", scale)
+    dim = round(scale ** -2) if scale > 0 else 0
+    if dim < 1 or not math.isclose(dim ** -0.5, scale, rel_tol=4e-16):
+        attn.fail("softmax_scale", scale, "lmref scales scores by Q^-0.5 for a whole number Q, and 1 / scale^2 is "
+                  "not one")
+    return dim
 
 
 def config_to_hf(c: ModelConfig) -> dict:
@@ -89,7 +107,7 @@ def config_to_hf(c: ModelConfig) -> dict:
     check_expressible(
         c, MODEL_TYPE,
         mapped={"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
-                "max_seq_len", "tie_embeddings", "norm_eps", "qkv_clip"},
+                "max_seq_len", "tie_embeddings", "norm_eps", "qkv_clip", "query_scale_dim"},
         fixed={"position": "alibi", "alibi_max_bias": HF_ALIBI_MAX_BIAS, "norm": "layernorm",
                "mlp": "plain", "activation": "gelu"},
         rules=[("n_kv_heads", c.n_kv_heads == c.n_heads, "transformers' MPT is multi-head (n_kv_heads == n_heads)"),
@@ -102,7 +120,8 @@ def config_to_hf(c: ModelConfig) -> dict:
         "expansion_ratio": HF_EXPANSION, "max_seq_len": c.max_seq_len, "layer_norm_epsilon": c.norm_eps,
         "tie_word_embeddings": c.tie_embeddings, "no_bias": True,
         "attn_config": {"attn_type": "multihead_attention", "alibi": True, "alibi_bias_max": int(HF_ALIBI_MAX_BIAS),
-                        "clip_qkv": c.qkv_clip, "softmax_scale": None, "qk_ln": False, "prefix_lm": False},
+                        "clip_qkv": c.qkv_clip, "qk_ln": False, "prefix_lm": False,
+                        "softmax_scale": None if c.query_scale_dim is None else c.query_scale_dim ** -0.5},
     }
 
 

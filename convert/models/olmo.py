@@ -44,9 +44,9 @@ DEFAULTS = llama.DEFAULTS | dict(vocab_size=50304)
 def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     """OlmoConfig fields (defaults: the OlmoConfig class defaults) -> ModelConfig."""
     fields = llama.llama_style_fields(cfg, name, MODEL_TYPE, DEFAULTS)
-    head_dim = fields["d_model"] // fields["n_heads"]
-    # OlmoConfig has no head_dim field; OlmoAttention uses hidden_size // num_attention_heads
-    cfg.require("head_dim", None, (None, head_dim), "OLMo's head_dim is hidden_size // num_attention_heads")
+    # OlmoConfig has no head_dim field, as AI2's code derives it, but OlmoAttention and its rotary
+    # embedding read one a config.json has (getattr(config, "head_dim", ...), 4.57 and 5.23)
+    head_dim = llama.head_dim(cfg, fields)
     bias = cfg.flag("attention_bias", False)  # OlmoAttention: bias on q, k, v and o together
     return ModelConfig(
         **fields, head_dim=head_dim,
@@ -63,12 +63,12 @@ def config_to_hf(c: ModelConfig) -> dict:
         mapped=llama.LLAMA_STYLE_MAPPED | {"head_dim", "qkv_bias", "attn_out_bias", "qkv_clip"},
         fixed={"position": "rope", "norm": "layernorm", "norm_weight": False, "norm_eps": OLMO_NORM_EPS,
                "mlp": "gated"},
-        rules=[llama.attention_bias_rule(c), activation_rule(c), rope_scaling_rule(c),
-               ("head_dim", c.head_dim * c.n_heads == c.d_model, "OLMo derives head_dim = d_model / n_heads")],
+        rules=[llama.attention_bias_rule(c), activation_rule(c), rope_scaling_rule(c)],
     )
-    return llama.llama_style_hf_fields(c) | {
+    return llama.llama_style_hf_fields(c) | llama.stated_head_dim(c) | {
         "attention_bias": c.qkv_bias, "clip_qkv": c.qkv_clip, "pad_token_id": None,
     }
+
 
 
 def entries(c: ModelConfig) -> list[Entry]:

@@ -61,10 +61,12 @@ def config_from_hf(cfg: HFConfig, name: str) -> ModelConfig:
     """Phi3Config fields (defaults: the Phi3Config class defaults) -> ModelConfig."""
     size = {key: cfg.positive_integer(key, DEFAULTS[key]) for key in llama.SHAPE_KEYS}
     d, n_heads = size["hidden_size"], size["num_attention_heads"]
-    if d % n_heads:
+    # Phi3Config has no head_dim field; Phi3Attention and its rotary embedding read one a
+    # config.json has (getattr(config, "head_dim", ...), 4.57 and 5.23)
+    stated = cfg.optional_positive_integer("head_dim")
+    if stated is None and d % n_heads:
         cfg.fail("num_attention_heads", n_heads, f"hidden_size ({d}) must be divisible by it")
-    head_dim = d // n_heads
-    cfg.require("head_dim", head_dim, (head_dim,), f"lmref maps only hidden_size / num_attention_heads = {head_dim}")
+    head_dim = d // n_heads if stated is None else stated
     max_seq_len = size["max_position_embeddings"]
     theta, fraction, scaling = rope_fields(cfg, head_dim, max_seq_len)
     window = cfg.optional_positive_integer("sliding_window")  # Phi3Config: None, no window
@@ -147,8 +149,7 @@ def config_to_hf(c: ModelConfig) -> dict:
                 "rope_theta", "rope_fraction", "rope_scaling", "tie_embeddings", "norm_eps", "activation",
                 "attn_pattern", "sliding_window"},
         fixed={"position": "rope", "rope_layout": "halves", "norm": "rmsnorm", "mlp": "gated"},
-        rules=[("head_dim", c.head_dim * c.n_heads == c.d_model, "Phi-3 derives head_dim = d_model / n_heads"),
-               ("rope_fraction", width == c.rope_dim,
+        rules=[("rope_fraction", width == c.rope_dim,
                 f"transformers rotates int(head_dim * partial_rotary_factor) = {width} dims, which must be even"),
                ("rope_scaling", kind in ("default", "longrope"), f"Phi3Config runs default and longrope, got {kind!r}"),
                ("attn_pattern", set(c.attn_pattern) <= {"global"} or set(c.attn_pattern) == {"sliding"},
@@ -165,7 +166,7 @@ def config_to_hf(c: ModelConfig) -> dict:
     }
     if c.rope_fraction != 1.0:
         fields["partial_rotary_factor"] = c.rope_fraction
-    return fields | longrope_to_hf(c)
+    return fields | llama.stated_head_dim(c) | longrope_to_hf(c)
 
 
 def longrope_to_hf(c: ModelConfig) -> dict:
