@@ -36,6 +36,16 @@ CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.safetensors"
 FORMAT = "lmref-checkpoint"
 FORMAT_VERSION = "1"
+# What `lmref train` adds (train/checkpoint.py): a step directory's trainer state, which holds the
+# sha256 of every file, and a run directory's pointer to its newest step.
+TRAINER_STATE_FILE, LATEST_FILE = "trainer_state.json", "latest"
+
+
+def written_by_training(path: str | Path) -> bool:
+    """Whether `path` is an `lmref train` step or run directory, which is read through
+    train/checkpoint.py `load_model` (every file checked against the trainer state's sha256),
+    never `load_checkpoint` alone."""
+    return (Path(path) / TRAINER_STATE_FILE).is_file() or (Path(path) / LATEST_FILE).is_file()
 
 
 def save_checkpoint(out: str | Path, config: ModelConfig, params: dict[str, np.ndarray], *,

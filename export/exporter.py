@@ -340,12 +340,12 @@ def read_checkpoint(path: str | Path) -> tuple[Path, ModelConfig, dict[str, np.n
     """(directory, config, params, tokenizer info) of an lmref checkpoint directory, or of a
     training checkpoint or run directory (`lmref train`'s, whose trainer state names the
     tokenizer)."""
-    from lmref.convert.checkpoint import load_checkpoint
+    from lmref.convert.checkpoint import load_checkpoint, written_by_training
 
     path = Path(path)
     if not path.is_dir():
         raise ExportError(f"{path}: no such checkpoint directory")
-    if (path / "trainer_state.json").is_file() or (path / "latest").is_file():
+    if written_by_training(path):
         from lmref.train.checkpoint import load_model
 
         directory, config, params, state = load_model(path)

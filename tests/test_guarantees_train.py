@@ -385,6 +385,19 @@ def test_convert_to_hf_takes_a_run_directory_as_export_does(run_dir, tmp_path, c
     assert _snapshot_files(run_dir) == before
 
 
+def test_convert_to_hf_refuses_a_damaged_checkpoint_as_export_does(run_dir, tmp_path, capsys):
+    """One byte of a step's params changed: converted, the damage would pass verify (the golden
+    runs on the same weights); refused by its sha256 instead, as generate and export refuse it."""
+    run = copy_run(run_dir, tmp_path / "run")
+    params = run / "step-000006" / "params.safetensors"
+    data = bytearray(params.read_bytes())
+    data[-1] ^= 1
+    params.write_bytes(bytes(data))
+    for source in (run, run / "step-000006"):
+        assert lmref("convert", "--to-hf", source, "--out", tmp_path / "hf") == 2
+        assert f"{params}: corrupted or truncated (sha256 differs from trainer_state.json)" in capsys.readouterr().err
+        assert not (tmp_path / "hf").exists()
+
 def test_every_file_of_a_run_has_the_mode_the_umask_gives(run_dir):
     """The checkpoints' safetensors too, which safetensors itself would leave at 0600."""
     mask = os.umask(0)

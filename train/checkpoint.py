@@ -50,7 +50,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lmref.convert.checkpoint import CONFIG_FILE, PARAMS_FILE, load_checkpoint, write_checkpoint
+from lmref.convert.checkpoint import (
+    CONFIG_FILE, LATEST_FILE, PARAMS_FILE, TRAINER_STATE_FILE, load_checkpoint, write_checkpoint,
+)
 from lmref.convert.errors import CheckpointError
 from lmref.convert.outputs import HF_KIND
 from lmref.convert.paths import inside
@@ -59,10 +61,10 @@ from lmref.spec.config import ModelConfig
 from lmref.spec.outputs import REPLACING_NAME, json_object_or_none, marker_kind
 from lmref.train.errors import TrainError
 
-STATE_FILE = "trainer_state.json"
+STATE_FILE = TRAINER_STATE_FILE
 OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
-LATEST = "latest"
+LATEST = LATEST_FILE
 FORMAT = "lmref-train-checkpoint"
 FORMAT_VERSION = 1
 # Test hook: seconds to sleep after each file written, so a test can kill a process mid-save.

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from lmref.commands.errors import fail, known_errors
-from lmref.convert.checkpoint import load_checkpoint, save_checkpoint
+from lmref.convert.checkpoint import load_checkpoint, save_checkpoint, written_by_training
 from lmref.convert.hf import from_hf, to_hf
 from lmref.convert.outputs import CHECKPOINT_KIND, HF_KIND, check_output
 from lmref.spec.config import ModelConfig
@@ -92,18 +92,20 @@ def _read(args: argparse.Namespace) -> tuple[ModelConfig, dict[str, np.ndarray],
     if args.from_hf:
         return (*from_hf(args.from_hf), "lmref")
     if args.to_hf:
-        return (*load_checkpoint(_newest_if_run(Path(args.to_hf))), "hf")
+        return (*_lmref_checkpoint(Path(args.to_hf)), "hf")
     return (*_preset_source(args), args.format or "lmref")
 
 
-def _newest_if_run(path: Path) -> Path:
-    """`path`, or for an `lmref train` run directory the checkpoint its `latest` names (as
-    `lmref export --checkpoint` takes a run)."""
-    if not (path / "latest").is_file():
-        return path
-    from lmref.train.checkpoint import resolve
+def _lmref_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """An lmref checkpoint; an `lmref train` step directory, or a run directory for the step its
+    `latest` names, read as `lmref export --checkpoint` reads it: every file checked against the
+    trainer state's sha256 first."""
+    if not written_by_training(path):
+        return load_checkpoint(path)
+    from lmref.train.checkpoint import load_model
 
-    return resolve(path)
+    _, config, params, _ = load_model(path)
+    return config, params
 
 
 def _write(config: ModelConfig, params: dict[str, np.ndarray], fmt: str, out: Path) -> str:
