@@ -272,7 +272,8 @@ def open_checked(root: str | Path | None) -> tuple[GoldenStore, bool]:
     if not custom and (problem := release_problem(store)):
         raise GoldenStoreError(
             f"{problem}.  Restore the package's store (reinstall lmref, or `git checkout conformance/golden` in a "
-            f"checkout), or run it as a custom golden store: --golden-dir {store.root}")
+            f"checkout), or run a copy of it as a custom golden store: cp -r {store.root} STORE, then "
+            "--golden-dir STORE (the package's own path always means the release set)")
     strays = store.strays()
     if strays:
         shown = ", ".join(strays[:5]) + (f" and {len(strays) - 5} more" if len(strays) > 5 else "")

@@ -177,6 +177,8 @@ def test_a_case_removed_with_its_manifest_entries_is_refused_as_the_release_set(
     default = _run(tmp_path, root, True)
     assert default.rc == USAGE_ERROR, default.out
     assert "differs from the release golden set" in default.out and "--golden-dir" in default.out
+    # the package's own path always means the release set: the advice is a copy, never that path
+    assert f"run a copy of it as a custom golden store: cp -r {root} STORE, then --golden-dir STORE" in default.out
     custom = _run(tmp_path, root, False)
     assert custom.rc == 0, custom.out
     assert "custom golden store" in custom.out and len(custom.report["results"]) == 9
