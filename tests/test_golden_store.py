@@ -209,3 +209,17 @@ def test_no_command_writes_inside_a_golden_store(store_copy, capsys, command):
         "entry it does not list breaks it); write somewhere else\n")
     assert sorted(store_copy.rglob("*")) == listed
     assert check(store_copy, ["llama3"]) == []
+
+
+@pytest.mark.parametrize("what, said", [("missing", "does not exist"), ("file", "is not a directory"),
+                                        ("empty", "holds no MANIFEST.json")])
+def test_golden_check_of_no_store_is_bad_input_not_a_mismatch(what, said, tmp_path, capsys):
+    root = tmp_path / "store"
+    if what == "file":
+        root.write_text("")
+    elif what == "empty":
+        root.mkdir()
+    assert main(["golden", "--check", "--arch", "llama3", "--out", str(root)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (f"lmref golden: error: --out {root}: {said}, so there is no golden store to check "
+                            "(`lmref golden --out DIR` writes one)\n") and captured.out == ""

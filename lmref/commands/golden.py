@@ -61,12 +61,17 @@ def cmd_golden(args: argparse.Namespace) -> int:
     if args.action == "export":
         return cmd_export(args)
     from lmref.conformance.generate import check, generate
-    from lmref.conformance.store import DEFAULT_GOLDEN_DIR, KIND, GoldenStoreError
+    from lmref.conformance.store import DEFAULT_GOLDEN_DIR, KIND, MANIFEST, GoldenStoreError
     from lmref.spec.errors import OutputError
     from lmref.spec.outputs import check_output
 
     root = Path(args.out) if args.out else DEFAULT_GOLDEN_DIR
     archs = _archs(args.arch)
+    if args.check and not (root / MANIFEST).is_file():  # nothing to compare: bad input, not a mismatch
+        what = "does not exist" if not root.exists() else "is not a directory" if not root.is_dir() else \
+            f"holds no {MANIFEST}"
+        return fail("golden", ValueError(f"--out {root}: {what}, so there is no golden store to check "
+                                         "(`lmref golden --out DIR` writes one)"))
     if args.check:
         print(f"regenerating {len(archs)} arch(s) in memory and comparing with {root}")
         problems = check(root, archs)
