@@ -39,6 +39,14 @@ def test_size_flags(tmp_path):
     assert model_config("gpt2", {"d_model": 128}, 256).d_ff == 512  # GPT-2's d_ff = 4 d_model
 
 
+@pytest.mark.parametrize("n_heads, n_kv_heads", [(8, 2), (16, 4), (12, 3), (6, 1), (7, 1), (9, 1), (10, 2), (3, 1)])
+def test_kv_heads_follow_tinys_groups_and_always_divide_the_heads(n_heads, n_kv_heads):
+    """tiny llama3: 4 query heads per KV head; where n_heads is no multiple of 4, the most KV
+    heads below n_heads / 4 that divide n_heads (--n-heads 9 was refused, naming n_kv_heads 2,
+    a value nobody gave)."""
+    assert model_config("llama3", {"n_heads": n_heads}, 256).n_kv_heads == n_kv_heads
+
+
 def test_bpe_tokenizer_is_saved_and_used(tmp_path, capsys):
     out = tmp_path / "run"
     assert lmref("train", "--arch", "llama3", "--tokenizer", "bpe", "--vocab-size", "320", *STEP,

@@ -211,7 +211,7 @@ def model_config(arch: str, sizes: dict[str, int | None], vocab_size: int) -> Mo
     """tiny(arch) (every flag of the preset, small sizes) with the size flags given, and the
     tokenizer's vocabulary.  Sizes not given follow the ones given: head_dim = d_model //
     n_heads, d_model = n_heads * head_dim, d_ff keeps the preset's d_ff / d_model ratio and
-    n_kv_heads tiny's query heads per KV head."""
+    n_kv_heads tiny's query heads per KV head (`kv_heads_for`)."""
     small = tiny(check_arch(arch))
     base = PRESETS[arch]
     given = {k: v for k, v in sizes.items() if v is not None}
@@ -226,12 +226,20 @@ def model_config(arch: str, sizes: dict[str, int | None], vocab_size: int) -> Mo
     d_model = given.get("d_model", n_heads * head_dim)
     changes = dict(
         n_heads=n_heads, head_dim=head_dim, d_model=d_model,
-        n_kv_heads=given.get("n_kv_heads", max(1, n_heads * small.n_kv_heads // small.n_heads)),
+        n_kv_heads=given.get("n_kv_heads", kv_heads_for(n_heads, small.n_heads // small.n_kv_heads)),
         d_ff=given.get("d_ff", round(d_model * base.d_ff / base.d_model)),
         n_layers=given.get("n_layers", small.n_layers),
         max_seq_len=given.get("max_seq_len", small.max_seq_len),
     )
     return tiny(arch, vocab_size=vocab_size, **changes)
+
+
+def kv_heads_for(n_heads: int, group: int) -> int:
+    """The KV heads of `n_heads` query heads in groups of `group` (tiny's query heads per KV
+    head): n_heads / group where it divides, else the most KV heads below that which divide
+    n_heads (a whole number of query heads each; 1 at least, multi-query attention)."""
+    most = max(1, n_heads // group)
+    return next(k for k in range(most, 0, -1) if n_heads % k == 0)
 
 
 def check_fits(config: ModelConfig, run: RunSettings) -> None:
