@@ -30,19 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command = " ".join(filter(None, (args.command, getattr(args, "action", None))))  # "golden export"
     try:
         return args.run(args)
     except KeyError as e:  # unknown arch: the message lists the known ones
-        print(f"lmref: error: {e.args[0]}", file=sys.stderr)
+        print(f"lmref {command}: error: {e.args[0]}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader left (`lmref presets | head -1`): nothing to say to it
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
         return 1
     except KeyboardInterrupt:  # Ctrl-C, after the command's own cleanup (`interruptible` adds what it leaves)
-        return interrupted(" ".join(filter(None, (args.command, getattr(args, "action", None)))))
+        return interrupted(command)
     except OSError as e:  # a read or write that failed midway (a full disk): one line, not a traceback
         where = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
-        print(f"lmref {args.command}: error: {where}", file=sys.stderr)
+        print(f"lmref {command}: error: {where}", file=sys.stderr)
         return 1
 
 

@@ -112,7 +112,7 @@ def check_output(out: str | Path, kind: str, *, inputs: Iterable[str | Path] = (
         entries = list(out.iterdir())
         found = marker_kind(out)
         if entries and found != kind:
-            whose = f"written by `{found}`" if found else "not written by this command"
+            whose = f"marked as another kind of lmref output ({found})" if found else "not written by this command"
             raise OutputError(f"{option} {out}: the directory is not empty and {whose} "
                               f"(it holds {describe(entries)}); give a new or empty directory")
     try:

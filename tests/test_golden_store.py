@@ -223,3 +223,15 @@ def test_golden_check_of_no_store_is_bad_input_not_a_mismatch(what, said, tmp_pa
     captured = capsys.readouterr()
     assert captured.err == (f"lmref golden: error: --out {root}: {said}, so there is no golden store to check "
                             "(`lmref golden --out DIR` writes one)\n") and captured.out == ""
+
+
+@pytest.mark.parametrize("argv, prefix", [
+    (["convert", "--preset", "gpt5", "--out", "never"], "lmref convert: error: "),
+    (["presets", "--arch", "gpt5"], "lmref presets: error: "),
+    (["golden", "export", "--arch", "gpt5", "--format", "hf", "--out", "never"], "lmref golden export: error: "),
+    (["golden", "export", "--arch", "llama3", "--format", "gguf"], "lmref golden export: error: needs --out"),
+])
+def test_every_error_line_names_its_command(argv, prefix, capsys):
+    """Not `lmref: error:` for an unknown arch, nor `lmref golden:` for golden export's usage."""
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith(prefix)

@@ -81,7 +81,7 @@ def test_every_output_is_claimed_and_may_be_rewritten_by_its_own_kind(ckpt, tmp_
     assert main(["convert", "--to-hf", str(ckpt), "--out", str(hf)]) == 0
     capsys.readouterr()
     status, err = _convert(capsys, "--preset", "gpt2", "--format", "hf", "--out", ckpt)
-    assert status == 2 and "not empty and written by `lmref-checkpoint`" in err
+    assert status == 2 and "not empty and marked as another kind of lmref output (lmref-checkpoint)" in err
 
 
 def test_the_library_writers_claim_their_directory(tmp_path):
@@ -100,7 +100,7 @@ def test_the_library_writers_claim_their_directory(tmp_path):
     with pytest.raises(OutputError, match="is a file, not a directory"):
         save_checkpoint(tmp_path / "file", config, params)
     save_checkpoint(tmp_path / "ckpt", config, params)
-    with pytest.raises(OutputError, match="written by `lmref-checkpoint`"):
+    with pytest.raises(OutputError, match=r"marked as another kind of lmref output \(lmref-checkpoint\)"):
         to_hf(config, params, tmp_path / "ckpt")
     assert save_checkpoint(tmp_path / "ckpt", config, params) == tmp_path / "ckpt"  # its own, rewritten
     assert (tmp_path / "ckpt" / MARKER).is_file()

@@ -111,7 +111,9 @@ def test_export_rewrites_its_own_directory_and_deletes_only_its_files(tmp_path, 
     assert json.loads((target / MARKER).read_text())["kind"] == "onnx-export"
     (target / "notes.txt").write_text("mine")
     (target / "tokenizer.json").write_text("the user's, not the export's")
+    capsys.readouterr()
     assert main(["export", "--preset", ARCH, "--seed", "3", "--out", str(target)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(f"{target}: config.json, export.json, model.onnx")  # not yours
     assert sorted(p.name for p in target.iterdir()) == sorted(
         [MARKER, "config.json", "export.json", "model.onnx", "notes.txt", "tokenizer.json"])
     assert (target / "notes.txt").read_text() == "mine"

@@ -176,6 +176,9 @@ def test_vision_flags_and_unsupported_options_are_refused_by_name(learned, tmp_p
     assert "--projector-steps: only for a new run of an arch with a vision tower" in capsys.readouterr().err
     for flags, expected in ((["--data", "x.txt"], "--data: not for a vision run"),
                             (["--stop-after", "3"], "--stop-after: not supported for a vision run"),
+                            # its reason, not the stages' (--grad-accum was "cannot be resumed")
+                            (["--grad-accum", "2"], "each step is one batch of --batch-size scenes: lower "
+                                                    "--batch-size instead"),
                             (["--text-steps", "-1"], "--text-steps must be >= 0"),
                             (["--vision-n-heads", "0"], "--vision-n-heads must be >= 1, got 0"),  # was taken as unset
                             (["--vision-d-model", "-4"], "--vision-d-model must be >= 1, got -4")):

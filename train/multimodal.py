@@ -108,12 +108,15 @@ def check_vision_options(flags: dict, options, d: Dist) -> None:
     if d.distributed or options.fsdp:
         raise TrainError(f"a vision run ({arch}) trains in one process: torchrun (DDP) and --fsdp are not supported "
                          "for it (its batches are not sharded over processes); run `lmref train` alone")
-    unsupported = {"--stop-after": options.stop_after is not None, "--save-every": options.save_every is not None,
-                   "--compile": options.compile, "--grad-accum": options.grad_accum not in (None, 1)}
-    for flag, given in unsupported.items():
+    stages = "it runs its stages in one go (a few minutes), saving at the end of each, and cannot be resumed"
+    unsupported = {"--stop-after": (options.stop_after is not None, stages),
+                   "--save-every": (options.save_every is not None, stages),
+                   "--compile": (options.compile, "its stages run eagerly; torch.compile is for text runs"),
+                   "--grad-accum": (options.grad_accum not in (None, 1),
+                                    "each step is one batch of --batch-size scenes: lower --batch-size instead")}
+    for flag, (given, why) in unsupported.items():
         if given:
-            raise TrainError(f"{flag}: not supported for a vision run ({arch}): it runs its stages in one go "
-                             "(a few minutes), saving at the end of each, and cannot be resumed")
+            raise TrainError(f"{flag}: not supported for a vision run ({arch}): {why}")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ imported only when a command runs."""
 from __future__ import annotations
 
 import argparse
+import json
 
 from lmref.commands.errors import fail, known_errors
 
@@ -12,7 +13,7 @@ PROVIDERS = ("auto", "cpu", "cuda")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from lmref.export.exporter import export_checkpoint, export_preset
+    from lmref.export.exporter import MANIFEST_FILE, export_checkpoint, export_preset
 
     if args.seed is not None and args.preset is None:
         return fail("export", ValueError("--seed goes with --preset"))
@@ -29,7 +30,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return fail("export", ValueError(e.args[0]))
     except known_errors() as e:
         return fail("export", e)
-    files = sorted(p.name for p in path.parent.iterdir())
+    files = sorted([MANIFEST_FILE, *json.loads((path.parent / MANIFEST_FILE).read_text())["files"]])  # not yours
     graphs = sorted(p.name for p in path.parent.glob("*.onnx"))  # a vision tower's three, else model.onnx
     size = sum(p.stat().st_size for p in path.parent.glob("*.onnx*"))  # with their external data
     print(f"wrote {', '.join(graphs)} to {path.parent} ({size / 1e6:.2f} MB of graphs with their weights); "

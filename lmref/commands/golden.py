@@ -28,7 +28,7 @@ def _export_problem(args: argparse.Namespace) -> str | None:
     missing = [flag for flag, value in (("--arch", args.arch), ("--format", args.format), ("--out", args.out))
                if not value]
     if missing:
-        return f"golden export needs {', '.join(missing)}"
+        return f"needs {', '.join(missing)}"
     if args.check:
         return "--check: not with `lmref golden export`"
     return None
@@ -57,7 +57,7 @@ def cmd_golden(args: argparse.Namespace) -> int:
 
     problem = _export_problem(args)
     if problem:
-        return fail("golden", ValueError(problem))
+        return fail("golden export" if args.action == "export" else "golden", ValueError(problem))
     if args.action == "export":
         return cmd_export(args)
     from lmref.conformance.generate import check, generate
