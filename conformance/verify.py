@@ -210,12 +210,13 @@ def prepare(directory: str, tokens: np.ndarray | None = None) -> tuple[LayeredCh
     return checkpoint, tokens
 
 
-def verify(directory: str | tuple[LayeredCheckpoint, np.ndarray], adapter: Adapter, *,
+def verify(source: str | tuple[LayeredCheckpoint, np.ndarray], adapter: Adapter, *,
            tokens: np.ndarray | None = None, captures: bool = False,
            tolerances: Tolerances | None = None) -> Verification:
-    """Run `adapter` and the layered golden on the checkpoint in `directory` (or what `prepare`
-    gave for it) and compare them.  Bad input raises; the implementation's failures are recorded."""
-    checkpoint, tokens = prepare(directory, tokens) if isinstance(directory, str) else directory
+    """Run `adapter` and the layered golden on the checkpoint in the directory `source` (or on
+    what `prepare` gave for one) and compare them.  Bad input raises; the implementation's
+    failures are recorded."""
+    checkpoint, tokens = prepare(source, tokens) if isinstance(source, str) else source
     config = checkpoint.config
     row, tolerances = adapter.row(), tolerances or Tolerances()
     result = Verification(str(checkpoint.directory), config.hf_model_type, config.n_layers, adapter, row,

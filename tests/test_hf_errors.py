@@ -115,6 +115,8 @@ UNREPRESENTABLE = [
     ("mpt", "attn_config.attn_type", "multiquery_attention", "attn_config.attn_type='multiquery_attention'"),
     # 1 / 0.3^2 = 11.1: no whole-number query_scale_dim gives it (0.1, 100^-0.5, converts)
     ("mpt", "attn_config.softmax_scale", 0.3, "attn_config.softmax_scale=0.3"),
+    ("mpt", "attn_config.softmax_scale", 1e-200, "attn_config.softmax_scale=1e-200"),  # 1 / scale^2 overflows
+    ("mpt", "attn_config.softmax_scale", -0.125, "attn_config.softmax_scale=-0.125"),
     ("mpt", "attn_config.prefix_lm", True, "attn_config.prefix_lm=True"),
     ("mpt", "attn_config.rope", True, "unknown field(s) attn_config.rope"),
     ("mpt", "expansion_ratio", 2, "expansion_ratio=2"),

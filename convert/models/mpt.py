@@ -95,7 +95,7 @@ def query_scale_dim(attn: HFConfig) -> int | None:
     if scale is None:
         return None
     scale = attn.checked_number("softmax_scale", scale)
-    dim = round(scale ** -2) if scale > 0 else 0
+    dim = round(1 / scale ** 2) if 1e-150 < scale < 1e150 else 0  # beyond: no whole number's inverse root
     if dim < 1 or not math.isclose(dim ** -0.5, scale, rel_tol=4e-16):
         attn.fail("softmax_scale", scale, "lmref scales scores by Q^-0.5 for a whole number Q, and 1 / scale^2 is "
                   "not one")
