@@ -192,8 +192,9 @@ def test_a_factor_or_attention_factor_of_its_own_is_written_and_read_back():
     (lambda d: d | {"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling.rope_type='linear'"),
     (lambda d: d | {"rope_scaling": d["rope_scaling"] | {"long_factor": "64"}}, "rope_scaling.long_factor='64'"),
     (lambda d: d | {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}}, "rope_scaling="),
-    (lambda d: d | {"head_dim": 8}, "head_dim=8"),
-], ids=["original-in-the-dict", "mscale", "linear", "factors-not-a-list", "two-scalings", "head_dim"])
+    # head_dim is read (Phi3Attention reads it), but LongRoPE's factors are per rotated pair of the old one
+    (lambda d: d | {"head_dim": 8}, "rope_scaling.short_factor: has 8 entries for rope_dim / 2 = 4 rotated pairs"),
+], ids=["original-in-the-dict", "mscale", "linear", "factors-not-a-list", "two-scalings", "head_dim-not-the-factors"])
 def test_a_config_json_field_lmref_cannot_represent_is_named(edit, named):
     with pytest.raises(ConversionError, match=named.replace("(", r"\(").replace("[", r"\[")):
         config_from_hf(edit(hf_config(LONG)), "x")
