@@ -99,8 +99,8 @@ class HalvesRotaryFusion(pattern.RewriteRuleClassBase):
 
     def check(self, context, x, cos, sin, start1, end1, start2, end2, **_) -> pattern.MatchResult:
         result = pattern.MatchResult()
-        if x.shape is None or len(x.shape) != 4 or not isinstance(x.shape[3], int):
-            return result.fail("x is not [B, H, S, hd] with a known head_dim", x)
+        if x.shape is None or len(x.shape) != 4 or not all(isinstance(x.shape[i], int) for i in (1, 3)):
+            return result.fail("x is not [B, H, S, hd] with known heads and head_dim", x)
         half = x.shape[3] // 2
         bounds = [const_array(v) for v in (start1, end1, start2, end2)]
         if any(b is None or b.size != 1 for b in bounds):
@@ -121,7 +121,10 @@ class HalvesRotaryFusion(pattern.RewriteRuleClassBase):
             self._caches[inv_freq.tobytes()] = (op.Constant(value=ir.tensor(np.cos(angles).astype(np.float32))),
                                                 op.Constant(value=ir.tensor(np.sin(angles).astype(np.float32))))
         cos_cache, sin_cache = self._caches[inv_freq.tobytes()]
-        return op.RotaryEmbedding(x, position_ids, cos_cache, sin_cache, interleaved=0, _domain=CONTRIB_DOMAIN)
+        # num_heads, which a 4-d x does not need, onnxruntime requires once onnxscript's partial-rotary
+        # fusion adds rotary_embedding_dim (a RoPE over part of the head: Phi-2, Pythia)
+        return op.RotaryEmbedding(x, position_ids, cos_cache, sin_cache, interleaved=0, num_heads=x.shape[1],
+                                  _domain=CONTRIB_DOMAIN)
 
 
 def fuse_rotary(model: ir.Model, max_positions: int) -> int:

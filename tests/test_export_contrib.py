@@ -203,9 +203,21 @@ def test_a_lone_simplified_norm_is_written_back_in_the_plain_opset(tmp_path):
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_a_rope_over_part_of_the_head_runs_in_onnxruntime(tmp_path, capsys):
+    """Pythia rotates a quarter of each head: onnxscript's partial-rotary fusion gives its
+    RotaryEmbedding a rotary_embedding_dim, with which onnxruntime refuses to open the graph
+    unless num_heads is set too ("num_heads must be provided if rotary_embedding_dim is
+    specified"); the session opens and the graph matches the golden."""
+    assert main(["export", "--preset", "pythia-160m", "--out", str(tmp_path / "onnx"), "--ort-contrib"]) == 0
+    rotary = [n for n in onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph.node if n.op_type == "RotaryEmbedding"]
+    assert rotary and all({"rotary_embedding_dim", "num_heads"} <= {a.name for a in n.attribute} for n in rotary)
+    assert main(["validate-onnx", str(tmp_path / "onnx")]) == 0
+    assert "validate-onnx: PASS" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama3.1", "qwen2-7b", "mistral-7b", "gemma2-9b", "gpt2", "phi-3-mini-128k",
-                                  "olmo2-7b", "qwen3-8b"])
+                                  "olmo2-7b", "qwen3-8b", "phi-2"])
 def test_validate_onnx_passes_on_other_contrib_exports(arch, tmp_path, capsys):
     """Whatever fuses (a sliding window, a softcap, LongRoPE or learned positions leave the
     attention or the RoPE plain), the graph still matches the golden."""
