@@ -71,9 +71,11 @@ def with_images(config: ModelConfig, batch, seed: int):
     rng = np.random.default_rng([seed, 14])
     prompts = []
     for prompt in batch.prompts:
-        if len(prompt) < IMAGE_AT + v.tokens_per_image + 1:
-            raise ValueError(f"a prompt of {len(prompt)} tokens cannot hold a text token, an image of "
-                             f"{v.tokens_per_image} tokens and a text token: raise --prompt-len")
+        need = IMAGE_AT + v.tokens_per_image + 1
+        if len(prompt) < need:
+            raise ValueError(f"a prompt of {len(prompt)} token(s) cannot hold a text token, an image of "
+                             f"{v.tokens_per_image} tokens and a text token: each row needs {need} or more "
+                             "(--prompt-len, less --pad for the padded row)")
         placed = prompt.copy()
         placed[IMAGE_AT : IMAGE_AT + v.tokens_per_image] = v.image_token_id
         prompts.append(placed)

@@ -121,6 +121,15 @@ def test_lmref_validate_onnx_passes_with_images(exported, capsys):
     assert "images: one per row" in out and "PASS weights" in out and "validate-onnx: PASS (6 of 6 checks" in out
 
 
+def test_a_prompt_too_short_for_its_image_is_refused_with_the_length_it_needs(exported, capsys):
+    bundle, _, _ = exported
+    assert main(["validate-onnx", str(bundle.root), "--prompt-len", "1", "--pad", "0", "--steps", "1"]) == 2
+    tokens = bundle.config.vision.tokens_per_image
+    assert capsys.readouterr().err == (
+        f"lmref validate-onnx: error: a prompt of 1 token(s) cannot hold a text token, an image of {tokens} tokens "
+        f"and a text token: each row needs {tokens + 2} or more (--prompt-len, less --pad for the padded row)\n")
+
+
 def test_the_chain_equals_the_golden_on_two_images_around_a_row_without(exported):
     """Row 0 an image at 2, row 1 text only, row 2 an image at 1: the images fill the
     placeholders in row-major order, across the row without one."""
