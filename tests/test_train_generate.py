@@ -79,14 +79,15 @@ def test_generate_refuses_an_unknown_device(tmp_path_factory, capsys):
     assert capsys.readouterr().err == "lmref generate: error: --device must be one of auto, cpu, cuda, got 'tpu'\n"
 
 
-@pytest.mark.parametrize("seed", ["-1", "1e30"])
-def test_generate_refuses_a_seed_that_train_or_torch_would_not_take(seed, tmp_path_factory, capsys):
-    """-1 was accepted (train and shapes refuse negative seeds); 1e30 was a ValueError traceback."""
+@pytest.mark.parametrize("seed, read", [("-1", -1), ("1e30", 10**30)])
+def test_generate_refuses_a_seed_that_train_or_torch_would_not_take(seed, read, tmp_path_factory, capsys):
+    """-1 was accepted (train and shapes refuse negative seeds); 1e30 was a ValueError traceback,
+    and is read exactly (not as the float nearest it, 1000000000000000019884624838656)."""
     run_dir = shared_run(tmp_path_factory)
     capsys.readouterr()
     assert lmref("generate", "--checkpoint", run_dir, "--prompt", "The", "--seed", seed, "--max-new-tokens", "5") == 2
     assert capsys.readouterr().err == (f"lmref generate: error: --seed must be an integer from 0 to 2**64 - 1, "
-                                       f"got {int(float(seed))}\n")
+                                       f"got {read}\n")
 
 
 @pytest.mark.parametrize("seed", [str(2**64), "99999999999999999999"])
