@@ -59,6 +59,7 @@ import inspect
 import os
 import sys
 import traceback
+from collections.abc import Callable
 
 import numpy as np
 
@@ -309,7 +310,13 @@ def load_adapter(spec: str | None = None) -> Adapter:
     """The adapter named by `spec`: a built-in name or 'package.module:attr' (None: $LMREF_IMPL,
     else numpy).  AdapterLoadError messages start with where the name came from."""
     spec, where = resolve_impl_spec(spec)
+    return load_named(spec, where, load_resolved)
+
+
+def load_named(spec: str, where: str, load: Callable[[str], Adapter]) -> Adapter:
+    """`load(spec)`, an AdapterLoadError's message starting with where the name came from
+    (resolve_impl_spec's `where`: "--impl", "$LMREF_IMPL", ...)."""
     try:
-        return load_resolved(spec)
+        return load(spec)
     except AdapterLoadError as e:
         raise AdapterLoadError(f"{where} {spec}: {e}") from None

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ import pytest
 
 from lmref.conformance import worker as workers
 from lmref.conformance.adapters import (
-    BUILTINS, CAPABILITIES, ENV_VAR, Adapter, AdapterLoadError, resolve_impl_spec, row_phrase,
+    BUILTINS, CAPABILITIES, ENV_VAR, Adapter, AdapterLoadError, load_named, resolve_impl_spec, row_phrase,
 )
 from lmref.conformance.order import arch_major
 from lmref.conformance.report import REPORT_FORMAT, Report
@@ -238,11 +237,8 @@ def _timeout(config: pytest.Config) -> float:
     value = config.option.lmref_timeout
     if value is None:
         return DEFAULT_TIMEOUT
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
+    seconds = workers.timeout_seconds(value)
+    if seconds is None:
         raise pytest.UsageError(f"{timeout_option(config)} {value}: give the longest a check may take, a positive "
                                 f"number of seconds (default {DEFAULT_TIMEOUT:g})")
     return seconds
@@ -301,9 +297,10 @@ def build_suite(config: pytest.Config) -> Suite:
         raise pytest.UsageError(str(e)) from None
     _check_report_path(config, [Path(store.root), *map(Path, files)])
     try:
-        adapter = WorkerAdapter(spec, timeout, workers.take_prestarted(), timeout_option(config))
+        adapter = load_named(spec, where, lambda name: WorkerAdapter(name, timeout, workers.take_prestarted(),
+                                                                     timeout_option(config)))
     except AdapterLoadError as e:
-        raise pytest.UsageError(f"{where} {spec}: {e}") from None
+        raise pytest.UsageError(str(e)) from None
     repro = (["--golden-dir", str(store.root)] if option.lmref_golden_dir else [])
     repro += [o for f in files for o in ("--tolerances", f)]
     repro += [o for t in option.lmref_tolerance for o in ("--tolerance", t)]

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import math
 import multiprocessing
 import os
 import signal
@@ -47,6 +48,16 @@ import traceback
 DEFAULT_TIMEOUT = 600.0  # seconds per check; a tiny case takes milliseconds, a first JAX compile seconds
 JOIN_SECONDS = 5.0
 STOP = None  # the request that ends the worker
+
+
+def timeout_seconds(value: object) -> float | None:
+    """`value` (a flag's text or number) as a check timeout in seconds; None unless it is a
+    finite positive number."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
 
 
 class WorkerGone(Exception):

@@ -337,3 +337,11 @@ def test_a_timeout_that_is_no_positive_number_is_refused(llama_dir, capsys):
     for value in ("0", "-1", "nan", "inf"):
         assert run_cli("--hf-dir", str(llama_dir), "--impl", "numpy", "--timeout", value) == 2
         assert f"--timeout must be a positive number of seconds, got {float(value)}" in capsys.readouterr().err
+
+
+def test_an_implementation_that_does_not_load_is_named_with_where_it_came_from(llama_dir, capsys, monkeypatch):
+    assert run_cli("--hf-dir", str(llama_dir), "--impl", "no_such_module:Adapter") == 2
+    assert "--impl no_such_module:Adapter: cannot import module 'no_such_module'" in capsys.readouterr().err
+    monkeypatch.setenv("LMREF_IMPL", "no_such_module:Adapter")
+    assert run_cli("--hf-dir", str(llama_dir)) == 2
+    assert "$LMREF_IMPL no_such_module:Adapter: cannot import module 'no_such_module'" in capsys.readouterr().err

@@ -14,14 +14,13 @@ line naming the problem.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np
 
 from lmref.commands.errors import fail, known_errors
 from lmref.conformance.adapters import BUILTINS
-from lmref.conformance.worker import DEFAULT_TIMEOUT
+from lmref.conformance.worker import DEFAULT_TIMEOUT, timeout_seconds
 
 COMMAND = "verify"
 
@@ -51,14 +50,11 @@ def check_report_path(value: str, hf_dir: str) -> Path:
 def load_in_worker(impl: str | None, timeout: float):
     """The implementation, loaded in a worker process of its own (conformance/worker.py), so that
     one that ends its process or hangs is an ERROR; AdapterLoadError as `load_adapter` gives it."""
-    from lmref.conformance.adapters import AdapterLoadError, resolve_impl_spec
+    from lmref.conformance.adapters import load_named, resolve_impl_spec
     from lmref.conformance.worker_adapter import WorkerAdapter
 
     spec, where = resolve_impl_spec(impl)
-    try:
-        return WorkerAdapter(spec, timeout, after_loss="")
-    except AdapterLoadError as e:
-        raise AdapterLoadError(f"{where} {spec}: {e}") from None
+    return load_named(spec, where, lambda name: WorkerAdapter(name, timeout, after_loss=""))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -72,7 +68,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         tokens = None if args.tokens is None else parse_tokens(args.tokens)
         report = None if args.report_json is None else check_report_path(args.report_json, args.hf_dir)
         tolerances = build_tolerances(assignments=args.tolerance)
-        if not (math.isfinite(args.timeout) and args.timeout > 0):
+        if timeout_seconds(args.timeout) is None:
             raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout}")
         prepared = prepare(args.hf_dir, tokens)  # bad input is named before the worker starts
         adapter = load_in_worker(args.impl, args.timeout)
