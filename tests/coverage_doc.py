@@ -3,7 +3,7 @@ with the golden cases where each is active, and the knobs no preset sets, with w
 property tests' strategies (tests/strategies.py) can draw them at all.
 
 "Drawn" is decided by searching the strategies, not written by hand: `hypothesis.find` over
-`configs()` and `moe_configs()`, derandomized and without shrinking, so the answer is the same
+`configs()`, `moe_configs()` and `vision_configs()`, derandomized and without shrinking, so the answer is the same
 on every run.  DRAWS is far more than a knob the strategies draw needs (they draw each choice
 with probability 1/2 to 1/27); a knob they never draw costs DRAWS examples, about 2 s.
 """
@@ -16,7 +16,7 @@ from hypothesis.errors import NoSuchExample
 
 from lmref.spec.presets import PRESETS
 from tests.coverage_map import REGENERATE, Knob, Row, all_knobs
-from tests.strategies import configs, moe_configs
+from tests.strategies import configs, moe_configs, vision_configs
 
 DRAWS = 300
 _SEARCH = settings(phases=[Phase.generate], max_examples=DRAWS, database=None, derandomize=True, deadline=None,
@@ -26,7 +26,7 @@ _SEARCH = settings(phases=[Phase.generate], max_examples=DRAWS, database=None, d
 def drawn_by_the_strategies(knob: Knob) -> bool:
     """Whether tests/strategies.py draws a config with `knob` active (within DRAWS examples)."""
     try:
-        find(st.one_of(configs(), moe_configs()), knob.active, settings=_SEARCH)
+        find(st.one_of(configs(), moe_configs(), vision_configs()), knob.active, settings=_SEARCH)
     except NoSuchExample:
         return False
     return True
