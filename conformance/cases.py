@@ -132,9 +132,12 @@ CANDIDATES, BLOCK = 256, 32
 
 
 def _row_cache(cache: KVCache, row: int, copies: int) -> KVCache:
-    """A cache holding `copies` copies of batch row `row` of `cache`."""
-    take = (lambda a: None if a is None else np.repeat(a[row : row + 1], copies, axis=0))  # [copies, T, kv, hd]
-    tokens = None if cache.tokens is None else np.repeat(cache.tokens[row : row + 1], copies, axis=0)  # [copies, T]
+    """A cache holding `copies` copies of batch row `row` of `cache` (read-only views: the
+    cache only ever concatenates onto them)."""
+    def take(a):  # [B, T, ...] -> [copies, T, ...]
+        return None if a is None else np.broadcast_to(a[row : row + 1], (copies, *a.shape[1:]))
+
+    tokens = None if cache.tokens is None else take(cache.tokens)  # [copies, T]
     return KVCache(keys=[take(k) for k in cache.keys], values=[take(v) for v in cache.values],
                    positions=list(cache.positions), length=cache.length, tokens=tokens)
 

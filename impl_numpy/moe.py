@@ -79,6 +79,8 @@ def moe(config: ModelConfig, params: dict, prefix: str, x: np.ndarray,
     out = np.zeros_like(x)
     for e in range(m.n_experts):  # dispatch: the tokens that chose expert e, then combine
         b, s, j = np.nonzero(experts == e)  # one (token, slot) per token that chose e
+        if b.size == 0:
+            continue  # no token chose e: nothing to add
         w = weights[b, s, j][:, None]  # [n, 1]
         if m.router_scales_input:  # Llama 4: the weight scales what the expert sees
             out[b, s] += _ffn(config, params, f"{prefix}.experts", w * x[b, s], e)
