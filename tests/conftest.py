@@ -1,5 +1,5 @@
-"""Hypothesis profiles for the property tests (select with --hypothesis-profile NAME), and the
-fixture for the tests of Ctrl-C.
+"""Hypothesis profiles for the property tests (select with --hypothesis-profile NAME), cheap
+XLA compiles for every test of the JAX twin, and the fixture for the tests of Ctrl-C.
 
 dev: quick local runs.  ci: derandomized, what `make test` runs.  thorough: many examples,
 for `make test-thorough` or before a release.  deadline=None everywhere: JIT compilation and
@@ -18,6 +18,28 @@ settings.register_profile("dev", max_examples=10, **_COMMON)
 settings.register_profile("ci", max_examples=25, derandomize=True, **_COMMON)
 settings.register_profile("thorough", max_examples=300, **_COMMON)
 settings.load_profile("dev")
+
+
+@pytest.fixture(autouse=True, scope="package")  # the tests package: not conformance/, run in the same session
+def _fast_xla_compiles():
+    """XLA's optimisations off for the JAX twin's tests (tests/jax, and the twins' controls,
+    routing margin and gradients here).
+
+    Every hypothesis example draws a new config, a static jit argument, so every example
+    compiles; XLA's CPU backend spends most of that time optimising (~0.8 s per tiny model on
+    2 cores, ~0.3 s with `jax_disable_most_optimizations`).  Running op by op instead
+    (`jax.disable_jit()`) is slower still: each primitive compiles for each new shape (~4 s
+    per first forward).  The numbers barely move: on the stored cases of seven archs the
+    bfloat16 logits and losses are bit for bit the optimised ones, the float32 ones within 4e-6
+    (fusions sum in another order), far inside the float32 row.  tests/jax/test_jit.py runs
+    the entry points as shipped, optimised, against the golden and op by op; `pytest
+    conformance/ --impl jax` runs them optimised."""
+    import jax
+
+    previous = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 @pytest.fixture

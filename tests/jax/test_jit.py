@@ -1,5 +1,5 @@
 """The jitted entry points as shipped, with XLA's default optimisations (the other tests compile
-with most of them off, see conftest.py), against the golden and op-by-op execution
+with most of them off, see tests/conftest.py), against the golden and op-by-op execution
 (`jax.disable_jit()`)."""
 
 from __future__ import annotations
