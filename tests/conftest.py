@@ -22,24 +22,13 @@ settings.load_profile("dev")
 
 @pytest.fixture(autouse=True, scope="package")  # the tests package: not conformance/, run in the same session
 def _fast_xla_compiles():
-    """XLA's optimisations off for the JAX twin's tests (tests/jax, and the twins' controls,
-    routing margin and gradients here).
+    """Cheap XLA compiles (tests/xla_compiles.py) for the JAX twin's tests: tests/jax, and the
+    twins' controls, routing margin and gradients here.  tests/jax/test_jit.py runs the entry
+    points with XLA's defaults, as shipped; `pytest conformance/ --impl jax` runs them so too."""
+    from tests.xla_compiles import fast_xla_compiles
 
-    Every hypothesis example draws a new config, a static jit argument, so every example
-    compiles; XLA's CPU backend spends most of that time optimising (~0.8 s per tiny model on
-    2 cores, ~0.3 s with `jax_disable_most_optimizations`).  Running op by op instead
-    (`jax.disable_jit()`) is slower still: each primitive compiles for each new shape (~4 s
-    per first forward).  The numbers barely move: on the stored cases of seven archs the
-    bfloat16 logits and losses are bit for bit the optimised ones, the float32 ones within 4e-6
-    (fusions sum in another order), far inside the float32 row.  tests/jax/test_jit.py runs
-    the entry points as shipped, optimised, against the golden and op by op; `pytest
-    conformance/ --impl jax` runs them optimised."""
-    import jax
-
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+    with fast_xla_compiles():
+        yield
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from lmref.spec.presets import PRESETS, tiny
 from tests.jax.common import BFLOAT16, assert_close, assert_float32_close, nmse
 from tests.jax.test_bf16 import WEIGHT_ROUNDING_FACTOR, rounded_to_bfloat16
 from tests.jax.test_grad import ATOL, RTOL, golden_slope, unit_direction
-from tests.jax.test_jit import default_xla_optimizations
+from tests.xla_compiles import default_xla_optimizations
 
 FLOAT64 = DEFAULT_ROWS["float64"]  # nmse 1e-24, |out - ref| <= 1e-9 + 1e-9 |ref|
 ISSUE_11 = frozenset(GEMMA_QWEN3_OLMO2)  # spec/features.py

@@ -1,10 +1,8 @@
-"""The jitted entry points as shipped, with XLA's default optimisations (the other tests compile
-with most of them off, see tests/conftest.py), against the golden and op-by-op execution
-(`jax.disable_jit()`)."""
+"""The jitted entry points as shipped, with XLA's defaults (the other tests compile with most
+optimisations off and a cheaper CPU codegen, tests/xla_compiles.py), against the golden and
+op-by-op execution (`jax.disable_jit()`)."""
 
 from __future__ import annotations
-
-import contextlib
 
 import jax
 import numpy as np
@@ -14,17 +12,7 @@ from lmref import impl_numpy
 from lmref.spec.params import init_params
 from lmref.spec.presets import tiny
 from tests.jax.common import assert_close, assert_float32_close
-
-
-@contextlib.contextmanager
-def default_xla_optimizations():
-    """XLA's optimisations on; `config` must be new to the jit cache, whose key ignores the flag."""
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", False)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_disable_most_optimizations", previous)
+from tests.xla_compiles import default_xla_optimizations
 
 
 def run_all(config, params, tokens) -> dict:

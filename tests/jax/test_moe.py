@@ -39,7 +39,7 @@ from tests.jax.common import BFLOAT16, FLOAT32, assert_float32_close, fewer_exam
 from tests.jax.test_bf16 import WEIGHT_ROUNDING_FACTOR, rounded_to_bfloat16
 from tests.jax.test_grad import ATOL, RTOL, golden_slope, unit_direction
 from tests.jax.test_issue11_features import assert_float64_close
-from tests.jax.test_jit import default_xla_optimizations
+from tests.xla_compiles import default_xla_optimizations
 from tests.strategies import moe_configs, seeds, token_batches
 
 SHAPE, PROMPT = (2, 11), 3  # [B, S]; decode: a prefill of 3 tokens, then 8 single steps
