@@ -137,9 +137,9 @@ def _row_cache(cache: KVCache, row: int, copies: int) -> KVCache:
     def take(a):  # [B, T, ...] -> [copies, T, ...]
         return None if a is None else np.broadcast_to(a[row : row + 1], (copies, *a.shape[1:]))
 
-    tokens = None if cache.tokens is None else take(cache.tokens)  # [copies, T]
     return KVCache(keys=[take(k) for k in cache.keys], values=[take(v) for v in cache.values],
-                   positions=list(cache.positions), length=cache.length, tokens=tokens)
+                   positions=list(cache.positions), length=cache.length,
+                   tokens=take(cache.tokens))  # tokens: [copies, T] or None
 
 
 def routed_tokens(arch: str, spec: CaseSpec, config: ModelConfig, params: dict,
