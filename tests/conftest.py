@@ -1,5 +1,6 @@
 """Hypothesis profiles for the property tests (select with --hypothesis-profile NAME), cheap
-XLA compiles for every test of the JAX twin, and the fixture for the tests of Ctrl-C.
+XLA compiles for every test of the JAX twin, cached export traces, and the fixture for the
+tests of Ctrl-C.
 
 dev: quick local runs.  ci: derandomized, what `make test` runs.  thorough: many examples,
 for `make test-thorough` or before a release.  deadline=None everywhere: JIT compilation and
@@ -7,6 +8,7 @@ first-call overheads of the twins make per-example timing meaningless.
 """
 
 import signal
+import sys
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -28,6 +30,20 @@ def _fast_xla_compiles():
     from tests.xla_compiles import fast_xla_compiles
 
     with fast_xla_compiles():
+        yield
+
+
+@pytest.fixture(autouse=True, scope="package")  # the tests package: not conformance/
+def _remembered_traces():
+    """One trace per model, weights and example in a test process (tests/export_memo.py), where
+    the collected tests imported the exporter (a run without them need not import torch)."""
+    exporter = sys.modules.get("lmref.export.exporter")
+    if exporter is None:
+        yield
+        return
+    from tests.export_memo import remembered_traces
+
+    with remembered_traces(exporter):
         yield
 
 
