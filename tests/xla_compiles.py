@@ -52,7 +52,9 @@ def _install() -> bool:
         return True
 
     def with_codegen(*args, env_options_overrides=None, **kwargs):
-        return build(*args, env_options_overrides={**_codegen, **(env_options_overrides or {})}, **kwargs)
+        if _codegen:  # else the call goes through as it came (conformance/ after the tests, in one process)
+            env_options_overrides = {**_codegen, **(env_options_overrides or {})}
+        return build(*args, env_options_overrides=env_options_overrides, **kwargs)
 
     with_codegen.lmref_codegen = True
     compiler.get_compile_options = with_codegen
