@@ -43,5 +43,5 @@ def note_case(seed: int, tokens: np.ndarray) -> None:
 
 def fewer_examples(divisor: int) -> settings:
     """The loaded profile's max_examples / divisor (at least 1), for a property whose every
-    example compiles costly programs (see tests/conftest.py).  Lowers cost only."""
+    example compiles costly programs (see tests/xla_compiles.py).  Lowers cost only."""
     return settings(max_examples=max(1, settings.default.max_examples // divisor))

@@ -1,6 +1,6 @@
 """Prefill properties of the JAX twin against the float64 golden (hypothesis, float32).
 
-Every example draws a new config, so every call compiles; tests/conftest.py keeps the
+Every example draws a new config, so every call compiles; tests/xla_compiles.py keeps the
 compiles cheap, and each property compiles as few programs per example as it can (calls of
 one config and token shape share one).
 """
