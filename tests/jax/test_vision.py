@@ -28,6 +28,7 @@ from lmref.spec.captures import capture_names
 from lmref.spec.config import ModelConfig
 from lmref.spec.params import init_params
 from lmref.spec.presets import tiny
+from tests.conditioning import FLOAT32_PEER_FACTOR, golden_float32_nmse
 from tests.jax.common import BFLOAT16, FLOAT32, assert_close, assert_float32_close, fewer_examples, nmse, note_case
 from tests.jax.test_bf16 import WEIGHT_ROUNDING_FACTOR, rounded_to_bfloat16
 from tests.jax.test_grad import ATOL, RTOL, STEP, unit_direction
@@ -87,8 +88,12 @@ def test_decode_after_an_image_prefill_equals_prefill(config, seed, data):
     with programs_released():
         decoded = impl_jax.decode(config, jax_params, tokens, prompt_len, pixel_values=pixels)
         prefill = impl_jax.forward(config, jax_params, tokens, pixel_values=pixels)
-    assert_close(decoded, prefill, nmse_max=1e-12, atol=1e-5, rtol=1e-5, what="decode vs prefill, both JAX float32")
-    assert_float32_close(decoded, impl_numpy.forward(config, params, tokens, pixel_values=pixels), "decode vs golden")
+    golden = impl_numpy.forward(config, params, tokens, pixel_values=pixels)
+    # a drawn config can compute worse in float32 than the presets do (tests/conditioning.py)
+    conditioned = FLOAT32_PEER_FACTOR * golden_float32_nmse(config, params, tokens, golden, pixel_values=pixels)
+    assert_close(decoded, prefill, nmse_max=max(1e-12, conditioned), atol=1e-5, rtol=1e-5,
+                 what="decode vs prefill, both JAX float32")
+    assert_float32_close(decoded, golden, "decode vs golden")
 
 
 @fewer_examples(2)
