@@ -7,6 +7,10 @@ impl_numpy/masks.py).
 
 A key at position EMPTY_SLOT (-1: a cache slot holding nothing) is never visible.
 
+Written from how far back each key lies, `back = q - k`, not with the golden's comparisons
+(so a slip in one cannot pass in both): a key is seen at a distance of 0 or more, under W for
+a sliding window, and no further back than the start of the query's chunk, q mod C.
+
 The rule (`Mask`, from the layer's plan, spec/plan.py) is static; the positions may be
 traced (a decode step's positions start at the cache's traced length), so every rule is
 elementwise array arithmetic with no Python branch on a position.
@@ -15,32 +19,18 @@ elementwise array arithmetic with no Python branch on a position.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 from lmref.spec.plan import EMPTY_SLOT, Mask
 
 
-def causal(q_positions: jax.Array, k_positions: jax.Array) -> jax.Array:
-    """[Sq, Sk] True where k <= q."""
-    return k_positions[None, :] <= q_positions[:, None]
-
-
-def sliding(q_positions: jax.Array, k_positions: jax.Array, window: int) -> jax.Array:
-    """[Sq, Sk] True where q - window < k <= q."""
-    return causal(q_positions, k_positions) & (k_positions[None, :] > q_positions[:, None] - window)
-
-
-def chunked(q_positions: jax.Array, k_positions: jax.Array, chunk: int) -> jax.Array:
-    """[Sq, Sk] True where k <= q and both lie in the same chunk of `chunk` positions."""
-    same_chunk = k_positions[None, :] // chunk == q_positions[:, None] // chunk  # floor division
-    return causal(q_positions, k_positions) & same_chunk
-
-
 def visible(mask: Mask, q_positions: jax.Array, k_positions: jax.Array) -> jax.Array:
     """[Sq, Sk] True where the query at q_positions[i] sees the key at k_positions[j]."""
+    q, k = q_positions[:, None], k_positions[None, :]  # [Sq, 1], [1, Sk]
+    back = q - k  # [Sq, Sk]: how many positions before the query the key lies (< 0: after it)
+    seen = back >= 0
     if mask.kind == "sliding":
-        rule = sliding(q_positions, k_positions, mask.window)
+        seen = seen & (back < mask.window)
     elif mask.kind == "chunked":
-        rule = chunked(q_positions, k_positions, mask.chunk)
-    else:
-        rule = causal(q_positions, k_positions)
-    return rule & (k_positions != EMPTY_SLOT)[None, :]
+        seen = seen & (back <= jnp.remainder(q, mask.chunk))  # the query's chunk began q mod C positions back
+    return seen & (k != EMPTY_SLOT)

@@ -47,18 +47,20 @@ ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "gelu_tanh_truncated": gelu
                "relu": relu, "quick_gelu": quick_gelu}
 
 
-def _linear(params: dict, x: jax.Array, weight: str, bias: str, has_bias: bool) -> jax.Array:
-    y = x @ params[weight]  # [B, S, d_in] @ [d_in, d_out] -> [B, S, d_out]
-    return y + params[bias] if has_bias else y
+def _project(params: dict, prefix: str, name: str, x: jax.Array, with_bias: bool) -> jax.Array:
+    """x [B, S, d_in] through `{prefix}.w_{name}` [d_in, d_out], plus `{prefix}.b_{name}` [d_out]
+    when the config has biases: [B, S, d_out]."""
+    y = jnp.einsum("bsi,io->bso", x, params[f"{prefix}.w_{name}"])  # [B, S, d_in] x [d_in, d_out]
+    return y + params[f"{prefix}.b_{name}"] if with_bias else y
 
 
 def mlp(config: ModelConfig, params: dict, prefix: str, x: jax.Array) -> jax.Array:
-    """The feed-forward block of one layer: [B, S, d_model] -> [B, S, d_model]."""
-    act = ACTIVATIONS[config.activation]
-    p, b = prefix, config.mlp_bias
-    up = _linear(params, x, f"{p}.w_up", f"{p}.b_up", b)  # [B, S, d_ff]
+    """The feed-forward block of one layer: [B, S, d_model] -> [B, S, d_model].  The activation
+    goes on the gate, never on the up projection (HF `LlamaMLP`:
+    `down_proj(act_fn(gate_proj(x)) * up_proj(x))`)."""
+    act, biased = ACTIVATIONS[config.activation], config.mlp_bias
     if config.mlp == "gated":
-        hidden = act(_linear(params, x, f"{p}.w_gate", f"{p}.b_gate", b)) * up
+        hidden = act(_project(params, prefix, "gate", x, biased)) * _project(params, prefix, "up", x, biased)
     else:
-        hidden = act(up)
-    return _linear(params, hidden, f"{p}.w_down", f"{p}.b_down", b)
+        hidden = act(_project(params, prefix, "up", x, biased))  # [B, S, d_ff]
+    return _project(params, prefix, "down", hidden, biased)

@@ -117,18 +117,34 @@ def cos_sin(rope: Rope, positions: jax.Array, context: int, dtype) -> tuple[jax.
             jnp.where(is_long, jnp.asarray(long_sin, dtype)[positions], sin))
 
 
+def _as_complex_pairs(rot: jax.Array, layout: str) -> jax.Array:
+    """[B, S, H, r] -> [B, S, H, r/2] complex: pair i as one number, its first dim the real part."""
+    r = rot.shape[-1]
+    if layout == "halves":  # pair i is (x_i, x_{i + r/2})
+        pairs = jnp.swapaxes(rot.reshape(*rot.shape[:-1], 2, r // 2), -1, -2)  # [B, S, H, r/2, 2]
+    else:  # interleaved: pair i is (x_{2i}, x_{2i+1})
+        pairs = rot.reshape(*rot.shape[:-1], r // 2, 2)  # [B, S, H, r/2, 2]
+    return jax.lax.complex(pairs[..., 0], pairs[..., 1])
+
+
+def _as_real_dims(turned: jax.Array, layout: str) -> jax.Array:
+    """The inverse of _as_complex_pairs: [B, S, H, r/2] complex -> [B, S, H, r]."""
+    pairs = jnp.stack([turned.real, turned.imag], axis=-1)  # [B, S, H, r/2, 2]
+    if layout == "halves":
+        pairs = jnp.swapaxes(pairs, -1, -2)  # [B, S, H, 2, r/2]: the real parts first, then the imaginary
+    return pairs.reshape(*turned.shape[:-1], 2 * turned.shape[-1])  # [B, S, H, r]
+
+
 def apply_rope(rope: Rope, x: jax.Array, positions: jax.Array, context: int) -> jax.Array:
     """Rotate x: [B, S, heads, head_dim] at positions: [S], each in [0, context) (RoPE on the
-    first rotary_dim dims), in float32 at least, cast back to x's dtype."""
+    first rotary_dim dims), in float32 at least, cast back to x's dtype.
+
+    Written as Meta's llama `apply_rotary_emb` writes it, not as the golden does (which rotates
+    the two halves with four products): each pair is a complex number, multiplied by
+    cos + i sin; the layout says only which two dims form a pair."""
     r = rope.rotary_dim
-    cos, sin = cos_sin(rope, positions, context, jnp.promote_types(x.dtype, jnp.float32))
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]  # [1, S, 1, r/2]
+    cos, sin = cos_sin(rope, positions, context, jnp.promote_types(x.dtype, jnp.float32))  # [S, r/2] each
+    turn = jax.lax.complex(cos, sin)[None, :, None, :]  # [1, S, 1, r/2]: e^(i angle), scaled
     rot, rest = x[..., :r].astype(cos.dtype), x[..., r:]
-    if rope.layout == "halves":
-        x1, x2 = rot[..., : r // 2], rot[..., r // 2 :]  # pair i is (x_i, x_{i + r/2})
-        rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    else:
-        x1, x2 = rot[..., 0::2], rot[..., 1::2]  # pair i is (x_{2i}, x_{2i+1})
-        pairs = jnp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)  # [B, S, H, r/2, 2]
-        rotated = pairs.reshape(rot.shape)  # [B, S, H, r]: re-interleave
+    rotated = _as_real_dims(_as_complex_pairs(rot, rope.layout) * turn, rope.layout)  # [B, S, H, r]
     return jnp.concatenate([rotated.astype(x.dtype), rest], axis=-1)
