@@ -19,7 +19,8 @@ from lmref.spec.errors import InputError
 from lmref.spec.params import init_params
 from lmref.spec.plan import EMPTY_SLOT
 from lmref.spec.presets import tiny
-from tests.jax.common import assert_close, assert_float32_close, fewer_examples, note_case
+from tests.conditioning import golden_in_float32
+from tests.jax.common import assert_close, assert_close_as_float32_can, assert_float32_close, fewer_examples, note_case
 from tests.strategies import configs, seeds, token_batches
 
 
@@ -52,10 +53,13 @@ def test_decode_past_the_original_context_equals_the_prefill_of_the_whole_sequen
     note_case(seed, tokens)
     decoded = impl_jax.decode(LONGROPE, params, tokens, prompt_len)
     prefill = impl_jax.forward(LONGROPE, params, tokens)
-    assert_close(decoded[:, -1], prefill[:, -1], nmse_max=1e-12, atol=1e-5, rtol=1e-5,
-                 what="last decode step vs prefill of the whole sequence, both JAX float32")
-    assert_float32_close(decoded[:, -1], impl_numpy.forward(LONGROPE, params, tokens)[:, -1],
-                         "last decode step vs golden prefill")
+    golden = impl_numpy.forward(LONGROPE, params, tokens)
+    # float32 itself can miss 1e-12 here: at seed 57437 the golden's float32 run is 2.2e-12 off
+    assert_close_as_float32_can(decoded[:, -1], prefill[:, -1], golden=golden[:, -1],
+                                golden32=golden_in_float32(LONGROPE, params, tokens)[:, -1], nmse_max=1e-12,
+                                atol=1e-5, rtol=1e-5,
+                                what="last decode step vs prefill of the whole sequence, both JAX float32")
+    assert_float32_close(decoded[:, -1], golden[:, -1], "last decode step vs golden prefill")
 
 
 # The fixed tests share one config and token shapes, so they share compilations too.
