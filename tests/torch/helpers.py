@@ -25,7 +25,7 @@ from lmref.conformance.tolerances import DEFAULT_ROWS, Tolerance
 from lmref.impl_torch import Transformer
 from lmref.spec.config import ModelConfig
 from lmref.spec.params import init_params
-from tests.conditioning import FLOAT32_PEER_FACTOR, golden_float32_nmse
+from tests.conditioning import FLOAT32_PEER_FACTOR, golden_float32_nmse, nmse
 from tests.strategies import configs, seeds, token_batches
 
 FLOAT64, FLOAT32 = DEFAULT_ROWS["float64"], DEFAULT_ROWS["float32"]
@@ -57,10 +57,6 @@ def build(config: ModelConfig, params: dict, dtype: torch.dtype = torch.float32,
 
 def numpy64(t: torch.Tensor) -> np.ndarray:
     return t.detach().to(torch.float64).numpy()
-
-
-def nmse(out: np.ndarray, ref: np.ndarray) -> float:
-    return float(((out - ref) ** 2).sum() / (ref**2).sum())
 
 
 def float32_row(config: ModelConfig, params: dict, tokens: np.ndarray, ref: np.ndarray) -> Tolerance:
